@@ -1,0 +1,20 @@
+"""pagebuddy: a pKVM-style buddy page allocator over a caller-provided arena.
+
+``Pool`` is the native allocator (a ``no_std`` Rust core behind a thin PyO3 layer);
+``ReferencePool`` is a pure-Python model of exactly the same policy, used as the
+oracle in differential tests. Both take the same constructor and expose the same
+methods, so any code written against one runs against the other.
+"""
+
+from ._errors import CorruptionError, OutOfMemory, PageError
+from ._native import Pool, __version__
+from ._reference import ReferencePool
+
+__all__ = [
+    "CorruptionError",
+    "OutOfMemory",
+    "PageError",
+    "Pool",
+    "ReferencePool",
+    "__version__",
+]
