@@ -1,0 +1,488 @@
+"""Pure-Python reference model of the pagebuddy allocator (the oracle for differential tests).
+
+This module spells out the pKVM ``hyp_pool`` policy (arch/arm64/kvm/hyp/nvhe/page_alloc.c)
+with plain lists, written to be obviously right rather than fast:
+
+* one FIFO free list per order; a block joins at the tail and ``alloc`` takes the head;
+* ``attach`` (``__hyp_attach_page``): zero the freed block (zero policy ``"free"``), then
+  merge it with its buddy ``pfn ^ (1 << order)`` while the buddy is a free head of the same
+  order inside the pool and ``order + 1 < max_order``; the merged block joins the tail of its
+  list;
+* ``extract`` (``__hyp_extract_page``): take a block off its list and halve it down to the
+  requested order, each upper half joining the tail of the list of its order.
+
+It shares no code with the native ``pagebuddy.Pool`` and never imports it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from typing import Any, NoReturn, SupportsIndex
+
+from ._errors import CorruptionError, OutOfMemory, PageError
+
+__all__ = ["ReferencePool"]
+
+MAX_REFCOUNT = 65535
+ZERO_POLICIES = ("free", "alloc", "never")
+LINK_STORES = ("side", "intrusive")
+
+
+def _as_int(value: object, what: str) -> int:
+    """Convert ``value`` with ``operator.index`` (as the native side does), else TypeError."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+
+
+def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of the strings in ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return value
+
+
+def _arena_from(buffer: object, size: int) -> memoryview:
+    """A writable, flat byte view of the first ``size`` bytes of ``buffer`` (or a new arena)."""
+    if buffer is None:
+        return memoryview(bytearray(size))
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"buffer must support the buffer protocol, not {type(buffer).__name__}"
+        ) from None
+    if view.readonly:
+        raise TypeError("buffer must be writable")
+    if not view.c_contiguous:
+        raise TypeError("buffer must be C-contiguous")
+    raw = view.cast("B")
+    if raw.nbytes < size:
+        raise ValueError(f"buffer holds {raw.nbytes} bytes; nr_pages * page_size needs {size}")
+    return raw[:size]
+
+
+class ReferencePool:
+    """Pure-Python model of a pKVM buddy page pool; same API and behaviour as ``pagebuddy.Pool``.
+
+    Pages ``i in range(nr_pages)`` have pfn ``base_pfn + i`` and own bytes
+    ``[i * page_size, (i + 1) * page_size)`` of the arena (``buffer``, or a zeroed
+    ``bytearray`` when ``buffer`` is None). A block of order ``k`` is ``2**k`` pages whose head
+    pfn is a multiple of ``2**k``. Valid orders are ``0 .. max_order - 1`` with
+    ``max_order = min(max_order argument, nr_pages.bit_length())``.
+
+    The pool starts with every page held once (refcount 1, order 0); then every page from
+    ``reserved_pages`` on is put, one by one in increasing pfn order. ``zero`` chooses when
+    block contents are cleared: ``"free"`` (when a block is freed, as pKVM does), ``"alloc"``
+    (when it is allocated) or ``"never"``. ``_links`` is accepted and recorded for parity with
+    the native pool; link bytes in the arena are not modelled.
+
+    Not thread-safe: share it between threads only under a lock of your own.
+    """
+
+    def __init__(
+        self,
+        nr_pages: SupportsIndex,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        buffer: Any = None,
+        zero: str = "free",
+        _links: str = "side",
+    ) -> None:
+        nr_pages = _as_int(nr_pages, "nr_pages")
+        page_size = _as_int(page_size, "page_size")
+        base_pfn = _as_int(base_pfn, "base_pfn")
+        reserved_pages = _as_int(reserved_pages, "reserved_pages")
+        cap = _as_int(max_order, "max_order")
+        if not isinstance(zero, str):
+            raise TypeError(f"zero must be a str, not {type(zero).__name__}")
+        if not isinstance(_links, str):
+            raise TypeError(f"_links must be a str, not {type(_links).__name__}")
+
+        if not 1 <= nr_pages <= 2**32 - 2:
+            raise ValueError(f"nr_pages must be in 1..{2**32 - 2}, not {nr_pages}")
+        if not (64 <= page_size <= 2**30 and page_size & (page_size - 1) == 0):
+            raise ValueError(f"page_size must be a power of two in 64..2**30, not {page_size}")
+        if base_pfn < 0 or base_pfn + nr_pages > 2**64:
+            raise ValueError(f"base_pfn {base_pfn}: pfns must lie in 0..2**64 - 1")
+        if not 0 <= reserved_pages <= nr_pages:
+            raise ValueError(f"reserved_pages must be in 0..{nr_pages}, not {reserved_pages}")
+        if cap < 1:
+            raise ValueError(f"max_order must be >= 1, not {cap}")
+        self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
+        self._links = _as_choice(_links, "_links", LINK_STORES)
+
+        self._nr_pages = nr_pages
+        self._page_size = page_size
+        self._base_pfn = base_pfn
+        self._reserved_pages = reserved_pages
+        self._max_order = min(cap, nr_pages.bit_length())
+        self._arena = _arena_from(buffer, nr_pages * page_size)
+
+        # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
+        # block the page heads (None for a page that heads no block, a "tail").
+        self._refcount: list[int] = [1] * nr_pages
+        self._order: list[int | None] = [0] * nr_pages
+        # free_area[k]: the heads of the free blocks of order k, head of the list first.
+        self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
+
+        # The definition of the initial state: put every non-reserved page, in pfn order.
+        for pfn in range(base_pfn + reserved_pages, base_pfn + nr_pages):
+            self.put_page(pfn)
+
+    # ---------------------------------------------------------------- read-only attributes
+
+    @property
+    def nr_pages(self) -> int:
+        """Number of pages in the pool."""
+        return self._nr_pages
+
+    @property
+    def page_size(self) -> int:
+        """Bytes per page (a power of two)."""
+        return self._page_size
+
+    @property
+    def base_pfn(self) -> int:
+        """Pfn of the first page of the pool."""
+        return self._base_pfn
+
+    @property
+    def reserved_pages(self) -> int:
+        """Number of leading pages that construction left held (refcount 1, order 0)."""
+        return self._reserved_pages
+
+    @property
+    def max_order(self) -> int:
+        """Effective number of orders: valid orders are ``0 .. max_order - 1``."""
+        return self._max_order
+
+    @property
+    def zero(self) -> str:
+        """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""
+        return self._zero
+
+    @property
+    def free_pages(self) -> int:
+        """Number of pages currently in free blocks."""
+        return sum(len(heads) << order for order, heads in enumerate(self._free_area))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(nr_pages={self._nr_pages}, page_size={self._page_size}, "
+            f"base_pfn={self._base_pfn}, max_order={self._max_order}, zero={self._zero!r}, "
+            f"free_pages={self.free_pages})"
+        )
+
+    # ---------------------------------------------------------------- domain helpers
+
+    def _index(self, pfn: int) -> int:
+        """Metadata index of an in-pool pfn."""
+        return pfn - self._base_pfn
+
+    def _in_pool(self, pfn: int) -> bool:
+        """Whether ``pfn`` is one of this pool's pages."""
+        return self._base_pfn <= pfn < self._base_pfn + self._nr_pages
+
+    @staticmethod
+    def _buddy(pfn: int, order: int) -> int:
+        """The pfn of the buddy of the order-``order`` block headed by ``pfn``."""
+        return pfn ^ (1 << order)
+
+    def _block_bytes(self, pfn: int, order: int) -> slice:
+        """Arena byte range of the order-``order`` block headed by ``pfn``."""
+        start = self._index(pfn) * self._page_size
+        return slice(start, start + (self._page_size << order))
+
+    def _zero_block(self, pfn: int, order: int) -> None:
+        """Fill the block with zero bytes."""
+        where = self._block_bytes(pfn, order)
+        self._arena[where] = bytes(where.stop - where.start)
+
+    def _is_free_head(self, pfn: int, order: int) -> bool:
+        """pKVM ``__find_buddy_avail``: an in-pool page, free, heading a block of ``order``."""
+        if not self._in_pool(pfn):
+            return False
+        i = self._index(pfn)
+        return self._refcount[i] == 0 and self._order[i] == order
+
+    def _attach(self, pfn: int) -> None:
+        """pKVM ``__hyp_attach_page``: free the block headed by ``pfn`` and coalesce it."""
+        order = self._order[self._index(pfn)]
+        assert order is not None
+        if self._zero == "free":
+            self._zero_block(pfn, order)
+        self._order[self._index(pfn)] = None
+        while order + 1 < self._max_order:
+            buddy = self._buddy(pfn, order)
+            if not self._is_free_head(buddy, order):
+                break
+            self._free_area[order].remove(buddy)
+            self._order[self._index(buddy)] = None
+            pfn = min(pfn, buddy)
+            order += 1
+        self._order[self._index(pfn)] = order
+        self._free_area[order].append(pfn)
+
+    def _extract(self, pfn: int, order: int) -> None:
+        """pKVM ``__hyp_extract_page``: unlink the free block ``pfn``, halve it to ``order``."""
+        i = self._index(pfn)
+        block_order = self._order[i]
+        assert block_order is not None
+        self._free_area[block_order].remove(pfn)
+        while block_order > order:
+            block_order -= 1
+            self._order[i] = block_order
+            upper = self._buddy(pfn, block_order)
+            self._order[self._index(upper)] = block_order
+            self._free_area[block_order].append(upper)
+
+    def _check_order(self, op: str, order: object) -> int:
+        """Validate an order argument (TypeError / ValueError)."""
+        order = _as_int(order, f"{op}: order")
+        if not 0 <= order < self._max_order:
+            raise ValueError(
+                f"{op}: order {order} is invalid: this pool has orders 0..{self._max_order - 1}"
+            )
+        return order
+
+    def _check_in_pool(self, op: str, pfn: int) -> int:
+        """Metadata index of ``pfn``, or PageError when it is outside the pool."""
+        if not self._in_pool(pfn):
+            last = self._base_pfn + self._nr_pages - 1
+            raise PageError(f"{op}: pfn {pfn} is outside the pool (pfns {self._base_pfn}..{last})")
+        return self._index(pfn)
+
+    def _check_held(self, op: str, pfn: int) -> int:
+        """Metadata index of ``pfn``, or PageError unless it is in the pool and held."""
+        i = self._check_in_pool(op, pfn)
+        if self._refcount[i] == 0:
+            kind = "free page" if self._order[i] is not None else "tail page"
+            raise PageError(f"{op}: pfn {pfn} is not held (refcount 0: {kind})")
+        return i
+
+    def _alloc(self, order: int) -> int:
+        """pKVM ``hyp_alloc_pages`` for a valid order: head of the first non-empty list."""
+        for j in range(order, self._max_order):
+            if self._free_area[j]:
+                pfn = self._free_area[j][0]
+                break
+        else:
+            raise OutOfMemory(
+                f"alloc_pages: out of memory: no free block of order >= {order} "
+                f"(free pages: {self.free_pages})"
+            )
+        self._extract(pfn, order)
+        self._refcount[self._index(pfn)] = 1
+        if self._zero == "alloc":
+            self._zero_block(pfn, order)
+        return pfn
+
+    def _put(self, op: str, pfn: object) -> None:
+        """pKVM ``hyp_put_page``: drop one reference; the last one frees the block."""
+        pfn = _as_int(pfn, f"{op}: pfn")
+        i = self._check_held(op, pfn)
+        self._refcount[i] -= 1
+        if self._refcount[i] == 0:
+            self._attach(pfn)
+
+    # ---------------------------------------------------------------- public API
+
+    def alloc_pages(self, order: SupportsIndex) -> int:
+        """Allocate a block of ``2**order`` pages and return the pfn of its head page.
+
+        The head of the first non-empty free list of order ``>= order`` is taken and split
+        down to ``order``; each upper half joins the tail of the free list of its order. The
+        head gets refcount 1. Raises TypeError if ``order`` is not an int, ValueError if it
+        is not in ``0 .. max_order - 1``, OutOfMemory if no block is large enough.
+        """
+        return self._alloc(self._check_order("alloc_pages", order))
+
+    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+        """Allocate ``count`` blocks of ``order``, all or nothing; return their head pfns.
+
+        Equivalent to ``count`` successive ``alloc_pages(order)`` calls, except that when
+        the free lists cannot supply all of them OutOfMemory is raised and nothing is
+        allocated. ``order`` is validated first (TypeError / ValueError), then ``count``
+        (TypeError if not an int, ValueError if negative).
+        """
+        order = self._check_order("alloc_many", order)
+        count = _as_int(count, "alloc_many: count")
+        if count < 0:
+            raise ValueError(f"alloc_many: count must be >= 0, not {count}")
+        capacity = sum(
+            len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
+        )
+        if count > capacity:
+            raise OutOfMemory(
+                f"alloc_many: out of memory: {count} blocks of order {order} requested, "
+                f"{capacity} available (free pages: {self.free_pages})"
+            )
+        return [self._alloc(order) for _ in range(count)]
+
+    def get_page(self, pfn: SupportsIndex) -> None:
+        """Take one more reference on the held page ``pfn``.
+
+        Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool, not
+        held, or its refcount is already 65535 (nothing changes then).
+        """
+        pfn = _as_int(pfn, "get_page: pfn")
+        i = self._check_held("get_page", pfn)
+        if self._refcount[i] == MAX_REFCOUNT:
+            raise PageError(f"get_page: pfn {pfn} refcount would overflow {MAX_REFCOUNT}")
+        self._refcount[i] += 1
+
+    def put_page(self, pfn: SupportsIndex) -> None:
+        """Drop one reference on the held page ``pfn``; the last one frees its block.
+
+        A freed block is zeroed under ``zero="free"``, then merged with its free buddies and
+        appended at the tail of the free list of the resulting order. Raises TypeError if
+        ``pfn`` is not an int, PageError if it is outside the pool or not held.
+        """
+        self._put("put_page", pfn)
+
+    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
+        """``put_page`` every pfn of ``pfns``, in order.
+
+        All elements are converted first: a non-int raises TypeError and nothing is put.
+        The first pfn that cannot be put raises PageError naming its index
+        (``"put_many: pfns[3]: ..."``); the earlier ones stay put, the later ones untouched.
+        """
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+        for k, pfn in enumerate(converted):
+            self._put(f"put_many: pfns[{k}]", pfn)
+
+    def split_page(self, pfn: SupportsIndex) -> None:
+        """Turn the held block headed by ``pfn`` into ``2**order`` held order-0 pages.
+
+        The head keeps its refcount; every former tail page gets refcount 1. A no-op on an
+        order-0 page. Raises TypeError if ``pfn`` is not an int, PageError if it is outside
+        the pool or not held.
+        """
+        pfn = _as_int(pfn, "split_page: pfn")
+        i = self._check_held("split_page", pfn)
+        order = self._order[i]
+        assert order is not None
+        self._order[i] = 0
+        for tail in range(i + 1, i + (1 << order)):
+            self._refcount[tail] = 1
+            self._order[tail] = 0
+
+    def page_count(self, pfn: SupportsIndex) -> int:
+        """The refcount of page ``pfn`` (0 for a free page or a tail page).
+
+        Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool.
+        """
+        pfn = _as_int(pfn, "page_count: pfn")
+        return self._refcount[self._check_in_pool("page_count", pfn)]
+
+    def free_lists(self) -> list[list[int]]:
+        """The head pfns of the free blocks, one list per order ``0 .. max_order - 1``.
+
+        Each list is in FIFO order: the block ``alloc_pages`` would take next comes first.
+        """
+        return [list(heads) for heads in self._free_area]
+
+    def view(self, pfn: SupportsIndex) -> memoryview:
+        """A writable byte view of the held block headed by ``pfn``.
+
+        It covers ``page_size << order`` bytes of the arena from offset
+        ``(pfn - base_pfn) * page_size``, and keeps the arena alive after the pool is gone.
+        Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool or not
+        held.
+        """
+        pfn = _as_int(pfn, "view: pfn")
+        i = self._check_held("view", pfn)
+        order = self._order[i]
+        assert order is not None
+        return self._arena[self._block_bytes(pfn, order)]
+
+    def check(self) -> None:
+        """Verify every invariant of the model's own state; raise CorruptionError if broken.
+
+        Checked: metadata shapes and ranges; every free-list entry is an in-pool, aligned,
+        free head of that list's order and appears once; every page lies in exactly one
+        block (a free block, or a held block headed by a page with refcount > 0) and is its
+        head or a tail (refcount 0, no order); no two free buddies of the same order are
+        left uncoalesced below ``max_order - 1``; ``free_pages`` matches the blocks; under
+        ``zero="free"`` all free memory reads as zero.
+        """
+
+        def fail(message: str) -> NoReturn:
+            raise CorruptionError(f"check: {message}")
+
+        n, base = self._nr_pages, self._base_pfn
+        if len(self._refcount) != n or len(self._order) != n:
+            fail(f"metadata arrays do not have {n} entries")
+        if len(self._free_area) != self._max_order:
+            fail(f"there are {len(self._free_area)} free lists, not {self._max_order}")
+        if self._arena.nbytes != n * self._page_size:
+            fail(f"arena is {self._arena.nbytes} bytes, not {n * self._page_size}")
+        for i in range(n):
+            refcount, order = self._refcount[i], self._order[i]
+            if not 0 <= refcount <= MAX_REFCOUNT:
+                fail(f"pfn {base + i} has refcount {refcount}")
+            if order is not None and not 0 <= order < self._max_order:
+                fail(f"pfn {base + i} has order {order} (orders are 0..{self._max_order - 1})")
+
+        free_heads: set[int] = set()
+        for order, heads in enumerate(self._free_area):
+            for pfn in heads:
+                if not self._in_pool(pfn):
+                    fail(f"free list {order} holds pfn {pfn}, outside the pool")
+                if pfn in free_heads:
+                    fail(f"pfn {pfn} is on the free lists twice")
+                free_heads.add(pfn)
+                i = self._index(pfn)
+                if self._order[i] != order:
+                    fail(f"free list {order} holds pfn {pfn} of order {self._order[i]}")
+                if self._refcount[i] != 0:
+                    fail(f"free list {order} holds pfn {pfn} with refcount {self._refcount[i]}")
+
+        owner: list[int | None] = [None] * n  # head pfn of the block covering each page
+        for i in range(n):
+            order, pfn = self._order[i], base + i
+            if order is None:
+                continue
+            if self._refcount[i] == 0 and pfn not in free_heads:
+                fail(f"pfn {pfn} heads a free block of order {order} that is on no free list")
+            if pfn % (1 << order) != 0:
+                fail(f"pfn {pfn} heads a block of order {order} but is not aligned to it")
+            if i + (1 << order) > n:
+                fail(f"block of order {order} at pfn {pfn} runs past the end of the pool")
+            for j in range(i, min(n, i + (1 << order))):
+                if owner[j] is not None:
+                    fail(f"pfn {base + j} lies in the blocks at pfns {owner[j]} and {pfn}")
+                if j != i and (self._refcount[j] != 0 or self._order[j] is not None):
+                    fail(f"pfn {base + j} inside the block at pfn {pfn} is not a tail page")
+                owner[j] = pfn
+        for i in range(n):
+            if owner[i] is None:
+                fail(f"pfn {base + i} belongs to no block")
+
+        for pfn in free_heads:
+            order = self._order[self._index(pfn)]
+            assert order is not None
+            buddy = self._buddy(pfn, order)
+            # A buddy on the free lists with our order is free and heads a block like ours.
+            buddy_free = buddy in free_heads and self._order[self._index(buddy)] == order
+            if order + 1 < self._max_order and buddy_free:
+                fail(f"free buddies {pfn} and {buddy} of order {order} are not coalesced")
+
+        in_free_blocks = sum(1 for i in range(n) if owner[i] in free_heads)
+        if self.free_pages != in_free_blocks:
+            fail(f"free lists count {self.free_pages} pages, free blocks hold {in_free_blocks}")
+
+        if self._zero == "free":
+            for pfn in sorted(free_heads):
+                order = self._order[self._index(pfn)]
+                assert order is not None
+                if any(self._arena[self._block_bytes(pfn, order)]):
+                    fail(f"free block of order {order} at pfn {pfn} is not zero")
