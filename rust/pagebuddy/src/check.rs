@@ -1,0 +1,110 @@
+//! The invariant checker: validates a whole pool and names the first broken rule.
+
+use crate::config::ZeroPolicy;
+use crate::error::{Corruption, CorruptionKind as K};
+use crate::store::{Link, LinkStore, MAX_ORDERS, NO_ORDER};
+use crate::Pool;
+
+impl<L: LinkStore> Pool<'_, L> {
+    /// Validates the whole state in O(nr_pages + arena bytes checked for zero):
+    /// - every list is well formed (prev/next agree, tail and length right, no stray link) and
+    ///   holds only free heads of its order;
+    /// - every page is the head of exactly one block (aligned, of an order below `max_order`,
+    ///   inside the pool) or one of its tails (refcount 0, no order);
+    /// - every free head is listed, no two free buddies of an order below `max_order - 1` are left
+    ///   uncoalesced, and the free page count and the non-empty mask agree with the lists;
+    /// - under [`ZeroPolicy::OnFree`], free memory is zero (but for the links an
+    ///   [`Intrusive`](crate::Intrusive) store keeps at the start of each free head page).
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Intrusive, PageMeta, Pool};
+    /// let (mut arena, mut meta) = ([0u8; 4 * 64], [PageMeta::INIT; 4]);
+    /// let mut pool = Pool::new(&mut arena[..], &mut meta, Intrusive, Config::new(4).page_size(64))?;
+    /// let pfn = pool.alloc(0)?;
+    /// pool.check()?;
+    /// pool.put(pfn)?;
+    /// pool.check()?;
+    /// # Ok::<(), pagebuddy::Error>(())
+    /// ```
+    pub fn check(&self) -> Result<(), Corruption> {
+        let geo = self.geometry();
+        let (arena, meta, free) = self.parts();
+        let at = |kind, idx: u32| Corruption {
+            kind,
+            pfn: geo.pfn(idx),
+        };
+
+        let mut free_pages = 0u64;
+        for order in 0..MAX_ORDERS as u32 {
+            let len = free.len[order as usize];
+            if (free.mask >> order & 1 == 1) != (len > 0) || (order >= geo.max_order && len > 0) {
+                return Err(at(K::Count, 0));
+            }
+            let (mut prev, mut next, mut seen) = (Link::NIL, Link::NIL, 0u32);
+            for node in free.iter(arena, order) {
+                let (idx, link) = node?;
+                if link.prev != prev {
+                    return Err(at(K::ListBroken, idx));
+                }
+                let m = meta[idx as usize];
+                if !(m.is_free_head() && u32::from(m.order) == order) {
+                    return Err(at(K::NotFreeHead, idx));
+                }
+                (prev, next, seen) = (idx, link.next, seen + 1);
+            }
+            if seen != len || next != Link::NIL || free.tail(order) != prev {
+                return Err(at(K::ListBroken, prev.min(geo.nr_pages - 1)));
+            }
+            free_pages += u64::from(len) << order;
+        }
+        if free_pages != u64::from(self.free_pages()) {
+            return Err(at(K::Count, 0));
+        }
+
+        let mut heads = [0u32; MAX_ORDERS];
+        let mut idx = 0u32;
+        while idx < geo.nr_pages {
+            let m = meta[idx as usize];
+            if m.order == NO_ORDER {
+                return Err(at(K::Orphan, idx));
+            }
+            let order = u32::from(m.order);
+            let size = 1u32 << order.min(31);
+            let aligned = geo.pfn(idx).trailing_zeros() >= order;
+            if order >= geo.max_order || !aligned || size > geo.nr_pages - idx {
+                return Err(at(K::BadHead, idx));
+            }
+            if let Some(t) =
+                (idx + 1..idx + size).find(|&t| meta[t as usize] != crate::PageMeta::INIT)
+            {
+                return Err(at(K::BadTail, t));
+            }
+            if m.refcount == 0 {
+                heads[order as usize] += 1;
+                if order + 1 < geo.max_order {
+                    let buddy = geo.index(geo.pfn(idx) ^ (1 << order));
+                    if buddy.is_some_and(|b| {
+                        let bm = meta[b as usize];
+                        bm.is_free_head() && u32::from(bm.order) == order
+                    }) {
+                        return Err(at(K::Uncoalesced, idx));
+                    }
+                }
+                if geo.zero == ZeroPolicy::OnFree {
+                    let skip = L::IN_PAGE_BYTES;
+                    let off = idx as usize * geo.page_size + skip;
+                    if !arena.is_zero(off, (geo.page_size << order) - skip) {
+                        return Err(at(K::NotZero, idx));
+                    }
+                }
+            }
+            idx += size;
+        }
+        // Each listed node is a verified free head at most once (prev links rule out repeats),
+        // so equal counts mean every free head is listed.
+        match (0..MAX_ORDERS).find(|&k| heads[k] != free.len[k]) {
+            Some(_) => Err(at(K::Unlisted, 0)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Geometry: what a pool manages, validated once at construction.
+
+use crate::error::GeometryError;
+use crate::MAX_PAGES;
+
+/// When pages are zeroed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ZeroPolicy {
+    /// As pKVM: a block is zeroed when it is freed (and the free pages once at construction), and
+    /// bookkeeping kept inside free memory is cleared when a block leaves the free lists, so every
+    /// allocated block reads as zeros.
+    #[default]
+    OnFree,
+    /// A block is zeroed when it is allocated.
+    OnAlloc,
+    /// Pages are never zeroed: an allocated block holds what was last written there.
+    Never,
+}
+
+/// What a pool manages and how; turned into a [`Geometry`] by the pool's constructor.
+///
+/// ```
+/// use pagebuddy::{Config, ZeroPolicy};
+/// let config = Config::new(37).base_pfn(5).reserved_pages(2).order_cap(4).zero(ZeroPolicy::Never);
+/// assert_eq!(config.geometry().unwrap().max_order, 4);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Number of pages, at least 1 and at most [`MAX_PAGES`].
+    pub nr_pages: usize,
+    /// Bytes per page: a power of two, at least 64. Default 4096.
+    pub page_size: usize,
+    /// Frame number of the arena's first page. Default 0.
+    pub base_pfn: u64,
+    /// The first `reserved_pages` pages start held (refcount 1) instead of free. Default 0.
+    pub reserved_pages: usize,
+    /// Upper bound on the number of orders (pKVM's `MAX_ORDER`). Default 11.
+    pub order_cap: u32,
+    /// When pages are zeroed. Default [`ZeroPolicy::OnFree`].
+    pub zero: ZeroPolicy,
+}
+
+impl Config {
+    /// A pool of `nr_pages` pages of 4 KiB from pfn 0, nothing reserved, at most 11 orders,
+    /// zeroed on free.
+    pub const fn new(nr_pages: usize) -> Self {
+        Config {
+            nr_pages,
+            page_size: 4096,
+            base_pfn: 0,
+            reserved_pages: 0,
+            order_cap: 11,
+            zero: ZeroPolicy::OnFree,
+        }
+    }
+
+    /// Sets the page size.
+    pub const fn page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets the frame number of the first page.
+    pub const fn base_pfn(mut self, base_pfn: u64) -> Self {
+        self.base_pfn = base_pfn;
+        self
+    }
+
+    /// Sets how many leading pages start held.
+    pub const fn reserved_pages(mut self, reserved_pages: usize) -> Self {
+        self.reserved_pages = reserved_pages;
+        self
+    }
+
+    /// Sets the cap on the number of orders.
+    pub const fn order_cap(mut self, order_cap: u32) -> Self {
+        self.order_cap = order_cap;
+        self
+    }
+
+    /// Sets the zero policy.
+    pub const fn zero(mut self, zero: ZeroPolicy) -> Self {
+        self.zero = zero;
+        self
+    }
+
+    /// Validates the configuration and derives `max_order`.
+    pub const fn geometry(&self) -> Result<Geometry, GeometryError> {
+        let page_size = self.page_size;
+        if page_size < 64 || !page_size.is_power_of_two() {
+            return Err(GeometryError::PageSize { page_size });
+        }
+        let nr_pages = self.nr_pages;
+        if nr_pages == 0 {
+            return Err(GeometryError::NoPages);
+        }
+        if nr_pages > MAX_PAGES {
+            return Err(GeometryError::TooManyPages { nr_pages });
+        }
+        if self.base_pfn.checked_add(nr_pages as u64).is_none() {
+            return Err(GeometryError::PfnOverflow);
+        }
+        if self.reserved_pages > nr_pages {
+            return Err(GeometryError::Reserved {
+                reserved_pages: self.reserved_pages,
+                nr_pages,
+            });
+        }
+        if self.order_cap == 0 {
+            return Err(GeometryError::OrderCap);
+        }
+        if nr_pages.checked_mul(page_size).is_none() {
+            return Err(GeometryError::ArenaTooSmall {
+                need: usize::MAX,
+                have: 0,
+            });
+        }
+        // pKVM: min(MAX_ORDER, get_order((nr_pages + 1) << PAGE_SHIFT)), i.e. bit_length(nr_pages).
+        let bit_length = usize::BITS - nr_pages.leading_zeros();
+        let max_order = if self.order_cap < bit_length {
+            self.order_cap
+        } else {
+            bit_length
+        };
+        Ok(Geometry {
+            nr_pages: nr_pages as u32,
+            page_size,
+            base_pfn: self.base_pfn,
+            reserved_pages: self.reserved_pages as u32,
+            max_order,
+            zero: self.zero,
+        })
+    }
+}
+
+/// A validated configuration: the pool's shape, as [`Pool::geometry`](crate::Pool::geometry)
+/// reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of pages.
+    pub nr_pages: u32,
+    /// Bytes per page.
+    pub page_size: usize,
+    /// Frame number of the first page.
+    pub base_pfn: u64,
+    /// Pages that started held.
+    pub reserved_pages: u32,
+    /// Number of orders: blocks have orders `0..max_order`.
+    pub max_order: u32,
+    /// When pages are zeroed.
+    pub zero: ZeroPolicy,
+}
+
+impl Geometry {
+    /// Bytes of arena the pool manages: `nr_pages * page_size`.
+    pub const fn arena_bytes(&self) -> usize {
+        self.nr_pages as usize * self.page_size
+    }
+
+    /// The page index of `pfn`, if it is in the pool.
+    #[inline]
+    pub const fn index(&self, pfn: u64) -> Option<u32> {
+        match pfn.checked_sub(self.base_pfn) {
+            Some(i) if i < self.nr_pages as u64 => Some(i as u32),
+            _ => None,
+        }
+    }
+
+    /// The pfn of page index `idx`.
+    #[inline]
+    pub const fn pfn(&self, idx: u32) -> u64 {
+        self.base_pfn + idx as u64
+    }
+}

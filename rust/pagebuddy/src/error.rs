@@ -1,0 +1,229 @@
+//! Errors. Every misuse of a pool is one of these; none of them leaves a trace in the pool.
+
+use core::fmt;
+
+/// Why a call on a [`Pool`](crate::Pool) failed.
+///
+/// Every variant except [`Error::Corrupted`] is returned before anything is changed: the pool is
+/// exactly as it was before the call. `Corrupted` means the pool's state was already inconsistent
+/// (possible only when free-list links live in the arena and the arena was scribbled on); the
+/// allocator never reads or writes outside its arena and metadata even then.
+///
+/// ```
+/// use pagebuddy::{Config, Error, Intrusive, PageMeta, Pool};
+/// let (mut arena, mut meta) = ([0u8; 64], [PageMeta::INIT; 1]);
+/// let mut pool = Pool::new(&mut arena[..], &mut meta, Intrusive, Config::new(1).page_size(64))?;
+/// assert_eq!(pool.put(7), Err(Error::PfnOutOfRange { pfn: 7 }));
+/// assert_eq!(pool.put(0), Err(Error::NotHeld { pfn: 0 }));
+/// # Ok::<(), Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The pfn is not one of the pool's pages.
+    PfnOutOfRange {
+        /// The pfn that was passed.
+        pfn: u64,
+    },
+    /// The page is not held (refcount 0): a free page, a tail page of a block, or a double put.
+    NotHeld {
+        /// The page.
+        pfn: u64,
+    },
+    /// `get` on a page whose refcount is already `u16::MAX`.
+    RefcountOverflow {
+        /// The page.
+        pfn: u64,
+    },
+    /// The order is not below the pool's `max_order`.
+    InvalidOrder {
+        /// The order that was asked for.
+        order: u32,
+        /// The pool's number of orders.
+        max_order: u32,
+    },
+    /// No free block of the order or above.
+    OutOfMemory {
+        /// The order that was asked for.
+        order: u32,
+    },
+    /// The geometry passed at construction is unusable.
+    Geometry(GeometryError),
+    /// The pool's state is inconsistent; see [`Corruption`].
+    Corrupted(Corruption),
+}
+
+/// Why a pool could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeometryError {
+    /// `page_size` is not a power of two of at least 64 bytes.
+    PageSize {
+        /// The size passed.
+        page_size: usize,
+    },
+    /// `nr_pages` is 0.
+    NoPages,
+    /// `nr_pages` does not fit the page index type (`u32`, with `u32::MAX` reserved).
+    TooManyPages {
+        /// The count passed.
+        nr_pages: usize,
+    },
+    /// `base_pfn + nr_pages` overflows `u64`.
+    PfnOverflow,
+    /// `reserved_pages > nr_pages`.
+    Reserved {
+        /// The count passed.
+        reserved_pages: usize,
+        /// The pool's size.
+        nr_pages: usize,
+    },
+    /// `order_cap` is 0.
+    OrderCap,
+    /// The arena holds fewer than `need` bytes.
+    ArenaTooSmall {
+        /// Bytes required.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
+    /// The metadata slice holds fewer than `need` bytes.
+    MetadataTooSmall {
+        /// Bytes required.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
+    /// The metadata slice is not aligned for [`PageMeta`](crate::PageMeta).
+    MetadataMisaligned,
+    /// The side table holds fewer than `need` bytes.
+    LinksTooSmall {
+        /// Bytes required.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
+    /// The side table is not aligned for [`Link`](crate::Link).
+    LinksMisaligned,
+}
+
+/// A broken invariant, found by [`Pool::check`](crate::Pool::check) or by a checked link read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corruption {
+    /// Which rule is broken.
+    pub kind: CorruptionKind,
+    /// The page where it was found.
+    pub pfn: u64,
+}
+
+/// The rule a [`Corruption`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// A free-list link names a page outside the pool.
+    LinkOutOfRange,
+    /// A node's `prev` does not name the node before it, or a list's tail is wrong.
+    ListBroken,
+    /// A listed block is not a free head of the list's order.
+    NotFreeHead,
+    /// A head's order is out of range, or the block is misaligned or runs past the pool.
+    BadHead,
+    /// A page is neither a head nor inside a block.
+    Orphan,
+    /// A tail page carries an order or a refcount.
+    BadTail,
+    /// A free head is on no list.
+    Unlisted,
+    /// Two free buddies of the same order were left uncoalesced.
+    Uncoalesced,
+    /// A list's length, the non-empty mask or the free page count disagrees with the lists.
+    Count,
+    /// Free memory is not zero although the zero policy promises it.
+    NotZero,
+}
+
+impl From<GeometryError> for Error {
+    fn from(e: GeometryError) -> Self {
+        Error::Geometry(e)
+    }
+}
+
+impl From<Corruption> for Error {
+    fn from(c: Corruption) -> Self {
+        Error::Corrupted(c)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::PfnOutOfRange { pfn } => write!(f, "pfn {pfn} is outside the pool"),
+            Error::NotHeld { pfn } => write!(f, "pfn {pfn} is not held (refcount 0)"),
+            Error::RefcountOverflow { pfn } => {
+                write!(f, "pfn {pfn} refcount would overflow {}", u16::MAX)
+            }
+            Error::InvalidOrder { order, max_order } => write!(
+                f,
+                "order {order} is invalid: this pool has orders 0..{}",
+                max_order.saturating_sub(1)
+            ),
+            Error::OutOfMemory { order } => {
+                write!(f, "out of memory: no free block of order >= {order}")
+            }
+            Error::Geometry(e) => write!(f, "bad geometry: {e}"),
+            Error::Corrupted(c) => write!(f, "corrupted pool: {c}"),
+        }
+    }
+}
+
+impl fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GeometryError::PageSize { page_size } => {
+                write!(f, "page_size {page_size} is not a power of two >= 64")
+            }
+            GeometryError::NoPages => f.write_str("nr_pages must be at least 1"),
+            GeometryError::TooManyPages { nr_pages } => {
+                write!(f, "nr_pages {nr_pages} exceeds {}", crate::MAX_PAGES)
+            }
+            GeometryError::PfnOverflow => f.write_str("base_pfn + nr_pages overflows u64"),
+            GeometryError::Reserved {
+                reserved_pages,
+                nr_pages,
+            } => {
+                write!(
+                    f,
+                    "reserved_pages {reserved_pages} exceeds nr_pages {nr_pages}"
+                )
+            }
+            GeometryError::OrderCap => f.write_str("order_cap must be at least 1"),
+            GeometryError::ArenaTooSmall { need, have } => {
+                write!(f, "arena holds {have} bytes, needs {need}")
+            }
+            GeometryError::MetadataTooSmall { need, have } => {
+                write!(f, "metadata holds {have} bytes, needs {need}")
+            }
+            GeometryError::MetadataMisaligned => f.write_str("metadata is misaligned"),
+            GeometryError::LinksTooSmall { need, have } => {
+                write!(f, "link table holds {have} bytes, needs {need}")
+            }
+            GeometryError::LinksMisaligned => f.write_str("link table is misaligned"),
+        }
+    }
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            CorruptionKind::LinkOutOfRange => "a free-list link points outside the pool",
+            CorruptionKind::ListBroken => "a free list's links are inconsistent",
+            CorruptionKind::NotFreeHead => "a listed block is not a free head of the list's order",
+            CorruptionKind::BadHead => "a head's order is out of range or misaligned",
+            CorruptionKind::Orphan => "a page belongs to no block",
+            CorruptionKind::BadTail => "a tail page carries an order or a refcount",
+            CorruptionKind::Unlisted => "a free block is on no free list",
+            CorruptionKind::Uncoalesced => "two free buddies were left uncoalesced",
+            CorruptionKind::Count => "free counts disagree with the free lists",
+            CorruptionKind::NotZero => "free memory is not zero",
+        };
+        write!(f, "{what} (at pfn {})", self.pfn)
+    }
+}

@@ -1,0 +1,80 @@
+//! A buddy page allocator after the pKVM hypervisor's `hyp_pool`
+//! (`arch/arm64/kvm/hyp/nvhe/page_alloc.c`), over memory the caller provides: `no_std`, no heap,
+//! no panics, every misuse an [`Error`] that leaves the pool untouched.
+//!
+//! - A [`Pool`] manages `nr_pages` pages of `page_size` bytes with frame numbers
+//!   `base_pfn..base_pfn + nr_pages`. Blocks of order k hold 2^k pages and start at a pfn
+//!   divisible by 2^k; a block's buddy is `pfn ^ (1 << k)`.
+//! - Each page has 4 bytes of [`PageMeta`] (refcount and order) in a slice the caller provides,
+//!   pKVM's vmemmap. Free blocks sit on per-order FIFO lists linked through a [`LinkStore`]:
+//!   a [`SideTable`] beside the metadata or, as upstream, [`Intrusive`]ly in the free pages.
+//! - [`Pool::alloc`] splits on allocation, [`Pool::put`] zeroes (per [`ZeroPolicy`]) and
+//!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
+//!   [`Pool::check`] validates every invariant.
+//! - [`LockedPool`] puts a pool behind one lock for use from many threads.
+//!
+//! ```
+//! use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable, ZeroPolicy};
+//!
+//! const PAGES: usize = 37;
+//! let mut arena = vec![0u8; PAGES * 4096];
+//! let mut meta = [PageMeta::INIT; PAGES];
+//! let mut links = [Link::EMPTY; PAGES];
+//! let config = Config::new(PAGES).base_pfn(5).reserved_pages(1).zero(ZeroPolicy::OnFree);
+//! let mut pool = Pool::new(&mut arena[..], &mut meta, SideTable::new(&mut links), config)?;
+//!
+//! // pfns 6..42 are free, as the largest aligned blocks: 6-7, 8-15, 16-31, 32-39, 40-41.
+//! assert_eq!(pool.buddyinfo(), &[0, 2, 0, 2, 1, 0]);
+//! let pfn = pool.alloc(3)?;
+//! assert_eq!(pfn, 8); // the head of the order-3 list
+//! assert_eq!(pool.alloc(9), Err(Error::InvalidOrder { order: 9, max_order: 6 }));
+//! pool.put(pfn)?;
+//! pool.check()?;
+//! # Ok::<(), Error>(())
+//! ```
+#![no_std]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+mod arena;
+mod check;
+mod config;
+mod error;
+mod lock;
+mod pool;
+mod store;
+
+pub use arena::Arena;
+pub use config::{Config, Geometry, ZeroPolicy};
+pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+#[cfg(feature = "std")]
+pub use lock::StdLock;
+pub use lock::{LockedPool, RawLock, SpinLock};
+pub use pool::{carve_bytes, Pool};
+pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
+
+/// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".
+pub const MAX_PAGES: usize = (u32::MAX - 1) as usize;
+
+/// Bytes of [`PageMeta`] that `nr_pages` pages need (4 per page, 2-byte aligned).
+///
+/// ```
+/// assert_eq!(pagebuddy::meta_bytes(1 << 18), 1 << 20);
+/// ```
+pub const fn meta_bytes(nr_pages: usize) -> usize {
+    nr_pages.saturating_mul(core::mem::size_of::<PageMeta>())
+}
+
+/// Bytes of [`SideTable`] links that `nr_pages` pages need (8 per page, 4-byte aligned).
+///
+/// ```
+/// assert_eq!(pagebuddy::link_bytes(3), 24);
+/// ```
+pub const fn link_bytes(nr_pages: usize) -> usize {
+    nr_pages.saturating_mul(core::mem::size_of::<Link>())
+}
+
+#[cfg(test)]
+mod tests;

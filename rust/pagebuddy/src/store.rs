@@ -1,0 +1,389 @@
+//! Storage: per-page metadata (the vmemmap) and the per-order free lists with their links.
+//!
+//! Links are page indices, never pointers, and every link read is range-checked, so even a link
+//! store whose contents someone else can write (the [`Intrusive`] one) can only ever steer the
+//! allocator to pages of its own pool.
+
+use crate::arena::Arena;
+use crate::error::{Corruption, CorruptionKind, GeometryError};
+
+/// Order of a page that is not the head of a block (pKVM's `HYP_NO_ORDER`).
+pub const NO_ORDER: u8 = u8::MAX;
+
+/// Largest number of orders a pool can have: page indices are `u32`.
+pub const MAX_ORDERS: usize = 32;
+
+/// Per-page metadata, pKVM's `struct hyp_page`: 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageMeta {
+    /// Holders of the page; 0 for free pages and for the tail pages of any block.
+    pub refcount: u16,
+    /// Order of the block this page heads, or [`NO_ORDER`].
+    pub order: u8,
+    _reserved: u8,
+}
+
+impl PageMeta {
+    /// The value metadata slices are filled with before a pool is built.
+    pub const INIT: PageMeta = PageMeta {
+        refcount: 0,
+        order: NO_ORDER,
+        _reserved: 0,
+    };
+
+    pub(crate) const fn new(refcount: u16, order: u8) -> Self {
+        PageMeta {
+            refcount,
+            order,
+            _reserved: 0,
+        }
+    }
+
+    /// Whether this page heads a free block.
+    #[inline]
+    pub const fn is_free_head(&self) -> bool {
+        self.refcount == 0 && self.order != NO_ORDER
+    }
+}
+
+/// Reinterprets a byte slice as `[T]`, checking size and alignment.
+fn cast_slice<T>(bytes: &mut [u8], count: usize) -> Result<&mut [T], ()> {
+    let size = core::mem::size_of::<T>();
+    let need = count.checked_mul(size).ok_or(())?;
+    if bytes.len() < need || bytes.as_ptr().align_offset(core::mem::align_of::<T>()) != 0 {
+        return Err(());
+    }
+    // SAFETY: the pointer is aligned for T and `need` bytes are in bounds and exclusively
+    // borrowed for the returned lifetime; T is `PageMeta` or `Link`, plain integers for which
+    // every bit pattern is valid.
+    Ok(unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), count) })
+}
+
+/// Views `bytes` as the metadata of `nr_pages` pages.
+pub(crate) fn meta_from_bytes(
+    bytes: &mut [u8],
+    nr_pages: usize,
+) -> Result<&mut [PageMeta], GeometryError> {
+    let need = crate::meta_bytes(nr_pages);
+    let have = bytes.len();
+    if have < need {
+        return Err(GeometryError::MetadataTooSmall { need, have });
+    }
+    cast_slice(bytes, nr_pages).map_err(|()| GeometryError::MetadataMisaligned)
+}
+
+/// A free-list node: the neighbours' page indices, [`Link::NIL`] at the ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Previous node.
+    pub prev: u32,
+    /// Next node.
+    pub next: u32,
+}
+
+impl Link {
+    /// No neighbour.
+    pub const NIL: u32 = u32::MAX;
+    /// A node with no neighbours; fill side tables with it.
+    pub const EMPTY: Link = Link {
+        prev: Link::NIL,
+        next: Link::NIL,
+    };
+}
+
+/// Where free-list links live. Reads may return anything: the free lists check every value.
+pub trait LinkStore {
+    /// Reads the link of page `idx`.
+    fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link;
+    /// Writes the link of page `idx`, which heads a free block.
+    fn store(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, link: Link);
+    /// Page `idx` left the free lists: erase what `store` left behind, if it is in the arena.
+    fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32);
+    /// Bytes of bookkeeping the store keeps at the start of a free head page (0 if none).
+    const IN_PAGE_BYTES: usize;
+    /// Whether the store can hold the links of `nr_pages` pages.
+    fn fits(&self, nr_pages: u32) -> Result<(), GeometryError>;
+}
+
+/// Links in the free pages themselves, as upstream pKVM: no extra metadata. The first 8 bytes of a
+/// free block's head page hold `prev` and `next` (little-endian `u32`s) while it is listed, and are
+/// zeroed when it leaves the list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Intrusive;
+
+impl LinkStore for Intrusive {
+    const IN_PAGE_BYTES: usize = 8;
+
+    #[inline]
+    fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link {
+        let b = arena.read8(idx as usize * page_size);
+        Link {
+            prev: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            next: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
+    #[inline]
+    fn store(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, link: Link) {
+        let (p, n) = (link.prev.to_le_bytes(), link.next.to_le_bytes());
+        arena.write8(
+            idx as usize * page_size,
+            [p[0], p[1], p[2], p[3], n[0], n[1], n[2], n[3]],
+        );
+    }
+
+    #[inline]
+    fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32) {
+        arena.write8(idx as usize * page_size, [0; 8]);
+    }
+
+    fn fits(&self, _nr_pages: u32) -> Result<(), GeometryError> {
+        Ok(())
+    }
+}
+
+/// Links in a caller-provided table beside the metadata (8 bytes a page), so that nothing written
+/// into the arena can affect the allocator.
+#[derive(Debug)]
+pub struct SideTable<'a> {
+    links: &'a mut [Link],
+}
+
+impl<'a> SideTable<'a> {
+    /// A side table over `links`, which needs one entry per page of the pool.
+    pub fn new(links: &'a mut [Link]) -> Self {
+        SideTable { links }
+    }
+
+    /// A side table carved from raw bytes: [`link_bytes`](crate::link_bytes)`(nr_pages)` bytes,
+    /// 4-byte aligned.
+    pub fn from_bytes(bytes: &'a mut [u8], nr_pages: usize) -> Result<Self, GeometryError> {
+        let need = crate::link_bytes(nr_pages);
+        let have = bytes.len();
+        if have < need {
+            return Err(GeometryError::LinksTooSmall { need, have });
+        }
+        let links = cast_slice(bytes, nr_pages).map_err(|()| GeometryError::LinksMisaligned)?;
+        Ok(SideTable { links })
+    }
+}
+
+impl LinkStore for SideTable<'_> {
+    const IN_PAGE_BYTES: usize = 0;
+
+    #[inline]
+    fn load(&self, _: &Arena<'_>, _: usize, idx: u32) -> Link {
+        self.links.get(idx as usize).copied().unwrap_or(Link::EMPTY)
+    }
+
+    #[inline]
+    fn store(&mut self, _: &mut Arena<'_>, _: usize, idx: u32, link: Link) {
+        if let Some(slot) = self.links.get_mut(idx as usize) {
+            *slot = link;
+        }
+    }
+
+    #[inline]
+    fn clear(&mut self, _: &mut Arena<'_>, _: usize, _: u32) {}
+
+    fn fits(&self, nr_pages: u32) -> Result<(), GeometryError> {
+        let need = crate::link_bytes(nr_pages as usize);
+        let have = core::mem::size_of_val(self.links);
+        if have < need {
+            return Err(GeometryError::LinksTooSmall { need, have });
+        }
+        Ok(())
+    }
+}
+
+/// The per-order FIFO free lists (pKVM's `free_area`), doubly linked through a [`LinkStore`].
+pub(crate) struct FreeLists<L> {
+    pub(crate) links: L,
+    head: [u32; MAX_ORDERS],
+    tail: [u32; MAX_ORDERS],
+    pub(crate) len: [u32; MAX_ORDERS],
+    /// Bit k set <=> list k is non-empty.
+    pub(crate) mask: u32,
+    nr_pages: u32,
+    base_pfn: u64,
+    page_size: usize,
+}
+
+impl<L: LinkStore> FreeLists<L> {
+    pub(crate) fn new(links: L, nr_pages: u32, base_pfn: u64, page_size: usize) -> Self {
+        FreeLists {
+            links,
+            head: [Link::NIL; MAX_ORDERS],
+            tail: [Link::NIL; MAX_ORDERS],
+            len: [0; MAX_ORDERS],
+            mask: 0,
+            nr_pages,
+            base_pfn,
+            page_size,
+        }
+    }
+
+    fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
+        Corruption {
+            kind,
+            pfn: self.base_pfn + idx as u64,
+        }
+    }
+
+    /// The link of `idx`, with both ends checked to be NIL or a page of the pool.
+    #[inline]
+    pub(crate) fn link(&self, arena: &Arena<'_>, idx: u32) -> Result<Link, Corruption> {
+        let link = self.links.load(arena, self.page_size, idx);
+        let ok = |i: u32| i == Link::NIL || i < self.nr_pages;
+        if ok(link.prev) && ok(link.next) {
+            Ok(link)
+        } else {
+            Err(self.corrupt(CorruptionKind::LinkOutOfRange, idx))
+        }
+    }
+
+    /// The head of list `order`.
+    #[inline]
+    pub(crate) fn first(&self, order: u32) -> Option<u32> {
+        match self.head.get(order as usize) {
+            Some(&h) if h != Link::NIL => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Appends `idx` at the tail of list `order`.
+    #[inline]
+    pub(crate) fn append(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<(), Corruption> {
+        let o = order as usize;
+        let tail = self.tail[o];
+        if tail != Link::NIL {
+            let mut t = self.link(arena, tail)?;
+            t.next = idx;
+            self.links.store(arena, self.page_size, tail, t);
+        } else {
+            self.head[o] = idx;
+            self.mask |= 1 << order;
+        }
+        self.links.store(
+            arena,
+            self.page_size,
+            idx,
+            Link {
+                prev: tail,
+                next: Link::NIL,
+            },
+        );
+        self.tail[o] = idx;
+        self.len[o] += 1;
+        Ok(())
+    }
+
+    /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
+    /// before the first write, so a corrupt neighbourhood is reported with nothing changed.
+    #[inline]
+    pub(crate) fn remove(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<(), Corruption> {
+        let o = order as usize;
+        let me = self.link(arena, idx)?;
+        let prev = if me.prev == Link::NIL {
+            None
+        } else {
+            Some(self.link(arena, me.prev)?)
+        };
+        let next = if me.next == Link::NIL {
+            None
+        } else {
+            Some(self.link(arena, me.next)?)
+        };
+        let consistent = match prev {
+            Some(p) => p.next == idx,
+            None => self.head[o] == idx,
+        } && match next {
+            Some(n) => n.prev == idx,
+            None => self.tail[o] == idx,
+        } && self.len[o] > 0;
+        if !consistent {
+            return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+        }
+        match prev {
+            Some(mut p) => {
+                p.next = me.next;
+                self.links.store(arena, self.page_size, me.prev, p);
+            }
+            None => self.head[o] = me.next,
+        }
+        match next {
+            Some(mut n) => {
+                n.prev = me.prev;
+                self.links.store(arena, self.page_size, me.next, n);
+            }
+            None => self.tail[o] = me.prev,
+        }
+        self.links.clear(arena, self.page_size, idx);
+        self.len[o] -= 1;
+        if self.len[o] == 0 {
+            self.mask &= !(1 << order);
+        }
+        Ok(())
+    }
+
+    /// Walks list `order` from its head: at most `len` nodes, stopping at the first bad link.
+    pub(crate) fn iter<'s>(&'s self, arena: &'s Arena<'s>, order: u32) -> ListIter<'s, L> {
+        let (next, left) = match (self.head.get(order as usize), self.len.get(order as usize)) {
+            (Some(&h), Some(&n)) => (h, n),
+            _ => (Link::NIL, 0),
+        };
+        ListIter {
+            lists: self,
+            arena,
+            next,
+            left,
+        }
+    }
+
+    pub(crate) fn tail(&self, order: u32) -> u32 {
+        self.tail.get(order as usize).copied().unwrap_or(Link::NIL)
+    }
+}
+
+/// Iterator over one free list's page indices, head first.
+pub(crate) struct ListIter<'s, L> {
+    lists: &'s FreeLists<L>,
+    arena: &'s Arena<'s>,
+    next: u32,
+    left: u32,
+}
+
+impl<L: LinkStore> Iterator for ListIter<'_, L> {
+    /// `Err` once, at the first node whose link is out of range, then the walk ends.
+    type Item = Result<(u32, Link), Corruption>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 || self.next == Link::NIL || self.next >= self.lists.nr_pages {
+            return None;
+        }
+        self.left -= 1;
+        let idx = self.next;
+        match self.lists.link(self.arena, idx) {
+            Ok(link) => {
+                self.next = link.next;
+                Some(Ok((idx, link)))
+            }
+            Err(c) => {
+                self.left = 0;
+                Some(Err(c))
+            }
+        }
+    }
+}
