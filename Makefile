@@ -1,0 +1,61 @@
+# pagebuddy: `make demo` runs the main job, `make test` builds and runs every test.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.deps-installed
+export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+
+.PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel bench \
+        bench-build clean
+
+all: test
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Build and test dependencies, installed once per change of pyproject.toml.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.5,<2" "rich>=13" "matplotlib>=3.5" \
+	    "pytest>=7" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5"
+	touch $@
+
+## develop: build the native module (release) into the venv
+develop: $(STAMP)
+	$(VENV)/bin/maturin develop --release --quiet --extras plot
+
+## demo: the main job
+demo: develop
+	$(PY) -m pagebuddy
+
+## test: everything CI checks
+test: lint test-rust test-python
+
+lint: lint-rust lint-python
+
+lint-rust:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+lint-python: $(STAMP)
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+
+test-rust:
+	cargo test -p pagebuddy --all-features
+
+test-python: develop
+	$(PY) -m pytest -q
+
+## fmt: format Rust and Python sources
+fmt: $(STAMP)
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benches
+	$(VENV)/bin/ruff check --fix python tests benches
+
+## wheel: one abi3 wheel in dist/
+wheel: $(STAMP)
+	$(VENV)/bin/maturin build --release --out dist
+
+clean:
+	cargo clean
+	rm -rf $(VENV) dist .pytest_cache .hypothesis

@@ -1,0 +1,148 @@
+//! Translation between Python values and the core's: arguments in, errors out.
+
+use pagebuddy::{Error, PageMeta};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::PyType;
+
+/// A Python int argument, classified without losing what made it unusable.
+pub enum Int {
+    Val(u64),
+    Negative,
+    Huge,
+}
+
+impl Int {
+    /// Reads an int as `operator.index` would: non-ints raise `TypeError` naming `what()`.
+    pub fn of<S: std::fmt::Display>(
+        obj: &Bound<'_, PyAny>,
+        what: impl FnOnce() -> S,
+    ) -> PyResult<Int> {
+        match obj.extract::<u64>() {
+            Ok(v) => Ok(Int::Val(v)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
+                Ok(if obj.lt(0)? { Int::Negative } else { Int::Huge })
+            }
+            Err(e) if e.is_instance_of::<PyTypeError>(obj.py()) => Err(PyTypeError::new_err(
+                format!("{} must be an int, got {}", what(), type_name(obj)),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value if it is at most `max`.
+    pub fn at_most(&self, max: u64) -> Option<u64> {
+        match *self {
+            Int::Val(v) if v <= max => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A pfn argument: ints that fit no `u64` are outside every pool.
+pub fn pfn(op: &str, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    match Int::of(obj, || format!("{op}: pfn"))? {
+        Int::Val(v) => Ok(v),
+        _ => Err(raise(
+            obj.py(),
+            "PageError",
+            format!("{op}: pfn {} is outside the pool", obj.repr()?),
+        )),
+    }
+}
+
+/// `what` as an int in `min..=max`, else `ValueError` naming the rule.
+pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
+    match Int::of(obj, || what)?.at_most(max) {
+        Some(v) if v >= min => Ok(v),
+        _ => Err(PyValueError::new_err(format!(
+            "{what} must be an int in {min}..={max}, got {}",
+            obj.repr()?
+        ))),
+    }
+}
+
+/// An order argument: `ValueError` outside `0..max_order`.
+pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> {
+    match Int::of(obj, || format!("{op}: order"))?.at_most(u64::from(max_order).saturating_sub(1)) {
+        Some(v) if max_order > 0 => Ok(v as u32),
+        _ => Err(PyValueError::new_err(format!(
+            "{op}: order {} is invalid: this pool has orders 0..{}",
+            obj.repr()?,
+            max_order - 1
+        ))),
+    }
+}
+
+/// A `str` argument that must be one of `choices`.
+pub fn choice<'a>(obj: &Bound<'_, PyAny>, what: &str, choices: &[&'a str]) -> PyResult<&'a str> {
+    let s: String = obj.extract().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a str, got {}", type_name(obj)))
+    })?;
+    choices.iter().copied().find(|c| *c == s).ok_or_else(|| {
+        PyValueError::new_err(format!("{what} must be one of {choices:?}, got {s:?}"))
+    })
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The exception classes of `pagebuddy._errors`, shared with the reference model.
+fn class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyType>> {
+    static PAGE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+    static OOM: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+    static CORRUPT: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+    let cell = match name {
+        "PageError" => &PAGE,
+        "OutOfMemory" => &OOM,
+        _ => &CORRUPT,
+    };
+    cell.import(py, "pagebuddy._errors", name).cloned()
+}
+
+/// Raises `name(msg)`.
+pub fn raise(py: Python<'_>, name: &'static str, msg: String) -> PyErr {
+    match class(py, name) {
+        Ok(cls) => PyErr::from_type(cls, msg),
+        Err(e) => e,
+    }
+}
+
+/// What a page was when a call on it failed, to say which rule it broke.
+fn not_held_reason(page: Option<PageMeta>) -> &'static str {
+    match page {
+        Some(m) if m.order != pagebuddy::NO_ORDER => "refcount 0: free page",
+        _ => "refcount 0: tail page of a block",
+    }
+}
+
+/// The Python exception for a core error in `op`; `page` is the pfn's metadata, if any.
+pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> PyErr {
+    match err {
+        Error::PfnOutOfRange { pfn } => raise(
+            py,
+            "PageError",
+            format!("{op}: pfn {pfn} is outside the pool"),
+        ),
+        Error::NotHeld { pfn } => raise(
+            py,
+            "PageError",
+            format!("{op}: pfn {pfn} is not held ({})", not_held_reason(page)),
+        ),
+        Error::RefcountOverflow { pfn } => raise(
+            py,
+            "PageError",
+            format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
+        ),
+        Error::InvalidOrder { .. } | Error::Geometry(_) => {
+            PyValueError::new_err(format!("{op}: {err}"))
+        }
+        Error::OutOfMemory { .. } => raise(py, "OutOfMemory", format!("{op}: {err}")),
+        Error::Corrupted(c) => raise(py, "CorruptionError", format!("{op}: {c}")),
+    }
+}

@@ -1,0 +1,507 @@
+//! Python bindings: `pagebuddy._native.Pool`, a thin translation layer over the core's
+//! [`LockedPool`]. Policy lives in the core; this file only converts arguments, results and
+//! errors, and owns the memory the core borrows.
+
+mod convert;
+
+use std::ptr::NonNull;
+
+use pagebuddy::{
+    Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
+    SideTable, StdLock, ZeroPolicy, MAX_PAGES,
+};
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PySlice;
+
+use convert::{choice, int_in, raise, Int};
+
+type Locked<L> = LockedPool<'static, L, StdLock>;
+
+/// The core pool, with links in a side table (the default) or in the free pages.
+enum Inner {
+    Side(Locked<SideTable<'static>>),
+    Intrusive(Locked<Intrusive>),
+}
+
+/// Runs `$body` on the core pool, under its lock, whatever its link store.
+macro_rules! with {
+    ($self:expr, |$p:ident| $body:expr) => {
+        match &$self.inner {
+            Inner::Side(l) => l.with(|$p| $body),
+            Inner::Intrusive(l) => l.with(|$p| $body),
+        }
+    };
+}
+
+/// Metadata and links that the core borrows as `'static`; freed after the core is dropped.
+struct Storage {
+    meta: NonNull<[PageMeta]>,
+    links: Option<NonNull<[Link]>>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // SAFETY: both came from `Box::leak` in `leak` and are freed only here, once. `Pool`
+        // declares `inner` (the only borrower) before `storage`, so it has been dropped already.
+        unsafe {
+            drop(Box::from_raw(self.meta.as_ptr()));
+            if let Some(links) = self.links {
+                drop(Box::from_raw(links.as_ptr()));
+            }
+        }
+    }
+}
+
+// SAFETY: `Storage` only frees its boxes on drop; the core reaches them under its lock.
+unsafe impl Send for Storage {}
+// SAFETY: `Storage` itself is never read through `&self`.
+unsafe impl Sync for Storage {}
+
+/// `n` copies of `fill` on the heap, for `Storage` to free; `MemoryError` if it can't be had.
+fn leak<T: Copy>(n: usize, fill: T) -> PyResult<NonNull<[T]>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| PyMemoryError::new_err(format!("cannot allocate metadata for {n} pages")))?;
+    v.resize(n, fill);
+    Ok(NonNull::from(Box::leak(v.into_boxed_slice())))
+}
+
+/// The slice behind a pointer from `leak`, for the core to borrow.
+///
+/// # Safety
+/// `ptr` comes from `leak`, is borrowed by nothing else, and outlives every use of the result.
+unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
+    // SAFETY: `leak` made `ptr` from a live, initialised boxed slice; the caller promises
+    // exclusivity and that the box is freed (by `Storage`) only after the borrow ends.
+    unsafe { &mut *ptr.as_ptr() }
+}
+
+/// A buddy page allocator over an arena of `nr_pages` pages (pKVM's hyp_pool).
+///
+/// Pool(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None,
+/// zero="free")
+///
+/// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
+/// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
+/// the effective number, min(cap, nr_pages.bit_length())). buffer is None (the pool owns a zeroed,
+/// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes.
+/// zero is "free" (zero blocks when freed, as pKVM), "alloc" (when allocated) or "never".
+/// A Pool may be shared between threads; batch calls release the GIL.
+#[pyclass(module = "pagebuddy._native", name = "Pool", frozen)]
+pub struct Pool {
+    // Field order is drop order: the core goes before the memory it borrows.
+    inner: Inner,
+    _storage: Storage,
+    _export: Py<PyAny>,
+    bytes: Py<PyAny>,
+    geo: Geometry,
+    zero: &'static str,
+}
+
+impl Pool {
+    /// The arena: `buffer`, or a new anonymous mapping, as a writable byte memoryview.
+    fn arena<'py>(
+        py: Python<'py>,
+        buffer: Option<&Bound<'py, PyAny>>,
+        need: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let owner = match buffer {
+            Some(b) if !b.is_none() => b.clone(),
+            _ => py.import("mmap")?.getattr("mmap")?.call1((-1, need))?,
+        };
+        let not_buffer = |what: &str| {
+            PyTypeError::new_err(format!(
+                "buffer must be a writable C-contiguous buffer (bytearray, mmap, numpy array, \
+                 memoryview): {} {what}",
+                owner
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        };
+        let view = py
+            .import("builtins")?
+            .getattr("memoryview")?
+            .call1((&owner,))
+            .map_err(|_| not_buffer("does not export a buffer"))?;
+        if view.getattr("readonly")?.is_truthy()? {
+            return Err(not_buffer("is read-only"));
+        }
+        let bytes = view
+            .call_method1("cast", ("B",))
+            .map_err(|_| not_buffer("is not C-contiguous"))?;
+        let have: usize = bytes.getattr("nbytes")?.extract()?;
+        if have < need {
+            return Err(PyValueError::new_err(format!(
+                "buffer holds {have} bytes, the pool needs nr_pages * page_size = {need}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Pins `need` bytes of `bytes` with a buffer export (a ctypes array made `from_buffer`,
+    /// which the limited API allows) and returns it with the address of the first byte.
+    fn export<'py>(bytes: &Bound<'py, PyAny>, need: usize) -> PyResult<(Bound<'py, PyAny>, usize)> {
+        let ctypes = bytes.py().import("ctypes")?;
+        let mul = bytes.py().import("operator")?.getattr("mul")?;
+        let array = mul.call1((ctypes.getattr("c_char")?, need))?;
+        let pin = array.call_method1("from_buffer", (bytes,))?;
+        let addr = ctypes.call_method1("addressof", (&pin,))?.extract()?;
+        Ok((pin, addr))
+    }
+
+    fn build<L: LinkStore>(
+        geo: &Config,
+        addr: usize,
+        meta: &'static mut [PageMeta],
+        links: L,
+    ) -> PyResult<Locked<L>> {
+        let ptr = NonNull::new(addr as *mut u8)
+            .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
+        // SAFETY: `addr` is the start of a writable buffer export of at least
+        // nr_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
+        // `Pool` for as long as the core lives (`inner` is dropped before `_export`), which pins
+        // the memory. The core writes only into free pages; Python writes into held ones through
+        // views.
+        let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
+        let pool = Core::new(arena, meta, links, *geo)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(LockedPool::new(pool))
+    }
+
+    fn page_error(
+        &self,
+        py: Python<'_>,
+        op: &str,
+        (err, page): (Error, Option<PageMeta>),
+    ) -> PyErr {
+        convert::error(py, op, err, page)
+    }
+}
+
+/// Applies a page operation (`put`, `get`, `split`) to one pfn, translating errors.
+macro_rules! page_op {
+    ($self:expr, $py:expr, $op:literal, $pfn:expr, $method:ident) => {{
+        let pfn = convert::pfn($op, $pfn)?;
+        with!($self, |p| p.$method(pfn).map_err(|e| (e, p.page(pfn).ok())))
+            .map_err(|e| $self.page_error($py, $op, e))
+    }};
+}
+
+#[pymethods]
+impl Pool {
+    #[new]
+    #[pyo3(signature = (nr_pages, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, buffer=None, zero=None, _links=None))]
+    #[pyo3(
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free')"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        nr_pages: &Bound<'_, PyAny>,
+        page_size: Option<&Bound<'_, PyAny>>,
+        base_pfn: Option<&Bound<'_, PyAny>>,
+        reserved_pages: Option<&Bound<'_, PyAny>>,
+        max_order: Option<&Bound<'_, PyAny>>,
+        buffer: Option<&Bound<'_, PyAny>>,
+        zero: Option<&Bound<'_, PyAny>>,
+        _links: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
+        let page_size = match page_size {
+            Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
+            None => 4096,
+        };
+        if !page_size.is_power_of_two() {
+            return Err(PyValueError::new_err(format!(
+                "page_size must be a power of two, got {page_size}"
+            )));
+        }
+        let base_pfn = match base_pfn {
+            Some(b) => int_in(b, "base_pfn", 0, u64::MAX - nr as u64 + 1)?,
+            None => 0,
+        };
+        let reserved = match reserved_pages {
+            Some(r) => int_in(r, "reserved_pages", 0, nr as u64)? as usize,
+            None => 0,
+        };
+        let cap = match max_order {
+            None => 11,
+            Some(m) => match Int::of(m, || "max_order")? {
+                Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
+                Int::Huge => u32::MAX,
+                _ => {
+                    let got = m.repr()?;
+                    return Err(PyValueError::new_err(format!(
+                        "max_order must be an int >= 1, got {got}"
+                    )));
+                }
+            },
+        };
+        let zero = match zero {
+            Some(z) => choice(z, "zero", &["free", "alloc", "never"])?,
+            None => "free",
+        };
+        let intrusive = match _links {
+            Some(l) => choice(l, "_links", &["side", "intrusive"])? == "intrusive",
+            None => false,
+        };
+        let policy = match zero {
+            "alloc" => ZeroPolicy::OnAlloc,
+            "never" => ZeroPolicy::Never,
+            _ => ZeroPolicy::OnFree,
+        };
+        let config = Config::new(nr)
+            .page_size(page_size)
+            .base_pfn(base_pfn)
+            .reserved_pages(reserved)
+            .order_cap(cap)
+            .zero(policy);
+        let geo = config
+            .geometry()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let bytes = Self::arena(py, buffer, geo.arena_bytes())?;
+        let (export, addr) = Self::export(&bytes, geo.arena_bytes())?;
+        let mut storage = Storage {
+            meta: leak(nr, PageMeta::INIT)?,
+            links: None,
+        };
+        // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
+        // core, which is their only borrower (on error, the core is gone before `storage`).
+        let meta = unsafe { borrow(storage.meta) };
+        let inner = if intrusive {
+            Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
+        } else {
+            let links = leak(nr, Link::EMPTY)?;
+            storage.links = Some(links);
+            // SAFETY: as for `meta`.
+            let links = SideTable::new(unsafe { borrow(links) });
+            Inner::Side(Self::build(&config, addr, meta, links)?)
+        };
+        Ok(Pool {
+            inner,
+            _storage: storage,
+            _export: export.unbind(),
+            bytes: bytes.unbind(),
+            geo,
+            zero,
+        })
+    }
+
+    /// Allocates a block of 2**order pages and returns the pfn of its head.
+    ///
+    /// Takes the head of the first non-empty free list at or above `order`, splitting it down.
+    /// Raises ValueError for an order outside 0..max_order and OutOfMemory when no block is free.
+    fn alloc_pages(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let order = convert::order("alloc_pages", order, self.geo.max_order)?;
+        with!(self, |p| p.alloc(order).map_err(|e| (e, None)))
+            .map_err(|e| self.page_error(py, "alloc_pages", e))
+    }
+
+    /// Drops one reference to a held page; at zero its block is freed and coalesced.
+    ///
+    /// Raises PageError for a pfn outside the pool or a page that is not held.
+    fn put_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
+        page_op!(self, py, "put_page", pfn, put)
+    }
+
+    /// Takes one more reference to a held page.
+    ///
+    /// Raises PageError for a pfn outside the pool, a page not held, or a refcount at 65535.
+    fn get_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
+        page_op!(self, py, "get_page", pfn, get)
+    }
+
+    /// Splits the held block headed by `pfn` into order-0 pages, each held once (the head keeps
+    /// its refcount).
+    fn split_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
+        page_op!(self, py, "split_page", pfn, split)
+    }
+
+    /// The refcount of a page (0 for free pages and tail pages).
+    fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
+        let pfn = convert::pfn("page_count", pfn)?;
+        with!(self, |p| p.refcount(pfn).map_err(|e| (e, None)))
+            .map_err(|e| self.page_error(py, "page_count", e))
+    }
+
+    /// The free lists, one per order 0..max_order, each head first (FIFO order).
+    fn free_lists(&self) -> Vec<Vec<u64>> {
+        let orders = 0..self.geo.max_order;
+        with!(self, |p| orders.map(|k| p.free_list(k).collect()).collect())
+    }
+
+    /// A writable memoryview of the held block headed by `pfn` (page_size << order bytes).
+    ///
+    /// The view keeps the arena alive, also after the pool is gone.
+    fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let pfn = convert::pfn("view", pfn)?;
+        let order = with!(self, |p| match p.page(pfn) {
+            Ok(m) if m.refcount > 0 => Ok(u32::from(m.order)),
+            Ok(m) => Err((Error::NotHeld { pfn }, Some(m))),
+            Err(e) => Err((e, None)),
+        })
+        .map_err(|e| self.page_error(py, "view", e))?;
+        let off = (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
+        let len = self.geo.page_size << order;
+        let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
+        self.bytes.bind(py).get_item(slice)
+    }
+
+    /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        with!(self, |p| p.check()).map_err(|c| raise(py, "CorruptionError", format!("check: {c}")))
+    }
+
+    /// Allocates `count` blocks of `order` in one critical section, without the GIL.
+    ///
+    /// All or nothing: raises OutOfMemory, with nothing allocated, when `count` blocks cannot
+    /// be had. Returns the pfns in allocation order.
+    fn alloc_many(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u64>> {
+        let order = convert::order("alloc_many", order, self.geo.max_order)?;
+        let count = match Int::of(count, || "alloc_many: count")? {
+            Int::Val(v) => v,
+            Int::Huge => u64::MAX,
+            Int::Negative => {
+                return Err(PyValueError::new_err(format!(
+                    "alloc_many: count must be >= 0, got {}",
+                    count.repr()?
+                )))
+            }
+        };
+        let result = py.allow_threads(|| {
+            with!(self, |p| {
+                let capacity = p.capacity(order);
+                if capacity < count {
+                    return Err((Error::OutOfMemory { order }, capacity));
+                }
+                let mut pfns = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    pfns.push(p.alloc(order).map_err(|e| (e, capacity))?);
+                }
+                Ok(pfns)
+            })
+        });
+        result.map_err(|(e, capacity)| match e {
+            Error::OutOfMemory { .. } => raise(
+                py,
+                "OutOfMemory",
+                format!("alloc_many: out of memory: {count} blocks of order {order} asked, {capacity} can be had"),
+            ),
+            e => convert::error(py, "alloc_many", e, None),
+        })
+    }
+
+    /// Puts every pfn of an iterable, in order, in one critical section, without the GIL.
+    ///
+    /// All elements are converted first (a non-int raises TypeError with nothing applied). The
+    /// first pfn that fails raises PageError naming its index; the earlier ones stay applied and
+    /// the rest are untouched.
+    fn put_many(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
+        let values = items
+            .iter()
+            .enumerate()
+            .map(
+                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
+                    Int::Val(v) => Ok(Some(v)),
+                    _ => Ok(None),
+                },
+            )
+            .collect::<PyResult<Vec<Option<u64>>>>()?;
+        let result = py.allow_threads(|| {
+            with!(self, |p| {
+                for (i, pfn) in values.iter().enumerate() {
+                    let Some(pfn) = *pfn else {
+                        return Err((i, None));
+                    };
+                    p.put(pfn).map_err(|e| (i, Some((e, p.page(pfn).ok()))))?;
+                }
+                Ok(())
+            })
+        });
+        result.map_err(|(i, err)| {
+            let op = format!("put_many: pfns[{i}]");
+            match err {
+                Some((e, page)) => convert::error(py, &op, e, page),
+                None => match items[i].repr() {
+                    Ok(r) => raise(
+                        py,
+                        "PageError",
+                        format!("{op}: pfn {r} is outside the pool"),
+                    ),
+                    Err(e) => e,
+                },
+            }
+        })
+    }
+
+    /// Free pages, in all blocks.
+    #[getter]
+    fn free_pages(&self) -> u32 {
+        with!(self, |p| p.free_pages())
+    }
+
+    /// Number of pages the pool manages.
+    #[getter]
+    fn nr_pages(&self) -> u32 {
+        self.geo.nr_pages
+    }
+
+    /// Frame number of the arena's first page.
+    #[getter]
+    fn base_pfn(&self) -> u64 {
+        self.geo.base_pfn
+    }
+
+    /// Bytes per page.
+    #[getter]
+    fn page_size(&self) -> usize {
+        self.geo.page_size
+    }
+
+    /// Number of orders: blocks have orders 0..max_order.
+    #[getter]
+    fn max_order(&self) -> u32 {
+        self.geo.max_order
+    }
+
+    /// Pages that started held: the first `reserved_pages` pages.
+    #[getter]
+    fn reserved_pages(&self) -> u32 {
+        self.geo.reserved_pages
+    }
+
+    /// The zero policy: "free", "alloc" or "never".
+    #[getter]
+    fn zero(&self) -> &'static str {
+        self.zero
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}', free_pages={})",
+            self.geo.nr_pages,
+            self.geo.page_size,
+            self.geo.base_pfn,
+            self.geo.max_order,
+            self.zero,
+            self.free_pages()
+        )
+    }
+}
+
+/// The native half of pagebuddy; use it through the `pagebuddy` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Pool>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
