@@ -78,3 +78,8 @@ pub const fn link_bytes(nr_pages: usize) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's Rust example runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
