@@ -258,7 +258,9 @@ impl Pool {
             .base_pfn(base_pfn)
             .reserved_pages(reserved)
             .order_cap(cap)
-            .zero(policy);
+            .zero(policy)
+            // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
+            .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
         let geo = config
             .geometry()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;

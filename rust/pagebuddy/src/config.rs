@@ -38,6 +38,9 @@ pub struct Config {
     pub order_cap: u32,
     /// When pages are zeroed. Default [`ZeroPolicy::OnFree`].
     pub zero: ZeroPolicy,
+    /// The caller promises that the arena already reads as zeros (fresh anonymous memory), so
+    /// [`ZeroPolicy::OnFree`] need not zero the free pages at construction. Default `false`.
+    pub prezeroed: bool,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             reserved_pages: 0,
             order_cap: 11,
             zero: ZeroPolicy::OnFree,
+            prezeroed: false,
         }
     }
 
@@ -81,6 +85,12 @@ impl Config {
     /// Sets the zero policy.
     pub const fn zero(mut self, zero: ZeroPolicy) -> Self {
         self.zero = zero;
+        self
+    }
+
+    /// Declares whether the arena already reads as zeros (see [`Config::prezeroed`]).
+    pub const fn prezeroed(mut self, prezeroed: bool) -> Self {
+        self.prezeroed = prezeroed;
         self
     }
 

@@ -70,26 +70,34 @@ unsafe impl RawLock for SpinLock {
     }
 }
 
-/// A blocking lock built on `std::sync::{Mutex, Condvar}`: waiters sleep instead of spinning.
+/// A blocking lock built on `std::sync::{Mutex, Condvar}`: waiters sleep instead of spinning,
+/// and an uncontended lock/unlock costs two short mutex sections and no system call.
 #[cfg(feature = "std")]
 #[derive(Debug, Default)]
 pub struct StdLock {
-    held: std::sync::Mutex<bool>,
+    state: std::sync::Mutex<StdLockState>,
     released: std::sync::Condvar,
 }
 
 #[cfg(feature = "std")]
+#[derive(Debug, Default)]
+struct StdLockState {
+    held: bool,
+    waiters: u32,
+}
+
+#[cfg(feature = "std")]
 impl StdLock {
-    fn flag(&self) -> std::sync::MutexGuard<'_, bool> {
-        // `held` is only a flag: a panic while it was locked cannot leave it inconsistent.
-        self.held
+    fn state(&self) -> std::sync::MutexGuard<'_, StdLockState> {
+        // The state is two plain fields updated together: a panic elsewhere cannot tear them.
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-// SAFETY: the flag is only read and set under `held`, whose lock/unlock give acquire/release
-// ordering; `lock` returns only after it turned the flag from false to true itself.
+// SAFETY: `held` is only read and set under `state`, whose lock/unlock give acquire/release
+// ordering; `lock` returns only after it turned `held` from false to true itself.
 #[cfg(feature = "std")]
 unsafe impl RawLock for StdLock {
     fn new() -> Self {
@@ -97,19 +105,27 @@ unsafe impl RawLock for StdLock {
     }
 
     fn lock(&self) {
-        let mut held = self.flag();
-        while *held {
-            held = self
+        let mut state = self.state();
+        while state.held {
+            state.waiters += 1;
+            state = self
                 .released
-                .wait(held)
+                .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.waiters -= 1;
         }
-        *held = true;
+        state.held = true;
     }
 
     unsafe fn unlock(&self) {
-        *self.flag() = false;
-        self.released.notify_one();
+        let waiters = {
+            let mut state = self.state();
+            state.held = false;
+            state.waiters
+        };
+        if waiters > 0 {
+            self.released.notify_one();
+        }
     }
 }
 

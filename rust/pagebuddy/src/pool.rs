@@ -88,7 +88,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             geo,
             free_pages: 0,
         };
-        pool.populate()?;
+        pool.populate(config.prezeroed)?;
         Ok(pool)
     }
 
@@ -96,7 +96,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// that fit, each appended to its list in increasing pfn order. Sequential puts produce the
     /// same: a page merges upward exactly while its block stays aligned, inside the free range
     /// and below `max_order`, and each block is listed when its last page is put.
-    fn populate(&mut self) -> Result<(), Corruption> {
+    fn populate(&mut self, prezeroed: bool) -> Result<(), Corruption> {
         let (n, reserved) = (self.geo.nr_pages, self.geo.reserved_pages);
         for m in &mut self.meta[..n as usize] {
             *m = PageMeta::INIT;
@@ -104,7 +104,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         for m in &mut self.meta[..reserved as usize] {
             *m = PageMeta::new(1, 0);
         }
-        if self.geo.zero == ZeroPolicy::OnFree {
+        if self.geo.zero == ZeroPolicy::OnFree && !prezeroed {
             let ps = self.geo.page_size;
             self.arena
                 .zero(reserved as usize * ps, (n - reserved) as usize * ps);

@@ -609,3 +609,39 @@ fn locked_pool_from_threads() {
     assert_eq!(pool.free_pages(), 256);
     pool.check().unwrap();
 }
+
+#[cfg(feature = "std")]
+#[test]
+fn std_locked_pool_from_threads() {
+    let mut mem = Mem::new(64);
+    let pool: LockedPool<'_, Intrusive, StdLock> = LockedPool::new(mem.intrusive(cfg(64)).unwrap());
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..3000u32 {
+                    let pfn = pool.alloc((i + t) % 4).unwrap();
+                    pool.get(pfn).unwrap();
+                    pool.put(pfn).unwrap();
+                    pool.put(pfn).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(pool.free_pages(), 64);
+    pool.check().unwrap();
+}
+
+#[test]
+fn prezeroed_skips_zeroing_at_construction_only() {
+    let mut mem = Mem::new(4);
+    let mut pool = mem.side(cfg(4).reserved_pages(1).prezeroed(true)).unwrap();
+    // The arena was not zero (0xAA): the promise was false, and check() says so.
+    assert_eq!(arena_bytes(&pool, 1, PS), vec![0xAA; PS]);
+    assert_eq!(
+        pool.check().map_err(|c| c.kind),
+        Err(CorruptionKind::NotZero)
+    );
+    pool.put(0).unwrap(); // frees still zero
+    assert_eq!(arena_bytes(&pool, 0, PS), vec![0; PS]);
+}
