@@ -261,6 +261,19 @@ impl Model {
         h + (1 << order) > i && self.refcount[h] > 0
     }
 
+    /// For every page, whether it lies in a held block (one pass).
+    pub fn held_pages(&self) -> Vec<bool> {
+        let mut held = vec![false; self.geo.nr_pages];
+        let mut i = 0;
+        while i < held.len() {
+            let size = 1usize << self.order[i].unwrap();
+            let end = (i + size).min(held.len());
+            held[i..end].fill(self.refcount[i] > 0);
+            i = end;
+        }
+        held
+    }
+
     pub fn free_pages(&self) -> u32 {
         self.lists
             .iter()
@@ -492,8 +505,9 @@ fn compare<L: LinkStore>(
     let ps = geo.page_size;
     // SAFETY: the arena is `n * ps` bytes at `base` and the pool is not running.
     let bytes = unsafe { std::slice::from_raw_parts(base.as_ptr(), n * ps) };
+    let held = model.held_pages();
     for i in 0..n {
-        if store == Store::Side || model.page_held(i) {
+        if store == Store::Side || held[i] {
             let range = i * ps..(i + 1) * ps;
             assert!(
                 bytes[range.clone()] == model.mem[range],
