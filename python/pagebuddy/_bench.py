@@ -1,0 +1,331 @@
+"""The quick Python benchmark: cost per call of ``Pool`` against ``ReferencePool``.
+
+Every workload runs the same Python loop against a fresh pool of each class, so
+the figures are what a Python caller pays per call, loop included; the cost of
+that loop alone is measured too and reported as ``loop_overhead_ns``. Pools use
+4 KiB pages and ``zero="never"``, so the figures are the allocator's bookkeeping
+and not memset. Random choices are drawn before timing starts, the garbage
+collector is off while timing, and each figure is the best of a few runs.
+
+Workloads (``n`` = pages in the pool):
+
+``alloc``        ``alloc_pages(0)`` until the pool is full (``n`` calls).
+``put``          ``put_page`` of every page of a full pool in random order.
+``get``          ``get_page`` of every page of a full pool.
+``split``        ``split_page`` of order-4 blocks (``n / 16`` calls).
+``alloc_many``   ``alloc_many(0, n)`` on a free pool, per page.
+``put_many``     ``put_many`` of all ``n`` pages in random order, per page.
+``churn``        half the pool held as order-0 pages; free a random held page and
+                 allocate one; per call.
+``mixed``        orders 0..9 with P(k) ~ 2^-(k+1), random frees, the pool kept
+                 about half full; per call.
+
+Modes: ``quick`` (2**14 pages, best of 3) and ``tiny`` (2**8 pages, one run; it
+exists so that CI can check the benchmark still runs).
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["MODES", "BenchResult", "Measurement", "format_table", "run_benchmarks"]
+
+#: mode -> (pages, repeats)
+MODES: dict[str, tuple[int, int]] = {"quick": (1 << 14, 3), "tiny": (1 << 8, 1)}
+
+SCHEMA = "pagebuddy-python-bench/1"
+
+
+@dataclass
+class Measurement:
+    """One workload: nanoseconds per unit for each class, and their ratio."""
+
+    name: str
+    unit: str
+    description: str
+    pool_ns: float
+    reference_ns: float
+
+    @property
+    def ratio(self) -> float:
+        """How many times faster ``Pool`` is than ``ReferencePool``."""
+        return self.reference_ns / self.pool_ns if self.pool_ns > 0 else float("inf")
+
+
+@dataclass
+class BenchResult:
+    """A whole benchmark run."""
+
+    mode: str
+    pages: int
+    repeats: int
+    loop_overhead_ns: float
+    results: list[Measurement] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document ``--json`` prints (schema ``pagebuddy-python-bench/1``)."""
+        return {
+            "schema": SCHEMA,
+            "mode": self.mode,
+            "pages": self.pages,
+            "page_size": 4096,
+            "zero": "never",
+            "repeats": self.repeats,
+            "python": platform.python_implementation() + " " + platform.python_version(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(self.seconds, 3),
+            "loop_overhead_ns": round(self.loop_overhead_ns, 1),
+            "results": [
+                {
+                    **asdict(m),
+                    "pool_ns": round(m.pool_ns, 1),
+                    "reference_ns": round(m.reference_ns, 1),
+                    "ratio": round(m.ratio, 2),
+                }
+                for m in self.results
+            ],
+        }
+
+
+def _new(cls: type, pages: int) -> Any:
+    return cls(pages, zero="never")
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    """Run ``fn`` (which returns how many units it did) with GC off; ns per unit."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        units = fn()
+        t1 = time.perf_counter_ns()
+    finally:
+        gc.enable()
+    return (t1 - t0) / max(1, units)
+
+
+# Each workload: (cls, pages, rng) -> ns per unit, measured on a fresh pool.
+
+
+def _alloc(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    alloc = pool.alloc_pages
+
+    def run() -> int:
+        for _ in range(n):
+            alloc(0)
+        return n
+
+    return _timed(run)
+
+
+def _full(cls: type, n: int) -> tuple[Any, list[int]]:
+    pool = _new(cls, n)
+    return pool, pool.alloc_many(0, n)
+
+
+def _put(cls: type, n: int, rng: random.Random) -> float:
+    pool, pfns = _full(cls, n)
+    rng.shuffle(pfns)
+    put = pool.put_page
+
+    def run() -> int:
+        for p in pfns:
+            put(p)
+        return n
+
+    return _timed(run)
+
+
+def _get(cls: type, n: int, rng: random.Random) -> float:
+    pool, pfns = _full(cls, n)
+    get = pool.get_page
+
+    def run() -> int:
+        for p in pfns:
+            get(p)
+        return n
+
+    return _timed(run)
+
+
+def _split(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    heads = pool.alloc_many(4, n >> 4)
+    split = pool.split_page
+
+    def run() -> int:
+        for p in heads:
+            split(p)
+        return len(heads)
+
+    return _timed(run)
+
+
+def _alloc_many(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    return _timed(lambda: len(pool.alloc_many(0, n)))
+
+
+def _put_many(cls: type, n: int, rng: random.Random) -> float:
+    pool, pfns = _full(cls, n)
+    rng.shuffle(pfns)
+
+    def run() -> int:
+        pool.put_many(pfns)
+        return n
+
+    return _timed(run)
+
+
+def _churn(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    held = pool.alloc_many(0, n // 2)
+    iters = 2 * n
+    picks = [rng.randrange(len(held)) for _ in range(iters)]
+    put, alloc = pool.put_page, pool.alloc_pages
+
+    def run() -> int:
+        for i in picks:
+            put(held[i])
+            held[i] = alloc(0)
+        return 2 * iters
+
+    return _timed(run)
+
+
+def _mixed(cls: type, n: int, rng: random.Random) -> float:
+    from . import OutOfMemory
+
+    pool = _new(cls, n)
+    top = min(10, pool.max_order)
+    iters = 2 * n
+    orders = []
+    for _ in range(iters):
+        k = 0
+        while k + 1 < top and rng.random() < 0.5:
+            k += 1
+        orders.append(k)
+    coins = [rng.random() for _ in range(iters)]
+    picks = [rng.random() for _ in range(iters)]
+    half = n // 2
+    put, alloc = pool.put_page, pool.alloc_pages
+    held: list[int] = []
+    sizes: list[int] = []
+
+    def run() -> int:
+        used = 0
+        for k, coin, pick in zip(orders, coins, picks):
+            if held and (used >= half or coin < 0.3):
+                i = int(pick * len(held))
+                put(held[i])
+                used -= sizes[i]
+                held[i] = held[-1]
+                sizes[i] = sizes[-1]
+                held.pop()
+                sizes.pop()
+            else:
+                try:
+                    held.append(alloc(k))
+                except OutOfMemory:
+                    continue
+                sizes.append(1 << k)
+                used += 1 << k
+        return iters
+
+    return _timed(run)
+
+
+def _overhead(n: int) -> float:
+    def noop(_: int) -> None:
+        return None
+
+    xs = list(range(n))
+
+    def run() -> int:
+        for x in xs:
+            noop(x)
+        return n
+
+    return min(_timed(run) for _ in range(3))
+
+
+WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]]] = [
+    ("alloc", "ns/call", "alloc_pages(0) until the pool is full", _alloc),
+    ("put", "ns/call", "put_page of every page, random order", _put),
+    ("get", "ns/call", "get_page of every page", _get),
+    ("split", "ns/call", "split_page of order-4 blocks", _split),
+    ("alloc_many", "ns/page", "alloc_many(0, n) on a free pool", _alloc_many),
+    ("put_many", "ns/page", "put_many of every page, random order", _put_many),
+    ("churn", "ns/call", "half full: put a random page, alloc one", _churn),
+    ("mixed", "ns/call", "orders 0..9, P(k)~2^-(k+1), kept half full", _mixed),
+]
+
+
+def run_benchmarks(
+    mode: str = "quick",
+    *,
+    pages: int | None = None,
+    pool_cls: type | None = None,
+    model_cls: type | None = None,
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run every workload on both classes; ``progress(name)`` is called before each."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    n, repeats = MODES[mode]
+    n = pages or n
+    if pool_cls is None or model_cls is None:
+        from . import Pool, ReferencePool
+
+        pool_cls = pool_cls or Pool
+        model_cls = model_cls or ReferencePool
+    t0 = time.perf_counter()
+    result = BenchResult(mode, n, repeats, _overhead(n))
+    for name, unit, description, fn in WORKLOADS:
+        if progress is not None:
+            progress(name)
+        times = {}
+        for label, cls in (("pool", pool_cls), ("reference", model_cls)):
+            times[label] = min(fn(cls, n, random.Random(seed)) for _ in range(repeats))
+        result.results.append(
+            Measurement(name, unit, description, times["pool"], times["reference"])
+        )
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def format_table(result: BenchResult) -> str:
+    """Plain-text table of a run."""
+    rows = [("workload", "unit", "Pool", "ReferencePool", "ratio")]
+    for m in result.results:
+        rows.append(
+            (m.name, m.unit, f"{m.pool_ns:,.0f}", f"{m.reference_ns:,.0f}", f"{m.ratio:,.1f}x")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        f"pagebuddy Python benchmark ({result.mode}: {result.pages} pages of 4 KiB, zero='never', "
+        f"best of {result.repeats}; {sys.implementation.name} {platform.python_version()})"
+    ]
+    for j, r in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(r))
+        )
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(
+        f"(ns per call or per page, Python loop included; the loop alone costs "
+        f"{result.loop_overhead_ns:.0f} ns per iteration)"
+    )
+    return "\n".join(lines)

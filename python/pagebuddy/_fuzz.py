@@ -1,0 +1,631 @@
+"""Differential fuzzing of ``Pool`` against ``ReferencePool``.
+
+A run is a series of *episodes*. Each episode builds a fresh pair of pools
+(geometry drawn at random unless fixed by the caller), applies a few dozen to a
+few thousand random operations in lockstep (:class:`pagebuddy._lockstep.Lockstep`)
+and ends with a full comparison (free lists, every page's count, ``check()``,
+arenas). Restarting keeps pools small, which keeps the pure-Python model fast,
+covers many geometries, and bounds the length of any failing sequence.
+
+Operations are drawn from what a caller does, with the model's answers used to
+keep track of the pages held: allocations with orders skewed towards 0,
+``put``/``get``/``split`` of held pages, batch calls, and a few invalid calls
+(free, tail and out-of-range pages, bad orders, double puts). The pressure to
+allocate rather than free drifts in phases so that pools fill to exhaustion and
+drain back to whole blocks.
+
+Results and ``free_pages`` are compared after every operation, free lists every
+``compare_every`` operations. When the pools disagree, the episode's operations
+are re-run comparing after every step (which finds the first operation that
+shows it) and shrunk with delta debugging to a short sequence that still
+diverges, which :func:`reproducer` turns into a standalone Python snippet.
+
+Tests inject a deliberately broken pool through the ``pool_cls`` argument of
+:func:`fuzz` or the module attribute :data:`POOL_CLASS`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+from ._lockstep import FILL, Divergence, Lockstep, default_classes, diverges
+from ._trace import Geometry, Op, TraceWriter, format_header, format_op
+
+__all__ = [
+    "DEFAULT_SECONDS",
+    "MODEL_CLASS",
+    "POOL_CLASS",
+    "FuzzConfig",
+    "FuzzResult",
+    "fuzz",
+    "random_geometry",
+    "reproducer",
+    "shrink",
+]
+
+#: Duration of a run when neither a number of operations nor a time is given.
+DEFAULT_SECONDS = 30.0
+
+#: Overrides for the pool under test and the model (``None``: ``pagebuddy.Pool`` and
+#: ``pagebuddy.ReferencePool``). A test hook: set it to inject a broken pool.
+POOL_CLASS: type | None = None
+MODEL_CLASS: type | None = None
+
+
+@dataclass
+class FuzzConfig:
+    """Parameters of a fuzzing run. Geometry fields left ``None`` are drawn per episode."""
+
+    ops: int | None = None
+    seconds: float | None = None
+    seed: int | None = None
+    pages: int | None = None
+    base_pfn: int | None = None
+    reserved: int | None = None
+    max_order: int | None = None
+    zero: str | None = None
+    page_size: int | None = None
+    links: str | None = None
+    arena: str | None = None
+    #: Compare free lists every this many operations (results: every operation).
+    compare_every: int = 16
+    #: Longest episode, in operations (episodes are drawn between 16 and this).
+    episode_ops: int = 8192
+    #: Time allowed for shrinking a divergence.
+    shrink_seconds: float = 60.0
+
+
+@dataclass
+class FuzzResult:
+    """What a fuzzing run did and found."""
+
+    seed: int
+    ops: int = 0
+    episodes: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    divergence: Divergence | None = None
+    #: Geometry and operations of the episode that diverged, as found.
+    geometry: Geometry | None = None
+    episode_ops: list[Op] = field(default_factory=list)
+    #: After shrinking.
+    shrunk_geometry: Geometry | None = None
+    shrunk_ops: list[Op] = field(default_factory=list)
+    shrunk_divergence: Divergence | None = None
+    snippet: str = ""
+    rejected: int = 0
+
+    @property
+    def ops_per_second(self) -> float:
+        """Operations per second over the whole run."""
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    def trace_text(self) -> str:
+        """The shrunk reproducer as a trace."""
+        if self.shrunk_geometry is None:
+            return ""
+        lines = [format_header(self.shrunk_geometry)] + [format_op(op) for op in self.shrunk_ops]
+        return "\n".join(lines) + "\n"
+
+
+def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
+    """Draw a pool geometry; fields fixed in ``cfg`` are kept."""
+    n = cfg.pages
+    if n is None:
+        r = rng.random()
+        if r < 0.55:
+            n = int(2 ** rng.uniform(0, 10))
+        elif r < 0.8:
+            n = 1 << rng.randint(0, 11)
+        else:
+            n = max(1, (1 << rng.randint(1, 11)) + rng.randint(-3, 3))
+        if cfg.reserved is not None:
+            n = max(n, cfg.reserved)
+    ps = cfg.page_size or rng.choice((64, 64, 64, 128, 256, 4096))
+    base = cfg.base_pfn
+    if base is None:
+        r = rng.random()
+        if r < 0.3:
+            base = 0
+        elif r < 0.6:
+            base = rng.randint(0, 1 << 20) << rng.randint(0, 12)
+        elif r < 0.85:
+            base = rng.randint(1, 1 << 20)
+        elif r < 0.95:
+            base = 2**64 - n - rng.randint(0, 3)
+        else:
+            base = rng.randint(0, 1 << 44)
+        base = max(0, min(base, 2**64 - n))
+    res = cfg.reserved
+    if res is None:
+        r = rng.random()
+        res = 0 if r < 0.5 else rng.randint(0, min(n, 16)) if r < 0.8 else rng.randint(0, n)
+    mo = cfg.max_order
+    if mo is None:
+        mo = 11 if rng.random() < 0.4 else rng.randint(1, 12)
+    return Geometry(
+        nr_pages=n,
+        page_size=ps,
+        base_pfn=base,
+        reserved_pages=res,
+        max_order=mo,
+        zero=cfg.zero or rng.choice(("free", "alloc", "never")),
+        links=cfg.links or rng.choice(("side", "intrusive")),
+        arena=cfg.arena or rng.choice(("owned", "buffer")),
+    )
+
+
+class _Held:
+    """The pages a caller holds (heads and order-0 pages), mirrored from the model's answers."""
+
+    __slots__ = ("order", "pfns", "pos", "ref")
+
+    def __init__(self) -> None:
+        self.pfns: list[int] = []
+        self.pos: dict[int, int] = {}
+        self.ref: dict[int, int] = {}
+        self.order: dict[int, int] = {}
+
+    def add(self, pfn: int, order: int) -> None:
+        if pfn in self.ref:  # already held (should not happen): keep the books consistent
+            self.ref[pfn] += 1
+            return
+        self.pos[pfn] = len(self.pfns)
+        self.pfns.append(pfn)
+        self.ref[pfn] = 1
+        self.order[pfn] = order
+
+    def drop(self, pfn: int) -> bool:
+        """One reference fewer; False if the page was not held."""
+        r = self.ref.get(pfn)
+        if r is None:
+            return False
+        if r > 1:
+            self.ref[pfn] = r - 1
+            return True
+        del self.ref[pfn], self.order[pfn]
+        i = self.pos.pop(pfn)
+        last = self.pfns.pop()
+        if last != pfn:
+            self.pfns[i] = last
+            self.pos[last] = i
+        return True
+
+
+def _pick_order(rng: random.Random, orders: int) -> int:
+    if rng.random() < 0.7:
+        k = 0
+        while k + 1 < orders and rng.random() < 0.5:
+            k += 1
+        return k
+    return rng.randrange(orders)
+
+
+def _invalid_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
+    """An operation that should be refused (or is at least unusual)."""
+    mo = g.effective_max_order
+    r = rng.random()
+    if r < 0.2:
+        return ("alloc", rng.choice((-1, mo, mo + 1, 64, 2**64, -(2**63))))
+    if r < 0.35 and held.pfns:
+        # a tail page of a held block (or the page after an order-0 page)
+        return (rng.choice(("put", "get", "split")), rng.choice(held.pfns) + 1)
+    if r < 0.45:
+        return (rng.choice(("put", "get", "split")), rng.choice((-1, 2**64, 2**65 + 3)))
+    if r < 0.55:
+        return ("alloc_many", rng.randrange(mo), rng.randint(0, g.nr_pages + 2))
+    lo = g.base_pfn - 2
+    return (rng.choice(("put", "get", "split")), rng.randint(lo, g.base_pfn + g.nr_pages + 1))
+
+
+def _episode_ops_gen(
+    rng: random.Random, g: Geometry, held: _Held
+) -> tuple[Callable[[], Op], Callable[[Op, Any, BaseException | None], None]]:
+    """Build the (next_op, observe) pair driving one episode."""
+    orders = g.effective_max_order
+    state = {"p_alloc": 0.5, "left": 0}
+    rnd = rng.random
+
+    def next_op() -> Op:
+        if state["left"] <= 0:
+            state["p_alloc"] = rng.uniform(0.15, 0.85)
+            state["left"] = int(2 ** rng.uniform(4, 11))
+        state["left"] -= 1
+        r = rnd()
+        pfns = held.pfns
+        if r < 0.03:
+            return _invalid_op(rng, g, held)
+        if not pfns or r < state["p_alloc"]:
+            if rnd() < 0.04:
+                return ("alloc_many", _pick_order(rng, orders), rng.randint(0, 6))
+            return ("alloc", _pick_order(rng, orders))
+        r = rnd()
+        pfn = pfns[int(rnd() * len(pfns))]
+        if r < 0.7:
+            return ("put", pfn)
+        if r < 0.85:
+            return ("get", pfn)
+        if r < 0.95:
+            for _ in range(3):  # prefer splitting a block bigger than a page
+                if held.order[pfn]:
+                    break
+                pfn = pfns[int(rnd() * len(pfns))]
+            return ("split", pfn)
+        k = min(len(pfns), rng.randint(1, 8))
+        return ("put_many", tuple(rng.sample(pfns, k)) + ((pfn,) if rnd() < 0.1 else ()))
+
+    def observe(op: Op, value: Any, exc: BaseException | None) -> None:
+        kind = op[0]
+        if kind == "put":
+            if exc is None:
+                held.drop(op[1])  # type: ignore[arg-type]
+        elif kind == "alloc":
+            if exc is None:
+                held.add(value, op[1])  # type: ignore[arg-type]
+            elif type(exc).__name__ == "OutOfMemory" and rnd() < 0.5:
+                state["p_alloc"] = rng.uniform(0.1, 0.4)  # full: drain for a while
+        elif kind == "get":
+            if exc is None:
+                held.ref[op[1]] = held.ref.get(op[1], 0) + 1  # type: ignore[index]
+        elif kind == "split":
+            if exc is None:
+                pfn: int = op[1]  # type: ignore[assignment]
+                k = held.order.get(pfn, 0)
+                held.order[pfn] = 0
+                for p in range(pfn + 1, pfn + (1 << k)):
+                    held.add(p, 0)
+        elif kind == "alloc_many":
+            if exc is None:
+                for p in value:
+                    held.add(p, op[1])  # type: ignore[arg-type]
+        elif kind == "put_many":
+            for p in op[1]:  # type: ignore[union-attr]
+                if not held.drop(p):
+                    break
+
+    return next_op, observe
+
+
+def fuzz(
+    cfg: FuzzConfig,
+    *,
+    pool_cls: type | None = None,
+    model_cls: type | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    record: IO[str] | None = None,
+    on_divergence: Callable[[FuzzResult], None] | None = None,
+) -> FuzzResult:
+    """Run the differential fuzzer as configured by ``cfg``.
+
+    Stops after ``cfg.ops`` operations or ``cfg.seconds`` seconds (whichever comes
+    first; :data:`DEFAULT_SECONDS` when neither is set), at the first divergence,
+    or on ``KeyboardInterrupt`` (``interrupted`` is then set). ``progress(ops,
+    elapsed)`` is called about every 1024 operations. ``record`` receives the
+    operations as a trace, one section per episode. ``on_divergence`` is called
+    before shrinking starts.
+    """
+    pool_cls = pool_cls or POOL_CLASS
+    model_cls = model_cls or MODEL_CLASS
+    if pool_cls is None or model_cls is None:
+        dp, dm = default_classes()
+        pool_cls = pool_cls or dp
+        model_cls = model_cls or dm
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    result = FuzzResult(seed=seed)
+    limit_ops = cfg.ops if cfg.ops is not None else math.inf
+    limit_s = cfg.seconds
+    if limit_s is None and cfg.ops is None:
+        limit_s = DEFAULT_SECONDS
+    deadline = time.perf_counter() + limit_s if limit_s is not None else math.inf
+    writer = TraceWriter(record, comment=f"pagebuddy fuzz --seed {seed}") if record else None
+    t0 = time.perf_counter()
+    done = 0
+    try:
+        while done < limit_ops and time.perf_counter() < deadline:
+            g = random_geometry(rng, cfg)
+            length = int(2 ** rng.uniform(4, math.log2(max(16, cfg.episode_ops))))
+            length = int(min(length, limit_ops - done))
+            result.episodes += 1
+            if writer:
+                writer.section(g)
+            ops: list[Op] = []
+            try:
+                ls = Lockstep(g, pool_cls, model_cls, compare_every=cfg.compare_every)
+                held = _Held()
+                for i in range(g.reserved_pages):
+                    held.add(g.base_pfn + i, 0)
+                next_op, observe = _episode_ops_gen(rng, g, held)
+                apply = ls.apply
+                append = ops.append
+                for i in range(length):
+                    op = next_op()
+                    append(op)
+                    if writer:
+                        writer.op(op)
+                    value, exc = apply(op)
+                    if exc is not None:
+                        result.rejected += 1
+                    observe(op, value, exc)
+                    if not (i + 1) & 1023:
+                        now = time.perf_counter()
+                        if progress is not None:
+                            progress(done + i + 1, now - t0)
+                        if now >= deadline:
+                            break
+                done += len(ops)
+                ls.finish()
+            except Divergence as d:
+                done += len(ops)
+                result.divergence = d
+                result.geometry = g
+                result.episode_ops = ops
+                break
+            if progress is not None:
+                progress(done, time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    result.ops = done
+    result.seconds = time.perf_counter() - t0
+    if writer:
+        writer.flush()
+    if result.divergence is not None and result.geometry is not None:
+        if on_divergence is not None:
+            on_divergence(result)
+        g2, ops2, d2 = shrink(
+            result.geometry,
+            result.episode_ops,
+            pool_cls,
+            model_cls,
+            seconds=cfg.shrink_seconds,
+        )
+        result.shrunk_geometry, result.shrunk_ops, result.shrunk_divergence = g2, ops2, d2
+        result.snippet = reproducer(
+            g2,
+            ops2,
+            d2,
+            pool_cls=pool_cls,
+            model_cls=model_cls,
+            origin=f"pagebuddy fuzz --seed {seed}",
+        )
+    return result
+
+
+def shrink(
+    geometry: Geometry,
+    ops: list[Op],
+    pool_cls: type | None = None,
+    model_cls: type | None = None,
+    *,
+    seconds: float = 60.0,
+) -> tuple[Geometry, list[Op], Divergence]:
+    """Shrink a diverging operation list (delta debugging) and simplify its geometry.
+
+    Returns ``(geometry, ops, divergence)`` of the smallest diverging case found
+    within ``seconds``. Any divergence counts, not only the original one.
+    """
+    deadline = time.perf_counter() + seconds
+
+    def test(g: Geometry, cand: list[Op]) -> Divergence | None:
+        return diverges(g, cand, pool_cls, model_cls)
+
+    d = test(geometry, ops)
+    if d is None:
+        # Not reproducible from a fresh pool comparing every step: keep it as found.
+        d = Divergence(len(ops), None, "flaky", "the divergence did not reproduce on a re-run")
+        return geometry, ops, d
+
+    def cut(cand: list[Op], dv: Divergence) -> list[Op]:
+        return cand[: dv.step + 1] if 0 <= dv.step < len(cand) else cand
+
+    items = cut(ops, d)
+    g = geometry
+    for _round in range(3):
+        before = (g, len(items))
+        items, d = _ddmin(items, d, lambda c, g=g: test(g, c), cut, deadline)
+        for change in _geometry_simplifications(g):
+            if time.perf_counter() >= deadline:
+                break
+            g2 = g.replace(**change)
+            cand = _rebase(items, g.base_pfn, g2.base_pfn, g.nr_pages)
+            d2 = test(g2, cand)
+            if d2 is not None:
+                g, d, items = g2, d2, cut(cand, d2)
+        if (g, len(items)) == before or time.perf_counter() >= deadline:
+            break
+    return g, items, d
+
+
+def _rebase(ops: list[Op], old: int, new: int, n: int) -> list[Op]:
+    """Move the page frame numbers in ``ops`` that lie in (or next to) the pool."""
+    if old == new:
+        return ops
+
+    def move(p: int) -> int:
+        return p - old + new if old - 2 <= p < old + n + 2 and p - old + new >= 0 else p
+
+    out: list[Op] = []
+    for op in ops:
+        kind = op[0]
+        if kind in ("put", "get", "split"):
+            out.append((kind, move(op[1])))  # type: ignore[arg-type]
+        elif kind == "put_many":
+            out.append((kind, tuple(move(p) for p in op[1])))  # type: ignore[union-attr]
+        else:
+            out.append(op)
+    return out
+
+
+def _geometry_simplifications(g: Geometry) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if g.base_pfn != 0:
+        out.append({"base_pfn": 0})
+    if g.arena != "owned":
+        out.append({"arena": "owned"})
+    if g.links != "side":
+        out.append({"links": "side"})
+    if g.zero != "free":
+        out.append({"zero": "free"})
+    if g.page_size != 64:
+        out.append({"page_size": 64})
+    return out
+
+
+def _ddmin(
+    items: list[Op],
+    d: Divergence,
+    test: Callable[[list[Op]], Divergence | None],
+    cut: Callable[[list[Op], Divergence], list[Op]],
+    deadline: float,
+) -> tuple[list[Op], Divergence]:
+    n = 2
+    while len(items) >= 2 and time.perf_counter() < deadline:
+        chunk = math.ceil(len(items) / n)
+        reduced = False
+        for start in range(0, len(items), chunk):
+            cand = items[:start] + items[start + chunk :]
+            if not cand:
+                continue
+            d2 = test(cand)
+            if d2 is not None:
+                items, d = cut(cand, d2), d2
+                n = max(n - 1, 2)
+                reduced = True
+                break
+            if time.perf_counter() >= deadline:
+                return items, d
+        if not reduced:
+            if n >= len(items):
+                break
+            n = min(n * 2, len(items))
+    return items, d
+
+
+_METHOD = {
+    "alloc": "alloc_pages",
+    "put": "put_page",
+    "get": "get_page",
+    "split": "split_page",
+    "alloc_many": "alloc_many",
+    "put_many": "put_many",
+}
+
+
+def _import_line(cls: type | None, default: str) -> str:
+    if cls is not None:
+        from . import Pool, ReferencePool
+
+        if cls not in (Pool, ReferencePool) and "<locals>" not in cls.__qualname__:
+            return f"from {cls.__module__} import {cls.__qualname__} as {default}"
+    return ""
+
+
+def _snippet_args(op: Op, g: Geometry) -> str:
+    def pfn(p: int) -> str:
+        if g.base_pfn and g.base_pfn - 2 <= p < g.base_pfn + g.nr_pages + 2:
+            d = p - g.base_pfn
+            return f"BASE + {d}" if d >= 0 else f"BASE - {-d}"
+        return repr(p)
+
+    kind = op[0]
+    if kind in ("put", "get", "split"):
+        return pfn(op[1])  # type: ignore[arg-type]
+    if kind == "put_many":
+        items = [pfn(p) for p in op[1]]  # type: ignore[union-attr]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return ", ".join(map(repr, op[1:]))
+
+
+def reproducer(
+    geometry: Geometry,
+    ops: list[Op],
+    divergence: Divergence | None,
+    *,
+    pool_cls: type | None = None,
+    model_cls: type | None = None,
+    origin: str = "",
+) -> str:
+    """A standalone Python snippet that replays ``ops`` on both pools and checks them.
+
+    It uses only the public API and performs the same comparisons as
+    :class:`pagebuddy._lockstep.Lockstep` with ``compare_every=1``: running it
+    raises ``AssertionError`` (or the pool's own exception) where the pools
+    disagree, and prints a line if they agree.
+    """
+    g = geometry
+    imports = ["import re", "", "from pagebuddy import Pool, ReferencePool"]
+    for cls, name in ((pool_cls, "Pool"), (model_cls, "ReferencePool")):
+        line = _import_line(cls, name)
+        if line:
+            imports.append(line + "  # the class under test")
+    kw = [f"{g.nr_pages}"] + [f"{k}={v!r}" for k, v in g.kwargs().items()]
+    contents = not (g.zero == "never" and g.links == "intrusive")
+    head = ["# Reproducer: Pool and ReferencePool disagree."]
+    if origin:
+        head.append(f"# Found by `{origin}`; shrunk to {len(ops)} operation(s).")
+    if divergence is not None:
+        head.append(f"# Divergence: {divergence}")
+    lines = [
+        *head,
+        *imports,
+        "",
+        f"ARGS = dict({', '.join(kw[1:])})",
+        f"N, PAGE_SIZE, BASE = {g.nr_pages}, {g.page_size}, {g.base_pfn}",
+    ]
+    if g.arena == "buffer":
+        lines += [
+            "pool_arena, model_arena = bytearray(N * PAGE_SIZE), bytearray(N * PAGE_SIZE)",
+            "pool = Pool(N, buffer=pool_arena, **ARGS)",
+            "model = ReferencePool(N, buffer=model_arena, **ARGS)",
+        ]
+    else:
+        lines += ["pool, model = Pool(N, **ARGS), ReferencePool(N, **ARGS)"]
+    lines += [
+        "",
+        "",
+        "def outcome(method, *args):",
+        "    try:",
+        '        return "returned", method(*args)',
+        "    except Exception as e:  # put_many errors also name the failing element",
+        '        return "raised", type(e).__name__, re.findall(r"pfns\\[\\d+\\]", str(e))',
+        "",
+        "",
+        "def step(name, *args):",
+        "    got = outcome(getattr(pool, name), *args)",
+        "    want = outcome(getattr(model, name), *args)",
+        '    assert got == want, f"{name}{args}: Pool {got}, ReferencePool {want}"',
+        "    assert pool.free_pages == model.free_pages, (",
+        '        f"after {name}{args}: free_pages {pool.free_pages} != {model.free_pages}"',
+        "    )",
+        "    assert pool.free_lists() == model.free_lists(), (",
+        '        f"after {name}{args}: free lists {pool.free_lists()} != {model.free_lists()}"',
+        "    )",
+    ]
+    if contents:
+        lines += [
+            '    if name.startswith("alloc") and got[0] == "returned":',
+            '        for pfn in got[1] if name == "alloc_many" else [got[1]]:',
+            "            a, b = pool.view(pfn), model.view(pfn)",
+            '            assert a.tobytes() == b.tobytes(), f"contents of new block {pfn} differ"',
+            f"            a[:] = b[:] = bytes([{FILL:#x}]) * len(a)",
+        ]
+    lines += ["", ""]
+    for op in ops:
+        lines.append(f"step({_METHOD[op[0]]!r}, {_snippet_args(op, g)})")
+    lines += [
+        "",
+        "pfns = range(BASE, BASE + N)",
+        "assert [pool.page_count(p) for p in pfns] == [model.page_count(p) for p in pfns], (",
+        '    "page counts differ"',
+        ")",
+        "pool.check()",
+        "model.check()",
+    ]
+    if g.arena == "buffer" and g.links == "side":
+        lines.append('assert pool_arena == model_arena, "arenas differ"')
+    lines.append('print("no divergence: Pool and ReferencePool agree")')
+    return "\n".join(lines) + "\n"

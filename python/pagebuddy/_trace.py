@@ -1,0 +1,343 @@
+"""The pagebuddy trace format: a pool geometry and the operations applied to it.
+
+A trace is a text file. Blank lines and lines starting with ``#`` are ignored.
+It holds one or more *sections*; each starts with a header line that gives the
+geometry of a fresh pool, followed by one operation per line::
+
+    # recorded by: pagebuddy demo
+    pagebuddy-trace v1 nr_pages=1024 base_pfn=0x80000 reserved_pages=8 zero=free
+    alloc 0
+    get 524296
+    put 524296
+    split 524304
+    alloc_many 0 4
+    put_many 524297 524298
+
+Header keys (any order; ``nr_pages`` is required, the others default as shown):
+``nr_pages``, ``page_size=4096``, ``base_pfn=0``, ``reserved_pages=0``,
+``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
+``links=side|intrusive`` (the link store) and ``arena=owned|buffer`` (whether the
+pool owns its arena or is handed a ``bytearray``). Integers may be written in
+decimal or as ``0x`` hexadecimal.
+
+Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
+``alloc_many ORDER COUNT`` and ``put_many PFN...``. Any integer is accepted as an
+argument: whether the operation is allowed (a put of a free page, an order out of
+range) is for the pool to decide, and replaying reports such operations as
+rejected. A line that is not of this form is a format error, reported with its
+line number by :class:`TraceError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Union
+
+__all__ = [
+    "HEADER_MAGIC",
+    "OP_KINDS",
+    "Geometry",
+    "Op",
+    "Section",
+    "TraceError",
+    "TraceWriter",
+    "format_header",
+    "format_op",
+    "parse_trace",
+    "read_trace",
+]
+
+HEADER_MAGIC = "pagebuddy-trace"
+HEADER_VERSION = "v1"
+
+#: An operation: ``("alloc", order)``, ``("put", pfn)``, ``("get", pfn)``,
+#: ``("split", pfn)``, ``("alloc_many", order, count)`` or ``("put_many", (pfn, ...))``.
+Op = Union[tuple[str, int], tuple[str, int, int], tuple[str, tuple[int, ...]]]
+
+#: Operation kind -> (pool method name, number of integer arguments; -1 = one or more).
+OP_KINDS: dict[str, tuple[str, int]] = {
+    "alloc": ("alloc_pages", 1),
+    "put": ("put_page", 1),
+    "get": ("get_page", 1),
+    "split": ("split_page", 1),
+    "alloc_many": ("alloc_many", 2),
+    "put_many": ("put_many", -1),
+}
+
+ZERO_POLICIES = ("free", "alloc", "never")
+LINK_STORES = ("side", "intrusive")
+ARENAS = ("owned", "buffer")
+
+
+class TraceError(ValueError):
+    """A malformed trace. ``line`` is the 1-based line number (0 when unknown)."""
+
+    def __init__(self, line: int, message: str, source: str = "<trace>") -> None:
+        self.line = line
+        self.reason = message
+        self.source = source
+        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The constructor arguments of a pool, shared by ``Pool`` and ``ReferencePool``.
+
+    ``max_order`` is the cap handed to the constructor (the pool clamps it to
+    ``nr_pages.bit_length()``). ``links`` selects the private link store and
+    ``arena`` whether the pool owns its arena (``"owned"``) or is given a
+    ``bytearray`` (``"buffer"``), which lets a run compare whole arenas.
+    """
+
+    nr_pages: int
+    page_size: int = 4096
+    base_pfn: int = 0
+    reserved_pages: int = 0
+    max_order: int = 11
+    zero: str = "free"
+    links: str = "side"
+    arena: str = "owned"
+
+    @property
+    def effective_max_order(self) -> int:
+        """Number of orders the pool really has: ``min(max_order, nr_pages.bit_length())``."""
+        return min(self.max_order, self.nr_pages.bit_length())
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the pool constructor, without ``buffer``."""
+        kw: dict[str, Any] = {
+            "page_size": self.page_size,
+            "base_pfn": self.base_pfn,
+            "reserved_pages": self.reserved_pages,
+            "max_order": self.max_order,
+            "zero": self.zero,
+        }
+        if self.links != "side":
+            kw["_links"] = self.links
+        return kw
+
+    def build(self, cls: Any) -> tuple[Any, bytearray | None]:
+        """Construct a pool of class ``cls``; returns ``(pool, buffer or None)``."""
+        buf = bytearray(self.nr_pages * self.page_size) if self.arena == "buffer" else None
+        kw = self.kwargs()
+        if buf is not None:
+            kw["buffer"] = buf
+        return cls(self.nr_pages, **kw), buf
+
+    def replace(self, **changes: Any) -> Geometry:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """All fields, for JSON output."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Section:
+    """One pool's worth of a trace: its geometry, operations and their line numbers."""
+
+    geometry: Geometry
+    ops: list[Op] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    header_line: int = 0
+
+
+def _int(text: str, line: int, what: str, source: str) -> int:
+    try:
+        return int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text, 10)
+    except ValueError:
+        raise TraceError(line, f"{what} is not an integer: {text!r}", source) from None
+
+
+_HEADER_INT_KEYS = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order")
+_HEADER_STR_KEYS = {"zero": ZERO_POLICIES, "links": LINK_STORES, "arena": ARENAS}
+
+
+def _parse_header(words: list[str], line: int, source: str) -> Geometry:
+    if len(words) < 2 or words[1] != HEADER_VERSION:
+        got = words[1] if len(words) > 1 else "nothing"
+        raise TraceError(
+            line, f"unsupported trace version {got!r} (expected {HEADER_VERSION})", source
+        )
+    values: dict[str, Any] = {}
+    for word in words[2:]:
+        key, eq, value = word.partition("=")
+        if not eq or not value:
+            raise TraceError(line, f"header field {word!r} is not KEY=VALUE", source)
+        if key in values:
+            raise TraceError(line, f"header field {key!r} given twice", source)
+        if key in _HEADER_INT_KEYS:
+            values[key] = _int(value, line, f"header field {key}", source)
+        elif key in _HEADER_STR_KEYS:
+            allowed = _HEADER_STR_KEYS[key]
+            if value not in allowed:
+                raise TraceError(
+                    line,
+                    f"header field {key}={value!r} must be one of {', '.join(allowed)}",
+                    source,
+                )
+            values[key] = value
+        else:
+            known = ", ".join((*_HEADER_INT_KEYS, *_HEADER_STR_KEYS))
+            raise TraceError(line, f"unknown header field {key!r} (known: {known})", source)
+    if "nr_pages" not in values:
+        raise TraceError(line, "header lacks nr_pages=N", source)
+    geometry = Geometry(**values)
+    problem = validate_geometry(geometry)
+    if problem:
+        raise TraceError(line, f"invalid geometry: {problem}", source)
+    return geometry
+
+
+def validate_geometry(g: Geometry) -> str | None:
+    """Return why ``g`` would be refused by the pool constructor, or ``None`` if it is valid."""
+    if not 1 <= g.nr_pages <= 2**32 - 2:
+        return f"nr_pages={g.nr_pages} must be in 1..{2**32 - 2}"
+    if g.page_size < 64 or g.page_size > 2**30 or g.page_size & (g.page_size - 1):
+        return f"page_size={g.page_size} must be a power of two in 64..2**30"
+    if g.base_pfn < 0 or g.base_pfn + g.nr_pages > 2**64:
+        return f"base_pfn={g.base_pfn} must be >= 0 with base_pfn + nr_pages <= 2**64"
+    if not 0 <= g.reserved_pages <= g.nr_pages:
+        return f"reserved_pages={g.reserved_pages} must be in 0..nr_pages ({g.nr_pages})"
+    if g.max_order < 1:
+        return f"max_order={g.max_order} must be >= 1"
+    return None
+
+
+def _parse_op(words: list[str], line: int, source: str) -> Op:
+    kind = words[0]
+    spec = OP_KINDS.get(kind)
+    if spec is None:
+        raise TraceError(
+            line,
+            f"unknown operation {kind!r} (expected one of {', '.join(OP_KINDS)})",
+            source,
+        )
+    nargs = spec[1]
+    args = words[1:]
+    if nargs == -1:
+        if not args:
+            raise TraceError(line, f"{kind} needs at least one PFN", source)
+        return (kind, tuple(_int(a, line, f"{kind} argument", source) for a in args))
+    if len(args) != nargs:
+        usage = "ORDER COUNT" if kind == "alloc_many" else ("ORDER" if kind == "alloc" else "PFN")
+        raise TraceError(
+            line, f"{kind} takes {nargs} argument{'s' if nargs > 1 else ''}: {kind} {usage}", source
+        )
+    if nargs == 1:
+        return (kind, _int(args[0], line, f"{kind} argument", source))
+    return (
+        kind,
+        _int(args[0], line, f"{kind} order", source),
+        _int(args[1], line, "count", source),
+    )
+
+
+def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[Section]:
+    """Parse trace text (an iterable of lines) into sections.
+
+    Raises :class:`TraceError` naming the first malformed line.
+    """
+    sections: list[Section] = []
+    current: Section | None = None
+    for number, raw in enumerate(lines, 1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        words = text.split()
+        if words[0] == HEADER_MAGIC:
+            current = Section(_parse_header(words, number, source), header_line=number)
+            sections.append(current)
+            continue
+        if current is None:
+            raise TraceError(
+                number,
+                f"operation before the header line (a trace starts with "
+                f"'{HEADER_MAGIC} {HEADER_VERSION} nr_pages=N ...')",
+                source,
+            )
+        current.ops.append(_parse_op(words, number, source))
+        current.lines.append(number)
+    if not sections:
+        raise TraceError(0, f"empty trace: no '{HEADER_MAGIC}' header line", source)
+    return sections
+
+
+def read_trace(path: str) -> list[Section]:
+    """Read and parse the trace file at ``path`` (``-`` for standard input)."""
+    if path == "-":
+        import sys
+
+        return parse_trace(sys.stdin, "<stdin>")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_trace(f, path)
+    except UnicodeDecodeError as e:
+        raise TraceError(0, f"not a text file ({e.reason})", path) from None
+
+
+def format_header(g: Geometry) -> str:
+    """The header line for geometry ``g`` (without newline)."""
+    parts = [
+        HEADER_MAGIC,
+        HEADER_VERSION,
+        f"nr_pages={g.nr_pages}",
+        f"page_size={g.page_size}",
+        f"base_pfn={g.base_pfn:#x}",
+        f"reserved_pages={g.reserved_pages}",
+        f"max_order={g.max_order}",
+        f"zero={g.zero}",
+    ]
+    if g.links != "side":
+        parts.append(f"links={g.links}")
+    if g.arena != "owned":
+        parts.append(f"arena={g.arena}")
+    return " ".join(parts)
+
+
+def format_op(op: Op) -> str:
+    """One operation as a trace line (without newline)."""
+    kind = op[0]
+    if kind == "put_many":
+        return "put_many " + " ".join(map(str, op[1]))  # type: ignore[arg-type]
+    return " ".join(map(str, op))
+
+
+class TraceWriter:
+    """Writes a trace incrementally: :meth:`section` starts a pool, :meth:`op` adds a line."""
+
+    def __init__(self, file: IO[str], comment: str | None = None) -> None:
+        self._file = file
+        if comment:
+            for line in comment.splitlines():
+                file.write(f"# {line}\n")
+
+    def section(self, geometry: Geometry) -> None:
+        """Start a new section (a fresh pool) with ``geometry``."""
+        self._file.write(format_header(geometry) + "\n")
+
+    def op(self, op: Op) -> None:
+        """Append one operation to the current section."""
+        self._file.write(format_op(op) + "\n")
+
+    def ops(self, ops: Iterable[Op]) -> None:
+        """Append several operations."""
+        self._file.writelines(format_op(op) + "\n" for op in ops)
+
+    def flush(self) -> None:
+        """Flush the underlying file."""
+        self._file.flush()
+
+
+def dump_trace(sections: Iterable[Section], comment: str | None = None) -> Iterator[str]:
+    """Yield the lines (with newlines) of a trace holding ``sections``."""
+    if comment:
+        for line in comment.splitlines():
+            yield f"# {line}\n"
+    for s in sections:
+        yield format_header(s.geometry) + "\n"
+        for op in s.ops:
+            yield format_op(op) + "\n"
