@@ -73,7 +73,7 @@ fn worker<L: LinkStore, R: RawLock>(
     id: usize,
     start: &Barrier,
 ) -> Vec<Held> {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1) * 0x1234_5678_9ABC_DEF1);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1234_5678_9ABC_DEF1));
     let mut held: Vec<Held> = Vec::new();
     let mut tag = 0u8;
     start.wait();

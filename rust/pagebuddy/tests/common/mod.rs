@@ -505,9 +505,8 @@ fn compare<L: LinkStore>(
     let ps = geo.page_size;
     // SAFETY: the arena is `n * ps` bytes at `base` and the pool is not running.
     let bytes = unsafe { std::slice::from_raw_parts(base.as_ptr(), n * ps) };
-    let held = model.held_pages();
-    for i in 0..n {
-        if store == Store::Side || held[i] {
+    for (i, held) in model.held_pages().into_iter().enumerate() {
+        if store == Store::Side || held {
             let range = i * ps..(i + 1) * ps;
             assert!(
                 bytes[range.clone()] == model.mem[range],
