@@ -566,7 +566,8 @@ def reproducer(
     contents = not (g.zero == "never" and g.links == "intrusive")
     head = ["# Reproducer: Pool and ReferencePool disagree."]
     if origin:
-        head.append(f"# Found by `{origin}`; shrunk to {len(ops)} operation(s).")
+        shrunk = f"shrunk to {len(ops)} operation(s)" if ops else "no operation needed"
+        head.append(f"# Found by `{origin}`; {shrunk}.")
     if divergence is not None:
         head.append(f"# Divergence: {divergence}")
     lines = [

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import IO, Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -257,7 +258,7 @@ class _Ctx:
         sys.stdout.flush()
 
     def error(self, message: str) -> None:
-        self.err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        self.err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def _size(nbytes: int) -> str:
@@ -492,9 +493,9 @@ def cmd_demo(ctx: _Ctx) -> int:
             )
         _print_report(ctx, g, result, timing)
         if args.plot:
-            out.print(f"Plot written to {args.plot}")
+            out.print(f"Plot written to {escape(args.plot)}")
         if args.record:
-            out.print(f"Trace written to {args.record}")
+            out.print(f"Trace written to {escape(args.record)}")
         out.print(f"Done in {elapsed:.1f} s")
     return EXIT_OK if result.ok else EXIT_DIVERGENCE
 
@@ -510,7 +511,7 @@ def _print_divergence(ctx: _Ctx, result: RunResult, section: Section | None) -> 
             where = f"line {section.header_line} (header): "
         else:
             where = "end of section: "
-    ctx.out.print(f"[bold red]DIVERGENCE[/] {where}{d}", markup=True)
+    ctx.out.print(f"[bold red]DIVERGENCE[/] {escape(where + str(d))}", markup=True)
 
 
 # -- replay --------------------------------------------------------------------------------------
@@ -618,7 +619,8 @@ def cmd_replay(ctx: _Ctx) -> int:
         return code
     out = ctx.out
     out.print(
-        f"[bold]pagebuddy replay[/] {args.file}: {len(sections)} section(s), {total:,} operations"
+        f"[bold]pagebuddy replay[/] {escape(args.file)}: "
+        f"{len(sections)} section(s), {total:,} operations"
     )
     if len(sections) > 1:
         out.print(
@@ -649,7 +651,7 @@ def cmd_replay(ctx: _Ctx) -> int:
         out.print("Counts are for the whole trace; the table is for its last section.")
     _print_report(ctx, section.geometry, final, timing if ok else None, op_counts, rejected_counts)
     if args.plot and ok:
-        out.print(f"Plot written to {args.plot}")
+        out.print(f"Plot written to {escape(args.plot)}")
     return code
 
 
@@ -778,18 +780,21 @@ def cmd_fuzz(ctx: _Ctx) -> int:
             f"[bold red]DIVERGENCE[/] in episode {result.episodes} ({_describe_geometry(g)}):"
         )
         out.print(f"  {d}", markup=False)
-        out.print(
-            f"Shrunk from {len(result.episode_ops):,} to {len(result.shrunk_ops)} operation(s). "
-            "Reproducer (a runnable Python script):"
-        )
+        if result.shrunk_ops:
+            out.print(
+                f"Shrunk from {len(result.episode_ops):,} to {len(result.shrunk_ops)} "
+                "operation(s). Reproducer (a runnable Python script):"
+            )
+        else:
+            out.print("The pools disagree before any operation. Reproducer (a Python script):")
         out.print()
         sys.stdout.flush()
         out.file.write(result.snippet)
         out.file.flush()
         if args.reproducer:
-            out.print(f"\nReproducer written to {args.reproducer}")
+            out.print(f"\nReproducer written to {escape(args.reproducer)}")
     if args.record:
-        out.print(f"Trace written to {args.record}")
+        out.print(f"Trace written to {escape(args.record)}")
     return code
 
 

@@ -1,0 +1,478 @@
+"""Tests of the ``pagebuddy`` command and the modules behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pagebuddy
+from pagebuddy import Pool, _frag, _fuzz, _trace, cli
+from pagebuddy._lockstep import diverges, run_ops
+from pagebuddy._trace import Geometry, TraceError, parse_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- deliberately broken pools (module level, so that reproducers can import them) -------------
+
+
+class LeakyPool:
+    """A Pool whose put_page silently does nothing for some pages (a leak)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pool = Pool(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def put_page(self, pfn: int) -> None:
+        if pfn % 7 == 3 and self._pool.page_count(pfn) == 1:
+            return
+        self._pool.put_page(pfn)
+
+
+class SwappedListPool:
+    """A Pool that reports its order-0 free list out of FIFO order (seen only in free_lists)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pool = Pool(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def free_lists(self) -> list[list[int]]:
+        lists = self._pool.free_lists()
+        if len(lists[0]) >= 3:
+            lists[0][1], lists[0][2] = lists[0][2], lists[0][1]
+        return lists
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run_main(capsys, *argv, "--json")
+    return code, json.loads(out)
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def test_python_m_pagebuddy_runs_the_demo() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pagebuddy"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Free blocks per order" in proc.stdout
+    assert "Pool and ReferencePool agree" in proc.stdout
+    assert "extfrag" in proc.stdout
+    assert "Pool is" in proc.stdout and "faster" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # no escape codes when stdout is not a terminal
+    assert proc.stderr == ""  # and no progress bar either
+
+
+def test_demo_in_process_without_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys)
+    assert code == 0
+    assert "Free blocks per order" in out
+    assert "buddyinfo at end:" in out
+    assert "Largest free order" in out
+
+
+def test_demo_plot_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    out_png = tmp_path / "out.png"
+    code, _, _ = run_main(capsys, "demo", "--ops", "3000", "--plot", str(out_png))
+    assert code == 0
+    data = out_png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    h, w = matplotlib.image.imread(str(out_png)).shape[:2]
+    assert w > 1.5 * h  # two panels side by side
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, _, err = run_main(capsys, "demo", "--plot", str(tmp_path / "x.png"))
+    assert code == 2
+    assert "pagebuddy[plot]" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, d = run_json(capsys, "demo", "--ops", "2000", "--seed", "5")
+    assert code == 0
+    assert d["command"] == "demo" and d["ok"] is True and d["divergence"] is None
+    assert len(d["end"]["free_blocks"]) == d["max_order"] == 11
+    assert len(d["end"]["extfrag_index"]) == 11
+    assert all(-1.0 <= x <= 1.0 for x in d["end"]["extfrag_index"])
+    assert d["time"]["ratio"] > 0
+    assert sum(d["op_counts"].values()) == d["ops"]
+
+
+def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    for sub in ("demo", "fuzz", "replay", "bench"):
+        assert sub in out
+    assert "exit codes" in out and "130" in out
+    code, out, _ = run_main(capsys, "fuzz", "--help")
+    assert code == 0 and "--max-order" in out and "exit codes" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(capsys, "fuzz", "--ops", "0")[0] == 2
+    assert run_main(capsys, "fuzz", "--pages", "4", "--reserved", "9")[0] == 2
+    assert run_main(capsys, "no-such-command")[0] == 2
+    assert run_main(capsys, "replay", "/nonexistent/trace.txt")[0] == 2
+
+
+# -- replay and the trace format ----------------------------------------------------------------
+
+
+def test_replay_round_trips_a_demo_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "demo.trace"
+    code, demo = run_json(capsys, "demo", "--ops", "2500", "--record", str(trace))
+    assert code == 0
+    code, replay = run_json(capsys, "replay", str(trace))
+    assert code == 0
+    assert replay["ok"] is True
+    assert replay["ops"] == demo["ops"]
+    assert replay["op_counts"] == demo["op_counts"]
+    assert replay["end"]["free_blocks"] == demo["end"]["free_blocks"]
+    assert replay["geometry"] == demo["geometry"]
+    sections = _trace.read_trace(str(trace))
+    again = "".join(_trace.dump_trace(sections))
+    assert parse_trace(again.splitlines())[0].ops == sections[0].ops
+
+
+def test_replay_round_trips_a_fuzz_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "fuzz.trace"
+    code, fz = run_json(capsys, "fuzz", "--ops", "3000", "--seed", "11", "--record", str(trace))
+    assert code == 0 and fz["ok"]
+    sections = _trace.read_trace(str(trace))
+    assert len(sections) == fz["episodes"]
+    assert sum(len(s.ops) for s in sections) == fz["ops"] == 3000
+    code, out, _ = run_main(capsys, "replay", str(trace))
+    assert code == 0
+    assert "agree" in out
+    if fz["rejected"]:
+        assert "refused" in out.lower()
+
+
+def test_replay_text_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.trace"
+    trace.write_text(
+        "# a small trace\n"
+        "pagebuddy-trace v1 nr_pages=16 base_pfn=0x100 max_order=5\n"
+        "alloc 2\nalloc 0\nget 260\nput 260\nsplit 256\nput 257\nput_many 258 259\nput 256\n"
+    )
+    code, out, _ = run_main(capsys, "replay", str(trace))
+    assert code == 0, out
+    assert "Free blocks per order" in out and "agree" in out
+
+
+BREAKING = (
+    "pagebuddy-trace v1 nr_pages=8 max_order=4\n"
+    "alloc 0\n"
+    "put 0\n"
+    "put 0\n"  # line 4: a put of a free page
+    "alloc 7\n"  # line 5: no such order
+    "get 99\n"  # line 6: outside the pool
+)
+
+
+def test_replay_reports_rule_breaking_operations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "bad-rules.trace"
+    trace.write_text(BREAKING)
+    code, out, err = run_main(capsys, "replay", str(trace))
+    assert code == 0, err
+    assert "line 4: put 0: PageError" in out
+    assert "line 5: alloc 7: ValueError" in out
+    assert "line 6: get 99: PageError" in out
+    assert "agree" in out
+    assert run_main(capsys, "replay", "--strict", str(trace))[0] == 3
+    code, d = run_json(capsys, "replay", str(trace))
+    assert code == 0 and d["rejected_total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("alloc 0\n", 1, "before the header"),
+        ("", 0, "empty trace"),
+        ("pagebuddy-trace v1 nr_pages=8\nalloc 0\nfree 3\n", 3, "unknown operation 'free'"),
+        ("pagebuddy-trace v1 nr_pages=8\nput\n", 2, "put takes 1 argument"),
+        ("pagebuddy-trace v1 nr_pages=8\nalloc 1 2\n", 2, "alloc takes 1 argument"),
+        ("pagebuddy-trace v1 nr_pages=8\n\n# c\nput twelve\n", 4, "not an integer: 'twelve'"),
+        ("pagebuddy-trace v1 nr_pages=8\nalloc_many 0\n", 2, "alloc_many takes 2 arguments"),
+        ("pagebuddy-trace v1 nr_pages=8\nput_many\n", 2, "at least one PFN"),
+        ("pagebuddy-trace v2 nr_pages=8\n", 1, "unsupported trace version"),
+        ("pagebuddy-trace v1 pages=8\n", 1, "unknown header field 'pages'"),
+        ("pagebuddy-trace v1 base_pfn=3\n", 1, "lacks nr_pages"),
+        ("pagebuddy-trace v1 nr_pages=0\n", 1, "invalid geometry"),
+        ("pagebuddy-trace v1 nr_pages=8 page_size=100\n", 1, "power of two"),
+        ("pagebuddy-trace v1 nr_pages=8 zero=sometimes\n", 1, "zero='sometimes'"),
+        ("pagebuddy-trace v1 nr_pages=8 nr_pages=9\n", 1, "given twice"),
+        ("pagebuddy-trace v1 nr_pages\n", 1, "not KEY=VALUE"),
+    ],
+)
+def test_malformed_traces_are_refused_with_line_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: int, reason: str
+) -> None:
+    trace = tmp_path / "bad.trace"
+    trace.write_text(text)
+    with pytest.raises(TraceError) as info:
+        _trace.read_trace(str(trace))
+    assert info.value.line == line
+    assert reason in info.value.reason
+    code, out, err = run_main(capsys, "replay", str(trace))
+    assert code == 2
+    assert out == ""
+    expected = f"{trace}:{line}:" if line else f"{trace}:"
+    assert expected in err.replace("\n", "")
+    assert "Traceback" not in err
+    code, d = run_json(capsys, "replay", str(trace))
+    assert code == 2 and d["line"] == line and reason in d["reason"]
+
+
+def test_binary_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "bin.trace"
+    trace.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run_main(capsys, "replay", str(trace))
+    assert code == 2 and "not a text file" in err
+
+
+def test_trace_format_round_trip() -> None:
+    g = Geometry(
+        nr_pages=100,
+        page_size=64,
+        base_pfn=0x1000,
+        reserved_pages=3,
+        max_order=5,
+        zero="never",
+        links="intrusive",
+        arena="buffer",
+    )
+    ops = [
+        ("alloc", 3),
+        ("put", 4099),
+        ("get", -1),
+        ("split", 2**64),
+        ("alloc_many", 0, 4),
+        ("put_many", (4100, 4101)),
+    ]
+    text = "".join(_trace.dump_trace([_trace.Section(g, ops)], comment="hello\nworld"))
+    assert text.startswith("# hello\n# world\npagebuddy-trace v1 ")
+    (s,) = parse_trace(text.splitlines(), "mem")
+    assert s.geometry == g
+    assert s.ops == ops
+    assert s.lines == [4, 5, 6, 7, 8, 9]
+
+
+# -- fuzz ----------------------------------------------------------------------------------------
+
+
+def test_fuzz_small_run_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "fuzz", "--ops", "5000", "--seed", "3")
+    assert code == 0
+    assert "No divergence" in out and "seed 3" in out
+
+
+def test_fuzz_fixed_geometry_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, d = run_json(
+        capsys,
+        "fuzz",
+        "--ops",
+        "3000",
+        "--seed",
+        "9",
+        "--pages",
+        "100",
+        "--base-pfn",
+        "0x10",
+        "--reserved",
+        "5",
+        "--max-order",
+        "4",
+        "--zero",
+        "alloc",
+    )
+    assert code == 0
+    assert d["ok"] is True and d["ops"] == 3000 and d["reproducer"] is None
+    assert d["ops_per_second"] > 0
+
+
+def test_fuzz_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    code, d = run_json(capsys, "fuzz", "--seconds", "0.5", "--seed", "1")
+    assert code == 0 and d["ops"] > 0 and d["seconds"] < 5
+
+
+def test_fuzz_is_deterministic_for_a_seed() -> None:
+    cfg = _fuzz.FuzzConfig(ops=2000, seed=42)
+    a, b = _fuzz.fuzz(cfg), _fuzz.fuzz(cfg)
+    assert (a.ops, a.episodes, a.rejected) == (b.ops, b.episodes, b.rejected)
+
+
+def _exec_snippet(snippet: str) -> None:
+    exec(compile(snippet, "<reproducer>", "exec"), {"__name__": "__reproducer__"})
+
+
+@pytest.mark.parametrize("broken", [LeakyPool, SwappedListPool])
+def test_injected_divergence_is_shrunk_to_a_reproducer(broken: type) -> None:
+    result = _fuzz.fuzz(_fuzz.FuzzConfig(ops=50_000, seed=3), pool_cls=broken)
+    assert result.divergence is not None
+    assert result.shrunk_divergence is not None
+    assert 1 <= len(result.shrunk_ops) <= 20
+    assert len(result.shrunk_ops) <= len(result.episode_ops)
+    snippet = result.snippet
+    assert f"import {broken.__name__} as Pool" in snippet
+    # The reproducer reproduces ...
+    with pytest.raises(AssertionError):
+        _exec_snippet(snippet)
+    # ... and is specific: with the real Pool it passes.
+    fixed = snippet.replace(f"from {broken.__module__} import {broken.__name__} as Pool", "")
+    _exec_snippet(fixed)
+    # The shrunk case diverges as a trace too.
+    assert diverges(result.shrunk_geometry, result.shrunk_ops, broken) is not None
+    assert diverges(result.shrunk_geometry, result.shrunk_ops) is None
+
+
+def test_fuzz_command_with_injected_pool_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fuzz, "POOL_CLASS", LeakyPool)
+    repro = tmp_path / "repro.py"
+    code, out, _ = run_main(
+        capsys, "fuzz", "--ops", "50000", "--seed", "3", "--reproducer", str(repro)
+    )
+    assert code == 1
+    assert "DIVERGENCE" in out and "Reproducer" in out
+    assert "step(" in out and "from pagebuddy import Pool, ReferencePool" in out
+    snippet = repro.read_text()
+    assert snippet in out
+    with pytest.raises(AssertionError):
+        _exec_snippet(snippet)
+    code, d = run_json(capsys, "fuzz", "--ops", "50000", "--seed", "3")
+    assert code == 1 and d["ok"] is False
+    assert d["reproducer"] == snippet
+    assert d["reproducer_trace"].startswith("pagebuddy-trace v1")
+
+
+def test_replay_detects_divergence_with_line_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = tmp_path / "t.trace"
+    ops = "alloc 0\n" * 8 + "".join(f"put {p}\n" for p in range(8))
+    trace.write_text("pagebuddy-trace v1 nr_pages=8\n" + ops)
+    assert run_main(capsys, "replay", str(trace))[0] == 0
+    monkeypatch.setattr(_fuzz, "POOL_CLASS", LeakyPool)
+    code, out, _ = run_main(capsys, "replay", str(trace))
+    assert code == 1
+    assert "DIVERGENCE line 13:" in out  # "put 3" is on line 13
+    code, d = run_json(capsys, "replay", str(trace))
+    assert code == 1 and d["divergence"]["line"] == 13
+
+
+def test_lockstep_detects_contents_not_zeroed() -> None:
+    class NoZeroPool:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["zero"] = "never"
+            self._pool = Pool(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+    g = Geometry(nr_pages=4, page_size=64, max_order=3)
+    ops = [("alloc", 0), ("put", 0), ("alloc", 0)]
+    assert diverges(g, ops) is None
+    d = diverges(g, ops, NoZeroPool)
+    assert d is not None and d.what == "contents" and d.step == 2
+
+
+# -- fragmentation figures -----------------------------------------------------------------------
+
+
+def test_extfrag_index_matches_the_kernel_formula() -> None:
+    # Nothing free at all.
+    assert _frag.extfrag_index([0, 0, 0], 1) == 0
+    # A suitable block exists: the allocation would succeed.
+    assert _frag.extfrag_index([0, 0, 1], 1) == -1000
+    assert _frag.format_thousandths(-1000) == "-1.000"
+    # Four free order-0 blocks, order 1 requested:
+    # 1000 - (1000 + 4 * 1000 // 2) // 4 = 1000 - 750 = 250.
+    assert _frag.extfrag_index([4, 0, 0], 1) == 250
+    assert _frag.format_thousandths(250) == "0.250"
+    # One free page, order 3 requested: lack of memory. The formula goes below 0 when
+    # fewer pages than requested are free, as the kernel's does: 1000 - 1125 = -125.
+    assert _frag.extfrag_index([1, 0, 0, 0], 3) == -125
+    assert _frag.format_thousandths(-125) == "-0.125"
+    # Many scattered pages, large request: close to 1.
+    assert _frag.extfrag_index([512, 0, 0, 0, 0, 0, 0, 0, 0, 0], 9) == 1000 - 2000 // 512
+    assert _frag.unusable_index([4, 0, 1], 2) == 500
+    assert _frag.unusable_index([0, 0, 0], 0) == 1000
+    assert _frag.largest_free_order([3, 0, 1, 0]) == 2
+    assert _frag.largest_free_order([0, 0]) is None
+    assert _frag.free_pages([3, 0, 1]) == 7
+    assert _frag.buddyinfo_line([1, 2]).split()[-2:] == ["1", "2"]
+
+
+def test_run_ops_reports_states_and_map() -> None:
+    g = Geometry(nr_pages=16, base_pfn=32, reserved_pages=2, max_order=5)
+    r = run_ops(g, [("alloc", 2), ("alloc", 0), ("get", 36)], sample_every=1, want_map=True)
+    assert r.ok
+    assert len(r.samples) == 4
+    assert r.arena_map[:2] == [3, 3]  # reserved
+    assert r.arena_map[4] == 2  # shared: refcount 2
+    assert r.arena_map.count(0) == r.end_free_pages
+
+
+# -- bench ---------------------------------------------------------------------------------------
+
+
+def test_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, d = run_json(capsys, "bench", "--tiny")
+    assert code == 0
+    assert d["command"] == "bench" and d["mode"] == "tiny"
+    names = {r["name"] for r in d["results"]}
+    assert {"alloc", "put", "get", "split", "alloc_many", "put_many", "churn", "mixed"} <= names
+    assert all(r["pool_ns"] > 0 and r["reference_ns"] > 0 for r in d["results"])
+
+
+def test_bench_script_tiny() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benches" / "python_bench.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "churn" in proc.stdout and "ratio" in proc.stdout
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and pagebuddy.__version__ in out
