@@ -7,8 +7,10 @@ Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -59,7 +61,8 @@ exit codes:
 
 DESCRIPTION = """\
 pagebuddy: a pKVM-style buddy page allocator (native Pool) checked against a
-pure-Python model (ReferencePool). Without a subcommand, runs the demo.
+pure-Python model (ReferencePool). Without a subcommand, runs the demo
+(`pagebuddy --json` is `pagebuddy demo --json`).
 """
 
 
@@ -98,6 +101,10 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pagebuddy`` command."""
     from ._fuzz import DEFAULT_SECONDS
@@ -121,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="replay the embedded VM-host workload through both pools (default)",
-        description="Replay the embedded workload (a hypervisor's page pool serving VMs: "
-        "page-table pages at order 0, 2 MiB blocks at order 9, shared pages, block splits, "
-        "bursts of frees) through Pool and ReferencePool in lockstep, check that they agree, "
-        "and report fragmentation and timing.",
+        description=_wrap(
+            "Replay the embedded workload (a hypervisor's page pool serving VMs: "
+            "page-table pages at order 0, 2 MiB blocks at order 9, shared pages, block splits, "
+            "bursts of frees) through Pool and ReferencePool in lockstep, check that they agree, "
+            "and report fragmentation and timing."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
@@ -146,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     fz = sub.add_parser(
         "fuzz",
         help="differential fuzzing of Pool against ReferencePool",
-        description="Random operations on random geometries, run through Pool and "
-        "ReferencePool in lockstep. On a divergence the operations are shrunk to a short "
-        "reproducer, printed as a runnable Python snippet, and the exit code is 1. "
-        "Geometry options not given are drawn at random for each episode (fresh pool).",
+        description=_wrap(
+            "Random operations on random geometries, run through Pool and "
+            "ReferencePool in lockstep. On a divergence the operations are shrunk to a short "
+            "reproducer, printed as a runnable Python snippet, and the exit code is 1. "
+            "Geometry options not given are drawn at random for each episode (fresh pool)."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
@@ -171,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--zero", choices=("free", "alloc", "never"), help="zero policy")
     fz.add_argument("--page-size", type=_positive, metavar="BYTES", help="page_size")
     fz.add_argument("--links", choices=("side", "intrusive"), help="link store")
+    fz.add_argument(
+        "--arena",
+        choices=("owned", "buffer"),
+        help="pool-owned arena, or a bytearray handed in (arenas are then compared)",
+    )
     fz.add_argument(
         "--compare-every",
         type=_positive,
@@ -195,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "replay",
         help="replay a trace file through both pools",
-        description="Replay a trace (see docs/cli.md for the format) through Pool and "
-        "ReferencePool in lockstep and report as demo does. Operations the allocator "
-        "refuses (a put of a free page, an allocation that runs out of memory) are "
-        "reported, not fatal.",
+        description=_wrap(
+            "Replay a trace (see docs/cli.md for the format) through Pool and "
+            "ReferencePool in lockstep and report as demo does. Operations the allocator "
+            "refuses (a put of a free page, an allocation that runs out of memory) are "
+            "reported, not fatal."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
@@ -217,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser(
         "bench",
         help="the quick Python benchmark: Pool vs ReferencePool per call",
-        description="Cost per call of Pool and ReferencePool for alloc, put, get, split, "
-        "the batch calls, and churn and mixed workloads, with their ratio.",
+        description=_wrap(
+            "Cost per call of Pool and ReferencePool for alloc, put, get, split, "
+            "the batch calls, and churn and mixed workloads, with their ratio."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
@@ -324,15 +344,26 @@ def _frag_table(g: Geometry, start: list[int], end: list[int]) -> Table:
 
 
 def _timing(g: Geometry, ops: list[Any], pool_cls: type, model_cls: type) -> dict[str, float]:
+    """Time ``ops`` on each class, as given and again with zeroing off (bookkeeping only)."""
     pb, po = time_ops(pool_cls, g, ops, repeat=3)
     rb, ro = time_ops(model_cls, g, ops, repeat=1)
-    return {
+    t = {
         "pool_build_s": pb,
         "pool_ops_s": po,
         "reference_build_s": rb,
         "reference_ops_s": ro,
         "ratio": ro / po if po > 0 else float("inf"),
     }
+    if g.zero != "never":
+        g0 = g.replace(zero="never")
+        _, po0 = time_ops(pool_cls, g0, ops, repeat=3)
+        _, ro0 = time_ops(model_cls, g0, ops, repeat=1)
+        t.update(
+            pool_ops_nozero_s=po0,
+            reference_ops_nozero_s=ro0,
+            ratio_nozero=ro0 / po0 if po0 > 0 else float("inf"),
+        )
+    return t
 
 
 def _ms(s: float) -> str:
@@ -378,12 +409,19 @@ def _print_report(
     )
     if timing is not None:
         out.print(
-            f"Time for the operations: Pool {_ms(timing['pool_ops_s'])} (best of 3), "
+            f"Time for the operations (CPU time): Pool {_ms(timing['pool_ops_s'])} (best of 3), "
             f"ReferencePool {_ms(timing['reference_ops_s'])}; "
             f"Pool is {timing['ratio']:,.1f}x faster "
             f"(building the pool: {_ms(timing['pool_build_s'])} vs "
             f"{_ms(timing['reference_build_s'])})"
         )
+        if "ratio_nozero" in timing:
+            out.print(
+                f"  the same operations with zero=never (bookkeeping only, no memset): "
+                f"Pool {_ms(timing['pool_ops_nozero_s'])}, "
+                f"ReferencePool {_ms(timing['reference_ops_nozero_s'])}; "
+                f"Pool is {timing['ratio_nozero']:,.1f}x faster"
+            )
 
 
 def _report_dict(
@@ -552,6 +590,8 @@ def cmd_replay(ctx: _Ctx) -> int:
         "pool_ops_s": 0.0,
         "reference_build_s": 0.0,
         "reference_ops_s": 0.0,
+        "pool_ops_nozero_s": 0.0,
+        "reference_ops_nozero_s": 0.0,
     }
     with ctx.progress(MofNCompleteColumn()) as prog:
         task = prog.add_task("replay", total=total)
@@ -583,10 +623,10 @@ def cmd_replay(ctx: _Ctx) -> int:
                 break
             t = _timing(s.geometry, s.ops, pool_cls, model_cls)
             for k in timing:
-                timing[k] += t[k]
-    timing["ratio"] = (
-        timing["reference_ops_s"] / timing["pool_ops_s"] if timing["pool_ops_s"] > 0 else 0.0
-    )
+                timing[k] += t.get(k, t[k.replace("_nozero", "")])
+    for suffix in ("", "_nozero"):
+        po, ro = timing[f"pool_ops{suffix}_s"], timing[f"reference_ops{suffix}_s"]
+        timing[f"ratio{suffix}"] = ro / po if po > 0 else 0.0
     elapsed = time.perf_counter() - t0
     final = results[-1]
     section = sections[len(results) - 1]
@@ -695,12 +735,16 @@ def cmd_fuzz(ctx: _Ctx) -> int:
         zero=args.zero,
         page_size=args.page_size,
         links=args.links,
+        arena=args.arena,
         compare_every=args.compare_every,
         shrink_seconds=args.shrink_seconds,
     )
     limit_s = seconds if seconds is not None else (_fuzz.DEFAULT_SECONDS if ops is None else None)
+    # Line-buffered, so that if the native module crashes the trace ends at the operation
+    # that crashed it (and faulthandler prints where).
+    faulthandler.enable()
     record: IO[str] | None = (
-        open(args.record, "w", encoding="utf-8")  # noqa: SIM115 (closed in the finally below)
+        open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
         if args.record
         else None
     )
