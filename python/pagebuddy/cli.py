@@ -7,6 +7,7 @@ Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import sys
@@ -742,7 +743,10 @@ def cmd_fuzz(ctx: _Ctx) -> int:
     limit_s = seconds if seconds is not None else (_fuzz.DEFAULT_SECONDS if ops is None else None)
     # Line-buffered, so that if the native module crashes the trace ends at the operation
     # that crashed it (and faulthandler prints where).
-    faulthandler.enable()
+    if not faulthandler.is_enabled():
+        # (AttributeError etc.: stderr without a file descriptor, as under pytest)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            faulthandler.enable()
     record: IO[str] | None = (
         open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
         if args.record
