@@ -238,6 +238,8 @@ def test_replay_reports_rule_breaking_operations(
         ("pagebuddy-trace v1 nr_pages=8 zero=sometimes\n", 1, "zero='sometimes'"),
         ("pagebuddy-trace v1 nr_pages=8 nr_pages=9\n", 1, "given twice"),
         ("pagebuddy-trace v1 nr_pages\n", 1, "not KEY=VALUE"),
+        ("pagebuddy-trace v1 nr_pages=8\nalloc 0\n \npagebuddy-trace v1\n", 4, "nr_pages"),
+        ("pagebuddy-trace v1 nr_pages=2097152 page_size=4096\n", 1, "at most 4 GiB"),
     ],
 )
 def test_malformed_traces_are_refused_with_line_numbers(

@@ -37,6 +37,7 @@ from ._trace import OP_KINDS, Geometry, Op, format_op
 __all__ = [
     "FILL",
     "Divergence",
+    "GeometryRefused",
     "Lockstep",
     "Outcome",
     "RunResult",
@@ -97,6 +98,10 @@ class Divergence(Exception):
             "what": self.what,
             "detail": self.detail,
         }
+
+
+class GeometryRefused(ValueError):
+    """Both pools refused to be built with the geometry given (same exception class)."""
 
 
 def _where(step: int) -> str:
@@ -167,7 +172,8 @@ class Lockstep:
                     f"Pool {describe_outcome(None, ea) if ea else 'was built'}, "
                     f"ReferencePool {describe_outcome(None, eb) if eb else 'was built'}",
                 )
-            raise ea  # both refuse the geometry: not a divergence, a bad geometry
+            # Both refuse the geometry: not a divergence, a bad geometry.
+            raise GeometryRefused(f"both pools refuse this geometry: {describe_outcome(None, eb)}")
         self.steps = 0
         self._fa = {k: getattr(self.pool, m) for k, (m, _) in OP_KINDS.items()}
         self._fb = {k: getattr(self.model, m) for k, (m, _) in OP_KINDS.items()}
@@ -486,8 +492,8 @@ def diverges(
         ls.finish()
     except Divergence as d:
         return d
-    except Exception as d:  # both pools refused the geometry
-        return Divergence(-1, None, "constructor", f"both pools raised {type(d).__name__}: {d}")
+    except GeometryRefused:
+        return None
     return None
 
 

@@ -18,7 +18,8 @@ Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
 ``links=side|intrusive`` (the link store) and ``arena=owned|buffer`` (whether the
 pool owns its arena or is handed a ``bytearray``). Integers may be written in
-decimal or as ``0x`` hexadecimal.
+decimal or as ``0x`` hexadecimal. The geometry must be one the constructor accepts,
+with an arena (``nr_pages * page_size``) of at most 4 GiB.
 
 Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
 ``alloc_many ORDER COUNT`` and ``put_many PFN...``. Any integer is accepted as an
@@ -65,6 +66,9 @@ OP_KINDS: dict[str, tuple[str, int]] = {
     "alloc_many": ("alloc_many", 2),
     "put_many": ("put_many", -1),
 }
+
+#: Largest arena (``nr_pages * page_size``) a trace header may ask for.
+MAX_ARENA_BYTES = 1 << 32
 
 ZERO_POLICIES = ("free", "alloc", "never")
 LINK_STORES = ("side", "intrusive")
@@ -189,6 +193,13 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
     problem = validate_geometry(geometry)
     if problem:
         raise TraceError(line, f"invalid geometry: {problem}", source)
+    if geometry.nr_pages * geometry.page_size > MAX_ARENA_BYTES:
+        raise TraceError(
+            line,
+            f"arena of {geometry.nr_pages * geometry.page_size} bytes: a trace may ask for "
+            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})",
+            source,
+        )
     return geometry
 
 

@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import _frag
-from ._lockstep import RunResult, run_ops, time_ops
+from ._lockstep import GeometryRefused, RunResult, run_ops, time_ops
 from ._trace import Geometry, Section, TraceError, TraceWriter, format_op, read_trace
 
 __all__ = [
@@ -604,17 +604,33 @@ def cmd_replay(ctx: _Ctx) -> int:
             def tick(n: int, base: int = base) -> None:
                 prog.update(task, completed=base + n)
 
-            r = run_ops(
-                s.geometry,
-                s.ops,
-                pool_cls=pool_cls,
-                model_cls=model_cls,
-                compare_every=args.compare_every,
-                sample_every=max(1, len(s.ops) // 400) if last and args.plot else 0,
-                want_map=bool(last and args.plot),
-                progress=tick,
-                keep_examples=max(0, 20 - len(rejected_lines)),
-            )
+            try:
+                r = run_ops(
+                    s.geometry,
+                    s.ops,
+                    pool_cls=pool_cls,
+                    model_cls=model_cls,
+                    compare_every=args.compare_every,
+                    sample_every=max(1, len(s.ops) // 400) if last and args.plot else 0,
+                    want_map=bool(last and args.plot),
+                    progress=tick,
+                    keep_examples=max(0, 20 - len(rejected_lines)),
+                )
+            except GeometryRefused as e:
+                msg = f"{args.file}:{s.header_line}: {e}"
+                if ctx.json:
+                    ctx.emit_json(
+                        {
+                            "command": "replay",
+                            "ok": False,
+                            "error": msg,
+                            "line": s.header_line,
+                            "reason": str(e),
+                        }
+                    )
+                else:
+                    ctx.error(f"malformed trace: {msg}")
+                return EXIT_USAGE
             results.append(r)
             done += len(s.ops)
             n_rejected += sum(r.rejected.values())
@@ -715,10 +731,11 @@ def cmd_fuzz(ctx: _Ctx) -> int:
     args = ctx.args
     if args.reserved is not None and args.pages is not None and args.reserved > args.pages:
         raise _Usage(f"--reserved {args.reserved} exceeds --pages {args.pages}")
-    if args.page_size is not None and (
-        args.page_size < 64 or args.page_size & (args.page_size - 1)
-    ):
-        raise _Usage(f"--page-size {args.page_size} must be a power of two >= 64")
+    ps = args.page_size
+    if ps is not None and (ps < 64 or ps > 2**30 or ps & (ps - 1)):
+        raise _Usage(f"--page-size {ps} must be a power of two in 64..2**30")
+    if args.pages is not None and args.pages > 2**32 - 2:
+        raise _Usage("--pages must be <= 2**32 - 2")
     if args.base_pfn is not None and args.base_pfn + (args.pages or 1) > 2**64:
         raise _Usage("--base-pfn: base_pfn + nr_pages must be <= 2**64")
     ops = args.ops if args.ops not in (None, -1) else None
@@ -918,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = _Ctx(args)
     try:
         return _COMMANDS[args.command](ctx)
-    except _Usage as e:
+    except (_Usage, GeometryRefused) as e:
         ctx.error(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
