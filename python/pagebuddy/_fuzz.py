@@ -222,15 +222,29 @@ def _invalid_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
     return (rng.choice(("put", "get", "split")), rng.randint(lo, g.base_pfn + g.nr_pages + 1))
 
 
+#: Refcount ceiling; a "pump" episode takes this many references to one page.
+MAX_REFCOUNT = 65535
+
+
 def _episode_ops_gen(
-    rng: random.Random, g: Geometry, held: _Held
+    rng: random.Random, g: Geometry, held: _Held, pump: bool = False
 ) -> tuple[Callable[[], Op], Callable[[Op, Any, BaseException | None], None]]:
-    """Build the (next_op, observe) pair driving one episode."""
+    """Build the (next_op, observe) pair driving one episode.
+
+    With ``pump``, once a page is held the episode takes references to it until its
+    refcount passes the ceiling (so ``get_page`` must fail), then goes on as usual.
+    """
     orders = g.effective_max_order
-    state = {"p_alloc": 0.5, "left": 0}
+    state = {"p_alloc": 0.5, "left": 0, "pump": MAX_REFCOUNT + 1 if pump else 0}
     rnd = rng.random
+    pumped: list[int] = []
 
     def next_op() -> Op:
+        if state["pump"] and held.pfns:
+            if not pumped:
+                pumped.append(held.pfns[0])
+            state["pump"] -= 1
+            return ("get", pumped[0])
         if state["left"] <= 0:
             state["p_alloc"] = rng.uniform(0.15, 0.85)
             state["left"] = int(2 ** rng.uniform(4, 11))
@@ -329,6 +343,9 @@ def fuzz(
         while done < limit_ops and time.perf_counter() < deadline:
             g = random_geometry(rng, cfg)
             length = int(2 ** rng.uniform(4, math.log2(max(16, cfg.episode_ops))))
+            pump = rng.random() < 0.002  # one episode in 500 overflows a refcount
+            if pump:
+                length += MAX_REFCOUNT + 1
             length = int(min(length, limit_ops - done))
             result.episodes += 1
             if writer:
@@ -339,7 +356,7 @@ def fuzz(
                 held = _Held()
                 for i in range(g.reserved_pages):
                     held.add(g.base_pfn + i, 0)
-                next_op, observe = _episode_ops_gen(rng, g, held)
+                next_op, observe = _episode_ops_gen(rng, g, held, pump)
                 apply = ls.apply
                 append = ops.append
                 for i in range(length):
