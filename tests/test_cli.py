@@ -329,7 +329,7 @@ def test_fuzz_fixed_geometry_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_fuzz_seconds(capsys: pytest.CaptureFixture[str]) -> None:
-    code, d = run_json(capsys, "fuzz", "--seconds", "0.5", "--seed", "1")
+    code, d = run_json(capsys, "fuzz", "--seconds", "0.5", "--seed", "1", "--base-pfn", "0")
     assert code == 0 and d["ops"] > 0 and d["seconds"] < 5
 
 
