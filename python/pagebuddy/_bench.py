@@ -17,8 +17,8 @@ Workloads (``n`` = pages in the pool):
 ``split``        ``split_page`` of order-4 blocks (``n / 16`` calls).
 ``alloc_many``   ``alloc_many(0, n)`` on a free pool, per page.
 ``put_many``     ``put_many`` of all ``n`` pages in random order, per page.
-``churn``        half the pool held as order-0 pages; free a random held page and
-                 allocate one; per call.
+``churn``        every page allocated at order 0, a random half freed; then free a
+                 random held page and allocate one, repeatedly; per call.
 ``mixed``        orders 0..9 with P(k) ~ 2^-(k+1), random frees, the pool kept
                  about half full; per call.
 
@@ -191,8 +191,10 @@ def _put_many(cls: type, n: int, rng: random.Random) -> float:
 
 
 def _churn(cls: type, n: int, rng: random.Random) -> float:
-    pool = _new(cls, n)
-    held = pool.alloc_many(0, n // 2)
+    pool, every = _full(cls, n)
+    rng.shuffle(every)
+    pool.put_many(every[n // 2 :])  # a random half freed in random order
+    held = every[: n // 2]
     iters = 2 * n
     picks = [rng.randrange(len(held)) for _ in range(iters)]
     put, alloc = pool.put_page, pool.alloc_pages
@@ -269,7 +271,7 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
     ("split", "ns/call", "split_page of order-4 blocks", _split),
     ("alloc_many", "ns/page", "alloc_many(0, n) on a free pool", _alloc_many),
     ("put_many", "ns/page", "put_many of every page, random order", _put_many),
-    ("churn", "ns/call", "half full: put a random page, alloc one", _churn),
+    ("churn", "ns/call", "random half held: put a random page, alloc one", _churn),
     ("mixed", "ns/call", "orders 0..9, P(k)~2^-(k+1), kept half full", _mixed),
 ]
 
