@@ -362,6 +362,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     pub(crate) fn parts_mut(&mut self) -> (&mut Arena<'a>, &mut [PageMeta]) {
         (&mut self.arena, self.meta)
     }
+
+    #[cfg(test)]
+    pub(crate) fn free_pages_mut(&mut self) -> &mut u32 {
+        &mut self.free_pages
+    }
 }
 
 /// Bytes that [`Pool::new_intrusive_in`] or [`Pool::new_side_table_in`] set aside at the front

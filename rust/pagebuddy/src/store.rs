@@ -355,6 +355,11 @@ impl<L: LinkStore> FreeLists<L> {
     pub(crate) fn tail(&self, order: u32) -> u32 {
         self.tail.get(order as usize).copied().unwrap_or(Link::NIL)
     }
+
+    #[cfg(test)]
+    pub(crate) fn set_tail(&mut self, order: u32, idx: u32) {
+        self.tail[order as usize] = idx;
+    }
 }
 
 /// Iterator over one free list's page indices, head first.

@@ -1,0 +1,356 @@
+//! `check()` names every broken rule, each condition on its own; and the small API surfaces
+//! (error texts, conversions, arena and lock accessors) that the operation tests do not reach.
+
+use std::string::ToString;
+use std::vec;
+
+use super::*;
+use crate::CorruptionKind as K;
+
+fn broken(r: Result<(), Corruption>) -> Option<(CorruptionKind, u64)> {
+    r.err().map(|c| (c.kind, c.pfn))
+}
+
+/// 8 pages from pfn 16, every page allocated at order 0, then `free` put back in that order.
+fn singles<'m>(mem: &'m mut Mem, free: &[u64]) -> Pool<'m, SideTable<'m>> {
+    let mut pool = mem.side(cfg(8).base_pfn(16)).unwrap();
+    for _ in 0..8 {
+        pool.alloc(0).unwrap();
+    }
+    for &pfn in free {
+        pool.put(pfn).unwrap();
+    }
+    pool.check().unwrap();
+    pool
+}
+
+#[test]
+fn check_counts_mask_lengths_and_free_pages() {
+    let mut mem = Mem::new(8);
+    let mut pool = mem.side(cfg(8).base_pfn(16)).unwrap();
+    assert_eq!(lists(&pool), vec![vec![], vec![], vec![], vec![16]]);
+    pool.free.mask |= 1 << 1; // a bit for an empty list
+    assert_eq!(broken(pool.check()), Some((K::Count, 16)));
+    pool.free.mask &= !(1 << 1);
+    pool.free.mask &= !(1 << 3); // no bit for a non-empty list
+    assert_eq!(broken(pool.check()), Some((K::Count, 16)));
+    pool.free.mask |= 1 << 3;
+    pool.check().unwrap();
+    // A list past max_order (4) with a length and a consistent mask bit.
+    pool.free.len[5] = 1;
+    pool.free.mask |= 1 << 5;
+    assert_eq!(broken(pool.check()), Some((K::Count, 16)));
+    pool.free.len[5] = 0;
+    pool.free.mask &= !(1 << 5);
+    pool.check().unwrap();
+    *pool.free_pages_mut() += 1;
+    assert_eq!(broken(pool.check()), Some((K::Count, 16)));
+    *pool.free_pages_mut() -= 1;
+    pool.check().unwrap();
+}
+
+#[test]
+fn check_finds_each_list_inconsistency_alone() {
+    // Length too large (the walk ends early, tail and next are right).
+    let mut mem = Mem::new(8);
+    let mut pool = singles(&mut mem, &[19]);
+    pool.free.len[0] = 2;
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
+
+    // Tail names the first node of two (length and next are right).
+    let mut mem = Mem::new(8);
+    let mut pool = singles(&mut mem, &[19, 21]);
+    assert_eq!(lists(&pool)[0], [19, 21]);
+    pool.free.set_tail(0, 3);
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 21)));
+
+    // Length too small: the walk stops before the end.
+    pool.free.set_tail(0, 5);
+    pool.check().unwrap();
+    pool.free.len[0] = 1;
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
+    pool.free.len[0] = 2;
+
+    // An empty list with a tail: reported at the last page, the walk having named none.
+    pool.free.set_tail(2, 1);
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 23)));
+}
+
+#[test]
+fn check_finds_a_misplaced_link() {
+    // The last node's `next` names a page (in range) although the tail is right.
+    let mut mem = Mem::new(8);
+    let mut pool = mem.intrusive(cfg(8).zero(ZeroPolicy::Never)).unwrap();
+    for _ in 0..8 {
+        pool.alloc(0).unwrap();
+    }
+    pool.put(3).unwrap();
+    pool.put(5).unwrap();
+    let link = Link { prev: 3, next: 6 };
+    let (arena, _) = pool.parts_mut();
+    Intrusive.store(arena, PS, 5, link);
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 5)));
+}
+
+/// A pool of `n` pages, all reserved (held at order 0), whose metadata the test then bends.
+fn held(mem: &mut Mem, n: usize, cap: u32) -> Pool<'_, SideTable<'_>> {
+    let config = cfg(n)
+        .reserved_pages(n)
+        .order_cap(cap)
+        .zero(ZeroPolicy::Never);
+    let pool = mem.side(config).unwrap();
+    pool.check().unwrap();
+    pool
+}
+
+#[test]
+fn check_finds_each_bad_head_alone() {
+    // Order at max_order, although aligned and inside the pool.
+    let mut mem = Mem::new(8);
+    let mut pool = held(&mut mem, 8, 2);
+    let meta = pool.parts_mut().1;
+    meta[0] = PageMeta::new(1, 2);
+    meta[1..4].fill(PageMeta::INIT);
+    assert_eq!(broken(pool.check()), Some((K::BadHead, 0)));
+
+    // Misaligned, although of a valid order and inside the pool.
+    let mut mem = Mem::new(8);
+    let mut pool = held(&mut mem, 8, 11);
+    let meta = pool.parts_mut().1;
+    meta[1] = PageMeta::new(1, 1);
+    meta[2] = PageMeta::INIT;
+    assert_eq!(broken(pool.check()), Some((K::BadHead, 1)));
+
+    // Running past the end, although aligned and of a valid order.
+    let mut mem = Mem::new(6);
+    let mut pool = held(&mut mem, 6, 11);
+    let meta = pool.parts_mut().1;
+    meta[4] = PageMeta::new(1, 2);
+    meta[5] = PageMeta::INIT;
+    assert_eq!(broken(pool.check()), Some((K::BadHead, 4)));
+}
+
+#[test]
+fn check_finds_orphans_tails_and_unlisted_heads() {
+    let mut mem = Mem::new(4);
+    let mut pool = held(&mut mem, 4, 11);
+    pool.parts_mut().1[2] = PageMeta::INIT;
+    assert_eq!(broken(pool.check()), Some((K::Orphan, 2)));
+
+    let mut mem = Mem::new(4);
+    let mut pool = held(&mut mem, 4, 11);
+    pool.parts_mut().1[3].refcount = 0; // a free head on no list; its buddy 2 is held
+    assert_eq!(broken(pool.check()), Some((K::Unlisted, 0)));
+
+    let mut mem = Mem::new(4);
+    let mut pool = held(&mut mem, 4, 11);
+    let meta = pool.parts_mut().1;
+    meta[0] = PageMeta::new(1, 1);
+    meta[1] = PageMeta::new(1, NO_ORDER); // a tail with a refcount
+    assert_eq!(broken(pool.check()), Some((K::BadTail, 1)));
+}
+
+#[test]
+fn check_finds_uncoalesced_buddies_below_the_top_order_only() {
+    let mut mem = Mem::new(8);
+    let mut pool = singles(&mut mem, &[16]);
+    pool.parts_mut().1[1] = PageMeta::new(0, 0); // 17: free, unlisted, buddy of free 16
+    assert_eq!(broken(pool.check()), Some((K::Uncoalesced, 16)));
+    // At the top order, buddies stay apart and that is right.
+    let mut mem = Mem::new(8);
+    let pool = mem.side(cfg(8).order_cap(2)).unwrap();
+    assert_eq!(lists(&pool), vec![vec![], vec![0, 2, 4, 6]]);
+    pool.check().unwrap();
+}
+
+#[test]
+fn check_finds_nonzero_free_bytes_past_intrusive_links() {
+    // The first byte after the links and the last byte of the block.
+    for (at, bytes) in [
+        (8, [1, 0, 0, 0, 0, 0, 0, 0]),
+        (4 * PS - 8, [0, 0, 0, 0, 0, 0, 0, 1]),
+    ] {
+        let mut mem = Mem::new(4);
+        let mut pool = mem.intrusive(cfg(4)).unwrap();
+        pool.check().unwrap();
+        let (arena, _) = pool.parts_mut();
+        arena.write8(at, bytes);
+        assert_eq!(broken(pool.check()), Some((K::NotZero, 0)), "byte {at}");
+    }
+    // Bytes 0..8 of a free head are its links: ListBroken or LinkOutOfRange, not NotZero.
+    let mut mem = Mem::new(4);
+    let mut pool = mem.intrusive(cfg(4)).unwrap();
+    pool.parts_mut()
+        .0
+        .write8(0, [9, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    assert_eq!(broken(pool.check()), Some((K::LinkOutOfRange, 0)));
+}
+
+#[test]
+fn error_texts() {
+    let cases: [(Error, &str); 7] = [
+        (Error::PfnOutOfRange { pfn: 3 }, "pfn 3 is outside the pool"),
+        (Error::NotHeld { pfn: 4 }, "pfn 4 is not held (refcount 0)"),
+        (
+            Error::RefcountOverflow { pfn: 5 },
+            "pfn 5 refcount would overflow 65535",
+        ),
+        (
+            Error::InvalidOrder {
+                order: 9,
+                max_order: 4,
+            },
+            "order 9 is invalid: this pool has orders 0..3",
+        ),
+        (
+            Error::OutOfMemory { order: 2 },
+            "out of memory: no free block of order >= 2",
+        ),
+        (
+            GeometryError::NoPages.into(),
+            "bad geometry: nr_pages must be at least 1",
+        ),
+        (
+            Corruption {
+                kind: K::Count,
+                pfn: 7,
+            }
+            .into(),
+            "corrupted pool: free counts disagree with the free lists (at pfn 7)",
+        ),
+    ];
+    for (e, text) in cases {
+        assert_eq!(e.to_string(), text);
+    }
+    let geometry = [
+        GeometryError::PageSize { page_size: 3 },
+        GeometryError::NoPages,
+        GeometryError::TooManyPages { nr_pages: 1 },
+        GeometryError::PfnOverflow,
+        GeometryError::Reserved {
+            reserved_pages: 2,
+            nr_pages: 1,
+        },
+        GeometryError::OrderCap,
+        GeometryError::ArenaTooSmall { need: 2, have: 1 },
+        GeometryError::MetadataTooSmall { need: 2, have: 1 },
+        GeometryError::MetadataMisaligned,
+        GeometryError::LinksTooSmall { need: 2, have: 1 },
+        GeometryError::LinksMisaligned,
+    ];
+    let texts: Vec<_> = geometry.iter().map(|g| g.to_string()).collect();
+    assert_eq!(texts[0], "page_size 3 is not a power of two >= 64");
+    assert_eq!(texts[6], "arena holds 1 bytes, needs 2");
+    assert!(texts.iter().all(|t| !t.is_empty()));
+    let kinds = [
+        K::LinkOutOfRange,
+        K::ListBroken,
+        K::NotFreeHead,
+        K::BadHead,
+        K::Orphan,
+        K::BadTail,
+        K::Unlisted,
+        K::Uncoalesced,
+        K::Count,
+        K::NotZero,
+    ];
+    let mut seen: Vec<_> = kinds
+        .iter()
+        .map(|&kind| Corruption { kind, pfn: 1 }.to_string())
+        .collect();
+    assert!(seen
+        .iter()
+        .all(|t| t.ends_with("(at pfn 1)") && t.len() > 12));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), kinds.len());
+    assert_eq!(
+        Error::from(GeometryError::OrderCap),
+        Error::Geometry(GeometryError::OrderCap)
+    );
+}
+
+#[test]
+fn sizes_and_limits() {
+    assert_eq!(MAX_PAGES, u32::MAX as usize - 1);
+    assert_eq!((meta_bytes(3), link_bytes(5)), (12, 40));
+    assert_eq!(
+        (meta_bytes(usize::MAX), link_bytes(usize::MAX)),
+        (usize::MAX, usize::MAX)
+    );
+    assert_eq!(carve_bytes(3, 64, true), 64);
+    assert_eq!(carve_bytes(32, 64, false), 128);
+    assert_eq!(carve_bytes(32, 64, true), 384);
+    assert_eq!(carve_bytes(usize::MAX / 4, 64, true), usize::MAX);
+    let mut bytes = [0u8; 3];
+    let arena = Arena::new(&mut bytes);
+    assert_eq!((arena.len(), arena.is_empty()), (3, false));
+    let arena = Arena::new(&mut bytes[..0]);
+    assert_eq!((arena.len(), arena.is_empty()), (0, true));
+    let g = cfg(5).base_pfn(10).geometry().unwrap();
+    assert_eq!(
+        (g.arena_bytes(), g.index(14), g.index(15), g.pfn(2)),
+        (5 * PS, Some(4), None, 12)
+    );
+}
+
+#[test]
+fn arena_ranges_stay_inside() {
+    let mut bytes = [7u8; 16];
+    let mut arena = Arena::new(&mut bytes);
+    assert_eq!(arena.read8(8), [7; 8]);
+    assert_eq!(arena.read8(9), [0; 8]); // would end past the arena
+    arena.write8(9, [1; 8]); // ignored
+    arena.zero(10, 7); // ignored
+    assert!(!arena.is_zero(0, 17));
+    arena.zero(8, 8);
+    assert!(arena.is_zero(8, 8) && !arena.is_zero(7, 2));
+    arena.write8(0, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(arena.read8(0), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn locked_pool_accessors() {
+    let mut mem = Mem::new(4);
+    let mut locked: LockedPool<'_, Intrusive> = LockedPool::new(mem.intrusive(cfg(4)).unwrap());
+    assert_eq!(locked.get_mut().alloc(1), Ok(0));
+    assert_eq!(locked.free_pages(), 2);
+    assert_eq!(locked.split(0), Ok(()));
+    assert_eq!(locked.get(1), Ok(()));
+    assert_eq!(locked.put(1), Ok(()));
+    assert_eq!(locked.put(1), Ok(()));
+    assert_eq!(locked.put(1), Err(Error::NotHeld { pfn: 1 }));
+    assert_eq!(locked.get(9), Err(Error::PfnOutOfRange { pfn: 9 }));
+    assert_eq!(locked.split(9), Err(Error::PfnOutOfRange { pfn: 9 }));
+    assert_eq!(locked.alloc(2), Err(Error::OutOfMemory { order: 2 }));
+    assert_eq!(locked.alloc(1), Ok(2));
+    assert_eq!(locked.with(|p| p.refcount(2)), Ok(1));
+    locked.check().unwrap();
+    // A stray write into a free page shows through the lock too.
+    locked.with(|p| p.parts_mut().0.write8(PS + 8, [1; 8]));
+    assert_eq!(locked.check().map_err(|c| c.kind), Err(K::NotZero));
+    let pool = locked.into_inner();
+    assert_eq!((pool.free_pages(), pool.refcount(0)), (1, Ok(1)));
+}
+
+#[test]
+fn spinlock_excludes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lock = SpinLock::new();
+    let entered = AtomicBool::new(false);
+    lock.lock();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            lock.lock();
+            entered.store(true, Ordering::SeqCst);
+            // SAFETY: this thread took the lock just above.
+            unsafe { lock.unlock() };
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!entered.load(Ordering::SeqCst), "entered a held lock");
+        // SAFETY: taken by this thread before the scope.
+        unsafe { lock.unlock() };
+    });
+    assert!(entered.load(Ordering::SeqCst));
+}
