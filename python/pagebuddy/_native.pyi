@@ -1,7 +1,7 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal, Optional
+from typing import Literal
 
 from typing_extensions import Buffer
 
@@ -18,7 +18,7 @@ class Pool:
         base_pfn: int = 0,
         reserved_pages: int = 0,
         max_order: int = 11,
-        buffer: Optional[Buffer] = None,
+        buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
     ) -> None: ...
     def alloc_pages(self, order: int) -> int:

@@ -107,7 +107,8 @@ impl Config {
         if nr_pages > MAX_PAGES {
             return Err(GeometryError::TooManyPages { nr_pages });
         }
-        if self.base_pfn.checked_add(nr_pages as u64).is_none() {
+        // The last pfn, base_pfn + nr_pages - 1, must fit: a pool may end at pfn u64::MAX.
+        if self.base_pfn.checked_add(nr_pages as u64 - 1).is_none() {
             return Err(GeometryError::PfnOverflow);
         }
         if self.reserved_pages > nr_pages {

@@ -67,7 +67,7 @@ pub enum GeometryError {
         /// The count passed.
         nr_pages: usize,
     },
-    /// `base_pfn + nr_pages` overflows `u64`.
+    /// The last pfn, `base_pfn + nr_pages - 1`, overflows `u64`.
     PfnOverflow,
     /// `reserved_pages > nr_pages`.
     Reserved {
@@ -184,7 +184,7 @@ impl fmt::Display for GeometryError {
             GeometryError::TooManyPages { nr_pages } => {
                 write!(f, "nr_pages {nr_pages} exceeds {}", crate::MAX_PAGES)
             }
-            GeometryError::PfnOverflow => f.write_str("base_pfn + nr_pages overflows u64"),
+            GeometryError::PfnOverflow => f.write_str("base_pfn + nr_pages - 1 overflows u64"),
             GeometryError::Reserved {
                 reserved_pages,
                 nr_pages,

@@ -36,7 +36,9 @@ pub unsafe trait RawLock {
     unsafe fn unlock(&self);
 }
 
-/// A test-and-test-and-set spinlock for `no_std`.
+/// A test-and-test-and-set spinlock for `no_std`. With the `std` feature, a waiter that has spun
+/// for a while yields its time slice between attempts, so that a holder preempted on the same core
+/// can finish.
 #[derive(Debug)]
 pub struct SpinLock {
     locked: AtomicBool,
@@ -57,9 +59,15 @@ unsafe impl RawLock for SpinLock {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            let mut spins = 0u32;
             while self.locked.load(Ordering::Relaxed) {
                 #[cfg(loom)]
                 loom::thread::yield_now();
+                #[cfg(all(feature = "std", not(loom)))]
+                if spins >= 100 {
+                    std::thread::yield_now();
+                }
+                spins = spins.saturating_add(1);
                 core::hint::spin_loop();
             }
         }
