@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SideTable, StdLock, ZeroPolicy, MAX_PAGES,
+    SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
 };
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
