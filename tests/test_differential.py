@@ -1,0 +1,603 @@
+"""Differential tests: the native ``Pool`` against the pure-Python ``ReferencePool``.
+
+Both pools are built with the same geometry (and, when the arena is caller-provided, two
+identical copies of the same random bytes) and driven with the same calls. After every call
+they must agree on the result or on the exception class, and then on the free lists,
+``free_pages``, every page's refcount and the arena contents; both ``check()`` must pass.
+
+Arena contents are compared as follows. With the side-table link store the whole arena must
+match byte for byte. With intrusive links a free block's head page holds 8 link bytes the
+reference does not model: under ``zero="free"`` the arenas must match except for those bytes;
+under ``zero="alloc"`` only held blocks are compared (the bytes of a free block are unspecified
+there); under ``zero="never"`` contents are not compared at all. Bytes past
+``nr_pages * page_size`` of a caller buffer must never change.
+
+Step budget: under the ``ci`` profile the machine runs 60 examples of 50 steps, one of which
+builds the pools, i.e. 2,940 rule steps; ``test_differential_machine`` counts the steps and
+fails if fewer than 2,000 ran.
+"""
+
+from __future__ import annotations
+
+import mmap
+import operator
+import random
+import re
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+
+LINK_BYTES = 8
+MAX_REFCOUNT = 65535
+MIN_CI_STEPS = 2000
+# Pfns and orders that fit no pool (and no machine integer).
+WILD_PFNS = [-1, -(2**63), -(2**70), 2**63, 2**64 - 1, 2**64, 2**70]
+WILD_ORDERS = [-1, -(2**70), 11, 12, 63, 64, 2**32, 2**64, 2**70]
+NOT_INTS: list[Any] = ["3", 1.0, None, b"\x01", [1]]
+EXPECTED_ERRORS = (TypeError, ValueError, PageError, OutOfMemory)
+
+
+def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(*args), None
+    except Exception as exc:
+        return None, exc
+
+
+class Twin:
+    """A native Pool and a ReferencePool built alike, driven alike, compared after each call."""
+
+    def __init__(self, geometry: dict[str, Any], fill_seed: int | None = None) -> None:
+        self.geometry = dict(geometry)
+        self.page_size = geometry.get("page_size", 4096)
+        self.size = geometry["nr_pages"] * self.page_size
+        self.zero = geometry.get("zero", "free")
+        self.links = geometry.get("_links", "side")
+        self.native_buf: bytearray | None = None
+        self.ref_buf: bytearray | None = None
+        if fill_seed is not None:
+            # Random initial contents plus one page of slack past the end of the arena.
+            pattern = random.Random(fill_seed).randbytes(self.size + self.page_size)
+            self.native_buf, self.ref_buf = bytearray(pattern), bytearray(pattern)
+            self.slack = pattern[self.size :]
+        self.native = Pool(**geometry, buffer=self.native_buf)
+        self.ref = ReferencePool(**geometry, buffer=self.ref_buf)
+        self.pfns = range(self.ref.base_pfn, self.ref.base_pfn + self.ref.nr_pages)
+        for name in ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order", "zero"):
+            assert getattr(self.native, name) == getattr(self.ref, name), name
+        assert repr(self.native).partition("(")[2] == repr(self.ref).partition("(")[2]
+        self.agree()
+
+    @property
+    def contents_comparable(self) -> bool:
+        """Whether held blocks must hold the same bytes in both pools."""
+        return not (self.zero == "never" and self.links == "intrusive")
+
+    def call(self, method: str, *args: Any) -> tuple[Any, BaseException | None]:
+        """Call ``method`` on both pools; assert the same outcome; return the reference's."""
+        native, native_exc = _outcome(getattr(self.native, method), args)
+        ref, ref_exc = _outcome(getattr(self.ref, method), args)
+        where = f"{method}{args!r}: native {native_exc!r} / {native!r}, reference {ref_exc!r}"
+        if ref_exc is not None:
+            assert isinstance(ref_exc, EXPECTED_ERRORS), where
+            assert type(native_exc) is type(ref_exc), where
+        else:
+            assert native_exc is None, where
+            if method == "view":
+                assert native.format == ref.format == "B" and not native.readonly, where
+                assert native.nbytes == ref.nbytes, where
+                if self.contents_comparable:
+                    assert bytes(native) == bytes(ref), where
+            else:
+                assert native == ref, where
+        return ref, ref_exc
+
+    def held(self) -> list[int]:
+        """Pfns of the pages the reference holds (each heads a held block)."""
+        return [pfn for pfn in self.pfns if self.ref.page_count(pfn) > 0]
+
+    def write(self, pfn: int, offset: int, data: bytes) -> None:
+        """Write ``data`` into the held block at ``pfn`` of both pools, at ``offset``."""
+        native, ref = self.native.view(pfn), self.ref.view(pfn)
+        assert native.nbytes == ref.nbytes
+        offset %= ref.nbytes
+        data = data[: ref.nbytes - offset]
+        native[offset : offset + len(data)] = data
+        ref[offset : offset + len(data)] = data
+
+    def agree(self) -> None:
+        """Assert both pools are in the same state and both pass check()."""
+        native, ref = self.native, self.ref
+        assert native.free_lists() == ref.free_lists()
+        assert native.free_pages == ref.free_pages
+        assert [native.page_count(p) for p in self.pfns] == [ref.page_count(p) for p in self.pfns]
+        if self.contents_comparable:
+            for pfn in self.held():
+                assert bytes(native.view(pfn)) == bytes(ref.view(pfn)), f"contents of {pfn}"
+        if self.native_buf is not None and self.ref_buf is not None:
+            assert self.native_buf[self.size :] == self.slack, "native wrote past the arena"
+            assert self.ref_buf[self.size :] == self.slack, "reference wrote past the arena"
+            if self.links == "side":
+                assert self.native_buf == self.ref_buf, "arenas differ"
+            elif self.zero == "free":
+                native_arena, ref_arena = bytearray(self.native_buf), bytearray(self.ref_buf)
+                for head in (head for heads in ref.free_lists() for head in heads):
+                    at = (head - ref.base_pfn) * self.page_size
+                    native_arena[at : at + LINK_BYTES] = ref_arena[at : at + LINK_BYTES]
+                assert native_arena == ref_arena, "arenas differ outside the link bytes"
+        ref.check()
+        native.check()
+
+    def capacity(self, order: int) -> int:
+        """How many blocks of ``order`` the free lists can supply."""
+        lists = self.ref.free_lists()
+        return sum(len(lists[j]) << (j - order) for j in range(order, len(lists)))
+
+    def put_many(self, pfns: list[Any]) -> None:
+        """put_many on both; a PageError must name the same index in both messages."""
+        native_exc = _outcome(self.native.put_many, (list(pfns),))[1]
+        ref_exc = _outcome(self.ref.put_many, (list(pfns),))[1]
+        assert type(native_exc) is type(ref_exc), f"put_many({pfns}): {native_exc!r} {ref_exc!r}"
+        if isinstance(ref_exc, PageError):
+            index = re.compile(r"pfns\[(\d+)\]")
+            ref_index, native_index = index.search(str(ref_exc)), index.search(str(native_exc))
+            assert ref_index and native_index, (str(native_exc), str(ref_exc))
+            assert native_index.group(1) == ref_index.group(1), (str(native_exc), str(ref_exc))
+
+
+# ------------------------------------------------------------------------- state machine
+
+
+@st.composite
+def geometries(draw: st.DrawFn) -> tuple[dict[str, Any], int | None]:
+    """Constructor keywords for a pool, and a seed for caller-buffer contents (or None)."""
+    nr_pages = draw(
+        st.one_of(st.integers(1, 9), st.sampled_from([10, 13, 16, 17, 23, 31, 33, 37, 64, 65, 70]))
+    )
+    base_pfn = draw(
+        st.one_of(
+            st.sampled_from([0, 1, 5, 37, 64, 2**32 - 3, 2**64 - nr_pages]),
+            st.integers(0, 130),
+        )
+    )
+    geometry = {
+        "nr_pages": nr_pages,
+        "page_size": draw(st.sampled_from([64, 64, 128, 4096])),
+        "base_pfn": base_pfn,
+        "reserved_pages": draw(st.one_of(st.just(0), st.integers(0, nr_pages))),
+        "max_order": draw(st.integers(1, 11)),
+        "zero": draw(st.sampled_from(["free", "alloc", "never"])),
+        "_links": draw(st.sampled_from(["side", "intrusive"])),
+    }
+    return geometry, draw(st.one_of(st.none(), st.integers(0, 2**32)))
+
+
+class DifferentialMachine(RuleBasedStateMachine):
+    """Random sequences of calls on a Pool and a ReferencePool that must stay in lockstep."""
+
+    rule_steps = 0  # rule steps run, over all examples
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twin: Twin | None = None
+
+    @initialize(built=geometries())
+    def build(self, built: tuple[dict[str, Any], int | None]) -> None:
+        self.twin = Twin(*built)
+
+    @property
+    def pools(self) -> Twin:
+        assert self.twin is not None
+        return self.twin
+
+    def step(self) -> Twin:
+        """The pools, counting one rule step."""
+        type(self).rule_steps += 1
+        return self.pools
+
+    def pfn(self, data: st.DataObject) -> int:
+        """A held pfn most of the time, else a pfn near or far outside the held ones."""
+        pfns, held = self.pools.pfns, self.pools.held()
+        kind = data.draw(st.integers(0 if held else 6, 9), label="kind")
+        if kind < 6:
+            choices: Any = held
+        elif kind < 8:
+            choices = pfns
+        elif kind == 8:
+            choices = [pfns.start - 2, pfns.start - 1, pfns.stop, pfns.stop + 1]
+        else:
+            choices = WILD_PFNS
+        return data.draw(st.sampled_from(choices), label="pfn")
+
+    def order(self, data: st.DataObject) -> int:
+        """A valid order most of the time, else an invalid one."""
+        max_order = self.pools.ref.max_order
+        options = [st.integers(0, max_order - 1)] * 3 + [
+            st.sampled_from([*WILD_ORDERS, max_order, max_order + 1])
+        ]
+        return data.draw(st.one_of(options), label="order")
+
+    @rule(data=st.data())
+    def alloc_pages(self, data: st.DataObject) -> None:
+        self.step().call("alloc_pages", self.order(data))
+
+    @rule(data=st.data(), count=st.one_of(st.integers(-1, 5), st.just(2**40)))
+    def alloc_many(self, data: st.DataObject, count: int) -> None:
+        self.step().call("alloc_many", self.order(data), count)
+
+    @rule(data=st.data(), extra=st.integers(0, 1))
+    def alloc_many_to_capacity(self, data: st.DataObject, extra: int) -> None:
+        """alloc_many right at (or one past) what the free lists can supply."""
+        twin = self.step()
+        order = data.draw(st.integers(0, twin.ref.max_order - 1), label="order")
+        twin.call("alloc_many", order, twin.capacity(order) + extra)
+
+    @rule(data=st.data())
+    def put_page(self, data: st.DataObject) -> None:
+        self.step().call("put_page", self.pfn(data))
+
+    @rule(data=st.data())
+    def get_page(self, data: st.DataObject) -> None:
+        self.step().call("get_page", self.pfn(data))
+
+    @rule(data=st.data())
+    def split_page(self, data: st.DataObject) -> None:
+        self.step().call("split_page", self.pfn(data))
+
+    @rule(data=st.data())
+    def page_count(self, data: st.DataObject) -> None:
+        self.step().call("page_count", self.pfn(data))
+
+    @rule(data=st.data())
+    def view(self, data: st.DataObject) -> None:
+        self.step().call("view", self.pfn(data))
+
+    @rule(
+        data=st.data(),
+        offset=st.integers(0, 2**20),
+        seed=st.integers(0, 2**32),
+        size=st.integers(1, 300),
+    )
+    def write(self, data: st.DataObject, offset: int, seed: int, size: int) -> None:
+        twin = self.step()
+        held = twin.held()
+        if held:
+            pfn = data.draw(st.sampled_from(held), label="pfn")
+            twin.write(pfn, offset, random.Random(seed).randbytes(size))
+
+    @rule(data=st.data(), length=st.integers(1, 6), not_int=st.sampled_from([None, *NOT_INTS]))
+    def put_many(self, data: st.DataObject, length: int, not_int: Any) -> None:
+        pfns: list[Any] = [self.pfn(data) for _ in range(length)]
+        if not_int is not None and data.draw(st.booleans(), label="insert non-int"):
+            pfns.insert(data.draw(st.integers(0, length), label="at"), not_int)
+        self.step().put_many(pfns)
+
+    @precondition(lambda self: self.twin is not None and self.twin.ref.free_pages == 0)
+    @rule()
+    def release_all(self) -> None:
+        """When the pool is full, drop every reference (reserved pages too): all coalesces."""
+        twin = self.step()
+        twin.put_many([pfn for pfn in twin.held() for _ in range(twin.ref.page_count(pfn))])
+
+    @invariant()
+    def pools_agree(self) -> None:
+        if self.twin is not None:
+            self.twin.agree()
+
+
+def _profile_name() -> str | None:
+    get_name = getattr(settings, "get_current_profile_name", None)
+    return get_name() if get_name else getattr(settings, "_current_profile", None)
+
+
+def test_differential_machine() -> None:
+    DifferentialMachine.rule_steps = 0
+    run_state_machine_as_test(DifferentialMachine)
+    if _profile_name() == "ci":
+        assert DifferentialMachine.rule_steps >= MIN_CI_STEPS, DifferentialMachine.rule_steps
+
+
+# ------------------------------------------------------------------------- fixed scripts
+
+
+def _scripted_run(twin: Twin, rng: random.Random, steps: int) -> None:
+    """Fill the pool, release it in a random order, then run random calls, comparing each."""
+    ref = twin.ref
+    for order in reversed(range(ref.max_order)):
+        while twin.call("alloc_pages", order)[1] is None:
+            twin.agree()
+        twin.agree()
+    assert ref.free_pages == 0
+    for pfn in twin.held():
+        twin.write(pfn, 0, rng.randbytes(rng.randrange(1, 2 * twin.page_size)))
+    held = twin.held()
+    rng.shuffle(held)
+    for pfn in held[: len(held) // 3]:
+        twin.call("split_page", pfn)
+        twin.agree()
+    refs = [pfn for pfn in twin.held() for _ in range(ref.page_count(pfn))]
+    rng.shuffle(refs)
+    while refs:
+        size = rng.randrange(1, 5)
+        chunk, refs = refs[:size], refs[size:]
+        twin.put_many(chunk)
+        twin.agree()
+    assert ref.free_pages == ref.nr_pages
+    for _ in range(steps):
+        held = twin.held()
+        pfn = rng.choice(held) if held and rng.random() < 0.8 else rng.choice(WILD_PFNS)
+        action = rng.randrange(7)
+        if action == 0:
+            twin.call("alloc_pages", rng.randrange(-1, ref.max_order + 1))
+        elif action == 1:
+            twin.call("alloc_many", rng.randrange(ref.max_order), rng.randrange(4))
+        elif action == 2:
+            twin.call("put_page", pfn)
+        elif action == 3:
+            twin.call("get_page", pfn)
+        elif action == 4:
+            twin.call("split_page", pfn)
+        elif action == 5 and held:
+            data = rng.randbytes(rng.randrange(1, 100))
+            twin.write(rng.choice(held), rng.randrange(1 << 16), data)
+        else:
+            twin.put_many([*rng.sample(held, min(len(held), 3)), pfn])
+        twin.agree()
+
+
+@pytest.mark.parametrize("fill_seed", [None, 7])
+def test_geometry_family(geometry: dict[str, Any], fill_seed: int | None) -> None:
+    _scripted_run(Twin(geometry, fill_seed), random.Random(geometry_seed(geometry)), steps=120)
+
+
+def geometry_seed(geometry: dict[str, Any]) -> int:
+    """A stable seed derived from a geometry (str hashing is randomized per process)."""
+    return sum(ord(c) * (i + 1) for i, c in enumerate(repr(sorted(geometry.items()))))
+
+
+def test_refcount_overflow_agrees() -> None:
+    twin = Twin({"nr_pages": 4, "page_size": 64})
+    pfn = twin.call("alloc_pages", 1)[0]
+    for _ in range(MAX_REFCOUNT - 1):
+        twin.native.get_page(pfn)
+        twin.ref.get_page(pfn)
+    twin.agree()
+    assert isinstance(twin.call("get_page", pfn)[1], PageError)
+    assert twin.native.page_count(pfn) == MAX_REFCOUNT
+    twin.call("split_page", pfn)  # the head keeps 65535, the tail gets 1
+    twin.agree()
+    for _ in range(MAX_REFCOUNT - 1):
+        twin.native.put_page(pfn)
+        twin.ref.put_page(pfn)
+    twin.agree()
+    twin.put_many([pfn, pfn + 1, pfn])
+    twin.agree()
+    assert twin.ref.free_lists() == [[], [], [0]]
+
+
+# ------------------------------------------------------------------------- the contract, on both
+
+
+@pytest.fixture(params=[Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+def impl(request: pytest.FixtureRequest) -> type:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"nr_pages": 0}, ValueError),
+        ({"nr_pages": -1}, ValueError),
+        ({"nr_pages": 2**32 - 1}, ValueError),
+        ({"nr_pages": 2**64}, ValueError),
+        ({"nr_pages": "9"}, TypeError),
+        ({"nr_pages": 9.0}, TypeError),
+        ({"nr_pages": None}, TypeError),
+        ({"nr_pages": 9, "page_size": 32}, ValueError),
+        ({"nr_pages": 9, "page_size": 63}, ValueError),
+        ({"nr_pages": 9, "page_size": 96}, ValueError),
+        ({"nr_pages": 9, "page_size": 0}, ValueError),
+        ({"nr_pages": 9, "page_size": -4096}, ValueError),
+        ({"nr_pages": 9, "page_size": 2**31}, ValueError),
+        ({"nr_pages": 9, "page_size": 4096.0}, TypeError),
+        ({"nr_pages": 9, "base_pfn": -1}, ValueError),
+        ({"nr_pages": 9, "base_pfn": 2**64 - 8}, ValueError),
+        ({"nr_pages": 1, "base_pfn": 2**64}, ValueError),
+        ({"nr_pages": 9, "base_pfn": "0"}, TypeError),
+        ({"nr_pages": 9, "reserved_pages": -1}, ValueError),
+        ({"nr_pages": 9, "reserved_pages": 10}, ValueError),
+        ({"nr_pages": 9, "reserved_pages": 0.5}, TypeError),
+        ({"nr_pages": 9, "max_order": 0}, ValueError),
+        ({"nr_pages": 9, "max_order": -1}, ValueError),
+        ({"nr_pages": 9, "max_order": "4"}, TypeError),
+        ({"nr_pages": 9, "zero": "FREE"}, ValueError),
+        ({"nr_pages": 9, "zero": ""}, ValueError),
+        ({"nr_pages": 9, "zero": 1}, TypeError),
+        ({"nr_pages": 9, "zero": None}, TypeError),
+        ({"nr_pages": 9, "_links": "list"}, ValueError),
+        ({"nr_pages": 9, "_links": 0}, TypeError),
+        ({"nr_pages": 9, "_links": None}, TypeError),
+        ({"nr_pages": 9, "page_size": None}, TypeError),
+        ({"nr_pages": 9, "base_pfn": None}, TypeError),
+        ({"nr_pages": 9, "reserved_pages": None}, TypeError),
+        ({"nr_pages": 9, "max_order": None}, TypeError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": bytes(576)}, TypeError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": memoryview(bytes(576))}, TypeError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": 576}, TypeError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": "x" * 576}, TypeError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(144, np.int64)[::2]}, TypeError),
+        (
+            {"nr_pages": 9, "page_size": 64, "buffer": np.zeros((9, 128), np.uint8)[:, :64]},
+            TypeError,
+        ),
+        ({"nr_pages": 9, "page_size": 64, "buffer": bytearray(575)}, ValueError),
+        ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(71, np.float64)}, ValueError),
+    ],
+)
+def test_constructor_rejects(impl: type, kwargs: dict[str, Any], error: type) -> None:
+    with pytest.raises(error) as info:
+        impl(**kwargs)
+    assert type(info.value) is error
+
+
+def _read_only_array() -> np.ndarray:
+    array = np.zeros(576, np.uint8)
+    array.flags.writeable = False
+    return array
+
+
+def test_constructor_rejects_read_only_numpy(impl: type) -> None:
+    with pytest.raises(TypeError):
+        impl(9, page_size=64, buffer=_read_only_array())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "max_order", "free_lists"),
+    [
+        ({"nr_pages": True}, 1, [[0]]),
+        ({"nr_pages": np.int64(9), "page_size": np.uint16(64)}, 4, [[8], [], [], [0]]),
+        ({"nr_pages": 9, "max_order": 2**70}, 4, [[8], [], [], [0]]),
+        ({"nr_pages": 9, "max_order": 12}, 4, [[8], [], [], [0]]),
+        ({"nr_pages": 9, "reserved_pages": 9}, 4, [[], [], [], []]),
+        ({"nr_pages": 9, "base_pfn": 2**64 - 9}, 4, [[2**64 - 9], [], [], [2**64 - 8]]),
+    ],
+)
+def test_constructor_accepts(
+    impl: type, kwargs: dict[str, Any], max_order: int, free_lists: list[list[int]]
+) -> None:
+    pool = impl(**kwargs)
+    assert pool.max_order == max_order
+    assert pool.free_lists() == free_lists
+    pool.check()
+
+
+def test_largest_page_size(impl: type) -> None:
+    # Two 1 GiB pages over a lazily allocated mapping; "never" so that nothing is touched.
+    with mmap.mmap(-1, 2**31) as mapping:
+        pool = impl(2, page_size=2**30, buffer=mapping, zero="never")
+        assert (pool.page_size, pool.max_order, pool.free_lists()) == (2**30, 2, [[], [0]])
+        del pool
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda size: bytearray(size),
+        lambda size: mmap.mmap(-1, size),
+        lambda size: memoryview(bytearray(size)),
+        lambda size: np.zeros(size // 8, np.float64),
+        lambda size: np.zeros((size // 64, 16), np.int32),
+        lambda size: np.zeros(size // 12 + 1, np.dtype([("a", "<i4"), ("b", "<f8")])),
+    ],
+    ids=["bytearray", "mmap", "memoryview", "float64", "int32-2d", "structured"],
+)
+def test_buffer_kinds(impl: type, make: Callable[[int], Any]) -> None:
+    buffer = make(16 * 64)
+    raw = memoryview(buffer).cast("B")
+    raw[:] = b"\xa5" * raw.nbytes
+    pool = impl(16, page_size=64, buffer=buffer, reserved_pages=1)
+    assert bytes(raw[:64]) == b"\xa5" * 64  # the reserved page is never freed, never zeroed
+    assert not any(raw[64 : 16 * 64])  # the free pages were zeroed by the initial puts
+    assert bytes(raw[16 * 64 :]) == b"\xa5" * (raw.nbytes - 16 * 64)
+    pfn = pool.alloc_pages(2)
+    pool.view(pfn)[:] = b"\x11" * 256
+    assert bytes(raw[pfn * 64 : pfn * 64 + 256]) == b"\x11" * 256
+    pool.put_page(pfn)
+    assert not any(raw[pfn * 64 : pfn * 64 + 256])
+    pool.check()
+
+
+def test_bytearray_cannot_be_resized_while_used(impl: type) -> None:
+    buffer = bytearray(4 * 64)
+    pool = impl(4, page_size=64, buffer=buffer)
+    with pytest.raises(BufferError):
+        buffer.append(0)
+    with pytest.raises(BufferError):
+        del buffer[:64]
+    assert len(buffer) == 4 * 64
+    pool.check()
+
+
+def test_view_outlives_pool(impl: type) -> None:
+    pool = impl(4, page_size=64)
+    pfn = pool.alloc_pages(1)
+    view = pool.view(pfn)
+    view[:] = b"\x5a" * 128
+    del pool
+    assert bytes(view) == b"\x5a" * 128
+    view[0] = 1
+    assert view[0] == 1
+
+
+def test_view_shape(impl: type) -> None:
+    pool = impl(37, base_pfn=5, page_size=128)
+    pfn = pool.alloc_pages(3)
+    view = pool.view(pfn)
+    assert (view.format, view.ndim, view.nbytes, view.readonly) == ("B", 1, 128 << 3, False)
+
+
+def test_repr(impl: type) -> None:
+    assert repr(impl(9)) == (
+        f"{impl.__name__}(nr_pages=9, page_size=4096, base_pfn=0, max_order=4, zero='free', "
+        "free_pages=9)"
+    )
+
+
+@pytest.mark.parametrize("bad", NOT_INTS)
+def test_non_int_arguments(impl: type, bad: Any) -> None:
+    pool = impl(9, page_size=64)
+    held = pool.alloc_pages(0)
+    before = pool.free_lists()
+    for call in (
+        lambda: pool.alloc_pages(bad),
+        lambda: pool.get_page(bad),
+        lambda: pool.put_page(bad),
+        lambda: pool.split_page(bad),
+        lambda: pool.page_count(bad),
+        lambda: pool.view(bad),
+        lambda: pool.alloc_many(bad, 1),
+        lambda: pool.alloc_many(0, bad),
+        lambda: pool.put_many([held, bad]),
+        lambda: pool.put_many(7),
+    ):
+        with pytest.raises(TypeError):
+            call()
+    assert pool.free_lists() == before
+    assert pool.page_count(held) == 1
+
+
+def test_alloc_many_checks_order_before_count(impl: type) -> None:
+    pool = impl(9, page_size=64)
+    with pytest.raises(ValueError):
+        pool.alloc_many(4, "x")
+    with pytest.raises(TypeError):
+        pool.alloc_many("x", -1)
+    with pytest.raises(ValueError):
+        pool.alloc_many(0, -1)
+
+
+def test_index_protocol_ints(impl: type) -> None:
+    pool = impl(9, page_size=64)
+    pfn = pool.alloc_pages(np.int8(1))
+    pool.get_page(np.uint64(pfn))
+    assert pool.page_count(operator.index(np.int32(pfn))) == 2
+    pool.put_many(np.array([pfn, pfn]))
+    assert pool.alloc_pages(True) == pfn
+    assert pool.free_lists() == [[8], [2], [4], []]
+
+
+def test_corruption_error_is_exported() -> None:
+    assert issubclass(CorruptionError, RuntimeError)
