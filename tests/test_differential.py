@@ -94,6 +94,13 @@ class Twin:
         if ref_exc is not None:
             assert isinstance(ref_exc, EXPECTED_ERRORS), where
             assert type(native_exc) is type(ref_exc), where
+            # Messages name the call and the pfn or order at fault.
+            for exc in (native_exc, ref_exc):
+                assert str(exc).startswith(f"{method}: "), where
+                if isinstance(exc, PageError):
+                    assert str(exc).startswith(f"{method}: pfn {args[0]} "), where
+                elif method.startswith("alloc") and type(exc) is ValueError and args[0] < 0:
+                    assert f"order {args[0]} " in str(exc), where
         else:
             assert native_exc is None, where
             if method == "view":
@@ -396,6 +403,19 @@ def impl(request: pytest.FixtureRequest) -> type:
     return request.param
 
 
+def _kwargs_id(value: Any) -> str:
+    """Test id of a constructor-keywords dict (buffers by type and size)."""
+    if not isinstance(value, dict):
+        return getattr(value, "__name__", repr(value))
+
+    def show(item: Any) -> str:
+        if isinstance(item, (bytes, bytearray, memoryview, np.ndarray)):
+            return f"{type(item).__name__}[{memoryview(item).nbytes}]"
+        return repr(item)
+
+    return ",".join(f"{key}={show(item)}" for key, item in value.items())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
@@ -446,6 +466,7 @@ def impl(request: pytest.FixtureRequest) -> type:
         ({"nr_pages": 9, "page_size": 64, "buffer": bytearray(575)}, ValueError),
         ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(71, np.float64)}, ValueError),
     ],
+    ids=_kwargs_id,
 )
 def test_constructor_rejects(impl: type, kwargs: dict[str, Any], error: type) -> None:
     with pytest.raises(error) as info:
@@ -597,6 +618,25 @@ def test_index_protocol_ints(impl: type) -> None:
     pool.put_many(np.array([pfn, pfn]))
     assert pool.alloc_pages(True) == pfn
     assert pool.free_lists() == [[8], [2], [4], []]
+
+
+def test_contract_messages(impl: type) -> None:
+    pool = impl(16, page_size=64, reserved_pages=12)  # 12 o2 free, its buddy 8 held
+    with pytest.raises(PageError) as info:
+        pool.put_page(12)
+    assert str(info.value) == "put_page: pfn 12 is not held (refcount 0: free page)"
+    with pytest.raises(ValueError) as info:
+        impl(1024, page_size=64).alloc_pages(12)
+    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0..10"
+    pool = impl(8, page_size=64, reserved_pages=3)  # [[3], [], [4], []]
+    with pytest.raises(OutOfMemory) as info:
+        pool.alloc_pages(3)
+    assert str(info.value).startswith("alloc_pages: out of memory: no free block of order >= 3")
+    for _ in range(MAX_REFCOUNT - 1):
+        pool.get_page(2)  # a reserved page, held once
+    with pytest.raises(PageError) as info:
+        pool.get_page(2)
+    assert str(info.value) == "get_page: pfn 2 refcount would overflow 65535"
 
 
 def test_corruption_error_is_exported() -> None:
