@@ -1,0 +1,41 @@
+# Evidence for the Rust core beyond `cargo test` (docs/testing.md says what each covers).
+#   make valgrind     memcheck over every test binary of the core, 0 errors required
+#   make fuzz-short   each cargo-fuzz target for FUZZ_SHORT seconds (skipped without nightly/cargo-fuzz)
+#   make fuzz-long    each cargo-fuzz target for FUZZ_LONG seconds
+#   make loom         loom model checking of LockedPool (own target dir: target/loom)
+#   make mutants      cargo-mutants over the core crate (skipped without cargo-mutants)
+
+# Whatever includes this file keeps its own default goal.
+rust_evidence_default_goal := $(.DEFAULT_GOAL)
+
+FUZZ_SHORT   ?= 30
+FUZZ_LONG    ?= 600
+MUTANTS_JOBS ?= 2
+
+.PHONY: valgrind fuzz-short fuzz-long loom mutants
+
+valgrind:
+	scripts/valgrind.sh
+
+fuzz-short:
+	scripts/fuzz.sh differential $(FUZZ_SHORT)
+	scripts/fuzz.sh scribble $(FUZZ_SHORT)
+
+fuzz-long:
+	scripts/fuzz.sh differential $(FUZZ_LONG)
+	scripts/fuzz.sh scribble $(FUZZ_LONG)
+
+loom:
+	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --release --target-dir target/loom
+
+# Doctests are left out (each compiles separately; the unit tests cover the same functions) and
+# the property test runs 128 cases per mutant.
+mutants:
+	@if cargo mutants --version >/dev/null 2>&1; then \
+	    PROPTEST_CASES=128 cargo mutants -p pagebuddy --all-features --gitignore true \
+	        -j $(MUTANTS_JOBS) --timeout 90 -- --tests; \
+	else \
+	    echo "mutants: skipped: cargo-mutants is not installed (cargo install cargo-mutants)"; \
+	fi
+
+.DEFAULT_GOAL := $(rust_evidence_default_goal)
