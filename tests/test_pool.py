@@ -173,6 +173,20 @@ def test_bools_and_index_objects_are_ints(cls: type) -> None:
     assert big.free_pages == 4
 
 
+def test_index_objects_out_of_range_are_classified_like_ints(cls: type) -> None:
+    """An ``__index__`` object out of every range fails like the int it stands for."""
+    pool = cls(8, page_size=64)
+    for value in (-1, 2**64, 2**70):
+        raises(PageError, pool.put_page, Index(value))
+        raises(PageError, pool.page_count, Index(value))
+        raises(PageError, pool.put_many, [Index(value)])
+        raises(ValueError, pool.alloc_pages, Index(value))
+        raises(ValueError, lambda v=value: cls(Index(v), page_size=64))
+    raises(ValueError, pool.alloc_many, 0, Index(-1))
+    raises(OutOfMemory, pool.alloc_many, 0, Index(2**70))
+    assert pool.free_pages == 8
+
+
 # ------------------------------------------------------------------------- exceptions
 
 
@@ -721,6 +735,7 @@ NOT_BUFFERS: dict[str, Any] = {
     "dict": {},
     "object": object(),
     "array-like": np.zeros(256).tolist(),
+    "numpy-datetime64": np.zeros(32, dtype="M8[s]"),  # an ndarray that exports no buffer
 }
 
 
@@ -786,7 +801,6 @@ GOOD_ARGS: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"nr_pages": 1}, {"nr_pages": 1, "page_size": 4096, "max_order": 1}),
     ({"nr_pages": True}, {"nr_pages": 1}),
     ({"nr_pages": Index(3), "page_size": 64}, {"nr_pages": 3, "max_order": 2}),
-    ({"nr_pages": 1, "page_size": 2**30, "zero": "never"}, {"page_size": 2**30}),
     ({"nr_pages": 2, "page_size": 64}, {"page_size": 64}),
     ({"nr_pages": 5, "page_size": 64, "base_pfn": True}, {"base_pfn": 1}),
     ({"nr_pages": 5, "page_size": 64, "base_pfn": 2**63}, {"base_pfn": 2**63}),
@@ -809,6 +823,17 @@ def test_constructor_accepts(cls: type, kwargs: dict[str, Any], expected: dict[s
         got = getattr(pool, name)
         assert got == value and type(got) is type(value), name
     pool.check()
+
+
+def test_largest_page_size(cls: type) -> None:
+    """page_size may be 2**30 (over a lazily mapped arena nobody touches under "never")."""
+    arena = mmap.mmap(-1, 2 * 2**30)
+    pool = cls(2, page_size=2**30, buffer=arena, zero="never")
+    assert (pool.page_size, pool.max_order, pool.free_pages) == (2**30, 2, 2)
+    pool.check()
+    del pool
+    gc.collect()
+    arena.close()
 
 
 BAD_ARGS: list[tuple[dict[str, Any], type[BaseException]]] = [

@@ -1,0 +1,921 @@
+"""Abuse driver for pagebuddy pools; ``tests/test_abuse.py`` runs it in a child process.
+
+    python tests/abuse_driver.py SCENARIO SEED STEPS
+
+Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. Scenarios:
+
+``side``
+    Side-table pools of random geometry (every zero policy) over caller buffers, each driven in
+    lockstep with a ``ReferencePool`` twin: random calls with random arguments (valid, huge,
+    negative, wrong types, ``__index__`` objects, numpy scalars, bools, re-entrant and raising
+    ``__index__``), random bytes written through held *and stale* views of both arenas. Every
+    call must raise only a documented exception class, and the same result or class on both;
+    free lists, free pages, refcounts and arena bytes must stay equal; ``check()`` must pass on
+    both. The one exception: under ``zero="free"`` a stale write leaves free memory non-zero,
+    which both pools' ``check()`` must then report (``CorruptionError`` about zeroing).
+
+``intrusive``
+    Intrusive-link pools driven the same way (no twin), plus forged links written through stale
+    views over the free lists, and pools whose arena is a block of another pool. A corrupted
+    list may surface only as ``CorruptionError``, ``PageError``, ``OutOfMemory`` or
+    ``ValueError`` (``TypeError`` stays possible for arguments of the wrong type) -- never as a
+    crash, a hang, a write outside the arena, or a page handed out while it is still held.
+
+``buffers``
+    The constructor with every kind of buffer object (bytearray, memoryview, anonymous and file
+    mmaps, numpy arrays of many dtypes and shapes, array.array, ctypes arrays, views of other
+    pools) and random arguments. Read-only, non-contiguous and non-buffer objects must be
+    refused with ``TypeError``, too-small ones with ``ValueError``; accepted ones are used
+    (views must write into the caller's buffer, bytes past the arena stay untouched) and must
+    refuse resizing (``BufferError``) only while the pool or one of its views lives.
+
+Common to all: bytes before and after the arena (the pool gets a slice of a larger buffer) are
+sentinels that must never change. Exit status 0 means no violation; 1 means a violation,
+reported on stdout with the seed and the last calls. A crash kills the process with a signal
+(``faulthandler`` prints the Python stack) and a hang is caught by the parent's timeout.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import faulthandler
+import gc
+import mmap
+import operator
+import os
+import random
+import struct
+import sys
+import tempfile
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+
+NIL = 0xFFFFFFFF
+SENTINEL = 0xA5
+PAGE_OPS = ("get_page", "put_page", "split_page", "page_count", "view")
+
+# Documented exception classes of each call (exact classes: PageError is not a plain
+# ValueError and vice versa).
+DOCUMENTED: dict[str, set[type]] = {
+    "alloc_pages": {TypeError, ValueError, OutOfMemory},
+    "alloc_many": {TypeError, ValueError, OutOfMemory},
+    "put_many": {TypeError, PageError},
+    "free_lists": set(),
+    "free_pages": set(),
+    "repr": set(),
+    "check": set(),
+    **{op: {TypeError, PageError} for op in PAGE_OPS},
+}
+# What a corrupted intrusive free list may add to any call.
+CORRUPTED = {CorruptionError, PageError, OutOfMemory, ValueError}
+
+
+class Violation(Exception):
+    """The pool broke its contract (as opposed to raising a documented exception)."""
+
+
+class Boom(Exception):
+    """Raised on purpose by argument objects; it must come out of the call unchanged."""
+
+
+# ------------------------------------------------------------------------- argument objects
+
+
+class Index:
+    """An int-like object; ``hook`` runs inside ``__index__`` (re-entrant calls)."""
+
+    def __init__(self, value: int, hook: Callable[[], None] | None = None) -> None:
+        self.value, self.hook = value, hook
+
+    def __index__(self) -> int:
+        if self.hook is not None:
+            self.hook()
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Index({self.value}{', hook' if self.hook else ''})"
+
+
+class Raising:
+    """``__index__`` raises Boom."""
+
+    raised = 0
+
+    def __index__(self) -> int:
+        Raising.raised += 1
+        raise Boom("from __index__")
+
+    def __repr__(self) -> str:
+        return "Raising()"
+
+
+class NotAnInt:
+    """``__index__`` returns a str: operator.index raises TypeError."""
+
+    def __index__(self) -> Any:
+        return "3"
+
+    def __repr__(self) -> str:
+        return "NotAnInt()"
+
+
+class IntSub(int):
+    pass
+
+
+JUNK: list[Any] = [
+    1.0,
+    float("nan"),
+    float("inf"),
+    "3",
+    "",
+    None,
+    [1],
+    (1,),
+    b"\x01",
+    bytearray(b"\x01"),
+    {1: 2},
+    object(),
+    1j,
+    np.float64(2.0),
+    np.True_,
+    NotAnInt(),
+    range(3),
+]
+
+
+class Context:
+    """Random source, call log and counters shared by a scenario."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.log: deque[str] = deque(maxlen=40)
+        self.step = 0
+        self.counts: dict[str, int] = {}
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+    def note(self, text: str) -> None:
+        self.log.append(f"step {self.step}: {text}")
+
+    def fail(self, message: str) -> None:
+        raise Violation(message)
+
+
+def wrap(ctx: Context, value: int) -> Any:
+    """``value`` as some int-like object."""
+    rng = ctx.rng
+    kind = rng.randrange(6)
+    if kind == 0:
+        return Index(value)
+    if kind == 1 and -(2**63) <= value < 2**63:
+        return np.int64(value)
+    if kind == 2 and 0 <= value < 2**64:
+        return np.uint64(value)
+    if kind == 3:
+        return IntSub(value)
+    if kind == 4 and value in (0, 1):
+        return bool(value)
+    return value
+
+
+# ------------------------------------------------------------------------- pool under test
+
+
+class Subject:
+    """One pool (and, in the side scenario, its ReferencePool twin) plus what we know of it."""
+
+    def __init__(
+        self, ctx: Context, geometry: dict[str, Any], twin: bool, buffer: Any = None
+    ) -> None:
+        self.ctx = ctx
+        self.geometry = geometry
+        self.nr_pages = geometry["nr_pages"]
+        self.page_size = geometry.get("page_size", 4096)
+        self.base = geometry.get("base_pfn", 0)
+        self.zero = geometry.get("zero", "free")
+        self.size = self.nr_pages * self.page_size
+        self.guarded: list[tuple[bytearray, int]] = []  # (whole buffer, lead)
+        self.lead = ctx.rng.choice([0, 0, 8, 64, 4096])
+        self.slack = ctx.rng.choice([0, 1, 64, 4096])
+        pattern = ctx.rng.randbytes(self.size)
+        if buffer is None:
+            buffer = self.guarded_buffer(pattern)
+        self.pool = Pool(**geometry, buffer=buffer)
+        self.ref = ReferencePool(**geometry, buffer=self.guarded_buffer(pattern)) if twin else None
+        self.held: dict[int, int] = {}  # head pfn -> order, for every held block
+        self.owner: dict[int, int] = {}  # page -> head of the held block it lies in
+        for i in range(geometry.get("reserved_pages", 0)):
+            self.add_block(self.base + i, 0)
+        self.dirty_free_memory = False  # a stale write may have left free memory non-zero
+        self.alive = True
+
+    def guarded_buffer(self, pattern: bytes) -> memoryview:
+        """A slice of a larger bytearray; the bytes around it are sentinels."""
+        whole = bytearray([SENTINEL]) * (self.lead + self.size + self.slack)
+        whole[self.lead : self.lead + self.size] = pattern
+        self.guarded.append((whole, self.lead))
+        return memoryview(whole)[self.lead :]
+
+    def check_sentinels(self) -> None:
+        for whole, lead in self.guarded:
+            outside = whole[:lead] + whole[lead + self.size :]
+            if outside.count(SENTINEL) != len(outside):
+                self.ctx.fail("bytes outside the arena changed")
+
+    # --- held-block bookkeeping (metadata lives outside the arena: it is always trustworthy)
+
+    def add_block(self, head: int, order: int) -> None:
+        for page in range(head, head + (1 << order)):
+            if page in self.owner:
+                self.ctx.fail(
+                    f"pfn {page} handed out in block {head} (order {order}) while it lies in "
+                    f"held block {self.owner[page]}"
+                )
+            self.owner[page] = head
+        self.held[head] = order
+
+    def allocated(self, pfns: list[int], order: int) -> None:
+        if len(set(pfns)) != len(pfns):
+            self.ctx.fail(f"the same block returned twice: {pfns}")
+        for pfn in pfns:
+            if not isinstance(pfn, int) or not self.base <= pfn < self.base + self.nr_pages:
+                self.ctx.fail(f"allocated pfn {pfn!r} outside the pool")
+            if pfn % (1 << order):
+                self.ctx.fail(f"block {pfn} of order {order} is misaligned")
+            self.add_block(pfn, order)
+
+    def split(self, head: int) -> None:
+        order = self.held.get(head)
+        if order is None:
+            self.ctx.fail(f"split_page({head}) succeeded on a page not known to be held")
+        for tail in range(head + 1, head + (1 << order)):
+            self.held[tail] = 0
+            self.owner[tail] = tail
+        self.held[head] = 0
+
+    def resync(self) -> None:
+        """Forget blocks whose head was freed (put, put_many or a re-entrant call)."""
+        for head in list(self.held):
+            if self.pool.page_count(head) == 0:
+                order = self.held.pop(head)
+                for page in range(head, head + (1 << order)):
+                    del self.owner[page]
+
+    def rescan(self) -> None:
+        """Learn held blocks a failed call left behind (a batch cut short by corruption)."""
+        for pfn in range(self.base, self.base + self.nr_pages):
+            if pfn not in self.held and self.pool.page_count(pfn) > 0:
+                order = (self.pool.view(pfn).nbytes // self.page_size).bit_length() - 1
+                self.add_block(pfn, order)
+
+    def held_pages(self) -> int:
+        return sum(1 << order for order in self.held.values())
+
+    # --- random arguments
+
+    def pfn_value(self) -> int:
+        rng = self.ctx.rng
+        end = self.base + self.nr_pages
+        r = rng.random()
+        if r < 0.45 and self.held:
+            return rng.choice(list(self.held))
+        if r < 0.75:
+            return rng.randrange(self.base, end)
+        return rng.choice([self.base - 1, end, 0, -1, 2**63, 2**64 - 1, 2**64, 2**100, -(2**100)])
+
+    def pfn_arg(self) -> Any:
+        rng = self.ctx.rng
+        r = rng.random()
+        if r < 0.7:
+            return self.pfn_value()
+        if r < 0.85:
+            return wrap(self.ctx, self.pfn_value())
+        if r < 0.92:
+            return rng.choice(JUNK)
+        if r < 0.95:
+            return Raising()
+        return Index(self.pfn_value(), hook=self.hook())
+
+    def order_arg(self) -> Any:
+        rng = self.ctx.rng
+        max_order = self.pool.max_order
+        r = rng.random()
+        if r < 0.7:
+            return min(rng.randrange(max_order), rng.randrange(max_order))
+        if r < 0.8:
+            return rng.choice([-1, max_order, 11, 2**32, 2**64, 2**70, -(2**70)])
+        if r < 0.9:
+            return wrap(self.ctx, rng.randrange(-1, max_order + 1))
+        if r < 0.97:
+            return rng.choice(JUNK)
+        return Raising()
+
+    def count_arg(self) -> Any:
+        rng = self.ctx.rng
+        r = rng.random()
+        if r < 0.8:
+            return rng.randrange(0, 6)
+        if r < 0.9:
+            return rng.choice([-1, 2**32, 2**64 - 1, 2**64, 2**70, -(2**70), self.nr_pages + 1])
+        if r < 0.97:
+            return rng.choice(JUNK)
+        return wrap(self.ctx, rng.randrange(-1, 4))
+
+    def pfns_arg(self) -> Callable[[], Any]:
+        """A factory: each pool of a twin pair needs its own iterator."""
+        rng = self.ctx.rng
+        items = [self.pfn_arg() if rng.random() < 0.2 else self.pfn_value() for _ in range(9)]
+        items = items[: rng.randrange(0, 9)]
+        kind = rng.choice(["list", "list", "tuple", "gen", "dupes", "raising", "junk"])
+        if kind == "dupes" and items:
+            items = items + items[:1]
+        if kind == "junk":
+            junk = rng.choice([5, None, 1.5, object(), 2**70])
+            return lambda: junk
+        if kind == "tuple":
+            return lambda: tuple(items)
+        if kind == "gen":
+            return lambda: (x for x in items)
+        if kind == "raising":
+            # Plain ints only: whether a bad element or the iterable's own error comes first
+            # is not specified.
+            items = [self.pfn_value() for _ in items]
+
+            def boom() -> Any:
+                yield from items
+                Raising.raised += 1
+                raise Boom("from the iterable")
+
+            return boom
+        return lambda: list(items)
+
+    def hook(self) -> Callable[[], None]:
+        """A call made from inside ``__index__``: read-only on twins, anything otherwise."""
+        rng = self.ctx.rng
+        choice = rng.randrange(4 if self.ref is None else 2)
+
+        def hook() -> None:
+            self.ctx.count("re-entrant calls")
+            if choice == 0:
+                self.pool.free_lists()
+            elif choice == 1:
+                self.pool.page_count(self.base)
+                repr(self.pool)
+            elif choice == 2:
+                try:
+                    pfn = self.pool.alloc_pages(0)
+                except tuple(CORRUPTED):
+                    return
+                self.allocated([pfn], 0)
+            else:
+                with contextlib.suppress(CorruptionError):
+                    self.pool.check()
+
+        return hook
+
+
+def outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(*args), None
+    except Violation:
+        raise  # found inside a re-entrant call
+    except Exception as exc:
+        return None, exc
+
+
+class Driver:
+    """Runs random operations on the live subjects of one scenario."""
+
+    def __init__(self, ctx: Context, intrusive: bool) -> None:
+        self.ctx = ctx
+        self.intrusive = intrusive
+        self.subjects: list[Subject] = []
+        # Every view handed out: (native view, twin's view or None, its pool, its pfn).
+        self.views: deque[tuple[memoryview, memoryview | None, Subject, int]] = deque(maxlen=64)
+
+    # --- geometry
+
+    def geometry(self) -> dict[str, Any]:
+        rng = self.ctx.rng
+        nr_pages = rng.choice([1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 64, 70])
+        top = 2**64 - nr_pages - 1  # the very top of the pfn space is tested in test_pool.py
+        base = rng.choice([0, 0, 1, 3, 5, 37, 64, 2**20 + 3, 2**32, 2**63 - 1, top, top - 17])
+        return {
+            "nr_pages": nr_pages,
+            "page_size": rng.choice([64, 64, 128, 256]),
+            "base_pfn": base,
+            "reserved_pages": min(nr_pages, rng.choice([0, 0, 0, 1, 2, nr_pages // 2, nr_pages])),
+            "max_order": rng.choice([1, 2, 3, 4, 6, 11, 11, 12, 2**40]),
+            "zero": rng.choice(["free", "alloc", "never"]),
+            "_links": "intrusive" if self.intrusive else "side",
+        }
+
+    def new_subject(self) -> None:
+        geometry = self.geometry()
+        buffer = None
+        outers = [s for s in self.subjects if s.held]
+        if self.intrusive and outers and self.ctx.rng.random() < 0.3:
+            # An arena inside a held block of another pool, which may free it under us.
+            outer = self.ctx.rng.choice(outers)
+            head = self.ctx.rng.choice(list(outer.held))
+            view = outer.pool.view(head)
+            pages = view.nbytes // geometry["page_size"]
+            if pages:
+                geometry["nr_pages"] = min(geometry["nr_pages"], pages)
+                geometry["reserved_pages"] = min(geometry["reserved_pages"], geometry["nr_pages"])
+                buffer = view
+                self.ctx.count("nested arenas")
+        self.ctx.note(f"new pool {geometry}{' (nested)' if buffer is not None else ''}")
+        subject = Subject(self.ctx, geometry, twin=not self.intrusive, buffer=buffer)
+        if buffer is not None:
+            subject.guarded.clear()
+        self.subjects.append(subject)
+        if len(self.subjects) > 3:
+            self.retire(self.subjects.pop(0))
+
+    def retire(self, subject: Subject) -> None:
+        """Final checks on a pool we stop using; its views stay behind as stale views."""
+        self.final_checks(subject)
+        subject.alive = False
+        del subject.pool, subject.ref
+        if self.ctx.rng.random() < 0.5:
+            gc.collect()
+        subject.check_sentinels()
+
+    # --- one step
+
+    def call(self, s: Subject, op: str, make_args: Callable[[], tuple[Any, ...]]) -> Any:
+        """Call ``op`` on the pool (and its twin); police the exception; return the result."""
+        raised_before = Raising.raised
+        args = make_args()
+        result, exc = outcome(getattr(s.pool, op), args)
+        shown = ", ".join(repr(a)[:40] for a in args)
+        self.ctx.note(
+            f"{op}({shown}) -> {type(exc).__name__ + ': ' + str(exc) if exc else repr(result)}"
+        )
+        if exc is not None:
+            self.ctx.count(type(exc).__name__)
+            allowed = set(DOCUMENTED[op])
+            if self.intrusive:
+                allowed |= CORRUPTED
+            if Raising.raised != raised_before:
+                allowed.add(Boom)
+            if type(exc) not in allowed:
+                self.ctx.fail(f"{op} raised {type(exc).__name__}: {exc}")
+            if self.intrusive:
+                # Under corruption a failed batch may have allocated part of its blocks.
+                s.resync()
+                s.rescan()
+        if s.ref is not None:
+            raised_before = Raising.raised
+            ref_result, ref_exc = outcome(getattr(s.ref, op), make_args())
+            if type(ref_exc) is not type(exc):
+                self.ctx.fail(
+                    f"{op}: Pool raised {type(exc).__name__}: {exc}, ReferencePool raised "
+                    f"{type(ref_exc).__name__}: {ref_exc}"
+                )
+            if op == "view" and exc is None:
+                if bytes(result) != bytes(ref_result):
+                    self.ctx.fail(f"view contents differ at pfn {args[0]!r}")
+            elif result != ref_result:
+                self.ctx.fail(f"{op}: Pool returned {result!r}, ReferencePool {ref_result!r}")
+            if exc is None and op == "view":
+                self.views.append((result, ref_result, s, plain_int(args[0])))
+        elif exc is None and op == "view":
+            self.views.append((result, None, s, plain_int(args[0])))
+        if exc is None:
+            if op in ("alloc_pages", "alloc_many"):
+                pfns = [result] if op == "alloc_pages" else result
+                if op == "alloc_many" and len(pfns) != plain_int(args[1]):
+                    self.ctx.fail(f"alloc_many returned {len(pfns)} blocks")
+                if pfns:
+                    s.allocated(pfns, plain_int(args[0]))
+            elif op == "split_page":
+                s.split(plain_int(args[0]))
+        return result
+
+    def write(self) -> None:
+        """Random bytes through a random view: held, stale, or of a pool long gone."""
+        if not self.views:
+            return
+        rng = self.ctx.rng
+        live = [v for v in self.views if v[2].alive]
+        native, ref, subject, pfn = rng.choice(live if live and rng.random() < 0.8 else self.views)
+        if not subject.alive:
+            self.ctx.count("writes into dead pools")
+        elif subject.held.get(pfn) == (native.nbytes // subject.page_size).bit_length() - 1:
+            self.ctx.count("writes into held blocks")
+        else:
+            self.ctx.count("stale writes")  # the block was freed (and maybe reused) since
+        n = native.nbytes
+        r = rng.random()
+        if r < 0.4:
+            off = rng.randrange(n)
+            data = rng.randbytes(rng.randrange(1, min(64, n - off) + 1))
+        elif r < 0.5:
+            off, data = 0, bytes([rng.randrange(256)]) * n
+        else:
+            # A forged free-list link (prev, next) at the start of one of the view's pages.
+            page = rng.randrange(max(1, n // 64)) * 64
+            nr = max(1, n // 64)
+            pick = lambda: rng.choice([NIL, 0, 1, nr, nr - 1, rng.randrange(2**32), 2**31])  # noqa: E731
+            off, data = page, struct.pack("<II", pick(), pick())
+        native[off : off + len(data)] = data
+        if ref is not None:
+            ref[off : off + len(data)] = data
+        for s in self.subjects:
+            s.dirty_free_memory = True
+        self.ctx.note(f"write {len(data)} bytes at {off} of a {n}-byte view")
+
+    def step(self) -> None:
+        rng = self.ctx.rng
+        if not self.subjects or rng.random() < 0.004:
+            self.new_subject()
+        s = rng.choice(self.subjects)
+        op = rng.choice(
+            ["alloc_pages"] * 4
+            + ["put_page"] * 4
+            + ["alloc_many", "put_many", "get_page", "split_page", "page_count"]
+            + ["view"] * 3
+            + ["write"] * 4
+            + ["check", "free_lists", "gc"]
+        )
+        if op == "write":
+            self.write()
+        elif op == "gc":
+            gc.collect()
+        elif op == "alloc_pages":
+            args: tuple[Any, ...] = (s.order_arg(),)
+            self.call(s, op, lambda: args)
+        elif op == "alloc_many":
+            args = (s.order_arg(), s.count_arg())
+            self.call(s, op, lambda: args)
+        elif op == "put_many":
+            make = s.pfns_arg()
+            self.call(s, op, lambda: (make(),))
+        elif op in ("check", "free_lists"):
+            self.check_state(s, full=op == "check")
+        else:
+            args = (s.pfn_arg(),)
+            self.call(s, op, lambda: args)
+        s.resync()
+        if s.ref is not None and rng.random() < 0.25:
+            self.compare(s)
+
+    # --- consistency
+
+    def compare(self, s: Subject) -> None:
+        """Twins agree on everything observable."""
+        assert s.ref is not None
+        if s.pool.free_lists() != s.ref.free_lists():
+            self.ctx.fail(f"free lists differ: {s.pool.free_lists()} != {s.ref.free_lists()}")
+        if s.pool.free_pages != s.ref.free_pages:
+            self.ctx.fail("free_pages differ")
+        for pfn in range(s.base, s.base + s.nr_pages):
+            if s.pool.page_count(pfn) != s.ref.page_count(pfn):
+                self.ctx.fail(f"page_count({pfn}) differs")
+        native, ref = s.guarded[0], s.guarded[1]
+        if native[0] != ref[0]:
+            self.ctx.fail("arena contents differ")
+        if s.pool.free_pages != s.nr_pages - s.held_pages():
+            self.ctx.fail(f"free_pages {s.pool.free_pages} != {s.nr_pages} - {s.held_pages()}")
+        if repr(s.pool).split("(", 1)[1] != repr(s.ref).split("(", 1)[1]:
+            self.ctx.fail(f"repr differs: {s.pool!r} / {s.ref!r}")
+
+    def check_state(self, s: Subject, full: bool) -> None:
+        lists = s.pool.free_lists()
+        if len(lists) != s.pool.max_order:
+            self.ctx.fail(f"{len(lists)} free lists for max_order {s.pool.max_order}")
+        repr(s.pool)
+        _ = s.pool.free_pages
+        if not full:
+            return
+        _, exc = outcome(s.pool.check, ())
+        self.ctx.note(f"check() -> {exc!r}")
+        if s.ref is None:
+            if exc is not None:
+                self.ctx.count("CorruptionError")
+                if type(exc) is not CorruptionError:
+                    self.ctx.fail(f"check raised {type(exc).__name__}: {exc}")
+            return
+        _, ref_exc = outcome(s.ref.check, ())
+        if type(exc) is not type(ref_exc):
+            self.ctx.fail(f"check: Pool {exc!r} but ReferencePool {ref_exc!r}")
+        if exc is not None:
+            # Side tables never corrupt; only the zeroing promise can be broken from outside.
+            if not (
+                type(exc) is CorruptionError
+                and s.zero == "free"
+                and s.dirty_free_memory
+                and "zero" in str(exc)
+            ):
+                self.ctx.fail(f"check raised {type(exc).__name__}: {exc}")
+            self.ctx.count("check: free memory not zero")
+
+    def final_checks(self, s: Subject) -> None:
+        self.check_state(s, full=True)
+        if s.ref is not None:
+            self.compare(s)
+        s.check_sentinels()
+
+
+def plain_int(value: Any) -> int:
+    """The int an accepted argument stood for, without running its hook again."""
+    return value.value if isinstance(value, Index) else operator.index(value)
+
+
+def run_pools(ctx: Context, intrusive: bool, steps: int) -> None:
+    driver = Driver(ctx, intrusive)
+    for ctx.step in range(steps):
+        driver.step()
+    for s in driver.subjects:
+        driver.final_checks(s)
+    # Views of every pool, live or dead, take one more round of writes; then all go.
+    for _ in range(200):
+        driver.write()
+    driver.subjects.clear()
+    gc.collect()
+
+
+# ------------------------------------------------------------------------- buffers scenario
+
+
+def file_mapping(size: int, access: int) -> mmap.mmap:
+    fd, path = tempfile.mkstemp(prefix="pagebuddy-abuse-")
+    try:
+        os.write(fd, bytes([SENTINEL]) * size)
+        return mmap.mmap(fd, size, access=access)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def pool_view(size: int, keep_pool: bool) -> memoryview:
+    """``size`` bytes of a block of another pool, which may already be gone."""
+    pages = max(1, -(-size // 64))
+    order = (pages - 1).bit_length()
+    helper = Pool(1 << order, page_size=64)
+    view = helper.view(helper.alloc_pages(order))[:size]
+    if keep_pool:
+        KEEP.append(helper)
+    return view
+
+
+KEEP: list[Any] = []
+
+# Objects the pool must accept, by size in bytes (a multiple of 64).
+WRITABLE: dict[str, Callable[[int], Any]] = {
+    "bytearray": lambda n: bytearray(n),
+    "memoryview": lambda n: memoryview(bytearray(n)),
+    "memoryview-slice": lambda n: memoryview(bytearray(n + 24))[8 : 8 + n],
+    "memoryview-2d": lambda n: memoryview(bytearray(n)).cast("B", (n // 8, 8)),
+    "mmap": lambda n: mmap.mmap(-1, n),
+    "mmap-file": lambda n: file_mapping(n, mmap.ACCESS_WRITE),
+    "mmap-copy": lambda n: file_mapping(n, mmap.ACCESS_COPY),
+    "numpy-uint8": lambda n: np.zeros(n, dtype=np.uint8),
+    "numpy-int16": lambda n: np.zeros(n // 2, dtype=np.int16),
+    "numpy-float32": lambda n: np.zeros(n // 4, dtype=np.float32),
+    "numpy-float64": lambda n: np.full(n // 8, np.pi),
+    "numpy-big-endian": lambda n: np.zeros(n // 8, dtype=">f8"),
+    "numpy-complex128": lambda n: np.zeros(n // 16, dtype=np.complex128),
+    "numpy-bool": lambda n: np.zeros(n, dtype=bool),
+    "numpy-2d-int32": lambda n: np.zeros((n // 64, 16), dtype=np.int32),
+    "numpy-3d-uint16": lambda n: np.zeros((2, n // 64, 16), dtype=np.uint16),
+    "numpy-structured": lambda n: np.zeros(n // 16, dtype=[("a", "<i8"), ("b", "<f8")]),
+    "array-B": lambda n: array.array("B", bytes(n)),
+    "array-d": lambda n: array.array("d", [0.0] * (n // 8)),
+    "ctypes-char": lambda n: (ctypes.c_char * n)(),
+    "ctypes-double": lambda n: (ctypes.c_double * (n // 8))(),
+    "ctypes-2d": lambda n: ((ctypes.c_int32 * 4) * (n // 16))(),
+    "pool-view": lambda n: pool_view(n, keep_pool=True),
+    "dead-pool-view": lambda n: pool_view(n, keep_pool=False),
+}
+# numpy object arrays are left out on purpose: they export PyObject pointers as their buffer,
+# and any raw write into them (through a pool or a plain memoryview) crashes the interpreter.
+
+
+def read_only_numpy(n: int) -> np.ndarray:
+    arr = np.zeros(n // 8)
+    arr.flags.writeable = False
+    return arr
+
+
+REFUSED: dict[str, tuple[Callable[[int], Any], type]] = {
+    "bytes": (lambda n: bytes(n), TypeError),
+    "memoryview-of-bytes": (lambda n: memoryview(bytes(n)), TypeError),
+    "read-only-memoryview": (lambda n: memoryview(bytearray(n)).toreadonly(), TypeError),
+    "read-only-numpy": (read_only_numpy, TypeError),
+    "numpy-frombuffer-bytes": (lambda n: np.frombuffer(bytes(n), dtype=np.uint8), TypeError),
+    "read-only-mmap": (lambda n: file_mapping(n, mmap.ACCESS_READ), TypeError),
+    "read-only-pool-view": (lambda n: pool_view(n, keep_pool=True).toreadonly(), TypeError),
+    "memoryview-step-2": (lambda n: memoryview(bytearray(2 * n))[::2], TypeError),
+    "numpy-step-2": (lambda n: np.zeros(2 * n, dtype=np.uint8)[::2], TypeError),
+    "numpy-fortran": (lambda n: np.zeros((n // 8, 8), dtype=np.uint8, order="F"), TypeError),
+    "numpy-transposed": (lambda n: np.zeros((8, n // 8), dtype=np.uint8).T, TypeError),
+    "numpy-column": (lambda n: np.zeros((n, 2), dtype=np.uint8)[:, 0], TypeError),
+    "list": (lambda n: [0] * n, TypeError),
+    "str": (lambda n: "x" * n, TypeError),
+    "int": (lambda n: n, TypeError),
+    "float": (lambda n: float(n), TypeError),
+    "dict": (lambda n: {}, TypeError),
+    "object": (lambda n: object(), TypeError),
+    "range": (lambda n: range(n), TypeError),
+    "index": (lambda n: Index(n), TypeError),
+    "empty-bytearray": (lambda n: bytearray(), ValueError),
+    "empty-numpy": (lambda n: np.zeros(0), ValueError),
+    "numpy-0d": (lambda n: np.array(1.0), ValueError),
+}
+
+
+def as_bytes(obj: Any) -> memoryview:
+    """The caller's own view of an arena object, as flat bytes."""
+    view = memoryview(obj)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def junk_geometry(ctx: Context) -> dict[str, Any]:
+    """Constructor keywords with random, often invalid, values (never an oversized arena)."""
+    rng = ctx.rng
+
+    def value(good: list[Any]) -> Any:
+        r = rng.random()
+        if r < 0.6:
+            return rng.choice(good)
+        if r < 0.75:
+            return rng.choice([-1, 0, 2**31, 2**32 - 1, 2**64, 2**70, -(2**70), True, False])
+        if r < 0.85:
+            return wrap(ctx, rng.choice(good))
+        if r < 0.97:
+            return rng.choice([x for x in JUNK if x is not None])
+        return Raising()
+
+    geometry = {
+        "nr_pages": value([1, 3, 4, 8]),
+        "page_size": value([64, 128]),
+        "base_pfn": value([0, 5, 2**40]),
+        "reserved_pages": value([0, 1, 2]),
+        "max_order": value([1, 3, 11]),
+        "zero": rng.choice(["free", "alloc", "never", "FREE", b"free", 3, ""]),
+        "_links": rng.choice(["side", "intrusive", "x", 0]),
+    }
+    for key in rng.sample(list(geometry), rng.randrange(0, 4)):
+        del geometry[key]
+    return geometry
+
+
+def exercise(ctx: Context, pool: Any, obj: Any, need: int) -> list[memoryview]:
+    """Use an accepted arena: views write into the caller's bytes, the rest stays put."""
+    mine = as_bytes(obj)
+    tail = bytes(mine[need:])
+    views = []
+    for _ in range(ctx.rng.randrange(1, 6)):
+        try:
+            pfn = pool.alloc_pages(ctx.rng.randrange(pool.max_order))
+        except OutOfMemory:
+            break
+        view = pool.view(pfn)
+        data = ctx.rng.randbytes(view.nbytes)
+        view[:] = data
+        off = (pfn - pool.base_pfn) * pool.page_size
+        if mine[off : off + len(data)] != data:
+            ctx.fail(f"{type(obj).__name__}: a view write did not land at offset {off}")
+        views.append(view)
+        if ctx.rng.random() < 0.5:
+            pool.put_page(pfn)  # the view is stale now
+    pool.check()
+    if bytes(mine[need:]) != tail:
+        ctx.fail(f"{type(obj).__name__}: bytes past the arena changed")
+    mine.release()
+    return views
+
+
+def pinned(obj: Any) -> bool | None:
+    """Try to resize or close ``obj``: True if refused with BufferError, None if n/a."""
+    try:
+        if isinstance(obj, bytearray):
+            obj.append(0)
+            obj.pop()
+        elif isinstance(obj, array.array):
+            obj.append(obj[0] if len(obj) else 0)
+            obj.pop()
+        elif isinstance(obj, mmap.mmap):
+            obj.close()
+        else:
+            return None
+    except BufferError:
+        return True
+    return False
+
+
+def run_buffers(ctx: Context, steps: int) -> None:
+    kinds = list(WRITABLE) + list(REFUSED)
+    for ctx.step in range(steps):
+        rng = ctx.rng
+        valid = rng.random() < 0.75
+        kind = rng.choice(kinds)
+        if valid:
+            page_size = rng.choice([64, 128, 256])
+            nr_pages = rng.choice([1, 2, 3, 4, 7, 8, 16])
+            geometry: dict[str, Any] = {
+                "nr_pages": nr_pages,
+                "page_size": page_size,
+                "base_pfn": rng.choice([0, 1, 6, 2**50 + 3]),
+                "reserved_pages": rng.randrange(nr_pages + 1),
+                "max_order": rng.choice([1, 2, 11]),
+                "zero": rng.choice(["free", "alloc", "never"]),
+                "_links": rng.choice(["side", "intrusive"]),
+            }
+            need = nr_pages * page_size
+        else:
+            geometry = junk_geometry(ctx)
+            need = 4 * 64
+        size = need
+        expected: type | None = None
+        if kind in WRITABLE:
+            r = rng.random()
+            if r < 0.2:
+                size = max(64, need - 64 * rng.randrange(1, need // 64 + 1))
+                expected = ValueError if size < need else None
+            elif r < 0.5:
+                size = need + 64 * rng.randrange(1, 8)
+            make = WRITABLE[kind]
+        else:
+            make, expected = REFUSED[kind]
+        results = []
+        for cls in (Pool, ReferencePool):
+            obj = make(size)
+            raised = Raising.raised
+            try:
+                pool = cls(**geometry, buffer=obj)
+            except Exception as exc:
+                results.append(type(exc))
+                allowed = {TypeError, ValueError} | ({Boom} if Raising.raised != raised else set())
+                ctx.note(f"{cls.__name__}({geometry}, buffer={kind}[{size}]) -> {exc!r}")
+                if type(exc) not in allowed:
+                    ctx.fail(
+                        f"{cls.__name__} with a {kind} buffer raised {type(exc).__name__}: {exc}"
+                    )
+                if valid and type(exc) is expected:
+                    ctx.count(f"refused {kind}")
+                if valid and type(exc) is not expected:
+                    ctx.fail(
+                        f"{cls.__name__} with a {kind} buffer of {size} bytes raised {exc!r}, "
+                        f"not {expected}"
+                    )
+                continue
+            results.append(None)
+            ctx.note(f"{cls.__name__}({geometry}, buffer={kind}[{size}]) -> ok")
+            if valid and expected is not None:
+                ctx.fail(f"{cls.__name__} accepted a {kind} buffer of {size} bytes")
+            ctx.count(f"accepted {kind}")
+            views = exercise(ctx, pool, obj, pool.nr_pages * pool.page_size)
+            if pinned(obj) is False:
+                ctx.fail(f"{kind} could be resized or closed under a live {cls.__name__}")
+            del pool
+            gc.collect()
+            if views and pinned(obj) is False:
+                ctx.fail(f"{kind} could be resized under a live view")
+            for view in views:
+                view[: min(8, view.nbytes)] = b"\xff" * min(8, view.nbytes)  # still valid memory
+                view.release()
+            gc.collect()
+            if pinned(obj) is True:
+                ctx.fail(f"{kind} still pinned after its {cls.__name__} and views are gone")
+            if isinstance(obj, mmap.mmap) and not obj.closed:
+                obj.close()
+        if valid and results[0] is not results[1]:
+            ctx.fail(f"{kind}: Pool {results[0]} but ReferencePool {results[1]}")
+        KEEP.clear()
+
+
+def main() -> int:
+    faulthandler.enable()
+    scenario, seed, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ctx = Context(seed)
+    print(f"abuse: scenario={scenario} seed={seed} steps={steps}", flush=True)
+    try:
+        if scenario == "buffers":
+            run_buffers(ctx, steps)
+        else:
+            run_pools(ctx, intrusive=scenario == "intrusive", steps=steps)
+    except Violation as violation:
+        print(f"VIOLATION at step {ctx.step} (scenario={scenario} seed={seed}): {violation}")
+        print("last calls:")
+        print("\n".join(f"  {line}" for line in ctx.log))
+        return 1
+    counts = " ".join(f"{k.replace(' ', '_')}={v}" for k, v in sorted(ctx.counts.items()))
+    print(f"ok: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
