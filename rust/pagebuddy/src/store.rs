@@ -236,7 +236,9 @@ impl<L: LinkStore> FreeLists<L> {
     #[inline]
     pub(crate) fn link(&self, arena: &Arena<'_>, idx: u32) -> Result<Link, Corruption> {
         let link = self.links.load(arena, self.page_size, idx);
-        let ok = |i: u32| i == Link::NIL || i < self.nr_pages;
+        // `i == NIL || i < nr_pages` in one comparison: NIL + 1 wraps to 0, and nr_pages is at
+        // most MAX_PAGES < NIL.
+        let ok = |i: u32| i.wrapping_add(1) <= self.nr_pages;
         if ok(link.prev) && ok(link.next) {
             Ok(link)
         } else {
@@ -287,7 +289,7 @@ impl<L: LinkStore> FreeLists<L> {
 
     /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
     /// before the first write, so a corrupt neighbourhood is reported with nothing changed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove(
         &mut self,
         arena: &mut Arena<'_>,
