@@ -22,7 +22,17 @@ impl Int {
         match obj.extract::<u64>() {
             Ok(v) => Ok(Int::Val(v)),
             Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                Ok(if obj.lt(0)? { Int::Negative } else { Int::Huge })
+                // Compare the index, not the object: it may be any type with `__index__`.
+                let index = obj
+                    .py()
+                    .import("operator")?
+                    .getattr("index")?
+                    .call1((obj,))?;
+                Ok(if index.lt(0)? {
+                    Int::Negative
+                } else {
+                    Int::Huge
+                })
             }
             Err(e) if e.is_instance_of::<PyTypeError>(obj.py()) => Err(PyTypeError::new_err(
                 format!("{} must be an int, got {}", what(), type_name(obj)),

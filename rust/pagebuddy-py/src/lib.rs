@@ -10,9 +10,9 @@ use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
     SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
 };
-use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PySlice;
+use pyo3::types::{PyDict, PySlice};
 
 use convert::{choice, int_in, raise, Int};
 
@@ -110,7 +110,17 @@ impl Pool {
     ) -> PyResult<Bound<'py, PyAny>> {
         let owner = match buffer {
             Some(b) if !b.is_none() => b.clone(),
-            _ => py.import("mmap")?.getattr("mmap")?.call1((-1, need))?,
+            _ => py
+                .import("mmap")?
+                .getattr("mmap")?
+                .call1((-1, need))
+                .map_err(|e| {
+                    if e.is_instance_of::<PyOSError>(py) {
+                        PyMemoryError::new_err(format!("cannot map an arena of {need} bytes: {e}"))
+                    } else {
+                        e
+                    }
+                })?,
         };
         let not_buffer = |what: &str| {
             PyTypeError::new_err(format!(
@@ -130,6 +140,10 @@ impl Pool {
             .map_err(|_| not_buffer("does not export a buffer"))?;
         if view.getattr("readonly")?.is_truthy()? {
             return Err(not_buffer("is read-only"));
+        }
+        // Raw bytes written over Python object pointers would crash the interpreter later.
+        if view.getattr("format")?.extract::<String>()?.contains('O') {
+            return Err(not_buffer("holds Python objects"));
         }
         let bytes = view
             .call_method1("cast", ("B",))
@@ -195,22 +209,52 @@ macro_rules! page_op {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (nr_pages, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, buffer=None, zero=None, _links=None))]
+    #[pyo3(signature = (nr_pages, **kwargs))]
     #[pyo3(
         text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free')"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         nr_pages: &Bound<'_, PyAny>,
-        page_size: Option<&Bound<'_, PyAny>>,
-        base_pfn: Option<&Bound<'_, PyAny>>,
-        reserved_pages: Option<&Bound<'_, PyAny>>,
-        max_order: Option<&Bound<'_, PyAny>>,
-        buffer: Option<&Bound<'_, PyAny>>,
-        zero: Option<&Bound<'_, PyAny>>,
-        _links: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        // Keywords are read by hand so that an explicit None is told apart from a missing one.
+        let kwargs = match kwargs {
+            Some(k) => k.copy()?,
+            None => PyDict::new(py),
+        };
+        let arg = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+            let value = kwargs.get_item(key)?;
+            if value.is_some() {
+                kwargs.del_item(key)?;
+            }
+            Ok(value)
+        };
+        let (page_size, base_pfn, reserved_pages) =
+            (arg("page_size")?, arg("base_pfn")?, arg("reserved_pages")?);
+        let (max_order, buffer, zero, _links) = (
+            arg("max_order")?,
+            arg("buffer")?,
+            arg("zero")?,
+            arg("_links")?,
+        );
+        if let Some((key, _)) = kwargs.iter().next() {
+            return Err(PyTypeError::new_err(format!(
+                "Pool() got an unexpected keyword argument {}",
+                key.repr()?
+            )));
+        }
+        let (page_size, base_pfn, reserved_pages) = (
+            page_size.as_ref(),
+            base_pfn.as_ref(),
+            reserved_pages.as_ref(),
+        );
+        let (max_order, buffer, zero, _links) = (
+            max_order.as_ref(),
+            buffer.as_ref(),
+            zero.as_ref(),
+            _links.as_ref(),
+        );
         let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
         let page_size = match page_size {
             Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
@@ -370,6 +414,7 @@ impl Pool {
         count: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<u64>> {
         let order = convert::order("alloc_many", order, self.geo.max_order)?;
+        let asked = count;
         let count = match Int::of(count, || "alloc_many: count")? {
             Int::Val(v) => v,
             Int::Huge => u64::MAX,
@@ -397,7 +442,10 @@ impl Pool {
             Error::OutOfMemory { .. } => raise(
                 py,
                 "OutOfMemory",
-                format!("alloc_many: out of memory: {count} blocks of order {order} asked, {capacity} can be had"),
+                format!(
+                    "alloc_many: out of memory: {} blocks of order {order} asked, {capacity} can be had",
+                    asked.repr().map(|r| r.to_string()).unwrap_or_else(|_| count.to_string())
+                ),
             ),
             e => convert::error(py, "alloc_many", e, None),
         })
