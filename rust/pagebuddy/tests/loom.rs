@@ -7,6 +7,8 @@
 //! ```
 #![cfg(loom)]
 
+use std::collections::BTreeSet;
+
 use loom::sync::Arc;
 use loom::thread;
 use pagebuddy::{
@@ -52,10 +54,34 @@ fn buddyinfo<L: LinkStore>(pool: &Locked<L>) -> Vec<u32> {
     pool.with(|p| p.buddyinfo().to_vec())
 }
 
-/// Runs `body` under loom for both link stores.
-fn both_stores(nr: usize, body: fn(Handle)) {
-    loom::model(move || body(Arc::new(Box::new(side_table(nr)))));
-    loom::model(move || body(Arc::new(Box::new(intrusive(nr)))));
+/// Runs `body` under loom for both link stores and returns, per store, how many executions loom
+/// explored and which outcomes (as `body` names them) it saw.
+fn both_stores(nr: usize, body: fn(Handle) -> u8) -> [(usize, BTreeSet<u8>); 2] {
+    let run = |make: fn(usize) -> Handle| {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, BTreeSet::new())));
+        let record = seen.clone();
+        loom::model(move || {
+            let outcome = body(make(nr));
+            let mut r = record.lock().unwrap();
+            r.0 += 1;
+            r.1.insert(outcome);
+        });
+        let r = seen.lock().unwrap().clone();
+        eprintln!("{nr} pages: {} executions, outcomes {:?}", r.0, r.1);
+        r
+    };
+    [
+        run(|nr| Arc::new(Box::new(side_table(nr)))),
+        run(|nr| Arc::new(Box::new(intrusive(nr)))),
+    ]
+}
+
+/// Asserts that loom explored more than one execution and saw exactly `outcomes`.
+fn explored(runs: [(usize, BTreeSet<u8>); 2], outcomes: &[u8]) {
+    for (executions, seen) in runs {
+        assert!(executions > 1, "loom explored {executions} execution(s)");
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), outcomes);
+    }
 }
 
 /// A pool shared by the threads of one loom execution.
@@ -105,7 +131,7 @@ where
 
 #[test]
 fn two_threads_alloc_and_put() {
-    both_stores(4, |pool| {
+    let runs = both_stores(4, |pool| {
         let spawn = |order| {
             let pool = pool.clone();
             thread::spawn(move || {
@@ -120,12 +146,15 @@ fn two_threads_alloc_and_put() {
         pool.check();
         assert_eq!(pool.free_pages(), 4);
         assert_eq!(pool.buddyinfo(), [0, 0, 1]);
+        (a * 4 + b) as u8
     });
+    // (0, 0): one after the other; (0, 2) and (2, 0): both held at once, either first.
+    explored(runs, &[0, 2, 8]);
 }
 
 #[test]
 fn two_threads_hold_disjoint_blocks() {
-    both_stores(4, |pool| {
+    let runs = both_stores(4, |pool| {
         let spawn = |order| {
             let pool = pool.clone();
             thread::spawn(move || pool.alloc(order).unwrap())
@@ -144,7 +173,9 @@ fn two_threads_hold_disjoint_blocks() {
         pool.put(b).unwrap();
         pool.check();
         assert_eq!(pool.buddyinfo(), [0, 0, 1]);
+        a as u8
     });
+    explored(runs, &[0, 2]);
 }
 
 #[test]
@@ -152,7 +183,7 @@ fn put_races_alloc_of_the_buddy() {
     // Two pages: page 0 held, its buddy 1 free. One thread frees 0 while another allocates a
     // page: either it gets 1 (the buddy, before the put) or the put merged 0-1 first and the
     // allocation splits it again and gets 0. Never both, never a page on a list and held.
-    both_stores(2, |pool| {
+    let runs = both_stores(2, |pool| {
         assert_eq!(pool.alloc(0), Ok(0));
         let putter = {
             let pool = pool.clone();
@@ -172,13 +203,15 @@ fn put_races_alloc_of_the_buddy() {
         pool.put(got).unwrap();
         pool.check();
         assert_eq!(pool.lists(), [vec![], vec![0]]);
+        got as u8
     });
+    explored(runs, &[0, 1]);
 }
 
 #[test]
 fn put_races_alloc_of_the_merged_block() {
     // Page 0 held, 1 free: alloc(1) needs the block that only the put of 0 creates.
-    both_stores(2, |pool| {
+    let runs = both_stores(2, |pool| {
         assert_eq!(pool.alloc(0), Ok(0));
         let putter = {
             let pool = pool.clone();
@@ -189,28 +222,32 @@ fn put_races_alloc_of_the_merged_block() {
             thread::spawn(move || pool.alloc(1))
         };
         putter.join().unwrap();
-        match allocator.join().unwrap() {
+        let outcome = match allocator.join().unwrap() {
             Ok(pfn) => {
                 assert_eq!(pfn, 0);
                 assert_eq!(pool.free_pages(), 0);
                 assert_eq!(pool.lists(), [vec![], vec![]]);
                 pool.put(0).unwrap();
+                1
             }
             Err(e) => {
                 assert_eq!(e, Error::OutOfMemory { order: 1 });
                 assert_eq!(pool.free_pages(), 2);
+                0
             }
-        }
+        };
         pool.check();
         assert_eq!(pool.lists(), [vec![], vec![0]]);
+        outcome
     });
+    explored(runs, &[0, 1]);
 }
 
 #[test]
 fn get_races_the_last_put() {
     // A get on a page whose last reference is being dropped either comes first (the page stays
     // held) or finds it free (NotHeld): never a page that is freed and held at once.
-    both_stores(2, |pool| {
+    let runs = both_stores(2, |pool| {
         assert_eq!(pool.alloc(0), Ok(0));
         let putter = {
             let pool = pool.clone();
@@ -221,16 +258,22 @@ fn get_races_the_last_put() {
             thread::spawn(move || pool.get(0))
         };
         putter.join().unwrap();
-        match getter.join().unwrap() {
+        let outcome = match getter.join().unwrap() {
             Ok(()) => {
                 assert_eq!(pool.refcount(0), Ok(1));
                 assert_eq!(pool.lists(), [vec![1], vec![]]);
                 pool.put(0).unwrap();
+                1
             }
-            Err(e) => assert_eq!(e, Error::NotHeld { pfn: 0 }),
-        }
+            Err(e) => {
+                assert_eq!(e, Error::NotHeld { pfn: 0 });
+                0
+            }
+        };
         pool.check();
         assert_eq!(pool.lists(), [vec![], vec![0]]);
         assert_eq!(pool.free_pages(), 2);
+        outcome
     });
+    explored(runs, &[0, 1]);
 }
