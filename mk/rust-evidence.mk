@@ -26,7 +26,8 @@ fuzz-long:
 	scripts/fuzz.sh scribble $(FUZZ_LONG)
 
 loom:
-	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --release --target-dir target/loom
+	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --release --target-dir target/loom \
+	    -- --nocapture --test-threads=1
 
 # Doctests are left out (each compiles separately; the unit tests cover the same functions) and
 # the property test runs 128 cases per mutant.

@@ -310,6 +310,7 @@ fn arena_ranges_stay_inside() {
     assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
+#[cfg(not(loom))]
 #[test]
 fn locked_pool_accessors() {
     let mut mem = Mem::new(4);
@@ -334,6 +335,7 @@ fn locked_pool_accessors() {
     assert_eq!((pool.free_pages(), pool.refcount(0)), (1, Ok(1)));
 }
 
+#[cfg(not(loom))]
 #[test]
 fn spinlock_excludes() {
     use std::sync::atomic::{AtomicBool, Ordering};
