@@ -96,6 +96,17 @@ class ReferencePool:
         zero: str = "free",
         _links: str = "side",
     ) -> None:
+        """Validate the arguments, then build the initial state by the sequential puts.
+
+        Int arguments go through ``operator.index`` (TypeError otherwise). ValueError unless
+        ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two in ``64 .. 2**30``,
+        ``base_pfn >= 0`` with ``base_pfn + nr_pages <= 2**64``,
+        ``0 <= reserved_pages <= nr_pages`` and ``max_order >= 1``. ``zero`` and ``_links``
+        must be one of their strings (TypeError for a non-str). ``buffer`` must export a
+        writable C-contiguous buffer (TypeError) of at least ``nr_pages * page_size`` bytes
+        (ValueError); it stays exported, so a bytearray cannot be resized, while the pool or
+        one of its views lives.
+        """
         nr_pages = _as_int(nr_pages, "nr_pages")
         page_size = _as_int(page_size, "page_size")
         base_pfn = _as_int(base_pfn, "base_pfn")
@@ -175,6 +186,7 @@ class ReferencePool:
         return sum(len(heads) << order for order, heads in enumerate(self._free_area))
 
     def __repr__(self) -> str:
+        """``ReferencePool(nr_pages=..., page_size=..., base_pfn=..., max_order=..., ...)``."""
         return (
             f"{type(self).__name__}(nr_pages={self._nr_pages}, page_size={self._page_size}, "
             f"base_pfn={self._base_pfn}, max_order={self._max_order}, zero={self._zero!r}, "
