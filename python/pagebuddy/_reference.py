@@ -47,23 +47,29 @@ def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
 
 
 def _arena_from(buffer: object, size: int) -> memoryview:
-    """A writable, flat byte view of the first ``size`` bytes of ``buffer`` (or a new arena)."""
+    """A writable, flat byte view of the first ``size`` bytes of ``buffer`` (or a new arena).
+
+    A refused buffer is released before raising, so it is not left exported (pinned).
+    """
     if buffer is None:
         return memoryview(bytearray(size))
     try:
         view = memoryview(buffer)  # type: ignore[arg-type]
-    except TypeError:
+    except (TypeError, ValueError, BufferError):
         raise TypeError(
             f"buffer must support the buffer protocol, not {type(buffer).__name__}"
         ) from None
-    if view.readonly:
-        raise TypeError("buffer must be writable")
-    if not view.c_contiguous:
-        raise TypeError("buffer must be C-contiguous")
-    raw = view.cast("B")
-    if raw.nbytes < size:
-        raise ValueError(f"buffer holds {raw.nbytes} bytes; nr_pages * page_size needs {size}")
-    return raw[:size]
+    with view:
+        if view.readonly:
+            raise TypeError("buffer must be writable")
+        if not view.c_contiguous:
+            raise TypeError("buffer must be C-contiguous")
+        with view.cast("B") as raw:
+            if raw.nbytes < size:
+                raise ValueError(
+                    f"buffer holds {raw.nbytes} bytes; nr_pages * page_size needs {size}"
+                )
+            return raw[:size]
 
 
 class ReferencePool:
