@@ -480,6 +480,16 @@ def _read_only_array() -> np.ndarray:
     return array
 
 
+@pytest.mark.parametrize(
+    "dtype",
+    [object, [("a", "<i8"), ("b", object)]],
+    ids=["object", "struct-with-object"],
+)
+def test_constructor_rejects_arrays_of_objects(impl: type, dtype: Any) -> None:
+    with pytest.raises(TypeError):
+        impl(1, page_size=64, buffer=np.empty(64, dtype=dtype))
+
+
 def test_constructor_rejects_read_only_numpy(impl: type) -> None:
     with pytest.raises(TypeError):
         impl(9, page_size=64, buffer=_read_only_array())

@@ -17,6 +17,7 @@ It shares no code with the native ``pagebuddy.Pool`` and never imports it.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable
 from typing import Any, NoReturn, SupportsIndex
 
@@ -64,6 +65,9 @@ def _arena_from(buffer: object, size: int) -> memoryview:
             raise TypeError("buffer must be writable")
         if not view.c_contiguous:
             raise TypeError("buffer must be C-contiguous")
+        # 'O' items are object pointers (numpy object arrays): raw bytes must not go there.
+        if "O" in re.sub(r":[^:]*:", "", view.format):
+            raise TypeError("buffer holds Python objects")
         with view.cast("B") as raw:
             if raw.nbytes < size:
                 raise ValueError(
