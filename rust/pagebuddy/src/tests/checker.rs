@@ -356,3 +356,47 @@ fn spinlock_excludes() {
     });
     assert!(entered.load(Ordering::SeqCst));
 }
+
+#[test]
+fn alloc_never_hands_out_a_held_page_that_scribbled_links_listed() {
+    // Pages 0 and 2 free on list 0, 1 and 3 held. Stray writes make 0's link name held page 3 as
+    // its successor (and 3's first bytes, the holder's data, point back): taking 0 off the list
+    // makes 3 the list's head. The next allocation must refuse it, changing nothing.
+    let mut mem = Mem::new(4);
+    let mut pool = mem.intrusive(cfg(4).zero(ZeroPolicy::Never)).unwrap();
+    for _ in 0..4 {
+        pool.alloc(0).unwrap();
+    }
+    pool.put(0).unwrap();
+    pool.put(2).unwrap();
+    assert_eq!(lists(&pool)[0], [0, 2]);
+    let (arena, _) = pool.parts_mut();
+    Intrusive.store(
+        arena,
+        PS,
+        0,
+        Link {
+            prev: Link::NIL,
+            next: 3,
+        },
+    );
+    Intrusive.store(
+        arena,
+        PS,
+        3,
+        Link {
+            prev: 0,
+            next: Link::NIL,
+        },
+    );
+    assert_eq!(pool.alloc(0), Ok(0));
+    let before = snapshot(&pool);
+    let refused = Error::Corrupted(Corruption {
+        kind: K::NotFreeHead,
+        pfn: 3,
+    });
+    assert_eq!(pool.alloc(0), Err(refused));
+    assert_eq!(snapshot(&pool), before);
+    assert_eq!(pool.refcount(3), Ok(1));
+    assert!(pool.check().is_err());
+}
