@@ -319,6 +319,10 @@ fn churn<A: PageAlloc>(
     per_op_bench(g, r, "churn", spec, 1.0, || {
         churn_step(&mut a, &mut held, &mut rng)
     });
+    let reuse = churn_reuse(&mut a, &mut held, &mut rng, 1 << 14);
+    if let Some(e) = r.entries.last_mut() {
+        e.extra.push(("reuse_rate", reuse));
+    }
 }
 
 fn fill_drain_bench<A: PageAlloc>(
@@ -594,6 +598,7 @@ fn write_notes(r: &Runner, started: std::time::SystemTime, wall: Duration) {
 
 /// `BENCH_PROFILE=workload/id[:iterations]`: runs that one pairing's timed loop (no criterion,
 /// no budget) for `perf` or `valgrind --tool=callgrind`, and prints the mean time per operation.
+/// `BENCH_PROFILE_PREFAULT=0` skips prefaulting the arena, which only instruction counts allow.
 fn profile(spec_arg: &str, mem: &mut Mem) {
     let (name, iters) = match spec_arg.split_once(':') {
         Some((n, i)) => (n, i.parse().unwrap_or(1_000_000)),
@@ -655,7 +660,8 @@ fn profile(spec_arg: &str, mem: &mut Mem) {
 
 fn main() {
     if let Some(p) = std::env::var_os("BENCH_PROFILE") {
-        let mut mem = Mem::new();
+        let prefault = std::env::var_os("BENCH_PROFILE_PREFAULT").is_none_or(|v| v != "0");
+        let mut mem = Mem::with_prefault(prefault);
         return profile(&p.to_string_lossy(), &mut mem);
     }
     let short = std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0");

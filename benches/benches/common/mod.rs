@@ -113,6 +113,7 @@ pub trait PageAlloc {
 /// The memory every allocator works in: the arena (2^18 pages, 4 MiB aligned, with 4 MiB of room
 /// in front), pagebuddy's metadata and side table, all prefaulted.
 pub struct Mem {
+    raw: *mut u8,
     base: *mut u8,
     layout: Layout,
     meta: Vec<PageMeta>,
@@ -120,20 +121,33 @@ pub struct Mem {
 }
 
 impl Mem {
+    /// The memory, prefaulted: every byte written, so that every page is resident before
+    /// anything is timed.
     pub fn new() -> Self {
-        let layout = Layout::from_size_align(FRONT + ARENA_BYTES, ARENA_ALIGN).expect("layout");
+        Self::with_prefault(true)
+    }
+
+    /// The memory, zeroed; prefaulted only if asked (instruction-count profiles skip it).
+    pub fn with_prefault(prefault: bool) -> Self {
+        // Over-allocate with a small alignment and align by hand: the allocator then maps fresh
+        // zero pages instead of writing zeros over a gigabyte.
+        let layout =
+            Layout::from_size_align(ARENA_ALIGN + FRONT + ARENA_BYTES, 16).expect("layout");
         // SAFETY: the layout has a non-zero size.
-        let base = unsafe { std::alloc::alloc(layout) };
-        if base.is_null() {
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        if raw.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        // Prefault: writing every byte makes every page resident before anything is timed.
-        // SAFETY: `base` is valid for writes of `layout.size()` bytes.
-        unsafe { std::ptr::write_bytes(base, 0, layout.size()) };
+        let base = raw.wrapping_add(raw.align_offset(ARENA_ALIGN));
+        if prefault {
+            // SAFETY: `base` is inside the allocation with FRONT + ARENA_BYTES bytes after it.
+            unsafe { std::ptr::write_bytes(base, 0, FRONT + ARENA_BYTES) };
+        }
         let mut meta = vec![PageMeta::INIT; N];
         let mut links = vec![Link::EMPTY; N];
         black_box((&mut meta, &mut links));
         Mem {
+            raw,
             base,
             layout,
             meta,
@@ -162,7 +176,7 @@ impl Default for Mem {
 impl Drop for Mem {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.base, self.layout) }
+        unsafe { std::alloc::dealloc(self.raw, self.layout) }
     }
 }
 
@@ -517,11 +531,35 @@ pub fn churn_setup<A: PageAlloc>(a: &mut A, budget: &Budget) -> Result<Vec<usize
 #[inline(always)]
 pub fn churn_step<A: PageAlloc>(a: &mut A, held: &mut [usize], rng: &mut Rng) {
     let i = rng.below(held.len());
+    churn_at(a, held, i);
+}
+
+/// Frees held page `i` and allocates one in its place.
+#[inline(always)]
+pub fn churn_at<A: PageAlloc>(a: &mut A, held: &mut [usize], i: usize) {
     a.free(held[i], 0);
     held[i] = match a.alloc(0) {
         Some(h) => h,
         None => fail("churn: alloc failed"),
     };
+}
+
+/// Runs `steps` more churn steps, untimed, and returns how often the page allocated was the page
+/// just freed.
+pub fn churn_reuse<A: PageAlloc>(
+    a: &mut A,
+    held: &mut [usize],
+    rng: &mut Rng,
+    steps: usize,
+) -> f64 {
+    let mut same = 0;
+    for _ in 0..steps {
+        let i = rng.below(held.len());
+        let freed = held[i];
+        churn_at(a, held, i);
+        same += usize::from(held[i] == freed);
+    }
+    same as f64 / steps.max(1) as f64
 }
 
 /// One fill-drain cycle: every page allocated at order 0, then all freed in `order`.

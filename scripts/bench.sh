@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Runs every benchmark and writes docs/benchmarks.md from that run:
+#   - the Rust benchmarks (criterion; benches/benches/alloc.rs) against the peer allocators,
+#   - the metadata footprint measurement (benches/benches/footprint.rs),
+#   - instruction counts of the hot alloc+free pair under callgrind, when valgrind is installed,
+#   - the Python benchmark (benches/python_bench.py --quick --json), when it can run,
+# then scripts/bench_report.py turns the results into the page.
+#
+# Usage: scripts/bench.sh          short mode (well under 5 minutes once built)
+#        scripts/bench.sh --full   criterion's default warm-up, measurement and sample size
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=short
+case "${1:-}" in
+    "") ;;
+    --full) mode=full ;;
+    *) echo "usage: $0 [--full]" >&2; exit 2 ;;
+esac
+command="scripts/bench.sh${1:+ $1}"
+out=target/pagebuddy-bench
+mkdir -p "$out"
+rm -f "$out"/alloc.json "$out"/footprint.json "$out"/python.json "$out"/python.status \
+    "$out"/instructions.txt
+# Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
+rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed}
+
+if [ "$mode" = short ]; then
+    export BENCH_SHORT=1
+else
+    unset BENCH_SHORT
+fi
+
+t0=$(date +%s)
+cat /proc/loadavg > "$out"/loadavg.before
+
+echo "== building the benchmarks" >&2
+cargo bench -p pagebuddy-benches --no-run
+t_built=$(date +%s)
+
+echo "== Rust: criterion benchmarks ($mode mode)" >&2
+cargo bench -p pagebuddy-benches --bench alloc 2>&1 | tee "$out"/alloc.log
+
+echo "== Rust: metadata footprint" >&2
+cargo bench -p pagebuddy-benches --bench footprint 2>&1 | tee "$out"/footprint.log
+
+if command -v valgrind >/dev/null 2>&1; then
+    echo "== Rust: instructions per operation (callgrind)" >&2
+    exe=$(cargo bench -p pagebuddy-benches --bench alloc --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "alloc":
+        print(m["executable"])')
+    irefs() {
+        BENCH_PROFILE="$1:$2" BENCH_PROFILE_PREFAULT=0 valgrind --tool=callgrind \
+            --callgrind-out-file=/dev/null "$exe" 2>&1 |
+            awk '/I[ ]+refs:/ { gsub(",", "", $NF); print $NF }'
+    }
+    # The difference between two loop lengths cancels the setup. Heap and free-list are left
+    # out of churn: their setup alone takes minutes under valgrind.
+    count() {
+        local a b
+        a=$(irefs "$1/$2" "$3")
+        b=$(irefs "$1/$2" "$4")
+        if [ -n "$a" ] && [ -n "$b" ]; then
+            echo "$1 $2 $(( (b - a) / ($4 - $3) ))" | tee -a "$out"/instructions.txt
+        fi
+    }
+    for id in pagebuddy-side-never pagebuddy-intrusive-never bsa-frame bsa-heap buddy-alloc \
+        free-list; do
+        count hot "$id" 20000 60000
+    done
+    for id in pagebuddy-side-never pagebuddy-intrusive-never bsa-frame buddy-alloc; do
+        count churn "$id" 1000000 3000000
+    done
+else
+    echo "valgrind not installed: no instruction counts" > "$out"/instructions.txt
+fi
+
+echo "== Python benchmark" >&2
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+if [ ! -f benches/python_bench.py ]; then
+    echo "not run: benches/python_bench.py is not in this tree" > "$out"/python.status
+else
+    if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
+        echo "building the native module (make develop)" >&2
+        make develop >&2 || true
+        [ -x .venv/bin/python ] && py=.venv/bin/python
+    fi
+    if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
+        echo "not run: the native module pagebuddy._native could not be imported or built" \
+            > "$out"/python.status
+    elif "$py" benches/python_bench.py --quick --json > "$out"/python.json 2> "$out"/python.log
+    then
+        :
+    else
+        echo "not run: benches/python_bench.py failed: $(tail -n 1 "$out"/python.log)" \
+            > "$out"/python.status
+        rm -f "$out"/python.json
+    fi
+fi
+
+cat /proc/loadavg > "$out"/loadavg.after
+t1=$(date +%s)
+echo "== writing docs/benchmarks.md" >&2
+python3 scripts/bench_report.py --command "$command" --mode "$mode" \
+    --seconds "$(( t1 - t_built ))" --build-seconds "$(( t_built - t0 ))" --out docs/benchmarks.md
+echo "benchmarks ran in $(( t1 - t_built )) s (plus $(( t_built - t0 )) s of building)" >&2
