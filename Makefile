@@ -5,9 +5,12 @@ STAMP  := $(VENV)/.deps-installed
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
 .PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel bench \
-        bench-build clean
+        clean
 
 all: test
+
+# valgrind, fuzz-short, fuzz-long, loom, mutants: the Rust core's evidence beyond cargo test.
+include mk/rust-evidence.mk
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -51,6 +54,10 @@ fmt: $(STAMP)
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benches
 	$(VENV)/bin/ruff check --fix python tests benches
+
+## bench: every benchmark in short mode; rewrites docs/benchmarks.md from the run
+bench: develop
+	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/bench.sh
 
 ## wheel: one abi3 wheel in dist/
 wheel: $(STAMP)
