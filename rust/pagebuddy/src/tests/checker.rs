@@ -400,3 +400,162 @@ fn alloc_never_hands_out_a_held_page_that_scribbled_links_listed() {
     assert_eq!(pool.refcount(3), Ok(1));
     assert!(pool.check().is_err());
 }
+
+#[test]
+fn side_table_from_bytes_needs_exactly_link_bytes() {
+    let mut words = [0u32; 8]; // 32 bytes, 4-byte aligned
+                               // SAFETY: u8 has no alignment or validity requirements; `words` outlives the slice.
+    let bytes: &mut [u8] =
+        unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), 32) };
+    assert!(SideTable::from_bytes(&mut bytes[..32], 4).is_ok());
+    assert_eq!(
+        SideTable::from_bytes(&mut bytes[..31], 4).err(),
+        Some(GeometryError::LinksTooSmall { need: 32, have: 31 })
+    );
+    assert_eq!(
+        SideTable::from_bytes(&mut bytes[1..], 3).err(),
+        Some(GeometryError::LinksMisaligned)
+    );
+}
+
+#[test]
+fn links_must_name_a_page_of_the_pool() {
+    // One free block of order 2 at pfn 8 (page 0), intrusive links in its first bytes.
+    for (link, ok) in [
+        (
+            Link {
+                prev: Link::NIL,
+                next: 4,
+            },
+            false,
+        ), // one past the last page
+        (
+            Link {
+                prev: 4,
+                next: Link::NIL,
+            },
+            false,
+        ),
+        (
+            Link {
+                prev: Link::NIL - 1,
+                next: Link::NIL,
+            },
+            false,
+        ),
+        (
+            Link {
+                prev: Link::NIL,
+                next: 3,
+            },
+            true,
+        ), // the last page: in range (but wrong)
+        (
+            Link {
+                prev: 3,
+                next: Link::NIL,
+            },
+            true,
+        ),
+    ] {
+        let mut mem = Mem::new(4);
+        let mut pool = mem.intrusive(cfg(4).base_pfn(8)).unwrap();
+        Intrusive.store(pool.parts_mut().0, PS, 0, link);
+        let kind = if ok { K::ListBroken } else { K::LinkOutOfRange };
+        assert_eq!(broken(pool.check()), Some((kind, 8)), "{link:?}");
+        if !ok {
+            let err = Error::Corrupted(Corruption { kind, pfn: 8 });
+            let before = snapshot(&pool);
+            assert_eq!(pool.alloc(0), Err(err), "{link:?}");
+            assert_eq!(snapshot(&pool), before);
+        }
+    }
+}
+
+#[test]
+fn alloc_trusts_no_mask_bit_without_a_list_head() {
+    let mut mem = Mem::new(8);
+    let mut pool = mem.side(cfg(8).base_pfn(8)).unwrap();
+    pool.free.mask |= 1; // list 0 is empty
+    let before = snapshot(&pool);
+    let count = Error::Corrupted(Corruption {
+        kind: K::Count,
+        pfn: 8,
+    });
+    assert_eq!(pool.alloc(0), Err(count));
+    assert_eq!(snapshot(&pool), before);
+}
+
+/// Free lists over a side table, driven directly: list 0 holds pages 0, 1, 2 of pfns 8..12.
+fn three_listed(links: &mut [Link]) -> crate::store::FreeLists<SideTable<'_>> {
+    let mut lists = crate::store::FreeLists::new(SideTable::new(links), 4, 8, PS);
+    let mut bytes = [0u8; 4 * PS];
+    let mut arena = Arena::new(&mut bytes);
+    for idx in 0..3 {
+        lists.append(&mut arena, idx, 0).unwrap();
+    }
+    lists
+}
+
+#[test]
+fn remove_checks_both_neighbours_and_the_length() {
+    let mut bytes = [0u8; 4 * PS];
+    let mut arena = Arena::new(&mut bytes);
+    let broken_at = |pfn| {
+        Err(Corruption {
+            kind: K::ListBroken,
+            pfn,
+        })
+    };
+    // The successor does not point back.
+    let mut links = [Link::EMPTY; 4];
+    let mut lists = three_listed(&mut links);
+    lists.links.store(
+        &mut arena,
+        PS,
+        2,
+        Link {
+            prev: 0,
+            next: Link::NIL,
+        },
+    );
+    assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
+    assert_eq!(
+        (lists.first(0), lists.tail(0), lists.len[0]),
+        (Some(0), 2, 3)
+    );
+    // The predecessor does not point forward.
+    let mut links = [Link::EMPTY; 4];
+    let mut lists = three_listed(&mut links);
+    lists.links.store(
+        &mut arena,
+        PS,
+        0,
+        Link {
+            prev: Link::NIL,
+            next: 2,
+        },
+    );
+    assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
+    assert_eq!(
+        lists.link(&arena, 2),
+        Ok(Link {
+            prev: 1,
+            next: Link::NIL
+        })
+    );
+    // Links agree but the list claims to be empty.
+    let mut links = [Link::EMPTY; 4];
+    let mut lists = three_listed(&mut links);
+    lists.len[0] = 0;
+    assert_eq!(lists.remove(&mut arena, 0, 0), broken_at(8));
+    lists.len[0] = 3;
+    assert_eq!(lists.remove(&mut arena, 1, 0), Ok(()));
+    assert_eq!(
+        lists
+            .iter(&arena, 0)
+            .map(|r| r.unwrap().0)
+            .collect::<Vec<_>>(),
+        [0, 2]
+    );
+}
