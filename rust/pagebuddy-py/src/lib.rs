@@ -344,8 +344,16 @@ impl Pool {
     /// Raises ValueError for an order outside 0..max_order and OutOfMemory when no block is free.
     fn alloc_pages(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
         let order = convert::order("alloc_pages", order, self.geo.max_order)?;
-        with!(self, |p| p.alloc(order).map_err(|e| (e, None)))
-            .map_err(|e| self.page_error(py, "alloc_pages", e))
+        with!(self, |p| p.alloc(order).map_err(|e| (e, p.free_pages()))).map_err(
+            |(e, free)| match e {
+                Error::OutOfMemory { .. } => raise(
+                    py,
+                    "OutOfMemory",
+                    format!("alloc_pages: {e} (free pages: {free})"),
+                ),
+                e => convert::error(py, "alloc_pages", e, None),
+            },
+        )
     }
 
     /// Drops one reference to a held page; at zero its block is freed and coalesced.
