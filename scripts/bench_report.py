@@ -246,6 +246,22 @@ def machine() -> dict[str, str]:
     }
 
 
+def busy(m: dict[str, str]) -> str:
+    """A warning when other work shared the machine during the run."""
+    try:
+        load = max(float(x.split()[0]) for x in m["load"].split(", ") if x[0].isdigit())
+        cores = int(m["cores"])
+    except (ValueError, KeyError):
+        return ""
+    if load <= cores:
+        return ""
+    return (
+        f". **The machine was busy with other work** (1-minute load {load:.1f} on {cores} "
+        "cores): absolute times are inflated and noisier than on an idle machine; the "
+        "instruction counts are not affected"
+    )
+
+
 def instructions() -> tuple[dict[tuple[str, str], int], str]:
     """Instructions per operation from callgrind, keyed by (workload, id)."""
     counts: dict[tuple[str, str], int] = {}
@@ -684,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         ),
         f"- CPU: {m['cpu']}, {m['cores']} cores; Linux {m['kernel']}; {m['rustc']}",
-        f"- Load average (1, 5, 15 min): {m['load']}",
+        f"- Load average (1, 5, 15 min): {m['load']}" + busy(m),
         f"- Transparent huge pages: `{m['thp']}`",
         f"- Criterion: {settings}; untimed setups and whole-cycle probes get a "
         f"{run.alloc['budget_seconds']:.0f} s budget each",
