@@ -226,8 +226,13 @@ impl Runner {
 
     fn out_of_time(&mut self, workload: &'static str, spec: &Spec, o: OutOfTime, min: Option<f64>) {
         let per = o.elapsed.as_nanos() as f64 / o.done.max(1) as f64;
+        let phase = if min.is_some() {
+            "the first timed cycle"
+        } else {
+            "the untimed setup"
+        };
         let note = format!(
-            "untimed setup ({}) did not finish within the {:.0} s budget: {} of {} operations \
+            "{phase} ({}) did not finish within the {:.0} s budget: {} of {} operations \
              after {:.1} s, {:.0} ns each on average so far",
             o.what,
             self.settings.budget.as_secs_f64(),

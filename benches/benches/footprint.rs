@@ -239,8 +239,9 @@ fn main() {
             "buddy_system_allocator::FrameAllocator",
             0,
             0,
-            "one BTreeSet<usize> of free block starts per order, on the heap: B-tree nodes of \
-             up to 11 keys per free block; measured with a counting global allocator",
+            "one BTreeSet<usize> per order holding the start of each free block, on the heap \
+             (B-tree nodes of up to 11 keys): grows with the number of free blocks; measured \
+             with a counting global allocator",
         ),
     ));
 
