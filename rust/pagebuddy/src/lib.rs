@@ -39,20 +39,23 @@
 extern crate std;
 
 mod arena;
+mod carve;
 mod check;
 mod config;
 mod error;
 mod lock;
 mod pool;
+mod query;
 mod store;
 
 pub use arena::Arena;
+pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(feature = "std")]
 pub use lock::StdLock;
 pub use lock::{LockedPool, RawLock, SpinLock};
-pub use pool::{carve_bytes, Pool};
+pub use pool::Pool;
 pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
 
 /// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".

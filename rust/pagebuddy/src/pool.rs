@@ -7,14 +7,12 @@
 //! - a block of order k starts at a pfn divisible by 2^k and lies inside the pool;
 //! - no two free buddies of the same order `k + 1 < max_order` coexist: they would have coalesced.
 
-use core::ptr::NonNull;
-
 use crate::arena::Arena;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
-use crate::store::{
-    meta_from_bytes, FreeLists, Intrusive, LinkStore, PageMeta, SideTable, NO_ORDER,
-};
+#[cfg(doc)]
+use crate::store::Intrusive;
+use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, NO_ORDER};
 
 /// A buddy allocator over one arena: pKVM's `struct hyp_pool`, without its lock (see
 /// [`LockedPool`](crate::LockedPool)).
@@ -42,10 +40,10 @@ use crate::store::{
 /// # Ok::<(), pagebuddy::Error>(())
 /// ```
 pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
-    arena: Arena<'a>,
-    meta: &'a mut [PageMeta],
+    pub(crate) arena: Arena<'a>,
+    pub(crate) meta: &'a mut [PageMeta],
     pub(crate) free: FreeLists<L>,
-    geo: Geometry,
+    pub(crate) geo: Geometry,
     free_pages: u32,
 }
 
@@ -142,7 +140,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free_pages
     }
 
-    fn index(&self, pfn: u64) -> Result<u32, Error> {
+    pub(crate) fn index(&self, pfn: u64) -> Result<u32, Error> {
         self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
     }
 
@@ -298,62 +296,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// The metadata of `pfn`.
-    pub fn page(&self, pfn: u64) -> Result<PageMeta, Error> {
-        Ok(self.meta[self.index(pfn)? as usize])
-    }
-
-    /// The refcount of `pfn` (0 for free pages and tails).
-    pub fn refcount(&self, pfn: u64) -> Result<u16, Error> {
-        Ok(self.page(pfn)?.refcount)
-    }
-
-    /// The order of the block `pfn` heads, or `None` for a tail page.
-    pub fn order(&self, pfn: u64) -> Result<Option<u32>, Error> {
-        let order = self.page(pfn)?.order;
-        Ok((order != NO_ORDER).then_some(order as u32))
-    }
-
-    /// The address of page `pfn` in the arena (pKVM's `hyp_page_to_virt`).
-    pub fn page_addr(&self, pfn: u64) -> Result<NonNull<u8>, Error> {
-        let off = self.index(pfn)? as usize * self.geo.page_size;
-        // `off` is below nr_pages * page_size <= arena length, so the pointer stays in bounds.
-        NonNull::new(self.arena.as_ptr().wrapping_add(off)).ok_or(Error::PfnOutOfRange { pfn })
-    }
-
-    /// The pfn of the page holding `addr` (pKVM's `hyp_virt_to_pfn`), if it is in the pool.
-    pub fn addr_pfn(&self, addr: *const u8) -> Option<u64> {
-        let off = (addr as usize).wrapping_sub(self.arena.as_ptr() as usize);
-        (off < self.geo.arena_bytes()).then(|| self.geo.pfn((off / self.geo.page_size) as u32))
-    }
-
-    /// Free blocks per order `0..max_order`, like a line of `/proc/buddyinfo`.
-    pub fn buddyinfo(&self) -> &[u32] {
-        &self.free.len[..self.geo.max_order as usize]
-    }
-
-    /// How many blocks of `order` could be allocated one after another right now.
-    pub fn capacity(&self, order: u32) -> u64 {
-        let orders = order.min(self.geo.max_order)..self.geo.max_order;
-        orders
-            .map(|k| u64::from(self.free.len[k as usize]) << (k - order))
-            .sum()
-    }
-
-    /// The free list of `order`, head first, as pfns. On a corrupt list the walk stops early;
-    /// [`check`](Self::check) says why.
-    pub fn free_list(&self, order: u32) -> impl Iterator<Item = u64> + '_ {
-        let order = if order < self.geo.max_order {
-            order
-        } else {
-            u32::MAX
-        };
-        self.free
-            .iter(&self.arena, order)
-            .map_while(Result::ok)
-            .map(|(i, _)| self.geo.pfn(i))
-    }
-
     pub(crate) fn parts(&self) -> (&Arena<'a>, &[PageMeta], &FreeLists<L>) {
         (&self.arena, self.meta, &self.free)
     }
@@ -366,92 +308,5 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     #[cfg(test)]
     pub(crate) fn free_pages_mut(&mut self) -> &mut u32 {
         &mut self.free_pages
-    }
-}
-
-/// Bytes that [`Pool::new_intrusive_in`] or [`Pool::new_side_table_in`] set aside at the front
-/// of the arena for `nr_pages` pages: metadata (and links), rounded up to a whole page.
-pub const fn carve_bytes(nr_pages: usize, page_size: usize, side_table: bool) -> usize {
-    let links = if side_table {
-        crate::link_bytes(nr_pages)
-    } else {
-        0
-    };
-    let front = crate::meta_bytes(nr_pages).saturating_add(links);
-    match front.checked_next_multiple_of(if page_size == 0 { 1 } else { page_size }) {
-        Some(n) => n,
-        None => usize::MAX,
-    }
-}
-
-/// Splits `bytes` into the front `carve_bytes` and the pages, or says how much was missing.
-fn carve<'a>(
-    bytes: &'a mut [u8],
-    config: &Config,
-    side_table: bool,
-) -> Result<(&'a mut [u8], &'a mut [u8]), Error> {
-    let geo = config.geometry()?;
-    let front = carve_bytes(config.nr_pages, config.page_size, side_table);
-    let need = front.saturating_add(geo.arena_bytes());
-    if bytes.len() < need {
-        return Err(GeometryError::ArenaTooSmall {
-            need,
-            have: bytes.len(),
-        }
-        .into());
-    }
-    Ok(bytes.split_at_mut(front))
-}
-
-impl<'a> Pool<'a, Intrusive> {
-    /// A pool whose metadata is carved from the front of `bytes`
-    /// ([`carve_bytes`]`(nr_pages, page_size, false)` bytes) and whose pages follow it; free-list
-    /// links live in the free pages. `bytes` must be 2-byte aligned.
-    ///
-    /// ```
-    /// use pagebuddy::{carve_bytes, Config, Pool};
-    /// let config = Config::new(16).page_size(256);
-    /// let mut bytes = vec![0u8; carve_bytes(16, 256, false) + 16 * 256];
-    /// let mut pool = Pool::new_intrusive_in(&mut bytes, config)?;
-    /// let pfn = pool.alloc(4)?;
-    /// assert_eq!((pfn, pool.free_pages()), (0, 0));
-    /// # Ok::<(), pagebuddy::Error>(())
-    /// ```
-    pub fn new_intrusive_in(bytes: &'a mut [u8], config: Config) -> Result<Self, Error> {
-        let (front, pages) = carve(bytes, &config, false)?;
-        let meta = meta_from_bytes(front, config.nr_pages)?;
-        Pool::new(pages, meta, Intrusive, config)
-    }
-}
-
-impl<'a> Pool<'a, SideTable<'a>> {
-    /// A pool whose metadata and link table are carved from the front of `bytes`
-    /// ([`carve_bytes`]`(nr_pages, page_size, true)` bytes) and whose pages follow it. `bytes`
-    /// must be 4-byte aligned.
-    ///
-    /// ```
-    /// use pagebuddy::{carve_bytes, Config, Pool};
-    ///
-    /// #[repr(C, align(64))]
-    /// struct Memory([u8; 64 + 3 * 64]);
-    /// assert_eq!(carve_bytes(3, 64, true), 64); // 3 * (4 + 8) bytes, rounded up to a page
-    ///
-    /// let mut memory = Memory([0; 64 + 3 * 64]);
-    /// let pool = Pool::new_side_table_in(&mut memory.0, Config::new(3).page_size(64))?;
-    /// assert_eq!(pool.buddyinfo(), &[1, 1]); // pages {2} and {0, 1}
-    /// # Ok::<(), pagebuddy::Error>(())
-    /// ```
-    pub fn new_side_table_in(bytes: &'a mut [u8], config: Config) -> Result<Self, Error> {
-        let (front, pages) = carve(bytes, &config, true)?;
-        let (meta, links) = front.split_at_mut(crate::meta_bytes(config.nr_pages));
-        let meta = meta_from_bytes(meta, config.nr_pages)?;
-        let links = SideTable::from_bytes(links, config.nr_pages)?;
-        Pool::new(pages, meta, links, config)
-    }
-}
-
-impl<'a> From<&'a mut [u8]> for Arena<'a> {
-    fn from(bytes: &'a mut [u8]) -> Self {
-        Arena::new(bytes)
     }
 }
