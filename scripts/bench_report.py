@@ -213,13 +213,15 @@ def extras(m: dict[str, Any]) -> str:
 
 def machine() -> dict[str, str]:
     cpu = "unknown"
-    try:
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    if "model name" in fields:
+        cpu = fields["model name"]
+        if "cpu family" in fields and "model" in fields:
+            cpu += f" (family {fields['cpu family']}, model {fields['model']})"
 
     def run(*cmd: str) -> str:
         try:
