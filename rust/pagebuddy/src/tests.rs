@@ -647,3 +647,21 @@ fn prezeroed_skips_zeroing_at_construction_only() {
 }
 
 mod checker;
+
+#[test]
+fn pool_may_end_at_the_last_pfn() {
+    let mut mem = Mem::new(4);
+    let mut pool = mem.intrusive(cfg(4).base_pfn(u64::MAX - 3)).unwrap();
+    // u64::MAX - 3 = ...fffc is 4-aligned: one block of order 2.
+    assert_eq!(lists(&pool), vec![vec![], vec![], vec![u64::MAX - 3]]);
+    let a = pool.alloc(0).unwrap();
+    let b = pool.alloc(0).unwrap();
+    let c = pool.alloc(1).unwrap();
+    assert_eq!((a, b, c), (u64::MAX - 3, u64::MAX - 2, u64::MAX - 1));
+    pool.put(c).unwrap();
+    pool.put(a).unwrap();
+    pool.put(b).unwrap();
+    assert_eq!(pool.free_list(2).collect::<Vec<_>>(), vec![u64::MAX - 3]);
+    assert_eq!(pool.put(u64::MAX), Err(Error::NotHeld { pfn: u64::MAX }));
+    pool.check().unwrap();
+}
