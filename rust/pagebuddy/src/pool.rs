@@ -169,7 +169,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     fn buddy_avail(&self, idx: u32, order: u32) -> Option<u32> {
         let buddy = self.geo.index(self.geo.pfn(idx) ^ (1 << order))?;
         let m = self.meta[buddy as usize];
-        (m.is_free_head() && m.order as u32 == order).then_some(buddy)
+        // `order` is below max_order, so an equal order is never NO_ORDER: a free head.
+        (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy)
     }
 
     /// Allocates a block of `2^order` pages and returns the pfn of its head.
@@ -249,8 +250,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free_pages += 1 << order;
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
-        let (mut head, mut order) = (idx, order);
-        while order + 1 < self.geo.max_order {
+        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
+        while order + 1 < max_order {
             let Some(buddy) = self.buddy_avail(head, order) else {
                 break;
             };
