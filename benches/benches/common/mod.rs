@@ -671,3 +671,20 @@ pub fn huge_round<A: PageAlloc>(a: &mut A, got: &mut Vec<usize>) -> usize {
     }
     n
 }
+
+/// `s` as a JSON string literal, for the result files the report generator reads.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
