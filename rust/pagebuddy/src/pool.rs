@@ -221,23 +221,35 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
-    pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
+    /// The index and metadata of `pfn`, which must be held (refcount > 0).
+    fn held(&self, pfn: u64) -> Result<(u32, PageMeta), Error> {
         let idx = self.index(pfn)?;
         let m = self.meta[idx as usize];
         if m.refcount == 0 {
             return Err(Error::NotHeld { pfn });
         }
+        Ok((idx, m))
+    }
+
+    /// The order of the block that the held page `idx` heads: a held page always heads a block
+    /// of a valid order, so anything else is corruption.
+    fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
+        match u32::from(m.order) {
+            order if order < self.geo.max_order => Ok(order),
+            _ => Err(self.corrupt(CorruptionKind::BadHead, idx)),
+        }
+    }
+
+    /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
+    pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
+        let (idx, m) = self.held(pfn)?;
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
             return Ok(());
         }
-        // A held page always heads a block of a valid order.
-        if m.order as u32 >= self.geo.max_order {
-            return Err(self.corrupt(CorruptionKind::BadHead, idx));
-        }
+        let order = self.block_order(idx, m)?;
         self.meta[idx as usize].refcount = 0;
-        self.attach(idx, m.order as u32)?;
+        self.attach(idx, order)?;
         Ok(())
     }
 
@@ -266,30 +278,19 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// Takes one more reference to a held page.
     pub fn get(&mut self, pfn: u64) -> Result<(), Error> {
-        let idx = self.index(pfn)?;
-        let m = &mut self.meta[idx as usize];
-        match m.refcount {
-            0 => Err(Error::NotHeld { pfn }),
-            u16::MAX => Err(Error::RefcountOverflow { pfn }),
-            _ => {
-                m.refcount += 1;
-                Ok(())
-            }
+        let (idx, m) = self.held(pfn)?;
+        if m.refcount == u16::MAX {
+            return Err(Error::RefcountOverflow { pfn });
         }
+        self.meta[idx as usize].refcount += 1;
+        Ok(())
     }
 
     /// Splits the held block headed by `pfn` into `2^order` order-0 pages: each former tail gets
     /// refcount 1 and the head keeps its refcount. Each page is then put on its own.
     pub fn split(&mut self, pfn: u64) -> Result<(), Error> {
-        let idx = self.index(pfn)?;
-        let m = self.meta[idx as usize];
-        if m.refcount == 0 {
-            return Err(Error::NotHeld { pfn });
-        }
-        if m.order as u32 >= self.geo.max_order {
-            return Err(self.corrupt(CorruptionKind::BadHead, idx));
-        }
-        let end = idx as usize + (1usize << m.order);
+        let (idx, m) = self.held(pfn)?;
+        let end = idx as usize + (1usize << self.block_order(idx, m)?);
         for tail in &mut self.meta[idx as usize + 1..end] {
             *tail = PageMeta::new(1, 0);
         }
