@@ -132,7 +132,8 @@ _REPORT_HEADER = re.compile(
     r"(?:cpus=\d+|version = \S+|CPU \d+ is empty|CPU\d+ data recorded at offset=\S+"
     r"|\s*\d+ bytes in size(?: \(\d+ uncompressed\))?|#{3,}.*|\S+: (?:cpus=\d+|CPU \d+ is empty))"
 )
-_PFN_ORDER = re.compile(r"(?:^|\s)pfn=(0x[0-9a-fA-F]+|\d+)\s+order=(\d+)")
+_PFN = re.compile(r"(?:^|\s)pfn=(0x[0-9a-fA-F]+|\d+)(?!\S)")
+_ORDER = re.compile(r"(?:^|\s)order=(\d+)(?!\S)")
 _PAGE = re.compile(r"(?:^|\s)page=(\S+)")
 _NULL_PAGES = frozenset({"(null)", "(nil)", "0x0", "0"})
 
@@ -239,8 +240,9 @@ def parse_ftrace(
                 continue
             if text is None:  # fields in another order than the kernel prints them
                 rest = raw[m.end() :]
-                f = _PFN_ORDER.search(rest)
-                if f is None:
+                f = _PFN.search(rest)
+                o = _ORDER.search(rest)
+                if f is None or o is None:
                     _malformed(
                         imp,
                         number,
@@ -248,7 +250,7 @@ def parse_ftrace(
                         lenient,
                     )
                     continue
-                text, order_text = f.groups()
+                text, order_text = f.group(1), o.group(1)
                 p = _PAGE.search(rest)
                 page = p.group(1) if p is not None else None
             order = int(order_text)
@@ -331,6 +333,8 @@ class Plan:
     wide_frees: int = 0
     peak_live_pages: int = 0
     live_pages_at_end: int = 0
+    #: Pages of every allocation added up: a pool this large serves any order of events.
+    allocated_pages: int = 0
     max_order: int = 0
     #: True when ``mm_page_free_batched`` stood in for a missing ``mm_page_free``.
     batched_as_frees: bool = False
@@ -349,92 +353,97 @@ class Plan:
             "wide_frees": self.wide_frees,
             "peak_live_pages": self.peak_live_pages,
             "live_pages_at_end": self.live_pages_at_end,
+            "allocated_pages": self.allocated_pages,
             "max_order": self.max_order,
             "batched_as_frees": self.batched_as_frees,
         }
 
 
 class _Lifetimes:
-    """The blocks the trace holds, by head pfn, and the actions that change them."""
+    """The blocks the trace holds and the actions that change them.
+
+    ``live`` maps the head pfn of every held block to its order (a split block's pages
+    are order-0 blocks of their own); ``cover`` maps every other page of a held block of
+    order >= 1 to its head, so that the block holding any pfn is found in one lookup.
+    """
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.live: dict[int, int] = {}  # head pfn -> order
+        self.live: dict[int, int] = {}
+        self.cover: dict[int, int] = {}
         self.live_pages = 0
-        self.top = 0  # largest order live so far: how far up a block holding a pfn can start
-        self.pieces: set[int] = set()  # live order-0 pages of split blocks
-
-    def emit(self, action: tuple[int, int, int], line: int) -> None:
-        self.plan.actions.append(action)
-        self.plan.lines.append(line)
+        self.pieces: set[int] = set()  # held order-0 pages of split blocks
 
     def holder(self, pfn: int) -> int | None:
-        """Head of the live block that contains ``pfn``, if any."""
-        live = self.live
-        if pfn in live:
+        """Head of the held block that contains ``pfn``, if any."""
+        if pfn in self.live:
             return pfn
-        for k in range(1, self.top + 1):
-            head = pfn & ~((1 << k) - 1)
-            order = live.get(head)
-            if order is not None and order >= k:
-                return head
-        return None
+        return self.cover.get(pfn)
 
     def put(self, head: int, line: int) -> None:
         order = self.live.pop(head)
         self.live_pages -= 1 << order
+        if order:
+            cover = self.cover
+            for p in range(head + 1, head + (1 << order)):
+                del cover[p]
         self.pieces.discard(head)
-        self.emit((FREE, head, 0), line)
+        self.plan.actions.append((FREE, head, 0))
+        self.plan.lines.append(line)
 
     def split(self, head: int, line: int) -> None:
-        order = self.live[head]
-        self.emit((SPLIT, head, order), line)
-        live = self.live
-        for i in range(1 << order):
-            live[head + i] = 0
+        live, cover = self.live, self.cover
+        order = live[head]
+        self.plan.actions.append((SPLIT, head, order))
+        self.plan.lines.append(line)
+        for p in range(head + 1, head + (1 << order)):
+            del cover[p]
+            live[p] = 0
+        live[head] = 0
         self.pieces.update(range(head, head + (1 << order)))
         self.plan.split_blocks += 1
 
     def alloc(self, pfn: int, order: int, line: int) -> None:
         live = self.live
         plan = self.plan
-        # Whatever the replay still holds inside [pfn, pfn + 2**order) was freed unseen.
+        # Whatever is still held inside [pfn, pfn + 2**order) was freed unseen: put it.
         holder = self.holder(pfn)
         if holder is not None:
             self.put(holder, line)
             plan.missed_frees += 1
         if order:
-            for p in range(pfn + 1, pfn + (1 << order)):
-                if p in live:
-                    self.put(p, line)
+            cover = self.cover
+            end = pfn + (1 << order)
+            for p in range(pfn + 1, end):
+                if p in live or p in cover:
+                    self.put(self.holder(p), line)  # type: ignore[arg-type]
                     plan.missed_frees += 1
+            for p in range(pfn + 1, end):
+                cover[p] = pfn
         live[pfn] = order
         self.live_pages += 1 << order
         if self.live_pages > plan.peak_live_pages:
             plan.peak_live_pages = self.live_pages
-        if order > self.top:
-            self.top = order
         plan.allocations += 1
-        self.emit((ALLOC, pfn, order), line)
+        plan.allocated_pages += 1 << order
+        plan.actions.append((ALLOC, pfn, order))
+        plan.lines.append(line)
 
     def free(self, pfn: int, order: int, line: int) -> None:
         live = self.live
         plan = self.plan
-        held = live.get(pfn)
-        if held == order:  # the common case: the block as it was allocated
-            del live[pfn]
-            self.live_pages -= 1 << order
-            plan.frees += 1
+        if live.get(pfn) == order:  # the common case: the block as it was allocated
             if self.pieces and pfn in self.pieces:
-                self.pieces.discard(pfn)
                 plan.piece_frees += 1
-            self.emit((FREE, pfn, 0), line)
+            self.put(pfn, line)
+            plan.frees += 1
             return
         holder = self.holder(pfn)
         if holder is None:
             plan.unmatched_frees += 1
             return
         held = live[holder]
+        plan.frees += 1
         if held > order or holder != pfn:
             # A piece of a larger block: split it (once) and put the piece's pages.
             if held > 0:
@@ -443,22 +452,18 @@ class _Lifetimes:
                 if p in live:
                     self.put(p, line)
             plan.piece_frees += 1
-            plan.frees += 1
             return
-        # held < order at the same pfn: the free covers more than one live block.
+        # A block of a smaller order at this pfn: the free covers every block inside.
         for p in range(pfn, pfn + (1 << order)):
-            if p in live:
-                self.put(p, line)
+            h = self.holder(p)
+            if h is not None:
+                self.put(h, line)
         plan.wide_frees += 1
-        plan.frees += 1
 
     def free_block(self, pfn: int, line: int) -> None:
         """A free that names no reliable order (``mm_page_free_batched``): the block at ``pfn``."""
         held = self.live.get(pfn)
-        if held is None:
-            self.free(pfn, 0, line)  # a piece, or unmatched
-        else:
-            self.free(pfn, held, line)
+        self.free(pfn, 0 if held is None else held, line)
 
 
 def plan_lifetimes(imp: FtraceImport) -> Plan:
@@ -468,14 +473,34 @@ def plan_lifetimes(imp: FtraceImport) -> Plan:
     has_free = any(imp.counts[name] for name in FREE_EVENTS)
     plan.batched_as_frees = not has_free and any(imp.counts[name] for name in BATCHED_EVENTS)
     alloc, free, free_block = state.alloc, state.free, state.free_block
+    live = state.live
+    actions, lines = plan.actions, plan.lines
     max_order = 0
     for code, pfn, order, line in imp.events:
-        if code == _EV_ALLOC:
-            alloc(pfn, order, line)
-            if order > max_order:
-                max_order = order
-        elif code == _EV_FREE:
-            free(pfn, order, line)
+        if code == _EV_FREE:
+            if order == 0 and live.get(pfn) == 0 and not state.pieces:
+                # The common case inline: an order-0 page freed as it was allocated.
+                del live[pfn]
+                state.live_pages -= 1
+                plan.frees += 1
+                actions.append((FREE, pfn, 0))
+                lines.append(line)
+            else:
+                free(pfn, order, line)
+        elif code == _EV_ALLOC:
+            if order == 0 and pfn not in live and pfn not in state.cover:
+                live[pfn] = 0
+                n = state.live_pages = state.live_pages + 1
+                if n > plan.peak_live_pages:
+                    plan.peak_live_pages = n
+                plan.allocations += 1
+                plan.allocated_pages += 1
+                actions.append((ALLOC, pfn, 0))
+                lines.append(line)
+            else:
+                alloc(pfn, order, line)
+                if order > max_order:
+                    max_order = order
         elif has_free:
             plan.duplicate_frees += 1
         else:
@@ -550,12 +575,14 @@ def default_nr_pages(plan: Plan, headroom: int = DEFAULT_HEADROOM) -> int:
     return 1 << (need - 1).bit_length()
 
 
-def ftrace_geometry(nr_pages: int) -> Any:
-    """The geometry the replay uses: 4 KiB pages from pfn 0, no reserved pages, orders up to
-    Linux's (cap 11), no zeroing (a trace carries no page contents)."""
+def ftrace_geometry(nr_pages: int, plan: Plan | None = None) -> Any:
+    """The geometry the replay uses: 4 KiB pages from pfn 0, no reserved pages, no zeroing
+    (a trace carries no page contents), and orders up to Linux's (the cap 11 of pKVM and of
+    x86's MAX_PAGE_ORDER 10), or up to the largest order in ``plan`` if that is larger."""
     from ._trace import Geometry
 
-    return Geometry(nr_pages=nr_pages, page_size=4096, max_order=11, zero="never")
+    cap = max(11, plan.max_order + 1) if plan is not None else 11
+    return Geometry(nr_pages=nr_pages, page_size=4096, max_order=cap, zero="never")
 
 
 @dataclass
@@ -563,6 +590,7 @@ class NativeResult:
     """What :func:`replay_native` saw."""
 
     nr_pages: int
+    geometry: Any = None
     ops: int = 0
     op_counts: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
@@ -588,7 +616,7 @@ class NativeResult:
         """The same figures as a lockstep :class:`~pagebuddy._lockstep.RunResult`."""
         from ._lockstep import RunResult
 
-        r = RunResult(ftrace_geometry(self.nr_pages))
+        r = RunResult(self.geometry)
         r.ops = list(self.applied)
         r.op_counts = Counter(self.op_counts)
         r.rejected = Counter(self.refused)
@@ -625,12 +653,12 @@ def replay_native(
     if pool_cls is None:
         from . import Pool as pool_cls
     t0 = time.perf_counter()
-    g = ftrace_geometry(nr_pages)
+    g = ftrace_geometry(nr_pages, plan)
     pool = pool_cls(nr_pages, **g.kwargs())
     methods = {"alloc": pool.alloc_pages, "put": pool.put_page, "split": pool.split_page}
     mapper = PfnMap(plan)
     gen = mapper.ops()
-    result = NativeResult(nr_pages)
+    result = NativeResult(nr_pages, g)
     result.start_free_blocks = [len(x) for x in pool.free_lists()]
     if sample_every:
         result.samples.append((0, result.start_free_blocks))
@@ -693,7 +721,7 @@ def replay_lockstep(
 
     mapper = PfnMap(plan)
     result = run_ops(
-        ftrace_geometry(nr_pages),
+        ftrace_geometry(nr_pages, plan),
         mapper.ops(),
         pool_cls=pool_cls,
         model_cls=model_cls,
@@ -736,16 +764,18 @@ def fit_pool(
     plan: Plan,
     *,
     pool_cls: type | None = None,
-    limit: int = 1 << 30,
     progress: Callable[[int, bool], None] | None = None,
 ) -> FitResult:
     """Find by bisection the smallest pool that serves every allocation of ``plan``.
 
     The bound below is the peak of live pages (no pool of fewer pages can serve the
     trace); the bound above starts at :func:`default_nr_pages` and doubles until a pool
-    serves the trace. Each probe is a native replay that stops at the first refused
-    allocation. Raises ``ValueError`` if no pool of at most ``limit`` pages serves it
-    (an order above the pool's largest, say).
+    serves the trace, up to the pages of all allocations added up (a pool that large
+    serves any trace; so does one of the next power of two, which is where the doubling
+    stops). Each probe is a native replay that stops at the first refused allocation.
+    The policy is not guaranteed to be monotonic in the pool size: the result is the
+    smallest size the bisection found to serve, with the next smaller one it tried
+    refusing.
     """
     t0 = time.perf_counter()
     peak = plan.peak_live_pages
@@ -762,12 +792,13 @@ def fit_pool(
         fit.nr_pages = 1
         fit.seconds = time.perf_counter() - t0
         return fit
-    lo = max(1, peak - 1)  # largest size known (or assumed) not to serve
+    lo = max(0, peak - 1)  # largest size known (or assumed) not to serve
     hi = default_nr_pages(plan)
+    limit = max(hi, 1 << (plan.allocated_pages - 1).bit_length())
     while not served(hi):
         lo = hi
         if hi >= limit:
-            raise ValueError(f"no pool of up to {limit} pages serves the trace")
+            raise ValueError(f"no pool of up to {limit:,} pages serves the trace")
         hi = min(hi * 2, limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2

@@ -1,6 +1,6 @@
 """The ``pagebuddy`` command (also ``python -m pagebuddy``).
 
-Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
+Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrace``; see
 ``pagebuddy --help`` and ``docs/cli.md``.
 """
 
@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--tiny", action="store_true", help="a tiny run (a few seconds)")
     bn.add_argument("--pages", type=_positive, metavar="N", help="pool size in pages")
     common(bn)
+
+    from ._ftrace_cmd import add_parser as add_ftrace
+
+    add_ftrace(sub, common, EXIT_CODES_HELP, _positive)
     return parser
 
 
@@ -904,6 +908,13 @@ def cmd_bench(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_ftrace(ctx: _Ctx) -> int:
+    """``pagebuddy ftrace FILE`` (in :mod:`pagebuddy._ftrace_cmd`)."""
+    from ._ftrace_cmd import cmd_ftrace as run
+
+    return run(ctx)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
@@ -911,6 +922,7 @@ _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "fuzz": cmd_fuzz,
     "replay": cmd_replay,
     "bench": cmd_bench,
+    "ftrace": cmd_ftrace,
 }
 
 
