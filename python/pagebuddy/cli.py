@@ -30,7 +30,8 @@ from rich.progress import (
 from rich.table import Table
 
 from . import _frag
-from ._lockstep import GeometryRefused, RunResult, run_ops, time_ops
+from ._bench import time_ops
+from ._lockstep import GeometryRefused, RunResult, run_ops
 from ._trace import Geometry, Section, TraceError, TraceWriter, format_op, read_trace
 
 __all__ = [
@@ -291,7 +292,7 @@ def _size(nbytes: int) -> str:
 
 
 def _describe_geometry(g: Geometry) -> str:
-    orders = g.effective_max_order
+    orders = g.max_order
     parts = [
         f"{g.nr_pages} pages of {_size(g.page_size)} ({_size(g.nr_pages * g.page_size)})",
         f"at pfn {g.base_pfn:#x}",
@@ -432,7 +433,7 @@ def _report_dict(
         "command": command,
         "ok": result.ok,
         "geometry": g.as_dict(),
-        "max_order": g.effective_max_order,
+        "max_order": g.max_order,
         "ops": len(result.ops),
         "op_counts": dict(result.op_counts),
         "rejected": dict(result.rejected),
@@ -444,11 +445,9 @@ def _report_dict(
 
 
 def _classes() -> tuple[type, type]:
-    from . import _fuzz
-    from ._lockstep import default_classes
+    from . import _lockstep
 
-    dp, dm = default_classes()
-    return (_fuzz.POOL_CLASS or dp, _fuzz.MODEL_CLASS or dm)
+    return _lockstep.default_classes()
 
 
 def _check_plot() -> None:
@@ -749,7 +748,7 @@ def cmd_fuzz(ctx: _Ctx) -> int:
         pages=args.pages,
         base_pfn=args.base_pfn,
         reserved=args.reserved,
-        max_order=args.max_order,
+        order_cap=args.max_order,
         zero=args.zero,
         page_size=args.page_size,
         links=args.links,
