@@ -38,7 +38,16 @@ from typing import Any, TypeVar
 
 from ._rules import OPERATIONS, Geometry, Op
 
-__all__ = ["MODES", "BenchResult", "Measurement", "cpu_ns", "run_benchmarks", "time_ops"]
+__all__ = [
+    "MAX_PAGES",
+    "MIN_PAGES",
+    "MODES",
+    "BenchResult",
+    "Measurement",
+    "cpu_ns",
+    "run_benchmarks",
+    "time_ops",
+]
 
 T = TypeVar("T")
 
@@ -46,6 +55,11 @@ T = TypeVar("T")
 MODES: dict[str, tuple[int, int]] = {"quick": (1 << 14, 3), "tiny": (1 << 8, 1)}
 
 SCHEMA = "pagebuddy-python-bench/1"
+
+#: Bounds of ``pages``: ``split`` times order-4 blocks (16 pages each), and a pool of 4 KiB
+#: pages is at most 4 GiB.
+MIN_PAGES = 16
+MAX_PAGES = 1 << 20
 
 
 @dataclass
@@ -328,7 +342,9 @@ def run_benchmarks(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     n, repeats = MODES[mode]
-    n = pages or n
+    n = n if pages is None else pages
+    if not MIN_PAGES <= n <= MAX_PAGES:
+        raise ValueError(f"pages must be in {MIN_PAGES}..{MAX_PAGES}, not {n}")
     if pool_cls is None or model_cls is None:
         from . import Pool, ReferencePool
 

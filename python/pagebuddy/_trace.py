@@ -18,15 +18,17 @@ Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
 ``links=side|intrusive`` (the link store) and ``arena=owned|buffer`` (whether the
 pool owns its arena or is handed a ``bytearray``). Integers may be written in
-decimal or as ``0x`` hexadecimal. The geometry must be one the constructor accepts,
-with an arena (``nr_pages * page_size``) of at most 4 GiB.
+decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
+geometry must be one the constructor accepts, with at most 2**20 pages and an arena
+(``nr_pages * page_size``) of at most 4 GiB.
 
 Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
 ``alloc_many ORDER COUNT`` and ``put_many PFN...``. Any integer is accepted as an
 argument: whether the operation is allowed (a put of a free page, an order out of
 range) is for the pool to decide, and replaying reports such operations as
 rejected. A line that is not of this form is a format error, reported with its
-line number by :class:`TraceError`.
+line number by :class:`TraceError`. Integers may carry a sign and have at most
+4300 digits.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ HEADER_VERSION = "v1"
 #: Largest arena (``nr_pages * page_size``) a trace header may ask for.
 MAX_ARENA_BYTES = 1 << 32
 
+#: Most pages a trace header may ask for. A replay keeps state for every page in both pools
+#: (the model's per-page lists cost about 16 bytes a page, the native metadata 12) and
+#: compares every page at the end of each section: 2**20 pages is about 30 MiB and seconds.
+MAX_PAGES = 1 << 20
+
 
 class TraceError(ValueError):
     """A malformed trace. ``line`` is the 1-based line number (0 when unknown)."""
@@ -77,11 +84,28 @@ class Section:
     header_line: int = 0
 
 
+#: Most digits an integer of a trace may have (Python's own limit on converting text to int;
+#: 4300 decimal digits is far beyond any pfn, order or count a pool accepts).
+MAX_DIGITS = 4300
+
+
 def _int(text: str, line: int, what: str, source: str) -> int:
+    """An integer in decimal (leading zeros allowed) or ``0x``/``0o``/``0b``, with a sign."""
+    sign, digits = (text[0], text[1:]) if text[:1] in "+-" else ("", text)
+    if len(digits) > MAX_DIGITS:
+        raise TraceError(
+            line, f"{what} has {len(digits)} digits: at most {MAX_DIGITS} are accepted", source
+        )
     try:
-        return int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text, 10)
+        if digits[:2].lower() in ("0x", "0o", "0b"):
+            value = int(digits, 0)
+        elif digits.isdecimal() and digits.isascii():
+            value = int(digits, 10)
+        else:
+            raise ValueError(text)
     except ValueError:
         raise TraceError(line, f"{what} is not an integer: {text!r}", source) from None
+    return -value if sign == "-" else value
 
 
 _HEADER_INT_KEYS = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order")
@@ -123,14 +147,26 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
     problem = geometry.problem()
     if problem:
         raise TraceError(line, f"invalid geometry: {problem}", source)
-    if geometry.nr_pages * geometry.page_size > MAX_ARENA_BYTES:
-        raise TraceError(
-            line,
-            f"arena of {geometry.nr_pages * geometry.page_size} bytes: a trace may ask for "
-            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})",
-            source,
-        )
+    problem = memory_problem(geometry)
+    if problem:
+        raise TraceError(line, problem, source)
     return geometry
+
+
+def memory_problem(g: Geometry) -> str | None:
+    """Why replaying ``g`` would need more memory than a trace may ask for, or ``None``."""
+    if g.nr_pages * g.page_size > MAX_ARENA_BYTES:
+        return (
+            f"arena of {g.nr_pages * g.page_size} bytes: a trace may ask for "
+            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})"
+        )
+    if g.nr_pages > MAX_PAGES:
+        return (
+            f"nr_pages={g.nr_pages}: a trace may ask for at most {MAX_PAGES} pages (both pools "
+            f"keep state for every page; this many would need about "
+            f"{g.nr_pages * 28 >> 20} MiB of metadata)"
+        )
+    return None
 
 
 def _parse_op(words: list[str], line: int, source: str) -> Op:
@@ -187,17 +223,33 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[Section]:
     return sections
 
 
+def _decoded(raw: Iterable[bytes], source: str) -> Iterator[str]:
+    """The lines of a binary stream as text; a line that is not UTF-8 is a :class:`TraceError`."""
+    for number, line in enumerate(raw, 1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TraceError(
+                number, f"not a text file (not UTF-8: {e.reason} at byte {e.start})", source
+            ) from None
+
+
 def read_trace(path: str) -> list[Section]:
-    """Read and parse the trace file at ``path`` (``-`` for standard input)."""
+    """Read and parse the trace file at ``path`` (``-`` for standard input).
+
+    The bytes are decoded as UTF-8 here, whatever the locale or ``PYTHONIOENCODING`` say.
+    Raises :class:`TraceError` for a malformed trace and :class:`OSError` for a file that
+    cannot be read.
+    """
     if path == "-":
         import sys
 
-        return parse_trace(sys.stdin, "<stdin>")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse_trace(f, path)
-    except UnicodeDecodeError as e:
-        raise TraceError(0, f"not a text file ({e.reason})", path) from None
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise TraceError(0, "no standard input to read", "<stdin>")
+        return parse_trace(_decoded(stdin, "<stdin>"), "<stdin>")
+    with open(path, "rb") as f:
+        return parse_trace(_decoded(f, path), path)
 
 
 def format_header(g: Geometry) -> str:
