@@ -310,8 +310,11 @@ impl Pool {
         let geo = config
             .geometry()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let bytes = Self::arena(py, buffer, geo.arena_bytes())?;
-        let (export, addr) = Self::export(&bytes, geo.arena_bytes())?;
+        let size = geo
+            .arena_bytes()
+            .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
+        let bytes = Self::arena(py, buffer, size)?;
+        let (export, addr) = Self::export(&bytes, size)?;
         let mut storage = Storage {
             meta: leak(nr, PageMeta::INIT)?,
             links: None,

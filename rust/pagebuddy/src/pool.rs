@@ -61,7 +61,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let geo = config.geometry()?;
         let arena = arena.into();
         let n = geo.nr_pages as usize;
-        let need = geo.arena_bytes();
+        // (a validated geometry's arena size fits in usize; see Config::geometry)
+        let need = geo.arena_bytes().unwrap_or(usize::MAX);
         if arena.len() < need {
             return Err(GeometryError::ArenaTooSmall {
                 need,

@@ -665,3 +665,40 @@ fn pool_may_end_at_the_last_pfn() {
     assert_eq!(pool.put(u64::MAX), Err(Error::NotHeld { pfn: u64::MAX }));
     pool.check().unwrap();
 }
+
+/// Public geometry helpers answer for every input, hand-built geometries included: no overflow
+/// (a panic in debug builds, a wrong answer in release).
+#[test]
+fn geometry_helpers_never_overflow() {
+    let geo = cfg(8).base_pfn(u64::MAX - 7).geometry().unwrap();
+    assert_eq!(geo.arena_bytes(), Some(8 * PS));
+    assert_eq!(geo.index(u64::MAX), Some(7));
+    assert_eq!(geo.index(u64::MAX - 8), None);
+    assert_eq!(geo.index(0), None);
+    for page_size in [usize::MAX, usize::MAX / 2 + 1, 1 << (usize::BITS - 1)] {
+        let huge = Geometry {
+            nr_pages: u32::MAX,
+            page_size,
+            ..geo
+        };
+        assert_eq!(huge.arena_bytes(), None);
+    }
+    let top = Geometry {
+        nr_pages: u32::MAX,
+        base_pfn: u64::MAX,
+        ..geo
+    };
+    assert_eq!(top.index(u64::MAX), Some(0));
+    assert_eq!(top.index(0), None);
+    // A pool at the very top of the pfn space: addresses past its end have no pfn.
+    let mut mem = Mem::new(8);
+    let pool = mem.side(cfg(8).base_pfn(u64::MAX - 7)).unwrap();
+    let last = pool.page_addr(u64::MAX).unwrap().as_ptr();
+    assert_eq!(pool.addr_pfn(last), Some(u64::MAX));
+    assert_eq!(pool.addr_pfn(last.wrapping_add(PS)), None);
+    assert_eq!(pool.addr_pfn(last.wrapping_add(100 * PS)), None);
+    assert_eq!(
+        pool.page_addr(u64::MAX - 8),
+        Err(Error::PfnOutOfRange { pfn: u64::MAX - 8 })
+    );
+}
