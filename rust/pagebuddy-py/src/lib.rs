@@ -442,10 +442,9 @@ impl Pool {
                 if capacity < count {
                     return Err((Error::OutOfMemory { order }, capacity));
                 }
-                let mut pfns = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    pfns.push(p.alloc(order).map_err(|e| (e, capacity))?);
-                }
+                // count <= capacity <= nr_pages: the vector is no larger than the pool.
+                let mut pfns = vec![0; count as usize];
+                p.alloc_many(order, &mut pfns).map_err(|e| (e, capacity))?;
                 Ok(pfns)
             })
         });

@@ -702,3 +702,59 @@ fn geometry_helpers_never_overflow() {
         Err(Error::PfnOutOfRange { pfn: u64::MAX - 8 })
     );
 }
+
+/// Under scribbled intrusive links, an operation that reports corruption has changed nothing:
+/// the page it was given stays held (not zeroed, not counted free, not half-merged), so no page
+/// is left neither held nor free, and a batch hands out no block. Every link pattern into every
+/// page, then every put, alloc and alloc_many.
+#[test]
+fn corruption_is_found_before_anything_changes() {
+    let patterns: [[u8; 8]; 6] = [
+        [0xFF; 8],
+        [3, 0, 0, 0, 200, 0, 0, 0],
+        [1, 0, 0, 0, 1, 0, 0, 0],
+        [0xFE, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0],
+        [0, 0, 0, 0x80, 0, 0, 0, 0x80],
+        [5, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],
+    ];
+    let mut refused = 0;
+    for zero in [ZeroPolicy::OnFree, ZeroPolicy::Never] {
+        for pattern in patterns {
+            for victim in 0..16u64 {
+                let mut mem = Mem::new(16);
+                let mut pool = mem.intrusive(cfg(16).zero(zero)).unwrap();
+                let held: Vec<u64> = (0..16).map(|_| pool.alloc(0).unwrap()).collect();
+                for &pfn in &held {
+                    scribble(&mut pool, pfn, PS, 0xBB);
+                }
+                // Free lists of every order: 0, 3, 5 (order 0), 8-9 (order 1), 12-15 (order 2).
+                for pfn in [0, 3, 5, 8, 9, 12, 13, 14, 15] {
+                    pool.put(pfn).unwrap();
+                }
+                // SAFETY: the pfn is in the pool; this is the scribble under test.
+                unsafe {
+                    core::ptr::write_unaligned(
+                        pool.page_addr(victim).unwrap().as_ptr().cast(),
+                        pattern,
+                    )
+                };
+                for op in 0..38u64 {
+                    let before = snapshot(&pool);
+                    let result = match op {
+                        0..=15 => pool.put(op),
+                        16..=19 => pool.alloc((op - 16) as u32).map(drop),
+                        _ => {
+                            let mut out = vec![0; 1 + (op as usize - 20) / 3];
+                            pool.alloc_many((op - 20) as u32 % 3, &mut out)
+                        }
+                    };
+                    if let Err(e) = result {
+                        assert_eq!(snapshot(&pool), before, "{e:?} changed the pool");
+                        refused += matches!(e, Error::Corrupted(_)) as u32;
+                    }
+                }
+            }
+        }
+    }
+    assert!(refused > 50, "only {refused} operations found corruption");
+}
