@@ -33,14 +33,14 @@ line number by :class:`TraceError`. Integers may carry a sign and have at most
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Union
+from typing import IO, Any
+
+from ._rules import ARENAS, LINK_STORES, OPERATIONS, TRACED, ZERO_POLICIES, Geometry, Op, format_op
 
 __all__ = [
     "HEADER_MAGIC",
-    "OP_KINDS",
     "Geometry",
     "Op",
     "Section",
@@ -55,20 +55,6 @@ __all__ = [
 HEADER_MAGIC = "pagebuddy-trace"
 HEADER_VERSION = "v1"
 
-#: An operation: ``("alloc", order)``, ``("put", pfn)``, ``("get", pfn)``,
-#: ``("split", pfn)``, ``("alloc_many", order, count)`` or ``("put_many", (pfn, ...))``.
-Op = Union[tuple[str, int], tuple[str, int, int], tuple[str, tuple[int, ...]]]
-
-#: Operation kind -> (pool method name, number of integer arguments; -1 = one or more).
-OP_KINDS: dict[str, tuple[str, int]] = {
-    "alloc": ("alloc_pages", 1),
-    "put": ("put_page", 1),
-    "get": ("get_page", 1),
-    "split": ("split_page", 1),
-    "alloc_many": ("alloc_many", 2),
-    "put_many": ("put_many", -1),
-}
-
 #: Largest arena (``nr_pages * page_size``) a trace header may ask for.
 MAX_ARENA_BYTES = 1 << 32
 
@@ -76,10 +62,6 @@ MAX_ARENA_BYTES = 1 << 32
 #: (the model's per-page lists cost about 16 bytes a page, the native metadata 12) and
 #: compares every page at the end of each section: 2**20 pages is about 30 MiB and seconds.
 MAX_PAGES = 1 << 20
-
-ZERO_POLICIES = ("free", "alloc", "never")
-LINK_STORES = ("side", "intrusive")
-ARENAS = ("owned", "buffer")
 
 
 class TraceError(ValueError):
@@ -90,60 +72,6 @@ class TraceError(ValueError):
         self.reason = message
         self.source = source
         super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The constructor arguments of a pool, shared by ``Pool`` and ``ReferencePool``.
-
-    ``max_order`` is the cap handed to the constructor (the pool clamps it to
-    ``nr_pages.bit_length()``). ``links`` selects the private link store and
-    ``arena`` whether the pool owns its arena (``"owned"``) or is given a
-    ``bytearray`` (``"buffer"``), which lets a run compare whole arenas.
-    """
-
-    nr_pages: int
-    page_size: int = 4096
-    base_pfn: int = 0
-    reserved_pages: int = 0
-    max_order: int = 11
-    zero: str = "free"
-    links: str = "side"
-    arena: str = "owned"
-
-    @property
-    def effective_max_order(self) -> int:
-        """Number of orders the pool really has: ``min(max_order, nr_pages.bit_length())``."""
-        return min(self.max_order, self.nr_pages.bit_length())
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the pool constructor, without ``buffer``."""
-        kw: dict[str, Any] = {
-            "page_size": self.page_size,
-            "base_pfn": self.base_pfn,
-            "reserved_pages": self.reserved_pages,
-            "max_order": self.max_order,
-            "zero": self.zero,
-        }
-        if self.links != "side":
-            kw["_links"] = self.links
-        return kw
-
-    def build(self, cls: Any) -> tuple[Any, bytearray | None]:
-        """Construct a pool of class ``cls``; returns ``(pool, buffer or None)``."""
-        buf = bytearray(self.nr_pages * self.page_size) if self.arena == "buffer" else None
-        kw = self.kwargs()
-        if buf is not None:
-            kw["buffer"] = buf
-        return cls(self.nr_pages, **kw), buf
-
-    def replace(self, **changes: Any) -> Geometry:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        """All fields, for JSON output."""
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -213,8 +141,10 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
             raise TraceError(line, f"unknown header field {key!r} (known: {known})", source)
     if "nr_pages" not in values:
         raise TraceError(line, "header lacks nr_pages=N", source)
+    if "max_order" in values:
+        values["order_cap"] = values.pop("max_order")
     geometry = Geometry(**values)
-    problem = validate_geometry(geometry)
+    problem = geometry.problem()
     if problem:
         raise TraceError(line, f"invalid geometry: {problem}", source)
     problem = memory_problem(geometry)
@@ -239,41 +169,21 @@ def memory_problem(g: Geometry) -> str | None:
     return None
 
 
-def validate_geometry(g: Geometry) -> str | None:
-    """Return why ``g`` would be refused by the pool constructor, or ``None`` if it is valid."""
-    if not 1 <= g.nr_pages <= 2**32 - 2:
-        return f"nr_pages={g.nr_pages} must be in 1..{2**32 - 2}"
-    if g.page_size < 64 or g.page_size > 2**30 or g.page_size & (g.page_size - 1):
-        return f"page_size={g.page_size} must be a power of two in 64..2**30"
-    if g.base_pfn < 0 or g.base_pfn + g.nr_pages > 2**64:
-        return f"base_pfn={g.base_pfn} must be >= 0 with base_pfn + nr_pages <= 2**64"
-    if not 0 <= g.reserved_pages <= g.nr_pages:
-        return f"reserved_pages={g.reserved_pages} must be in 0..nr_pages ({g.nr_pages})"
-    if g.max_order < 1:
-        return f"max_order={g.max_order} must be >= 1"
-    return None
-
-
 def _parse_op(words: list[str], line: int, source: str) -> Op:
     kind = words[0]
-    spec = OP_KINDS.get(kind)
-    if spec is None:
+    if kind not in TRACED:
         raise TraceError(
-            line,
-            f"unknown operation {kind!r} (expected one of {', '.join(OP_KINDS)})",
-            source,
+            line, f"unknown operation {kind!r} (expected one of {', '.join(TRACED)})", source
         )
-    nargs = spec[1]
-    args = words[1:]
-    if nargs == -1:
+    spec, args = OPERATIONS[kind], words[1:]
+    if spec.params == ("pfns",):
         if not args:
             raise TraceError(line, f"{kind} needs at least one PFN", source)
         return (kind, tuple(_int(a, line, f"{kind} argument", source) for a in args))
+    nargs = len(spec.params)
     if len(args) != nargs:
-        usage = "ORDER COUNT" if kind == "alloc_many" else ("ORDER" if kind == "alloc" else "PFN")
-        raise TraceError(
-            line, f"{kind} takes {nargs} argument{'s' if nargs > 1 else ''}: {kind} {usage}", source
-        )
+        plural = "s" if nargs > 1 else ""
+        raise TraceError(line, f"{kind} takes {nargs} argument{plural}: {spec.usage}", source)
     if nargs == 1:
         return (kind, _int(args[0], line, f"{kind} argument", source))
     return (
@@ -351,7 +261,7 @@ def format_header(g: Geometry) -> str:
         f"page_size={g.page_size}",
         f"base_pfn={g.base_pfn:#x}",
         f"reserved_pages={g.reserved_pages}",
-        f"max_order={g.max_order}",
+        f"max_order={g.order_cap}",
         f"zero={g.zero}",
     ]
     if g.links != "side":
@@ -359,14 +269,6 @@ def format_header(g: Geometry) -> str:
     if g.arena != "owned":
         parts.append(f"arena={g.arena}")
     return " ".join(parts)
-
-
-def format_op(op: Op) -> str:
-    """One operation as a trace line (without newline)."""
-    kind = op[0]
-    if kind == "put_many":
-        return "put_many " + " ".join(map(str, op[1]))  # type: ignore[arg-type]
-    return " ".join(map(str, op))
 
 
 class TraceWriter:

@@ -1,6 +1,6 @@
 """The ``pagebuddy`` command (also ``python -m pagebuddy``).
 
-Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
+Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrace``; see
 ``pagebuddy --help`` and ``docs/cli.md``.
 """
 
@@ -32,7 +32,8 @@ from rich.progress import (
 from rich.table import Table
 
 from . import _frag
-from ._lockstep import GeometryRefused, RunResult, run_ops, time_ops
+from ._bench import time_ops
+from ._lockstep import GeometryRefused, RunResult, run_ops
 from ._trace import (
     MAX_ARENA_BYTES,
     MAX_PAGES,
@@ -323,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
     )
     common(bn)
+
+    from ._ftrace_cmd import add_parser as add_ftrace
+
+    add_ftrace(sub, common, EXIT_CODES_HELP, _positive)
     return parser
 
 
@@ -365,7 +370,7 @@ def _size(nbytes: int) -> str:
 
 
 def _describe_geometry(g: Geometry) -> str:
-    orders = g.effective_max_order
+    orders = g.max_order
     parts = [
         f"{g.nr_pages} pages of {_size(g.page_size)} ({_size(g.nr_pages * g.page_size)})",
         f"at pfn {g.base_pfn:#x}",
@@ -506,7 +511,7 @@ def _report_dict(
         "command": command,
         "ok": result.ok,
         "geometry": g.as_dict(),
-        "max_order": g.effective_max_order,
+        "max_order": g.max_order,
         "ops": len(result.ops),
         "op_counts": dict(result.op_counts),
         "rejected": dict(result.rejected),
@@ -518,11 +523,9 @@ def _report_dict(
 
 
 def _classes() -> tuple[type, type]:
-    from . import _fuzz
-    from ._lockstep import default_classes
+    from . import _lockstep
 
-    dp, dm = default_classes()
-    return (_fuzz.POOL_CLASS or dp, _fuzz.MODEL_CLASS or dm)
+    return _lockstep.default_classes()
 
 
 def _check_plot() -> None:
@@ -812,7 +815,7 @@ def cmd_fuzz(ctx: _Ctx) -> int:
         pages=args.pages,
         base_pfn=args.base_pfn,
         reserved=args.reserved,
-        max_order=args.max_order,
+        order_cap=args.max_order,
         zero=args.zero,
         page_size=args.page_size,
         links=args.links,
@@ -967,6 +970,13 @@ def cmd_bench(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_ftrace(ctx: _Ctx) -> int:
+    """``pagebuddy ftrace FILE`` (in :mod:`pagebuddy._ftrace_cmd`)."""
+    from ._ftrace_cmd import cmd_ftrace as run
+
+    return run(ctx)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
@@ -974,6 +984,7 @@ _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "fuzz": cmd_fuzz,
     "replay": cmd_replay,
     "bench": cmd_bench,
+    "ftrace": cmd_ftrace,
 }
 
 
