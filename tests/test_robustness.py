@@ -8,6 +8,8 @@ again in a child process.
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +72,31 @@ def test_alloc_many_that_meets_a_corrupt_link_hands_out_nothing() -> None:
     forge_link(stale, 2, NIL)  # repaired: the same call now succeeds
     assert pool.alloc_many(0, 3) == [0, 2, 4]
     pool.check()
+
+
+# -- check() of a large owned arena --------------------------------------------------------------
+
+RSS_SCRIPT = """
+import sys, time, pagebuddy
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+pool = pagebuddy.Pool(2**18, page_size=4096)  # a 1 GiB arena, mapped, not committed
+pfn = pool.alloc_pages(4)
+pool.view(pfn)[:] = b"x" * (16 * 4096)
+pool.put_page(pfn)
+before, t0 = rss(), time.perf_counter()
+pool.check()
+print(rss() - before, time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_check_does_not_commit_the_owned_arena() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown, seconds = proc.stdout.split()
+    assert int(grown) < 16 << 20, f"check() committed {int(grown) >> 20} MiB of the arena"
+    assert float(seconds) < 1.0

@@ -39,7 +39,9 @@ pub struct Config {
     /// When pages are zeroed. Default [`ZeroPolicy::OnFree`].
     pub zero: ZeroPolicy,
     /// The caller promises that the arena already reads as zeros (fresh anonymous memory), so
-    /// [`ZeroPolicy::OnFree`] need not zero the free pages at construction. Default `false`.
+    /// [`ZeroPolicy::OnFree`] need not zero the free pages at construction, and that nothing
+    /// but the pool's own users writes there, so [`Pool::check`](crate::Pool::check) need not
+    /// read pages the pool never handed out. Default `false`.
     pub prezeroed: bool,
 }
 

@@ -45,6 +45,11 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     pub(crate) free: FreeLists<L>,
     pub(crate) geo: Geometry,
     free_pages: u32,
+    /// Pages `touched..nr_pages` have never been handed out and their bytes were never written
+    /// (the arena was [prezeroed](Config::prezeroed) and construction left them alone), so they
+    /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps
+    /// a large, lazily committed arena uncommitted. `nr_pages` when construction wrote them.
+    pub(crate) touched: u32,
 }
 
 impl<'a, L: LinkStore> Pool<'a, L> {
@@ -86,6 +91,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             free,
             geo,
             free_pages: 0,
+            touched: geo.nr_pages,
         };
         pool.populate(config.prezeroed)?;
         Ok(pool)
@@ -108,6 +114,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             self.arena
                 .zero(reserved as usize * ps, (n - reserved) as usize * ps);
         }
+        // Reserved pages are held from the start: their bytes are the caller's.
+        self.touched = if prezeroed { reserved } else { n };
         let mut idx = reserved;
         while idx < n {
             let order = self.largest_block(idx);
@@ -203,6 +211,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
+        self.touched = self.touched.max(idx + (1 << order));
         if self.geo.zero == ZeroPolicy::OnAlloc {
             self.zero_block(idx, order);
         }
