@@ -222,7 +222,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The index and metadata of `pfn`, which must be held (refcount > 0).
-    fn held(&self, pfn: u64) -> Result<(u32, PageMeta), Error> {
+    pub(crate) fn held(&self, pfn: u64) -> Result<(u32, PageMeta), Error> {
         let idx = self.index(pfn)?;
         let m = self.meta[idx as usize];
         if m.refcount == 0 {
@@ -233,7 +233,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// The order of the block that the held page `idx` heads: a held page always heads a block
     /// of a valid order, so anything else is corruption.
-    fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
+    pub(crate) fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
         match u32::from(m.order) {
             order if order < self.geo.max_order => Ok(order),
             _ => Err(self.corrupt(CorruptionKind::BadHead, idx)),
@@ -255,7 +255,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy, merges it with free buddies
     /// of equal order while the order stays below `max_order`, and lists the result.
-    fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
+    pub(crate) fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
         if self.geo.zero == ZeroPolicy::OnFree {
             self.zero_block(idx, order);
         }

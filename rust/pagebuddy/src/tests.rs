@@ -646,6 +646,7 @@ fn prezeroed_skips_zeroing_at_construction_only() {
     assert_eq!(arena_bytes(&pool, 0, PS), vec![0; PS]);
 }
 
+mod batch;
 mod checker;
 
 #[test]
