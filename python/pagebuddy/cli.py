@@ -1,6 +1,6 @@
 """The ``pagebuddy`` command (also ``python -m pagebuddy``).
 
-Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
+Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrace``; see
 ``pagebuddy --help`` and ``docs/cli.md``.
 """
 
@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
     )
     common(bn)
+
+    from ._ftrace_cmd import add_parser as add_ftrace
+
+    add_ftrace(sub, common, EXIT_CODES_HELP, _positive)
     return parser
 
 
@@ -966,6 +970,13 @@ def cmd_bench(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_ftrace(ctx: _Ctx) -> int:
+    """``pagebuddy ftrace FILE`` (in :mod:`pagebuddy._ftrace_cmd`)."""
+    from ._ftrace_cmd import cmd_ftrace as run
+
+    return run(ctx)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
@@ -973,6 +984,7 @@ _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "fuzz": cmd_fuzz,
     "replay": cmd_replay,
     "bench": cmd_bench,
+    "ftrace": cmd_ftrace,
 }
 
 
