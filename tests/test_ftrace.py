@@ -213,7 +213,8 @@ def test_text_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import io
 
-    monkeypatch.setattr("sys.stdin", io.StringIO(alloc(8) + free(8)))
+    stdin = io.TextIOWrapper(io.BytesIO((alloc(8) + free(8)).encode()), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
     code, report = run_json(capsys, "ftrace", "-", "--no-reference")
     assert code == 0 and report["events"] == {"mm_page_alloc": 1, "mm_page_free": 1}
     assert report["end"]["free_pages"] == report["pool"]["nr_pages"]
@@ -401,7 +402,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     binary = tmp_path / "bin.trace"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     code, out, err = run_main(capsys, "ftrace", str(binary))
-    assert code == 2 and "not a text file" in err
+    assert code == 2 and "bin.trace:1: not a text line (not UTF-8" in err
 
 
 def test_small_pool_refusals_are_reported(capsys: pytest.CaptureFixture[str]) -> None:

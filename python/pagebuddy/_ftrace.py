@@ -68,7 +68,7 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 __all__ = [
     "ALLOC",
@@ -208,9 +208,12 @@ def _describe(text: str) -> str:
 
 
 def parse_ftrace(
-    lines: Iterable[str], source: str = "<trace>", *, lenient: bool = False
+    lines: Iterable[str] | Iterable[bytes], source: str = "<trace>", *, lenient: bool = False
 ) -> FtraceImport:
     """Read tracefs or ``trace-cmd report`` text into an :class:`FtraceImport`.
+
+    ``lines`` are ``str``, or ``bytes`` decoded here as UTF-8 (a line that is not is
+    malformed).
 
     Lines of other events and other tracers are skipped and counted. A line that is
     none of these, or a page-allocator event without ``pfn=`` and ``order=``, is
@@ -224,6 +227,17 @@ def parse_ftrace(
     search_event = _EVENT_LINE.search
     number = 0
     for number, raw in enumerate(lines, 1):
+        if type(raw) is bytes:
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _malformed(
+                    imp,
+                    number,
+                    f"not a text line (not UTF-8: {e.reason} at byte {e.start})",
+                    lenient,
+                )
+                continue
         m = search_event(raw)
         if m is not None:
             name, page, text, order_text = m.groups()
@@ -282,25 +296,22 @@ def parse_ftrace(
     return imp
 
 
-def read_ftrace(path: str, *, lenient: bool = False, stdin: IO[str] | None = None) -> FtraceImport:
-    """Read and parse the trace at ``path`` (``-``: ``stdin``, default ``sys.stdin``).
+def read_ftrace(path: str, *, lenient: bool = False) -> FtraceImport:
+    """Read and parse the trace at ``path`` (``-`` for standard input), as UTF-8 whatever the
+    locale says.
 
-    Raises :class:`FtraceError` for a malformed line or a file that is not text, and
-    ``OSError`` if the file cannot be read.
+    Raises :class:`FtraceError` for a malformed line, and ``OSError`` if the file cannot be
+    read.
     """
     if path == "-":
         import sys
 
-        stream = stdin if stdin is not None else sys.stdin
-        try:
-            return parse_ftrace(stream, "<stdin>", lenient=lenient)
-        except UnicodeDecodeError as e:
-            raise FtraceError(0, f"not a text file ({e.reason})", "<stdin>") from None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse_ftrace(f, path, lenient=lenient)
-    except UnicodeDecodeError as e:
-        raise FtraceError(0, f"not a text file ({e.reason})", path) from None
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise FtraceError(0, "no standard input to read", "<stdin>")
+        return parse_ftrace(stdin, "<stdin>", lenient=lenient)
+    with open(path, "rb") as f:
+        return parse_ftrace(f, path, lenient=lenient)
 
 
 # -- lifetimes -----------------------------------------------------------------------------------
@@ -579,10 +590,10 @@ def ftrace_geometry(nr_pages: int, plan: Plan | None = None) -> Any:
     """The geometry the replay uses: 4 KiB pages from pfn 0, no reserved pages, no zeroing
     (a trace carries no page contents), and orders up to Linux's (the cap 11 of pKVM and of
     x86's MAX_PAGE_ORDER 10), or up to the largest order in ``plan`` if that is larger."""
-    from ._trace import Geometry
+    from ._rules import Geometry
 
     cap = max(11, plan.max_order + 1) if plan is not None else 11
-    return Geometry(nr_pages=nr_pages, page_size=4096, max_order=cap, zero="never")
+    return Geometry(nr_pages=nr_pages, page_size=4096, order_cap=cap, zero="never")
 
 
 @dataclass

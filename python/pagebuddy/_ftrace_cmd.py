@@ -43,7 +43,11 @@ _BATCHED_AS_FREE = "replayed: puts the block (no mm_page_free in this trace)"
 
 
 def add_parser(
-    sub: Any, common: Callable[[argparse.ArgumentParser], None], epilog: str, positive: Any
+    sub: Any,
+    common: Callable[[argparse.ArgumentParser], None],
+    epilog: str,
+    positive: Any,
+    pages: Any,
 ) -> None:
     """Declare ``pagebuddy ftrace`` on the subparsers ``sub``."""
     import textwrap
@@ -58,10 +62,10 @@ def add_parser(
     p.add_argument("file", metavar="FILE", help="trace text ('-' for standard input)")
     p.add_argument(
         "--pages",
-        type=positive,
+        type=pages,
         metavar="N",
         help="pool size in pages (default: twice the peak of live pages, rounded up to a "
-        "power of two)",
+        "power of two); at most 2**20 in lockstep, 2**32 - 2 with --no-reference",
     )
     p.add_argument(
         "--fit",
@@ -102,38 +106,34 @@ def _sizing(plan: Plan, pages: int | None) -> tuple[int, str]:
     )
 
 
-def _error(ctx: Any, message: str, **extra: Any) -> int:
-    from .cli import EXIT_USAGE
-
-    if ctx.json:
-        ctx.emit_json({"command": "ftrace", "ok": False, "error": message, **extra})
-    else:
-        ctx.error(message)
-    return EXIT_USAGE
-
-
 def cmd_ftrace(ctx: Any) -> int:
     """``pagebuddy ftrace FILE``."""
     from . import cli
-    from ._trace import TraceWriter
+    from ._trace import TraceWriter, memory_problem
 
     args = ctx.args
     if args.plot:
         cli._check_plot()
-    if args.pages is not None and args.pages > 2**32 - 2:
-        return _error(ctx, "--pages must be <= 2**32 - 2")
+        cli._output_path("--plot", args.plot)
+    if args.record:
+        cli._output_path("--record", args.record)
     t0 = time.perf_counter()
     try:
         imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
     except FtraceError as e:
-        return _error(ctx, f"malformed trace: {e}", line=e.line, reason=e.reason)
+        raise cli._Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
     except OSError as e:
-        return _error(ctx, f"cannot read {args.file}: {e.strerror or e}")
+        raise cli._Usage(f"cannot read {args.file}: {e.strerror or e}") from None
     t1 = time.perf_counter()
     plan = _ftrace.plan_lifetimes(imp)
     t2 = time.perf_counter()
     nr_pages, rule = _sizing(plan, args.pages)
     g = _ftrace.ftrace_geometry(nr_pages, plan)
+    too_many = memory_problem(g)
+    if too_many and not args.no_reference:
+        raise cli._Usage(f"pool of {nr_pages:,} pages ({rule}): {too_many}; use --no-reference")
+    if too_many and args.record:
+        raise cli._Usage(f"--record: pool of {nr_pages:,} pages ({rule}): {too_many}")
     want_plot = bool(args.plot)
     sample_every = max(1, len(plan.actions) // 400) if want_plot else 0
     timing = None

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._ftrace_cmd import add_parser as add_ftrace
 
-    add_ftrace(sub, common, EXIT_CODES_HELP, _positive)
+    add_ftrace(sub, common, EXIT_CODES_HELP, _positive, _int_in(1, 2**32 - 2))
     return parser
 
 

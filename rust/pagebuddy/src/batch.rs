@@ -6,8 +6,8 @@
 
 use core::fmt;
 
-use crate::error::Error;
-use crate::store::{LinkStore, PageMeta};
+use crate::error::{CorruptionKind, Error};
+use crate::store::{Link, LinkStore, PageMeta};
 use crate::Pool;
 
 /// A batch call failed at `pfns[index]`; nothing was changed.
@@ -36,12 +36,10 @@ impl fmt::Display for BatchError {
 const DROPPED: u8 = 1;
 
 impl<L: LinkStore> Pool<'_, L> {
-    /// Allocates `pfns.len()` blocks of `order`, all or nothing, writing their heads into `pfns`
-    /// in allocation order: the same blocks as that many [`alloc`](Self::alloc) calls.
-    ///
-    /// Returns [`Error::InvalidOrder`], or [`Error::OutOfMemory`] when the free lists cannot
-    /// supply the whole batch ([`capacity`](Self::capacity)); nothing is allocated then. Only a
-    /// corrupted pool ([`Error::Corrupted`]) can stop it part way.
+    /// Allocates `out.len()` blocks of `2^order` pages into `out`, all or nothing: on any error
+    /// (an invalid order, too little memory, a corrupt free list) no block is taken and the pool
+    /// is unchanged. The blocks are those that `out.len()` calls of [`alloc`](Self::alloc)
+    /// return, in that order.
     ///
     /// ```
     /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable};
@@ -51,21 +49,73 @@ impl<L: LinkStore> Pool<'_, L> {
     /// let mut pfns = [0; 3];
     /// pool.alloc_many(1, &mut pfns)?;
     /// assert_eq!(pfns, [0, 2, 4]);
-    /// let mut more = [0; 2];
-    /// assert_eq!(pool.alloc_many(1, &mut more), Err(Error::OutOfMemory { order: 1 }));
-    /// assert_eq!(pool.free_pages(), 2); // nothing taken
+    /// assert_eq!(pool.alloc_many(1, &mut [0; 2]), Err(Error::OutOfMemory { order: 1 }));
+    /// assert_eq!(pool.free_pages(), 2);
     /// # Ok::<(), Error>(())
     /// ```
-    pub fn alloc_many(&mut self, order: u32, pfns: &mut [u64]) -> Result<(), Error> {
+    pub fn alloc_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
         }
-        if (pfns.len() as u64) > self.capacity(order) {
+        if self.capacity(order) < out.len() as u64 {
             return Err(Error::OutOfMemory { order });
         }
-        for pfn in pfns.iter_mut() {
+        self.check_alloc_many(order, out.len() as u64)?;
+        for pfn in out.iter_mut() {
             *pfn = self.alloc(order)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that `count` allocations of `order` will all succeed, so that a
+    /// batch finds corruption before it hands out its first block. The allocations take the
+    /// blocks at the heads of the lists from `order` up, one list after the other: a list is
+    /// touched only once the lists below it are empty, and the halves a split leaves there are
+    /// taken before the next block (their links are the pool's own, just written). So checking,
+    /// on each list, as many head blocks as the batch will take reads everything that `alloc`
+    /// and [`FreeLists::remove`] check.
+    fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
+        let mut left = count;
+        for k in order..self.geo.max_order {
+            if left == 0 {
+                break;
+            }
+            let per_block = 1u64 << (k - order);
+            let listed = u64::from(self.free.len[k as usize]);
+            let take = left.div_ceil(per_block).min(listed);
+            self.check_head_blocks(k, take)?;
+            left = left.saturating_sub(take * per_block);
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
+    /// after another from its head: each is a free head of that order, and each link that
+    /// unlinking it reads is in range and points back at it. (Once a block is the head, its
+    /// `prev` is NIL, written by the unlinking of the block before it; only the first block's
+    /// `prev` is read as it is.)
+    fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
+        let mut next = self.free.first(order);
+        for n in 0..take {
+            let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
+            let m = self.meta[idx as usize];
+            if !(m.is_free_head() && u32::from(m.order) == order) {
+                return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
+            }
+            let me = self.free.link(&self.arena, idx)?;
+            let prev_ok =
+                n > 0 || me.prev == Link::NIL || self.free.link(&self.arena, me.prev)?.next == idx;
+            let next_ok = if me.next == Link::NIL {
+                self.free.tail(order) == idx
+            } else {
+                self.free.link(&self.arena, me.next)?.prev == idx
+            };
+            let linked = prev_ok && next_ok;
+            if !linked {
+                return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+            }
+            next = (me.next != Link::NIL).then_some(me.next);
         }
         Ok(())
     }
@@ -146,7 +196,8 @@ impl<L: LinkStore> Pool<'_, L> {
         }
     }
 
-    /// Clears the marks a batch cut short by corruption leaves (those pages stay held).
+    /// Clears the marks a batch cut short by corruption leaves (those pages stay held, with the
+    /// references the batch did not drop).
     fn clear_marks(&mut self, pfns: &[u64]) {
         for &pfn in pfns {
             if let Some(m) = self.dropped(pfn) {
@@ -155,19 +206,21 @@ impl<L: LinkStore> Pool<'_, L> {
         }
     }
 
-    /// Third pass of `put_many`: `put` of a page whose last reference the batch drops.
+    /// Third pass of `put_many`: `put` of a page whose last reference the batch drops. As in
+    /// `put`, a corrupt free list is found before the last reference goes.
     fn put_dropped(&mut self, pfn: u64) -> Result<(), Error> {
         let Some(m) = self.dropped(pfn) else {
             return Ok(());
         };
-        m.refcount -= 1;
-        if m.refcount > 0 {
+        if m.refcount > 1 {
+            m.refcount -= 1;
             return Ok(());
         }
-        m.batch = 0;
         let m = *m;
         let idx = self.index(pfn)?;
         let order = self.block_order(idx, m)?;
+        self.check_attach(idx, order)?;
+        self.meta[idx as usize] = PageMeta::new(0, m.order);
         Ok(self.attach(idx, order)?)
     }
 }

@@ -45,6 +45,11 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     pub(crate) free: FreeLists<L>,
     pub(crate) geo: Geometry,
     free_pages: u32,
+    /// Pages `touched..nr_pages` have never been handed out and their bytes were never written
+    /// (the arena was [prezeroed](Config::prezeroed) and construction left them alone), so they
+    /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps
+    /// a large, lazily committed arena uncommitted. `nr_pages` when construction wrote them.
+    pub(crate) touched: u32,
 }
 
 impl<'a, L: LinkStore> Pool<'a, L> {
@@ -61,7 +66,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let geo = config.geometry()?;
         let arena = arena.into();
         let n = geo.nr_pages as usize;
-        let need = geo.arena_bytes();
+        // (a validated geometry's arena size fits in usize; see Config::geometry)
+        let need = geo.arena_bytes().unwrap_or(usize::MAX);
         if arena.len() < need {
             return Err(GeometryError::ArenaTooSmall {
                 need,
@@ -85,6 +91,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             free,
             geo,
             free_pages: 0,
+            touched: geo.nr_pages,
         };
         pool.populate(config.prezeroed)?;
         Ok(pool)
@@ -107,6 +114,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             self.arena
                 .zero(reserved as usize * ps, (n - reserved) as usize * ps);
         }
+        // Reserved pages are held from the start: their bytes are the caller's.
+        self.touched = if prezeroed { reserved } else { n };
         let mut idx = reserved;
         while idx < n {
             let order = self.largest_block(idx);
@@ -144,7 +153,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
     }
 
-    fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Error {
+    pub(crate) fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Error {
         Error::Corrupted(Corruption {
             kind,
             pfn: self.geo.pfn(idx),
@@ -202,6 +211,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
+        self.touched = self.touched.max(idx + (1 << order));
         if self.geo.zero == ZeroPolicy::OnAlloc {
             self.zero_block(idx, order);
         }
@@ -248,9 +258,30 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             return Ok(());
         }
         let order = self.block_order(idx, m)?;
+        // A corrupt free list is found before anything changes: the page stays held, nothing
+        // is zeroed, counted or unlinked, so no page is left neither held nor free.
+        self.check_attach(idx, order)?;
         self.meta[idx as usize].refcount = 0;
         self.attach(idx, order)?;
         Ok(())
+    }
+
+    /// Reads and checks every link that [`attach`](Self::attach) of the block of `order` at
+    /// `idx` will touch, writing nothing: the free buddies it will merge with (found from the
+    /// metadata alone, as `attach` finds them) and the tail of the list it will join. Each merge
+    /// step unlinks from a different list, so the checks of one step still hold after the
+    /// writes of the steps before it, and `attach` cannot fail halfway.
+    pub(crate) fn check_attach(&self, idx: u32, order: u32) -> Result<(), Corruption> {
+        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
+        while order + 1 < max_order {
+            let Some(buddy) = self.buddy_avail(head, order) else {
+                break;
+            };
+            self.free.check_remove(&self.arena, buddy, order)?;
+            head = head.min(buddy);
+            order += 1;
+        }
+        self.free.check_append(&self.arena, order)
     }
 
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy, merges it with free buddies
