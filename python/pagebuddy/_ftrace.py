@@ -130,6 +130,9 @@ _EVENT_LINE = re.compile(
 _TRACER_LINE = re.compile(r"\S-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+(?:\.\d+)?:\s")
 # function_graph: " 1)   0.123 us    |  func();", or with its time/cpu columns.
 _GRAPH_LINE = re.compile(r"\s*(?:\d+\.\d+\s+(?:\|\s+)?)?\d+\)\s")
+# The header of `cat trace`: fewer entries in the buffer than written means the oldest were
+# overwritten.
+_ENTRIES = re.compile(r"#\s*entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
 _LOST = re.compile(r"\[LOST (\d+) EVENTS\]|\[(\d+) EVENTS DROPPED\]")
 # Lines trace-cmd report prints around the events.
 _REPORT_HEADER = re.compile(
@@ -171,7 +174,8 @@ class FtraceImport:
     other_event_lines: int = 0
     #: Lines of other tracers (function, function_graph).
     other_tracer_lines: int = 0
-    #: Events the kernel reported as lost (``[LOST N EVENTS]``).
+    #: Events the kernel reported as lost (``[LOST N EVENTS]``) or overwritten (the header's
+    #: ``entries-in-buffer/entries-written``).
     lost_events: int = 0
     #: Allocations that failed (null page): counted, not replayed.
     failed_allocations: int = 0
@@ -302,6 +306,9 @@ def parse_ftrace(
         text = raw.strip()
         if not text or text[0] == "#" or _REPORT_HEADER.fullmatch(text):
             imp.comment_lines += 1
+            entries = _ENTRIES.match(text)
+            if entries is not None:
+                imp.lost_events += max(0, int(entries.group(2)) - int(entries.group(1)))
             continue
         lost = _LOST.search(text)
         if lost is not None:

@@ -261,7 +261,7 @@ def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: An
     if report["lost_events"]:
         out.print(
             f"[yellow]The kernel lost {report['lost_events']:,} events[/] (a full buffer): "
-            "frees may be missing"
+            "allocations and frees may be missing"
         )
     for line in report["malformed_examples"][:5]:
         out.print(f"  {line}", markup=False)
