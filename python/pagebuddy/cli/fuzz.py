@@ -9,7 +9,8 @@ from typing import IO, Any
 from rich.progress import TextColumn
 
 from .. import _fuzz, _rules
-from .._trace import MAX_ARENA_BYTES
+from .._rules import Geometry
+from .._trace import memory_problem
 from ._args import EXIT_DIVERGENCE, EXIT_INTERRUPTED, EXIT_OK, Usage, output_path
 from ._context import Context
 from ._report import divergence
@@ -22,12 +23,17 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
     ps = args.page_size
     if ps is not None and _rules.geometry_problem(1, ps, 0, 0, 1):
         raise Usage(f"--page-size {ps} must be a power of two in 64..2**30")
-    if args.pages is not None and args.pages * (ps or 4096) > MAX_ARENA_BYTES:
-        raise Usage(
-            f"--pages {args.pages} of {ps or 4096} bytes: an arena of at most 4 GiB "
-            f"(nr_pages * page_size <= {MAX_ARENA_BYTES}; without --page-size, pages may be "
-            "4096 bytes)"
-        )
+    if args.pages is not None:
+        # The largest geometry an episode may draw: options not given at their most costly.
+        worst = Geometry(nr_pages=args.pages, page_size=ps or 4096, arena=args.arena or "buffer")
+        problem = memory_problem(worst)
+        if problem:
+            drawn = (
+                ""
+                if ps and args.arena
+                else " (--page-size and --arena not given may be drawn as 4096 and buffer)"
+            )
+            raise Usage(f"--pages {args.pages}: {problem}{drawn}")
     for option in ("record", "reproducer"):
         if getattr(args, option):
             output_path(f"--{option}", getattr(args, option))
