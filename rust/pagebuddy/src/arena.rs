@@ -70,9 +70,14 @@ impl<'a> Arena<'a> {
     pub(crate) fn zero(&mut self, off: usize, n: usize) {
         if let Some(p) = self.range(off, n) {
             // SAFETY: `range` proved [off, off + n) lies inside the arena, which is valid for
-            // writes; u8 has no alignment requirement.
-            unsafe { core::ptr::write_bytes(p, 0, n) }
+            // writes and, being free or being handed out, not accessed by anyone else.
+            unsafe { zero_bytes(p, n) }
         }
+    }
+
+    /// The raw view, for the per-CPU caches, which zero blocks they own outside the pool's lock.
+    pub(crate) fn raw(&self) -> (NonNull<u8>, usize) {
+        (self.ptr, self.len)
     }
 
     /// Whether `[off, off + n)` is all zeros (`false` outside the arena).
@@ -110,3 +115,13 @@ impl<'a> Arena<'a> {
 // SAFETY: an Arena is a unique borrow of its bytes (`new`) or carries the same promise by
 // contract (`from_raw`); moving that borrow to another thread is as sound as moving `&mut [u8]`.
 unsafe impl Send for Arena<'_> {}
+
+/// Writes `n` zero bytes at `p`: the one place where pages are zeroed.
+///
+/// # Safety
+/// `p` must be valid for writes of `n` bytes that no one else accesses meanwhile.
+#[inline]
+pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
+    // SAFETY: the caller's contract; u8 has no alignment requirement.
+    unsafe { core::ptr::write_bytes(p, 0, n) }
+}

@@ -11,7 +11,9 @@
 //! - [`Pool::alloc`] splits on allocation, [`Pool::put`] zeroes (per [`ZeroPolicy`]) and
 //!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
 //!   [`Pool::check`] validates every invariant.
-//! - [`LockedPool`] puts a pool behind one lock for use from many threads.
+//! - [`LockedPool`] puts a pool behind one lock for use from many threads, and [`CachedPool`]
+//!   puts per-CPU caches of the lowest orders in front of it (Linux's `per_cpu_pages`), so that
+//!   most allocations and frees take no shared lock.
 //!
 //! ```
 //! use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable, ZeroPolicy};
@@ -39,6 +41,7 @@
 extern crate std;
 
 mod arena;
+pub mod cache;
 mod carve;
 mod check;
 mod config;
@@ -49,6 +52,11 @@ mod query;
 mod store;
 
 pub use arena::Arena;
+#[cfg(all(feature = "std", not(loom)))]
+pub use cache::thread_cpu;
+pub use cache::{
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef, MAX_CACHED_ORDERS, MAX_CACHE_HIGH,
+};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};

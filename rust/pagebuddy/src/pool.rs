@@ -179,6 +179,17 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// appending each upper half to the tail of its order's list. The head gets refcount 1; its
     /// other pages are tails.
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
+        let pfn = self.alloc_unzeroed(order)?;
+        if self.geo.zero == ZeroPolicy::OnAlloc {
+            self.zero_block((pfn - self.geo.base_pfn) as u32, order);
+        }
+        Ok(pfn)
+    }
+
+    /// [`alloc`](Self::alloc) without the zeroing that [`ZeroPolicy::OnAlloc`] asks for: the
+    /// per-CPU caches zero a block when they hand it out, outside the pool's lock.
+    #[inline(always)]
+    pub(crate) fn alloc_unzeroed(&mut self, order: u32) -> Result<u64, Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
@@ -202,9 +213,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
-        if self.geo.zero == ZeroPolicy::OnAlloc {
-            self.zero_block(idx, order);
-        }
         Ok(self.geo.pfn(idx))
     }
 
@@ -242,6 +250,17 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
+        self.put_zeroing(pfn, true)
+    }
+
+    /// [`put`](Self::put) for a block whose bytes the caller has already zeroed as
+    /// [`ZeroPolicy::OnFree`] requires (the per-CPU caches do it outside the pool's lock).
+    pub(crate) fn put_zeroed(&mut self, pfn: u64) -> Result<(), Error> {
+        self.put_zeroing(pfn, false)
+    }
+
+    #[inline(always)]
+    fn put_zeroing(&mut self, pfn: u64, zero: bool) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
@@ -249,14 +268,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         }
         let order = self.block_order(idx, m)?;
         self.meta[idx as usize].refcount = 0;
-        self.attach(idx, order)?;
+        self.attach(idx, order, zero)?;
         Ok(())
     }
 
-    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy, merges it with free buddies
-    /// of equal order while the order stays below `max_order`, and lists the result.
-    fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
-        if self.geo.zero == ZeroPolicy::OnFree {
+    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `zero` is false: the
+    /// caller did), merges it with free buddies of equal order while the order stays below
+    /// `max_order`, and lists the result.
+    fn attach(&mut self, idx: u32, order: u32, zero: bool) -> Result<(), Corruption> {
+        if zero && self.geo.zero == ZeroPolicy::OnFree {
             self.zero_block(idx, order);
         }
         self.free_pages += 1 << order;
