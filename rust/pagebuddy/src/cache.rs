@@ -1024,3 +1024,440 @@ impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
         self.drain(thread_cpu())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::{Config, Link};
+
+    const PS: usize = 64;
+
+    struct Mem {
+        arena: Vec<u8>,
+        meta: Vec<PageMeta>,
+        links: Vec<Link>,
+        slots: Vec<CacheSlot>,
+        blocks: Vec<u32>,
+        refs: Vec<PageRef>,
+    }
+
+    impl Mem {
+        fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
+            Mem {
+                arena: vec![0; nr * PS],
+                meta: vec![PageMeta::INIT; nr],
+                links: vec![Link::EMPTY; nr],
+                slots: (0..cpus).map(|_| CacheSlot::new()).collect(),
+                blocks: vec![0; cache_blocks(cpus, config)],
+                refs: (0..nr).map(|_| PageRef::new()).collect(),
+            }
+        }
+
+        fn pool(&mut self, config: Config, cache: CacheConfig) -> Result<CachedPool<'_>, Error> {
+            let pool = Pool::new(
+                &mut self.arena[..],
+                &mut self.meta,
+                SideTable::new(&mut self.links),
+                config,
+            )?;
+            CachedPool::new(
+                LockedPool::new(pool),
+                &mut self.slots,
+                &mut self.blocks,
+                &mut self.refs,
+                cache,
+            )
+        }
+    }
+
+    fn small() -> CacheConfig {
+        CacheConfig::new().orders(2).batch(2).high(3)
+    }
+
+    fn cfg(nr: usize) -> Config {
+        Config::new(nr).page_size(PS)
+    }
+
+    #[test]
+    fn config_bounds() {
+        let c = CacheConfig::default();
+        assert_eq!(c, CacheConfig::new());
+        assert_eq!((c.orders, c.batch, c.high), (4, 16, 64));
+        assert_eq!(c.slot_blocks(), 4 * 65);
+        assert_eq!(cache_blocks(3, &c), 3 * 4 * 65);
+        assert_eq!(cache_blocks(usize::MAX, &c), usize::MAX);
+        let bad = |c: CacheConfig| {
+            Err(GeometryError::CacheConfig {
+                orders: c.orders,
+                batch: c.batch,
+                high: c.high,
+            })
+        };
+        for c in [
+            CacheConfig::new().batch(0),
+            CacheConfig::new().batch(65),
+            CacheConfig::new().high(MAX_CACHE_HIGH + 1).batch(1),
+            CacheConfig::new().orders(MAX_CACHED_ORDERS as u32 + 1),
+        ] {
+            assert_eq!(c.validate(), bad(c));
+        }
+        for c in [
+            CacheConfig::new().batch(1).high(1),
+            CacheConfig::new().batch(64),
+            CacheConfig::new().high(MAX_CACHE_HIGH),
+            CacheConfig::new().orders(MAX_CACHED_ORDERS as u32),
+            CacheConfig::new().orders(0),
+        ] {
+            assert_eq!(c.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn storage_errors() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let bad = CacheConfig::new().batch(0);
+        assert!(matches!(
+            m.pool(cfg(8), bad),
+            Err(Error::Geometry(GeometryError::CacheConfig { .. }))
+        ));
+        let mut m = Mem::new(8, 2, &c);
+        m.slots.clear();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::NoCacheSlots.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.blocks.pop();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::CacheTooSmall { need: 16, have: 15 }.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.refs.pop();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::PageRefsTooSmall { need: 8, have: 7 }.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.blocks.push(0);
+        m.refs.push(PageRef::new());
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.cpus(), 2);
+        assert_eq!(p.config(), c);
+        assert_eq!(p.geometry(), cfg(8).geometry().unwrap());
+        // Orders are capped at the pool's own.
+        let mut m = Mem::new(2, 1, &CacheConfig::new());
+        assert_eq!(
+            m.pool(cfg(2), CacheConfig::new()).unwrap().config().orders,
+            2
+        );
+    }
+
+    #[test]
+    fn held_pages_move_to_refs_and_back() {
+        let c = small();
+        let mut m = Mem::new(8, 1, &c);
+        let mut pool = Pool::new(
+            &mut m.arena[..],
+            &mut m.meta,
+            SideTable::new(&mut m.links),
+            cfg(8).reserved_pages(1),
+        )
+        .unwrap();
+        let a = pool.alloc(1).unwrap();
+        pool.get(a).unwrap();
+        pool.get(a).unwrap();
+        let p = CachedPool::new(
+            LockedPool::new(pool),
+            &mut m.slots,
+            &mut m.blocks,
+            &mut m.refs,
+            c,
+        )
+        .unwrap();
+        assert_eq!((p.refcount(0), p.refcount(a)), (Ok(1), Ok(3)));
+        assert_eq!(p.page(a), Ok(PageMeta::new(3, 1)));
+        p.with_core(|core| assert_eq!(core.refcount(a), Ok(1)));
+        p.check().unwrap();
+        p.put(0, a).unwrap();
+        let core = p.into_inner().unwrap();
+        core.with(|core| {
+            assert_eq!((core.refcount(0), core.refcount(a)), (Ok(1), Ok(2)));
+            assert_eq!(core.refcount(a + 1), Ok(0));
+        });
+        core.check().unwrap();
+    }
+
+    #[test]
+    fn queries_of_cached_and_free_pages() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(5, 0), Ok(0)); // slot 1; refill caches page 1
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.cached_pages(0), 0);
+        let mut out = [0u64; 1];
+        assert_eq!(p.cached_blocks(3, 0, &mut out), 1);
+        assert_eq!(out, [1]);
+        assert_eq!(p.cached_blocks(3, 0, &mut []), 1);
+        // A cached block reads as a free head of its order; a free pool block as itself.
+        assert_eq!(p.page(1), Ok(PageMeta::new(0, 0)));
+        assert_eq!(p.order(1), Ok(Some(0)));
+        assert_eq!(p.page(2), Ok(PageMeta::new(0, 1)));
+        assert_eq!(p.page(3), Ok(PageMeta::INIT));
+        assert_eq!(p.order(3), Ok(None));
+        assert_eq!(p.page(0), Ok(PageMeta::new(1, 0)));
+        assert_eq!(p.page(8), Err(Error::PfnOutOfRange { pfn: 8 }));
+        assert_eq!(p.refcount(8), Err(Error::PfnOutOfRange { pfn: 8 }));
+        for e in [p.put(0, 1), p.get(1), p.split(1)] {
+            assert_eq!(e, Err(Error::NotHeld { pfn: 1 }));
+        }
+        for e in [p.put(0, 9), p.get(9), p.split(9)] {
+            assert_eq!(e, Err(Error::PfnOutOfRange { pfn: 9 }));
+        }
+        assert_eq!(p.free_pages(), 7);
+        // Higher orders bypass the caches.
+        assert_eq!(p.alloc(0, 2), Ok(4));
+        assert_eq!(p.cached_pages(0), 0);
+        assert_eq!(
+            p.alloc(0, 4),
+            Err(Error::InvalidOrder {
+                order: 4,
+                max_order: 4
+            })
+        );
+        p.put(0, 4).unwrap();
+        p.with_core(|core| assert_eq!(core.page(4), Ok(PageMeta::new(0, 2))));
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn refcount_overflow() {
+        let c = small();
+        let mut m = Mem::new(4, 1, &c);
+        let p = m.pool(cfg(4), c).unwrap();
+        let a = p.alloc(0, 0).unwrap();
+        for _ in 1..u16::MAX {
+            p.get(a).unwrap();
+        }
+        assert_eq!(p.get(a), Err(Error::RefcountOverflow { pfn: a }));
+        assert_eq!(p.refcount(a), Ok(u16::MAX));
+        for _ in 1..u16::MAX {
+            p.put(0, a).unwrap();
+        }
+        assert_eq!(p.refcount(a), Ok(1));
+        assert_eq!(p.cached_pages(0), 1);
+        p.put(0, a).unwrap();
+        assert_eq!(p.cached_pages(0), 2);
+    }
+
+    #[test]
+    fn zeroing_happens_outside_the_pool() {
+        for zero in [ZeroPolicy::OnFree, ZeroPolicy::OnAlloc] {
+            let c = small();
+            let mut m = Mem::new(4, 1, &c);
+            m.arena.fill(0xAA);
+            let p = m.pool(cfg(4).zero(zero), c).unwrap();
+            let a = p.alloc(0, 1).unwrap(); // order 1: cached
+            let b = p.alloc(0, 2).err(); // not enough left
+            assert_eq!(b, Some(Error::OutOfMemory { order: 2 }));
+            let base = p.with_core(|core| core.page_addr(a).unwrap().as_ptr());
+            // SAFETY: the block is held by this test; it lies in the arena.
+            unsafe { base.write_bytes(0x11, 2 * PS) };
+            p.put(0, a).unwrap();
+            let first = p.alloc(0, 1).unwrap();
+            assert_eq!(first, a);
+            // SAFETY: as above.
+            let bytes = unsafe { std::slice::from_raw_parts(base, 2 * PS) };
+            assert!(bytes.iter().all(|&b| b == 0), "{zero:?}");
+            p.put(0, a).unwrap();
+            p.drain_all().unwrap();
+            p.check().unwrap();
+        }
+    }
+
+    #[test]
+    fn full_cache_drains_its_coldest_batch() {
+        let c = small(); // batch 2, high 3
+        let mut m = Mem::new(16, 1, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let pfns: Vec<u64> = (0..6).map(|_| p.alloc(0, 0).unwrap()).collect();
+        assert_eq!(pfns, [0, 1, 2, 3, 4, 5]);
+        for &pfn in &pfns[..3] {
+            p.put(0, pfn).unwrap();
+        }
+        assert_eq!(p.cached_pages(0), 3);
+        p.put(0, pfns[3]).unwrap(); // 4 > high: 0 and 1 go back, coalesced
+        let mut out = [0u64; 4];
+        assert_eq!(p.cached_blocks(0, 0, &mut out), 2);
+        assert_eq!(out[..2], [2, 3]);
+        // 0 and 1 merged behind the order-1 block the refills split off.
+        p.with_core(|core| assert_eq!(core.free_list(1).collect::<Vec<_>>(), [6, 0]));
+        p.check().unwrap();
+    }
+
+    /// A pool with page 0 held (refcount 2), 1 cached in slot 0, and a split order-1 block
+    /// at 2-3 held, for the corruption tests.
+    fn corrupt_case(check: impl Fn(&CachedPool<'_>)) {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(0, 0), Ok(0));
+        p.get(0).unwrap();
+        assert_eq!(p.alloc(1, 1), Ok(2));
+        p.check().unwrap();
+        check(&p);
+    }
+
+    fn cache_corruption(p: &CachedPool<'_>, pfn: u64) {
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn
+            })
+        );
+    }
+
+    #[test]
+    fn check_finds_each_broken_rule() {
+        // A refcount-0 word with stray bits.
+        corrupt_case(|p| {
+            p.refs[5].set(FREE | 1);
+            cache_corruption(p, 5);
+            p.refs[5].set(0);
+            cache_corruption(p, 5);
+        });
+        // A caller holds a page the pool has free.
+        corrupt_case(|p| {
+            p.refs[5].set(held(1, 0));
+            cache_corruption(p, 5);
+        });
+        // Orders disagree.
+        corrupt_case(|p| {
+            p.refs[2].set(held(1, 0));
+            cache_corruption(p, 2);
+        });
+        // A held block that no one holds and no cache has: lost.
+        corrupt_case(|p| {
+            p.refs[0].set(FREE);
+            cache_corruption(p, 0);
+        });
+        // The same for a cached order: found by the counts.
+        corrupt_case(|p| {
+            p.refs[2].set(FREE);
+            cache_corruption(p, 0);
+        });
+        // And for an uncached order: found at the page.
+        corrupt_case(|p| {
+            assert_eq!(p.alloc(0, 2), Ok(4));
+            p.refs[4].set(FREE);
+            cache_corruption(p, 4);
+        });
+        // A cached block that a caller holds.
+        corrupt_case(|p| {
+            p.refs[1].set(held(1, 0));
+            cache_corruption(p, 1);
+        });
+        // A cached entry naming a free page, a page outside, a block of another order.
+        for (entry, at) in [(5u32, 5u64), (99, 0), (2, 2)] {
+            corrupt_case(|p| {
+                p.blocks[0].set(entry);
+                cache_corruption(p, at);
+            });
+        }
+        // The same block cached twice (and block 1 lost).
+        corrupt_case(|p| {
+            p.refs[0].set(FREE);
+            p.with_cache(0, |c| assert!(c.push(0, 1)));
+            cache_corruption(p, 1);
+            // Marks are cleared even so.
+            assert!(p.refs.iter().all(|r| r.load() != SEEN));
+        });
+        // A stack longer than its storage.
+        corrupt_case(|p| {
+            p.with_cache(1, |c| c.set_len(0, 5));
+            cache_corruption(p, 0);
+            p.with_cache(1, |c| c.set_len(0, 0));
+            p.check().unwrap();
+        });
+        // A block cached in the wrong order's stack.
+        corrupt_case(|p| {
+            p.blocks[p.cap].set(1);
+            p.with_cache(0, |c| {
+                c.set_len(1, 1);
+                c.set_len(0, 0);
+            });
+            cache_corruption(p, 1);
+        });
+        // A clean pool passes, marks and all.
+        corrupt_case(|p| {
+            p.check().unwrap();
+            p.check().unwrap();
+            assert_eq!(p.refs[1].load(), FREE);
+        });
+    }
+
+    #[test]
+    fn bad_words_are_corruption_not_panics() {
+        corrupt_case(|p| {
+            p.refs[0].set(held(1, NO_ORDER as u32));
+            let bad = Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn: 0,
+            }));
+            assert_eq!(p.put(0, 0), bad);
+            assert_eq!(p.split(0), bad);
+            p.refs[0].set(held(1, 3));
+            assert_eq!(p.split(0), bad);
+            assert_eq!(p.refcount(0), Ok(1));
+        });
+        // The pool no longer holds page 0 although a caller does.
+        corrupt_case(|p| {
+            p.core.with(|core| core.meta[0].refcount = 0);
+            let bad = Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn: 0,
+            }));
+            assert_eq!(p.split(0), bad);
+        });
+    }
+
+    #[test]
+    fn slots_wrap_around() {
+        let c = small();
+        let mut m = Mem::new(8, 3, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(4, 0), Ok(0));
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.cached_pages(7), 1);
+        assert_eq!(p.cached_pages(usize::MAX), 0); // usize::MAX % 3 == 0
+        p.drain(10).unwrap();
+        assert_eq!(p.cached_pages(1), 0);
+    }
+
+    #[test]
+    fn local_slots_follow_the_thread() {
+        let c = small();
+        let mut m = Mem::new(8, 64, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let pfn = p.alloc_local(0).unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 1);
+        p.put_local(pfn).unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(p.cached_pages(thread_cpu()), 0);
+                p.drain_local().unwrap();
+            });
+        });
+        assert_eq!(p.cached_pages(thread_cpu()), 2);
+        p.drain_local().unwrap();
+        assert_eq!(p.free_pages(), 8);
+        p.check().unwrap();
+    }
+}
