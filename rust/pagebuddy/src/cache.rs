@@ -261,6 +261,9 @@ impl Default for PageRef {
 /// let slots: [CacheSlot<SpinLock>; 4] = core::array::from_fn(|_| CacheSlot::new());
 /// # assert_eq!(slots.len(), 4);
 /// ```
+// Each slot on cache lines of its own (128 bytes: pairs of lines are fetched together on
+// x86-64), so that CPUs working on their own slots never share a line.
+#[repr(align(128))]
 pub struct CacheSlot<R: RawLock = SpinLock> {
     lock: R,
     lens: UnsafeCell<[u32; MAX_CACHED_ORDERS]>,
@@ -591,16 +594,25 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// Zeroes the block of `order` at `idx`, which the calling operation owns alone: its last
     /// reference was just dropped by this call's compare-and-swap, or it was just taken off a
     /// cache or the pool for this call to hand out. Nothing else reads or writes its bytes.
-    fn zero_block(&self, idx: u32, order: u32) {
+    /// A freed block (`cold`) of an uncached order bypasses the CPU caches
+    /// ([`Arena::zero_cold`](crate::Arena)); a cached one is reused soon and stays hot.
+    fn zero_block(&self, idx: u32, order: u32, cold: bool) {
         let off = idx as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
         if off
             .checked_add(len)
             .is_some_and(|end| end <= self.arena_len)
         {
-            // SAFETY: [off, off + len) lies inside the arena (checked above), which is valid for
-            // writes for the pool's life; no one else accesses the block's bytes (see above).
-            unsafe { crate::arena::zero_bytes(self.arena.as_ptr().add(off), len) }
+            // SAFETY: off + len <= arena_len (checked above), so the offset stays inside the
+            // arena's allocation.
+            let p = unsafe { self.arena.as_ptr().add(off) };
+            // SAFETY (both calls): [p, p + len) lies inside the arena, which is valid for writes
+            // for the pool's life, and no one else accesses the block's bytes (see above).
+            if cold && order >= self.orders {
+                unsafe { crate::arena::zero_cold_bytes(p, len) }
+            } else {
+                unsafe { crate::arena::zero_bytes(p, len) }
+            }
         }
     }
 
@@ -658,7 +670,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     #[inline]
     fn hand_out(&self, idx: u32, order: u32) -> u64 {
         if self.geo.zero == ZeroPolicy::OnAlloc {
-            self.zero_block(idx, order);
+            self.zero_block(idx, order, false);
         }
         self.page_ref(idx).set(held(1, order));
         self.geo.pfn(idx)
@@ -689,7 +701,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             return Ok(());
         };
         if self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_block(idx, order);
+            self.zero_block(idx, order, true);
         }
         if order >= self.orders {
             return self.core.with(|p| p.put_zeroed(pfn));

@@ -105,7 +105,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if self.geo.zero == ZeroPolicy::OnFree && !prezeroed {
             let ps = self.geo.page_size;
             self.arena
-                .zero(reserved as usize * ps, (n - reserved) as usize * ps);
+                .zero_cold(reserved as usize * ps, (n - reserved) as usize * ps);
         }
         let mut idx = reserved;
         while idx < n {
@@ -162,6 +162,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     fn zero_block(&mut self, idx: u32, order: u32) {
         let (off, len) = self.block_bytes(idx, order);
         self.arena.zero(off, len);
+    }
+
+    /// Zeroes a block that was just freed (see [`Arena::zero_cold`]).
+    fn zero_freed_block(&mut self, idx: u32, order: u32) {
+        let (off, len) = self.block_bytes(idx, order);
+        self.arena.zero_cold(off, len);
     }
 
     /// pKVM's `__find_buddy_avail`: the buddy of the block of `order` at `idx`, if it is in the
@@ -277,7 +283,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// `max_order`, and lists the result.
     fn attach(&mut self, idx: u32, order: u32, zero: bool) -> Result<(), Corruption> {
         if zero && self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_block(idx, order);
+            self.zero_freed_block(idx, order);
         }
         self.free_pages += 1 << order;
         // After merging, `idx` may no longer be the head: unmark it now.
