@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
-.PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel bench \
+.PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel sdist bench \
         clean
 
 all: test
@@ -18,7 +18,7 @@ $(PY):
 # Build and test dependencies, installed once per change of pyproject.toml.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.5,<2" "rich>=13" "matplotlib>=3.5" \
+	$(PY) -m pip install -q "maturin>=1.9.4,<2" "rich>=13" "matplotlib>=3.5" \
 	    "pytest>=7" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5"
 	touch $@
 
@@ -59,9 +59,23 @@ fmt: $(STAMP)
 bench: develop
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/bench.sh
 
-## wheel: one abi3 wheel in dist/
-wheel: $(STAMP)
-	$(VENV)/bin/maturin build --release --out dist
+# Tools of `make wheel` only: zig as the linker that targets an old glibc, auditwheel to confirm it.
+WHEEL_TOOLS := $(VENV)/.wheel-tools-installed
+$(WHEEL_TOOLS): $(STAMP)
+	$(PY) -m pip install -q "ziglang>=0.13" "auditwheel>=6"
+	touch $@
+
+## wheel: one abi3 manylinux2014 (glibc 2.17) wheel in dist/, stripped, checked by auditwheel
+wheel: $(WHEEL_TOOLS)
+	rm -f dist/pagebuddy-*.whl
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --zig \
+	    --compatibility manylinux2014 --out dist
+	$(VENV)/bin/auditwheel show dist/pagebuddy-*.whl
+
+## sdist: the source distribution in dist/
+sdist: $(STAMP)
+	rm -f dist/pagebuddy-*.tar.gz
+	$(VENV)/bin/maturin sdist --out dist
 
 clean:
 	cargo clean

@@ -55,22 +55,17 @@ from typing import Any, Callable
 import numpy as np
 
 from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy._lockstep import Divergence, Lockstep
+from pagebuddy._rules import KIND_OF_METHOD, OPERATIONS, Geometry
 
 NIL = 0xFFFFFFFF
 SENTINEL = 0xA5
-PAGE_OPS = ("get_page", "put_page", "split_page", "page_count", "view")
 
-# Documented exception classes of each call (exact classes: PageError is not a plain
-# ValueError and vice versa).
+# Documented exception classes of each call, from the rulebook (exact classes: PageError is
+# not a plain ValueError and vice versa).
+CLASSES = {c.__name__: c for c in (TypeError, ValueError, PageError, OutOfMemory)}
 DOCUMENTED: dict[str, set[type]] = {
-    "alloc_pages": {TypeError, ValueError, OutOfMemory},
-    "alloc_many": {TypeError, ValueError, OutOfMemory},
-    "put_many": {TypeError, PageError},
-    "free_lists": set(),
-    "free_pages": set(),
-    "repr": set(),
-    "check": set(),
-    **{op: {TypeError, PageError} for op in PAGE_OPS},
+    op.method: {CLASSES[name] for name in op.raises} for op in OPERATIONS.values()
 }
 # What a corrupted intrusive free list may add to any call.
 CORRUPTED = {CorruptionError, PageError, OutOfMemory, ValueError}
@@ -209,8 +204,17 @@ class Subject:
         pattern = ctx.rng.randbytes(self.size)
         if buffer is None:
             buffer = self.guarded_buffer(pattern)
-        self.pool = Pool(**geometry, buffer=buffer)
-        self.ref = ReferencePool(**geometry, buffer=self.guarded_buffer(pattern)) if twin else None
+        # A twin is a lockstep pair (the engine compares them); a lone pool is called directly.
+        self.pair: Lockstep | None = None
+        self.ref: ReferencePool | None = None
+        if twin:
+            g = Geometry.from_kwargs(**geometry, buffer=buffer)
+            self.pair = Lockstep(
+                g, Pool, ReferencePool, buffers=(buffer, self.guarded_buffer(pattern))
+            )
+            self.pool, self.ref = self.pair.pool, self.pair.model
+        else:
+            self.pool = Pool(**geometry, buffer=buffer)
         self.held: dict[int, int] = {}  # head pfn -> order, for every held block
         self.owner: dict[int, int] = {}  # page -> head of the held block it lies in
         for i in range(geometry.get("reserved_pages", 0)):
@@ -446,7 +450,7 @@ class Driver:
         """Final checks on a pool we stop using; its views stay behind as stale views."""
         self.final_checks(subject)
         subject.alive = False
-        del subject.pool, subject.ref
+        del subject.pool, subject.ref, subject.pair
         if self.ctx.rng.random() < 0.5:
             gc.collect()
         subject.check_sentinels()
@@ -454,10 +458,18 @@ class Driver:
     # --- one step
 
     def call(self, s: Subject, op: str, make_args: Callable[[], tuple[Any, ...]]) -> Any:
-        """Call ``op`` on the pool (and its twin); police the exception; return the result."""
+        """Call ``op`` on the pool (a twin pair through the engine); police the exception."""
         raised_before = Raising.raised
-        args = make_args()
-        result, exc = outcome(getattr(s.pool, op), args)
+        if s.pair is not None:
+            try:
+                s.pair.apply((KIND_OF_METHOD[op],), make_args)
+            except Divergence as d:
+                self.ctx.fail(str(d))
+            (result, exc), (ref_result, _) = s.pair.last
+            args = make_args()
+        else:
+            args = make_args()
+            result, exc = outcome(getattr(s.pool, op), args)
         shown = ", ".join(repr(a)[:40] for a in args)
         self.ctx.note(
             f"{op}({shown}) -> {type(exc).__name__ + ': ' + str(exc) if exc else repr(result)}"
@@ -475,23 +487,8 @@ class Driver:
                 # Under corruption a failed batch may have allocated part of its blocks.
                 s.resync()
                 s.rescan()
-        if s.ref is not None:
-            raised_before = Raising.raised
-            ref_result, ref_exc = outcome(getattr(s.ref, op), make_args())
-            if type(ref_exc) is not type(exc):
-                self.ctx.fail(
-                    f"{op}: Pool raised {type(exc).__name__}: {exc}, ReferencePool raised "
-                    f"{type(ref_exc).__name__}: {ref_exc}"
-                )
-            if op == "view" and exc is None:
-                if bytes(result) != bytes(ref_result):
-                    self.ctx.fail(f"view contents differ at pfn {args[0]!r}")
-            elif result != ref_result:
-                self.ctx.fail(f"{op}: Pool returned {result!r}, ReferencePool {ref_result!r}")
-            if exc is None and op == "view":
-                self.views.append((result, ref_result, s, plain_int(args[0])))
-        elif exc is None and op == "view":
-            self.views.append((result, None, s, plain_int(args[0])))
+        if exc is None and op == "view":
+            self.views.append((result, ref_result if s.pair else None, s, plain_int(args[0])))
         if exc is None:
             if op in ("alloc_pages", "alloc_many"):
                 pfns = [result] if op == "alloc_pages" else result
@@ -568,24 +565,20 @@ class Driver:
             args = (s.pfn_arg(),)
             self.call(s, op, lambda: args)
         s.resync()
-        if s.ref is not None and rng.random() < 0.25:
+        if s.pair is not None and rng.random() < 0.25:
             self.compare(s)
 
     # --- consistency
 
     def compare(self, s: Subject) -> None:
-        """Twins agree on everything observable."""
-        assert s.ref is not None
-        if s.pool.free_lists() != s.ref.free_lists():
-            self.ctx.fail(f"free lists differ: {s.pool.free_lists()} != {s.ref.free_lists()}")
-        if s.pool.free_pages != s.ref.free_pages:
-            self.ctx.fail("free_pages differ")
-        for pfn in range(s.base, s.base + s.nr_pages):
-            if s.pool.page_count(pfn) != s.ref.page_count(pfn):
-                self.ctx.fail(f"page_count({pfn}) differs")
-        native, ref = s.guarded[0], s.guarded[1]
-        if native[0] != ref[0]:
-            self.ctx.fail("arena contents differ")
+        """Twins agree on everything observable (the engine's comparisons but ``check()``)."""
+        assert s.pair is not None
+        try:
+            s.pair.compare_state()
+            s.pair.compare_counts()
+            s.pair.compare_contents()
+        except Divergence as d:
+            self.ctx.fail(str(d))
         if s.pool.free_pages != s.nr_pages - s.held_pages():
             self.ctx.fail(f"free_pages {s.pool.free_pages} != {s.nr_pages} - {s.held_pages()}")
         if repr(s.pool).split("(", 1)[1] != repr(s.ref).split("(", 1)[1]:
@@ -623,7 +616,7 @@ class Driver:
 
     def final_checks(self, s: Subject) -> None:
         self.check_state(s, full=True)
-        if s.ref is not None:
+        if s.pair is not None:
             self.compare(s)
         s.check_sentinels()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import pagebuddy
-from pagebuddy import Pool, _frag, _fuzz, _trace, cli
+from pagebuddy import Pool, ReferencePool, _frag, _fuzz, _lockstep, _trace, cli
 from pagebuddy._lockstep import diverges, run_ops
 from pagebuddy._trace import Geometry, TraceError, parse_trace
 
@@ -51,6 +51,11 @@ class SwappedListPool:
         if len(lists[0]) >= 3:
             lists[0][1], lists[0][2] = lists[0][2], lists[0][1]
         return lists
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, pool_cls: type) -> None:
+    """Make every command pair ``pool_cls`` (instead of Pool) with ReferencePool."""
+    monkeypatch.setattr(_lockstep, "default_classes", lambda g=None: (pool_cls, ReferencePool))
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -274,7 +279,7 @@ def test_trace_format_round_trip() -> None:
         page_size=64,
         base_pfn=0x1000,
         reserved_pages=3,
-        max_order=5,
+        order_cap=5,
         zero="never",
         links="intrusive",
         arena="buffer",
@@ -366,7 +371,7 @@ def test_injected_divergence_is_shrunk_to_a_reproducer(broken: type) -> None:
 def test_fuzz_command_with_injected_pool_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_fuzz, "POOL_CLASS", LeakyPool)
+    inject(monkeypatch, LeakyPool)
     repro = tmp_path / "repro.py"
     code, out, _ = run_main(
         capsys, "fuzz", "--ops", "50000", "--seed", "3", "--reproducer", str(repro)
@@ -391,7 +396,7 @@ def test_replay_detects_divergence_with_line_number(
     ops = "alloc 0\n" * 8 + "".join(f"put {p}\n" for p in range(8))
     trace.write_text("pagebuddy-trace v1 nr_pages=8\n" + ops)
     assert run_main(capsys, "replay", str(trace))[0] == 0
-    monkeypatch.setattr(_fuzz, "POOL_CLASS", LeakyPool)
+    inject(monkeypatch, LeakyPool)
     code, out, _ = run_main(capsys, "replay", str(trace))
     assert code == 1
     assert "DIVERGENCE line 13:" in out  # "put 3" is on line 13
@@ -401,6 +406,8 @@ def test_replay_detects_divergence_with_line_number(
 
 def test_lockstep_detects_contents_not_zeroed() -> None:
     class NoZeroPool:
+        zero = "free"  # claims the policy it does not follow
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["zero"] = "never"
             self._pool = Pool(*args, **kwargs)
@@ -408,7 +415,7 @@ def test_lockstep_detects_contents_not_zeroed() -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._pool, name)
 
-    g = Geometry(nr_pages=4, page_size=64, max_order=3)
+    g = Geometry(nr_pages=4, page_size=64, order_cap=3)
     ops = [("alloc", 0), ("put", 0), ("alloc", 0)]
     assert diverges(g, ops) is None
     d = diverges(g, ops, NoZeroPool)
@@ -443,7 +450,7 @@ def test_extfrag_index_matches_the_kernel_formula() -> None:
 
 
 def test_run_ops_reports_states_and_map() -> None:
-    g = Geometry(nr_pages=16, base_pfn=32, reserved_pages=2, max_order=5)
+    g = Geometry(nr_pages=16, base_pfn=32, reserved_pages=2, order_cap=5)
     r = run_ops(g, [("alloc", 2), ("alloc", 0), ("get", 36)], sample_every=1, want_map=True)
     assert r.ok
     assert len(r.samples) == 4

@@ -5,12 +5,11 @@ identical copies of the same random bytes) and driven with the same calls. After
 they must agree on the result or on the exception class, and then on the free lists,
 ``free_pages``, every page's refcount and the arena contents; both ``check()`` must pass.
 
-Arena contents are compared as follows. With the side-table link store the whole arena must
-match byte for byte. With intrusive links a free block's head page holds 8 link bytes the
-reference does not model: under ``zero="free"`` the arenas must match except for those bytes;
-under ``zero="alloc"`` only held blocks are compared (the bytes of a free block are unspecified
-there); under ``zero="never"`` contents are not compared at all. Bytes past
-``nr_pages * page_size`` of a caller buffer must never change.
+The comparing is the lockstep engine's (``pagebuddy._lockstep.Lockstep``, with
+``strict=True``: messages name the call and the pfn or order at fault); which arena bytes
+must match under each zero policy and link store is the rulebook's
+(``pagebuddy._rules.arena_comparison``). Bytes past ``nr_pages * page_size`` of a caller
+buffer must never change.
 
 Step budget: under the ``ci`` profile the machine runs 60 examples of 50 steps, one of which
 builds the pools, i.e. 2,940 rule steps; ``test_differential_machine`` counts the steps and
@@ -22,7 +21,6 @@ from __future__ import annotations
 import mmap
 import operator
 import random
-import re
 from typing import Any, Callable
 
 import numpy as np
@@ -39,130 +37,25 @@ from hypothesis.stateful import (
 )
 
 from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy._lockstep import Lockstep
+from pagebuddy._rules import MAX_REFCOUNT, Geometry
 
-LINK_BYTES = 8
-MAX_REFCOUNT = 65535
 MIN_CI_STEPS = 2000
 # Pfns and orders that fit no pool (and no machine integer).
 WILD_PFNS = [-1, -(2**63), -(2**70), 2**63, 2**64 - 1, 2**64, 2**70]
 WILD_ORDERS = [-1, -(2**70), 11, 12, 63, 64, 2**32, 2**64, 2**70]
 NOT_INTS: list[Any] = ["3", 1.0, None, b"\x01", [1]]
-EXPECTED_ERRORS = (TypeError, ValueError, PageError, OutOfMemory)
 
 
-def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, BaseException | None]:
-    try:
-        return fn(*args), None
-    except Exception as exc:
-        return None, exc
-
-
-class Twin:
-    """A native Pool and a ReferencePool built alike, driven alike, compared after each call."""
-
-    def __init__(self, geometry: dict[str, Any], fill_seed: int | None = None) -> None:
-        self.geometry = dict(geometry)
-        self.page_size = geometry.get("page_size", 4096)
-        self.size = geometry["nr_pages"] * self.page_size
-        self.zero = geometry.get("zero", "free")
-        self.links = geometry.get("_links", "side")
-        self.native_buf: bytearray | None = None
-        self.ref_buf: bytearray | None = None
-        if fill_seed is not None:
-            # Random initial contents plus one page of slack past the end of the arena.
-            pattern = random.Random(fill_seed).randbytes(self.size + self.page_size)
-            self.native_buf, self.ref_buf = bytearray(pattern), bytearray(pattern)
-            self.slack = pattern[self.size :]
-        self.native = Pool(**geometry, buffer=self.native_buf)
-        self.ref = ReferencePool(**geometry, buffer=self.ref_buf)
-        self.pfns = range(self.ref.base_pfn, self.ref.base_pfn + self.ref.nr_pages)
-        for name in ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order", "zero"):
-            assert getattr(self.native, name) == getattr(self.ref, name), name
-        assert repr(self.native).partition("(")[2] == repr(self.ref).partition("(")[2]
-        self.agree()
-
-    @property
-    def contents_comparable(self) -> bool:
-        """Whether held blocks must hold the same bytes in both pools."""
-        return not (self.zero == "never" and self.links == "intrusive")
-
-    def call(self, method: str, *args: Any) -> tuple[Any, BaseException | None]:
-        """Call ``method`` on both pools; assert the same outcome; return the reference's."""
-        native, native_exc = _outcome(getattr(self.native, method), args)
-        ref, ref_exc = _outcome(getattr(self.ref, method), args)
-        where = f"{method}{args!r}: native {native_exc!r} / {native!r}, reference {ref_exc!r}"
-        if ref_exc is not None:
-            assert isinstance(ref_exc, EXPECTED_ERRORS), where
-            assert type(native_exc) is type(ref_exc), where
-            # Messages name the call and the pfn or order at fault.
-            for exc in (native_exc, ref_exc):
-                assert str(exc).startswith(f"{method}: "), where
-                if isinstance(exc, PageError):
-                    assert str(exc).startswith(f"{method}: pfn {args[0]} "), where
-                elif method.startswith("alloc") and type(exc) is ValueError and args[0] < 0:
-                    assert f"order {args[0]} " in str(exc), where
-        else:
-            assert native_exc is None, where
-            if method == "view":
-                assert native.format == ref.format == "B" and not native.readonly, where
-                assert native.nbytes == ref.nbytes, where
-                if self.contents_comparable:
-                    assert bytes(native) == bytes(ref), where
-            else:
-                assert native == ref, where
-        return ref, ref_exc
-
-    def held(self) -> list[int]:
-        """Pfns of the pages the reference holds (each heads a held block)."""
-        return [pfn for pfn in self.pfns if self.ref.page_count(pfn) > 0]
-
-    def write(self, pfn: int, offset: int, data: bytes) -> None:
-        """Write ``data`` into the held block at ``pfn`` of both pools, at ``offset``."""
-        native, ref = self.native.view(pfn), self.ref.view(pfn)
-        assert native.nbytes == ref.nbytes
-        offset %= ref.nbytes
-        data = data[: ref.nbytes - offset]
-        native[offset : offset + len(data)] = data
-        ref[offset : offset + len(data)] = data
-
-    def agree(self) -> None:
-        """Assert both pools are in the same state and both pass check()."""
-        native, ref = self.native, self.ref
-        assert native.free_lists() == ref.free_lists()
-        assert native.free_pages == ref.free_pages
-        assert [native.page_count(p) for p in self.pfns] == [ref.page_count(p) for p in self.pfns]
-        if self.contents_comparable:
-            for pfn in self.held():
-                assert bytes(native.view(pfn)) == bytes(ref.view(pfn)), f"contents of {pfn}"
-        if self.native_buf is not None and self.ref_buf is not None:
-            assert self.native_buf[self.size :] == self.slack, "native wrote past the arena"
-            assert self.ref_buf[self.size :] == self.slack, "reference wrote past the arena"
-            if self.links == "side":
-                assert self.native_buf == self.ref_buf, "arenas differ"
-            elif self.zero == "free":
-                native_arena, ref_arena = bytearray(self.native_buf), bytearray(self.ref_buf)
-                for head in (head for heads in ref.free_lists() for head in heads):
-                    at = (head - ref.base_pfn) * self.page_size
-                    native_arena[at : at + LINK_BYTES] = ref_arena[at : at + LINK_BYTES]
-                assert native_arena == ref_arena, "arenas differ outside the link bytes"
-        ref.check()
-        native.check()
-
-    def capacity(self, order: int) -> int:
-        """How many blocks of ``order`` the free lists can supply."""
-        lists = self.ref.free_lists()
-        return sum(len(lists[j]) << (j - order) for j in range(order, len(lists)))
-
-    def put_many(self, pfns: list[Any]) -> None:
-        """put_many on both; a PageError must name the same index in both messages."""
-        native_exc = _outcome(self.native.put_many, (list(pfns),))[1]
-        ref_exc = _outcome(self.ref.put_many, (list(pfns),))[1]
-        assert type(native_exc) is type(ref_exc), f"put_many({pfns}): {native_exc!r} {ref_exc!r}"
-        if isinstance(ref_exc, PageError):
-            index = re.compile(r"pfns\[(\d+)\]")
-            ref_index, native_index = index.search(str(ref_exc)), index.search(str(native_exc))
-            assert ref_index and native_index, (str(native_exc), str(ref_exc))
-            assert native_index.group(1) == ref_index.group(1), (str(native_exc), str(ref_exc))
+def twin(geometry: dict[str, Any], fill_seed: int | None = None) -> Lockstep:
+    """A Pool and a ReferencePool built alike (over two copies of the same random bytes when
+    ``fill_seed`` is given), compared by the engine after each call, messages included."""
+    g = Geometry.from_kwargs(**geometry)
+    if fill_seed is not None:
+        g = g.replace(arena="buffer")
+    pools = Lockstep(g, fill_seed=fill_seed, strict=True)
+    pools.agree()
+    return pools
 
 
 # ------------------------------------------------------------------------- state machine
@@ -199,18 +92,18 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.twin: Twin | None = None
+        self.twin: Lockstep | None = None
 
     @initialize(built=geometries())
     def build(self, built: tuple[dict[str, Any], int | None]) -> None:
-        self.twin = Twin(*built)
+        self.twin = twin(*built)
 
     @property
-    def pools(self) -> Twin:
+    def pools(self) -> Lockstep:
         assert self.twin is not None
         return self.twin
 
-    def step(self) -> Twin:
+    def step(self) -> Lockstep:
         """The pools, counting one rule step."""
         type(self).rule_steps += 1
         return self.pools
@@ -231,7 +124,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def order(self, data: st.DataObject) -> int:
         """A valid order most of the time, else an invalid one."""
-        max_order = self.pools.ref.max_order
+        max_order = self.pools.model.max_order
         options = [st.integers(0, max_order - 1)] * 3 + [
             st.sampled_from([*WILD_ORDERS, max_order, max_order + 1])
         ]
@@ -239,38 +132,38 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def alloc_pages(self, data: st.DataObject) -> None:
-        self.step().call("alloc_pages", self.order(data))
+        self.step().apply(("alloc", self.order(data)))
 
     @rule(data=st.data(), count=st.one_of(st.integers(-1, 5), st.just(2**40)))
     def alloc_many(self, data: st.DataObject, count: int) -> None:
-        self.step().call("alloc_many", self.order(data), count)
+        self.step().apply(("alloc_many", self.order(data), count))
 
     @rule(data=st.data(), extra=st.integers(0, 1))
     def alloc_many_to_capacity(self, data: st.DataObject, extra: int) -> None:
         """alloc_many right at (or one past) what the free lists can supply."""
         twin = self.step()
-        order = data.draw(st.integers(0, twin.ref.max_order - 1), label="order")
-        twin.call("alloc_many", order, twin.capacity(order) + extra)
+        order = data.draw(st.integers(0, twin.model.max_order - 1), label="order")
+        twin.apply(("alloc_many", order, twin.capacity(order) + extra))
 
     @rule(data=st.data())
     def put_page(self, data: st.DataObject) -> None:
-        self.step().call("put_page", self.pfn(data))
+        self.step().apply(("put", self.pfn(data)))
 
     @rule(data=st.data())
     def get_page(self, data: st.DataObject) -> None:
-        self.step().call("get_page", self.pfn(data))
+        self.step().apply(("get", self.pfn(data)))
 
     @rule(data=st.data())
     def split_page(self, data: st.DataObject) -> None:
-        self.step().call("split_page", self.pfn(data))
+        self.step().apply(("split", self.pfn(data)))
 
     @rule(data=st.data())
     def page_count(self, data: st.DataObject) -> None:
-        self.step().call("page_count", self.pfn(data))
+        self.step().apply(("page_count", self.pfn(data)))
 
     @rule(data=st.data())
     def view(self, data: st.DataObject) -> None:
-        self.step().call("view", self.pfn(data))
+        self.step().apply(("view", self.pfn(data)))
 
     @rule(
         data=st.data(),
@@ -290,14 +183,15 @@ class DifferentialMachine(RuleBasedStateMachine):
         pfns: list[Any] = [self.pfn(data) for _ in range(length)]
         if not_int is not None and data.draw(st.booleans(), label="insert non-int"):
             pfns.insert(data.draw(st.integers(0, length), label="at"), not_int)
-        self.step().put_many(pfns)
+        self.step().apply(("put_many", pfns))
 
-    @precondition(lambda self: self.twin is not None and self.twin.ref.free_pages == 0)
+    @precondition(lambda self: self.twin is not None and self.twin.model.free_pages == 0)
     @rule()
     def release_all(self) -> None:
         """When the pool is full, drop every reference (reserved pages too): all coalesces."""
         twin = self.step()
-        twin.put_many([pfn for pfn in twin.held() for _ in range(twin.ref.page_count(pfn))])
+        count = twin.model.page_count
+        twin.apply(("put_many", [pfn for pfn in twin.held() for _ in range(count(pfn))]))
 
     @invariant()
     def pools_agree(self) -> None:
@@ -320,27 +214,27 @@ def test_differential_machine() -> None:
 # ------------------------------------------------------------------------- fixed scripts
 
 
-def _scripted_run(twin: Twin, rng: random.Random, steps: int) -> None:
+def _scripted_run(twin: Lockstep, rng: random.Random, steps: int) -> None:
     """Fill the pool, release it in a random order, then run random calls, comparing each."""
-    ref = twin.ref
+    ref = twin.model
     for order in reversed(range(ref.max_order)):
-        while twin.call("alloc_pages", order)[1] is None:
+        while twin.apply(("alloc", order))[1] is None:
             twin.agree()
         twin.agree()
     assert ref.free_pages == 0
     for pfn in twin.held():
-        twin.write(pfn, 0, rng.randbytes(rng.randrange(1, 2 * twin.page_size)))
+        twin.write(pfn, 0, rng.randbytes(rng.randrange(1, 2 * twin.geometry.page_size)))
     held = twin.held()
     rng.shuffle(held)
     for pfn in held[: len(held) // 3]:
-        twin.call("split_page", pfn)
+        twin.apply(("split", pfn))
         twin.agree()
     refs = [pfn for pfn in twin.held() for _ in range(ref.page_count(pfn))]
     rng.shuffle(refs)
     while refs:
         size = rng.randrange(1, 5)
         chunk, refs = refs[:size], refs[size:]
-        twin.put_many(chunk)
+        twin.apply(("put_many", chunk))
         twin.agree()
     assert ref.free_pages == ref.nr_pages
     for _ in range(steps):
@@ -348,26 +242,26 @@ def _scripted_run(twin: Twin, rng: random.Random, steps: int) -> None:
         pfn = rng.choice(held) if held and rng.random() < 0.8 else rng.choice(WILD_PFNS)
         action = rng.randrange(7)
         if action == 0:
-            twin.call("alloc_pages", rng.randrange(-1, ref.max_order + 1))
+            twin.apply(("alloc", rng.randrange(-1, ref.max_order + 1)))
         elif action == 1:
-            twin.call("alloc_many", rng.randrange(ref.max_order), rng.randrange(4))
+            twin.apply(("alloc_many", rng.randrange(ref.max_order), rng.randrange(4)))
         elif action == 2:
-            twin.call("put_page", pfn)
+            twin.apply(("put", pfn))
         elif action == 3:
-            twin.call("get_page", pfn)
+            twin.apply(("get", pfn))
         elif action == 4:
-            twin.call("split_page", pfn)
+            twin.apply(("split", pfn))
         elif action == 5 and held:
             data = rng.randbytes(rng.randrange(1, 100))
             twin.write(rng.choice(held), rng.randrange(1 << 16), data)
         else:
-            twin.put_many([*rng.sample(held, min(len(held), 3)), pfn])
+            twin.apply(("put_many", [*rng.sample(held, min(len(held), 3)), pfn]))
         twin.agree()
 
 
 @pytest.mark.parametrize("fill_seed", [None, 7])
 def test_geometry_family(geometry: dict[str, Any], fill_seed: int | None) -> None:
-    _scripted_run(Twin(geometry, fill_seed), random.Random(geometry_seed(geometry)), steps=120)
+    _scripted_run(twin(geometry, fill_seed), random.Random(geometry_seed(geometry)), steps=120)
 
 
 def geometry_seed(geometry: dict[str, Any]) -> int:
@@ -376,23 +270,23 @@ def geometry_seed(geometry: dict[str, Any]) -> int:
 
 
 def test_refcount_overflow_agrees() -> None:
-    twin = Twin({"nr_pages": 4, "page_size": 64})
-    pfn = twin.call("alloc_pages", 1)[0]
+    pools = twin({"nr_pages": 4, "page_size": 64})
+    pfn = pools.apply(("alloc", 1))[0]
     for _ in range(MAX_REFCOUNT - 1):
-        twin.native.get_page(pfn)
-        twin.ref.get_page(pfn)
-    twin.agree()
-    assert isinstance(twin.call("get_page", pfn)[1], PageError)
-    assert twin.native.page_count(pfn) == MAX_REFCOUNT
-    twin.call("split_page", pfn)  # the head keeps 65535, the tail gets 1
-    twin.agree()
+        pools.pool.get_page(pfn)
+        pools.model.get_page(pfn)
+    pools.agree()
+    assert isinstance(pools.apply(("get", pfn))[1], PageError)
+    assert pools.pool.page_count(pfn) == MAX_REFCOUNT
+    pools.apply(("split", pfn))  # the head keeps 65535, the tail gets 1
+    pools.agree()
     for _ in range(MAX_REFCOUNT - 1):
-        twin.native.put_page(pfn)
-        twin.ref.put_page(pfn)
-    twin.agree()
-    twin.put_many([pfn, pfn + 1, pfn])
-    twin.agree()
-    assert twin.ref.free_lists() == [[], [], [0]]
+        pools.pool.put_page(pfn)
+        pools.model.put_page(pfn)
+    pools.agree()
+    pools.apply(("put_many", [pfn, pfn + 1, pfn]))
+    pools.agree()
+    assert pools.model.free_lists() == [[], [], [0]]
 
 
 # ------------------------------------------------------------------------- the contract, on both

@@ -219,7 +219,7 @@ def test_page_errors() -> None:
     pfn = pool.alloc_pages(1)  # 0, with tail 1; 2 o1, 4 o2, 8 o3 free
     with pytest.raises(PageError, match=r"put_page: pfn 2 is not held \(refcount 0: free page\)"):
         pool.put_page(2)
-    with pytest.raises(PageError, match=r"pfn 3 is not held \(refcount 0: tail page\)"):
+    with pytest.raises(PageError, match=r"pfn 3 is not held \(refcount 0: tail page of a block\)"):
         pool.put_page(3)
     with pytest.raises(PageError, match="get_page: pfn 1 is not held"):
         pool.get_page(1)  # the tail of a held block

@@ -31,18 +31,35 @@ from __future__ import annotations
 import gc
 import platform
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["MODES", "BenchResult", "Measurement", "format_table", "run_benchmarks"]
+from ._rules import OPERATIONS, Geometry, Op
+
+__all__ = [
+    "MAX_PAGES",
+    "MIN_PAGES",
+    "MODES",
+    "BenchResult",
+    "Measurement",
+    "cpu_ns",
+    "run_benchmarks",
+    "time_ops",
+]
+
+T = TypeVar("T")
 
 #: mode -> (pages, repeats)
 MODES: dict[str, tuple[int, int]] = {"quick": (1 << 14, 3), "tiny": (1 << 8, 1)}
 
 SCHEMA = "pagebuddy-python-bench/1"
+
+#: Bounds of ``pages``: ``split`` times order-4 blocks (16 pages each), and a pool of 4 KiB
+#: pages is at most 4 GiB.
+MIN_PAGES = 16
+MAX_PAGES = 1 << 20
 
 
 @dataclass
@@ -103,17 +120,53 @@ def _new(cls: type, pages: int) -> Any:
     return cls(pages, zero="never")
 
 
-def _timed(fn: Callable[[], int]) -> float:
-    """Run ``fn`` (which returns how many units it did) with GC off; ns per unit."""
+def cpu_ns(fn: Callable[[], T]) -> tuple[int, T]:
+    """Run ``fn`` with the garbage collector off: (CPU nanoseconds it took, its result).
+
+    The one timing helper of the package: CPU time of the process
+    (``time.process_time_ns``), which other load on the machine disturbs less than
+    wall-clock time.
+    """
     gc.collect()
     gc.disable()
     try:
         t0 = time.process_time_ns()
-        units = fn()
+        value = fn()
         t1 = time.process_time_ns()
     finally:
         gc.enable()
-    return (t1 - t0) / max(1, units)
+    return t1 - t0, value
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    """Run ``fn`` (which returns how many units it did); ns per unit."""
+    ns, units = cpu_ns(fn)
+    return ns / max(1, units)
+
+
+def time_ops(cls: type, geometry: Geometry, ops: list[Op], repeat: int = 1) -> tuple[float, float]:
+    """Time ``ops`` on fresh pools of ``cls``: ``(build seconds, ops seconds)``, best of ``repeat``.
+
+    Exceptions (rejected operations) are caught and ignored; the loop is the same for every
+    class and its cost is included in both times.
+    """
+    best_build = best_ops = float("inf")
+    for _ in range(max(1, repeat)):
+        build_ns, (pool, _buf) = cpu_ns(lambda: geometry.build(cls))
+        calls = [(getattr(pool, OPERATIONS[op[0]].method), op[1:]) for op in ops]
+
+        def run(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = calls) -> None:
+            for f, args in calls:
+                try:  # noqa: SIM105 (contextlib.suppress costs more than the call being timed)
+                    f(*args)
+                except Exception:
+                    pass
+
+        ops_ns, _ = cpu_ns(run)
+        best_build = min(best_build, build_ns / 1e9)
+        best_ops = min(best_ops, ops_ns / 1e9)
+        del calls, pool
+    return best_build, best_ops
 
 
 # Each workload: (cls, pages, rng) -> ns per unit, measured on a fresh pool.
@@ -289,7 +342,9 @@ def run_benchmarks(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     n, repeats = MODES[mode]
-    n = pages or n
+    n = n if pages is None else pages
+    if not MIN_PAGES <= n <= MAX_PAGES:
+        raise ValueError(f"pages must be in {MIN_PAGES}..{MAX_PAGES}, not {n}")
     if pool_cls is None or model_cls is None:
         from . import Pool, ReferencePool
 
@@ -308,28 +363,3 @@ def run_benchmarks(
         )
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def format_table(result: BenchResult) -> str:
-    """Plain-text table of a run."""
-    rows = [("workload", "unit", "Pool", "ReferencePool", "ratio")]
-    for m in result.results:
-        rows.append(
-            (m.name, m.unit, f"{m.pool_ns:,.0f}", f"{m.reference_ns:,.0f}", f"{m.ratio:,.1f}x")
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = [
-        f"pagebuddy Python benchmark ({result.mode}: {result.pages} pages of 4 KiB, zero='never', "
-        f"best of {result.repeats}; {sys.implementation.name} {platform.python_version()})"
-    ]
-    for j, r in enumerate(rows):
-        lines.append(
-            "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(r))
-        )
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append(
-        f"(ns per call or per page, Python loop included; the loop alone costs "
-        f"{result.loop_overhead_ns:.0f} ns per iteration)"
-    )
-    return "\n".join(lines)

@@ -20,8 +20,10 @@ are re-run comparing after every step (which finds the first operation that
 shows it) and shrunk with delta debugging to a short sequence that still
 diverges, which :func:`reproducer` turns into a standalone Python snippet.
 
-Tests inject a deliberately broken pool through the ``pool_cls`` argument of
-:func:`fuzz` or the module attribute :data:`POOL_CLASS`.
+Operations come from :func:`episode`, an operation source in the engine's sense
+(:data:`pagebuddy._lockstep.OpSource`): it is sent each outcome and keeps track of the
+pages held from the model's answers. Tests inject a deliberately broken pool through the
+``pool_cls`` argument of :func:`fuzz`.
 """
 
 from __future__ import annotations
@@ -32,28 +34,23 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
-from ._lockstep import FILL, Divergence, Lockstep, default_classes, diverges
-from ._trace import Geometry, Op, TraceWriter, format_header, format_op
+from . import _lockstep
+from ._lockstep import Divergence, OpSource, diverges, reproducer, run_ops
+from ._rules import MAX_REFCOUNT, Geometry, Op, map_pfns
+from ._trace import TraceWriter, format_header, format_op
 
 __all__ = [
     "DEFAULT_SECONDS",
-    "MODEL_CLASS",
-    "POOL_CLASS",
     "FuzzConfig",
     "FuzzResult",
+    "episode",
     "fuzz",
     "random_geometry",
-    "reproducer",
     "shrink",
 ]
 
 #: Duration of a run when neither a number of operations nor a time is given.
 DEFAULT_SECONDS = 30.0
-
-#: Overrides for the pool under test and the model (``None``: ``pagebuddy.Pool`` and
-#: ``pagebuddy.ReferencePool``). A test hook: set it to inject a broken pool.
-POOL_CLASS: type | None = None
-MODEL_CLASS: type | None = None
 
 
 @dataclass
@@ -66,7 +63,7 @@ class FuzzConfig:
     pages: int | None = None
     base_pfn: int | None = None
     reserved: int | None = None
-    max_order: int | None = None
+    order_cap: int | None = None
     zero: str | None = None
     page_size: int | None = None
     links: str | None = None
@@ -144,15 +141,15 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
     if res is None:
         r = rng.random()
         res = 0 if r < 0.5 else rng.randint(0, min(n, 16)) if r < 0.8 else rng.randint(0, n)
-    mo = cfg.max_order
-    if mo is None:
-        mo = 11 if rng.random() < 0.4 else rng.randint(1, 12)
+    cap = cfg.order_cap
+    if cap is None:
+        cap = 11 if rng.random() < 0.4 else rng.randint(1, 12)
     return Geometry(
         nr_pages=n,
         page_size=ps,
         base_pfn=base,
         reserved_pages=res,
-        max_order=mo,
+        order_cap=cap,
         zero=cfg.zero or rng.choice(("free", "alloc", "never")),
         links=cfg.links or rng.choice(("side", "intrusive")),
         arena=cfg.arena or rng.choice(("owned", "buffer")),
@@ -207,7 +204,7 @@ def _pick_order(rng: random.Random, orders: int) -> int:
 
 def _invalid_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
     """An operation that should be refused (or is at least unusual)."""
-    mo = g.effective_max_order
+    mo = g.max_order
     r = rng.random()
     if r < 0.2:
         return ("alloc", rng.choice((-1, mo, mo + 1, 64, 2**64, -(2**63))))
@@ -222,86 +219,93 @@ def _invalid_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
     return (rng.choice(("put", "get", "split")), rng.randint(lo, g.base_pfn + g.nr_pages + 1))
 
 
-#: Refcount ceiling; a "pump" episode takes this many references to one page.
-MAX_REFCOUNT = 65535
-
-
-def _episode_ops_gen(
-    rng: random.Random, g: Geometry, held: _Held, pump: bool = False
-) -> tuple[Callable[[], Op], Callable[[Op, Any, BaseException | None], None]]:
-    """Build the (next_op, observe) pair driving one episode.
+def episode(rng: random.Random, g: Geometry, length: int, pump: bool = False) -> OpSource:
+    """Yield ``length`` operations of one episode on a pool of ``g``, told each outcome.
 
     With ``pump``, once a page is held the episode takes references to it until its
     refcount passes the ceiling (so ``get_page`` must fail), then goes on as usual.
     """
-    orders = g.effective_max_order
-    state = {"p_alloc": 0.5, "left": 0, "pump": MAX_REFCOUNT + 1 if pump else 0}
+    held = _Held()
+    for i in range(g.reserved_pages):
+        held.add(g.base_pfn + i, 0)
+    orders = g.max_order
     rnd = rng.random
-    pumped: list[int] = []
-
-    def next_op() -> Op:
-        if state["pump"] and held.pfns:
-            if not pumped:
-                pumped.append(held.pfns[0])
-            state["pump"] -= 1
-            return ("get", pumped[0])
-        if state["left"] <= 0:
-            state["p_alloc"] = rng.uniform(0.15, 0.85)
-            state["left"] = int(2 ** rng.uniform(4, 11))
-        state["left"] -= 1
-        r = rnd()
-        pfns = held.pfns
-        if r < 0.03:
-            return _invalid_op(rng, g, held)
-        if not pfns or r < state["p_alloc"]:
-            if rnd() < 0.04:
-                return ("alloc_many", _pick_order(rng, orders), rng.randint(0, 6))
-            return ("alloc", _pick_order(rng, orders))
-        r = rnd()
-        pfn = pfns[int(rnd() * len(pfns))]
-        if r < 0.7:
-            return ("put", pfn)
-        if r < 0.85:
-            return ("get", pfn)
-        if r < 0.95:
-            for _ in range(3):  # prefer splitting a block bigger than a page
-                if held.order[pfn]:
-                    break
-                pfn = pfns[int(rnd() * len(pfns))]
-            return ("split", pfn)
-        k = min(len(pfns), rng.randint(1, 8))
-        return ("put_many", tuple(rng.sample(pfns, k)) + ((pfn,) if rnd() < 0.1 else ()))
-
-    def observe(op: Op, value: Any, exc: BaseException | None) -> None:
+    p_alloc, left = 0.5, 0
+    pump_left = MAX_REFCOUNT + 1 if pump else 0
+    pumped: int | None = None
+    for _ in range(length):
+        if pump_left and held.pfns:
+            if pumped is None:
+                pumped = held.pfns[0]
+            pump_left -= 1
+            op: Op = ("get", pumped)
+        else:
+            if left <= 0:
+                p_alloc = rng.uniform(0.15, 0.85)
+                left = int(2 ** rng.uniform(4, 11))
+            left -= 1
+            op = _draw(rng, g, held, p_alloc, orders)
+        value, exc = yield op
         kind = op[0]
-        if kind == "put":
-            if exc is None:
-                held.drop(op[1])  # type: ignore[arg-type]
-        elif kind == "alloc":
-            if exc is None:
-                held.add(value, op[1])  # type: ignore[arg-type]
-            elif type(exc).__name__ == "OutOfMemory" and rnd() < 0.5:
-                state["p_alloc"] = rng.uniform(0.1, 0.4)  # full: drain for a while
-        elif kind == "get":
-            if exc is None:
-                held.ref[op[1]] = held.ref.get(op[1], 0) + 1  # type: ignore[index]
-        elif kind == "split":
-            if exc is None:
-                pfn: int = op[1]  # type: ignore[assignment]
-                k = held.order.get(pfn, 0)
-                held.order[pfn] = 0
-                for p in range(pfn + 1, pfn + (1 << k)):
-                    held.add(p, 0)
-        elif kind == "alloc_many":
-            if exc is None:
-                for p in value:
-                    held.add(p, op[1])  # type: ignore[arg-type]
-        elif kind == "put_many":
-            for p in op[1]:  # type: ignore[union-attr]
-                if not held.drop(p):
-                    break
+        if kind == "alloc" and exc is not None:
+            if type(exc).__name__ == "OutOfMemory" and rnd() < 0.5:
+                p_alloc = rng.uniform(0.1, 0.4)  # full: drain for a while
+        else:
+            _observe(held, op, value, exc)
 
-    return next_op, observe
+
+def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: int) -> Op:
+    """One random operation: mostly valid, skewed by ``p_alloc`` towards allocating."""
+    rnd = rng.random
+    r = rnd()
+    pfns = held.pfns
+    if r < 0.03:
+        return _invalid_op(rng, g, held)
+    if not pfns or r < p_alloc:
+        if rnd() < 0.04:
+            return ("alloc_many", _pick_order(rng, orders), rng.randint(0, 6))
+        return ("alloc", _pick_order(rng, orders))
+    r = rnd()
+    pfn = pfns[int(rnd() * len(pfns))]
+    if r < 0.7:
+        return ("put", pfn)
+    if r < 0.85:
+        return ("get", pfn)
+    if r < 0.95:
+        for _ in range(3):  # prefer splitting a block bigger than a page
+            if held.order[pfn]:
+                break
+            pfn = pfns[int(rnd() * len(pfns))]
+        return ("split", pfn)
+    k = min(len(pfns), rng.randint(1, 8))
+    return ("put_many", tuple(rng.sample(pfns, k)) + ((pfn,) if rnd() < 0.1 else ()))
+
+
+def _observe(held: _Held, op: Op, value: Any, exc: BaseException | None) -> None:
+    """Update the pages held after ``op`` had outcome ``(value, exc)``."""
+    kind = op[0]
+    if kind == "put_many":
+        for p in op[1]:
+            if not held.drop(p):
+                break
+        return
+    if exc is not None:
+        return
+    if kind == "put":
+        held.drop(op[1])
+    elif kind == "alloc":
+        held.add(value, op[1])
+    elif kind == "get":
+        held.ref[op[1]] = held.ref.get(op[1], 0) + 1
+    elif kind == "split":
+        pfn: int = op[1]
+        k = held.order.get(pfn, 0)
+        held.order[pfn] = 0
+        for p in range(pfn + 1, pfn + (1 << k)):
+            held.add(p, 0)
+    elif kind == "alloc_many":
+        for p in value:
+            held.add(p, op[1])
 
 
 def fuzz(
@@ -322,12 +326,6 @@ def fuzz(
     operations as a trace, one section per episode. ``on_divergence`` is called
     before shrinking starts.
     """
-    pool_cls = pool_cls or POOL_CLASS
-    model_cls = model_cls or MODEL_CLASS
-    if pool_cls is None or model_cls is None:
-        dp, dm = default_classes()
-        pool_cls = pool_cls or dp
-        model_cls = model_cls or dm
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     result = FuzzResult(seed=seed)
@@ -350,37 +348,29 @@ def fuzz(
             result.episodes += 1
             if writer:
                 writer.section(g)
-            ops: list[Op] = []
-            try:
-                ls = Lockstep(g, pool_cls, model_cls, compare_every=cfg.compare_every)
-                held = _Held()
-                for i in range(g.reserved_pages):
-                    held.add(g.base_pfn + i, 0)
-                next_op, observe = _episode_ops_gen(rng, g, held, pump)
-                apply = ls.apply
-                append = ops.append
-                for i in range(length):
-                    op = next_op()
-                    append(op)
-                    if writer:
-                        writer.op(op)
-                    value, exc = apply(op)
-                    if exc is not None:
-                        result.rejected += 1
-                    observe(op, value, exc)
-                    if not (i + 1) & 1023:
-                        now = time.perf_counter()
-                        if progress is not None:
-                            progress(done + i + 1, now - t0)
-                        if now >= deadline:
-                            break
-                done += len(ops)
-                ls.finish()
-            except Divergence as d:
-                done += len(ops)
-                result.divergence = d
+
+            def tick(n: int, base: int = done) -> bool:
+                now = time.perf_counter()
+                if progress is not None:
+                    progress(base + n, now - t0)
+                return now >= deadline
+
+            run = run_ops(
+                g,
+                episode(rng, g, length, pump),
+                pool_cls=pool_cls,
+                model_cls=model_cls,
+                compare_every=cfg.compare_every,
+                keep_examples=0,
+                progress=tick,
+                record=writer.op if writer else None,
+            )
+            done += len(run.ops)
+            result.rejected += sum(run.rejected.values())
+            if run.divergence is not None:
+                result.divergence = run.divergence
                 result.geometry = g
-                result.episode_ops = ops
+                result.episode_ops = run.ops
                 break
             if progress is not None:
                 progress(done, time.perf_counter() - t0)
@@ -401,12 +391,13 @@ def fuzz(
             seconds=cfg.shrink_seconds,
         )
         result.shrunk_geometry, result.shrunk_ops, result.shrunk_divergence = g2, ops2, d2
+        classes = _lockstep.default_classes(g2)
         result.snippet = reproducer(
             g2,
             ops2,
             d2,
-            pool_cls=pool_cls,
-            model_cls=model_cls,
+            pool_cls=pool_cls or classes[0],
+            model_cls=model_cls or classes[1],
             origin=f"pagebuddy fuzz --seed {seed}",
         )
     return result
@@ -465,16 +456,7 @@ def _rebase(ops: list[Op], old: int, new: int, n: int) -> list[Op]:
     def move(p: int) -> int:
         return p - old + new if old - 2 <= p < old + n + 2 and p - old + new >= 0 else p
 
-    out: list[Op] = []
-    for op in ops:
-        kind = op[0]
-        if kind in ("put", "get", "split"):
-            out.append((kind, move(op[1])))  # type: ignore[arg-type]
-        elif kind == "put_many":
-            out.append((kind, tuple(move(p) for p in op[1])))  # type: ignore[union-attr]
-        else:
-            out.append(op)
-    return out
+    return [map_pfns(op, move) for op in ops]
 
 
 def _geometry_simplifications(g: Geometry) -> list[dict[str, Any]]:
@@ -520,130 +502,3 @@ def _ddmin(
                 break
             n = min(n * 2, len(items))
     return items, d
-
-
-_METHOD = {
-    "alloc": "alloc_pages",
-    "put": "put_page",
-    "get": "get_page",
-    "split": "split_page",
-    "alloc_many": "alloc_many",
-    "put_many": "put_many",
-}
-
-
-def _import_line(cls: type | None, default: str) -> str:
-    if cls is not None:
-        from . import Pool, ReferencePool
-
-        if cls not in (Pool, ReferencePool) and "<locals>" not in cls.__qualname__:
-            return f"from {cls.__module__} import {cls.__qualname__} as {default}"
-    return ""
-
-
-def _snippet_args(op: Op, g: Geometry) -> str:
-    def pfn(p: int) -> str:
-        if g.base_pfn and g.base_pfn - 2 <= p < g.base_pfn + g.nr_pages + 2:
-            d = p - g.base_pfn
-            return f"BASE + {d}" if d >= 0 else f"BASE - {-d}"
-        return repr(p)
-
-    kind = op[0]
-    if kind in ("put", "get", "split"):
-        return pfn(op[1])  # type: ignore[arg-type]
-    if kind == "put_many":
-        items = [pfn(p) for p in op[1]]  # type: ignore[union-attr]
-        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    return ", ".join(map(repr, op[1:]))
-
-
-def reproducer(
-    geometry: Geometry,
-    ops: list[Op],
-    divergence: Divergence | None,
-    *,
-    pool_cls: type | None = None,
-    model_cls: type | None = None,
-    origin: str = "",
-) -> str:
-    """A standalone Python snippet that replays ``ops`` on both pools and checks them.
-
-    It uses only the public API and performs the same comparisons as
-    :class:`pagebuddy._lockstep.Lockstep` with ``compare_every=1``: running it
-    raises ``AssertionError`` (or the pool's own exception) where the pools
-    disagree, and prints a line if they agree.
-    """
-    g = geometry
-    imports = ["import re", "", "from pagebuddy import Pool, ReferencePool"]
-    for cls, name in ((pool_cls, "Pool"), (model_cls, "ReferencePool")):
-        line = _import_line(cls, name)
-        if line:
-            imports.append(line + "  # the class under test")
-    kw = [f"{g.nr_pages}"] + [f"{k}={v!r}" for k, v in g.kwargs().items()]
-    contents = not (g.zero == "never" and g.links == "intrusive")
-    head = ["# Reproducer: Pool and ReferencePool disagree."]
-    if origin:
-        shrunk = f"shrunk to {len(ops)} operation(s)" if ops else "no operation needed"
-        head.append(f"# Found by `{origin}`; {shrunk}.")
-    if divergence is not None:
-        head.append(f"# Divergence: {divergence}")
-    lines = [
-        *head,
-        *imports,
-        "",
-        f"ARGS = dict({', '.join(kw[1:])})",
-        f"N, PAGE_SIZE, BASE = {g.nr_pages}, {g.page_size}, {g.base_pfn}",
-    ]
-    if g.arena == "buffer":
-        lines += [
-            "pool_arena, model_arena = bytearray(N * PAGE_SIZE), bytearray(N * PAGE_SIZE)",
-            "pool = Pool(N, buffer=pool_arena, **ARGS)",
-            "model = ReferencePool(N, buffer=model_arena, **ARGS)",
-        ]
-    else:
-        lines += ["pool, model = Pool(N, **ARGS), ReferencePool(N, **ARGS)"]
-    lines += [
-        "",
-        "",
-        "def outcome(method, *args):",
-        "    try:",
-        '        return "returned", method(*args)',
-        "    except Exception as e:  # put_many errors also name the failing element",
-        '        return "raised", type(e).__name__, re.findall(r"pfns\\[\\d+\\]", str(e))',
-        "",
-        "",
-        "def step(name, *args):",
-        "    got = outcome(getattr(pool, name), *args)",
-        "    want = outcome(getattr(model, name), *args)",
-        '    assert got == want, f"{name}{args}: Pool {got}, ReferencePool {want}"',
-        "    assert pool.free_pages == model.free_pages, (",
-        '        f"after {name}{args}: free_pages {pool.free_pages} != {model.free_pages}"',
-        "    )",
-        "    assert pool.free_lists() == model.free_lists(), (",
-        '        f"after {name}{args}: free lists {pool.free_lists()} != {model.free_lists()}"',
-        "    )",
-    ]
-    if contents:
-        lines += [
-            '    if name.startswith("alloc") and got[0] == "returned":',
-            '        for pfn in got[1] if name == "alloc_many" else [got[1]]:',
-            "            a, b = pool.view(pfn), model.view(pfn)",
-            '            assert a.tobytes() == b.tobytes(), f"contents of new block {pfn} differ"',
-            f"            a[:] = b[:] = bytes([{FILL:#x}]) * len(a)",
-        ]
-    lines += ["", ""]
-    for op in ops:
-        lines.append(f"step({_METHOD[op[0]]!r}, {_snippet_args(op, g)})")
-    lines += [
-        "",
-        "pfns = range(BASE, BASE + N)",
-        "assert [pool.page_count(p) for p in pfns] == [model.page_count(p) for p in pfns], (",
-        '    "page counts differ"',
-        ")",
-        "pool.check()",
-        "model.check()",
-    ]
-    if g.arena == "buffer" and g.links == "side":
-        lines.append('assert pool_arena == model_arena, "arenas differ"')
-    lines.append('print("no divergence: Pool and ReferencePool agree")')
-    return "\n".join(lines) + "\n"

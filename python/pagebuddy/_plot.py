@@ -55,7 +55,8 @@ def _grid(states: Sequence[int]) -> tuple[list[list[float]], int]:
 
 
 def plot_run(result: RunResult, path: str, title: str = "pagebuddy") -> None:
-    """Write the two-panel PNG for ``result`` (needs ``samples`` and ``arena_map``) to ``path``.
+    """Write the two-panel PNG for ``result`` (needs ``samples`` and ``arena_map``) to ``path``,
+    exactly that file whatever its extension; :class:`OSError` if it cannot be written.
 
     Raises :class:`PlotUnavailable` when matplotlib is missing.
     """
@@ -118,8 +119,13 @@ def plot_run(result: RunResult, path: str, title: str = "pagebuddy") -> None:
         fontsize=8,
         frameon=False,
     )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        # The path as given, whatever its extension (savefig would add ".png" to a name
+        # without one and pick the format from any other).
+        with open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _size(nbytes: int) -> str:

@@ -21,13 +21,11 @@ import re
 from collections.abc import Iterable
 from typing import Any, NoReturn, SupportsIndex
 
+from . import _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
+from ._rules import LINK_STORES, MAX_REFCOUNT, ZERO_POLICIES
 
 __all__ = ["ReferencePool"]
-
-MAX_REFCOUNT = 65535
-ZERO_POLICIES = ("free", "alloc", "never")
-LINK_STORES = ("side", "intrusive")
 
 
 def _as_int(value: object, what: str) -> int:
@@ -127,16 +125,9 @@ class ReferencePool:
         if not isinstance(_links, str):
             raise TypeError(f"_links must be a str, not {type(_links).__name__}")
 
-        if not 1 <= nr_pages <= 2**32 - 2:
-            raise ValueError(f"nr_pages must be in 1..{2**32 - 2}, not {nr_pages}")
-        if not (64 <= page_size <= 2**30 and page_size & (page_size - 1) == 0):
-            raise ValueError(f"page_size must be a power of two in 64..2**30, not {page_size}")
-        if base_pfn < 0 or base_pfn + nr_pages > 2**64:
-            raise ValueError(f"base_pfn {base_pfn}: pfns must lie in 0..2**64 - 1")
-        if not 0 <= reserved_pages <= nr_pages:
-            raise ValueError(f"reserved_pages must be in 0..{nr_pages}, not {reserved_pages}")
-        if cap < 1:
-            raise ValueError(f"max_order must be >= 1, not {cap}")
+        problem = _rules.geometry_problem(nr_pages, page_size, base_pfn, reserved_pages, cap)
+        if problem:
+            raise ValueError(problem)
         self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
         self._links = _as_choice(_links, "_links", LINK_STORES)
 
@@ -144,7 +135,7 @@ class ReferencePool:
         self._page_size = page_size
         self._base_pfn = base_pfn
         self._reserved_pages = reserved_pages
-        self._max_order = min(cap, nr_pages.bit_length())
+        self._max_order = _rules.max_order(nr_pages, cap)
         self._arena = _arena_from(buffer, nr_pages * page_size)
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
@@ -270,24 +261,20 @@ class ReferencePool:
         """Validate an order argument (TypeError / ValueError)."""
         order = _as_int(order, f"{op}: order")
         if not 0 <= order < self._max_order:
-            raise ValueError(
-                f"{op}: order {order} is invalid: this pool has orders 0..{self._max_order - 1}"
-            )
+            raise ValueError(_rules.msg_bad_order(op, order, self._max_order))
         return order
 
     def _check_in_pool(self, op: str, pfn: int) -> int:
         """Metadata index of ``pfn``, or PageError when it is outside the pool."""
         if not self._in_pool(pfn):
-            last = self._base_pfn + self._nr_pages - 1
-            raise PageError(f"{op}: pfn {pfn} is outside the pool (pfns {self._base_pfn}..{last})")
+            raise PageError(_rules.msg_outside(op, pfn))
         return self._index(pfn)
 
     def _check_held(self, op: str, pfn: int) -> int:
         """Metadata index of ``pfn``, or PageError unless it is in the pool and held."""
         i = self._check_in_pool(op, pfn)
         if self._refcount[i] == 0:
-            kind = "free page" if self._order[i] is not None else "tail page"
-            raise PageError(f"{op}: pfn {pfn} is not held (refcount 0: {kind})")
+            raise PageError(_rules.msg_not_held(op, pfn, self._order[i] is not None))
         return i
 
     def _alloc(self, order: int) -> int:
@@ -297,10 +284,7 @@ class ReferencePool:
                 pfn = self._free_area[j][0]
                 break
         else:
-            raise OutOfMemory(
-                f"alloc_pages: out of memory: no free block of order >= {order} "
-                f"(free pages: {self.free_pages})"
-            )
+            raise OutOfMemory(_rules.msg_out_of_memory(order, self.free_pages))
         self._extract(pfn, order)
         self._refcount[self._index(pfn)] = 1
         if self._zero == "alloc":
@@ -343,10 +327,7 @@ class ReferencePool:
             len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
         )
         if count > capacity:
-            raise OutOfMemory(
-                f"alloc_many: out of memory: {count} blocks of order {order} requested, "
-                f"{capacity} available (free pages: {self.free_pages})"
-            )
+            raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, capacity))
         return [self._alloc(order) for _ in range(count)]
 
     def get_page(self, pfn: SupportsIndex) -> None:
@@ -358,7 +339,7 @@ class ReferencePool:
         pfn = _as_int(pfn, "get_page: pfn")
         i = self._check_held("get_page", pfn)
         if self._refcount[i] == MAX_REFCOUNT:
-            raise PageError(f"get_page: pfn {pfn} refcount would overflow {MAX_REFCOUNT}")
+            raise PageError(_rules.msg_refcount_overflow("get_page", pfn))
         self._refcount[i] += 1
 
     def put_page(self, pfn: SupportsIndex) -> None:

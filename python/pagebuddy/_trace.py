@@ -18,27 +18,29 @@ Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
 ``links=side|intrusive`` (the link store) and ``arena=owned|buffer`` (whether the
 pool owns its arena or is handed a ``bytearray``). Integers may be written in
-decimal or as ``0x`` hexadecimal. The geometry must be one the constructor accepts,
-with an arena (``nr_pages * page_size``) of at most 4 GiB.
+decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
+geometry must be one the constructor accepts, with at most 2**20 pages and an arena
+(``nr_pages * page_size``) of at most 4 GiB.
 
 Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
 ``alloc_many ORDER COUNT`` and ``put_many PFN...``. Any integer is accepted as an
 argument: whether the operation is allowed (a put of a free page, an order out of
 range) is for the pool to decide, and replaying reports such operations as
 rejected. A line that is not of this form is a format error, reported with its
-line number by :class:`TraceError`.
+line number by :class:`TraceError`. Integers may carry a sign and have at most
+4300 digits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Union
+from typing import IO, Any
+
+from ._rules import ARENAS, LINK_STORES, OPERATIONS, TRACED, ZERO_POLICIES, Geometry, Op, format_op
 
 __all__ = [
     "HEADER_MAGIC",
-    "OP_KINDS",
     "Geometry",
     "Op",
     "Section",
@@ -53,26 +55,13 @@ __all__ = [
 HEADER_MAGIC = "pagebuddy-trace"
 HEADER_VERSION = "v1"
 
-#: An operation: ``("alloc", order)``, ``("put", pfn)``, ``("get", pfn)``,
-#: ``("split", pfn)``, ``("alloc_many", order, count)`` or ``("put_many", (pfn, ...))``.
-Op = Union[tuple[str, int], tuple[str, int, int], tuple[str, tuple[int, ...]]]
-
-#: Operation kind -> (pool method name, number of integer arguments; -1 = one or more).
-OP_KINDS: dict[str, tuple[str, int]] = {
-    "alloc": ("alloc_pages", 1),
-    "put": ("put_page", 1),
-    "get": ("get_page", 1),
-    "split": ("split_page", 1),
-    "alloc_many": ("alloc_many", 2),
-    "put_many": ("put_many", -1),
-}
-
 #: Largest arena (``nr_pages * page_size``) a trace header may ask for.
 MAX_ARENA_BYTES = 1 << 32
 
-ZERO_POLICIES = ("free", "alloc", "never")
-LINK_STORES = ("side", "intrusive")
-ARENAS = ("owned", "buffer")
+#: Most pages a trace header may ask for. A replay keeps state for every page in both pools
+#: (the model's per-page lists cost about 16 bytes a page, the native metadata 12) and
+#: compares every page at the end of each section: 2**20 pages is about 30 MiB and seconds.
+MAX_PAGES = 1 << 20
 
 
 class TraceError(ValueError):
@@ -85,60 +74,6 @@ class TraceError(ValueError):
         super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """The constructor arguments of a pool, shared by ``Pool`` and ``ReferencePool``.
-
-    ``max_order`` is the cap handed to the constructor (the pool clamps it to
-    ``nr_pages.bit_length()``). ``links`` selects the private link store and
-    ``arena`` whether the pool owns its arena (``"owned"``) or is given a
-    ``bytearray`` (``"buffer"``), which lets a run compare whole arenas.
-    """
-
-    nr_pages: int
-    page_size: int = 4096
-    base_pfn: int = 0
-    reserved_pages: int = 0
-    max_order: int = 11
-    zero: str = "free"
-    links: str = "side"
-    arena: str = "owned"
-
-    @property
-    def effective_max_order(self) -> int:
-        """Number of orders the pool really has: ``min(max_order, nr_pages.bit_length())``."""
-        return min(self.max_order, self.nr_pages.bit_length())
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the pool constructor, without ``buffer``."""
-        kw: dict[str, Any] = {
-            "page_size": self.page_size,
-            "base_pfn": self.base_pfn,
-            "reserved_pages": self.reserved_pages,
-            "max_order": self.max_order,
-            "zero": self.zero,
-        }
-        if self.links != "side":
-            kw["_links"] = self.links
-        return kw
-
-    def build(self, cls: Any) -> tuple[Any, bytearray | None]:
-        """Construct a pool of class ``cls``; returns ``(pool, buffer or None)``."""
-        buf = bytearray(self.nr_pages * self.page_size) if self.arena == "buffer" else None
-        kw = self.kwargs()
-        if buf is not None:
-            kw["buffer"] = buf
-        return cls(self.nr_pages, **kw), buf
-
-    def replace(self, **changes: Any) -> Geometry:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        """All fields, for JSON output."""
-        return dataclasses.asdict(self)
-
-
 @dataclass
 class Section:
     """One pool's worth of a trace: its geometry, operations and their line numbers."""
@@ -149,11 +84,28 @@ class Section:
     header_line: int = 0
 
 
+#: Most digits an integer of a trace may have (Python's own limit on converting text to int;
+#: 4300 decimal digits is far beyond any pfn, order or count a pool accepts).
+MAX_DIGITS = 4300
+
+
 def _int(text: str, line: int, what: str, source: str) -> int:
+    """An integer in decimal (leading zeros allowed) or ``0x``/``0o``/``0b``, with a sign."""
+    sign, digits = (text[0], text[1:]) if text[:1] in "+-" else ("", text)
+    if len(digits) > MAX_DIGITS:
+        raise TraceError(
+            line, f"{what} has {len(digits)} digits: at most {MAX_DIGITS} are accepted", source
+        )
     try:
-        return int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text, 10)
+        if digits[:2].lower() in ("0x", "0o", "0b"):
+            value = int(digits, 0)
+        elif digits.isdecimal() and digits.isascii():
+            value = int(digits, 10)
+        else:
+            raise ValueError(text)
     except ValueError:
         raise TraceError(line, f"{what} is not an integer: {text!r}", source) from None
+    return -value if sign == "-" else value
 
 
 _HEADER_INT_KEYS = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order")
@@ -189,55 +141,49 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
             raise TraceError(line, f"unknown header field {key!r} (known: {known})", source)
     if "nr_pages" not in values:
         raise TraceError(line, "header lacks nr_pages=N", source)
+    if "max_order" in values:
+        values["order_cap"] = values.pop("max_order")
     geometry = Geometry(**values)
-    problem = validate_geometry(geometry)
+    problem = geometry.problem()
     if problem:
         raise TraceError(line, f"invalid geometry: {problem}", source)
-    if geometry.nr_pages * geometry.page_size > MAX_ARENA_BYTES:
-        raise TraceError(
-            line,
-            f"arena of {geometry.nr_pages * geometry.page_size} bytes: a trace may ask for "
-            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})",
-            source,
-        )
+    problem = memory_problem(geometry)
+    if problem:
+        raise TraceError(line, problem, source)
     return geometry
 
 
-def validate_geometry(g: Geometry) -> str | None:
-    """Return why ``g`` would be refused by the pool constructor, or ``None`` if it is valid."""
-    if not 1 <= g.nr_pages <= 2**32 - 2:
-        return f"nr_pages={g.nr_pages} must be in 1..{2**32 - 2}"
-    if g.page_size < 64 or g.page_size > 2**30 or g.page_size & (g.page_size - 1):
-        return f"page_size={g.page_size} must be a power of two in 64..2**30"
-    if g.base_pfn < 0 or g.base_pfn + g.nr_pages > 2**64:
-        return f"base_pfn={g.base_pfn} must be >= 0 with base_pfn + nr_pages <= 2**64"
-    if not 0 <= g.reserved_pages <= g.nr_pages:
-        return f"reserved_pages={g.reserved_pages} must be in 0..nr_pages ({g.nr_pages})"
-    if g.max_order < 1:
-        return f"max_order={g.max_order} must be >= 1"
+def memory_problem(g: Geometry) -> str | None:
+    """Why replaying ``g`` would need more memory than a trace may ask for, or ``None``."""
+    if g.nr_pages * g.page_size > MAX_ARENA_BYTES:
+        return (
+            f"arena of {g.nr_pages * g.page_size} bytes: a trace may ask for "
+            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})"
+        )
+    if g.nr_pages > MAX_PAGES:
+        return (
+            f"nr_pages={g.nr_pages}: a trace may ask for at most {MAX_PAGES} pages (both pools "
+            f"keep state for every page; this many would need about "
+            f"{g.nr_pages * 28 >> 20} MiB of metadata)"
+        )
     return None
 
 
 def _parse_op(words: list[str], line: int, source: str) -> Op:
     kind = words[0]
-    spec = OP_KINDS.get(kind)
-    if spec is None:
+    if kind not in TRACED:
         raise TraceError(
-            line,
-            f"unknown operation {kind!r} (expected one of {', '.join(OP_KINDS)})",
-            source,
+            line, f"unknown operation {kind!r} (expected one of {', '.join(TRACED)})", source
         )
-    nargs = spec[1]
-    args = words[1:]
-    if nargs == -1:
+    spec, args = OPERATIONS[kind], words[1:]
+    if spec.params == ("pfns",):
         if not args:
             raise TraceError(line, f"{kind} needs at least one PFN", source)
         return (kind, tuple(_int(a, line, f"{kind} argument", source) for a in args))
+    nargs = len(spec.params)
     if len(args) != nargs:
-        usage = "ORDER COUNT" if kind == "alloc_many" else ("ORDER" if kind == "alloc" else "PFN")
-        raise TraceError(
-            line, f"{kind} takes {nargs} argument{'s' if nargs > 1 else ''}: {kind} {usage}", source
-        )
+        plural = "s" if nargs > 1 else ""
+        raise TraceError(line, f"{kind} takes {nargs} argument{plural}: {spec.usage}", source)
     if nargs == 1:
         return (kind, _int(args[0], line, f"{kind} argument", source))
     return (
@@ -277,17 +223,33 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[Section]:
     return sections
 
 
+def _decoded(raw: Iterable[bytes], source: str) -> Iterator[str]:
+    """The lines of a binary stream as text; a line that is not UTF-8 is a :class:`TraceError`."""
+    for number, line in enumerate(raw, 1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TraceError(
+                number, f"not a text file (not UTF-8: {e.reason} at byte {e.start})", source
+            ) from None
+
+
 def read_trace(path: str) -> list[Section]:
-    """Read and parse the trace file at ``path`` (``-`` for standard input)."""
+    """Read and parse the trace file at ``path`` (``-`` for standard input).
+
+    The bytes are decoded as UTF-8 here, whatever the locale or ``PYTHONIOENCODING`` say.
+    Raises :class:`TraceError` for a malformed trace and :class:`OSError` for a file that
+    cannot be read.
+    """
     if path == "-":
         import sys
 
-        return parse_trace(sys.stdin, "<stdin>")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse_trace(f, path)
-    except UnicodeDecodeError as e:
-        raise TraceError(0, f"not a text file ({e.reason})", path) from None
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise TraceError(0, "no standard input to read", "<stdin>")
+        return parse_trace(_decoded(stdin, "<stdin>"), "<stdin>")
+    with open(path, "rb") as f:
+        return parse_trace(_decoded(f, path), path)
 
 
 def format_header(g: Geometry) -> str:
@@ -299,7 +261,7 @@ def format_header(g: Geometry) -> str:
         f"page_size={g.page_size}",
         f"base_pfn={g.base_pfn:#x}",
         f"reserved_pages={g.reserved_pages}",
-        f"max_order={g.max_order}",
+        f"max_order={g.order_cap}",
         f"zero={g.zero}",
     ]
     if g.links != "side":
@@ -307,14 +269,6 @@ def format_header(g: Geometry) -> str:
     if g.arena != "owned":
         parts.append(f"arena={g.arena}")
     return " ".join(parts)
-
-
-def format_op(op: Op) -> str:
-    """One operation as a trace line (without newline)."""
-    kind = op[0]
-    if kind == "put_many":
-        return "put_many " + " ".join(map(str, op[1]))  # type: ignore[arg-type]
-    return " ".join(map(str, op))
 
 
 class TraceWriter:

@@ -1,9 +1,9 @@
 """The demo workload: a hypervisor's page pool serving virtual machines.
 
-:func:`demo_workload` is a generator of operations, deterministic for a given
-seed. It receives each operation's outcome (``(value, exception)``, sent by the
-driver in :func:`pagebuddy._lockstep.run_ops`) so that later operations use the
-page frame numbers earlier allocations returned, as a real caller does.
+:func:`demo_workload` is an operation source (:data:`pagebuddy._lockstep.OpSource`),
+deterministic for a given seed. It receives each operation's outcome
+(``(value, exception)``) so that later operations use the page frame numbers earlier
+allocations returned, as a real caller does.
 
 The story, on a 64 MiB pool of 4 KiB pages whose first 64 pages are reserved
 (the hypervisor's own image):
@@ -36,8 +36,8 @@ import random
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from ._lockstep import Outcome
-from ._trace import Geometry, Op
+from ._lockstep import OpSource, Outcome
+from ._rules import Geometry, Op
 
 __all__ = ["DEMO_GEOMETRY", "DEMO_OPS", "DEMO_SEED", "demo_workload"]
 
@@ -47,7 +47,7 @@ DEMO_GEOMETRY = Geometry(
     page_size=4096,
     base_pfn=0x80000,
     reserved_pages=64,
-    max_order=11,
+    order_cap=11,
     zero="free",
 )
 DEMO_SEED = 2024
@@ -73,7 +73,7 @@ class _VM:
 
 def demo_workload(
     geometry: Geometry = DEMO_GEOMETRY, seed: int = DEMO_SEED, ops: int = DEMO_OPS
-) -> Generator[Op, Outcome, None]:
+) -> OpSource:
     """Yield about ``ops`` operations of the VM-host story for a pool of ``geometry``.
 
     Each ``yield`` returns the outcome of the operation just yielded. Orders are
@@ -81,7 +81,7 @@ def demo_workload(
     :data:`DEMO_GEOMETRY`).
     """
     rng = random.Random(seed)
-    top = geometry.effective_max_order - 1
+    top = geometry.max_order - 1
     block_order = min(BLOCK_ORDER, top)
     pgd_order = min(1, top)
     emitted = 0

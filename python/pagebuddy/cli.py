@@ -1,6 +1,6 @@
 """The ``pagebuddy`` command (also ``python -m pagebuddy``).
 
-Subcommands: ``demo`` (the default), ``fuzz``, ``replay`` and ``bench``; see
+Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrace``; see
 ``pagebuddy --help`` and ``docs/cli.md``.
 """
 
@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import io
 import json
+import os
 import sys
 import textwrap
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,8 +32,18 @@ from rich.progress import (
 from rich.table import Table
 
 from . import _frag
-from ._lockstep import GeometryRefused, RunResult, run_ops, time_ops
-from ._trace import Geometry, Section, TraceError, TraceWriter, format_op, read_trace
+from ._bench import time_ops
+from ._lockstep import GeometryRefused, RunResult, run_ops
+from ._trace import (
+    MAX_ARENA_BYTES,
+    MAX_PAGES,
+    Geometry,
+    Section,
+    TraceError,
+    TraceWriter,
+    format_op,
+    read_trace,
+)
 
 __all__ = [
     "EXIT_DIVERGENCE",
@@ -53,8 +65,9 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    success: Pool and ReferencePool agreed on everything
   1    divergence: Pool and ReferencePool disagreed (fuzz prints a reproducer)
-  2    usage error, malformed trace (reported with its line number), or a
-       missing optional dependency (--plot needs: pip install 'pagebuddy[plot]')
+  2    usage error, malformed trace (reported with its line number), unreadable
+       file or unwritable output, or a missing optional dependency (--plot
+       needs: pip install 'pagebuddy[plot]'); one line, or JSON with --json
   3    replay --strict: the trace holds operations the allocator refused
        (e.g. a put of a free page); they are reported either way
   130  interrupted (Ctrl-C)
@@ -67,8 +80,37 @@ pure-Python model (ReferencePool). Without a subcommand, runs the demo
 """
 
 
+#: Most operations ``demo --ops`` generates (the workload is built in memory before it runs).
+MAX_DEMO_OPS = 1_000_000
+
+
 class _Usage(Exception):
-    """A usage error detected after parsing (exit code 2)."""
+    """A usage error (exit code 2): bad arguments, an unreadable or malformed input.
+
+    ``extra`` holds fields that the JSON error object carries besides ``error``.
+    """
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`_Usage` instead of printing usage and exiting,
+    so that ``main`` reports every usage error the same way (one line, or JSON)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # argparse turns `--opt=--` into an empty list without calling the option's type.
+        for arg in args if args is not None else sys.argv[1:]:
+            if arg == "--":
+                break
+            option, eq, value = arg.partition("=")
+            if arg.startswith("-") and eq and value == "--":
+                self.error(f"argument {option}: expected one argument")
+        return super().parse_known_args(args, namespace)
 
 
 def _int(text: str) -> int:
@@ -92,6 +134,28 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argument type: an integer in ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        v = _int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}: {text!r}")
+        return v
+
+    return parse
+
+
+def _output_path(option: str, path: str) -> None:
+    """Refuse, before any work, an output path that cannot be a file: a directory, or a file
+    in a directory that does not exist."""
+    if os.path.isdir(path):
+        raise _Usage(f"{option} {path}: is a directory (give a file name)")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise _Usage(f"{option} {path}: directory {parent} does not exist")
+
+
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -108,14 +172,18 @@ def _wrap(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pagebuddy`` command."""
+    from ._bench import MAX_PAGES as BENCH_MAX_PAGES
+    from ._bench import MIN_PAGES as BENCH_MIN_PAGES
     from ._fuzz import DEFAULT_SECONDS
     from ._workload import DEMO_OPS, DEMO_SEED
 
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pagebuddy", description=DESCRIPTION, epilog=EXIT_CODES_HELP, formatter_class=fmt
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    # (`pagebuddy --version --json`; `pagebuddy --json` alone is `pagebuddy demo --json`)
+    parser.add_argument("--json", action="store_true", dest="top_json", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -143,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--ops",
-        type=_positive,
+        type=_int_in(1, MAX_DEMO_OPS),
         default=DEMO_OPS,
-        help=f"approximate number of operations (default {DEMO_OPS})",
+        help=f"approximate number of operations (default {DEMO_OPS}, at most {MAX_DEMO_OPS})",
     )
     demo.add_argument(
         "--plot", metavar="PATH", help="write a PNG: free blocks over time, arena map"
@@ -176,9 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fz.add_argument("--seconds", type=_seconds, metavar="T", help="run for T seconds")
     fz.add_argument("--seed", type=_non_negative, help="random seed (random if not given)")
-    fz.add_argument("--pages", type=_positive, metavar="N", help="nr_pages of every pool")
+    fz.add_argument(
+        "--pages",
+        type=_int_in(1, MAX_PAGES),
+        metavar="N",
+        help=f"nr_pages of every pool (at most {MAX_PAGES})",
+    )
     fz.add_argument("--base-pfn", type=_non_negative, metavar="PFN", help="base_pfn")
-    fz.add_argument("--reserved", type=_non_negative, metavar="N", help="reserved_pages")
+    fz.add_argument("--reserved", type=_int_in(0, MAX_PAGES), metavar="N", help="reserved_pages")
     fz.add_argument("--max-order", type=_positive, metavar="K", help="max_order cap")
     fz.add_argument("--zero", choices=("free", "alloc", "never"), help="zero policy")
     fz.add_argument("--page-size", type=_positive, metavar="BYTES", help="page_size")
@@ -244,8 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     bn.add_argument("--tiny", action="store_true", help="a tiny run (a few seconds)")
-    bn.add_argument("--pages", type=_positive, metavar="N", help="pool size in pages")
+    bn.add_argument(
+        "--pages",
+        type=_int_in(BENCH_MIN_PAGES, BENCH_MAX_PAGES),
+        metavar="N",
+        help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
+    )
     common(bn)
+
+    from ._ftrace_cmd import add_parser as add_ftrace
+
+    add_ftrace(sub, common, EXIT_CODES_HELP, _positive, _int_in(1, 2**32 - 2))
     return parser
 
 
@@ -278,9 +360,6 @@ class _Ctx:
         sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
         sys.stdout.flush()
 
-    def error(self, message: str) -> None:
-        self.err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
-
 
 def _size(nbytes: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -291,7 +370,7 @@ def _size(nbytes: int) -> str:
 
 
 def _describe_geometry(g: Geometry) -> str:
-    orders = g.effective_max_order
+    orders = g.max_order
     parts = [
         f"{g.nr_pages} pages of {_size(g.page_size)} ({_size(g.nr_pages * g.page_size)})",
         f"at pfn {g.base_pfn:#x}",
@@ -432,7 +511,7 @@ def _report_dict(
         "command": command,
         "ok": result.ok,
         "geometry": g.as_dict(),
-        "max_order": g.effective_max_order,
+        "max_order": g.max_order,
         "ops": len(result.ops),
         "op_counts": dict(result.op_counts),
         "rejected": dict(result.rejected),
@@ -444,11 +523,9 @@ def _report_dict(
 
 
 def _classes() -> tuple[type, type]:
-    from . import _fuzz
-    from ._lockstep import default_classes
+    from . import _lockstep
 
-    dp, dm = default_classes()
-    return (_fuzz.POOL_CLASS or dp, _fuzz.MODEL_CLASS or dm)
+    return _lockstep.default_classes()
 
 
 def _check_plot() -> None:
@@ -479,6 +556,9 @@ def cmd_demo(ctx: _Ctx) -> int:
     args = ctx.args
     if args.plot:
         _check_plot()
+        _output_path("--plot", args.plot)
+    if args.record:
+        _output_path("--record", args.record)
     g = DEMO_GEOMETRY
     pool_cls, model_cls = _classes()
     t0 = time.perf_counter()
@@ -561,25 +641,13 @@ def cmd_replay(ctx: _Ctx) -> int:
     args = ctx.args
     if args.plot:
         _check_plot()
+        _output_path("--plot", args.plot)
     try:
         sections = read_trace(args.file)
     except TraceError as e:
-        if ctx.json:
-            ctx.emit_json(
-                {
-                    "command": "replay",
-                    "ok": False,
-                    "error": str(e),
-                    "line": e.line,
-                    "reason": e.reason,
-                }
-            )
-        else:
-            ctx.error(f"malformed trace: {e}")
-        return EXIT_USAGE
+        raise _Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
     except OSError as e:
-        ctx.error(f"cannot read {args.file}: {e.strerror or e}")
-        return EXIT_USAGE
+        raise _Usage(f"cannot read {args.file}: {e.strerror or e}") from None
     pool_cls, model_cls = _classes()
     total = sum(len(s.ops) for s in sections)
     t0 = time.perf_counter()
@@ -617,20 +685,11 @@ def cmd_replay(ctx: _Ctx) -> int:
                     keep_examples=max(0, 20 - len(rejected_lines)),
                 )
             except GeometryRefused as e:
-                msg = f"{args.file}:{s.header_line}: {e}"
-                if ctx.json:
-                    ctx.emit_json(
-                        {
-                            "command": "replay",
-                            "ok": False,
-                            "error": msg,
-                            "line": s.header_line,
-                            "reason": str(e),
-                        }
-                    )
-                else:
-                    ctx.error(f"malformed trace: {msg}")
-                return EXIT_USAGE
+                raise _Usage(
+                    f"malformed trace: {args.file}:{s.header_line}: {e}",
+                    line=s.header_line,
+                    reason=str(e),
+                ) from None
             results.append(r)
             done += len(s.ops)
             n_rejected += sum(r.rejected.values())
@@ -734,8 +793,15 @@ def cmd_fuzz(ctx: _Ctx) -> int:
     ps = args.page_size
     if ps is not None and (ps < 64 or ps > 2**30 or ps & (ps - 1)):
         raise _Usage(f"--page-size {ps} must be a power of two in 64..2**30")
-    if args.pages is not None and args.pages > 2**32 - 2:
-        raise _Usage("--pages must be <= 2**32 - 2")
+    if args.pages is not None and args.pages * (ps or 4096) > MAX_ARENA_BYTES:
+        raise _Usage(
+            f"--pages {args.pages} of {ps or 4096} bytes: an arena of at most 4 GiB "
+            f"(nr_pages * page_size <= {MAX_ARENA_BYTES}; without --page-size, pages may be "
+            "4096 bytes)"
+        )
+    for option in ("record", "reproducer"):
+        if getattr(args, option):
+            _output_path(f"--{option}", getattr(args, option))
     if args.base_pfn is not None and args.base_pfn + (args.pages or 1) > 2**64:
         raise _Usage("--base-pfn: base_pfn + nr_pages must be <= 2**64")
     ops = args.ops if args.ops not in (None, -1) else None
@@ -749,7 +815,7 @@ def cmd_fuzz(ctx: _Ctx) -> int:
         pages=args.pages,
         base_pfn=args.base_pfn,
         reserved=args.reserved,
-        max_order=args.max_order,
+        order_cap=args.max_order,
         zero=args.zero,
         page_size=args.page_size,
         links=args.links,
@@ -904,6 +970,13 @@ def cmd_bench(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_ftrace(ctx: _Ctx) -> int:
+    """``pagebuddy ftrace FILE`` (in :mod:`pagebuddy._ftrace_cmd`)."""
+    from ._ftrace_cmd import cmd_ftrace as run
+
+    return run(ctx)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
@@ -911,47 +984,107 @@ _COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "fuzz": cmd_fuzz,
     "replay": cmd_replay,
     "bench": cmd_bench,
+    "ftrace": cmd_ftrace,
 }
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for JSON (``--json`` or an abbreviation argparse would accept),
+    decided before parsing so that a usage error can be reported as JSON too."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if len(arg) > 2 and "--json".startswith(arg):
+            return True
+    return False
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if a in _COMMANDS), None)
+
+
+def _report_error(
+    json_out: bool, command: str | None, message: str, code: int, **extra: Any
+) -> int:
+    """Report a failure as one line on stderr, or as one JSON object on stdout; return ``code``."""
+    if json_out:
+        obj = {"command": command, "ok": False, "error": message, **extra, "exit_code": code}
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    return code
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], json_out: bool) -> Any:
+    """``parser.parse_args(argv)``; ``--help`` prints the help (inside JSON with ``--json``) and
+    returns the exit code instead of a namespace."""
+    if not json_out:
+        try:
+            return parser.parse_args(argv)
+        except SystemExit as e:  # --help
+            return int(e.code or 0)
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            return parser.parse_args(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+        obj = {"command": _command_of(argv), "ok": code == 0, "help": text.getvalue()}
+        sys.stdout.write(json.dumps({**obj, "exit_code": code}, indent=2) + "\n")
+        return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``pagebuddy`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run ``pagebuddy`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Every outcome is reported: bad input exits 2 with one line on standard error (with
+    ``--json``, one JSON object on standard output), never a traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "demo")  # no subcommand: the demo, with the options given
+    json_out = _wants_json(argv)
+    command = _command_of(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return int(e.code or 0)
+        args = _parse(parser, argv, json_out)
+    except _Usage as e:
+        return _report_error(json_out, command, str(e), EXIT_USAGE, **e.extra)
+    if isinstance(args, int):
+        return args
     if args.version:
         from . import __version__
 
-        sys.stdout.write(f"pagebuddy {__version__}\n")
+        if json_out:
+            sys.stdout.write(json.dumps({"ok": True, "version": __version__}) + "\n")
+        else:
+            sys.stdout.write(f"pagebuddy {__version__}\n")
         return EXIT_OK
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        return EXIT_USAGE
+        return _report_error(
+            json_out, None, "a command is needed (see pagebuddy --help)", EXIT_USAGE
+        )
     ctx = _Ctx(args)
     try:
         return _COMMANDS[args.command](ctx)
-    except (_Usage, GeometryRefused) as e:
-        ctx.error(str(e))
-        return EXIT_USAGE
+    except _Usage as e:
+        return _report_error(ctx.json, args.command, str(e), EXIT_USAGE, **e.extra)
+    except GeometryRefused as e:
+        return _report_error(ctx.json, args.command, str(e), EXIT_USAGE)
     except KeyboardInterrupt:
-        ctx.error("interrupted")
-        return EXIT_INTERRUPTED
+        return _report_error(ctx.json, args.command, "interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # a file named on the command line cannot be read or written
+        message = f"{e.filename}: {e.strerror}" if e.filename is not None else str(e)
+        return _report_error(ctx.json, args.command, message, EXIT_USAGE)
     except Exception as e:
         from ._plot import PlotUnavailable
 
         if isinstance(e, PlotUnavailable):
-            ctx.error(str(e))
-            return EXIT_USAGE
-        if isinstance(e, OSError) and e.filename is not None:
-            ctx.error(f"{e.filename}: {e.strerror}")
-            return EXIT_USAGE
+            return _report_error(ctx.json, args.command, str(e), EXIT_USAGE)
         raise
 
 

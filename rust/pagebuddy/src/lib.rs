@@ -60,9 +60,11 @@ pub use cache::{
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+#[cfg(target_has_atomic = "8")]
+pub use lock::SpinLock;
 #[cfg(feature = "std")]
 pub use lock::StdLock;
-pub use lock::{LockedPool, RawLock, SpinLock};
+pub use lock::{LockedPool, RawLock};
 pub use pool::Pool;
 pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
 
@@ -94,3 +96,8 @@ mod tests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The crate's own README (the one its package carries) runs as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

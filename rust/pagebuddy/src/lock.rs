@@ -4,11 +4,15 @@
 //! whose refcount dropped to 0 before it reached a free list, nor a page taken off a free list
 //! before its refcount was set.
 
+//! `SpinLock` needs an atomic compare-and-swap, so it exists only on targets that have one
+//! (`cfg(target_has_atomic = "8")`). On targets without (`thumbv6m-none-eabi`, Cortex-M0, for
+//! one) the lock is left out, not emulated: [`LockedPool`] has no default lock there and takes any
+//! [`RawLock`] the platform provides, typically one that masks interrupts on a single core.
+
 #[cfg(not(loom))]
-use core::{
-    cell::UnsafeCell,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use core::cell::UnsafeCell;
+#[cfg(all(not(loom), target_has_atomic = "8"))]
+use core::sync::atomic::{AtomicBool, Ordering};
 #[cfg(loom)]
 use loom::{
     cell::UnsafeCell,
@@ -16,7 +20,7 @@ use loom::{
 };
 
 use crate::error::{Corruption, Error};
-use crate::store::{LinkStore, SideTable};
+use crate::store::LinkStore;
 use crate::Pool;
 
 /// A mutual-exclusion primitive without data, as `LockedPool` needs it.
@@ -39,6 +43,9 @@ pub unsafe trait RawLock {
 /// A test-and-test-and-set spinlock for `no_std`. With the `std` feature, a waiter that has spun
 /// for a while yields its time slice between attempts, so that a holder preempted on the same core
 /// can finish.
+///
+/// Only on targets with an atomic compare-and-swap (`target_has_atomic = "8"`).
+#[cfg(target_has_atomic = "8")]
 #[derive(Debug)]
 pub struct SpinLock {
     locked: AtomicBool,
@@ -46,6 +53,7 @@ pub struct SpinLock {
 
 // SAFETY: `lock` returns only after swapping `locked` from false to true with acquire ordering,
 // which one caller at a time can do; `unlock` stores false with release ordering.
+#[cfg(target_has_atomic = "8")]
 unsafe impl RawLock for SpinLock {
     fn new() -> Self {
         SpinLock {
@@ -166,7 +174,17 @@ impl<R: RawLock> Drop for Held<'_, R> {
 /// pool.check()?;
 /// # Ok::<(), pagebuddy::Error>(())
 /// ```
-pub struct LockedPool<'a, L: LinkStore = SideTable<'a>, R: RawLock = SpinLock> {
+///
+/// On targets without compare-and-swap there is no [`SpinLock`] and so no default lock (nor,
+/// since defaults must trail, a default link store): name both, as in
+/// `LockedPool<'a, SideTable<'a>, MyIrqLock>`.
+pub struct LockedPool<
+    'a,
+    #[cfg(target_has_atomic = "8")] L: LinkStore = crate::store::SideTable<'a>,
+    #[cfg(target_has_atomic = "8")] R: RawLock = SpinLock,
+    #[cfg(not(target_has_atomic = "8"))] L: LinkStore,
+    #[cfg(not(target_has_atomic = "8"))] R: RawLock,
+> {
     lock: R,
     pool: UnsafeCell<Pool<'a, L>>,
 }

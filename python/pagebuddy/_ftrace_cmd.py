@@ -1,0 +1,316 @@
+"""``pagebuddy ftrace FILE``: replay a Linux page-allocator trace (see :mod:`pagebuddy._ftrace`).
+
+:func:`add_parser` declares the subcommand; :func:`cmd_ftrace` runs it: import the trace,
+plan its lifetimes, size the pool, replay it (in lockstep, or natively alone with
+``--no-reference``), optionally fit the smallest pool, then build one report dict that is
+printed as JSON or as tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+from rich.markup import escape
+from rich.table import Table
+
+from . import _ftrace
+from ._ftrace import FtraceError, Plan
+
+__all__ = ["add_parser", "cmd_ftrace"]
+
+DESCRIPTION = (
+    "Replay a Linux page-allocator trace: the kmem events mm_page_alloc and mm_page_free "
+    "(and their relatives) as tracefs prints them (cat trace, trace_pipe) or as trace-cmd "
+    "report does. Every allocation of order k allocates an order-k block, every free puts "
+    "the block it frees, through Pool and ReferencePool in lockstep (or Pool alone with "
+    "--no-reference); the report is demo's. docs/cli.md tells how to capture a trace."
+)
+
+#: What the replay does with each page-allocator event, for the report.
+ROLES = {
+    "mm_page_alloc": "replayed: allocates a block",
+    "mm_page_free": "replayed: puts the block (or a piece of it)",
+    "mm_page_free_direct": "replayed: puts the block (or a piece of it)",
+    "mm_page_free_batched": "repeats an mm_page_free: not applied twice",
+    "mm_pagevec_free": "repeats an mm_page_free: not applied twice",
+    "mm_page_alloc_zone_locked": "buddy lists to a per-CPU list or caller: not used",
+    "mm_page_pcpu_drain": "per-CPU list back to the buddy lists: not used",
+    "mm_page_alloc_extfrag": "migratetype fallback: not used",
+}
+_BATCHED_AS_FREE = "replayed: puts the block (no mm_page_free in this trace)"
+
+
+def add_parser(
+    sub: Any,
+    common: Callable[[argparse.ArgumentParser], None],
+    epilog: str,
+    positive: Any,
+    pages: Any,
+) -> None:
+    """Declare ``pagebuddy ftrace`` on the subparsers ``sub``."""
+    import textwrap
+
+    p = sub.add_parser(
+        "ftrace",
+        help="replay a Linux page-allocator trace (tracefs or trace-cmd text)",
+        description=textwrap.fill(DESCRIPTION, 78),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE", help="trace text ('-' for standard input)")
+    p.add_argument(
+        "--pages",
+        type=pages,
+        metavar="N",
+        help="pool size in pages (default: twice the peak of live pages, rounded up to a "
+        "power of two); at most 2**20 in lockstep, 2**32 - 2 with --no-reference",
+    )
+    p.add_argument(
+        "--fit",
+        action="store_true",
+        help="also find (by bisection over native replays) the smallest pool that serves "
+        "every allocation, and its ratio to the peak of live pages",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="replay on Pool alone (fast), no lockstep"
+    )
+    p.add_argument(
+        "--lenient", action="store_true", help="skip and count malformed lines instead of failing"
+    )
+    p.add_argument(
+        "--compare-every",
+        type=positive,
+        default=1,
+        metavar="N",
+        help="lockstep: compare free lists every N operations (default 1)",
+    )
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: free blocks over time, arena map")
+    p.add_argument("--record", metavar="OUT", help="write the replay as a pagebuddy trace")
+    common(p)
+
+
+def _sizing(plan: Plan, pages: int | None) -> tuple[int, str]:
+    if pages is not None:
+        return pages, "--pages"
+    n = _ftrace.default_nr_pages(plan)
+    return n, (
+        f"default: {_ftrace.DEFAULT_HEADROOM} x the peak of {plan.peak_live_pages:,} live pages, "
+        f"rounded up to a power of two"
+        + (
+            f" and at least one order-{plan.max_order} block"
+            if n == 1 << plan.max_order and n > 16
+            else ""
+        )
+    )
+
+
+def cmd_ftrace(ctx: Any) -> int:
+    """``pagebuddy ftrace FILE``."""
+    from . import cli
+    from ._trace import TraceWriter, memory_problem
+
+    args = ctx.args
+    if args.plot:
+        cli._check_plot()
+        cli._output_path("--plot", args.plot)
+    if args.record:
+        cli._output_path("--record", args.record)
+    t0 = time.perf_counter()
+    try:
+        imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
+    except FtraceError as e:
+        raise cli._Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
+    except OSError as e:
+        raise cli._Usage(f"cannot read {args.file}: {e.strerror or e}") from None
+    t1 = time.perf_counter()
+    plan = _ftrace.plan_lifetimes(imp)
+    t2 = time.perf_counter()
+    nr_pages, rule = _sizing(plan, args.pages)
+    g = _ftrace.ftrace_geometry(nr_pages, plan)
+    too_many = memory_problem(g)
+    if too_many and not args.no_reference:
+        raise cli._Usage(f"pool of {nr_pages:,} pages ({rule}): {too_many}; use --no-reference")
+    if too_many and args.record:
+        raise cli._Usage(f"--record: pool of {nr_pages:,} pages ({rule}): {too_many}")
+    want_plot = bool(args.plot)
+    sample_every = max(1, len(plan.actions) // 400) if want_plot else 0
+    timing = None
+    if args.no_reference:
+        native = _ftrace.replay_native(
+            plan,
+            nr_pages,
+            keep_ops=bool(args.record),
+            sample_every=sample_every,
+            want_map=want_plot,
+        )
+        result = native.as_run_result()
+        mode = "native"
+    else:
+        pool_cls, model_cls = cli._classes()
+        result = cli._run_with_progress(
+            ctx,
+            "lockstep",
+            len(plan.actions),
+            lambda tick: _ftrace.replay_lockstep(
+                plan,
+                nr_pages,
+                pool_cls=pool_cls,
+                model_cls=model_cls,
+                compare_every=args.compare_every,
+                sample_every=sample_every,
+                want_map=want_plot,
+                progress=tick,
+            )[0],
+        )
+        mode = "lockstep"
+    replay_s = result.seconds
+    if mode == "lockstep" and result.ok:
+        timing = cli._timing(g, result.ops, pool_cls, model_cls)
+    fit = None
+    if args.fit:
+        with ctx.progress() as prog:
+            task = prog.add_task("fit", total=None)
+
+            def tried(n: int, ok: bool) -> None:
+                prog.update(task, description=f"fit: {n:,} pages {'serve' if ok else 'refuse'}")
+
+            fit = _ftrace.fit_pool(plan, progress=tried)
+    if args.record:
+        with open(args.record, "w", encoding="utf-8") as f:
+            w = TraceWriter(f, comment=f"pagebuddy ftrace {args.file} (pool: {rule})")
+            w.section(g)
+            w.ops(result.ops)
+    if want_plot and result.ok:
+        from ._plot import plot_run
+
+        plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
+    elapsed = time.perf_counter() - t0
+    code = cli.EXIT_OK if result.ok else cli.EXIT_DIVERGENCE
+    report = cli._report_dict("ftrace", g, result, timing)
+    report.update(
+        ops=sum(result.op_counts.values()),
+        file=args.file,
+        lines=imp.lines,
+        events=dict(imp.counts),
+        unmatched_frees=plan.unmatched_frees,
+        peak_live_pages=plan.peak_live_pages,
+        lifetimes=plan.as_dict(),
+        skipped=imp.skipped(),
+        lost_events=imp.lost_events,
+        malformed_examples=imp.malformed_examples,
+        pool={"nr_pages": nr_pages, "rule": rule},
+        replay={"mode": mode, "seconds": round(replay_s, 4), "compare_every": args.compare_every}
+        if mode == "lockstep"
+        else {"mode": mode, "seconds": round(replay_s, 4)},
+        import_seconds=round(t1 - t0, 4),
+        plan_seconds=round(t2 - t1, 4),
+        fit=fit.as_dict() if fit is not None else None,
+        record=args.record,
+        plot=args.plot if want_plot and result.ok else None,
+        seconds=round(elapsed, 3),
+        exit_code=code,
+    )
+    if ctx.json:
+        ctx.emit_json(report)
+    else:
+        _print(ctx, report, result, plan, timing)
+    return code
+
+
+def _events_table(report: dict[str, Any], plan: Plan) -> Table:
+    t = Table(title="Events", title_justify="left")
+    t.add_column("event")
+    t.add_column("lines", justify="right")
+    t.add_column("what the replay does with it")
+    for name, n in sorted(report["events"].items(), key=lambda kv: (-kv[1], kv[0])):
+        role = ROLES.get(name, "another event: skipped")
+        if plan.batched_as_frees and name in _ftrace.BATCHED_EVENTS:
+            role = _BATCHED_AS_FREE
+        t.add_row(name, f"{n:,}", role)
+    return t
+
+
+def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: Any) -> None:
+    from . import cli
+
+    out = ctx.out
+    g = result.geometry
+    n_events = sum(report["events"].values())
+    out.print(
+        f"[bold]pagebuddy ftrace[/] {escape(report['file'])}: {report['lines']:,} lines, "
+        f"{n_events:,} events (read in {cli._ms(report['import_seconds'])})"
+    )
+    out.print(_events_table(report, plan))
+    sk = report["skipped"]
+    other = [
+        f"{sk['other_tracers']:,} lines of other tracers" if sk["other_tracers"] else "",
+        f"{sk['failed_allocations']:,} failed allocations" if sk["failed_allocations"] else "",
+        f"{sk['malformed']:,} malformed lines (--lenient)" if sk["malformed"] else "",
+        f"{sk['comments']:,} comment or header lines" if sk["comments"] else "",
+    ]
+    other = [x for x in other if x]
+    if other:
+        out.print("Also skipped: " + ", ".join(other))
+    if report["lost_events"]:
+        out.print(
+            f"[yellow]The kernel lost {report['lost_events']:,} events[/] (a full buffer): "
+            "frees may be missing"
+        )
+    for line in report["malformed_examples"][:5]:
+        out.print(f"  {line}", markup=False)
+    lt = report["lifetimes"]
+    pieces = (
+        f" ({lt['piece_frees']:,} of pieces of {lt['split_blocks']:,} split block(s))"
+        if lt["split_blocks"]
+        else ""
+    )
+    out.print(
+        f"Lifetimes: {lt['allocations']:,} allocations, {lt['frees']:,} frees{pieces}; "
+        f"{lt['unmatched_frees']:,} unmatched frees (pages allocated before the trace began); "
+        f"peak {lt['peak_live_pages']:,} live pages, {lt['live_pages_at_end']:,} at the end"
+    )
+    if lt["missed_frees"] or lt["wide_frees"]:
+        out.print(
+            f"[yellow]{lt['missed_frees']:,} allocation(s) of pages still held[/] (a free the "
+            f"trace does not show: put first); {lt['wide_frees']:,} free(s) wider than "
+            "their block"
+        )
+    out.print(f"Pool: {cli._describe_geometry(g)} ({report['pool']['rule']})")
+    if not result.ok:
+        cli._print_divergence(ctx, result, None)
+    elif report["replay"]["mode"] == "lockstep":
+        out.print(
+            "[green]Pool and ReferencePool agree[/] on every operation: results, exceptions, "
+            "free lists, block contents, page counts and check()"
+        )
+    cli._print_report(ctx, g, result, timing)
+    rp = report["replay"]
+    what = (
+        "Lockstep replay (Pool and ReferencePool; free lists compared "
+        + (
+            "after every operation"
+            if rp.get("compare_every", 1) == 1
+            else f"every {rp['compare_every']} operations"
+        )
+        + ")"
+        if rp["mode"] == "lockstep"
+        else "Native replay (Pool alone)"
+    )
+    out.print(
+        f"{what}: {cli._ms(rp['seconds'])}; import {cli._ms(report['import_seconds'])}, "
+        f"lifetimes {cli._ms(report['plan_seconds'])}"
+    )
+    fit = report["fit"]
+    if fit is not None:
+        out.print(
+            f"Fit: the smallest pool that serves the whole trace has [bold]{fit['nr_pages']:,}"
+            f"[/] pages, {fit['overhead_ratio']:.4f} x the peak of {fit['peak_live_pages']:,} "
+            f"live pages ({fit['replays']} native replays, {cli._ms(fit['seconds'])})"
+        )
+    if report["plot"]:
+        out.print(f"Plot written to {escape(report['plot'])}")
+    if report["record"]:
+        out.print(f"Trace written to {escape(report['record'])} (pagebuddy replay runs it)")
+    out.print(f"Done in {report['seconds']:.2f} s")
