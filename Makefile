@@ -40,8 +40,8 @@ lint-rust:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 lint-python: $(STAMP)
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
 
 test-rust:
 	cargo test -p pagebuddy --all-features
@@ -52,8 +52,8 @@ test-python: develop
 ## fmt: format Rust and Python sources
 fmt: $(STAMP)
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests benches
-	$(VENV)/bin/ruff check --fix python tests benches
+	$(VENV)/bin/ruff format python tests benches examples
+	$(VENV)/bin/ruff check --fix python tests benches examples
 
 ## bench: every benchmark in short mode; rewrites docs/benchmarks.md from the run
 bench: develop

@@ -364,12 +364,13 @@ def test_other_tracers_comments_and_lost_events() -> None:
         " 1)   0.123 us    |  kfree();\n",
         " 0)               |  do_syscall_64() {\n",
         "CPU:1 [LOST 42 EVENTS]\n",
+        "# entries-in-buffer/entries-written: 1000/1100   #P:2\n",
         alloc(0x100),
     ]
     imp = parse_ftrace(lines)
-    assert imp.comment_lines == 3
+    assert imp.comment_lines == 4
     assert imp.other_tracer_lines == 3
-    assert imp.lost_events == 42
+    assert imp.lost_events == 142
     assert len(imp.events) == 1
 
 

@@ -63,12 +63,16 @@ The module works in three steps, each usable alone:
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
+
+from ._lockstep import OpSource, Outcome
+from ._rules import Geometry, Op
 
 __all__ = [
     "ALLOC",
@@ -126,6 +130,9 @@ _EVENT_LINE = re.compile(
 _TRACER_LINE = re.compile(r"\S-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+(?:\.\d+)?:\s")
 # function_graph: " 1)   0.123 us    |  func();", or with its time/cpu columns.
 _GRAPH_LINE = re.compile(r"\s*(?:\d+\.\d+\s+(?:\|\s+)?)?\d+\)\s")
+# The header of `cat trace`: fewer entries in the buffer than written means the oldest were
+# overwritten.
+_ENTRIES = re.compile(r"#\s*entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
 _LOST = re.compile(r"\[LOST (\d+) EVENTS\]|\[(\d+) EVENTS DROPPED\]")
 # Lines trace-cmd report prints around the events.
 _REPORT_HEADER = re.compile(
@@ -167,7 +174,8 @@ class FtraceImport:
     other_event_lines: int = 0
     #: Lines of other tracers (function, function_graph).
     other_tracer_lines: int = 0
-    #: Events the kernel reported as lost (``[LOST N EVENTS]``).
+    #: Events the kernel reported as lost (``[LOST N EVENTS]``) or overwritten (the header's
+    #: ``entries-in-buffer/entries-written``).
     lost_events: int = 0
     #: Allocations that failed (null page): counted, not replayed.
     failed_allocations: int = 0
@@ -198,6 +206,35 @@ def _malformed(imp: FtraceImport, number: int, reason: str, lenient: bool) -> No
         imp.malformed_examples.append(f"{imp.source}:{number}: {reason}")
 
 
+_EVENT_CODES = {
+    **dict.fromkeys(ALLOC_EVENTS, _EV_ALLOC),
+    **dict.fromkeys(FREE_EVENTS, _EV_FREE),
+    **dict.fromkeys(BATCHED_EVENTS, _EV_BATCHED),
+}
+
+
+def _texts(
+    lines: Iterable[str] | Iterable[bytes], imp: FtraceImport, lenient: bool
+) -> Iterable[str | None]:
+    """``lines`` as text: ``str`` as they are, ``bytes`` decoded as UTF-8 (``None`` for a
+    line that is not, once :func:`_malformed` has let it pass)."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return
+    if not isinstance(first, bytes):
+        yield first  # type: ignore[misc]
+        yield from it  # type: ignore[misc]
+        return
+    for number, raw in enumerate(itertools.chain([first], it), 1):
+        try:
+            yield raw.decode("utf-8")  # type: ignore[union-attr]
+        except UnicodeDecodeError as e:
+            reason = f"not a text line (not UTF-8: {e.reason} at byte {e.start})"
+            _malformed(imp, number, reason, lenient)
+            yield None
+
+
 def _is_null(page: str) -> bool:
     """A null ``page=`` as the kernel (``%p``) or trace-cmd prints it."""
     return page in _NULL_PAGES or not page.strip("0")
@@ -225,30 +262,17 @@ def parse_ftrace(
     events = imp.events
     counts = imp.counts
     search_event = _EVENT_LINE.search
+    codes = _EVENT_CODES
     number = 0
-    for number, raw in enumerate(lines, 1):
-        if type(raw) is bytes:
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                _malformed(
-                    imp,
-                    number,
-                    f"not a text line (not UTF-8: {e.reason} at byte {e.start})",
-                    lenient,
-                )
-                continue
+    for number, raw in enumerate(_texts(lines, imp, lenient), 1):
+        if raw is None:  # not UTF-8: counted by _texts
+            continue
         m = search_event(raw)
         if m is not None:
             name, page, text, order_text = m.groups()
             counts[name] += 1
-            if name in ALLOC_EVENTS:
-                code = _EV_ALLOC
-            elif name in FREE_EVENTS:
-                code = _EV_FREE
-            elif name in BATCHED_EVENTS:
-                code = _EV_BATCHED
-            else:
+            code = codes.get(name)
+            if code is None:
                 if name not in UNUSED_PAGE_EVENTS:
                     imp.other_event_lines += 1
                 continue
@@ -282,6 +306,9 @@ def parse_ftrace(
         text = raw.strip()
         if not text or text[0] == "#" or _REPORT_HEADER.fullmatch(text):
             imp.comment_lines += 1
+            entries = _ENTRIES.match(text)
+            if entries is not None:
+                imp.lost_events += max(0, int(entries.group(2)) - int(entries.group(1)))
             continue
         lost = _LOST.search(text)
         if lost is not None:
@@ -309,9 +336,25 @@ def read_ftrace(path: str, *, lenient: bool = False) -> FtraceImport:
         stdin = getattr(sys.stdin, "buffer", None)
         if stdin is None:
             raise FtraceError(0, "no standard input to read", "<stdin>")
-        return parse_ftrace(stdin, "<stdin>", lenient=lenient)
+        return _parse_bytes(stdin.read(), "<stdin>", lenient)
     with open(path, "rb") as f:
-        return parse_ftrace(f, path, lenient=lenient)
+        data = f.read()
+    return _parse_bytes(data, path, lenient)
+
+
+def _parse_bytes(data: bytes, source: str, lenient: bool) -> FtraceImport:
+    """Parse a whole trace read as bytes: decoded at once, or line by line (to name the
+    line that is not UTF-8) when that fails."""
+    t0 = time.perf_counter()
+    try:
+        lines: Iterable[str] | Iterable[bytes] = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines = list(lines)[:-1]  # the empty string after the last newline is no line
+    imp = parse_ftrace(lines, source, lenient=lenient)
+    imp.seconds = time.perf_counter() - t0
+    return imp
 
 
 # -- lifetimes -----------------------------------------------------------------------------------
@@ -523,9 +566,6 @@ def plan_lifetimes(imp: FtraceImport) -> Plan:
 
 # -- replaying a plan on pools -------------------------------------------------------------------
 
-#: ``(value, None)`` when the call returned, ``(None, exception)`` when it raised.
-Outcome = tuple[Any, Optional[BaseException]]
-
 
 class PfnMap:
     """Maps the trace's pfns to the pool's while a pool runs a :class:`Plan`.
@@ -547,8 +587,9 @@ class PfnMap:
         self.origin: list[int] = []
         self.skipped_frees = 0
 
-    def ops(self) -> Generator[tuple[Any, ...], Outcome, None]:
-        """The operation source (see the class docstring)."""
+    def ops(self) -> OpSource:
+        """The operation source (see the class docstring), in the engine's protocol
+        (:data:`pagebuddy._lockstep.OpSource`)."""
         pool_pfn = self.pool_pfn
         origin = self.origin
         for i, (kind, pfn, order) in enumerate(self.plan.actions):
@@ -586,12 +627,10 @@ def default_nr_pages(plan: Plan, headroom: int = DEFAULT_HEADROOM) -> int:
     return 1 << (need - 1).bit_length()
 
 
-def ftrace_geometry(nr_pages: int, plan: Plan | None = None) -> Any:
+def ftrace_geometry(nr_pages: int, plan: Plan | None = None) -> Geometry:
     """The geometry the replay uses: 4 KiB pages from pfn 0, no reserved pages, no zeroing
     (a trace carries no page contents), and orders up to Linux's (the cap 11 of pKVM and of
     x86's MAX_PAGE_ORDER 10), or up to the largest order in ``plan`` if that is larger."""
-    from ._rules import Geometry
-
     cap = max(11, plan.max_order + 1) if plan is not None else 11
     return Geometry(nr_pages=nr_pages, page_size=4096, order_cap=cap, zero="never")
 
@@ -601,7 +640,7 @@ class NativeResult:
     """What :func:`replay_native` saw."""
 
     nr_pages: int
-    geometry: Any = None
+    geometry: Geometry | None = None
     ops: int = 0
     op_counts: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
@@ -611,7 +650,7 @@ class NativeResult:
     free_blocks: list[int] = field(default_factory=list)
     free_lists: list[list[int]] = field(default_factory=list)
     #: The operations applied (with ``keep_ops``).
-    applied: list[tuple[Any, ...]] = field(default_factory=list)
+    applied: list[Op] = field(default_factory=list)
     #: (operations applied, free blocks per order) along the run (with ``sample_every``).
     samples: list[tuple[int, list[int]]] = field(default_factory=list)
     #: Page states at the end (with ``want_map``), as :func:`pagebuddy._lockstep.arena_map`.

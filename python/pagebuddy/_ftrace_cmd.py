@@ -31,15 +31,15 @@ DESCRIPTION = (
 #: What the replay does with each page-allocator event, for the report.
 ROLES = {
     "mm_page_alloc": "replayed: allocates a block",
-    "mm_page_free": "replayed: puts the block (or a piece of it)",
-    "mm_page_free_direct": "replayed: puts the block (or a piece of it)",
-    "mm_page_free_batched": "repeats an mm_page_free: not applied twice",
-    "mm_pagevec_free": "repeats an mm_page_free: not applied twice",
-    "mm_page_alloc_zone_locked": "buddy lists to a per-CPU list or caller: not used",
-    "mm_page_pcpu_drain": "per-CPU list back to the buddy lists: not used",
+    "mm_page_free": "replayed: puts a block or a piece",
+    "mm_page_free_direct": "replayed: puts a block or a piece",
+    "mm_page_free_batched": "repeats mm_page_free: not applied",
+    "mm_pagevec_free": "repeats mm_page_free: not applied",
+    "mm_page_alloc_zone_locked": "buddy lists -> per-CPU list: not used",
+    "mm_page_pcpu_drain": "per-CPU list -> buddy lists: not used",
     "mm_page_alloc_extfrag": "migratetype fallback: not used",
 }
-_BATCHED_AS_FREE = "replayed: puts the block (no mm_page_free in this trace)"
+_BATCHED_AS_FREE = "replayed: puts a block (no mm_page_free)"
 
 
 def add_parser(
@@ -117,16 +117,16 @@ def cmd_ftrace(ctx: Any) -> int:
         cli._output_path("--plot", args.plot)
     if args.record:
         cli._output_path("--record", args.record)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
     except FtraceError as e:
         raise cli._Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
     except OSError as e:
         raise cli._Usage(f"cannot read {args.file}: {e.strerror or e}") from None
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     plan = _ftrace.plan_lifetimes(imp)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     nr_pages, rule = _sizing(plan, args.pages)
     g = _ftrace.ftrace_geometry(nr_pages, plan)
     too_many = memory_problem(g)
@@ -165,7 +165,7 @@ def cmd_ftrace(ctx: Any) -> int:
             )[0],
         )
         mode = "lockstep"
-    replay_s = result.seconds
+    replay_s, replay_cpu = result.seconds, time.process_time() - c2
     if mode == "lockstep" and result.ok:
         timing = cli._timing(g, result.ops, pool_cls, model_cls)
     fit = None
@@ -201,11 +201,16 @@ def cmd_ftrace(ctx: Any) -> int:
         lost_events=imp.lost_events,
         malformed_examples=imp.malformed_examples,
         pool={"nr_pages": nr_pages, "rule": rule},
-        replay={"mode": mode, "seconds": round(replay_s, 4), "compare_every": args.compare_every}
-        if mode == "lockstep"
-        else {"mode": mode, "seconds": round(replay_s, 4)},
+        replay={
+            "mode": mode,
+            "seconds": round(replay_s, 4),
+            "cpu_seconds": round(replay_cpu, 4),
+            **({"compare_every": args.compare_every} if mode == "lockstep" else {}),
+        },
         import_seconds=round(t1 - t0, 4),
+        import_cpu_seconds=round(c1 - c0, 4),
         plan_seconds=round(t2 - t1, 4),
+        plan_cpu_seconds=round(c2 - c1, 4),
         fit=fit.as_dict() if fit is not None else None,
         record=args.record,
         plot=args.plot if want_plot and result.ok else None,
@@ -223,7 +228,7 @@ def _events_table(report: dict[str, Any], plan: Plan) -> Table:
     t = Table(title="Events", title_justify="left")
     t.add_column("event")
     t.add_column("lines", justify="right")
-    t.add_column("what the replay does with it")
+    t.add_column("in the replay")
     for name, n in sorted(report["events"].items(), key=lambda kv: (-kv[1], kv[0])):
         role = ROLES.get(name, "another event: skipped")
         if plan.batched_as_frees and name in _ftrace.BATCHED_EVENTS:
@@ -256,7 +261,7 @@ def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: An
     if report["lost_events"]:
         out.print(
             f"[yellow]The kernel lost {report['lost_events']:,} events[/] (a full buffer): "
-            "frees may be missing"
+            "allocations and frees may be missing"
         )
     for line in report["malformed_examples"][:5]:
         out.print(f"  {line}", markup=False)
@@ -298,9 +303,11 @@ def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: An
         if rp["mode"] == "lockstep"
         else "Native replay (Pool alone)"
     )
+    cpu = rp["cpu_seconds"] + report["import_cpu_seconds"] + report["plan_cpu_seconds"]
     out.print(
         f"{what}: {cli._ms(rp['seconds'])}; import {cli._ms(report['import_seconds'])}, "
-        f"lifetimes {cli._ms(report['plan_seconds'])}"
+        f"lifetimes {cli._ms(report['plan_seconds'])} (wall clock; CPU time of the three: "
+        f"{cli._ms(cpu)})"
     )
     fit = report["fit"]
     if fit is not None:

@@ -1,57 +1,67 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, SupportsIndex, final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
+
+__all__ = ["Pool", "__version__"]
 
 __version__: str
 
+@final
 class Pool:
     """A buddy page allocator over an arena of ``nr_pages`` pages (pKVM's hyp_pool)."""
 
-    def __init__(
-        self,
-        nr_pages: int,
+    def __new__(
+        cls,
+        nr_pages: SupportsIndex,
         *,
-        page_size: int = 4096,
-        base_pfn: int = 0,
-        reserved_pages: int = 0,
-        max_order: int = 11,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
-    ) -> None: ...
-    def alloc_pages(self, order: int) -> int:
+    ) -> Self: ...
+    def alloc_pages(self, order: SupportsIndex) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head."""
-    def put_page(self, pfn: int) -> None:
+    def put_page(self, pfn: SupportsIndex) -> None:
         """Drop one reference to a held page; at zero its block is freed and coalesced."""
-    def get_page(self, pfn: int) -> None:
+    def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference to a held page."""
-    def split_page(self, pfn: int) -> None:
+    def split_page(self, pfn: SupportsIndex) -> None:
         """Split the held block headed by ``pfn`` into order-0 pages, each held once."""
-    def page_count(self, pfn: int) -> int:
+    def page_count(self, pfn: SupportsIndex) -> int:
         """The refcount of a page (0 for free pages and tail pages)."""
     def free_lists(self) -> list[list[int]]:
         """One free list per order ``0..max_order``, head first."""
-    def view(self, pfn: int) -> memoryview:
+    def view(self, pfn: SupportsIndex) -> memoryview:
         """A writable view of the held block headed by ``pfn``."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
-    def alloc_many(self, order: int, count: int) -> list[int]:
+    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
-    def put_many(self, pfns: Iterable[int]) -> None:
+    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
         """Put every pfn in order, without the GIL; the first failure names its index."""
     @property
-    def free_pages(self) -> int: ...
+    def free_pages(self) -> int:
+        """Number of pages currently in free blocks."""
     @property
-    def nr_pages(self) -> int: ...
+    def nr_pages(self) -> int:
+        """Number of pages in the pool."""
     @property
-    def base_pfn(self) -> int: ...
+    def base_pfn(self) -> int:
+        """Pfn of the first page of the pool."""
     @property
-    def page_size(self) -> int: ...
+    def page_size(self) -> int:
+        """Bytes per page (a power of two)."""
     @property
-    def max_order(self) -> int: ...
+    def max_order(self) -> int:
+        """Effective number of orders: valid orders are ``0 .. max_order - 1``."""
     @property
-    def reserved_pages(self) -> int: ...
+    def reserved_pages(self) -> int:
+        """Number of leading pages that construction left held."""
     @property
-    def zero(self) -> str: ...
+    def zero(self) -> str:
+        """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""

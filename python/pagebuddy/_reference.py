@@ -19,11 +19,14 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Iterable
-from typing import Any, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Literal, NoReturn, SupportsIndex
 
 from . import _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._rules import LINK_STORES, MAX_REFCOUNT, ZERO_POLICIES
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["ReferencePool"]
 
@@ -100,9 +103,9 @@ class ReferencePool:
         base_pfn: SupportsIndex = 0,
         reserved_pages: SupportsIndex = 0,
         max_order: SupportsIndex = 11,
-        buffer: Any = None,
-        zero: str = "free",
-        _links: str = "side",
+        buffer: Buffer | None = None,
+        zero: Literal["free", "alloc", "never"] = "free",
+        _links: Literal["side", "intrusive"] = "side",
     ) -> None:
         """Validate the arguments, then build the initial state by the sequential puts.
 

@@ -103,6 +103,10 @@ pub struct Pool {
 
 impl Pool {
     /// The arena: `buffer`, or a new anonymous mapping, as a writable byte memoryview.
+    ///
+    /// The mapping is private where the platform has `MAP_PRIVATE`: reading a page never
+    /// written maps the shared zero page instead of committing memory (a shared anonymous
+    /// mapping commits every page read), so a large pool costs what it uses.
     fn arena<'py>(
         py: Python<'py>,
         buffer: Option<&Bound<'py, PyAny>>,
@@ -110,17 +114,24 @@ impl Pool {
     ) -> PyResult<Bound<'py, PyAny>> {
         let owner = match buffer {
             Some(b) if !b.is_none() => b.clone(),
-            _ => py
-                .import("mmap")?
-                .getattr("mmap")?
-                .call1((-1, need))
-                .map_err(|e| {
-                    if e.is_instance_of::<PyOSError>(py) {
-                        PyMemoryError::new_err(format!("cannot map an arena of {need} bytes: {e}"))
-                    } else {
-                        e
-                    }
-                })?,
+            _ => {
+                let mmap = py.import("mmap")?;
+                let kwargs = PyDict::new(py);
+                if let Ok(private) = mmap.getattr("MAP_PRIVATE") {
+                    kwargs.set_item("flags", private)?;
+                }
+                mmap.getattr("mmap")?
+                    .call((-1, need), Some(&kwargs))
+                    .map_err(|e| {
+                        if e.is_instance_of::<PyOSError>(py) {
+                            PyMemoryError::new_err(format!(
+                                "cannot map an arena of {need} bytes: {e}"
+                            ))
+                        } else {
+                            e
+                        }
+                    })?
+            }
         };
         let not_buffer = |what: &str| {
             PyTypeError::new_err(format!(
@@ -310,8 +321,11 @@ impl Pool {
         let geo = config
             .geometry()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let bytes = Self::arena(py, buffer, geo.arena_bytes())?;
-        let (export, addr) = Self::export(&bytes, geo.arena_bytes())?;
+        let size = geo
+            .arena_bytes()
+            .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
+        let bytes = Self::arena(py, buffer, size)?;
+        let (export, addr) = Self::export(&bytes, size)?;
         let mut storage = Storage {
             meta: leak(nr, PageMeta::INIT)?,
             links: None,
@@ -439,10 +453,9 @@ impl Pool {
                 if capacity < count {
                     return Err((Error::OutOfMemory { order }, capacity));
                 }
-                let mut pfns = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    pfns.push(p.alloc(order).map_err(|e| (e, capacity))?);
-                }
+                // count <= capacity <= nr_pages: the vector is no larger than the pool.
+                let mut pfns = vec![0; count as usize];
+                p.alloc_many(order, &mut pfns).map_err(|e| (e, capacity))?;
                 Ok(pfns)
             })
         });

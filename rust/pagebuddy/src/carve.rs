@@ -29,7 +29,7 @@ fn carve<'a>(
 ) -> Result<(&'a mut [u8], &'a mut [u8]), Error> {
     let geo = config.geometry()?;
     let front = carve_bytes(config.nr_pages, config.page_size, side_table);
-    let need = front.saturating_add(geo.arena_bytes());
+    let need = front.saturating_add(geo.arena_bytes().unwrap_or(usize::MAX));
     if bytes.len() < need {
         return Err(GeometryError::ArenaTooSmall {
             need,

@@ -39,7 +39,9 @@ pub struct Config {
     /// When pages are zeroed. Default [`ZeroPolicy::OnFree`].
     pub zero: ZeroPolicy,
     /// The caller promises that the arena already reads as zeros (fresh anonymous memory), so
-    /// [`ZeroPolicy::OnFree`] need not zero the free pages at construction. Default `false`.
+    /// [`ZeroPolicy::OnFree`] need not zero the free pages at construction, and that nothing
+    /// but the pool's own users writes there, so [`Pool::check`](crate::Pool::check) need not
+    /// read pages the pool never handed out. Default `false`.
     pub prezeroed: bool,
 }
 
@@ -163,12 +165,31 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// Bytes of arena the pool manages: `nr_pages * page_size`.
-    pub const fn arena_bytes(&self) -> usize {
-        self.nr_pages as usize * self.page_size
+    /// Bytes of arena the pool manages, `nr_pages * page_size`, or `None` if that overflows
+    /// `usize` (never for a geometry that [`Config::geometry`] returned; the fields are public,
+    /// so a hand-built one may ask for anything).
+    ///
+    /// ```
+    /// use pagebuddy::Config;
+    /// let geo = Config::new(8).page_size(64).geometry()?;
+    /// assert_eq!(geo.arena_bytes(), Some(512));
+    /// let huge = pagebuddy::Geometry { page_size: usize::MAX, ..geo };
+    /// assert_eq!(huge.arena_bytes(), None);
+    /// # Ok::<(), pagebuddy::GeometryError>(())
+    /// ```
+    pub const fn arena_bytes(&self) -> Option<usize> {
+        (self.nr_pages as usize).checked_mul(self.page_size)
     }
 
     /// The page index of `pfn`, if it is in the pool.
+    ///
+    /// ```
+    /// use pagebuddy::Config;
+    /// let geo = Config::new(8).base_pfn(u64::MAX - 7).geometry()?;
+    /// assert_eq!(geo.index(u64::MAX), Some(7));
+    /// assert_eq!(geo.index(3), None);
+    /// # Ok::<(), pagebuddy::GeometryError>(())
+    /// ```
     #[inline]
     pub const fn index(&self, pfn: u64) -> Option<u32> {
         match pfn.checked_sub(self.base_pfn) {
@@ -177,9 +198,11 @@ impl Geometry {
         }
     }
 
-    /// The pfn of page index `idx`.
+    /// The pfn of page index `idx`. Crate-internal: callers pass `idx < nr_pages` of a
+    /// validated geometry, where `base_pfn + nr_pages - 1` fits in a `u64`
+    /// ([`Config::geometry`] checks it), so the sum cannot overflow.
     #[inline]
-    pub const fn pfn(&self, idx: u32) -> u64 {
+    pub(crate) const fn pfn(&self, idx: u32) -> u64 {
         self.base_pfn + idx as u64
     }
 }

@@ -12,7 +12,7 @@ use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(doc)]
 use crate::store::Intrusive;
-use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, NO_ORDER};
+use crate::store::{FreeLists, Link, LinkStore, PageMeta, SideTable, NO_ORDER};
 
 /// A buddy allocator over one arena: pKVM's `struct hyp_pool`, without its lock (see
 /// [`LockedPool`](crate::LockedPool)).
@@ -45,6 +45,11 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     pub(crate) free: FreeLists<L>,
     pub(crate) geo: Geometry,
     free_pages: u32,
+    /// Pages `touched..nr_pages` have never been handed out and their bytes were never written
+    /// (the arena was [prezeroed](Config::prezeroed) and construction left them alone), so they
+    /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps
+    /// a large, lazily committed arena uncommitted. `nr_pages` when construction wrote them.
+    pub(crate) touched: u32,
 }
 
 impl<'a, L: LinkStore> Pool<'a, L> {
@@ -61,7 +66,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let geo = config.geometry()?;
         let arena = arena.into();
         let n = geo.nr_pages as usize;
-        let need = geo.arena_bytes();
+        // (a validated geometry's arena size fits in usize; see Config::geometry)
+        let need = geo.arena_bytes().unwrap_or(usize::MAX);
         if arena.len() < need {
             return Err(GeometryError::ArenaTooSmall {
                 need,
@@ -85,6 +91,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             free,
             geo,
             free_pages: 0,
+            touched: geo.nr_pages,
         };
         pool.populate(config.prezeroed)?;
         Ok(pool)
@@ -107,6 +114,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             self.arena
                 .zero_cold(reserved as usize * ps, (n - reserved) as usize * ps);
         }
+        // Reserved pages are held from the start: their bytes are the caller's.
+        self.touched = if prezeroed { reserved } else { n };
         let mut idx = reserved;
         while idx < n {
             let order = self.largest_block(idx);
@@ -219,7 +228,92 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
+        self.touched = self.touched.max(idx + (1 << order));
         Ok(self.geo.pfn(idx))
+    }
+
+    /// Allocates `out.len()` blocks of `2^order` pages into `out`, all or nothing: on any error
+    /// (an invalid order, too little memory, a corrupt free list) no block is taken and the pool
+    /// is unchanged. The blocks are those that `out.len()` calls of [`alloc`](Self::alloc)
+    /// return, in that order.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable};
+    /// let (mut arena, mut meta, mut links) = ([0u8; 8 * 64], [PageMeta::INIT; 8], [Link::EMPTY; 8]);
+    /// let config = Config::new(8).page_size(64);
+    /// let mut pool = Pool::new(&mut arena[..], &mut meta, SideTable::new(&mut links), config)?;
+    /// let mut pfns = [0; 3];
+    /// pool.alloc_many(1, &mut pfns)?;
+    /// assert_eq!(pfns, [0, 2, 4]);
+    /// assert_eq!(pool.alloc_many(1, &mut [0; 2]), Err(Error::OutOfMemory { order: 1 }));
+    /// assert_eq!(pool.free_pages(), 2);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn alloc_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
+        let max_order = self.geo.max_order;
+        if order >= max_order {
+            return Err(Error::InvalidOrder { order, max_order });
+        }
+        if self.capacity(order) < out.len() as u64 {
+            return Err(Error::OutOfMemory { order });
+        }
+        self.check_alloc_many(order, out.len() as u64)?;
+        for pfn in out.iter_mut() {
+            *pfn = self.alloc(order)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that `count` allocations of `order` will all succeed, so that a
+    /// batch finds corruption before it hands out its first block. The allocations take the
+    /// blocks at the heads of the lists from `order` up, one list after the other: a list is
+    /// touched only once the lists below it are empty, and the halves a split leaves there are
+    /// taken before the next block (their links are the pool's own, just written). So checking,
+    /// on each list, as many head blocks as the batch will take reads everything that `alloc`
+    /// and [`FreeLists::remove`] check.
+    fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
+        let mut left = count;
+        for k in order..self.geo.max_order {
+            if left == 0 {
+                break;
+            }
+            let per_block = 1u64 << (k - order);
+            let listed = u64::from(self.free.len[k as usize]);
+            let take = left.div_ceil(per_block).min(listed);
+            self.check_head_blocks(k, take)?;
+            left = left.saturating_sub(take * per_block);
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
+    /// after another from its head: each is a free head of that order, and each link that
+    /// unlinking it reads is in range and points back at it. (Once a block is the head, its
+    /// `prev` is NIL, written by the unlinking of the block before it; only the first block's
+    /// `prev` is read as it is.)
+    fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
+        let mut next = self.free.first(order);
+        for n in 0..take {
+            let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
+            let m = self.meta[idx as usize];
+            if !(m.is_free_head() && u32::from(m.order) == order) {
+                return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
+            }
+            let me = self.free.link(&self.arena, idx)?;
+            let prev_ok =
+                n > 0 || me.prev == Link::NIL || self.free.link(&self.arena, me.prev)?.next == idx;
+            let next_ok = if me.next == Link::NIL {
+                self.free.tail(order) == idx
+            } else {
+                self.free.link(&self.arena, me.next)?.prev == idx
+            };
+            let linked = prev_ok && next_ok;
+            if !linked {
+                return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+            }
+            next = (me.next != Link::NIL).then_some(me.next);
+        }
+        Ok(())
     }
 
     /// pKVM's `__hyp_extract_page`: splits the unlisted free block of `order` at `idx` down to
@@ -273,9 +367,30 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             return Ok(());
         }
         let order = self.block_order(idx, m)?;
+        // A corrupt free list is found before anything changes: the page stays held, nothing
+        // is zeroed, counted or unlinked, so no page is left neither held nor free.
+        self.check_attach(idx, order)?;
         self.meta[idx as usize].refcount = 0;
         self.attach(idx, order, zero)?;
         Ok(())
+    }
+
+    /// Reads and checks every link that [`attach`](Self::attach) of the block of `order` at
+    /// `idx` will touch, writing nothing: the free buddies it will merge with (found from the
+    /// metadata alone, as `attach` finds them) and the tail of the list it will join. Each merge
+    /// step unlinks from a different list, so the checks of one step still hold after the
+    /// writes of the steps before it, and `attach` cannot fail halfway.
+    fn check_attach(&self, idx: u32, order: u32) -> Result<(), Corruption> {
+        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
+        while order + 1 < max_order {
+            let Some(buddy) = self.buddy_avail(head, order) else {
+                break;
+            };
+            self.free.check_remove(&self.arena, buddy, order)?;
+            head = head.min(buddy);
+            order += 1;
+        }
+        self.free.check_append(&self.arena, order)
     }
 
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `zero` is false: the

@@ -33,7 +33,9 @@ impl<L: LinkStore> Pool<'_, L> {
     /// The pfn of the page holding `addr` (pKVM's `hyp_virt_to_pfn`), if it is in the pool.
     pub fn addr_pfn(&self, addr: *const u8) -> Option<u64> {
         let off = (addr as usize).wrapping_sub(self.arena.as_ptr() as usize);
-        (off < self.geo.arena_bytes()).then(|| self.geo.pfn((off / self.geo.page_size) as u32))
+        // off < nr_pages * page_size, so the page index is below nr_pages.
+        let inside = matches!(self.geo.arena_bytes(), Some(bytes) if off < bytes);
+        inside.then(|| self.geo.pfn((off / self.geo.page_size) as u32))
     }
 
     /// Free blocks per order `0..max_order`, like a line of `/proc/buddyinfo`.

@@ -262,6 +262,16 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
+    /// Checks that [`append`](Self::append) to list `order` can succeed: the tail's link, the
+    /// only one it reads, is in range. Writes nothing.
+    #[inline]
+    pub(crate) fn check_append(&self, arena: &Arena<'_>, order: u32) -> Result<(), Corruption> {
+        match self.tail[slot(order)] {
+            Link::NIL => Ok(()),
+            tail => self.link(arena, tail).map(drop),
+        }
+    }
+
     /// Appends `idx` at the tail of list `order`.
     #[inline]
     pub(crate) fn append(
@@ -294,15 +304,27 @@ impl<L: LinkStore> FreeLists<L> {
         Ok(())
     }
 
-    /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
-    /// before the first write, so a corrupt neighbourhood is reported with nothing changed.
-    #[inline(always)]
-    pub(crate) fn remove(
-        &mut self,
-        arena: &mut Arena<'_>,
+    /// Checks that [`remove`](Self::remove) of `idx` from list `order` can succeed. Writes
+    /// nothing.
+    #[inline]
+    pub(crate) fn check_remove(
+        &self,
+        arena: &Arena<'_>,
         idx: u32,
         order: u32,
     ) -> Result<(), Corruption> {
+        self.neighbours(arena, idx, order).map(drop)
+    }
+
+    /// The links of `idx` and of its neighbours on list `order`, each in range and pointing back
+    /// at `idx` (or the list's head or tail being `idx` where there is no neighbour).
+    #[inline(always)]
+    fn neighbours(
+        &self,
+        arena: &Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<(Link, Option<Link>, Option<Link>), Corruption> {
         let o = slot(order);
         let me = self.link(arena, idx)?;
         let prev = if me.prev == Link::NIL {
@@ -325,6 +347,20 @@ impl<L: LinkStore> FreeLists<L> {
         if !consistent {
             return Err(self.corrupt(CorruptionKind::ListBroken, idx));
         }
+        Ok((me, prev, next))
+    }
+
+    /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
+    /// before the first write, so a corrupt neighbourhood is reported with nothing changed.
+    #[inline(always)]
+    pub(crate) fn remove(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<(), Corruption> {
+        let o = slot(order);
+        let (me, prev, next) = self.neighbours(arena, idx, order)?;
         match prev {
             Some(mut p) => {
                 p.next = me.next;

@@ -290,7 +290,7 @@ fn sizes_and_limits() {
     let g = cfg(5).base_pfn(10).geometry().unwrap();
     assert_eq!(
         (g.arena_bytes(), g.index(14), g.index(15), g.pfn(2)),
-        (5 * PS, Some(4), None, 12)
+        (Some(5 * PS), Some(4), None, 12)
     );
 }
 

@@ -1,0 +1,102 @@
+"""What a careless or hostile caller once broke, pinned: each test is one such case.
+
+Corruption found by an operation changes nothing; the command line's cases are in
+``test_cli_fuzz.py``, and the abuse driver (``abuse_driver.py catalogue``) runs all of them
+again in a child process.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from pagebuddy import CorruptionError, Pool
+
+NIL = 0xFFFFFFFF
+
+
+def forge_link(view: memoryview, prev: int, next_: int) -> None:
+    """Write an intrusive free-list link (prev, next page index) at the start of a page."""
+    view[:8] = struct.pack("<II", prev, next_)
+
+
+def pool_state(pool: Pool) -> tuple[object, ...]:
+    pages = range(pool.base_pfn, pool.base_pfn + pool.nr_pages)
+    return pool.free_pages, [pool.page_count(p) for p in pages]
+
+
+# -- corruption is found before anything changes -------------------------------------------------
+
+
+def test_put_page_that_meets_a_corrupt_link_changes_nothing() -> None:
+    pool = Pool(8, page_size=64, zero="never", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(0)
+    pool.put_page(0)  # page 0 alone on the order-0 list; its buddy 1 is held
+    forge_link(stale, 2**31, 2**31)  # a write through a view kept after the put
+    before = pool_state(pool)
+    with pytest.raises(CorruptionError):
+        pool.put_page(1)  # would merge with page 0, whose link is out of range
+    assert pool_state(pool) == before
+    assert pool.page_count(1) == 1  # still held: not counted free, not lost
+
+
+def test_put_page_onto_a_list_with_a_corrupt_tail_changes_nothing() -> None:
+    pool = Pool(8, page_size=64, zero="free", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(0)
+    pool.put_page(0)
+    forge_link(stale, 7, 2**31)  # the tail of the order-0 list
+    pool.view(2)[:] = b"\x11" * 64
+    before = pool_state(pool)
+    with pytest.raises(CorruptionError):
+        pool.put_page(2)  # buddy 3 is held: page 2 joins the tail of the list
+    assert pool_state(pool) == before
+    assert bytes(pool.view(2)) == b"\x11" * 64  # not zeroed either
+
+
+def test_alloc_many_that_meets_a_corrupt_link_hands_out_nothing() -> None:
+    pool = Pool(8, page_size=64, zero="never", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(4)
+    pool.put_many([0, 2, 4])  # no two are buddies: the order-0 list is 0, 2, 4
+    forge_link(stale, 2, 2**31)
+    before = pool_state(pool)
+    with pytest.raises(CorruptionError):
+        pool.alloc_many(0, 3)  # the second allocation unlinks 2, whose next is 4
+    assert pool_state(pool) == before
+    assert pool.page_count(0) == 0  # the first block was not handed out and lost
+    forge_link(stale, 2, NIL)  # repaired: the same call now succeeds
+    assert pool.alloc_many(0, 3) == [0, 2, 4]
+    pool.check()
+
+
+# -- check() of a large owned arena --------------------------------------------------------------
+
+RSS_SCRIPT = """
+import sys, time, pagebuddy
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+pool = pagebuddy.Pool(2**18, page_size=4096)  # a 1 GiB arena, mapped, not committed
+pfn = pool.alloc_pages(4)
+pool.view(pfn)[:] = b"x" * (16 * 4096)
+pool.put_page(pfn)
+before, t0 = rss(), time.perf_counter()
+pool.check()
+print(rss() - before, time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_check_does_not_commit_the_owned_arena() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown, seconds = proc.stdout.split()
+    assert int(grown) < 16 << 20, f"check() committed {int(grown) >> 20} MiB of the arena"
+    assert float(seconds) < 1.0
