@@ -87,6 +87,7 @@ impl<'a> Arena<'a> {
     }
 
     /// The raw view, for the per-CPU caches, which zero blocks they own outside the pool's lock.
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (NonNull<u8>, usize) {
         (self.ptr, self.len)
     }
@@ -138,12 +139,14 @@ pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
 }
 
 /// Blocks of at least this many bytes are zeroed with non-temporal stores by
-/// [`zero_cold_bytes`]: 64 KiB, above the orders the per-CPU caches keep hot with 4 KiB pages.
+/// `zero_cold_bytes`: 64 KiB, above the orders the per-CPU caches keep hot with 4 KiB pages.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
 pub(crate) const STREAM_MIN: usize = 64 << 10;
 
-/// Writes `n` zero bytes at `p` for a block that was just freed: from [`STREAM_MIN`] bytes on
-/// (on x86-64), with non-temporal stores, which go to memory without first reading each line
-/// into the cache and without evicting what the cache holds; `memset` otherwise. Freed blocks
+/// Writes `n` zero bytes at `p` for a block that was just freed: from `STREAM_MIN` bytes on
+/// (on x86-64 with SSE2), with non-temporal stores, which go to memory without first reading each line
+/// into the cache and without evicting what the cache holds; `memset` otherwise (and where SSE2
+/// is off, as on `x86_64-unknown-none`, whose kernels do not save vector registers). Freed blocks
 /// wait on a free list (at its tail) before they are used again, so caching their zeros would
 /// only displace hotter data. Allocation-time zeroing keeps `memset`: that block is used next.
 ///
@@ -151,7 +154,7 @@ pub(crate) const STREAM_MIN: usize = 64 << 10;
 /// As [`zero_bytes`].
 #[inline]
 pub(crate) unsafe fn zero_cold_bytes(p: *mut u8, n: usize) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
     if n >= STREAM_MIN {
         // SAFETY: the caller's contract.
         return unsafe { stream_zero(p, n) };
@@ -166,7 +169,7 @@ pub(crate) unsafe fn zero_cold_bytes(p: *mut u8, n: usize) {
 ///
 /// # Safety
 /// As [`zero_bytes`].
-#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
 unsafe fn stream_zero(p: *mut u8, n: usize) {
     use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
     let head = p.align_offset(16).min(n);

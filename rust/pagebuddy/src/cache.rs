@@ -98,11 +98,7 @@ use crate::lock::{LockedPool, RawLock, SpinLock};
 use crate::store::{LinkStore, PageMeta, SideTable, NO_ORDER};
 use crate::Pool;
 
-/// Most orders a [`CachedPool`] can cache (orders `0..MAX_CACHED_ORDERS`).
-pub const MAX_CACHED_ORDERS: usize = 8;
-
-/// Largest `high` a [`CacheConfig`] may set.
-pub const MAX_CACHE_HIGH: u32 = 1 << 16;
+pub use crate::{MAX_CACHED_ORDERS, MAX_CACHE_HIGH};
 
 /// How the per-CPU caches of a [`CachedPool`] behave (Linux's pcp `batch` and `high`).
 ///

@@ -41,6 +41,9 @@
 extern crate std;
 
 mod arena;
+// The caches' reference counts are compare-and-swap words: targets without 32-bit CAS
+// (thumbv6m-none-eabi) have no cached pool.
+#[cfg(target_has_atomic = "32")]
 pub mod cache;
 mod carve;
 mod check;
@@ -52,11 +55,10 @@ mod query;
 mod store;
 
 pub use arena::Arena;
-#[cfg(all(feature = "std", not(loom)))]
+#[cfg(all(feature = "std", not(loom), target_has_atomic = "32"))]
 pub use cache::thread_cpu;
-pub use cache::{
-    cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef, MAX_CACHED_ORDERS, MAX_CACHE_HIGH,
-};
+#[cfg(target_has_atomic = "32")]
+pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
@@ -67,6 +69,12 @@ pub use lock::StdLock;
 pub use lock::{LockedPool, RawLock};
 pub use pool::Pool;
 pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
+
+/// Most orders a [`CachedPool`] can cache (orders `0..MAX_CACHED_ORDERS`).
+pub const MAX_CACHED_ORDERS: usize = 8;
+
+/// Largest `high` a [`CacheConfig`] may set.
+pub const MAX_CACHE_HIGH: u32 = 1 << 16;
 
 /// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".
 pub const MAX_PAGES: usize = (u32::MAX - 1) as usize;

@@ -355,6 +355,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// [`put`](Self::put) for a block whose bytes the caller has already zeroed as
     /// [`ZeroPolicy::OnFree`] requires (the per-CPU caches do it outside the pool's lock).
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn put_zeroed(&mut self, pfn: u64) -> Result<(), Error> {
         self.put_zeroing(pfn, false)
     }
