@@ -7,13 +7,16 @@ again in a child process.
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 import sys
+import time
+from typing import Any
 
 import pytest
 
-from pagebuddy import CorruptionError, Pool
+from pagebuddy import CorruptionError, Pool, ReferencePool
 
 NIL = 0xFFFFFFFF
 
@@ -100,3 +103,52 @@ def test_check_does_not_commit_the_owned_arena() -> None:
     grown, seconds = proc.stdout.split()
     assert int(grown) < 16 << 20, f"check() committed {int(grown) >> 20} MiB of the arena"
     assert float(seconds) < 1.0
+
+
+# -- ReferencePool construction: O(free blocks), the state of the sequential puts -------------
+
+
+def by_puts(**kwargs: Any) -> ReferencePool:
+    """A ReferencePool whose initial state is rebuilt by its definition: every page held, then
+    every unreserved page put in pfn order."""
+    model = ReferencePool(**kwargs)
+    n = model.nr_pages
+    model._refcount = [1] * n
+    model._order = [0] * n
+    model._free_area = [[] for _ in range(model.max_order)]
+    model._put_every_free_page()
+    return model
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_model_layout_is_the_state_of_the_sequential_puts(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([1, 2, 3, 5, 8, 9, 31, 64, 100, 1000])
+    kwargs: dict[str, Any] = {
+        "nr_pages": n,
+        "page_size": 64,
+        "base_pfn": rng.choice([0, 1, 5, 64, 2**20 + 3, 2**63 - 1, 2**64 - n]),
+        "reserved_pages": rng.choice([0, 0, 1, n // 3, n]),
+        "max_order": rng.choice([1, 2, 5, 11, 40]),
+        "zero": rng.choice(["free", "alloc", "never"]),
+    }
+    pattern = rng.randbytes(n * 64)
+    fast = ReferencePool(**kwargs, buffer=bytearray(pattern))
+    slow = by_puts(**kwargs, buffer=bytearray(pattern))
+    assert fast.free_lists() == slow.free_lists()
+    assert fast._refcount == slow._refcount and fast._order == slow._order
+    assert bytes(fast._arena) == bytes(slow._arena)
+    fast.check()
+
+
+def test_model_of_many_pages_is_built_at_once() -> None:
+    t0 = time.perf_counter()
+    model = ReferencePool(2**22, page_size=64)  # 4M pages: once ~90 s and GBs, page by page
+    model.check()
+    assert time.perf_counter() - t0 < 20
+    assert model.free_lists()[-1] == list(range(0, 2**22, 1024))
+
+
+def test_model_arena_errors_say_what_they_could_not_allocate() -> None:
+    with pytest.raises(MemoryError, match=r"arena of \d+ bytes"):
+        ReferencePool(2**32 - 2, page_size=2**30)

@@ -16,6 +16,7 @@ It shares no code with the native ``pagebuddy.Pool`` and never imports it.
 
 from __future__ import annotations
 
+import mmap
 import operator
 import re
 from collections.abc import Iterable
@@ -48,13 +49,34 @@ def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _new_arena(size: int) -> memoryview:
+    """``size`` zero bytes, as a private anonymous mapping where the platform has one: pages
+    are committed when written, not before (a bytearray would commit them all at once)."""
+    flags = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+    try:
+        return memoryview(mmap.mmap(-1, size, **flags))
+    except (OSError, OverflowError, ValueError) as e:
+        raise MemoryError(f"cannot map an arena of {size} bytes: {e}") from None
+
+
+def _all_zero(view: memoryview) -> bool:
+    """Whether a flat byte view holds only zeros (compared a chunk at a time, in C)."""
+    chunk = 1 << 20
+    zeros = bytes(min(chunk, view.nbytes))
+    for off in range(0, view.nbytes, chunk):
+        part = view[off : off + chunk]
+        if part != zeros[: part.nbytes]:
+            return False
+    return True
+
+
 def _arena_from(buffer: object, size: int) -> memoryview:
     """A writable, flat byte view of the first ``size`` bytes of ``buffer`` (or a new arena).
 
     A refused buffer is released before raising, so it is not left exported (pinned).
     """
     if buffer is None:
-        return memoryview(bytearray(size))
+        return _new_arena(size)
     try:
         view = memoryview(buffer)  # type: ignore[arg-type]
     except (TypeError, ValueError, BufferError):
@@ -81,8 +103,8 @@ class ReferencePool:
     """Pure-Python model of a pKVM buddy page pool; same API and behaviour as ``pagebuddy.Pool``.
 
     Pages ``i in range(nr_pages)`` have pfn ``base_pfn + i`` and own bytes
-    ``[i * page_size, (i + 1) * page_size)`` of the arena (``buffer``, or a zeroed
-    ``bytearray`` when ``buffer`` is None). A block of order ``k`` is ``2**k`` pages whose head
+    ``[i * page_size, (i + 1) * page_size)`` of the arena (``buffer``, or a zeroed anonymous
+    mapping when ``buffer`` is None). A block of order ``k`` is ``2**k`` pages whose head
     pfn is a multiple of ``2**k``. Valid orders are ``0 .. max_order - 1`` with
     ``max_order = min(max_order argument, nr_pages.bit_length())``.
 
@@ -107,7 +129,7 @@ class ReferencePool:
         zero: Literal["free", "alloc", "never"] = "free",
         _links: Literal["side", "intrusive"] = "side",
     ) -> None:
-        """Validate the arguments, then build the initial state by the sequential puts.
+        """Validate the arguments, then build the initial state (that of the sequential puts).
 
         Int arguments go through ``operator.index`` (TypeError otherwise). ValueError unless
         ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two in ``64 .. 2**30``,
@@ -147,10 +169,39 @@ class ReferencePool:
         self._order: list[int | None] = [0] * nr_pages
         # free_area[k]: the heads of the free blocks of order k, head of the list first.
         self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
+        self._lay_out_free_blocks(fresh_arena=buffer is None)
 
-        # The definition of the initial state: put every non-reserved page, in pfn order.
-        for pfn in range(base_pfn + reserved_pages, base_pfn + nr_pages):
+    def _put_every_free_page(self) -> None:
+        """The definition of the initial state: put every non-reserved page, in pfn order.
+
+        O(nr_pages) Python steps; :meth:`_lay_out_free_blocks` builds the same state in
+        O(free blocks), and the tests check that the two agree.
+        """
+        for pfn in range(self._base_pfn + self._reserved_pages, self._base_pfn + self._nr_pages):
             self.put_page(pfn)
+
+    def _lay_out_free_blocks(self, fresh_arena: bool) -> None:
+        """The state of :meth:`_put_every_free_page`, built directly: the pages from
+        ``reserved_pages`` on as the largest blocks that are aligned, fit before the end and
+        are below ``max_order``, listed in increasing pfn order (a page merges upward exactly
+        while its block stays so, and each block is listed when its last page is put), with
+        their memory zeroed under ``zero="free"`` (a fresh arena already is)."""
+        n, base, first = self._nr_pages, self._base_pfn, self._reserved_pages
+        self._refcount[first:] = [0] * (n - first)
+        self._order[first:] = [None] * (n - first)
+        if self._zero == "free" and not fresh_arena:
+            ps, chunk = self._page_size, 1 << 20
+            for off in range(first * ps, n * ps, chunk):
+                end = min(off + chunk, n * ps)
+                self._arena[off:end] = bytes(end - off)
+        i = first
+        while i < n:
+            pfn = base + i
+            align = (pfn & -pfn).bit_length() - 1 if pfn else self._max_order
+            order = min(align, (n - i).bit_length() - 1, self._max_order - 1)
+            self._order[i] = order
+            self._free_area[order].append(pfn)
+            i += 1 << order
 
     # ---------------------------------------------------------------- read-only attributes
 
@@ -490,5 +541,5 @@ class ReferencePool:
             for pfn in sorted(free_heads):
                 order = self._order[self._index(pfn)]
                 assert order is not None
-                if any(self._arena[self._block_bytes(pfn, order)]):
+                if not _all_zero(self._arena[self._block_bytes(pfn, order)]):
                     fail(f"free block of order {order} at pfn {pfn} is not zero")

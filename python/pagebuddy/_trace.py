@@ -58,6 +58,10 @@ HEADER_VERSION = "v1"
 #: Largest arena (``nr_pages * page_size``) a trace header may ask for.
 MAX_ARENA_BYTES = 1 << 32
 
+#: Largest arena of a pool handed a ``bytearray`` (``arena=buffer``): each pool of a lockstep
+#: pair gets its own, committed at once (an owned arena is committed as it is written).
+MAX_BUFFER_BYTES = 1 << 29
+
 #: Most pages a trace header may ask for. A replay keeps state for every page in both pools
 #: (the model's per-page lists cost about 16 bytes a page, the native metadata 12) and
 #: compares every page at the end of each section: 2**20 pages is about 30 MiB and seconds.
@@ -154,17 +158,26 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
 
 
 def memory_problem(g: Geometry) -> str | None:
-    """Why replaying ``g`` would need more memory than a trace may ask for, or ``None``."""
-    if g.nr_pages * g.page_size > MAX_ARENA_BYTES:
+    """Why running ``g`` in lockstep (a trace, a fuzz episode) would need more memory than it
+    may ask for, or ``None``. The limits bound what a replay holds: the arenas, and the state
+    both pools keep for every page."""
+    arena = g.nr_pages * g.page_size
+    if arena > MAX_ARENA_BYTES:
         return (
-            f"arena of {g.nr_pages * g.page_size} bytes: a trace may ask for "
-            f"at most 4 GiB (nr_pages * page_size <= {MAX_ARENA_BYTES})"
+            f"an arena of {arena} bytes: at most 4 GiB may be asked for "
+            f"(nr_pages * page_size <= {MAX_ARENA_BYTES})"
         )
     if g.nr_pages > MAX_PAGES:
         return (
-            f"nr_pages={g.nr_pages}: a trace may ask for at most {MAX_PAGES} pages (both pools "
+            f"nr_pages={g.nr_pages}: at most {MAX_PAGES} pages may be asked for (both pools "
             f"keep state for every page; this many would need about "
             f"{g.nr_pages * 28 >> 20} MiB of metadata)"
+        )
+    if g.arena == "buffer" and arena > MAX_BUFFER_BYTES:
+        return (
+            f"arena=buffer with an arena of {arena} bytes: each pool is handed a bytearray of "
+            f"that size, committed at once, so at most {MAX_BUFFER_BYTES >> 20} MiB may be "
+            f"asked for (an owned arena may be up to 4 GiB)"
         )
     return None
 

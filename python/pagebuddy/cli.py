@@ -35,13 +35,13 @@ from . import _frag
 from ._bench import time_ops
 from ._lockstep import GeometryRefused, RunResult, run_ops
 from ._trace import (
-    MAX_ARENA_BYTES,
     MAX_PAGES,
     Geometry,
     Section,
     TraceError,
     TraceWriter,
     format_op,
+    memory_problem,
     read_trace,
 )
 
@@ -793,12 +793,17 @@ def cmd_fuzz(ctx: _Ctx) -> int:
     ps = args.page_size
     if ps is not None and (ps < 64 or ps > 2**30 or ps & (ps - 1)):
         raise _Usage(f"--page-size {ps} must be a power of two in 64..2**30")
-    if args.pages is not None and args.pages * (ps or 4096) > MAX_ARENA_BYTES:
-        raise _Usage(
-            f"--pages {args.pages} of {ps or 4096} bytes: an arena of at most 4 GiB "
-            f"(nr_pages * page_size <= {MAX_ARENA_BYTES}; without --page-size, pages may be "
-            "4096 bytes)"
-        )
+    if args.pages is not None:
+        # The largest geometry an episode may draw: options not given at their most costly.
+        worst = Geometry(nr_pages=args.pages, page_size=ps or 4096, arena=args.arena or "buffer")
+        problem = memory_problem(worst)
+        if problem:
+            drawn = (
+                ""
+                if ps and args.arena
+                else " (--page-size and --arena not given may be drawn as 4096 and buffer)"
+            )
+            raise _Usage(f"--pages {args.pages}: {problem}{drawn}")
     for option in ("record", "reproducer"):
         if getattr(args, option):
             _output_path(f"--{option}", getattr(args, option))
