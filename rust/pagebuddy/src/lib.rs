@@ -10,7 +10,8 @@
 //!   a [`SideTable`] beside the metadata or, as upstream, [`Intrusive`]ly in the free pages.
 //! - [`Pool::alloc`] splits on allocation, [`Pool::put`] zeroes (per [`ZeroPolicy`]) and
 //!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
-//!   [`Pool::check`] validates every invariant.
+//!   [`Pool::check`] validates every invariant; [`Pool::alloc_many`] and [`Pool::put_many`] do
+//!   a whole batch or nothing.
 //! - [`LockedPool`] puts a pool behind one lock for use from many threads, and [`CachedPool`]
 //!   puts per-CPU caches of the lowest orders in front of it (Linux's `per_cpu_pages`), so that
 //!   most allocations and frees take no shared lock.
@@ -41,6 +42,7 @@
 extern crate std;
 
 mod arena;
+mod batch;
 // The caches' reference counts are compare-and-swap words: targets without 32-bit CAS
 // (thumbv6m-none-eabi) have no cached pool.
 #[cfg(target_has_atomic = "32")]
@@ -55,6 +57,7 @@ mod query;
 mod store;
 
 pub use arena::Arena;
+pub use batch::BatchError;
 #[cfg(all(feature = "std", not(loom), target_has_atomic = "32"))]
 pub use cache::thread_cpu;
 #[cfg(target_has_atomic = "32")]
