@@ -8,7 +8,7 @@ mod shared;
 use std::ptr::NonNull;
 
 use pagebuddy::{
-    Arena, Config, Error, Geometry, Intrusive, LayoutError, Link, LinkStore, LockedPool, PageMeta,
+    Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta,
     Pool as Core, SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
@@ -38,12 +38,14 @@ macro_rules! with {
             Inner::Intrusive(l) => l.with(|$p| $body),
             Inner::SharedSide(s) => {
                 let mut g = s.lock_as(shared::pid(), shared::pause);
-                let f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
                 f(&mut g)
             }
             Inner::SharedIntrusive(s) => {
                 let mut g = s.lock_as(shared::pid(), shared::pause);
-                let f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
                 f(&mut g)
             }
         }

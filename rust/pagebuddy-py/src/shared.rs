@@ -50,9 +50,7 @@ fn pid_dead(pid: u32) -> bool {
 }
 
 /// Between polls of a held lock: spin, then yield, then sleep (the holder may be another
-/// process descheduled on a busy machine). Checking whether the holder died costs a file read,
-/// so the lock asks only on polls where this says so... it asks on every poll; the spin phase
-/// keeps that rare.
+/// process descheduled on a busy machine).
 pub(crate) fn pause(polls: u32) {
     if polls < 64 {
         std::hint::spin_loop();
@@ -172,15 +170,15 @@ impl Pool {
         // shared pools of their own; Python, through views of held pages.
         let inner = unsafe {
             if intrusive {
-                Inner::SharedIntrusive(
-                    SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
-                        .map_err(|e| layout_error(py, "create_in", e))?,
-                )
+                let mut p = SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
+                    .map_err(|e| layout_error(py, "create_in", e))?;
+                p.set_is_dead(pid_dead);
+                Inner::SharedIntrusive(p)
             } else {
-                Inner::SharedSide(
-                    SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
-                        .map_err(|e| layout_error(py, "create_in", e))?,
-                )
+                let mut p = SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
+                    .map_err(|e| layout_error(py, "create_in", e))?;
+                p.set_is_dead(pid_dead);
+                Inner::SharedSide(p)
             }
         };
         Self::from_shared(inner, pin, bytes)
