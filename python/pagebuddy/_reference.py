@@ -141,7 +141,9 @@ class ReferencePool:
         writable C-contiguous buffer (TypeError) of at least ``nr_pages * page_size`` bytes
         (ValueError); it stays exported, so a bytearray cannot be resized, while the pool or
         one of its views lives. A buffer overlapping the arena of a live pool (of either class)
-        is refused with ValueError. ``__init__`` builds a pool once: calling it again raises
+        is refused with ValueError. Its owner must not free or resize it behind the pool's back
+        (numpy's ``refcheck=False``) nor write into it but through views of held blocks while
+        the pool or a view lives (README, "A buffer handed to a pool"). ``__init__`` builds a pool once: calling it again raises
         TypeError.
         """
         if hasattr(self, "_arena"):
@@ -221,6 +223,10 @@ class ReferencePool:
             self._order[i] = order
             self._free_area[order].append(pfn)
             i += 1 << order
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Like ``Pool``, ReferencePool is not a base class (TypeError): wrap a pool instead."""
+        raise TypeError(_rules.msg_no_subclass("ReferencePool"))
 
     def __copy__(self) -> NoReturn:
         """A pool owns its arena and its pages: it cannot be copied (TypeError), as ``Pool``."""

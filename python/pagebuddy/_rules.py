@@ -354,3 +354,8 @@ def msg_no_copy(cls: str) -> str:
 def msg_already_built(cls: str) -> str:
     """``__init__`` called again on a pool."""
     return f"{cls}.__init__ called on a pool already built: a pool is built once"
+
+
+def msg_no_subclass(cls: str) -> str:
+    """A class statement deriving from a pool class."""
+    return f"type {cls!r} is not an acceptable base type: wrap a pool rather than derive from it"
