@@ -143,8 +143,8 @@ class ReferencePool:
         one of its views lives. A buffer overlapping the arena of a live pool (of either class)
         is refused with ValueError. Its owner must not free or resize it behind the pool's back
         (numpy's ``refcheck=False``) nor write into it but through views of held blocks while
-        the pool or a view lives (README, "A buffer handed to a pool"). ``__init__`` builds a pool once: calling it again raises
-        TypeError.
+        the pool or a view lives (README, "A buffer handed to a pool"). ``__init__`` builds a
+        pool once: calling it again raises TypeError.
         """
         if hasattr(self, "_arena"):
             raise TypeError(_rules.msg_already_built(type(self).__name__))
@@ -224,7 +224,7 @@ class ReferencePool:
             self._free_area[order].append(pfn)
             i += 1 << order
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         """Like ``Pool``, ReferencePool is not a base class (TypeError): wrap a pool instead."""
         raise TypeError(_rules.msg_no_subclass("ReferencePool"))
 
