@@ -31,8 +31,9 @@ class Claim:
         self._key = key
 
     def __del__(self) -> None:
-        with _lock:
-            _live.pop(self._key, None)
+        # No lock here: a collection may run this inside `claim`, which holds it. A dict pop
+        # is atomic, and `claim` reads a snapshot.
+        _live.pop(self._key, None)
 
 
 def claim(start: int, length: int, owner: str) -> Claim:
@@ -42,7 +43,7 @@ def claim(start: int, length: int, owner: str) -> Claim:
     """
     end = start + length
     with _lock:
-        for first, last, other in _live.values():
+        for first, last, other in tuple(_live.values()):
             if start < last and first < end:
                 raise ValueError(
                     f"buffer overlaps the arena of a live {other} (bytes {first:#x}..{last:#x} "
