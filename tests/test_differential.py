@@ -284,7 +284,10 @@ def test_refcount_overflow_agrees() -> None:
         pools.pool.put_page(pfn)
         pools.model.put_page(pfn)
     pools.agree()
-    pools.apply(("put_many", [pfn, pfn + 1, pfn]))
+    pools.apply(("put_many", [pfn, pfn + 1, pfn]))  # one put too many: nothing is put
+    pools.agree()
+    assert pools.model.free_lists() == [[], [2], []]
+    pools.apply(("put_many", [pfn, pfn + 1]))
     pools.agree()
     assert pools.model.free_lists() == [[], [], [0]]
 

@@ -8,8 +8,8 @@ Covered: each exception class and its message (naming the pfn or order and the r
 failed calls leaving the pool untouched; bytearray, ``mmap.mmap`` and numpy arenas (views write
 into the caller's buffer at ``(pfn - base_pfn) * page_size``); views outliving their pool;
 exports pinning a bytearray or mmap; refused buffers; constructor validation; bytes past
-``nr_pages * page_size`` never touched; ``alloc_many`` all-or-nothing and ``put_many`` partial
-application; ``repr``; docstrings; read-only attributes.
+``nr_pages * page_size`` never touched; ``alloc_many`` and ``put_many`` all or
+nothing; ``repr``; docstrings; read-only attributes.
 """
 
 from __future__ import annotations
@@ -459,23 +459,33 @@ def test_alloc_many_validates_order_before_count(cls: type) -> None:
     assert pool.free_pages == 4
 
 
-def test_put_many_applies_in_order_and_names_the_failing_index(cls: type) -> None:
+def test_put_many_is_all_or_nothing_and_names_the_failing_index(cls: type) -> None:
     pool = cls(16, page_size=64)
     a, b, c, d = pool.alloc_many(0, 4)
     pool.get_page(b)
+
+    def counts() -> list[int]:
+        return [pool.page_count(p) for p in (a, b, c, d)]
+
     msg = raises(PageError, pool.put_many, [a, b, 999, c])
     assert msg.startswith("put_many: pfns[2]: pfn 999"), msg
     assert "outside the pool" in msg, msg
-    assert (pool.page_count(a), pool.page_count(b), pool.page_count(c)) == (0, 1, 1)
-    # A double put inside one batch: the second occurrence fails, the first stays applied.
+    assert counts() == [1, 2, 1, 1]  # nothing was put
+    # A put more than the page is held: the extra one fails, and nothing is put.
     msg = raises(PageError, pool.put_many, iter([b, c, c, d]))
     assert msg.startswith(f"put_many: pfns[2]: pfn {c} is not held"), msg
-    assert (pool.page_count(b), pool.page_count(c), pool.page_count(d)) == (0, 0, 1)
     msg = raises(PageError, pool.put_many, (x for x in [d, -5]))
     assert msg.startswith("put_many: pfns[1]: pfn -5 is outside the pool"), msg
-    assert pool.page_count(d) == 0
+    msg = raises(PageError, pool.put_many, [d, a, 2**70, 999])
+    assert msg.startswith(f"put_many: pfns[2]: pfn {2**70} is outside the pool"), msg
+    msg = raises(PageError, pool.put_many, [d, 999, 2**70])
+    assert msg.startswith("put_many: pfns[1]: pfn 999 is outside the pool"), msg
+    assert counts() == [1, 2, 1, 1]
+    before = pool.free_lists()
     pool.put_many([])
     pool.put_many(())
+    assert pool.free_lists() == before
+    pool.put_many([b, a, b, c, d])  # b twice: it was held twice
     assert pool.free_pages == 16
     pool.check()
 

@@ -385,29 +385,6 @@ def test_alloc_many_is_all_or_nothing() -> None:
     pool.check()
 
 
-def test_put_many_names_the_failing_index() -> None:
-    pool = make(9)
-    pool.alloc_many(1, 4)  # 0, 2, 4, 6 held; [[8], [], [], []]
-    with pytest.raises(PageError, match=r"^put_many: pfns\[2\]: pfn 99 is outside"):
-        pool.put_many([0, 2, 99, 4])
-    # 0 and 2 were put (0 o1 + 2 o1 -> 0 o2, buddy 4 held), 4 was not.
-    assert pool.free_lists() == [[8], [], [0], []]
-    assert counts(pool)[4] == 1
-    with pytest.raises(TypeError):
-        pool.put_many([4, "x"])
-    assert counts(pool)[4] == 1
-    with pytest.raises(PageError, match=r"^put_many: pfns\[1\]: pfn 6 is not held"):
-        pool.put_many(iter([6, 6]))
-    assert pool.free_lists() == [[8], [6], [0], []]
-    pool.put_many(pfn for pfn in [4])  # 4 o1 + 6 o1 -> 4 o2 + 0 o2 -> 0 o3
-    assert pool.free_lists() == [[8], [], [], [0]]
-    pool.put_many([])
-    pool.check()
-
-
-# ------------------------------------------------------------------------- arena and views
-
-
 def test_views_write_into_the_callers_buffer() -> None:
     buffer = bytearray(37 * PAGE + 10)
     pool = make(37, base_pfn=5, buffer=buffer)  # list 3 is [8, 32]

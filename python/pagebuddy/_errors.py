@@ -2,8 +2,8 @@
 
 Each one derives from the built-in exception a caller would naturally catch, so code
 that already handles ``ValueError`` or ``MemoryError`` keeps working. A call that
-raises any of these leaves the pool exactly as it was (except ``put_many``, which
-documents its partial application).
+raises any of these leaves the pool exactly as it was (the batch calls ``alloc_many`` and
+``put_many`` included: they do the whole batch or nothing).
 """
 
 from __future__ import annotations

@@ -284,14 +284,12 @@ def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: 
 def _observe(held: _Held, op: Op, value: Any, exc: BaseException | None) -> None:
     """Update the pages held after ``op`` had outcome ``(value, exc)``."""
     kind = op[0]
-    if kind == "put_many":
-        for p in op[1]:
-            if not held.drop(p):
-                break
-        return
     if exc is not None:
         return
-    if kind == "put":
+    if kind == "put_many":
+        for p in op[1]:
+            held.drop(p)
+    elif kind == "put":
         held.drop(op[1])
     elif kind == "alloc":
         held.add(value, op[1])

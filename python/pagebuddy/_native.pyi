@@ -43,7 +43,7 @@ class Pool:
     def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
     def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
-        """Put every pfn in order, without the GIL; the first failure names its index."""
+        """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
     @property
     def free_pages(self) -> int:
         """Number of pages currently in free blocks."""

@@ -406,13 +406,21 @@ class ReferencePool:
         self._put("put_page", pfn)
 
     def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
-        """``put_page`` every pfn of ``pfns``, in order.
+        """``put_page`` every pfn of ``pfns`` in order, all or nothing.
 
-        All elements are converted first: a non-int raises TypeError and nothing is put.
-        The first pfn that cannot be put raises PageError naming its index
-        (``"put_many: pfns[3]: ..."``); the earlier ones stay put, the later ones untouched.
+        All elements are converted first: a non-int raises TypeError. Then each is checked as
+        ``put_page`` would find it after the ones before it (a page put more often than it is
+        held fails at the extra put): the first that cannot be put raises PageError naming its
+        index (``"put_many: pfns[3]: ..."``), and nothing is put.
         """
         converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+        dropped: dict[int, int] = {}
+        for k, pfn in enumerate(converted):
+            op = f"put_many: pfns[{k}]"
+            i = self._check_in_pool(op, pfn)
+            if self._refcount[i] <= dropped.get(pfn, 0):
+                raise PageError(_rules.msg_not_held(op, pfn, self._order[i] is not None))
+            dropped[pfn] = dropped.get(pfn, 0) + 1
         for k, pfn in enumerate(converted):
             self._put(f"put_many: pfns[{k}]", pfn)
 

@@ -203,7 +203,7 @@ def map_pfns(op: Op, move: Any) -> Op:
     params = OPERATIONS[kind].params
     if params == ("pfns",):
         return (kind, tuple(move(p) for p in args[0]))
-    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args)))  # type: ignore[return-value]
+    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args)))
 
 
 # -- geometry -------------------------------------------------------------------------------------

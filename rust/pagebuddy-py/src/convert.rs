@@ -56,7 +56,7 @@ pub fn pfn(op: &str, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
         Int::Val(v) => Ok(v),
         _ => Err(raise(
             obj.py(),
-            "PageError",
+            Exc::Page,
             format!("{op}: pfn {} is outside the pool", obj.repr()?),
         )),
     }
@@ -103,21 +103,34 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 /// The exception classes of `pagebuddy._errors`, shared with the reference model.
-fn class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyType>> {
-    static PAGE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-    static OOM: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-    static CORRUPT: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-    let cell = match name {
-        "PageError" => &PAGE,
-        "OutOfMemory" => &OOM,
-        _ => &CORRUPT,
-    };
-    cell.import(py, "pagebuddy._errors", name).cloned()
+#[derive(Clone, Copy)]
+pub enum Exc {
+    /// `PageError` (a `ValueError`): a pfn the call cannot take.
+    Page,
+    /// `OutOfMemory` (a `MemoryError`).
+    OutOfMemory,
+    /// `CorruptionError` (a `RuntimeError`): a broken invariant.
+    Corruption,
 }
 
-/// Raises `name(msg)`.
-pub fn raise(py: Python<'_>, name: &'static str, msg: String) -> PyErr {
-    match class(py, name) {
+impl Exc {
+    /// The class, imported once.
+    fn class(self, py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+        static PAGE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+        static OOM: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+        static CORRUPT: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+        let (cell, name) = match self {
+            Exc::Page => (&PAGE, "PageError"),
+            Exc::OutOfMemory => (&OOM, "OutOfMemory"),
+            Exc::Corruption => (&CORRUPT, "CorruptionError"),
+        };
+        cell.import(py, "pagebuddy._errors", name).cloned()
+    }
+}
+
+/// Raises `exc(msg)`.
+pub fn raise(py: Python<'_>, exc: Exc, msg: String) -> PyErr {
+    match exc.class(py) {
         Ok(cls) => PyErr::from_type(cls, msg),
         Err(e) => e,
     }
@@ -132,27 +145,30 @@ fn not_held_reason(page: Option<PageMeta>) -> &'static str {
 }
 
 /// The Python exception for a core error in `op`; `page` is the pfn's metadata, if any.
+///
+/// Every variant of the core's [`Error`] is matched here, by name: a new one does not compile
+/// until it is given its exception.
 pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> PyErr {
     match err {
         Error::PfnOutOfRange { pfn } => raise(
             py,
-            "PageError",
+            Exc::Page,
             format!("{op}: pfn {pfn} is outside the pool"),
         ),
         Error::NotHeld { pfn } => raise(
             py,
-            "PageError",
+            Exc::Page,
             format!("{op}: pfn {pfn} is not held ({})", not_held_reason(page)),
         ),
         Error::RefcountOverflow { pfn } => raise(
             py,
-            "PageError",
+            Exc::Page,
             format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
         ),
         Error::InvalidOrder { .. } | Error::Geometry(_) => {
             PyValueError::new_err(format!("{op}: {err}"))
         }
-        Error::OutOfMemory { .. } => raise(py, "OutOfMemory", format!("{op}: {err}")),
-        Error::Corrupted(c) => raise(py, "CorruptionError", format!("{op}: {c}")),
+        Error::OutOfMemory { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
+        Error::Corrupted(c) => raise(py, Exc::Corruption, format!("{op}: {c}")),
     }
 }

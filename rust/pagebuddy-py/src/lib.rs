@@ -14,7 +14,7 @@ use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice};
 
-use convert::{choice, int_in, raise, Int};
+use convert::{choice, int_in, raise, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
@@ -362,7 +362,7 @@ impl Pool {
             |(e, free)| match e {
                 Error::OutOfMemory { .. } => raise(
                     py,
-                    "OutOfMemory",
+                    Exc::OutOfMemory,
                     format!("alloc_pages: {e} (free pages: {free})"),
                 ),
                 e => convert::error(py, "alloc_pages", e, None),
@@ -422,13 +422,13 @@ impl Pool {
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
-        with!(self, |p| p.check()).map_err(|c| raise(py, "CorruptionError", format!("check: {c}")))
+        with!(self, |p| p.check()).map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
 
     /// Allocates `count` blocks of `order` in one critical section, without the GIL.
     ///
-    /// All or nothing: raises OutOfMemory, with nothing allocated, when `count` blocks cannot
-    /// be had. Returns the pfns in allocation order.
+    /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
+    /// `count` blocks cannot be had. Returns the pfns in allocation order.
     fn alloc_many(
         &self,
         py: Python<'_>,
@@ -447,36 +447,41 @@ impl Pool {
                 )))
             }
         };
+        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
+        // buffer need not be larger than that.
+        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(len)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
+        pfns.resize(len, 0);
         let result = py.allow_threads(|| {
-            with!(self, |p| {
-                let capacity = p.capacity(order);
-                if capacity < count {
-                    return Err((Error::OutOfMemory { order }, capacity));
-                }
-                // count <= capacity <= nr_pages: the vector is no larger than the pool.
-                let mut pfns = vec![0; count as usize];
-                p.alloc_many(order, &mut pfns).map_err(|e| (e, capacity))?;
-                Ok(pfns)
-            })
+            with!(self, |p| p
+                .alloc_many(order, &mut pfns)
+                .map_err(|e| (e, p.capacity(order))))
         });
-        result.map_err(|(e, capacity)| match e {
-            Error::OutOfMemory { .. } => raise(
+        match result {
+            Ok(()) => Ok(pfns),
+            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
                 py,
-                "OutOfMemory",
+                Exc::OutOfMemory,
                 format!(
-                    "alloc_many: out of memory: {} blocks of order {order} asked, {capacity} can be had",
-                    asked.repr().map(|r| r.to_string()).unwrap_or_else(|_| count.to_string())
+                    "alloc_many: out of memory: {} blocks of order {order} requested, \
+                     {capacity} available",
+                    asked
+                        .repr()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|_| count.to_string())
                 ),
-            ),
-            e => convert::error(py, "alloc_many", e, None),
-        })
+            )),
+            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+        }
     }
 
-    /// Puts every pfn of an iterable, in order, in one critical section, without the GIL.
+    /// Puts every pfn of an iterable, in one critical section, without the GIL.
     ///
-    /// All elements are converted first (a non-int raises TypeError with nothing applied). The
-    /// first pfn that fails raises PageError naming its index; the earlier ones stay applied and
-    /// the rest are untouched.
+    /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
+    /// TypeError), then checked; the first that cannot be put raises PageError naming its index
+    /// and nothing is put.
     fn put_many(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
         let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
         let values = items
@@ -489,28 +494,31 @@ impl Pool {
                 },
             )
             .collect::<PyResult<Vec<Option<u64>>>>()?;
+        // An int that no u64 holds is outside every pool. The core is handed the elements up to
+        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
+        // has fewer than 2**32 pages), so that it names the first element that fails.
+        let end = values
+            .iter()
+            .position(Option::is_none)
+            .map_or(values.len(), |k| k + 1);
+        let outside = if self.geo.base_pfn > 0 {
+            0
+        } else {
+            u64::from(self.geo.nr_pages)
+        };
+        let pfns: Vec<u64> = values[..end].iter().map(|v| v.unwrap_or(outside)).collect();
         let result = py.allow_threads(|| {
-            with!(self, |p| {
-                for (i, pfn) in values.iter().enumerate() {
-                    let Some(pfn) = *pfn else {
-                        return Err((i, None));
-                    };
-                    p.put(pfn).map_err(|e| (i, Some((e, p.page(pfn).ok()))))?;
-                }
-                Ok(())
-            })
+            with!(self, |p| p
+                .put_many(&pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
         });
-        result.map_err(|(i, err)| {
-            let op = format!("put_many: pfns[{i}]");
-            match err {
-                Some((e, page)) => convert::error(py, &op, e, page),
-                None => match items[i].repr() {
-                    Ok(r) => raise(
-                        py,
-                        "PageError",
-                        format!("{op}: pfn {r} is outside the pool"),
-                    ),
-                    Err(e) => e,
+        result.map_err(|(e, page)| {
+            let op = format!("put_many: pfns[{}]", e.index);
+            match values[e.index] {
+                Some(_) => convert::error(py, &op, e.error, page),
+                None => match items[e.index].repr() {
+                    Ok(r) => raise(py, Exc::Page, format!("{op}: pfn {r} is outside the pool")),
+                    Err(err) => err,
                 },
             }
         })

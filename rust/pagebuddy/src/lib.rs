@@ -10,7 +10,8 @@
 //!   a [`SideTable`] beside the metadata or, as upstream, [`Intrusive`]ly in the free pages.
 //! - [`Pool::alloc`] splits on allocation, [`Pool::put`] zeroes (per [`ZeroPolicy`]) and
 //!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
-//!   [`Pool::check`] validates every invariant.
+//!   [`Pool::check`] validates every invariant; [`Pool::alloc_many`] and [`Pool::put_many`] do
+//!   a whole batch or nothing.
 //! - [`LockedPool`] puts a pool behind one lock for use from many threads.
 //!
 //! ```
@@ -39,6 +40,7 @@
 extern crate std;
 
 mod arena;
+mod batch;
 mod carve;
 mod check;
 mod config;
@@ -49,6 +51,7 @@ mod query;
 mod store;
 
 pub use arena::Arena;
+pub use batch::BatchError;
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};

@@ -19,6 +19,7 @@ use loom::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
+use crate::batch::BatchError;
 use crate::error::{Corruption, Error};
 use crate::store::LinkStore;
 use crate::Pool;
@@ -252,6 +253,40 @@ impl<'a, L: LinkStore, R: RawLock> LockedPool<'a, L, R> {
     /// [`Pool::split`] under the lock.
     pub fn split(&self, pfn: u64) -> Result<(), Error> {
         self.with(|p| p.split(pfn))
+    }
+
+    /// [`Pool::alloc_many`] under the lock: the whole batch in one critical section.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Intrusive, LockedPool, PageMeta, Pool, SpinLock};
+    /// let (mut arena, mut meta) = ([0u8; 16 * 64], [PageMeta::INIT; 16]);
+    /// let pool = Pool::new(&mut arena[..], &mut meta, Intrusive, Config::new(16).page_size(64))?;
+    /// let pool: LockedPool<'_, Intrusive, SpinLock> = LockedPool::new(pool);
+    /// let mut pfns = [0; 4];
+    /// pool.alloc_many(0, &mut pfns)?;
+    /// assert_eq!(pool.free_pages(), 12);
+    /// # Ok::<(), pagebuddy::Error>(())
+    /// ```
+    pub fn alloc_many(&self, order: u32, pfns: &mut [u64]) -> Result<(), Error> {
+        self.with(|p| p.alloc_many(order, pfns))
+    }
+
+    /// [`Pool::put_many`] under the lock: the whole batch in one critical section.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Intrusive, LockedPool, PageMeta, Pool, SpinLock};
+    /// let (mut arena, mut meta) = ([0u8; 16 * 64], [PageMeta::INIT; 16]);
+    /// let pool = Pool::new(&mut arena[..], &mut meta, Intrusive, Config::new(16).page_size(64))?;
+    /// let pool: LockedPool<'_, Intrusive, SpinLock> = LockedPool::new(pool);
+    /// let (a, b) = (pool.alloc(0)?, pool.alloc(0)?);
+    /// assert_eq!(pool.put_many(&[a, b, 99]).map_err(|e| e.index), Err(2));
+    /// assert_eq!(pool.free_pages(), 14); // nothing was put
+    /// pool.put_many(&[a, b])?;
+    /// assert_eq!(pool.free_pages(), 16);
+    /// # Ok::<(), pagebuddy::Error>(())
+    /// ```
+    pub fn put_many(&self, pfns: &[u64]) -> Result<(), BatchError> {
+        self.with(|p| p.put_many(pfns))
     }
 
     /// [`Pool::free_pages`] under the lock.

@@ -12,7 +12,7 @@ use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(doc)]
 use crate::store::Intrusive;
-use crate::store::{FreeLists, Link, LinkStore, PageMeta, SideTable, NO_ORDER};
+use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, NO_ORDER};
 
 /// A buddy allocator over one arena: pKVM's `struct hyp_pool`, without its lock (see
 /// [`LockedPool`](crate::LockedPool)).
@@ -153,7 +153,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
     }
 
-    fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Error {
+    pub(crate) fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Error {
         Error::Corrupted(Corruption {
             kind,
             pfn: self.geo.pfn(idx),
@@ -218,90 +218,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(self.geo.pfn(idx))
     }
 
-    /// Allocates `out.len()` blocks of `2^order` pages into `out`, all or nothing: on any error
-    /// (an invalid order, too little memory, a corrupt free list) no block is taken and the pool
-    /// is unchanged. The blocks are those that `out.len()` calls of [`alloc`](Self::alloc)
-    /// return, in that order.
-    ///
-    /// ```
-    /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable};
-    /// let (mut arena, mut meta, mut links) = ([0u8; 8 * 64], [PageMeta::INIT; 8], [Link::EMPTY; 8]);
-    /// let config = Config::new(8).page_size(64);
-    /// let mut pool = Pool::new(&mut arena[..], &mut meta, SideTable::new(&mut links), config)?;
-    /// let mut pfns = [0; 3];
-    /// pool.alloc_many(1, &mut pfns)?;
-    /// assert_eq!(pfns, [0, 2, 4]);
-    /// assert_eq!(pool.alloc_many(1, &mut [0; 2]), Err(Error::OutOfMemory { order: 1 }));
-    /// assert_eq!(pool.free_pages(), 2);
-    /// # Ok::<(), Error>(())
-    /// ```
-    pub fn alloc_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
-        let max_order = self.geo.max_order;
-        if order >= max_order {
-            return Err(Error::InvalidOrder { order, max_order });
-        }
-        if self.capacity(order) < out.len() as u64 {
-            return Err(Error::OutOfMemory { order });
-        }
-        self.check_alloc_many(order, out.len() as u64)?;
-        for pfn in out.iter_mut() {
-            *pfn = self.alloc(order)?;
-        }
-        Ok(())
-    }
-
-    /// Checks, writing nothing, that `count` allocations of `order` will all succeed, so that a
-    /// batch finds corruption before it hands out its first block. The allocations take the
-    /// blocks at the heads of the lists from `order` up, one list after the other: a list is
-    /// touched only once the lists below it are empty, and the halves a split leaves there are
-    /// taken before the next block (their links are the pool's own, just written). So checking,
-    /// on each list, as many head blocks as the batch will take reads everything that `alloc`
-    /// and [`FreeLists::remove`] check.
-    fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
-        let mut left = count;
-        for k in order..self.geo.max_order {
-            if left == 0 {
-                break;
-            }
-            let per_block = 1u64 << (k - order);
-            let listed = u64::from(self.free.len[k as usize]);
-            let take = left.div_ceil(per_block).min(listed);
-            self.check_head_blocks(k, take)?;
-            left = left.saturating_sub(take * per_block);
-        }
-        Ok(())
-    }
-
-    /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
-    /// after another from its head: each is a free head of that order, and each link that
-    /// unlinking it reads is in range and points back at it. (Once a block is the head, its
-    /// `prev` is NIL, written by the unlinking of the block before it; only the first block's
-    /// `prev` is read as it is.)
-    fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
-        let mut next = self.free.first(order);
-        for n in 0..take {
-            let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
-            let m = self.meta[idx as usize];
-            if !(m.is_free_head() && u32::from(m.order) == order) {
-                return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
-            }
-            let me = self.free.link(&self.arena, idx)?;
-            let prev_ok =
-                n > 0 || me.prev == Link::NIL || self.free.link(&self.arena, me.prev)?.next == idx;
-            let next_ok = if me.next == Link::NIL {
-                self.free.tail(order) == idx
-            } else {
-                self.free.link(&self.arena, me.next)?.prev == idx
-            };
-            let linked = prev_ok && next_ok;
-            if !linked {
-                return Err(self.corrupt(CorruptionKind::ListBroken, idx));
-            }
-            next = (me.next != Link::NIL).then_some(me.next);
-        }
-        Ok(())
-    }
-
     /// pKVM's `__hyp_extract_page`: splits the unlisted free block of `order` at `idx` down to
     /// `target`, listing each upper half. The block is aligned to `2^order`, so the upper half
     /// of order k is simply `idx + 2^k` and lies inside the block.
@@ -316,7 +232,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The index and metadata of `pfn`, which must be held (refcount > 0).
-    fn held(&self, pfn: u64) -> Result<(u32, PageMeta), Error> {
+    pub(crate) fn held(&self, pfn: u64) -> Result<(u32, PageMeta), Error> {
         let idx = self.index(pfn)?;
         let m = self.meta[idx as usize];
         if m.refcount == 0 {
@@ -327,7 +243,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// The order of the block that the held page `idx` heads: a held page always heads a block
     /// of a valid order, so anything else is corruption.
-    fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
+    pub(crate) fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
         match u32::from(m.order) {
             order if order < self.geo.max_order => Ok(order),
             _ => Err(self.corrupt(CorruptionKind::BadHead, idx)),
@@ -355,7 +271,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// metadata alone, as `attach` finds them) and the tail of the list it will join. Each merge
     /// step unlinks from a different list, so the checks of one step still hold after the
     /// writes of the steps before it, and `attach` cannot fail halfway.
-    fn check_attach(&self, idx: u32, order: u32) -> Result<(), Corruption> {
+    pub(crate) fn check_attach(&self, idx: u32, order: u32) -> Result<(), Corruption> {
         let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
         while order + 1 < max_order {
             let Some(buddy) = self.buddy_avail(head, order) else {
@@ -370,7 +286,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy, merges it with free buddies
     /// of equal order while the order stays below `max_order`, and lists the result.
-    fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
+    pub(crate) fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
         if self.geo.zero == ZeroPolicy::OnFree {
             self.zero_block(idx, order);
         }

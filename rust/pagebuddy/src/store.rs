@@ -21,7 +21,8 @@ pub struct PageMeta {
     pub refcount: u16,
     /// Order of the block this page heads, or [`NO_ORDER`].
     pub order: u8,
-    _reserved: u8,
+    /// Scratch for a batch call in progress (see `batch.rs`); 0 outside one.
+    pub(crate) batch: u8,
 }
 
 impl PageMeta {
@@ -29,14 +30,14 @@ impl PageMeta {
     pub const INIT: PageMeta = PageMeta {
         refcount: 0,
         order: NO_ORDER,
-        _reserved: 0,
+        batch: 0,
     };
 
     pub(crate) const fn new(refcount: u16, order: u8) -> Self {
         PageMeta {
             refcount,
             order,
-            _reserved: 0,
+            batch: 0,
         }
     }
 

@@ -648,6 +648,7 @@ fn prezeroed_skips_zeroing_at_construction_only() {
     assert_eq!(arena_bytes(&pool, pfn + 1, PS), vec![0xAA; PS]);
 }
 
+mod batch;
 mod checker;
 
 #[test]

@@ -1,0 +1,291 @@
+"""The command line's arguments: exit codes, the parser of every subcommand, argument types.
+
+Usage errors are raised as :class:`Usage` (exit code 2) so that ``main`` reports every one
+the same way: one line, or one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from typing import Any, Callable, NoReturn
+
+from .._rules import ARENAS, LINK_STORES, ZERO_POLICIES
+from .._trace import MAX_PAGES
+
+EXIT_OK = 0
+EXIT_DIVERGENCE = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success: Pool and ReferencePool agreed on everything
+  1    divergence: Pool and ReferencePool disagreed (fuzz prints a reproducer)
+  2    usage error, malformed trace (reported with its line number), unreadable
+       file or unwritable output, or a missing optional dependency (--plot
+       needs: pip install 'pagebuddy[plot]'); one line, or JSON with --json
+  3    replay --strict: the trace holds operations the allocator refused
+       (e.g. a put of a free page); they are reported either way
+  130  interrupted (Ctrl-C)
+"""
+
+DESCRIPTION = """\
+pagebuddy: a pKVM-style buddy page allocator (native Pool) checked against a
+pure-Python model (ReferencePool). Without a subcommand, runs the demo
+(`pagebuddy --json` is `pagebuddy demo --json`).
+"""
+
+
+#: Most operations ``demo --ops`` generates (the workload is built in memory before it runs).
+MAX_DEMO_OPS = 1_000_000
+
+
+class Usage(Exception):
+    """A usage error (exit code 2): bad arguments, an unreadable or malformed input.
+
+    ``extra`` holds fields that the JSON error object carries besides ``error``.
+    """
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`Usage` instead of printing usage and exiting,
+    so that ``main`` reports every usage error the same way (one line, or JSON)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise Usage(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # argparse turns `--opt=--` into an empty list without calling the option's type.
+        for arg in args if args is not None else sys.argv[1:]:
+            if arg == "--":
+                break
+            option, eq, value = arg.partition("=")
+            if arg.startswith("-") and eq and value == "--":
+                self.error(f"argument {option}: expected one argument")
+        return super().parse_known_args(args, namespace)
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive(text: str) -> int:
+    v = integer(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return v
+
+
+def non_negative(text: str) -> int:
+    v = integer(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return v
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argument type: an integer in ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        v = integer(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}: {text!r}")
+        return v
+
+    return parse
+
+
+def output_path(option: str, path: str) -> None:
+    """Refuse, before any work, an output path that cannot be a file: a directory, or a file
+    in a directory that does not exist."""
+    if os.path.isdir(path):
+        raise Usage(f"{option} {path}: is a directory (give a file name)")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise Usage(f"{option} {path}: directory {parent} does not exist")
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``pagebuddy`` command."""
+    from .._bench import MAX_PAGES as BENCH_MAX_PAGES
+    from .._bench import MIN_PAGES as BENCH_MIN_PAGES
+    from .._fuzz import DEFAULT_SECONDS
+    from .._workload import DEMO_OPS, DEMO_SEED
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = Parser(
+        prog="pagebuddy", description=DESCRIPTION, epilog=EXIT_CODES_HELP, formatter_class=fmt
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    # (`pagebuddy --version --json`; `pagebuddy --json` alone is `pagebuddy demo --json`)
+    parser.add_argument("--json", action="store_true", dest="top_json", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--json", action="store_true", help="print one JSON object instead of tables"
+        )
+        p.add_argument(
+            "--no-progress", action="store_true", help="no progress bar (off anyway if not a TTY)"
+        )
+
+    demo = sub.add_parser(
+        "demo",
+        help="replay the embedded VM-host workload through both pools (default)",
+        description=_wrap(
+            "Replay the embedded workload (a hypervisor's page pool serving VMs: "
+            "page-table pages at order 0, 2 MiB blocks at order 9, shared pages, block splits, "
+            "bursts of frees) through Pool and ReferencePool in lockstep, check that they agree, "
+            "and report fragmentation and timing."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    demo.add_argument(
+        "--seed", type=integer, default=DEMO_SEED, help=f"workload seed (default {DEMO_SEED})"
+    )
+    demo.add_argument(
+        "--ops",
+        type=int_in(1, MAX_DEMO_OPS),
+        default=DEMO_OPS,
+        help=f"approximate number of operations (default {DEMO_OPS}, at most {MAX_DEMO_OPS})",
+    )
+    demo.add_argument(
+        "--plot", metavar="PATH", help="write a PNG: free blocks over time, arena map"
+    )
+    demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
+    common(demo)
+
+    fz = sub.add_parser(
+        "fuzz",
+        help="differential fuzzing of Pool against ReferencePool",
+        description=_wrap(
+            "Random operations on random geometries, run through Pool and "
+            "ReferencePool in lockstep. On a divergence the operations are shrunk to a short "
+            "reproducer, printed as a runnable Python snippet, and the exit code is 1. "
+            "Geometry options not given are drawn at random for each episode (fresh pool)."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    fz.add_argument(
+        "--ops",
+        type=positive,
+        nargs="?",
+        const=-1,
+        metavar="N",
+        help=f"number of operations; without N, run for about {DEFAULT_SECONDS:g} seconds "
+        f"(also the default when neither --ops nor --seconds is given)",
+    )
+    fz.add_argument("--seconds", type=seconds, metavar="T", help="run for T seconds")
+    fz.add_argument("--seed", type=non_negative, help="random seed (random if not given)")
+    fz.add_argument(
+        "--pages",
+        type=int_in(1, MAX_PAGES),
+        metavar="N",
+        help=f"nr_pages of every pool (at most {MAX_PAGES})",
+    )
+    fz.add_argument("--base-pfn", type=non_negative, metavar="PFN", help="base_pfn")
+    fz.add_argument("--reserved", type=int_in(0, MAX_PAGES), metavar="N", help="reserved_pages")
+    fz.add_argument("--max-order", type=positive, metavar="K", help="max_order cap")
+    fz.add_argument("--zero", choices=ZERO_POLICIES, help="zero policy")
+    fz.add_argument("--page-size", type=positive, metavar="BYTES", help="page_size")
+    fz.add_argument("--links", choices=LINK_STORES, help="link store")
+    fz.add_argument(
+        "--arena",
+        choices=ARENAS,
+        help="pool-owned arena, or a bytearray handed in (arenas are then compared)",
+    )
+    fz.add_argument(
+        "--compare-every",
+        type=positive,
+        default=16,
+        metavar="N",
+        help="compare free lists every N operations (default 16; results are compared "
+        "after every operation, everything at the end of each episode)",
+    )
+    fz.add_argument(
+        "--shrink-seconds",
+        type=seconds,
+        default=60.0,
+        metavar="T",
+        help="time allowed for shrinking a divergence (default 60)",
+    )
+    fz.add_argument("--record", metavar="FILE", help="write the operations as a trace")
+    fz.add_argument(
+        "--reproducer", metavar="FILE", help="also write the reproducer snippet to FILE"
+    )
+    common(fz)
+
+    rp = sub.add_parser(
+        "replay",
+        help="replay a trace file through both pools",
+        description=_wrap(
+            "Replay a trace (see docs/cli.md for the format) through Pool and "
+            "ReferencePool in lockstep and report as demo does. Operations the allocator "
+            "refuses (a put of a free page, an allocation that runs out of memory) are "
+            "reported, not fatal."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    rp.add_argument("file", metavar="FILE", help="trace file ('-' for standard input)")
+    rp.add_argument("--strict", action="store_true", help="exit 3 if any operation was refused")
+    rp.add_argument(
+        "--compare-every",
+        type=positive,
+        default=1,
+        metavar="N",
+        help="compare free lists every N operations (default 1)",
+    )
+    rp.add_argument("--plot", metavar="PATH", help="write a PNG of the last section")
+    common(rp)
+
+    bn = sub.add_parser(
+        "bench",
+        help="the quick Python benchmark: Pool vs ReferencePool per call",
+        description=_wrap(
+            "Cost per call of Pool and ReferencePool for alloc, put, get, split, "
+            "the batch calls, and churn and mixed workloads, with their ratio."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    bn.add_argument("--tiny", action="store_true", help="a tiny run (a few seconds)")
+    bn.add_argument(
+        "--pages",
+        type=int_in(BENCH_MIN_PAGES, BENCH_MAX_PAGES),
+        metavar="N",
+        help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
+    )
+    common(bn)
+
+    from .._ftrace_cmd import add_parser as add_ftrace
+
+    add_ftrace(sub, common, EXIT_CODES_HELP, positive, int_in(1, 2**32 - 2))
+    return parser

@@ -1,0 +1,66 @@
+"""``pagebuddy demo``: the embedded VM-host workload through both pools, in lockstep."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .._lockstep import run_ops
+from .._trace import TraceWriter
+from .._workload import DEMO_GEOMETRY, demo_workload
+from ._args import EXIT_DIVERGENCE, EXIT_OK, output_path
+from ._context import Context
+from ._report import run_report, timing
+
+
+def check_plot() -> None:
+    """Raise ``PlotUnavailable`` now, before any work, if plots cannot be drawn."""
+    from .._plot import _pyplot
+
+    _pyplot()
+
+
+def report(ctx: Context) -> dict[str, Any]:
+    """Run the demo; its report (``exit_code``: 0, or 1 on a divergence)."""
+    args = ctx.args
+    if args.plot:
+        check_plot()
+        output_path("--plot", args.plot)
+    if args.record:
+        output_path("--record", args.record)
+    g = DEMO_GEOMETRY
+    t0 = time.perf_counter()
+    result = ctx.counted(
+        "lockstep",
+        args.ops,
+        lambda tick: run_ops(
+            g,
+            demo_workload(g, args.seed, args.ops),
+            sample_every=max(1, args.ops // 400),
+            want_map=bool(args.plot),
+            progress=tick,
+        ),
+    )
+    if args.record:
+        with open(args.record, "w", encoding="utf-8") as f:
+            w = TraceWriter(f, comment=f"pagebuddy demo --seed {args.seed} --ops {args.ops}")
+            w.section(g)
+            w.ops(result.ops)
+    timed = None
+    if result.ok:
+        with ctx.progress() as prog:
+            prog.add_task("timing both pools", total=None)
+            timed = timing(g, result.ops)
+    if args.plot:
+        from .._plot import plot_run
+
+        plot_run(result, args.plot, f"pagebuddy demo (seed {args.seed})")
+    r = run_report("demo", g, result, timed)
+    r.update(
+        seed=args.seed,
+        plot=args.plot,
+        record=args.record,
+        seconds=round(time.perf_counter() - t0, 3),
+        exit_code=EXIT_OK if result.ok else EXIT_DIVERGENCE,
+    )
+    return r
