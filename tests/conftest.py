@@ -13,11 +13,14 @@ Profiles (pick one with ``HYPOTHESIS_PROFILE=ci|dev|long``; the default is ``ci`
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from pagebuddy import cli
 
 settings.register_profile(
     "ci",
@@ -101,3 +104,19 @@ ALL_GEOMETRIES: list[tuple[str, dict[str, Any]]] = [
 def geometry(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Constructor keywords of one geometry from every family in GEOMETRY_FAMILIES."""
     return dict(request.param[1])
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``pagebuddy ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    """Run ``pagebuddy ARGV --json``: (exit code, the JSON object it printed)."""
+    code, out, _ = run_main(capsys, *argv, "--json")
+    return code, json.loads(out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,8 @@ from typing import Any
 import pytest
 
 import pagebuddy
-from pagebuddy import Pool, ReferencePool, _frag, _fuzz, _lockstep, _trace, cli
+from conftest import run_json, run_main
+from pagebuddy import Pool, ReferencePool, _frag, _fuzz, _lockstep, _trace
 from pagebuddy._lockstep import diverges, run_ops
 from pagebuddy._trace import Geometry, TraceError, parse_trace
 
@@ -56,17 +56,6 @@ class SwappedListPool:
 def inject(monkeypatch: pytest.MonkeyPatch, pool_cls: type) -> None:
     """Make every command pair ``pool_cls`` (instead of Pool) with ReferencePool."""
     monkeypatch.setattr(_lockstep, "default_classes", lambda g=None: (pool_cls, ReferencePool))
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run_main(capsys, *argv, "--json")
-    return code, json.loads(out)
 
 
 # -- demo ----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 
 from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
 from pagebuddy._lockstep import Lockstep
-from pagebuddy._rules import MAX_REFCOUNT, Geometry
+from pagebuddy._rules import MAX_REFCOUNT, OPERATIONS, Geometry
 
 MIN_CI_STEPS = 2000
 # Pfns and orders that fit no pool (and no machine integer).
@@ -129,6 +129,24 @@ class DifferentialMachine(RuleBasedStateMachine):
             st.sampled_from([*WILD_ORDERS, max_order, max_order + 1])
         ]
         return data.draw(st.one_of(options), label="order")
+
+    def argument(self, param: str, data: st.DataObject) -> Any:
+        """An argument of the kind an operation table entry declares."""
+        if param == "order":
+            return self.order(data)
+        if param == "count":
+            return data.draw(st.integers(-1, 5), label="count")
+        if param == "pfn":
+            return self.pfn(data)
+        if param == "pfns":
+            return [self.pfn(data) for _ in range(data.draw(st.integers(0, 4), label="length"))]
+        raise AssertionError(f"no strategy for an argument of kind {param!r}")
+
+    @rule(data=st.data(), kind=st.sampled_from(sorted(OPERATIONS)))
+    def any_operation(self, data: st.DataObject, kind: str) -> None:
+        """Any operation of the rulebook's table: a new one is exercised without a new rule."""
+        args = [self.argument(param, data) for param in OPERATIONS[kind].params]
+        self.step().apply((kind, *args))
 
     @rule(data=st.data())
     def alloc_pages(self, data: st.DataObject) -> None:

@@ -6,7 +6,6 @@ tests only read them.
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pagebuddy import Pool, ReferencePool, cli
+from conftest import run_json, run_main
+from pagebuddy import Pool, ReferencePool
 from pagebuddy._ftrace import (
     ALLOC,
     FREE,
@@ -76,17 +76,6 @@ def grep_c(path: Path, event: str) -> int:
     needle = f" {event}:"
     with open(path, encoding="utf-8") as f:
         return sum(1 for text in f if needle in text)
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run_main(capsys, *argv, "--json")
-    return code, json.loads(out)
 
 
 # -- the captured traces -------------------------------------------------------------------------

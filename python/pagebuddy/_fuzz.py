@@ -36,7 +36,7 @@ from typing import IO, Any, Callable
 
 from . import _lockstep
 from ._lockstep import Divergence, OpSource, diverges, reproducer, run_ops
-from ._rules import MAX_REFCOUNT, Geometry, Op, map_pfns
+from ._rules import MAX_REFCOUNT, OPERATIONS, TRACED, Geometry, Op, map_pfns
 from ._trace import TraceWriter, format_header, format_op
 
 __all__ = [
@@ -261,6 +261,8 @@ def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: 
     pfns = held.pfns
     if r < 0.03:
         return _invalid_op(rng, g, held)
+    if r < 0.04:
+        return _table_op(rng, g, held)
     if not pfns or r < p_alloc:
         if rnd() < 0.04:
             return ("alloc_many", _pick_order(rng, orders), rng.randint(0, 6))
@@ -279,6 +281,28 @@ def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: 
         return ("split", pfn)
     k = min(len(pfns), rng.randint(1, 8))
     return ("put_many", tuple(rng.sample(pfns, k)) + ((pfn,) if rnd() < 0.1 else ()))
+
+
+def _table_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
+    """Any operation a trace can hold, from the rulebook's table, with arguments of the kinds
+    its entry declares: a new operation is fuzzed without a change here."""
+    kind = rng.choice(TRACED)
+    return (kind, *(_argument(rng, g, held, p) for p in OPERATIONS[kind].params))
+
+
+def _argument(rng: random.Random, g: Geometry, held: _Held, param: str) -> Any:
+    """A random argument of kind ``param``: mostly valid, sometimes not."""
+    if param == "order":
+        return _pick_order(rng, g.max_order) if rng.random() < 0.9 else g.max_order
+    if param == "count":
+        return rng.randint(0, 6)
+    if param == "pfn":
+        if held.pfns and rng.random() < 0.8:
+            return rng.choice(held.pfns)
+        return rng.randint(g.base_pfn - 2, g.base_pfn + g.nr_pages + 1)
+    if param == "pfns":
+        return tuple(_argument(rng, g, held, "pfn") for _ in range(rng.randint(1, 4)))
+    raise ValueError(f"no draw for an argument of kind {param!r}")
 
 
 def _observe(held: _Held, op: Op, value: Any, exc: BaseException | None) -> None:

@@ -241,15 +241,19 @@ class Geometry:
             self.nr_pages, self.page_size, self.base_pfn, self.reserved_pages, self.order_cap
         )
 
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the pool constructor, without ``buffer``."""
-        kw: dict[str, Any] = {
+    def _keywords(self) -> dict[str, Any]:
+        """The integer and policy keywords, under the constructor's names."""
+        return {
             "page_size": self.page_size,
             "base_pfn": self.base_pfn,
             "reserved_pages": self.reserved_pages,
             "max_order": self.order_cap,
             "zero": self.zero,
         }
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the pool constructor, without ``buffer``."""
+        kw = self._keywords()
         if self.links != "side":
             kw["_links"] = self.links
         kw.update(self.options)
@@ -290,18 +294,13 @@ class Geometry:
 
     def as_dict(self) -> dict[str, Any]:
         """All fields, for JSON output; the cap under its constructor name ``max_order``."""
-        d: dict[str, Any] = {
+        return {
             "nr_pages": self.nr_pages,
-            "page_size": self.page_size,
-            "base_pfn": self.base_pfn,
-            "reserved_pages": self.reserved_pages,
-            "max_order": self.order_cap,
-            "zero": self.zero,
+            **self._keywords(),
             "links": self.links,
             "arena": self.arena,
+            **dict(self.options),
         }
-        d.update(self.options)
-        return d
 
 
 # -- messages both pools share ---------------------------------------------------------------------

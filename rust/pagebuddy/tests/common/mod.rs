@@ -373,15 +373,14 @@ fn drive<L: LinkStore>(
                 let got = pool.alloc(order);
                 assert_eq!(got, want, "{ctx}: step {step}: {op:?}");
             }
-            Op::Put(pick) => {
+            Op::Put(pick) | Op::Get(pick) | Op::Split(pick) => {
                 let pfn = model.resolve(pick);
-                let want = model.put(pfn);
-                assert_eq!(pool.put(pfn), want, "{ctx}: step {step}: put({pfn})");
-            }
-            Op::Get(pick) => {
-                let pfn = model.resolve(pick);
-                let want = model.get(pfn);
-                assert_eq!(pool.get(pfn), want, "{ctx}: step {step}: get({pfn})");
+                let (want, got) = match op {
+                    Op::Put(_) => (model.put(pfn), pool.put(pfn)),
+                    Op::Get(_) => (model.get(pfn), pool.get(pfn)),
+                    _ => (model.split(pfn), pool.split(pfn)),
+                };
+                assert_eq!(got, want, "{ctx}: step {step}: {op:?} on pfn {pfn}");
             }
             Op::GetN(pick, times) => {
                 let pfn = model.resolve(pick);
@@ -390,11 +389,6 @@ fn drive<L: LinkStore>(
                     let got = pool.get(pfn);
                     assert_eq!(got, want, "{ctx}: step {step}: get #{t} of {pfn}");
                 }
-            }
-            Op::Split(pick) => {
-                let pfn = model.resolve(pick);
-                let want = model.split(pfn);
-                assert_eq!(pool.split(pfn), want, "{ctx}: step {step}: split({pfn})");
             }
             Op::Write(pick, byte) => {
                 let pfn = model.resolve(pick);
