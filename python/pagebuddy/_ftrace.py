@@ -56,9 +56,10 @@ The module works in three steps, each usable alone:
    trace's pfn space (allocate, put, split), never applying one free twice, and measures
    the peak of live pages.
 3. :class:`PfnMap` maps the trace's pfns to the pool's while a pool runs the plan:
-   :meth:`PfnMap.ops` is an operation source that receives each outcome;
-   :func:`replay_native` runs it on one ``Pool`` alone; :func:`fit_pool` bisects the
-   smallest pool that serves the whole plan.
+   :meth:`PfnMap.ops` is an operation source in the lockstep engine's protocol, which
+   :func:`replay_lockstep` runs through ``Pool`` and ``ReferencePool`` with
+   :func:`pagebuddy._lockstep.run_ops`; :func:`replay_native` runs it on one ``Pool``
+   alone; :func:`fit_pool` bisects the smallest pool that serves the whole plan.
 """
 
 from __future__ import annotations
