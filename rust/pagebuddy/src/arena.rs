@@ -1,7 +1,16 @@
-//! The caller's memory: the only place where the allocator touches raw bytes.
+//! The caller's memory: the only place where the allocator touches raw bytes, or none at all.
+//!
+//! A pool [without an arena](Pool::without_arena) manages page numbers only (blocks of GPU or
+//! device memory, of a file, the block ids of a paged cache): its [`Arena::none`] has no bytes,
+//! so every read and write the pool would make into pages finds nothing to touch.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+
+use crate::config::{Config, ZeroPolicy};
+use crate::error::{Error, GeometryError};
+use crate::store::{PageMeta, SideTable};
+use crate::Pool;
 
 /// The bytes a pool manages: page `i` is `page_size` bytes at offset `i * page_size`.
 ///
@@ -38,6 +47,21 @@ impl<'a> Arena<'a> {
         }
     }
 
+    /// No bytes at all: the arena of a pool [without one](Pool::without_arena). Every range
+    /// lies outside it, so zeroing and in-page links never touch memory.
+    ///
+    /// ```
+    /// let none = pagebuddy::Arena::none();
+    /// assert!(none.is_empty());
+    /// ```
+    pub const fn none() -> Self {
+        Arena {
+            ptr: NonNull::dangling(),
+            len: 0,
+            _memory: PhantomData,
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -70,9 +94,26 @@ impl<'a> Arena<'a> {
     pub(crate) fn zero(&mut self, off: usize, n: usize) {
         if let Some(p) = self.range(off, n) {
             // SAFETY: `range` proved [off, off + n) lies inside the arena, which is valid for
-            // writes; u8 has no alignment requirement.
-            unsafe { core::ptr::write_bytes(p, 0, n) }
+            // writes and, being free or being handed out, not accessed by anyone else.
+            unsafe { zero_bytes(p, n) }
         }
+    }
+
+    /// Writes zeros over `[off, off + n)` of a block that was just freed and is not about to be
+    /// used: large blocks bypass the caches ([`zero_cold_bytes`]). A range outside the arena is
+    /// left alone.
+    #[inline]
+    pub(crate) fn zero_cold(&mut self, off: usize, n: usize) {
+        if let Some(p) = self.range(off, n) {
+            // SAFETY: as in `zero`.
+            unsafe { zero_cold_bytes(p, n) }
+        }
+    }
+
+    /// The raw view, for the per-CPU caches, which zero blocks they own outside the pool's lock.
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> (NonNull<u8>, usize) {
+        (self.ptr, self.len)
     }
 
     /// Whether `[off, off + n)` is all zeros (`false` outside the arena).
@@ -107,6 +148,106 @@ impl<'a> Arena<'a> {
     }
 }
 
+impl<'a> Pool<'a, SideTable<'a>> {
+    /// Builds a pool of page numbers only, with no bytes behind them: one [`PageMeta`] per page
+    /// in `meta` and links in a [`SideTable`] (12 bytes a page in all, so 2^30 pages take
+    /// 12 GiB), and nothing else. `config.zero` must be [`ZeroPolicy::Never`]
+    /// ([`GeometryError::ZeroWithoutArena`] otherwise); `page_size` is validated but names no
+    /// bytes here. The policy is that of [`Pool::new`], step for step;
+    /// [`page_addr`](Pool::page_addr) is [`Error::NoArena`].
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable, ZeroPolicy};
+    /// let (mut meta, mut links) = ([PageMeta::INIT; 8], [Link::EMPTY; 8]);
+    /// let config = Config::new(8).zero(ZeroPolicy::Never);
+    /// let mut pool = Pool::without_arena(&mut meta, SideTable::new(&mut links), config)?;
+    /// assert_eq!(pool.alloc(1)?, 0);
+    /// assert_eq!(pool.page_addr(0), Err(Error::NoArena));
+    /// assert!(!pool.has_arena());
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn without_arena(
+        meta: &'a mut [PageMeta],
+        links: SideTable<'a>,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let geo = config.geometry()?;
+        if geo.zero != ZeroPolicy::Never {
+            return Err(GeometryError::ZeroWithoutArena.into());
+        }
+        // No bytes: nothing to zero at construction, nothing for `check` to read.
+        Self::build(Arena::none(), meta, links, geo, true)
+    }
+}
+
+impl<L: crate::LinkStore> Pool<'_, L> {
+    /// Whether the pool has bytes behind its pages (false for [`Pool::without_arena`]).
+    pub fn has_arena(&self) -> bool {
+        !self.arena.is_empty()
+    }
+}
+
 // SAFETY: an Arena is a unique borrow of its bytes (`new`) or carries the same promise by
 // contract (`from_raw`); moving that borrow to another thread is as sound as moving `&mut [u8]`.
 unsafe impl Send for Arena<'_> {}
+
+/// Writes `n` zero bytes at `p`: the one place where pages are zeroed.
+///
+/// # Safety
+/// `p` must be valid for writes of `n` bytes that no one else accesses meanwhile.
+#[inline]
+pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
+    // SAFETY: the caller's contract; u8 has no alignment requirement.
+    unsafe { core::ptr::write_bytes(p, 0, n) }
+}
+
+/// Blocks of at least this many bytes are zeroed with non-temporal stores by
+/// `zero_cold_bytes`: 64 KiB, above the orders the per-CPU caches keep hot with 4 KiB pages.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+pub(crate) const STREAM_MIN: usize = 64 << 10;
+
+/// Writes `n` zero bytes at `p` for a block that was just freed: from `STREAM_MIN` bytes on
+/// (on x86-64 with SSE2), with non-temporal stores, which go to memory without first reading each line
+/// into the cache and without evicting what the cache holds; `memset` otherwise (and where SSE2
+/// is off, as on `x86_64-unknown-none`, whose kernels do not save vector registers). Freed blocks
+/// wait on a free list (at its tail) before they are used again, so caching their zeros would
+/// only displace hotter data. Allocation-time zeroing keeps `memset`: that block is used next.
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[inline]
+pub(crate) unsafe fn zero_cold_bytes(p: *mut u8, n: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+    if n >= STREAM_MIN {
+        // SAFETY: the caller's contract.
+        return unsafe { stream_zero(p, n) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { zero_bytes(p, n) }
+}
+
+/// Non-temporal zeroing: `memset` up to the first 16-byte boundary, `movntdq` over the aligned
+/// middle, `memset` for the rest, then a store fence so that the zeros are ordered before any
+/// later store (the free-list links an intrusive store writes next, the lock's release).
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+unsafe fn stream_zero(p: *mut u8, n: usize) {
+    use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
+    let head = p.align_offset(16).min(n);
+    let body = (n - head) / 16;
+    // SAFETY: every write stays in [p, p + n), valid for writes by the caller's contract; the
+    // stream stores go to 16-byte aligned addresses (p + head is aligned). SSE2 is part of the
+    // x86-64 baseline.
+    unsafe {
+        zero_bytes(p, head);
+        let q = p.add(head).cast::<__m128i>();
+        let zero = _mm_setzero_si128();
+        for i in 0..body {
+            _mm_stream_si128(q.add(i), zero);
+        }
+        _mm_sfence();
+        zero_bytes(p.add(head + body * 16), n - head - body * 16);
+    }
+}

@@ -46,6 +46,17 @@ pub enum Error {
         /// The order that was asked for.
         order: u32,
     },
+    /// An exact-size run ([`Pool::alloc_exact`](crate::Pool::alloc_exact)) of no pages, or of
+    /// more pages than the largest block holds.
+    InvalidRun {
+        /// The number of pages that was asked for.
+        nr_pages: u64,
+        /// The largest run the pool can give: `2^(max_order - 1)` pages.
+        max_pages: u64,
+    },
+    /// The pool has no arena ([`Pool::without_arena`](crate::Pool::without_arena)): its pages
+    /// are numbers only, with no bytes behind them.
+    NoArena,
     /// The geometry passed at construction is unusable.
     Geometry(GeometryError),
     /// The pool's state is inconsistent; see [`Corruption`].
@@ -78,6 +89,11 @@ pub enum GeometryError {
     },
     /// `order_cap` is 0.
     OrderCap,
+    /// A pool without an arena was asked to zero pages: only [`ZeroPolicy::Never`] applies
+    /// where there are no bytes.
+    ///
+    /// [`ZeroPolicy::Never`]: crate::ZeroPolicy::Never
+    ZeroWithoutArena,
     /// The arena holds fewer than `need` bytes.
     ArenaTooSmall {
         /// Bytes required.
@@ -103,6 +119,34 @@ pub enum GeometryError {
     },
     /// The side table is not aligned for [`Link`](crate::Link).
     LinksMisaligned,
+    /// A [`CacheConfig`](crate::CacheConfig) outside its bounds: `batch` must be in
+    /// `1..=high`, `high` at most [`MAX_CACHE_HIGH`](crate::MAX_CACHE_HIGH) and `orders` at most
+    /// [`MAX_CACHED_ORDERS`](crate::MAX_CACHED_ORDERS).
+    CacheConfig {
+        /// Orders cached.
+        orders: u32,
+        /// Blocks moved per refill or drain.
+        batch: u32,
+        /// Blocks a cache keeps before it drains.
+        high: u32,
+    },
+    /// A [`CachedPool`](crate::CachedPool) was given no cache slots.
+    NoCacheSlots,
+    /// The cache block storage holds fewer than `need` entries
+    /// ([`cache_blocks`](crate::cache_blocks)).
+    CacheTooSmall {
+        /// Entries required.
+        need: usize,
+        /// Entries given.
+        have: usize,
+    },
+    /// Fewer [`PageRef`](crate::PageRef)s than the pool has pages.
+    PageRefsTooSmall {
+        /// Entries required (the pool's page count).
+        need: usize,
+        /// Entries given.
+        have: usize,
+    },
 }
 
 /// A broken invariant, found by [`Pool::check`](crate::Pool::check) or by a checked link read.
@@ -138,6 +182,10 @@ pub enum CorruptionKind {
     Count,
     /// Free memory is not zero although the zero policy promises it.
     NotZero,
+    /// A [`CachedPool`](crate::CachedPool)'s caches disagree with its pool: a cached block that
+    /// is not a block of its cache's order held by the caches, a block cached twice, a block
+    /// neither held, cached nor free, or a reference count the pool does not back.
+    Cache,
 }
 
 impl From<GeometryError> for Error {
@@ -168,6 +216,14 @@ impl fmt::Display for Error {
             Error::OutOfMemory { order } => {
                 write!(f, "out of memory: no free block of order >= {order}")
             }
+            Error::InvalidRun {
+                nr_pages,
+                max_pages,
+            } => write!(
+                f,
+                "nr_pages {nr_pages} is invalid: this pool's runs are 1..{max_pages} pages"
+            ),
+            Error::NoArena => f.write_str("the pool has no arena: its pages have no bytes"),
             Error::Geometry(e) => write!(f, "bad geometry: {e}"),
             Error::Corrupted(c) => write!(f, "corrupted pool: {c}"),
         }
@@ -195,6 +251,9 @@ impl fmt::Display for GeometryError {
                 )
             }
             GeometryError::OrderCap => f.write_str("order_cap must be at least 1"),
+            GeometryError::ZeroWithoutArena => f.write_str(
+                "a pool without an arena has no bytes to zero: its zero policy must be Never",
+            ),
             GeometryError::ArenaTooSmall { need, have } => {
                 write!(f, "arena holds {have} bytes, needs {need}")
             }
@@ -206,6 +265,24 @@ impl fmt::Display for GeometryError {
                 write!(f, "link table holds {have} bytes, needs {need}")
             }
             GeometryError::LinksMisaligned => f.write_str("link table is misaligned"),
+            GeometryError::CacheConfig {
+                orders,
+                batch,
+                high,
+            } => write!(
+                f,
+                "cache orders {orders}, batch {batch}, high {high}: need 1 <= batch <= high <= {} \
+                 and orders <= {}",
+                crate::MAX_CACHE_HIGH,
+                crate::MAX_CACHED_ORDERS
+            ),
+            GeometryError::NoCacheSlots => f.write_str("a cached pool needs at least one slot"),
+            GeometryError::CacheTooSmall { need, have } => {
+                write!(f, "cache storage holds {have} blocks, needs {need}")
+            }
+            GeometryError::PageRefsTooSmall { need, have } => {
+                write!(f, "page refs hold {have} pages, need {need}")
+            }
         }
     }
 }
@@ -223,6 +300,7 @@ impl fmt::Display for Corruption {
             CorruptionKind::Uncoalesced => "two free buddies were left uncoalesced",
             CorruptionKind::Count => "free counts disagree with the free lists",
             CorruptionKind::NotZero => "free memory is not zero",
+            CorruptionKind::Cache => "the per-CPU caches disagree with the pool",
         };
         write!(f, "{what} (at pfn {})", self.pfn)
     }
