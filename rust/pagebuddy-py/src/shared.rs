@@ -132,7 +132,7 @@ impl Pool {
             None => 11,
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
-                Int::Huge => u32::MAX,
+                Int::Huge(_) => u32::MAX,
                 _ => {
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {}",
@@ -211,6 +211,8 @@ impl Pool {
         };
         Ok(Pool {
             inner,
+            // Several handles on one shared buffer are the point: no exclusive claim.
+            _claim: pin.py().None(),
             _storage: None,
             _export: pin.unbind(),
             bytes: bytes.unbind(),
