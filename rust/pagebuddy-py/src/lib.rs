@@ -8,8 +8,8 @@ mod shared;
 use std::ptr::NonNull;
 
 use pagebuddy::{
-    Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta,
-    Pool as Core, SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
+    Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
+    SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;

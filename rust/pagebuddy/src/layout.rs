@@ -404,22 +404,20 @@ impl<L: LinkStore> LinkStore for Journaled<'_, L> {
 /// ```
 /// use pagebuddy::{Config, SharedPool, SideTable};
 ///
-/// let mut bytes = vec![0u64; (64 << 10) / 8]; // 8-byte aligned
-/// let bytes: &mut [u8] = bytemuck_free_cast(&mut bytes);
+/// let mut words = vec![0u64; (64 << 10) / 8]; // 8-byte aligned bytes
+/// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+/// let bytes: &mut [u8] =
+///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
 /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
-/// let mut pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1)?;
+/// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
 /// let pfn = {
 ///     let mut g = pool.lock();
-///     let pfn = g.alloc(2)?;
-///     g.check()?;
+///     let pfn = g.alloc(2).unwrap();
+///     g.check().unwrap();
 ///     pfn
 /// };
-/// pool.lock().put(pfn)?;
+/// pool.lock().put(pfn).unwrap();
 /// assert_eq!(pool.lock().free_pages() as usize, n);
-/// # fn bytemuck_free_cast(v: &mut [u64]) -> &mut [u8] {
-/// #     unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() * 8) }
-/// # }
-/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct SharedPool<'a, L: LinkStore> {
     pool: core::cell::UnsafeCell<Pool<'a, Journaled<'a, L>>>,
@@ -898,9 +896,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             for i in (0..n_meta).rev() {
                 let e = addr_of_mut!((*h).meta_undo[i]);
                 let idx = (*e).idx as usize;
-                let cur = pool.meta[idx];
-                pool.meta[idx] = (*e).old;
-                (*e).old = cur;
+                core::mem::swap(&mut pool.meta[idx], &mut (*e).old);
             }
             let split = addr_of_mut!((*h).split);
             if (*split).count > 0 {
@@ -931,9 +927,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             for i in 0..(*h).n_meta as usize {
                 let e = addr_of_mut!((*h).meta_undo[i]);
                 let idx = (*e).idx as usize;
-                let cur = pool.meta[idx];
-                pool.meta[idx] = (*e).old;
-                (*e).old = cur;
+                core::mem::swap(&mut pool.meta[idx], &mut (*e).old);
             }
             for i in 0..(*h).n_links as usize {
                 let e = addr_of_mut!((*h).link_undo[i]);
@@ -1344,7 +1338,7 @@ mod tests {
         let mut v = buffer(16 << 10);
         let b = bytes(&mut v);
         let cfg = config(b.len(), false);
-        drop(SharedPool::<SideTable>::create_in(b, cfg, 1).unwrap());
+        let _ = SharedPool::<SideTable>::create_in(b, cfg, 1).unwrap();
         let good: Vec<u8> = bytes(&mut v).to_vec();
         let try_attach = |mut img: Vec<u8>| {
             let mut w = buffer(img.len());
@@ -1459,7 +1453,6 @@ mod tests {
                     let f = g.free_pages();
                     assert!(f == free_before || f == free_after, "step {step}");
                     drop(g);
-                    drop(p);
                     // Metadata and links are exactly the state before or after.
                     let meta = |img: &[u8]| {
                         let off = align_up(HEADER_BYTES, 64).unwrap();
@@ -1495,7 +1488,7 @@ mod tests {
         let b = bytes(&mut v);
         let cfg = config(len, false);
         let n = cfg.nr_pages as u32;
-        drop(SharedPool::<SideTable>::create_in(b, cfg, 1).unwrap());
+        let _ = SharedPool::<SideTable>::create_in(b, cfg, 1).unwrap();
         let addr = b.as_mut_ptr() as usize;
         let owners = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
         std::thread::scope(|s| {

@@ -61,19 +61,17 @@ impl<'w> OwnerLock<'w> {
         let mut polls = 0u32;
         loop {
             match self.word.load(Ordering::Relaxed) {
-                UNLOCKED => {
-                    if self.try_lock(me).is_ok() {
-                        return Acquired::Clean;
-                    }
-                }
-                holder if holder != me && is_dead(holder) => {
-                    if self
-                        .word
-                        .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Acquired::TakenFrom(holder);
-                    }
+                UNLOCKED if self.try_lock(me).is_ok() => return Acquired::Clean,
+                holder
+                    if holder != UNLOCKED
+                        && holder != me
+                        && is_dead(holder)
+                        && self
+                            .word
+                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    return Acquired::TakenFrom(holder)
                 }
                 _ => {}
             }
