@@ -8,13 +8,13 @@ use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
+    SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice};
 
-use convert::{choice, int_in, raise, Exc, Int};
+use convert::{choice, raise, unsigned, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
@@ -193,8 +193,10 @@ impl Pool {
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
         let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
-        let pool = Core::new(arena, meta, links, *geo)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::new(arena, meta, links, *geo).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, geo),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(LockedPool::new(pool))
     }
 
@@ -266,34 +268,31 @@ impl Pool {
             zero.as_ref(),
             _links.as_ref(),
         );
-        let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
+        // Arguments are converted here; whether they make a pool is the core's rule.
+        let nr = unsigned(nr_pages, "nr_pages")?;
         let page_size = match page_size {
-            Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
+            Some(ps) => unsigned(ps, "page_size")?,
             None => 4096,
         };
-        if !page_size.is_power_of_two() {
-            return Err(PyValueError::new_err(format!(
-                "page_size must be a power of two, got {page_size}"
-            )));
-        }
         let base_pfn = match base_pfn {
-            Some(b) => int_in(b, "base_pfn", 0, u64::MAX - nr as u64 + 1)?,
+            Some(b) => unsigned(b, "base_pfn")?,
             None => 0,
         };
         let reserved = match reserved_pages {
-            Some(r) => int_in(r, "reserved_pages", 0, nr as u64)? as usize,
+            Some(r) => unsigned(r, "reserved_pages")?,
             None => 0,
         };
+        // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
         let cap = match max_order {
             None => 11,
             Some(m) => match Int::of(m, || "max_order")? {
-                Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
+                Int::Val(v) => u32::try_from(v).unwrap_or(u32::MAX),
                 Int::Huge => u32::MAX,
-                _ => {
-                    let got = m.repr()?;
+                Int::Negative => {
                     return Err(PyValueError::new_err(format!(
-                        "max_order must be an int >= 1, got {got}"
-                    )));
+                        "max_order must be >= 1, got {}",
+                        m.repr()?
+                    )))
                 }
             },
         };
@@ -310,24 +309,25 @@ impl Pool {
             "never" => ZeroPolicy::Never,
             _ => ZeroPolicy::OnFree,
         };
-        let config = Config::new(nr)
-            .page_size(page_size)
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let config = Config::new(size(nr))
+            .page_size(size(page_size))
             .base_pfn(base_pfn)
-            .reserved_pages(reserved)
+            .reserved_pages(size(reserved))
             .order_cap(cap)
             .zero(policy)
             // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
             .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
         let geo = config
             .geometry()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| convert::geometry_error(e, &config))?;
         let size = geo
             .arena_bytes()
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
         let bytes = Self::arena(py, buffer, size)?;
         let (export, addr) = Self::export(&bytes, size)?;
         let mut storage = Storage {
-            meta: leak(nr, PageMeta::INIT)?,
+            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
             links: None,
         };
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
@@ -336,7 +336,7 @@ impl Pool {
         let inner = if intrusive {
             Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
         } else {
-            let links = leak(nr, Link::EMPTY)?;
+            let links = leak(geo.nr_pages as usize, Link::EMPTY)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
