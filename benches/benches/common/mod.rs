@@ -181,7 +181,7 @@ impl Drop for Mem {
 }
 
 /// pagebuddy over the shared memory, with either link store.
-pub struct Pb<L: pagebuddy::LinkStore>(Pool<'static, L>);
+pub struct Pb<L: pagebuddy::LinkStore>(pub Pool<'static, L>);
 
 /// pagebuddy's configuration for the benchmarks.
 pub fn pb_config(zero: ZeroPolicy) -> Config {

@@ -103,6 +103,34 @@ pub enum GeometryError {
     },
     /// The side table is not aligned for [`Link`](crate::Link).
     LinksMisaligned,
+    /// A [`CacheConfig`](crate::CacheConfig) outside its bounds: `batch` must be in
+    /// `1..=high`, `high` at most [`MAX_CACHE_HIGH`](crate::MAX_CACHE_HIGH) and `orders` at most
+    /// [`MAX_CACHED_ORDERS`](crate::MAX_CACHED_ORDERS).
+    CacheConfig {
+        /// Orders cached.
+        orders: u32,
+        /// Blocks moved per refill or drain.
+        batch: u32,
+        /// Blocks a cache keeps before it drains.
+        high: u32,
+    },
+    /// A [`CachedPool`](crate::CachedPool) was given no cache slots.
+    NoCacheSlots,
+    /// The cache block storage holds fewer than `need` entries
+    /// ([`cache_blocks`](crate::cache_blocks)).
+    CacheTooSmall {
+        /// Entries required.
+        need: usize,
+        /// Entries given.
+        have: usize,
+    },
+    /// Fewer [`PageRef`](crate::PageRef)s than the pool has pages.
+    PageRefsTooSmall {
+        /// Entries required (the pool's page count).
+        need: usize,
+        /// Entries given.
+        have: usize,
+    },
 }
 
 /// A broken invariant, found by [`Pool::check`](crate::Pool::check) or by a checked link read.
@@ -138,6 +166,10 @@ pub enum CorruptionKind {
     Count,
     /// Free memory is not zero although the zero policy promises it.
     NotZero,
+    /// A [`CachedPool`](crate::CachedPool)'s caches disagree with its pool: a cached block that
+    /// is not a block of its cache's order held by the caches, a block cached twice, a block
+    /// neither held, cached nor free, or a reference count the pool does not back.
+    Cache,
 }
 
 impl From<GeometryError> for Error {
@@ -210,6 +242,24 @@ impl fmt::Display for GeometryError {
                 write!(f, "link table holds {have} bytes, needs {need}")
             }
             GeometryError::LinksMisaligned => f.write_str("link table is misaligned"),
+            GeometryError::CacheConfig {
+                orders,
+                batch,
+                high,
+            } => write!(
+                f,
+                "cache orders {orders}, batch {batch}, high {high}: need 1 <= batch <= high <= {} \
+                 and orders <= {}",
+                crate::MAX_CACHE_HIGH,
+                crate::MAX_CACHED_ORDERS
+            ),
+            GeometryError::NoCacheSlots => f.write_str("a cached pool needs at least one slot"),
+            GeometryError::CacheTooSmall { need, have } => {
+                write!(f, "cache storage holds {have} blocks, needs {need}")
+            }
+            GeometryError::PageRefsTooSmall { need, have } => {
+                write!(f, "page refs hold {have} pages, need {need}")
+            }
         }
     }
 }
@@ -227,6 +277,7 @@ impl fmt::Display for Corruption {
             CorruptionKind::Uncoalesced => "two free buddies were left uncoalesced",
             CorruptionKind::Count => "free counts disagree with the free lists",
             CorruptionKind::NotZero => "free memory is not zero",
+            CorruptionKind::Cache => "the per-CPU caches disagree with the pool",
         };
         write!(f, "{what} (at pfn {})", self.pfn)
     }

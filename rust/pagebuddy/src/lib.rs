@@ -12,7 +12,9 @@
 //!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
 //!   [`Pool::check`] validates every invariant; [`Pool::alloc_many`] and [`Pool::put_many`] do
 //!   a whole batch or nothing.
-//! - [`LockedPool`] puts a pool behind one lock for use from many threads.
+//! - [`LockedPool`] puts a pool behind one lock for use from many threads, and [`CachedPool`]
+//!   puts per-CPU caches of the lowest orders in front of it (Linux's `per_cpu_pages`), so that
+//!   most allocations and frees take no shared lock.
 //!
 //! ```
 //! use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable, ZeroPolicy};
@@ -41,6 +43,10 @@ extern crate std;
 
 mod arena;
 mod batch;
+// The caches' reference counts are compare-and-swap words: targets without 32-bit CAS
+// (thumbv6m-none-eabi) have no cached pool.
+#[cfg(target_has_atomic = "32")]
+pub mod cache;
 mod carve;
 mod check;
 mod config;
@@ -52,6 +58,10 @@ mod store;
 
 pub use arena::Arena;
 pub use batch::BatchError;
+#[cfg(all(feature = "std", not(loom), target_has_atomic = "32"))]
+pub use cache::thread_cpu;
+#[cfg(target_has_atomic = "32")]
+pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
@@ -62,6 +72,12 @@ pub use lock::StdLock;
 pub use lock::{LockedPool, RawLock};
 pub use pool::Pool;
 pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
+
+/// Most orders a [`CachedPool`] can cache (orders `0..MAX_CACHED_ORDERS`).
+pub const MAX_CACHED_ORDERS: usize = 8;
+
+/// Largest `high` a [`CacheConfig`] may set.
+pub const MAX_CACHE_HIGH: u32 = 1 << 16;
 
 /// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".
 pub const MAX_PAGES: usize = (u32::MAX - 1) as usize;

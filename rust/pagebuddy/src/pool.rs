@@ -112,7 +112,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if self.geo.zero == ZeroPolicy::OnFree && !prezeroed {
             let ps = self.geo.page_size;
             self.arena
-                .zero(reserved as usize * ps, (n - reserved) as usize * ps);
+                .zero_cold(reserved as usize * ps, (n - reserved) as usize * ps);
         }
         // Reserved pages are held from the start: their bytes are the caller's.
         self.touched = if prezeroed { reserved } else { n };
@@ -173,6 +173,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.arena.zero(off, len);
     }
 
+    /// Zeroes a block that was just freed (see [`Arena::zero_cold`]).
+    fn zero_freed_block(&mut self, idx: u32, order: u32) {
+        let (off, len) = self.block_bytes(idx, order);
+        self.arena.zero_cold(off, len);
+    }
+
     /// pKVM's `__find_buddy_avail`: the buddy of the block of `order` at `idx`, if it is in the
     /// pool and is a free block of the same order.
     fn buddy_avail(&self, idx: u32, order: u32) -> Option<u32> {
@@ -188,6 +194,17 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// appending each upper half to the tail of its order's list. The head gets refcount 1; its
     /// other pages are tails.
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
+        let pfn = self.alloc_unzeroed(order)?;
+        if self.geo.zero == ZeroPolicy::OnAlloc {
+            self.zero_block((pfn - self.geo.base_pfn) as u32, order);
+        }
+        Ok(pfn)
+    }
+
+    /// [`alloc`](Self::alloc) without the zeroing that [`ZeroPolicy::OnAlloc`] asks for: the
+    /// per-CPU caches zero a block when they hand it out, outside the pool's lock.
+    #[inline(always)]
+    pub(crate) fn alloc_unzeroed(&mut self, order: u32) -> Result<u64, Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
@@ -212,9 +229,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
         self.touched = self.touched.max(idx + (1 << order));
-        if self.geo.zero == ZeroPolicy::OnAlloc {
-            self.zero_block(idx, order);
-        }
         Ok(self.geo.pfn(idx))
     }
 
@@ -252,6 +266,18 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
+        self.put_zeroing(pfn, true)
+    }
+
+    /// [`put`](Self::put) for a block whose bytes the caller has already zeroed as
+    /// [`ZeroPolicy::OnFree`] requires (the per-CPU caches do it outside the pool's lock).
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+    pub(crate) fn put_zeroed(&mut self, pfn: u64) -> Result<(), Error> {
+        self.put_zeroing(pfn, false)
+    }
+
+    #[inline(always)]
+    fn put_zeroing(&mut self, pfn: u64, zero: bool) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
@@ -262,7 +288,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // is zeroed, counted or unlinked, so no page is left neither held nor free.
         self.check_attach(idx, order)?;
         self.meta[idx as usize].refcount = 0;
-        self.attach(idx, order)?;
+        self.attach(idx, order, zero)?;
         Ok(())
     }
 
@@ -284,11 +310,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free.check_append(&self.arena, order)
     }
 
-    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy, merges it with free buddies
-    /// of equal order while the order stays below `max_order`, and lists the result.
-    pub(crate) fn attach(&mut self, idx: u32, order: u32) -> Result<(), Corruption> {
-        if self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_block(idx, order);
+    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `zero` is false: the
+    /// caller did), merges it with free buddies of equal order while the order stays below
+    /// `max_order`, and lists the result.
+    pub(crate) fn attach(&mut self, idx: u32, order: u32, zero: bool) -> Result<(), Corruption> {
+        if zero && self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_freed_block(idx, order);
         }
         self.free_pages += 1 << order;
         // After merging, `idx` may no longer be the head: unmark it now.

@@ -1,0 +1,472 @@
+//! The per-CPU caches (`CachedPool`) against the exact pool, in one run over the same 2^18-page
+//! pool as `alloc.rs`:
+//!
+//! - criterion groups `cached-hot` (alloc+free of one order-0 page; with `free-list` and
+//!   `buddy_system_allocator::Heap` as in `alloc.rs`), `cached-churn` and `cached-mixed` (the
+//!   workloads of `alloc.rs`), each with the exact `Pool` and the `CachedPool` (one slot, side
+//!   table, zero never);
+//! - `threads`: total alloc+free pairs per second with 1, 2, 4 and 8 threads sharing one
+//!   `LockedPool`, one `CachedPool` (a slot per thread), `buddy_system_allocator`'s
+//!   `LockedFrameAllocator` and `LockedHeap`; each thread keeps a window of 16 order-0 pages,
+//!   allocating one and freeing its oldest per pair;
+//! - `zeroing`: bytes zeroed per second under each zero policy, beside `memset` (and
+//!   non-temporal stores) over the same blocks: order-0 blocks (hot in cache) and order-9 blocks
+//!   streaming through the whole 1 GiB arena.
+//!
+//! Besides criterion's estimates the run writes `target/pagebuddy-bench/cached.json`, which
+//! `scripts/bench_report.py` turns into a section of `docs/benchmarks.md`.
+//! `BENCH_SHORT=1` shortens everything, as in `alloc.rs`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use buddy_system_allocator::{LockedFrameAllocator, LockedHeap};
+use common::*;
+use criterion::Criterion;
+use pagebuddy::{
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, LockedPool, PageRef, SideTable, SpinLock,
+    ZeroPolicy,
+};
+
+/// The cache configuration measured: the defaults (orders 0..=3, batch 16, high 64).
+const CACHE: CacheConfig = CacheConfig::new();
+/// Slots: one per thread of the largest threads run.
+const SLOTS: usize = 8;
+/// Thread counts of the threads benchmark.
+const THREADS: [usize; 4] = [1, 2, 4, 8];
+/// Pages each thread keeps in the threads benchmark.
+const WINDOW: usize = 16;
+
+type Cpool = CachedPool<'static, SideTable<'static>, SpinLock>;
+
+/// A `CachedPool` over the shared memory; the cache storage is leaked (a few per run).
+///
+/// # Safety
+/// As `Pb::side`: no other allocator over `mem` may be alive while the result is.
+unsafe fn cached_pool(mem: &mut Mem, zero: ZeroPolicy) -> Cpool {
+    // SAFETY: the caller's promise.
+    let Pb(pool) = unsafe { Pb::side(mem, zero) };
+    let slots: Vec<CacheSlot> = (0..SLOTS).map(|_| CacheSlot::new()).collect();
+    let refs: Vec<PageRef> = (0..N).map(|_| PageRef::new()).collect();
+    let blocks = vec![0u32; cache_blocks(SLOTS, &CACHE)];
+    let pool = CachedPool::new(
+        LockedPool::new(pool),
+        Box::leak(slots.into_boxed_slice()),
+        Box::leak(blocks.into_boxed_slice()),
+        Box::leak(refs.into_boxed_slice()),
+        CACHE,
+    );
+    pool.unwrap_or_else(|e| fail(&format!("CachedPool: {e}")))
+}
+
+/// The cached pool through slot 0, for the single-threaded workloads.
+struct Cached(Cpool);
+
+impl PageAlloc for Cached {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        self.0.alloc(0, order).ok().map(|pfn| pfn as usize)
+    }
+
+    #[inline]
+    fn free(&mut self, handle: usize, _order: u32) {
+        if self.0.put(0, handle as u64).is_err() {
+            fail("CachedPool: put failed")
+        }
+    }
+}
+
+fn short() -> bool {
+    std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
+/// The criterion workloads: exact and cached side by side (and the hot pair's fastest peers).
+fn criterion_groups(c: &mut Criterion, mem: &mut Mem) {
+    let mut g = c.benchmark_group("cached-hot");
+    let hot = |a: &mut dyn PageAlloc| {
+        let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc failed"));
+        a.free(black_box(h), 0);
+    };
+    {
+        // SAFETY: each allocator is dropped before the next is made over `mem`.
+        let mut a = unsafe { Pb::side(mem, ZeroPolicy::Never) };
+        g.bench_function("exact", |b| b.iter(|| hot(&mut a)));
+    }
+    {
+        // SAFETY: as above.
+        let mut a = Cached(unsafe { cached_pool(mem, ZeroPolicy::Never) });
+        g.bench_function("cached", |b| b.iter(|| hot(&mut a)));
+    }
+    {
+        let mut a = FreeListPages::new(mem);
+        g.bench_function("free-list", |b| b.iter(|| hot(&mut a)));
+    }
+    {
+        // SAFETY: as above.
+        let mut a = unsafe { BsaHeap::new(mem) };
+        g.bench_function("bsa-heap", |b| b.iter(|| hot(&mut a)));
+    }
+    g.finish();
+
+    let budget = Budget::new(Duration::from_secs(60));
+    let mut g = c.benchmark_group("cached-churn");
+    {
+        // SAFETY: as above.
+        let mut a = unsafe { Pb::side(mem, ZeroPolicy::Never) };
+        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut rng = Rng::new(SEED_CHURN);
+        g.bench_function("exact", |b| {
+            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
+        });
+    }
+    {
+        // SAFETY: as above.
+        let mut a = Cached(unsafe { cached_pool(mem, ZeroPolicy::Never) });
+        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut rng = Rng::new(SEED_CHURN);
+        g.bench_function("cached", |b| {
+            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("cached-mixed");
+    {
+        // SAFETY: as above.
+        let mut a = unsafe { Pb::side(mem, ZeroPolicy::Never) };
+        let mut m = Mixed::new();
+        m.warm(&mut a, &budget)
+            .unwrap_or_else(|_| fail("mixed warm"));
+        g.bench_function("exact", |b| b.iter(|| m.step(&mut a)));
+    }
+    {
+        // SAFETY: as above.
+        let mut a = Cached(unsafe { cached_pool(mem, ZeroPolicy::Never) });
+        let mut m = Mixed::new();
+        m.warm(&mut a, &budget)
+            .unwrap_or_else(|_| fail("mixed warm"));
+        g.bench_function("cached", |b| b.iter(|| m.step(&mut a)));
+    }
+    g.finish();
+}
+
+/// An allocator shared by threads; `cpu` is the calling thread's index.
+trait Shared: Sync {
+    fn alloc(&self, cpu: usize) -> Option<usize>;
+    fn free(&self, cpu: usize, handle: usize);
+}
+
+impl Shared for LockedPool<'static, SideTable<'static>, SpinLock> {
+    #[inline]
+    fn alloc(&self, _cpu: usize) -> Option<usize> {
+        LockedPool::alloc(self, 0).ok().map(|p| p as usize)
+    }
+    #[inline]
+    fn free(&self, _cpu: usize, handle: usize) {
+        if LockedPool::put(self, handle as u64).is_err() {
+            fail("LockedPool: put failed")
+        }
+    }
+}
+
+impl Shared for Cpool {
+    #[inline]
+    fn alloc(&self, cpu: usize) -> Option<usize> {
+        CachedPool::alloc(self, cpu, 0).ok().map(|p| p as usize)
+    }
+    #[inline]
+    fn free(&self, cpu: usize, handle: usize) {
+        if CachedPool::put(self, cpu, handle as u64).is_err() {
+            fail("CachedPool: put failed")
+        }
+    }
+}
+
+impl Shared for LockedFrameAllocator<{ ORDER_CAP as usize }> {
+    #[inline]
+    fn alloc(&self, _cpu: usize) -> Option<usize> {
+        self.lock().alloc(1)
+    }
+    #[inline]
+    fn free(&self, _cpu: usize, handle: usize) {
+        self.lock().dealloc(handle, 1)
+    }
+}
+
+impl Shared for LockedHeap<{ 12 + ORDER_CAP as usize }> {
+    #[inline]
+    fn alloc(&self, _cpu: usize) -> Option<usize> {
+        self.lock()
+            .alloc(std::alloc::Layout::from_size_align(PAGE, PAGE).ok()?)
+            .ok()
+            .map(|p| p.as_ptr() as usize)
+    }
+    #[inline]
+    fn free(&self, _cpu: usize, handle: usize) {
+        let layout = std::alloc::Layout::from_size_align(PAGE, PAGE).unwrap();
+        // SAFETY: `handle` came from `alloc` with the same layout.
+        unsafe {
+            self.lock()
+                .dealloc(NonNull::new_unchecked(handle as *mut u8), layout)
+        }
+    }
+}
+
+/// Pairs per second with `threads` threads for `dur`: each thread fills its window, then
+/// allocates a page and frees its oldest until time is up; the window is freed afterwards.
+fn pairs_per_second<A: Shared>(a: &A, threads: usize, dur: Duration) -> f64 {
+    let start = Barrier::new(threads + 1);
+    let stop = AtomicBool::new(false);
+    let (total, elapsed) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|cpu| {
+                let (start, stop) = (&start, &stop);
+                s.spawn(move || {
+                    let mut window = [0usize; WINDOW];
+                    for w in &mut window {
+                        *w = a.alloc(cpu).unwrap_or_else(|| fail("threads: alloc"));
+                    }
+                    start.wait();
+                    let mut pairs = 0u64;
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..64 {
+                            let new = a.alloc(cpu).unwrap_or_else(|| fail("threads: alloc"));
+                            a.free(cpu, std::mem::replace(&mut window[i], new));
+                            i = (i + 1) % WINDOW;
+                        }
+                        pairs += 64;
+                    }
+                    for w in window {
+                        a.free(cpu, w);
+                    }
+                    pairs
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = t.elapsed();
+        let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        (total, elapsed)
+    });
+    total as f64 / elapsed.as_secs_f64()
+}
+
+/// The best of `reps` runs at each thread count.
+fn scaling<A: Shared>(a: &A, dur: Duration, reps: usize) -> Vec<f64> {
+    THREADS
+        .iter()
+        .map(|&t| {
+            (0..reps)
+                .map(|_| pairs_per_second(a, t, dur))
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+fn threads_bench(mem: &mut Mem, out: &mut String) {
+    let (dur, reps) = if short() {
+        (Duration::from_millis(300), 3)
+    } else {
+        (Duration::from_secs(1), 5)
+    };
+    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
+    {
+        // SAFETY: each allocator is dropped before the next is made over `mem`.
+        let Pb(pool) = unsafe { Pb::side(mem, ZeroPolicy::Never) };
+        rows.push(("LockedPool", scaling(&LockedPool::new(pool), dur, reps)));
+    }
+    {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        rows.push(("CachedPool", scaling(&pool, dur, reps)));
+    }
+    {
+        let f = LockedFrameAllocator::<{ ORDER_CAP as usize }>::new();
+        f.lock().add_frame(0, N);
+        rows.push(("LockedFrameAllocator", scaling(&f, dur, reps)));
+    }
+    {
+        let h = LockedHeap::<{ 12 + ORDER_CAP as usize }>::new();
+        let start = mem.arena() as usize;
+        // SAFETY: the arena is valid and managed by this heap alone while it lives.
+        unsafe { h.lock().add_to_heap(start, start + ARENA_BYTES) };
+        rows.push(("LockedHeap", scaling(&h, dur, reps)));
+    }
+    let _ = write!(
+        out,
+        "\"threads\": {{\"counts\": {THREADS:?}, \"seconds\": {}, \"reps\": {reps}, \"window\": {WINDOW}, \"rows\": [",
+        dur.as_secs_f64()
+    );
+    for (i, (name, v)) in rows.iter().enumerate() {
+        eprintln!("threads/{name}: {v:.3?} pairs/s at {THREADS:?} threads");
+        let nums: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        let _ = write!(
+            out,
+            "{}{{\"name\": {}, \"pairs_per_s\": [{}]}}",
+            if i > 0 { ", " } else { "" },
+            json_str(name),
+            nums.join(", ")
+        );
+    }
+    out.push_str("]}");
+}
+
+/// Bytes per nanosecond (GB/s) of `step`, which zeroes `bytes` per call, best of `reps` timed
+/// batches of `calls` calls.
+fn gbps(bytes: usize, calls: usize, reps: usize, mut step: impl FnMut()) -> f64 {
+    step();
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        for _ in 0..calls {
+            step();
+        }
+        best = best.min(t.elapsed().as_nanos() as f64);
+    }
+    (bytes * calls) as f64 / best
+}
+
+/// Non-temporal zeroing (x86-64 `movntdq`), for comparison with `memset`.
+#[cfg(target_arch = "x86_64")]
+fn zero_nt(p: *mut u8, n: usize) {
+    use std::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
+    let q = p.cast::<__m128i>();
+    // SAFETY: callers pass page-aligned ranges of whole pages inside the arena.
+    unsafe {
+        let z = _mm_setzero_si128();
+        for i in 0..n / 16 {
+            _mm_stream_si128(q.add(i), z);
+        }
+        _mm_sfence();
+    }
+}
+
+fn zeroing_bench(mem: &mut Mem, out: &mut String) {
+    let reps = if short() { 3 } else { 10 };
+    let arena = mem.arena();
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    // Order 0, hot: one page zeroed per pair, in cache.
+    let hot = |a: &mut dyn PageAlloc| {
+        let h = a.alloc(0).unwrap_or_else(|| fail("zeroing: alloc"));
+        a.free(black_box(h), 0);
+    };
+    let hot_memset = gbps(PAGE, 100_000, reps, || {
+        // SAFETY: the first page of the arena, which no allocator uses meanwhile.
+        unsafe { black_box(arena).write_bytes(0, PAGE) }
+    });
+    // Order 9 streaming: every order-9 block of the arena allocated, then every one freed.
+    let blocks = N >> HUGE_ORDER;
+    let stream_bytes = ARENA_BYTES;
+    let mut got = Vec::with_capacity(blocks);
+    let mut stream = |a: &mut dyn PageAlloc| {
+        for _ in 0..blocks {
+            got.push(
+                a.alloc(HUGE_ORDER)
+                    .unwrap_or_else(|| fail("zeroing: alloc 9")),
+            );
+        }
+        for h in got.drain(..) {
+            a.free(h, HUGE_ORDER);
+        }
+    };
+    let stream_memset = gbps(stream_bytes, 1, reps, || {
+        for b in 0..blocks {
+            // SAFETY: order-9 blocks of the arena, which no allocator uses meanwhile.
+            unsafe {
+                arena
+                    .add(b * (PAGE << HUGE_ORDER))
+                    .write_bytes(0, PAGE << HUGE_ORDER)
+            }
+        }
+    });
+    #[cfg(target_arch = "x86_64")]
+    let stream_nt = gbps(stream_bytes, 1, reps, || {
+        for b in 0..blocks {
+            zero_nt(
+                arena.wrapping_add(b * (PAGE << HUGE_ORDER)),
+                PAGE << HUGE_ORDER,
+            );
+        }
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let stream_nt = 0.0;
+    for zero in [ZeroPolicy::OnFree, ZeroPolicy::OnAlloc] {
+        {
+            // SAFETY: each allocator is dropped before the next is made over `mem`.
+            let mut a = unsafe { Pb::side(mem, zero) };
+            let h = gbps(PAGE, 100_000, reps, || hot(&mut a));
+            let s = gbps(stream_bytes, 1, reps, || stream(&mut a));
+            rows.push((format!("Pool, {zero:?}"), h, s));
+        }
+        // SAFETY: as above.
+        let mut a = Cached(unsafe { cached_pool(mem, zero) });
+        let h = gbps(PAGE, 100_000, reps, || hot(&mut a));
+        let s = gbps(stream_bytes, 1, reps, || stream(&mut a));
+        rows.push((format!("CachedPool, {zero:?}"), h, s));
+    }
+    let _ = write!(
+        out,
+        "\"zeroing\": {{\"memset_hot\": {hot_memset:.3}, \"memset_stream\": {stream_memset:.3}, \"nt_stream\": {stream_nt:.3}, \"rows\": ["
+    );
+    eprintln!("zeroing: memset {hot_memset:.1} GB/s (4 KiB, hot), {stream_memset:.1} GB/s (1 GiB in 2 MiB blocks), non-temporal {stream_nt:.1} GB/s");
+    for (i, (name, h, s)) in rows.iter().enumerate() {
+        eprintln!("zeroing/{name}: {h:.1} GB/s hot, {s:.1} GB/s streaming");
+        let _ = write!(
+            out,
+            "{}{{\"name\": {}, \"hot\": {h:.3}, \"stream\": {s:.3}}}",
+            if i > 0 { ", " } else { "" },
+            json_str(name)
+        );
+    }
+    out.push_str("]}");
+}
+
+fn main() {
+    let mut c = Criterion::default().without_plots();
+    if short() {
+        c = c
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(700))
+            .sample_size(20)
+            .nresamples(2000);
+    }
+    let mut c = c.configure_from_args();
+    let mut mem = Mem::new();
+    let only = |what: &str| std::env::var("BENCH_CACHED").map_or(true, |v| v.contains(what));
+    if only("criterion") {
+        criterion_groups(&mut c, &mut mem);
+    }
+    let mut out = String::from("{");
+    if only("threads") {
+        threads_bench(&mut mem, &mut out);
+        out.push_str(", ");
+    }
+    if only("zeroing") {
+        zeroing_bench(&mut mem, &mut out);
+        out.push_str(", ");
+    }
+    let _ = write!(out, "\"short\": {}}}", short());
+    let dir = target_dir().join("pagebuddy-bench");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Err(e) = std::fs::write(dir.join("cached.json"), out + "\n") {
+        fail(&format!("writing cached.json: {e}"));
+    }
+    c.final_summary();
+}

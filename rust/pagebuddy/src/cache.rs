@@ -1,0 +1,1471 @@
+//! Per-CPU page caches in front of a [`LockedPool`]: Linux's `struct per_cpu_pages`.
+//!
+//! A [`CachedPool`] keeps, for each CPU slot and each of the lowest orders, a LIFO stack of free
+//! blocks taken from the pool (Linux's pcp lists). An allocation of a cached order pops the
+//! hottest block of the caller's slot, and the free of one pushes it there (`rmqueue_pcplist`,
+//! `free_unref_page`): neither touches the pool's lock. Only an empty cache (refill: `batch`
+//! blocks) and a cache above `high` (drain: the `batch` coldest) take the pool's lock, once for
+//! the whole batch. Higher orders go straight to the pool.
+//!
+//! # What the pool sees
+//!
+//! The pool keeps one reference on every block that has left its free lists, whether a caller
+//! holds it or a cache does: its metadata says *held*, refcount 1. The callers' reference counts
+//! live in the caller-provided [`PageRef`]s, one atomic word per page (refcount and order), so
+//! that `put`, `get` and the cache's hand-out never take the pool's lock. A block is back in the
+//! pool, free and coalesced, only when a cache drains it; [`drain_all`](CachedPool::drain_all)
+//! leaves the pool exactly as if the caches did not exist (with the callers' blocks held).
+//!
+//! # The contract kept
+//!
+//! - A cached block is free: its refcount reads 0, so `get`, `put` and `split` on it fail with
+//!   [`Error::NotHeld`] exactly as on a free block of the pool, and
+//!   [`free_pages`](CachedPool::free_pages) counts it.
+//! - Zero policies hold: under [`ZeroPolicy::OnFree`] a block is zeroed by the `put` that drops
+//!   its last reference, before it enters a cache or the pool; under [`ZeroPolicy::OnAlloc`] by
+//!   the `alloc` that hands it out. Either way outside the pool's lock.
+//! - Before an allocation fails with [`Error::OutOfMemory`], the caller's own slot is drained
+//!   and the allocation retried, then every other slot, and retried once more (Linux drains the
+//!   pcp lists before it gives up). Meanwhile other threads keep allocating and freeing, so a
+//!   block another thread frees into its cache after that slot was drained is not seen: the
+//!   failure means "nothing was free in the pool or in any cache at the moment each was looked
+//!   at", not a snapshot of the whole.
+//!
+//! # Memory ordering
+//!
+//! - A slot's stacks are read and written only under the slot's lock ([`RawLock`]: acquire on
+//!   lock, release on unlock), and the pool only under its own lock. Locks are always taken in
+//!   one order, slot before pool, and at most one slot at a time, except by
+//!   [`check`](CachedPool::check), which takes every slot in increasing index and then the pool:
+//!   no cycle, no deadlock. When each CPU uses its own slot, its lock is never contended.
+//! - A [`PageRef`] word changes by compare-and-swap (`get`, `put`, `split`) or, while no caller
+//!   holds the block, by the one thread that owns it (the cache that hands it out). The `put` that
+//!   drops the last reference swaps with release ordering and then issues an acquire fence, as
+//!   `Arc` does: every write the other holders made to the block happens before it is zeroed or
+//!   handed out again. A block then reaches another thread only through a slot's lock or the
+//!   pool's, which carry the zeroed bytes along.
+//! - For a moment after a `put` dropped the last reference, the block is neither held nor in a
+//!   cache: [`free_pages`](CachedPool::free_pages) does not count it yet, and
+//!   [`check`](CachedPool::check) run meanwhile reports it. Both are exact when no call is in
+//!   flight, as after joining the threads that used the pool.
+//!
+//! ```
+//! use pagebuddy::{
+//!     cache_blocks, CacheConfig, CacheSlot, CachedPool, Config, Intrusive, LockedPool, PageMeta,
+//!     PageRef, Pool,
+//! };
+//!
+//! const PAGES: usize = 64;
+//! let (mut arena, mut meta) = ([0u8; PAGES * 64], [PageMeta::INIT; PAGES]);
+//! let pool = Pool::new(&mut arena[..], &mut meta, Intrusive, Config::new(PAGES).page_size(64))?;
+//!
+//! // Two CPU slots, orders 0..=1 cached, 4 blocks per refill or drain, at most 8 kept.
+//! let config = CacheConfig::new().orders(2).batch(4).high(8);
+//! let mut slots: [CacheSlot; 2] = core::array::from_fn(|_| CacheSlot::new());
+//! let mut blocks = vec![0u32; cache_blocks(2, &config)];
+//! let mut refs = [PageRef::INIT; PAGES];
+//! let pool = CachedPool::new(LockedPool::new(pool), &mut slots, &mut blocks, &mut refs, config)?;
+//!
+//! let a = pool.alloc(0, 0)?; // refills slot 0 with pages 0..4 and hands out page 0
+//! assert_eq!((a, pool.cached_pages(0)), (0, 3));
+//! pool.put(0, a)?; // back on top of slot 0's stack: the next alloc gets it again
+//! assert_eq!(pool.alloc(0, 0)?, a);
+//! assert_eq!(pool.put(1, 5), Err(pagebuddy::Error::NotHeld { pfn: 5 })); // free
+//! assert_eq!(pool.free_pages(), 63); // cached pages count as free
+//! pool.put(1, a)?; // freed into slot 1
+//! pool.drain_all()?;
+//! pool.check()?;
+//! assert_eq!(pool.with_core(|p| p.buddyinfo().to_vec()), [0, 0, 0, 0, 0, 0, 1]);
+//! # Ok::<(), pagebuddy::Error>(())
+//! ```
+
+use core::cell::Cell;
+use core::ptr::NonNull;
+#[cfg(not(loom))]
+use core::{
+    cell::UnsafeCell,
+    sync::atomic::{fence, AtomicU32, Ordering},
+};
+#[cfg(loom)]
+use loom::{
+    cell::UnsafeCell,
+    sync::atomic::{fence, AtomicU32, Ordering},
+};
+
+use crate::config::{Geometry, ZeroPolicy};
+use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
+use crate::lock::{LockedPool, RawLock, SpinLock};
+use crate::store::{LinkStore, PageMeta, SideTable, NO_ORDER};
+use crate::Pool;
+
+pub use crate::{MAX_CACHED_ORDERS, MAX_CACHE_HIGH};
+
+/// How the per-CPU caches of a [`CachedPool`] behave (Linux's pcp `batch` and `high`).
+///
+/// ```
+/// use pagebuddy::CacheConfig;
+/// let config = CacheConfig::new().batch(8).high(32);
+/// assert_eq!((config.orders, config.batch, config.high), (4, 8, 32));
+/// assert_eq!(config.slot_blocks(), 4 * 33);
+/// assert!(CacheConfig::new().batch(0).validate().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Orders `0..orders` are cached; higher orders go straight to the pool. At most
+    /// [`MAX_CACHED_ORDERS`]; a pool with fewer orders caches all of its own. Default 4
+    /// (orders 0..=3: Linux's `PAGE_ALLOC_COSTLY_ORDER` is 3).
+    pub orders: u32,
+    /// Blocks an empty cache takes from the pool at once, and blocks a full one gives back.
+    /// Default 16.
+    pub batch: u32,
+    /// Blocks a cache keeps: a `put` that takes it above `high` gives the `batch` coldest back.
+    /// Default 64.
+    pub high: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheConfig {
+    /// Orders 0..=3 cached, batch 16, high 64.
+    pub const fn new() -> Self {
+        CacheConfig {
+            orders: 4,
+            batch: 16,
+            high: 64,
+        }
+    }
+
+    /// Sets how many orders (from 0) are cached.
+    pub const fn orders(mut self, orders: u32) -> Self {
+        self.orders = orders;
+        self
+    }
+
+    /// Sets the blocks moved per refill or drain.
+    pub const fn batch(mut self, batch: u32) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Sets the blocks a cache keeps before it drains.
+    pub const fn high(mut self, high: u32) -> Self {
+        self.high = high;
+        self
+    }
+
+    /// Checks the bounds: `1 <= batch <= high <= MAX_CACHE_HIGH`, `orders <= MAX_CACHED_ORDERS`.
+    pub const fn validate(&self) -> Result<(), GeometryError> {
+        if self.batch == 0
+            || self.batch > self.high
+            || self.high > MAX_CACHE_HIGH
+            || self.orders as usize > MAX_CACHED_ORDERS
+        {
+            return Err(GeometryError::CacheConfig {
+                orders: self.orders,
+                batch: self.batch,
+                high: self.high,
+            });
+        }
+        Ok(())
+    }
+
+    /// Block entries one slot needs: `high + 1` per cached order (a `put` may take a cache to
+    /// `high + 1` before it drains).
+    pub const fn slot_blocks(&self) -> usize {
+        (self.orders as usize).saturating_mul(self.high as usize + 1)
+    }
+}
+
+/// Block entries (`u32`s) a [`CachedPool`] with `cpus` slots needs: `cpus` times
+/// [`CacheConfig::slot_blocks`].
+///
+/// ```
+/// use pagebuddy::{cache_blocks, CacheConfig};
+/// assert_eq!(cache_blocks(8, &CacheConfig::new()), 8 * 4 * 65);
+/// ```
+pub const fn cache_blocks(cpus: usize, config: &CacheConfig) -> usize {
+    cpus.saturating_mul(config.slot_blocks())
+}
+
+/// Refcount bits of a [`PageRef`] word.
+const REFS: u32 = 0xFFFF;
+/// The order sits above the refcount.
+const ORDER_SHIFT: u32 = 16;
+/// The word of a page no caller holds: refcount 0, no order.
+const FREE: u32 = (NO_ORDER as u32) << ORDER_SHIFT;
+/// `check`'s mark on a cached block it has seen (refcount 0, so every call still sees it free).
+const SEEN: u32 = FREE | 1 << 24;
+
+const fn held(refcount: u32, order: u32) -> u32 {
+    refcount | order << ORDER_SHIFT
+}
+
+/// One page's holders as a [`CachedPool`] counts them: its refcount and, for the head of a held
+/// block, its order, in one atomic word. Provide one per page of the pool.
+///
+/// ```
+/// use pagebuddy::PageRef;
+/// let refs = [PageRef::INIT; 16];
+/// let more: Vec<PageRef> = (0..16).map(|_| PageRef::new()).collect();
+/// # assert_eq!(refs.len() + more.len(), 32);
+/// ```
+#[derive(Debug)]
+pub struct PageRef(AtomicU32);
+
+impl PageRef {
+    /// The value to fill a fresh slice with (`[PageRef::INIT; N]`): each use is a new word.
+    #[cfg(not(loom))]
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const INIT: PageRef = PageRef::new();
+
+    /// A page no caller holds.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        PageRef(AtomicU32::new(FREE))
+    }
+
+    /// A page no caller holds.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        PageRef(AtomicU32::new(FREE))
+    }
+
+    fn load(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, word: u32) {
+        self.0.store(word, Ordering::Relaxed)
+    }
+}
+
+impl Default for PageRef {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One CPU slot's lock and the lengths of its per-order stacks; the stacks themselves live in
+/// the block storage given to [`CachedPool::new`].
+///
+/// ```
+/// use pagebuddy::{CacheSlot, SpinLock};
+/// let slots: [CacheSlot<SpinLock>; 4] = core::array::from_fn(|_| CacheSlot::new());
+/// # assert_eq!(slots.len(), 4);
+/// ```
+// Each slot on cache lines of its own (128 bytes: pairs of lines are fetched together on
+// x86-64), so that CPUs working on their own slots never share a line.
+#[repr(align(128))]
+pub struct CacheSlot<R: RawLock = SpinLock> {
+    lock: R,
+    lens: UnsafeCell<[u32; MAX_CACHED_ORDERS]>,
+}
+
+impl<R: RawLock> Default for CacheSlot<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R: RawLock> CacheSlot<R> {
+    /// An unlocked slot with empty caches.
+    pub fn new() -> Self {
+        CacheSlot {
+            lock: R::new(),
+            lens: UnsafeCell::new([0; MAX_CACHED_ORDERS]),
+        }
+    }
+
+    /// Runs `f` on the stack lengths inside one critical section of the slot's lock.
+    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
+        self.lock.lock();
+        let _held = SlotHeld(&self.lock);
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the lock is held until `_held` drops, after `f` returns, and the lengths
+            // are only reached here and in `lens_locked`, whose caller holds the lock too.
+            f(unsafe { &mut *self.lens.get() })
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above; loom additionally checks that no other access overlaps.
+            self.lens.with_mut(|p| f(unsafe { &mut *p }))
+        }
+    }
+
+    /// The stack lengths, read while the caller holds the lock.
+    ///
+    /// # Safety
+    /// The caller holds the slot's lock.
+    unsafe fn lens_locked(&self) -> [u32; MAX_CACHED_ORDERS] {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the caller holds the lock, so no `with` writes the lengths meanwhile.
+            unsafe { *self.lens.get() }
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above.
+            self.lens.with(|p| unsafe { *p })
+        }
+    }
+}
+
+/// Releases a slot's lock when dropped.
+struct SlotHeld<'l, R: RawLock>(&'l R);
+
+impl<R: RawLock> Drop for SlotHeld<'_, R> {
+    fn drop(&mut self) {
+        // SAFETY: a `SlotHeld` is only made right after `lock` returned on the same lock.
+        unsafe { self.0.unlock() }
+    }
+}
+
+/// Every slot's lock, taken in increasing index by `CachedPool::lock_all`; released when dropped.
+struct AllHeld<'l, R: RawLock>(&'l [CacheSlot<R>]);
+
+impl<R: RawLock> Drop for AllHeld<'_, R> {
+    fn drop(&mut self) {
+        for slot in self.0 {
+            // SAFETY: `lock_all` locked every slot of this slice before making the `AllHeld`.
+            unsafe { slot.lock.unlock() }
+        }
+    }
+}
+
+/// One slot's stacks, while its lock is held: per order, the page indices of the cached blocks,
+/// coldest at the bottom (index 0), hottest on top.
+struct Cache<'s> {
+    lens: &'s mut [u32; MAX_CACHED_ORDERS],
+    blocks: &'s [Cell<u32>],
+    /// Entries per order: `high + 1`.
+    cap: usize,
+}
+
+impl Cache<'_> {
+    /// The storage of order `order`'s stack (empty past the storage, which `new` rules out).
+    fn stack(&self, order: u32) -> &[Cell<u32>] {
+        let start = order as usize * self.cap;
+        self.blocks.get(start..start + self.cap).unwrap_or(&[])
+    }
+
+    fn len(&self, order: u32) -> usize {
+        self.lens.get(order as usize).map_or(0, |&n| n as usize)
+    }
+
+    fn set_len(&mut self, order: u32, len: usize) {
+        if let Some(n) = self.lens.get_mut(order as usize) {
+            *n = len as u32;
+        }
+    }
+
+    /// Pages in all stacks.
+    fn pages(&self) -> u32 {
+        (0..MAX_CACHED_ORDERS as u32)
+            .map(|k| (self.len(k) as u32) << k)
+            .sum()
+    }
+
+    /// Takes the hottest block of `order`.
+    fn pop(&mut self, order: u32) -> Option<u32> {
+        let len = self.len(order).checked_sub(1)?;
+        let idx = self.stack(order).get(len)?.get();
+        self.set_len(order, len);
+        Some(idx)
+    }
+
+    /// Puts `idx` on top of `order`'s stack; `false` if the stack is full.
+    fn push(&mut self, order: u32, idx: u32) -> bool {
+        let len = self.len(order);
+        match self.stack(order).get(len) {
+            Some(top) => {
+                top.set(idx);
+                self.set_len(order, len + 1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reverses the stack of `order` from `from` to the top.
+    fn reverse_from(&mut self, order: u32, from: usize) {
+        if let Some(part) = self.stack(order).get(from..self.len(order)) {
+            for i in 0..part.len() / 2 {
+                part[i].swap(&part[part.len() - 1 - i]);
+            }
+        }
+    }
+
+    /// Returns the `n` coldest blocks of `order` to `pool`, coldest first, and moves the rest
+    /// down. On an error the blocks not yet returned stay cached.
+    fn give_back<L: LinkStore>(
+        &mut self,
+        pool: &mut Pool<'_, L>,
+        order: u32,
+        n: usize,
+    ) -> Result<(), Error> {
+        let len = self.len(order);
+        let stack = self.stack(order);
+        let mut done = 0;
+        let mut result = Ok(());
+        for block in stack.iter().take(n.min(len)) {
+            // The block is zeroed as the policy asks (by `put`, or never dirtied since refill).
+            result = pool.put_zeroed(pool.geo.pfn(block.get()));
+            if result.is_err() {
+                break;
+            }
+            done += 1;
+        }
+        for i in done..len {
+            stack[i - done].set(stack[i].get());
+        }
+        self.set_len(order, len - done);
+        result
+    }
+}
+
+/// A [`LockedPool`] with per-CPU caches of the lowest orders in front of it.
+///
+/// Every call names the CPU slot it runs for, as kernel code passes `smp_processor_id()`: any
+/// number works (slot `cpu % cpus`), and a thread may use any slot, but the caches only avoid
+/// contention while each CPU (or thread) sticks to its own. A block may be freed through a slot
+/// other than the one that allocated it. See the [module documentation](crate::cache) for the
+/// design and a full example.
+pub struct CachedPool<'a, L: LinkStore = SideTable<'a>, R: RawLock = SpinLock> {
+    core: LockedPool<'a, L, R>,
+    slots: &'a [CacheSlot<R>],
+    /// Each slot's stacks: `slot_blocks` entries per slot, `cap` per order.
+    blocks: &'a [Cell<u32>],
+    refs: &'a [PageRef],
+    arena: NonNull<u8>,
+    arena_len: usize,
+    geo: Geometry,
+    /// Orders cached: `min(config.orders, max_order)`.
+    orders: u32,
+    batch: u32,
+    high: u32,
+    slot_blocks: usize,
+    cap: usize,
+}
+
+// SAFETY: `core` is Sync under these bounds. A slot's lengths and its part of `blocks` are only
+// reached under the slot's lock (`with_cache`, or `lock_all` for `check`), so sharing the pool
+// hands them to one thread at a time; `refs` are atomics. The arena pointer is only written
+// through for blocks the writing call owns alone (see `zero_block`).
+unsafe impl<'a, L: LinkStore, R: RawLock + Sync> Sync for CachedPool<'a, L, R> where
+    Pool<'a, L>: Send
+{
+}
+
+// SAFETY: every part is a unique borrow (taken as `&mut` by `new`) or, for the arena, a pointer
+// into memory the pool already owns; moving them together to another thread is as sound as
+// moving the `LockedPool`, which needs `Pool: Send` and `R: Send`.
+unsafe impl<'a, L: LinkStore, R: RawLock + Send> Send for CachedPool<'a, L, R> where
+    Pool<'a, L>: Send
+{
+}
+
+impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
+    /// Puts caches in front of `core`: one slot per entry of `slots`, stacks in `blocks`
+    /// (at least [`cache_blocks`]`(slots.len(), &config)` entries), one [`PageRef`] per page in
+    /// `refs`.
+    ///
+    /// The caches start empty. Blocks already held in `core` stay held, with their refcounts
+    /// moved to `refs`.
+    pub fn new(
+        core: LockedPool<'a, L, R>,
+        slots: &'a mut [CacheSlot<R>],
+        blocks: &'a mut [u32],
+        refs: &'a mut [PageRef],
+        config: CacheConfig,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        if slots.is_empty() {
+            return Err(GeometryError::NoCacheSlots.into());
+        }
+        let need = cache_blocks(slots.len(), &config);
+        let have = blocks.len();
+        if have < need {
+            return Err(GeometryError::CacheTooSmall { need, have }.into());
+        }
+        let (geo, (arena, arena_len)) = core.with(|p| (p.geo, p.arena.raw()));
+        let pages = geo.nr_pages as usize;
+        if refs.len() < pages {
+            let have = refs.len();
+            return Err(GeometryError::PageRefsTooSmall { need: pages, have }.into());
+        }
+        for slot in slots.iter() {
+            slot.with(|lens| *lens = [0; MAX_CACHED_ORDERS]);
+        }
+        let refs = &refs[..pages];
+        // The pool keeps one reference per held page on behalf of all its holders.
+        core.with(|p| {
+            for (m, r) in p.meta.iter_mut().zip(refs) {
+                if m.refcount > 0 {
+                    r.set(held(u32::from(m.refcount), u32::from(m.order)));
+                    m.refcount = 1;
+                } else {
+                    r.set(FREE);
+                }
+            }
+        });
+        Ok(CachedPool {
+            core,
+            slots,
+            blocks: Cell::from_mut(&mut blocks[..need]).as_slice_of_cells(),
+            refs,
+            arena,
+            arena_len,
+            geo,
+            orders: config.orders.min(geo.max_order),
+            batch: config.batch,
+            high: config.high,
+            slot_blocks: config.slot_blocks(),
+            cap: config.high as usize + 1,
+        })
+    }
+
+    /// The pool's shape.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Number of CPU slots.
+    pub fn cpus(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The configuration in effect (`orders` capped at the pool's `max_order`).
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig {
+            orders: self.orders,
+            batch: self.batch,
+            high: self.high,
+        }
+    }
+
+    /// The slot that CPU `cpu` uses.
+    #[inline]
+    fn slot_index(&self, cpu: usize) -> usize {
+        let n = self.slots.len();
+        if cpu < n {
+            cpu
+        } else {
+            cpu % n
+        }
+    }
+
+    /// Runs `f` on slot `s`'s stacks under its lock.
+    #[inline]
+    fn with_cache<T>(&self, s: usize, f: impl FnOnce(&mut Cache<'_>) -> T) -> T {
+        let start = s * self.slot_blocks;
+        let blocks = self
+            .blocks
+            .get(start..start + self.slot_blocks)
+            .unwrap_or(&[]);
+        let cap = self.cap;
+        self.slots[s].with(|lens| f(&mut Cache { lens, blocks, cap }))
+    }
+
+    fn index(&self, pfn: u64) -> Result<u32, Error> {
+        self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
+    }
+
+    fn page_ref(&self, idx: u32) -> &PageRef {
+        // `idx` comes from `index` or from the pool, so it is below nr_pages == refs.len().
+        &self.refs[idx as usize]
+    }
+
+    fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
+        Corruption {
+            kind,
+            pfn: self.geo.pfn(idx),
+        }
+    }
+
+    /// Zeroes the block of `order` at `idx`, which the calling operation owns alone: its last
+    /// reference was just dropped by this call's compare-and-swap, or it was just taken off a
+    /// cache or the pool for this call to hand out. Nothing else reads or writes its bytes.
+    /// A freed block (`cold`) of an uncached order bypasses the CPU caches
+    /// ([`Arena::zero_cold`](crate::Arena)); a cached one is reused soon and stays hot.
+    fn zero_block(&self, idx: u32, order: u32, cold: bool) {
+        let off = idx as usize * self.geo.page_size;
+        let len = self.geo.page_size << order;
+        if off
+            .checked_add(len)
+            .is_some_and(|end| end <= self.arena_len)
+        {
+            // SAFETY: off + len <= arena_len (checked above), so the offset stays inside the
+            // arena's allocation.
+            let p = unsafe { self.arena.as_ptr().add(off) };
+            // SAFETY (both calls): [p, p + len) lies inside the arena, which is valid for writes
+            // for the pool's life, and no one else accesses the block's bytes (see above).
+            if cold && order >= self.orders {
+                unsafe { crate::arena::zero_cold_bytes(p, len) }
+            } else {
+                unsafe { crate::arena::zero_bytes(p, len) }
+            }
+        }
+    }
+
+    /// Allocates a block of `2^order` pages for CPU `cpu` and returns the pfn of its head.
+    ///
+    /// A cached order pops the hottest block of the slot's cache; an empty cache first takes
+    /// `batch` blocks from the pool under one acquisition of its lock (the first is handed out,
+    /// the rest cached so that they come out in the order the pool gave them). Other orders are
+    /// allocated from the pool. Before [`Error::OutOfMemory`], the slot and then every other slot
+    /// are drained (see the [module documentation](crate::cache)).
+    #[inline]
+    pub fn alloc(&self, cpu: usize, order: u32) -> Result<u64, Error> {
+        match self.try_alloc(cpu, order) {
+            Err(Error::OutOfMemory { .. }) => self.alloc_after_draining(cpu, order),
+            result => result,
+        }
+    }
+
+    #[inline]
+    fn try_alloc(&self, cpu: usize, order: u32) -> Result<u64, Error> {
+        if order >= self.orders {
+            let pfn = self.core.with(|p| p.alloc_unzeroed(order))?;
+            return Ok(self.hand_out(self.geo.index(pfn).unwrap_or(0), order));
+        }
+        let idx = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
+            Some(idx) => Ok(idx),
+            None => self.refill(c, order),
+        })?;
+        Ok(self.hand_out(idx, order))
+    }
+
+    /// Takes up to `batch` blocks of `order` from the pool into the empty cache `c`, under one
+    /// acquisition of the pool's lock, and returns the first.
+    fn refill(&self, c: &mut Cache<'_>, order: u32) -> Result<u32, Error> {
+        let base = self.geo.base_pfn;
+        self.core.with(|p| {
+            let first = p.alloc_unzeroed(order)?;
+            let from = c.len(order);
+            for _ in 1..self.batch {
+                let Ok(pfn) = p.alloc_unzeroed(order) else {
+                    break;
+                };
+                if !c.push(order, (pfn - base) as u32) {
+                    p.put_zeroed(pfn)?;
+                    break;
+                }
+            }
+            c.reverse_from(order, from);
+            Ok((first - base) as u32)
+        })
+    }
+
+    /// Gives the caller the block of `order` at `idx`: zeroed if the policy says so at
+    /// allocation, refcount 1.
+    #[inline]
+    fn hand_out(&self, idx: u32, order: u32) -> u64 {
+        if self.geo.zero == ZeroPolicy::OnAlloc {
+            self.zero_block(idx, order, false);
+        }
+        self.page_ref(idx).set(held(1, order));
+        self.geo.pfn(idx)
+    }
+
+    #[cold]
+    fn alloc_after_draining(&self, cpu: usize, order: u32) -> Result<u64, Error> {
+        let own = self.slot_index(cpu);
+        self.drain_slot(own)?;
+        match self.try_alloc(cpu, order) {
+            Err(Error::OutOfMemory { .. }) => {}
+            result => return result,
+        }
+        for s in (0..self.slots.len()).filter(|&s| s != own) {
+            self.drain_slot(s)?;
+        }
+        self.try_alloc(cpu, order)
+    }
+
+    /// Drops one reference to `pfn`. When it was the last, the block is zeroed per the policy
+    /// and, for a cached order, pushed on top of CPU `cpu`'s cache (a cache that goes above
+    /// `high` returns its `batch` coldest blocks to the pool under one acquisition of its lock);
+    /// a block of a higher order is freed into the pool.
+    #[inline]
+    pub fn put(&self, cpu: usize, pfn: u64) -> Result<(), Error> {
+        let idx = self.index(pfn)?;
+        let Some(order) = self.drop_ref(idx, pfn)? else {
+            return Ok(());
+        };
+        if self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_block(idx, order, true);
+        }
+        if order >= self.orders {
+            return self.core.with(|p| p.put_zeroed(pfn));
+        }
+        self.with_cache(self.slot_index(cpu), |c| {
+            if !c.push(order, idx) {
+                return self.core.with(|p| p.put_zeroed(pfn));
+            }
+            if c.len(order) > self.high as usize {
+                let batch = self.batch as usize;
+                return self.core.with(|p| c.give_back(p, order, batch));
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops one reference to page `idx`; `Some(order)` when it was the last, and the block of
+    /// that order now belongs to the caller alone.
+    #[inline]
+    fn drop_ref(&self, idx: u32, pfn: u64) -> Result<Option<u32>, Error> {
+        let r = &self.page_ref(idx).0;
+        let mut word = r.load(Ordering::Relaxed);
+        loop {
+            let refcount = word & REFS;
+            if refcount == 0 {
+                return Err(Error::NotHeld { pfn });
+            }
+            let order = word >> ORDER_SHIFT;
+            if order >= self.geo.max_order {
+                return Err(self.corrupt(CorruptionKind::BadHead, idx).into());
+            }
+            let last = refcount == 1;
+            let new = if last { FREE } else { word - 1 };
+            match r.compare_exchange_weak(word, new, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) if last => {
+                    // Every other holder's writes to the block happen before this point.
+                    fence(Ordering::Acquire);
+                    return Ok(Some(order));
+                }
+                Ok(_) => return Ok(None),
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Takes one more reference to a held page ([`Pool::get`]).
+    pub fn get(&self, pfn: u64) -> Result<(), Error> {
+        let r = &self.page_ref(self.index(pfn)?).0;
+        let mut word = r.load(Ordering::Relaxed);
+        loop {
+            match word & REFS {
+                0 => return Err(Error::NotHeld { pfn }),
+                REFS => return Err(Error::RefcountOverflow { pfn }),
+                _ => {}
+            }
+            match r.compare_exchange_weak(word, word + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Splits the held block headed by `pfn` into order-0 pages ([`Pool::split`]): each former
+    /// tail gets refcount 1, the head keeps its refcount. Runs under the pool's lock, so that no
+    /// block of the split can reach the pool before the pool has split it too.
+    pub fn split(&self, pfn: u64) -> Result<(), Error> {
+        let idx = self.index(pfn)?;
+        self.core.with(|p| {
+            let r = &self.page_ref(idx).0;
+            let mut word = r.load(Ordering::Relaxed);
+            let order = loop {
+                let (refcount, order) = (word & REFS, word >> ORDER_SHIFT);
+                if refcount == 0 {
+                    return Err(Error::NotHeld { pfn });
+                }
+                let m = p.meta[idx as usize];
+                if order >= self.geo.max_order || u32::from(m.order) != order || m.refcount == 0 {
+                    return Err(self.corrupt(CorruptionKind::BadHead, idx).into());
+                }
+                match r.compare_exchange_weak(
+                    word,
+                    held(refcount, 0),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break order,
+                    Err(current) => word = current,
+                }
+            };
+            for tail in idx + 1..idx + (1 << order) {
+                self.page_ref(tail).set(held(1, 0));
+            }
+            p.split(pfn)
+        })
+    }
+
+    /// Returns every block cached in CPU `cpu`'s slot to the pool (orders ascending, coldest
+    /// first), under one acquisition of the slot's lock and one of the pool's.
+    pub fn drain(&self, cpu: usize) -> Result<(), Error> {
+        self.drain_slot(self.slot_index(cpu))
+    }
+
+    /// [`drain`](Self::drain) for every slot in turn. Afterwards, if no other call ran meanwhile,
+    /// the pool holds every free page and [`check`](Self::check) passes.
+    pub fn drain_all(&self) -> Result<(), Error> {
+        let mut result = Ok(());
+        for s in 0..self.slots.len() {
+            result = result.and(self.drain_slot(s));
+        }
+        result
+    }
+
+    /// Drains slot `s`, every order even after an error; returns the first error.
+    fn drain_slot(&self, s: usize) -> Result<(), Error> {
+        self.with_cache(s, |c| {
+            self.core.with(|p| {
+                let mut result = Ok(());
+                for order in 0..self.orders {
+                    let n = c.len(order);
+                    result = result.and(c.give_back(p, order, n));
+                }
+                result
+            })
+        })
+    }
+
+    /// Free pages: in the pool and in every cache (each slot read under its lock in turn).
+    pub fn free_pages(&self) -> u32 {
+        let cached: u32 = (0..self.slots.len())
+            .map(|s| self.with_cache(s, |c| c.pages()))
+            .sum();
+        cached + self.core.free_pages()
+    }
+
+    /// Pages cached in CPU `cpu`'s slot.
+    pub fn cached_pages(&self, cpu: usize) -> u32 {
+        self.with_cache(self.slot_index(cpu), |c| c.pages())
+    }
+
+    /// The blocks of `order` cached in CPU `cpu`'s slot, coldest first (the next allocation
+    /// takes the last): copies as many as fit into `out` and returns how many there are.
+    pub fn cached_blocks(&self, cpu: usize, order: u32, out: &mut [u64]) -> usize {
+        self.with_cache(self.slot_index(cpu), |c| {
+            let len = c.len(order);
+            for (o, b) in out.iter_mut().zip(c.stack(order).iter().take(len)) {
+                *o = self.geo.pfn(b.get());
+            }
+            len
+        })
+    }
+
+    /// The refcount of `pfn` (0 for free and cached pages and for tails).
+    pub fn refcount(&self, pfn: u64) -> Result<u16, Error> {
+        Ok((self.page_ref(self.index(pfn)?).load() & REFS) as u16)
+    }
+
+    /// The metadata of `pfn` as a [`Pool`] without caches would report it: a cached block is a
+    /// free head of its order.
+    pub fn page(&self, pfn: u64) -> Result<PageMeta, Error> {
+        let idx = self.index(pfn)?;
+        self.core.with(|p| {
+            let word = self.page_ref(idx).load();
+            let m = p.meta[idx as usize];
+            Ok(match word & REFS {
+                0 if m.refcount > 0 => PageMeta::new(0, m.order),
+                0 => m,
+                refcount => PageMeta::new(refcount as u16, (word >> ORDER_SHIFT) as u8),
+            })
+        })
+    }
+
+    /// The order of the block `pfn` heads, or `None` for a tail page.
+    pub fn order(&self, pfn: u64) -> Result<Option<u32>, Error> {
+        let order = self.page(pfn)?.order;
+        Ok((order != NO_ORDER).then_some(u32::from(order)))
+    }
+
+    /// Runs `f` on the pool under its lock, for queries ([`Pool::buddyinfo`],
+    /// [`Pool::free_list`], ...). Blocks in the caches are held in the pool's eyes. Calling the
+    /// cached pool from `f` deadlocks.
+    pub fn with_core<T>(&self, f: impl FnOnce(&Pool<'a, L>) -> T) -> T {
+        self.core.with(|p| f(p))
+    }
+
+    /// Every slot's lock, in increasing index.
+    fn lock_all(&self) -> AllHeld<'_, R> {
+        for slot in self.slots {
+            slot.lock.lock();
+        }
+        AllHeld(self.slots)
+    }
+
+    /// Validates the pool ([`Pool::check`]) and the caches against it: every cached block is
+    /// a block of its stack's order that the pool holds and no caller does, cached once; every
+    /// block the pool holds is held by a caller (with the same order) or cached; no caller holds
+    /// a page the pool has free. Exact when no call is in flight (see the
+    /// [module documentation](crate::cache)).
+    pub fn check(&self) -> Result<(), Corruption> {
+        let _all = self.lock_all();
+        self.core.with(|p| {
+            p.check()?;
+            let cached = self.check_pages(p)?;
+            let marked = self.mark_cached(p, cached);
+            self.unmark_cached();
+            marked
+        })
+    }
+
+    /// Compares every page's [`PageRef`] with the pool's metadata and counts, per order, the
+    /// blocks that must be in the caches.
+    fn check_pages(&self, p: &Pool<'a, L>) -> Result<[u32; MAX_CACHED_ORDERS], Corruption> {
+        let mut cached = [0u32; MAX_CACHED_ORDERS];
+        for (idx, (m, r)) in (0u32..).zip(p.meta.iter().zip(self.refs)) {
+            let word = r.load();
+            let order = u32::from(m.order);
+            let ok = match (word & REFS, m.refcount) {
+                (0, _) if word != FREE => false,
+                (0, 0) => true,
+                (0, _) => match cached.get_mut(order as usize) {
+                    Some(n) if order < self.orders => {
+                        *n += 1;
+                        true
+                    }
+                    _ => false,
+                },
+                (_, 0) => false,
+                _ => word >> ORDER_SHIFT == order,
+            };
+            if !ok {
+                return Err(self.corrupt(CorruptionKind::Cache, idx));
+            }
+        }
+        Ok(cached)
+    }
+
+    /// Walks every cached block (all slots locked), requiring a block the pool holds, of its
+    /// stack's order, seen once (marked [`SEEN`] on the way), and `expect[k]` blocks of order k.
+    fn mark_cached(
+        &self,
+        p: &Pool<'a, L>,
+        expect: [u32; MAX_CACHED_ORDERS],
+    ) -> Result<(), Corruption> {
+        let mut seen = [0u32; MAX_CACHED_ORDERS];
+        for s in 0..self.slots.len() {
+            // SAFETY: `check` holds every slot's lock.
+            let lens = unsafe { self.slots[s].lens_locked() };
+            for order in 0..self.orders {
+                let len = lens[order as usize] as usize;
+                let start = s * self.slot_blocks + order as usize * self.cap;
+                if len > self.cap {
+                    return Err(self.corrupt(CorruptionKind::Cache, 0));
+                }
+                for b in self.blocks.get(start..start + len).unwrap_or(&[]) {
+                    let idx = b.get();
+                    let Some(m) = p.meta.get(idx as usize) else {
+                        return Err(self.corrupt(CorruptionKind::Cache, 0));
+                    };
+                    let r = self.page_ref(idx);
+                    if m.refcount == 0 || u32::from(m.order) != order || r.load() != FREE {
+                        return Err(self.corrupt(CorruptionKind::Cache, idx));
+                    }
+                    r.set(SEEN);
+                    seen[order as usize] += 1;
+                }
+            }
+        }
+        match seen.iter().zip(&expect).position(|(a, b)| a != b) {
+            Some(_) => Err(self.corrupt(CorruptionKind::Cache, 0)),
+            None => Ok(()),
+        }
+    }
+
+    /// Clears `mark_cached`'s marks.
+    fn unmark_cached(&self) {
+        for r in self.refs {
+            if r.load() == SEEN {
+                r.set(FREE);
+            }
+        }
+    }
+
+    /// Drains every cache and returns the pool, with the callers' refcounts back in its
+    /// metadata.
+    #[cfg(not(loom))]
+    pub fn into_inner(self) -> Result<LockedPool<'a, L, R>, Error> {
+        self.drain_all()?;
+        self.core.with(|p| {
+            for (m, r) in p.meta.iter_mut().zip(self.refs) {
+                let refcount = r.load() & REFS;
+                if refcount > 0 {
+                    m.refcount = refcount as u16;
+                }
+            }
+        });
+        Ok(self.core)
+    }
+}
+
+/// This thread's CPU slot number for [`CachedPool`]: 0 for the first thread that asks, 1 for
+/// the next, and so on (a pool uses slot `n % cpus`).
+///
+/// ```
+/// let here = pagebuddy::thread_cpu();
+/// assert_eq!(pagebuddy::thread_cpu(), here);
+/// let there = std::thread::spawn(pagebuddy::thread_cpu).join().unwrap();
+/// assert_ne!(here, there);
+/// ```
+#[cfg(all(feature = "std", not(loom)))]
+pub fn thread_cpu() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        static CPU: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    CPU.with(|cpu| *cpu)
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
+    /// [`alloc`](Self::alloc) for this thread's slot ([`thread_cpu`]).
+    pub fn alloc_local(&self, order: u32) -> Result<u64, Error> {
+        self.alloc(thread_cpu(), order)
+    }
+
+    /// [`put`](Self::put) into this thread's slot ([`thread_cpu`]).
+    pub fn put_local(&self, pfn: u64) -> Result<(), Error> {
+        self.put(thread_cpu(), pfn)
+    }
+
+    /// [`drain`](Self::drain) of this thread's slot ([`thread_cpu`]).
+    pub fn drain_local(&self) -> Result<(), Error> {
+        self.drain(thread_cpu())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::{Config, Link};
+
+    const PS: usize = 64;
+
+    struct Mem {
+        arena: Vec<u8>,
+        meta: Vec<PageMeta>,
+        links: Vec<Link>,
+        slots: Vec<CacheSlot>,
+        blocks: Vec<u32>,
+        refs: Vec<PageRef>,
+    }
+
+    impl Mem {
+        fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
+            Mem {
+                arena: vec![0; nr * PS],
+                meta: vec![PageMeta::INIT; nr],
+                links: vec![Link::EMPTY; nr],
+                slots: (0..cpus).map(|_| CacheSlot::new()).collect(),
+                blocks: vec![0; cache_blocks(cpus, config)],
+                refs: (0..nr).map(|_| PageRef::new()).collect(),
+            }
+        }
+
+        fn pool(&mut self, config: Config, cache: CacheConfig) -> Result<CachedPool<'_>, Error> {
+            let pool = Pool::new(
+                &mut self.arena[..],
+                &mut self.meta,
+                SideTable::new(&mut self.links),
+                config,
+            )?;
+            CachedPool::new(
+                LockedPool::new(pool),
+                &mut self.slots,
+                &mut self.blocks,
+                &mut self.refs,
+                cache,
+            )
+        }
+    }
+
+    fn small() -> CacheConfig {
+        CacheConfig::new().orders(2).batch(2).high(3)
+    }
+
+    fn cfg(nr: usize) -> Config {
+        Config::new(nr).page_size(PS)
+    }
+
+    #[test]
+    fn config_bounds() {
+        let c = CacheConfig::default();
+        assert_eq!(c, CacheConfig::new());
+        assert_eq!((c.orders, c.batch, c.high), (4, 16, 64));
+        assert_eq!(c.slot_blocks(), 4 * 65);
+        assert_eq!(cache_blocks(3, &c), 3 * 4 * 65);
+        assert_eq!(cache_blocks(usize::MAX, &c), usize::MAX);
+        let bad = |c: CacheConfig| {
+            Err(GeometryError::CacheConfig {
+                orders: c.orders,
+                batch: c.batch,
+                high: c.high,
+            })
+        };
+        for c in [
+            CacheConfig::new().batch(0),
+            CacheConfig::new().batch(65),
+            CacheConfig::new().high(MAX_CACHE_HIGH + 1).batch(1),
+            CacheConfig::new().orders(MAX_CACHED_ORDERS as u32 + 1),
+        ] {
+            assert_eq!(c.validate(), bad(c));
+        }
+        for c in [
+            CacheConfig::new().batch(1).high(1),
+            CacheConfig::new().batch(64),
+            CacheConfig::new().high(MAX_CACHE_HIGH),
+            CacheConfig::new().orders(MAX_CACHED_ORDERS as u32),
+            CacheConfig::new().orders(0),
+        ] {
+            assert_eq!(c.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn storage_errors() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let bad = CacheConfig::new().batch(0);
+        assert!(matches!(
+            m.pool(cfg(8), bad),
+            Err(Error::Geometry(GeometryError::CacheConfig { .. }))
+        ));
+        let mut m = Mem::new(8, 2, &c);
+        m.slots.clear();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::NoCacheSlots.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.blocks.pop();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::CacheTooSmall { need: 16, have: 15 }.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.refs.pop();
+        assert_eq!(
+            m.pool(cfg(8), c).err(),
+            Some(GeometryError::PageRefsTooSmall { need: 8, have: 7 }.into())
+        );
+        let mut m = Mem::new(8, 2, &c);
+        m.blocks.push(0);
+        m.refs.push(PageRef::new());
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.cpus(), 2);
+        assert_eq!(p.config(), c);
+        assert_eq!(p.geometry(), cfg(8).geometry().unwrap());
+        // Orders are capped at the pool's own.
+        let mut m = Mem::new(2, 1, &CacheConfig::new());
+        assert_eq!(
+            m.pool(cfg(2), CacheConfig::new()).unwrap().config().orders,
+            2
+        );
+    }
+
+    #[test]
+    fn held_pages_move_to_refs_and_back() {
+        let c = small();
+        let mut m = Mem::new(8, 1, &c);
+        let mut pool = Pool::new(
+            &mut m.arena[..],
+            &mut m.meta,
+            SideTable::new(&mut m.links),
+            cfg(8).reserved_pages(1),
+        )
+        .unwrap();
+        let a = pool.alloc(1).unwrap();
+        pool.get(a).unwrap();
+        pool.get(a).unwrap();
+        let p = CachedPool::new(
+            LockedPool::new(pool),
+            &mut m.slots,
+            &mut m.blocks,
+            &mut m.refs,
+            c,
+        )
+        .unwrap();
+        assert_eq!((p.refcount(0), p.refcount(a)), (Ok(1), Ok(3)));
+        assert_eq!(p.page(a), Ok(PageMeta::new(3, 1)));
+        p.with_core(|core| assert_eq!(core.refcount(a), Ok(1)));
+        p.check().unwrap();
+        p.put(0, a).unwrap();
+        let core = p.into_inner().unwrap();
+        core.with(|core| {
+            assert_eq!((core.refcount(0), core.refcount(a)), (Ok(1), Ok(2)));
+            assert_eq!(core.refcount(a + 1), Ok(0));
+        });
+        core.check().unwrap();
+    }
+
+    #[test]
+    fn queries_of_cached_and_free_pages() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(5, 0), Ok(0)); // slot 1; refill caches page 1
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.cached_pages(0), 0);
+        let mut out = [0u64; 1];
+        assert_eq!(p.cached_blocks(3, 0, &mut out), 1);
+        assert_eq!(out, [1]);
+        assert_eq!(p.cached_blocks(3, 0, &mut []), 1);
+        // A cached block reads as a free head of its order; a free pool block as itself.
+        assert_eq!(p.page(1), Ok(PageMeta::new(0, 0)));
+        assert_eq!(p.order(1), Ok(Some(0)));
+        assert_eq!(p.page(2), Ok(PageMeta::new(0, 1)));
+        assert_eq!(p.page(3), Ok(PageMeta::INIT));
+        assert_eq!(p.order(3), Ok(None));
+        assert_eq!(p.page(0), Ok(PageMeta::new(1, 0)));
+        assert_eq!(p.page(8), Err(Error::PfnOutOfRange { pfn: 8 }));
+        assert_eq!(p.refcount(8), Err(Error::PfnOutOfRange { pfn: 8 }));
+        for e in [p.put(0, 1), p.get(1), p.split(1)] {
+            assert_eq!(e, Err(Error::NotHeld { pfn: 1 }));
+        }
+        for e in [p.put(0, 9), p.get(9), p.split(9)] {
+            assert_eq!(e, Err(Error::PfnOutOfRange { pfn: 9 }));
+        }
+        assert_eq!(p.free_pages(), 7);
+        // Higher orders bypass the caches.
+        assert_eq!(p.alloc(0, 2), Ok(4));
+        assert_eq!(p.cached_pages(0), 0);
+        assert_eq!(
+            p.alloc(0, 4),
+            Err(Error::InvalidOrder {
+                order: 4,
+                max_order: 4
+            })
+        );
+        p.put(0, 4).unwrap();
+        p.with_core(|core| assert_eq!(core.page(4), Ok(PageMeta::new(0, 2))));
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn refcount_overflow() {
+        let c = small();
+        let mut m = Mem::new(4, 1, &c);
+        let p = m.pool(cfg(4), c).unwrap();
+        let a = p.alloc(0, 0).unwrap();
+        for _ in 1..u16::MAX {
+            p.get(a).unwrap();
+        }
+        assert_eq!(p.get(a), Err(Error::RefcountOverflow { pfn: a }));
+        assert_eq!(p.refcount(a), Ok(u16::MAX));
+        for _ in 1..u16::MAX {
+            p.put(0, a).unwrap();
+        }
+        assert_eq!(p.refcount(a), Ok(1));
+        assert_eq!(p.cached_pages(0), 1);
+        p.put(0, a).unwrap();
+        assert_eq!(p.cached_pages(0), 2);
+    }
+
+    #[test]
+    fn zeroing_happens_outside_the_pool() {
+        for zero in [ZeroPolicy::OnFree, ZeroPolicy::OnAlloc] {
+            let c = small();
+            let mut m = Mem::new(4, 1, &c);
+            m.arena.fill(0xAA);
+            let p = m.pool(cfg(4).zero(zero), c).unwrap();
+            let a = p.alloc(0, 1).unwrap(); // order 1: cached
+            let b = p.alloc(0, 2).err(); // not enough left
+            assert_eq!(b, Some(Error::OutOfMemory { order: 2 }));
+            let base = p.with_core(|core| core.page_addr(a).unwrap().as_ptr());
+            // SAFETY: the block is held by this test; it lies in the arena.
+            unsafe { base.write_bytes(0x11, 2 * PS) };
+            p.put(0, a).unwrap();
+            let first = p.alloc(0, 1).unwrap();
+            assert_eq!(first, a);
+            // SAFETY: as above.
+            let bytes = unsafe { std::slice::from_raw_parts(base, 2 * PS) };
+            assert!(bytes.iter().all(|&b| b == 0), "{zero:?}");
+            p.put(0, a).unwrap();
+            p.drain_all().unwrap();
+            p.check().unwrap();
+        }
+    }
+
+    #[test]
+    fn full_cache_drains_its_coldest_batch() {
+        let c = small(); // batch 2, high 3
+        let mut m = Mem::new(16, 1, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let pfns: Vec<u64> = (0..6).map(|_| p.alloc(0, 0).unwrap()).collect();
+        assert_eq!(pfns, [0, 1, 2, 3, 4, 5]);
+        for &pfn in &pfns[..3] {
+            p.put(0, pfn).unwrap();
+        }
+        assert_eq!(p.cached_pages(0), 3);
+        p.put(0, pfns[3]).unwrap(); // 4 > high: 0 and 1 go back, coalesced
+        let mut out = [0u64; 4];
+        assert_eq!(p.cached_blocks(0, 0, &mut out), 2);
+        assert_eq!(out[..2], [2, 3]);
+        // 0 and 1 merged behind the order-1 block the refills split off.
+        p.with_core(|core| assert_eq!(core.free_list(1).collect::<Vec<_>>(), [6, 0]));
+        p.check().unwrap();
+    }
+
+    /// A pool with page 0 held (refcount 2), 1 cached in slot 0, and a split order-1 block
+    /// at 2-3 held, for the corruption tests.
+    fn corrupt_case(check: impl Fn(&CachedPool<'_>)) {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(0, 0), Ok(0));
+        p.get(0).unwrap();
+        assert_eq!(p.alloc(1, 1), Ok(2));
+        p.check().unwrap();
+        check(&p);
+    }
+
+    fn cache_corruption(p: &CachedPool<'_>, pfn: u64) {
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn
+            })
+        );
+    }
+
+    #[test]
+    fn check_finds_each_broken_rule() {
+        // A refcount-0 word with stray bits.
+        corrupt_case(|p| {
+            p.refs[5].set(FREE | 1);
+            cache_corruption(p, 5);
+            p.refs[5].set(0);
+            cache_corruption(p, 5);
+        });
+        // A caller holds a page the pool has free.
+        corrupt_case(|p| {
+            p.refs[5].set(held(1, 0));
+            cache_corruption(p, 5);
+        });
+        // Orders disagree.
+        corrupt_case(|p| {
+            p.refs[2].set(held(1, 0));
+            cache_corruption(p, 2);
+        });
+        // A held block that no one holds and no cache has: lost.
+        corrupt_case(|p| {
+            p.refs[0].set(FREE);
+            cache_corruption(p, 0);
+        });
+        // The same for a cached order: found by the counts.
+        corrupt_case(|p| {
+            p.refs[2].set(FREE);
+            cache_corruption(p, 0);
+        });
+        // And for an uncached order: found at the page.
+        corrupt_case(|p| {
+            assert_eq!(p.alloc(0, 2), Ok(4));
+            p.refs[4].set(FREE);
+            cache_corruption(p, 4);
+        });
+        // A cached block that a caller holds.
+        corrupt_case(|p| {
+            p.refs[1].set(held(1, 0));
+            cache_corruption(p, 1);
+        });
+        // A cached entry naming a free page, a page outside, a block of another order.
+        for (entry, at) in [(5u32, 5u64), (99, 0), (2, 2)] {
+            corrupt_case(|p| {
+                p.blocks[0].set(entry);
+                cache_corruption(p, at);
+            });
+        }
+        // The same block cached twice (and block 1 lost).
+        corrupt_case(|p| {
+            p.refs[0].set(FREE);
+            p.with_cache(0, |c| assert!(c.push(0, 1)));
+            cache_corruption(p, 1);
+            // Marks are cleared even so.
+            assert!(p.refs.iter().all(|r| r.load() != SEEN));
+        });
+        // A stack longer than its storage.
+        corrupt_case(|p| {
+            p.with_cache(1, |c| c.set_len(0, 5));
+            cache_corruption(p, 0);
+            p.with_cache(1, |c| c.set_len(0, 0));
+            p.check().unwrap();
+        });
+        // A block cached in the wrong order's stack.
+        corrupt_case(|p| {
+            p.blocks[p.cap].set(1);
+            p.with_cache(0, |c| {
+                c.set_len(1, 1);
+                c.set_len(0, 0);
+            });
+            cache_corruption(p, 1);
+        });
+        // A clean pool passes, marks and all.
+        corrupt_case(|p| {
+            p.check().unwrap();
+            p.check().unwrap();
+            assert_eq!(p.refs[1].load(), FREE);
+        });
+    }
+
+    #[test]
+    fn bad_words_are_corruption_not_panics() {
+        corrupt_case(|p| {
+            p.refs[0].set(held(1, NO_ORDER as u32));
+            let bad = Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn: 0,
+            }));
+            assert_eq!(p.put(0, 0), bad);
+            assert_eq!(p.split(0), bad);
+            p.refs[0].set(held(1, 3));
+            assert_eq!(p.split(0), bad);
+            assert_eq!(p.refcount(0), Ok(1));
+        });
+        // The pool no longer holds page 0 although a caller does.
+        corrupt_case(|p| {
+            p.core.with(|core| core.meta[0].refcount = 0);
+            let bad = Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn: 0,
+            }));
+            assert_eq!(p.split(0), bad);
+        });
+    }
+
+    #[test]
+    fn slots_wrap_around() {
+        let c = small();
+        let mut m = Mem::new(8, 3, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(4, 0), Ok(0));
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.cached_pages(7), 1);
+        assert_eq!(p.cached_pages(usize::MAX), 0); // usize::MAX % 3 == 0
+        p.drain(10).unwrap();
+        assert_eq!(p.cached_pages(1), 0);
+    }
+
+    #[test]
+    fn local_slots_follow_the_thread() {
+        let c = small();
+        let mut m = Mem::new(8, 64, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let pfn = p.alloc_local(0).unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 1);
+        p.put_local(pfn).unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(p.cached_pages(thread_cpu()), 0);
+                p.drain_local().unwrap();
+            });
+        });
+        assert_eq!(p.cached_pages(thread_cpu()), 2);
+        p.drain_local().unwrap();
+        assert_eq!(p.free_pages(), 8);
+        p.check().unwrap();
+    }
+}
