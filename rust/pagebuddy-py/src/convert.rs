@@ -101,7 +101,12 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
         GeometryError::MetadataTooSmall { .. }
         | GeometryError::MetadataMisaligned
         | GeometryError::LinksTooSmall { .. }
-        | GeometryError::LinksMisaligned => format!("pool metadata: {err}"),
+        | GeometryError::LinksMisaligned
+        | GeometryError::CacheTooSmall { .. }
+        | GeometryError::PageRefsTooSmall { .. } => format!("pool metadata: {err}"),
+        GeometryError::CacheConfig { .. } | GeometryError::NoCacheSlots => {
+            format!("cache configuration: {err}")
+        }
     };
     PyValueError::new_err(message)
 }
