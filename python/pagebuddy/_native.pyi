@@ -23,9 +23,12 @@ class Pool:
         max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
+        arena: bool = True,
     ) -> Self: ...
     def alloc_pages(self, order: SupportsIndex) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head."""
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """Allocate a contiguous run of exactly ``nr_pages`` order-0 pages; return its first pfn."""
     def put_page(self, pfn: SupportsIndex) -> None:
         """Drop one reference to a held page; at zero its block is freed and coalesced."""
     def get_page(self, pfn: SupportsIndex) -> None:
@@ -37,7 +40,7 @@ class Pool:
     def free_lists(self) -> list[list[int]]:
         """One free list per order ``0..max_order``, head first."""
     def view(self, pfn: SupportsIndex) -> memoryview:
-        """A writable view of the held block headed by ``pfn``."""
+        """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
     def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
@@ -62,6 +65,12 @@ class Pool:
     @property
     def reserved_pages(self) -> int:
         """Number of leading pages that construction left held."""
+    @property
+    def arena(self) -> bool:
+        """Whether the pool has an arena (``False`` for ``arena=False``: page numbers only)."""
+    @property
+    def metadata_bytes(self) -> int:
+        """Bytes of per-page metadata and side-table links kept besides the arena."""
     @property
     def zero(self) -> str:
         """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""

@@ -20,7 +20,7 @@ import mmap
 import operator
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex
 
 from . import _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
@@ -99,6 +99,10 @@ def _arena_from(buffer: object, size: int) -> memoryview:
             return raw[:size]
 
 
+#: ``zero`` not passed: ``"free"``, or ``"never"`` for a pool without an arena.
+_DEFAULT_ZERO: Any = object()
+
+
 class ReferencePool:
     """Pure-Python model of a pKVM buddy page pool; same API and behaviour as ``pagebuddy.Pool``.
 
@@ -112,7 +116,9 @@ class ReferencePool:
     ``reserved_pages`` on is put, one by one in increasing pfn order. ``zero`` chooses when
     block contents are cleared: ``"free"`` (when a block is freed, as pKVM does), ``"alloc"``
     (when it is allocated) or ``"never"``. ``_links`` is accepted and recorded for parity with
-    the native pool; link bytes in the arena are not modelled.
+    the native pool; link bytes in the arena are not modelled. ``arena=False`` makes a pool of
+    page numbers only: no arena, ``zero="never"`` (the default then), links ``"side"``;
+    ``view`` is a TypeError.
 
     Not thread-safe: share it between threads only under a lock of your own.
     """
@@ -126,8 +132,9 @@ class ReferencePool:
         reserved_pages: SupportsIndex = 0,
         max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
-        zero: Literal["free", "alloc", "never"] = "free",
+        zero: Literal["free", "alloc", "never"] = _DEFAULT_ZERO,
         _links: Literal["side", "intrusive"] = "side",
+        arena: bool = True,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
@@ -145,6 +152,10 @@ class ReferencePool:
         base_pfn = _as_int(base_pfn, "base_pfn")
         reserved_pages = _as_int(reserved_pages, "reserved_pages")
         cap = _as_int(max_order, "max_order")
+        if not isinstance(arena, bool):
+            raise TypeError(f"arena must be a bool, got {type(arena).__name__}")
+        if zero is _DEFAULT_ZERO:
+            zero = "free" if arena else "never"
         if not isinstance(zero, str):
             raise TypeError(f"zero must be a str, not {type(zero).__name__}")
         if not isinstance(_links, str):
@@ -155,13 +166,19 @@ class ReferencePool:
             raise ValueError(problem)
         self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
         self._links = _as_choice(_links, "_links", LINK_STORES)
+        problem = _rules.arena_problem(arena, zero, _links, buffer is not None)
+        if problem:
+            raise ValueError(problem)
 
         self._nr_pages = nr_pages
         self._page_size = page_size
         self._base_pfn = base_pfn
         self._reserved_pages = reserved_pages
         self._max_order = _rules.max_order(nr_pages, cap)
-        self._arena = _arena_from(buffer, nr_pages * page_size)
+        # The bytes behind the pages, or None for a pool of page numbers only.
+        self._arena: memoryview | None = (
+            _arena_from(buffer, nr_pages * page_size) if arena else None
+        )
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
@@ -190,6 +207,7 @@ class ReferencePool:
         self._refcount[first:] = [0] * (n - first)
         self._order[first:] = [None] * (n - first)
         if self._zero == "free" and not fresh_arena:
+            assert self._arena is not None
             ps, chunk = self._page_size, 1 << 20
             for off in range(first * ps, n * ps, chunk):
                 end = min(off + chunk, n * ps)
@@ -270,6 +288,7 @@ class ReferencePool:
 
     def _zero_block(self, pfn: int, order: int) -> None:
         """Fill the block with zero bytes."""
+        assert self._arena is not None  # a pool without an arena never zeroes
         where = self._block_bytes(pfn, order)
         self._arena[where] = bytes(where.stop - where.start)
 
@@ -384,6 +403,29 @@ class ReferencePool:
             raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, capacity))
         return [self._alloc(order) for _ in range(count)]
 
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """Allocate a contiguous run of exactly ``nr_pages`` pages; return its first pfn.
+
+        Linux's ``alloc_pages_exact``: the smallest block that holds the run is allocated as
+        ``alloc_pages`` would, split into held order-0 pages (``split_page``), and each page
+        past the run is put back in increasing pfn order (coalescing as puts do). Each page of
+        the run is then held once and put on its own. Raises TypeError if ``nr_pages`` is not
+        an int, ValueError unless ``1 <= nr_pages <= 2**(max_order - 1)``, OutOfMemory if no
+        block that holds the run is free; nothing changes then.
+        """
+        n = _as_int(nr_pages, "alloc_exact: nr_pages")
+        largest = 1 << (self._max_order - 1)
+        if not 1 <= n <= largest:
+            raise ValueError(_rules.msg_bad_run("alloc_exact", n, largest))
+        order = (n - 1).bit_length()
+        if not any(self._free_area[order:]):
+            raise OutOfMemory(_rules.msg_exact_out_of_memory(n, order, self.free_pages))
+        pfn = self._alloc(order)
+        self.split_page(pfn)
+        for page in range(pfn + n, pfn + (1 << order)):
+            self._put("alloc_exact", page)
+        return pfn
+
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference on the held page ``pfn``.
 
@@ -463,11 +505,18 @@ class ReferencePool:
         Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool or not
         held.
         """
+        if self._arena is None:
+            raise TypeError(_rules.MSG_NO_ARENA_VIEW)
         pfn = _as_int(pfn, "view: pfn")
         i = self._check_held("view", pfn)
         order = self._order[i]
         assert order is not None
         return self._arena[self._block_bytes(pfn, order)]
+
+    @property
+    def arena(self) -> bool:
+        """Whether the pool has an arena (False for ``arena=False``)."""
+        return self._arena is not None
 
     def check(self) -> None:
         """Verify every invariant of the model's own state; raise CorruptionError if broken.
@@ -488,7 +537,7 @@ class ReferencePool:
             fail(f"metadata arrays do not have {n} entries")
         if len(self._free_area) != self._max_order:
             fail(f"there are {len(self._free_area)} free lists, not {self._max_order}")
-        if self._arena.nbytes != n * self._page_size:
+        if self._arena is not None and self._arena.nbytes != n * self._page_size:
             fail(f"arena is {self._arena.nbytes} bytes, not {n * self._page_size}")
         for i in range(n):
             refcount, order = self._refcount[i], self._order[i]
@@ -545,7 +594,7 @@ class ReferencePool:
         if self.free_pages != in_free_blocks:
             fail(f"free lists count {self.free_pages} pages, free blocks hold {in_free_blocks}")
 
-        if self._zero == "free":
+        if self._zero == "free" and self._arena is not None:
             for pfn in sorted(free_heads):
                 order = self._order[self._index(pfn)]
                 assert order is not None

@@ -123,6 +123,53 @@ pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> 
     }
 }
 
+/// The length of an exact-size run: `ValueError` outside `1..=max_pages`.
+pub fn run(op: &str, obj: &Bound<'_, PyAny>, max_pages: u64) -> PyResult<u64> {
+    match Int::of(obj, || format!("{op}: nr_pages"))?.at_most(max_pages) {
+        Some(v) if v >= 1 => Ok(v),
+        _ => Err(PyValueError::new_err(format!(
+            "{op}: nr_pages {} is invalid: this pool's runs are 1..{max_pages} pages",
+            obj.repr()?
+        ))),
+    }
+}
+
+/// A `bool` argument (`True` or `False` only).
+pub fn flag(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        obj.is_truthy()
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{what} must be a bool, got {}",
+            type_name(obj)
+        )))
+    }
+}
+
+/// What `view` raises on a pool without an arena.
+pub const MSG_NO_ARENA_VIEW: &str =
+    "view: this pool has no arena (arena=False): its pages are numbers only, with no bytes to view";
+
+/// The rules of `arena=False`, each refused with why: no bytes to zero, none to link through,
+/// none to be given.
+pub fn arena_less(zero: &str, intrusive: bool, buffer: bool) -> PyResult<()> {
+    let why = if zero != "never" {
+        format!(
+            "arena=False needs zero='never', got '{zero}': a pool without an arena has no bytes \
+             to zero"
+        )
+    } else if intrusive {
+        "arena=False needs _links='side': a pool without an arena has no free pages to keep \
+         links in"
+            .to_string()
+    } else if buffer {
+        "arena=False takes no buffer: a pool without an arena has no bytes".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(PyValueError::new_err(why))
+}
+
 /// A `str` argument that must be one of `choices`.
 pub fn choice<'a>(obj: &Bound<'_, PyAny>, what: &str, choices: &[&'a str]) -> PyResult<&'a str> {
     let s: String = obj.extract().map_err(|_| {
@@ -203,9 +250,10 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
         ),
-        Error::InvalidOrder { .. } | Error::Geometry(_) => {
+        Error::InvalidOrder { .. } | Error::InvalidRun { .. } | Error::Geometry(_) => {
             PyValueError::new_err(format!("{op}: {err}"))
         }
+        Error::NoArena => PyTypeError::new_err(format!("{op}: {err}")),
         Error::OutOfMemory { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
         Error::Corrupted(c) => raise(py, Exc::Corruption, format!("{op}: {c}")),
     }

@@ -44,7 +44,8 @@ struct Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // SAFETY: both came from `Box::leak` in `leak` and are freed only here, once. `Pool`
+        // SAFETY: both came from `Box::leak` in `leak` (or from `leak_links`, an allocation of
+        // the same layout as that box) and are freed only here, once. `Pool`
         // declares `inner` (the only borrower) before `storage`, so it has been dropped already.
         unsafe {
             drop(Box::from_raw(self.meta.as_ptr()));
@@ -69,6 +70,23 @@ fn leak<T: Copy>(n: usize, fill: T) -> PyResult<NonNull<[T]>> {
     Ok(NonNull::from(Box::leak(v.into_boxed_slice())))
 }
 
+/// `n` links on the heap, for `Storage` to free, allocated zeroed: the side table is read only
+/// for pages on the free lists, whose links are written first (every read is range-checked
+/// anyway), so its memory is committed only where blocks are listed, not for all 8 bytes a page.
+fn leak_links(n: usize) -> PyResult<NonNull<[Link]>> {
+    let fail = || PyMemoryError::new_err(format!("cannot allocate free-list links for {n} pages"));
+    let layout = std::alloc::Layout::array::<Link>(n).map_err(|_| fail())?;
+    if layout.size() == 0 {
+        return leak(n, Link::EMPTY);
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Link>();
+    let ptr = NonNull::new(ptr).ok_or_else(fail)?;
+    // A `Link` is two `u32`s: all zeros is a valid value. The allocation is that of a
+    // `Box<[Link]>` of `n` elements (same layout), so `Storage` frees it as one.
+    Ok(NonNull::slice_from_raw_parts(ptr, n))
+}
+
 /// The slice behind a pointer from `leak`, for the core to borrow.
 ///
 /// # Safety
@@ -89,6 +107,8 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// the effective number, min(cap, nr_pages.bit_length())). buffer is None (the pool owns a zeroed,
 /// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes.
 /// zero is "free" (zero blocks when freed, as pKVM), "alloc" (when allocated) or "never".
+/// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
+/// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen)]
 pub struct Pool {
@@ -96,6 +116,7 @@ pub struct Pool {
     inner: Inner,
     _storage: Storage,
     _export: Py<PyAny>,
+    /// The arena as a byte memoryview; None for a pool without one.
     bytes: Py<PyAny>,
     geo: Geometry,
     zero: &'static str,
@@ -200,6 +221,36 @@ impl Pool {
         Ok(LockedPool::new(pool))
     }
 
+    /// `Pool(..., arena=False)`: metadata and side-table links, nothing else.
+    fn without_arena(
+        py: Python<'_>,
+        config: Config,
+        geo: Geometry,
+        zero: &'static str,
+    ) -> PyResult<Self> {
+        let n = geo.nr_pages as usize;
+        let mut storage = Storage {
+            meta: leak(n, PageMeta::INIT)?,
+            links: None,
+        };
+        let links = leak_links(n)?;
+        storage.links = Some(links);
+        // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
+        let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
+        let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, &config),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
+        Ok(Pool {
+            inner: Inner::Side(LockedPool::new(pool)),
+            _storage: storage,
+            _export: py.None(),
+            bytes: py.None(),
+            geo,
+            zero,
+        })
+    }
+
     fn page_error(
         &self,
         py: Python<'_>,
@@ -224,7 +275,7 @@ impl Pool {
     #[new]
     #[pyo3(signature = (nr_pages, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free')"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True)"
     )]
     fn new(
         py: Python<'_>,
@@ -245,11 +296,12 @@ impl Pool {
         };
         let (page_size, base_pfn, reserved_pages) =
             (arg("page_size")?, arg("base_pfn")?, arg("reserved_pages")?);
-        let (max_order, buffer, zero, _links) = (
+        let (max_order, buffer, zero, _links, arena) = (
             arg("max_order")?,
             arg("buffer")?,
             arg("zero")?,
             arg("_links")?,
+            arg("arena")?,
         );
         if let Some((key, _)) = kwargs.iter().next() {
             return Err(PyTypeError::new_err(format!(
@@ -296,14 +348,22 @@ impl Pool {
                 }
             },
         };
+        let has_arena = match arena {
+            Some(a) => convert::flag(&a, "arena")?,
+            None => true,
+        };
         let zero = match zero {
             Some(z) => choice(z, "zero", &["free", "alloc", "never"])?,
-            None => "free",
+            None if has_arena => "free",
+            None => "never",
         };
         let intrusive = match _links {
             Some(l) => choice(l, "_links", &["side", "intrusive"])? == "intrusive",
             None => false,
         };
+        if !has_arena {
+            convert::arena_less(zero, intrusive, buffer.is_some_and(|b| !b.is_none()))?;
+        }
         let policy = match zero {
             "alloc" => ZeroPolicy::OnAlloc,
             "never" => ZeroPolicy::Never,
@@ -321,6 +381,9 @@ impl Pool {
         let geo = config
             .geometry()
             .map_err(|e| convert::geometry_error(e, &config))?;
+        if !has_arena {
+            return Self::without_arena(py, config, geo, zero);
+        }
         let size = geo
             .arena_bytes()
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
@@ -336,7 +399,7 @@ impl Pool {
         let inner = if intrusive {
             Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
         } else {
-            let links = leak(geo.nr_pages as usize, Link::EMPTY)?;
+            let links = leak_links(geo.nr_pages as usize)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
@@ -390,6 +453,30 @@ impl Pool {
         page_op!(self, py, "split_page", pfn, split)
     }
 
+    /// Allocates a contiguous run of exactly `nr_pages` pages and returns its first pfn; each
+    /// page of the run is then held once and put on its own ([`Core::alloc_exact`]).
+    ///
+    /// Raises ValueError unless 1 <= nr_pages <= 2**(max_order - 1) and OutOfMemory when no
+    /// block that holds the run is free; either way nothing changes.
+    fn alloc_exact(&self, py: Python<'_>, nr_pages: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let op = "alloc_exact";
+        let max_pages = 1u64 << (self.geo.max_order - 1);
+        let n = convert::run(op, nr_pages, max_pages)?;
+        with!(self, |p| p.alloc_exact(n).map_err(|e| (e, p.free_pages()))).map_err(|(e, free)| {
+            match e {
+                Error::OutOfMemory { order } => raise(
+                    py,
+                    Exc::OutOfMemory,
+                    format!(
+                        "{op}: out of memory: no free block of order >= {order} for a run of \
+                         {n} pages (free pages: {free})"
+                    ),
+                ),
+                e => convert::error(py, op, e, None),
+            }
+        })
+    }
+
     /// The refcount of a page (0 for free pages and tail pages).
     fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
         let pfn = convert::pfn("page_count", pfn)?;
@@ -407,6 +494,9 @@ impl Pool {
     ///
     /// The view keeps the arena alive, also after the pool is gone.
     fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if self.bytes.is_none(py) {
+            return Err(PyTypeError::new_err(convert::MSG_NO_ARENA_VIEW));
+        }
         let pfn = convert::pfn("view", pfn)?;
         let order = with!(self, |p| match p.page(pfn) {
             Ok(m) if m.refcount > 0 => Ok(u32::from(m.order)),
@@ -558,6 +648,23 @@ impl Pool {
     #[getter]
     fn reserved_pages(&self) -> u32 {
         self.geo.reserved_pages
+    }
+
+    /// Whether the pool has an arena (False for `Pool(..., arena=False)`).
+    #[getter(arena)]
+    fn has_arena(&self, py: Python<'_>) -> bool {
+        !self.bytes.is_none(py)
+    }
+
+    /// Bytes of per-page metadata and side-table links the pool keeps (4 + 8 a page, 4 with
+    /// intrusive links), besides its arena.
+    #[getter]
+    fn metadata_bytes(&self) -> usize {
+        let n = self.geo.nr_pages as usize;
+        match self.inner {
+            Inner::Side(_) => pagebuddy::meta_bytes(n) + pagebuddy::link_bytes(n),
+            Inner::Intrusive(_) => pagebuddy::meta_bytes(n),
+        }
     }
 
     /// The zero policy: "free", "alloc" or "never".
