@@ -95,6 +95,9 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
             nr_pages,
         } => format!("reserved_pages must be in 0..{nr_pages}, got {reserved_pages}"),
         GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
+        GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
+                                            arena has no bytes to zero"
+            .to_string(),
         GeometryError::ArenaTooSmall { need, have } => {
             format!("buffer holds {have} bytes, the pool needs nr_pages * page_size = {need}")
         }
