@@ -359,23 +359,27 @@ impl Pool {
             _links.as_ref(),
         );
         // Arguments are converted here; whether they make a pool is the core's rule.
-        let nr = unsigned(nr_pages, "nr_pages")?;
-        let page_size = match page_size {
-            Some(ps) => unsigned(ps, "page_size")?,
-            None => 4096,
+        // Each argument in turn is converted, then the core's rules judge the shape so far
+        // (later fields at their defaults), so the first bad argument is the one reported.
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let judge = |c: Config| {
+            c.geometry()
+                .map(|_| c)
+                .map_err(|e| convert::geometry_error(e, &c))
         };
-        let base_pfn = match base_pfn {
-            Some(b) => unsigned(b, "base_pfn")?,
-            None => 0,
-        };
-        let reserved = match reserved_pages {
-            Some(r) => unsigned(r, "reserved_pages")?,
-            None => 0,
-        };
-        // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
-        let cap = match max_order {
-            None => 11,
-            Some(m) => match Int::of(m, || "max_order")? {
+        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        if let Some(ps) = page_size {
+            shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
+        }
+        if let Some(b) = base_pfn {
+            shape = judge(shape.base_pfn(unsigned(b, "base_pfn")?))?;
+        }
+        if let Some(r) = reserved_pages {
+            shape = judge(shape.reserved_pages(size(unsigned(r, "reserved_pages")?)))?;
+        }
+        if let Some(m) = max_order {
+            // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
+            let cap = match Int::of(m, || "max_order")? {
                 Int::Val(v) => u32::try_from(v).unwrap_or(u32::MAX),
                 Int::Huge(_) => u32::MAX,
                 small @ Int::Negative(_) => {
@@ -384,8 +388,9 @@ impl Pool {
                         small.text()
                     )))
                 }
-            },
-        };
+            };
+            shape = judge(shape.order_cap(cap))?;
+        }
         let has_arena = match arena {
             Some(a) => convert::flag(&a, "arena")?,
             None => true,
@@ -407,12 +412,7 @@ impl Pool {
             "never" => ZeroPolicy::Never,
             _ => ZeroPolicy::OnFree,
         };
-        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        let config = Config::new(size(nr))
-            .page_size(size(page_size))
-            .base_pfn(base_pfn)
-            .reserved_pages(size(reserved))
-            .order_cap(cap)
+        let config = shape
             .zero(policy)
             // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
             .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
