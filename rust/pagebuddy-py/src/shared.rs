@@ -9,7 +9,7 @@ use pagebuddy::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::convert::{choice, int_in, raise, Exc, Int};
+use crate::convert::{choice, raise, unsigned, Exc, Int};
 use crate::{Inner, Pool};
 
 /// This process's id, refreshed in a forked child (see `after_fork`).
@@ -59,6 +59,17 @@ pub(crate) fn pause(polls: u32) {
     } else {
         std::thread::sleep(std::time::Duration::from_micros(50));
     }
+}
+
+/// An int argument in `lo..=hi`, or ValueError naming it.
+fn int_in(obj: &Bound<'_, PyAny>, what: &str, lo: u64, hi: u64) -> PyResult<u64> {
+    let v = unsigned(obj, what)?;
+    if v < lo || v > hi {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be in {lo}..={hi}, got {v}"
+        )));
+    }
+    Ok(v)
 }
 
 fn layout_error(py: Python<'_>, op: &str, e: LayoutError) -> PyErr {
