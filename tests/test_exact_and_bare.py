@@ -157,7 +157,7 @@ def test_batches_as_uint64_arrays(impl: Any) -> None:
     lists, arrays = impl(256, page_size=64), impl(256, page_size=64)
     out = array.array("Q", [7] * 12)
     assert arrays.alloc_many(0, 10, out=out) is out
-    assert out.tolist() == lists.alloc_many(0, 10) + [7, 7]
+    assert out.tolist() == [*lists.alloc_many(0, 10), 7, 7]
     blocks = np.zeros(3, dtype=np.uint64)
     assert arrays.alloc_many(2, 3, out=blocks) is blocks
     assert blocks.tolist() == lists.alloc_many(2, 3)
