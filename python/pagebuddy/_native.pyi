@@ -1,7 +1,7 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal, SupportsIndex, TypeVar, final, overload
+from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
@@ -27,6 +27,12 @@ class Pool:
         zero: Literal["free", "alloc", "never"] = "free",
         arena: bool = True,
     ) -> Self: ...
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
+    def __copy__(self) -> NoReturn:
+        """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
+    def __deepcopy__(self, _memo: object) -> NoReturn:
+        """Raises ``TypeError``, as ``__copy__``."""
     def alloc_pages(self, order: SupportsIndex) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head."""
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex
 
-from . import _rules
+from . import _arenas, _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._rules import LINK_STORES, MAX_REFCOUNT, ZERO_POLICIES
 
@@ -139,47 +139,67 @@ class ReferencePool:
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
-        Int arguments go through ``operator.index`` (TypeError otherwise). ValueError unless
+        The arguments are checked one after another in the order of the signature, each for
+        its type and then its value, as ``Pool`` does. Int arguments go through
+        ``operator.index`` (TypeError otherwise). ValueError unless
         ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two in ``64 .. 2**30``,
         ``base_pfn >= 0`` with ``base_pfn + nr_pages <= 2**64``,
         ``0 <= reserved_pages <= nr_pages`` and ``max_order >= 1``. ``zero`` and ``_links``
         must be one of their strings (TypeError for a non-str). ``buffer`` must export a
         writable C-contiguous buffer (TypeError) of at least ``nr_pages * page_size`` bytes
         (ValueError); it stays exported, so a bytearray cannot be resized, while the pool or
-        one of its views lives.
+        one of its views lives. A buffer overlapping the arena of a live pool (of either class)
+        is refused with ValueError. Its owner must not free or resize it behind the pool's back
+        (numpy's ``refcheck=False``) nor write into it but through views of held blocks while
+        the pool or a view lives (README, "A buffer handed to a pool"). ``__init__`` builds a
+        pool once: calling it again raises TypeError.
         """
+        if hasattr(self, "_free_area"):
+            raise TypeError(_rules.msg_already_built(type(self).__name__))
+
+        def checked(*ints: int) -> None:
+            # The arguments not yet read at their defaults, which are valid.
+            defaults = (1, 4096, 0, 0, 11)
+            problem = _rules.geometry_problem(*ints, *defaults[len(ints) :])
+            if problem:
+                raise ValueError(problem)
+
         nr_pages = _as_int(nr_pages, "nr_pages")
+        checked(nr_pages)
         page_size = _as_int(page_size, "page_size")
+        checked(nr_pages, page_size)
         base_pfn = _as_int(base_pfn, "base_pfn")
+        checked(nr_pages, page_size, base_pfn)
         reserved_pages = _as_int(reserved_pages, "reserved_pages")
+        checked(nr_pages, page_size, base_pfn, reserved_pages)
         cap = _as_int(max_order, "max_order")
+        checked(nr_pages, page_size, base_pfn, reserved_pages, cap)
         if not isinstance(arena, bool):
             raise TypeError(f"arena must be a bool, got {type(arena).__name__}")
         if zero is _DEFAULT_ZERO:
             zero = "free" if arena else "never"
-        if not isinstance(zero, str):
-            raise TypeError(f"zero must be a str, not {type(zero).__name__}")
-        if not isinstance(_links, str):
-            raise TypeError(f"_links must be a str, not {type(_links).__name__}")
-
-        problem = _rules.geometry_problem(nr_pages, page_size, base_pfn, reserved_pages, cap)
+        zero = _as_choice(zero, "zero", ZERO_POLICIES)
+        links = _as_choice(_links, "_links", LINK_STORES)
+        problem = _rules.arena_problem(arena, zero, links, buffer is not None)
         if problem:
             raise ValueError(problem)
-        self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
-        self._links = _as_choice(_links, "_links", LINK_STORES)
-        problem = _rules.arena_problem(arena, zero, _links, buffer is not None)
-        if problem:
-            raise ValueError(problem)
+        # The bytes behind the pages, or None for a pool of page numbers only.
+        view = _arena_from(buffer, nr_pages * page_size) if arena else None
+        if view is not None:
+            try:
+                # Before anything is written to it: a refused buffer is left as it was.
+                self._claim = _arenas.claim(_arenas.address_of(view), view.nbytes, "ReferencePool")
+            except ValueError:
+                view.release()
+                raise
+        self._zero, self._links = zero, links
 
         self._nr_pages = nr_pages
         self._page_size = page_size
         self._base_pfn = base_pfn
         self._reserved_pages = reserved_pages
         self._max_order = _rules.max_order(nr_pages, cap)
-        # The bytes behind the pages, or None for a pool of page numbers only.
-        self._arena: memoryview | None = (
-            _arena_from(buffer, nr_pages * page_size) if arena else None
-        )
+        self._arena: memoryview | None = view
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
@@ -221,6 +241,22 @@ class ReferencePool:
             self._order[i] = order
             self._free_area[order].append(pfn)
             i += 1 << order
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Like ``Pool``, ReferencePool is not a base class (TypeError): wrap a pool instead."""
+        raise TypeError(_rules.msg_no_subclass("ReferencePool"))
+
+    def __copy__(self) -> NoReturn:
+        """A pool owns its arena and its pages: it cannot be copied (TypeError), as ``Pool``."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        """As :meth:`__copy__`."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """A pool cannot be pickled (TypeError), as ``Pool``."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
 
     # ---------------------------------------------------------------- read-only attributes
 

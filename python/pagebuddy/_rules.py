@@ -420,3 +420,21 @@ def msg_batch_out_of_memory(count: Any, order: int, capacity: int) -> str:
         f"alloc_many: out of memory: {count} blocks of order {order} requested, "
         f"{capacity} available"
     )
+
+
+def msg_no_copy(cls: str) -> str:
+    """``copy.copy``, ``copy.deepcopy`` or ``pickle`` of a pool."""
+    return (
+        f"{cls} cannot be copied or pickled: it owns its arena and its pages "
+        f"(build a new pool with the same arguments)"
+    )
+
+
+def msg_already_built(cls: str) -> str:
+    """``__init__`` called again on a pool."""
+    return f"{cls}.__init__ called on a pool already built: a pool is built once"
+
+
+def msg_no_subclass(cls: str) -> str:
+    """A class statement deriving from a pool class."""
+    return f"type {cls!r} is not an acceptable base type: wrap a pool rather than derive from it"

@@ -12,7 +12,7 @@ use pagebuddy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySlice};
+use pyo3::types::{PyDict, PySlice, PyTuple};
 
 use convert::{choice, int_in, raise, Exc, Int};
 
@@ -105,15 +105,20 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
 /// the effective number, min(cap, nr_pages.bit_length())). buffer is None (the pool owns a zeroed,
-/// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes.
+/// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes
+/// that no live pool's arena overlaps (ValueError otherwise); the pool keeps it exported, and its
+/// owner must not free, unmap or resize it behind the pool's back (numpy's refcheck=False) nor
+/// write into it but through views of held blocks, while the pool or a view lives (README).
 /// zero is "free" (zero blocks when freed, as pKVM), "alloc" (when allocated) or "never".
 /// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
 /// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
-#[pyclass(module = "pagebuddy._native", name = "Pool", frozen)]
+#[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
-    // Field order is drop order: the core goes before the memory it borrows.
+    // Field order is drop order: the core goes before the memory it borrows, and before its
+    // claim on that memory ends.
     inner: Inner,
+    _claim: Py<PyAny>,
     _storage: Storage,
     _export: Py<PyAny>,
     /// The arena as a byte memoryview; None for a pool without one.
@@ -174,7 +179,7 @@ impl Pool {
             return Err(not_buffer("is read-only"));
         }
         // Raw bytes written over Python object pointers would crash the interpreter later.
-        if view.getattr("format")?.extract::<String>()?.contains('O') {
+        if holds_objects(&view.getattr("format")?.extract::<String>()?) {
             return Err(not_buffer("holds Python objects"));
         }
         let bytes = view
@@ -239,6 +244,7 @@ impl Pool {
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Pool {
             inner: Inner::Side(LockedPool::new(pool)),
+            _claim: py.None(),
             _storage: storage,
             _export: py.None(),
             bytes: py.None(),
@@ -257,6 +263,30 @@ impl Pool {
     }
 }
 
+/// Whether a buffer format (struct module syntax) has `O` items, Python object pointers. Field
+/// names, written between colons in numpy's structured formats, are not items.
+fn holds_objects(format: &str) -> bool {
+    format
+        .split(':')
+        .step_by(2)
+        .any(|items| items.contains('O'))
+}
+
+/// The text of `pagebuddy._rules.<name>("Pool")`, a message both pools share.
+fn rule_text(py: Python<'_>, name: &str) -> PyResult<String> {
+    py.import("pagebuddy._rules")?
+        .call_method1(name, ("Pool",))?
+        .extract()
+}
+
+/// The TypeError of a copy or pickle of a pool.
+fn no_copy(py: Python<'_>) -> PyErr {
+    match rule_text(py, "msg_no_copy") {
+        Ok(text) => PyTypeError::new_err(text),
+        Err(e) => e,
+    }
+}
+
 /// Applies a page operation (`put`, `get`, `split`) to one pfn, translating errors.
 macro_rules! page_op {
     ($self:expr, $py:expr, $op:literal, $pfn:expr, $method:ident) => {{
@@ -269,15 +299,23 @@ macro_rules! page_op {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (nr_pages, **kwargs))]
+    #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
         text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True)"
     )]
     fn new(
         py: Python<'_>,
         nr_pages: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        if !args.is_empty() {
+            return Err(PyTypeError::new_err(format!(
+                "Pool() takes 1 positional argument (nr_pages) but {} were given; the others \
+                 are keyword-only",
+                1 + args.len()
+            )));
+        }
         // Keywords are read by hand so that an explicit None is told apart from a missing one.
         let kwargs = match kwargs {
             Some(k) => k.copy()?,
@@ -338,9 +376,9 @@ impl Pool {
             None => 11,
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
-                Int::Huge => u32::MAX,
-                _ => {
-                    let got = m.repr()?;
+                Int::Huge(_) => u32::MAX,
+                small => {
+                    let got = small.text();
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {got}"
                     )));
@@ -387,6 +425,11 @@ impl Pool {
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
         let bytes = Self::arena(py, buffer, size)?;
         let (export, addr) = Self::export(&bytes, size)?;
+        // Before the core writes to it: a buffer overlapping a live pool's arena is refused
+        // (ValueError) and left as it was.
+        let claim = py
+            .import("pagebuddy._arenas")?
+            .call_method1("claim", (addr, size, "Pool"))?;
         let mut storage = Storage {
             meta: leak(nr, PageMeta::INIT)?,
             links: None,
@@ -406,6 +449,7 @@ impl Pool {
         Ok(Pool {
             inner,
             _storage: storage,
+            _claim: claim.unbind(),
             _export: export.unbind(),
             bytes: bytes.unbind(),
             geo,
@@ -609,6 +653,33 @@ impl Pool {
         self.zero
     }
 
+    /// A pool owns its arena and its pages: `copy.copy` raises TypeError.
+    fn __copy__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// As `__copy__`.
+    fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// A pool cannot be pickled (TypeError).
+    fn __reduce_ex__(&self, py: Python<'_>, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// A pool is built once, by `Pool(...)`: calling `__init__` again raises TypeError (the
+    /// construction itself does not call this method).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}', free_pages={})",
@@ -633,14 +704,13 @@ impl Pool {
         out: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<u64>> {
         let order = convert::order("alloc_many", order, self.geo.max_order)?;
-        let asked = count;
-        let count = match Int::of(count, || "alloc_many: count")? {
+        let asked = Int::of(count, || "alloc_many: count")?;
+        let count = match asked {
             Int::Val(v) => v,
-            Int::Huge => u64::MAX,
-            Int::Negative => {
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(ref text) => {
                 return Err(PyValueError::new_err(format!(
-                    "alloc_many: count must be >= 0, got {}",
-                    count.repr()?
+                    "alloc_many: count must be >= 0, got {text}"
                 )))
             }
         };
@@ -667,10 +737,7 @@ impl Pool {
                 format!(
                     "alloc_many: out of memory: {} blocks of order {order} requested, \
                      {capacity} available",
-                    asked
-                        .repr()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|_| count.to_string())
+                    asked.text()
                 ),
             )),
             Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
@@ -697,24 +764,27 @@ impl Pool {
             .enumerate()
             .map(
                 |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Some(v)),
-                    _ => Ok(None),
+                    Int::Val(v) => Ok(Ok(v)),
+                    big => Ok(Err(big.text())),
                 },
             )
-            .collect::<PyResult<Vec<Option<u64>>>>()?;
+            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
         // An int that no u64 holds is outside every pool. The core is handed the elements up to
         // the first such one, which stands as a pfn outside this pool (one always exists: a pool
         // has fewer than 2**32 pages), so that it names the first element that fails.
         let end = values
             .iter()
-            .position(Option::is_none)
+            .position(Result::is_err)
             .map_or(values.len(), |k| k + 1);
         let outside = if self.geo.base_pfn > 0 {
             0
         } else {
             u64::from(self.geo.nr_pages)
         };
-        let pfns: Vec<u64> = values[..end].iter().map(|v| v.unwrap_or(outside)).collect();
+        let pfns: Vec<u64> = values[..end]
+            .iter()
+            .map(|v| *v.as_ref().unwrap_or(&outside))
+            .collect();
         let result = py.allow_threads(|| {
             with!(self, |p| p
                 .put_many(&pfns)
@@ -722,12 +792,13 @@ impl Pool {
         });
         result.map_err(|(e, page)| {
             let op = format!("put_many: pfns[{}]", e.index);
-            match values[e.index] {
-                Some(_) => convert::error(py, &op, e.error, page),
-                None => match items[e.index].repr() {
-                    Ok(r) => raise(py, Exc::Page, format!("{op}: pfn {r} is outside the pool")),
-                    Err(err) => err,
-                },
+            match &values[e.index] {
+                Ok(_) => convert::error(py, &op, e.error, page),
+                Err(text) => raise(
+                    py,
+                    Exc::Page,
+                    format!("{op}: pfn {text} is outside the pool"),
+                ),
             }
         })
     }
