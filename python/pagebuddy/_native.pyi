@@ -52,7 +52,9 @@ class Pool:
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
     @overload
-    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+    def alloc_many(
+        self, order: SupportsIndex, count: SupportsIndex, *, out: None = None
+    ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
     @overload
     def alloc_many(self, order: SupportsIndex, count: SupportsIndex, *, out: _B) -> _B:
