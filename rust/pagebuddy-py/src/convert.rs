@@ -1,6 +1,6 @@
 //! Translation between Python values and the core's: arguments in, errors out.
 
-use pagebuddy::{Error, PageMeta};
+use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -73,16 +73,56 @@ pub fn pfn(op: &str, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     }
 }
 
-/// `what` as an int in `min..=max`, else `ValueError` naming the rule.
-pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
-    let int = Int::of(obj, || what)?;
-    match int.at_most(max) {
-        Some(v) if v >= min => Ok(v),
-        _ => Err(PyValueError::new_err(format!(
-            "{what} must be an int in {min}..={max}, got {}",
-            int.text()
+/// A constructor argument as a `u64` (`ValueError` for an int no `u64` holds); whether the
+/// value makes a pool is the core's to say ([`geometry_error`]).
+pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    match Int::of(obj, || what)? {
+        Int::Val(v) => Ok(v),
+        big => Err(PyValueError::new_err(format!(
+            "{what} must be an int in 0..2**64, got {}",
+            big.text()
         ))),
     }
+}
+
+/// The `ValueError` for a geometry the core refuses, in the constructor's words (`max_order`
+/// is the core's `order_cap`). Every variant is matched: a new one does not compile until it
+/// is given its message.
+pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
+    let message = match err {
+        GeometryError::PageSize { page_size } => {
+            format!("page_size must be a power of two in 64..2**30, got {page_size}")
+        }
+        GeometryError::NoPages => "nr_pages must be >= 1, got 0".to_string(),
+        GeometryError::TooManyPages { nr_pages } => {
+            format!("nr_pages must be at most {MAX_PAGES}, got {nr_pages}")
+        }
+        GeometryError::PfnOverflow => format!(
+            "base_pfn {}: base_pfn + nr_pages must be <= 2**64 (nr_pages {})",
+            config.base_pfn, config.nr_pages
+        ),
+        GeometryError::Reserved {
+            reserved_pages,
+            nr_pages,
+        } => format!("reserved_pages must be in 0..{nr_pages}, got {reserved_pages}"),
+        GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
+        GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
+                                            arena has no bytes to zero"
+            .to_string(),
+        GeometryError::ArenaTooSmall { need, have } => {
+            format!("buffer holds {have} bytes, the pool needs nr_pages * page_size = {need}")
+        }
+        GeometryError::MetadataTooSmall { .. }
+        | GeometryError::MetadataMisaligned
+        | GeometryError::LinksTooSmall { .. }
+        | GeometryError::LinksMisaligned
+        | GeometryError::CacheTooSmall { .. }
+        | GeometryError::PageRefsTooSmall { .. } => format!("pool metadata: {err}"),
+        GeometryError::CacheConfig { .. } | GeometryError::NoCacheSlots => {
+            format!("cache configuration: {err}")
+        }
+    };
+    PyValueError::new_err(message)
 }
 
 /// An order argument: `ValueError` outside `0..max_order`.

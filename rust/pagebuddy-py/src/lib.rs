@@ -8,13 +8,13 @@ use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
+    SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice, PyTuple};
 
-use convert::{choice, int_in, raise, Exc, Int};
+use convert::{choice, raise, unsigned, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
@@ -219,8 +219,10 @@ impl Pool {
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
         let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
-        let pool = Core::new(arena, meta, links, *geo)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::new(arena, meta, links, *geo).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, geo),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(LockedPool::new(pool))
     }
 
@@ -240,8 +242,10 @@ impl Pool {
         storage.links = Some(links);
         // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
         let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
-        let pool = Core::without_arena(meta, links, config)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, &config),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(Pool {
             inner: Inner::Side(LockedPool::new(pool)),
             _claim: py.None(),
@@ -354,37 +358,39 @@ impl Pool {
             zero.as_ref(),
             _links.as_ref(),
         );
-        let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
-        let page_size = match page_size {
-            Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
-            None => 4096,
+        // Arguments are converted here; whether they make a pool is the core's rule.
+        // Each argument in turn is converted, then the core's rules judge the shape so far
+        // (later fields at their defaults), so the first bad argument is the one reported.
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let judge = |c: Config| {
+            c.geometry()
+                .map(|_| c)
+                .map_err(|e| convert::geometry_error(e, &c))
         };
-        if !page_size.is_power_of_two() {
-            return Err(PyValueError::new_err(format!(
-                "page_size must be a power of two, got {page_size}"
-            )));
+        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        if let Some(ps) = page_size {
+            shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
         }
-        let base_pfn = match base_pfn {
-            Some(b) => int_in(b, "base_pfn", 0, u64::MAX - nr as u64 + 1)?,
-            None => 0,
-        };
-        let reserved = match reserved_pages {
-            Some(r) => int_in(r, "reserved_pages", 0, nr as u64)? as usize,
-            None => 0,
-        };
-        let cap = match max_order {
-            None => 11,
-            Some(m) => match Int::of(m, || "max_order")? {
-                Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
+        if let Some(b) = base_pfn {
+            shape = judge(shape.base_pfn(unsigned(b, "base_pfn")?))?;
+        }
+        if let Some(r) = reserved_pages {
+            shape = judge(shape.reserved_pages(size(unsigned(r, "reserved_pages")?)))?;
+        }
+        if let Some(m) = max_order {
+            // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
+            let cap = match Int::of(m, || "max_order")? {
+                Int::Val(v) => u32::try_from(v).unwrap_or(u32::MAX),
                 Int::Huge(_) => u32::MAX,
-                small => {
-                    let got = small.text();
+                small @ Int::Negative(_) => {
                     return Err(PyValueError::new_err(format!(
-                        "max_order must be an int >= 1, got {got}"
-                    )));
+                        "max_order must be >= 1, got {}",
+                        small.text()
+                    )))
                 }
-            },
-        };
+            };
+            shape = judge(shape.order_cap(cap))?;
+        }
         let has_arena = match arena {
             Some(a) => convert::flag(&a, "arena")?,
             None => true,
@@ -406,17 +412,13 @@ impl Pool {
             "never" => ZeroPolicy::Never,
             _ => ZeroPolicy::OnFree,
         };
-        let config = Config::new(nr)
-            .page_size(page_size)
-            .base_pfn(base_pfn)
-            .reserved_pages(reserved)
-            .order_cap(cap)
+        let config = shape
             .zero(policy)
             // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
             .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
         let geo = config
             .geometry()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| convert::geometry_error(e, &config))?;
         if !has_arena {
             return Self::without_arena(py, config, geo, zero);
         }
@@ -431,7 +433,7 @@ impl Pool {
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
         let mut storage = Storage {
-            meta: leak(nr, PageMeta::INIT)?,
+            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
             links: None,
         };
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
@@ -440,7 +442,7 @@ impl Pool {
         let inner = if intrusive {
             Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
         } else {
-            let links = leak_links(nr)?;
+            let links = leak_links(geo.nr_pages as usize)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
