@@ -634,48 +634,24 @@ impl Pool {
     /// Allocates `count` blocks of `order` in one critical section, without the GIL.
     ///
     /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
-    /// `count` blocks cannot be had. Returns the pfns in allocation order.
-    fn alloc_many(
+    /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
+    /// with them in its first `count` items when `out` is given, a writable array of 64-bit
+    /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
+    #[pyo3(signature = (order, count, *, out = None))]
+    fn alloc_many<'py>(
         &self,
-        py: Python<'_>,
-        order: &Bound<'_, PyAny>,
-        count: &Bound<'_, PyAny>,
-    ) -> PyResult<Vec<u64>> {
-        let order = convert::order("alloc_many", order, self.geo.max_order)?;
-        let asked = Int::of(count, || "alloc_many: count")?;
-        let count = match asked {
-            Int::Val(v) => v,
-            Int::Huge(_) => u64::MAX,
-            Int::Negative(ref text) => {
-                return Err(PyValueError::new_err(format!(
-                    "alloc_many: count must be >= 0, got {text}"
-                )))
+        py: Python<'py>,
+        order: &Bound<'py, PyAny>,
+        count: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pfns = self.alloc_many_vec(py, order, count, out)?;
+        match out {
+            Some(out) if !out.is_none() => {
+                convert::write_u64s(out, &pfns)?;
+                Ok(out.clone())
             }
-        };
-        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
-        // buffer need not be larger than that.
-        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
-        let mut pfns = Vec::new();
-        pfns.try_reserve_exact(len)
-            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
-        pfns.resize(len, 0);
-        let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .alloc_many(order, &mut pfns)
-                .map_err(|e| (e, p.capacity(order))))
-        });
-        match result {
-            Ok(()) => Ok(pfns),
-            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
-                py,
-                Exc::OutOfMemory,
-                format!(
-                    "alloc_many: out of memory: {} blocks of order {order} requested, \
-                     {capacity} available",
-                    asked.text()
-                ),
-            )),
-            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+            _ => Ok(pyo3::types::PyList::new(py, pfns)?.into_any()),
         }
     }
 
@@ -683,51 +659,13 @@ impl Pool {
     ///
     /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
-    /// and nothing is put.
+    /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
+    /// read as it is, with no Python object per page.
     fn put_many(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
-        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
-        let values = items
-            .iter()
-            .enumerate()
-            .map(
-                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Ok(v)),
-                    big => Ok(Err(big.text())),
-                },
-            )
-            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
-        // An int that no u64 holds is outside every pool. The core is handed the elements up to
-        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
-        // has fewer than 2**32 pages), so that it names the first element that fails.
-        let end = values
-            .iter()
-            .position(Result::is_err)
-            .map_or(values.len(), |k| k + 1);
-        let outside = if self.geo.base_pfn > 0 {
-            0
-        } else {
-            u64::from(self.geo.nr_pages)
-        };
-        let pfns: Vec<u64> = values[..end]
-            .iter()
-            .map(|v| *v.as_ref().unwrap_or(&outside))
-            .collect();
-        let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .put_many(&pfns)
-                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
-        });
-        result.map_err(|(e, page)| {
-            let op = format!("put_many: pfns[{}]", e.index);
-            match &values[e.index] {
-                Ok(_) => convert::error(py, &op, e.error, page),
-                Err(text) => raise(
-                    py,
-                    Exc::Page,
-                    format!("{op}: pfn {text} is outside the pool"),
-                ),
-            }
-        })
+        match convert::read_u64s(pfns)? {
+            Some(values) => self.put_many_u64(py, &values),
+            None => self.put_many_iter(py, pfns),
+        }
     }
 
     /// Free pages, in all blocks.
@@ -828,6 +766,117 @@ impl Pool {
             self.zero,
             self.free_pages()
         )
+    }
+}
+
+impl Pool {
+    /// `alloc_many` up to the pfns: the arguments checked (`order`, `count`, then `out`), the
+    /// blocks allocated under the lock without the GIL, or the error raised.
+    fn alloc_many_vec(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+        out: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u64>> {
+        let order = convert::order("alloc_many", order, self.geo.max_order)?;
+        let asked = Int::of(count, || "alloc_many: count")?;
+        let count = match asked {
+            Int::Val(v) => v,
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(ref text) => {
+                return Err(PyValueError::new_err(format!(
+                    "alloc_many: count must be >= 0, got {text}"
+                )))
+            }
+        };
+        if let Some(out) = out.filter(|o| !o.is_none()) {
+            convert::check_out("alloc_many", out, count)?;
+        }
+        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
+        // buffer need not be larger than that.
+        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(len)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
+        pfns.resize(len, 0);
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .alloc_many(order, &mut pfns)
+                .map_err(|e| (e, p.capacity(order))))
+        });
+        match result {
+            Ok(()) => Ok(pfns),
+            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
+                py,
+                Exc::OutOfMemory,
+                format!(
+                    "alloc_many: out of memory: {} blocks of order {order} requested, \
+                     {capacity} available",
+                    asked.text()
+                ),
+            )),
+            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+        }
+    }
+
+    /// `put_many` of an array of u64 pfns, read with no Python object per page.
+    fn put_many_u64(&self, py: Python<'_>, pfns: &[u64]) -> PyResult<()> {
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .put_many(pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+        });
+        result.map_err(|(e, page)| {
+            convert::error(py, &format!("put_many: pfns[{}]", e.index), e.error, page)
+        })
+    }
+
+    /// `put_many` of any other iterable: each element converted as `operator.index` would.
+    fn put_many_iter(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
+        let values = items
+            .iter()
+            .enumerate()
+            .map(
+                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
+                    Int::Val(v) => Ok(Ok(v)),
+                    big => Ok(Err(big.text())),
+                },
+            )
+            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
+        // An int that no u64 holds is outside every pool. The core is handed the elements up to
+        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
+        // has fewer than 2**32 pages), so that it names the first element that fails.
+        let end = values
+            .iter()
+            .position(Result::is_err)
+            .map_or(values.len(), |k| k + 1);
+        let outside = if self.geo.base_pfn > 0 {
+            0
+        } else {
+            u64::from(self.geo.nr_pages)
+        };
+        let pfns: Vec<u64> = values[..end]
+            .iter()
+            .map(|v| *v.as_ref().unwrap_or(&outside))
+            .collect();
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .put_many(&pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+        });
+        result.map_err(|(e, page)| {
+            let op = format!("put_many: pfns[{}]", e.index);
+            match &values[e.index] {
+                Ok(_) => convert::error(py, &op, e.error, page),
+                Err(text) => raise(
+                    py,
+                    Exc::Page,
+                    format!("{op}: pfn {text} is outside the pool"),
+                ),
+            }
+        })
     }
 }
 
