@@ -659,7 +659,8 @@ def cached_section(run: Run, out: list[str]) -> None:
             f"{os.cpu_count()} cores: {', '.join(str(c) for c in counts if c > (os.cpu_count() or 1))}"
             " threads are oversubscribed.",
             "",
-            "| allocator | " + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
+            "| allocator | "
+            + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
             + " | 2 threads / 1 |",
             "|---|" + "---|" * (len(counts) + 1),
         ]
@@ -701,7 +702,6 @@ def cached_section(run: Run, out: list[str]) -> None:
         for row in z["rows"]:
             out.append(f"| {row['name']} | {row['hot']:.1f} GB/s | {row['stream']:.1f} GB/s |")
         out.append("")
-
 
 
 def python_section(out: list[str], rows: list[tuple[str, str, str]]) -> None:
