@@ -193,11 +193,11 @@ def _write_page(name: str, pfn: int) -> None:
 
 
 def test_demo_processes_accounts_for_every_page() -> None:
-    from pagebuddy import cli
-
     import contextlib
     import io
     import json
+
+    from pagebuddy import cli
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
