@@ -31,8 +31,8 @@ fn orders() -> Vec<u32> {
 fn run(mut alloc: impl FnMut(u32) -> u64, mut put: impl FnMut(u64)) -> f64 {
     let orders = orders();
     let mut window = std::collections::VecDeque::new();
-    for i in 0..64 {
-        window.push_back(alloc(orders[i]));
+    for &order in &orders[..64] {
+        window.push_back(alloc(order));
     }
     let t = Instant::now();
     for i in 0..STEPS {
