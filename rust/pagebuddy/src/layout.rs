@@ -912,8 +912,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         }
     }
 
-    /// Reverts [`undo`](Self::undo): the same swaps in the other order.
-    fn unrecover(&self) {
+    /// Reverts [`undo`](Self::undo): the same swaps in the other order, and the split's `done`
+    /// count back to `done` (its value before the undo), so that refused bytes are exactly as
+    /// they were.
+    fn unrecover(&self, done: u32) {
         let h = self.h();
         let pool = self.pool_mut();
         let ps = pool.geo.page_size;
@@ -924,6 +926,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
                 let start = split.idx as usize;
                 pool.meta[start..start + split.done as usize].fill(PageMeta::new(1, 0));
             }
+            addr_of_mut!((*h).split.done).write(done);
             for i in 0..(*h).n_meta as usize {
                 let e = addr_of_mut!((*h).meta_undo[i]);
                 let idx = (*e).idx as usize;
@@ -944,10 +947,12 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         if self.journal_state() & UNJOURNALED != 0 {
             return Err(LayoutError::Journal);
         }
+        // SAFETY: the header is readable; `attach` holds the bytes exclusively.
+        let done = unsafe { (*self.h()).split.done };
         self.undo();
         self.load_lists();
         if let Err(c) = self.pool_ref().check() {
-            self.unrecover();
+            self.unrecover(done);
             return Err(LayoutError::Corrupted(c));
         }
         self.clear_journal();
