@@ -1,13 +1,15 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal, NoReturn, SupportsIndex, final
+from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
 __all__ = ["Pool", "__version__"]
 
 __version__: str
+
+_B = TypeVar("_B", bound=Buffer)
 
 @final
 class Pool:
@@ -49,9 +51,15 @@ class Pool:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
-    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+    @overload
+    def alloc_many(
+        self, order: SupportsIndex, count: SupportsIndex, *, out: None = None
+    ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
-    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
+    @overload
+    def alloc_many(self, order: SupportsIndex, count: SupportsIndex, *, out: _B) -> _B:
+        """The same, written into the first ``count`` items of a ``uint64`` array ``out``."""
+    def put_many(self, pfns: Iterable[SupportsIndex] | Buffer) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
     @property
     def free_pages(self) -> int:

@@ -116,6 +116,19 @@ def output_path(option: str, path: str) -> None:
         raise Usage(f"{option} {path}: directory {parent} does not exist")
 
 
+def check_outputs(args: Any) -> None:
+    """Before any work: ``--plot`` needs matplotlib, and every output path (``--plot``,
+    ``--record``, ``--reproducer``) must be able to be a file."""
+    if getattr(args, "plot", None):
+        from .._plot import _pyplot
+
+        _pyplot()
+    for option in ("plot", "record", "reproducer"):
+        path = getattr(args, option, None)
+        if path:
+            output_path(f"--{option}", path)
+
+
 def seconds(text: str) -> float:
     try:
         v = float(text)

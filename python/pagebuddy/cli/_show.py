@@ -149,6 +149,14 @@ def print_run(
         )
 
 
+def print_files(out: Console, r: dict[str, Any], record_note: str = "") -> None:
+    """The files a run wrote: its plot and its trace."""
+    if r.get("plot"):
+        out.print(f"Plot written to {escape(r['plot'])}")
+    if r.get("record"):
+        out.print(f"Trace written to {escape(r['record'])}{record_note}")
+
+
 # -- one renderer per command --------------------------------------------------------------------
 
 
@@ -163,10 +171,7 @@ def _demo(out: Console, r: dict[str, Any]) -> None:
     else:
         out.print(AGREE)
     print_run(out, r)
-    if r["plot"]:
-        out.print(f"Plot written to {escape(r['plot'])}")
-    if r["record"]:
-        out.print(f"Trace written to {escape(r['record'])}")
+    print_files(out, r)
     out.print(f"Done in {r['seconds']:.1f} s")
 
 

@@ -8,26 +8,15 @@ from typing import Any
 from .._lockstep import run_ops
 from .._trace import TraceWriter
 from .._workload import DEMO_GEOMETRY, demo_workload
-from ._args import EXIT_DIVERGENCE, EXIT_OK, output_path
+from ._args import EXIT_DIVERGENCE, EXIT_OK, check_outputs
 from ._context import Context
 from ._report import run_report, timing
-
-
-def check_plot() -> None:
-    """Raise ``PlotUnavailable`` now, before any work, if plots cannot be drawn."""
-    from .._plot import _pyplot
-
-    _pyplot()
 
 
 def report(ctx: Context) -> dict[str, Any]:
     """Run the demo; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
-    if args.plot:
-        check_plot()
-        output_path("--plot", args.plot)
-    if args.record:
-        output_path("--record", args.record)
+    check_outputs(args)
     g = DEMO_GEOMETRY
     t0 = time.perf_counter()
     result = ctx.counted(

@@ -8,13 +8,13 @@ use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
+    SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice, PyTuple};
 
-use convert::{choice, int_in, raise, Exc, Int};
+use convert::{choice, raise, unsigned, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
@@ -219,8 +219,10 @@ impl Pool {
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
         let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
-        let pool = Core::new(arena, meta, links, *geo)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::new(arena, meta, links, *geo).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, geo),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(LockedPool::new(pool))
     }
 
@@ -240,8 +242,10 @@ impl Pool {
         storage.links = Some(links);
         // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
         let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
-        let pool = Core::without_arena(meta, links, config)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, &config),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(Pool {
             inner: Inner::Side(LockedPool::new(pool)),
             _claim: py.None(),
@@ -354,37 +358,39 @@ impl Pool {
             zero.as_ref(),
             _links.as_ref(),
         );
-        let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
-        let page_size = match page_size {
-            Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
-            None => 4096,
+        // Arguments are converted here; whether they make a pool is the core's rule.
+        // Each argument in turn is converted, then the core's rules judge the shape so far
+        // (later fields at their defaults), so the first bad argument is the one reported.
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let judge = |c: Config| {
+            c.geometry()
+                .map(|_| c)
+                .map_err(|e| convert::geometry_error(e, &c))
         };
-        if !page_size.is_power_of_two() {
-            return Err(PyValueError::new_err(format!(
-                "page_size must be a power of two, got {page_size}"
-            )));
+        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        if let Some(ps) = page_size {
+            shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
         }
-        let base_pfn = match base_pfn {
-            Some(b) => int_in(b, "base_pfn", 0, u64::MAX - nr as u64 + 1)?,
-            None => 0,
-        };
-        let reserved = match reserved_pages {
-            Some(r) => int_in(r, "reserved_pages", 0, nr as u64)? as usize,
-            None => 0,
-        };
-        let cap = match max_order {
-            None => 11,
-            Some(m) => match Int::of(m, || "max_order")? {
-                Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
+        if let Some(b) = base_pfn {
+            shape = judge(shape.base_pfn(unsigned(b, "base_pfn")?))?;
+        }
+        if let Some(r) = reserved_pages {
+            shape = judge(shape.reserved_pages(size(unsigned(r, "reserved_pages")?)))?;
+        }
+        if let Some(m) = max_order {
+            // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
+            let cap = match Int::of(m, || "max_order")? {
+                Int::Val(v) => u32::try_from(v).unwrap_or(u32::MAX),
                 Int::Huge(_) => u32::MAX,
-                small => {
-                    let got = small.text();
+                small @ Int::Negative(_) => {
                     return Err(PyValueError::new_err(format!(
-                        "max_order must be an int >= 1, got {got}"
-                    )));
+                        "max_order must be >= 1, got {}",
+                        small.text()
+                    )))
                 }
-            },
-        };
+            };
+            shape = judge(shape.order_cap(cap))?;
+        }
         let has_arena = match arena {
             Some(a) => convert::flag(&a, "arena")?,
             None => true,
@@ -406,17 +412,13 @@ impl Pool {
             "never" => ZeroPolicy::Never,
             _ => ZeroPolicy::OnFree,
         };
-        let config = Config::new(nr)
-            .page_size(page_size)
-            .base_pfn(base_pfn)
-            .reserved_pages(reserved)
-            .order_cap(cap)
+        let config = shape
             .zero(policy)
             // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
             .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
         let geo = config
             .geometry()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| convert::geometry_error(e, &config))?;
         if !has_arena {
             return Self::without_arena(py, config, geo, zero);
         }
@@ -431,7 +433,7 @@ impl Pool {
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
         let mut storage = Storage {
-            meta: leak(nr, PageMeta::INIT)?,
+            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
             links: None,
         };
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
@@ -440,7 +442,7 @@ impl Pool {
         let inner = if intrusive {
             Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
         } else {
-            let links = leak_links(nr)?;
+            let links = leak_links(geo.nr_pages as usize)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
@@ -560,48 +562,24 @@ impl Pool {
     /// Allocates `count` blocks of `order` in one critical section, without the GIL.
     ///
     /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
-    /// `count` blocks cannot be had. Returns the pfns in allocation order.
-    fn alloc_many(
+    /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
+    /// with them in its first `count` items when `out` is given, a writable array of 64-bit
+    /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
+    #[pyo3(signature = (order, count, *, out = None))]
+    fn alloc_many<'py>(
         &self,
-        py: Python<'_>,
-        order: &Bound<'_, PyAny>,
-        count: &Bound<'_, PyAny>,
-    ) -> PyResult<Vec<u64>> {
-        let order = convert::order("alloc_many", order, self.geo.max_order)?;
-        let asked = Int::of(count, || "alloc_many: count")?;
-        let count = match asked {
-            Int::Val(v) => v,
-            Int::Huge(_) => u64::MAX,
-            Int::Negative(ref text) => {
-                return Err(PyValueError::new_err(format!(
-                    "alloc_many: count must be >= 0, got {text}"
-                )))
+        py: Python<'py>,
+        order: &Bound<'py, PyAny>,
+        count: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pfns = self.alloc_many_vec(py, order, count, out)?;
+        match out {
+            Some(out) if !out.is_none() => {
+                convert::write_u64s(out, &pfns)?;
+                Ok(out.clone())
             }
-        };
-        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
-        // buffer need not be larger than that.
-        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
-        let mut pfns = Vec::new();
-        pfns.try_reserve_exact(len)
-            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
-        pfns.resize(len, 0);
-        let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .alloc_many(order, &mut pfns)
-                .map_err(|e| (e, p.capacity(order))))
-        });
-        match result {
-            Ok(()) => Ok(pfns),
-            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
-                py,
-                Exc::OutOfMemory,
-                format!(
-                    "alloc_many: out of memory: {} blocks of order {order} requested, \
-                     {capacity} available",
-                    asked.text()
-                ),
-            )),
-            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+            _ => Ok(pyo3::types::PyList::new(py, pfns)?.into_any()),
         }
     }
 
@@ -609,51 +587,13 @@ impl Pool {
     ///
     /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
-    /// and nothing is put.
+    /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
+    /// read as it is, with no Python object per page.
     fn put_many(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
-        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
-        let values = items
-            .iter()
-            .enumerate()
-            .map(
-                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Ok(v)),
-                    big => Ok(Err(big.text())),
-                },
-            )
-            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
-        // An int that no u64 holds is outside every pool. The core is handed the elements up to
-        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
-        // has fewer than 2**32 pages), so that it names the first element that fails.
-        let end = values
-            .iter()
-            .position(Result::is_err)
-            .map_or(values.len(), |k| k + 1);
-        let outside = if self.geo.base_pfn > 0 {
-            0
-        } else {
-            u64::from(self.geo.nr_pages)
-        };
-        let pfns: Vec<u64> = values[..end]
-            .iter()
-            .map(|v| *v.as_ref().unwrap_or(&outside))
-            .collect();
-        let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .put_many(&pfns)
-                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
-        });
-        result.map_err(|(e, page)| {
-            let op = format!("put_many: pfns[{}]", e.index);
-            match &values[e.index] {
-                Ok(_) => convert::error(py, &op, e.error, page),
-                Err(text) => raise(
-                    py,
-                    Exc::Page,
-                    format!("{op}: pfn {text} is outside the pool"),
-                ),
-            }
-        })
+        match convert::read_u64s(pfns)? {
+            Some(values) => self.put_many_u64(py, &values),
+            None => self.put_many_iter(py, pfns),
+        }
     }
 
     /// Free pages, in all blocks.
@@ -752,6 +692,117 @@ impl Pool {
             self.zero,
             self.free_pages()
         )
+    }
+}
+
+impl Pool {
+    /// `alloc_many` up to the pfns: the arguments checked (`order`, `count`, then `out`), the
+    /// blocks allocated under the lock without the GIL, or the error raised.
+    fn alloc_many_vec(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+        out: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u64>> {
+        let order = convert::order("alloc_many", order, self.geo.max_order)?;
+        let asked = Int::of(count, || "alloc_many: count")?;
+        let count = match asked {
+            Int::Val(v) => v,
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(ref text) => {
+                return Err(PyValueError::new_err(format!(
+                    "alloc_many: count must be >= 0, got {text}"
+                )))
+            }
+        };
+        if let Some(out) = out.filter(|o| !o.is_none()) {
+            convert::check_out("alloc_many", out, count)?;
+        }
+        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
+        // buffer need not be larger than that.
+        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(len)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
+        pfns.resize(len, 0);
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .alloc_many(order, &mut pfns)
+                .map_err(|e| (e, p.capacity(order))))
+        });
+        match result {
+            Ok(()) => Ok(pfns),
+            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
+                py,
+                Exc::OutOfMemory,
+                format!(
+                    "alloc_many: out of memory: {} blocks of order {order} requested, \
+                     {capacity} available",
+                    asked.text()
+                ),
+            )),
+            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+        }
+    }
+
+    /// `put_many` of an array of u64 pfns, read with no Python object per page.
+    fn put_many_u64(&self, py: Python<'_>, pfns: &[u64]) -> PyResult<()> {
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .put_many(pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+        });
+        result.map_err(|(e, page)| {
+            convert::error(py, &format!("put_many: pfns[{}]", e.index), e.error, page)
+        })
+    }
+
+    /// `put_many` of any other iterable: each element converted as `operator.index` would.
+    fn put_many_iter(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
+        let values = items
+            .iter()
+            .enumerate()
+            .map(
+                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
+                    Int::Val(v) => Ok(Ok(v)),
+                    big => Ok(Err(big.text())),
+                },
+            )
+            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
+        // An int that no u64 holds is outside every pool. The core is handed the elements up to
+        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
+        // has fewer than 2**32 pages), so that it names the first element that fails.
+        let end = values
+            .iter()
+            .position(Result::is_err)
+            .map_or(values.len(), |k| k + 1);
+        let outside = if self.geo.base_pfn > 0 {
+            0
+        } else {
+            u64::from(self.geo.nr_pages)
+        };
+        let pfns: Vec<u64> = values[..end]
+            .iter()
+            .map(|v| *v.as_ref().unwrap_or(&outside))
+            .collect();
+        let result = py.allow_threads(|| {
+            with!(self, |p| p
+                .put_many(&pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+        });
+        result.map_err(|(e, page)| {
+            let op = format!("put_many: pfns[{}]", e.index);
+            match &values[e.index] {
+                Ok(_) => convert::error(py, &op, e.error, page),
+                Err(text) => raise(
+                    py,
+                    Exc::Page,
+                    format!("{op}: pfn {text} is outside the pool"),
+                ),
+            }
+        })
     }
 }
 

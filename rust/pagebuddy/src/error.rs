@@ -66,7 +66,7 @@ pub enum Error {
 /// Why a pool could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeometryError {
-    /// `page_size` is not a power of two of at least 64 bytes.
+    /// `page_size` is not a power of two from 64 to [`MAX_PAGE_SIZE`](crate::MAX_PAGE_SIZE).
     PageSize {
         /// The size passed.
         page_size: usize,
@@ -234,7 +234,11 @@ impl fmt::Display for GeometryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             GeometryError::PageSize { page_size } => {
-                write!(f, "page_size {page_size} is not a power of two >= 64")
+                write!(
+                    f,
+                    "page_size {page_size} is not a power of two in 64..={}",
+                    crate::MAX_PAGE_SIZE
+                )
             }
             GeometryError::NoPages => f.write_str("nr_pages must be at least 1"),
             GeometryError::TooManyPages { nr_pages } => {

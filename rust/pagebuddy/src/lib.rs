@@ -86,6 +86,9 @@ pub const MAX_CACHE_HIGH: u32 = 1 << 16;
 /// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".
 pub const MAX_PAGES: usize = (u32::MAX - 1) as usize;
 
+/// Largest page: 1 GiB, the largest block size of the page tables pKVM maps.
+pub const MAX_PAGE_SIZE: usize = 1 << 30;
+
 /// Bytes of [`PageMeta`] that `nr_pages` pages need (4 per page, 2-byte aligned).
 ///
 /// ```
