@@ -5,9 +5,12 @@ from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__"]
+__all__ = ["Pool", "__version__", "_after_fork"]
 
 __version__: str
+
+def _after_fork() -> None:
+    """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
 
 _B = TypeVar("_B", bound=Buffer)
 
@@ -33,6 +36,27 @@ class Pool:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:
         """Raises ``TypeError``, as ``__copy__``."""
+    @staticmethod
+    def create_in(
+        buffer: Buffer,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        zero: Literal["free", "alloc", "never"] = "free",
+        links: Literal["side", "intrusive"] = "side",
+    ) -> Pool:
+        """Format ``buffer`` as a pool that lives entirely inside it (as many pages as fit after
+        its header and metadata) and open it; other processes open it with ``attach``."""
+    @staticmethod
+    def attach(buffer: Buffer) -> Pool:
+        """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
+        killed process left half done; ValueError or CorruptionError for bytes it refuses, which
+        it leaves unwritten."""
+    @property
+    def shared(self) -> bool:
+        """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
     def alloc_pages(self, order: SupportsIndex) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head."""
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:

@@ -3,12 +3,13 @@
 //! errors, and owns the memory the core borrows.
 
 mod convert;
+mod shared;
 
 use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SideTable, SpinLock, ZeroPolicy,
+    SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,6 +25,9 @@ type Locked<L> = LockedPool<'static, L, SpinLock>;
 enum Inner {
     Side(Locked<SideTable<'static>>),
     Intrusive(Locked<Intrusive>),
+    /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
+    SharedSide(SharedPool<'static, SideTable<'static>>),
+    SharedIntrusive(SharedPool<'static, Intrusive>),
 }
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store.
@@ -32,6 +36,18 @@ macro_rules! with {
         match &$self.inner {
             Inner::Side(l) => l.with(|$p| $body),
             Inner::Intrusive(l) => l.with(|$p| $body),
+            Inner::SharedSide(s) => {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                f(&mut g)
+            }
+            Inner::SharedIntrusive(s) => {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                f(&mut g)
+            }
         }
     };
 }
@@ -119,12 +135,14 @@ pub struct Pool {
     // claim on that memory ends.
     inner: Inner,
     _claim: Py<PyAny>,
-    _storage: Storage,
+    _storage: Option<Storage>,
     _export: Py<PyAny>,
     /// The arena as a byte memoryview; None for a pool without one.
     bytes: Py<PyAny>,
     geo: Geometry,
     zero: &'static str,
+    /// Offset of page 0 in `bytes` (0 but for shared pools, whose header comes first).
+    pages_off: usize,
 }
 
 impl Pool {
@@ -249,11 +267,12 @@ impl Pool {
         Ok(Pool {
             inner: Inner::Side(LockedPool::new(pool)),
             _claim: py.None(),
-            _storage: storage,
+            _storage: Some(storage),
             _export: py.None(),
             bytes: py.None(),
             geo,
             zero,
+            pages_off: 0,
         })
     }
 
@@ -450,13 +469,66 @@ impl Pool {
         };
         Ok(Pool {
             inner,
-            _storage: storage,
+            _storage: Some(storage),
             _claim: claim.unbind(),
             _export: export.unbind(),
             bytes: bytes.unbind(),
             geo,
             zero,
+            pages_off: 0,
         })
+    }
+
+    /// Formats `buffer` as a pool that lives entirely inside it and opens it.
+    ///
+    /// Pool.create_in(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11,
+    /// zero="free", links="side")
+    ///
+    /// The pool gets as many pages as fit after its header and metadata. Other processes open
+    /// the same bytes with Pool.attach (a multiprocessing.shared_memory buffer, a shared mmap); a
+    /// file mapping keeps the pool across restarts. Whatever the buffer held is overwritten.
+    #[staticmethod]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None))]
+    #[pyo3(
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side')"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn create_in(
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        page_size: Option<&Bound<'_, PyAny>>,
+        base_pfn: Option<&Bound<'_, PyAny>>,
+        reserved_pages: Option<&Bound<'_, PyAny>>,
+        max_order: Option<&Bound<'_, PyAny>>,
+        zero: Option<&Bound<'_, PyAny>>,
+        links: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let args = shared::CreateArgs {
+            page_size,
+            base_pfn,
+            reserved_pages,
+            max_order,
+            zero,
+            links,
+        };
+        Self::create_in_impl(py, buffer, args)
+    }
+
+    /// Opens the pool that Pool.create_in formatted in `buffer` (in this or another process),
+    /// without rebuilding it.
+    ///
+    /// An operation that a killed process left half done is rolled back first, and every
+    /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
+    /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    #[staticmethod]
+    fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Self::attach_impl(py, buffer)
+    }
+
+    /// Whether this pool lives in a shared buffer (Pool.create_in, Pool.attach).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.is_shared()
     }
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
@@ -548,7 +620,7 @@ impl Pool {
             Err(e) => Err((e, None)),
         })
         .map_err(|e| self.page_error(py, "view", e))?;
-        let off = (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
+        let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
         let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
         self.bytes.bind(py).get_item(slice)
@@ -646,6 +718,8 @@ impl Pool {
         match self.inner {
             Inner::Side(_) => pagebuddy::meta_bytes(n) + pagebuddy::link_bytes(n),
             Inner::Intrusive(_) => pagebuddy::meta_bytes(n),
+            // The header, the metadata and the links: everything in the buffer before page 0.
+            Inner::SharedSide(_) | Inner::SharedIntrusive(_) => self.pages_off,
         }
     }
 
@@ -810,6 +884,15 @@ impl Pool {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
+    m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
+    // A forked child locks shared pools under its own pid, not its parent's.
+    let after = m.getattr("_after_fork")?;
+    let kwargs = PyDict::new(m.py());
+    kwargs.set_item("after_in_child", after)?;
+    m.py()
+        .import("os")?
+        .getattr("register_at_fork")?
+        .call((), Some(&kwargs))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
