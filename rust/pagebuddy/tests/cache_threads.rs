@@ -16,7 +16,7 @@ use pagebuddy::{
 
 mod stress;
 
-use stress::{check_kept, Held, Holder, Mem, Storage, BASE, NR, RESERVED, STEPS, THREADS};
+use stress::{check_kept, Held, Holder, Mem, Storage, NR, RESERVED, STEPS, THREADS, TOO_LARGE};
 
 struct Shared<'p, 'a, L: LinkStore, R: RawLock> {
     pool: &'p CachedPool<'a, L, R>,
@@ -41,26 +41,13 @@ fn worker<L: LinkStore, R: RawLock>(sh: &Shared<'_, '_, L, R>, id: usize) -> Vec
                     Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
                 }
             }
-            5..=8 if !me.held.is_empty() => {
-                let i = me.pick();
+            5..=8 if !me.held.is_empty() => me.put_one(mem, |rng, pfn| {
                 // Mostly through the own slot, sometimes through another one.
-                let through = if me.rng.below(4) == 0 {
-                    me.rng.below(8)
-                } else {
-                    cpu
-                };
-                me.put_one(mem, i, |pfn| pool.put(through, pfn).unwrap());
-            }
-            9 if !me.held.is_empty() => {
-                let i = me.pick();
-                pool.get(me.held[i].pfn).unwrap();
-                me.held[i].refs += 1;
-            }
-            10 if !me.held.is_empty() => {
-                let i = me.pick();
-                pool.split(me.held[i].pfn).unwrap();
-                me.split(i);
-            }
+                let through = if rng.below(4) == 0 { rng.below(8) } else { cpu };
+                pool.put(through, pfn).unwrap();
+            }),
+            9 if !me.held.is_empty() => me.get_one(|pfn| pool.get(pfn).unwrap()),
+            10 if !me.held.is_empty() => me.split_one(|pfn| pool.split(pfn).unwrap()),
             11 if !me.held.is_empty() => {
                 let i = me.pick();
                 let h = me.held.swap_remove(i);
@@ -77,21 +64,12 @@ fn worker<L: LinkStore, R: RawLock>(sh: &Shared<'_, '_, L, R>, id: usize) -> Vec
                 if me.rng.below(8) == 0 {
                     pool.drain(cpu).unwrap();
                 }
-                let pfn = BASE + (NR + me.rng.below(5)) as u64;
+                let pfn = me.out_of_range_pfn();
                 assert_eq!(pool.put(cpu, pfn), Err(Error::PfnOutOfRange { pfn }));
-                assert_eq!(
-                    pool.alloc(cpu, 40),
-                    Err(Error::InvalidOrder {
-                        order: 40,
-                        max_order: 8
-                    })
-                );
+                assert_eq!(pool.alloc(cpu, 40), Err(TOO_LARGE));
             }
             14 if !me.held.is_empty() => {
-                let i = me.pick();
-                let h = me.held[i];
-                if h.pages > 1 {
-                    let tail = h.pfn + 1 + me.rng.below(h.pages - 1) as u64;
+                if let Some(tail) = me.tail() {
                     assert_eq!(pool.get(tail), Err(Error::NotHeld { pfn: tail }));
                     assert_eq!(pool.put(cpu, tail), Err(Error::NotHeld { pfn: tail }));
                 }

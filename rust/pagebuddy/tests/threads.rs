@@ -10,7 +10,7 @@ use pagebuddy::{Error, LinkStore, LockedPool, Pool, RawLock, SpinLock, ZeroPolic
 
 mod stress;
 
-use stress::{check_kept, Held, Holder, Mem, Storage, BASE, NR, RESERVED, STEPS, THREADS};
+use stress::{check_kept, Held, Holder, Mem, Storage, NR, RESERVED, STEPS, THREADS, TOO_LARGE};
 
 fn worker<L: LinkStore, R: RawLock>(
     pool: &LockedPool<'_, L, R>,
@@ -30,37 +30,17 @@ fn worker<L: LinkStore, R: RawLock>(
                     Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
                 }
             }
-            4..=6 if !me.held.is_empty() => {
-                let i = me.pick();
-                me.put_one(mem, i, |pfn| pool.put(pfn).unwrap());
-            }
-            7 if !me.held.is_empty() => {
-                let i = me.pick();
-                pool.get(me.held[i].pfn).unwrap();
-                me.held[i].refs += 1;
-            }
-            8 if !me.held.is_empty() => {
-                let i = me.pick();
-                pool.split(me.held[i].pfn).unwrap();
-                me.split(i);
-            }
+            4..=6 if !me.held.is_empty() => me.put_one(mem, |_, pfn| pool.put(pfn).unwrap()),
+            7 if !me.held.is_empty() => me.get_one(|pfn| pool.get(pfn).unwrap()),
+            8 if !me.held.is_empty() => me.split_one(|pfn| pool.split(pfn).unwrap()),
             9 => {
-                let pfn = BASE + (NR + me.rng.below(5)) as u64;
+                let pfn = me.out_of_range_pfn();
                 assert_eq!(pool.put(pfn), Err(Error::PfnOutOfRange { pfn }));
-                assert_eq!(
-                    pool.alloc(40),
-                    Err(Error::InvalidOrder {
-                        order: 40,
-                        max_order: 8
-                    })
-                );
+                assert_eq!(pool.alloc(40), Err(TOO_LARGE));
             }
             10 if !me.held.is_empty() => {
                 // A tail of a held block of someone's, or a free page: never held by the caller.
-                let i = me.pick();
-                let h = me.held[i];
-                if h.pages > 1 {
-                    let tail = h.pfn + 1 + me.rng.below(h.pages - 1) as u64;
+                if let Some(tail) = me.tail() {
                     assert_eq!(pool.get(tail), Err(Error::NotHeld { pfn: tail }));
                 }
             }

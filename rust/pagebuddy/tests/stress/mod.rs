@@ -15,6 +15,11 @@ pub const BASE: u64 = 37;
 pub const RESERVED: usize = 3;
 pub const THREADS: usize = 4;
 pub const STEPS: usize = 20_000;
+/// What an allocation of order 40 gets from a pool of this geometry (its top order is 8).
+pub const TOO_LARGE: Error = Error::InvalidOrder {
+    order: 40,
+    max_order: 8,
+};
 
 /// xorshift64: deterministic per thread, no dependency.
 pub struct Rng(pub u64);
@@ -109,11 +114,13 @@ impl Holder {
         self.held.push(h);
     }
 
-    /// One reference to `held[i]` given back through `put`, after checking its bytes.
-    pub fn put_one(&mut self, mem: Mem, i: usize, put: impl FnOnce(u64)) {
+    /// One reference to a random held block given back through `put` (which may draw from the
+    /// stream), after checking the block's bytes.
+    pub fn put_one(&mut self, mem: Mem, put: impl FnOnce(&mut Rng, u64)) {
+        let i = self.pick();
         let h = self.held[i];
         assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-        put(h.pfn);
+        put(&mut self.rng, h.pfn);
         if h.refs > 1 {
             self.held[i].refs -= 1;
         } else {
@@ -121,9 +128,19 @@ impl Holder {
         }
     }
 
-    /// `held[i]` was split: its pages are now held as order-0 blocks with the same tag.
-    pub fn split(&mut self, i: usize) {
+    /// One more reference to a random held block, taken through `get`.
+    pub fn get_one(&mut self, get: impl FnOnce(u64)) {
+        let i = self.pick();
+        get(self.held[i].pfn);
+        self.held[i].refs += 1;
+    }
+
+    /// A random held block split through `split`: its pages are then held as order-0 blocks
+    /// with the same tag.
+    pub fn split_one(&mut self, split: impl FnOnce(u64)) {
+        let i = self.pick();
         let h = self.held[i];
+        split(h.pfn);
         self.held[i].pages = 1;
         for t in 1..h.pages as u64 {
             self.held.push(Held {
@@ -133,6 +150,19 @@ impl Holder {
                 tag: h.tag,
             });
         }
+    }
+
+    /// A pfn just past the pool's end.
+    pub fn out_of_range_pfn(&mut self) -> u64 {
+        BASE + (NR + self.rng.below(5)) as u64
+    }
+
+    /// A tail page of a random held block (none if the block is one page): never held by its
+    /// own, since only heads are.
+    pub fn tail(&mut self) -> Option<u64> {
+        let i = self.pick();
+        let h = self.held[i];
+        (h.pages > 1).then(|| h.pfn + 1 + self.rng.below(h.pages - 1) as u64)
     }
 
     /// Every held block still bears its holder's tag.
