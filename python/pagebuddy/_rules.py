@@ -383,6 +383,37 @@ MSG_NO_ARENA_VIEW = (
 )
 
 
+def u64_array(obj: object) -> memoryview | None:
+    """A memoryview of ``obj`` if it is a 1-D C-contiguous array of native 64-bit unsigned
+    ints (``array('Q')``, numpy ``uint64``): the batch calls read and write those with no
+    Python object per page. None for anything else (lists and tuples are not asked), which
+    the batch calls read as an iterable."""
+    if isinstance(obj, (list, tuple)):
+        return None
+    try:
+        view = memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    code = view.format[1:] if view.format.startswith("@") else view.format
+    if code in ("Q", "L") and view.itemsize == 8 and view.ndim == 1 and view.c_contiguous:
+        return view
+    view.release()
+    return None
+
+
+def msg_bad_out(op: str, out: object) -> str:
+    """``alloc_many(..., out=...)`` given something it cannot write pfns into."""
+    return (
+        f"{op}: out must be a writable 1-D array of 64-bit unsigned ints (array('Q'), "
+        f"numpy uint64), not {type(out).__name__}"
+    )
+
+
+def msg_short_out(op: str, length: int, count: int) -> str:
+    """``alloc_many(..., out=...)`` with fewer items than blocks asked for."""
+    return f"{op}: out holds {length} items, {count} requested"
+
+
 def msg_batch_out_of_memory(count: Any, order: int, capacity: int) -> str:
     """``alloc_many`` asking for more blocks than the free lists hold."""
     return (

@@ -186,6 +186,9 @@ pub enum CorruptionKind {
     /// is not a block of its cache's order held by the caches, a block cached twice, a block
     /// neither held, cached nor free, or a reference count the pool does not back.
     Cache,
+    /// A shared pool's undo journal names pages outside the pool or an operation it cannot
+    /// undo, so the operation a dead process left half done cannot be rolled back.
+    Journal,
 }
 
 impl From<GeometryError> for Error {
@@ -305,6 +308,7 @@ impl fmt::Display for Corruption {
             CorruptionKind::Count => "free counts disagree with the free lists",
             CorruptionKind::NotZero => "free memory is not zero",
             CorruptionKind::Cache => "the per-CPU caches disagree with the pool",
+            CorruptionKind::Journal => "the shared pool's journal cannot be undone",
         };
         write!(f, "{what} (at pfn {})", self.pfn)
     }
