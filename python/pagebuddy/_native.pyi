@@ -5,9 +5,12 @@ from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__"]
+__all__ = ["Pool", "__version__", "_after_fork"]
 
 __version__: str
+
+def _after_fork() -> None:
+    """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
 
 _B = TypeVar("_B", bound=Buffer)
 

@@ -686,6 +686,37 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         self.try_alloc(cpu, order)
     }
 
+    /// A contiguous run of exactly `nr_pages` order-0 pages ([`Pool::alloc_exact`]), from the
+    /// pool behind the caches under its lock; each page of the run is held once. Before
+    /// [`Error::OutOfMemory`] the caches are drained as for [`alloc`](Self::alloc).
+    pub fn alloc_exact(&self, cpu: usize, nr_pages: u64) -> Result<u64, Error> {
+        match self.try_alloc_exact(nr_pages) {
+            Err(Error::OutOfMemory { .. }) => {}
+            result => return result,
+        }
+        let own = self.slot_index(cpu);
+        self.drain_slot(own)?;
+        match self.try_alloc_exact(nr_pages) {
+            Err(Error::OutOfMemory { .. }) => {}
+            result => return result,
+        }
+        for s in (0..self.slots.len()).filter(|&s| s != own) {
+            self.drain_slot(s)?;
+        }
+        self.try_alloc_exact(nr_pages)
+    }
+
+    fn try_alloc_exact(&self, nr_pages: u64) -> Result<u64, Error> {
+        self.core.with(|p| {
+            let pfn = p.alloc_exact(nr_pages)?;
+            let idx = self.index(pfn)?;
+            for page in idx..idx + nr_pages as u32 {
+                self.page_ref(page).set(held(1, 0));
+            }
+            Ok(pfn)
+        })
+    }
+
     /// Drops one reference to `pfn`. When it was the last, the block is zeroed per the policy
     /// and, for a cached order, pushed on top of CPU `cpu`'s cache (a cache that goes above
     /// `high` returns its `batch` coldest blocks to the pool under one acquisition of its lock);
@@ -1386,11 +1417,17 @@ mod tests {
             // Marks are cleared even so.
             assert!(p.refs.iter().all(|r| r.load() != SEEN));
         });
-        // A stack longer than its storage.
+        // A stack longer than its storage: found by its length (at the base pfn), before its
+        // entries, which past the storage name page 1 again and again.
         corrupt_case(|p| {
-            p.with_cache(1, |c| c.set_len(0, 5));
+            for b in &p.blocks[1..=p.cap] {
+                b.set(1);
+            }
+            p.with_cache(0, |c| c.set_len(0, p.cap + 1));
             cache_corruption(p, 0);
-            p.with_cache(1, |c| c.set_len(0, 0));
+            p.with_cache(0, |c| c.set_len(0, 1));
+            p.with_cache(0, |c| c.set_len(1, 0));
+            p.blocks[p.cap].set(0);
             p.check().unwrap();
         });
         // A block cached in the wrong order's stack.
@@ -1436,6 +1473,50 @@ mod tests {
     }
 
     #[test]
+    fn exact_runs_come_from_the_pool_after_draining() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(1, 0), Ok(0)); // slot 1 caches page 1
+        assert_eq!(p.alloc_exact(0, 3), Ok(4)); // pages 4, 5, 6; 7 back in the pool
+        for pfn in 4..7 {
+            assert_eq!((p.refcount(pfn), p.order(pfn)), (Ok(1), Ok(Some(0))));
+        }
+        assert_eq!(p.refcount(7), Ok(0));
+        // Pages 2-3 are a free order-1 block: a run of 2 takes it, slot 1 keeps page 1.
+        assert_eq!(p.alloc_exact(0, 2), Ok(2));
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.alloc_exact(0, 2), Err(Error::OutOfMemory { order: 1 }));
+        assert_eq!(p.cached_pages(1), 0); // no order-1 block even after draining: page 7 and 1
+        assert_eq!(
+            p.alloc_exact(0, 0),
+            Err(Error::InvalidRun {
+                nr_pages: 0,
+                max_pages: 8
+            })
+        );
+        for pfn in [0, 2, 3, 4, 5, 6] {
+            p.put(0, pfn).unwrap();
+        }
+        p.drain_all().unwrap();
+        p.check().unwrap();
+        assert_eq!(p.free_pages(), 8);
+    }
+
+    #[test]
+    fn refills_hand_out_blocks_in_pool_order() {
+        // A refill of 8 stacks 7 blocks, reversed so that they come out as the pool gave them.
+        let c = CacheConfig::new().orders(1).batch(8).high(8);
+        let mut m = Mem::new(32, 1, &c);
+        let p = m.pool(cfg(32), c).unwrap();
+        let got: Vec<u64> = (0..9).map(|_| p.alloc(0, 0).unwrap()).collect();
+        assert_eq!(got, (0..9).collect::<Vec<u64>>());
+        let mut out = [0u64; 9];
+        assert_eq!(p.cached_blocks(0, 0, &mut out), 7);
+        assert_eq!(out[..7], [15, 14, 13, 12, 11, 10, 9]);
+    }
+
+    #[test]
     fn slots_wrap_around() {
         let c = small();
         let mut m = Mem::new(8, 3, &c);
@@ -1465,6 +1546,7 @@ mod tests {
         });
         assert_eq!(p.cached_pages(thread_cpu()), 2);
         p.drain_local().unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 0);
         assert_eq!(p.free_pages(), 8);
         p.check().unwrap();
     }
