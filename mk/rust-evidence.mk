@@ -20,10 +20,12 @@ valgrind:
 fuzz-short:
 	scripts/fuzz.sh differential $(FUZZ_SHORT)
 	scripts/fuzz.sh scribble $(FUZZ_SHORT)
+	scripts/fuzz.sh attach $(FUZZ_SHORT)
 
 fuzz-long:
 	scripts/fuzz.sh differential $(FUZZ_LONG)
 	scripts/fuzz.sh scribble $(FUZZ_LONG)
+	scripts/fuzz.sh attach $(FUZZ_LONG)
 
 loom:
 	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --release \

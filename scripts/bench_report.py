@@ -729,7 +729,8 @@ def cached_section(run: Run, out: list[str]) -> None:
             f"{os.cpu_count()} cores: {', '.join(str(c) for c in counts if c > cores)}"
             " threads are oversubscribed.",
             "",
-            "| allocator | " + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
+            "| allocator | "
+            + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
             + " | 2 threads / 1 |",
             "|---|" + "---|" * (len(counts) + 1),
         ]
@@ -784,7 +785,6 @@ def cached_section(run: Run, out: list[str]) -> None:
             "the cached pool zeroes the same 4 KiB at several times the rate.",
             "",
         ]
-
 
 
 def python_section(out: list[str], rows: list[tuple[str, str, str]]) -> None:

@@ -190,3 +190,19 @@ def _write_page(name: str, pfn: int) -> None:
     pool.view(pfn)[:6] = b"child!"
     del pool
     shm.close()
+
+
+def test_demo_processes_accounts_for_every_page() -> None:
+    import contextlib
+    import io
+    import json
+
+    from pagebuddy import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["demo", "--processes", "3", "--ops", "400", "--json"])
+    report = json.loads(out.getvalue())
+    assert code == 0
+    assert report["command"] == "demo-processes" and report["accounted"]
+    assert report["ops"] == 1200 and report["overlaps"] == 0 and report["stamp_errors"] == 0

@@ -191,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--plot", metavar="PATH", help="write a PNG: free blocks over time, arena map"
     )
+    demo.add_argument(
+        "--processes",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="run N worker processes on one pool in shared memory instead (allocate, get/put, "
+        "free, write into held pages); the parent accounts for every page",
+    )
     demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
     common(demo)
 

@@ -16,6 +16,8 @@ from ._report import run_report, timing
 def report(ctx: Context) -> dict[str, Any]:
     """Run the demo; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
+    if args.processes:
+        return processes_report(ctx)
     check_outputs(args)
     g = DEMO_GEOMETRY
     t0 = time.perf_counter()
@@ -51,5 +53,23 @@ def report(ctx: Context) -> dict[str, Any]:
         record=args.record,
         seconds=round(time.perf_counter() - t0, 3),
         exit_code=EXIT_OK if result.ok else EXIT_DIVERGENCE,
+    )
+    return r
+
+
+def processes_report(ctx: Context) -> dict[str, Any]:
+    """``demo --processes N``: N workers on one shared pool; exit 1 unless every page is
+    accounted for and no page was held by two workers at once."""
+    from .._shared import run_processes
+
+    args = ctx.args
+    t0 = time.perf_counter()
+    r = run_processes(args.processes, args.ops, args.seed, check_every=max(1, args.ops // 10))
+    bad = not r["accounted"] or r["stamp_errors"] or r["overlaps"]
+    r.update(
+        command="demo-processes",
+        seed=args.seed,
+        seconds=round(time.perf_counter() - t0, 3),
+        exit_code=EXIT_DIVERGENCE if bad else EXIT_OK,
     )
     return r
