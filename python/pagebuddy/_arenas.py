@@ -43,7 +43,9 @@ def claim(start: int, length: int, owner: str) -> Claim:
     """
     end = start + length
     with _lock:
-        for first, last, other in tuple(_live.values()):
+        # dict.copy() takes the snapshot in one C call: a collection that a Python-level
+        # iteration could trigger (and a Claim.__del__ popping an entry) cannot interleave.
+        for first, last, other in _live.copy().values():
             if start < last and first < end:
                 raise ValueError(
                     f"buffer overlaps the arena of a live {other} (bytes {first:#x}..{last:#x} "
