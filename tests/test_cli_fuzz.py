@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pagebuddy import _trace, cli
+from support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_TRACE = "pagebuddy-trace v1 nr_pages=8 page_size=64\nalloc 0\nput 0\n"
@@ -31,15 +31,8 @@ FTRACE = ROOT / "tests" / "data" / "kmem-thp-split.trace"
 
 
 def pagebuddy(*argv: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pagebuddy ARGV`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "pagebuddy", *argv],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "80", **env},
-    )
+    """``python -m pagebuddy ARGV`` in a child process, from the repository root, 80 columns."""
+    return run_cli(*argv, stdin=stdin, cwd=ROOT, **{"COLUMNS": "80", **env})
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess[bytes], as_json: bool) -> dict[str, Any]:
