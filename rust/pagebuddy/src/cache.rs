@@ -255,10 +255,12 @@ impl PageRef {
         PageRef(AtomicU32::new(FREE))
     }
 
+    #[inline]
     fn load(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn set(&self, word: u32) {
         self.0.store(word, Ordering::Relaxed)
     }
@@ -646,10 +648,12 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         })
     }
 
+    #[inline]
     fn index(&self, pfn: u64) -> Result<u32, Error> {
         self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
     }
 
+    #[inline]
     fn page_ref(&self, idx: u32) -> &PageRef {
         // `idx` comes from `index` or from the pool, so it is below nr_pages == refs.len().
         &self.refs[idx as usize]

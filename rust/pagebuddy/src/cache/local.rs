@@ -215,6 +215,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// Ends the unique hold of the block of `order` at `idx`: its word goes back to free, and the
     /// block is zeroed if the policy says so at free. The caller owned the block through a
     /// [`Page`] and now owns it alone, neither held nor cached, until it caches or frees it.
+    #[inline]
     fn release_page(&self, idx: u32, order: u32) -> Result<(), Error> {
         let r = self.page_ref(idx);
         // Only the Page writes a unique word, so this is still its own (barring corruption).
@@ -269,7 +270,10 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
     /// other slot not claimed by a handle.
     #[inline]
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
-        let idx = self.take(order)?;
+        let idx = match self.pop_hot(order) {
+            Some(idx) => idx,
+            None => self.take(order)?,
+        };
         Ok(self.pool.hand_out(idx, order, held(1, order)))
     }
 
@@ -277,7 +281,10 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
     /// value alone, so that [`free_page`](Self::free_page) needs no atomic read-modify-write.
     #[inline]
     pub fn alloc_page(&mut self, order: u32) -> Result<Page<'p, 'a, L, R>, Error> {
-        let idx = self.take(order)?;
+        let idx = match self.pop_hot(order) {
+            Some(idx) => idx,
+            None => self.take(order)?,
+        };
         self.pool.hand_out(idx, order, unique(order));
         Ok(Page {
             pool: self.pool,
@@ -286,9 +293,68 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
         })
     }
 
-    /// A free block of `order` for this CPU: cached, refilled, or from the pool, draining the
-    /// caches before giving up.
-    #[inline]
+    /// The hit: pops the hottest block of a cached `order`; `None` for an uncached order or an
+    /// empty cache. [`Cache::pop`] written out, so that the hit compiles to a few instructions.
+    #[inline(always)]
+    fn pop_hot(&mut self, order: u32) -> Option<u32> {
+        if order >= self.pool.orders {
+            return None;
+        }
+        let (blocks, cap, pages) = (self.blocks, self.pool.cap, &self.slot.pages);
+        let k = order as usize;
+        // SAFETY: this handle owns the slot's claim (see `with`).
+        unsafe {
+            self.slot.with_claimed(|lens| {
+                let len = lens.get_mut(k)?;
+                let top = len.checked_sub(1)?;
+                let idx = blocks.get(k * cap + top as usize)?.get();
+                *len = top;
+                pages.store(
+                    pages.load(Ordering::Relaxed).wrapping_sub(1 << k),
+                    Ordering::Relaxed,
+                );
+                Some(idx)
+            })
+        }
+    }
+
+    /// The hit of a free: pushes the block of a cached `order` at `idx` on top of its stack if
+    /// that keeps the stack at or below `high`; `false` (nothing done) otherwise.
+    /// [`Cache::push`] written out, as [`pop_hot`](Self::pop_hot).
+    #[inline(always)]
+    fn push_hot(&mut self, order: u32, idx: u32) -> bool {
+        if order >= self.pool.orders {
+            return false;
+        }
+        let (blocks, cap, pages, high) =
+            (self.blocks, self.pool.cap, &self.slot.pages, self.pool.high);
+        let k = order as usize;
+        // SAFETY: this handle owns the slot's claim (see `with`).
+        unsafe {
+            self.slot.with_claimed(|lens| {
+                let Some(len) = lens.get_mut(k) else {
+                    return false;
+                };
+                if *len >= high {
+                    return false;
+                }
+                let Some(top) = blocks.get(k * cap + *len as usize) else {
+                    return false;
+                };
+                top.set(idx);
+                *len += 1;
+                pages.store(
+                    pages.load(Ordering::Relaxed).wrapping_add(1 << k),
+                    Ordering::Relaxed,
+                );
+                true
+            })
+        }
+    }
+
+    /// A free block of `order` for this CPU when the hit missed: refilled, or from the pool,
+    /// draining the caches before giving up.
+    #[inline(never)]
     fn take(&mut self, order: u32) -> Result<u32, Error> {
         match self.try_take(order) {
             Err(Error::OutOfMemory { .. }) => self.take_after_draining(order),
@@ -350,8 +416,18 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
 
     /// Puts the block of `order` at `idx`, which the caller owns alone and has zeroed as the
     /// policy asks, on this slot's cache, or into the pool for an uncached order.
-    #[inline]
+    #[inline(always)]
     fn cache_freed(&mut self, idx: u32, order: u32) -> Result<(), Error> {
+        if self.push_hot(order, idx) {
+            return Ok(());
+        }
+        self.cache_freed_slow(idx, order)
+    }
+
+    /// [`cache_freed`](Self::cache_freed) past the hit: an uncached order, or a stack that goes
+    /// above `high` and gives its coldest `batch` back.
+    #[inline(never)]
+    fn cache_freed_slow(&mut self, idx: u32, order: u32) -> Result<(), Error> {
         if order >= self.pool.orders {
             let pfn = self.pool.geo.pfn(idx);
             return self.pool.core.with(|p| p.put_zeroed(pfn));
