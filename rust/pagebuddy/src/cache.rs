@@ -7,6 +7,11 @@
 //! blocks) and a cache above `high` (drain: the `batch` coldest) take the pool's lock, once for
 //! the whole batch. Higher orders go straight to the pool.
 //!
+//! A CPU that makes many calls in a row claims its slot with [`CachedPool::local`]: through the
+//! [`LocalCache`] it gets, a hit takes no lock at all, and a [`Page`] (a block held once, by that
+//! value) is freed without any atomic read-modify-write. See [`local`] for what other CPUs see
+//! while a slot is claimed.
+//!
 //! # What the pool sees
 //!
 //! The pool keeps one reference on every block that has left its free lists, whether a caller
@@ -38,6 +43,10 @@
 //!   one order, slot before pool, and at most one slot at a time, except by
 //!   [`check`](CachedPool::check), which takes every slot in increasing index and then the pool:
 //!   no cycle, no deadlock. When each CPU uses its own slot, its lock is never contended.
+//! - A slot claimed by a [`LocalCache`] is reached without its lock, by the handle alone: every
+//!   critical section reads the claim under the lock before it touches the stacks and leaves a
+//!   claimed slot alone, and no call ever waits for a handle (see [`local`]). The handle takes
+//!   only the pool's lock, for refills and drains.
 //! - A [`PageRef`] word changes by compare-and-swap (`get`, `put`, `split`) or, while no caller
 //!   holds the block, by the one thread that owns it (the cache that hands it out). The `put` that
 //!   drops the last reference swaps with release ordering and then issues an acquire fence, as
@@ -324,7 +333,7 @@ impl<R: RawLock> CacheSlot<R> {
     unsafe fn with_claimed<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
         #[cfg(not(loom))]
         {
-            // SAFETY: the claim keeps every other caller off the lengths (see `claim`), and the
+            // SAFETY: the claim keeps every other caller off the lengths (see `with`), and the
             // reference does not outlive `f`.
             f(unsafe { &mut *self.lens.get() })
         }
@@ -335,23 +344,35 @@ impl<R: RawLock> CacheSlot<R> {
         }
     }
 
-    /// Runs `f` on the stack lengths inside one critical section of the slot's lock.
-    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
+    /// Runs `f` on the stack lengths inside one critical section of the slot's lock; `None`,
+    /// without touching them, while a [`LocalCache`] owns the slot.
+    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> Option<T> {
         self.lock.lock();
         let _held = SlotHeld(&self.lock);
+        // The claim is read before any reference to the lengths is made: the owner of a claim
+        // has them to itself.
+        if self.is_claimed() {
+            return None;
+        }
         #[cfg(not(loom))]
         {
             // SAFETY: the lock is held until `_held` drops, after `f` returns, and the lengths
             // are only reached here and in `lens_locked`, whose caller holds the lock too, or by
-            // the owner of the slot's claim, which `claim` lets in only once no critical section
-            // is running and during which no critical section touches them (`is_claimed`).
-            f(unsafe { &mut *self.lens.get() })
+            // the owner of the slot's claim, which `CachedPool::local` lets in only once no
+            // critical section is running, and which every later one sees (above).
+            Some(f(unsafe { &mut *self.lens.get() }))
         }
         #[cfg(loom)]
         {
             // SAFETY: as above; loom additionally checks that no other access overlaps.
-            self.lens.with_mut(|p| f(unsafe { &mut *p }))
+            Some(self.lens.with_mut(|p| f(unsafe { &mut *p })))
         }
+    }
+
+    /// Waits out a critical section of the slot's lock that is running, if any.
+    fn wait_unlocked(&self) {
+        self.lock.lock();
+        drop(SlotHeld(&self.lock));
     }
 
     /// The stack lengths, read while the caller holds the lock.
@@ -558,9 +579,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             return Err(GeometryError::PageRefsTooSmall { need: pages, have }.into());
         }
         for slot in slots.iter() {
+            slot.claimed.store(false, Ordering::Relaxed);
             slot.with(|lens| *lens = [0; MAX_CACHED_ORDERS]);
             slot.pages.store(0, Ordering::Relaxed);
-            slot.claimed.store(false, Ordering::Relaxed);
         }
         let refs = &refs[..pages];
         // The pool keeps one reference per held page on behalf of all its holders.
@@ -634,17 +655,14 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     #[inline]
     fn with_cache<T>(&self, s: usize, f: impl FnOnce(&mut Cache<'_>) -> T) -> Option<T> {
         let (blocks, cap, slot) = (self.slot_stacks(s), self.cap, &self.slots[s]);
+        let pages = &slot.pages;
         slot.with(|lens| {
-            if slot.is_claimed() {
-                return None;
-            }
-            let pages = &slot.pages;
-            Some(f(&mut Cache {
+            f(&mut Cache {
                 lens,
                 blocks,
                 cap,
                 pages,
-            }))
+            })
         })
     }
 
@@ -1059,9 +1077,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let order = u32::from(m.order);
             let ok = match (word & REFS, m.refcount) {
                 // A Page's block: held by the pool too, with the same order.
-                (0, held) if word & UNIQUE != 0 => {
-                    held > 0 && word == unique(order) && order < self.geo.max_order
-                }
+                (0, held) if word & UNIQUE != 0 => held > 0 && word == unique(order),
                 (0, _) if word != FREE => false,
                 (0, 0) => true,
                 (0, _) => match cached.get_mut(order as usize) {
@@ -1203,17 +1219,17 @@ impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(super) mod tests {
     use std::vec;
     use std::vec::Vec;
 
     use super::*;
     use crate::{Config, Link};
 
-    const PS: usize = 64;
+    pub(super) const PS: usize = 64;
 
-    struct Mem {
-        arena: Vec<u8>,
+    pub(super) struct Mem {
+        pub(super) arena: Vec<u8>,
         meta: Vec<PageMeta>,
         links: Vec<Link>,
         slots: Vec<CacheSlot>,
@@ -1222,7 +1238,7 @@ mod tests {
     }
 
     impl Mem {
-        fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
+        pub(super) fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
             Mem {
                 arena: vec![0; nr * PS],
                 meta: vec![PageMeta::INIT; nr],
@@ -1233,7 +1249,11 @@ mod tests {
             }
         }
 
-        fn pool(&mut self, config: Config, cache: CacheConfig) -> Result<CachedPool<'_>, Error> {
+        pub(super) fn pool(
+            &mut self,
+            config: Config,
+            cache: CacheConfig,
+        ) -> Result<CachedPool<'_>, Error> {
             let pool = Pool::new(
                 &mut self.arena[..],
                 &mut self.meta,
@@ -1250,11 +1270,11 @@ mod tests {
         }
     }
 
-    fn small() -> CacheConfig {
+    pub(super) fn small() -> CacheConfig {
         CacheConfig::new().orders(2).batch(2).high(3)
     }
 
-    fn cfg(nr: usize) -> Config {
+    pub(super) fn cfg(nr: usize) -> Config {
         Config::new(nr).page_size(PS)
     }
 

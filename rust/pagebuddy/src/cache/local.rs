@@ -191,7 +191,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             .ok()?;
         // A critical section that began before the claim may still be using the stacks: wait
         // it out. Every one after this reads the claim under the lock and stays off them.
-        slot.with(|_| ());
+        slot.wait_unlocked();
         Some(LocalCache {
             pool: self,
             slot,
@@ -482,5 +482,400 @@ impl<'p, 'a, L: LinkStore, R: RawLock> Page<'p, 'a, L, R> {
         // A plain store: no other call writes a Page's word (see the module documentation).
         self.pool.page_ref(self.idx).set(held(1, self.order));
         self.pfn()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::format;
+    use std::vec::Vec;
+
+    use super::super::tests::{cfg, small, Mem, PS};
+    use super::*;
+    use crate::cache::SEEN;
+    use crate::error::Corruption;
+    use crate::store::PageMeta;
+
+    /// The stack of `order` in the slot `local` owns, coldest first.
+    fn stack<L: LinkStore, R: RawLock>(
+        local: &mut LocalCache<'_, '_, L, R>,
+        order: u32,
+    ) -> Vec<u64> {
+        let mut out = [0u64; 16];
+        let n = local.cached_blocks(order, &mut out);
+        out[..n].to_vec()
+    }
+
+    #[test]
+    fn one_handle_per_slot() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let a = p.local(3).unwrap(); // slot 1
+        assert_eq!(a.cpu(), 1);
+        assert!(ptr::eq(a.pool(), &p));
+        assert!(p.local(1).is_none());
+        assert!(p.local(5).is_none());
+        let b = p.local(0).unwrap();
+        assert_eq!(format!("{b:?}"), "LocalCache { cpu: 0 }");
+        drop(a);
+        assert_eq!(p.local(1).unwrap().cpu(), 1);
+        drop(b);
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn hits_take_no_lock_and_follow_the_stack() {
+        let c = small(); // orders 0..=1, batch 2, high 3
+        let mut m = Mem::new(16, 1, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        assert_eq!(l.alloc(0), Ok(0)); // refill: 0 out, 1 cached
+        assert_eq!((stack(&mut l, 0), l.cached_pages()), ([1].to_vec(), 1));
+        assert_eq!(l.alloc(0), Ok(1));
+        assert_eq!(l.alloc(0), Ok(2)); // refill again: 2 out, 3 cached
+        l.put(0).unwrap();
+        l.put(1).unwrap();
+        assert_eq!(stack(&mut l, 0), [3, 0, 1]);
+        assert_eq!((l.cached_pages(), p.cached_pages(0)), (3, 3));
+        assert_eq!(l.alloc(0), Ok(1)); // LIFO
+        l.put(1).unwrap();
+        // The fourth block takes the stack above high: the two coldest (3, 0) go back.
+        l.put(2).unwrap();
+        assert_eq!((stack(&mut l, 0), l.cached_pages()), ([1, 2].to_vec(), 2));
+        p.with_core(|core| assert_eq!(core.free_list(0).collect::<Vec<_>>(), [3, 0]));
+        assert_eq!(l.alloc(1), Ok(4)); // order 1 is cached too: 6 stays
+        assert_eq!((stack(&mut l, 1), l.cached_pages()), ([6].to_vec(), 4));
+        assert_eq!(l.put(7), Err(Error::NotHeld { pfn: 7 }));
+        l.put(4).unwrap();
+        assert_eq!(stack(&mut l, 1), [6, 4]);
+        drop(l);
+        p.drain_all().unwrap();
+        p.check().unwrap();
+        assert_eq!(p.free_pages(), 16);
+    }
+
+    #[test]
+    fn a_full_stack_gives_its_coldest_batch_back() {
+        let c = small();
+        let mut m = Mem::new(16, 1, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        let pfns: Vec<u64> = (0..4).map(|_| l.alloc(0).unwrap()).collect();
+        assert_eq!(pfns, [0, 1, 2, 3]);
+        for &pfn in &pfns[..3] {
+            l.put(pfn).unwrap();
+        }
+        assert_eq!(l.cached_pages(), 3);
+        l.put(3).unwrap(); // 4 > high: 0 and 1 go back, merged
+        assert_eq!(stack(&mut l, 0), [2, 3]);
+        assert_eq!(l.cached_pages(), 2);
+        p.with_core(|core| assert_eq!(core.free_list(1).collect::<Vec<_>>(), [0]));
+        // The same through pages.
+        let pages: Vec<_> = (0..4).map(|_| l.alloc_page(0).unwrap()).collect();
+        let got: Vec<u64> = pages.iter().map(Page::pfn).collect();
+        assert_eq!(got, [3, 2, 0, 1]);
+        for page in pages {
+            l.free_page(page).unwrap();
+        }
+        assert_eq!(stack(&mut l, 0), [0, 1]);
+        drop(l);
+        p.drain_all().unwrap();
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn uncached_orders_go_to_the_pool() {
+        let c = small(); // orders 0..=1 cached
+        let mut m = Mem::new(16, 1, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        assert_eq!(l.alloc(2), Ok(0));
+        let page = l.alloc_page(3).unwrap();
+        assert_eq!((page.pfn(), page.order()), (8, 3));
+        assert_eq!(p.page(8), Ok(PageMeta::new(1, 3)));
+        assert_eq!(l.cached_pages(), 0);
+        l.free_page(page).unwrap();
+        l.put(0).unwrap();
+        assert_eq!(l.cached_pages(), 0);
+        p.with_core(|core| assert_eq!(core.free_pages(), 16));
+        assert_eq!(
+            l.alloc(5),
+            Err(Error::InvalidOrder {
+                order: 5,
+                max_order: 5
+            })
+        );
+        assert_eq!(l.put(16), Err(Error::PfnOutOfRange { pfn: 16 }));
+        assert_eq!(l.put(1), Err(Error::NotHeld { pfn: 1 }));
+        drop(l);
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn a_shared_page_keeps_its_other_references() {
+        let c = small();
+        let mut m = Mem::new(8, 1, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        let a = l.alloc(0).unwrap();
+        p.get(a).unwrap();
+        l.put(a).unwrap(); // not the last reference: nothing cached
+        assert_eq!((p.refcount(a), l.cached_pages()), (Ok(1), 1));
+        l.put(a).unwrap();
+        assert_eq!(l.cached_pages(), 2);
+        drop(l);
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn pages_are_held_once_by_their_value() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        let page = l.alloc_page(1).unwrap();
+        let pfn = page.pfn();
+        assert_eq!(format!("{page:?}"), "Page { pfn: 0, order: 1 }");
+        assert_eq!((p.refcount(pfn), p.order(pfn)), (Ok(1), Ok(Some(1))));
+        assert_eq!(p.page(pfn), Ok(PageMeta::new(1, 1)));
+        for e in [p.get(pfn), p.put(1, pfn), p.split(pfn), l.put(pfn)] {
+            assert_eq!(e, Err(Error::NotHeld { pfn }));
+        }
+        p.check().unwrap();
+        // Shared: an ordinary held block.
+        assert_eq!(page.share(), pfn);
+        p.get(pfn).unwrap();
+        assert_eq!(p.refcount(pfn), Ok(2));
+        p.split(pfn).unwrap();
+        for q in [pfn, pfn, pfn + 1] {
+            l.put(q).unwrap();
+        }
+        // Freed through a slot's lock, a page goes on that slot's stack.
+        let page = l.alloc_page(0).unwrap();
+        let q = page.pfn();
+        drop(l);
+        page.free(1).unwrap();
+        assert_eq!(p.cached_blocks(1, 0, &mut [0; 4]), 1);
+        assert_eq!(p.refcount(q), Ok(0));
+        // Through a claimed slot's number: straight to the pool.
+        let mut l = p.local(1).unwrap();
+        let page = l.alloc_page(0).unwrap();
+        assert_eq!(page.pfn(), q);
+        assert_eq!(l.cached_pages(), 0);
+        page.free(1).unwrap();
+        assert_eq!(l.cached_pages(), 0);
+        // An uncached order through a slot: the pool.
+        let page = l.alloc_page(2).unwrap();
+        page.free(0).unwrap();
+        assert_eq!(p.cached_pages(0), 3); // order 1: 2; order 0: 0
+        drop(l);
+        p.drain_all().unwrap();
+        p.check().unwrap();
+        assert_eq!(p.free_pages(), 8);
+    }
+
+    #[test]
+    fn a_page_of_another_pool_goes_home() {
+        let c = small();
+        let (mut m1, mut m2) = (Mem::new(8, 2, &c), Mem::new(8, 2, &c));
+        let (p1, p2) = (m1.pool(cfg(8), c).unwrap(), m2.pool(cfg(8), c).unwrap());
+        let mut l1 = p1.local(1).unwrap();
+        let mut l2 = p2.local(1).unwrap();
+        let page = l2.alloc_page(0).unwrap(); // p2, slot 1: 1 cached
+                                              // Freed through p1's handle: into p2's slot 1, which l2 owns, so into p2's pool.
+        l1.free_page(page).unwrap();
+        assert_eq!((l1.cached_pages(), l2.cached_pages()), (0, 1));
+        drop(l2);
+        let page = p2.local(0).unwrap().alloc_page(0).unwrap();
+        l1.free_page(page).unwrap();
+        assert_eq!((p2.cached_pages(1), p2.cached_pages(0)), (2, 1));
+        drop(l1);
+        p1.check().unwrap();
+        p2.drain_all().unwrap();
+        p2.check().unwrap();
+        assert_eq!(p2.free_pages(), 8);
+    }
+
+    #[test]
+    fn others_leave_a_claimed_slot_alone() {
+        let c = small();
+        let mut m = Mem::new(16, 2, &c);
+        let p = m.pool(cfg(16), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        assert_eq!(l.alloc(0), Ok(0)); // 1 cached
+                                       // alloc and put for slot 0 go to the pool; slot 0 keeps its block.
+        assert_eq!(p.alloc(0, 0), Ok(2));
+        assert_eq!(l.cached_pages(), 1);
+        p.put(0, 2).unwrap();
+        assert_eq!(p.cached_pages(0), 1);
+        p.with_core(|core| assert_eq!(core.free_pages(), 14));
+        assert_eq!(p.cached_blocks(0, 0, &mut [0; 4]), 0);
+        // Drains skip it; counts and check see it.
+        p.drain(0).unwrap();
+        p.drain_all().unwrap();
+        assert_eq!(l.cached_pages(), 1);
+        assert_eq!(p.free_pages(), 15);
+        p.check().unwrap();
+        // A block lost from a claimed slot is found by the counts.
+        let lost = l.with(|_, c| c.pop(0));
+        assert_eq!(lost, Some(1));
+        l.with(|_, c| c.set_len(0, 0));
+        assert!(l.with(|_, c| c.push(0, 1)));
+        p.refs[1].set(FREE);
+        p.check().unwrap();
+        l.slot.pages.store(0, Ordering::Relaxed);
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn: 0
+            })
+        );
+        l.slot.pages.store(1, Ordering::Relaxed);
+        // More pages seen than the pool holds for the caches: found too.
+        assert!(p.with_cache(1, |c| c.push(0, 1)).is_some());
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn: 0
+            })
+        );
+        p.with_cache(1, |c| c.set_len(0, 0));
+        assert!(p.refs.iter().all(|r| r.load() != SEEN));
+        l.put(0).unwrap();
+        drop(l);
+        p.check().unwrap();
+        p.drain_all().unwrap();
+        assert_eq!(p.free_pages(), 16);
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn out_of_memory_drains_the_unclaimed_slots() {
+        let c = small();
+        let mut m = Mem::new(4, 3, &c);
+        let p = m.pool(cfg(4), c).unwrap();
+        assert_eq!(p.alloc(1, 0), Ok(0)); // slot 1 caches 1
+        assert_eq!(p.alloc(2, 0), Ok(2)); // slot 2 caches 3
+        let mut l2 = p.local(2).unwrap();
+        let mut l = p.local(0).unwrap();
+        // Slot 0 is empty and so is the pool: slot 1 is drained, slot 2 (claimed) is not.
+        assert_eq!(l.alloc(0), Ok(1));
+        assert_eq!(
+            l.alloc_page(0).map(|page| page.pfn()),
+            Err(Error::OutOfMemory { order: 0 })
+        );
+        assert_eq!(l2.cached_pages(), 1);
+        // The caller's own slot is drained first: page 1 back, merged with nothing; an order-1
+        // allocation needs 0-1, which only the drain of slot 0 and the free of 0 provide.
+        l.put(1).unwrap();
+        assert_eq!(l.cached_pages(), 1);
+        assert_eq!(l.alloc(1), Err(Error::OutOfMemory { order: 1 }));
+        assert_eq!(l.cached_pages(), 0);
+        p.put(1, 0).unwrap();
+        assert_eq!(l.alloc(1), Ok(0));
+        assert_eq!(l2.alloc(0), Ok(3));
+        // l2's drain of the others cannot reach slot 0's stack: nothing there anyway.
+        assert_eq!(l2.alloc(0), Err(Error::OutOfMemory { order: 0 }));
+        l2.put(3).unwrap();
+        l.put(0).unwrap();
+        p.put(0, 2).unwrap();
+        drop((l, l2));
+        p.drain_all().unwrap();
+        p.check().unwrap();
+        assert_eq!(p.free_pages(), 4);
+    }
+
+    #[test]
+    fn zero_policies_hold_through_the_handle() {
+        for zero in [ZeroPolicy::OnFree, ZeroPolicy::OnAlloc] {
+            let c = small();
+            let mut m = Mem::new(4, 1, &c);
+            m.arena.fill(0xAA);
+            let p = m.pool(cfg(4).zero(zero), c).unwrap();
+            let mut l = p.local(0).unwrap();
+            let base = p.with_core(|core| core.page_addr(0).unwrap().as_ptr());
+            let page = l.alloc_page(1).unwrap(); // order 1: cached
+                                                 // SAFETY: the block is held by this test; it lies in the arena.
+            unsafe { base.write_bytes(0x11, 2 * PS) };
+            l.free_page(page).unwrap();
+            // SAFETY: as above; no one else reads or writes the arena meanwhile.
+            let bytes = || unsafe { std::slice::from_raw_parts(base, 2 * PS) }.to_vec();
+            assert_eq!(bytes().iter().all(|&b| b == 0), zero == ZeroPolicy::OnFree);
+            assert_eq!(l.alloc(1), Ok(0));
+            assert!(bytes().iter().all(|&b| b == 0), "{zero:?}");
+            // SAFETY: as above.
+            unsafe { base.write_bytes(0x22, 2 * PS) };
+            l.put(0).unwrap();
+            assert_eq!(bytes().iter().all(|&b| b == 0), zero == ZeroPolicy::OnFree);
+            let page = l.alloc_page(1).unwrap();
+            assert!(bytes().iter().all(|&b| b == 0), "{zero:?}");
+            l.free_page(page).unwrap();
+            drop(l);
+            p.drain_all().unwrap();
+            p.check().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_page_word_changed_under_it_is_corruption() {
+        let c = small();
+        let mut m = Mem::new(8, 1, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let mut l = p.local(0).unwrap();
+        let page = l.alloc_page(0).unwrap();
+        let other = l.alloc_page(1).unwrap();
+        p.check().unwrap();
+        p.refs[0].set(held(1, 0));
+        let bad = |pfn| {
+            Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn,
+            }))
+        };
+        assert_eq!(l.free_page(page), bad(0));
+        p.refs[2].set(unique(0)); // wrong order
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn: 2
+            })
+        );
+        assert_eq!(other.free(0), bad(2));
+        // A Page's word on a block free in the pool (6-7).
+        p.refs[2].set(unique(1));
+        p.refs[6].set(unique(1));
+        assert_eq!(
+            p.check(),
+            Err(Corruption {
+                kind: CorruptionKind::Cache,
+                pfn: 6
+            })
+        );
+        p.refs[6].set(FREE);
+        p.refs[0].set(unique(0));
+        p.check().unwrap();
+    }
+
+    #[test]
+    fn into_inner_takes_back_forgotten_handles_and_pages() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        let mut l = p.local(1).unwrap();
+        let page = l.alloc_page(0).unwrap(); // 1 cached in slot 1
+        let _ = page; // dropped, not freed: its block stays held
+        core::mem::forget(l);
+        assert!(p.local(1).is_none());
+        let core = p.into_inner().unwrap();
+        core.check().unwrap();
+        // Page 0 stays held once, as a leaked pfn does; page 1 went back.
+        core.with(|core| {
+            assert_eq!(core.refcount(0), Ok(1));
+            assert_eq!(core.free_pages(), 7);
+        });
     }
 }
