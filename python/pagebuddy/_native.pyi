@@ -23,11 +23,20 @@ class Pool:
         max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
     ) -> Self: ...
-    def alloc_pages(self, order: SupportsIndex) -> int:
-        """Allocate a block of ``2**order`` pages; return the pfn of its head."""
-    def put_page(self, pfn: SupportsIndex) -> None:
-        """Drop one reference to a held page; at zero its block is freed and coalesced."""
+    def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
+        """Allocate a block of ``2**order`` pages; return the pfn of its head.
+
+        With ``cpus=N`` the block comes from slot ``cpu`` (default: this thread's).
+        """
+    def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
+        """Drop one reference to a held page; at zero its block is freed and coalesced.
+
+        With ``cpus=N`` a freed block of orders 0..=3 goes to slot ``cpu``'s cache.
+        """
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference to a held page."""
     def split_page(self, pfn: SupportsIndex) -> None:
@@ -40,10 +49,27 @@ class Pool:
         """A writable view of the held block headed by ``pfn``."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
-    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+    def alloc_many(
+        self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
+    ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
-    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
+    def put_many(self, pfns: Iterable[SupportsIndex], *, cpu: SupportsIndex | None = None) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
+    def drain(self, cpu: SupportsIndex | None = None) -> None:
+        """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
+    def drain_all(self) -> None:
+        """Drain every slot; afterwards the free lists hold every free page."""
+    def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
+        """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
+    @property
+    def cpus(self) -> int:
+        """CPU slots with page caches (0: the exact pool)."""
+    @property
+    def cache_batch(self) -> int:
+        """Blocks a cache takes from the pool when empty, and gives back when full."""
+    @property
+    def cache_high(self) -> int:
+        """Blocks a cache keeps per order before it gives its coldest back."""
     @property
     def free_pages(self) -> int:
         """Number of pages currently in free blocks."""

@@ -20,7 +20,7 @@ import mmap
 import operator
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex
 
 from . import _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
@@ -38,6 +38,12 @@ def _as_int(value: object, what: str) -> int:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+
+
+def _check_cpu(op: str, cpu: object) -> None:
+    """A ``cpu=`` argument: None, or an int >= 0 (TypeError / ValueError otherwise)."""
+    if cpu is not None and _as_int(cpu, f"{op}: cpu") < 0:
+        raise ValueError(f"{op}: cpu must be >= 0, got {cpu!r}")
 
 
 def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
@@ -114,8 +120,25 @@ class ReferencePool:
     (when it is allocated) or ``"never"``. ``_links`` is accepted and recorded for parity with
     the native pool; link bytes in the arena are not modelled.
 
+    ``cpus=N`` (N >= 1) models the pool with per-CPU caches: the constructor then returns a
+    :class:`pagebuddy._cache.CachedReferencePool`. With ``cpus=0`` (the default) there are no
+    caches: ``cpu=`` arguments are checked and otherwise ignored, ``drain`` and ``drain_all``
+    do nothing and ``cache_contents`` is empty, as on the native pool.
+
     Not thread-safe: share it between threads only under a lock of your own.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """``cpus=N`` with N other than 0: the cached pool's model."""
+        try:
+            exact = operator.index(kwargs.get("cpus", 0)) == 0
+        except TypeError:
+            exact = False
+        if cls is ReferencePool and not exact:
+            from ._cache import CachedReferencePool
+
+            return CachedReferencePool(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -128,6 +151,9 @@ class ReferencePool:
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
         _links: Literal["side", "intrusive"] = "side",
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
@@ -153,6 +179,13 @@ class ReferencePool:
         problem = _rules.geometry_problem(nr_pages, page_size, base_pfn, reserved_pages, cap)
         if problem:
             raise ValueError(problem)
+        from ._cache import cache_problem
+
+        batch, high = _as_int(cache_batch, "cache_batch"), _as_int(cache_high, "cache_high")
+        problem = cache_problem(max(1, _as_int(cpus, "cpus")), batch, high)
+        if problem:
+            raise ValueError(problem)
+        self._cache_batch, self._cache_high = batch, high
         self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
         self._links = _as_choice(_links, "_links", LINK_STORES)
 
@@ -234,6 +267,33 @@ class ReferencePool:
     def zero(self) -> str:
         """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""
         return self._zero
+
+    @property
+    def cpus(self) -> int:
+        """CPU slots with page caches: 0 (``cpus=N`` gives a ``CachedReferencePool``)."""
+        return 0
+
+    @property
+    def cache_batch(self) -> int:
+        """The ``cache_batch`` argument (unused without caches)."""
+        return self._cache_batch
+
+    @property
+    def cache_high(self) -> int:
+        """The ``cache_high`` argument (unused without caches)."""
+        return self._cache_high
+
+    def drain(self, cpu: SupportsIndex | None = None) -> None:
+        """Nothing to give back: a pool without caches (``cpu`` is checked)."""
+        _check_cpu("drain", cpu)
+
+    def drain_all(self) -> None:
+        """Nothing to give back: a pool without caches."""
+
+    def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
+        """No caches: an empty list (``cpu`` is checked)."""
+        _check_cpu("cache_contents", cpu)
+        return []
 
     @property
     def free_pages(self) -> int:
@@ -355,7 +415,7 @@ class ReferencePool:
 
     # ---------------------------------------------------------------- public API
 
-    def alloc_pages(self, order: SupportsIndex) -> int:
+    def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages and return the pfn of its head page.
 
         The head of the first non-empty free list of order ``>= order`` is taken and split
@@ -363,9 +423,13 @@ class ReferencePool:
         head gets refcount 1. Raises TypeError if ``order`` is not an int, ValueError if it
         is not in ``0 .. max_order - 1``, OutOfMemory if no block is large enough.
         """
-        return self._alloc(self._check_order("alloc_pages", order))
+        order = self._check_order("alloc_pages", order)
+        _check_cpu("alloc_pages", cpu)
+        return self._alloc(order)
 
-    def alloc_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+    def alloc_many(
+        self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
+    ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing; return their head pfns.
 
         Equivalent to ``count`` successive ``alloc_pages(order)`` calls, except that when
@@ -377,6 +441,7 @@ class ReferencePool:
         count = _as_int(count, "alloc_many: count")
         if count < 0:
             raise ValueError(f"alloc_many: count must be >= 0, not {count}")
+        _check_cpu("alloc_many", cpu)
         capacity = sum(
             len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
         )
@@ -396,16 +461,20 @@ class ReferencePool:
             raise PageError(_rules.msg_refcount_overflow("get_page", pfn))
         self._refcount[i] += 1
 
-    def put_page(self, pfn: SupportsIndex) -> None:
+    def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference on the held page ``pfn``; the last one frees its block.
 
         A freed block is zeroed under ``zero="free"``, then merged with its free buddies and
         appended at the tail of the free list of the resulting order. Raises TypeError if
         ``pfn`` is not an int, PageError if it is outside the pool or not held.
         """
+        pfn = _as_int(pfn, "put_page: pfn")
+        if not 0 <= pfn < 1 << 64:
+            raise PageError(_rules.msg_outside("put_page", pfn))
+        _check_cpu("put_page", cpu)
         self._put("put_page", pfn)
 
-    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
+    def put_many(self, pfns: Iterable[SupportsIndex], *, cpu: SupportsIndex | None = None) -> None:
         """``put_page`` every pfn of ``pfns`` in order, all or nothing.
 
         All elements are converted first: a non-int raises TypeError. Then each is checked as
@@ -414,6 +483,7 @@ class ReferencePool:
         index (``"put_many: pfns[3]: ..."``), and nothing is put.
         """
         converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+        _check_cpu("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):
             op = f"put_many: pfns[{k}]"

@@ -73,7 +73,7 @@ ARENAS = ("owned", "buffer")
 #: Pool modes beyond the plain one: a constructor keyword that selects the mode, mapped to
 #: ``"module:Class"`` of the model that the lockstep engine pairs with ``Pool`` for it.
 #: A new mode adds one entry here and its model beside ``_reference.py``.
-MODELS: dict[str, str] = {}
+MODELS: dict[str, str] = {"cpus": "pagebuddy._cache:CachedReferencePool"}
 
 
 def max_order(nr_pages: int, order_cap: int) -> int:

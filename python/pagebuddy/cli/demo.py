@@ -29,6 +29,8 @@ def report(ctx: Context) -> dict[str, Any]:
     if args.record:
         output_path("--record", args.record)
     g = DEMO_GEOMETRY
+    if args.cpus:
+        g = g.replace(options=(("cpus", args.cpus),))
     t0 = time.perf_counter()
     result = ctx.counted(
         "lockstep",

@@ -221,6 +221,6 @@ impl<L: LinkStore> Pool<'_, L> {
         let order = self.block_order(idx, m)?;
         self.check_attach(idx, order)?;
         self.meta[idx as usize] = PageMeta::new(0, m.order);
-        Ok(self.attach(idx, order, true)?)
+        Ok(self.attach::<true>(idx, order)?)
     }
 }

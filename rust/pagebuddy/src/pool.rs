@@ -194,17 +194,20 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// appending each upper half to the tail of its order's list. The head gets refcount 1; its
     /// other pages are tails.
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
-        let pfn = self.alloc_unzeroed(order)?;
-        if self.geo.zero == ZeroPolicy::OnAlloc {
-            self.zero_block((pfn - self.geo.base_pfn) as u32, order);
-        }
-        Ok(pfn)
+        self.alloc_zeroing::<true>(order)
     }
 
     /// [`alloc`](Self::alloc) without the zeroing that [`ZeroPolicy::OnAlloc`] asks for: the
     /// per-CPU caches zero a block when they hand it out, outside the pool's lock.
-    #[inline(always)]
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn alloc_unzeroed(&mut self, order: u32) -> Result<u64, Error> {
+        self.alloc_zeroing::<false>(order)
+    }
+
+    /// The allocation, zeroing per the policy if `ZERO` (a constant, so that each form compiles
+    /// to its own straight-line code).
+    #[inline(always)]
+    fn alloc_zeroing<const ZERO: bool>(&mut self, order: u32) -> Result<u64, Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
@@ -229,6 +232,9 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
         self.touched = self.touched.max(idx + (1 << order));
+        if ZERO && self.geo.zero == ZeroPolicy::OnAlloc {
+            self.zero_block(idx, order);
+        }
         Ok(self.geo.pfn(idx))
     }
 
@@ -266,18 +272,18 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
-        self.put_zeroing(pfn, true)
+        self.put_zeroing::<true>(pfn)
     }
 
     /// [`put`](Self::put) for a block whose bytes the caller has already zeroed as
     /// [`ZeroPolicy::OnFree`] requires (the per-CPU caches do it outside the pool's lock).
     #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn put_zeroed(&mut self, pfn: u64) -> Result<(), Error> {
-        self.put_zeroing(pfn, false)
+        self.put_zeroing::<false>(pfn)
     }
 
     #[inline(always)]
-    fn put_zeroing(&mut self, pfn: u64, zero: bool) -> Result<(), Error> {
+    fn put_zeroing<const ZERO: bool>(&mut self, pfn: u64) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
@@ -288,7 +294,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // is zeroed, counted or unlinked, so no page is left neither held nor free.
         self.check_attach(idx, order)?;
         self.meta[idx as usize].refcount = 0;
-        self.attach(idx, order, zero)?;
+        self.attach::<ZERO>(idx, order)?;
         Ok(())
     }
 
@@ -310,11 +316,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free.check_append(&self.arena, order)
     }
 
-    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `zero` is false: the
+    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `ZERO` is false: the
     /// caller did), merges it with free buddies of equal order while the order stays below
     /// `max_order`, and lists the result.
-    pub(crate) fn attach(&mut self, idx: u32, order: u32, zero: bool) -> Result<(), Corruption> {
-        if zero && self.geo.zero == ZeroPolicy::OnFree {
+    pub(crate) fn attach<const ZERO: bool>(
+        &mut self,
+        idx: u32,
+        order: u32,
+    ) -> Result<(), Corruption> {
+        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
             self.zero_freed_block(idx, order);
         }
         self.free_pages += 1 << order;
