@@ -16,7 +16,8 @@ Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. 
 
 ``intrusive``
     Intrusive-link pools driven the same way (no twin), plus forged links written through stale
-    views over the free lists, and pools whose arena is a block of another pool. A corrupted
+    views over the free lists, and pools asked to use a block of another live pool as their
+    arena, which both classes must refuse (``ValueError``) leaving the block as it was. A corrupted
     list may surface only as ``CorruptionError``, ``PageError``, ``OutOfMemory`` or
     ``ValueError`` (``TypeError`` stays possible for arguments of the wrong type) -- never as a
     crash, a hang, a write outside the arena, or a page handed out while it is still held.
@@ -25,9 +26,19 @@ Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. 
     The constructor with every kind of buffer object (bytearray, memoryview, anonymous and file
     mmaps, numpy arrays of many dtypes and shapes, array.array, ctypes arrays, views of other
     pools) and random arguments. Read-only, non-contiguous and non-buffer objects must be
-    refused with ``TypeError``, too-small ones with ``ValueError``; accepted ones are used
-    (views must write into the caller's buffer, bytes past the arena stay untouched) and must
-    refuse resizing (``BufferError``) only while the pool or one of its views lives.
+    refused with ``TypeError``, too-small ones and views of a live pool with ``ValueError``;
+    accepted ones are used (views must write into the caller's buffer, bytes past the arena
+    stay untouched) and must refuse resizing (``BufferError``) only while the pool or one of
+    its views lives.
+
+``catalogue``
+    Each case a careless or hostile caller once broke, by name (see ``CATALOGUE``): two pools
+    over one buffer, traces and pools that ask for more memory than there is, ``check()``
+    committing the arena, tracebacks and non-JSON errors at the command line, trace integers,
+    ``--plot`` paths, ``put_many`` half done, state changed on corruption, ``Pool`` and
+    ``ReferencePool`` behaving differently, messages showing an object instead of its value,
+    and what a buffer's owner can no longer do under a live pool. (Overflow in the Rust
+    core's public helpers is not reachable from Python: ``cargo test`` covers it.)
 
 Common to all: bytes before and after the arena (the pool gets a slice of a larger buffer) are
 sentinels that must never change. Exit status 0 means no violation; 1 means a violation,
@@ -39,16 +50,22 @@ from __future__ import annotations
 
 import array
 import contextlib
+import copy
 import ctypes
 import faulthandler
 import gc
+import json
 import mmap
 import operator
 import os
+import pickle
 import random
 import struct
+import subprocess
 import sys
 import tempfile
+import time
+import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -428,20 +445,29 @@ class Driver:
         buffer = None
         outers = [s for s in self.subjects if s.held]
         if self.intrusive and outers and self.ctx.rng.random() < 0.3:
-            # An arena inside a held block of another pool, which may free it under us.
+            # An arena inside a held block of another pool, which may free it under us: two
+            # pools over one memory, refused (ValueError) with the block left as it was.
             outer = self.ctx.rng.choice(outers)
             head = self.ctx.rng.choice(list(outer.held))
             view = outer.pool.view(head)
             pages = view.nbytes // geometry["page_size"]
             if pages:
-                geometry["nr_pages"] = min(geometry["nr_pages"], pages)
-                geometry["reserved_pages"] = min(geometry["reserved_pages"], geometry["nr_pages"])
-                buffer = view
-                self.ctx.count("nested arenas")
-        self.ctx.note(f"new pool {geometry}{' (nested)' if buffer is not None else ''}")
+                nested = dict(geometry, nr_pages=min(geometry["nr_pages"], pages))
+                nested["reserved_pages"] = min(nested["reserved_pages"], nested["nr_pages"])
+                before = bytes(view)
+                cls = self.ctx.rng.choice([Pool, ReferencePool])
+                try:
+                    cls(**nested, buffer=view)
+                except ValueError as exc:
+                    if "overlaps the arena of a live Pool" not in str(exc):
+                        self.ctx.fail(f"nested arena refused for another reason: {exc}")
+                else:
+                    self.ctx.fail(f"{cls.__name__} accepted a block of a live pool as its arena")
+                if bytes(view) != before:
+                    self.ctx.fail("a refused nested arena changed the block")
+                self.ctx.count("refused nested arenas")
+        self.ctx.note(f"new pool {geometry}")
         subject = Subject(self.ctx, geometry, twin=not self.intrusive, buffer=buffer)
-        if buffer is not None:
-            subject.guarded.clear()
         self.subjects.append(subject)
         if len(self.subjects) > 3:
             self.retire(self.subjects.pop(0))
@@ -689,7 +715,6 @@ WRITABLE: dict[str, Callable[[int], Any]] = {
     "ctypes-char": lambda n: (ctypes.c_char * n)(),
     "ctypes-double": lambda n: (ctypes.c_double * (n // 8))(),
     "ctypes-2d": lambda n: ((ctypes.c_int32 * 4) * (n // 16))(),
-    "pool-view": lambda n: pool_view(n, keep_pool=True),
     "dead-pool-view": lambda n: pool_view(n, keep_pool=False),
 }
 # numpy object arrays are left out on purpose: they export PyObject pointers as their buffer,
@@ -710,6 +735,8 @@ REFUSED: dict[str, tuple[Callable[[int], Any], type]] = {
     "numpy-frombuffer-bytes": (lambda n: np.frombuffer(bytes(n), dtype=np.uint8), TypeError),
     "read-only-mmap": (lambda n: file_mapping(n, mmap.ACCESS_READ), TypeError),
     "read-only-pool-view": (lambda n: pool_view(n, keep_pool=True).toreadonly(), TypeError),
+    # Memory of a live pool is that pool's: a second pool over it is refused.
+    "pool-view": (lambda n: pool_view(n, keep_pool=True), ValueError),
     "memoryview-step-2": (lambda n: memoryview(bytearray(2 * n))[::2], TypeError),
     "numpy-step-2": (lambda n: np.zeros(2 * n, dtype=np.uint8)[::2], TypeError),
     "numpy-fortran": (lambda n: np.zeros((n // 8, 8), dtype=np.uint8, order="F"), TypeError),
@@ -890,6 +917,258 @@ def run_buffers(ctx: Context, steps: int) -> None:
         KEEP.clear()
 
 
+# ------------------------------------------------------------------------- catalogue scenario
+
+
+def pagebuddy_cli(*argv: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m pagebuddy ARGV`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pagebuddy", *argv],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def expect_usage_error(
+    ctx: Context, proc: subprocess.CompletedProcess[bytes], json_out: bool
+) -> None:
+    """Exit 2, no traceback, one line on stderr or one JSON error object on stdout."""
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    shown = f"{proc.args[3:]}: exit {proc.returncode}, stdout {out[-300:]!r}, stderr {err[-300:]!r}"
+    if proc.returncode != 2 or "Traceback" in out + err:
+        ctx.fail(f"not a usage error: {shown}")
+    if json_out:
+        try:
+            obj = json.loads(out)
+        except ValueError:
+            ctx.fail(f"--json printed no JSON object: {shown}")
+        if obj.get("ok") is not False or obj.get("exit_code") != 2 or not obj.get("error"):
+            ctx.fail(f"--json error object incomplete: {shown}")
+    elif out or len(err.strip().splitlines()) != 1:
+        ctx.fail(f"not one line on stderr: {shown}")
+
+
+def raised(fn: Callable[[], Any]) -> BaseException | None:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def forge(view: memoryview, prev: int, next_: int) -> None:
+    view[:8] = struct.pack("<II", prev, next_)
+
+
+def case_two_pools_one_buffer(ctx: Context) -> None:
+    for first, second in [(Pool, Pool), (Pool, ReferencePool), (ReferencePool, Pool)]:
+        whole = bytearray(16 * 64)
+        pool = first(16, page_size=64, buffer=whole)
+        pfn = pool.alloc_pages(2)
+        pool.view(pfn)[:] = b"\x5a" * 256
+        before = bytes(whole)
+        for buffer in (whole, memoryview(whole)[64 * 3 :], pool.view(pfn)):
+            exc = raised(lambda b=buffer, c=second: c(2, page_size=64, buffer=b))
+            if type(exc) is not ValueError or "overlaps" not in str(exc):
+                ctx.fail(f"{second.__name__} over a live {first.__name__}'s arena: {exc!r}")
+        if bytes(whole) != before:
+            ctx.fail("a refused pool wrote into the live pool's arena")
+        del pool
+        gc.collect()
+        second(16, page_size=64, buffer=whole).check()  # the memory is free for a pool again
+
+
+def case_trace_asks_for_too_much(ctx: Context) -> None:
+    trace = b"pagebuddy-trace v1 nr_pages=67108864 page_size=64 arena=buffer\nalloc 0\n"
+    proc = pagebuddy_cli("replay", "-", "--json", stdin=trace)
+    expect_usage_error(ctx, proc, True)
+    if "pages" not in json.loads(proc.stdout)["reason"]:
+        ctx.fail(f"the refusal does not say what is too much: {proc.stdout!r}")
+    t0 = time.perf_counter()
+    ReferencePool(2**22, page_size=64).check()  # O(free blocks), not an object per page
+    if time.perf_counter() - t0 > 30:
+        ctx.fail("ReferencePool of 2**22 pages took over 30 s")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+def case_check_commits_nothing(ctx: Context) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    pool = Pool(2**18, page_size=4096)  # 1 GiB, mapped and not committed
+    before = rss()
+    pool.check()
+    if rss() - before > 16 << 20:
+        ctx.fail(f"check() committed {(rss() - before) >> 20} MiB of the arena")
+
+
+def case_cli_tracebacks(ctx: Context) -> None:
+    for pages in ("1", "15", "4294967295"):
+        for json_out in (False, True):
+            argv = ["bench", "--tiny", "--pages", pages] + (["--json"] if json_out else [])
+            expect_usage_error(ctx, pagebuddy_cli(*argv), json_out)
+    binary = b"pagebuddy-trace v1 nr_pages=8\nput \xff\xfe\n"
+    proc = pagebuddy_cli("replay", "-", stdin=binary, PYTHONIOENCODING="utf-8")
+    expect_usage_error(ctx, proc, False)
+
+
+def case_cli_json_errors(ctx: Context) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for argv in (
+            ["fuzz", "--ops", "-1"],
+            ["fuzz", "--seconds", "0"],
+            ["replay", os.path.join(tmp, "missing.trace")],
+            ["replay", tmp],
+            ["fuzz", "--pages", "4294967295"],
+            ["fuzz", "--reserved", "100", "--pages", "8"],
+            ["demo", "--plot", os.path.join(tmp, "no", "dir", "x.png")],
+            ["no-such-command"],
+            ["replay", "/nonexistent"],
+            ["demo", "--no-such-flag"],
+        ):
+            expect_usage_error(ctx, pagebuddy_cli(*argv, "--json"), True)
+
+
+def case_trace_integers(ctx: Context) -> None:
+    from pagebuddy import _trace
+
+    big = "9" * 4300
+    (section,) = _trace.parse_trace(["pagebuddy-trace v1 nr_pages=8", "put -0x10", f"get {big}"])
+    if section.ops != [("put", -16), ("get", int(big))]:
+        ctx.fail(f"integers misread: {section.ops!r}")
+    exc = raised(lambda: _trace.parse_trace(["pagebuddy-trace v1 nr_pages=8", "put " + "9" * 5000]))
+    if not isinstance(exc, _trace.TraceError) or "digits" not in str(exc):
+        ctx.fail(f"a 5000-digit integer: {exc!r}")
+
+
+def case_plot_paths(ctx: Context) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "noext")
+        proc = pagebuddy_cli("demo", "--ops", "300", "--plot", path, "--json")
+        if proc.returncode != 0 or sorted(os.listdir(tmp)) != ["noext"]:
+            ctx.fail(f"--plot noext wrote {os.listdir(tmp)} (exit {proc.returncode})")
+        expect_usage_error(ctx, pagebuddy_cli("demo", "--plot", tmp), False)
+
+
+def case_put_many_all_or_nothing(ctx: Context) -> None:
+    for cls in (Pool, ReferencePool):
+        pool = cls(32, page_size=64, max_order=1)
+        a, b = pool.alloc_pages(0), pool.alloc_pages(0)
+        free = pool.free_pages
+        exc = raised(lambda p=pool, a=a, b=b: p.put_many([a, 31, b]))
+        if type(exc) is not PageError or "pfns[1]" not in str(exc):
+            ctx.fail(f"{cls.__name__}.put_many with 31 not held: {exc!r}")
+        if (pool.page_count(a), pool.page_count(b), pool.free_pages) != (1, 1, free):
+            ctx.fail(f"{cls.__name__}.put_many changed the pool before raising")
+
+
+def case_corruption_changes_nothing(ctx: Context) -> None:
+    pool = Pool(8, page_size=64, zero="never", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(0)
+    pool.put_page(0)
+    forge(stale, 2**31, 2**31)
+    free = pool.free_pages
+    if type(raised(lambda: pool.put_page(1))) is not CorruptionError:
+        ctx.fail("put_page next to a forged link did not report corruption")
+    if (pool.page_count(1), pool.free_pages) != (1, free):
+        ctx.fail("put_page changed the pool before reporting corruption")
+    pool = Pool(8, page_size=64, zero="never", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(4)
+    pool.put_many([0, 2, 4])
+    forge(stale, 2, 2**31)
+    if type(raised(lambda: pool.alloc_many(0, 3))) is not CorruptionError:
+        ctx.fail("alloc_many over a forged link did not report corruption")
+    if (pool.page_count(0), pool.free_pages) != (0, 3):
+        ctx.fail("alloc_many handed out a block before reporting corruption")
+
+
+def case_pool_and_model_alike(ctx: Context) -> None:
+    structured = np.zeros(64, dtype=[("Oa", "<i8"), ("bO", "<f8")])
+    outcomes: dict[str, list[Any]] = {}
+    for cls in (Pool, ReferencePool):
+        pool = cls(8, page_size=64)
+        got = outcomes.setdefault(cls.__name__, [])
+        got.append(type(raised(lambda c=cls: c(0, zero=5))))
+        got.append(type(raised(lambda c=cls, s=structured: c(8, page_size=64, buffer=s))))
+        got.append(type(raised(lambda p=pool: copy.copy(p))))
+        got.append(type(raised(lambda p=pool: copy.deepcopy(p))))
+        got.append(type(raised(lambda p=pool: pickle.dumps(p))))
+        pool.alloc_pages(0)
+        got.append(type(raised(lambda p=pool: p.__init__(8, page_size=64))))
+        got.append(pool.free_pages)
+        got.append(type(raised(lambda p=pool: weakref.ref(p))))
+        got.append(type(raised(lambda c=cls: type("Derived", (c,), {}))))
+        got.append(type(raised(lambda c=cls: c(8, 4096))))
+    if outcomes["Pool"] != outcomes["ReferencePool"]:
+        ctx.fail(f"Pool and ReferencePool differ: {outcomes}")
+
+
+def case_messages_name_values(ctx: Context) -> None:
+    for cls in (Pool, ReferencePool):
+        pool = cls(8, page_size=64)
+        held = pool.alloc_pages(0)
+        for bad, value in ((Index(-7), "-7"), (np.uint64(2**64 - 1), str(2**64 - 1))):
+            exc = raised(lambda p=pool, h=held, b=bad: p.put_many([h, b]))
+            if exc is None or value not in str(exc) or "Index(" in str(exc):
+                ctx.fail(f"{cls.__name__}.put_many names {exc!r}, not {value}")
+        exc = raised(lambda p=pool: p.alloc_many(0, np.uint64(2**64 - 1)))
+        if exc is None or "np.uint64" in str(exc) or str(2**64 - 1) not in str(exc):
+            ctx.fail(f"{cls.__name__}.alloc_many names {exc!r}")
+        exc = raised(lambda c=cls: c(8, 4096))
+        if not isinstance(exc, TypeError) or "1 positional arguments" in str(exc):
+            ctx.fail(f"{cls.__name__}(8, 4096): {exc!r}")
+    exc = raised(lambda: ReferencePool(2**32 - 2, page_size=2**30))
+    if not isinstance(exc, MemoryError) or not str(exc):
+        ctx.fail(f"an arena too large to allocate: {exc!r} (an empty message)")
+
+
+def case_buffer_owner_cannot_pull_the_rug(ctx: Context) -> None:
+    for cls in (Pool, ReferencePool):
+        arr = np.zeros(8 * 64, dtype=np.uint8)
+        pool = cls(8, page_size=64, buffer=arr)
+        if type(raised(lambda a=arr: a.resize(16 * 64))) is not ValueError:
+            ctx.fail(f"a numpy array could be resized under a live {cls.__name__}")
+        ba = bytearray(8 * 64)
+        other = cls(8, page_size=64, buffer=ba)
+        if type(raised(lambda b=ba: b.extend(b"x"))) is not BufferError:
+            ctx.fail(f"a bytearray could be resized under a live {cls.__name__}")
+        del pool, other
+
+
+#: name -> case; each raises Violation (through ``ctx.fail``) when the contract is broken.
+CATALOGUE: dict[str, Callable[[Context], None]] = {
+    "two_pools_one_buffer": case_two_pools_one_buffer,
+    "trace_asks_for_too_much": case_trace_asks_for_too_much,
+    "check_commits_nothing": case_check_commits_nothing,
+    "cli_tracebacks": case_cli_tracebacks,
+    "cli_json_errors": case_cli_json_errors,
+    "trace_integers": case_trace_integers,
+    "plot_paths": case_plot_paths,
+    "put_many_all_or_nothing": case_put_many_all_or_nothing,
+    "corruption_changes_nothing": case_corruption_changes_nothing,
+    "pool_and_model_alike": case_pool_and_model_alike,
+    "messages_name_values": case_messages_name_values,
+    "buffer_owner_cannot_pull_the_rug": case_buffer_owner_cannot_pull_the_rug,
+}
+
+
+def run_catalogue(ctx: Context, steps: int) -> None:
+    names = list(CATALOGUE)
+    ctx.rng.shuffle(names)  # no case may depend on another's leftovers
+    for ctx.step, name in enumerate(names[: max(1, steps)]):
+        ctx.note(f"case {name}")
+        CATALOGUE[name](ctx)
+        gc.collect()
+        ctx.count(f"case {name}")
+
+
 def main() -> int:
     faulthandler.enable()
     scenario, seed, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -898,6 +1177,8 @@ def main() -> int:
     try:
         if scenario == "buffers":
             run_buffers(ctx, steps)
+        elif scenario == "catalogue":
+            run_catalogue(ctx, steps)
         else:
             run_pools(ctx, intrusive=scenario == "intrusive", steps=steps)
     except Violation as violation:

@@ -35,9 +35,25 @@ TIMEOUT_S = 120
 # scenario -> (default seed, steps, counters that must be non-zero for the run to count)
 SCENARIOS: dict[str, tuple[int, int, list[str]]] = {
     "side": (20240601, 4000, ["stale_writes", "check:_free_memory_not_zero", "re-entrant_calls"]),
-    "intrusive": (20240602, 6000, ["stale_writes", "CorruptionError", "nested_arenas"]),
+    "intrusive": (20240602, 6000, ["stale_writes", "CorruptionError", "refused_nested_arenas"]),
     "buffers": (20240603, 400, ["accepted_numpy-float64", "refused_read-only-memoryview"]),
 }
+# The catalogue: every case, by name (``steps`` is how many of them run).
+CASES = [
+    "two_pools_one_buffer",
+    "trace_asks_for_too_much",
+    "check_commits_nothing",
+    "cli_tracebacks",
+    "cli_json_errors",
+    "trace_integers",
+    "plot_paths",
+    "put_many_all_or_nothing",
+    "corruption_changes_nothing",
+    "pool_and_model_alike",
+    "messages_name_values",
+    "buffer_owner_cannot_pull_the_rug",
+]
+SCENARIOS["catalogue"] = (20261126, len(CASES), [f"case_{name}" for name in CASES])
 
 
 def seed_for(scenario: str) -> int:

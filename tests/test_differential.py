@@ -82,6 +82,10 @@ def geometries(draw: st.DrawFn) -> tuple[dict[str, Any], int | None]:
         "zero": draw(st.sampled_from(["free", "alloc", "never"])),
         "_links": draw(st.sampled_from(["side", "intrusive"])),
     }
+    if draw(st.integers(0, 3), label="arena") == 0:
+        # A pool without an arena: page numbers only, links in the side table, never zeroed.
+        geometry.update(zero="never", _links="side", arena=False)
+        return geometry, None
     return geometry, draw(st.one_of(st.none(), st.integers(0, 2**32)))
 
 
@@ -163,6 +167,11 @@ class DifferentialMachine(RuleBasedStateMachine):
         order = data.draw(st.integers(0, twin.model.max_order - 1), label="order")
         twin.apply(("alloc_many", order, twin.capacity(order) + extra))
 
+    @rule(data=st.data(), nr_pages=st.one_of(st.integers(1, 9), st.integers(-1, 70)))
+    def alloc_exact(self, data: st.DataObject, nr_pages: int) -> None:
+        """A run of any length, up to (and past) the largest block."""
+        self.step().apply(("exact", nr_pages))
+
     @rule(data=st.data())
     def put_page(self, data: st.DataObject) -> None:
         self.step().apply(("put", self.pfn(data)))
@@ -192,7 +201,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def write(self, data: st.DataObject, offset: int, seed: int, size: int) -> None:
         twin = self.step()
         held = twin.held()
-        if held:
+        if held and twin.geometry.arena != "none":
             pfn = data.draw(st.sampled_from(held), label="pfn")
             twin.write(pfn, offset, random.Random(seed).randbytes(size))
 

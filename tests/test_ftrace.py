@@ -331,6 +331,13 @@ def test_formats() -> None:
         "migratetype=0 gfp_flags=GFP_KERNEL\n",
         # fields in another order
         "          sh-7     [000] ....  123457: mm_page_free: order=1 pfn=0x10\n",
+        # trace-cmd report -l (CPU and flags in one column), --ts-diff, -R (raw fields)
+        "pagebuddy:      thp-16140   1.....   422.161356: mm_page_free:         page=0x223ba4 "
+        "pfn=0x223ba4 order=0\n",
+        "pagebuddy:              thp-16140 [001]   422.161356: (+21)    mm_page_free:         "
+        "page=0x223ba4 pfn=0x223ba4 order=0\n",
+        "pagebuddy:              thp-16140 [001]   422.161357: mm_page_free_batched:  "
+        "pfn=0x223ba4\n",
     ]
     imp = parse_ftrace(lines)
     assert imp.malformed_lines == 0
@@ -341,6 +348,9 @@ def test_formats() -> None:
         (2, 4096, 0, 4),
         (0, 0x10, 1, 5),
         (1, 0x10, 1, 6),
+        (1, 0x223BA4, 0, 7),
+        (1, 0x223BA4, 0, 8),
+        (2, 0x223BA4, 0, 9),
     ]
 
 

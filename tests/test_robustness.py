@@ -1,22 +1,30 @@
 """What a careless or hostile caller once broke, pinned: each test is one such case.
 
-Corruption found by an operation changes nothing; the command line's cases are in
-``test_cli_fuzz.py``, and the abuse driver (``abuse_driver.py catalogue``) runs all of them
-again in a child process.
+Corruption found by an operation changes nothing; ``check()`` does not commit a large owned
+arena; the model builds a large pool at once; two pools never share memory; ``Pool`` and
+``ReferencePool`` behave alike; messages name values; a buffer cannot be pulled from under a
+live pool. The command line's cases are in ``test_cli_fuzz.py``, and the abuse driver
+(``abuse_driver.py catalogue``) runs them all again in a child process.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
+import mmap
+import pickle
 import random
 import struct
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any
 
+import numpy as np
 import pytest
 
-from pagebuddy import CorruptionError, Pool, ReferencePool
+from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
 
 NIL = 0xFFFFFFFF
 
@@ -152,3 +160,153 @@ def test_model_of_many_pages_is_built_at_once() -> None:
 def test_model_arena_errors_say_what_they_could_not_allocate() -> None:
     with pytest.raises(MemoryError, match=r"arena of \d+ bytes"):
         ReferencePool(2**32 - 2, page_size=2**30)
+
+
+# -- one memory, one pool ------------------------------------------------------------------------
+
+
+CLASSES = [Pool, ReferencePool]
+
+
+@pytest.mark.parametrize("first", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("second", CLASSES, ids=lambda c: c.__name__)
+def test_a_buffer_overlapping_a_live_pool_is_refused(first: type, second: type) -> None:
+    whole = bytearray(16 * 64)
+    pool = first(16, page_size=64, buffer=whole, zero="free")
+    pfn = pool.alloc_pages(2)
+    pool.view(pfn)[:] = b"\x5a" * 256
+    before = bytes(whole)
+    for buffer in (whole, memoryview(whole)[3 * 64 :], memoryview(whole)[: 2 * 64], pool.view(pfn)):
+        with pytest.raises(ValueError, match=f"overlaps the arena of a live {first.__name__}"):
+            second(2, page_size=64, buffer=buffer)
+    assert bytes(whole) == before  # nothing zeroed, nothing linked
+    pool.check()
+    del pool
+    gc.collect()
+    second(16, page_size=64, buffer=whole).check()  # free for a pool again
+
+
+def test_disjoint_slices_of_one_buffer_are_two_arenas() -> None:
+    whole = bytearray(16 * 64)
+    a = Pool(8, page_size=64, buffer=memoryview(whole)[: 8 * 64])
+    b = ReferencePool(8, page_size=64, buffer=memoryview(whole)[8 * 64 :])
+    a.check()
+    b.check()
+
+
+# -- Pool and ReferencePool: one behaviour --------------------------------------------------------
+
+
+def outcome(fn: Any) -> Any:
+    try:
+        return ("ok", fn())
+    except Exception as exc:
+        return type(exc)
+
+
+STRUCTURED = [("Oa", "<i8"), ("bO", "<f8")]  # field names with an O: no object items
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda cls: cls(0, zero=5),
+        lambda cls: cls(2**40, page_size=3, _links=0),
+        lambda cls: cls(8, page_size=100, base_pfn=-1),
+        lambda cls: cls(8, reserved_pages=9, max_order="x"),
+        lambda cls: cls(8, max_order=0, zero="x"),
+        lambda cls: cls(8, 4096),
+        lambda cls: type(cls(8, page_size=64, buffer=np.zeros(64, dtype=STRUCTURED))),
+        lambda cls: cls(8, page_size=64, buffer=np.zeros(64, dtype=object)),
+        lambda cls: copy.copy(cls(8, page_size=64)),
+        lambda cls: copy.deepcopy(cls(8, page_size=64)),
+        lambda cls: pickle.dumps(cls(8, page_size=64)),
+        lambda cls: cls(8, page_size=64).__init__(8, page_size=64),
+        lambda cls: weakref.ref(cls(8, page_size=64))() is None,
+        lambda cls: type("Derived", (cls,), {}),
+    ],
+    ids=[
+        "value-before-type",
+        "first-argument-first",
+        "page-size-before-base",
+        "reserved-before-max-order",
+        "max-order-before-zero",
+        "positional",
+        "structured-dtype",
+        "object-dtype",
+        "copy",
+        "deepcopy",
+        "pickle",
+        "init-again",
+        "weakref",
+        "subclass",
+    ],
+)
+def test_pool_and_model_behave_alike(case: Any) -> None:
+    got = {cls.__name__: outcome(lambda c=cls: case(c)) for cls in CLASSES}
+    if isinstance(got["Pool"], tuple) and isinstance(got["ReferencePool"], tuple):
+        got = {k: v[0] for k, v in got.items()}  # both succeeded: results are per class
+    assert got["Pool"] == got["ReferencePool"], got
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_init_again_changes_nothing(cls: type) -> None:
+    pool = cls(8, page_size=64)
+    pfn = pool.alloc_pages(1)
+    with pytest.raises(TypeError, match="built once"):
+        pool.__init__(8, page_size=64)
+    assert pool.page_count(pfn) == 1 and pool.free_pages == 6
+
+
+# -- messages name values, not objects ------------------------------------------------------------
+
+
+class Index:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return "<an Index object>"
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_messages_name_the_value_not_the_object(cls: type) -> None:
+    pool = cls(8, page_size=64)
+    held = pool.alloc_pages(0)
+    for bad, value in ((Index(-7), "-7"), (Index(2**70), str(2**70)), (np.int64(-3), "-3")):
+        with pytest.raises(PageError) as info:
+            pool.put_many([held, bad])
+        assert f"pfn {value} is outside" in str(info.value) and "object" not in str(info.value)
+    with pytest.raises(OutOfMemory) as info:
+        pool.alloc_many(0, np.uint64(2**64 - 1))
+    assert f"{2**64 - 1} blocks" in str(info.value) and "np." not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        pool.alloc_pages(Index(2**70))
+    assert f"order {2**70} is invalid" in str(info.value)
+    with pytest.raises(TypeError) as info:
+        cls(8, 4096)
+    assert "1 positional arguments" not in str(info.value)
+
+
+# -- what a buffer's owner cannot do under a live pool (README, "buffer=") -----------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_a_buffer_cannot_be_resized_or_closed_under_a_live_pool(cls: type) -> None:
+    arr = np.zeros(8 * 64, dtype=np.uint8)
+    ba = bytearray(8 * 64)
+    mapping = mmap.mmap(-1, 8 * 64)
+    pools = [cls(8, page_size=64, buffer=b) for b in (arr, ba, mapping)]
+    with pytest.raises(ValueError):
+        arr.resize(16 * 64)  # numpy sees the export (refcheck=False would override it)
+    with pytest.raises(BufferError):
+        ba.extend(b"x")
+    with pytest.raises(BufferError):
+        mapping.close()
+    del pools
+    gc.collect()
+    ba.extend(b"x")
+    mapping.close()

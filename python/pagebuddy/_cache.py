@@ -126,6 +126,7 @@ class CachedReferencePool:
     reserved_pages = property(lambda self: self._core.reserved_pages, doc="Pages held at start.")
     max_order = property(lambda self: self._core.max_order, doc="Number of orders.")
     zero = property(lambda self: self._core.zero, doc="The zero policy.")
+    arena = property(lambda self: self._core.arena, doc="Whether the pool has an arena.")
     cpus = property(lambda self: self._cpus, doc="Number of CPU slots.")
     cache_batch = property(lambda self: self._batch, doc="Blocks per refill or drain.")
     cache_high = property(lambda self: self._high, doc="Blocks a cache keeps.")
@@ -279,6 +280,34 @@ class CachedReferencePool:
             raise OutOfMemory(_rules.msg_out_of_memory(order, self.free_pages))
         return pfn
 
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """A run of exactly ``nr_pages`` order-0 pages from the pool behind the caches (as
+        ``ReferencePool.alloc_exact``), each held once; before OutOfMemory the caches are
+        drained, this thread's slot first, as for ``alloc_pages``."""
+        core = self._core
+        n = _as_int(nr_pages, "alloc_exact: nr_pages")
+        largest = 1 << (core.max_order - 1)
+        if not 1 <= n <= largest:
+            raise ValueError(_rules.msg_bad_run("alloc_exact", n, largest))
+        slot = self._slot("alloc_exact", None)
+        for attempt in range(3):
+            try:
+                pfn = core.alloc_exact(n)
+            except OutOfMemory:
+                if attempt == 0:
+                    self._drain(slot)
+                elif attempt == 1:
+                    for other in range(self._cpus):
+                        if other != slot:
+                            self._drain(other)
+                else:
+                    raise
+                continue
+            for i in range(pfn - core.base_pfn, pfn - core.base_pfn + n):
+                self._refs[i] = 1
+            return pfn
+        raise AssertionError("unreachable")
+
     def alloc_many(
         self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
     ) -> list[int]:
@@ -352,10 +381,8 @@ class CachedReferencePool:
 
     def view(self, pfn: SupportsIndex) -> memoryview:
         """A writable view of a block a caller holds."""
-        pfn, i = self._held("view", pfn)
-        order = self._core._order[i]
-        assert order is not None
-        return self._core._arena[self._core._block_bytes(pfn, order)]
+        pfn, _ = self._held("view", pfn)
+        return self._core.view(pfn)
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""

@@ -56,9 +56,10 @@ The module works in three steps, each usable alone:
    trace's pfn space (allocate, put, split), never applying one free twice, and measures
    the peak of live pages.
 3. :class:`PfnMap` maps the trace's pfns to the pool's while a pool runs the plan:
-   :meth:`PfnMap.ops` is an operation source that receives each outcome;
-   :func:`replay_native` runs it on one ``Pool`` alone; :func:`fit_pool` bisects the
-   smallest pool that serves the whole plan.
+   :meth:`PfnMap.ops` is an operation source in the lockstep engine's protocol, which
+   :func:`replay_lockstep` runs through ``Pool`` and ``ReferencePool`` with
+   :func:`pagebuddy._lockstep.run_ops`; :func:`replay_native` runs it on one ``Pool``
+   alone; :func:`fit_pool` bisects the smallest pool that serves the whole plan.
 """
 
 from __future__ import annotations
@@ -118,16 +119,22 @@ MAX_TRACE_ORDER = 20
 #: Default headroom over the peak of live pages when sizing the pool.
 DEFAULT_HEADROOM = 2
 
-# One event line of tracefs or trace-cmd, found from the "-PID" that ends the task name:
-# an optional "(TGID)", [CPU], optional flags, a time stamp, the event name, and for the
-# page-allocator events their leading fields (page=, pfn=, order=). Whatever comes before
-# "-PID" is the task name, after an instance name with trace-cmd -B.
+# The head of an event line of tracefs or trace-cmd, found from the "-PID" that ends the
+# task name: an optional "(TGID)", the CPU ("[001]" and optional flags, or trace-cmd -l's
+# "1d..3."), a time stamp, and trace-cmd --ts-diff's "(+12)". Whatever comes before "-PID"
+# is the task name, after an instance name with trace-cmd -B.
+_HEAD = (
+    r"-\d+\s+(?:\(\s*[\d-]+\)\s+)?(?:\[\d+\]\s+(?:\S+\s+)?|\d+\S*\s+)"
+    r"\d+(?:\.\d+)?:\s+(?:\(\+?\d+\)\s+)?"
+)
+# An event line: the head, the event name, and for the page-allocator events their leading
+# fields (page=, pfn=, order=).
 _EVENT_LINE = re.compile(
-    r"-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+(?:\.\d+)?:\s+([A-Za-z_]\w*):(?:\s+|$)"
+    _HEAD + r"([A-Za-z_]\w*):(?:\s+|$)"
     r"(?:page=(\S+)\s+)?(?:pfn=(0x[0-9a-fA-F]+|\d+)\s+order=(\d+)(?!\S))?"
 )
-# The same header without an event name: a function tracer's line ("func <-parent").
-_TRACER_LINE = re.compile(r"\S-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+(?:\.\d+)?:\s")
+# The head without an event name: a function tracer's line ("func <-parent").
+_TRACER_LINE = re.compile(r"\S" + _HEAD)
 # function_graph: " 1)   0.123 us    |  func();", or with its time/cpu columns.
 _GRAPH_LINE = re.compile(r"\s*(?:\d+\.\d+\s+(?:\|\s+)?)?\d+\)\s")
 # The header of `cat trace`: fewer entries in the buffer than written means the oldest were
@@ -141,6 +148,7 @@ _REPORT_HEADER = re.compile(
 )
 _PFN = re.compile(r"(?:^|\s)pfn=(0x[0-9a-fA-F]+|\d+)(?!\S)")
 _ORDER = re.compile(r"(?:^|\s)order=(\d+)(?!\S)")
+_ORDER_0 = _ORDER.search("order=0")
 _PAGE = re.compile(r"(?:^|\s)page=(\S+)")
 _NULL_PAGES = frozenset({"(null)", "(nil)", "0x0", "0"})
 
@@ -280,6 +288,8 @@ def parse_ftrace(
                 rest = raw[m.end() :]
                 f = _PFN.search(rest)
                 o = _ORDER.search(rest)
+                if o is None and code == _EV_BATCHED:
+                    o = _ORDER_0  # its order is always 0; trace-cmd -R leaves it out
                 if f is None or o is None:
                     _malformed(
                         imp,

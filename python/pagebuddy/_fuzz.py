@@ -146,7 +146,7 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
     cap = cfg.order_cap
     if cap is None:
         cap = 11 if rng.random() < 0.4 else rng.randint(1, 12)
-    return Geometry(
+    g = Geometry(
         nr_pages=n,
         page_size=ps,
         base_pfn=base,
@@ -157,6 +157,9 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
         arena=cfg.arena or rng.choice(("owned", "buffer")),
         options=_cache_options(rng, cfg.cpus),
     )
+    if g.arena == "none":  # page numbers only: never zeroed, links in the side table
+        g = g.replace(zero="never", links="side")
+    return g
 
 
 def _cache_options(rng: random.Random, cpus: int | None) -> tuple[tuple[str, int], ...]:
@@ -340,6 +343,9 @@ def _observe(held: _Held, op: Op, value: Any, exc: BaseException | None) -> None
     elif kind == "alloc_many":
         for p in value:
             held.add(p, op[1])
+    elif kind == "exact":
+        for p in range(value, value + op[1]):
+            held.add(p, 0)
 
 
 def fuzz(

@@ -198,7 +198,8 @@ def _message_problem(method: str, op: Op, name: str, text: str) -> str | None:
         return f"does not name {method}"
     if name == "PageError" and not text.startswith(f"{method}: pfn {op[1]} "):
         return "does not name the pfn"
-    bad_order = name == "ValueError" and isinstance(op[1], int) and op[1] < 0
+    takes_order = OPERATIONS[op[0]].params[:1] == ("order",)
+    bad_order = takes_order and name == "ValueError" and isinstance(op[1], int) and op[1] < 0
     if bad_order and f"order {op[1]} " not in text:
         return "names no order"
     return None
@@ -243,7 +244,7 @@ class Lockstep:
         self.geometry = geometry
         self.compare_every = max(1, compare_every)
         self.strict = strict
-        self.contents = contents_comparable(geometry.zero, geometry.links)
+        self.contents = contents_comparable(geometry.zero, geometry.links, geometry.arena)
         self.size = geometry.nr_pages * geometry.page_size
         self.slack = b""
         if buffers is None and fill_seed is not None and geometry.arena == "buffer":
@@ -333,6 +334,9 @@ class Lockstep:
             )
         if self.contents and kind in ("alloc", "alloc_many"):
             for pfn in [rb] if kind == "alloc" else rb:
+                self._compare_new_block(step, op, pfn)
+        if self.contents and kind == "exact":
+            for pfn in range(rb, rb + op[1]):
                 self._compare_new_block(step, op, pfn)
 
     def _compare_errors(self, step: int, op: Op, ea: BaseException, eb: BaseException) -> None:

@@ -1,7 +1,7 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal, SupportsIndex, final
+from typing import Literal, NoReturn, SupportsIndex, final
 
 from typing_extensions import Buffer, Self
 
@@ -23,15 +23,24 @@ class Pool:
         max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
+        arena: bool = True,
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> Self: ...
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
+    def __copy__(self) -> NoReturn:
+        """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
+    def __deepcopy__(self, _memo: object) -> NoReturn:
+        """Raises ``TypeError``, as ``__copy__``."""
     def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head.
 
         With ``cpus=N`` the block comes from slot ``cpu`` (default: this thread's).
         """
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """Allocate a contiguous run of exactly ``nr_pages`` order-0 pages; return its first pfn."""
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference to a held page; at zero its block is freed and coalesced.
 
@@ -46,7 +55,7 @@ class Pool:
     def free_lists(self) -> list[list[int]]:
         """One free list per order ``0..max_order``, head first."""
     def view(self, pfn: SupportsIndex) -> memoryview:
-        """A writable view of the held block headed by ``pfn``."""
+        """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
     def alloc_many(
@@ -88,6 +97,12 @@ class Pool:
     @property
     def reserved_pages(self) -> int:
         """Number of leading pages that construction left held."""
+    @property
+    def arena(self) -> bool:
+        """Whether the pool has an arena (``False`` for ``arena=False``: page numbers only)."""
+    @property
+    def metadata_bytes(self) -> int:
+        """Bytes of per-page metadata and side-table links kept besides the arena."""
     @property
     def zero(self) -> str:
         """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""

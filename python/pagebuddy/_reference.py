@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex
 
-from . import _rules
+from . import _arenas, _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._rules import LINK_STORES, MAX_REFCOUNT, ZERO_POLICIES
 
@@ -105,6 +105,10 @@ def _arena_from(buffer: object, size: int) -> memoryview:
             return raw[:size]
 
 
+#: ``zero`` not passed: ``"free"``, or ``"never"`` for a pool without an arena.
+_DEFAULT_ZERO: Any = object()
+
+
 class ReferencePool:
     """Pure-Python model of a pKVM buddy page pool; same API and behaviour as ``pagebuddy.Pool``.
 
@@ -118,7 +122,9 @@ class ReferencePool:
     ``reserved_pages`` on is put, one by one in increasing pfn order. ``zero`` chooses when
     block contents are cleared: ``"free"`` (when a block is freed, as pKVM does), ``"alloc"``
     (when it is allocated) or ``"never"``. ``_links`` is accepted and recorded for parity with
-    the native pool; link bytes in the arena are not modelled.
+    the native pool; link bytes in the arena are not modelled. ``arena=False`` makes a pool of
+    page numbers only: no arena, ``zero="never"`` (the default then), links ``"side"``;
+    ``view`` is a TypeError.
 
     ``cpus=N`` (N >= 1) models the pool with per-CPU caches: the constructor then returns a
     :class:`pagebuddy._cache.CachedReferencePool`. With ``cpus=0`` (the default) there are no
@@ -149,34 +155,57 @@ class ReferencePool:
         reserved_pages: SupportsIndex = 0,
         max_order: SupportsIndex = 11,
         buffer: Buffer | None = None,
-        zero: Literal["free", "alloc", "never"] = "free",
+        zero: Literal["free", "alloc", "never"] = _DEFAULT_ZERO,
         _links: Literal["side", "intrusive"] = "side",
+        arena: bool = True,
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
-        Int arguments go through ``operator.index`` (TypeError otherwise). ValueError unless
+        The arguments are checked one after another in the order of the signature, each for
+        its type and then its value, as ``Pool`` does. Int arguments go through
+        ``operator.index`` (TypeError otherwise). ValueError unless
         ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two in ``64 .. 2**30``,
         ``base_pfn >= 0`` with ``base_pfn + nr_pages <= 2**64``,
         ``0 <= reserved_pages <= nr_pages`` and ``max_order >= 1``. ``zero`` and ``_links``
         must be one of their strings (TypeError for a non-str). ``buffer`` must export a
         writable C-contiguous buffer (TypeError) of at least ``nr_pages * page_size`` bytes
         (ValueError); it stays exported, so a bytearray cannot be resized, while the pool or
-        one of its views lives.
+        one of its views lives. A buffer overlapping the arena of a live pool (of either class)
+        is refused with ValueError. Its owner must not free or resize it behind the pool's back
+        (numpy's ``refcheck=False``) nor write into it but through views of held blocks while
+        the pool or a view lives (README, "A buffer handed to a pool"). ``__init__`` builds a
+        pool once: calling it again raises TypeError.
         """
-        nr_pages = _as_int(nr_pages, "nr_pages")
-        page_size = _as_int(page_size, "page_size")
-        base_pfn = _as_int(base_pfn, "base_pfn")
-        reserved_pages = _as_int(reserved_pages, "reserved_pages")
-        cap = _as_int(max_order, "max_order")
-        if not isinstance(zero, str):
-            raise TypeError(f"zero must be a str, not {type(zero).__name__}")
-        if not isinstance(_links, str):
-            raise TypeError(f"_links must be a str, not {type(_links).__name__}")
+        if hasattr(self, "_free_area"):
+            raise TypeError(_rules.msg_already_built(type(self).__name__))
 
-        problem = _rules.geometry_problem(nr_pages, page_size, base_pfn, reserved_pages, cap)
+        def checked(*ints: int) -> None:
+            # The arguments not yet read at their defaults, which are valid.
+            defaults = (1, 4096, 0, 0, 11)
+            problem = _rules.geometry_problem(*ints, *defaults[len(ints) :])
+            if problem:
+                raise ValueError(problem)
+
+        nr_pages = _as_int(nr_pages, "nr_pages")
+        checked(nr_pages)
+        page_size = _as_int(page_size, "page_size")
+        checked(nr_pages, page_size)
+        base_pfn = _as_int(base_pfn, "base_pfn")
+        checked(nr_pages, page_size, base_pfn)
+        reserved_pages = _as_int(reserved_pages, "reserved_pages")
+        checked(nr_pages, page_size, base_pfn, reserved_pages)
+        cap = _as_int(max_order, "max_order")
+        checked(nr_pages, page_size, base_pfn, reserved_pages, cap)
+        if not isinstance(arena, bool):
+            raise TypeError(f"arena must be a bool, got {type(arena).__name__}")
+        if zero is _DEFAULT_ZERO:
+            zero = "free" if arena else "never"
+        zero = _as_choice(zero, "zero", ZERO_POLICIES)
+        links = _as_choice(_links, "_links", LINK_STORES)
+        problem = _rules.arena_problem(arena, zero, links, buffer is not None)
         if problem:
             raise ValueError(problem)
         from ._cache import cache_problem
@@ -186,15 +215,23 @@ class ReferencePool:
         if problem:
             raise ValueError(problem)
         self._cache_batch, self._cache_high = batch, high
-        self._zero = _as_choice(zero, "zero", ZERO_POLICIES)
-        self._links = _as_choice(_links, "_links", LINK_STORES)
+        # The bytes behind the pages, or None for a pool of page numbers only.
+        view = _arena_from(buffer, nr_pages * page_size) if arena else None
+        if view is not None:
+            try:
+                # Before anything is written to it: a refused buffer is left as it was.
+                self._claim = _arenas.claim(_arenas.address_of(view), view.nbytes, "ReferencePool")
+            except ValueError:
+                view.release()
+                raise
+        self._zero, self._links = zero, links
 
         self._nr_pages = nr_pages
         self._page_size = page_size
         self._base_pfn = base_pfn
         self._reserved_pages = reserved_pages
         self._max_order = _rules.max_order(nr_pages, cap)
-        self._arena = _arena_from(buffer, nr_pages * page_size)
+        self._arena: memoryview | None = view
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
@@ -223,6 +260,7 @@ class ReferencePool:
         self._refcount[first:] = [0] * (n - first)
         self._order[first:] = [None] * (n - first)
         if self._zero == "free" and not fresh_arena:
+            assert self._arena is not None
             ps, chunk = self._page_size, 1 << 20
             for off in range(first * ps, n * ps, chunk):
                 end = min(off + chunk, n * ps)
@@ -235,6 +273,22 @@ class ReferencePool:
             self._order[i] = order
             self._free_area[order].append(pfn)
             i += 1 << order
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Like ``Pool``, ReferencePool is not a base class (TypeError): wrap a pool instead."""
+        raise TypeError(_rules.msg_no_subclass("ReferencePool"))
+
+    def __copy__(self) -> NoReturn:
+        """A pool owns its arena and its pages: it cannot be copied (TypeError), as ``Pool``."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        """As :meth:`__copy__`."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """A pool cannot be pickled (TypeError), as ``Pool``."""
+        raise TypeError(_rules.msg_no_copy(type(self).__name__))
 
     # ---------------------------------------------------------------- read-only attributes
 
@@ -330,6 +384,7 @@ class ReferencePool:
 
     def _zero_block(self, pfn: int, order: int) -> None:
         """Fill the block with zero bytes."""
+        assert self._arena is not None  # a pool without an arena never zeroes
         where = self._block_bytes(pfn, order)
         self._arena[where] = bytes(where.stop - where.start)
 
@@ -449,6 +504,29 @@ class ReferencePool:
             raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, capacity))
         return [self._alloc(order) for _ in range(count)]
 
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """Allocate a contiguous run of exactly ``nr_pages`` pages; return its first pfn.
+
+        Linux's ``alloc_pages_exact``: the smallest block that holds the run is allocated as
+        ``alloc_pages`` would, split into held order-0 pages (``split_page``), and each page
+        past the run is put back in increasing pfn order (coalescing as puts do). Each page of
+        the run is then held once and put on its own. Raises TypeError if ``nr_pages`` is not
+        an int, ValueError unless ``1 <= nr_pages <= 2**(max_order - 1)``, OutOfMemory if no
+        block that holds the run is free; nothing changes then.
+        """
+        n = _as_int(nr_pages, "alloc_exact: nr_pages")
+        largest = 1 << (self._max_order - 1)
+        if not 1 <= n <= largest:
+            raise ValueError(_rules.msg_bad_run("alloc_exact", n, largest))
+        order = (n - 1).bit_length()
+        if not any(self._free_area[order:]):
+            raise OutOfMemory(_rules.msg_exact_out_of_memory(n, order, self.free_pages))
+        pfn = self._alloc(order)
+        self.split_page(pfn)
+        for page in range(pfn + n, pfn + (1 << order)):
+            self._put("alloc_exact", page)
+        return pfn
+
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference on the held page ``pfn``.
 
@@ -533,11 +611,18 @@ class ReferencePool:
         Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool or not
         held.
         """
+        if self._arena is None:
+            raise TypeError(_rules.MSG_NO_ARENA_VIEW)
         pfn = _as_int(pfn, "view: pfn")
         i = self._check_held("view", pfn)
         order = self._order[i]
         assert order is not None
         return self._arena[self._block_bytes(pfn, order)]
+
+    @property
+    def arena(self) -> bool:
+        """Whether the pool has an arena (False for ``arena=False``)."""
+        return self._arena is not None
 
     def check(self) -> None:
         """Verify every invariant of the model's own state; raise CorruptionError if broken.
@@ -558,7 +643,7 @@ class ReferencePool:
             fail(f"metadata arrays do not have {n} entries")
         if len(self._free_area) != self._max_order:
             fail(f"there are {len(self._free_area)} free lists, not {self._max_order}")
-        if self._arena.nbytes != n * self._page_size:
+        if self._arena is not None and self._arena.nbytes != n * self._page_size:
             fail(f"arena is {self._arena.nbytes} bytes, not {n * self._page_size}")
         for i in range(n):
             refcount, order = self._refcount[i], self._order[i]
@@ -615,7 +700,7 @@ class ReferencePool:
         if self.free_pages != in_free_blocks:
             fail(f"free lists count {self.free_pages} pages, free blocks hold {in_free_blocks}")
 
-        if self._zero == "free":
+        if self._zero == "free" and self._arena is not None:
             for pfn in sorted(free_heads):
                 order = self._order[self._index(pfn)]
                 assert order is not None

@@ -67,8 +67,9 @@ LINK_BYTES = 8
 ZERO_POLICIES = ("free", "alloc", "never")
 #: Where free-list links live: a side table beside the metadata, or the free pages themselves.
 LINK_STORES = ("side", "intrusive")
-#: Whether the pool owns its arena or is handed a caller's buffer (a ``bytearray``).
-ARENAS = ("owned", "buffer")
+#: Whether the pool owns its arena, is handed a caller's buffer (a ``bytearray``), or has no
+#: arena at all (``arena=False``: page numbers only, zero ``"never"``, links ``"side"``).
+ARENAS = ("owned", "buffer", "none")
 
 #: Pool modes beyond the plain one: a constructor keyword that selects the mode, mapped to
 #: ``"module:Class"`` of the model that the lockstep engine pairs with ``Pool`` for it.
@@ -102,13 +103,33 @@ def geometry_problem(
     return None
 
 
-def contents_comparable(zero: str, links: str) -> bool:
+def contents_comparable(zero: str, links: str, arena: str = "owned") -> bool:
     """Whether an allocated block's contents are defined by the policy (so two pools agree).
 
-    Only ``zero="never"`` with intrusive links leaves them undefined: the block may hold the
-    free-list links it carried while free, which the model does not write.
+    ``zero="never"`` with intrusive links leaves them undefined: the block may hold the
+    free-list links it carried while free, which the model does not write. A pool without an
+    arena (``arena="none"``) has no contents at all.
     """
-    return not (zero == "never" and links == "intrusive")
+    return arena != "none" and not (zero == "never" and links == "intrusive")
+
+
+def arena_problem(arena: object, zero: str, links: str, buffer: bool) -> str | None:
+    """Why ``arena=False`` refuses the other keywords (a ``ValueError`` text), or None."""
+    if arena is not False:
+        return None
+    if zero != "never":
+        return (
+            f"arena=False needs zero='never', got '{zero}': a pool without an arena has no "
+            "bytes to zero"
+        )
+    if links != "side":
+        return (
+            "arena=False needs _links='side': a pool without an arena has no free pages to "
+            "keep links in"
+        )
+    if buffer:
+        return "arena=False takes no buffer: a pool without an arena has no bytes"
+    return None
 
 
 def arena_comparison(zero: str, links: str) -> str:
@@ -129,8 +150,9 @@ def arena_comparison(zero: str, links: str) -> str:
 # -- operations -----------------------------------------------------------------------------------
 
 #: An operation: ``("alloc", order)``, ``("put", pfn)``, ``("get", pfn)``, ``("split", pfn)``,
-#: ``("alloc_many", order, count)``, ``("put_many", (pfn, ...))``, ``("page_count", pfn)`` or
-#: ``("view", pfn)``. Arguments are usually ints; the engine passes whatever is there.
+#: ``("alloc_many", order, count)``, ``("put_many", (pfn, ...))``, ``("exact", nr_pages)``,
+#: ``("page_count", pfn)`` or ``("view", pfn)``. Arguments are usually ints; the engine passes
+#: whatever is there.
 Op = Union[tuple[str, Any], tuple[str, Any, Any]]
 
 
@@ -170,6 +192,7 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("split", "split_page", ("pfn",), _PAGE),
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
         Operation("put_many", "put_many", ("pfns",), _PAGE),
+        Operation("exact", "alloc_exact", ("count",), _ALLOC),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),
     )
@@ -189,7 +212,7 @@ def format_op(op: Op) -> str:
 
 
 def op_pfns(op: Op) -> list[Any]:
-    """The pfn arguments of ``op`` (empty for ``alloc`` and ``alloc_many``)."""
+    """The pfn arguments of ``op`` (empty for ``alloc``, ``alloc_many`` and ``exact``)."""
     kind, *args = op
     params = OPERATIONS[kind].params
     if params == ("pfns",):
@@ -215,8 +238,9 @@ class Geometry:
 
     ``order_cap`` is the ``max_order`` keyword (a cap); :attr:`max_order` is the number of
     orders the pool will have. ``links`` selects the private link store and ``arena``
-    whether the pool owns its arena (``"owned"``) or is given a ``bytearray``
-    (``"buffer"``), which lets a run compare whole arenas. ``options`` holds further
+    whether the pool owns its arena (``"owned"``), is given a ``bytearray``
+    (``"buffer"``), which lets a run compare whole arenas, or has none (``"none"``:
+    ``arena=False``, with ``zero="never"`` and ``links="side"``). ``options`` holds further
     constructor keywords, for pool modes (see :data:`MODELS`).
     """
 
@@ -256,6 +280,8 @@ class Geometry:
         kw = self._keywords()
         if self.links != "side":
             kw["_links"] = self.links
+        if self.arena == "none":
+            kw["arena"] = False
         kw.update(self.options)
         return kw
 
@@ -273,7 +299,11 @@ class Geometry:
         fields = {known[k]: v for k, v in kw.items() if k in known}
         if kw.get("buffer") is not None:
             fields["arena"] = "buffer"
-        options = tuple((k, v) for k, v in kw.items() if k not in known and k != "buffer")
+        if kw.get("arena") is False:
+            fields["arena"] = "none"
+            fields.setdefault("zero", "never")
+        skip = ("buffer", "arena")
+        options = tuple((k, v) for k, v in kw.items() if k not in known and k not in skip)
         return cls(nr_pages, options=options, **fields)
 
     def build(self, cls: Any, buffer: Any = None) -> tuple[Any, Any]:
@@ -334,9 +364,46 @@ def msg_out_of_memory(order: int, free_pages: int) -> str:
     )
 
 
+def msg_bad_run(op: str, nr_pages: Any, max_pages: int) -> str:
+    """An exact-size run of no pages, or of more than the largest block holds."""
+    return f"{op}: nr_pages {nr_pages} is invalid: this pool's runs are 1..{max_pages} pages"
+
+
+def msg_exact_out_of_memory(nr_pages: int, order: int, free_pages: int) -> str:
+    """``alloc_exact`` with no free block that holds the run."""
+    return (
+        f"alloc_exact: out of memory: no free block of order >= {order} for a run of "
+        f"{nr_pages} pages (free pages: {free_pages})"
+    )
+
+
+#: What ``view`` raises (``TypeError``) on a pool without an arena.
+MSG_NO_ARENA_VIEW = (
+    "view: this pool has no arena (arena=False): its pages are numbers only, with no bytes to view"
+)
+
+
 def msg_batch_out_of_memory(count: Any, order: int, capacity: int) -> str:
     """``alloc_many`` asking for more blocks than the free lists hold."""
     return (
         f"alloc_many: out of memory: {count} blocks of order {order} requested, "
         f"{capacity} available"
     )
+
+
+def msg_no_copy(cls: str) -> str:
+    """``copy.copy``, ``copy.deepcopy`` or ``pickle`` of a pool."""
+    return (
+        f"{cls} cannot be copied or pickled: it owns its arena and its pages "
+        f"(build a new pool with the same arguments)"
+    )
+
+
+def msg_already_built(cls: str) -> str:
+    """``__init__`` called again on a pool."""
+    return f"{cls}.__init__ called on a pool already built: a pool is built once"
+
+
+def msg_no_subclass(cls: str) -> str:
+    """A class statement deriving from a pool class."""
+    return f"type {cls!r} is not an acceptable base type: wrap a pool rather than derive from it"

@@ -4,11 +4,12 @@ Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrac
 ``pagebuddy --help`` and ``docs/cli.md``.
 
 Each subcommand lives in a module of its own (``demo.py``, ``replay.py``, ``fuzz.py``,
-``bench.py``) whose ``report(ctx)`` runs it and returns one report, a plain dict with its
-``exit_code``; :func:`pagebuddy.cli._show.show` prints it as JSON (``--json``) or as rich
-text and tables. The arguments are in ``_args.py``; this module parses them, runs the
-subcommand and reports every failure the same way: one line on standard error, or one JSON
-object with ``--json``, exit code 2 for bad input, never a traceback.
+``bench.py``, ``ftrace.py``) whose ``report(ctx)`` runs it and returns one report, a plain
+dict with its ``exit_code``; :func:`pagebuddy.cli._show.show` prints it as JSON
+(``--json``) or as rich text and tables. The arguments are in ``_args.py``; this module
+parses them, runs the subcommand and reports every failure the same way: one line on
+standard error, or one JSON object with ``--json``, exit code 2 for bad input, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .._lockstep import GeometryRefused, RunResult, default_classes
-from .._rules import Geometry
-from . import bench, demo, fuzz, replay
+from .._lockstep import GeometryRefused
+from . import bench, demo, ftrace, fuzz, replay
 from ._args import (
     EXIT_DIVERGENCE,
     EXIT_INTERRUPTED,
@@ -32,11 +32,9 @@ from ._args import (
     EXIT_USAGE,
     Usage,
     build_parser,
-    output_path,
 )
 from ._context import Context
-from ._report import divergence, run_report, timing
-from ._show import describe_geometry, ms, print_divergence, print_run, show
+from ._show import show
 
 __all__ = [
     "EXIT_DIVERGENCE",
@@ -49,20 +47,13 @@ __all__ = [
 ]
 
 
-def _ftrace(ctx: Context) -> dict[str, Any]:
-    """``pagebuddy ftrace`` (in :mod:`pagebuddy._ftrace_cmd`), which prints its own report."""
-    from .._ftrace_cmd import cmd_ftrace
-
-    return {"command": "ftrace", "exit_code": cmd_ftrace(ctx), "shown": True}
-
-
 #: Each subcommand: its arguments in, its report out.
 _COMMANDS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "demo": demo.report,
     "fuzz": fuzz.report,
     "replay": replay.report,
     "bench": bench.report,
-    "ftrace": _ftrace,
+    "ftrace": ftrace.report,
 }
 
 
@@ -170,38 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, PlotUnavailable):
             return _report_error(ctx.json, args.command, str(e), EXIT_USAGE)
         raise
-
-
-# -- the helpers pagebuddy._ftrace_cmd reaches as ``cli._name`` ------------------------------------
-
-_Usage = Usage
-_check_plot = demo.check_plot
-_output_path = output_path
-_report_dict = run_report
-_timing = timing
-_ms = ms
-
-
-def _classes() -> tuple[type, type]:
-    return default_classes()
-
-
-def _run_with_progress(ctx: Context, label: str, total: int, run: Callable[..., Any]) -> Any:
-    return ctx.counted(label, total, run)
-
-
-def _describe_geometry(g: Geometry) -> str:
-    return describe_geometry(g.as_dict(), g.max_order)
-
-
-def _print_divergence(ctx: Context, result: RunResult, _section: None = None) -> None:
-    d = divergence(result.divergence)
-    if d is not None:
-        print_divergence(ctx.out, d)
-
-
-def _print_report(ctx: Context, g: Geometry, result: RunResult, timed: Any) -> None:
-    print_run(ctx.out, run_report("ftrace", g, result, timed))
 
 
 if __name__ == "__main__":  # pragma: no cover

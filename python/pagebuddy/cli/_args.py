@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(bn)
 
-    from .._ftrace_cmd import add_parser as add_ftrace
+    from .ftrace import add_parser as add_ftrace
 
     add_ftrace(sub, common, EXIT_CODES_HELP, positive, int_in(1, 2**32 - 2))
     return parser

@@ -258,9 +258,16 @@ def _bench(out: Console, r: dict[str, Any]) -> None:
     )
 
 
+def _ftrace(out: Console, r: dict[str, Any]) -> None:
+    from .ftrace import show as show_ftrace  # it builds on the pieces above
+
+    show_ftrace(out, r)
+
+
 RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "demo": _demo,
     "replay": _replay,
     "fuzz": _fuzz,
     "bench": _bench,
+    "ftrace": _ftrace,
 }

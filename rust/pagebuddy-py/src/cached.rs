@@ -176,6 +176,20 @@ impl Cache {
         }
     }
 
+    /// Bytes the pool and its caches keep besides the arena: metadata, links with a side table,
+    /// one `PageRef` per page, the slots and their block storage.
+    pub(crate) fn metadata_bytes(&self, nr_pages: usize) -> usize {
+        let links = match self.pool {
+            Caches::Side(_) => pagebuddy::link_bytes(nr_pages),
+            Caches::Intrusive(_) => 0,
+        };
+        pagebuddy::meta_bytes(nr_pages)
+            + links
+            + nr_pages * std::mem::size_of::<PageRef>()
+            + self.cpus * std::mem::size_of::<CacheSlot>()
+            + cache_blocks(self.cpus, &self.config) * std::mem::size_of::<u32>()
+    }
+
     /// Number of slots.
     pub(crate) fn cpus(&self) -> usize {
         self.cpus
@@ -191,8 +205,8 @@ impl Cache {
         match cpu {
             Some(c) if !c.is_none() => match Int::of(c, || format!("{op}: cpu"))? {
                 Int::Val(v) => Ok((v % self.cpus as u64) as usize),
-                Int::Huge => Ok(huge_slot(c, self.cpus)?),
-                Int::Negative => Err(PyValueError::new_err(format!(
+                Int::Huge(_) => Ok(huge_slot(c, self.cpus)?),
+                Int::Negative(_) => Err(PyValueError::new_err(format!(
                     "{op}: cpu must be >= 0, got {}",
                     c.repr()?
                 ))),
@@ -265,6 +279,10 @@ impl Cache {
                 .map_err(|error| BatchError { index, error })?;
         }
         Ok(())
+    }
+
+    pub(crate) fn alloc_exact(&self, cpu: usize, nr_pages: u64) -> Result<u64, Error> {
+        on!(self, |p| p.alloc_exact(cpu, nr_pages))
     }
 
     pub(crate) fn put(&self, cpu: usize, pfn: u64) -> Result<(), Error> {

@@ -6,11 +6,13 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::PyType;
 
-/// A Python int argument, classified without losing what made it unusable.
+/// A Python int argument, classified without losing what made it unusable: an int no `u64`
+/// holds keeps its value as text, for messages (which name the value, never an object's
+/// `repr`: an `__index__` object or a numpy scalar is the int it stands for).
 pub enum Int {
     Val(u64),
-    Negative,
-    Huge,
+    Negative(String),
+    Huge(String),
 }
 
 impl Int {
@@ -28,10 +30,11 @@ impl Int {
                     .import("operator")?
                     .getattr("index")?
                     .call1((obj,))?;
+                let text = index.str()?.to_string();
                 Ok(if index.lt(0)? {
-                    Int::Negative
+                    Int::Negative(text)
                 } else {
-                    Int::Huge
+                    Int::Huge(text)
                 })
             }
             Err(e) if e.is_instance_of::<PyTypeError>(obj.py()) => Err(PyTypeError::new_err(
@@ -48,41 +51,98 @@ impl Int {
             _ => None,
         }
     }
+
+    /// The value, as text.
+    pub fn text(&self) -> String {
+        match self {
+            Int::Val(v) => v.to_string(),
+            Int::Negative(t) | Int::Huge(t) => t.clone(),
+        }
+    }
 }
 
 /// A pfn argument: ints that fit no `u64` are outside every pool.
 pub fn pfn(op: &str, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     match Int::of(obj, || format!("{op}: pfn"))? {
         Int::Val(v) => Ok(v),
-        _ => Err(raise(
+        big => Err(raise(
             obj.py(),
             Exc::Page,
-            format!("{op}: pfn {} is outside the pool", obj.repr()?),
+            format!("{op}: pfn {} is outside the pool", big.text()),
         )),
     }
 }
 
 /// `what` as an int in `min..=max`, else `ValueError` naming the rule.
 pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
-    match Int::of(obj, || what)?.at_most(max) {
+    let int = Int::of(obj, || what)?;
+    match int.at_most(max) {
         Some(v) if v >= min => Ok(v),
         _ => Err(PyValueError::new_err(format!(
             "{what} must be an int in {min}..={max}, got {}",
-            obj.repr()?
+            int.text()
         ))),
     }
 }
 
 /// An order argument: `ValueError` outside `0..max_order`.
 pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> {
-    match Int::of(obj, || format!("{op}: order"))?.at_most(u64::from(max_order).saturating_sub(1)) {
+    let int = Int::of(obj, || format!("{op}: order"))?;
+    match int.at_most(u64::from(max_order).saturating_sub(1)) {
         Some(v) if max_order > 0 => Ok(v as u32),
         _ => Err(PyValueError::new_err(format!(
             "{op}: order {} is invalid: this pool has orders 0..{}",
-            obj.repr()?,
+            int.text(),
             max_order - 1
         ))),
     }
+}
+
+/// The length of an exact-size run: `ValueError` outside `1..=max_pages`.
+pub fn run(op: &str, obj: &Bound<'_, PyAny>, max_pages: u64) -> PyResult<u64> {
+    match Int::of(obj, || format!("{op}: nr_pages"))?.at_most(max_pages) {
+        Some(v) if v >= 1 => Ok(v),
+        _ => Err(PyValueError::new_err(format!(
+            "{op}: nr_pages {} is invalid: this pool's runs are 1..{max_pages} pages",
+            obj.repr()?
+        ))),
+    }
+}
+
+/// A `bool` argument (`True` or `False` only).
+pub fn flag(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        obj.is_truthy()
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{what} must be a bool, got {}",
+            type_name(obj)
+        )))
+    }
+}
+
+/// What `view` raises on a pool without an arena.
+pub const MSG_NO_ARENA_VIEW: &str =
+    "view: this pool has no arena (arena=False): its pages are numbers only, with no bytes to view";
+
+/// The rules of `arena=False`, each refused with why: no bytes to zero, none to link through,
+/// none to be given.
+pub fn arena_less(zero: &str, intrusive: bool, buffer: bool) -> PyResult<()> {
+    let why = if zero != "never" {
+        format!(
+            "arena=False needs zero='never', got '{zero}': a pool without an arena has no bytes \
+             to zero"
+        )
+    } else if intrusive {
+        "arena=False needs _links='side': a pool without an arena has no free pages to keep \
+         links in"
+            .to_string()
+    } else if buffer {
+        "arena=False takes no buffer: a pool without an arena has no bytes".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(PyValueError::new_err(why))
 }
 
 /// A `str` argument that must be one of `choices`.
@@ -165,9 +225,10 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
         ),
-        Error::InvalidOrder { .. } | Error::Geometry(_) => {
+        Error::InvalidOrder { .. } | Error::InvalidRun { .. } | Error::Geometry(_) => {
             PyValueError::new_err(format!("{op}: {err}"))
         }
+        Error::NoArena => PyTypeError::new_err(format!("{op}: {err}")),
         Error::OutOfMemory { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
         Error::Corrupted(c) => raise(py, Exc::Corruption, format!("{op}: {c}")),
     }

@@ -13,7 +13,7 @@ use pagebuddy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySlice};
+use pyo3::types::{PyDict, PySlice, PyTuple};
 
 use cached::Cache;
 use convert::{choice, int_in, raise, Exc, Int};
@@ -50,7 +50,8 @@ struct Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // SAFETY: both came from `Box::leak` in `leak` and are freed only here, once. `Pool`
+        // SAFETY: both came from `Box::leak` in `leak` (or from `leak_links`, an allocation of
+        // the same layout as that box) and are freed only here, once. `Pool`
         // declares `inner` (the only borrower) before `storage`, so it has been dropped already.
         unsafe {
             drop(Box::from_raw(self.meta.as_ptr()));
@@ -75,6 +76,23 @@ fn leak<T: Copy>(n: usize, fill: T) -> PyResult<NonNull<[T]>> {
     Ok(NonNull::from(Box::leak(v.into_boxed_slice())))
 }
 
+/// `n` links on the heap, for `Storage` to free, allocated zeroed: the side table is read only
+/// for pages on the free lists, whose links are written first (every read is range-checked
+/// anyway), so its memory is committed only where blocks are listed, not for all 8 bytes a page.
+fn leak_links(n: usize) -> PyResult<NonNull<[Link]>> {
+    let fail = || PyMemoryError::new_err(format!("cannot allocate free-list links for {n} pages"));
+    let layout = std::alloc::Layout::array::<Link>(n).map_err(|_| fail())?;
+    if layout.size() == 0 {
+        return leak(n, Link::EMPTY);
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Link>();
+    let ptr = NonNull::new(ptr).ok_or_else(fail)?;
+    // A `Link` is two `u32`s: all zeros is a valid value. The allocation is that of a
+    // `Box<[Link]>` of `n` elements (same layout), so `Storage` frees it as one.
+    Ok(NonNull::slice_from_raw_parts(ptr, n))
+}
+
 /// The slice behind a pointer from `leak`, for the core to borrow.
 ///
 /// # Safety
@@ -93,20 +111,28 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
 /// the effective number, min(cap, nr_pages.bit_length())). buffer is None (the pool owns a zeroed,
-/// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes.
+/// page-aligned arena) or any writable C-contiguous buffer of at least nr_pages * page_size bytes
+/// that no live pool's arena overlaps (ValueError otherwise); the pool keeps it exported, and its
+/// owner must not free, unmap or resize it behind the pool's back (numpy's refcheck=False) nor
+/// write into it but through views of held blocks, while the pool or a view lives (README).
 /// zero is "free" (zero blocks when freed, as pKVM), "alloc" (when allocated) or "never".
+/// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
+/// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
 /// cpus=N (N >= 1) puts per-CPU caches of orders 0..=3 in front of the pool (the core's
 /// CachedPool): each Python thread allocates from and frees into its own slot (or the slot a
 /// call names with cpu=), and only an empty cache (taking cache_batch blocks) or one above
 /// cache_high (giving its cache_batch coldest back) takes the pool's lock. Cached blocks are free
 /// (refcount 0) and count in free_pages; drain() and drain_all() give them back.
-#[pyclass(module = "pagebuddy._native", name = "Pool", frozen)]
+#[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
-    // Field order is drop order: the core goes before the memory it borrows.
+    // Field order is drop order: the core goes before the memory it borrows, and before its
+    // claim on that memory ends.
     inner: Inner,
+    _claim: Py<PyAny>,
     _storage: Storage,
     _export: Py<PyAny>,
+    /// The arena as a byte memoryview; None for a pool without one.
     bytes: Py<PyAny>,
     geo: Geometry,
     zero: &'static str,
@@ -164,7 +190,7 @@ impl Pool {
             return Err(not_buffer("is read-only"));
         }
         // Raw bytes written over Python object pointers would crash the interpreter later.
-        if view.getattr("format")?.extract::<String>()?.contains('O') {
+        if holds_objects(&view.getattr("format")?.extract::<String>()?) {
             return Err(not_buffer("holds Python objects"));
         }
         let bytes = view
@@ -224,7 +250,7 @@ impl Pool {
             Some(c) => c.slot(op, cpu),
             None => {
                 if let Some(c) = cpu.filter(|c| !c.is_none()) {
-                    if let Int::Negative = Int::of(c, || format!("{op}: cpu"))? {
+                    if let Int::Negative(_) = Int::of(c, || format!("{op}: cpu"))? {
                         return Err(PyValueError::new_err(format!(
                             "{op}: cpu must be >= 0, got {}",
                             c.repr()?
@@ -236,6 +262,42 @@ impl Pool {
         }
     }
 
+    /// `Pool(..., arena=False)`: metadata and side-table links, nothing else.
+    fn without_arena(
+        py: Python<'_>,
+        config: Config,
+        geo: Geometry,
+        zero: &'static str,
+        cpus: usize,
+        cache: CacheConfig,
+    ) -> PyResult<Self> {
+        let n = geo.nr_pages as usize;
+        let mut storage = Storage {
+            meta: leak(n, PageMeta::INIT)?,
+            links: None,
+        };
+        let links = leak_links(n)?;
+        storage.links = Some(links);
+        // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
+        let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
+        let pool = Core::without_arena(meta, links, config)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let core = LockedPool::new(pool);
+        let inner = match cpus {
+            0 => Inner::Side(core),
+            _ => Inner::Cached(Box::new(Cache::side(core, n, cpus, cache)?)),
+        };
+        Ok(Pool {
+            inner,
+            _claim: py.None(),
+            _storage: storage,
+            _export: py.None(),
+            bytes: py.None(),
+            geo,
+            zero,
+        })
+    }
+
     fn page_error(
         &self,
         py: Python<'_>,
@@ -243,6 +305,30 @@ impl Pool {
         (err, page): (Error, Option<PageMeta>),
     ) -> PyErr {
         convert::error(py, op, err, page)
+    }
+}
+
+/// Whether a buffer format (struct module syntax) has `O` items, Python object pointers. Field
+/// names, written between colons in numpy's structured formats, are not items.
+fn holds_objects(format: &str) -> bool {
+    format
+        .split(':')
+        .step_by(2)
+        .any(|items| items.contains('O'))
+}
+
+/// The text of `pagebuddy._rules.<name>("Pool")`, a message both pools share.
+fn rule_text(py: Python<'_>, name: &str) -> PyResult<String> {
+    py.import("pagebuddy._rules")?
+        .call_method1(name, ("Pool",))?
+        .extract()
+}
+
+/// The TypeError of a copy or pickle of a pool.
+fn no_copy(py: Python<'_>) -> PyErr {
+    match rule_text(py, "msg_no_copy") {
+        Ok(text) => PyTypeError::new_err(text),
+        Err(e) => e,
     }
 }
 
@@ -262,15 +348,23 @@ macro_rules! page_op {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (nr_pages, **kwargs))]
+    #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', cpus=0, cache_batch=16, cache_high=64)"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=16, cache_high=64)"
     )]
     fn new(
         py: Python<'_>,
         nr_pages: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        if !args.is_empty() {
+            return Err(PyTypeError::new_err(format!(
+                "Pool() takes 1 positional argument (nr_pages) but {} were given; the others \
+                 are keyword-only",
+                1 + args.len()
+            )));
+        }
         // Keywords are read by hand so that an explicit None is told apart from a missing one.
         let kwargs = match kwargs {
             Some(k) => k.copy()?,
@@ -285,11 +379,12 @@ impl Pool {
         };
         let (page_size, base_pfn, reserved_pages) =
             (arg("page_size")?, arg("base_pfn")?, arg("reserved_pages")?);
-        let (max_order, buffer, zero, _links) = (
+        let (max_order, buffer, zero, _links, arena) = (
             arg("max_order")?,
             arg("buffer")?,
             arg("zero")?,
             arg("_links")?,
+            arg("arena")?,
         );
         let (cpus, cache_batch, cache_high) =
             (arg("cpus")?, arg("cache_batch")?, arg("cache_high")?);
@@ -332,23 +427,31 @@ impl Pool {
             None => 11,
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
-                Int::Huge => u32::MAX,
-                _ => {
-                    let got = m.repr()?;
+                Int::Huge(_) => u32::MAX,
+                small => {
+                    let got = small.text();
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {got}"
                     )));
                 }
             },
         };
+        let has_arena = match arena {
+            Some(a) => convert::flag(&a, "arena")?,
+            None => true,
+        };
         let zero = match zero {
             Some(z) => choice(z, "zero", &["free", "alloc", "never"])?,
-            None => "free",
+            None if has_arena => "free",
+            None => "never",
         };
         let intrusive = match _links {
             Some(l) => choice(l, "_links", &["side", "intrusive"])? == "intrusive",
             None => false,
         };
+        if !has_arena {
+            convert::arena_less(zero, intrusive, buffer.is_some_and(|b| !b.is_none()))?;
+        }
         let policy = match zero {
             "alloc" => ZeroPolicy::OnAlloc,
             "never" => ZeroPolicy::Never,
@@ -365,13 +468,21 @@ impl Pool {
         let geo = config
             .geometry()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (cpus, cache) =
+            cached::settings(cpus.as_ref(), cache_batch.as_ref(), cache_high.as_ref())?;
+        if !has_arena {
+            return Self::without_arena(py, config, geo, zero, cpus, cache);
+        }
         let size = geo
             .arena_bytes()
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
-        let (cpus, cache) =
-            cached::settings(cpus.as_ref(), cache_batch.as_ref(), cache_high.as_ref())?;
         let bytes = Self::arena(py, buffer, size)?;
         let (export, addr) = Self::export(&bytes, size)?;
+        // Before the core writes to it: a buffer overlapping a live pool's arena is refused
+        // (ValueError) and left as it was.
+        let claim = py
+            .import("pagebuddy._arenas")?
+            .call_method1("claim", (addr, size, "Pool"))?;
         let mut storage = Storage {
             meta: leak(nr, PageMeta::INIT)?,
             links: None,
@@ -386,7 +497,7 @@ impl Pool {
                 _ => Inner::Cached(Box::new(Cache::intrusive(core, nr, cpus, cache)?)),
             }
         } else {
-            let links = leak(nr, Link::EMPTY)?;
+            let links = leak_links(nr)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
@@ -399,6 +510,7 @@ impl Pool {
         Ok(Pool {
             inner,
             _storage: storage,
+            _claim: claim.unbind(),
             _export: export.unbind(),
             bytes: bytes.unbind(),
             geo,
@@ -470,6 +582,34 @@ impl Pool {
         page_op!(self, py, "split_page", pfn, split)
     }
 
+    /// Allocates a contiguous run of exactly `nr_pages` pages and returns its first pfn; each
+    /// page of the run is then held once and put on its own ([`Core::alloc_exact`]).
+    ///
+    /// Raises ValueError unless 1 <= nr_pages <= 2**(max_order - 1) and OutOfMemory when no
+    /// block that holds the run is free; either way nothing changes.
+    fn alloc_exact(&self, py: Python<'_>, nr_pages: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let op = "alloc_exact";
+        let max_pages = 1u64 << (self.geo.max_order - 1);
+        let n = convert::run(op, nr_pages, max_pages)?;
+        let slot = self.slot(op, None)?;
+        with!(
+            self,
+            |p| p.alloc_exact(n).map_err(|e| (e, p.free_pages())),
+            |c| c.alloc_exact(slot, n).map_err(|e| (e, c.free_pages()))
+        )
+        .map_err(|(e, free)| match e {
+            Error::OutOfMemory { order } => raise(
+                py,
+                Exc::OutOfMemory,
+                format!(
+                    "{op}: out of memory: no free block of order >= {order} for a run of \
+                         {n} pages (free pages: {free})"
+                ),
+            ),
+            e => convert::error(py, op, e, None),
+        })
+    }
+
     /// The refcount of a page (0 for free pages and tail pages).
     fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
         let pfn = convert::pfn("page_count", pfn)?;
@@ -493,6 +633,9 @@ impl Pool {
     ///
     /// The view keeps the arena alive, also after the pool is gone.
     fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if self.bytes.is_none(py) {
+            return Err(PyTypeError::new_err(convert::MSG_NO_ARENA_VIEW));
+        }
         let pfn = convert::pfn("view", pfn)?;
         let held = |page: Result<PageMeta, Error>| match page {
             Ok(m) if m.refcount > 0 => Ok(u32::from(m.order)),
@@ -530,14 +673,13 @@ impl Pool {
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<u64>> {
         let order = convert::order("alloc_many", order, self.geo.max_order)?;
-        let asked = count;
-        let count = match Int::of(count, || "alloc_many: count")? {
+        let asked = Int::of(count, || "alloc_many: count")?;
+        let count = match asked {
             Int::Val(v) => v,
-            Int::Huge => u64::MAX,
-            Int::Negative => {
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(ref text) => {
                 return Err(PyValueError::new_err(format!(
-                    "alloc_many: count must be >= 0, got {}",
-                    count.repr()?
+                    "alloc_many: count must be >= 0, got {text}"
                 )))
             }
         };
@@ -566,10 +708,7 @@ impl Pool {
                 format!(
                     "alloc_many: out of memory: {} blocks of order {order} requested, \
                      {capacity} available",
-                    asked
-                        .repr()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|_| count.to_string())
+                    asked.text()
                 ),
             )),
             Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
@@ -597,24 +736,27 @@ impl Pool {
             .enumerate()
             .map(
                 |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Some(v)),
-                    _ => Ok(None),
+                    Int::Val(v) => Ok(Ok(v)),
+                    big => Ok(Err(big.text())),
                 },
             )
-            .collect::<PyResult<Vec<Option<u64>>>>()?;
+            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
         // An int that no u64 holds is outside every pool. The core is handed the elements up to
         // the first such one, which stands as a pfn outside this pool (one always exists: a pool
         // has fewer than 2**32 pages), so that it names the first element that fails.
         let end = values
             .iter()
-            .position(Option::is_none)
+            .position(Result::is_err)
             .map_or(values.len(), |k| k + 1);
         let outside = if self.geo.base_pfn > 0 {
             0
         } else {
             u64::from(self.geo.nr_pages)
         };
-        let pfns: Vec<u64> = values[..end].iter().map(|v| v.unwrap_or(outside)).collect();
+        let pfns: Vec<u64> = values[..end]
+            .iter()
+            .map(|v| *v.as_ref().unwrap_or(&outside))
+            .collect();
         let slot = self.slot("put_many", cpu)?;
         let result = py.allow_threads(|| {
             with!(
@@ -629,12 +771,13 @@ impl Pool {
         });
         result.map_err(|(e, page)| {
             let op = format!("put_many: pfns[{}]", e.index);
-            match values[e.index] {
-                Some(_) => convert::error(py, &op, e.error, page),
-                None => match items[e.index].repr() {
-                    Ok(r) => raise(py, Exc::Page, format!("{op}: pfn {r} is outside the pool")),
-                    Err(err) => err,
-                },
+            match &values[e.index] {
+                Ok(_) => convert::error(py, &op, e.error, page),
+                Err(text) => raise(
+                    py,
+                    Exc::Page,
+                    format!("{op}: pfn {text} is outside the pool"),
+                ),
             }
         })
     }
@@ -727,10 +870,56 @@ impl Pool {
         self.geo.reserved_pages
     }
 
+    /// Whether the pool has an arena (False for `Pool(..., arena=False)`).
+    #[getter(arena)]
+    fn has_arena(&self, py: Python<'_>) -> bool {
+        !self.bytes.is_none(py)
+    }
+
+    /// Bytes of per-page metadata and side-table links the pool keeps (4 + 8 a page, 4 with
+    /// intrusive links), besides its arena; with caches, also their `PageRef`s (4 a page) and
+    /// slots.
+    #[getter]
+    fn metadata_bytes(&self) -> usize {
+        let n = self.geo.nr_pages as usize;
+        match self.inner {
+            Inner::Side(_) => pagebuddy::meta_bytes(n) + pagebuddy::link_bytes(n),
+            Inner::Intrusive(_) => pagebuddy::meta_bytes(n),
+            Inner::Cached(ref c) => c.metadata_bytes(n),
+        }
+    }
+
     /// The zero policy: "free", "alloc" or "never".
     #[getter]
     fn zero(&self) -> &'static str {
         self.zero
+    }
+
+    /// A pool owns its arena and its pages: `copy.copy` raises TypeError.
+    fn __copy__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// As `__copy__`.
+    fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// A pool cannot be pickled (TypeError).
+    fn __reduce_ex__(&self, py: Python<'_>, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(no_copy(py))
+    }
+
+    /// A pool is built once, by `Pool(...)`: calling `__init__` again raises TypeError (the
+    /// construction itself does not call this method).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
     }
 
     fn __repr__(&self) -> String {

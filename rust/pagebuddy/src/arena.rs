@@ -1,7 +1,16 @@
-//! The caller's memory: the only place where the allocator touches raw bytes.
+//! The caller's memory: the only place where the allocator touches raw bytes, or none at all.
+//!
+//! A pool [without an arena](Pool::without_arena) manages page numbers only (blocks of GPU or
+//! device memory, of a file, the block ids of a paged cache): its [`Arena::none`] has no bytes,
+//! so every read and write the pool would make into pages finds nothing to touch.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+
+use crate::config::{Config, ZeroPolicy};
+use crate::error::{Error, GeometryError};
+use crate::store::{PageMeta, SideTable};
+use crate::Pool;
 
 /// The bytes a pool manages: page `i` is `page_size` bytes at offset `i * page_size`.
 ///
@@ -34,6 +43,21 @@ impl<'a> Arena<'a> {
         Arena {
             ptr,
             len,
+            _memory: PhantomData,
+        }
+    }
+
+    /// No bytes at all: the arena of a pool [without one](Pool::without_arena). Every range
+    /// lies outside it, so zeroing and in-page links never touch memory.
+    ///
+    /// ```
+    /// let none = pagebuddy::Arena::none();
+    /// assert!(none.is_empty());
+    /// ```
+    pub const fn none() -> Self {
+        Arena {
+            ptr: NonNull::dangling(),
+            len: 0,
             _memory: PhantomData,
         }
     }
@@ -121,6 +145,45 @@ impl<'a> Arena<'a> {
             // SAFETY: 8 bytes at `p` lie inside the arena; write_unaligned has no alignment need.
             unsafe { core::ptr::write_unaligned(p as *mut [u8; 8], bytes) }
         }
+    }
+}
+
+impl<'a> Pool<'a, SideTable<'a>> {
+    /// Builds a pool of page numbers only, with no bytes behind them: one [`PageMeta`] per page
+    /// in `meta` and links in a [`SideTable`] (12 bytes a page in all, so 2^30 pages take
+    /// 12 GiB), and nothing else. `config.zero` must be [`ZeroPolicy::Never`]
+    /// ([`GeometryError::ZeroWithoutArena`] otherwise); `page_size` is validated but names no
+    /// bytes here. The policy is that of [`Pool::new`], step for step;
+    /// [`page_addr`](Pool::page_addr) is [`Error::NoArena`].
+    ///
+    /// ```
+    /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable, ZeroPolicy};
+    /// let (mut meta, mut links) = ([PageMeta::INIT; 8], [Link::EMPTY; 8]);
+    /// let config = Config::new(8).zero(ZeroPolicy::Never);
+    /// let mut pool = Pool::without_arena(&mut meta, SideTable::new(&mut links), config)?;
+    /// assert_eq!(pool.alloc(1)?, 0);
+    /// assert_eq!(pool.page_addr(0), Err(Error::NoArena));
+    /// assert!(!pool.has_arena());
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn without_arena(
+        meta: &'a mut [PageMeta],
+        links: SideTable<'a>,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let geo = config.geometry()?;
+        if geo.zero != ZeroPolicy::Never {
+            return Err(GeometryError::ZeroWithoutArena.into());
+        }
+        // No bytes: nothing to zero at construction, nothing for `check` to read.
+        Self::build(Arena::none(), meta, links, geo, true)
+    }
+}
+
+impl<L: crate::LinkStore> Pool<'_, L> {
+    /// Whether the pool has bytes behind its pages (false for [`Pool::without_arena`]).
+    pub fn has_arena(&self) -> bool {
+        !self.arena.is_empty()
     }
 }
 

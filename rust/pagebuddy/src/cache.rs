@@ -686,6 +686,37 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         self.try_alloc(cpu, order)
     }
 
+    /// A contiguous run of exactly `nr_pages` order-0 pages ([`Pool::alloc_exact`]), from the
+    /// pool behind the caches under its lock; each page of the run is held once. Before
+    /// [`Error::OutOfMemory`] the caches are drained as for [`alloc`](Self::alloc).
+    pub fn alloc_exact(&self, cpu: usize, nr_pages: u64) -> Result<u64, Error> {
+        match self.try_alloc_exact(nr_pages) {
+            Err(Error::OutOfMemory { .. }) => {}
+            result => return result,
+        }
+        let own = self.slot_index(cpu);
+        self.drain_slot(own)?;
+        match self.try_alloc_exact(nr_pages) {
+            Err(Error::OutOfMemory { .. }) => {}
+            result => return result,
+        }
+        for s in (0..self.slots.len()).filter(|&s| s != own) {
+            self.drain_slot(s)?;
+        }
+        self.try_alloc_exact(nr_pages)
+    }
+
+    fn try_alloc_exact(&self, nr_pages: u64) -> Result<u64, Error> {
+        self.core.with(|p| {
+            let pfn = p.alloc_exact(nr_pages)?;
+            let idx = self.index(pfn)?;
+            for page in idx..idx + nr_pages as u32 {
+                self.page_ref(page).set(held(1, 0));
+            }
+            Ok(pfn)
+        })
+    }
+
     /// Drops one reference to `pfn`. When it was the last, the block is zeroed per the policy
     /// and, for a cached order, pushed on top of CPU `cpu`'s cache (a cache that goes above
     /// `high` returns its `batch` coldest blocks to the pool under one acquisition of its lock);

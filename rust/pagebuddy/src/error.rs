@@ -46,6 +46,17 @@ pub enum Error {
         /// The order that was asked for.
         order: u32,
     },
+    /// An exact-size run ([`Pool::alloc_exact`](crate::Pool::alloc_exact)) of no pages, or of
+    /// more pages than the largest block holds.
+    InvalidRun {
+        /// The number of pages that was asked for.
+        nr_pages: u64,
+        /// The largest run the pool can give: `2^(max_order - 1)` pages.
+        max_pages: u64,
+    },
+    /// The pool has no arena ([`Pool::without_arena`](crate::Pool::without_arena)): its pages
+    /// are numbers only, with no bytes behind them.
+    NoArena,
     /// The geometry passed at construction is unusable.
     Geometry(GeometryError),
     /// The pool's state is inconsistent; see [`Corruption`].
@@ -78,6 +89,11 @@ pub enum GeometryError {
     },
     /// `order_cap` is 0.
     OrderCap,
+    /// A pool without an arena was asked to zero pages: only [`ZeroPolicy::Never`] applies
+    /// where there are no bytes.
+    ///
+    /// [`ZeroPolicy::Never`]: crate::ZeroPolicy::Never
+    ZeroWithoutArena,
     /// The arena holds fewer than `need` bytes.
     ArenaTooSmall {
         /// Bytes required.
@@ -200,6 +216,14 @@ impl fmt::Display for Error {
             Error::OutOfMemory { order } => {
                 write!(f, "out of memory: no free block of order >= {order}")
             }
+            Error::InvalidRun {
+                nr_pages,
+                max_pages,
+            } => write!(
+                f,
+                "nr_pages {nr_pages} is invalid: this pool's runs are 1..{max_pages} pages"
+            ),
+            Error::NoArena => f.write_str("the pool has no arena: its pages have no bytes"),
             Error::Geometry(e) => write!(f, "bad geometry: {e}"),
             Error::Corrupted(c) => write!(f, "corrupted pool: {c}"),
         }
@@ -227,6 +251,9 @@ impl fmt::Display for GeometryError {
                 )
             }
             GeometryError::OrderCap => f.write_str("order_cap must be at least 1"),
+            GeometryError::ZeroWithoutArena => f.write_str(
+                "a pool without an arena has no bytes to zero: its zero policy must be Never",
+            ),
             GeometryError::ArenaTooSmall { need, have } => {
                 write!(f, "arena holds {have} bytes, needs {need}")
             }

@@ -11,7 +11,10 @@
 //! - [`Pool::alloc`] splits on allocation, [`Pool::put`] zeroes (per [`ZeroPolicy`]) and
 //!   coalesces on free, [`Pool::get`] and [`Pool::split`] manage shared and split pages,
 //!   [`Pool::check`] validates every invariant; [`Pool::alloc_many`] and [`Pool::put_many`] do
-//!   a whole batch or nothing.
+//!   a whole batch or nothing; [`Pool::alloc_exact`] hands out a contiguous run of any number
+//!   of pages.
+//! - [`Pool::without_arena`] builds a pool of page numbers only (device memory, blocks of a
+//!   file, block ids), with no bytes behind them: 12 bytes of metadata and links a page.
 //! - [`LockedPool`] puts a pool behind one lock for use from many threads, and [`CachedPool`]
 //!   puts per-CPU caches of the lowest orders in front of it (Linux's `per_cpu_pages`), so that
 //!   most allocations and frees take no shared lock.
@@ -51,6 +54,7 @@ mod carve;
 mod check;
 mod config;
 mod error;
+mod exact;
 mod lock;
 mod pool;
 mod query;

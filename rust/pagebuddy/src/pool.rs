@@ -65,7 +65,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     ) -> Result<Self, Error> {
         let geo = config.geometry()?;
         let arena = arena.into();
-        let n = geo.nr_pages as usize;
         // (a validated geometry's arena size fits in usize; see Config::geometry)
         let need = geo.arena_bytes().unwrap_or(usize::MAX);
         if arena.len() < need {
@@ -75,6 +74,19 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             }
             .into());
         }
+        Self::build(arena, meta, links, geo, config.prezeroed)
+    }
+
+    /// The constructors' common part, once the arena is known to fit `geo` (or is none): checks
+    /// the metadata and links, then lays out the initial state.
+    pub(crate) fn build(
+        arena: Arena<'a>,
+        meta: &'a mut [PageMeta],
+        links: L,
+        geo: Geometry,
+        prezeroed: bool,
+    ) -> Result<Self, Error> {
+        let n = geo.nr_pages as usize;
         if meta.len() < n {
             let have = core::mem::size_of_val(meta);
             return Err(GeometryError::MetadataTooSmall {
@@ -93,7 +105,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             free_pages: 0,
             touched: geo.nr_pages,
         };
-        pool.populate(config.prezeroed)?;
+        pool.populate(prezeroed)?;
         Ok(pool)
     }
 

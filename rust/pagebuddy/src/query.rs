@@ -24,8 +24,12 @@ impl<L: LinkStore> Pool<'_, L> {
     }
 
     /// The address of page `pfn` in the arena (pKVM's `hyp_page_to_virt`).
+    /// [`Error::NoArena`] for a pool [without an arena](Pool::without_arena).
     pub fn page_addr(&self, pfn: u64) -> Result<NonNull<u8>, Error> {
         let off = self.index(pfn)? as usize * self.geo.page_size;
+        if !self.has_arena() {
+            return Err(Error::NoArena);
+        }
         // `off` is below nr_pages * page_size <= arena length, so the pointer stays in bounds.
         NonNull::new(self.arena.as_ptr().wrapping_add(off)).ok_or(Error::PfnOutOfRange { pfn })
     }
@@ -34,7 +38,8 @@ impl<L: LinkStore> Pool<'_, L> {
     pub fn addr_pfn(&self, addr: *const u8) -> Option<u64> {
         let off = (addr as usize).wrapping_sub(self.arena.as_ptr() as usize);
         // off < nr_pages * page_size, so the page index is below nr_pages.
-        let inside = matches!(self.geo.arena_bytes(), Some(bytes) if off < bytes);
+        let inside =
+            self.has_arena() && matches!(self.geo.arena_bytes(), Some(bytes) if off < bytes);
         inside.then(|| self.geo.pfn((off / self.geo.page_size) as u32))
     }
 

@@ -1,9 +1,8 @@
-"""``pagebuddy ftrace FILE``: replay a Linux page-allocator trace (see :mod:`pagebuddy._ftrace`).
+"""``pagebuddy ftrace FILE``: a Linux page-allocator trace replayed (see :mod:`pagebuddy._ftrace`).
 
-:func:`add_parser` declares the subcommand; :func:`cmd_ftrace` runs it: import the trace,
-plan its lifetimes, size the pool, replay it (in lockstep, or natively alone with
-``--no-reference``), optionally fit the smallest pool, then build one report dict that is
-printed as JSON or as tables.
+:func:`report` imports the trace, plans its lifetimes, sizes the pool, replays it (in
+lockstep, or natively alone with ``--no-reference``), optionally fits the smallest pool,
+and returns one report; :func:`show` is its rich renderer.
 """
 
 from __future__ import annotations
@@ -12,13 +11,18 @@ import argparse
 import time
 from typing import Any, Callable
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import _ftrace
-from ._ftrace import FtraceError, Plan
-
-__all__ = ["add_parser", "cmd_ftrace"]
+from .. import _ftrace
+from .._ftrace import FtraceError, Plan
+from .._trace import TraceWriter, memory_problem
+from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, output_path
+from ._context import Context
+from ._report import run_report, timing
+from ._show import AGREE, describe_geometry, ms, print_divergence, print_run
+from .demo import check_plot
 
 DESCRIPTION = (
     "Replay a Linux page-allocator trace: the kmem events mm_page_alloc and mm_page_free "
@@ -95,35 +99,29 @@ def _sizing(plan: Plan, pages: int | None) -> tuple[int, str]:
     if pages is not None:
         return pages, "--pages"
     n = _ftrace.default_nr_pages(plan)
+    largest = n == 1 << plan.max_order and n > 16
     return n, (
         f"default: {_ftrace.DEFAULT_HEADROOM} x the peak of {plan.peak_live_pages:,} live pages, "
         f"rounded up to a power of two"
-        + (
-            f" and at least one order-{plan.max_order} block"
-            if n == 1 << plan.max_order and n > 16
-            else ""
-        )
+        + (f" and at least one order-{plan.max_order} block" if largest else "")
     )
 
 
-def cmd_ftrace(ctx: Any) -> int:
-    """``pagebuddy ftrace FILE``."""
-    from . import cli
-    from ._trace import TraceWriter, memory_problem
-
+def report(ctx: Context) -> dict[str, Any]:
+    """Run ``pagebuddy ftrace``; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
     if args.plot:
-        cli._check_plot()
-        cli._output_path("--plot", args.plot)
+        check_plot()
+        output_path("--plot", args.plot)
     if args.record:
-        cli._output_path("--record", args.record)
+        output_path("--record", args.record)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
     except FtraceError as e:
-        raise cli._Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
+        raise Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
     except OSError as e:
-        raise cli._Usage(f"cannot read {args.file}: {e.strerror or e}") from None
+        raise Usage(f"cannot read {args.file}: {e.strerror or e}") from None
     t1, c1 = time.perf_counter(), time.process_time()
     plan = _ftrace.plan_lifetimes(imp)
     t2, c2 = time.perf_counter(), time.process_time()
@@ -131,43 +129,34 @@ def cmd_ftrace(ctx: Any) -> int:
     g = _ftrace.ftrace_geometry(nr_pages, plan)
     too_many = memory_problem(g)
     if too_many and not args.no_reference:
-        raise cli._Usage(f"pool of {nr_pages:,} pages ({rule}): {too_many}; use --no-reference")
+        raise Usage(f"pool of {nr_pages:,} pages ({rule}): {too_many}; use --no-reference")
     if too_many and args.record:
-        raise cli._Usage(f"--record: pool of {nr_pages:,} pages ({rule}): {too_many}")
+        raise Usage(f"--record: pool of {nr_pages:,} pages ({rule}): {too_many}")
     want_plot = bool(args.plot)
     sample_every = max(1, len(plan.actions) // 400) if want_plot else 0
-    timing = None
     if args.no_reference:
-        native = _ftrace.replay_native(
+        result = _ftrace.replay_native(
             plan,
             nr_pages,
             keep_ops=bool(args.record),
             sample_every=sample_every,
             want_map=want_plot,
-        )
-        result = native.as_run_result()
-        mode = "native"
+        ).as_run_result()
     else:
-        pool_cls, model_cls = cli._classes()
-        result = cli._run_with_progress(
-            ctx,
+        result = ctx.counted(
             "lockstep",
             len(plan.actions),
             lambda tick: _ftrace.replay_lockstep(
                 plan,
                 nr_pages,
-                pool_cls=pool_cls,
-                model_cls=model_cls,
                 compare_every=args.compare_every,
                 sample_every=sample_every,
                 want_map=want_plot,
                 progress=tick,
             )[0],
         )
-        mode = "lockstep"
     replay_s, replay_cpu = result.seconds, time.process_time() - c2
-    if mode == "lockstep" and result.ok:
-        timing = cli._timing(g, result.ops, pool_cls, model_cls)
+    timed = timing(g, result.ops) if not args.no_reference and result.ok else None
     fit = None
     if args.fit:
         with ctx.progress() as prog:
@@ -183,13 +172,11 @@ def cmd_ftrace(ctx: Any) -> int:
             w.section(g)
             w.ops(result.ops)
     if want_plot and result.ok:
-        from ._plot import plot_run
+        from .._plot import plot_run
 
         plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
-    elapsed = time.perf_counter() - t0
-    code = cli.EXIT_OK if result.ok else cli.EXIT_DIVERGENCE
-    report = cli._report_dict("ftrace", g, result, timing)
-    report.update(
+    r = run_report("ftrace", g, result, timed)
+    r.update(
         ops=sum(result.op_counts.values()),
         file=args.file,
         lines=imp.lines,
@@ -202,10 +189,10 @@ def cmd_ftrace(ctx: Any) -> int:
         malformed_examples=imp.malformed_examples,
         pool={"nr_pages": nr_pages, "rule": rule},
         replay={
-            "mode": mode,
+            "mode": "native" if args.no_reference else "lockstep",
             "seconds": round(replay_s, 4),
             "cpu_seconds": round(replay_cpu, 4),
-            **({"compare_every": args.compare_every} if mode == "lockstep" else {}),
+            **({} if args.no_reference else {"compare_every": args.compare_every}),
         },
         import_seconds=round(t1 - t0, 4),
         import_cpu_seconds=round(c1 - c0, 4),
@@ -214,58 +201,50 @@ def cmd_ftrace(ctx: Any) -> int:
         fit=fit.as_dict() if fit is not None else None,
         record=args.record,
         plot=args.plot if want_plot and result.ok else None,
-        seconds=round(elapsed, 3),
-        exit_code=code,
+        seconds=round(time.perf_counter() - t0, 3),
+        exit_code=EXIT_OK if result.ok else EXIT_DIVERGENCE,
     )
-    if ctx.json:
-        ctx.emit_json(report)
-    else:
-        _print(ctx, report, result, plan, timing)
-    return code
+    return r
 
 
-def _events_table(report: dict[str, Any], plan: Plan) -> Table:
+# -- the rich renderer ---------------------------------------------------------------------------
+
+
+def _events_table(r: dict[str, Any]) -> Table:
     t = Table(title="Events", title_justify="left")
     t.add_column("event")
     t.add_column("lines", justify="right")
     t.add_column("in the replay")
-    for name, n in sorted(report["events"].items(), key=lambda kv: (-kv[1], kv[0])):
+    batched_as_frees = r["lifetimes"]["batched_as_frees"]
+    for name, n in sorted(r["events"].items(), key=lambda kv: (-kv[1], kv[0])):
         role = ROLES.get(name, "another event: skipped")
-        if plan.batched_as_frees and name in _ftrace.BATCHED_EVENTS:
+        if batched_as_frees and name in _ftrace.BATCHED_EVENTS:
             role = _BATCHED_AS_FREE
         t.add_row(name, f"{n:,}", role)
     return t
 
 
-def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: Any) -> None:
-    from . import cli
-
-    out = ctx.out
-    g = result.geometry
-    n_events = sum(report["events"].values())
-    out.print(
-        f"[bold]pagebuddy ftrace[/] {escape(report['file'])}: {report['lines']:,} lines, "
-        f"{n_events:,} events (read in {cli._ms(report['import_seconds'])})"
-    )
-    out.print(_events_table(report, plan))
-    sk = report["skipped"]
+def _skipped(out: Console, r: dict[str, Any]) -> None:
+    sk = r["skipped"]
     other = [
         f"{sk['other_tracers']:,} lines of other tracers" if sk["other_tracers"] else "",
         f"{sk['failed_allocations']:,} failed allocations" if sk["failed_allocations"] else "",
         f"{sk['malformed']:,} malformed lines (--lenient)" if sk["malformed"] else "",
         f"{sk['comments']:,} comment or header lines" if sk["comments"] else "",
     ]
-    other = [x for x in other if x]
-    if other:
-        out.print("Also skipped: " + ", ".join(other))
-    if report["lost_events"]:
+    if any(other):
+        out.print("Also skipped: " + ", ".join(x for x in other if x))
+    if r["lost_events"]:
         out.print(
-            f"[yellow]The kernel lost {report['lost_events']:,} events[/] (a full buffer): "
+            f"[yellow]The kernel lost {r['lost_events']:,} events[/] (a full buffer): "
             "allocations and frees may be missing"
         )
-    for line in report["malformed_examples"][:5]:
+    for line in r["malformed_examples"][:5]:
         out.print(f"  {line}", markup=False)
-    lt = report["lifetimes"]
+
+
+def _lifetimes(out: Console, r: dict[str, Any]) -> None:
+    lt = r["lifetimes"]
     pieces = (
         f" ({lt['piece_frees']:,} of pieces of {lt['split_blocks']:,} split block(s))"
         if lt["split_blocks"]
@@ -282,42 +261,48 @@ def _print(ctx: Any, report: dict[str, Any], result: Any, plan: Plan, timing: An
             f"trace does not show: put first); {lt['wide_frees']:,} free(s) wider than "
             "their block"
         )
-    out.print(f"Pool: {cli._describe_geometry(g)} ({report['pool']['rule']})")
-    if not result.ok:
-        cli._print_divergence(ctx, result, None)
-    elif report["replay"]["mode"] == "lockstep":
-        out.print(
-            "[green]Pool and ReferencePool agree[/] on every operation: results, exceptions, "
-            "free lists, block contents, page counts and check()"
-        )
-    cli._print_report(ctx, g, result, timing)
-    rp = report["replay"]
-    what = (
-        "Lockstep replay (Pool and ReferencePool; free lists compared "
-        + (
-            "after every operation"
-            if rp.get("compare_every", 1) == 1
-            else f"every {rp['compare_every']} operations"
-        )
-        + ")"
-        if rp["mode"] == "lockstep"
-        else "Native replay (Pool alone)"
-    )
-    cpu = rp["cpu_seconds"] + report["import_cpu_seconds"] + report["plan_cpu_seconds"]
+
+
+def _times(out: Console, r: dict[str, Any]) -> None:
+    rp = r["replay"]
+    if rp["mode"] == "lockstep":
+        every = rp["compare_every"]
+        when = "after every operation" if every == 1 else f"every {every} operations"
+        what = f"Lockstep replay (Pool and ReferencePool; free lists compared {when})"
+    else:
+        what = "Native replay (Pool alone)"
+    cpu = rp["cpu_seconds"] + r["import_cpu_seconds"] + r["plan_cpu_seconds"]
     out.print(
-        f"{what}: {cli._ms(rp['seconds'])}; import {cli._ms(report['import_seconds'])}, "
-        f"lifetimes {cli._ms(report['plan_seconds'])} (wall clock; CPU time of the three: "
-        f"{cli._ms(cpu)})"
+        f"{what}: {ms(rp['seconds'])}; import {ms(r['import_seconds'])}, "
+        f"lifetimes {ms(r['plan_seconds'])} (wall clock; CPU time of the three: {ms(cpu)})"
     )
-    fit = report["fit"]
+    fit = r["fit"]
     if fit is not None:
         out.print(
             f"Fit: the smallest pool that serves the whole trace has [bold]{fit['nr_pages']:,}"
             f"[/] pages, {fit['overhead_ratio']:.4f} x the peak of {fit['peak_live_pages']:,} "
-            f"live pages ({fit['replays']} native replays, {cli._ms(fit['seconds'])})"
+            f"live pages ({fit['replays']} native replays, {ms(fit['seconds'])})"
         )
-    if report["plot"]:
-        out.print(f"Plot written to {escape(report['plot'])}")
-    if report["record"]:
-        out.print(f"Trace written to {escape(report['record'])} (pagebuddy replay runs it)")
-    out.print(f"Done in {report['seconds']:.2f} s")
+
+
+def show(out: Console, r: dict[str, Any]) -> None:
+    """The rich rendering of an ``ftrace`` report."""
+    out.print(
+        f"[bold]pagebuddy ftrace[/] {escape(r['file'])}: {r['lines']:,} lines, "
+        f"{sum(r['events'].values()):,} events (read in {ms(r['import_seconds'])})"
+    )
+    out.print(_events_table(r))
+    _skipped(out, r)
+    _lifetimes(out, r)
+    out.print(f"Pool: {describe_geometry(r['geometry'], r['max_order'])} ({r['pool']['rule']})")
+    if r["divergence"] is not None:
+        print_divergence(out, r["divergence"])
+    elif r["replay"]["mode"] == "lockstep":
+        out.print(AGREE)
+    print_run(out, r)
+    _times(out, r)
+    if r["plot"]:
+        out.print(f"Plot written to {escape(r['plot'])}")
+    if r["record"]:
+        out.print(f"Trace written to {escape(r['record'])} (pagebuddy replay runs it)")
+    out.print(f"Done in {r['seconds']:.2f} s")
