@@ -1467,6 +1467,37 @@ mod tests {
     }
 
     #[test]
+    fn exact_runs_come_from_the_pool_after_draining() {
+        let c = small();
+        let mut m = Mem::new(8, 2, &c);
+        let p = m.pool(cfg(8), c).unwrap();
+        assert_eq!(p.alloc(1, 0), Ok(0)); // slot 1 caches page 1
+        assert_eq!(p.alloc_exact(0, 3), Ok(4)); // pages 4, 5, 6; 7 back in the pool
+        for pfn in 4..7 {
+            assert_eq!((p.refcount(pfn), p.order(pfn)), (Ok(1), Ok(Some(0))));
+        }
+        assert_eq!(p.refcount(7), Ok(0));
+        // Pages 2-3 are a free order-1 block: a run of 2 takes it, slot 1 keeps page 1.
+        assert_eq!(p.alloc_exact(0, 2), Ok(2));
+        assert_eq!(p.cached_pages(1), 1);
+        assert_eq!(p.alloc_exact(0, 2), Err(Error::OutOfMemory { order: 1 }));
+        assert_eq!(p.cached_pages(1), 0); // no order-1 block even after draining: page 7 and 1
+        assert_eq!(
+            p.alloc_exact(0, 0),
+            Err(Error::InvalidRun {
+                nr_pages: 0,
+                max_pages: 8
+            })
+        );
+        for pfn in [0, 2, 3, 4, 5, 6] {
+            p.put(0, pfn).unwrap();
+        }
+        p.drain_all().unwrap();
+        p.check().unwrap();
+        assert_eq!(p.free_pages(), 8);
+    }
+
+    #[test]
     fn slots_wrap_around() {
         let c = small();
         let mut m = Mem::new(8, 3, &c);
