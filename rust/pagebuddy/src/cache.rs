@@ -1498,6 +1498,19 @@ mod tests {
     }
 
     #[test]
+    fn refills_hand_out_blocks_in_pool_order() {
+        // A refill of 8 stacks 7 blocks, reversed so that they come out as the pool gave them.
+        let c = CacheConfig::new().orders(1).batch(8).high(8);
+        let mut m = Mem::new(32, 1, &c);
+        let p = m.pool(cfg(32), c).unwrap();
+        let got: Vec<u64> = (0..9).map(|_| p.alloc(0, 0).unwrap()).collect();
+        assert_eq!(got, (0..9).collect::<Vec<u64>>());
+        let mut out = [0u64; 9];
+        assert_eq!(p.cached_blocks(0, 0, &mut out), 7);
+        assert_eq!(out[..7], [15, 14, 13, 12, 11, 10, 9]);
+    }
+
+    #[test]
     fn slots_wrap_around() {
         let c = small();
         let mut m = Mem::new(8, 3, &c);

@@ -372,7 +372,7 @@ fn shape() -> impl Strategy<Value = Shape> {
         1u32..=11,
         1usize..=3,
         0u32..=6,
-        1u32..=4,
+        1u32..=6,
         0u32..=4,
     )
         .prop_map(
