@@ -1417,11 +1417,17 @@ mod tests {
             // Marks are cleared even so.
             assert!(p.refs.iter().all(|r| r.load() != SEEN));
         });
-        // A stack longer than its storage.
+        // A stack longer than its storage: found by its length (at the base pfn), before its
+        // entries, which past the storage name page 1 again and again.
         corrupt_case(|p| {
-            p.with_cache(1, |c| c.set_len(0, 5));
+            for b in &p.blocks[1..=p.cap] {
+                b.set(1);
+            }
+            p.with_cache(0, |c| c.set_len(0, p.cap + 1));
             cache_corruption(p, 0);
-            p.with_cache(1, |c| c.set_len(0, 0));
+            p.with_cache(0, |c| c.set_len(0, 1));
+            p.with_cache(0, |c| c.set_len(1, 0));
+            p.blocks[p.cap].set(0);
             p.check().unwrap();
         });
         // A block cached in the wrong order's stack.
@@ -1540,6 +1546,7 @@ mod tests {
         });
         assert_eq!(p.cached_pages(thread_cpu()), 2);
         p.drain_local().unwrap();
+        assert_eq!(p.cached_pages(thread_cpu()), 0);
         assert_eq!(p.free_pages(), 8);
         p.check().unwrap();
     }
