@@ -20,13 +20,15 @@ valgrind:
 fuzz-short:
 	scripts/fuzz.sh differential $(FUZZ_SHORT)
 	scripts/fuzz.sh scribble $(FUZZ_SHORT)
+	scripts/fuzz.sh attach $(FUZZ_SHORT)
 
 fuzz-long:
 	scripts/fuzz.sh differential $(FUZZ_LONG)
 	scripts/fuzz.sh scribble $(FUZZ_LONG)
+	scripts/fuzz.sh attach $(FUZZ_LONG)
 
 loom:
-	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --release \
+	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --test loom_shm --release \
 	    --target-dir target/loom -- --nocapture --test-threads=1
 
 # Doctests are left out (each compiles separately; the unit tests cover the same functions) and

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one cargo-fuzz target of the core for a number of seconds:
 #   scripts/fuzz.sh TARGET SECONDS [extra libFuzzer flags...]
-# TARGET is `differential` or `scribble`. Needs a nightly toolchain and cargo-fuzz
+# TARGET is `differential`, `scribble` or `attach`. Needs a nightly toolchain and cargo-fuzz
 # (`cargo install cargo-fuzz`); without them it says so and exits 0, so CI can call it anywhere.
 # Builds with debug assertions (overflow checks) and AddressSanitizer, the cargo-fuzz default.
 set -euo pipefail

@@ -74,6 +74,7 @@ import numpy as np
 from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
 from pagebuddy._lockstep import Divergence, Lockstep
 from pagebuddy._rules import KIND_OF_METHOD, OPERATIONS, Geometry
+from support import claim_pages, run_cli
 
 NIL = 0xFFFFFFFF
 SENTINEL = 0xA5
@@ -255,13 +256,11 @@ class Subject:
     # --- held-block bookkeeping (metadata lives outside the arena: it is always trustworthy)
 
     def add_block(self, head: int, order: int) -> None:
-        for page in range(head, head + (1 << order)):
-            if page in self.owner:
-                self.ctx.fail(
-                    f"pfn {page} handed out in block {head} (order {order}) while it lies in "
-                    f"held block {self.owner[page]}"
-                )
-            self.owner[page] = head
+        for page, holder in claim_pages(self.owner, head, head, order):
+            self.ctx.fail(
+                f"pfn {page} handed out in block {head} (order {order}) while it lies in "
+                f"held block {holder}"
+            )
         self.held[head] = order
 
     def allocated(self, pfns: list[int], order: int) -> None:
@@ -920,17 +919,6 @@ def run_buffers(ctx: Context, steps: int) -> None:
 # ------------------------------------------------------------------------- catalogue scenario
 
 
-def pagebuddy_cli(*argv: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pagebuddy ARGV`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "pagebuddy", *argv],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
-
-
 def expect_usage_error(
     ctx: Context, proc: subprocess.CompletedProcess[bytes], json_out: bool
 ) -> None:
@@ -982,7 +970,7 @@ def case_two_pools_one_buffer(ctx: Context) -> None:
 
 def case_trace_asks_for_too_much(ctx: Context) -> None:
     trace = b"pagebuddy-trace v1 nr_pages=67108864 page_size=64 arena=buffer\nalloc 0\n"
-    proc = pagebuddy_cli("replay", "-", "--json", stdin=trace)
+    proc = run_cli("replay", "-", "--json", stdin=trace)
     expect_usage_error(ctx, proc, True)
     if "pages" not in json.loads(proc.stdout)["reason"]:
         ctx.fail(f"the refusal does not say what is too much: {proc.stdout!r}")
@@ -1011,9 +999,9 @@ def case_cli_tracebacks(ctx: Context) -> None:
     for pages in ("1", "15", "4294967295"):
         for json_out in (False, True):
             argv = ["bench", "--tiny", "--pages", pages] + (["--json"] if json_out else [])
-            expect_usage_error(ctx, pagebuddy_cli(*argv), json_out)
+            expect_usage_error(ctx, run_cli(*argv), json_out)
     binary = b"pagebuddy-trace v1 nr_pages=8\nput \xff\xfe\n"
-    proc = pagebuddy_cli("replay", "-", stdin=binary, PYTHONIOENCODING="utf-8")
+    proc = run_cli("replay", "-", stdin=binary, PYTHONIOENCODING="utf-8")
     expect_usage_error(ctx, proc, False)
 
 
@@ -1031,7 +1019,7 @@ def case_cli_json_errors(ctx: Context) -> None:
             ["replay", "/nonexistent"],
             ["demo", "--no-such-flag"],
         ):
-            expect_usage_error(ctx, pagebuddy_cli(*argv, "--json"), True)
+            expect_usage_error(ctx, run_cli(*argv, "--json"), True)
 
 
 def case_trace_integers(ctx: Context) -> None:
@@ -1049,10 +1037,10 @@ def case_trace_integers(ctx: Context) -> None:
 def case_plot_paths(ctx: Context) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "noext")
-        proc = pagebuddy_cli("demo", "--ops", "300", "--plot", path, "--json")
+        proc = run_cli("demo", "--ops", "300", "--plot", path, "--json")
         if proc.returncode != 0 or sorted(os.listdir(tmp)) != ["noext"]:
             ctx.fail(f"--plot noext wrote {os.listdir(tmp)} (exit {proc.returncode})")
-        expect_usage_error(ctx, pagebuddy_cli("demo", "--plot", tmp), False)
+        expect_usage_error(ctx, run_cli("demo", "--plot", tmp), False)
 
 
 def case_put_many_all_or_nothing(ctx: Context) -> None:

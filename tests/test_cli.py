@@ -374,7 +374,10 @@ def test_fuzz_command_with_injected_pool_exits_1(
         _exec_snippet(snippet)
     code, d = run_json(capsys, "fuzz", "--ops", "50000", "--seed", "3")
     assert code == 1 and d["ok"] is False
-    assert d["reproducer"] == snippet
+    # A reproducer of the same seed (shrinking may stop elsewhere when time runs short).
+    assert d["reproducer"].startswith(snippet.partition("\n")[0])
+    with pytest.raises(AssertionError):
+        _exec_snippet(d["reproducer"])
     assert d["reproducer_trace"].startswith("pagebuddy-trace v1")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -24,21 +23,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pagebuddy import _trace, cli
+from support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_TRACE = "pagebuddy-trace v1 nr_pages=8 page_size=64\nalloc 0\nput 0\n"
+FTRACE = ROOT / "tests" / "data" / "kmem-thp-split.trace"
 
 
 def pagebuddy(*argv: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
-    """``python -m pagebuddy ARGV`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "pagebuddy", *argv],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "80", **env},
-    )
+    """``python -m pagebuddy ARGV`` in a child process, from the repository root, 80 columns."""
+    return run_cli(*argv, stdin=stdin, cwd=ROOT, **{"COLUMNS": "80", **env})
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess[bytes], as_json: bool) -> dict[str, Any]:
@@ -229,6 +223,12 @@ BAD_VALUES: dict[str, dict[str, list[str]]] = {
         "--plot": ["/", "/nonexistent/dir/x.png"],
     },
     "bench": {"--pages": [*NOT_INT, "0", "1", "15", "1048577", "4294967295"]},
+    "ftrace": {
+        "--pages": [*NOT_INT, "0", "-1", "1048577"],
+        "--compare-every": [*NOT_INT, "0", "-1"],
+        "--plot": ["/", "/nonexistent/dir/x.png"],
+        "--record": ["/", "/nonexistent/dir/x.trace"],
+    },
 }
 # A valid, quick invocation of each subcommand (``TRACE`` stands for a good trace file).
 BASE: dict[str, list[str]] = {
@@ -236,6 +236,7 @@ BASE: dict[str, list[str]] = {
     "fuzz": ["--ops", "50", "--seed", "1", "--pages", "8"],
     "replay": ["TRACE"],
     "bench": ["--tiny", "--pages", "16"],
+    "ftrace": ["FTRACE"],
 }
 # Malformed arguments any subcommand refuses.
 BAD_ANYWHERE = [["--bogus"], ["--json=1"], ["--no-progress=yes"], ["-x"], ["--ops=", "--plot"]]
@@ -290,10 +291,21 @@ def malformed_trace(rng: random.Random) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+# Lines that make a kernel trace (``ftrace``) malformed, wherever they are inserted.
+BAD_FTRACE_LINES = [b"?garbage", b"\xff\xfe", b"alloc 0", b"mm_page_alloc: page=", b"nr_pages=8"]
+
+
+def malformed_ftrace(rng: random.Random) -> bytes:
+    lines = FTRACE.read_bytes().splitlines()[:40]
+    lines.insert(rng.randrange(len(lines) + 1), rng.choice(BAD_FTRACE_LINES))
+    return b"\n".join(lines) + b"\n"
+
+
 def malformed_argv(rng: random.Random, trace: Path) -> tuple[list[str], bytes]:
     """A random malformed invocation: ``(argv, stdin)``; every one must exit 2."""
     command = rng.choice(list(BASE))
-    base = [str(trace) if a == "TRACE" else a for a in BASE[command]]
+    good = {"TRACE": str(trace), "FTRACE": str(trace.with_name("good.ftrace"))}
+    base = [good.get(a, a) for a in BASE[command]]
     stdin = b""
     r = rng.random()
     if r < 0.55:
@@ -306,7 +318,9 @@ def malformed_argv(rng: random.Random, trace: Path) -> tuple[list[str], bytes]:
         bad = rng.choice(BAD_ANYWHERE)
     elif command == "replay" and r < 0.95:
         base, stdin, bad = ["-"], malformed_trace(rng), []
-    elif command == "replay":
+    elif command == "ftrace" and r < 0.95:
+        base, stdin, bad = ["-"], malformed_ftrace(rng), []
+    elif command in ("replay", "ftrace"):
         base, bad = [rng.choice(["/nonexistent/trace", "/"])], []
     elif command == "fuzz":
         bad = rng.choice(
@@ -336,8 +350,10 @@ def run_in_process(argv: list[str], stdin: bytes) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def good_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A good pagebuddy trace; a good kernel trace (``ftrace``) lies beside it."""
     path = tmp_path_factory.mktemp("cli") / "good.trace"
     path.write_text(GOOD_TRACE)
+    path.with_name("good.ftrace").write_bytes(b"\n".join(FTRACE.read_bytes().splitlines()[:40]))
     return path
 
 

@@ -11,19 +11,16 @@ must match under each zero policy and link store is the rulebook's
 (``pagebuddy._rules.arena_comparison``). Bytes past ``nr_pages * page_size`` of a caller
 buffer must never change.
 
-Step budget: under the ``ci`` profile the machine runs 60 examples of 50 steps, one of which
-builds the pools, i.e. 2,940 rule steps; ``test_differential_machine`` counts the steps and
-fails if fewer than 2,000 ran.
+Step budget: under the ``ci`` profile the machine runs 60 examples of up to 60 steps (one of
+which builds the pools); Hypothesis ends some examples early, and a run takes about 2,900 rule
+steps. ``test_differential_machine`` counts them and fails if fewer than 2,500 ran.
 """
 
 from __future__ import annotations
 
-import mmap
-import operator
 import random
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -36,11 +33,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy import PageError
 from pagebuddy._lockstep import Lockstep
 from pagebuddy._rules import MAX_REFCOUNT, OPERATIONS, Geometry
 
-MIN_CI_STEPS = 2000
+MIN_CI_STEPS = 2500
+#: Steps per example at least (the ``ci`` profile's 50, raised for this machine).
+STEPS_PER_EXAMPLE = 60
 # Pfns and orders that fit no pool (and no machine integer).
 WILD_PFNS = [-1, -(2**63), -(2**70), 2**63, 2**64 - 1, 2**64, 2**70]
 WILD_ORDERS = [-1, -(2**70), 11, 12, 63, 64, 2**32, 2**64, 2**70]
@@ -172,26 +171,6 @@ class DifferentialMachine(RuleBasedStateMachine):
         """A run of any length, up to (and past) the largest block."""
         self.step().apply(("exact", nr_pages))
 
-    @rule(data=st.data())
-    def put_page(self, data: st.DataObject) -> None:
-        self.step().apply(("put", self.pfn(data)))
-
-    @rule(data=st.data())
-    def get_page(self, data: st.DataObject) -> None:
-        self.step().apply(("get", self.pfn(data)))
-
-    @rule(data=st.data())
-    def split_page(self, data: st.DataObject) -> None:
-        self.step().apply(("split", self.pfn(data)))
-
-    @rule(data=st.data())
-    def page_count(self, data: st.DataObject) -> None:
-        self.step().apply(("page_count", self.pfn(data)))
-
-    @rule(data=st.data())
-    def view(self, data: st.DataObject) -> None:
-        self.step().apply(("view", self.pfn(data)))
-
     @rule(
         data=st.data(),
         offset=st.integers(0, 2**20),
@@ -226,6 +205,20 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.twin.agree()
 
 
+def _pfn_rule(kind: str) -> Any:
+    """A rule calling the one-pfn operation ``kind`` (one rule each keeps them as frequent)."""
+
+    def call(self: DifferentialMachine, data: st.DataObject) -> None:
+        self.step().apply((kind, self.pfn(data)))
+
+    call.__name__ = call.__qualname__ = kind
+    return rule(data=st.data())(call)
+
+
+for _kind in ("put", "get", "split", "page_count", "view"):
+    setattr(DifferentialMachine, _kind, _pfn_rule(_kind))
+
+
 def _profile_name() -> str | None:
     get_name = getattr(settings, "get_current_profile_name", None)
     return get_name() if get_name else getattr(settings, "_current_profile", None)
@@ -233,7 +226,8 @@ def _profile_name() -> str | None:
 
 def test_differential_machine() -> None:
     DifferentialMachine.rule_steps = 0
-    run_state_machine_as_test(DifferentialMachine)
+    steps = max(STEPS_PER_EXAMPLE, settings.default.stateful_step_count)
+    run_state_machine_as_test(DifferentialMachine, settings=settings(stateful_step_count=steps))
     if _profile_name() == "ci":
         assert DifferentialMachine.rule_steps >= MIN_CI_STEPS, DifferentialMachine.rule_steps
 
@@ -317,261 +311,3 @@ def test_refcount_overflow_agrees() -> None:
     pools.apply(("put_many", [pfn, pfn + 1]))
     pools.agree()
     assert pools.model.free_lists() == [[], [], [0]]
-
-
-# ------------------------------------------------------------------------- the contract, on both
-
-
-@pytest.fixture(params=[Pool, ReferencePool], ids=["Pool", "ReferencePool"])
-def impl(request: pytest.FixtureRequest) -> type:
-    return request.param
-
-
-def _kwargs_id(value: Any) -> str:
-    """Test id of a constructor-keywords dict (buffers by type and size)."""
-    if not isinstance(value, dict):
-        return getattr(value, "__name__", repr(value))
-
-    def show(item: Any) -> str:
-        if isinstance(item, (bytes, bytearray, memoryview, np.ndarray)):
-            return f"{type(item).__name__}[{memoryview(item).nbytes}]"
-        return repr(item)
-
-    return ",".join(f"{key}={show(item)}" for key, item in value.items())
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error"),
-    [
-        ({"nr_pages": 0}, ValueError),
-        ({"nr_pages": -1}, ValueError),
-        ({"nr_pages": 2**32 - 1}, ValueError),
-        ({"nr_pages": 2**64}, ValueError),
-        ({"nr_pages": "9"}, TypeError),
-        ({"nr_pages": 9.0}, TypeError),
-        ({"nr_pages": None}, TypeError),
-        ({"nr_pages": 9, "page_size": 32}, ValueError),
-        ({"nr_pages": 9, "page_size": 63}, ValueError),
-        ({"nr_pages": 9, "page_size": 96}, ValueError),
-        ({"nr_pages": 9, "page_size": 0}, ValueError),
-        ({"nr_pages": 9, "page_size": -4096}, ValueError),
-        ({"nr_pages": 9, "page_size": 2**31}, ValueError),
-        ({"nr_pages": 9, "page_size": 4096.0}, TypeError),
-        ({"nr_pages": 9, "base_pfn": -1}, ValueError),
-        ({"nr_pages": 9, "base_pfn": 2**64 - 8}, ValueError),
-        ({"nr_pages": 1, "base_pfn": 2**64}, ValueError),
-        ({"nr_pages": 9, "base_pfn": "0"}, TypeError),
-        ({"nr_pages": 9, "reserved_pages": -1}, ValueError),
-        ({"nr_pages": 9, "reserved_pages": 10}, ValueError),
-        ({"nr_pages": 9, "reserved_pages": 0.5}, TypeError),
-        ({"nr_pages": 9, "max_order": 0}, ValueError),
-        ({"nr_pages": 9, "max_order": -1}, ValueError),
-        ({"nr_pages": 9, "max_order": "4"}, TypeError),
-        ({"nr_pages": 9, "zero": "FREE"}, ValueError),
-        ({"nr_pages": 9, "zero": ""}, ValueError),
-        ({"nr_pages": 9, "zero": 1}, TypeError),
-        ({"nr_pages": 9, "zero": None}, TypeError),
-        ({"nr_pages": 9, "_links": "list"}, ValueError),
-        ({"nr_pages": 9, "_links": 0}, TypeError),
-        ({"nr_pages": 9, "_links": None}, TypeError),
-        ({"nr_pages": 9, "page_size": None}, TypeError),
-        ({"nr_pages": 9, "base_pfn": None}, TypeError),
-        ({"nr_pages": 9, "reserved_pages": None}, TypeError),
-        ({"nr_pages": 9, "max_order": None}, TypeError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": bytes(576)}, TypeError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": memoryview(bytes(576))}, TypeError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": 576}, TypeError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": "x" * 576}, TypeError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(144, np.int64)[::2]}, TypeError),
-        (
-            {"nr_pages": 9, "page_size": 64, "buffer": np.zeros((9, 128), np.uint8)[:, :64]},
-            TypeError,
-        ),
-        ({"nr_pages": 9, "page_size": 64, "buffer": bytearray(575)}, ValueError),
-        ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(71, np.float64)}, ValueError),
-    ],
-    ids=_kwargs_id,
-)
-def test_constructor_rejects(impl: type, kwargs: dict[str, Any], error: type) -> None:
-    with pytest.raises(error) as info:
-        impl(**kwargs)
-    assert type(info.value) is error
-
-
-def _read_only_array() -> np.ndarray:
-    array = np.zeros(576, np.uint8)
-    array.flags.writeable = False
-    return array
-
-
-@pytest.mark.parametrize(
-    "dtype",
-    [object, [("a", "<i8"), ("b", object)]],
-    ids=["object", "struct-with-object"],
-)
-def test_constructor_rejects_arrays_of_objects(impl: type, dtype: Any) -> None:
-    with pytest.raises(TypeError):
-        impl(1, page_size=64, buffer=np.empty(64, dtype=dtype))
-
-
-def test_constructor_rejects_read_only_numpy(impl: type) -> None:
-    with pytest.raises(TypeError):
-        impl(9, page_size=64, buffer=_read_only_array())
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "max_order", "free_lists"),
-    [
-        ({"nr_pages": True}, 1, [[0]]),
-        ({"nr_pages": np.int64(9), "page_size": np.uint16(64)}, 4, [[8], [], [], [0]]),
-        ({"nr_pages": 9, "max_order": 2**70}, 4, [[8], [], [], [0]]),
-        ({"nr_pages": 9, "max_order": 12}, 4, [[8], [], [], [0]]),
-        ({"nr_pages": 9, "reserved_pages": 9}, 4, [[], [], [], []]),
-        ({"nr_pages": 9, "base_pfn": 2**64 - 9}, 4, [[2**64 - 9], [], [], [2**64 - 8]]),
-    ],
-)
-def test_constructor_accepts(
-    impl: type, kwargs: dict[str, Any], max_order: int, free_lists: list[list[int]]
-) -> None:
-    pool = impl(**kwargs)
-    assert pool.max_order == max_order
-    assert pool.free_lists() == free_lists
-    pool.check()
-
-
-def test_largest_page_size(impl: type) -> None:
-    # Two 1 GiB pages over a lazily allocated mapping; "never" so that nothing is touched.
-    with mmap.mmap(-1, 2**31) as mapping:
-        pool = impl(2, page_size=2**30, buffer=mapping, zero="never")
-        assert (pool.page_size, pool.max_order, pool.free_lists()) == (2**30, 2, [[], [0]])
-        del pool
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda size: bytearray(size),
-        lambda size: mmap.mmap(-1, size),
-        lambda size: memoryview(bytearray(size)),
-        lambda size: np.zeros(size // 8, np.float64),
-        lambda size: np.zeros((size // 64, 16), np.int32),
-        lambda size: np.zeros(size // 12 + 1, np.dtype([("a", "<i4"), ("b", "<f8")])),
-    ],
-    ids=["bytearray", "mmap", "memoryview", "float64", "int32-2d", "structured"],
-)
-def test_buffer_kinds(impl: type, make: Callable[[int], Any]) -> None:
-    buffer = make(16 * 64)
-    raw = memoryview(buffer).cast("B")
-    raw[:] = b"\xa5" * raw.nbytes
-    pool = impl(16, page_size=64, buffer=buffer, reserved_pages=1)
-    assert bytes(raw[:64]) == b"\xa5" * 64  # the reserved page is never freed, never zeroed
-    assert not any(raw[64 : 16 * 64])  # the free pages were zeroed by the initial puts
-    assert bytes(raw[16 * 64 :]) == b"\xa5" * (raw.nbytes - 16 * 64)
-    pfn = pool.alloc_pages(2)
-    pool.view(pfn)[:] = b"\x11" * 256
-    assert bytes(raw[pfn * 64 : pfn * 64 + 256]) == b"\x11" * 256
-    pool.put_page(pfn)
-    assert not any(raw[pfn * 64 : pfn * 64 + 256])
-    pool.check()
-
-
-def test_bytearray_cannot_be_resized_while_used(impl: type) -> None:
-    buffer = bytearray(4 * 64)
-    pool = impl(4, page_size=64, buffer=buffer)
-    with pytest.raises(BufferError):
-        buffer.append(0)
-    with pytest.raises(BufferError):
-        del buffer[:64]
-    assert len(buffer) == 4 * 64
-    pool.check()
-
-
-def test_view_outlives_pool(impl: type) -> None:
-    pool = impl(4, page_size=64)
-    pfn = pool.alloc_pages(1)
-    view = pool.view(pfn)
-    view[:] = b"\x5a" * 128
-    del pool
-    assert bytes(view) == b"\x5a" * 128
-    view[0] = 1
-    assert view[0] == 1
-
-
-def test_view_shape(impl: type) -> None:
-    pool = impl(37, base_pfn=5, page_size=128)
-    pfn = pool.alloc_pages(3)
-    view = pool.view(pfn)
-    assert (view.format, view.ndim, view.nbytes, view.readonly) == ("B", 1, 128 << 3, False)
-
-
-def test_repr(impl: type) -> None:
-    assert repr(impl(9)) == (
-        f"{impl.__name__}(nr_pages=9, page_size=4096, base_pfn=0, max_order=4, zero='free', "
-        "free_pages=9)"
-    )
-
-
-@pytest.mark.parametrize("bad", NOT_INTS)
-def test_non_int_arguments(impl: type, bad: Any) -> None:
-    pool = impl(9, page_size=64)
-    held = pool.alloc_pages(0)
-    before = pool.free_lists()
-    for call in (
-        lambda: pool.alloc_pages(bad),
-        lambda: pool.get_page(bad),
-        lambda: pool.put_page(bad),
-        lambda: pool.split_page(bad),
-        lambda: pool.page_count(bad),
-        lambda: pool.view(bad),
-        lambda: pool.alloc_many(bad, 1),
-        lambda: pool.alloc_many(0, bad),
-        lambda: pool.put_many([held, bad]),
-        lambda: pool.put_many(7),
-    ):
-        with pytest.raises(TypeError):
-            call()
-    assert pool.free_lists() == before
-    assert pool.page_count(held) == 1
-
-
-def test_alloc_many_checks_order_before_count(impl: type) -> None:
-    pool = impl(9, page_size=64)
-    with pytest.raises(ValueError):
-        pool.alloc_many(4, "x")
-    with pytest.raises(TypeError):
-        pool.alloc_many("x", -1)
-    with pytest.raises(ValueError):
-        pool.alloc_many(0, -1)
-
-
-def test_index_protocol_ints(impl: type) -> None:
-    pool = impl(9, page_size=64)
-    pfn = pool.alloc_pages(np.int8(1))
-    pool.get_page(np.uint64(pfn))
-    assert pool.page_count(operator.index(np.int32(pfn))) == 2
-    pool.put_many(np.array([pfn, pfn]))
-    assert pool.alloc_pages(True) == pfn
-    assert pool.free_lists() == [[8], [2], [4], []]
-
-
-def test_contract_messages(impl: type) -> None:
-    pool = impl(16, page_size=64, reserved_pages=12)  # 12 o2 free, its buddy 8 held
-    with pytest.raises(PageError) as info:
-        pool.put_page(12)
-    assert str(info.value) == "put_page: pfn 12 is not held (refcount 0: free page)"
-    with pytest.raises(ValueError) as info:
-        impl(1024, page_size=64).alloc_pages(12)
-    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0..10"
-    pool = impl(8, page_size=64, reserved_pages=3)  # [[3], [], [4], []]
-    with pytest.raises(OutOfMemory) as info:
-        pool.alloc_pages(3)
-    assert str(info.value).startswith("alloc_pages: out of memory: no free block of order >= 3")
-    for _ in range(MAX_REFCOUNT - 1):
-        pool.get_page(2)  # a reserved page, held once
-    with pytest.raises(PageError) as info:
-        pool.get_page(2)
-    assert str(info.value) == "get_page: pfn 2 refcount would overflow 65535"
-
-
-def test_corruption_error_is_exported() -> None:
-    assert issubclass(CorruptionError, RuntimeError)

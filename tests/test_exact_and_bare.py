@@ -142,3 +142,57 @@ def test_two_to_the_thirty_pages_without_an_arena() -> None:
     assert report["nr_pages"] == 1 << 30
     assert report["metadata_bytes"] == 12 << 30  # at most 12 bytes a page
     assert report["peak_rss_growth"] <= 12 << 30
+
+
+# ------------------------------------------------------------------------- batches as arrays
+
+
+def test_batches_as_uint64_arrays(impl: Any) -> None:
+    """alloc_many writes into a caller's array('Q') or numpy uint64 array and returns it;
+    put_many reads either; the pfns are those of the list form, and the pools end alike."""
+    import array
+
+    import numpy as np
+
+    lists, arrays = impl(256, page_size=64), impl(256, page_size=64)
+    out = array.array("Q", [7] * 12)
+    assert arrays.alloc_many(0, 10, out=out) is out
+    assert out.tolist() == [*lists.alloc_many(0, 10), 7, 7]
+    blocks = np.zeros(3, dtype=np.uint64)
+    assert arrays.alloc_many(2, 3, out=blocks) is blocks
+    assert blocks.tolist() == lists.alloc_many(2, 3)
+    assert arrays.alloc_many(0, 0, out=array.array("Q")) is not None
+    arrays.put_many(out[:10])
+    lists.put_many(out.tolist()[:10])
+    arrays.put_many(blocks)
+    lists.put_many(blocks.tolist())
+    assert arrays.free_lists() == lists.free_lists()
+    assert arrays.free_pages == 256
+    arrays.check()
+
+
+def test_array_batches_are_all_or_nothing(impl: Any) -> None:
+    import array
+
+    import numpy as np
+
+    pool = impl(64, page_size=64)
+    held = pool.alloc_many(0, 4, out=array.array("Q", bytes(32)))
+    before = pool.free_lists()
+    with pytest.raises(ValueError, match=r"put_many: pfns\[4\]: pfn 0 is not held"):
+        pool.put_many(array.array("Q", [*held, held[0]]))  # one put too many: none is put
+    with pytest.raises(OutOfMemory):
+        pool.alloc_many(0, 61, out=np.zeros(61, np.uint64))
+    with pytest.raises(ValueError, match=r"alloc_many: out holds 2 items, 3 requested"):
+        pool.alloc_many(0, 3, out=array.array("Q", [0, 0]))
+    for bad in (bytearray(64), [0] * 8, np.zeros(8, np.int64), np.zeros((2, 4), np.uint64)):
+        with pytest.raises(TypeError, match=r"alloc_many: out must be a writable 1-D array"):
+            pool.alloc_many(0, 3, out=bad)
+    readonly = np.zeros(8, np.uint64)
+    readonly.flags.writeable = False
+    with pytest.raises(TypeError, match=r"alloc_many: out must be a writable"):
+        pool.alloc_many(0, 3, out=readonly)
+    assert pool.free_lists() == before
+    pool.put_many(readonly[:0])  # read-only arrays are fine to read
+    pool.put_many(np.array(held, dtype=np.int64))  # other int arrays are read as iterables
+    assert pool.free_pages == 64

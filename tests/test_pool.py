@@ -197,6 +197,9 @@ def test_exception_hierarchy() -> None:
     assert pagebuddy.PageError is PageError
     assert pagebuddy.OutOfMemory is OutOfMemory
     assert pagebuddy.CorruptionError is CorruptionError
+    for exc in (PageError, OutOfMemory, CorruptionError):
+        assert exc.__module__ == "pagebuddy._errors"
+        assert exc.__doc__
 
 
 def test_invalid_order_is_a_value_error_naming_the_order(cls: type) -> None:
@@ -236,6 +239,26 @@ def test_page_errors_name_pfn_and_rule(cls: type) -> None:
         for pfn in (7, 16, 0, -1, 2**64 - 1, 2**64, 2**80, -(2**80)):
             msg = raises(PageError, fn, pfn)
             assert f"{op}: pfn {pfn} is outside the pool" in msg, msg
+
+
+def test_messages_are_exact(cls: type) -> None:
+    """The texts of the rulebook, word for word, from both pools."""
+    pool = cls(16, page_size=64, reserved_pages=12)  # 12 o2 free, its buddy 8 held
+    with pytest.raises(PageError) as info:
+        pool.put_page(12)
+    assert str(info.value) == "put_page: pfn 12 is not held (refcount 0: free page)"
+    with pytest.raises(ValueError) as info:
+        cls(1024, page_size=64).alloc_pages(12)
+    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0..10"
+    pool = cls(8, page_size=64, reserved_pages=3)  # [[3], [], [4], []]
+    with pytest.raises(OutOfMemory) as info:
+        pool.alloc_pages(3)
+    assert str(info.value).startswith("alloc_pages: out of memory: no free block of order >= 3")
+    for _ in range(MAX_REFCOUNT - 1):
+        pool.get_page(2)  # a reserved page, held once
+    with pytest.raises(PageError) as info:
+        pool.get_page(2)
+    assert str(info.value) == "get_page: pfn 2 refcount would overflow 65535"
 
 
 def test_double_put_is_a_page_error(cls: type) -> None:
@@ -532,6 +555,7 @@ ARENAS: dict[str, Callable[[int], Any]] = {
     "numpy-2d-int32": lambda n: np.arange(n // 4, dtype=np.int32).reshape(-1, 16),
     "memoryview": lambda n: memoryview(bytearray(n)),
     "array": lambda n: array.array("q", range(n // 8)),
+    "numpy-structured": lambda n: np.zeros(n // 12 + 1, np.dtype([("a", "<i4"), ("b", "<f8")])),
 }
 
 
@@ -749,6 +773,15 @@ NOT_BUFFERS: dict[str, Any] = {
 }
 
 
+@pytest.mark.parametrize(
+    "dtype", [object, [("a", "<i8"), ("b", object)]], ids=["object", "struct-with-object"]
+)
+def test_arrays_of_python_objects_are_refused(cls: type, dtype: Any) -> None:
+    """Raw bytes must never land on object pointers."""
+    with pytest.raises(TypeError):
+        cls(1, page_size=64, buffer=np.empty(64, dtype=dtype))
+
+
 @pytest.mark.parametrize("kind", list(READ_ONLY))
 def test_read_only_buffers_are_refused(cls: type, kind: str) -> None:
     with pytest.raises(TypeError):
@@ -898,10 +931,70 @@ BAD_ARGS: list[tuple[dict[str, Any], type[BaseException]]] = [
     ({"nr_pages": 2, "_links": "table"}, ValueError),
     ({"nr_pages": 2, "_links": b"side"}, TypeError),
     ({"nr_pages": 2, "_links": 1}, TypeError),
+    # from the former differential contract tests (buffers and more argument types)
+    ({"nr_pages": 0}, ValueError),
+    ({"nr_pages": -1}, ValueError),
+    ({"nr_pages": 2**32 - 1}, ValueError),
+    ({"nr_pages": 2**64}, ValueError),
+    ({"nr_pages": "9"}, TypeError),
+    ({"nr_pages": 9.0}, TypeError),
+    ({"nr_pages": None}, TypeError),
+    ({"nr_pages": 9, "page_size": 32}, ValueError),
+    ({"nr_pages": 9, "page_size": 63}, ValueError),
+    ({"nr_pages": 9, "page_size": 96}, ValueError),
+    ({"nr_pages": 9, "page_size": 0}, ValueError),
+    ({"nr_pages": 9, "page_size": -4096}, ValueError),
+    ({"nr_pages": 9, "page_size": 2**31}, ValueError),
+    ({"nr_pages": 9, "page_size": 4096.0}, TypeError),
+    ({"nr_pages": 9, "base_pfn": -1}, ValueError),
+    ({"nr_pages": 9, "base_pfn": 2**64 - 8}, ValueError),
+    ({"nr_pages": 1, "base_pfn": 2**64}, ValueError),
+    ({"nr_pages": 9, "base_pfn": "0"}, TypeError),
+    ({"nr_pages": 9, "reserved_pages": -1}, ValueError),
+    ({"nr_pages": 9, "reserved_pages": 10}, ValueError),
+    ({"nr_pages": 9, "reserved_pages": 0.5}, TypeError),
+    ({"nr_pages": 9, "max_order": 0}, ValueError),
+    ({"nr_pages": 9, "max_order": -1}, ValueError),
+    ({"nr_pages": 9, "max_order": "4"}, TypeError),
+    ({"nr_pages": 9, "zero": "FREE"}, ValueError),
+    ({"nr_pages": 9, "zero": ""}, ValueError),
+    ({"nr_pages": 9, "zero": 1}, TypeError),
+    ({"nr_pages": 9, "zero": None}, TypeError),
+    ({"nr_pages": 9, "_links": "list"}, ValueError),
+    ({"nr_pages": 9, "_links": 0}, TypeError),
+    ({"nr_pages": 9, "_links": None}, TypeError),
+    ({"nr_pages": 9, "page_size": None}, TypeError),
+    ({"nr_pages": 9, "base_pfn": None}, TypeError),
+    ({"nr_pages": 9, "reserved_pages": None}, TypeError),
+    ({"nr_pages": 9, "max_order": None}, TypeError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": bytes(576)}, TypeError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": memoryview(bytes(576))}, TypeError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": 576}, TypeError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": "x" * 576}, TypeError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(144, np.int64)[::2]}, TypeError),
+    (
+        {"nr_pages": 9, "page_size": 64, "buffer": np.zeros((9, 128), np.uint8)[:, :64]},
+        TypeError,
+    ),
+    ({"nr_pages": 9, "page_size": 64, "buffer": bytearray(575)}, ValueError),
+    ({"nr_pages": 9, "page_size": 64, "buffer": np.zeros(71, np.float64)}, ValueError),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "exc"), BAD_ARGS, ids=lambda v: repr(v)[:60])
+def _kwargs_id(value: Any) -> str:
+    """Test id of a constructor-keywords dict (buffers by type and size)."""
+    if not isinstance(value, dict):
+        return getattr(value, "__name__", repr(value))
+
+    def show(item: Any) -> str:
+        if isinstance(item, (bytes, bytearray, memoryview, np.ndarray)):
+            return f"{type(item).__name__}[{memoryview(item).nbytes}]"
+        return repr(item)[:40]
+
+    return ",".join(f"{key}={show(item)}" for key, item in value.items())
+
+
+@pytest.mark.parametrize(("kwargs", "exc"), BAD_ARGS, ids=_kwargs_id)
 def test_constructor_rejects(cls: type, kwargs: dict[str, Any], exc: type) -> None:
     """The message names the offending argument (the last one given)."""
     offending = list(kwargs)[-1]

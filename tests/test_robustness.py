@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy import CorruptionError, OutOfMemory, PageError, Pool, ReferencePool, _arenas
 
 NIL = 0xFFFFFFFF
 
@@ -184,6 +184,35 @@ def test_a_buffer_overlapping_a_live_pool_is_refused(first: type, second: type) 
     del pool
     gc.collect()
     second(16, page_size=64, buffer=whole).check()  # free for a pool again
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_a_pool_collected_while_another_checks_for_overlap_disturbs_nothing(
+    cls: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The overlap check allocates, so a collection may run inside it and end the claims of
+    # pools it frees. Such a release once changed the claims under the check, which raised
+    # RuntimeError ("dictionary changed size during iteration"): the fuzzer then saw one pool
+    # of a pair refused and shrank to a reproducer that reproduced nothing.
+    doomed: list[Any] = [Pool(1, page_size=64), ReferencePool(1, page_size=64)]
+
+    class CollectedWhileRead(dict):  # type: ignore[type-arg]
+        def values(self) -> Any:
+            for i, value in enumerate(dict.values(self)):
+                if i == 0:
+                    doomed.clear()  # what the collection does
+                yield value
+
+    claims = CollectedWhileRead(_arenas._live)
+    monkeypatch.setattr(_arenas, "_live", claims)
+    whole = bytearray(4 * 64)
+    pool = cls(4, page_size=64, buffer=whole)
+    assert not doomed
+    monkeypatch.undo()
+    _arenas._live.update(claims)  # the claim just made
+    pool.check()
+    with pytest.raises(ValueError, match=f"overlaps the arena of a live {cls.__name__}"):
+        cls(2, page_size=64, buffer=memoryview(whole)[64:])
 
 
 def test_disjoint_slices_of_one_buffer_are_two_arenas() -> None:

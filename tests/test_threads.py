@@ -28,6 +28,7 @@ from typing import Any, Callable
 import pytest
 
 from pagebuddy import OutOfMemory, Pool
+from support import claim_pages
 
 NR_PAGES = 512  # one block of order 9: everything coalesces back into it
 PAGE_SIZE = 64
@@ -54,13 +55,11 @@ class Shared:
 
     def claim(self, me: int, head: int, order: int) -> None:
         with self.lock:
-            for page in range(head, head + (1 << order)):
-                if page in self.owner:
-                    self.errors.append(
-                        f"thread {me} got pfn {page} (block {head}, order {order}) "
-                        f"still owned by thread {self.owner[page]}"
-                    )
-                self.owner[page] = me
+            for page, holder in claim_pages(self.owner, me, head, order):
+                self.errors.append(
+                    f"thread {me} got pfn {page} (block {head}, order {order}) "
+                    f"still owned by thread {holder}"
+                )
 
     def release(self, me: int, head: int, order: int) -> None:
         with self.lock:

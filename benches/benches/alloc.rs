@@ -27,7 +27,7 @@ enum Kind {
     Heap,
     BuddyAlloc,
     FreeList,
-    Harness,
+    NoAllocator,
 }
 
 struct Spec {
@@ -104,7 +104,7 @@ const SPECS: &[Spec] = &[
     Spec {
         id: "harness",
         label: "harness only (no allocator)",
-        kind: Kind::Harness,
+        kind: Kind::NoAllocator,
     },
 ];
 
@@ -141,8 +141,8 @@ macro_rules! with_allocator {
                 let $make = &mut || FreeListPages::new(&*$mem);
                 $body
             }
-            Kind::Harness => {
-                let $make = &mut Harness::default;
+            Kind::NoAllocator => {
+                let $make = &mut NoAllocator::default;
                 $body
             }
         }
@@ -726,13 +726,13 @@ fn main() {
                 }
             );
             let applies = match spec.kind {
-                Kind::Harness => false,
+                Kind::NoAllocator => false,
                 Kind::Pb { .. } => zeroes == (workload == "init-zeroed"),
                 _ => workload == "init",
             };
             if !applies {
                 if workload == "init-zeroed"
-                    && !matches!(spec.kind, Kind::Pb { .. } | Kind::Harness)
+                    && !matches!(spec.kind, Kind::Pb { .. } | Kind::NoAllocator)
                 {
                     let e = r.record(workload, spec, Status::NotApplicable, 1.0);
                     e.note = "does not zero pages at all".into();

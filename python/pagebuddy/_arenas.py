@@ -11,6 +11,7 @@ its pool is collected; views a pool handed out may outlive it, and are then plai
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import threading
@@ -18,7 +19,10 @@ import threading
 __all__ = ["Claim", "address_of", "claim"]
 
 _lock = threading.Lock()
-_live: dict[int, tuple[int, int, str]] = {}  # key -> (first byte, end, owner's class name)
+# key -> (first byte, end, owner's class name); changed only by `claim`, under `_lock`.
+_live: dict[int, tuple[int, int, str]] = {}
+# Keys of the claims released since `claim` last ran; `claim` drops them from `_live` first.
+_released: collections.deque[int] = collections.deque()
 _keys = itertools.count()
 
 
@@ -31,9 +35,10 @@ class Claim:
         self._key = key
 
     def __del__(self) -> None:
-        # No lock here: a collection may run this inside `claim`, which holds it. A dict pop
-        # is atomic, and `claim` reads a snapshot.
-        _live.pop(self._key, None)
+        # Neither the lock nor `_live` here: a collection may run this inside `claim`, which
+        # holds the lock and may be reading `_live` (a dict that changes size under a reader
+        # makes it raise RuntimeError). A deque append is atomic; `claim` does the rest.
+        _released.append(self._key)
 
 
 def claim(start: int, length: int, owner: str) -> Claim:
@@ -43,7 +48,12 @@ def claim(start: int, length: int, owner: str) -> Claim:
     """
     end = start + length
     with _lock:
-        for first, last, other in tuple(_live.values()):
+        # Claims released before this call go first: their memory may be this buffer's now.
+        # One released while the loop runs (a collection inside it) stays until the next call;
+        # its memory was still allocated when this buffer was, so it cannot overlap it.
+        while _released:
+            _live.pop(_released.popleft(), None)
+        for first, last, other in _live.values():
             if start < last and first < end:
                 raise ValueError(
                     f"buffer overlaps the arena of a live {other} (bytes {first:#x}..{last:#x} "

@@ -21,6 +21,14 @@ Workloads (``n`` = pages in the pool):
                  random held page and allocate one, repeatedly; per call.
 ``mixed``        orders 0..9 with P(k) ~ 2^-(k+1), random frees, the pool kept
                  about half full; per call.
+``batch_array``  ``alloc_many(0, 4096, out=buf)`` then ``put_many(buf)`` with
+                 ``buf = array('Q')``: no Python object per page; per page.
+``ref_pair``     ``get_page`` + ``put_page`` of a page held twice: no policy work,
+                 only the call into the pool (argument, lock, result); per pair.
+                 ``builtin_pair_ns`` is ``list.append`` + ``list.pop`` timed in the
+                 same loop shape; both are net of an empty ``for`` loop.
+``alloc_pair``   ``alloc_pages(0)`` + ``put_page`` of that page: the whole policy
+                 (FIFO take, split, coalesce, list append); per pair.
 
 Modes: ``quick`` (2**14 pages, best of 3) and ``tiny`` (2**8 pages, one run; it
 exists so that CI can check the benchmark still runs).
@@ -87,6 +95,8 @@ class BenchResult:
     repeats: int
     loop_overhead_ns: float
     results: list[Measurement] = field(default_factory=list)
+    #: ``list.append`` + ``list.pop``, net of the loop: the yardstick of ``ref_pair``.
+    builtin_pair_ns: float = 0.0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +114,7 @@ class BenchResult:
             "date": time.strftime("%Y-%m-%d"),
             "seconds": round(self.seconds, 3),
             "loop_overhead_ns": round(self.loop_overhead_ns, 1),
+            "builtin_pair_ns": round(self.builtin_pair_ns, 1),
             "results": [
                 {
                     **asdict(m),
@@ -303,6 +314,83 @@ def _mixed(cls: type, n: int, rng: random.Random) -> float:
     return _timed(run)
 
 
+#: Pages per batch of ``batch_array``, and rounds of it per timing.
+BATCH, BATCH_ROUNDS = 4096, 16
+
+
+def _batch_array(cls: type, n: int, rng: random.Random) -> float:
+    import array
+
+    pool = _new(cls, n)
+    size = min(BATCH, n)
+    buf = array.array("Q", bytes(8 * size))
+    alloc_many, put_many = pool.alloc_many, pool.put_many
+
+    def run() -> int:
+        for _ in range(BATCH_ROUNDS):
+            alloc_many(0, size, out=buf)
+            put_many(buf)
+        return BATCH_ROUNDS * size
+
+    return _timed(run)
+
+
+def _ref_pair(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    pfn = pool.alloc_pages(0)
+    pool.get_page(pfn)  # held twice: get + put never frees it
+    get, put = pool.get_page, pool.put_page
+    xs = [pfn] * n
+
+    def run() -> int:
+        for p in xs:
+            get(p)
+            put(p)
+        return n
+
+    return _timed(run) - _empty_loop(n)
+
+
+def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    alloc, put = pool.alloc_pages, pool.put_page
+    xs = [0] * n
+
+    def run() -> int:
+        for k in xs:
+            put(alloc(k))
+        return n
+
+    return _timed(run)
+
+
+def _builtin_pair(n: int) -> float:
+    """``list.append`` + ``list.pop`` per pair, net of the loop alone."""
+    stack: list[int] = []
+    push, pop = stack.append, stack.pop
+    xs = list(range(n))
+
+    def run() -> int:
+        for x in xs:
+            push(x)
+            pop()
+        return n
+
+    return min(_timed(run) for _ in range(3)) - _empty_loop(n)
+
+
+def _empty_loop(n: int) -> float:
+    """A ``for`` loop that does nothing, per iteration: what the pairs are net of."""
+    xs = list(range(n))
+
+    def run() -> int:
+        for _ in xs:
+            pass
+        return n
+
+    return min(_timed(run) for _ in range(3))
+
+
 def _overhead(n: int) -> float:
     def noop(_: int) -> None:
         return None
@@ -326,6 +414,9 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
     ("put_many", "ns/page", "put_many of every page, random order", _put_many),
     ("churn", "ns/call", "random half held: put a random page, alloc one", _churn),
     ("mixed", "ns/call", "orders 0..9, P(k)~2^-(k+1), kept half full", _mixed),
+    ("batch_array", "ns/page", "alloc_many + put_many of 4096 pages via array('Q')", _batch_array),
+    ("ref_pair", "ns/pair", "get_page + put_page, page held twice (net of empty loop)", _ref_pair),
+    ("alloc_pair", "ns/pair", "alloc_pages(0) + put_page of that page", _alloc_pair),
 ]
 
 
@@ -352,6 +443,7 @@ def run_benchmarks(
         model_cls = model_cls or ReferencePool
     t0 = time.perf_counter()
     result = BenchResult(mode, n, repeats, _overhead(n))
+    result.builtin_pair_ns = min(_builtin_pair(n) for _ in range(repeats))
     for name, unit, description, fn in WORKLOADS:
         if progress is not None:
             progress(name)

@@ -28,15 +28,19 @@ modulo ``cpus``. Deterministic; never imports the native module.
 
 from __future__ import annotations
 
+import array
 import operator
 import threading
 from collections.abc import Iterable
-from typing import Any, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 from . import _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._reference import ReferencePool, _as_int
 from ._rules import MAX_REFCOUNT
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["CachedReferencePool"]
 
@@ -309,18 +313,30 @@ class CachedReferencePool:
         raise AssertionError("unreachable")
 
     def alloc_many(
-        self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
-    ) -> list[int]:
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: Buffer | None = None,
+        cpu: SupportsIndex | None = None,
+    ) -> Any:
         """``count`` allocations through one slot, all or nothing.
 
         When one fails, the blocks already taken are put back through the slot, the last
         first (so a cache that had them holds them in its old order again), and OutOfMemory
-        names how many could be had.
+        names how many could be had. ``out`` is as for ``ReferencePool.alloc_many``: a
+        writable uint64 array that receives the pfns and is returned.
         """
         order = self._core._check_order("alloc_many", order)
         count = _as_int(count, "alloc_many: count")
         if count < 0:
             raise ValueError(f"alloc_many: count must be >= 0, not {count}")
+        view = None if out is None else _rules.u64_array(out)
+        if out is not None:
+            if view is None or view.readonly:
+                raise TypeError(_rules.msg_bad_out("alloc_many", out))
+            if len(view) < count:
+                raise ValueError(_rules.msg_short_out("alloc_many", len(view), count))
         slot = self._slot("alloc_many", cpu)
         got: list[int] = []
         while len(got) < count:
@@ -330,19 +346,30 @@ class CachedReferencePool:
                     self._put("alloc_many", slot, block)
                 raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, len(got)))
             got.append(pfn)
-        return got
+        if view is None:
+            return got
+        with view, view.cast("B") as raw:
+            raw[: 8 * count] = array.array("Q", got).tobytes()
+        return out
 
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference; the last one caches the block in slot ``cpu`` (or frees it)."""
         pfn = _pfn("put_page", pfn)
         self._put("put_page", self._slot("put_page", cpu), pfn)
 
-    def put_many(self, pfns: Iterable[SupportsIndex], *, cpu: SupportsIndex | None = None) -> None:
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
         """``put_page`` every pfn in order through one slot, all or nothing.
 
         Each pfn is first checked as ``put_page`` would find it after the ones before it; the
-        first that cannot be put raises PageError naming its index, and nothing is put.
+        first that cannot be put raises PageError naming its index, and nothing is put. A
+        uint64 array is read as ``ReferencePool.put_many`` reads it.
         """
+        view = _rules.u64_array(pfns)
+        if view is not None:
+            with view:
+                pfns = view.tolist()
         converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
         slot = self._slot("put_many", cpu)
         dropped: dict[int, int] = {}

@@ -74,6 +74,7 @@ from typing import Any, Callable
 
 from ._lockstep import OpSource, Outcome
 from ._rules import Geometry, Op
+from ._trace import TraceError
 
 __all__ = [
     "ALLOC",
@@ -153,14 +154,8 @@ _PAGE = re.compile(r"(?:^|\s)page=(\S+)")
 _NULL_PAGES = frozenset({"(null)", "(nil)", "0x0", "0"})
 
 
-class FtraceError(ValueError):
+class FtraceError(TraceError):
     """A malformed line in a kernel trace. ``line`` is 1-based (0 when unknown)."""
-
-    def __init__(self, line: int, message: str, source: str = "<trace>") -> None:
-        self.line = line
-        self.reason = message
-        self.source = source
-        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
 
 
 @dataclass

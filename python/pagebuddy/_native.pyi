@@ -1,13 +1,18 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
-from typing import Literal, NoReturn, SupportsIndex, final
+from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__"]
+__all__ = ["Pool", "__version__", "_after_fork"]
 
 __version__: str
+
+def _after_fork() -> None:
+    """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
+
+_B = TypeVar("_B", bound=Buffer)
 
 @final
 class Pool:
@@ -34,6 +39,27 @@ class Pool:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:
         """Raises ``TypeError``, as ``__copy__``."""
+    @staticmethod
+    def create_in(
+        buffer: Buffer,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        zero: Literal["free", "alloc", "never"] = "free",
+        links: Literal["side", "intrusive"] = "side",
+    ) -> Pool:
+        """Format ``buffer`` as a pool that lives entirely inside it (as many pages as fit after
+        its header and metadata) and open it; other processes open it with ``attach``."""
+    @staticmethod
+    def attach(buffer: Buffer) -> Pool:
+        """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
+        killed process left half done; ValueError or CorruptionError for bytes it refuses, which
+        it leaves unwritten."""
+    @property
+    def shared(self) -> bool:
+        """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
     def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head.
 
@@ -58,11 +84,29 @@ class Pool:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
+    @overload
     def alloc_many(
-        self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: None = None,
+        cpu: SupportsIndex | None = None,
     ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
-    def put_many(self, pfns: Iterable[SupportsIndex], *, cpu: SupportsIndex | None = None) -> None:
+    @overload
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: _B,
+        cpu: SupportsIndex | None = None,
+    ) -> _B:
+        """The same, written into the first ``count`` items of a ``uint64`` array ``out``."""
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""

@@ -16,6 +16,7 @@ It shares no code with the native ``pagebuddy.Pool`` and never imports it.
 
 from __future__ import annotations
 
+import array
 import mmap
 import operator
 import re
@@ -483,26 +484,45 @@ class ReferencePool:
         return self._alloc(order)
 
     def alloc_many(
-        self, order: SupportsIndex, count: SupportsIndex, *, cpu: SupportsIndex | None = None
-    ) -> list[int]:
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: Buffer | None = None,
+        cpu: SupportsIndex | None = None,
+    ) -> Any:
         """Allocate ``count`` blocks of ``order``, all or nothing; return their head pfns.
 
         Equivalent to ``count`` successive ``alloc_pages(order)`` calls, except that when
         the free lists cannot supply all of them OutOfMemory is raised and nothing is
         allocated. ``order`` is validated first (TypeError / ValueError), then ``count``
-        (TypeError if not an int, ValueError if negative).
+        (TypeError if not an int, ValueError if negative), then ``out``. The pfns come back
+        as a list, or, with ``out`` (a writable array of 64-bit unsigned ints of at least
+        ``count`` items: TypeError / ValueError otherwise), in its first ``count`` items,
+        and ``out`` is returned.
         """
         order = self._check_order("alloc_many", order)
         count = _as_int(count, "alloc_many: count")
         if count < 0:
             raise ValueError(f"alloc_many: count must be >= 0, not {count}")
+        view = None if out is None else _rules.u64_array(out)
+        if out is not None:
+            if view is None or view.readonly:
+                raise TypeError(_rules.msg_bad_out("alloc_many", out))
+            if len(view) < count:
+                raise ValueError(_rules.msg_short_out("alloc_many", len(view), count))
         _check_cpu("alloc_many", cpu)
         capacity = sum(
             len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
         )
         if count > capacity:
             raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, capacity))
-        return [self._alloc(order) for _ in range(count)]
+        pfns = [self._alloc(order) for _ in range(count)]
+        if view is None:
+            return pfns
+        with view, view.cast("B") as raw:
+            raw[: 8 * count] = array.array("Q", pfns).tobytes()
+        return out
 
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:
         """Allocate a contiguous run of exactly ``nr_pages`` pages; return its first pfn.
@@ -552,7 +572,9 @@ class ReferencePool:
         _check_cpu("put_page", cpu)
         self._put("put_page", pfn)
 
-    def put_many(self, pfns: Iterable[SupportsIndex], *, cpu: SupportsIndex | None = None) -> None:
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
         """``put_page`` every pfn of ``pfns`` in order, all or nothing.
 
         All elements are converted first: a non-int raises TypeError. Then each is checked as
@@ -560,6 +582,10 @@ class ReferencePool:
         held fails at the extra put): the first that cannot be put raises PageError naming its
         index (``"put_many: pfns[3]: ..."``), and nothing is put.
         """
+        view = _rules.u64_array(pfns)
+        if view is not None:
+            with view:
+                pfns = view.tolist()
         converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
         _check_cpu("put_many", cpu)
         dropped: dict[int, int] = {}

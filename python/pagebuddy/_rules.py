@@ -181,17 +181,19 @@ class Operation:
 
 _PAGE = frozenset({"TypeError", "PageError"})
 _ALLOC = frozenset({"TypeError", "ValueError", "OutOfMemory"})
+#: A put names its slot on a cached pool: ``cpu=-1`` is a ValueError.
+_PUT = _PAGE | {"ValueError"}
 
 #: Every operation, by kind.
 OPERATIONS: Mapping[str, Operation] = {
     op.kind: op
     for op in (
         Operation("alloc", "alloc_pages", ("order",), _ALLOC),
-        Operation("put", "put_page", ("pfn",), _PAGE),
+        Operation("put", "put_page", ("pfn",), _PUT),
         Operation("get", "get_page", ("pfn",), _PAGE),
         Operation("split", "split_page", ("pfn",), _PAGE),
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
-        Operation("put_many", "put_many", ("pfns",), _PAGE),
+        Operation("put_many", "put_many", ("pfns",), _PUT),
         Operation("exact", "alloc_exact", ("count",), _ALLOC),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),
@@ -381,6 +383,37 @@ def msg_exact_out_of_memory(nr_pages: int, order: int, free_pages: int) -> str:
 MSG_NO_ARENA_VIEW = (
     "view: this pool has no arena (arena=False): its pages are numbers only, with no bytes to view"
 )
+
+
+def u64_array(obj: object) -> memoryview | None:
+    """A memoryview of ``obj`` if it is a 1-D C-contiguous array of native 64-bit unsigned
+    ints (``array('Q')``, numpy ``uint64``): the batch calls read and write those with no
+    Python object per page. None for anything else (lists and tuples are not asked), which
+    the batch calls read as an iterable."""
+    if isinstance(obj, (list, tuple)):
+        return None
+    try:
+        view = memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    code = view.format[1:] if view.format.startswith("@") else view.format
+    if code in ("Q", "L") and view.itemsize == 8 and view.ndim == 1 and view.c_contiguous:
+        return view
+    view.release()
+    return None
+
+
+def msg_bad_out(op: str, out: object) -> str:
+    """``alloc_many(..., out=...)`` given something it cannot write pfns into."""
+    return (
+        f"{op}: out must be a writable 1-D array of 64-bit unsigned ints (array('Q'), "
+        f"numpy uint64), not {type(out).__name__}"
+    )
+
+
+def msg_short_out(op: str, length: int, count: int) -> str:
+    """``alloc_many(..., out=...)`` with fewer items than blocks asked for."""
+    return f"{op}: out holds {length} items, {count} requested"
 
 
 def msg_batch_out_of_memory(count: Any, order: int, capacity: int) -> str:

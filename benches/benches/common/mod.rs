@@ -419,9 +419,9 @@ impl PageAlloc for FreeListPages {
 
 /// No allocator at all: what the harness itself costs (RNG, handle bookkeeping, black boxes).
 #[derive(Default)]
-pub struct Harness(usize);
+pub struct NoAllocator(usize);
 
-impl PageAlloc for Harness {
+impl PageAlloc for NoAllocator {
     #[inline]
     fn alloc(&mut self, _order: u32) -> Option<usize> {
         self.0 = self.0.wrapping_add(1);

@@ -117,6 +117,19 @@ def output_path(option: str, path: str) -> None:
         raise Usage(f"{option} {path}: directory {parent} does not exist")
 
 
+def check_outputs(args: Any) -> None:
+    """Before any work: ``--plot`` needs matplotlib, and every output path (``--plot``,
+    ``--record``, ``--reproducer``) must be able to be a file."""
+    if getattr(args, "plot", None):
+        from .._plot import _pyplot
+
+        _pyplot()
+    for option in ("plot", "record", "reproducer"):
+        path = getattr(args, option, None)
+        if path:
+            output_path(f"--{option}", path)
+
+
 def seconds(text: str) -> float:
     try:
         v = float(text)
@@ -178,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--plot", metavar="PATH", help="write a PNG: free blocks over time, arena map"
+    )
+    demo.add_argument(
+        "--processes",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="run N worker processes on one pool in shared memory instead (allocate, get/put, "
+        "free, write into held pages); the parent accounts for every page",
     )
     demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
     demo.add_argument(

@@ -149,6 +149,14 @@ def print_run(
         )
 
 
+def print_files(out: Console, r: dict[str, Any], record_note: str = "") -> None:
+    """The files a run wrote: its plot and its trace."""
+    if r.get("plot"):
+        out.print(f"Plot written to {escape(r['plot'])}")
+    if r.get("record"):
+        out.print(f"Trace written to {escape(r['record'])}{record_note}")
+
+
 # -- one renderer per command --------------------------------------------------------------------
 
 
@@ -163,10 +171,22 @@ def _demo(out: Console, r: dict[str, Any]) -> None:
     else:
         out.print(AGREE)
     print_run(out, r)
-    if r["plot"]:
-        out.print(f"Plot written to {escape(r['plot'])}")
-    if r["record"]:
-        out.print(f"Trace written to {escape(r['record'])}")
+    print_files(out, r)
+    out.print(f"Done in {r['seconds']:.1f} s")
+
+
+def _demo_processes(out: Console, r: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]pagebuddy demo --processes {r['processes']}[/]: one pool of {r['nr_pages']} pages "
+        f"in shared memory; {r['ops']} operations ({r['ops_per_process']} a process): allocate, "
+        "get/put, free, each held page stamped and read back"
+    )
+    verdict = "[green]every page accounted for[/]" if r["accounted"] else "[red]pages lost[/]"
+    out.print(
+        f"{verdict}: {r['free_pages']} free + {r['held_pages']} held = {r['nr_pages']}; "
+        f"{r['held_by_workers']} held pages claimed by workers, {r['overlaps']} claimed twice, "
+        f"{r['stamp_errors']} stamps overwritten, {r['checks']} checks passed"
+    )
     out.print(f"Done in {r['seconds']:.1f} s")
 
 
@@ -266,6 +286,7 @@ def _ftrace(out: Console, r: dict[str, Any]) -> None:
 
 RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "demo": _demo,
+    "demo-processes": _demo_processes,
     "replay": _replay,
     "fuzz": _fuzz,
     "bench": _bench,

@@ -8,26 +8,17 @@ from typing import Any
 from .._lockstep import run_ops
 from .._trace import TraceWriter
 from .._workload import DEMO_GEOMETRY, demo_workload
-from ._args import EXIT_DIVERGENCE, EXIT_OK, output_path
+from ._args import EXIT_DIVERGENCE, EXIT_OK, check_outputs
 from ._context import Context
 from ._report import run_report, timing
-
-
-def check_plot() -> None:
-    """Raise ``PlotUnavailable`` now, before any work, if plots cannot be drawn."""
-    from .._plot import _pyplot
-
-    _pyplot()
 
 
 def report(ctx: Context) -> dict[str, Any]:
     """Run the demo; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
-    if args.plot:
-        check_plot()
-        output_path("--plot", args.plot)
-    if args.record:
-        output_path("--record", args.record)
+    if args.processes:
+        return processes_report(ctx)
+    check_outputs(args)
     g = DEMO_GEOMETRY
     if args.cpus:
         g = g.replace(options=(("cpus", args.cpus),))
@@ -64,5 +55,23 @@ def report(ctx: Context) -> dict[str, Any]:
         record=args.record,
         seconds=round(time.perf_counter() - t0, 3),
         exit_code=EXIT_OK if result.ok else EXIT_DIVERGENCE,
+    )
+    return r
+
+
+def processes_report(ctx: Context) -> dict[str, Any]:
+    """``demo --processes N``: N workers on one shared pool; exit 1 unless every page is
+    accounted for and no page was held by two workers at once."""
+    from .._shared import run_processes
+
+    args = ctx.args
+    t0 = time.perf_counter()
+    r = run_processes(args.processes, args.ops, args.seed, check_every=max(1, args.ops // 10))
+    bad = not r["accounted"] or r["stamp_errors"] or r["overlaps"]
+    r.update(
+        command="demo-processes",
+        seed=args.seed,
+        seconds=round(time.perf_counter() - t0, 3),
+        exit_code=EXIT_DIVERGENCE if bad else EXIT_OK,
     )
     return r

@@ -18,11 +18,10 @@ from rich.table import Table
 from .. import _ftrace
 from .._ftrace import FtraceError, Plan
 from .._trace import TraceWriter, memory_problem
-from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, output_path
+from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_outputs
 from ._context import Context
 from ._report import run_report, timing
-from ._show import AGREE, describe_geometry, ms, print_divergence, print_run
-from .demo import check_plot
+from ._show import AGREE, describe_geometry, ms, print_divergence, print_files, print_run
 
 DESCRIPTION = (
     "Replay a Linux page-allocator trace: the kmem events mm_page_alloc and mm_page_free "
@@ -110,11 +109,7 @@ def _sizing(plan: Plan, pages: int | None) -> tuple[int, str]:
 def report(ctx: Context) -> dict[str, Any]:
     """Run ``pagebuddy ftrace``; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
-    if args.plot:
-        check_plot()
-        output_path("--plot", args.plot)
-    if args.record:
-        output_path("--record", args.record)
+    check_outputs(args)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
@@ -301,8 +296,5 @@ def show(out: Console, r: dict[str, Any]) -> None:
         out.print(AGREE)
     print_run(out, r)
     _times(out, r)
-    if r["plot"]:
-        out.print(f"Plot written to {escape(r['plot'])}")
-    if r["record"]:
-        out.print(f"Trace written to {escape(r['record'])} (pagebuddy replay runs it)")
+    print_files(out, r, " (pagebuddy replay runs it)")
     out.print(f"Done in {r['seconds']:.2f} s")

@@ -11,7 +11,7 @@ from rich.progress import TextColumn
 from .. import _fuzz, _rules
 from .._rules import Geometry
 from .._trace import memory_problem
-from ._args import EXIT_DIVERGENCE, EXIT_INTERRUPTED, EXIT_OK, Usage, output_path
+from ._args import EXIT_DIVERGENCE, EXIT_INTERRUPTED, EXIT_OK, Usage, check_outputs
 from ._context import Context
 from ._report import divergence
 
@@ -34,9 +34,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
                 else " (--page-size and --arena not given may be drawn as 4096 and buffer)"
             )
             raise Usage(f"--pages {args.pages}: {problem}{drawn}")
-    for option in ("record", "reproducer"):
-        if getattr(args, option):
-            output_path(f"--{option}", getattr(args, option))
+    check_outputs(args)
     if args.base_pfn is not None and args.base_pfn + (args.pages or 1) > _rules.PFN_LIMIT:
         raise Usage("--base-pfn: base_pfn + nr_pages must be <= 2**64")
     ops = args.ops if args.ops not in (None, -1) else None

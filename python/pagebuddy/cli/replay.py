@@ -11,10 +11,9 @@ from rich.progress import MofNCompleteColumn
 from .._lockstep import GeometryRefused, RunResult, run_ops
 from .._rules import format_op
 from .._trace import Section, TraceError, read_trace
-from ._args import EXIT_DIVERGENCE, EXIT_OK, EXIT_REJECTED, Usage, output_path
+from ._args import EXIT_DIVERGENCE, EXIT_OK, EXIT_REJECTED, Usage, check_outputs
 from ._context import Context
 from ._report import divergence, run_report, timing
-from .demo import check_plot
 
 #: Refused operations listed in a report (all are counted).
 EXAMPLES = 20
@@ -51,9 +50,7 @@ def report(ctx: Context) -> dict[str, Any]:
     """Replay the trace; its report (``exit_code``: 0, 1 on a divergence, 3 with ``--strict``
     when operations were refused)."""
     args = ctx.args
-    if args.plot:
-        check_plot()
-        output_path("--plot", args.plot)
+    check_outputs(args)
     sections = _read(args.file)
     total = sum(len(s.ops) for s in sections)
     t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 //! Translation between Python values and the core's: arguments in, errors out.
 
-use pagebuddy::{Error, PageMeta};
+use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::PyType;
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
 /// holds keeps its value as text, for messages (which name the value, never an object's
@@ -71,6 +71,58 @@ pub fn pfn(op: &str, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
             format!("{op}: pfn {} is outside the pool", big.text()),
         )),
     }
+}
+
+/// A constructor argument as a `u64` (`ValueError` for an int no `u64` holds); whether the
+/// value makes a pool is the core's to say ([`geometry_error`]).
+pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    match Int::of(obj, || what)? {
+        Int::Val(v) => Ok(v),
+        big => Err(PyValueError::new_err(format!(
+            "{what} must be an int in 0..2**64, got {}",
+            big.text()
+        ))),
+    }
+}
+
+/// The `ValueError` for a geometry the core refuses, in the constructor's words (`max_order`
+/// is the core's `order_cap`). Every variant is matched: a new one does not compile until it
+/// is given its message.
+pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
+    let message = match err {
+        GeometryError::PageSize { page_size } => {
+            format!("page_size must be a power of two in 64..2**30, got {page_size}")
+        }
+        GeometryError::NoPages => "nr_pages must be >= 1, got 0".to_string(),
+        GeometryError::TooManyPages { nr_pages } => {
+            format!("nr_pages must be at most {MAX_PAGES}, got {nr_pages}")
+        }
+        GeometryError::PfnOverflow => format!(
+            "base_pfn {}: base_pfn + nr_pages must be <= 2**64 (nr_pages {})",
+            config.base_pfn, config.nr_pages
+        ),
+        GeometryError::Reserved {
+            reserved_pages,
+            nr_pages,
+        } => format!("reserved_pages must be in 0..{nr_pages}, got {reserved_pages}"),
+        GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
+        GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
+                                            arena has no bytes to zero"
+            .to_string(),
+        GeometryError::ArenaTooSmall { need, have } => {
+            format!("buffer holds {have} bytes, the pool needs nr_pages * page_size = {need}")
+        }
+        GeometryError::MetadataTooSmall { .. }
+        | GeometryError::MetadataMisaligned
+        | GeometryError::LinksTooSmall { .. }
+        | GeometryError::LinksMisaligned
+        | GeometryError::CacheTooSmall { .. }
+        | GeometryError::PageRefsTooSmall { .. } => format!("pool metadata: {err}"),
+        GeometryError::CacheConfig { .. } | GeometryError::NoCacheSlots => {
+            format!("cache configuration: {err}")
+        }
+    };
+    PyValueError::new_err(message)
 }
 
 /// `what` as an int in `min..=max`, else `ValueError` naming the rule.
@@ -143,6 +195,89 @@ pub fn arena_less(zero: &str, intrusive: bool, buffer: bool) -> PyResult<()> {
         return Ok(());
     };
     Err(PyValueError::new_err(why))
+}
+
+/// The memoryview of `obj` if it is a 1-D C-contiguous array of native 64-bit unsigned ints
+/// (`array('Q')`, numpy `uint64`), else `None` (lists and tuples are not asked). The same rule
+/// as `pagebuddy._rules.u64_array`.
+fn u64_view<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        return Ok(None);
+    }
+    let Ok(view) = PyMemoryView::from(obj) else {
+        return Ok(None);
+    };
+    let view = view.into_any();
+    let format: String = view.getattr("format")?.extract()?;
+    // Native items only, as memoryview itself reads and writes them.
+    let code = format.strip_prefix('@').unwrap_or(&format);
+    let fits = matches!(code, "Q" | "L")
+        && view.getattr("itemsize")?.extract::<usize>()? == 8
+        && view.getattr("ndim")?.extract::<usize>()? == 1
+        && view.getattr("c_contiguous")?.is_truthy()?;
+    if fits {
+        Ok(Some(view))
+    } else {
+        view.call_method0("release")?;
+        Ok(None)
+    }
+}
+
+/// The items of a u64 array (see `u64_view`), copied out in one piece; `None` for anything
+/// else, which is read as an iterable.
+pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
+    let Some(view) = u64_view(obj)? else {
+        return Ok(None);
+    };
+    let bytes = view.call_method0("tobytes");
+    view.call_method0("release")?;
+    let bytes = bytes?;
+    let bytes = bytes.downcast::<PyBytes>()?.as_bytes();
+    let values = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Some(values))
+}
+
+/// `TypeError` unless `out` is a writable u64 array, `ValueError` unless it holds `count` items.
+pub fn check_out(op: &str, out: &Bound<'_, PyAny>, count: u64) -> PyResult<()> {
+    let view = u64_view(out)?;
+    let len = match &view {
+        Some(v) if !v.getattr("readonly")?.is_truthy()? => Some(v.len()?),
+        _ => None,
+    };
+    if let Some(v) = view {
+        v.call_method0("release")?;
+    }
+    match len {
+        None => Err(PyTypeError::new_err(format!(
+            "{op}: out must be a writable 1-D array of 64-bit unsigned ints (array('Q'), \
+             numpy uint64), not {}",
+            type_name(out)
+        ))),
+        Some(len) if (len as u64) < count => Err(PyValueError::new_err(format!(
+            "{op}: out holds {len} items, {count} requested"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Writes `values` into the first items of `out`, a u64 array that `check_out` accepted.
+pub fn write_u64s(out: &Bound<'_, PyAny>, values: &[u64]) -> PyResult<()> {
+    let py = out.py();
+    let view = PyMemoryView::from(out)?.into_any();
+    let raw = PyBytes::new_with(py, values.len() * 8, |buf| {
+        for (dst, v) in buf.chunks_exact_mut(8).zip(values) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    let bytes = view.call_method1("cast", ("B",))?;
+    let result = bytes.set_item(PySlice::new(py, 0, values.len() as isize * 8, 1), raw);
+    bytes.call_method0("release")?;
+    view.call_method0("release")?;
+    result
 }
 
 /// A `str` argument that must be one of `choices`.

@@ -4,19 +4,20 @@
 
 mod cached;
 mod convert;
+mod shared;
 
 use std::ptr::NonNull;
 
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta,
-    Pool as Core, SideTable, SpinLock, ZeroPolicy, MAX_PAGES,
+    Pool as Core, SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice, PyTuple};
 
 use cached::Cache;
-use convert::{choice, int_in, raise, Exc, Int};
+use convert::{choice, raise, unsigned, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
@@ -27,7 +28,11 @@ type Locked<L> = LockedPool<'static, L, SpinLock>;
 enum Inner {
     Side(Locked<SideTable<'static>>),
     Intrusive(Locked<Intrusive>),
+    /// Per-CPU caches in front of the core (`cpus=N`); see `cached.rs`.
     Cached(Box<Cache>),
+    /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
+    SharedSide(SharedPool<'static, SideTable<'static>>),
+    SharedIntrusive(SharedPool<'static, Intrusive>),
 }
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
@@ -38,6 +43,18 @@ macro_rules! with {
             Inner::Side(l) => l.with(|$p| $body),
             Inner::Intrusive(l) => l.with(|$p| $body),
             Inner::Cached($c) => $cached,
+            Inner::SharedSide(s) => {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                f(&mut g)
+            }
+            Inner::SharedIntrusive(s) => {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                f(&mut g)
+            }
         }
     };
 }
@@ -130,12 +147,14 @@ pub struct Pool {
     // claim on that memory ends.
     inner: Inner,
     _claim: Py<PyAny>,
-    _storage: Storage,
+    _storage: Option<Storage>,
     _export: Py<PyAny>,
     /// The arena as a byte memoryview; None for a pool without one.
     bytes: Py<PyAny>,
     geo: Geometry,
     zero: &'static str,
+    /// Offset of page 0 in `bytes` (0 but for shared pools, whose header comes first).
+    pages_off: usize,
 }
 
 impl Pool {
@@ -230,8 +249,10 @@ impl Pool {
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
         let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
-        let pool = Core::new(arena, meta, links, *geo)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::new(arena, meta, links, *geo).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, geo),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         Ok(LockedPool::new(pool))
     }
 
@@ -280,8 +301,10 @@ impl Pool {
         storage.links = Some(links);
         // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
         let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
-        let pool = Core::without_arena(meta, links, config)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
+            Error::Geometry(g) => convert::geometry_error(g, &config),
+            e => PyValueError::new_err(format!("Pool: {e}")),
+        })?;
         let core = LockedPool::new(pool);
         let inner = match cpus {
             0 => Inner::Side(core),
@@ -290,11 +313,12 @@ impl Pool {
         Ok(Pool {
             inner,
             _claim: py.None(),
-            _storage: storage,
+            _storage: Some(storage),
             _export: py.None(),
             bytes: py.None(),
             geo,
             zero,
+            pages_off: 0,
         })
     }
 
@@ -405,37 +429,39 @@ impl Pool {
             zero.as_ref(),
             _links.as_ref(),
         );
-        let nr = int_in(nr_pages, "nr_pages", 1, MAX_PAGES as u64)? as usize;
-        let page_size = match page_size {
-            Some(ps) => int_in(ps, "page_size", 64, 1 << 30)? as usize,
-            None => 4096,
+        // Arguments are converted here; whether they make a pool is the core's rule.
+        // Each argument in turn is converted, then the core's rules judge the shape so far
+        // (later fields at their defaults), so the first bad argument is the one reported.
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let judge = |c: Config| {
+            c.geometry()
+                .map(|_| c)
+                .map_err(|e| convert::geometry_error(e, &c))
         };
-        if !page_size.is_power_of_two() {
-            return Err(PyValueError::new_err(format!(
-                "page_size must be a power of two, got {page_size}"
-            )));
+        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        if let Some(ps) = page_size {
+            shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
         }
-        let base_pfn = match base_pfn {
-            Some(b) => int_in(b, "base_pfn", 0, u64::MAX - nr as u64 + 1)?,
-            None => 0,
-        };
-        let reserved = match reserved_pages {
-            Some(r) => int_in(r, "reserved_pages", 0, nr as u64)? as usize,
-            None => 0,
-        };
-        let cap = match max_order {
-            None => 11,
-            Some(m) => match Int::of(m, || "max_order")? {
-                Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
+        if let Some(b) = base_pfn {
+            shape = judge(shape.base_pfn(unsigned(b, "base_pfn")?))?;
+        }
+        if let Some(r) = reserved_pages {
+            shape = judge(shape.reserved_pages(size(unsigned(r, "reserved_pages")?)))?;
+        }
+        if let Some(m) = max_order {
+            // A cap past every pool's orders caps nothing: any huge one is u32::MAX.
+            let cap = match Int::of(m, || "max_order")? {
+                Int::Val(v) => u32::try_from(v).unwrap_or(u32::MAX),
                 Int::Huge(_) => u32::MAX,
-                small => {
-                    let got = small.text();
+                small @ Int::Negative(_) => {
                     return Err(PyValueError::new_err(format!(
-                        "max_order must be an int >= 1, got {got}"
-                    )));
+                        "max_order must be >= 1, got {}",
+                        small.text()
+                    )))
                 }
-            },
-        };
+            };
+            shape = judge(shape.order_cap(cap))?;
+        }
         let has_arena = match arena {
             Some(a) => convert::flag(&a, "arena")?,
             None => true,
@@ -457,17 +483,13 @@ impl Pool {
             "never" => ZeroPolicy::Never,
             _ => ZeroPolicy::OnFree,
         };
-        let config = Config::new(nr)
-            .page_size(page_size)
-            .base_pfn(base_pfn)
-            .reserved_pages(reserved)
-            .order_cap(cap)
+        let config = shape
             .zero(policy)
             // A pool-owned arena is a fresh anonymous mapping: it reads as zeros already.
             .prezeroed(!matches!(buffer, Some(b) if !b.is_none()));
         let geo = config
             .geometry()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| convert::geometry_error(e, &config))?;
         let (cpus, cache) =
             cached::settings(cpus.as_ref(), cache_batch.as_ref(), cache_high.as_ref())?;
         if !has_arena {
@@ -484,7 +506,7 @@ impl Pool {
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
         let mut storage = Storage {
-            meta: leak(nr, PageMeta::INIT)?,
+            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
             links: None,
         };
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
@@ -494,28 +516,91 @@ impl Pool {
             let core = Self::build(&config, addr, meta, Intrusive)?;
             match cpus {
                 0 => Inner::Intrusive(core),
-                _ => Inner::Cached(Box::new(Cache::intrusive(core, nr, cpus, cache)?)),
+                _ => Inner::Cached(Box::new(Cache::intrusive(
+                    core,
+                    geo.nr_pages as usize,
+                    cpus,
+                    cache,
+                )?)),
             }
         } else {
-            let links = leak_links(nr)?;
+            let links = leak_links(geo.nr_pages as usize)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
             let core = Self::build(&config, addr, meta, links)?;
             match cpus {
                 0 => Inner::Side(core),
-                _ => Inner::Cached(Box::new(Cache::side(core, nr, cpus, cache)?)),
+                _ => Inner::Cached(Box::new(Cache::side(
+                    core,
+                    geo.nr_pages as usize,
+                    cpus,
+                    cache,
+                )?)),
             }
         };
         Ok(Pool {
             inner,
-            _storage: storage,
+            _storage: Some(storage),
             _claim: claim.unbind(),
             _export: export.unbind(),
             bytes: bytes.unbind(),
             geo,
             zero,
+            pages_off: 0,
         })
+    }
+
+    /// Formats `buffer` as a pool that lives entirely inside it and opens it.
+    ///
+    /// Pool.create_in(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11,
+    /// zero="free", links="side")
+    ///
+    /// The pool gets as many pages as fit after its header and metadata. Other processes open
+    /// the same bytes with Pool.attach (a multiprocessing.shared_memory buffer, a shared mmap); a
+    /// file mapping keeps the pool across restarts. Whatever the buffer held is overwritten.
+    #[staticmethod]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None))]
+    #[pyo3(
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side')"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn create_in(
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        page_size: Option<&Bound<'_, PyAny>>,
+        base_pfn: Option<&Bound<'_, PyAny>>,
+        reserved_pages: Option<&Bound<'_, PyAny>>,
+        max_order: Option<&Bound<'_, PyAny>>,
+        zero: Option<&Bound<'_, PyAny>>,
+        links: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let args = shared::CreateArgs {
+            page_size,
+            base_pfn,
+            reserved_pages,
+            max_order,
+            zero,
+            links,
+        };
+        Self::create_in_impl(py, buffer, args)
+    }
+
+    /// Opens the pool that Pool.create_in formatted in `buffer` (in this or another process),
+    /// without rebuilding it.
+    ///
+    /// An operation that a killed process left half done is rolled back first, and every
+    /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
+    /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    #[staticmethod]
+    fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Self::attach_impl(py, buffer)
+    }
+
+    /// Whether this pool lives in a shared buffer (Pool.create_in, Pool.attach).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.is_shared()
     }
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
@@ -644,7 +729,7 @@ impl Pool {
         };
         let order = with!(self, |p| held(p.page(pfn)), |c| held(c.page(pfn)))
             .map_err(|e| self.page_error(py, "view", e))?;
-        let off = (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
+        let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
         let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
         self.bytes.bind(py).get_item(slice)
@@ -659,59 +744,29 @@ impl Pool {
     /// Allocates `count` blocks of `order` in one critical section, without the GIL.
     ///
     /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
-    /// `count` blocks cannot be had. Returns the pfns in allocation order.
+    /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
+    /// with them in its first `count` items when `out` is given, a writable array of 64-bit
+    /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
     ///
     /// On a cached pool (`cpus=N`) the blocks come from slot `cpu` (default: this thread's),
     /// one allocation after another; when one fails, those already taken are put back through
     /// the slot, the last first, and OutOfMemory says how many could be had.
-    #[pyo3(signature = (order, count, *, cpu=None))]
-    fn alloc_many(
+    #[pyo3(signature = (order, count, *, out = None, cpu = None))]
+    fn alloc_many<'py>(
         &self,
-        py: Python<'_>,
-        order: &Bound<'_, PyAny>,
-        count: &Bound<'_, PyAny>,
-        cpu: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<u64>> {
-        let order = convert::order("alloc_many", order, self.geo.max_order)?;
-        let asked = Int::of(count, || "alloc_many: count")?;
-        let count = match asked {
-            Int::Val(v) => v,
-            Int::Huge(_) => u64::MAX,
-            Int::Negative(ref text) => {
-                return Err(PyValueError::new_err(format!(
-                    "alloc_many: count must be >= 0, got {text}"
-                )))
+        py: Python<'py>,
+        order: &Bound<'py, PyAny>,
+        count: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+        cpu: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pfns = self.alloc_many_vec(py, order, count, out, cpu)?;
+        match out {
+            Some(out) if !out.is_none() => {
+                convert::write_u64s(out, &pfns)?;
+                Ok(out.clone())
             }
-        };
-        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
-        // buffer need not be larger than that.
-        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
-        let mut pfns = Vec::new();
-        pfns.try_reserve_exact(len)
-            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
-        pfns.resize(len, 0);
-        let slot = self.slot("alloc_many", cpu)?;
-        let result = py.allow_threads(|| {
-            with!(
-                self,
-                |p| p
-                    .alloc_many(order, &mut pfns)
-                    .map_err(|e| (e, p.capacity(order))),
-                |c| c.alloc_many(slot, order, &mut pfns)
-            )
-        });
-        match result {
-            Ok(()) => Ok(pfns),
-            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
-                py,
-                Exc::OutOfMemory,
-                format!(
-                    "alloc_many: out of memory: {} blocks of order {order} requested, \
-                     {capacity} available",
-                    asked.text()
-                ),
-            )),
-            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+            _ => Ok(pyo3::types::PyList::new(py, pfns)?.into_any()),
         }
     }
 
@@ -719,67 +774,25 @@ impl Pool {
     ///
     /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
-    /// and nothing is put.
+    /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
+    /// read as it is, with no Python object per page.
     ///
     /// On a cached pool (`cpus=N`) freed blocks go to slot `cpu` (default: this thread's), after
     /// the same checks.
-    #[pyo3(signature = (pfns, *, cpu=None))]
+    #[pyo3(signature = (pfns, *, cpu = None))]
     fn put_many(
         &self,
         py: Python<'_>,
         pfns: &Bound<'_, PyAny>,
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
-        let values = items
-            .iter()
-            .enumerate()
-            .map(
-                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Ok(v)),
-                    big => Ok(Err(big.text())),
-                },
-            )
-            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
-        // An int that no u64 holds is outside every pool. The core is handed the elements up to
-        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
-        // has fewer than 2**32 pages), so that it names the first element that fails.
-        let end = values
-            .iter()
-            .position(Result::is_err)
-            .map_or(values.len(), |k| k + 1);
-        let outside = if self.geo.base_pfn > 0 {
-            0
-        } else {
-            u64::from(self.geo.nr_pages)
-        };
-        let pfns: Vec<u64> = values[..end]
-            .iter()
-            .map(|v| *v.as_ref().unwrap_or(&outside))
-            .collect();
-        let slot = self.slot("put_many", cpu)?;
-        let result = py.allow_threads(|| {
-            with!(
-                self,
-                |p| p
-                    .put_many(&pfns)
-                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
-                |c| c
-                    .put_many(slot, &pfns)
-                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
-            )
-        });
-        result.map_err(|(e, page)| {
-            let op = format!("put_many: pfns[{}]", e.index);
-            match &values[e.index] {
-                Ok(_) => convert::error(py, &op, e.error, page),
-                Err(text) => raise(
-                    py,
-                    Exc::Page,
-                    format!("{op}: pfn {text} is outside the pool"),
-                ),
+        match convert::read_u64s(pfns)? {
+            Some(values) => {
+                let slot = self.slot("put_many", cpu)?;
+                self.put_many_u64(py, slot, &values)
             }
-        })
+            None => self.put_many_iter(py, pfns, cpu),
+        }
     }
 
     /// Free pages, in all blocks.
@@ -886,6 +899,8 @@ impl Pool {
             Inner::Side(_) => pagebuddy::meta_bytes(n) + pagebuddy::link_bytes(n),
             Inner::Intrusive(_) => pagebuddy::meta_bytes(n),
             Inner::Cached(ref c) => c.metadata_bytes(n),
+            // The header, the metadata and the links: everything in the buffer before page 0.
+            Inner::SharedSide(_) | Inner::SharedIntrusive(_) => self.pages_off,
         }
     }
 
@@ -945,10 +960,154 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// `alloc_many` up to the pfns: the arguments checked (`order`, `count`, then `out`), the
+    /// blocks allocated under the lock without the GIL, or the error raised.
+    fn alloc_many_vec(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+        out: Option<&Bound<'_, PyAny>>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u64>> {
+        let order = convert::order("alloc_many", order, self.geo.max_order)?;
+        let asked = Int::of(count, || "alloc_many: count")?;
+        let count = match asked {
+            Int::Val(v) => v,
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(ref text) => {
+                return Err(PyValueError::new_err(format!(
+                    "alloc_many: count must be >= 0, got {text}"
+                )))
+            }
+        };
+        if let Some(out) = out.filter(|o| !o.is_none()) {
+            convert::check_out("alloc_many", out, count)?;
+        }
+        // A pool has fewer blocks than pages, so any count past nr_pages is refused alike: the
+        // buffer need not be larger than that.
+        let len = count.min(u64::from(self.geo.nr_pages) + 1) as usize;
+        let mut pfns = Vec::new();
+        pfns.try_reserve_exact(len)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
+        pfns.resize(len, 0);
+        let slot = self.slot("alloc_many", cpu)?;
+        let result = py.allow_threads(|| {
+            with!(
+                self,
+                |p| p
+                    .alloc_many(order, &mut pfns)
+                    .map_err(|e| (e, p.capacity(order))),
+                |c| c.alloc_many(slot, order, &mut pfns)
+            )
+        });
+        match result {
+            Ok(()) => Ok(pfns),
+            Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
+                py,
+                Exc::OutOfMemory,
+                format!(
+                    "alloc_many: out of memory: {} blocks of order {order} requested, \
+                     {capacity} available",
+                    asked.text()
+                ),
+            )),
+            Err((e, _)) => Err(convert::error(py, "alloc_many", e, None)),
+        }
+    }
+
+    /// `put_many` of an array of u64 pfns, read with no Python object per page.
+    fn put_many_u64(&self, py: Python<'_>, slot: usize, pfns: &[u64]) -> PyResult<()> {
+        let result = py.allow_threads(|| {
+            with!(
+                self,
+                |p| p
+                    .put_many(pfns)
+                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+                |c| c
+                    .put_many(slot, pfns)
+                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+            )
+        });
+        result.map_err(|(e, page)| {
+            convert::error(py, &format!("put_many: pfns[{}]", e.index), e.error, page)
+        })
+    }
+
+    /// `put_many` of any other iterable: each element converted as `operator.index` would.
+    fn put_many_iter(
+        &self,
+        py: Python<'_>,
+        pfns: &Bound<'_, PyAny>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
+        let values = items
+            .iter()
+            .enumerate()
+            .map(
+                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
+                    Int::Val(v) => Ok(Ok(v)),
+                    big => Ok(Err(big.text())),
+                },
+            )
+            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
+        // An int that no u64 holds is outside every pool. The core is handed the elements up to
+        // the first such one, which stands as a pfn outside this pool (one always exists: a pool
+        // has fewer than 2**32 pages), so that it names the first element that fails.
+        let end = values
+            .iter()
+            .position(Result::is_err)
+            .map_or(values.len(), |k| k + 1);
+        let outside = if self.geo.base_pfn > 0 {
+            0
+        } else {
+            u64::from(self.geo.nr_pages)
+        };
+        let pfns: Vec<u64> = values[..end]
+            .iter()
+            .map(|v| *v.as_ref().unwrap_or(&outside))
+            .collect();
+        let slot = self.slot("put_many", cpu)?;
+        let result = py.allow_threads(|| {
+            with!(
+                self,
+                |p| p
+                    .put_many(&pfns)
+                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+                |c| c
+                    .put_many(slot, &pfns)
+                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+            )
+        });
+        result.map_err(|(e, page)| {
+            let op = format!("put_many: pfns[{}]", e.index);
+            match &values[e.index] {
+                Ok(_) => convert::error(py, &op, e.error, page),
+                Err(text) => raise(
+                    py,
+                    Exc::Page,
+                    format!("{op}: pfn {text} is outside the pool"),
+                ),
+            }
+        })
+    }
+}
+
 /// The native half of pagebuddy; use it through the `pagebuddy` package.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
+    m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
+    // A forked child locks shared pools under its own pid, not its parent's.
+    let after = m.getattr("_after_fork")?;
+    let kwargs = PyDict::new(m.py());
+    kwargs.set_item("after_in_child", after)?;
+    m.py()
+        .import("os")?
+        .getattr("register_at_fork")?
+        .call((), Some(&kwargs))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Geometry: what a pool manages, validated once at construction.
 
 use crate::error::GeometryError;
-use crate::MAX_PAGES;
+use crate::{MAX_PAGES, MAX_PAGE_SIZE};
 
 /// When pages are zeroed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -28,7 +28,7 @@ pub enum ZeroPolicy {
 pub struct Config {
     /// Number of pages, at least 1 and at most [`MAX_PAGES`].
     pub nr_pages: usize,
-    /// Bytes per page: a power of two, at least 64. Default 4096.
+    /// Bytes per page: a power of two from 64 to [`MAX_PAGE_SIZE`]. Default 4096.
     pub page_size: usize,
     /// Frame number of the arena's first page. Default 0.
     pub base_pfn: u64,
@@ -99,7 +99,7 @@ impl Config {
     /// Validates the configuration and derives `max_order`.
     pub const fn geometry(&self) -> Result<Geometry, GeometryError> {
         let page_size = self.page_size;
-        if page_size < 64 || !page_size.is_power_of_two() {
+        if page_size < 64 || page_size > MAX_PAGE_SIZE || !page_size.is_power_of_two() {
             return Err(GeometryError::PageSize { page_size });
         }
         let nr_pages = self.nr_pages;

@@ -66,7 +66,7 @@ pub enum Error {
 /// Why a pool could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeometryError {
-    /// `page_size` is not a power of two of at least 64 bytes.
+    /// `page_size` is not a power of two from 64 to [`MAX_PAGE_SIZE`](crate::MAX_PAGE_SIZE).
     PageSize {
         /// The size passed.
         page_size: usize,
@@ -186,6 +186,9 @@ pub enum CorruptionKind {
     /// is not a block of its cache's order held by the caches, a block cached twice, a block
     /// neither held, cached nor free, or a reference count the pool does not back.
     Cache,
+    /// A shared pool's undo journal names pages outside the pool or an operation it cannot
+    /// undo, so the operation a dead process left half done cannot be rolled back.
+    Journal,
 }
 
 impl From<GeometryError> for Error {
@@ -234,7 +237,11 @@ impl fmt::Display for GeometryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             GeometryError::PageSize { page_size } => {
-                write!(f, "page_size {page_size} is not a power of two >= 64")
+                write!(
+                    f,
+                    "page_size {page_size} is not a power of two in 64..={}",
+                    crate::MAX_PAGE_SIZE
+                )
             }
             GeometryError::NoPages => f.write_str("nr_pages must be at least 1"),
             GeometryError::TooManyPages { nr_pages } => {
@@ -301,6 +308,7 @@ impl fmt::Display for Corruption {
             CorruptionKind::Count => "free counts disagree with the free lists",
             CorruptionKind::NotZero => "free memory is not zero",
             CorruptionKind::Cache => "the per-CPU caches disagree with the pool",
+            CorruptionKind::Journal => "the shared pool's journal cannot be undone",
         };
         write!(f, "{what} (at pfn {})", self.pfn)
     }

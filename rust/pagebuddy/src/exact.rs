@@ -48,6 +48,13 @@ impl<L: LinkStore> Pool<'_, L> {
     /// assert_eq!(pool.alloc_exact(9), Err(Error::InvalidRun { nr_pages: 9, max_pages: 8 }));
     /// pool.put(1)?;
     /// pool.check()?;
+    ///
+    /// // A pool that ends at the last pfn: the run's block ends there too.
+    /// let (mut meta, mut links) = ([PageMeta::INIT; 4], [Link::EMPTY; 4]);
+    /// let config = Config::new(4).base_pfn(u64::MAX - 3).zero(pagebuddy::ZeroPolicy::Never);
+    /// let mut pool = Pool::without_arena(&mut meta, SideTable::new(&mut links), config)?;
+    /// assert_eq!(pool.alloc_exact(3)?, u64::MAX - 3);
+    /// assert_eq!(pool.free_list(0).collect::<Vec<_>>(), [u64::MAX]);
     /// # Ok::<(), Error>(())
     /// ```
     pub fn alloc_exact(&mut self, nr_pages: u64) -> Result<u64, Error> {
@@ -64,8 +71,11 @@ impl<L: LinkStore> Pool<'_, L> {
         }
         let pfn = self.alloc(order)?;
         self.split(pfn)?;
-        for page in pfn + nr_pages..pfn + (1 << order) {
-            self.put(page)?;
+        // By page index, not pfn: a pool may end at pfn u64::MAX, where `pfn + 2^order` of its
+        // last block would overflow. The block lies inside the pool, so the indices fit.
+        let head = (pfn - self.geo.base_pfn) as u32;
+        for idx in head + nr_pages as u32..head + (1 << order) {
+            self.put(self.geo.pfn(idx))?;
         }
         Ok(pfn)
     }

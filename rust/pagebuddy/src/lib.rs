@@ -55,9 +55,14 @@ mod check;
 mod config;
 mod error;
 mod exact;
+// Shared pools: the lock word and the journal's commit need 32-bit compare-and-swap.
+#[cfg(all(target_has_atomic = "32", not(loom)))]
+mod layout;
 mod lock;
 mod pool;
 mod query;
+#[cfg(target_has_atomic = "32")]
+pub mod shmlock;
 mod store;
 
 pub use arena::Arena;
@@ -69,6 +74,11 @@ pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+#[cfg(all(target_has_atomic = "32", not(loom)))]
+pub use layout::{
+    pages_that_fit, Journaled, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
+    LAYOUT_MAGIC, LAYOUT_VERSION,
+};
 #[cfg(target_has_atomic = "8")]
 pub use lock::SpinLock;
 #[cfg(feature = "std")]
@@ -85,6 +95,9 @@ pub const MAX_CACHE_HIGH: u32 = 1 << 16;
 
 /// Most pages one pool can manage: page indices are `u32`, with `u32::MAX` meaning "no page".
 pub const MAX_PAGES: usize = (u32::MAX - 1) as usize;
+
+/// Largest page: 1 GiB, the largest block size of the page tables pKVM maps.
+pub const MAX_PAGE_SIZE: usize = 1 << 30;
 
 /// Bytes of [`PageMeta`] that `nr_pages` pages need (4 per page, 2-byte aligned).
 ///

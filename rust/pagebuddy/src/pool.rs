@@ -44,7 +44,7 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     pub(crate) meta: &'a mut [PageMeta],
     pub(crate) free: FreeLists<L>,
     pub(crate) geo: Geometry,
-    free_pages: u32,
+    pub(crate) free_pages: u32,
     /// Pages `touched..nr_pages` have never been handed out and their bytes were never written
     /// (the arena was [prezeroed](Config::prezeroed) and construction left them alone), so they
     /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps

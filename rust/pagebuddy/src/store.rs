@@ -398,6 +398,25 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
+    /// The heads, tails, lengths and non-empty mask, which a shared pool keeps in its header
+    /// and hands to the policy for each operation (see `layout.rs`).
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+    pub(crate) fn ends_mut(
+        &mut self,
+    ) -> (
+        &mut [u32; MAX_ORDERS],
+        &mut [u32; MAX_ORDERS],
+        &mut [u32; MAX_ORDERS],
+        &mut u32,
+    ) {
+        (
+            &mut self.head,
+            &mut self.tail,
+            &mut self.len,
+            &mut self.mask,
+        )
+    }
+
     pub(crate) fn tail(&self, order: u32) -> u32 {
         self.tail.get(order as usize).copied().unwrap_or(Link::NIL)
     }

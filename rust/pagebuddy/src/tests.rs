@@ -348,6 +348,12 @@ fn geometry_errors() {
             cfg(4).page_size(96),
             GeometryError::PageSize { page_size: 96 },
         ),
+        (
+            cfg(4).page_size(MAX_PAGE_SIZE << 1),
+            GeometryError::PageSize {
+                page_size: MAX_PAGE_SIZE << 1,
+            },
+        ),
         (cfg(0), GeometryError::NoPages),
         (
             cfg(MAX_PAGES + 1),

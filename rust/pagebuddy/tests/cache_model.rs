@@ -8,6 +8,8 @@
 //!
 //! `PROPTEST_CASES=N` changes the number of cases (default 512).
 
+mod cases;
+
 use pagebuddy::{
     cache_blocks, CacheConfig, CacheSlot, CachedPool, Config, Error, Intrusive, Link, LinkStore,
     LockedPool, PageMeta, PageRef, Pool, SideTable, SpinLock, ZeroPolicy,
@@ -404,15 +406,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(cases::from_env(512)))]
 
     #[test]
     fn cached_pool_matches_the_model(

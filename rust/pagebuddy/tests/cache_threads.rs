@@ -7,64 +7,16 @@
 //! every held page in exactly one block with the refcount its holder counted; after
 //! `drain_all()`, `check()` passes and the pool holds every page that no thread holds.
 
-use std::collections::BTreeSet;
-use std::ptr::NonNull;
 use std::sync::{Barrier, Mutex};
 
 use pagebuddy::{
-    cache_blocks, Arena, CacheConfig, CacheSlot, CachedPool, Config, Error, Intrusive, Link,
-    LinkStore, LockedPool, PageMeta, PageRef, Pool, RawLock, SideTable, SpinLock, ZeroPolicy,
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, Error, LinkStore, LockedPool, PageRef, Pool,
+    RawLock, SpinLock, ZeroPolicy,
 };
 
-const PS: usize = 64;
-const NR: usize = 203;
-const BASE: u64 = 37;
-const RESERVED: usize = 3;
-const THREADS: usize = 4;
-const STEPS: usize = 20_000;
+mod stress;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    pfn: u64,
-    pages: usize,
-    refs: u16,
-    tag: u8,
-}
-
-#[derive(Clone, Copy)]
-struct Mem(usize);
-
-impl Mem {
-    fn page(self, pfn: u64) -> *mut u8 {
-        (self.0 + (pfn - BASE) as usize * PS) as *mut u8
-    }
-
-    fn fill(self, h: &Held) {
-        // SAFETY: the caller holds the block, so these bytes are its own; they lie in the arena.
-        unsafe { self.page(h.pfn).write_bytes(h.tag, h.pages * PS) }
-    }
-
-    fn all(self, pfn: u64, pages: usize, byte: u8) -> bool {
-        // SAFETY: a block the caller holds, read while no one else may write it.
-        let bytes = unsafe { std::slice::from_raw_parts(self.page(pfn), pages * PS) };
-        bytes.iter().all(|&b| b == byte)
-    }
-}
+use stress::{check_kept, Held, Holder, Mem, Storage, NR, RESERVED, STEPS, THREADS, TOO_LARGE};
 
 struct Shared<'p, 'a, L: LinkStore, R: RawLock> {
     pool: &'p CachedPool<'a, L, R>,
@@ -77,114 +29,55 @@ struct Shared<'p, 'a, L: LinkStore, R: RawLock> {
 
 fn worker<L: LinkStore, R: RawLock>(sh: &Shared<'_, '_, L, R>, id: usize) -> Vec<Held> {
     let (pool, mem) = (sh.pool, sh.mem);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1234_5678_9ABC_DEF1));
-    let mut held: Vec<Held> = Vec::new();
-    let mut tag = 0u8;
+    let mut me = Holder::new(id);
     let cpu = id;
     sh.start.wait();
     for _ in 0..STEPS {
-        match rng.below(16) {
+        match me.rng.below(16) {
             0..=4 => {
-                let order = [0, 0, 0, 1, 2, 3, 4][rng.below(7)];
+                let order = [0, 0, 0, 1, 2, 3, 4][me.rng.below(7)];
                 match pool.alloc(cpu, order) {
-                    Ok(pfn) => {
-                        let pages = 1 << order;
-                        assert_eq!(pfn % pages as u64, 0, "misaligned block");
-                        if sh.zero != ZeroPolicy::Never {
-                            assert!(mem.all(pfn, pages, 0), "block {pfn} not zeroed");
-                        }
-                        tag = tag.wrapping_add(1) | 1;
-                        let h = Held {
-                            pfn,
-                            pages,
-                            refs: 1,
-                            tag: (id as u8) << 5 | tag & 31,
-                        };
-                        mem.fill(&h);
-                        held.push(h);
-                    }
+                    Ok(pfn) => me.took(mem, sh.zero, pfn, order),
                     Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
                 }
             }
-            5..=8 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                let h = held[i];
-                assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
+            5..=8 if !me.held.is_empty() => me.put_one(mem, |rng, pfn| {
                 // Mostly through the own slot, sometimes through another one.
                 let through = if rng.below(4) == 0 { rng.below(8) } else { cpu };
-                pool.put(through, h.pfn).unwrap();
-                if h.refs > 1 {
-                    held[i].refs -= 1;
-                } else {
-                    held.swap_remove(i);
-                }
-            }
-            9 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                pool.get(held[i].pfn).unwrap();
-                held[i].refs += 1;
-            }
-            10 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                let h = held[i];
-                pool.split(h.pfn).unwrap();
-                held[i].pages = 1;
-                for t in 1..h.pages as u64 {
-                    held.push(Held {
-                        pfn: h.pfn + t,
-                        pages: 1,
-                        refs: 1,
-                        tag: h.tag,
-                    });
-                }
-            }
-            11 if !held.is_empty() => {
-                let h = held.swap_remove(rng.below(held.len()));
+                pool.put(through, pfn).unwrap();
+            }),
+            9 if !me.held.is_empty() => me.get_one(|pfn| pool.get(pfn).unwrap()),
+            10 if !me.held.is_empty() => me.split_one(|pfn| pool.split(pfn).unwrap()),
+            11 if !me.held.is_empty() => {
+                let i = me.pick();
+                let h = me.held.swap_remove(i);
                 sh.mailbox.lock().unwrap().push(h);
             }
             12 => {
                 let got = sh.mailbox.lock().unwrap().pop();
                 if let Some(h) = got {
                     assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-                    held.push(h);
+                    me.held.push(h);
                 }
             }
             13 => {
-                if rng.below(8) == 0 {
+                if me.rng.below(8) == 0 {
                     pool.drain(cpu).unwrap();
                 }
-                let pfn = BASE + (NR + rng.below(5)) as u64;
+                let pfn = me.out_of_range_pfn();
                 assert_eq!(pool.put(cpu, pfn), Err(Error::PfnOutOfRange { pfn }));
-                assert_eq!(
-                    pool.alloc(cpu, 40),
-                    Err(Error::InvalidOrder {
-                        order: 40,
-                        max_order: 8
-                    })
-                );
+                assert_eq!(pool.alloc(cpu, 40), Err(TOO_LARGE));
             }
-            14 if !held.is_empty() => {
-                let h = held[rng.below(held.len())];
-                if h.pages > 1 {
-                    let tail = h.pfn + 1 + rng.below(h.pages - 1) as u64;
+            14 if !me.held.is_empty() => {
+                if let Some(tail) = me.tail() {
                     assert_eq!(pool.get(tail), Err(Error::NotHeld { pfn: tail }));
                     assert_eq!(pool.put(cpu, tail), Err(Error::NotHeld { pfn: tail }));
                 }
             }
-            _ => {
-                for h in &held {
-                    assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-                }
-            }
+            _ => me.check_all(mem),
         }
     }
-    let keep = held.split_off(held.len() / 2);
-    for h in held {
-        for _ in 0..h.refs {
-            pool.put(cpu, h.pfn).unwrap();
-        }
-    }
-    keep
+    me.give_back_half(|pfn| pool.put(cpu, pfn).unwrap())
 }
 
 fn hammer<L: LinkStore, R: RawLock + Sync>(
@@ -247,19 +140,15 @@ fn hammer<L: LinkStore, R: RawLock + Sync>(
         pool.with_core(|p| p.free_pages()) as usize,
         NR - RESERVED - held_pages
     );
-    let mut pages = BTreeSet::new();
-    for h in &kept {
-        for p in h.pfn..h.pfn + h.pages as u64 {
-            assert!(pages.insert(p), "page {p} held twice");
-        }
-        assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-        assert_eq!(pool.refcount(h.pfn), Ok(h.refs), "{h:?}");
-        assert_eq!(pool.order(h.pfn), Ok(Some(h.pages.trailing_zeros())));
-    }
-    for p in BASE..BASE + RESERVED as u64 {
-        assert!(!pages.contains(&p), "reserved page {p} handed out");
-        assert_eq!(pool.refcount(p), Ok(1));
-    }
+    check_kept(
+        &kept,
+        mem,
+        |h| {
+            assert_eq!(pool.refcount(h.pfn), Ok(h.refs), "{h:?}");
+            assert_eq!(pool.order(h.pfn), Ok(Some(h.pages.trailing_zeros())));
+        },
+        |p| pool.refcount(p),
+    );
     for h in &kept {
         for _ in 0..h.refs {
             pool.put(0, h.pfn).unwrap();
@@ -270,58 +159,16 @@ fn hammer<L: LinkStore, R: RawLock + Sync>(
     assert_eq!(pool.free_pages() as usize, NR - RESERVED);
 }
 
-struct Storage {
-    arena: Vec<u8>,
-    meta: Vec<PageMeta>,
-    links: Vec<Link>,
-}
-
-impl Storage {
-    fn new() -> Self {
-        Storage {
-            arena: vec![0x5A; NR * PS],
-            meta: vec![PageMeta::INIT; NR],
-            links: vec![Link::EMPTY; NR],
-        }
-    }
-
-    fn arena(&mut self) -> (Arena<'static>, Mem) {
-        let ptr = NonNull::new(self.arena.as_mut_ptr()).unwrap();
-        // SAFETY: the Vec outlives every pool built on it in this file (each test drops its pool
-        // before its Storage); besides the pool only the threads touch it, each only in blocks it
-        // holds.
-        (
-            unsafe { Arena::from_raw(ptr, NR * PS) },
-            Mem(ptr.as_ptr() as usize),
-        )
-    }
-}
-
-fn config(zero: ZeroPolicy) -> Config {
-    Config::new(NR)
-        .page_size(PS)
-        .base_pfn(BASE)
-        .reserved_pages(RESERVED)
-        .zero(zero)
-}
-
 fn side_table<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize) {
     let mut s = Storage::new();
-    let (arena, mem) = s.arena();
-    let pool = Pool::new(
-        arena,
-        &mut s.meta,
-        SideTable::new(&mut s.links),
-        config(zero),
-    );
-    hammer::<_, R>(pool.unwrap(), mem, zero, cpus);
+    let (pool, mem) = s.side_table(zero);
+    hammer::<_, R>(pool, mem, zero, cpus);
 }
 
 fn intrusive<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize) {
     let mut s = Storage::new();
-    let (arena, mem) = s.arena();
-    let pool = Pool::new(arena, &mut s.meta, Intrusive, config(zero));
-    hammer::<_, R>(pool.unwrap(), mem, zero, cpus);
+    let (pool, mem) = s.intrusive(zero);
+    hammer::<_, R>(pool, mem, zero, cpus);
 }
 
 #[test]

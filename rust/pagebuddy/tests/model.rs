@@ -5,6 +5,7 @@
 //!
 //! `PROPTEST_CASES=N` raises the number of cases (default 1024).
 
+mod cases;
 mod common;
 
 use common::{Case, Geo, Op, Pick};
@@ -71,15 +72,8 @@ fn case() -> impl Strategy<Value = Case> {
     (geo(), prop::collection::vec(op(), 0..100)).prop_map(|(geo, ops)| Case { geo, ops })
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::from_env(1024), ..ProptestConfig::default() })]
 
     #[test]
     fn pool_matches_model(case in case()) {

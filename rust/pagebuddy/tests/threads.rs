@@ -4,67 +4,13 @@
 //! is what its holder counted and its bytes are what its holder wrote (so no page was ever handed
 //! to two holders, and the allocator never wrote into a held page).
 
-use std::collections::BTreeSet;
-use std::ptr::NonNull;
 use std::sync::Barrier;
 
-use pagebuddy::{
-    Arena, Config, Error, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool, RawLock,
-    SideTable, SpinLock, ZeroPolicy,
-};
+use pagebuddy::{Error, LinkStore, LockedPool, Pool, RawLock, SpinLock, ZeroPolicy};
 
-const PS: usize = 64;
-const NR: usize = 203;
-const BASE: u64 = 37;
-const RESERVED: usize = 3;
-const THREADS: usize = 4;
-const STEPS: usize = 20_000;
+mod stress;
 
-/// xorshift64: deterministic per thread, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// A block a thread holds: `pages` pages from `pfn`, `refs` references, filled with `tag`.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    pfn: u64,
-    pages: usize,
-    refs: u16,
-    tag: u8,
-}
-
-/// The arena's address, shared with the threads, which only touch pages they hold.
-#[derive(Clone, Copy)]
-struct Mem(usize);
-
-impl Mem {
-    fn page(self, pfn: u64) -> *mut u8 {
-        (self.0 + (pfn - BASE) as usize * PS) as *mut u8
-    }
-
-    fn fill(self, h: &Held) {
-        // SAFETY: the caller holds the block, so these bytes are its own; they lie in the arena.
-        unsafe { self.page(h.pfn).write_bytes(h.tag, h.pages * PS) }
-    }
-
-    fn all(self, pfn: u64, pages: usize, byte: u8) -> bool {
-        // SAFETY: as in `fill`: a block the caller holds, read while no one else may write it.
-        let bytes = unsafe { std::slice::from_raw_parts(self.page(pfn), pages * PS) };
-        bytes.iter().all(|&b| b == byte)
-    }
-}
+use stress::{check_kept, Held, Holder, Mem, Storage, NR, RESERVED, STEPS, THREADS, TOO_LARGE};
 
 fn worker<L: LinkStore, R: RawLock>(
     pool: &LockedPool<'_, L, R>,
@@ -73,98 +19,36 @@ fn worker<L: LinkStore, R: RawLock>(
     id: usize,
     start: &Barrier,
 ) -> Vec<Held> {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1234_5678_9ABC_DEF1));
-    let mut held: Vec<Held> = Vec::new();
-    let mut tag = 0u8;
+    let mut me = Holder::new(id);
     start.wait();
     for _ in 0..STEPS {
-        match rng.below(12) {
+        match me.rng.below(12) {
             0..=3 => {
-                let order = rng.below(5) as u32;
+                let order = me.rng.below(5) as u32;
                 match pool.alloc(order) {
-                    Ok(pfn) => {
-                        let pages = 1 << order;
-                        assert_eq!(pfn % pages as u64, 0, "misaligned block");
-                        if zero != ZeroPolicy::Never {
-                            assert!(mem.all(pfn, pages, 0), "block {pfn} not zeroed");
-                        }
-                        tag = tag.wrapping_add(1) | 1;
-                        let h = Held {
-                            pfn,
-                            pages,
-                            refs: 1,
-                            tag: (id as u8) << 5 | tag & 31,
-                        };
-                        mem.fill(&h);
-                        held.push(h);
-                    }
+                    Ok(pfn) => me.took(mem, zero, pfn, order),
                     Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
                 }
             }
-            4..=6 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                let h = held[i];
-                assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-                pool.put(h.pfn).unwrap();
-                if h.refs > 1 {
-                    held[i].refs -= 1;
-                } else {
-                    held.swap_remove(i);
-                }
-            }
-            7 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                pool.get(held[i].pfn).unwrap();
-                held[i].refs += 1;
-            }
-            8 if !held.is_empty() => {
-                let i = rng.below(held.len());
-                let h = held[i];
-                pool.split(h.pfn).unwrap();
-                held[i].pages = 1;
-                for t in 1..h.pages as u64 {
-                    held.push(Held {
-                        pfn: h.pfn + t,
-                        pages: 1,
-                        refs: 1,
-                        tag: h.tag,
-                    });
-                }
-            }
+            4..=6 if !me.held.is_empty() => me.put_one(mem, |_, pfn| pool.put(pfn).unwrap()),
+            7 if !me.held.is_empty() => me.get_one(|pfn| pool.get(pfn).unwrap()),
+            8 if !me.held.is_empty() => me.split_one(|pfn| pool.split(pfn).unwrap()),
             9 => {
-                let pfn = BASE + (NR + rng.below(5)) as u64;
+                let pfn = me.out_of_range_pfn();
                 assert_eq!(pool.put(pfn), Err(Error::PfnOutOfRange { pfn }));
-                assert_eq!(
-                    pool.alloc(40),
-                    Err(Error::InvalidOrder {
-                        order: 40,
-                        max_order: 8
-                    })
-                );
+                assert_eq!(pool.alloc(40), Err(TOO_LARGE));
             }
-            10 if !held.is_empty() => {
+            10 if !me.held.is_empty() => {
                 // A tail of a held block of someone's, or a free page: never held by the caller.
-                let h = held[rng.below(held.len())];
-                if h.pages > 1 {
-                    let tail = h.pfn + 1 + rng.below(h.pages - 1) as u64;
+                if let Some(tail) = me.tail() {
                     assert_eq!(pool.get(tail), Err(Error::NotHeld { pfn: tail }));
                 }
             }
-            _ => {
-                for h in &held {
-                    assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-                }
-            }
+            _ => me.check_all(mem),
         }
     }
     // Give back about half, keep the rest for the accounting.
-    let keep = held.split_off(held.len() / 2);
-    for h in held {
-        for _ in 0..h.refs {
-            pool.put(h.pfn).unwrap();
-        }
-    }
-    keep
+    me.give_back_half(|pfn| pool.put(pfn).unwrap())
 }
 
 fn sorted_lists<L: LinkStore>(pool: &Pool<'_, L>) -> Vec<Vec<u64>> {
@@ -175,14 +59,6 @@ fn sorted_lists<L: LinkStore>(pool: &Pool<'_, L>) -> Vec<Vec<u64>> {
             l
         })
         .collect()
-}
-
-fn config(zero: ZeroPolicy) -> Config {
-    Config::new(NR)
-        .page_size(PS)
-        .base_pfn(BASE)
-        .reserved_pages(RESERVED)
-        .zero(zero)
 }
 
 fn hammer<'a, L: LinkStore, R: RawLock + Sync>(pool: Pool<'a, L>, mem: Mem, zero: ZeroPolicy)
@@ -210,24 +86,20 @@ where
     pool.check().unwrap();
     let held_pages: usize = kept.iter().map(|h| h.pages).sum();
     assert_eq!(pool.free_pages() as usize, NR - RESERVED - held_pages);
-    let mut pages = BTreeSet::new();
-    for h in &kept {
-        for p in h.pfn..h.pfn + h.pages as u64 {
-            assert!(pages.insert(p), "page {p} held twice");
-        }
-        assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
-        pool.with(|p| {
-            assert_eq!(p.refcount(h.pfn), Ok(h.refs), "{h:?}");
-            assert_eq!(p.order(h.pfn), Ok(Some(h.pages.trailing_zeros())), "{h:?}");
-            for t in h.pfn + 1..h.pfn + h.pages as u64 {
-                assert_eq!((p.refcount(t), p.order(t)), (Ok(0), Ok(None)), "tail {t}");
-            }
-        });
-    }
-    for p in BASE..BASE + RESERVED as u64 {
-        assert!(!pages.contains(&p), "reserved page {p} handed out");
-        assert_eq!(pool.with(|pool| pool.refcount(p)), Ok(1));
-    }
+    check_kept(
+        &kept,
+        mem,
+        |h| {
+            pool.with(|p| {
+                assert_eq!(p.refcount(h.pfn), Ok(h.refs), "{h:?}");
+                assert_eq!(p.order(h.pfn), Ok(Some(h.pages.trailing_zeros())), "{h:?}");
+                for t in h.pfn + 1..h.pfn + h.pages as u64 {
+                    assert_eq!((p.refcount(t), p.order(t)), (Ok(0), Ok(None)), "tail {t}");
+                }
+            })
+        },
+        |p| pool.with(|pool| pool.refcount(p)),
+    );
     // Everything back: the free blocks are the initial ones again (in some list order).
     for h in &kept {
         for _ in 0..h.refs {
@@ -239,51 +111,16 @@ where
     assert_eq!(pool.with(|p| sorted_lists(p)), initial);
 }
 
-/// Owned memory for one pool; the arena is reached through `Mem` while the pool lives.
-struct Storage {
-    arena: Vec<u8>,
-    meta: Vec<PageMeta>,
-    links: Vec<Link>,
-}
-
-impl Storage {
-    fn new() -> Self {
-        Storage {
-            arena: vec![0x5A; NR * PS],
-            meta: vec![PageMeta::INIT; NR],
-            links: vec![Link::EMPTY; NR],
-        }
-    }
-
-    fn arena(&mut self) -> (Arena<'static>, Mem) {
-        let ptr = NonNull::new(self.arena.as_mut_ptr()).unwrap();
-        // SAFETY: the Vec outlives every pool built on it in this file (each test drops its pool
-        // before its Storage); besides the pool only the threads touch it, each only in blocks it
-        // holds.
-        (
-            unsafe { Arena::from_raw(ptr, NR * PS) },
-            Mem(ptr.as_ptr() as usize),
-        )
-    }
-}
-
 fn side_table<R: RawLock + Sync>(zero: ZeroPolicy) {
     let mut s = Storage::new();
-    let (arena, mem) = s.arena();
-    let pool = Pool::new(
-        arena,
-        &mut s.meta,
-        SideTable::new(&mut s.links),
-        config(zero),
-    );
-    hammer::<_, R>(pool.unwrap(), mem, zero);
+    let (pool, mem) = s.side_table(zero);
+    hammer::<_, R>(pool, mem, zero);
 }
 
 fn intrusive<R: RawLock + Sync>(zero: ZeroPolicy) {
     let mut s = Storage::new();
-    let (arena, mem) = s.arena();
-    let pool = Pool::new(arena, &mut s.meta, Intrusive, config(zero));
-    hammer::<_, R>(pool.unwrap(), mem, zero);
+    let (pool, mem) = s.intrusive(zero);
+    hammer::<_, R>(pool, mem, zero);
 }
 
 #[test]

@@ -239,7 +239,10 @@ fn error_texts() {
         GeometryError::LinksMisaligned,
     ];
     let texts: Vec<_> = geometry.iter().map(|g| g.to_string()).collect();
-    assert_eq!(texts[0], "page_size 3 is not a power of two >= 64");
+    assert_eq!(
+        texts[0],
+        "page_size 3 is not a power of two in 64..=1073741824"
+    );
     assert_eq!(texts[6], "arena holds 1 bytes, needs 2");
     assert!(texts.iter().all(|t| !t.is_empty()));
     let kinds = [

@@ -1,0 +1,328 @@
+"""Shared pools across processes: the worker loop of ``pagebuddy demo --processes N`` and of the
+multi-process tests, and the parent's accounting.
+
+Each worker attaches to one pool in a ``multiprocessing.shared_memory`` block, allocates blocks,
+takes and drops extra references to them (get/put), writes a stamp (its number and a sequence
+number) into every page it holds and reads it back before it frees the block: a page that two
+workers held at once would show the other's stamp. The parent then checks that every page is
+free or held by exactly one worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import struct
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Any
+
+from ._native import Pool
+
+#: Bytes of the stamp at the start of each held page: worker number, sequence number.
+STAMP = struct.Struct("<QQ")
+
+
+def pool_bytes(pages: int, page_size: int = 4096) -> int:
+    """Bytes of a buffer in which ``Pool.create_in`` fits at least ``pages`` pages (header,
+    4 bytes of metadata and 8 of links a page, alignment of the pages)."""
+    return 8192 + pages * 12 + (pages + 1) * page_size
+
+
+def held_pages(pool: Pool) -> dict[int, int]:
+    """Every held block of ``pool``: head pfn -> pages (read page by page)."""
+    held: dict[int, int] = {}
+    pfn, end = pool.base_pfn, pool.base_pfn + pool.nr_pages
+    while pfn < end:
+        if pool.page_count(pfn) > 0:
+            n = len(pool.view(pfn)) // pool.page_size
+            held[pfn] = n
+            pfn += n
+        else:
+            pfn += 1
+    return held
+
+
+def stamp_block(pool: Pool, pfn: int, worker: int, seq: int) -> None:
+    """Write the stamp into every page of the held block at ``pfn``."""
+    view = pool.view(pfn)
+    for off in range(0, len(view), pool.page_size):
+        STAMP.pack_into(view, off, worker, seq)
+
+
+def stamp_ok(pool: Pool, pfn: int, worker: int, seq: int) -> bool:
+    """Whether every page of the held block at ``pfn`` still holds the stamp."""
+    view = pool.view(pfn)
+    return all(
+        STAMP.unpack_from(view, off) == (worker, seq) for off in range(0, len(view), pool.page_size)
+    )
+
+
+@dataclass
+class WorkerResult:
+    """What a worker reports: the blocks it still holds and what it saw."""
+
+    worker: int
+    held: dict[int, int] = field(default_factory=dict)
+    ops: int = 0
+    stamp_errors: int = 0
+    checks: int = 0
+
+
+def worker_loop(
+    name: str,
+    worker: int,
+    ops: int,
+    seed: int,
+    *,
+    max_order: int = 3,
+    check_every: int = 0,
+    free_at_end: bool = False,
+    stop: Any = None,
+    max_held: int = 0,
+) -> WorkerResult:
+    """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``."""
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        pool = Pool.attach(shm.buf)
+        rng = random.Random(seed)
+        res = WorkerResult(worker)
+        mine: dict[int, tuple[int, int]] = {}  # pfn -> (seq, extra references)
+        seq = 0
+        i = 0
+        # `stop` is a lock-free shared flag (a RawValue): a process killed while reading a
+        # locked one (an Event) would leave its lock held.
+        while (stop is None and i < ops) or (stop is not None and not stop.value):
+            i += 1
+            r = rng.random()
+            if (r < 0.4 or not mine) and not (max_held and len(mine) >= max_held):
+                try:
+                    pfn = pool.alloc_pages(rng.randrange(max_order))
+                except MemoryError:
+                    pfn = None
+                if pfn is not None:
+                    seq += 1
+                    stamp_block(pool, pfn, worker, seq)
+                    mine[pfn] = (seq, 0)
+            elif r < 0.55:
+                pfn = rng.choice(list(mine))
+                s, extra = mine[pfn]
+                pool.get_page(pfn)
+                mine[pfn] = (s, extra + 1)
+            else:
+                pfn = rng.choice(list(mine))
+                s, extra = mine[pfn]
+                if not stamp_ok(pool, pfn, worker, s):
+                    res.stamp_errors += 1
+                pool.put_page(pfn)
+                if extra:
+                    mine[pfn] = (s, extra - 1)
+                else:
+                    del mine[pfn]
+            res.ops += 1
+            if check_every and res.ops % check_every == 0:
+                pool.check()
+                res.checks += 1
+        if free_at_end:
+            for pfn, (s, extra) in list(mine.items()):
+                if not stamp_ok(pool, pfn, worker, s):
+                    res.stamp_errors += 1
+                for _ in range(extra + 1):
+                    pool.put_page(pfn)
+            mine.clear()
+        for pfn in mine:
+            res.held[pfn] = len(pool.view(pfn)) // pool.page_size
+        del pool
+        return res
+    finally:
+        shm.close()
+
+
+def _worker_main(args: tuple[Any, ...], out: Any) -> None:
+    out.put(worker_loop(*args[:4], **args[4]))
+
+
+def run_processes(
+    processes: int,
+    ops: int,
+    seed: int,
+    *,
+    pages: int = 1024,
+    page_size: int = 4096,
+    max_order: int = 3,
+    check_every: int = 0,
+) -> dict[str, Any]:
+    """Run ``processes`` workers of ``ops`` operations each on one shared pool; the accounting."""
+    size = pool_bytes(pages, page_size)
+    shm = shared_memory.SharedMemory(create=True, size=size)
+    try:
+        pool = Pool.create_in(shm.buf, page_size=page_size)
+        ctx = multiprocessing.get_context()
+        out = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(
+                    (
+                        shm.name,
+                        w + 1,
+                        ops,
+                        seed * 1000 + w,
+                        {"max_order": max_order, "check_every": check_every},
+                    ),
+                    out,
+                ),
+            )
+            for w in range(processes)
+        ]
+        for p in procs:
+            p.start()
+        results: list[WorkerResult] = [out.get() for _ in procs]
+        for p in procs:
+            p.join()
+        pool.check()
+        owner: dict[int, int] = {}
+        overlaps = 0
+        for res in results:
+            for pfn, n in res.held.items():
+                for page in range(pfn, pfn + n):
+                    if page in owner:
+                        overlaps += 1
+                    owner[page] = res.worker
+        actual = held_pages(pool)
+        held_total = sum(actual.values())
+        report = {
+            "processes": processes,
+            "ops_per_process": ops,
+            "ops": sum(r.ops for r in results),
+            "nr_pages": pool.nr_pages,
+            "free_pages": pool.free_pages,
+            "held_pages": held_total,
+            "held_by_workers": len(owner),
+            "overlaps": overlaps,
+            "stamp_errors": sum(r.stamp_errors for r in results),
+            "checks": sum(r.checks for r in results),
+            "accounted": pool.free_pages + held_total == pool.nr_pages
+            and held_total == len(owner)
+            and overlaps == 0,
+        }
+        del pool
+        return report
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+#: Offset of the lock word in a shared pool's header (after the 88-byte fixed part and its
+#: 8-byte checksum): it holds the pid of the process inside an operation, 0 when none is.
+LOCK_WORD = 96
+
+
+def lock_holder(buf: Any) -> int:
+    """The pid in the pool's lock word (0: unlocked)."""
+    return int(struct.unpack_from("=I", buf, LOCK_WORD)[0])
+
+
+def kill_rounds(
+    kills: int,
+    seed: int,
+    *,
+    workers: int = 3,
+    pages: int = 2048,
+    max_order: int = 5,
+    per_epoch: int = 20,
+    max_delay: float = 0.01,
+) -> dict[str, Any]:
+    """Keep ``workers`` processes busy on one shared pool and SIGKILL one at a random moment,
+    ``kills`` times, replacing it each time; after each kill, check the pool (which recovers an
+    operation the victim left half done). Every ``per_epoch`` kills, stop the survivors and
+    account for every page (pages the killed held stay held, so each epoch starts a fresh pool
+    in the same memory)."""
+    import os
+    import signal
+    import time
+
+    rng = random.Random(seed)
+    shm = shared_memory.SharedMemory(create=True, size=pool_bytes(pages))
+    procs: dict[int, Any] = {}
+    total = {
+        "kills": 0,
+        "killed_inside_operation": 0,
+        "epochs": 0,
+        "free_pages": 0,
+        "held_by_survivors": 0,
+        "held_by_killed": 0,
+        "overlaps": 0,
+        "stamp_errors": 0,
+        "accounted": True,
+    }
+    try:
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        n_started = 0
+        while total["kills"] < kills:
+            pool = Pool.create_in(shm.buf, max_order=max_order + 1)
+            stop = ctx.RawValue("b", 0)
+
+            def start(stop: Any = stop) -> None:
+                nonlocal n_started
+                n_started += 1
+                kw = {"max_order": max_order, "stop": stop, "max_held": 6}
+                args = (shm.name, n_started, 0, seed * 100003 + n_started, kw)
+                p = ctx.Process(target=_worker_main, args=(args, out))
+                p.start()
+                procs[n_started] = p
+
+            for _ in range(workers):
+                start()
+            for _ in range(min(per_epoch, kills - total["kills"])):
+                time.sleep(rng.uniform(0, max_delay))
+                p = procs.pop(rng.choice(list(procs)))
+                assert p.pid is not None
+                os.kill(p.pid, signal.SIGKILL)
+                p.join()
+                if lock_holder(shm.buf) == p.pid:
+                    total["killed_inside_operation"] += 1  # died holding the lock
+                pool.check()
+                total["kills"] += 1
+                start()
+            stop.value = 1
+            results: list[WorkerResult] = [out.get() for _ in procs]
+            for p in procs.values():
+                p.join()
+            procs.clear()
+            pool.check()
+            actual = held_pages(pool)
+            owner: dict[int, int] = {}
+            overlaps = 0
+            for res in results:
+                for pfn, n in res.held.items():
+                    if actual.get(pfn) != n:
+                        overlaps += 1  # a survivor's block is not held as such
+                    for page in range(pfn, pfn + n):
+                        if page in owner:
+                            overlaps += 1
+                        owner[page] = res.worker
+            held_total = sum(actual.values())
+            total["epochs"] += 1
+            total["free_pages"] += pool.free_pages
+            total["held_by_survivors"] += len(owner)
+            total["held_by_killed"] += held_total - len(owner)
+            total["overlaps"] += overlaps
+            total["stamp_errors"] += sum(r.stamp_errors for r in results)
+            total["accounted"] = bool(
+                total["accounted"]
+                and pool.free_pages + held_total == pool.nr_pages
+                and overlaps == 0
+                and len(owner) <= held_total
+            )
+            total["nr_pages"] = pool.nr_pages
+            del pool
+        return total
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shm.close()
+        shm.unlink()

@@ -1,0 +1,102 @@
+//! Per-operation cost of a shared pool (in the caller's bytes, journaled, behind the owner lock)
+//! against the in-process pool (`LockedPool` with a `SpinLock`), on the same workload in the same
+//! run: a window of 64 held blocks of orders 0..4, each step freeing the oldest and allocating
+//! one (so allocations split and frees coalesce).
+//!
+//! ```text
+//! cargo run --release -p pagebuddy --example shared_bench
+//! ```
+
+use std::time::Instant;
+
+use pagebuddy::{Config, Link, LockedPool, PageMeta, Pool, SharedPool, SideTable, SpinLock};
+
+const PAGES: usize = 1 << 14;
+const PS: usize = 64;
+const STEPS: usize = 2_000_000;
+
+fn orders() -> Vec<u32> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 5) as u32
+        })
+        .collect()
+}
+
+/// Runs the workload through `alloc` and `put`; nanoseconds per operation.
+fn run(mut alloc: impl FnMut(u32) -> u64, mut put: impl FnMut(u64)) -> f64 {
+    let orders = orders();
+    let mut window = std::collections::VecDeque::new();
+    for &order in &orders[..64] {
+        window.push_back(alloc(order));
+    }
+    let t = Instant::now();
+    for i in 0..STEPS {
+        put(window.pop_front().unwrap());
+        window.push_back(alloc(orders[i % orders.len()]));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / (2 * STEPS) as f64;
+    for pfn in window {
+        put(pfn);
+    }
+    ns
+}
+
+fn main() {
+    let config = Config::new(PAGES)
+        .page_size(PS)
+        .zero(pagebuddy::ZeroPolicy::Never);
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let mut arena = vec![0u8; PAGES * PS];
+        let mut meta = vec![PageMeta::INIT; PAGES];
+        let mut links = vec![Link::EMPTY; PAGES];
+        let pool = Pool::new(
+            &mut arena[..],
+            &mut meta,
+            SideTable::new(&mut links),
+            config,
+        )
+        .unwrap();
+        let locked: LockedPool<'_, SideTable<'_>, SpinLock> = LockedPool::new(pool);
+        let local = run(
+            |o| locked.with(|p| p.alloc(o).unwrap()),
+            |pfn| locked.with(|p| p.put(pfn).unwrap()),
+        );
+
+        let len = 8192 + PAGES * (PS + 12) + PS;
+        let mut words = vec![0u64; len / 8 + 1];
+        // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+        let bytes: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+        let n = pagebuddy::pages_that_fit(bytes.len(), PS, false).min(PAGES);
+        let shared = SharedPool::<SideTable>::create_in(
+            bytes,
+            Config::new(n).page_size(PS).zero(config.zero),
+            1,
+        )
+        .unwrap();
+        let remote = run(
+            |o| shared.lock().alloc(o).unwrap(),
+            |pfn| shared.lock().put(pfn).unwrap(),
+        );
+        rounds.push((local, remote));
+    }
+    for (i, (l, s)) in rounds.iter().enumerate() {
+        println!(
+            "round {i}: in-process {l:.1} ns/op, shared {s:.1} ns/op, ratio {:.2}",
+            s / l
+        );
+    }
+    let best_l = rounds.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+    let best_s = rounds.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    println!(
+        "best of {}: in-process {best_l:.1} ns/op, shared {best_s:.1} ns/op, ratio {:.2}",
+        rounds.len(),
+        best_s / best_l
+    );
+}

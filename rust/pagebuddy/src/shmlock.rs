@@ -1,0 +1,96 @@
+//! The lock of a shared pool: one 32-bit word in the shared bytes that holds the owner id of the
+//! process holding it (0: free), so that a waiter can tell that the holder died and take the
+//! lock over. Used by [`SharedPool`](crate::SharedPool); separate so that loom can model it.
+
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicU32, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, Ordering};
+
+/// The word's value when no one holds the lock. Owner ids are never 0.
+pub const UNLOCKED: u32 = 0;
+
+/// How a lock was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// From a free word: the last holder finished its critical section.
+    Clean,
+    /// From a holder that died inside its critical section: the caller must run recovery before
+    /// it trusts anything the lock protects.
+    TakenFrom(u32),
+}
+
+/// A process-shared lock over `word`: test-and-test-and-set, the holder's id in the word.
+pub struct OwnerLock<'w> {
+    word: &'w AtomicU32,
+}
+
+impl<'w> OwnerLock<'w> {
+    /// The lock held in `word`.
+    pub fn new(word: &'w AtomicU32) -> Self {
+        OwnerLock { word }
+    }
+
+    /// The current holder, if any.
+    pub fn holder(&self) -> Option<u32> {
+        match self.word.load(Ordering::Relaxed) {
+            UNLOCKED => None,
+            id => Some(id),
+        }
+    }
+
+    /// Takes the lock for `me` (not 0) without waiting; `Err(holder)` if someone holds it.
+    pub fn try_lock(&self, me: u32) -> Result<(), u32> {
+        self.word
+            .compare_exchange(UNLOCKED, me, Ordering::Acquire, Ordering::Relaxed)
+            .map(drop)
+    }
+
+    /// Takes the lock for `me` (not 0), spinning while it is held. A holder other than `me` for
+    /// which `is_dead` says true is replaced by `me` in one compare-and-swap, so that of several
+    /// waiters only one takes over; that one learns it from [`Acquired::TakenFrom`].
+    ///
+    /// `me` itself in the word is another thread of the same owner: it is waited for, never
+    /// taken over. `pause` runs between polls (a spin hint, a yield).
+    pub fn lock(
+        &self,
+        me: u32,
+        is_dead: impl Fn(u32) -> bool,
+        mut pause: impl FnMut(u32),
+    ) -> Acquired {
+        let mut polls = 0u32;
+        loop {
+            match self.word.load(Ordering::Relaxed) {
+                UNLOCKED if self.try_lock(me).is_ok() => return Acquired::Clean,
+                holder
+                    if holder != UNLOCKED
+                        && holder != me
+                        && is_dead(holder)
+                        && self
+                            .word
+                            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    return Acquired::TakenFrom(holder)
+                }
+                _ => {}
+            }
+            pause(polls);
+            polls = polls.saturating_add(1);
+        }
+    }
+
+    /// Frees the word whoever holds it: only for a caller that knows the holder is gone.
+    pub fn clear(&self) {
+        self.word.store(UNLOCKED, Ordering::Release);
+    }
+
+    /// Releases the lock that `me` holds, with release ordering.
+    pub fn unlock(&self, me: u32) {
+        // A compare-and-swap rather than a store: a holder that was (wrongly) taken over does
+        // not release the new holder's lock.
+        let _ = self
+            .word
+            .compare_exchange(me, UNLOCKED, Ordering::Release, Ordering::Relaxed);
+    }
+}

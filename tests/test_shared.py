@@ -1,0 +1,208 @@
+"""Shared pools: one pool inside a buffer, opened by several processes, surviving SIGKILL."""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import pytest
+
+from pagebuddy import CorruptionError, Pool
+from pagebuddy._shared import held_pages, kill_rounds, lock_holder, pool_bytes, run_processes
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def test_create_in_fills_the_buffer_and_attach_sees_the_same_pool() -> None:
+    buf = bytearray(pool_bytes(64))
+    pool = Pool.create_in(buf, base_pfn=64, reserved_pages=2, zero="alloc")
+    assert pool.shared and pool.nr_pages >= 64 and pool.free_pages == pool.nr_pages - 2
+    pfn = pool.alloc_pages(3)
+    pool.view(pfn)[:4] = b"page"
+    other = Pool.attach(buf)
+    assert (other.nr_pages, other.base_pfn, other.zero) == (pool.nr_pages, 64, "alloc")
+    assert bytes(other.view(pfn)[:4]) == b"page"
+    assert other.page_count(pfn) == 1
+    other.put_page(pfn)
+    assert pool.free_pages == pool.nr_pages - 2
+    pool.check()
+
+
+@pytest.mark.parametrize("links", ["side", "intrusive"])
+def test_every_operation_through_two_handles(links: str) -> None:
+    buf = bytearray(pool_bytes(128))
+    a = Pool.create_in(buf, links=links, max_order=5)
+    b = Pool.attach(buf)
+    pfns = a.alloc_many(1, 5)
+    b.get_page(pfns[0])
+    b.split_page(pfns[1])
+    a.put_page(pfns[0])
+    b.put_many([pfns[0], pfns[1], pfns[1] + 1, *pfns[2:]])
+    assert a.free_pages == a.nr_pages
+    assert a.free_lists() == b.free_lists()
+    b.check()
+
+
+def test_refused_bytes_are_not_written() -> None:
+    buf = bytearray(pool_bytes(32))
+    Pool.create_in(buf)
+    for bad, exc in [
+        (bytearray(len(buf)), ValueError),  # not a pool
+        (buf[: len(buf) // 2], ValueError),  # truncated
+        (buf[:100], ValueError),
+    ]:
+        before = bytes(bad)
+        with pytest.raises(exc):
+            Pool.attach(bad)
+        assert bytes(bad) == before
+    version = bytearray(buf)
+    version[8] += 1
+    with pytest.raises(ValueError, match="layout version"):
+        Pool.attach(version)
+    header = bytearray(buf)
+    header[20] ^= 0x40  # a geometry field: the checksum no longer matches
+    with pytest.raises(CorruptionError, match="header"):
+        Pool.attach(header)
+    assert header[:20] == buf[:20]
+    with pytest.raises(TypeError):
+        Pool.attach(bytes(buf))
+
+
+def test_corrupt_metadata_is_a_corruption_error() -> None:
+    buf = bytearray(pool_bytes(32))
+    pool = Pool.create_in(buf)
+    del pool
+    damaged = bytearray(buf)
+    # The first metadata entry: page 0 heads a free block; claim it is held.
+    from pagebuddy._shared import LOCK_WORD
+
+    assert lock_holder(damaged) == 0 and LOCK_WORD == 96
+    start = _meta_offset(damaged)
+    damaged[start] = 7
+    before = bytes(damaged)
+    with pytest.raises(CorruptionError):
+        Pool.attach(damaged)
+    assert bytes(damaged) == before
+
+
+def _meta_offset(buf: bytearray) -> int:
+    import struct
+
+    return int(struct.unpack_from("=Q", buf, 56)[0])  # meta_off in the fixed header
+
+
+def test_shared_memory_across_processes_stress() -> None:
+    """4 processes, thousands of operations each, views written and read back, check() every
+    100 operations; the parent accounts for every page."""
+    report = run_processes(4, 2500, seed=7, pages=2048, check_every=100)
+    assert report["ops"] == 10000
+    assert report["checks"] == 100
+    assert report["stamp_errors"] == 0
+    assert report["overlaps"] == 0
+    assert report["accounted"], report
+
+
+def test_sigkill_at_random_moments() -> None:
+    report = kill_rounds(int(os.environ.get("PAGEBUDDY_KILLS", "60")), seed=3)
+    assert report["accounted"], report
+    assert report["stamp_errors"] == 0 and report["overlaps"] == 0
+    assert (
+        report["free_pages"] + report["held_by_survivors"] + report["held_by_killed"]
+        == report["epochs"] * report["nr_pages"]
+    )
+
+
+def _file_worker(path: str) -> None:
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+        pool = Pool.attach(m)
+        held: list[int] = []
+        i = 0
+        while True:
+            i += 1
+            if len(held) < 20 and i % 3:
+                held.append(pool.alloc_pages(i % 6))
+            elif held:
+                pool.put_page(held.pop(0))
+
+
+def test_file_backed_pool_reopened_after_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "pool.bin"
+    path.write_bytes(bytes(pool_bytes(1024)))
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+        pool = Pool.create_in(m, max_order=6)
+        total = pool.nr_pages
+        del pool
+        m.close()
+    ctx = multiprocessing.get_context("fork")
+    inside = 0
+    for round_ in range(12):
+        p = ctx.Process(target=_file_worker, args=(str(path),))
+        p.start()
+        time.sleep(0.05 + 0.01 * round_)
+        assert p.pid is not None
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        with open(path, "r+b") as f:
+            m = mmap.mmap(f.fileno(), 0)
+            inside += lock_holder(m) == p.pid
+            pool = Pool.attach(m)  # recovers, checks
+            assert lock_holder(m) == 0
+            held = held_pages(pool)
+            assert pool.free_pages + sum(held.values()) == total
+            for pfn in held:  # the dead process's pages: put them back on its behalf
+                while pool.page_count(pfn):
+                    pool.put_page(pfn)
+            assert pool.free_pages == total
+            pool.check()
+            del pool
+            m.close()
+
+
+def test_shared_memory_view_in_another_process() -> None:
+    shm = shared_memory.SharedMemory(create=True, size=pool_bytes(16))
+    try:
+        pool = Pool.create_in(shm.buf)
+        pfn = pool.alloc_pages(0)
+        ctx = multiprocessing.get_context("fork")
+        p = ctx.Process(target=_write_page, args=(shm.name, pfn))
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+        assert bytes(pool.view(pfn)[:6]) == b"child!"
+        pool.put_page(pfn)
+        pool.check()
+        del pool
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def _write_page(name: str, pfn: int) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    pool = Pool.attach(shm.buf)
+    pool.view(pfn)[:6] = b"child!"
+    del pool
+    shm.close()
+
+
+def test_demo_processes_accounts_for_every_page() -> None:
+    import contextlib
+    import io
+    import json
+
+    from pagebuddy import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["demo", "--processes", "3", "--ops", "400", "--json"])
+    report = json.loads(out.getvalue())
+    assert code == 0
+    assert report["command"] == "demo-processes" and report["accounted"]
+    assert report["ops"] == 1200 and report["overlaps"] == 0 and report["stamp_errors"] == 0
