@@ -74,7 +74,7 @@ ARENAS = ("owned", "buffer", "none")
 #: Pool modes beyond the plain one: a constructor keyword that selects the mode, mapped to
 #: ``"module:Class"`` of the model that the lockstep engine pairs with ``Pool`` for it.
 #: A new mode adds one entry here and its model beside ``_reference.py``.
-MODELS: dict[str, str] = {}
+MODELS: dict[str, str] = {"cpus": "pagebuddy._cache:CachedReferencePool"}
 
 
 def max_order(nr_pages: int, order_cap: int) -> int:
@@ -181,17 +181,19 @@ class Operation:
 
 _PAGE = frozenset({"TypeError", "PageError"})
 _ALLOC = frozenset({"TypeError", "ValueError", "OutOfMemory"})
+#: A put names its slot on a cached pool: ``cpu=-1`` is a ValueError.
+_PUT = _PAGE | {"ValueError"}
 
 #: Every operation, by kind.
 OPERATIONS: Mapping[str, Operation] = {
     op.kind: op
     for op in (
         Operation("alloc", "alloc_pages", ("order",), _ALLOC),
-        Operation("put", "put_page", ("pfn",), _PAGE),
+        Operation("put", "put_page", ("pfn",), _PUT),
         Operation("get", "get_page", ("pfn",), _PAGE),
         Operation("split", "split_page", ("pfn",), _PAGE),
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
-        Operation("put_many", "put_many", ("pfns",), _PAGE),
+        Operation("put_many", "put_many", ("pfns",), _PUT),
         Operation("exact", "alloc_exact", ("count",), _ALLOC),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),

@@ -65,6 +65,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
         page_size=args.page_size,
         links=args.links,
         arena=args.arena,
+        cpus=args.cpus,
         compare_every=args.compare_every,
         shrink_seconds=args.shrink_seconds,
     )
