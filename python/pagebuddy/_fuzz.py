@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from . import _lockstep
 from ._lockstep import Divergence, OpSource, diverges, reproducer, run_ops
@@ -68,6 +69,8 @@ class FuzzConfig:
     page_size: int | None = None
     links: str | None = None
     arena: str | None = None
+    #: Per-CPU page caches (``Pool(..., cpus=N)``); their batch and high are drawn per episode.
+    cpus: int | None = None
     #: Compare free lists every this many operations (results: every operation).
     compare_every: int = 16
     #: Longest episode, in operations (episodes are drawn between 16 and this).
@@ -153,10 +156,20 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
         zero=cfg.zero or rng.choice(("free", "alloc", "never")),
         links=cfg.links or rng.choice(("side", "intrusive")),
         arena=cfg.arena or rng.choice(("owned", "buffer")),
+        options=_cache_options(rng, cfg.cpus),
     )
     if g.arena == "none":  # page numbers only: never zeroed, links in the side table
         g = g.replace(zero="never", links="side")
     return g
+
+
+def _cache_options(rng: random.Random, cpus: int | None) -> tuple[tuple[str, int], ...]:
+    """``cpus``, with a small ``cache_batch`` and ``cache_high`` (so that caches refill and
+    drain often), or nothing for the exact pool; draws nothing from ``rng`` without caches."""
+    if not cpus:
+        return ()
+    batch = rng.randint(1, 8)
+    return (("cpus", cpus), ("cache_batch", batch), ("cache_high", batch + rng.randint(0, 8)))
 
 
 class _Held:

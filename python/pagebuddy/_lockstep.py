@@ -32,7 +32,8 @@ operation at a time (the state machine, the abuse driver):
   the same value, or the same exception class (for ``put_many`` also the index its message
   names; with ``strict=True`` also that both messages start with ``"method: "`` and
   name the pfn or order); a new block's contents, which it then fills with :data:`FILL`;
-  ``free_pages``; and every ``compare_every`` operations the free lists;
+  ``free_pages``; and every ``compare_every`` operations the free lists (and, on a cached
+  pool, every slot's cache contents in order);
 * :meth:`Lockstep.agree` compares everything: free lists, ``free_pages``, every page's
   refcount, the contents of every held block, the arenas as far as the policy defines them
   (:func:`pagebuddy._rules.arena_comparison`), the bytes past the arena, and ``check()``.
@@ -48,14 +49,15 @@ here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
 import re
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ._rules import (
     LINK_BYTES,
@@ -88,7 +90,7 @@ __all__ = [
 FILL = 0x5A
 
 #: ``(value, None)`` when the call returned, ``(None, exception)`` when it raised.
-Outcome = tuple[Any, Optional[BaseException]]
+Outcome = tuple[Any, BaseException | None]
 
 #: A generator of operations that is sent the outcome of each one.
 OpSource = Generator[Op, Outcome, None]
@@ -146,9 +148,9 @@ class Divergence(AssertionError):
     ``step`` is the number of operations applied before the one that showed it (-1 for the
     constructor, the number applied for a comparison between operations), ``op`` that
     operation (or ``None``), ``what`` a short kind (``"result"``, ``"exception"``,
-    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"contents"``, ``"page_count"``,
-    ``"check"``, ``"arena"``, ``"constructor"``, ``"attribute"``) and ``detail`` the
-    explanation.
+    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"caches"``, ``"contents"``,
+    ``"page_count"``, ``"check"``, ``"arena"``, ``"constructor"``, ``"attribute"``) and
+    ``detail`` the explanation.
     """
 
     def __init__(self, step: int, op: Op | None, what: str, detail: str) -> None:
@@ -180,7 +182,7 @@ def _where(step: int) -> str:
 def _first_diff(a: list[list[int]], b: list[list[int]]) -> str:
     if len(a) != len(b):
         return f"Pool has {len(a)} free lists, the model {len(b)}"
-    for order, (la, lb) in enumerate(zip(a, b)):
+    for order, (la, lb) in enumerate(zip(a, b, strict=True)):
         if la != lb:
             return f"free list of order {order}: Pool {_short(la)}, model {_short(lb)}"
     return "free lists differ"
@@ -205,12 +207,31 @@ def _message_problem(method: str, op: Op, name: str, text: str) -> str | None:
     return None
 
 
+def _new_pfns(op: Op, result: Any) -> list[int]:
+    """The pfns an ``alloc_many`` handed out: its list, or the first ``count`` items of the
+    ``out=`` array it filled (which may be longer)."""
+    if isinstance(result, list) or len(op) < 3 or not isinstance(op[2], int):
+        return list(result)
+    return list(result)[: op[2]]
+
+
 def _first_byte(a: Any, b: Any) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
 
 
 #: Attributes both pools must report alike.
-ATTRIBUTES = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order", "zero")
+ATTRIBUTES = (
+    "nr_pages",
+    "page_size",
+    "base_pfn",
+    "reserved_pages",
+    "max_order",
+    "zero",
+    "cpus",
+    "cache_batch",
+    "cache_high",
+)
 
 
 class Lockstep:
@@ -285,15 +306,23 @@ class Lockstep:
 
     # -- driving --------------------------------------------------------------------------------
 
-    def apply(self, op: Op, make_args: Callable[[], tuple[Any, ...]] | None = None) -> Outcome:
+    def apply(
+        self,
+        op: Op,
+        make_args: Callable[[], tuple[Any, ...]] | None = None,
+        make_kwargs: Callable[[], dict[str, Any]] | None = None,
+    ) -> Outcome:
         """Apply ``op`` to both pools; return the model's outcome.
 
         ``make_args``, if given, is called once per pool for the arguments (for iterators and
         argument objects that each pool must get afresh); otherwise they are ``op[1:]``.
-        Raises :class:`Divergence` if the pools disagree.
+        ``make_kwargs``, likewise, for keyword arguments (``cpu=`` on a cached pool, an
+        ``out=`` array of each pool's own). Raises :class:`Divergence` if the pools disagree.
         """
         kind = op[0]
         fa, fb = self._methods[kind]
+        if make_kwargs is not None:
+            fa, fb = functools.partial(fa, **make_kwargs()), functools.partial(fb, **make_kwargs())
         oa = call(fa, make_args() if make_args else op[1:])
         ob = call(fb, make_args() if make_args else op[1:])
         self.last = (oa, ob)
@@ -333,7 +362,7 @@ class Lockstep:
                 step, op, "result", f"Pool {describe((ra, None))}, the model {describe((rb, None))}"
             )
         if self.contents and kind in ("alloc", "alloc_many"):
-            for pfn in [rb] if kind == "alloc" else rb:
+            for pfn in [rb] if kind == "alloc" else _new_pfns(op, rb):
                 self._compare_new_block(step, op, pfn)
         if self.contents and kind == "exact":
             for pfn in range(rb, rb + op[1]):
@@ -409,7 +438,8 @@ class Lockstep:
     # -- comparisons ----------------------------------------------------------------------------
 
     def compare_state(self, step: int | None = None, op: Op | None = None) -> None:
-        """Compare ``free_pages`` and the free lists now."""
+        """Compare ``free_pages``, the free lists and, on a cached pool (``cpus=N``), every
+        slot's cache contents in order now."""
         step = self.steps if step is None else step
         fa, fb = self.pool.free_pages, self.model.free_pages
         if fa != fb:
@@ -422,6 +452,16 @@ class Lockstep:
                 else ""
             )
             raise Divergence(step, op, "free_lists", _first_diff(la, lb) + late)
+        self.compare_caches(step, op)
+
+    def compare_caches(self, step: int | None = None, op: Op | None = None) -> None:
+        """Compare every slot's cached blocks, order by order, coldest first (nothing to
+        compare without caches)."""
+        step = self.steps if step is None else step
+        for cpu in range(getattr(self.model, "cpus", 0)):
+            ca, cb = self.pool.cache_contents(cpu), self.model.cache_contents(cpu)
+            if ca != cb:
+                raise Divergence(step, op, "caches", f"slot {cpu}: Pool {ca}, the model {cb}")
 
     def compare_attributes(self, step: int | None = None) -> None:
         """Compare the geometry attributes and ``repr`` (past the class name)."""
@@ -674,7 +714,7 @@ def _op_text(op: Op, g: Geometry) -> str:
         items = [pfn(p) for p in args[0]]
         parts = ["(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"]
     else:
-        parts = [pfn(a) if p == "pfn" else repr(a) for p, a in zip(params, args)]
+        parts = [pfn(a) if p == "pfn" else repr(a) for p, a in zip(params, args, strict=False)]
     return f"step(({kind!r}, {', '.join(parts)}))"
 
 

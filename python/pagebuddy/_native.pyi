@@ -29,6 +29,9 @@ class Pool:
         buffer: Buffer | None = None,
         zero: Literal["free", "alloc", "never"] = "free",
         arena: bool = True,
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
     ) -> Self: ...
     def __init__(self, *_args: object, **_kwargs: object) -> None:
         """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
@@ -53,16 +56,24 @@ class Pool:
     def attach(buffer: Buffer) -> Pool:
         """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
         killed process left half done; ValueError or CorruptionError for bytes it refuses, which
-        it leaves unwritten."""
+        it leaves unwritten. Pages that a killed process held stay held (the pool cannot know
+        whether it handed them to a survivor): put them on its behalf if you know them, or
+        format the buffer anew."""
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
-    def alloc_pages(self, order: SupportsIndex) -> int:
-        """Allocate a block of ``2**order`` pages; return the pfn of its head."""
+    def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
+        """Allocate a block of ``2**order`` pages; return the pfn of its head.
+
+        With ``cpus=N`` the block comes from slot ``cpu`` (default: this thread's).
+        """
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:
         """Allocate a contiguous run of exactly ``nr_pages`` order-0 pages; return its first pfn."""
-    def put_page(self, pfn: SupportsIndex) -> None:
-        """Drop one reference to a held page; at zero its block is freed and coalesced."""
+    def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
+        """Drop one reference to a held page; at zero its block is freed and coalesced.
+
+        With ``cpus=N`` a freed block of orders 0..=3 goes to slot ``cpu``'s cache.
+        """
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference to a held page."""
     def split_page(self, pfn: SupportsIndex) -> None:
@@ -77,14 +88,43 @@ class Pool:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
     @overload
     def alloc_many(
-        self, order: SupportsIndex, count: SupportsIndex, *, out: None = None
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: None = None,
+        cpu: SupportsIndex | None = None,
     ) -> list[int]:
         """Allocate ``count`` blocks of ``order``, all or nothing, without the GIL."""
     @overload
-    def alloc_many(self, order: SupportsIndex, count: SupportsIndex, *, out: _B) -> _B:
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: _B,
+        cpu: SupportsIndex | None = None,
+    ) -> _B:
         """The same, written into the first ``count`` items of a ``uint64`` array ``out``."""
-    def put_many(self, pfns: Iterable[SupportsIndex] | Buffer) -> None:
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
+    def drain(self, cpu: SupportsIndex | None = None) -> None:
+        """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
+    def drain_all(self) -> None:
+        """Drain every slot; afterwards the free lists hold every free page."""
+    def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
+        """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
+    @property
+    def cpus(self) -> int:
+        """CPU slots with page caches (0: the exact pool)."""
+    @property
+    def cache_batch(self) -> int:
+        """Blocks a cache takes from the pool when empty, and gives back when full."""
+    @property
+    def cache_high(self) -> int:
+        """Blocks a cache keeps per order before it gives its coldest back."""
     @property
     def free_pages(self) -> int:
         """Number of pages currently in free blocks."""

@@ -41,6 +41,12 @@ def _as_int(value: object, what: str) -> int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
 
 
+def _check_cpu(op: str, cpu: object) -> None:
+    """A ``cpu=`` argument: None, or an int >= 0 (TypeError / ValueError otherwise)."""
+    if cpu is not None and _as_int(cpu, f"{op}: cpu") < 0:
+        raise ValueError(f"{op}: cpu must be >= 0, got {cpu!r}")
+
+
 def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of the strings in ``choices``."""
     if not isinstance(value, str):
@@ -121,8 +127,25 @@ class ReferencePool:
     page numbers only: no arena, ``zero="never"`` (the default then), links ``"side"``;
     ``view`` is a TypeError.
 
+    ``cpus=N`` (N >= 1) models the pool with per-CPU caches: the constructor then returns a
+    :class:`pagebuddy._cache.CachedReferencePool`. With ``cpus=0`` (the default) there are no
+    caches: ``cpu=`` arguments are checked and otherwise ignored, ``drain`` and ``drain_all``
+    do nothing and ``cache_contents`` is empty, as on the native pool.
+
     Not thread-safe: share it between threads only under a lock of your own.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """``cpus=N`` with N other than 0: the cached pool's model."""
+        try:
+            exact = operator.index(kwargs.get("cpus", 0)) == 0
+        except TypeError:
+            exact = False
+        if cls is ReferencePool and not exact:
+            from ._cache import CachedReferencePool
+
+            return CachedReferencePool(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -136,6 +159,9 @@ class ReferencePool:
         zero: Literal["free", "alloc", "never"] = _DEFAULT_ZERO,
         _links: Literal["side", "intrusive"] = "side",
         arena: bool = True,
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
@@ -183,6 +209,13 @@ class ReferencePool:
         problem = _rules.arena_problem(arena, zero, links, buffer is not None)
         if problem:
             raise ValueError(problem)
+        from ._cache import cache_problem
+
+        batch, high = _as_int(cache_batch, "cache_batch"), _as_int(cache_high, "cache_high")
+        problem = cache_problem(max(1, _as_int(cpus, "cpus")), batch, high)
+        if problem:
+            raise ValueError(problem)
+        self._cache_batch, self._cache_high = batch, high
         # The bytes behind the pages, or None for a pool of page numbers only.
         view = _arena_from(buffer, nr_pages * page_size) if arena else None
         if view is not None:
@@ -289,6 +322,33 @@ class ReferencePool:
     def zero(self) -> str:
         """The zeroing policy: ``"free"``, ``"alloc"`` or ``"never"``."""
         return self._zero
+
+    @property
+    def cpus(self) -> int:
+        """CPU slots with page caches: 0 (``cpus=N`` gives a ``CachedReferencePool``)."""
+        return 0
+
+    @property
+    def cache_batch(self) -> int:
+        """The ``cache_batch`` argument (unused without caches)."""
+        return self._cache_batch
+
+    @property
+    def cache_high(self) -> int:
+        """The ``cache_high`` argument (unused without caches)."""
+        return self._cache_high
+
+    def drain(self, cpu: SupportsIndex | None = None) -> None:
+        """Nothing to give back: a pool without caches (``cpu`` is checked)."""
+        _check_cpu("drain", cpu)
+
+    def drain_all(self) -> None:
+        """Nothing to give back: a pool without caches."""
+
+    def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
+        """No caches: an empty list (``cpu`` is checked)."""
+        _check_cpu("cache_contents", cpu)
+        return []
 
     @property
     def free_pages(self) -> int:
@@ -411,7 +471,7 @@ class ReferencePool:
 
     # ---------------------------------------------------------------- public API
 
-    def alloc_pages(self, order: SupportsIndex) -> int:
+    def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages and return the pfn of its head page.
 
         The head of the first non-empty free list of order ``>= order`` is taken and split
@@ -419,10 +479,17 @@ class ReferencePool:
         head gets refcount 1. Raises TypeError if ``order`` is not an int, ValueError if it
         is not in ``0 .. max_order - 1``, OutOfMemory if no block is large enough.
         """
-        return self._alloc(self._check_order("alloc_pages", order))
+        order = self._check_order("alloc_pages", order)
+        _check_cpu("alloc_pages", cpu)
+        return self._alloc(order)
 
     def alloc_many(
-        self, order: SupportsIndex, count: SupportsIndex, *, out: Buffer | None = None
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: Buffer | None = None,
+        cpu: SupportsIndex | None = None,
     ) -> Any:
         """Allocate ``count`` blocks of ``order``, all or nothing; return their head pfns.
 
@@ -444,6 +511,7 @@ class ReferencePool:
                 raise TypeError(_rules.msg_bad_out("alloc_many", out))
             if len(view) < count:
                 raise ValueError(_rules.msg_short_out("alloc_many", len(view), count))
+        _check_cpu("alloc_many", cpu)
         capacity = sum(
             len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
         )
@@ -491,16 +559,22 @@ class ReferencePool:
             raise PageError(_rules.msg_refcount_overflow("get_page", pfn))
         self._refcount[i] += 1
 
-    def put_page(self, pfn: SupportsIndex) -> None:
+    def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference on the held page ``pfn``; the last one frees its block.
 
         A freed block is zeroed under ``zero="free"``, then merged with its free buddies and
         appended at the tail of the free list of the resulting order. Raises TypeError if
         ``pfn`` is not an int, PageError if it is outside the pool or not held.
         """
+        pfn = _as_int(pfn, "put_page: pfn")
+        if not 0 <= pfn < 1 << 64:
+            raise PageError(_rules.msg_outside("put_page", pfn))
+        _check_cpu("put_page", cpu)
         self._put("put_page", pfn)
 
-    def put_many(self, pfns: Iterable[SupportsIndex]) -> None:
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
         """``put_page`` every pfn of ``pfns`` in order, all or nothing.
 
         All elements are converted first: a non-int raises TypeError. Then each is checked as
@@ -513,6 +587,7 @@ class ReferencePool:
             with view:
                 pfns = view.tolist()
         converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+        _check_cpu("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):
             op = f"put_many: pfns[{k}]"

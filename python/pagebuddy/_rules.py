@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "ARENAS",
@@ -74,7 +74,7 @@ ARENAS = ("owned", "buffer", "none")
 #: Pool modes beyond the plain one: a constructor keyword that selects the mode, mapped to
 #: ``"module:Class"`` of the model that the lockstep engine pairs with ``Pool`` for it.
 #: A new mode adds one entry here and its model beside ``_reference.py``.
-MODELS: dict[str, str] = {}
+MODELS: dict[str, str] = {"cpus": "pagebuddy._cache:CachedReferencePool"}
 
 
 def max_order(nr_pages: int, order_cap: int) -> int:
@@ -153,7 +153,7 @@ def arena_comparison(zero: str, links: str) -> str:
 #: ``("alloc_many", order, count)``, ``("put_many", (pfn, ...))``, ``("exact", nr_pages)``,
 #: ``("page_count", pfn)`` or ``("view", pfn)``. Arguments are usually ints; the engine passes
 #: whatever is there.
-Op = Union[tuple[str, Any], tuple[str, Any, Any]]
+Op = tuple[str, Any] | tuple[str, Any, Any]
 
 
 @dataclass(frozen=True)
@@ -181,17 +181,19 @@ class Operation:
 
 _PAGE = frozenset({"TypeError", "PageError"})
 _ALLOC = frozenset({"TypeError", "ValueError", "OutOfMemory"})
+#: A put names its slot on a cached pool: ``cpu=-1`` is a ValueError.
+_PUT = _PAGE | {"ValueError"}
 
 #: Every operation, by kind.
 OPERATIONS: Mapping[str, Operation] = {
     op.kind: op
     for op in (
         Operation("alloc", "alloc_pages", ("order",), _ALLOC),
-        Operation("put", "put_page", ("pfn",), _PAGE),
+        Operation("put", "put_page", ("pfn",), _PUT),
         Operation("get", "get_page", ("pfn",), _PAGE),
         Operation("split", "split_page", ("pfn",), _PAGE),
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
-        Operation("put_many", "put_many", ("pfns",), _PAGE),
+        Operation("put_many", "put_many", ("pfns",), _PUT),
         Operation("exact", "alloc_exact", ("count",), _ALLOC),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),
@@ -217,7 +219,7 @@ def op_pfns(op: Op) -> list[Any]:
     params = OPERATIONS[kind].params
     if params == ("pfns",):
         return list(args[0])
-    return [a for p, a in zip(params, args) if p == "pfn"]
+    return [a for p, a in zip(params, args, strict=False) if p == "pfn"]
 
 
 def map_pfns(op: Op, move: Any) -> Op:
@@ -226,7 +228,7 @@ def map_pfns(op: Op, move: Any) -> Op:
     params = OPERATIONS[kind].params
     if params == ("pfns",):
         return (kind, tuple(move(p) for p in args[0]))
-    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args)))
+    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args, strict=False)))
 
 
 # -- geometry -------------------------------------------------------------------------------------

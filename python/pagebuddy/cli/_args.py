@@ -10,8 +10,10 @@ import argparse
 import os
 import sys
 import textwrap
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from .._cache import MAX_CPUS
 from .._rules import ARENAS, LINK_STORES, ZERO_POLICIES
 from .._trace import MAX_PAGES
 
@@ -200,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         "free, write into held pages); the parent accounts for every page",
     )
     demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
+    demo.add_argument(
+        "--cpus",
+        type=int_in(0, MAX_CPUS),
+        default=0,
+        metavar="N",
+        help="per-CPU page caches in front of the pool (Pool(..., cpus=N), the calls made from "
+        "slot 0); the model is then the cache model (default 0: the exact pool)",
+    )
     common(demo)
 
     fz = sub.add_parser(
@@ -240,7 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument(
         "--arena",
         choices=ARENAS,
-        help="pool-owned arena, or a bytearray handed in (arenas are then compared)",
+        help="pool-owned arena, a bytearray handed in (arenas are then compared), or none: "
+        "page numbers only (needs --zero never and --links side if given)",
+    )
+    fz.add_argument(
+        "--cpus",
+        type=int_in(0, MAX_CPUS),
+        metavar="N",
+        help="per-CPU page caches in front of the pool (Pool(..., cpus=N)), compared with the "
+        "cache model; cache_batch and cache_high are drawn per episode (default 0: the exact "
+        "pool)",
     )
     fz.add_argument(
         "--compare-every",

@@ -20,6 +20,8 @@ def report(ctx: Context) -> dict[str, Any]:
         return processes_report(ctx)
     check_outputs(args)
     g = DEMO_GEOMETRY
+    if args.cpus:
+        g = g.replace(options=(("cpus", args.cpus),))
     t0 = time.perf_counter()
     result = ctx.counted(
         "lockstep",

@@ -125,6 +125,18 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
     PyValueError::new_err(message)
 }
 
+/// `what` as an int in `min..=max`, else `ValueError` naming the rule.
+pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
+    let int = Int::of(obj, || what)?;
+    match int.at_most(max) {
+        Some(v) if v >= min => Ok(v),
+        _ => Err(PyValueError::new_err(format!(
+            "{what} must be an int in {min}..={max}, got {}",
+            int.text()
+        ))),
+    }
+}
+
 /// An order argument: `ValueError` outside `0..max_order`.
 pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> {
     let int = Int::of(obj, || format!("{op}: order"))?;

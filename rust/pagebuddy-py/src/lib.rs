@@ -2,40 +2,47 @@
 //! [`LockedPool`]. Policy lives in the core; this file only converts arguments, results and
 //! errors, and owns the memory the core borrows.
 
+mod cached;
 mod convert;
 mod shared;
 
 use std::ptr::NonNull;
 
 use pagebuddy::{
-    Arena, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta, Pool as Core,
-    SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy,
+    Arena, CacheConfig, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta,
+    Pool as Core, SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySlice, PyTuple};
 
+use cached::Cache;
 use convert::{choice, raise, unsigned, Exc, Int};
 
 // Contention comes only from batch calls, which release the GIL: short critical sections that a
 // spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
 type Locked<L> = LockedPool<'static, L, SpinLock>;
 
-/// The core pool, with links in a side table (the default) or in the free pages.
+/// The core pool, with links in a side table (the default) or in the free pages, or the same
+/// behind per-CPU caches (`cpus=N`).
 enum Inner {
     Side(Locked<SideTable<'static>>),
     Intrusive(Locked<Intrusive>),
+    /// Per-CPU caches in front of the core (`cpus=N`); see `cached.rs`.
+    Cached(Box<Cache>),
     /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
     SharedSide(SharedPool<'static, SideTable<'static>>),
     SharedIntrusive(SharedPool<'static, Intrusive>),
 }
 
-/// Runs `$body` on the core pool, under its lock, whatever its link store.
+/// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
+/// `$cached` with the caches as `$c`.
 macro_rules! with {
-    ($self:expr, |$p:ident| $body:expr) => {
+    ($self:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
         match &$self.inner {
             Inner::Side(l) => l.with(|$p| $body),
             Inner::Intrusive(l) => l.with(|$p| $body),
+            Inner::Cached($c) => $cached,
             Inner::SharedSide(s) => {
                 let mut g = s.lock_as(shared::pid(), shared::pause);
                 #[allow(unused_mut)]
@@ -116,7 +123,7 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// A buddy page allocator over an arena of `nr_pages` pages (pKVM's hyp_pool).
 ///
 /// Pool(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None,
-/// zero="free")
+/// zero="free", cpus=0, cache_batch=16, cache_high=64)
 ///
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
@@ -129,6 +136,11 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
 /// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
+/// cpus=N (N >= 1) puts per-CPU caches of orders 0..=3 in front of the pool (the core's
+/// CachedPool): each Python thread allocates from and frees into its own slot (or the slot a
+/// call names with cpu=), and only an empty cache (taking cache_batch blocks) or one above
+/// cache_high (giving its cache_batch coldest back) takes the pool's lock. Cached blocks are free
+/// (refcount 0) and count in free_pages; drain() and drain_all() give them back.
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
@@ -244,12 +256,41 @@ impl Pool {
         Ok(LockedPool::new(pool))
     }
 
+    /// The caches, on a cached pool.
+    fn cache(&self) -> Option<&Cache> {
+        match &self.inner {
+            Inner::Cached(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The slot a call runs for (`cpu`, else this thread's); 0 on a pool without caches, whose
+    /// `cpu` is still checked.
+    fn slot(&self, op: &str, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        match self.cache() {
+            Some(c) => c.slot(op, cpu),
+            None => {
+                if let Some(c) = cpu.filter(|c| !c.is_none()) {
+                    if let Int::Negative(_) = Int::of(c, || format!("{op}: cpu"))? {
+                        return Err(PyValueError::new_err(format!(
+                            "{op}: cpu must be >= 0, got {}",
+                            c.repr()?
+                        )));
+                    }
+                }
+                Ok(0)
+            }
+        }
+    }
+
     /// `Pool(..., arena=False)`: metadata and side-table links, nothing else.
     fn without_arena(
         py: Python<'_>,
         config: Config,
         geo: Geometry,
         zero: &'static str,
+        cpus: usize,
+        cache: CacheConfig,
     ) -> PyResult<Self> {
         let n = geo.nr_pages as usize;
         let mut storage = Storage {
@@ -264,8 +305,13 @@ impl Pool {
             Error::Geometry(g) => convert::geometry_error(g, &config),
             e => PyValueError::new_err(format!("Pool: {e}")),
         })?;
+        let core = LockedPool::new(pool);
+        let inner = match cpus {
+            0 => Inner::Side(core),
+            _ => Inner::Cached(Box::new(Cache::side(core, n, cpus, cache)?)),
+        };
         Ok(Pool {
-            inner: Inner::Side(LockedPool::new(pool)),
+            inner,
             _claim: py.None(),
             _storage: Some(storage),
             _export: py.None(),
@@ -314,8 +360,12 @@ fn no_copy(py: Python<'_>) -> PyErr {
 macro_rules! page_op {
     ($self:expr, $py:expr, $op:literal, $pfn:expr, $method:ident) => {{
         let pfn = convert::pfn($op, $pfn)?;
-        with!($self, |p| p.$method(pfn).map_err(|e| (e, p.page(pfn).ok())))
-            .map_err(|e| $self.page_error($py, $op, e))
+        with!(
+            $self,
+            |p| p.$method(pfn).map_err(|e| (e, p.page(pfn).ok())),
+            |c| c.$method(pfn).map_err(|e| (e, c.page(pfn).ok()))
+        )
+        .map_err(|e| $self.page_error($py, $op, e))
     }};
 }
 
@@ -324,7 +374,7 @@ impl Pool {
     #[new]
     #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True)"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=16, cache_high=64)"
     )]
     fn new(
         py: Python<'_>,
@@ -360,6 +410,8 @@ impl Pool {
             arg("_links")?,
             arg("arena")?,
         );
+        let (cpus, cache_batch, cache_high) =
+            (arg("cpus")?, arg("cache_batch")?, arg("cache_high")?);
         if let Some((key, _)) = kwargs.iter().next() {
             return Err(PyTypeError::new_err(format!(
                 "Pool() got an unexpected keyword argument {}",
@@ -438,8 +490,10 @@ impl Pool {
         let geo = config
             .geometry()
             .map_err(|e| convert::geometry_error(e, &config))?;
+        let (cpus, cache) =
+            cached::settings(cpus.as_ref(), cache_batch.as_ref(), cache_high.as_ref())?;
         if !has_arena {
-            return Self::without_arena(py, config, geo, zero);
+            return Self::without_arena(py, config, geo, zero, cpus, cache);
         }
         let size = geo
             .arena_bytes()
@@ -459,13 +513,31 @@ impl Pool {
         // core, which is their only borrower (on error, the core is gone before `storage`).
         let meta = unsafe { borrow(storage.meta) };
         let inner = if intrusive {
-            Inner::Intrusive(Self::build(&config, addr, meta, Intrusive)?)
+            let core = Self::build(&config, addr, meta, Intrusive)?;
+            match cpus {
+                0 => Inner::Intrusive(core),
+                _ => Inner::Cached(Box::new(Cache::intrusive(
+                    core,
+                    geo.nr_pages as usize,
+                    cpus,
+                    cache,
+                )?)),
+            }
         } else {
             let links = leak_links(geo.nr_pages as usize)?;
             storage.links = Some(links);
             // SAFETY: as for `meta`.
             let links = SideTable::new(unsafe { borrow(links) });
-            Inner::Side(Self::build(&config, addr, meta, links)?)
+            let core = Self::build(&config, addr, meta, links)?;
+            match cpus {
+                0 => Inner::Side(core),
+                _ => Inner::Cached(Box::new(Cache::side(
+                    core,
+                    geo.nr_pages as usize,
+                    cpus,
+                    cache,
+                )?)),
+            }
         };
         Ok(Pool {
             inner,
@@ -520,6 +592,8 @@ impl Pool {
     /// An operation that a killed process left half done is rolled back first, and every
     /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
     /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    /// Pages that a killed process held stay held (the pool cannot know whether it handed them
+    /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
     #[staticmethod]
     fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
         Self::attach_impl(py, buffer)
@@ -535,25 +609,51 @@ impl Pool {
     ///
     /// Takes the head of the first non-empty free list at or above `order`, splitting it down.
     /// Raises ValueError for an order outside 0..max_order and OutOfMemory when no block is free.
-    fn alloc_pages(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+    /// On a cached pool (`cpus=N`) the block comes from slot `cpu` (default: this thread's).
+    #[pyo3(signature = (order, *, cpu=None))]
+    fn alloc_pages(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
         let order = convert::order("alloc_pages", order, self.geo.max_order)?;
-        with!(self, |p| p.alloc(order).map_err(|e| (e, p.free_pages()))).map_err(
-            |(e, free)| match e {
-                Error::OutOfMemory { .. } => raise(
-                    py,
-                    Exc::OutOfMemory,
-                    format!("alloc_pages: {e} (free pages: {free})"),
-                ),
-                e => convert::error(py, "alloc_pages", e, None),
-            },
+        let slot = self.slot("alloc_pages", cpu)?;
+        with!(
+            self,
+            |p| p.alloc(order).map_err(|e| (e, p.free_pages())),
+            |c| c.alloc(slot, order).map_err(|e| (e, c.free_pages()))
         )
+        .map_err(|(e, free)| match e {
+            Error::OutOfMemory { .. } => raise(
+                py,
+                Exc::OutOfMemory,
+                format!("alloc_pages: {e} (free pages: {free})"),
+            ),
+            e => convert::error(py, "alloc_pages", e, None),
+        })
     }
 
     /// Drops one reference to a held page; at zero its block is freed and coalesced.
     ///
-    /// Raises PageError for a pfn outside the pool or a page that is not held.
-    fn put_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
-        page_op!(self, py, "put_page", pfn, put)
+    /// Raises PageError for a pfn outside the pool or a page that is not held. On a cached pool
+    /// (`cpus=N`) a block of orders 0..=3 whose last reference is dropped goes to slot `cpu`'s
+    /// cache (default: this thread's).
+    #[pyo3(signature = (pfn, *, cpu=None))]
+    fn put_page(
+        &self,
+        py: Python<'_>,
+        pfn: &Bound<'_, PyAny>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let pfn = convert::pfn("put_page", pfn)?;
+        let slot = self.slot("put_page", cpu)?;
+        with!(
+            self,
+            |p| p.put(pfn).map_err(|e| (e, p.page(pfn).ok())),
+            |c| c.put(slot, pfn).map_err(|e| (e, c.page(pfn).ok()))
+        )
+        .map_err(|e| self.page_error(py, "put_page", e))
     }
 
     /// Takes one more reference to a held page.
@@ -578,32 +678,42 @@ impl Pool {
         let op = "alloc_exact";
         let max_pages = 1u64 << (self.geo.max_order - 1);
         let n = convert::run(op, nr_pages, max_pages)?;
-        with!(self, |p| p.alloc_exact(n).map_err(|e| (e, p.free_pages()))).map_err(|(e, free)| {
-            match e {
-                Error::OutOfMemory { order } => raise(
-                    py,
-                    Exc::OutOfMemory,
-                    format!(
-                        "{op}: out of memory: no free block of order >= {order} for a run of \
+        let slot = self.slot(op, None)?;
+        with!(
+            self,
+            |p| p.alloc_exact(n).map_err(|e| (e, p.free_pages())),
+            |c| c.alloc_exact(slot, n).map_err(|e| (e, c.free_pages()))
+        )
+        .map_err(|(e, free)| match e {
+            Error::OutOfMemory { order } => raise(
+                py,
+                Exc::OutOfMemory,
+                format!(
+                    "{op}: out of memory: no free block of order >= {order} for a run of \
                          {n} pages (free pages: {free})"
-                    ),
                 ),
-                e => convert::error(py, op, e, None),
-            }
+            ),
+            e => convert::error(py, op, e, None),
         })
     }
 
     /// The refcount of a page (0 for free pages and tail pages).
     fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
         let pfn = convert::pfn("page_count", pfn)?;
-        with!(self, |p| p.refcount(pfn).map_err(|e| (e, None)))
-            .map_err(|e| self.page_error(py, "page_count", e))
+        with!(self, |p| p.refcount(pfn).map_err(|e| (e, None)), |c| c
+            .refcount(pfn)
+            .map_err(|e| (e, None)))
+        .map_err(|e| self.page_error(py, "page_count", e))
     }
 
     /// The free lists, one per order 0..max_order, each head first (FIFO order).
     fn free_lists(&self) -> Vec<Vec<u64>> {
         let orders = 0..self.geo.max_order;
-        with!(self, |p| orders.map(|k| p.free_list(k).collect()).collect())
+        with!(
+            self,
+            |p| orders.map(|k| p.free_list(k).collect()).collect(),
+            |c| c.free_lists(self.geo.max_order)
+        )
     }
 
     /// A writable memoryview of the held block headed by `pfn` (page_size << order bytes).
@@ -614,12 +724,13 @@ impl Pool {
             return Err(PyTypeError::new_err(convert::MSG_NO_ARENA_VIEW));
         }
         let pfn = convert::pfn("view", pfn)?;
-        let order = with!(self, |p| match p.page(pfn) {
+        let held = |page: Result<PageMeta, Error>| match page {
             Ok(m) if m.refcount > 0 => Ok(u32::from(m.order)),
             Ok(m) => Err((Error::NotHeld { pfn }, Some(m))),
             Err(e) => Err((e, None)),
-        })
-        .map_err(|e| self.page_error(py, "view", e))?;
+        };
+        let order = with!(self, |p| held(p.page(pfn)), |c| held(c.page(pfn)))
+            .map_err(|e| self.page_error(py, "view", e))?;
         let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
         let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
@@ -628,7 +739,8 @@ impl Pool {
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
-        with!(self, |p| p.check()).map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
+        with!(self, |p| p.check(), |c| c.check())
+            .map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
 
     /// Allocates `count` blocks of `order` in one critical section, without the GIL.
@@ -637,15 +749,20 @@ impl Pool {
     /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
     /// with them in its first `count` items when `out` is given, a writable array of 64-bit
     /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
-    #[pyo3(signature = (order, count, *, out = None))]
+    ///
+    /// On a cached pool (`cpus=N`) the blocks come from slot `cpu` (default: this thread's),
+    /// one allocation after another; when one fails, those already taken are put back through
+    /// the slot, the last first, and OutOfMemory says how many could be had.
+    #[pyo3(signature = (order, count, *, out = None, cpu = None))]
     fn alloc_many<'py>(
         &self,
         py: Python<'py>,
         order: &Bound<'py, PyAny>,
         count: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        cpu: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let pfns = self.alloc_many_vec(py, order, count, out)?;
+        let pfns = self.alloc_many_vec(py, order, count, out, cpu)?;
         match out {
             Some(out) if !out.is_none() => {
                 convert::write_u64s(out, &pfns)?;
@@ -661,17 +778,81 @@ impl Pool {
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
     /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
     /// read as it is, with no Python object per page.
-    fn put_many(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
+    ///
+    /// On a cached pool (`cpus=N`) freed blocks go to slot `cpu` (default: this thread's), after
+    /// the same checks.
+    #[pyo3(signature = (pfns, *, cpu = None))]
+    fn put_many(
+        &self,
+        py: Python<'_>,
+        pfns: &Bound<'_, PyAny>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         match convert::read_u64s(pfns)? {
-            Some(values) => self.put_many_u64(py, &values),
-            None => self.put_many_iter(py, pfns),
+            Some(values) => {
+                let slot = self.slot("put_many", cpu)?;
+                self.put_many_u64(py, slot, &values)
+            }
+            None => self.put_many_iter(py, pfns, cpu),
         }
     }
 
     /// Free pages, in all blocks.
     #[getter]
     fn free_pages(&self) -> u32 {
-        with!(self, |p| p.free_pages())
+        with!(self, |p| p.free_pages(), |c| c.free_pages())
+    }
+
+    /// Number of CPU slots with page caches (0: none, the exact pool).
+    #[getter]
+    fn cpus(&self) -> usize {
+        self.cache().map_or(0, |c| c.cpus())
+    }
+
+    /// Blocks a cache takes from the pool when empty, and gives back when full.
+    #[getter]
+    fn cache_batch(&self) -> u32 {
+        self.cache()
+            .map_or(CacheConfig::new(), |c| c.config())
+            .batch
+    }
+
+    /// Blocks a cache keeps per order before it gives its coldest back.
+    #[getter]
+    fn cache_high(&self) -> u32 {
+        self.cache().map_or(CacheConfig::new(), |c| c.config()).high
+    }
+
+    /// Returns every block cached in slot `cpu` (default: this thread's) to the pool, orders
+    /// ascending, coldest first. Nothing to do on a pool without caches.
+    #[pyo3(signature = (cpu=None))]
+    fn drain(&self, py: Python<'_>, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let slot = self.slot("drain", cpu)?;
+        match self.cache() {
+            Some(c) => c
+                .drain(slot)
+                .map_err(|e| convert::error(py, "drain", e, None)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drains every slot in turn; afterwards the free lists hold every free page.
+    fn drain_all(&self, py: Python<'_>) -> PyResult<()> {
+        match self.cache() {
+            Some(c) => c
+                .drain_all()
+                .map_err(|e| convert::error(py, "drain_all", e, None)),
+            None => Ok(()),
+        }
+    }
+
+    /// Slot `cpu`'s cached blocks (default: this thread's slot), one list per cached order,
+    /// coldest first: the next allocation of an order takes the last of its list. Empty on a
+    /// pool without caches.
+    #[pyo3(signature = (cpu=None))]
+    fn cache_contents(&self, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Vec<u64>>> {
+        let slot = self.slot("cache_contents", cpu)?;
+        Ok(self.cache().map_or_else(Vec::new, |c| c.contents(slot)))
     }
 
     /// Number of pages the pool manages.
@@ -711,13 +892,15 @@ impl Pool {
     }
 
     /// Bytes of per-page metadata and side-table links the pool keeps (4 + 8 a page, 4 with
-    /// intrusive links), besides its arena.
+    /// intrusive links), besides its arena; with caches, also their `PageRef`s (4 a page) and
+    /// slots.
     #[getter]
     fn metadata_bytes(&self) -> usize {
         let n = self.geo.nr_pages as usize;
         match self.inner {
             Inner::Side(_) => pagebuddy::meta_bytes(n) + pagebuddy::link_bytes(n),
             Inner::Intrusive(_) => pagebuddy::meta_bytes(n),
+            Inner::Cached(ref c) => c.metadata_bytes(n),
             // The header, the metadata and the links: everything in the buffer before page 0.
             Inner::SharedSide(_) | Inner::SharedIntrusive(_) => self.pages_off,
         }
@@ -757,8 +940,18 @@ impl Pool {
     }
 
     fn __repr__(&self) -> String {
+        let cache = match self.cache() {
+            Some(c) => format!(
+                ", cpus={}, cache_batch={}, cache_high={}",
+                c.cpus(),
+                c.config().batch,
+                c.config().high
+            ),
+            None => String::new(),
+        };
         format!(
-            "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}', free_pages={})",
+            "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
+             free_pages={})",
             self.geo.nr_pages,
             self.geo.page_size,
             self.geo.base_pfn,
@@ -778,6 +971,7 @@ impl Pool {
         order: &Bound<'_, PyAny>,
         count: &Bound<'_, PyAny>,
         out: Option<&Bound<'_, PyAny>>,
+        cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<u64>> {
         let order = convert::order("alloc_many", order, self.geo.max_order)?;
         let asked = Int::of(count, || "alloc_many: count")?;
@@ -800,10 +994,15 @@ impl Pool {
         pfns.try_reserve_exact(len)
             .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
         pfns.resize(len, 0);
+        let slot = self.slot("alloc_many", cpu)?;
         let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .alloc_many(order, &mut pfns)
-                .map_err(|e| (e, p.capacity(order))))
+            with!(
+                self,
+                |p| p
+                    .alloc_many(order, &mut pfns)
+                    .map_err(|e| (e, p.capacity(order))),
+                |c| c.alloc_many(slot, order, &mut pfns)
+            )
         });
         match result {
             Ok(()) => Ok(pfns),
@@ -821,11 +1020,17 @@ impl Pool {
     }
 
     /// `put_many` of an array of u64 pfns, read with no Python object per page.
-    fn put_many_u64(&self, py: Python<'_>, pfns: &[u64]) -> PyResult<()> {
+    fn put_many_u64(&self, py: Python<'_>, slot: usize, pfns: &[u64]) -> PyResult<()> {
         let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .put_many(pfns)
-                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+            with!(
+                self,
+                |p| p
+                    .put_many(pfns)
+                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+                |c| c
+                    .put_many(slot, pfns)
+                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+            )
         });
         result.map_err(|(e, page)| {
             convert::error(py, &format!("put_many: pfns[{}]", e.index), e.error, page)
@@ -833,7 +1038,12 @@ impl Pool {
     }
 
     /// `put_many` of any other iterable: each element converted as `operator.index` would.
-    fn put_many_iter(&self, py: Python<'_>, pfns: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn put_many_iter(
+        &self,
+        py: Python<'_>,
+        pfns: &Bound<'_, PyAny>,
+        cpu: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
         let values = items
             .iter()
@@ -861,10 +1071,17 @@ impl Pool {
             .iter()
             .map(|v| *v.as_ref().unwrap_or(&outside))
             .collect();
+        let slot = self.slot("put_many", cpu)?;
         let result = py.allow_threads(|| {
-            with!(self, |p| p
-                .put_many(&pfns)
-                .map_err(|e| (e, p.page(pfns[e.index]).ok())))
+            with!(
+                self,
+                |p| p
+                    .put_many(&pfns)
+                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+                |c| c
+                    .put_many(slot, &pfns)
+                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+            )
         });
         result.map_err(|(e, page)| {
             let op = format!("put_many: pfns[{}]", e.index);

@@ -1,0 +1,457 @@
+"""Pure-Python model of the per-CPU page caches (``Pool(..., cpus=N)``, the core's ``CachedPool``).
+
+The model is an exact :class:`~pagebuddy._reference.ReferencePool` (the pool behind the caches)
+plus, per CPU slot, one LIFO stack of free blocks per cached order, written to be obviously
+right:
+
+* orders ``0 .. min(4, max_order) - 1`` are cached; higher orders go straight to the pool;
+* ``alloc`` pops the top of the slot's stack; an empty stack first takes ``cache_batch`` blocks
+  from the pool (fewer if it runs out), hands out the first and stacks the rest so that they
+  come out in the order the pool gave them;
+* the ``put`` that drops a block's last reference pushes it on top of the slot's stack; a stack
+  that grows above ``cache_high`` returns its ``cache_batch`` coldest blocks (from the bottom)
+  to the pool, coldest first;
+* before ``OutOfMemory``, the slot is drained and the allocation retried, then every other slot
+  (in slot order) and retried once more;
+* ``drain(cpu)`` returns a slot's blocks to the pool, orders ascending, coldest first.
+
+The pool keeps each block that left its free lists held once (refcount 1); the callers'
+refcounts are kept here. A cached block reads as free (refcount 0). Zeroing follows the native
+pool: under ``zero="free"`` the put that drops the last reference zeroes the block, under
+``"alloc"`` the allocation that hands it out (also from a cache); taking blocks from the pool
+and giving them back zero nothing more.
+
+Slots: a call names its slot with ``cpu=`` (any int >= 0, slot ``cpu % cpus``) or, without it,
+uses the calling thread's: the first thread to call gets slot 0, the next slot 1, and so on,
+modulo ``cpus``. Deterministic; never imports the native module.
+"""
+
+from __future__ import annotations
+
+import array
+import operator
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
+
+from . import _rules
+from ._errors import CorruptionError, OutOfMemory, PageError
+from ._reference import ReferencePool, _as_int
+from ._rules import MAX_REFCOUNT
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["CachedReferencePool"]
+
+
+def _pfn(op: str, pfn: object) -> int:
+    """A pfn argument: an int (TypeError otherwise); one that fits no ``u64`` is outside."""
+    pfn = _as_int(pfn, f"{op}: pfn")
+    if not 0 <= pfn < 1 << 64:
+        raise PageError(_rules.msg_outside(op, pfn))
+    return pfn
+
+
+#: Orders cached (from 0), as the core's default ``CacheConfig``.
+CACHED_ORDERS = 4
+#: Largest ``cache_high``.
+MAX_CACHE_HIGH = 1 << 16
+#: Most slots a pool may have.
+MAX_CPUS = 1 << 16
+
+
+def cache_problem(cpus: int, batch: int, high: int) -> str | None:
+    """Why ``cpus``, ``cache_batch`` and ``cache_high`` are refused, or None."""
+    if not 1 <= cpus <= MAX_CPUS:
+        return f"cpus must be between 0 and {MAX_CPUS}, got {cpus}"
+    if not 1 <= batch <= high <= MAX_CACHE_HIGH:
+        return (
+            f"cache_batch {batch} and cache_high {high}: need "
+            f"1 <= cache_batch <= cache_high <= {MAX_CACHE_HIGH}"
+        )
+    return None
+
+
+class CachedReferencePool:
+    """Model of ``Pool(nr_pages, ..., cpus=N, cache_batch=16, cache_high=64)``.
+
+    Same constructor and methods as ``pagebuddy.Pool``; ``alloc_pages``, ``put_page``,
+    ``alloc_many`` and ``put_many`` take an optional ``cpu=`` slot, and ``drain``,
+    ``drain_all`` and ``cache_contents`` show and empty the caches. With ``cpus=0`` the
+    constructor returns a plain :class:`~pagebuddy.ReferencePool`, as ``Pool`` keeps its exact
+    pool. Not thread-safe.
+    """
+
+    def __new__(cls, nr_pages: SupportsIndex, **kwargs: Any) -> Any:
+        """``cpus=0`` (or none): the exact model."""
+        try:
+            exact = operator.index(kwargs.get("cpus", 0)) == 0
+        except TypeError:
+            exact = False
+        if exact:
+            return ReferencePool(nr_pages, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        nr_pages: SupportsIndex,
+        *,
+        cpus: SupportsIndex,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
+        **kwargs: Any,
+    ) -> None:
+        core = ReferencePool(nr_pages, **kwargs)
+        cpus = _as_int(cpus, "cpus")
+        batch = _as_int(cache_batch, "cache_batch")
+        high = _as_int(cache_high, "cache_high")
+        problem = cache_problem(cpus, batch, high)
+        if problem:
+            raise ValueError(problem)
+        self._core = core
+        self._cpus, self._batch, self._high = cpus, batch, high
+        self._orders = min(CACHED_ORDERS, core.max_order)
+        #: _stacks[slot][order]: cached block pfns, coldest first (the next alloc takes the last).
+        self._stacks: list[list[list[int]]] = [
+            [[] for _ in range(self._orders)] for _ in range(cpus)
+        ]
+        #: The callers' refcount of each page (the pool holds each block once for them all).
+        self._refs = list(core._refcount)
+        #: Each thread's slot, given on its first call; a thread-local, as thread idents are reused.
+        self._local = threading.local()
+        self._threads = 0
+
+    # ---------------------------------------------------------------- attributes
+
+    nr_pages = property(lambda self: self._core.nr_pages, doc="Number of pages in the pool.")
+    page_size = property(lambda self: self._core.page_size, doc="Bytes per page.")
+    base_pfn = property(lambda self: self._core.base_pfn, doc="Pfn of the first page.")
+    reserved_pages = property(lambda self: self._core.reserved_pages, doc="Pages held at start.")
+    max_order = property(lambda self: self._core.max_order, doc="Number of orders.")
+    zero = property(lambda self: self._core.zero, doc="The zero policy.")
+    arena = property(lambda self: self._core.arena, doc="Whether the pool has an arena.")
+    cpus = property(lambda self: self._cpus, doc="Number of CPU slots.")
+    cache_batch = property(lambda self: self._batch, doc="Blocks per refill or drain.")
+    cache_high = property(lambda self: self._high, doc="Blocks a cache keeps.")
+
+    @property
+    def free_pages(self) -> int:
+        """Free pages: in the pool's free blocks and in every cache."""
+        cached = sum(
+            len(stack) << order for slot in self._stacks for order, stack in enumerate(slot)
+        )
+        return self._core.free_pages + cached
+
+    def __repr__(self) -> str:
+        """As ``ReferencePool``'s, with the cache settings."""
+        return (
+            f"{type(self).__name__}(nr_pages={self.nr_pages}, page_size={self.page_size}, "
+            f"base_pfn={self.base_pfn}, max_order={self.max_order}, zero={self.zero!r}, "
+            f"cpus={self._cpus}, cache_batch={self._batch}, cache_high={self._high}, "
+            f"free_pages={self.free_pages})"
+        )
+
+    # ---------------------------------------------------------------- slots and pages
+
+    def _slot(self, op: str, cpu: object) -> int:
+        """The slot of ``cpu``, or of the calling thread when it is None."""
+        if cpu is None:
+            slot = getattr(self._local, "slot", None)
+            if slot is None:
+                slot = self._local.slot = self._threads
+                self._threads += 1
+            return slot % self._cpus
+        cpu = _as_int(cpu, f"{op}: cpu")
+        if cpu < 0:
+            raise ValueError(f"{op}: cpu must be >= 0, got {cpu}")
+        return cpu % self._cpus
+
+    def _index(self, op: str, pfn: object) -> tuple[int, int]:
+        """``(pfn, index)`` of an in-pool pfn, else PageError (TypeError for a non-int)."""
+        pfn = _as_int(pfn, f"{op}: pfn")
+        core = self._core
+        if not core._in_pool(pfn):
+            raise PageError(_rules.msg_outside(op, pfn))
+        return pfn, pfn - core.base_pfn
+
+    def _held(self, op: str, pfn: object) -> tuple[int, int]:
+        """``(pfn, index)`` of a page a caller holds, else PageError."""
+        pfn, i = self._index(op, pfn)
+        if self._refs[i] == 0:
+            # A cached block heads a free block; so does a free one of the pool.
+            raise PageError(_rules.msg_not_held(op, pfn, self._core._order[i] is not None))
+        return pfn, i
+
+    def _zero_block(self, pfn: int, order: int) -> None:
+        self._core._zero_block(pfn, order)
+
+    # ---------------------------------------------------------------- the pool behind
+
+    def _take(self, order: int) -> int | None:
+        """The pool's allocation without zeroing (the caches zero when they hand out)."""
+        core = self._core
+        for j in range(order, core.max_order):
+            if core._free_area[j]:
+                pfn = core._free_area[j][0]
+                break
+        else:
+            return None
+        core._extract(pfn, order)
+        core._refcount[core._index(pfn)] = 1
+        return pfn
+
+    def _give_back(self, pfn: int) -> None:
+        """Free a block the pool holds once for the caches (already zeroed where due)."""
+        self._core.put_page(pfn)
+
+    # ---------------------------------------------------------------- the caches
+
+    def _hand_out(self, pfn: int, order: int) -> int:
+        if self.zero == "alloc":
+            self._zero_block(pfn, order)
+        self._refs[pfn - self.base_pfn] = 1
+        return pfn
+
+    def _try_alloc(self, slot: int, order: int) -> int | None:
+        if order >= self._orders:
+            pfn = self._take(order)
+            return None if pfn is None else self._hand_out(pfn, order)
+        stack = self._stacks[slot][order]
+        if not stack:
+            first = self._take(order)
+            if first is None:
+                return None
+            rest: list[int] = []
+            while len(rest) + 1 < self._batch:
+                pfn = self._take(order)
+                if pfn is None:
+                    break
+                rest.append(pfn)
+            stack.extend(reversed(rest))
+            return self._hand_out(first, order)
+        return self._hand_out(stack.pop(), order)
+
+    def _alloc(self, slot: int, order: int) -> int | None:
+        pfn = self._try_alloc(slot, order)
+        if pfn is not None:
+            return pfn
+        self._drain(slot)
+        pfn = self._try_alloc(slot, order)
+        if pfn is not None:
+            return pfn
+        for other in range(self._cpus):
+            if other != slot:
+                self._drain(other)
+        return self._try_alloc(slot, order)
+
+    def _put(self, op: str, slot: int, pfn: int) -> None:
+        pfn, i = self._held(op, pfn)
+        self._refs[i] -= 1
+        if self._refs[i]:
+            return
+        core = self._core
+        order = core._order[i]
+        assert order is not None
+        if self.zero == "free":
+            self._zero_block(pfn, order)
+        if order >= self._orders:
+            self._give_back(pfn)
+            return
+        stack = self._stacks[slot][order]
+        stack.append(pfn)
+        if len(stack) > self._high:
+            cold = stack[: self._batch]
+            del stack[: self._batch]
+            for block in cold:
+                self._give_back(block)
+
+    def _drain(self, slot: int) -> None:
+        for stack in self._stacks[slot]:
+            blocks = list(stack)
+            stack.clear()
+            for pfn in blocks:
+                self._give_back(pfn)
+
+    # ---------------------------------------------------------------- public API
+
+    def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
+        """Allocate a block of ``2**order`` pages for slot ``cpu`` (default: this thread's)."""
+        order = self._core._check_order("alloc_pages", order)
+        slot = self._slot("alloc_pages", cpu)
+        pfn = self._alloc(slot, order)
+        if pfn is None:
+            raise OutOfMemory(_rules.msg_out_of_memory(order, self.free_pages))
+        return pfn
+
+    def alloc_exact(self, nr_pages: SupportsIndex) -> int:
+        """A run of exactly ``nr_pages`` order-0 pages from the pool behind the caches (as
+        ``ReferencePool.alloc_exact``), each held once; before OutOfMemory the caches are
+        drained, this thread's slot first, as for ``alloc_pages``."""
+        core = self._core
+        n = _as_int(nr_pages, "alloc_exact: nr_pages")
+        largest = 1 << (core.max_order - 1)
+        if not 1 <= n <= largest:
+            raise ValueError(_rules.msg_bad_run("alloc_exact", n, largest))
+        slot = self._slot("alloc_exact", None)
+        for attempt in range(3):
+            try:
+                pfn = core.alloc_exact(n)
+            except OutOfMemory:
+                if attempt == 0:
+                    self._drain(slot)
+                elif attempt == 1:
+                    for other in range(self._cpus):
+                        if other != slot:
+                            self._drain(other)
+                else:
+                    raise
+                continue
+            for i in range(pfn - core.base_pfn, pfn - core.base_pfn + n):
+                self._refs[i] = 1
+            return pfn
+        raise AssertionError("unreachable")
+
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: Buffer | None = None,
+        cpu: SupportsIndex | None = None,
+    ) -> Any:
+        """``count`` allocations through one slot, all or nothing.
+
+        When one fails, the blocks already taken are put back through the slot, the last
+        first (so a cache that had them holds them in its old order again), and OutOfMemory
+        names how many could be had. ``out`` is as for ``ReferencePool.alloc_many``: a
+        writable uint64 array that receives the pfns and is returned.
+        """
+        order = self._core._check_order("alloc_many", order)
+        count = _as_int(count, "alloc_many: count")
+        if count < 0:
+            raise ValueError(f"alloc_many: count must be >= 0, not {count}")
+        view = None if out is None else _rules.u64_array(out)
+        if out is not None:
+            if view is None or view.readonly:
+                raise TypeError(_rules.msg_bad_out("alloc_many", out))
+            if len(view) < count:
+                raise ValueError(_rules.msg_short_out("alloc_many", len(view), count))
+        slot = self._slot("alloc_many", cpu)
+        got: list[int] = []
+        while len(got) < count:
+            pfn = self._alloc(slot, order)
+            if pfn is None:
+                for block in reversed(got):
+                    self._put("alloc_many", slot, block)
+                raise OutOfMemory(_rules.msg_batch_out_of_memory(count, order, len(got)))
+            got.append(pfn)
+        if view is None:
+            return got
+        with view, view.cast("B") as raw:
+            raw[: 8 * count] = array.array("Q", got).tobytes()
+        return out
+
+    def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
+        """Drop one reference; the last one caches the block in slot ``cpu`` (or frees it)."""
+        pfn = _pfn("put_page", pfn)
+        self._put("put_page", self._slot("put_page", cpu), pfn)
+
+    def put_many(
+        self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
+    ) -> None:
+        """``put_page`` every pfn in order through one slot, all or nothing.
+
+        Each pfn is first checked as ``put_page`` would find it after the ones before it; the
+        first that cannot be put raises PageError naming its index, and nothing is put. A
+        uint64 array is read as ``ReferencePool.put_many`` reads it.
+        """
+        view = _rules.u64_array(pfns)
+        if view is not None:
+            with view:
+                pfns = view.tolist()
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+        slot = self._slot("put_many", cpu)
+        dropped: dict[int, int] = {}
+        for k, pfn in enumerate(converted):
+            op = f"put_many: pfns[{k}]"
+            pfn, i = self._index(op, pfn)
+            if self._refs[i] <= dropped.get(pfn, 0):
+                raise PageError(_rules.msg_not_held(op, pfn, self._core._order[i] is not None))
+            dropped[pfn] = dropped.get(pfn, 0) + 1
+        for k, pfn in enumerate(converted):
+            self._put(f"put_many: pfns[{k}]", slot, pfn)
+
+    def get_page(self, pfn: SupportsIndex) -> None:
+        """Take one more reference on a held page."""
+        pfn, i = self._held("get_page", pfn)
+        if self._refs[i] == MAX_REFCOUNT:
+            raise PageError(_rules.msg_refcount_overflow("get_page", pfn))
+        self._refs[i] += 1
+
+    def split_page(self, pfn: SupportsIndex) -> None:
+        """Split a held block into held order-0 pages (the head keeps its refcount)."""
+        pfn, i = self._held("split_page", pfn)
+        order = self._core._order[i]
+        assert order is not None
+        self._core.split_page(pfn)
+        for tail in range(i + 1, i + (1 << order)):
+            self._refs[tail] = 1
+
+    def page_count(self, pfn: SupportsIndex) -> int:
+        """The callers' refcount of a page (0 for free and cached pages and for tails)."""
+        return self._refs[self._index("page_count", pfn)[1]]
+
+    def free_lists(self) -> list[list[int]]:
+        """The pool's free lists (cached blocks are not on them)."""
+        return self._core.free_lists()
+
+    def view(self, pfn: SupportsIndex) -> memoryview:
+        """A writable view of a block a caller holds."""
+        pfn, _ = self._held("view", pfn)
+        return self._core.view(pfn)
+
+    def drain(self, cpu: SupportsIndex | None = None) -> None:
+        """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
+        self._drain(self._slot("drain", cpu))
+
+    def drain_all(self) -> None:
+        """Drain every slot in turn."""
+        for slot in range(self._cpus):
+            self._drain(slot)
+
+    def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
+        """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
+        return [list(stack) for stack in self._stacks[self._slot("cache_contents", cpu)]]
+
+    def check(self) -> None:
+        """The pool's ``check()``, then the caches against it: each cached block is held by
+        the pool, of its stack's order, nobody's, cached once; every block the pool holds is a
+        caller's or cached."""
+
+        def fail(message: str) -> NoReturn:
+            raise CorruptionError(f"check: {message}")
+
+        core = self._core
+        core.check()
+        cached: set[int] = set()
+        for slot, stacks in enumerate(self._stacks):
+            for order, stack in enumerate(stacks):
+                if len(stack) > self._high:
+                    fail(f"slot {slot} caches {len(stack)} blocks of order {order}")
+                for pfn in stack:
+                    i = pfn - core.base_pfn
+                    if pfn in cached:
+                        fail(f"pfn {pfn} is cached twice")
+                    cached.add(pfn)
+                    if core._order[i] != order or core._refcount[i] != 1 or self._refs[i]:
+                        fail(f"cached pfn {pfn} is not a block of order {order} nobody holds")
+        for i, refs in enumerate(self._refs):
+            pfn = core.base_pfn + i
+            if not 0 <= refs <= MAX_REFCOUNT:
+                fail(f"pfn {pfn} has refcount {refs}")
+            in_core = core._refcount[i]
+            if refs and not in_core:
+                fail(f"pfn {pfn} is held by a caller but free in the pool")
+            if in_core and not refs and pfn not in cached:
+                fail(f"pfn {pfn} is held by the pool for no one")
