@@ -3,12 +3,14 @@
 //!
 //! - criterion groups `cached-hot` (alloc+free of one order-0 page; with `free-list` and
 //!   `buddy_system_allocator::Heap` as in `alloc.rs`), `cached-churn` and `cached-mixed` (the
-//!   workloads of `alloc.rs`), each with the exact `Pool` and the `CachedPool` (one slot, side
-//!   table, zero never);
+//!   workloads of `alloc.rs`), each with the exact `Pool`, the `CachedPool` (slot 0, through its
+//!   lock) and a `LocalCache` that claimed slot 0 (`local`; in `cached-hot` also with `Page`s,
+//!   `local-page`); side table, zero never;
 //! - `threads`: total alloc+free pairs per second with 1, 2, 4 and 8 threads sharing one
-//!   `LockedPool`, one `CachedPool` (a slot per thread), `buddy_system_allocator`'s
-//!   `LockedFrameAllocator` and `LockedHeap`; each thread keeps a window of 16 order-0 pages,
-//!   allocating one and freeing its oldest per pair;
+//!   `LockedPool`, one `CachedPool` (a slot per thread, through its lock), one `CachedPool`
+//!   with a `LocalCache` per thread (allocating and freeing `Page`s),
+//!   `buddy_system_allocator`'s `LockedFrameAllocator` and `LockedHeap`; each thread keeps a
+//!   window of 16 order-0 pages, allocating one and freeing its oldest per pair;
 //! - `zeroing`: bytes zeroed per second under each zero policy, beside `memset` (and
 //!   non-temporal stores) over the same blocks: order-0 blocks (hot in cache) and order-9 blocks
 //!   streaming through the whole 1 GiB arena.
