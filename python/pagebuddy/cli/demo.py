@@ -8,7 +8,7 @@ from typing import Any
 from .._lockstep import run_ops
 from .._trace import TraceWriter
 from .._workload import DEMO_GEOMETRY, demo_workload
-from ._args import EXIT_DIVERGENCE, EXIT_OK, check_outputs
+from ._args import EXIT_DIVERGENCE, EXIT_OK, check_cache_options, check_outputs
 from ._context import Context
 from ._report import run_report, timing
 
@@ -20,8 +20,9 @@ def report(ctx: Context) -> dict[str, Any]:
         return processes_report(ctx)
     check_outputs(args)
     g = DEMO_GEOMETRY
-    if args.cpus:
-        g = g.replace(options=(("cpus", args.cpus),))
+    options = check_cache_options(args)
+    if options:
+        g = g.replace(options=options)
     t0 = time.perf_counter()
     result = ctx.counted(
         "lockstep",
