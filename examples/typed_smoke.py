@@ -10,12 +10,11 @@ same calls, so one function serves either.
 from __future__ import annotations
 
 import sys
-from typing import Union
 
 import pagebuddy
 from pagebuddy import OutOfMemory, PageError, Pool, ReferencePool
 
-AnyPool = Union[Pool, ReferencePool]
+AnyPool = Pool | ReferencePool
 
 
 def make(kind: type[Pool] | type[ReferencePool], buffer: bytearray | None) -> AnyPool:

@@ -451,6 +451,13 @@ def test_bad_cache_options_exit_2_naming_the_rule(
     assert rule in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_demo_processes_refuses_caches(capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_json
+
+    code, report = run_json(capsys, "demo", "--processes", "2", "--cpus", "2", "--ops", "10")
+    assert code == 2 and "--processes runs a pool shared between" in report["error"]
+
+
 @pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
 @pytest.mark.parametrize(
     ("kwargs", "exc", "rule"),

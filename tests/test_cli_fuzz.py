@@ -95,6 +95,20 @@ def test_usage_errors_are_one_line_or_one_json_object(argv: list[str], as_json: 
         assert obj["command"] == argv[0]
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("--zero", "free"), ("--zero", "alloc"), ("--links", "intrusive")]
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_fuzz_without_an_arena_refuses_what_pool_refuses(
+    option: str, value: str, as_json: bool
+) -> None:
+    """As ``Pool(..., arena=False, zero="free")`` raises ValueError: no silent switch."""
+    argv = ["fuzz", "--arena", "none", option, value, "--ops", "10", "--seed", "1"]
+    obj = assert_usage_error(pagebuddy(*argv, *(["--json"] if as_json else [])), as_json)
+    text = obj["error"] if as_json else pagebuddy(*argv).stderr.decode()
+    assert f"--arena none needs {option}" in text and f"not {value}" in text
+
+
 def test_binary_stdin_is_a_malformed_trace_whatever_the_encoding() -> None:
     data = b"pagebuddy-trace v1 nr_pages=8\nput \xff\xfe\x00\n"
     for as_json in (False, True):

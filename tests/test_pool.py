@@ -20,8 +20,8 @@ import gc
 import mmap
 import pydoc
 import re
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ast
 import inspect
 import pathlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -296,7 +296,7 @@ def _mixed(cls: type, n: int, rng: random.Random) -> float:
 
     def run() -> int:
         used = 0
-        for k, coin, pick in zip(orders, coins, picks):
+        for k, coin, pick in zip(orders, coins, picks, strict=True):
             if held and (used >= half or coin < 0.3):
                 i = int(pick * len(held))
                 put(held[i])

@@ -68,9 +68,9 @@ import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ._lockstep import OpSource, Outcome
 from ._rules import Geometry, Op

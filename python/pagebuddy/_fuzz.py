@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from . import _lockstep
 from ._lockstep import Divergence, OpSource, diverges, reproducer, run_ops

@@ -55,9 +55,9 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ._rules import (
     LINK_BYTES,
@@ -90,7 +90,7 @@ __all__ = [
 FILL = 0x5A
 
 #: ``(value, None)`` when the call returned, ``(None, exception)`` when it raised.
-Outcome = tuple[Any, Optional[BaseException]]
+Outcome = tuple[Any, BaseException | None]
 
 #: A generator of operations that is sent the outcome of each one.
 OpSource = Generator[Op, Outcome, None]
@@ -182,7 +182,7 @@ def _where(step: int) -> str:
 def _first_diff(a: list[list[int]], b: list[list[int]]) -> str:
     if len(a) != len(b):
         return f"Pool has {len(a)} free lists, the model {len(b)}"
-    for order, (la, lb) in enumerate(zip(a, b)):
+    for order, (la, lb) in enumerate(zip(a, b, strict=True)):
         if la != lb:
             return f"free list of order {order}: Pool {_short(la)}, model {_short(lb)}"
     return "free lists differ"
@@ -216,7 +216,8 @@ def _new_pfns(op: Op, result: Any) -> list[int]:
 
 
 def _first_byte(a: Any, b: Any) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
 
 
 #: Attributes both pools must report alike.
@@ -713,7 +714,7 @@ def _op_text(op: Op, g: Geometry) -> str:
         items = [pfn(p) for p in args[0]]
         parts = ["(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"]
     else:
-        parts = [pfn(a) if p == "pfn" else repr(a) for p, a in zip(params, args)]
+        parts = [pfn(a) if p == "pfn" else repr(a) for p, a in zip(params, args, strict=False)]
     return f"step(({kind!r}, {', '.join(parts)}))"
 
 

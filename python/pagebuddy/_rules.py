@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "ARENAS",
@@ -153,7 +153,7 @@ def arena_comparison(zero: str, links: str) -> str:
 #: ``("alloc_many", order, count)``, ``("put_many", (pfn, ...))``, ``("exact", nr_pages)``,
 #: ``("page_count", pfn)`` or ``("view", pfn)``. Arguments are usually ints; the engine passes
 #: whatever is there.
-Op = Union[tuple[str, Any], tuple[str, Any, Any]]
+Op = tuple[str, Any] | tuple[str, Any, Any]
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def op_pfns(op: Op) -> list[Any]:
     params = OPERATIONS[kind].params
     if params == ("pfns",):
         return list(args[0])
-    return [a for p, a in zip(params, args) if p == "pfn"]
+    return [a for p, a in zip(params, args, strict=False) if p == "pfn"]
 
 
 def map_pfns(op: Op, move: Any) -> Op:
@@ -228,7 +228,7 @@ def map_pfns(op: Op, move: Any) -> Op:
     params = OPERATIONS[kind].params
     if params == ("pfns",):
         return (kind, tuple(move(p) for p in args[0]))
-    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args)))
+    return (kind, *(move(a) if p == "pfn" else a for p, a in zip(params, args, strict=False)))
 
 
 # -- geometry -------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import contextlib
 import io
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._lockstep import GeometryRefused
 from . import bench, demo, ftrace, fuzz, replay

@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 import textwrap
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from .._cache import MAX_CACHE_HIGH, MAX_CPUS, cache_problem
 from .._rules import ARENAS, LINK_STORES, ZERO_POLICIES
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument(
         "--arena",
         choices=ARENAS,
-        help="pool-owned arena, or a bytearray handed in (arenas are then compared)",
+        help="pool-owned arena, a bytearray handed in (arenas are then compared), or none: "
+        "page numbers only (needs --zero never and --links side if given)",
     )
     fz.add_argument(
         "--cpus",

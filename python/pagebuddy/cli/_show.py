@@ -8,7 +8,8 @@ prints it as JSON with ``--json`` and otherwise hands it to the rich renderer of
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape

@@ -27,6 +27,18 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
     """The run's configuration, or :class:`Usage` for options no pool can have."""
     if args.reserved is not None and args.pages is not None and args.reserved > args.pages:
         raise Usage(f"--reserved {args.reserved} exceeds --pages {args.pages}")
+    if args.arena == "none":
+        # Refused as Pool(..., arena=False) refuses them; options not given are drawn to fit.
+        if args.zero not in (None, "never"):
+            raise Usage(
+                f"--arena none needs --zero never, not {args.zero}: a pool without an arena "
+                "has no bytes to zero"
+            )
+        if args.links not in (None, "side"):
+            raise Usage(
+                f"--arena none needs --links side, not {args.links}: a pool without an arena "
+                "has no free pages to keep links in"
+            )
     ps = args.page_size
     if ps is not None and _rules.geometry_problem(1, ps, 0, 0, 1):
         raise Usage(f"--page-size {ps} must be a power of two in 64..2**30")

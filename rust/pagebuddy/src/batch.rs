@@ -2,12 +2,26 @@
 //!
 //! [`Pool::alloc_many`] and [`Pool::put_many`] either do the whole batch, exactly as the same
 //! calls one by one would, or return an error having changed nothing. They add no policy of
-//! their own: each is a check that the whole batch can be done, then the single-block calls.
+//! their own: each is a check that the whole batch can be done, then the single-block calls,
+//! except where a whole free block is handed out or comes back at once. There a batch takes a
+//! shortcut whose end state is provably the one the single calls reach: the same pfns in the same
+//! order, the same free lists in the same FIFO order, the same metadata, counts and page bytes
+//! (inline links included). Only the stale entries a side table keeps for pages on no list may
+//! differ: no operation reads them (a page's link is written when it is listed, before any read).
+//!
+//! - A whole block out: when the lists from the batch's order up to the first non-empty one, k,
+//!   are empty and the batch wants at least a block of order k's worth, the allocations one by one
+//!   take the head block of list k, split it, and take back each half they listed, in ascending
+//!   pfn order, leaving the lists below k empty again ([`Pool::take_whole_block`]).
+//! - A whole block back: the last puts of an aligned, ascending run of 2^k order-0 pages end as one
+//!   free of the order-k block, each half listed on the way being taken back by its buddy's merge
+//!   ([`Pool::free_whole_run`]).
 
 use core::fmt;
 
+use crate::config::ZeroPolicy;
 use crate::error::{CorruptionKind, Error};
-use crate::store::{Link, LinkStore, PageMeta};
+use crate::store::{Link, LinkStore, PageMeta, NO_ORDER};
 use crate::Pool;
 
 /// A batch call failed at `pfns[index]`; nothing was changed.
@@ -62,8 +76,64 @@ impl<L: LinkStore> Pool<'_, L> {
             return Err(Error::OutOfMemory { order });
         }
         self.check_alloc_many(order, out.len() as u64)?;
-        for pfn in out.iter_mut() {
-            *pfn = self.alloc(order)?;
+        let mut filled = 0;
+        while filled < out.len() {
+            filled += self.alloc_next(order, &mut out[filled..])?;
+        }
+        Ok(())
+    }
+
+    /// The next allocations of a batch, into the start of `out` (not empty): a whole free block
+    /// where the batch wants at least that many blocks of `order`, else one `alloc`. Returns how
+    /// many were made.
+    fn alloc_next(&mut self, order: u32, out: &mut [u64]) -> Result<usize, Error> {
+        // The first non-empty list at or above `order`: the one `alloc` takes from.
+        let found = order + (self.free.mask >> order).trailing_zeros();
+        if found < self.geo.max_order && (1usize << (found - order)) <= out.len() {
+            let blocks = &mut out[..1 << (found - order)];
+            self.take_whole_block(order, found, blocks)?;
+            return Ok(blocks.len());
+        }
+        out[0] = self.alloc(order)?;
+        Ok(1)
+    }
+
+    /// `out.len() = 2^(found - order)` allocations of `order` at once, where `found` is the first
+    /// non-empty list at or above `order`: the head block of list `found`, handed out as its
+    /// blocks of `order` in ascending pfn order.
+    ///
+    /// Why this is what `alloc` one by one does: the first call takes that head block and splits
+    /// it, listing one upper half on each of the empty lists `order..found`. Each later call takes
+    /// the only block on the lowest non-empty of those lists, which is the lowest half not yet
+    /// handed out, and splits it the same way. So the blocks come out in ascending order, every
+    /// list below `found` ends empty as it began, and the only list that keeps a change is
+    /// `found`, which lost its head. Each block but the first was listed once and unlinked once,
+    /// which leaves its head page's link as [`LinkStore::clear`] does; the first was unlinked
+    /// from list `found`.
+    fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
+        let idx = self
+            .free
+            .first(found)
+            .ok_or(self.corrupt(CorruptionKind::Count, 0))?;
+        let m = self.meta[idx as usize];
+        if !(m.is_free_head() && u32::from(m.order) == found) {
+            return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
+        }
+        self.free.remove(&mut self.arena, idx, found)?;
+        let page_size = self.geo.page_size;
+        for (i, pfn) in out.iter_mut().enumerate() {
+            let head = idx + ((i as u32) << order);
+            if i > 0 {
+                self.free.links.clear(&mut self.arena, page_size, head);
+            }
+            self.meta[head as usize] = PageMeta::new(1, order as u8);
+            *pfn = self.geo.pfn(head);
+        }
+        self.free_pages -= 1 << found;
+        self.touched = self.touched.max(idx + (1 << found));
+        if self.geo.zero == ZeroPolicy::OnAlloc {
+            self.arena
+                .zero(idx as usize * page_size, page_size << found);
         }
         Ok(())
     }
@@ -158,13 +228,31 @@ impl<L: LinkStore> Pool<'_, L> {
                 m.refcount += 1;
             }
         }
-        for (index, &pfn) in pfns.iter().enumerate() {
-            if let Err(error) = self.put_dropped(pfn) {
-                self.clear_marks(&pfns[index..]);
-                return Err(BatchError { index, error });
+        let mut index = 0;
+        while index < pfns.len() {
+            match self.put_next(&pfns[index..]) {
+                Ok(done) => index += done,
+                Err(error) => {
+                    self.clear_marks(&pfns[index..]);
+                    return Err(BatchError { index, error });
+                }
             }
         }
         Ok(())
+    }
+
+    /// Third pass of `put_many`, at the start of `pfns` (not empty): a whole run of last puts in
+    /// one free where [`run_order`](Self::run_order) finds one and it is sure to succeed, else
+    /// [`put_dropped`](Self::put_dropped) of the first element. Returns how many were put.
+    fn put_next(&mut self, pfns: &[u64]) -> Result<usize, Error> {
+        if let Some((idx, order)) = self.run_order(pfns) {
+            if self.check_whole_run(idx, order).is_ok() {
+                self.free_whole_run(idx, order)?;
+                return Ok(1 << order);
+            }
+        }
+        self.put_dropped(pfns[0])?;
+        Ok(1)
     }
 
     /// The metadata of `pfn` if this batch dropped its last reference.
@@ -204,6 +292,73 @@ impl<L: LinkStore> Pool<'_, L> {
                 m.batch = 0;
             }
         }
+    }
+
+    /// The run that `pfns` starts with, as the index of its first page and its order k >= 1, if
+    /// its first 2^k elements are 2^k consecutive pfns from one aligned to 2^k (k below
+    /// `max_order`), each an order-0 page with its last reference dropped by this batch and
+    /// only this one left, so that these are the last puts of each.
+    fn run_order(&self, pfns: &[u64]) -> Option<(u32, u32)> {
+        let first = *pfns.first()?;
+        let idx = self.geo.index(first)?;
+        let top = first.trailing_zeros().min(self.geo.max_order - 1);
+        let most = pfns.len().min(1 << top);
+        let last_put = PageMeta {
+            refcount: 1,
+            order: 0,
+            batch: DROPPED,
+        };
+        let len = (0..most)
+            .take_while(|&i| {
+                let next = idx as usize + i;
+                next < self.geo.nr_pages as usize
+                    && pfns[i] == first.wrapping_add(i as u64)
+                    && self.meta[next] == last_put
+            })
+            .count();
+        let order = len.checked_ilog2().filter(|&k| k > 0)?;
+        Some((idx, order))
+    }
+
+    /// Checks, writing nothing, that the puts of the run of order `order` at `idx` one by one
+    /// would succeed and change nothing that [`free_whole_run`](Self::free_whole_run) does not:
+    /// they append a block to each list below `order` and take it back off, which reads the
+    /// tail's link and writes its `next` back to NIL, so each such tail's link must be in range
+    /// with a NIL `next`; then they end as the free of the whole block, which
+    /// [`check_attach`](Self::check_attach) checks.
+    fn check_whole_run(&self, idx: u32, order: u32) -> Result<(), Error> {
+        for k in 0..order {
+            let tail = self.free.tail(k);
+            if tail != Link::NIL && self.free.link(&self.arena, tail)?.next != Link::NIL {
+                return Err(self.corrupt(CorruptionKind::ListBroken, tail));
+            }
+        }
+        Ok(self.check_attach(idx, order)?)
+    }
+
+    /// The last puts of the run of `2^order` pages at `idx` (see
+    /// [`run_order`](Self::run_order)), as one free of the block they make.
+    ///
+    /// Why this is what the puts one by one do: the pages are put in ascending order, so each
+    /// block of order j < `order` in the run is complete when its last page is put; a lower half
+    /// then finds its buddy still held and is appended to list j, and an upper half finds that
+    /// lower half free and merges with it (unlinking it), up to the block of the next order. No
+    /// merge inside the run reaches outside it, so the last put frees the whole block of `order`
+    /// and merges on from there as a free of that block does. On the way, each list below
+    /// `order` got one block at its tail and lost it again, which leaves that list as it was
+    /// (its tail's `next` NIL again, see [`check_whole_run`](Self::check_whole_run)) and the
+    /// head page of each lower half, every page at an even offset, with its link cleared. Each
+    /// page is zeroed per the policy before its link is written, and the block is zeroed whole
+    /// before its own: the same bytes.
+    fn free_whole_run(&mut self, idx: u32, order: u32) -> Result<(), Error> {
+        let page_size = self.geo.page_size;
+        for page in idx..idx + (1 << order) {
+            self.meta[page as usize] = PageMeta::new(0, NO_ORDER);
+            if (page - idx) % 2 == 0 {
+                self.free.links.clear(&mut self.arena, page_size, page);
+            }
+        }
+        Ok(self.attach::<true>(idx, order)?)
     }
 
     /// Third pass of `put_many`: `put` of a page whose last reference the batch drops. As in

@@ -148,3 +148,316 @@ fn locked_pool_batches() {
     assert_eq!(pool.free_pages(), 16);
     pool.check().unwrap();
 }
+
+/// A run whose puts one by one would write over a list's tail differently from the whole-block
+/// free (a tail whose `next` is not NIL, which the puts set back to NIL) is put one by one.
+#[test]
+fn put_many_takes_no_shortcut_past_a_bad_tail() {
+    let (mut a, mut b) = (Mem::new(16), Mem::new(16));
+    let config = cfg(16).zero(ZeroPolicy::Never);
+    let mut pool = a.intrusive(config).unwrap();
+    let mut single = b.intrusive(config).unwrap();
+    for p in [&mut pool, &mut single] {
+        p.alloc_many(0, &mut [0; 16]).unwrap();
+        p.put(5).unwrap(); // list 0: [5]
+                           // SAFETY: page 5 is free and in the pool; this is the scribble under test: its
+                           // link's `next` made 3, in range but not NIL.
+        unsafe { core::ptr::write_unaligned(p.page_addr(5).unwrap().as_ptr().add(4).cast(), 3u32) };
+    }
+    pool.put_many(&[8, 9, 10, 11]).unwrap();
+    for pfn in [8, 9, 10, 11] {
+        single.put(pfn).unwrap();
+    }
+    assert_eq!(snapshot(&pool), snapshot(&single));
+    assert_eq!(pool.free_list(2).collect::<Vec<_>>(), [8]);
+}
+
+/// Batches against the same calls one by one, on random pool states: random geometries, zero
+/// policies, both link stores, prezeroed arenas or not; held pages written over so that zeroing
+/// shows. Batches are mostly long ascending runs of held pages, the case the whole-block paths
+/// take, edited at random (elements dropped, swapped, repeated, or a bad one inserted).
+mod against_single_calls {
+    use std::vec;
+    use std::vec::Vec;
+
+    use proptest::prelude::*;
+
+    use super::super::{snapshot, Mem, PS};
+    use crate::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Alloc(u32),
+        AllocMany(u32, u8),
+        Put(u16),
+        Get(u16),
+        Split(u16),
+        Write(u16, u8),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Drop(u16),
+        Swap(u16, u16),
+        Repeat(u16),
+        Insert(u16, u64),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Batch {
+        Alloc(u32, u16),
+        /// The held pages in ascending order, each as often as it is held (`drain`: the extra
+        /// references first, apart) or once, then edited.
+        Put {
+            drain: bool,
+            edits: Vec<Edit>,
+        },
+    }
+
+    #[derive(Clone, Debug)]
+    struct Case {
+        nr_pages: usize,
+        base_pfn: u64,
+        reserved: usize,
+        order_cap: u32,
+        zero: ZeroPolicy,
+        prezeroed: bool,
+        steps: Vec<Step>,
+        batches: Vec<Batch>,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u32..6).prop_map(Step::Alloc),
+            3 => (0u32..3, any::<u8>()).prop_map(|(o, n)| Step::AllocMany(o, n)),
+            3 => any::<u16>().prop_map(Step::Put),
+            1 => any::<u16>().prop_map(Step::Get),
+            2 => any::<u16>().prop_map(Step::Split),
+            2 => (any::<u16>(), any::<u8>()).prop_map(|(p, b)| Step::Write(p, b)),
+        ]
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            any::<u16>().prop_map(Edit::Drop),
+            (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Edit::Swap(a, b)),
+            any::<u16>().prop_map(Edit::Repeat),
+            (any::<u16>(), any::<u64>()).prop_map(|(a, p)| Edit::Insert(a, p)),
+        ]
+    }
+
+    fn batch() -> impl Strategy<Value = Batch> {
+        prop_oneof![
+            1 => (0u32..4, any::<u16>()).prop_map(|(o, n)| Batch::Alloc(o, n)),
+            2 => (
+                any::<bool>(),
+                prop_oneof![3 => Just(vec![]), 2 => prop::collection::vec(edit(), 0..4)],
+            )
+                .prop_map(|(drain, edits)| Batch::Put { drain, edits }),
+        ]
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            (
+                prop_oneof![1usize..=40, 40usize..=300],
+                prop_oneof![Just(0u64), Just(64), 0u64..100, Just(u64::MAX - 299)],
+                any::<u16>(),
+                prop_oneof![Just(11u32), 1u32..=9],
+            ),
+            (0u8..3, any::<bool>()),
+            prop::collection::vec(step(), 0..40),
+            prop::collection::vec(batch(), 1..4),
+        )
+            .prop_map(
+                |((nr_pages, base_pfn, r, order_cap), (z, prezeroed), steps, batches)| Case {
+                    nr_pages,
+                    base_pfn: base_pfn.min(u64::MAX - nr_pages as u64 + 1),
+                    reserved: if r % 4 == 0 {
+                        r as usize % (nr_pages + 1)
+                    } else {
+                        0
+                    },
+                    order_cap,
+                    zero: [ZeroPolicy::OnFree, ZeroPolicy::OnAlloc, ZeroPolicy::Never][z as usize],
+                    prezeroed,
+                    steps,
+                    batches,
+                },
+            )
+    }
+
+    /// Everything either pool could show: lists, metadata, counts, arena bytes (intrusive links
+    /// included), the links of every listed block, and the high-water mark of pages handed out.
+    type State = (
+        (Vec<Vec<u64>>, Vec<PageMeta>, u32, Vec<u8>),
+        Vec<Vec<Link>>,
+        u32,
+    );
+
+    fn state<L: LinkStore>(pool: &Pool<'_, L>) -> State {
+        let links = (0..pool.max_order())
+            .map(|k| {
+                let listed = pool.free.iter(&pool.arena, k);
+                listed.map(|l| l.map(|(_, link)| link).unwrap()).collect()
+            })
+            .collect();
+        (snapshot(pool), links, pool.touched)
+    }
+
+    /// The held pages, ascending, with their refcounts.
+    fn held<L: LinkStore>(pool: &Pool<'_, L>) -> Vec<(u64, u16)> {
+        let g = pool.geometry();
+        (0..g.nr_pages)
+            .map(|i| g.base_pfn + u64::from(i))
+            .filter_map(|p| pool.refcount(p).ok().filter(|&r| r > 0).map(|r| (p, r)))
+            .collect()
+    }
+
+    fn pick(held: &[(u64, u16)], n: u16) -> Option<u64> {
+        (!held.is_empty()).then(|| held[n as usize % held.len()].0)
+    }
+
+    /// A random step, done on both pools alike.
+    fn apply<L: LinkStore>(pool: &mut Pool<'_, L>, step: &Step) {
+        let held = held(pool);
+        let _ = match *step {
+            Step::Alloc(order) => pool.alloc(order).map(drop),
+            Step::AllocMany(order, n) => pool.alloc_many(order, &mut vec![0; n as usize % 64]),
+            Step::Put(n) => pick(&held, n).map_or(Ok(()), |p| pool.put(p)),
+            Step::Get(n) => pick(&held, n).map_or(Ok(()), |p| pool.get(p)),
+            Step::Split(n) => pick(&held, n).map_or(Ok(()), |p| pool.split(p)),
+            Step::Write(n, byte) => {
+                if let Some(p) = pick(&held, n) {
+                    let at = pool.page_addr(p).unwrap().as_ptr();
+                    // SAFETY: a held page's PS bytes are the holder's to write.
+                    unsafe { core::ptr::write_bytes(at, byte, PS) };
+                }
+                Ok(())
+            }
+        };
+    }
+
+    fn put_batch(held: &[(u64, u16)], drain: bool, edits: &[Edit]) -> Vec<u64> {
+        let mut pfns: Vec<u64> = Vec::new();
+        if drain {
+            for &(p, r) in held {
+                pfns.extend(core::iter::repeat(p).take(r as usize - 1));
+            }
+        }
+        pfns.extend(held.iter().map(|&(p, _)| p));
+        for e in edits {
+            let at = |n: u16, len: usize| n as usize % len.max(1);
+            match *e {
+                Edit::Drop(n) if !pfns.is_empty() => drop(pfns.remove(at(n, pfns.len()))),
+                Edit::Swap(a, b) if !pfns.is_empty() => {
+                    let len = pfns.len();
+                    pfns.swap(at(a, len), at(b, len));
+                }
+                Edit::Repeat(n) if !pfns.is_empty() => {
+                    let p = pfns[at(n, pfns.len())];
+                    pfns.push(p);
+                }
+                Edit::Insert(n, p) => pfns.insert(at(n, pfns.len() + 1), p),
+                _ => {}
+            }
+        }
+        pfns
+    }
+
+    /// One batch on `pool`, the same calls one by one on `single`: the same outcome and state,
+    /// or a refusal that changed nothing on `pool`. Returns whether the two are still alike (the
+    /// single calls before a refused element were done).
+    fn compare<L: LinkStore>(
+        pool: &mut Pool<'_, L>,
+        single: &mut Pool<'_, L>,
+        batch: &Batch,
+    ) -> bool {
+        let before = state(pool);
+        match batch {
+            &Batch::Alloc(order, n) => {
+                let count = n as usize % (2 * pool.geometry().nr_pages as usize + 2);
+                let mut pfns = vec![0; count];
+                let got = pool.alloc_many(order, &mut pfns);
+                if got.is_ok() {
+                    let want: Vec<u64> = (0..count).map(|_| single.alloc(order).unwrap()).collect();
+                    assert_eq!(pfns, want);
+                } else {
+                    assert_eq!(state(pool), before, "{got:?} changed the pool");
+                    return true;
+                }
+            }
+            Batch::Put { drain, edits } => {
+                let pfns = put_batch(&held(pool), *drain, edits);
+                let got = pool.put_many(&pfns);
+                let mut want = Ok(());
+                for (index, &pfn) in pfns.iter().enumerate() {
+                    if let Err(error) = single.put(pfn) {
+                        want = Err(BatchError { index, error });
+                        break;
+                    }
+                }
+                assert_eq!(got, want, "put_many({pfns:?})");
+                if got.is_err() {
+                    assert_eq!(state(pool), before, "{got:?} changed the pool");
+                    return false;
+                }
+            }
+        }
+        assert_eq!(state(pool), state(single));
+        pool.check().unwrap();
+        true
+    }
+
+    /// Twin pools of `$store` (`side` or `intrusive`) for `$case`: the steps on both, then
+    /// each batch on one and as single calls on the other.
+    macro_rules! run {
+        ($case:expr, $store:ident) => {{
+            let case: &Case = $case;
+            let config = Config::new(case.nr_pages)
+                .page_size(PS)
+                .base_pfn(case.base_pfn)
+                .reserved_pages(case.reserved)
+                .order_cap(case.order_cap)
+                .zero(case.zero)
+                .prezeroed(case.prezeroed);
+            let fill = if case.prezeroed { 0 } else { 0xAA };
+            let (mut a, mut b) = (Mem::new(case.nr_pages), Mem::new(case.nr_pages));
+            a.arena.fill(fill);
+            b.arena.fill(fill);
+            let mut pool = a.$store(config).unwrap();
+            let mut single = b.$store(config).unwrap();
+            for step in &case.steps {
+                apply(&mut pool, step);
+                apply(&mut single, step);
+            }
+            assert_eq!(state(&pool), state(&single));
+            for batch in &case.batches {
+                if !compare(&mut pool, &mut single, batch) {
+                    break;
+                }
+            }
+        }};
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: crate::tests::batch::cases(512),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn batches_equal_single_calls(case in case()) {
+            run!(&case, side);
+            run!(&case, intrusive);
+        }
+    }
+}
+
+/// `PROPTEST_CASES` if set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
