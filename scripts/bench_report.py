@@ -688,7 +688,7 @@ def layout_section(run: Run, out: list[str]) -> None:
     for group, what in LAYOUT_GROUPS.items():
         cells = []
         for ident in LAYOUT_IDS:
-            ns, why, ci = run.criterion_ns(group, ident)
+            ns, _why, ci = run.criterion_ns(group, ident)
             if ns is not None:
                 figures[(group, ident)] = ns
                 lo, hi = ci
@@ -755,7 +755,9 @@ def cached_section(run: Run, out: list[str]) -> None:
             else:
                 cells.append("-")
         ex = figures.get((group, "exact"))
-        cached = [figures[(group, i)] for i in ("cached", "local", "local-page") if (group, i) in figures]
+        cached = [
+            figures[(group, i)] for i in ("cached", "local", "local-page") if (group, i) in figures
+        ]
         ratio = fmt_ratio(min(cached) / ex) if ex and cached else "-"
         out.append(f"| {what} | " + " | ".join(cells) + f" | {ratio} |")
     out += ["", "Cells: criterion's estimate (95% confidence interval).", ""]
@@ -771,8 +773,9 @@ def cached_section(run: Run, out: list[str]) -> None:
             f"**{verdict}** here. Each atomic read-modify-write the pair drops saves several "
             f"nanoseconds on this virtual machine's CPU: {fmt_ns(slot)} with the slot's lock "
             "taken by the alloc and by the put plus the refcount's compare-and-swap (three, as "
-            f"Linux's `rmqueue_pcplist`, `free_unref_page` and `put_page_testzero`), {fmt_ns(local)} "
-            f"through the handle (one: the refcount's), {fmt_ns(page)} with a `Page` (none), "
+            "Linux's `rmqueue_pcplist`, `free_unref_page` and `put_page_testzero`), "
+            f"{fmt_ns(local)} through the handle (one: the refcount's), {fmt_ns(page)} with a "
+            "`Page` (none), "
             "which is what `free-list` and `Heap` make too.",
             "",
         ]
