@@ -718,6 +718,26 @@ def layout_section(run: Run, out: list[str]) -> None:
         "Cells: criterion's estimate (95% confidence interval).",
         "",
     ]
+    ratios = {
+        g: figures[(g, "one-record")] / figures[(g, "two-arrays")]
+        for g in LAYOUT_GROUPS
+        if (g, "one-record") in figures and (g, "two-arrays") in figures
+    }
+    if ratios:
+        faster = [LAYOUT_GROUPS[g].split(" ")[0] for g, r in ratios.items() if r < 0.95]
+        slower = [LAYOUT_GROUPS[g].split(" ")[0] for g, r in ratios.items() if r > 1.05]
+        level = [g for g in ratios if 0.95 <= ratios[g] <= 1.05]
+        out += [
+            "One record against two arrays, in this run: "
+            + (f"faster on {', '.join(faster)}" if faster else "faster on none")
+            + (f"; slower on {', '.join(slower)}" if slower else "")
+            + (f"; within 5% on {len(level)} workload(s)" if level else "")
+            + ". The pool keeps its two arrays: one record would change `Pool`'s constructor "
+            "(the caller provides `PageMeta` and the side table's links separately, and "
+            "`Intrusive` keeps links in the pages), the metadata bytes of `Pool::without_arena` "
+            "and the on-disk layout of shared pools, which stores the two apart.",
+            "",
+        ]
 
 
 def cached_section(run: Run, out: list[str]) -> None:
@@ -798,16 +818,35 @@ def cached_section(run: Run, out: list[str]) -> None:
             "",
             "| allocator | "
             + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
-            + " | 2 threads / 1 |",
-            "|---|" + "---|" * (len(counts) + 1),
+            + " | 2 threads / 1 | CPUs the threads got (1, 2 threads) | 2 threads / 1 per CPU "
+            "got, times 2 |",
+            "|---|" + "---|" * (len(counts) + 3),
         ]
         for row in th["rows"]:
-            v = row["pairs_per_s"]
+            v, cpus = row["pairs_per_s"], row.get("cpus")
             two = fmt_ratio(v[counts.index(2)] / v[0]) if 2 in counts and v[0] else "-"
+            got, per_cpu = "-", "-"
+            if cpus and 2 in counts and v[0] and cpus[0]:
+                i2 = counts.index(2)
+                got = f"{cpus[0]:.2f}, {cpus[i2]:.2f}"
+                if cpus[i2]:
+                    per_cpu = fmt_ratio(2 * (v[i2] / cpus[i2]) / (v[0] / cpus[0]))
             out.append(
-                f"| {row['name']} | " + " | ".join(f"{x / 1e6:.2f} M/s" for x in v) + f" | {two} |"
+                f"| {row['name']} | "
+                + " | ".join(f"{x / 1e6:.2f} M/s" for x in v)
+                + f" | {two} | {got} | {per_cpu} |"
             )
-        out.append("")
+        out += [
+            "",
+            "*CPUs the threads got*: the threads' CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the "
+            "wall-clock time of the best run. Other work on the machine takes its share (the "
+            "scheduler divides the CPUs between sessions, not threads), so a second thread may "
+            "add far less than a second CPU; the last column scales each run's throughput to "
+            "what its threads would do with a CPU each, which separates the allocator's scaling "
+            "from the machine's load. A thread count counts as scaling only by the wall-clock "
+            "figure.",
+            "",
+        ]
         rows = {r["name"]: r["pairs_per_s"] for r in th["rows"]}
         cp, lp = rows.get("CachedPool"), rows.get("LockedPool")
         lc = rows.get("CachedPool, LocalCache")

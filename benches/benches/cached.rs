@@ -329,8 +329,30 @@ impl<'p> Worker for Local<'p> {
     }
 }
 
+/// CPU time this thread has used, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One timed run: total pairs per second, and the CPUs the threads got on average (their CPU
+/// time over the wall-clock time), which falls short of the thread count when other work on the
+/// machine takes its share.
+#[derive(Clone, Copy)]
+struct Run {
+    pairs_per_s: f64,
+    cpus: f64,
+}
+
 /// Pairs per second with `threads` threads for `dur`.
-fn pairs_per_second<A: Shared>(a: &A, threads: usize, dur: Duration) -> f64 {
+fn pairs_per_second<A: Shared>(a: &A, threads: usize, dur: Duration) -> Run {
     pairs_per_second_with(threads, dur, |cpu| Via(a, cpu))
 }
 
@@ -341,10 +363,10 @@ fn pairs_per_second_with<W: Worker>(
     threads: usize,
     dur: Duration,
     worker: impl Fn(usize) -> W + Sync,
-) -> f64 {
+) -> Run {
     let start = Barrier::new(threads + 1);
     let stop = AtomicBool::new(false);
-    let (total, elapsed) = std::thread::scope(|s| {
+    let (total, cpu_ns, elapsed) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|cpu| {
                 let (start, stop, worker) = (&start, &stop, &worker);
@@ -352,6 +374,7 @@ fn pairs_per_second_with<W: Worker>(
                     let mut a = worker(cpu);
                     let mut window: [W::Held; WINDOW] = std::array::from_fn(|_| a.alloc());
                     start.wait();
+                    let cpu0 = thread_cpu_ns();
                     let mut pairs = 0u64;
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
@@ -362,10 +385,11 @@ fn pairs_per_second_with<W: Worker>(
                         }
                         pairs += 64;
                     }
+                    let cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
                     for w in window {
                         a.free(w);
                     }
-                    pairs
+                    (pairs, cpu_ns)
                 })
             })
             .collect();
@@ -374,39 +398,53 @@ fn pairs_per_second_with<W: Worker>(
         std::thread::sleep(dur);
         stop.store(true, Ordering::Relaxed);
         let elapsed = t.elapsed();
-        let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-        (total, elapsed)
+        let (total, cpu_ns) = workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0u64, 0u64), |(p, c), (wp, wc)| (p + wp, c + wc));
+        (total, cpu_ns, elapsed)
     });
-    total as f64 / elapsed.as_secs_f64()
+    Run {
+        pairs_per_s: total as f64 / elapsed.as_secs_f64(),
+        cpus: cpu_ns as f64 / elapsed.as_nanos() as f64,
+    }
+}
+
+/// The best (by pairs per second) of `reps` runs of `run(threads)` at each thread count. The
+/// counts take turns within each round, so that a change in the machine's other load hits them
+/// alike.
+fn rounds(reps: usize, run: impl Fn(usize) -> Run) -> Vec<Run> {
+    let mut best = vec![
+        Run {
+            pairs_per_s: 0.0,
+            cpus: 0.0,
+        };
+        THREADS.len()
+    ];
+    for _ in 0..reps {
+        for (b, &t) in best.iter_mut().zip(&THREADS) {
+            let r = run(t);
+            if r.pairs_per_s > b.pairs_per_s {
+                *b = r;
+            }
+        }
+    }
+    best
 }
 
 /// The best of `reps` runs at each thread count.
-fn scaling<A: Shared>(a: &A, dur: Duration, reps: usize) -> Vec<f64> {
-    THREADS
-        .iter()
-        .map(|&t| {
-            (0..reps)
-                .map(|_| pairs_per_second(a, t, dur))
-                .fold(0.0, f64::max)
-        })
-        .collect()
+fn scaling<A: Shared>(a: &A, dur: Duration, reps: usize) -> Vec<Run> {
+    rounds(reps, |t| pairs_per_second(a, t, dur))
 }
 
 /// `scaling` with each thread claiming its own slot of `pool` through a `LocalCache`.
-fn scaling_local(pool: &Cpool, dur: Duration, reps: usize) -> Vec<f64> {
-    THREADS
-        .iter()
-        .map(|&t| {
-            (0..reps)
-                .map(|_| {
-                    pairs_per_second_with(t, dur, |cpu| {
-                        pool.local(cpu)
-                            .unwrap_or_else(|| fail("threads: slot claimed"))
-                    })
-                })
-                .fold(0.0, f64::max)
+fn scaling_local(pool: &Cpool, dur: Duration, reps: usize) -> Vec<Run> {
+    rounds(reps, |t| {
+        pairs_per_second_with(t, dur, |cpu| {
+            pool.local(cpu)
+                .unwrap_or_else(|| fail("threads: slot claimed"))
         })
-        .collect()
+    })
 }
 
 fn threads_bench(mem: &mut Mem, out: &mut String) {
@@ -415,7 +453,7 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
     } else {
         (Duration::from_secs(1), 5)
     };
-    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut rows: Vec<(&str, Vec<Run>)> = Vec::new();
     {
         // SAFETY: each allocator is dropped before the next is made over `mem`.
         let Pb(pool) = unsafe { Pb::side(mem, ZeroPolicy::Never) };
@@ -449,14 +487,20 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
         dur.as_secs_f64()
     );
     for (i, (name, v)) in rows.iter().enumerate() {
-        eprintln!("threads/{name}: {v:.3?} pairs/s at {THREADS:?} threads");
-        let nums: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        let pairs: Vec<String> = v.iter().map(|r| format!("{:.1}", r.pairs_per_s)).collect();
+        let cpus: Vec<String> = v.iter().map(|r| format!("{:.3}", r.cpus)).collect();
+        eprintln!(
+            "threads/{name}: [{}] pairs/s, [{}] CPUs used, at {THREADS:?} threads",
+            pairs.join(", "),
+            cpus.join(", ")
+        );
         let _ = write!(
             out,
-            "{}{{\"name\": {}, \"pairs_per_s\": [{}]}}",
+            "{}{{\"name\": {}, \"pairs_per_s\": [{}], \"cpus\": [{}]}}",
             if i > 0 { ", " } else { "" },
             json_str(name),
-            nums.join(", ")
+            pairs.join(", "),
+            cpus.join(", ")
         );
     }
     out.push_str("]}");

@@ -517,6 +517,7 @@ mod tests {
         assert!(p.local(1).is_none());
         assert!(p.local(5).is_none());
         let b = p.local(0).unwrap();
+        assert_eq!(b.cpu(), 0);
         assert_eq!(format!("{b:?}"), "LocalCache { cpu: 0 }");
         drop(a);
         assert_eq!(p.local(1).unwrap().cpu(), 1);
