@@ -815,6 +815,20 @@ def python_section(out: list[str], rows: list[tuple[str, str, str]]) -> None:
             f"{fmt_ns(r['reference_ns'])} | {fmt_ratio(r['ratio'])} |"
         )
     out.append("")
+    builtin_ns = data.get("builtin_pair_ns")
+    net = [(name, by[name]) for name in ("ref_pair", "cached_pair") if name in by]
+    if builtin_ns and net:
+        out += [
+            f"`list.append` + `list.pop`, timed in the same run and net of the same empty loop: "
+            f"{fmt_ns(builtin_ns)} per pair. Against it, net of the loop too: "
+            + "; ".join(
+                f"{name} {fmt_ns(r['pool_ns'])} ({r['pool_ns'] / builtin_ns:.2f}x)"
+                for name, r in net
+            )
+            + ". `cached_pair` is `alloc_pages(0)` + `put_page` on `Pool(n, cpus=1)` through "
+            "the thread's slot: the page comes off the slot's LIFO cache and goes back on it.",
+            "",
+        ]
     notes = []
     churn = by.get("churn")
     if churn and churn["ratio"] < 20:
