@@ -55,6 +55,9 @@ mod check;
 mod config;
 mod error;
 mod exact;
+// The handoff flag is an atomic load and store, no compare-and-swap.
+#[cfg(target_has_atomic = "8")]
+mod handoff;
 // Shared pools: the lock word and the journal's commit need 32-bit compare-and-swap.
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
@@ -74,6 +77,8 @@ pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, PageRef};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+#[cfg(target_has_atomic = "8")]
+pub use handoff::{Handoff, HandoffPool};
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
     pages_that_fit, Journaled, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
