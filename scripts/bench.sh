@@ -2,6 +2,7 @@
 # Runs every benchmark and writes docs/benchmarks.md from that run:
 #   - the Rust benchmarks (criterion; benches/benches/alloc.rs) against the peer allocators,
 #   - the per-CPU caches: cached vs exact, threads scaling, zeroing (benches/benches/cached.rs),
+#   - the metadata layout: two arrays against one record per page (benches/benches/layout.rs),
 #   - the metadata footprint measurement (benches/benches/footprint.rs),
 #   - the core's side of the Python benchmark: the same calls on the same pool state
 #     (benches/benches/binding.rs),
@@ -26,7 +27,7 @@ mkdir -p "$out"
 rm -f "$out"/alloc.json "$out"/footprint.json "$out"/python.json "$out"/python.status \
     "$out"/instructions.txt "$out"/cached.json
 # Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
-rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,binding}
+rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed,binding}
 
 if [ "$mode" = short ]; then
     export BENCH_SHORT=1
@@ -49,6 +50,9 @@ cargo bench -p pagebuddy-benches --bench cached 2>&1 | tee "$out"/cached.log
 
 echo "== Rust: the core's side of the Python benchmark" >&2
 cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
+
+echo "== Rust: metadata layout (two arrays or one record per page)" >&2
+cargo bench -p pagebuddy-benches --bench layout 2>&1 | tee "$out"/layout.log
 
 echo "== Rust: metadata footprint" >&2
 cargo bench -p pagebuddy-benches --bench footprint 2>&1 | tee "$out"/footprint.log

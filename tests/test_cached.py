@@ -401,14 +401,105 @@ def test_concurrent_threads_conserve_pages() -> None:
 
 
 def test_demo_and_fuzz_cover_the_cached_pool(capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import run_json
+    from conftest import run_json, run_main
 
     code, report = run_json(capsys, "demo", "--cpus", "2", "--ops", "2000")
     assert (code, report["ok"], report["geometry"]["cpus"]) == (0, True, 2)
+    code, report = run_json(
+        capsys, "demo", "--cpus", "1", "--cache-batch", "2", "--cache-high", "3", "--ops", "500"
+    )
+    geometry = report["geometry"]
+    assert (code, geometry["cache_batch"], geometry["cache_high"]) == (0, 2, 3)
+    code, out, _ = run_main(capsys, "demo", "--cpus", "3", "--ops", "300", "--no-progress")
+    assert code == 0 and "per-CPU caches: cpus=3, batch 16, high 64" in out
     code, report = run_json(capsys, "fuzz", "--cpus", "3", "--ops", "3000", "--seed", "5")
     assert (code, report["ok"], report["ops"]) == (0, True, 3000)
-    code, report = run_json(capsys, "fuzz", "--cpus", "-1", "--ops", "10")
-    assert code == 2 and "--cpus" in report["error"]
+    code, report = run_json(
+        capsys, "fuzz", "--cpus", "2", "--cache-high", "1", "--ops", "1000", "--seed", "2"
+    )
+    assert (code, report["ok"]) == (0, True)
+    code, out, _ = run_main(capsys, "fuzz", "--cpus", "2", "--ops", "200", "--no-progress")
+    assert code == 0 and "No divergence" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "rule"),
+    [
+        (["--cpus", "-1"], "argument --cpus: must be in 0..65536"),
+        (["--cpus", "65537"], "argument --cpus: must be in 0..65536"),
+        (["--cpus", "2", "--cache-batch", "0"], "argument --cache-batch: must be in 1..65536"),
+        (["--cpus", "2", "--cache-high", "0"], "argument --cache-high: must be in 1..65536"),
+        (
+            ["--cpus", "2", "--cache-batch", "5", "--cache-high", "4"],
+            "--cache-high 4 is below --cache-batch 5",
+        ),
+        (["--cache-batch", "4"], "--cache-batch needs --cpus N with N >= 1"),
+        (["--cpus", "0", "--cache-high", "4"], "--cache-high needs --cpus N with N >= 1"),
+    ],
+)
+@pytest.mark.parametrize("command", ["demo", "fuzz"])
+def test_bad_cache_options_exit_2_naming_the_rule(
+    capsys: pytest.CaptureFixture[str], command: str, args: list[str], rule: str
+) -> None:
+    from conftest import run_json, run_main
+
+    code, report = run_json(capsys, command, *args, "--ops", "10")
+    assert (code, report["ok"], report["exit_code"]) == (2, False, 2)
+    assert rule in report["error"]
+    code, out, err = run_main(capsys, command, *args, "--ops", "10")
+    assert code == 2 and out == ""
+    assert rule in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_processes_refuses_caches(capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_json
+
+    code, report = run_json(capsys, "demo", "--processes", "2", "--cpus", "2", "--ops", "10")
+    assert code == 2 and "--processes runs a pool shared between" in report["error"]
+
+
+@pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "rule"),
+    [
+        ({"cpus": -1}, ValueError, "cpus"),
+        ({"cpus": 2, "cache_batch": 0}, ValueError, "cache_batch"),
+        ({"cpus": 2, "cache_batch": 8, "cache_high": 4}, ValueError, "cache_batch <= cache_high"),
+        ({"cpus": 2, "cache_high": 2**16 + 1}, ValueError, "cache_high"),
+        ({"cpus": 1.5}, TypeError, "cpus"),
+    ],
+)
+def test_bad_cache_arguments_name_the_rule(
+    impl: type, kwargs: dict[str, Any], exc: type, rule: str
+) -> None:
+    with pytest.raises(exc, match=rule):
+        impl(8, page_size=64, **kwargs)
+
+
+@pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+def test_arrays_exact_runs_and_arena_less_pools_with_caches(impl: type) -> None:
+    """What came beside the caches works with them: out= and array batches through a slot,
+    alloc_exact past the caches, and pools of page numbers only."""
+    pool = impl(64, cpus=2, cache_batch=4, cache_high=8, arena=False)
+    assert pool.arena is False
+    out = array.array("Q", [0] * 6)
+    assert pool.alloc_many(0, 5, out=out, cpu=1) is out
+    assert list(out) == [0, 1, 2, 3, 4, 0]
+    assert pool.cache_contents(1) == [[7, 6, 5], [], [], []]
+    pool.put_many(out[:5], cpu=0)
+    assert pool.cache_contents(0) == [[0, 1, 2, 3, 4], [], [], []]
+    run = pool.alloc_exact(5)
+    assert [pool.page_count(p) for p in range(run, run + 6)] == [1, 1, 1, 1, 1, 0]
+    with pytest.raises(TypeError, match="arena"):
+        pool.view(run)
+    with pytest.raises(ValueError, match="cpu"):
+        pool.put_many(array.array("Q", [run]), cpu=-1)
+    assert pool.page_count(run) == 1  # refused: nothing put
+    for p in range(run, run + 5):
+        pool.put_page(p)
+    pool.drain_all()
+    pool.check()
+    assert pool.free_pages == 64
 
 
 def test_fuzz_finds_a_wrong_cache_model() -> None:

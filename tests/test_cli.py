@@ -460,6 +460,7 @@ def test_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert d["command"] == "bench" and d["mode"] == "tiny"
     names = {r["name"] for r in d["results"]}
     assert {"alloc", "put", "get", "split", "alloc_many", "put_many", "churn", "mixed"} <= names
+    assert {"ref_pair", "alloc_pair", "cached_pair"} <= names and d["builtin_pair_ns"] > 0
     assert all(r["pool_ns"] > 0 and r["reference_ns"] > 0 for r in d["results"])
 
 

@@ -214,6 +214,9 @@ BAD_VALUES: dict[str, dict[str, list[str]]] = {
         "--ops": [*NOT_INT, "0", "-1", "1000001", str(2**64)],
         "--plot": ["/", "/nonexistent/dir/x.png"],
         "--record": ["/", "/nonexistent/dir/x.trace"],
+        "--cpus": [*NOT_INT, "-1", "65537"],
+        "--cache-batch": [*NOT_INT, "0", "-1", "65537"],
+        "--cache-high": [*NOT_INT, "0", "-1", "65537"],
     },
     "fuzz": {
         "--ops": [*NOT_INT, "0", "-1", "-5"],
@@ -231,6 +234,9 @@ BAD_VALUES: dict[str, dict[str, list[str]]] = {
         "--shrink-seconds": ["x", "0", "-1", "nan"],
         "--record": ["/", "/nonexistent/dir/x.trace"],
         "--reproducer": ["/", "/nonexistent/dir/x.py"],
+        "--cpus": [*NOT_INT, "-1", "65537"],
+        "--cache-batch": [*NOT_INT, "0", "-1", "65537"],
+        "--cache-high": [*NOT_INT, "0", "-1", "65537"],
     },
     "replay": {
         "--compare-every": [*NOT_INT, "0", "-1"],

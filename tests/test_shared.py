@@ -97,14 +97,36 @@ def _meta_offset(buf: bytearray) -> int:
 
 
 def test_shared_memory_across_processes_stress() -> None:
-    """4 processes, thousands of operations each, views written and read back, check() every
-    100 operations; the parent accounts for every page."""
-    report = run_processes(4, 2500, seed=7, pages=2048, check_every=100)
+    """4 processes, thousands of operations each (batches among them), views written and read
+    back, check() every 100 operations; the parent accounts for every page."""
+    report = run_processes(4, 2500, seed=7, pages=2048, check_every=100, batches=True)
     assert report["ops"] == 10000
     assert report["checks"] == 100
     assert report["stamp_errors"] == 0
     assert report["overlaps"] == 0
     assert report["accounted"], report
+
+
+@pytest.mark.parametrize("links", ["side", "intrusive"])
+def test_batches_on_a_shared_pool_are_all_or_nothing(links: str) -> None:
+    buf = bytearray(pool_bytes(64))
+    pool = Pool.create_in(buf, links=links)
+    other = Pool.attach(buf)
+    a = pool.alloc_many(1, 3)
+    run = other.alloc_exact(3)
+    assert [pool.page_count(p) for p in range(run, run + 3)] == [1, 1, 1]
+    free = pool.free_pages
+    lists = pool.free_lists()
+    with pytest.raises(ValueError, match="not held"):
+        other.put_many([a[0], a[1], a[0], a[0]])  # a[0] is held once
+    with pytest.raises(MemoryError):
+        other.alloc_many(0, free + 1)
+    assert (pool.free_pages, pool.free_lists()) == (free, lists)
+    assert [pool.page_count(p) for p in a] == [1, 1, 1]
+    other.put_many([*a, *range(run, run + 3)])
+    pool.check()
+    assert pool.free_pages == pool.nr_pages
+    del pool, other
 
 
 def test_sigkill_at_random_moments() -> None:

@@ -3,12 +3,14 @@
 //!
 //! - criterion groups `cached-hot` (alloc+free of one order-0 page; with `free-list` and
 //!   `buddy_system_allocator::Heap` as in `alloc.rs`), `cached-churn` and `cached-mixed` (the
-//!   workloads of `alloc.rs`), each with the exact `Pool` and the `CachedPool` (one slot, side
-//!   table, zero never);
+//!   workloads of `alloc.rs`), each with the exact `Pool`, the `CachedPool` (slot 0, through its
+//!   lock) and a `LocalCache` that claimed slot 0 (`local`; in `cached-hot` also with `Page`s,
+//!   `local-page`); side table, zero never;
 //! - `threads`: total alloc+free pairs per second with 1, 2, 4 and 8 threads sharing one
-//!   `LockedPool`, one `CachedPool` (a slot per thread), `buddy_system_allocator`'s
-//!   `LockedFrameAllocator` and `LockedHeap`; each thread keeps a window of 16 order-0 pages,
-//!   allocating one and freeing its oldest per pair;
+//!   `LockedPool`, one `CachedPool` (a slot per thread, through its lock), one `CachedPool`
+//!   with a `LocalCache` per thread (allocating and freeing `Page`s),
+//!   `buddy_system_allocator`'s `LockedFrameAllocator` and `LockedHeap`; each thread keeps a
+//!   window of 16 order-0 pages, allocating one and freeing its oldest per pair;
 //! - `zeroing`: bytes zeroed per second under each zero policy, beside `memset` (and
 //!   non-temporal stores) over the same blocks: order-0 blocks (hot in cache) and order-9 blocks
 //!   streaming through the whole 1 GiB arena.
@@ -31,8 +33,8 @@ use buddy_system_allocator::{LockedFrameAllocator, LockedHeap};
 use common::*;
 use criterion::Criterion;
 use pagebuddy::{
-    cache_blocks, CacheConfig, CacheSlot, CachedPool, LockedPool, PageRef, SideTable, SpinLock,
-    ZeroPolicy,
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, LocalCache, LockedPool, PageRef, SideTable,
+    SpinLock, ZeroPolicy,
 };
 
 /// The cache configuration measured: the defaults (orders 0..=3, batch 16, high 64).
@@ -45,6 +47,7 @@ const THREADS: [usize; 4] = [1, 2, 4, 8];
 const WINDOW: usize = 16;
 
 type Cpool = CachedPool<'static, SideTable<'static>, SpinLock>;
+type Local<'p> = LocalCache<'p, 'static, SideTable<'static>, SpinLock>;
 
 /// A `CachedPool` over the shared memory; the cache storage is leaked (a few per run).
 ///
@@ -83,6 +86,28 @@ impl PageAlloc for Cached {
     }
 }
 
+/// The cached pool through a `LocalCache` on slot 0: no slot lock.
+struct Handle<'p>(Local<'p>);
+
+impl PageAlloc for Handle<'_> {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        self.0.alloc(order).ok().map(|pfn| pfn as usize)
+    }
+
+    #[inline]
+    fn free(&mut self, handle: usize, _order: u32) {
+        if self.0.put(handle as u64).is_err() {
+            fail("LocalCache: put failed")
+        }
+    }
+}
+
+/// Claims slot 0 of `pool`.
+fn handle(pool: &Cpool) -> Handle<'_> {
+    Handle(pool.local(0).unwrap_or_else(|| fail("slot 0 is claimed")))
+}
+
 fn short() -> bool {
     std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
 }
@@ -109,6 +134,24 @@ fn criterion_groups(c: &mut Criterion, mem: &mut Mem) {
         // SAFETY: as above.
         let mut a = Cached(unsafe { cached_pool(mem, ZeroPolicy::Never) });
         g.bench_function("cached", |b| b.iter(|| hot(&mut a)));
+    }
+    {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        let mut a = handle(&pool);
+        g.bench_function("local", |b| b.iter(|| hot(&mut a)));
+        // The same pair with a `Page`: held once, freed without an atomic read-modify-write.
+        let h = &mut a.0;
+        g.bench_function("local-page", |b| {
+            b.iter(|| {
+                let page = h
+                    .alloc_page(0)
+                    .unwrap_or_else(|_| fail("hot: alloc failed"));
+                if h.free_page(black_box(page)).is_err() {
+                    fail("hot: free failed")
+                }
+            })
+        });
     }
     {
         let mut a = FreeListPages::new(mem);
@@ -141,6 +184,16 @@ fn criterion_groups(c: &mut Criterion, mem: &mut Mem) {
             b.iter(|| churn_step(&mut a, &mut held, &mut rng))
         });
     }
+    {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        let mut a = handle(&pool);
+        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut rng = Rng::new(SEED_CHURN);
+        g.bench_function("local", |b| {
+            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("cached-mixed");
@@ -159,6 +212,15 @@ fn criterion_groups(c: &mut Criterion, mem: &mut Mem) {
         m.warm(&mut a, &budget)
             .unwrap_or_else(|_| fail("mixed warm"));
         g.bench_function("cached", |b| b.iter(|| m.step(&mut a)));
+    }
+    {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        let mut a = handle(&pool);
+        let mut m = Mixed::new();
+        m.warm(&mut a, &budget)
+            .unwrap_or_else(|_| fail("mixed warm"));
+        g.bench_function("local", |b| b.iter(|| m.step(&mut a)));
     }
     g.finish();
 }
@@ -225,33 +287,83 @@ impl Shared for LockedHeap<{ 12 + ORDER_CAP as usize }> {
     }
 }
 
-/// Pairs per second with `threads` threads for `dur`: each thread fills its window, then
-/// allocates a page and frees its oldest until time is up; the window is freed afterwards.
+/// One thread's view of an allocator in the threads benchmark, made on that thread.
+trait Worker {
+    /// What names an allocated page.
+    type Held;
+    fn alloc(&mut self) -> Self::Held;
+    fn free(&mut self, held: Self::Held);
+}
+
+/// A `Shared` allocator as seen from thread `cpu`.
+struct Via<'s, A>(&'s A, usize);
+
+impl<A: Shared> Worker for Via<'_, A> {
+    type Held = usize;
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        self.0
+            .alloc(self.1)
+            .unwrap_or_else(|| fail("threads: alloc"))
+    }
+    #[inline]
+    fn free(&mut self, held: usize) {
+        self.0.free(self.1, held)
+    }
+}
+
+/// A thread's `LocalCache`: pages held once (`Page`), no lock and no atomic read-modify-write on
+/// a cache hit.
+impl<'p> Worker for Local<'p> {
+    type Held = pagebuddy::Page<'p, 'static, SideTable<'static>, SpinLock>;
+    #[inline]
+    fn alloc(&mut self) -> Self::Held {
+        self.alloc_page(0)
+            .unwrap_or_else(|_| fail("threads: alloc_page"))
+    }
+    #[inline]
+    fn free(&mut self, held: Self::Held) {
+        if self.free_page(held).is_err() {
+            fail("threads: free_page")
+        }
+    }
+}
+
+/// Pairs per second with `threads` threads for `dur`.
 fn pairs_per_second<A: Shared>(a: &A, threads: usize, dur: Duration) -> f64 {
+    pairs_per_second_with(threads, dur, |cpu| Via(a, cpu))
+}
+
+/// Pairs per second with `threads` threads for `dur`, each working through `worker(cpu)`, made
+/// on the thread: each thread fills its window, then allocates a page and frees its oldest until
+/// time is up; the window is freed afterwards.
+fn pairs_per_second_with<W: Worker>(
+    threads: usize,
+    dur: Duration,
+    worker: impl Fn(usize) -> W + Sync,
+) -> f64 {
     let start = Barrier::new(threads + 1);
     let stop = AtomicBool::new(false);
     let (total, elapsed) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|cpu| {
-                let (start, stop) = (&start, &stop);
+                let (start, stop, worker) = (&start, &stop, &worker);
                 s.spawn(move || {
-                    let mut window = [0usize; WINDOW];
-                    for w in &mut window {
-                        *w = a.alloc(cpu).unwrap_or_else(|| fail("threads: alloc"));
-                    }
+                    let mut a = worker(cpu);
+                    let mut window: [W::Held; WINDOW] = std::array::from_fn(|_| a.alloc());
                     start.wait();
                     let mut pairs = 0u64;
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..64 {
-                            let new = a.alloc(cpu).unwrap_or_else(|| fail("threads: alloc"));
-                            a.free(cpu, std::mem::replace(&mut window[i], new));
+                            let new = a.alloc();
+                            a.free(std::mem::replace(&mut window[i], new));
                             i = (i + 1) % WINDOW;
                         }
                         pairs += 64;
                     }
                     for w in window {
-                        a.free(cpu, w);
+                        a.free(w);
                     }
                     pairs
                 })
@@ -280,6 +392,23 @@ fn scaling<A: Shared>(a: &A, dur: Duration, reps: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `scaling` with each thread claiming its own slot of `pool` through a `LocalCache`.
+fn scaling_local(pool: &Cpool, dur: Duration, reps: usize) -> Vec<f64> {
+    THREADS
+        .iter()
+        .map(|&t| {
+            (0..reps)
+                .map(|_| {
+                    pairs_per_second_with(t, dur, |cpu| {
+                        pool.local(cpu)
+                            .unwrap_or_else(|| fail("threads: slot claimed"))
+                    })
+                })
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
 fn threads_bench(mem: &mut Mem, out: &mut String) {
     let (dur, reps) = if short() {
         (Duration::from_millis(300), 3)
@@ -296,6 +425,11 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
         // SAFETY: as above.
         let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
         rows.push(("CachedPool", scaling(&pool, dur, reps)));
+    }
+    {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        rows.push(("CachedPool, LocalCache", scaling_local(&pool, dur, reps)));
     }
     {
         let f = LockedFrameAllocator::<{ ORDER_CAP as usize }>::new();

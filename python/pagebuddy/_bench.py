@@ -30,6 +30,9 @@ Workloads (``n`` = pages in the pool):
 ``alloc_pair``   ``alloc_pages(0)`` + ``put_page`` of that page: the whole policy
                  (FIFO take, split, coalesce, list append); per pair, net of an empty
                  ``for`` loop as ``ref_pair``.
+``cached_pair``  the same pair on a pool with per-CPU caches (``cpus=1``), through the
+                 calling thread's slot: the page comes off and goes back onto the slot's
+                 LIFO cache; per pair, net of the empty loop like ``builtin_pair_ns``.
 
 Modes: ``quick`` (2**14 pages, best of 3) and ``tiny`` (2**8 pages, one run; it
 exists so that CI can check the benchmark still runs).
@@ -365,6 +368,20 @@ def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
     return _timed(run) - _empty_loop(n)
 
 
+def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
+    pool = cls(n, zero="never", cpus=1)
+    alloc, put = pool.alloc_pages, pool.put_page
+    put(alloc(0))  # the slot's first refill, and this thread's slot, before timing
+    xs = [0] * n
+
+    def run() -> int:
+        for k in xs:
+            put(alloc(k))
+        return n
+
+    return _timed(run) - _empty_loop(n)
+
+
 def _builtin_pair(n: int) -> float:
     """``list.append`` + ``list.pop`` per pair, net of the loop alone."""
     stack: list[int] = []
@@ -422,6 +439,12 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
         "ns/pair",
         "alloc_pages(0) + put_page of that page (net of empty loop)",
         _alloc_pair,
+    ),
+    (
+        "cached_pair",
+        "ns/pair",
+        "alloc_pages(0) + put_page on Pool(cpus=1) (net of empty loop)",
+        _cached_pair,
     ),
 ]
 

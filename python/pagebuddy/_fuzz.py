@@ -69,8 +69,11 @@ class FuzzConfig:
     page_size: int | None = None
     links: str | None = None
     arena: str | None = None
-    #: Per-CPU page caches (``Pool(..., cpus=N)``); their batch and high are drawn per episode.
+    #: Per-CPU page caches (``Pool(..., cpus=N)``); their batch and high, when not given, are
+    #: drawn per episode.
     cpus: int | None = None
+    cache_batch: int | None = None
+    cache_high: int | None = None
     #: Compare free lists every this many operations (results: every operation).
     compare_every: int = 16
     #: Longest episode, in operations (episodes are drawn between 16 and this).
@@ -156,20 +159,24 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
         zero=cfg.zero or rng.choice(("free", "alloc", "never")),
         links=cfg.links or rng.choice(("side", "intrusive")),
         arena=cfg.arena or rng.choice(("owned", "buffer")),
-        options=_cache_options(rng, cfg.cpus),
+        options=_cache_options(rng, cfg),
     )
     if g.arena == "none":  # page numbers only: never zeroed, links in the side table
         g = g.replace(zero="never", links="side")
     return g
 
 
-def _cache_options(rng: random.Random, cpus: int | None) -> tuple[tuple[str, int], ...]:
-    """``cpus``, with a small ``cache_batch`` and ``cache_high`` (so that caches refill and
-    drain often), or nothing for the exact pool; draws nothing from ``rng`` without caches."""
-    if not cpus:
+def _cache_options(rng: random.Random, cfg: FuzzConfig) -> tuple[tuple[str, int], ...]:
+    """``cpus``, with ``cache_batch`` and ``cache_high`` as given or drawn small (so that
+    caches refill and drain often), or nothing for the exact pool; draws nothing from ``rng``
+    without caches."""
+    if not cfg.cpus:
         return ()
-    batch = rng.randint(1, 8)
-    return (("cpus", cpus), ("cache_batch", batch), ("cache_high", batch + rng.randint(0, 8)))
+    high = cfg.cache_high
+    batch = cfg.cache_batch or rng.randint(1, min(8, high or 8))
+    if high is None:
+        high = batch + rng.randint(0, 8)
+    return (("cpus", cfg.cpus), ("cache_batch", batch), ("cache_high", high))
 
 
 class _Held:

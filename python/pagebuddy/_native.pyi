@@ -56,7 +56,9 @@ class Pool:
     def attach(buffer: Buffer) -> Pool:
         """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
         killed process left half done; ValueError or CorruptionError for bytes it refuses, which
-        it leaves unwritten."""
+        it leaves unwritten. Pages that a killed process held stay held (the pool cannot know
+        whether it handed them to a survivor): put them on its behalf if you know them, or
+        format the buffer anew."""
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""

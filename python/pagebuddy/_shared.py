@@ -80,8 +80,10 @@ def worker_loop(
     free_at_end: bool = False,
     stop: Any = None,
     max_held: int = 0,
+    batches: bool = False,
 ) -> WorkerResult:
-    """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``."""
+    """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``;
+    with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``."""
     shm = shared_memory.SharedMemory(name=name)
     try:
         pool = Pool.attach(shm.buf)
@@ -95,7 +97,25 @@ def worker_loop(
         while (stop is None and i < ops) or (stop is not None and not stop.value):
             i += 1
             r = rng.random()
-            if (r < 0.4 or not mine) and not (max_held and len(mine) >= max_held):
+            room = not (max_held and len(mine) >= max_held)
+            if batches and r < 0.1 and room:
+                for pfn in _alloc_batch(pool, rng, max_order):
+                    seq += 1
+                    stamp_block(pool, pfn, worker, seq)
+                    mine[pfn] = (seq, 0)
+            elif batches and r < 0.2 and mine:
+                picks = rng.sample(list(mine), min(len(mine), rng.randrange(1, 4)))
+                for pfn in picks:
+                    if not stamp_ok(pool, pfn, worker, mine[pfn][0]):
+                        res.stamp_errors += 1
+                pool.put_many(picks)
+                for pfn in picks:
+                    s, extra = mine[pfn]
+                    if extra:
+                        mine[pfn] = (s, extra - 1)
+                    else:
+                        del mine[pfn]
+            elif (r < 0.4 or not mine) and room:
                 try:
                     pfn = pool.alloc_pages(rng.randrange(max_order))
                 except MemoryError:
@@ -138,6 +158,19 @@ def worker_loop(
         shm.close()
 
 
+def _alloc_batch(pool: Pool, rng: random.Random, max_order: int) -> list[int]:
+    """The heads of what one ``alloc_many`` (1 to 3 blocks) or ``alloc_exact`` (1 to 5 pages,
+    each its own order-0 block) took; none when the pool is out of memory."""
+    try:
+        if rng.random() < 0.5:
+            return list(pool.alloc_many(rng.randrange(max_order), rng.randrange(1, 4)))
+        n = rng.randrange(1, 6)
+        run = pool.alloc_exact(n)
+        return list(range(run, run + n))
+    except MemoryError:
+        return []
+
+
 def _worker_main(args: tuple[Any, ...], out: Any) -> None:
     out.put(worker_loop(*args[:4], **args[4]))
 
@@ -151,8 +184,10 @@ def run_processes(
     page_size: int = 4096,
     max_order: int = 3,
     check_every: int = 0,
+    batches: bool = False,
 ) -> dict[str, Any]:
-    """Run ``processes`` workers of ``ops`` operations each on one shared pool; the accounting."""
+    """Run ``processes`` workers of ``ops`` operations each on one shared pool; the accounting
+    (``batches``: see ``worker_loop``)."""
     size = pool_bytes(pages, page_size)
     shm = shared_memory.SharedMemory(create=True, size=size)
     try:
@@ -168,7 +203,11 @@ def run_processes(
                         w + 1,
                         ops,
                         seed * 1000 + w,
-                        {"max_order": max_order, "check_every": check_every},
+                        {
+                            "max_order": max_order,
+                            "check_every": check_every,
+                            "batches": batches,
+                        },
                     ),
                     out,
                 ),
@@ -233,7 +272,8 @@ def kill_rounds(
     per_epoch: int = 20,
     max_delay: float = 0.01,
 ) -> dict[str, Any]:
-    """Keep ``workers`` processes busy on one shared pool and SIGKILL one at a random moment,
+    """Keep ``workers`` processes busy on one shared pool (single operations and batches:
+    ``alloc_many``, ``alloc_exact``, ``put_many``) and SIGKILL one at a random moment,
     ``kills`` times, replacing it each time; after each kill, check the pool (which recovers an
     operation the victim left half done). Every ``per_epoch`` kills, stop the survivors and
     account for every page (pages the killed held stay held, so each epoch starts a fresh pool
@@ -267,7 +307,7 @@ def kill_rounds(
             def start(stop: Any = stop) -> None:
                 nonlocal n_started
                 n_started += 1
-                kw = {"max_order": max_order, "stop": stop, "max_held": 6}
+                kw = {"max_order": max_order, "stop": stop, "max_held": 6, "batches": True}
                 args = (shm.name, n_started, 0, seed * 100003 + n_started, kw)
                 p = ctx.Process(target=_worker_main, args=(args, out))
                 p.start()

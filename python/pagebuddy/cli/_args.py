@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .._cache import MAX_CPUS
+from .._cache import MAX_CACHE_HIGH, MAX_CPUS, cache_problem
 from .._rules import ARENAS, LINK_STORES, ZERO_POLICIES
 from .._trace import MAX_PAGES
 
@@ -131,6 +131,46 @@ def check_outputs(args: Any) -> None:
             output_path(f"--{option}", path)
 
 
+def cache_options(p: argparse.ArgumentParser, drawn: bool) -> None:
+    """``--cache-batch`` and ``--cache-high`` of a command that takes ``--cpus``."""
+    default = "drawn per episode" if drawn else "16 and 64"
+    p.add_argument(
+        "--cache-batch",
+        type=int_in(1, MAX_CACHE_HIGH),
+        metavar="B",
+        help=f"blocks a cache takes from the pool when empty and gives back when full "
+        f"(needs --cpus; default {default})",
+    )
+    p.add_argument(
+        "--cache-high",
+        type=int_in(1, MAX_CACHE_HIGH),
+        metavar="H",
+        help=f"blocks a cache keeps per order, at least --cache-batch (needs --cpus; default "
+        f"{default})",
+    )
+
+
+def check_cache_options(args: Any) -> tuple[tuple[str, int], ...]:
+    """The ``Pool`` keywords of ``--cpus``, ``--cache-batch`` and ``--cache-high`` (those
+    given), or :class:`Usage` naming the rule they break."""
+    batch, high = args.cache_batch, args.cache_high
+    if not args.cpus:
+        if batch is not None or high is not None:
+            option = "--cache-batch" if batch is not None else "--cache-high"
+            raise Usage(f"{option} needs --cpus N with N >= 1 (a pool with per-CPU caches)")
+        return ()
+    if batch is not None and high is not None and cache_problem(args.cpus, batch, high):
+        raise Usage(
+            f"--cache-high {high} is below --cache-batch {batch}: a cache gives back "
+            f"--cache-batch blocks when it holds more than --cache-high "
+            f"(need 1 <= cache_batch <= cache_high <= {MAX_CACHE_HIGH})"
+        )
+    options = [("cpus", args.cpus)]
+    options += [("cache_batch", batch)] if batch is not None else []
+    options += [("cache_high", high)] if high is not None else []
+    return tuple(options)
+
+
 def seconds(text: str) -> float:
     try:
         v = float(text)
@@ -210,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-CPU page caches in front of the pool (Pool(..., cpus=N), the calls made from "
         "slot 0); the model is then the cache model (default 0: the exact pool)",
     )
+    cache_options(demo, drawn=False)
     common(demo)
 
     fz = sub.add_parser(
@@ -258,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_in(0, MAX_CPUS),
         metavar="N",
         help="per-CPU page caches in front of the pool (Pool(..., cpus=N)), compared with the "
-        "cache model; cache_batch and cache_high are drawn per episode (default 0: the exact "
-        "pool)",
+        "cache model; cache_batch and cache_high are drawn per episode unless given (default "
+        "0: the exact pool)",
     )
+    cache_options(fz, drawn=True)
     fz.add_argument(
         "--compare-every",
         type=positive,

@@ -62,6 +62,9 @@ def describe_geometry(g: dict[str, Any], max_order: int) -> str:
         parts.append(f"links={g['links']}")
     if g.get("arena", "owned") != "owned":
         parts.append("caller's buffer")
+    if g.get("cpus"):
+        batch, high = g.get("cache_batch", 16), g.get("cache_high", 64)
+        parts.append(f"per-CPU caches: cpus={g['cpus']}, batch {batch}, high {high}")
     return ", ".join(parts)
 
 
@@ -277,6 +280,16 @@ def _bench(out: Console, r: dict[str, Any]) -> None:
         f"ns per call (per page for the batch calls), Python loop included; the loop alone "
         f"costs {r['loop_overhead_ns']:.0f} ns per iteration. Took {r['seconds']:.1f} s."
     )
+    builtin = r.get("builtin_pair_ns", 0)
+    # The pairs timed net of the loop, as the builtin pair is.
+    net = ("ref_pair", "cached_pair")
+    pairs = {m["name"]: m["pool_ns"] for m in r["results"] if m["name"] in net}
+    if builtin > 0 and pairs:
+        ratios = ", ".join(f"{name} {ns / builtin:.2f}x" for name, ns in pairs.items())
+        out.print(
+            f"list.append + list.pop pair, timed in the same run: {builtin:.1f} ns net of the "
+            f"loop; Pool's pairs (net of the loop too) against it: {ratios}."
+        )
 
 
 def _ftrace(out: Console, r: dict[str, Any]) -> None:

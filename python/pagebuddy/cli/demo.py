@@ -8,7 +8,7 @@ from typing import Any
 from .._lockstep import run_ops
 from .._trace import TraceWriter
 from .._workload import DEMO_GEOMETRY, demo_workload
-from ._args import EXIT_DIVERGENCE, EXIT_OK, check_outputs
+from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_cache_options, check_outputs
 from ._context import Context
 from ._report import run_report, timing
 
@@ -16,12 +16,18 @@ from ._report import run_report, timing
 def report(ctx: Context) -> dict[str, Any]:
     """Run the demo; its report (``exit_code``: 0, or 1 on a divergence)."""
     args = ctx.args
+    options = check_cache_options(args)
     if args.processes:
+        if options:
+            raise Usage(
+                "--cpus: --processes runs a pool shared between processes, which has no "
+                "per-CPU caches"
+            )
         return processes_report(ctx)
     check_outputs(args)
     g = DEMO_GEOMETRY
-    if args.cpus:
-        g = g.replace(options=(("cpus", args.cpus),))
+    if options:
+        g = g.replace(options=options)
     t0 = time.perf_counter()
     result = ctx.counted(
         "lockstep",

@@ -11,7 +11,14 @@ from rich.progress import TextColumn
 from .. import _fuzz, _rules
 from .._rules import Geometry
 from .._trace import memory_problem
-from ._args import EXIT_DIVERGENCE, EXIT_INTERRUPTED, EXIT_OK, Usage, check_outputs
+from ._args import (
+    EXIT_DIVERGENCE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Usage,
+    check_cache_options,
+    check_outputs,
+)
 from ._context import Context
 from ._report import divergence
 
@@ -47,6 +54,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
             )
             raise Usage(f"--pages {args.pages}: {problem}{drawn}")
     check_outputs(args)
+    check_cache_options(args)
     if args.base_pfn is not None and args.base_pfn + (args.pages or 1) > _rules.PFN_LIMIT:
         raise Usage("--base-pfn: base_pfn + nr_pages must be <= 2**64")
     ops = args.ops if args.ops not in (None, -1) else None
@@ -66,6 +74,8 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
         links=args.links,
         arena=args.arena,
         cpus=args.cpus,
+        cache_batch=args.cache_batch,
+        cache_high=args.cache_high,
         compare_every=args.compare_every,
         shrink_seconds=args.shrink_seconds,
     )

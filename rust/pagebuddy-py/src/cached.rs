@@ -3,8 +3,10 @@
 //! calling thread's: the first thread to call the pool gets slot 0, the next slot 1, and so on
 //! (modulo `cpus`). Policy lives in the core; this file only translates.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
@@ -68,9 +70,22 @@ pub(crate) struct Cache {
     // Field order is drop order: the pool goes before the storage it borrows.
     pool: Caches,
     _storage: CacheStorage,
+    /// The threads that have called the pool, in the order of their first call.
     threads: Mutex<Vec<ThreadId>>,
+    /// This pool's number, never reused: the key of the threads' remembered slots.
+    id: u64,
     cpus: usize,
     config: CacheConfig,
+}
+
+/// Numbers for `Cache::id`, from 1 (0 marks an empty `LAST_SLOT`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last cached pool this thread called (its `id`) and the thread's slot in it: a call
+    /// without `cpu=` on the same pool again, the common case, finds its slot here without
+    /// taking the `threads` lock. Ids are never reused, so an entry never names another pool.
+    static LAST_SLOT: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// The cache settings of a `Pool(...)` call: `cpus` (0: no caches), `cache_batch`, `cache_high`.
@@ -171,6 +186,8 @@ impl Cache {
             pool,
             _storage: storage,
             threads: Mutex::new(Vec::new()),
+            // Relaxed: the number only has to be unique, it orders nothing.
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cpus,
             config,
         }
@@ -217,6 +234,17 @@ impl Cache {
 
     /// This thread's slot: the order in which threads first called the pool, modulo `cpus`.
     fn thread_slot(&self) -> usize {
+        let (id, slot) = LAST_SLOT.with(Cell::get);
+        if id == self.id {
+            return slot;
+        }
+        let slot = self.first_slot();
+        LAST_SLOT.with(|last| last.set((self.id, slot)));
+        slot
+    }
+
+    /// This thread's slot, looked up (or given, on its first call) in `threads`.
+    fn first_slot(&self) -> usize {
         let me = std::thread::current().id();
         let mut threads = self
             .threads

@@ -657,6 +657,8 @@ impl Pool {
     /// An operation that a killed process left half done is rolled back first, and every
     /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
     /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    /// Pages that a killed process held stay held (the pool cannot know whether it handed them
+    /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
     #[staticmethod]
     fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
         Self::attach_impl(py, buffer)

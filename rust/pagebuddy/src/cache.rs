@@ -7,6 +7,11 @@
 //! blocks) and a cache above `high` (drain: the `batch` coldest) take the pool's lock, once for
 //! the whole batch. Higher orders go straight to the pool.
 //!
+//! A CPU that makes many calls in a row claims its slot with [`CachedPool::local`]: through the
+//! [`LocalCache`] it gets, a hit takes no lock at all, and a [`Page`] (a block held once, by that
+//! value) is freed without any atomic read-modify-write. See [`local`] for what other CPUs see
+//! while a slot is claimed.
+//!
 //! # What the pool sees
 //!
 //! The pool keeps one reference on every block that has left its free lists, whether a caller
@@ -38,6 +43,10 @@
 //!   one order, slot before pool, and at most one slot at a time, except by
 //!   [`check`](CachedPool::check), which takes every slot in increasing index and then the pool:
 //!   no cycle, no deadlock. When each CPU uses its own slot, its lock is never contended.
+//! - A slot claimed by a [`LocalCache`] is reached without its lock, by the handle alone: every
+//!   critical section reads the claim under the lock before it touches the stacks and leaves a
+//!   claimed slot alone, and no call ever waits for a handle (see [`local`]). The handle takes
+//!   only the pool's lock, for refills and drains.
 //! - A [`PageRef`] word changes by compare-and-swap (`get`, `put`, `split`) or, while no caller
 //!   holds the block, by the one thread that owns it (the cache that hands it out). The `put` that
 //!   drops the last reference swaps with release ordering and then issues an acquire fence, as
@@ -84,12 +93,12 @@ use core::ptr::NonNull;
 #[cfg(not(loom))]
 use core::{
     cell::UnsafeCell,
-    sync::atomic::{fence, AtomicU32, Ordering},
+    sync::atomic::{fence, AtomicBool, AtomicU32, Ordering},
 };
 #[cfg(loom)]
 use loom::{
     cell::UnsafeCell,
-    sync::atomic::{fence, AtomicU32, Ordering},
+    sync::atomic::{fence, AtomicBool, AtomicU32, Ordering},
 };
 
 use crate::config::{Geometry, ZeroPolicy};
@@ -99,6 +108,9 @@ use crate::store::{LinkStore, PageMeta, SideTable, NO_ORDER};
 use crate::Pool;
 
 pub use crate::{MAX_CACHED_ORDERS, MAX_CACHE_HIGH};
+
+pub mod local;
+pub use local::{LocalCache, Page};
 
 /// How the per-CPU caches of a [`CachedPool`] behave (Linux's pcp `batch` and `high`).
 ///
@@ -199,9 +211,27 @@ const ORDER_SHIFT: u32 = 16;
 const FREE: u32 = (NO_ORDER as u32) << ORDER_SHIFT;
 /// `check`'s mark on a cached block it has seen (refcount 0, so every call still sees it free).
 const SEEN: u32 = FREE | 1 << 24;
+/// Set on the head of a block a [`Page`] owns: held once, by that value alone. Its refcount bits
+/// stay 0, so that `get`, `put` and `split` on its pfn fail as on a free page and never write the
+/// word: only the `Page` does.
+const UNIQUE: u32 = 1 << 25;
 
 const fn held(refcount: u32, order: u32) -> u32 {
     refcount | order << ORDER_SHIFT
+}
+
+/// The word of the head of a block of `order` that a [`Page`] owns.
+const fn unique(order: u32) -> u32 {
+    UNIQUE | order << ORDER_SHIFT
+}
+
+/// The refcount a word stands for: its count, or 1 for a [`Page`]'s block.
+const fn refs_of(word: u32) -> u32 {
+    if word & UNIQUE != 0 {
+        1
+    } else {
+        word & REFS
+    }
 }
 
 /// One page's holders as a [`CachedPool`] counts them: its refcount and, for the head of a held
@@ -234,10 +264,12 @@ impl PageRef {
         PageRef(AtomicU32::new(FREE))
     }
 
+    #[inline]
     fn load(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn set(&self, word: u32) {
         self.0.store(word, Ordering::Relaxed)
     }
@@ -262,6 +294,12 @@ impl Default for PageRef {
 #[repr(align(128))]
 pub struct CacheSlot<R: RawLock = SpinLock> {
     lock: R,
+    /// Set while a [`LocalCache`] owns the slot: its stacks are then reached by that handle
+    /// alone, without the lock, and everyone else leaves them alone (see [`CachedPool::local`]).
+    claimed: AtomicBool,
+    /// Pages in the stacks, written with each length by whoever owns the stacks, so that
+    /// [`CachedPool::free_pages`] can count a claimed slot without touching its stacks.
+    pages: AtomicU32,
     lens: UnsafeCell<[u32; MAX_CACHED_ORDERS]>,
 }
 
@@ -276,18 +314,27 @@ impl<R: RawLock> CacheSlot<R> {
     pub fn new() -> Self {
         CacheSlot {
             lock: R::new(),
+            claimed: AtomicBool::new(false),
+            pages: AtomicU32::new(0),
             lens: UnsafeCell::new([0; MAX_CACHED_ORDERS]),
         }
     }
 
-    /// Runs `f` on the stack lengths inside one critical section of the slot's lock.
-    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
-        self.lock.lock();
-        let _held = SlotHeld(&self.lock);
+    /// Whether a [`LocalCache`] owns the slot. Read under the lock: the acquire pairs with the
+    /// release of the handle's drop, so that a slot seen unclaimed shows the handle's last writes.
+    fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the stack lengths of a slot the caller has claimed, without the lock.
+    ///
+    /// # Safety
+    /// The caller owns the slot's claim ([`CachedPool::local`]): no one else reaches the lengths.
+    unsafe fn with_claimed<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
         #[cfg(not(loom))]
         {
-            // SAFETY: the lock is held until `_held` drops, after `f` returns, and the lengths
-            // are only reached here and in `lens_locked`, whose caller holds the lock too.
+            // SAFETY: the claim keeps every other caller off the lengths (see `with`), and the
+            // reference does not outlive `f`.
             f(unsafe { &mut *self.lens.get() })
         }
         #[cfg(loom)]
@@ -295,6 +342,37 @@ impl<R: RawLock> CacheSlot<R> {
             // SAFETY: as above; loom additionally checks that no other access overlaps.
             self.lens.with_mut(|p| f(unsafe { &mut *p }))
         }
+    }
+
+    /// Runs `f` on the stack lengths inside one critical section of the slot's lock; `None`,
+    /// without touching them, while a [`LocalCache`] owns the slot.
+    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> Option<T> {
+        self.lock.lock();
+        let _held = SlotHeld(&self.lock);
+        // The claim is read before any reference to the lengths is made: the owner of a claim
+        // has them to itself.
+        if self.is_claimed() {
+            return None;
+        }
+        #[cfg(not(loom))]
+        {
+            // SAFETY: the lock is held until `_held` drops, after `f` returns, and the lengths
+            // are only reached here and in `lens_locked`, whose caller holds the lock too, or by
+            // the owner of the slot's claim, which `CachedPool::local` lets in only once no
+            // critical section is running, and which every later one sees (above).
+            Some(f(unsafe { &mut *self.lens.get() }))
+        }
+        #[cfg(loom)]
+        {
+            // SAFETY: as above; loom additionally checks that no other access overlaps.
+            Some(self.lens.with_mut(|p| f(unsafe { &mut *p })))
+        }
+    }
+
+    /// Waits out a critical section of the slot's lock that is running, if any.
+    fn wait_unlocked(&self) {
+        self.lock.lock();
+        drop(SlotHeld(&self.lock));
     }
 
     /// The stack lengths, read while the caller holds the lock.
@@ -344,6 +422,8 @@ struct Cache<'s> {
     blocks: &'s [Cell<u32>],
     /// Entries per order: `high + 1`.
     cap: usize,
+    /// The slot's published page count, kept equal to the stacks' pages.
+    pages: &'s AtomicU32,
 }
 
 impl Cache<'_> {
@@ -359,15 +439,15 @@ impl Cache<'_> {
 
     fn set_len(&mut self, order: u32, len: usize) {
         if let Some(n) = self.lens.get_mut(order as usize) {
+            // Only the owner of the stacks writes the count: a load and a store, no
+            // read-modify-write.
+            let pages = self.pages.load(Ordering::Relaxed);
+            let pages = pages
+                .wrapping_add((len as u32) << order)
+                .wrapping_sub(*n << order);
+            self.pages.store(pages, Ordering::Relaxed);
             *n = len as u32;
         }
-    }
-
-    /// Pages in all stacks.
-    fn pages(&self) -> u32 {
-        (0..MAX_CACHED_ORDERS as u32)
-            .map(|k| (self.len(k) as u32) << k)
-            .sum()
     }
 
     /// Takes the hottest block of `order`.
@@ -499,7 +579,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             return Err(GeometryError::PageRefsTooSmall { need: pages, have }.into());
         }
         for slot in slots.iter() {
+            slot.claimed.store(false, Ordering::Relaxed);
             slot.with(|lens| *lens = [0; MAX_CACHED_ORDERS]);
+            slot.pages.store(0, Ordering::Relaxed);
         }
         let refs = &refs[..pages];
         // The pool keeps one reference per held page on behalf of all its holders.
@@ -559,22 +641,37 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         }
     }
 
-    /// Runs `f` on slot `s`'s stacks under its lock.
+    /// Slot `s`'s part of the block storage.
     #[inline]
-    fn with_cache<T>(&self, s: usize, f: impl FnOnce(&mut Cache<'_>) -> T) -> T {
+    fn slot_stacks(&self, s: usize) -> &[Cell<u32>] {
         let start = s * self.slot_blocks;
-        let blocks = self
-            .blocks
+        self.blocks
             .get(start..start + self.slot_blocks)
-            .unwrap_or(&[]);
-        let cap = self.cap;
-        self.slots[s].with(|lens| f(&mut Cache { lens, blocks, cap }))
+            .unwrap_or(&[])
     }
 
+    /// Runs `f` on slot `s`'s stacks under its lock; `None`, without running `f`, while a
+    /// [`LocalCache`] owns the slot.
+    #[inline]
+    fn with_cache<T>(&self, s: usize, f: impl FnOnce(&mut Cache<'_>) -> T) -> Option<T> {
+        let (blocks, cap, slot) = (self.slot_stacks(s), self.cap, &self.slots[s]);
+        let pages = &slot.pages;
+        slot.with(|lens| {
+            f(&mut Cache {
+                lens,
+                blocks,
+                cap,
+                pages,
+            })
+        })
+    }
+
+    #[inline]
     fn index(&self, pfn: u64) -> Result<u32, Error> {
         self.geo.index(pfn).ok_or(Error::PfnOutOfRange { pfn })
     }
 
+    #[inline]
     fn page_ref(&self, idx: u32) -> &PageRef {
         // `idx` comes from `index` or from the pool, so it is below nr_pages == refs.len().
         &self.refs[idx as usize]
@@ -630,14 +727,25 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     #[inline]
     fn try_alloc(&self, cpu: usize, order: u32) -> Result<u64, Error> {
         if order >= self.orders {
-            let pfn = self.core.with(|p| p.alloc_unzeroed(order))?;
-            return Ok(self.hand_out(self.geo.index(pfn).unwrap_or(0), order));
+            let idx = self.alloc_uncached(order)?;
+            return Ok(self.hand_out(idx, order, held(1, order)));
         }
-        let idx = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
+        let cached = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
             Some(idx) => Ok(idx),
             None => self.refill(c, order),
-        })?;
-        Ok(self.hand_out(idx, order))
+        });
+        let idx = match cached {
+            Some(idx) => idx?,
+            // A LocalCache owns the slot: straight to the pool.
+            None => self.alloc_uncached(order)?,
+        };
+        Ok(self.hand_out(idx, order, held(1, order)))
+    }
+
+    /// A block of `order` from the pool itself, past the caches.
+    fn alloc_uncached(&self, order: u32) -> Result<u32, Error> {
+        let pfn = self.core.with(|p| p.alloc_unzeroed(order))?;
+        self.index(pfn)
     }
 
     /// Takes up to `batch` blocks of `order` from the pool into the empty cache `c`, under one
@@ -662,13 +770,13 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     }
 
     /// Gives the caller the block of `order` at `idx`: zeroed if the policy says so at
-    /// allocation, refcount 1.
+    /// allocation, its head's word set to `word` (refcount 1, or a [`Page`]'s).
     #[inline]
-    fn hand_out(&self, idx: u32, order: u32) -> u64 {
+    fn hand_out(&self, idx: u32, order: u32, word: u32) -> u64 {
         if self.geo.zero == ZeroPolicy::OnAlloc {
             self.zero_block(idx, order, false);
         }
-        self.page_ref(idx).set(held(1, order));
+        self.page_ref(idx).set(word);
         self.geo.pfn(idx)
     }
 
@@ -733,16 +841,24 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         if order >= self.orders {
             return self.core.with(|p| p.put_zeroed(pfn));
         }
-        self.with_cache(self.slot_index(cpu), |c| {
-            if !c.push(order, idx) {
-                return self.core.with(|p| p.put_zeroed(pfn));
-            }
-            if c.len(order) > self.high as usize {
-                let batch = self.batch as usize;
-                return self.core.with(|p| c.give_back(p, order, batch));
-            }
-            Ok(())
-        })
+        self.with_cache(self.slot_index(cpu), |c| self.cache_freed(c, idx, order))
+            // A LocalCache owns the slot: straight to the pool.
+            .unwrap_or_else(|| self.core.with(|p| p.put_zeroed(pfn)))
+    }
+
+    /// Pushes the freed block of a cached `order` at `idx` on top of `c`; a cache that goes
+    /// above `high` returns its `batch` coldest blocks to the pool under one acquisition of its
+    /// lock.
+    #[inline]
+    fn cache_freed(&self, c: &mut Cache<'_>, idx: u32, order: u32) -> Result<(), Error> {
+        if !c.push(order, idx) {
+            return self.core.with(|p| p.put_zeroed(self.geo.pfn(idx)));
+        }
+        if c.len(order) > self.high as usize {
+            let batch = self.batch as usize;
+            return self.core.with(|p| c.give_back(p, order, batch));
+        }
+        Ok(())
     }
 
     /// Drops one reference to page `idx`; `Some(order)` when it was the last, and the block of
@@ -841,48 +957,63 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         result
     }
 
-    /// Drains slot `s`, every order even after an error; returns the first error.
+    /// Drains slot `s`, every order even after an error; returns the first error. A slot a
+    /// [`LocalCache`] owns is left alone.
     fn drain_slot(&self, s: usize) -> Result<(), Error> {
-        self.with_cache(s, |c| {
-            self.core.with(|p| {
-                let mut result = Ok(());
-                for order in 0..self.orders {
-                    let n = c.len(order);
-                    result = result.and(c.give_back(p, order, n));
-                }
-                result
-            })
+        self.with_cache(s, |c| self.drain_cache(c))
+            .unwrap_or(Ok(()))
+    }
+
+    /// Returns every block of `c` to the pool under one acquisition of its lock.
+    fn drain_cache(&self, c: &mut Cache<'_>) -> Result<(), Error> {
+        self.core.with(|p| {
+            let mut result = Ok(());
+            for order in 0..self.orders {
+                let n = c.len(order);
+                result = result.and(c.give_back(p, order, n));
+            }
+            result
         })
     }
 
-    /// Free pages: in the pool and in every cache (each slot read under its lock in turn).
+    /// Free pages: in the pool and in every cache (each slot's count read in turn, claimed
+    /// slots included).
     pub fn free_pages(&self) -> u32 {
-        let cached: u32 = (0..self.slots.len())
-            .map(|s| self.with_cache(s, |c| c.pages()))
+        let cached: u32 = self
+            .slots
+            .iter()
+            .map(|s| s.pages.load(Ordering::Relaxed))
             .sum();
         cached + self.core.free_pages()
     }
 
-    /// Pages cached in CPU `cpu`'s slot.
+    /// Pages cached in CPU `cpu`'s slot (also while a [`LocalCache`] owns it).
     pub fn cached_pages(&self, cpu: usize) -> u32 {
-        self.with_cache(self.slot_index(cpu), |c| c.pages())
+        self.slots[self.slot_index(cpu)]
+            .pages
+            .load(Ordering::Relaxed)
     }
 
     /// The blocks of `order` cached in CPU `cpu`'s slot, coldest first (the next allocation
-    /// takes the last): copies as many as fit into `out` and returns how many there are.
+    /// takes the last): copies as many as fit into `out` and returns how many there are. While a
+    /// [`LocalCache`] owns the slot, copies nothing and returns 0 (ask the handle:
+    /// [`LocalCache::cached_blocks`]).
     pub fn cached_blocks(&self, cpu: usize, order: u32, out: &mut [u64]) -> usize {
-        self.with_cache(self.slot_index(cpu), |c| {
-            let len = c.len(order);
-            for (o, b) in out.iter_mut().zip(c.stack(order).iter().take(len)) {
-                *o = self.geo.pfn(b.get());
-            }
-            len
-        })
+        self.with_cache(self.slot_index(cpu), |c| self.copy_blocks(c, order, out))
+            .unwrap_or(0)
     }
 
-    /// The refcount of `pfn` (0 for free and cached pages and for tails).
+    fn copy_blocks(&self, c: &Cache<'_>, order: u32, out: &mut [u64]) -> usize {
+        let len = c.len(order);
+        for (o, b) in out.iter_mut().zip(c.stack(order).iter().take(len)) {
+            *o = self.geo.pfn(b.get());
+        }
+        len
+    }
+
+    /// The refcount of `pfn` (0 for free and cached pages and for tails; 1 for a [`Page`]).
     pub fn refcount(&self, pfn: u64) -> Result<u16, Error> {
-        Ok((self.page_ref(self.index(pfn)?).load() & REFS) as u16)
+        Ok(refs_of(self.page_ref(self.index(pfn)?).load()) as u16)
     }
 
     /// The metadata of `pfn` as a [`Pool`] without caches would report it: a cached block is a
@@ -892,7 +1023,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         self.core.with(|p| {
             let word = self.page_ref(idx).load();
             let m = p.meta[idx as usize];
-            Ok(match word & REFS {
+            Ok(match refs_of(word) {
                 0 if m.refcount > 0 => PageMeta::new(0, m.order),
                 0 => m,
                 refcount => PageMeta::new(refcount as u16, (word >> ORDER_SHIFT) as u8),
@@ -945,6 +1076,8 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let word = r.load();
             let order = u32::from(m.order);
             let ok = match (word & REFS, m.refcount) {
+                // A Page's block: held by the pool too, with the same order.
+                (0, held) if word & UNIQUE != 0 => held > 0 && word == unique(order),
                 (0, _) if word != FREE => false,
                 (0, 0) => true,
                 (0, _) => match cached.get_mut(order as usize) {
@@ -972,9 +1105,16 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         expect: [u32; MAX_CACHED_ORDERS],
     ) -> Result<(), Corruption> {
         let mut seen = [0u32; MAX_CACHED_ORDERS];
+        // Pages in the slots that LocalCaches own, whose stacks only their owners may read.
+        let mut claimed = 0u32;
         for s in 0..self.slots.len() {
-            // SAFETY: `check` holds every slot's lock.
-            let lens = unsafe { self.slots[s].lens_locked() };
+            let slot = &self.slots[s];
+            if slot.is_claimed() {
+                claimed = claimed.wrapping_add(slot.pages.load(Ordering::Relaxed));
+                continue;
+            }
+            // SAFETY: `check` holds every slot's lock, and the slot is not claimed.
+            let lens = unsafe { slot.lens_locked() };
             for order in 0..self.orders {
                 let len = lens[order as usize] as usize;
                 let start = s * self.slot_blocks + order as usize * self.cap;
@@ -995,10 +1135,18 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
                 }
             }
         }
-        match seen.iter().zip(&expect).position(|(a, b)| a != b) {
-            Some(_) => Err(self.corrupt(CorruptionKind::Cache, 0)),
-            None => Ok(()),
+        // What the walked slots did not show must be exactly the claimed slots' pages.
+        let mut unseen = 0u32;
+        for (k, (&a, &b)) in seen.iter().zip(&expect).enumerate() {
+            if a > b {
+                return Err(self.corrupt(CorruptionKind::Cache, 0));
+            }
+            unseen = unseen.wrapping_add((b - a) << k);
         }
+        if unseen != claimed {
+            return Err(self.corrupt(CorruptionKind::Cache, 0));
+        }
+        Ok(())
     }
 
     /// Clears `mark_cached`'s marks.
@@ -1014,10 +1162,16 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// metadata.
     #[cfg(not(loom))]
     pub fn into_inner(self) -> Result<LockedPool<'a, L, R>, Error> {
+        // Owning the pool means no LocalCache is alive: a slot still claimed belongs to one that
+        // was forgotten (`mem::forget`), and is drained like the others.
+        for slot in self.slots {
+            slot.claimed.store(false, Ordering::Relaxed);
+        }
         self.drain_all()?;
         self.core.with(|p| {
             for (m, r) in p.meta.iter_mut().zip(self.refs) {
-                let refcount = r.load() & REFS;
+                // A Page's block (refs_of 1) stays held once, as the pool has it.
+                let refcount = refs_of(r.load());
                 if refcount > 0 {
                     m.refcount = refcount as u16;
                 }
@@ -1065,17 +1219,17 @@ impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(super) mod tests {
     use std::vec;
     use std::vec::Vec;
 
     use super::*;
     use crate::{Config, Link};
 
-    const PS: usize = 64;
+    pub(super) const PS: usize = 64;
 
-    struct Mem {
-        arena: Vec<u8>,
+    pub(super) struct Mem {
+        pub(super) arena: Vec<u8>,
         meta: Vec<PageMeta>,
         links: Vec<Link>,
         slots: Vec<CacheSlot>,
@@ -1084,7 +1238,7 @@ mod tests {
     }
 
     impl Mem {
-        fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
+        pub(super) fn new(nr: usize, cpus: usize, config: &CacheConfig) -> Self {
             Mem {
                 arena: vec![0; nr * PS],
                 meta: vec![PageMeta::INIT; nr],
@@ -1095,7 +1249,11 @@ mod tests {
             }
         }
 
-        fn pool(&mut self, config: Config, cache: CacheConfig) -> Result<CachedPool<'_>, Error> {
+        pub(super) fn pool(
+            &mut self,
+            config: Config,
+            cache: CacheConfig,
+        ) -> Result<CachedPool<'_>, Error> {
             let pool = Pool::new(
                 &mut self.arena[..],
                 &mut self.meta,
@@ -1112,11 +1270,11 @@ mod tests {
         }
     }
 
-    fn small() -> CacheConfig {
+    pub(super) fn small() -> CacheConfig {
         CacheConfig::new().orders(2).batch(2).high(3)
     }
 
-    fn cfg(nr: usize) -> Config {
+    pub(super) fn cfg(nr: usize) -> Config {
         Config::new(nr).page_size(PS)
     }
 

@@ -11,7 +11,7 @@ use crate::store::LinkStore;
 use crate::Pool;
 
 /// The order of the smallest block that holds `nr_pages >= 1` pages: `ceil(log2(nr_pages))`.
-fn run_order(nr_pages: u64) -> u32 {
+pub(crate) fn run_order(nr_pages: u64) -> u32 {
     u64::BITS - (nr_pages - 1).leading_zeros()
 }
 

@@ -200,6 +200,38 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy)
     }
 
+    /// What [`alloc`](Self::alloc) of `order` will take, reading only: the head of the first
+    /// non-empty list at or above `order`, and that list's order. `None` where `alloc` fails
+    /// before it changes anything.
+    pub(crate) fn alloc_plan(&self, order: u32) -> Option<(u32, u32)> {
+        if order >= self.geo.max_order {
+            return None;
+        }
+        let avail = self.free.mask >> order;
+        if avail == 0 {
+            return None;
+        }
+        let found = order + avail.trailing_zeros();
+        Some((self.free.first(found)?, found))
+    }
+
+    /// The free buddies that [`attach`](Self::attach) of the block of `order` at `idx` will merge
+    /// with, reading only: each in merge order to `each`; returns the order of the merged block.
+    /// `attach` finds the same ones: each merge step unmarks a buddy of a lower order than the
+    /// next step looks for.
+    pub(crate) fn merge_plan(&self, idx: u32, order: u32, mut each: impl FnMut(u32)) -> u32 {
+        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
+        while order + 1 < max_order {
+            let Some(buddy) = self.buddy_avail(head, order) else {
+                break;
+            };
+            each(buddy);
+            head = head.min(buddy);
+            order += 1;
+        }
+        order
+    }
+
     /// Allocates a block of `2^order` pages and returns the pfn of its head.
     ///
     /// Takes the head of the first non-empty list at or above `order` and splits it down,

@@ -85,12 +85,11 @@ impl<'w> OwnerLock<'w> {
         self.word.store(UNLOCKED, Ordering::Release);
     }
 
-    /// Releases the lock that `me` holds, with release ordering.
+    /// Releases the lock that `me` holds, with release ordering: one store, as a spin lock's
+    /// release. (Only the holder calls it; a holder is taken over only once it is dead, and a
+    /// dead one calls nothing, so the word holds `me`.)
     pub fn unlock(&self, me: u32) {
-        // A compare-and-swap rather than a store: a holder that was (wrongly) taken over does
-        // not release the new holder's lock.
-        let _ = self
-            .word
-            .compare_exchange(me, UNLOCKED, Ordering::Release, Ordering::Relaxed);
+        debug_assert_eq!(self.word.load(Ordering::Relaxed), me);
+        self.word.store(UNLOCKED, Ordering::Release);
     }
 }

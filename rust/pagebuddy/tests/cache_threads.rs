@@ -1,7 +1,10 @@
 //! A `CachedPool` hammered from several std threads: alloc of cached and uncached orders, put
 //! through the thread's own slot and through others, blocks handed from thread to thread and
 //! freed by the receiver, get, split, drains, calls that must fail; the pool is small, so caches
-//! run dry and allocations drain the slots before they fail. Each holder fills its blocks with a
+//! run dry and allocations drain the slots before they fail. Each thread also claims its slot
+//! for stretches (`LocalCache`), allocating and freeing through the handle, as pfns and as
+//! `Page`s (freed through the handle, through any slot, or shared), while the others drain,
+//! allocate and free around it. Each holder fills its blocks with a
 //! tag and checks it before every put, so a page handed to two holders at once, or a write by
 //! the allocator into a held page, fails the test. Afterwards: free + held + cached = total,
 //! every held page in exactly one block with the refcount its holder counted; after
@@ -10,8 +13,8 @@
 use std::sync::{Barrier, Mutex};
 
 use pagebuddy::{
-    cache_blocks, CacheConfig, CacheSlot, CachedPool, Error, LinkStore, LockedPool, PageRef, Pool,
-    RawLock, SpinLock, ZeroPolicy,
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, Error, LinkStore, LocalCache, LockedPool,
+    Page, PageRef, Pool, RawLock, SpinLock, ZeroPolicy,
 };
 
 mod stress;
@@ -31,9 +34,13 @@ fn worker<L: LinkStore, R: RawLock>(sh: &Shared<'_, '_, L, R>, id: usize) -> Vec
     let (pool, mem) = (sh.pool, sh.mem);
     let mut me = Holder::new(id);
     let cpu = id;
+    // This thread's claim on its slot, held for stretches (none while another thread of a shared
+    // slot has it), and the blocks it holds as `Page`s.
+    let mut local: Option<LocalCache<'_, '_, L, R>> = None;
+    let mut pages: Vec<(Page<'_, '_, L, R>, Held)> = Vec::new();
     sh.start.wait();
     for _ in 0..STEPS {
-        match me.rng.below(16) {
+        match me.rng.below(20) {
             0..=4 => {
                 let order = [0, 0, 0, 1, 2, 3, 4][me.rng.below(7)];
                 match pool.alloc(cpu, order) {
@@ -74,7 +81,74 @@ fn worker<L: LinkStore, R: RawLock>(sh: &Shared<'_, '_, L, R>, id: usize) -> Vec
                     assert_eq!(pool.put(cpu, tail), Err(Error::NotHeld { pfn: tail }));
                 }
             }
-            _ => me.check_all(mem),
+            15 => match local.take() {
+                Some(mut h) => {
+                    if me.rng.below(4) == 0 {
+                        h.drain().unwrap();
+                        assert_eq!(h.cached_pages(), 0);
+                    }
+                }
+                None => local = pool.local(cpu),
+            },
+            16 => {
+                if let Some(h) = local.as_mut() {
+                    let order = [0, 0, 0, 1, 2, 3, 4][me.rng.below(7)];
+                    if me.rng.below(2) == 0 {
+                        match h.alloc(order) {
+                            Ok(pfn) => me.took(mem, sh.zero, pfn, order),
+                            Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
+                        }
+                    } else {
+                        match h.alloc_page(order) {
+                            Ok(page) => {
+                                let pfn = page.pfn();
+                                me.took(mem, sh.zero, pfn, order);
+                                let held = me.held.pop().unwrap();
+                                assert_eq!(pool.refcount(pfn), Ok(1));
+                                assert_eq!(pool.get(pfn), Err(Error::NotHeld { pfn }));
+                                assert_eq!(pool.put(cpu, pfn), Err(Error::NotHeld { pfn }));
+                                pages.push((page, held));
+                            }
+                            Err(e) => assert_eq!(e, Error::OutOfMemory { order }),
+                        }
+                    }
+                }
+            }
+            17 if !me.held.is_empty() => {
+                if let Some(h) = local.as_mut() {
+                    me.put_one(mem, |_, pfn| h.put(pfn).unwrap());
+                }
+            }
+            18 if !pages.is_empty() => {
+                let (page, held) = pages.swap_remove(me.rng.below(pages.len()));
+                assert!(
+                    mem.all(held.pfn, held.pages, held.tag),
+                    "someone wrote into {held:?}"
+                );
+                match (me.rng.below(3), local.as_mut()) {
+                    (0, _) => {
+                        assert_eq!(page.share(), held.pfn);
+                        me.held.push(held);
+                    }
+                    (1, Some(h)) => h.free_page(page).unwrap(),
+                    _ => page.free(me.rng.below(8)).unwrap(),
+                }
+            }
+            _ => {
+                me.check_all(mem);
+                for (_, h) in &pages {
+                    assert!(mem.all(h.pfn, h.pages, h.tag), "someone wrote into {h:?}");
+                }
+            }
+        }
+    }
+    drop(local);
+    for (page, held) in pages {
+        if me.rng.below(2) == 0 {
+            assert_eq!(page.share(), held.pfn);
+            me.held.push(held);
+        } else {
+            page.free(cpu).unwrap();
         }
     }
     me.give_back_half(|pfn| pool.put(cpu, pfn).unwrap())

@@ -203,3 +203,72 @@ fn split_races_a_put_of_the_head() {
     });
     explored(runs, &[0]);
 }
+
+#[test]
+fn local_claim_races_drain_all_and_put_on_another_slot() {
+    // Slot 0 caches page 1, slot 1 page 3; pages 0 and 2 are held. While the pool is drained and
+    // page 2 freed into slot 1, this thread claims slot 0 (waiting out the drain's critical
+    // section if it is in one) and, through the handle, allocates and frees without the slot's
+    // lock: a Page, then page 0. The drain either emptied slot 0 before the claim (outcome 0)
+    // or skips it (1); loom checks that no access to slot 0's stacks overlaps another.
+    let runs = explore(|| {
+        let pool = cached(4, 2, 2, 2);
+        assert_eq!(pool.alloc(0, 0), Ok(0));
+        assert_eq!(pool.alloc(1, 0), Ok(2));
+        let drainer = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.drain_all().unwrap())
+        };
+        let putter = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.put(1, 2).unwrap())
+        };
+        let mut local = pool.local(0).unwrap();
+        let outcome = local.cached_pages();
+        let page = local.alloc_page(0).unwrap();
+        assert_eq!(pool.refcount(page.pfn()), Ok(1));
+        local.free_page(page).unwrap();
+        local.put(0).unwrap();
+        drop(local);
+        drainer.join().unwrap();
+        putter.join().unwrap();
+        pool.check().unwrap();
+        assert_eq!(pool.free_pages(), 4);
+        whole(&pool, 4);
+        outcome as u8
+    });
+    explored(runs, &[0, 1]);
+}
+
+#[test]
+fn a_claimed_slot_is_not_drained_for_another_cpu() {
+    // Two pages: 0 held, 1 cached in slot 0, which this thread claims. Another thread claims
+    // slot 1 and allocates: the pool is empty and its last-resort drain skips slot 0 while the
+    // claim lasts, so it gets page 1 only if this thread's handle was dropped first.
+    let runs = explore(|| {
+        let pool = cached(2, 2, 2, 2);
+        assert_eq!(pool.alloc(0, 0), Ok(0));
+        let local = pool.local(0).unwrap();
+        let other = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.local(1).unwrap().alloc(0))
+        };
+        drop(local);
+        let outcome = match other.join().unwrap() {
+            Ok(pfn) => {
+                assert_eq!(pfn, 1);
+                pool.put(1, pfn).unwrap();
+                1
+            }
+            Err(e) => {
+                assert_eq!(e, Error::OutOfMemory { order: 0 });
+                0
+            }
+        };
+        pool.put(0, 0).unwrap();
+        pool.check().unwrap();
+        whole(&pool, 2);
+        outcome
+    });
+    explored(runs, &[0, 1]);
+}
