@@ -55,7 +55,8 @@ mod check;
 mod config;
 mod error;
 mod exact;
-// The handoff flag is an atomic load and store, no compare-and-swap.
+// The handoff flag: an atomic bool, loaded and stored only; gated as `SpinLock` is, since targets
+// with atomic loads and stores but no compare-and-swap have no stable cfg of their own.
 #[cfg(target_has_atomic = "8")]
 mod handoff;
 // Shared pools: the lock word and the journal's commit need 32-bit compare-and-swap.
