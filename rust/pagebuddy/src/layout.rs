@@ -776,10 +776,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     /// [`lock_with`](Self::lock_with) under another owner id (not 0; 0 is taken as this
     /// pool's own): for a handle inherited by a forked child, which must not lock under its
     /// parent's id.
-    #[inline]
-    pub fn lock_as(&self, owner: u32, mut pause: impl FnMut(u32)) -> SharedGuard<'_, 'a, L> {
+    #[inline(always)]
+    pub fn lock_as(&self, owner: u32, pause: impl FnMut(u32)) -> SharedGuard<'_, 'a, L> {
         let owner = if owner == 0 { self.owner } else { owner };
-        let how = self.lock_word().lock(owner, self.is_dead, &mut pause);
+        let how = match self.lock_word().try_lock(owner) {
+            Ok(()) => Acquired::Clean,
+            Err(_) => self.lock_slow(owner, pause),
+        };
         let mut guard = SharedGuard {
             shared: self,
             owner,
@@ -793,6 +796,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             self.load_lists();
         }
         guard
+    }
+
+    /// The lock's wait, out of the way of its fast path.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self, owner: u32, mut pause: impl FnMut(u32)) -> Acquired {
+        self.lock_word().lock(owner, self.is_dead, &mut pause)
     }
 
     /// [`lock_with`](Self::lock_with) with a spin hint between polls.
@@ -1099,9 +1109,10 @@ impl<'a, L: SharedLinks<'a>> core::ops::DerefMut for SharedGuard<'_, 'a, L> {
 }
 
 impl<'a, L: SharedLinks<'a>> Drop for SharedGuard<'_, 'a, L> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.damage.is_none() && self.journal_state() & UNJOURNALED != 0 {
-            self.commit(UNJOURNALED, (0, MAX_ORDERS as u32));
+        if self.journal_state() & UNJOURNALED != 0 {
+            self.commit_unjournaled();
         }
         self.shared.lock_word().unlock(self.owner);
     }
@@ -1224,6 +1235,15 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         state.store(state.load(Ordering::Relaxed) & !flags, Ordering::Release);
         #[cfg(test)]
         tests_hook::committed();
+    }
+
+    /// Commits what was done through `DerefMut` (all the list ends), unless the pool is damaged.
+    #[cold]
+    #[inline(never)]
+    fn commit_unjournaled(&mut self) {
+        if self.damage.is_none() {
+            self.commit(UNJOURNALED, (0, MAX_ORDERS as u32));
+        }
     }
 
     /// Ends a journaled operation that failed: whatever it wrote is rolled back (a policy error
