@@ -908,7 +908,9 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             "The core's side (`benches/benches/binding.rs`, criterion group `binding`): the same "
             "calls on the same pool state (16,384 pages of 4096 B, zero never, side table), so "
             "that the Python figure minus the core's is the binding's own cost (the call, "
-            "argument and result conversion, the lock). The two programs run one after the "
+            "argument and result conversion, the check that no batch call has the pool handed "
+            "off; the Python pool's lock is the interpreter lock, where the core through "
+            "`LockedPool` pays a spin lock). The two programs run one after the "
             "other on a shared machine: compare ratios from this one run.",
             "",
             "| calls | core (`Pool`) | core through `LockedPool` | Python `Pool` | Python - core |",
@@ -940,8 +942,9 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
         notes.append(
             f"churn: `Pool` costs {fmt_ns(churn['pool_ns'])} per call, of which the Python "
             f"loop alone is {data['loop_overhead_ns']} ns and the rest is the call into the "
-            "extension, the lock around the pool and the core's own step (see the Rust churn "
-            "row above); the ratio is bounded by how cheap the pure-Python model's step is "
+            "extension, the check that no batch has the pool handed off and the core's own "
+            "step (see the Rust churn row above); the ratio is bounded by how cheap the "
+            "pure-Python model's step is "
             f"({fmt_ns(churn['reference_ns'])})."
         )
     if notes:
@@ -990,7 +993,7 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
         if not (pair and builtin):
             continue
         target = (
-            f"Python: binding overhead of a {label} pair (Python pair - core pair) ≤ 2x "
+            f"Python: binding overhead of one {label} pair (Python pair - core pair) ≤ 2x "
             "list.append + list.pop"
         )
         if ident not in core:
@@ -1045,7 +1048,12 @@ def python_only(args: argparse.Namespace) -> int:
     section: list[str] = []
     rows: list[tuple[str, str, str]] = []
     python_section(Run(), section, rows)
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    try:  # the run's time: when it wrote its results
+        stamp = (DATA / "python.json").stat().st_mtime
+    except OSError:
+        stamp = time.time()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+    shared = busy(m).replace("; the instruction counts are not affected", "")
     ran = (
         f" ({args.seconds} s of benchmarks after {args.build_seconds} s of building)"
         if args.seconds is not None
@@ -1053,7 +1061,7 @@ def python_only(args: argparse.Namespace) -> int:
     )
     section[2:2] = [
         f"This section is from its own run, `{args.command}`{ran}, {when}; {m['cpu']}, "
-        f"{m['cores']} cores; load average (1, 5, 15 min) {m['load']}{busy(m)}. The machine is "
+        f"{m['cores']} cores; load average (1, 5, 15 min) {m['load']}{shared}. The machine is "
         "shared with other builds: compare the ratios of one run, not absolute times across "
         "runs.",
         "",
