@@ -4,6 +4,8 @@
 #   - the per-CPU caches: cached vs exact, threads scaling, zeroing (benches/benches/cached.rs),
 #   - the metadata layout: two arrays against one record per page (benches/benches/layout.rs),
 #   - the metadata footprint measurement (benches/benches/footprint.rs),
+#   - the core's side of the Python benchmark: the same calls on the same pool state
+#     (benches/benches/binding.rs),
 #   - instruction counts of the hot alloc+free pair under callgrind, when valgrind is installed,
 #   - the Python benchmark (benches/python_bench.py --quick --json), when it can run,
 # then scripts/bench_report.py turns the results into the page.
@@ -25,7 +27,7 @@ mkdir -p "$out"
 rm -f "$out"/alloc.json "$out"/footprint.json "$out"/python.json "$out"/python.status \
     "$out"/instructions.txt "$out"/cached.json
 # Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
-rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed}
+rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed,binding}
 
 if [ "$mode" = short ]; then
     export BENCH_SHORT=1
@@ -45,6 +47,9 @@ cargo bench -p pagebuddy-benches --bench alloc 2>&1 | tee "$out"/alloc.log
 
 echo "== Rust: per-CPU caches, threads and zeroing" >&2
 cargo bench -p pagebuddy-benches --bench cached 2>&1 | tee "$out"/cached.log
+
+echo "== Rust: the core's side of the Python benchmark" >&2
+cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
 
 echo "== Rust: metadata layout (two arrays or one record per page)" >&2
 cargo bench -p pagebuddy-benches --bench layout 2>&1 | tee "$out"/layout.log
