@@ -96,17 +96,27 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             .into());
         }
         links.fits(geo.nr_pages)?;
-        let free = FreeLists::new(links, geo.nr_pages, geo.base_pfn, geo.page_size);
-        let mut pool = Pool {
+        let mut pool = Self::adopt(arena, meta, links, geo);
+        pool.populate(prezeroed)?;
+        Ok(pool)
+    }
+
+    /// The pool over `meta` and `links` as they are, with empty list ends and no free page: the
+    /// caller lays out or loads the state (`populate`, or a shared pool's header).
+    pub(crate) fn adopt(
+        arena: Arena<'a>,
+        meta: &'a mut [PageMeta],
+        links: L,
+        geo: Geometry,
+    ) -> Self {
+        Pool {
             arena,
             meta,
-            free,
+            free: FreeLists::new(links, geo.nr_pages, geo.base_pfn, geo.page_size),
             geo,
             free_pages: 0,
             touched: geo.nr_pages,
-        };
-        pool.populate(prezeroed)?;
-        Ok(pool)
+        }
     }
 
     /// Lays out the initial state: reserved pages held, the rest as the largest aligned blocks
