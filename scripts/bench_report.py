@@ -908,7 +908,9 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             "The core's side (`benches/benches/binding.rs`, criterion group `binding`): the same "
             "calls on the same pool state (16,384 pages of 4096 B, zero never, side table), so "
             "that the Python figure minus the core's is the binding's own cost (the call, "
-            "argument and result conversion, the lock). The two programs run one after the "
+            "argument and result conversion, the check that no batch call has the pool handed "
+            "off; the Python pool's lock is the interpreter lock, where the core through "
+            "`LockedPool` pays a spin lock). The two programs run one after the "
             "other on a shared machine: compare ratios from this one run.",
             "",
             "| calls | core (`Pool`) | core through `LockedPool` | Python `Pool` | Python - core |",
@@ -934,14 +936,27 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             f"the same run and net of the same loop, costs {fmt_ns(builtin)} a pair.",
             "",
         ]
+    net = [(name, by[name]) for name in ("ref_pair", "cached_pair") if name in by]
+    if builtin and net:
+        out += [
+            f"The pairs net of the loop against `list.append` + `list.pop` ({fmt_ns(builtin)}, "
+            "timed in the same run and net of the same loop): "
+            + "; ".join(
+                f"{name} {fmt_ns(r['pool_ns'])} ({r['pool_ns'] / builtin:.2f}x)" for name, r in net
+            )
+            + ". `cached_pair` is `alloc_pages(0)` + `put_page` on `Pool(n, cpus=1)` through "
+            "the thread's slot: the page comes off the slot's LIFO cache and goes back on it.",
+            "",
+        ]
     notes = []
     churn = by.get("churn")
     if churn and churn["ratio"] < 20:
         notes.append(
             f"churn: `Pool` costs {fmt_ns(churn['pool_ns'])} per call, of which the Python "
             f"loop alone is {data['loop_overhead_ns']} ns and the rest is the call into the "
-            "extension, the lock around the pool and the core's own step (see the Rust churn "
-            "row above); the ratio is bounded by how cheap the pure-Python model's step is "
+            "extension, the check that no batch has the pool handed off and the core's own "
+            "step (see the Rust churn row above); the ratio is bounded by how cheap the "
+            "pure-Python model's step is "
             f"({fmt_ns(churn['reference_ns'])})."
         )
     if notes:
@@ -990,7 +1005,7 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
         if not (pair and builtin):
             continue
         target = (
-            f"Python: binding overhead of a {label} pair (Python pair - core pair) ≤ 2x "
+            f"Python: binding overhead of one {label} pair (Python pair - core pair) ≤ 2x "
             "list.append + list.pop"
         )
         if ident not in core:
@@ -1029,6 +1044,65 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
         )
 
 
+PYTHON_HEADING = "## Python: `Pool` against `ReferencePool`"
+
+
+def python_only(args: argparse.Namespace) -> int:
+    """Rewrites the Python section of the page, and the Python rows of its targets table, from
+    a run of ``scripts/bench.sh --python``; the rest of the page stays as it was."""
+    page = Path(args.out)
+    try:
+        text = page.read_text()
+    except OSError:
+        print(f"no {page} to update: run scripts/bench.sh", file=sys.stderr)
+        return 1
+    m = machine()
+    section: list[str] = []
+    rows: list[tuple[str, str, str]] = []
+    python_section(Run(), section, rows)
+    try:  # the run's time: when it wrote its results
+        stamp = (DATA / "python.json").stat().st_mtime
+    except OSError:
+        stamp = time.time()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+    shared = busy(m).replace("; the instruction counts are not affected", "")
+    ran = (
+        f" ({args.seconds} s of benchmarks after {args.build_seconds} s of building)"
+        if args.seconds is not None
+        else ""
+    )
+    section[2:2] = [
+        f"This section is from its own run, `{args.command}`{ran}, {when}; {m['cpu']}, "
+        f"{m['cores']} cores; load average (1, 5, 15 min) {m['load']}{shared}. The machine is "
+        "shared with other builds: compare the ratios of one run, not absolute times across "
+        "runs.",
+        "",
+    ]
+    start = text.find(PYTHON_HEADING)
+    if start < 0:
+        print(f"{page} has no Python section: run scripts/bench.sh", file=sys.stderr)
+        return 1
+    end = text.find("\n## ", start + len(PYTHON_HEADING))
+    end = len(text) if end < 0 else end + 1
+    text = text[:start] + "\n".join(section) + "\n" + text[end:]
+    # The targets table: the Python rows of this run in place of the old ones.
+    lines = text.split("\n")
+    kept = [ln for ln in lines if not ln.startswith("| Python:")]
+    at = next(
+        (i for i, ln in enumerate(kept) if ln == "| target | measured | verdict |"),
+        None,
+    )
+    if at is not None:
+        end_of_table = at + 2
+        while end_of_table < len(kept) and kept[end_of_table].startswith("|"):
+            end_of_table += 1
+        new_rows = [f"| {t} | {v} | **{verdict}** |" for t, v, verdict in rows]
+        kept[end_of_table:end_of_table] = new_rows
+    page.write_text("\n".join(kept))
+    print(f"rewrote the Python section of {page}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--command", default="scripts/bench.sh")
@@ -1036,7 +1110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, help="wall time of the benchmarks")
     ap.add_argument("--build-seconds", type=int, help="wall time of the build")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument(
+        "--python-only",
+        action="store_true",
+        help="rewrite only the Python section of --out and its rows of the targets table",
+    )
     args = ap.parse_args(argv)
+    if args.python_only:
+        return python_only(args)
 
     run = Run()
     if run.alloc is None:
