@@ -936,6 +936,18 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             f"the same run and net of the same loop, costs {fmt_ns(builtin)} a pair.",
             "",
         ]
+    net = [(name, by[name]) for name in ("ref_pair", "cached_pair") if name in by]
+    if builtin and net:
+        out += [
+            f"The pairs net of the loop against `list.append` + `list.pop` ({fmt_ns(builtin)}, "
+            "timed in the same run and net of the same loop): "
+            + "; ".join(
+                f"{name} {fmt_ns(r['pool_ns'])} ({r['pool_ns'] / builtin:.2f}x)" for name, r in net
+            )
+            + ". `cached_pair` is `alloc_pages(0)` + `put_page` on `Pool(n, cpus=1)` through "
+            "the thread's slot: the page comes off the slot's LIFO cache and goes back on it.",
+            "",
+        ]
     notes = []
     churn = by.get("churn")
     if churn and churn["ratio"] < 20:
