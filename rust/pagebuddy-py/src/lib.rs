@@ -1168,6 +1168,7 @@ impl Pool {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
     // A forked child locks shared pools under its own pid, not its parent's.
     let after = m.getattr("_after_fork")?;
     let kwargs = PyDict::new(m.py());

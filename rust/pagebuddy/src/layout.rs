@@ -398,8 +398,7 @@ impl<L: LinkStore> Journaled<'_, L> {
         }
         // The count is stored before the link it covers.
         fence(Ordering::Release);
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
     }
 }
 
@@ -1197,8 +1196,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         fence(Ordering::Release);
         pool.free.links.armed = true;
         pool.free.links.n = 0;
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
     }
 
     /// Completes an operation that changed the list ends of orders `lists.0..lists.1`: writes
@@ -1215,12 +1213,10 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         unsafe { addr_of_mut!((*s.h()).generation).write(generation) };
         s.set_seen(generation);
         fence(Ordering::Release);
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
         let state = s.state_word();
         state.store(state.load(Ordering::Relaxed) & !flags, Ordering::Release);
-        #[cfg(test)]
-        tests_hook::committed();
+        crash_point(true);
     }
 
     /// Commits what was done through `DerefMut` (all the list ends), unless the pool is damaged.
@@ -1488,6 +1484,68 @@ unsafe fn carve<'a, L: SharedLinks<'a>>(
     }
 }
 
+/// A crash point: a step of an operation where a process killed at that instant leaves a state
+/// that recovery must handle (`committed`: right after a commit). Nothing happens here but in
+/// this crate's tests (which copy the bytes there) and with the `crash-points` feature (which
+/// may end the process there: `crash_points::arm`).
+#[inline(always)]
+fn crash_point(committed: bool) {
+    #[cfg(test)]
+    tests_hook::run(committed);
+    #[cfg(all(feature = "crash-points", target_has_atomic = "ptr"))]
+    crash_points::reached();
+    let _ = committed;
+}
+
+/// Crash points for tests outside this crate (feature `crash-points`): a test process arms a
+/// countdown, and the crash point where it runs out calls the test's action, which ends the
+/// process between two steps of an operation (as SIGKILL at that instant would).
+///
+/// ```
+/// # #[cfg(feature = "crash-points")] {
+/// use pagebuddy::{crash_points, Config, SharedPool, SideTable};
+///
+/// static HIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// let mut words = vec![0u64; (64 << 10) / 8];
+/// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+/// let bytes: &mut [u8] =
+///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+/// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+/// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+/// // A real test would end the process; this action only notes that the point was reached.
+/// crash_points::arm(1, || HIT.store(true, std::sync::atomic::Ordering::Relaxed));
+/// pool.lock().alloc(0).unwrap(); // its first crash point: the journal just written
+/// assert!(HIT.load(std::sync::atomic::Ordering::Relaxed));
+/// # }
+/// ```
+#[cfg(all(feature = "crash-points", target_has_atomic = "ptr"))]
+pub mod crash_points {
+    use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+    static LEFT: AtomicU32 = AtomicU32::new(0);
+    static ACTION: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Makes the `n`th crash point from now (1: the next), in any shared pool of this process,
+    /// call `action`; 0 disarms. If `action` returns, the operation goes on as if nothing
+    /// happened.
+    pub fn arm(n: u32, action: fn()) {
+        ACTION.store(action as *mut (), Ordering::Relaxed);
+        LEFT.store(n, Ordering::Release);
+    }
+
+    pub(crate) fn reached() {
+        if LEFT.load(Ordering::Relaxed) != 0 && LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let p = ACTION.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: ACTION only ever holds a `fn()` that `arm` stored, cast to a pointer
+                // of the same size.
+                let action = unsafe { core::mem::transmute::<*mut (), fn()>(p) };
+                action();
+            }
+        }
+    }
+}
+
 /// Test-only crash points: a hook called between the steps of an operation.
 #[cfg(test)]
 pub(crate) mod tests_hook {
@@ -1510,22 +1568,12 @@ pub(crate) mod tests_hook {
         HOOK.with(|h| *h.borrow_mut() = None);
     }
 
-    fn run(committed: bool) {
+    pub(crate) fn run(committed: bool) {
         HOOK.with(|h| {
             if let Some(f) = h.borrow_mut().as_mut() {
                 f(committed);
             }
         });
-    }
-
-    /// A point inside an operation.
-    pub(crate) fn point() {
-        run(false);
-    }
-
-    /// The point right after a commit.
-    pub(crate) fn committed() {
-        run(true);
     }
 }
 

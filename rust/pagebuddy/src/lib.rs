@@ -80,6 +80,8 @@ pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(target_has_atomic = "8")]
 pub use handoff::{Handoff, HandoffPool};
+#[cfg(all(feature = "crash-points", target_has_atomic = "ptr", not(loom)))]
+pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
     pages_that_fit, Journaled, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
