@@ -5,6 +5,7 @@ STAMP  := $(VENV)/.deps-installed
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
 .PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel sdist bench \
+        bench-python \
         clean
 
 all: test
@@ -58,6 +59,10 @@ fmt: $(STAMP)
 ## bench: every benchmark in short mode; rewrites docs/benchmarks.md from the run
 bench: develop
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/bench.sh
+
+## bench-python: the Python benchmark and the core's side of it; rewrites that section only
+bench-python: develop
+	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/bench.sh --python
 
 # Tools of `make wheel` only: zig as the linker that targets an old glibc, auditwheel to confirm it.
 WHEEL_TOOLS := $(VENV)/.wheel-tools-installed

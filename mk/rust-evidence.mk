@@ -2,7 +2,8 @@
 #   make valgrind     memcheck over every test binary of the core, 0 errors required
 #   make fuzz-short   each cargo-fuzz target for FUZZ_SHORT seconds (skipped without nightly/cargo-fuzz)
 #   make fuzz-long    each cargo-fuzz target for FUZZ_LONG seconds
-#   make loom         loom model checking of LockedPool and CachedPool (own target dir: target/loom)
+#   make loom         loom model checking of LockedPool, CachedPool, shared and handoff pools (own
+#                     target dir: target/loom)
 #   make mutants      cargo-mutants over the core crate (skipped without cargo-mutants)
 
 # Whatever includes this file keeps its own default goal.
@@ -28,7 +29,7 @@ fuzz-long:
 	scripts/fuzz.sh attach $(FUZZ_LONG)
 
 loom:
-	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --test loom_shm --release \
+	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --test loom_shm --test loom_handoff --release \
 	    --target-dir target/loom -- --nocapture --test-threads=1
 
 # Doctests are left out (each compiles separately; the unit tests cover the same functions) and

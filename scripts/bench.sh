@@ -4,28 +4,38 @@
 #   - the per-CPU caches: cached vs exact, threads scaling, zeroing (benches/benches/cached.rs),
 #   - the metadata layout: two arrays against one record per page (benches/benches/layout.rs),
 #   - the metadata footprint measurement (benches/benches/footprint.rs),
+#   - the core's side of the Python benchmark: the same calls on the same pool state
+#     (benches/benches/binding.rs),
 #   - instruction counts of the hot alloc+free pair under callgrind, when valgrind is installed,
 #   - the Python benchmark (benches/python_bench.py --quick --json), when it can run,
 # then scripts/bench_report.py turns the results into the page.
 #
 # Usage: scripts/bench.sh          short mode (well under 5 minutes once built)
 #        scripts/bench.sh --full   criterion's default warm-up, measurement and sample size
+#        scripts/bench.sh --python the Python benchmark and the core's side of it only (short
+#                                  mode); rewrites the Python section of docs/benchmarks.md and
+#                                  its rows of the targets table, and leaves the rest as it is
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=short
+python_only=0
 case "${1:-}" in
     "") ;;
     --full) mode=full ;;
-    *) echo "usage: $0 [--full]" >&2; exit 2 ;;
+    --python) python_only=1 ;;
+    *) echo "usage: $0 [--full | --python]" >&2; exit 2 ;;
 esac
 command="scripts/bench.sh${1:+ $1}"
 out=target/pagebuddy-bench
 mkdir -p "$out"
-rm -f "$out"/alloc.json "$out"/footprint.json "$out"/python.json "$out"/python.status \
-    "$out"/instructions.txt "$out"/cached.json
+rm -f "$out"/python.json "$out"/python.status
 # Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
-rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed}
+rm -rf target/criterion/binding
+if [ "$python_only" = 0 ]; then
+    rm -f "$out"/alloc.json "$out"/footprint.json "$out"/instructions.txt "$out"/cached.json
+    rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed}
+fi
 
 if [ "$mode" = short ]; then
     export BENCH_SHORT=1
@@ -36,6 +46,49 @@ fi
 t0=$(date +%s)
 cat /proc/loadavg > "$out"/loadavg.before
 
+# The Python benchmark into "$out"/python.json, or why not into "$out"/python.status.
+python_bench() {
+    echo "== Python benchmark" >&2
+    py=python3
+    [ -x .venv/bin/python ] && py=.venv/bin/python
+    if [ ! -f benches/python_bench.py ]; then
+        echo "not run: benches/python_bench.py is not in this tree" > "$out"/python.status
+    else
+        if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
+            echo "building the native module (make develop)" >&2
+            make develop >&2 || true
+            [ -x .venv/bin/python ] && py=.venv/bin/python
+        fi
+        if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
+            echo "not run: the native module pagebuddy._native could not be imported or built" \
+                > "$out"/python.status
+        elif "$py" benches/python_bench.py --quick --json > "$out"/python.json 2> "$out"/python.log
+        then
+            :
+        else
+            echo "not run: benches/python_bench.py failed: $(tail -n 1 "$out"/python.log)" \
+                > "$out"/python.status
+            rm -f "$out"/python.json
+        fi
+    fi
+}
+
+if [ "$python_only" = 1 ]; then
+    echo "== building the core's side of the Python benchmark" >&2
+    cargo bench -p pagebuddy-benches --bench binding --no-run
+    t_built=$(date +%s)
+    echo "== Rust: the core's side of the Python benchmark" >&2
+    cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
+    python_bench
+    cat /proc/loadavg > "$out"/loadavg.after
+    t1=$(date +%s)
+    echo "== writing the Python section of docs/benchmarks.md" >&2
+    python3 scripts/bench_report.py --python-only --command "$command" \
+        --seconds "$(( t1 - t_built ))" --build-seconds "$(( t_built - t0 ))" \
+        --out docs/benchmarks.md
+    exit 0
+fi
+
 echo "== building the benchmarks" >&2
 cargo bench -p pagebuddy-benches --no-run
 t_built=$(date +%s)
@@ -45,6 +98,9 @@ cargo bench -p pagebuddy-benches --bench alloc 2>&1 | tee "$out"/alloc.log
 
 echo "== Rust: per-CPU caches, threads and zeroing" >&2
 cargo bench -p pagebuddy-benches --bench cached 2>&1 | tee "$out"/cached.log
+
+echo "== Rust: the core's side of the Python benchmark" >&2
+cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
 
 echo "== Rust: metadata layout (two arrays or one record per page)" >&2
 cargo bench -p pagebuddy-benches --bench layout 2>&1 | tee "$out"/layout.log
@@ -86,29 +142,7 @@ else
     echo "valgrind not installed: no instruction counts" > "$out"/instructions.txt
 fi
 
-echo "== Python benchmark" >&2
-py=python3
-[ -x .venv/bin/python ] && py=.venv/bin/python
-if [ ! -f benches/python_bench.py ]; then
-    echo "not run: benches/python_bench.py is not in this tree" > "$out"/python.status
-else
-    if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
-        echo "building the native module (make develop)" >&2
-        make develop >&2 || true
-        [ -x .venv/bin/python ] && py=.venv/bin/python
-    fi
-    if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
-        echo "not run: the native module pagebuddy._native could not be imported or built" \
-            > "$out"/python.status
-    elif "$py" benches/python_bench.py --quick --json > "$out"/python.json 2> "$out"/python.log
-    then
-        :
-    else
-        echo "not run: benches/python_bench.py failed: $(tail -n 1 "$out"/python.log)" \
-            > "$out"/python.status
-        rm -f "$out"/python.json
-    fi
-fi
+python_bench
 
 cat /proc/loadavg > "$out"/loadavg.after
 t1=$(date +%s)

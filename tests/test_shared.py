@@ -129,6 +129,59 @@ def test_batches_on_a_shared_pool_are_all_or_nothing(links: str) -> None:
     del pool, other
 
 
+def _steps_child(name: str, crash_at: int) -> None:
+    """A fixed sequence of every kind of operation, killed (SIGKILL) at crash point ``crash_at``;
+    exits 0 if the sequence ends first."""
+    from pagebuddy._native import _crash_after
+
+    shm = shared_memory.SharedMemory(name=name)
+    pool = Pool.attach(shm.buf)
+    _crash_after(crash_at)
+    a = pool.alloc_pages(2)
+    pool.get_page(a)
+    b = list(pool.alloc_many(0, 3))
+    run = pool.alloc_exact(3)
+    pool.put_many([a, *b[:2]])
+    pool.split_page(a)
+    pool.put_many([a, a + 1, run])
+    pool.put_page(a + 2)
+    pool.put_page(b[2])
+    _crash_after(0)
+    os._exit(0)
+
+
+def test_a_process_stopped_at_every_step_of_its_operations() -> None:
+    """A child killed at each crash point in turn (its journal written, each link write, each
+    commit) of a sequence of every operation, batches and exact runs included: the pool it
+    leaves passes check() once recovered (the parent takes the lock over from it), and every
+    page is free or held."""
+    shm = shared_memory.SharedMemory(create=True, size=pool_bytes(64))
+    try:
+        ctx = multiprocessing.get_context("fork")
+        stopped = 0
+        for crash_at in range(1, 400):
+            pool = Pool.create_in(shm.buf, max_order=4)
+            child = ctx.Process(target=_steps_child, args=(shm.name, crash_at))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                assert child.exitcode == -signal.SIGKILL, child.exitcode
+                assert lock_holder(shm.buf) == child.pid  # stopped inside an operation
+                stopped += 1
+            pool.check()
+            held = held_pages(pool)
+            assert pool.free_pages + sum(held.values()) == pool.nr_pages
+            del pool
+            if child.exitcode == 0:
+                break
+        else:
+            raise AssertionError("the sequence never ended")
+        assert stopped > 40, stopped
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 def test_sigkill_at_random_moments() -> None:
     report = kill_rounds(int(os.environ.get("PAGEBUDDY_KILLS", "60")), seed=3)
     assert report["accounted"], report

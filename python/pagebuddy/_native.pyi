@@ -5,12 +5,17 @@ from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__", "_after_fork"]
+__all__ = ["Pool", "__version__", "_after_fork", "_crash_after"]
 
 __version__: str
 
 def _after_fork() -> None:
     """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
+
+def _crash_after(n: int) -> None:
+    """For tests: the ``n``-th crash point of a shared pool's operations from now (each step of
+    an operation: its journal written, each link write, the commit) kills this process with
+    SIGKILL; 0 disarms."""
 
 _B = TypeVar("_B", bound=Buffer)
 

@@ -233,7 +233,11 @@ impl Cache {
     }
 
     /// This thread's slot: the order in which threads first called the pool, modulo `cpus`.
+    #[inline]
     fn thread_slot(&self) -> usize {
+        if self.cpus == 1 {
+            return 0; // every thread's, whatever its order
+        }
         let (id, slot) = LAST_SLOT.with(Cell::get);
         if id == self.id {
             return slot;
@@ -244,6 +248,8 @@ impl Cache {
     }
 
     /// This thread's slot, looked up (or given, on its first call) in `threads`.
+    #[cold]
+    #[inline(never)]
     fn first_slot(&self) -> usize {
         let me = std::thread::current().id();
         let mut threads = self

@@ -21,6 +21,9 @@ impl Int {
         obj: &Bound<'_, PyAny>,
         what: impl FnOnce() -> S,
     ) -> PyResult<Int> {
+        if let Some(v) = plain_u64(obj) {
+            return Ok(Int::Val(v));
+        }
         match obj.extract::<u64>() {
             Ok(v) => Ok(Int::Val(v)),
             Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
@@ -59,6 +62,21 @@ impl Int {
             Int::Negative(t) | Int::Huge(t) => t.clone(),
         }
     }
+}
+
+/// `obj` if it is an int that a `u64` holds, read in one call, the common case of every int
+/// argument; `None`, with no exception left set, for anything else (an `__index__` object, a
+/// negative or huge int), which `Int::of` then reads the slow way.
+#[inline]
+fn plain_u64(obj: &Bound<'_, PyAny>) -> Option<u64> {
+    // SAFETY: `obj` is a live object and the `Bound` proves the GIL held. The call reads an int
+    // and raises TypeError for anything else (it calls no `__index__`), OverflowError for an int
+    // out of range.
+    let v = unsafe { pyo3::ffi::PyLong_AsUnsignedLongLong(obj.as_ptr()) };
+    if v == u64::MAX && PyErr::take(obj.py()).is_some() {
+        return None;
+    }
+    Some(v)
 }
 
 /// A pfn argument: ints that fit no `u64` are outside every pool.

@@ -9,8 +9,8 @@ mod shared;
 use std::ptr::NonNull;
 
 use pagebuddy::{
-    Arena, CacheConfig, Config, Error, Geometry, Intrusive, Link, LinkStore, LockedPool, PageMeta,
-    Pool as Core, SharedGuard, SharedPool, SideTable, SpinLock, ZeroPolicy,
+    Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
+    LockedPool, PageMeta, Pool as Core, SharedGuard, SharedPool, SideTable, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -19,15 +19,16 @@ use pyo3::types::{PyDict, PySlice, PyTuple};
 use cached::Cache;
 use convert::{choice, raise, unsigned, Exc, Int};
 
-// Contention comes only from batch calls, which release the GIL: short critical sections that a
-// spinning (then yielding) waiter outlasts more cheaply than a sleeping one.
-type Locked<L> = LockedPool<'static, L, SpinLock>;
+/// A plain pool: the interpreter lock is its lock. Calls hold it; a batch call hands the pool off
+/// before it lets the interpreter lock go (`without_gil!`), so that a single call pays no atomic
+/// read-modify-write, only a load that finds no handoff out (see `HandoffPool`).
+type Plain<L> = HandoffPool<'static, L>;
 
 /// The core pool, with links in a side table (the default) or in the free pages, or the same
 /// behind per-CPU caches (`cpus=N`).
 enum Inner {
-    Side(Locked<SideTable<'static>>),
-    Intrusive(Locked<Intrusive>),
+    Side(Plain<SideTable<'static>>),
+    Intrusive(Plain<Intrusive>),
     /// Per-CPU caches in front of the core (`cpus=N`); see `cached.rs`.
     Cached(Box<Cache>),
     /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
@@ -36,12 +37,13 @@ enum Inner {
 }
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
-/// `$cached` with the caches as `$c`.
+/// `$cached` with the caches as `$c`. `$py` proves the interpreter lock held, the lock of a plain
+/// pool. Every `$body` is the core's work alone: it never runs Python code.
 macro_rules! with {
-    ($self:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
         match &$self.inner {
-            Inner::Side(l) => l.with(|$p| $body),
-            Inner::Intrusive(l) => l.with(|$p| $body),
+            Inner::Side(l) => under_gil($py, l, |$p| $body),
+            Inner::Intrusive(l) => under_gil($py, l, |$p| $body),
             Inner::Cached($c) => $cached,
             Inner::SharedSide(s) => {
                 let mut g = s.lock_as(shared::pid(), shared::pause);
@@ -57,6 +59,64 @@ macro_rules! with {
             }
         }
     };
+}
+
+/// `with!` for a batch call: `$body` runs with the interpreter lock released, so that other
+/// threads run meanwhile. A plain pool is handed off first, under the interpreter lock, and the
+/// handoff is dropped inside the closure, before the interpreter lock is taken back: a call that
+/// waits for the handoff holds that lock.
+macro_rules! without_gil {
+    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+        match &$self.inner {
+            Inner::Side(l) => {
+                let handoff = hand_off($py, l);
+                $py.allow_threads(|| {
+                    let mut handoff = handoff;
+                    handoff.with(|$p| $body)
+                })
+            }
+            Inner::Intrusive(l) => {
+                let handoff = hand_off($py, l);
+                $py.allow_threads(|| {
+                    let mut handoff = handoff;
+                    handoff.with(|$p| $body)
+                })
+            }
+            Inner::Cached($c) => $py.allow_threads(|| $cached),
+            Inner::SharedSide(s) => $py.allow_threads(|| {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                f(&mut g)
+            }),
+            Inner::SharedIntrusive(s) => $py.allow_threads(|| {
+                let mut g = s.lock_as(shared::pid(), shared::pause);
+                #[allow(unused_mut)]
+                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                f(&mut g)
+            }),
+        }
+    };
+}
+
+/// Runs `f`, the core's work alone, on a plain pool, under the interpreter lock that `_py` proves
+/// held.
+fn under_gil<L: LinkStore, T>(
+    _py: Python<'_>,
+    pool: &Plain<L>,
+    f: impl FnOnce(&mut Core<'static, L>) -> T,
+) -> T {
+    // SAFETY: the interpreter lock is the outer lock of every plain pool: every call on one is
+    // made from Python, holding it (as `_py` proves here), and keeps it until `f` returns, since
+    // `f` runs no Python code that could let it go.
+    unsafe { pool.with_outer(f) }
+}
+
+/// Hands a plain pool off, under the interpreter lock that `_py` proves held, for a batch call to
+/// run with that lock released.
+fn hand_off<'p, L: LinkStore>(_py: Python<'_>, pool: &'p Plain<L>) -> Handoff<'p, 'static, L> {
+    // SAFETY: as in `under_gil`; the lock is held until `hand_off` returns.
+    unsafe { pool.hand_off() }
 }
 
 /// Metadata and links that the core borrows as `'static`; freed after the core is dropped.
@@ -240,7 +300,7 @@ impl Pool {
         addr: usize,
         meta: &'static mut [PageMeta],
         links: L,
-    ) -> PyResult<Locked<L>> {
+    ) -> PyResult<Core<'static, L>> {
         let ptr = NonNull::new(addr as *mut u8)
             .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
         // SAFETY: `addr` is the start of a writable buffer export of at least
@@ -249,11 +309,10 @@ impl Pool {
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
         let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
-        let pool = Core::new(arena, meta, links, *geo).map_err(|e| match e {
+        Core::new(arena, meta, links, *geo).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, geo),
             e => PyValueError::new_err(format!("Pool: {e}")),
-        })?;
-        Ok(LockedPool::new(pool))
+        })
     }
 
     /// The caches, on a cached pool.
@@ -266,6 +325,7 @@ impl Pool {
 
     /// The slot a call runs for (`cpu`, else this thread's); 0 on a pool without caches, whose
     /// `cpu` is still checked.
+    #[inline]
     fn slot(&self, op: &str, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         match self.cache() {
             Some(c) => c.slot(op, cpu),
@@ -305,10 +365,14 @@ impl Pool {
             Error::Geometry(g) => convert::geometry_error(g, &config),
             e => PyValueError::new_err(format!("Pool: {e}")),
         })?;
-        let core = LockedPool::new(pool);
         let inner = match cpus {
-            0 => Inner::Side(core),
-            _ => Inner::Cached(Box::new(Cache::side(core, n, cpus, cache)?)),
+            0 => Inner::Side(HandoffPool::new(pool)),
+            _ => Inner::Cached(Box::new(Cache::side(
+                LockedPool::new(pool),
+                n,
+                cpus,
+                cache,
+            )?)),
         };
         Ok(Pool {
             inner,
@@ -362,6 +426,7 @@ macro_rules! page_op {
         let pfn = convert::pfn($op, $pfn)?;
         with!(
             $self,
+            $py,
             |p| p.$method(pfn).map_err(|e| (e, p.page(pfn).ok())),
             |c| c.$method(pfn).map_err(|e| (e, c.page(pfn).ok()))
         )
@@ -515,9 +580,9 @@ impl Pool {
         let inner = if intrusive {
             let core = Self::build(&config, addr, meta, Intrusive)?;
             match cpus {
-                0 => Inner::Intrusive(core),
+                0 => Inner::Intrusive(HandoffPool::new(core)),
                 _ => Inner::Cached(Box::new(Cache::intrusive(
-                    core,
+                    LockedPool::new(core),
                     geo.nr_pages as usize,
                     cpus,
                     cache,
@@ -530,9 +595,9 @@ impl Pool {
             let links = SideTable::new(unsafe { borrow(links) });
             let core = Self::build(&config, addr, meta, links)?;
             match cpus {
-                0 => Inner::Side(core),
+                0 => Inner::Side(HandoffPool::new(core)),
                 _ => Inner::Cached(Box::new(Cache::side(
-                    core,
+                    LockedPool::new(core),
                     geo.nr_pages as usize,
                     cpus,
                     cache,
@@ -621,6 +686,7 @@ impl Pool {
         let slot = self.slot("alloc_pages", cpu)?;
         with!(
             self,
+            py,
             |p| p.alloc(order).map_err(|e| (e, p.free_pages())),
             |c| c.alloc(slot, order).map_err(|e| (e, c.free_pages()))
         )
@@ -650,6 +716,7 @@ impl Pool {
         let slot = self.slot("put_page", cpu)?;
         with!(
             self,
+            py,
             |p| p.put(pfn).map_err(|e| (e, p.page(pfn).ok())),
             |c| c.put(slot, pfn).map_err(|e| (e, c.page(pfn).ok()))
         )
@@ -681,6 +748,7 @@ impl Pool {
         let slot = self.slot(op, None)?;
         with!(
             self,
+            py,
             |p| p.alloc_exact(n).map_err(|e| (e, p.free_pages())),
             |c| c.alloc_exact(slot, n).map_err(|e| (e, c.free_pages()))
         )
@@ -700,17 +768,18 @@ impl Pool {
     /// The refcount of a page (0 for free pages and tail pages).
     fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
         let pfn = convert::pfn("page_count", pfn)?;
-        with!(self, |p| p.refcount(pfn).map_err(|e| (e, None)), |c| c
+        with!(self, py, |p| p.refcount(pfn).map_err(|e| (e, None)), |c| c
             .refcount(pfn)
             .map_err(|e| (e, None)))
         .map_err(|e| self.page_error(py, "page_count", e))
     }
 
     /// The free lists, one per order 0..max_order, each head first (FIFO order).
-    fn free_lists(&self) -> Vec<Vec<u64>> {
+    fn free_lists(&self, py: Python<'_>) -> Vec<Vec<u64>> {
         let orders = 0..self.geo.max_order;
         with!(
             self,
+            py,
             |p| orders.map(|k| p.free_list(k).collect()).collect(),
             |c| c.free_lists(self.geo.max_order)
         )
@@ -729,7 +798,7 @@ impl Pool {
             Ok(m) => Err((Error::NotHeld { pfn }, Some(m))),
             Err(e) => Err((e, None)),
         };
-        let order = with!(self, |p| held(p.page(pfn)), |c| held(c.page(pfn)))
+        let order = with!(self, py, |p| held(p.page(pfn)), |c| held(c.page(pfn)))
             .map_err(|e| self.page_error(py, "view", e))?;
         let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
@@ -739,7 +808,7 @@ impl Pool {
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
-        with!(self, |p| p.check(), |c| c.check())
+        with!(self, py, |p| p.check(), |c| c.check())
             .map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
 
@@ -799,8 +868,8 @@ impl Pool {
 
     /// Free pages, in all blocks.
     #[getter]
-    fn free_pages(&self) -> u32 {
-        with!(self, |p| p.free_pages(), |c| c.free_pages())
+    fn free_pages(&self, py: Python<'_>) -> u32 {
+        with!(self, py, |p| p.free_pages(), |c| c.free_pages())
     }
 
     /// Number of CPU slots with page caches (0: none, the exact pool).
@@ -939,7 +1008,7 @@ impl Pool {
         Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         let cache = match self.cache() {
             Some(c) => format!(
                 ", cpus={}, cache_batch={}, cache_high={}",
@@ -957,7 +1026,7 @@ impl Pool {
             self.geo.base_pfn,
             self.geo.max_order,
             self.zero,
-            self.free_pages()
+            self.free_pages(py)
         )
     }
 }
@@ -995,15 +1064,14 @@ impl Pool {
             .map_err(|_| PyMemoryError::new_err(format!("cannot allocate {len} pfns")))?;
         pfns.resize(len, 0);
         let slot = self.slot("alloc_many", cpu)?;
-        let result = py.allow_threads(|| {
-            with!(
-                self,
-                |p| p
-                    .alloc_many(order, &mut pfns)
-                    .map_err(|e| (e, p.capacity(order))),
-                |c| c.alloc_many(slot, order, &mut pfns)
-            )
-        });
+        let result = without_gil!(
+            self,
+            py,
+            |p| p
+                .alloc_many(order, &mut pfns)
+                .map_err(|e| (e, p.capacity(order))),
+            |c| c.alloc_many(slot, order, &mut pfns)
+        );
         match result {
             Ok(()) => Ok(pfns),
             Err((Error::OutOfMemory { .. }, capacity)) => Err(raise(
@@ -1021,17 +1089,16 @@ impl Pool {
 
     /// `put_many` of an array of u64 pfns, read with no Python object per page.
     fn put_many_u64(&self, py: Python<'_>, slot: usize, pfns: &[u64]) -> PyResult<()> {
-        let result = py.allow_threads(|| {
-            with!(
-                self,
-                |p| p
-                    .put_many(pfns)
-                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
-                |c| c
-                    .put_many(slot, pfns)
-                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
-            )
-        });
+        let result = without_gil!(
+            self,
+            py,
+            |p| p
+                .put_many(pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+            |c| c
+                .put_many(slot, pfns)
+                .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+        );
         result.map_err(|(e, page)| {
             convert::error(py, &format!("put_many: pfns[{}]", e.index), e.error, page)
         })
@@ -1072,17 +1139,16 @@ impl Pool {
             .map(|v| *v.as_ref().unwrap_or(&outside))
             .collect();
         let slot = self.slot("put_many", cpu)?;
-        let result = py.allow_threads(|| {
-            with!(
-                self,
-                |p| p
-                    .put_many(&pfns)
-                    .map_err(|e| (e, p.page(pfns[e.index]).ok())),
-                |c| c
-                    .put_many(slot, &pfns)
-                    .map_err(|e| (e, c.page(pfns[e.index]).ok()))
-            )
-        });
+        let result = without_gil!(
+            self,
+            py,
+            |p| p
+                .put_many(&pfns)
+                .map_err(|e| (e, p.page(pfns[e.index]).ok())),
+            |c| c
+                .put_many(slot, &pfns)
+                .map_err(|e| (e, c.page(pfns[e.index]).ok()))
+        );
         result.map_err(|(e, page)| {
             let op = format!("put_many: pfns[{}]", e.index);
             match &values[e.index] {
@@ -1102,6 +1168,7 @@ impl Pool {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
     // A forked child locks shared pools under its own pid, not its parent's.
     let after = m.getattr("_after_fork")?;
     let kwargs = PyDict::new(m.py());

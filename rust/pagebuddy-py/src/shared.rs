@@ -33,6 +33,29 @@ pub(crate) fn _after_fork() {
     PID.store(std::process::id(), Ordering::Relaxed);
 }
 
+/// For tests: the `n`th crash point of a shared pool's operations from now, in this process,
+/// kills it with SIGKILL (0 disarms): a process stopped between two steps of an operation.
+#[pyfunction]
+pub(crate) fn _crash_after(n: u32) {
+    pagebuddy::crash_points::arm(n, kill_self);
+}
+
+/// SIGKILL to this process (then abort, should it return).
+fn kill_self() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        const SIGKILL: i32 = 9;
+        // SAFETY: kill(2) with this process's id and a signal number; it touches no memory.
+        unsafe {
+            kill(std::process::id() as i32, SIGKILL);
+        }
+    }
+    std::process::abort();
+}
+
 /// Whether process `pid` is gone: no `/proc/<pid>`, or a zombie (killed, not yet reaped).
 /// Where there is no `/proc`, holders are never taken for dead.
 fn pid_dead(pid: u32) -> bool {

@@ -55,8 +55,7 @@ use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 use crate::shmlock::{Acquired, OwnerLock};
 use crate::store::{
-    meta_from_bytes, FreeLists, Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS,
-    NO_ORDER,
+    meta_from_bytes, Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER,
 };
 use crate::Pool;
 
@@ -369,6 +368,17 @@ pub struct Journaled<'a, L> {
 }
 
 impl<L: LinkStore> Journaled<'_, L> {
+    /// `inner`, journaled into the header at `hdr` (disarmed until an operation begins).
+    fn new(inner: L, hdr: NonNull<Header>) -> Self {
+        Journaled {
+            inner,
+            hdr,
+            armed: false,
+            n: 0,
+            _bytes: PhantomData,
+        }
+    }
+
     fn record(&mut self, arena: &Arena<'_>, page_size: usize, idx: u32) {
         if !self.armed {
             return;
@@ -388,8 +398,7 @@ impl<L: LinkStore> Journaled<'_, L> {
         }
         // The count is stored before the link it covers.
         fence(Ordering::Release);
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
     }
 }
 
@@ -539,23 +548,12 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         // SAFETY: regions lie inside [ptr, ptr + total) and do not overlap; the caller's contract.
         let (meta, links, arena) =
             unsafe { carve::<L>(ptr, meta_off, links_off, pages_off, n, geo.page_size)? };
-        let pool = Pool::new(
-            arena,
-            meta,
-            Journaled {
-                inner: links,
-                hdr,
-                armed: false,
-                n: 0,
-                _bytes: PhantomData,
-            },
-            config,
-        )
-        .map_err(|e| match e {
-            Error::Geometry(g) => LayoutError::Geometry(g),
-            Error::Corrupted(c) => LayoutError::Corrupted(c),
-            _ => LayoutError::Header,
-        })?;
+        let pool =
+            Pool::new(arena, meta, Journaled::new(links, hdr), config).map_err(|e| match e {
+                Error::Geometry(g) => LayoutError::Geometry(g),
+                Error::Corrupted(c) => LayoutError::Corrupted(c),
+                _ => LayoutError::Header,
+            })?;
         let shared = SharedPool {
             pool: core::cell::UnsafeCell::new(pool),
             seen: core::cell::UnsafeCell::new(0),
@@ -705,26 +703,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         // accessed only under the lock (the caller's contract).
         let (meta, links, arena) =
             unsafe { carve::<L>(ptr, found.0, found.1, found.2, n, geo.page_size)? };
-        let free = FreeLists::new(
-            Journaled {
-                inner: links,
-                hdr,
-                armed: false,
-                n: 0,
-                _bytes: PhantomData,
-            },
-            geo.nr_pages,
-            geo.base_pfn,
-            geo.page_size,
-        );
-        let pool = Pool {
-            arena,
-            meta,
-            free,
-            geo,
-            free_pages: 0,
-            touched: geo.nr_pages,
-        };
+        let pool = Pool::adopt(arena, meta, Journaled::new(links, hdr), geo);
         let shared = SharedPool {
             pool: core::cell::UnsafeCell::new(pool),
             seen: core::cell::UnsafeCell::new(0),
@@ -776,10 +755,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     /// [`lock_with`](Self::lock_with) under another owner id (not 0; 0 is taken as this
     /// pool's own): for a handle inherited by a forked child, which must not lock under its
     /// parent's id.
-    #[inline]
-    pub fn lock_as(&self, owner: u32, mut pause: impl FnMut(u32)) -> SharedGuard<'_, 'a, L> {
+    #[inline(always)]
+    pub fn lock_as(&self, owner: u32, pause: impl FnMut(u32)) -> SharedGuard<'_, 'a, L> {
         let owner = if owner == 0 { self.owner } else { owner };
-        let how = self.lock_word().lock(owner, self.is_dead, &mut pause);
+        let how = match self.lock_word().try_lock(owner) {
+            Ok(()) => Acquired::Clean,
+            Err(_) => self.lock_slow(owner, pause),
+        };
         let mut guard = SharedGuard {
             shared: self,
             owner,
@@ -793,6 +775,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             self.load_lists();
         }
         guard
+    }
+
+    /// The lock's wait, out of the way of its fast path.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self, owner: u32, mut pause: impl FnMut(u32)) -> Acquired {
+        self.lock_word().lock(owner, self.is_dead, &mut pause)
     }
 
     /// [`lock_with`](Self::lock_with) with a spin hint between polls.
@@ -1099,9 +1088,10 @@ impl<'a, L: SharedLinks<'a>> core::ops::DerefMut for SharedGuard<'_, 'a, L> {
 }
 
 impl<'a, L: SharedLinks<'a>> Drop for SharedGuard<'_, 'a, L> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.damage.is_none() && self.journal_state() & UNJOURNALED != 0 {
-            self.commit(UNJOURNALED, (0, MAX_ORDERS as u32));
+        if self.journal_state() & UNJOURNALED != 0 {
+            self.commit_unjournaled();
         }
         self.shared.lock_word().unlock(self.owner);
     }
@@ -1149,26 +1139,32 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         self.recover().err()
     }
 
-    /// Starts a journaled operation that will change the metadata of `pages` (and of `split`'s
-    /// tails) and the list ends of the orders `lists.0..lists.1`: records their old values, then
-    /// marks the journal valid. (This handle's copy of the list ends is the header's: the lock
-    /// is held and the generation was checked when it was taken.)
-    fn begin(&mut self, pages: &[u32], split: Option<(u32, u32)>, lists: (u32, u32)) {
+    /// Records the old metadata of page `idx` as the next of the `n` entries of the operation
+    /// about to begin (a page outside the pool, or past `META_UNDO` entries, which no operation
+    /// reaches, is not recorded).
+    #[inline(always)]
+    fn note_meta(&self, n: &mut usize, idx: u32) {
+        let pool = self.shared.pool_ref();
+        if let (Some(&old), true) = (pool.meta.get(idx as usize), *n < META_UNDO) {
+            // SAFETY: the lock is held; `n < META_UNDO`.
+            unsafe { addr_of_mut!((*self.shared.h()).meta_undo[*n]).write(MetaUndo { idx, old }) };
+            *n += 1;
+        }
+    }
+
+    /// Starts a journaled operation that will change the metadata of the `n_meta` pages
+    /// [`note_meta`](Self::note_meta) recorded (and of `split`'s tails) and the list ends of the
+    /// orders `lists.0..lists.1`: records the old list ends, then marks the journal valid. (This
+    /// handle's copy of the list ends is the header's: the lock is held and the generation was
+    /// checked when it was taken.)
+    fn begin(&mut self, n_meta: usize, split: Option<(u32, u32)>, lists: (u32, u32)) {
         let s = self.shared;
         let h = s.h();
         let pool = s.pool_mut();
         let (lo, hi) = (lists.0 as usize, (lists.1 as usize).min(MAX_ORDERS));
-        // SAFETY: the lock is held; at most META_UNDO pages (callers pass at most one per order
-        // plus one), each looked up with a bounds check.
+        // SAFETY: the lock is held; `n_meta` entries were written by `note_meta`.
         unsafe {
-            let mut n = 0;
-            for &idx in pages.iter().take(META_UNDO) {
-                if let Some(&old) = pool.meta.get(idx as usize) {
-                    addr_of_mut!((*h).meta_undo[n]).write(MetaUndo { idx, old });
-                    n += 1;
-                }
-            }
-            (*h).n_meta = n as u32;
+            (*h).n_meta = n_meta as u32;
             (*h).n_links = 0;
             let (idx, count) = split.unwrap_or((0, 0));
             (*h).split = SplitUndo {
@@ -1200,8 +1196,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         fence(Ordering::Release);
         pool.free.links.armed = true;
         pool.free.links.n = 0;
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
     }
 
     /// Completes an operation that changed the list ends of orders `lists.0..lists.1`: writes
@@ -1211,19 +1206,26 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         let s = self.shared;
         s.pool_mut().free.links.armed = false;
         s.store_lists(lists.0, lists.1);
-        let h = s.h();
+        // Under the lock, this handle's `seen` is the header's generation (checked when the lock
+        // was taken, or set by the recovery that ran then).
+        let generation = s.seen().wrapping_add(1);
         // SAFETY: the header is valid for the pool's life; the lock is held.
-        let generation = unsafe { addr_of!((*h).generation).read() }.wrapping_add(1);
-        // SAFETY: as above.
-        unsafe { addr_of_mut!((*h).generation).write(generation) };
+        unsafe { addr_of_mut!((*s.h()).generation).write(generation) };
         s.set_seen(generation);
         fence(Ordering::Release);
-        #[cfg(test)]
-        tests_hook::point();
+        crash_point(false);
         let state = s.state_word();
         state.store(state.load(Ordering::Relaxed) & !flags, Ordering::Release);
-        #[cfg(test)]
-        tests_hook::committed();
+        crash_point(true);
+    }
+
+    /// Commits what was done through `DerefMut` (all the list ends), unless the pool is damaged.
+    #[cold]
+    #[inline(never)]
+    fn commit_unjournaled(&mut self) {
+        if self.damage.is_none() {
+            self.commit(UNJOURNALED, (0, MAX_ORDERS as u32));
+        }
     }
 
     /// Ends a journaled operation that failed: whatever it wrote is rolled back (a policy error
@@ -1259,18 +1261,18 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// to the one it takes from (`Pool::alloc_plan`).
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
         self.usable()?;
-        let mut pages = [0u32; META_UNDO];
-        let (n, lists) = match self.shared.pool_ref().alloc_plan(order) {
+        let mut n = 0;
+        let lists = match self.shared.pool_ref().alloc_plan(order) {
             Some((idx, found)) => {
-                pages[0] = idx;
+                self.note_meta(&mut n, idx);
                 for k in order..found {
-                    pages[(1 + k - order) as usize] = idx.wrapping_add(1 << k);
+                    self.note_meta(&mut n, idx.wrapping_add(1 << k));
                 }
-                ((1 + found - order) as usize, (order, found + 1))
+                (order, found + 1)
             }
-            None => (0, (0, 0)),
+            None => (0, 0),
         };
-        self.begin(&pages[..n], None, lists);
+        self.begin(n, None, lists);
         let r = self.shared.pool_mut().alloc(order);
         self.finish(r, lists)
     }
@@ -1281,23 +1283,16 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
         let pool = self.shared.pool_ref();
-        let mut pages = [0u32; META_UNDO];
         let (mut n, mut lists) = (0, (0, 0));
         if let Ok((idx, m)) = pool.held(pfn) {
-            pages[0] = idx;
-            n = 1;
+            self.note_meta(&mut n, idx);
             let order = u32::from(m.order);
             if m.refcount == 1 && order < pool.geo.max_order {
-                let top = pool.merge_plan(idx, order, |buddy| {
-                    if n < META_UNDO {
-                        pages[n] = buddy;
-                        n += 1;
-                    }
-                });
+                let top = pool.merge_plan(idx, order, |buddy| self.note_meta(&mut n, buddy));
                 lists = (order, top + 1);
             }
         }
-        self.begin(&pages[..n], None, lists);
+        self.begin(n, None, lists);
         let r = self.shared.pool_mut().put(pfn);
         self.finish(r, lists)
     }
@@ -1305,9 +1300,11 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// [`Pool::get`], journaled.
     pub fn get(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
-        let idx = self.shared.pool_ref().held(pfn).map(|(i, _)| i);
-        let pages = [idx.unwrap_or(0)];
-        self.begin(&pages[..usize::from(idx.is_ok())], None, (0, 0));
+        let mut n = 0;
+        if let Ok((idx, _)) = self.shared.pool_ref().held(pfn) {
+            self.note_meta(&mut n, idx);
+        }
+        self.begin(n, None, (0, 0));
         let r = self.shared.pool_mut().get(pfn);
         self.finish(r, (0, 0))
     }
@@ -1330,7 +1327,9 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         {
             return Err(pool.corrupt(CorruptionKind::BadTail, idx + 1 + bad as u32));
         }
-        self.begin(&[idx], Some((idx + 1, tails)), (0, 0));
+        let mut n = 0;
+        self.note_meta(&mut n, idx);
+        self.begin(n, Some((idx + 1, tails)), (0, 0));
         let r = self.shared.pool_mut().split(pfn);
         self.finish(r, (0, 0))
     }
@@ -1485,6 +1484,68 @@ unsafe fn carve<'a, L: SharedLinks<'a>>(
     }
 }
 
+/// A crash point: a step of an operation where a process killed at that instant leaves a state
+/// that recovery must handle (`committed`: right after a commit). Nothing happens here but in
+/// this crate's tests (which copy the bytes there) and with the `crash-points` feature (which
+/// may end the process there: `crash_points::arm`).
+#[inline(always)]
+fn crash_point(committed: bool) {
+    #[cfg(test)]
+    tests_hook::run(committed);
+    #[cfg(all(feature = "crash-points", target_has_atomic = "ptr"))]
+    crash_points::reached();
+    let _ = committed;
+}
+
+/// Crash points for tests outside this crate (feature `crash-points`): a test process arms a
+/// countdown, and the crash point where it runs out calls the test's action, which ends the
+/// process between two steps of an operation (as SIGKILL at that instant would).
+///
+/// ```
+/// # #[cfg(feature = "crash-points")] {
+/// use pagebuddy::{crash_points, Config, SharedPool, SideTable};
+///
+/// static HIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// let mut words = vec![0u64; (64 << 10) / 8];
+/// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+/// let bytes: &mut [u8] =
+///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+/// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+/// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+/// // A real test would end the process; this action only notes that the point was reached.
+/// crash_points::arm(1, || HIT.store(true, std::sync::atomic::Ordering::Relaxed));
+/// pool.lock().alloc(0).unwrap(); // its first crash point: the journal just written
+/// assert!(HIT.load(std::sync::atomic::Ordering::Relaxed));
+/// # }
+/// ```
+#[cfg(all(feature = "crash-points", target_has_atomic = "ptr"))]
+pub mod crash_points {
+    use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+    static LEFT: AtomicU32 = AtomicU32::new(0);
+    static ACTION: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Makes the `n`th crash point from now (1: the next), in any shared pool of this process,
+    /// call `action`; 0 disarms. If `action` returns, the operation goes on as if nothing
+    /// happened.
+    pub fn arm(n: u32, action: fn()) {
+        ACTION.store(action as *mut (), Ordering::Relaxed);
+        LEFT.store(n, Ordering::Release);
+    }
+
+    pub(crate) fn reached() {
+        if LEFT.load(Ordering::Relaxed) != 0 && LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let p = ACTION.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: ACTION only ever holds a `fn()` that `arm` stored, cast to a pointer
+                // of the same size.
+                let action = unsafe { core::mem::transmute::<*mut (), fn()>(p) };
+                action();
+            }
+        }
+    }
+}
+
 /// Test-only crash points: a hook called between the steps of an operation.
 #[cfg(test)]
 pub(crate) mod tests_hook {
@@ -1507,22 +1568,12 @@ pub(crate) mod tests_hook {
         HOOK.with(|h| *h.borrow_mut() = None);
     }
 
-    fn run(committed: bool) {
+    pub(crate) fn run(committed: bool) {
         HOOK.with(|h| {
             if let Some(f) = h.borrow_mut().as_mut() {
                 f(committed);
             }
         });
-    }
-
-    /// A point inside an operation.
-    pub(crate) fn point() {
-        run(false);
-    }
-
-    /// The point right after a commit.
-    pub(crate) fn committed() {
-        run(true);
     }
 }
 

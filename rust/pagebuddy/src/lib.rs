@@ -55,6 +55,10 @@ mod check;
 mod config;
 mod error;
 mod exact;
+// The handoff flag: an atomic bool, loaded and stored only; gated as `SpinLock` is, since targets
+// with atomic loads and stores but no compare-and-swap have no stable cfg of their own.
+#[cfg(target_has_atomic = "8")]
+mod handoff;
 // Shared pools: the lock word and the journal's commit need 32-bit compare-and-swap.
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
@@ -74,6 +78,10 @@ pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, LocalCache, Pa
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+#[cfg(target_has_atomic = "8")]
+pub use handoff::{Handoff, HandoffPool};
+#[cfg(all(feature = "crash-points", target_has_atomic = "ptr", not(loom)))]
+pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
     pages_that_fit, Journaled, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,

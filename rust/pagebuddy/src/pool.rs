@@ -96,17 +96,27 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             .into());
         }
         links.fits(geo.nr_pages)?;
-        let free = FreeLists::new(links, geo.nr_pages, geo.base_pfn, geo.page_size);
-        let mut pool = Pool {
+        let mut pool = Self::adopt(arena, meta, links, geo);
+        pool.populate(prezeroed)?;
+        Ok(pool)
+    }
+
+    /// The pool over `meta` and `links` as they are, with empty list ends and no free page: the
+    /// caller lays out or loads the state (`populate`, or a shared pool's header).
+    pub(crate) fn adopt(
+        arena: Arena<'a>,
+        meta: &'a mut [PageMeta],
+        links: L,
+        geo: Geometry,
+    ) -> Self {
+        Pool {
             arena,
             meta,
-            free,
+            free: FreeLists::new(links, geo.nr_pages, geo.base_pfn, geo.page_size),
             geo,
             free_pages: 0,
             touched: geo.nr_pages,
-        };
-        pool.populate(prezeroed)?;
-        Ok(pool)
+        }
     }
 
     /// Lays out the initial state: reserved pages held, the rest as the largest aligned blocks
@@ -203,6 +213,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// What [`alloc`](Self::alloc) of `order` will take, reading only: the head of the first
     /// non-empty list at or above `order`, and that list's order. `None` where `alloc` fails
     /// before it changes anything.
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn alloc_plan(&self, order: u32) -> Option<(u32, u32)> {
         if order >= self.geo.max_order {
             return None;
@@ -219,6 +230,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// with, reading only: each in merge order to `each`; returns the order of the merged block.
     /// `attach` finds the same ones: each merge step unmarks a buddy of a lower order than the
     /// next step looks for.
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn merge_plan(&self, idx: u32, order: u32, mut each: impl FnMut(u32)) -> u32 {
         let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
         while order + 1 < max_order {
