@@ -684,6 +684,7 @@ def sixteen_cores(
 def layout_section(run: Run, out: list[str]) -> None:
     """Two arrays against one record per page: criterion's layout-* groups."""
     figures: dict[tuple[str, str], float] = {}
+    cis: dict[tuple[str, str], tuple] = {}
     rows = []
     for group, what in LAYOUT_GROUPS.items():
         cells = []
@@ -691,6 +692,7 @@ def layout_section(run: Run, out: list[str]) -> None:
             ns, _why, ci = run.criterion_ns(group, ident)
             if ns is not None:
                 figures[(group, ident)] = ns
+                cis[(group, ident)] = ci
                 lo, hi = ci
                 cells.append(f"{fmt_ns(ns)} ({fmt_ns(lo)} to {fmt_ns(hi)})")
             else:
@@ -724,14 +726,23 @@ def layout_section(run: Run, out: list[str]) -> None:
         if (g, "one-record") in figures and (g, "two-arrays") in figures
     }
     if ratios:
-        faster = [LAYOUT_GROUPS[g].split(" ")[0] for g, r in ratios.items() if r < 0.95]
-        slower = [LAYOUT_GROUPS[g].split(" ")[0] for g, r in ratios.items() if r > 1.05]
-        level = [g for g in ratios if 0.95 <= ratios[g] <= 1.05]
+        # Told apart only where the 95% confidence intervals do not overlap.
+        faster, slower, level = [], [], []
+        for g in ratios:
+            (one_lo, one_hi), (two_lo, two_hi) = cis[(g, "one-record")], cis[(g, "two-arrays")]
+            name = f"{LAYOUT_GROUPS[g].split(' ')[0]} ({fmt_ratio(ratios[g])})"
+            if one_hi < two_lo:
+                faster.append(name)
+            elif one_lo > two_hi:
+                slower.append(name)
+            else:
+                level.append(name)
         out += [
-            "One record against two arrays, in this run: "
+            "One record against two arrays, in this run (told apart only where the confidence "
+            "intervals do not overlap): "
             + (f"faster on {', '.join(faster)}" if faster else "faster on none")
             + (f"; slower on {', '.join(slower)}" if slower else "")
-            + (f"; within 5% on {len(level)} workload(s)" if level else "")
+            + (f"; not told apart on {', '.join(level)}" if level else "")
             + ". The pool keeps its two arrays: one record would change `Pool`'s constructor "
             "(the caller provides `PageMeta` and the side table's links separately, and "
             "`Intrusive` keeps links in the pages), the metadata bytes of `Pool::without_arena` "
