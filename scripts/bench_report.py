@@ -959,6 +959,18 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             "pure-Python model's step is "
             f"({fmt_ns(churn['reference_ns'])})."
         )
+    cached, ref = by.get("cached_pair"), by.get("ref_pair")
+    if cached and ref and builtin and cached["pool_ns"] > 3 * builtin:
+        two_calls = ref["pool_ns"] - core.get("get-put", 0.0)
+        notes.append(
+            f"cached_pair: {fmt_ns(cached['pool_ns'])} a pair is two calls into the extension "
+            f"(the get_page + put_page pair, which does next to no work in the core, costs "
+            f"{fmt_ns(two_calls)} for its two calls here) and the core's cached pair (about "
+            f"{fmt_ns(max(0.0, cached['pool_ns'] - two_calls))} left: the slot lock's "
+            "compare-and-swap on alloc, the refcount's and the slot lock's on put; see the "
+            "per-CPU caches section). The binding adds no lock of its own: the thread's slot is "
+            "a thread-local read, none with one slot."
+        )
     if notes:
         out += ["What bounds the Python misses:", ""] + [f"- {n}" for n in notes] + [""]
     if churn:
