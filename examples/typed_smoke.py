@@ -61,10 +61,27 @@ def exercise(pool: AnyPool) -> list[int]:
     return seen
 
 
+def cached(kind: type[Pool] | type[ReferencePool]) -> list[object]:
+    """A pool with per-CPU caches (``cpus=2``): slots, LIFO reuse, drains; what it saw."""
+    pool = kind(32, page_size=64, cpus=2, cache_batch=2, cache_high=4)
+    pfn = pool.alloc_pages(0)  # this thread's slot, 0: refilled with 2 pages
+    pool.put_page(pfn)
+    assert pool.alloc_pages(0) == pfn  # the page just freed comes back first
+    other = pool.alloc_many(0, 3, cpu=1)
+    pool.put_many(other, cpu=1)
+    seen: list[object] = [pfn, other, pool.cache_contents(0), pool.cache_contents(1)]
+    pool.put_page(pfn)
+    pool.drain_all()
+    pool.check()
+    assert pool.free_pages == pool.nr_pages and pool.cpus == 2
+    return seen
+
+
 def main() -> int:
     native = exercise(make(Pool, None))
     model = exercise(make(ReferencePool, bytearray(64 * 256)))
     assert native == model, (native, model)
+    assert cached(Pool) == cached(ReferencePool)
     print(
         f"pagebuddy {pagebuddy.__version__} on Python {sys.version.split()[0]}: "
         f"Pool and ReferencePool agree on {len(native)} allocations"
