@@ -476,6 +476,26 @@ def test_bad_cache_arguments_name_the_rule(
         impl(8, page_size=64, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cpus": -1},
+        {"cpus": 2**16 + 1},
+        {"cpus": 2, "cache_batch": 0},
+        {"cache_batch": 0},
+        {"cpus": 2, "cache_high": 2**16 + 1},
+        {"cpus": 2, "cache_batch": 8, "cache_high": 4},
+    ],
+)
+def test_both_refuse_bad_cache_settings_in_the_same_words(kwargs: dict[str, Any]) -> None:
+    messages = []
+    for impl in (Pool, ReferencePool):
+        with pytest.raises(ValueError) as info:
+            impl(8, page_size=64, **kwargs)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
 @pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
 def test_arrays_exact_runs_and_arena_less_pools_with_caches(impl: type) -> None:
     """What came beside the caches works with them: out= and array batches through a slot,

@@ -64,7 +64,10 @@ MAX_CPUS = 1 << 16
 def cache_problem(cpus: int, batch: int, high: int) -> str | None:
     """Why ``cpus``, ``cache_batch`` and ``cache_high`` are refused, or None."""
     if not 1 <= cpus <= MAX_CPUS:
-        return f"cpus must be between 0 and {MAX_CPUS}, got {cpus}"
+        return f"cpus must be an int in 0..={MAX_CPUS}, got {cpus}"
+    for name, value in (("cache_batch", batch), ("cache_high", high)):
+        if not 1 <= value <= MAX_CACHE_HIGH:
+            return f"{name} must be an int in 1..={MAX_CACHE_HIGH}, got {value}"
     if not 1 <= batch <= high <= MAX_CACHE_HIGH:
         return (
             f"cache_batch {batch} and cache_high {high}: need "
