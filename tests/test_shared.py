@@ -150,7 +150,8 @@ def _steps_child(name: str, crash_at: int) -> None:
     os._exit(0)
 
 
-def test_a_process_stopped_at_every_step_of_its_operations() -> None:
+@pytest.mark.parametrize("links", ["side", "intrusive"])
+def test_a_process_stopped_at_every_step_of_its_operations(links: str) -> None:
     """A child killed at each crash point in turn (its journal written, each link write, each
     commit) of a sequence of every operation, batches and exact runs included: the pool it
     leaves passes check() once recovered (the parent takes the lock over from it), and every
@@ -160,7 +161,7 @@ def test_a_process_stopped_at_every_step_of_its_operations() -> None:
         ctx = multiprocessing.get_context("fork")
         stopped = 0
         for crash_at in range(1, 400):
-            pool = Pool.create_in(shm.buf, max_order=4)
+            pool = Pool.create_in(shm.buf, max_order=4, links=links)
             child = ctx.Process(target=_steps_child, args=(shm.name, crash_at))
             child.start()
             child.join()

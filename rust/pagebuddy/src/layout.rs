@@ -174,6 +174,12 @@ struct Header {
 /// Bytes of the header; the metadata starts at the next multiple of 64.
 pub const HEADER_BYTES: usize = core::mem::size_of::<Header>();
 
+// Tools outside the crate read the lock word (the holder's id) at a fixed offset: after the
+// 88-byte fixed part and its checksum.
+const _: () = assert!(core::mem::offset_of!(Header, lock) == 96);
+const _: () = assert!(core::mem::offset_of!(Header, state) == 100);
+const _: () = assert!(core::mem::offset_of!(Header, split) == 512);
+
 /// Why bytes could not be formatted or opened as a shared pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutError {
