@@ -169,7 +169,7 @@ def _options_problem(options: tuple[tuple[str, int], ...]) -> str | None:
 
     cpus = given.get("cpus", 0)
     if cpus == 0:
-        return None if len(given) == 1 else "cache_batch and cache_high need cpus >= 1"
+        return None if set(given) <= {"cpus"} else "cache_batch and cache_high need cpus >= 1"
     return cache_problem(cpus, given.get("cache_batch", 16), given.get("cache_high", 64))
 
 
