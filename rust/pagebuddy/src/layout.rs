@@ -111,7 +111,7 @@ struct Fixed {
     total_bytes: u64,
 }
 
-/// One slot of free-list state: what [`FreeLists`] keeps outside the links.
+/// The free lists' ends: what the policy's free lists keep outside the links.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Lists {
@@ -435,12 +435,25 @@ impl<L: LinkStore> LinkStore for Journaled<'_, L> {
     }
 }
 
-/// A pool that lives entirely in caller-provided bytes, shared by every process that maps them
-/// (see the [module documentation](self) for the layout, the lock and crash safety).
+/// A pool that lives entirely in caller-provided bytes, shared by every process that maps them.
 ///
 /// Each process opens the bytes with [`attach`](Self::attach) (or formats them with
 /// [`create_in`](Self::create_in)) under its own owner id, and runs operations through
 /// [`lock`](Self::lock), which returns a [`SharedGuard`].
+///
+/// **Crash safety.** Every operation of the guard is journaled in the bytes before it writes: a
+/// process killed at any instant leaves either the state before the operation or the state
+/// after it (once recovered by [`attach`](Self::attach) or by the next [`lock`](Self::lock),
+/// which takes the lock over from a dead holder), so no page is lost or handed out twice.
+/// [`SharedGuard::alloc_many`], [`SharedGuard::put_many`] and [`SharedGuard::alloc_exact`]
+/// journal each of their steps: killed part way, the steps before are done and the rest not.
+///
+/// **Pages held by a dead process stay held.** Recovery undoes only the operation in progress:
+/// the pool cannot know whether the dead process handed its blocks to a survivor, and nothing in
+/// the bytes says who holds which page. The caller decides: a survivor that knows what the dead
+/// one held (from its own records, or by asking the pool which pages are held,
+/// [`Pool::page`]) may [`put`](SharedGuard::put) them on its behalf, or the bytes are formatted
+/// anew once every process is done with them.
 ///
 /// ```
 /// use pagebuddy::{Config, SharedPool, SideTable};
@@ -612,7 +625,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
 
     /// Validates the header of the pool in `len` bytes at `ptr` and opens it for `owner`,
     /// reading only the header and writing nothing. The state is not checked: other processes
-    /// may be changing it; run [`SharedGuard::check`] under the lock.
+    /// may be changing it; run [`Pool::check`] under the lock.
     ///
     /// # Safety
     /// `ptr` is valid for reads and writes of `len` bytes for `'a`; everyone else that accesses
@@ -1343,7 +1356,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// [`Pool::alloc_many`], as that many journaled allocations: the same blocks in the same
     /// order, and all or nothing on an error (the blocks taken are put back if one fails). A
     /// process killed part way holds the blocks allocated so far (see the
-    /// [module documentation](self) on pages held by a dead process).
+    /// [`SharedPool`] documentation on pages held by a dead process).
     pub fn alloc_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
         self.usable()?;
         let pool = self.shared.pool_ref();
