@@ -541,6 +541,30 @@ def test_fuzz_finds_a_wrong_cache_model() -> None:
             twin.agree()
 
 
+def test_fuzz_names_every_slot() -> None:
+    """``fuzz --cpus`` calls through named slots and drains them: a model that puts every
+    call on the thread's slot is caught, and the run's trace replays the cached pool."""
+    import io
+
+    from pagebuddy import _fuzz
+    from pagebuddy._trace import parse_trace
+
+    class ThreadSlotOnly(CachedReferencePool):
+        def _slot(self, op: str, cpu: object) -> int:
+            return super()._slot(op, None if isinstance(cpu, int) and cpu >= 0 else cpu)
+
+    cfg = _fuzz.FuzzConfig(ops=20000, seed=3, cpus=3, shrink_seconds=5)
+    found = _fuzz.fuzz(cfg, model_cls=ThreadSlotOnly)
+    assert found.divergence is not None
+    trace = io.StringIO()
+    result = _fuzz.fuzz(_fuzz.FuzzConfig(ops=3000, seed=3, cpus=3), record=trace)
+    assert result.divergence is None
+    sections = parse_trace(trace.getvalue().splitlines())
+    assert all(dict(s.geometry.options)["cpus"] == 3 for s in sections)
+    kinds = {op[0] for s in sections for op in s.ops}
+    assert {"alloc_on", "put_on", "drain", "alloc", "put"} <= kinds, kinds
+
+
 def test_the_cache_model_never_imports_the_native_module() -> None:
     import ast
     import pathlib

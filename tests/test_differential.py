@@ -143,6 +143,8 @@ class DifferentialMachine(RuleBasedStateMachine):
             return self.pfn(data)
         if param == "pfns":
             return [self.pfn(data) for _ in range(data.draw(st.integers(0, 4), label="length"))]
+        if param == "cpu":
+            return data.draw(st.one_of(st.integers(0, 3), st.just(-1), st.just(2**64)), "cpu")
         raise AssertionError(f"no strategy for an argument of kind {param!r}")
 
     @rule(data=st.data(), kind=st.sampled_from(sorted(OPERATIONS)))

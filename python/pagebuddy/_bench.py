@@ -168,7 +168,8 @@ def time_ops(cls: type, geometry: Geometry, ops: list[Op], repeat: int = 1) -> t
     best_build = best_ops = float("inf")
     for _ in range(max(1, repeat)):
         build_ns, (pool, _buf) = cpu_ns(lambda: geometry.build(cls))
-        calls = [(getattr(pool, OPERATIONS[op[0]].method), op[1:]) for op in ops]
+        methods = {kind: o.bind(pool) for kind, o in OPERATIONS.items()}
+        calls = [(methods[op[0]], op[1:]) for op in ops]
 
         def run(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = calls) -> None:
             for f, args in calls:

@@ -267,10 +267,10 @@ def episode(rng: random.Random, g: Geometry, length: int, pump: bool = False) ->
                 p_alloc = rng.uniform(0.15, 0.85)
                 left = int(2 ** rng.uniform(4, 11))
             left -= 1
-            op = _draw(rng, g, held, p_alloc, orders)
+            op = _on_a_slot(rng, g, _draw(rng, g, held, p_alloc, orders))
         value, exc = yield op
         kind = op[0]
-        if kind == "alloc" and exc is not None:
+        if kind in ("alloc", "alloc_on") and exc is not None:
             if type(exc).__name__ == "OutOfMemory" and rnd() < 0.5:
                 p_alloc = rng.uniform(0.1, 0.4)  # full: drain for a while
         else:
@@ -306,6 +306,35 @@ def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: 
     return ("put_many", tuple(rng.sample(pfns, k)) + ((pfn,) if rnd() < 0.1 else ()))
 
 
+def _cpus(g: Geometry) -> int:
+    """The geometry's CPU slots (0: no caches)."""
+    return int(dict(g.options).get("cpus", 0))
+
+
+def _cpu(rng: random.Random, g: Geometry) -> int:
+    """A slot: mostly one of the pool's (or a few, without caches), sometimes past them
+    (slot ``cpu % cpus``) or negative (refused)."""
+    r = rng.random()
+    if r < 0.9:
+        return rng.randrange(max(1, _cpus(g)))
+    return -1 if r < 0.93 else rng.randint(0, 2**64)
+
+
+def _on_a_slot(rng: random.Random, g: Geometry, op: Op) -> Op:
+    """On a cached pool, ``op`` sometimes through a named slot, or a slot's drain instead;
+    otherwise ``op`` (through the thread's slot). Draws nothing without caches."""
+    if not _cpus(g):
+        return op
+    r = rng.random()
+    if r < 0.02:
+        return ("drain", _cpu(rng, g))
+    if r < 0.5 and op[0] == "alloc":
+        return ("alloc_on", op[1], _cpu(rng, g))
+    if r < 0.5 and op[0] == "put":
+        return ("put_on", op[1], _cpu(rng, g))
+    return op
+
+
 def _table_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
     """Any operation a trace can hold, from the rulebook's table, with arguments of the kinds
     its entry declares: a new operation is fuzzed without a change here."""
@@ -325,6 +354,8 @@ def _argument(rng: random.Random, g: Geometry, held: _Held, param: str) -> Any:
         return rng.randint(g.base_pfn - 2, g.base_pfn + g.nr_pages + 1)
     if param == "pfns":
         return tuple(_argument(rng, g, held, "pfn") for _ in range(rng.randint(1, 4)))
+    if param == "cpu":
+        return _cpu(rng, g)
     raise ValueError(f"no draw for an argument of kind {param!r}")
 
 
@@ -336,9 +367,9 @@ def _observe(held: _Held, op: Op, value: Any, exc: BaseException | None) -> None
     if kind == "put_many":
         for p in op[1]:
             held.drop(p)
-    elif kind == "put":
+    elif kind in ("put", "put_on"):
         held.drop(op[1])
-    elif kind == "alloc":
+    elif kind in ("alloc", "alloc_on"):
         held.add(value, op[1])
     elif kind == "get":
         held.ref[op[1]] = held.ref.get(op[1], 0) + 1

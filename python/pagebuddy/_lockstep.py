@@ -292,8 +292,7 @@ class Lockstep:
         self.last: tuple[Outcome, Outcome] = ((None, None), (None, None))
         self._fills: dict[int, bytes] = {}
         self._methods = {
-            kind: (getattr(self.pool, o.method), getattr(self.model, o.method))
-            for kind, o in OPERATIONS.items()
+            kind: (o.bind(self.pool), o.bind(self.model)) for kind, o in OPERATIONS.items()
         }
         self.compare_attributes(-1)
         self.compare_state(-1, None)

@@ -215,7 +215,9 @@ class ReferencePool:
         problem = cache_problem(max(1, _as_int(cpus, "cpus")), batch, high)
         if problem:
             raise ValueError(problem)
-        self._cache_batch, self._cache_high = batch, high
+        # Checked as a cached pool's would be, and otherwise unused: without caches the
+        # settings read as the defaults, as on the native pool.
+        del batch, high
         # The bytes behind the pages, or None for a pool of page numbers only.
         view = _arena_from(buffer, nr_pages * page_size) if arena else None
         if view is not None:
@@ -330,13 +332,13 @@ class ReferencePool:
 
     @property
     def cache_batch(self) -> int:
-        """The ``cache_batch`` argument (unused without caches)."""
-        return self._cache_batch
+        """16, the default: without caches the ``cache_batch`` argument is only checked."""
+        return 16
 
     @property
     def cache_high(self) -> int:
-        """The ``cache_high`` argument (unused without caches)."""
-        return self._cache_high
+        """64, the default: without caches the ``cache_high`` argument is only checked."""
+        return 64
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Nothing to give back: a pool without caches (``cpu`` is checked)."""

@@ -151,6 +151,7 @@ def arena_comparison(zero: str, links: str) -> str:
 
 #: An operation: ``("alloc", order)``, ``("put", pfn)``, ``("get", pfn)``, ``("split", pfn)``,
 #: ``("alloc_many", order, count)``, ``("put_many", (pfn, ...))``, ``("exact", nr_pages)``,
+#: ``("alloc_on", order, cpu)``, ``("put_on", pfn, cpu)``, ``("drain", cpu)``,
 #: ``("page_count", pfn)`` or ``("view", pfn)``. Arguments are usually ints; the engine passes
 #: whatever is there.
 Op = tuple[str, Any] | tuple[str, Any, Any]
@@ -171,6 +172,21 @@ class Operation:
     raises: frozenset[str]
     #: Whether it changes the pool (and so belongs in a trace).
     mutates: bool = True
+    #: The last parameters, passed by keyword (``cpu``: the slot of a cached pool).
+    keywords: tuple[str, ...] = ()
+
+    def bind(self, pool: Any) -> Any:
+        """``pool``'s method as a callable of the arguments in :attr:`params` order (those in
+        :attr:`keywords` go by keyword); further keyword arguments pass through."""
+        method = getattr(pool, self.method)
+        if not self.keywords:
+            return method
+        first, names = len(self.params) - len(self.keywords), self.keywords
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args[:first], **dict(zip(names, args[first:], strict=False)), **kwargs)
+
+        return call
 
     @property
     def usage(self) -> str:
@@ -183,6 +199,7 @@ _PAGE = frozenset({"TypeError", "PageError"})
 _ALLOC = frozenset({"TypeError", "ValueError", "OutOfMemory"})
 #: A put names its slot on a cached pool: ``cpu=-1`` is a ValueError.
 _PUT = _PAGE | {"ValueError"}
+_CPU = frozenset({"TypeError", "ValueError"})
 
 #: Every operation, by kind.
 OPERATIONS: Mapping[str, Operation] = {
@@ -195,14 +212,20 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
         Operation("put_many", "put_many", ("pfns",), _PUT),
         Operation("exact", "alloc_exact", ("count",), _ALLOC),
+        # Through a named slot of a cached pool (``cpu=``; checked, and otherwise ignored,
+        # without caches), and the slot's drain.
+        Operation("alloc_on", "alloc_pages", ("order", "cpu"), _ALLOC, keywords=("cpu",)),
+        Operation("put_on", "put_page", ("pfn", "cpu"), _PUT, keywords=("cpu",)),
+        Operation("drain", "drain", ("cpu",), _CPU),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),
     )
 }
 #: The kinds a trace may hold (those that change the pool).
 TRACED = tuple(k for k, op in OPERATIONS.items() if op.mutates)
-#: Operation kind by pool method name.
-KIND_OF_METHOD = {op.method: op.kind for op in OPERATIONS.values()}
+#: Operation kind by pool method name (the first kind that calls it: ``alloc`` for
+#: ``alloc_pages``, not ``alloc_on``).
+KIND_OF_METHOD = {op.method: op.kind for op in reversed(list(OPERATIONS.values()))}
 
 
 def format_op(op: Op) -> str:

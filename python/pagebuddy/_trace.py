@@ -114,6 +114,8 @@ def _int(text: str, line: int, what: str, source: str) -> int:
 
 _HEADER_INT_KEYS = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order")
 _HEADER_STR_KEYS = {"zero": ZERO_POLICIES, "links": LINK_STORES, "arena": ARENAS}
+#: Keywords of a pool mode (``Geometry.options``), written after the geometry when set.
+_HEADER_OPTION_KEYS = ("cpus", "cache_batch", "cache_high")
 
 
 def _parse_header(words: list[str], line: int, source: str) -> Geometry:
@@ -129,7 +131,7 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
             raise TraceError(line, f"header field {word!r} is not KEY=VALUE", source)
         if key in values:
             raise TraceError(line, f"header field {key!r} given twice", source)
-        if key in _HEADER_INT_KEYS:
+        if key in _HEADER_INT_KEYS or key in _HEADER_OPTION_KEYS:
             values[key] = _int(value, line, f"header field {key}", source)
         elif key in _HEADER_STR_KEYS:
             allowed = _HEADER_STR_KEYS[key]
@@ -141,20 +143,34 @@ def _parse_header(words: list[str], line: int, source: str) -> Geometry:
                 )
             values[key] = value
         else:
-            known = ", ".join((*_HEADER_INT_KEYS, *_HEADER_STR_KEYS))
+            known = ", ".join((*_HEADER_INT_KEYS, *_HEADER_STR_KEYS, *_HEADER_OPTION_KEYS))
             raise TraceError(line, f"unknown header field {key!r} (known: {known})", source)
     if "nr_pages" not in values:
         raise TraceError(line, "header lacks nr_pages=N", source)
     if "max_order" in values:
         values["order_cap"] = values.pop("max_order")
-    geometry = Geometry(**values)
-    problem = geometry.problem()
+    options = tuple((k, values.pop(k)) for k in _HEADER_OPTION_KEYS if k in values)
+    geometry = Geometry(**values, options=options)
+    problem = geometry.problem() or _options_problem(options)
     if problem:
         raise TraceError(line, f"invalid geometry: {problem}", source)
     problem = memory_problem(geometry)
     if problem:
         raise TraceError(line, problem, source)
     return geometry
+
+
+def _options_problem(options: tuple[tuple[str, int], ...]) -> str | None:
+    """Why a pool would refuse the header's cache settings, or None."""
+    given = dict(options)
+    if not given:
+        return None
+    from ._cache import cache_problem
+
+    cpus = given.get("cpus", 0)
+    if cpus == 0:
+        return None if set(given) <= {"cpus"} else "cache_batch and cache_high need cpus >= 1"
+    return cache_problem(cpus, given.get("cache_batch", 16), given.get("cache_high", 64))
 
 
 def memory_problem(g: Geometry) -> str | None:
@@ -199,10 +215,11 @@ def _parse_op(words: list[str], line: int, source: str) -> Op:
         raise TraceError(line, f"{kind} takes {nargs} argument{plural}: {spec.usage}", source)
     if nargs == 1:
         return (kind, _int(args[0], line, f"{kind} argument", source))
+    first = f"{kind} {spec.params[0]}"
     return (
         kind,
-        _int(args[0], line, f"{kind} order", source),
-        _int(args[1], line, "count", source),
+        _int(args[0], line, first, source),
+        _int(args[1], line, spec.params[1], source),
     )
 
 
@@ -281,6 +298,7 @@ def format_header(g: Geometry) -> str:
         parts.append(f"links={g.links}")
     if g.arena != "owned":
         parts.append(f"arena={g.arena}")
+    parts += [f"{k}={v}" for k, v in g.options if k in _HEADER_OPTION_KEYS]
     return " ".join(parts)
 
 
