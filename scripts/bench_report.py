@@ -1165,6 +1165,28 @@ def python_only(args: argparse.Namespace) -> int:
     return 0
 
 
+# Sections measured by their own commands (not by scripts/bench.sh), carried over from the page
+# as they are: each names its command, CPU and date itself.
+KEPT_SECTIONS = ("## Shared pool against the in-process pool",)
+
+
+def kept_sections(page: Path) -> list[str]:
+    """The lines of each of ``KEPT_SECTIONS`` found in ``page``, up to the next ``## `` heading."""
+    if not page.exists():
+        return []
+    lines = page.read_text().splitlines()
+    kept: list[str] = []
+    for heading in KEPT_SECTIONS:
+        if heading not in lines:
+            continue
+        start = lines.index(heading)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        kept += lines[start:end]
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--command", default="scripts/bench.sh")
@@ -1219,6 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     rust_tables(run, out)
+    out += kept_sections(Path(args.out))
     footprint_table(run, out)
     cached_section(run, out)
     layout_section(run, out)
