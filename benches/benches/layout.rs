@@ -392,7 +392,8 @@ fn main() {
     }
     let mut c = c.configure_from_args();
     let mut mem = Mem::new();
-    let budget = Budget::new(Duration::from_secs(60));
+    // Each untimed setup gets its own minute (one for the whole run ran out in full mode).
+    let budget = || Budget::new(Duration::from_secs(60));
     let two = || Proto::<TwoArrays>::new(N, ORDER_CAP);
     let one = || Proto::<OneRecord>::new(N, ORDER_CAP);
 
@@ -420,7 +421,7 @@ fn main() {
     {
         // SAFETY: as above.
         let mut a = unsafe { Pb::side(&mut mem, ZeroPolicy::Never) };
-        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
         let mut rng = Rng::new(SEED_CHURN);
         g.bench_function("pool", |b| {
             b.iter(|| churn_step(&mut a, &mut held, &mut rng))
@@ -428,7 +429,7 @@ fn main() {
     }
     {
         let mut a = two();
-        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
         let mut rng = Rng::new(SEED_CHURN);
         g.bench_function("two-arrays", |b| {
             b.iter(|| churn_step(&mut a, &mut held, &mut rng))
@@ -436,7 +437,7 @@ fn main() {
     }
     {
         let mut a = one();
-        let mut held = churn_setup(&mut a, &budget).unwrap_or_else(|_| fail("churn setup"));
+        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
         let mut rng = Rng::new(SEED_CHURN);
         g.bench_function("one-record", |b| {
             b.iter(|| churn_step(&mut a, &mut held, &mut rng))
@@ -449,21 +450,21 @@ fn main() {
         // SAFETY: as above.
         let mut a = unsafe { Pb::side(&mut mem, ZeroPolicy::Never) };
         let mut m = Mixed::new();
-        m.warm(&mut a, &budget)
+        m.warm(&mut a, &budget())
             .unwrap_or_else(|_| fail("mixed warm"));
         g.bench_function("pool", |b| b.iter(|| m.step(&mut a)));
     }
     {
         let mut a = two();
         let mut m = Mixed::new();
-        m.warm(&mut a, &budget)
+        m.warm(&mut a, &budget())
             .unwrap_or_else(|_| fail("mixed warm"));
         g.bench_function("two-arrays", |b| b.iter(|| m.step(&mut a)));
     }
     {
         let mut a = one();
         let mut m = Mixed::new();
-        m.warm(&mut a, &budget)
+        m.warm(&mut a, &budget())
             .unwrap_or_else(|_| fail("mixed warm"));
         g.bench_function("one-record", |b| b.iter(|| m.step(&mut a)));
     }
