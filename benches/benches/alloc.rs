@@ -12,12 +12,11 @@ mod common;
 
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, SamplingMode};
+use criterion::{BenchmarkGroup, SamplingMode};
 use pagebuddy::ZeroPolicy;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -449,12 +448,6 @@ fn init<A: PageAlloc>(
     r.record(workload, spec, Status::Criterion, 1.0);
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-}
-
 /// Criterion's positional filter, if any (options that take a value are skipped with it).
 fn criterion_filter() -> Option<String> {
     const WITH_VALUE: &[&str] = &[
@@ -669,15 +662,7 @@ fn main() {
             slow_iter: Duration::from_millis(20),
         }
     };
-    let mut c = Criterion::default().without_plots();
-    if short {
-        c = c
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(700))
-            .sample_size(20)
-            .nresamples(2000);
-    }
-    let mut c = c.configure_from_args();
+    let mut c = criterion(short);
 
     let started = std::time::SystemTime::now();
     let wall = Instant::now();

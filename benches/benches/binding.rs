@@ -14,20 +14,17 @@
 //!
 //! `BENCH_SHORT=1` shortens everything, as in `alloc.rs`.
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
-use criterion::Criterion;
+use std::hint::black_box;
+
+use common::{criterion, short};
 use pagebuddy::{Config, Link, LockedPool, PageMeta, Pool, SideTable, SpinLock, ZeroPolicy};
 
 /// Pages of the pool, bytes a page, pages per batch: those of the Python benchmark.
 const PAGES: usize = 1 << 14;
 const PAGE_SIZE: usize = 4096;
 const BATCH: usize = 4096;
-
-fn short() -> bool {
-    std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
-}
 
 /// Memory for one pool, as the Python pool holds it.
 struct Mem {
@@ -57,15 +54,7 @@ impl Mem {
 }
 
 fn main() {
-    let mut c = Criterion::default().without_plots();
-    if short() {
-        c = c
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(700))
-            .sample_size(20)
-            .nresamples(2000);
-    }
-    let mut c = c.configure_from_args();
+    let mut c = criterion(short());
     let mut mem = Mem::new();
     let mut g = c.benchmark_group("binding");
     {

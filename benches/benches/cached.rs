@@ -23,7 +23,6 @@ mod common;
 
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -106,16 +105,6 @@ impl PageAlloc for Handle<'_> {
 /// Claims slot 0 of `pool`.
 fn handle(pool: &Cpool) -> Handle<'_> {
     Handle(pool.local(0).unwrap_or_else(|| fail("slot 0 is claimed")))
-}
-
-fn short() -> bool {
-    std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
 }
 
 /// The criterion workloads: exact and cached side by side (and the hot pair's fastest peers).
@@ -617,15 +606,7 @@ fn zeroing_bench(mem: &mut Mem, out: &mut String) {
 }
 
 fn main() {
-    let mut c = Criterion::default().without_plots();
-    if short() {
-        c = c
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(700))
-            .sample_size(20)
-            .nresamples(2000);
-    }
-    let mut c = c.configure_from_args();
+    let mut c = criterion(short());
     let mut mem = Mem::new();
     let only = |what: &str| std::env::var("BENCH_CACHED").map_or(true, |v| v.contains(what));
     if only("criterion") {

@@ -18,7 +18,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use common::*;
-use criterion::Criterion;
 use pagebuddy::ZeroPolicy;
 
 const NIL: u32 = u32::MAX;
@@ -377,20 +376,8 @@ impl<S: Layout> PageAlloc for Proto<S> {
     }
 }
 
-fn short() -> bool {
-    std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 fn main() {
-    let mut c = Criterion::default().without_plots();
-    if short() {
-        c = c
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(700))
-            .sample_size(20)
-            .nresamples(2000);
-    }
-    let mut c = c.configure_from_args();
+    let mut c = criterion(short());
     let mut mem = Mem::new();
     // Each untimed setup gets its own minute (one for the whole run ran out in full mode).
     let budget = || Budget::new(Duration::from_secs(60));

@@ -6,11 +6,13 @@
 
 use std::alloc::Layout;
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use buddy_alloc::buddy_alloc::{BuddyAlloc, BuddyAllocParam};
 use buddy_system_allocator::{FrameAllocator, Heap};
+use criterion::Criterion;
 use free_list::{FreeList, PageLayout, PageRange};
 use pagebuddy::{Arena, Config, Intrusive, Link, PageMeta, Pool, SideTable, ZeroPolicy};
 
@@ -687,4 +689,30 @@ pub fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Whether `BENCH_SHORT` asks for the short mode.
+pub fn short() -> bool {
+    std::env::var_os("BENCH_SHORT").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Criterion as every benchmark target here runs it: no plots, the short mode's settings when
+/// `short`, then what the command line says.
+pub fn criterion(short: bool) -> Criterion {
+    let mut c = Criterion::default().without_plots();
+    if short {
+        c = c
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(700))
+            .sample_size(20)
+            .nresamples(2000);
+    }
+    c.configure_from_args()
+}
+
+/// Cargo's target directory, where the benchmarks leave their JSON for the report.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
 }
