@@ -488,6 +488,18 @@ unsafe impl<L: LinkStore + Send> Send for SharedPool<'_, L> {}
 // SAFETY: as above: `&SharedPool` hands out the cell only through `lock`.
 unsafe impl<L: LinkStore + Send> Sync for SharedPool<'_, L> {}
 
+/// What opening bytes as a pool needs first, whether it formats or attaches them: an owner
+/// (0 names no process) and bytes aligned for the header's 8-byte words.
+fn opening(ptr: NonNull<u8>, owner: u32) -> Result<(), LayoutError> {
+    if owner == 0 {
+        return Err(LayoutError::Owner);
+    }
+    if ptr.as_ptr().align_offset(8) != 0 {
+        return Err(LayoutError::Misaligned);
+    }
+    Ok(())
+}
+
 fn never_dead(_: u32) -> bool {
     false
 }
@@ -515,12 +527,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         config: Config,
         owner: u32,
     ) -> Result<Self, LayoutError> {
-        if owner == 0 {
-            return Err(LayoutError::Owner);
-        }
-        if ptr.as_ptr().align_offset(8) != 0 {
-            return Err(LayoutError::Misaligned);
-        }
+        opening(ptr, owner)?;
         let geo = config.geometry()?;
         let n = geo.nr_pages as usize;
         let (meta_off, links_off, pages_off, total) = regions(n, geo.page_size, L::INTRUSIVE)
@@ -635,12 +642,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         len: usize,
         owner: u32,
     ) -> Result<Self, LayoutError> {
-        if owner == 0 {
-            return Err(LayoutError::Owner);
-        }
-        if ptr.as_ptr().align_offset(8) != 0 {
-            return Err(LayoutError::Misaligned);
-        }
+        opening(ptr, owner)?;
         if len < HEADER_BYTES {
             if len >= 8 {
                 // SAFETY: 8 bytes are readable.
