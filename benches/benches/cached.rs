@@ -38,12 +38,36 @@ use pagebuddy::{
 
 /// The cache configuration measured: the defaults (orders 0..=3, batch 16, high 64).
 const CACHE: CacheConfig = CacheConfig::new();
-/// Slots: one per thread of the largest threads run.
-const SLOTS: usize = 8;
-/// Thread counts of the threads benchmark.
+/// Slots: at least one per thread of the largest threads run (`BENCH_THREADS` may ask for up to
+/// this many).
+const SLOTS: usize = 64;
+/// Thread counts of the threads benchmark unless `BENCH_THREADS` (a comma-separated list) names
+/// others.
 const THREADS: [usize; 4] = [1, 2, 4, 8];
 /// Pages each thread keeps in the threads benchmark.
 const WINDOW: usize = 16;
+/// Pages each thread allocates, then frees, per burst of the cache-sizing benchmark: more than a
+/// default cache holds, so that the default sizing refills and drains through the pool's lock.
+const BURST: usize = 256;
+/// The larger cache of the cache-sizing benchmark: a burst fits, so a warm cache never takes
+/// the pool's lock.
+const BIG_CACHE: CacheConfig = CacheConfig::new().batch(64).high(512);
+
+/// The thread counts measured: `BENCH_THREADS` (e.g. `1,2,4,8,16`), else `THREADS`.
+fn thread_counts() -> Vec<usize> {
+    let parsed = std::env::var("BENCH_THREADS").ok().map(|v| {
+        v.split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&t| (1..=SLOTS).contains(&t))
+            })
+            .collect::<Option<Vec<usize>>>()
+            .unwrap_or_else(|| fail(&format!("BENCH_THREADS={v}: thread counts in 1..={SLOTS}")))
+    });
+    parsed.unwrap_or_else(|| THREADS.to_vec())
+}
 
 type Cpool = CachedPool<'static, SideTable<'static>, SpinLock>;
 type Local<'p> = LocalCache<'p, 'static, SideTable<'static>, SpinLock>;
@@ -54,16 +78,25 @@ type Local<'p> = LocalCache<'p, 'static, SideTable<'static>, SpinLock>;
 /// As `Pb::side`: no other allocator over `mem` may be alive while the result is.
 unsafe fn cached_pool(mem: &mut Mem, zero: ZeroPolicy) -> Cpool {
     // SAFETY: the caller's promise.
+    unsafe { cached_pool_with(mem, zero, CACHE) }
+}
+
+/// `cached_pool` with the cache configuration `config`.
+///
+/// # Safety
+/// As `cached_pool`.
+unsafe fn cached_pool_with(mem: &mut Mem, zero: ZeroPolicy, config: CacheConfig) -> Cpool {
+    // SAFETY: the caller's promise.
     let Pb(pool) = unsafe { Pb::side(mem, zero) };
     let slots: Vec<CacheSlot> = (0..SLOTS).map(|_| CacheSlot::new()).collect();
     let refs: Vec<PageRef> = (0..N).map(|_| PageRef::new()).collect();
-    let blocks = vec![0u32; cache_blocks(SLOTS, &CACHE)];
+    let blocks = vec![0u32; cache_blocks(SLOTS, &config)];
     let pool = CachedPool::new(
         LockedPool::new(pool),
         Box::leak(slots.into_boxed_slice()),
         Box::leak(blocks.into_boxed_slice()),
         Box::leak(refs.into_boxed_slice()),
-        CACHE,
+        config,
     );
     pool.unwrap_or_else(|e| fail(&format!("CachedPool: {e}")))
 }
@@ -340,17 +373,27 @@ struct Run {
     cpus: f64,
 }
 
+/// What each thread of a threads run does.
+#[derive(Clone, Copy)]
+enum Pattern {
+    /// Keep a window of `WINDOW` pages; per pair, allocate one and free the oldest.
+    Window,
+    /// Allocate `BURST` pages, then free them all, oldest first; a pair per page.
+    Burst,
+}
+
 /// Pairs per second with `threads` threads for `dur`.
 fn pairs_per_second<A: Shared>(a: &A, threads: usize, dur: Duration) -> Run {
-    pairs_per_second_with(threads, dur, |cpu| Via(a, cpu))
+    pairs_per_second_with(threads, dur, Pattern::Window, |cpu| Via(a, cpu))
 }
 
 /// Pairs per second with `threads` threads for `dur`, each working through `worker(cpu)`, made
-/// on the thread: each thread fills its window, then allocates a page and frees its oldest until
-/// time is up; the window is freed afterwards.
+/// on the thread, in `pattern`: a window is filled first and freed afterwards; a burst is warmed
+/// once before the clock starts.
 fn pairs_per_second_with<W: Worker>(
     threads: usize,
     dur: Duration,
+    pattern: Pattern,
     worker: impl Fn(usize) -> W + Sync,
 ) -> Run {
     let start = Barrier::new(threads + 1);
@@ -361,22 +404,47 @@ fn pairs_per_second_with<W: Worker>(
                 let (start, stop, worker) = (&start, &stop, &worker);
                 s.spawn(move || {
                     let mut a = worker(cpu);
-                    let mut window: [W::Held; WINDOW] = std::array::from_fn(|_| a.alloc());
+                    let mut held: Vec<W::Held> = Vec::with_capacity(BURST.max(WINDOW));
+                    let fill = match pattern {
+                        Pattern::Window => WINDOW,
+                        Pattern::Burst => BURST,
+                    };
+                    for _ in 0..fill {
+                        held.push(a.alloc());
+                    }
+                    if let Pattern::Burst = pattern {
+                        for h in held.drain(..) {
+                            a.free(h);
+                        }
+                    }
                     start.wait();
                     let cpu0 = thread_cpu_ns();
                     let mut pairs = 0u64;
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..64 {
-                            let new = a.alloc();
-                            a.free(std::mem::replace(&mut window[i], new));
-                            i = (i + 1) % WINDOW;
+                        match pattern {
+                            Pattern::Window => {
+                                for _ in 0..64 {
+                                    let new = a.alloc();
+                                    a.free(std::mem::replace(&mut held[i], new));
+                                    i = (i + 1) % WINDOW;
+                                }
+                                pairs += 64;
+                            }
+                            Pattern::Burst => {
+                                for _ in 0..BURST {
+                                    held.push(a.alloc());
+                                }
+                                for h in held.drain(..) {
+                                    a.free(h);
+                                }
+                                pairs += BURST as u64;
+                            }
                         }
-                        pairs += 64;
                     }
                     let cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
-                    for w in window {
-                        a.free(w);
+                    for h in held {
+                        a.free(h);
                     }
                     (pairs, cpu_ns)
                 })
@@ -399,19 +467,19 @@ fn pairs_per_second_with<W: Worker>(
     }
 }
 
-/// The best (by pairs per second) of `reps` runs of `run(threads)` at each thread count. The
-/// counts take turns within each round, so that a change in the machine's other load hits them
-/// alike.
-fn rounds(reps: usize, run: impl Fn(usize) -> Run) -> Vec<Run> {
+/// The best (by pairs per second) of `reps` runs of `run(threads)` at each thread count of
+/// `counts`. The counts take turns within each round, so that a change in the machine's other
+/// load hits them alike.
+fn rounds(counts: &[usize], reps: usize, run: impl Fn(usize) -> Run) -> Vec<Run> {
     let mut best = vec![
         Run {
             pairs_per_s: 0.0,
             cpus: 0.0,
         };
-        THREADS.len()
+        counts.len()
     ];
     for _ in 0..reps {
-        for (b, &t) in best.iter_mut().zip(&THREADS) {
+        for (b, &t) in best.iter_mut().zip(counts) {
             let r = run(t);
             if r.pairs_per_s > b.pairs_per_s {
                 *b = r;
@@ -422,18 +490,60 @@ fn rounds(reps: usize, run: impl Fn(usize) -> Run) -> Vec<Run> {
 }
 
 /// The best of `reps` runs at each thread count.
-fn scaling<A: Shared>(a: &A, dur: Duration, reps: usize) -> Vec<Run> {
-    rounds(reps, |t| pairs_per_second(a, t, dur))
+fn scaling<A: Shared>(a: &A, counts: &[usize], dur: Duration, reps: usize) -> Vec<Run> {
+    rounds(counts, reps, |t| pairs_per_second(a, t, dur))
 }
 
-/// `scaling` with each thread claiming its own slot of `pool` through a `LocalCache`.
-fn scaling_local(pool: &Cpool, dur: Duration, reps: usize) -> Vec<Run> {
-    rounds(reps, |t| {
-        pairs_per_second_with(t, dur, |cpu| {
+/// `scaling` with each thread claiming its own slot of `pool` through a `LocalCache`, in
+/// `pattern`.
+fn scaling_local(
+    pool: &Cpool,
+    counts: &[usize],
+    pattern: Pattern,
+    dur: Duration,
+    reps: usize,
+) -> Vec<Run> {
+    rounds(counts, reps, |t| {
+        pairs_per_second_with(t, dur, pattern, |cpu| {
             pool.local(cpu)
                 .unwrap_or_else(|| fail("threads: slot claimed"))
         })
     })
+}
+
+/// `rows` as the JSON object `name` (thread counts, run length, rows of pairs per second and
+/// CPUs used), printed as it goes.
+fn threads_json(
+    out: &mut String,
+    name: &str,
+    counts: &[usize],
+    dur: Duration,
+    reps: usize,
+    rows: &[(String, Vec<Run>)],
+) {
+    let _ = write!(
+        out,
+        "\"{name}\": {{\"counts\": {counts:?}, \"seconds\": {}, \"reps\": {reps}, \"window\": {WINDOW}, \"burst\": {BURST}, \"rows\": [",
+        dur.as_secs_f64()
+    );
+    for (i, (row, v)) in rows.iter().enumerate() {
+        let pairs: Vec<String> = v.iter().map(|r| format!("{:.1}", r.pairs_per_s)).collect();
+        let cpus: Vec<String> = v.iter().map(|r| format!("{:.3}", r.cpus)).collect();
+        eprintln!(
+            "{name}/{row}: [{}] pairs/s, [{}] CPUs used, at {counts:?} threads",
+            pairs.join(", "),
+            cpus.join(", ")
+        );
+        let _ = write!(
+            out,
+            "{}{{\"name\": {}, \"pairs_per_s\": [{}], \"cpus\": [{}]}}",
+            if i > 0 { ", " } else { "" },
+            json_str(row),
+            pairs.join(", "),
+            cpus.join(", ")
+        );
+    }
+    out.push_str("]}");
 }
 
 fn threads_bench(mem: &mut Mem, out: &mut String) {
@@ -442,57 +552,58 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
     } else {
         (Duration::from_secs(1), 5)
     };
-    let mut rows: Vec<(&str, Vec<Run>)> = Vec::new();
+    let counts = thread_counts();
+    let counts = &counts[..];
+    let mut rows: Vec<(String, Vec<Run>)> = Vec::new();
     {
         // SAFETY: each allocator is dropped before the next is made over `mem`.
         let Pb(pool) = unsafe { Pb::side(mem, ZeroPolicy::Never) };
-        rows.push(("LockedPool", scaling(&LockedPool::new(pool), dur, reps)));
+        rows.push((
+            "LockedPool".into(),
+            scaling(&LockedPool::new(pool), counts, dur, reps),
+        ));
     }
     {
         // SAFETY: as above.
         let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
-        rows.push(("CachedPool", scaling(&pool, dur, reps)));
+        rows.push(("CachedPool".into(), scaling(&pool, counts, dur, reps)));
     }
     {
         // SAFETY: as above.
         let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
-        rows.push(("CachedPool, LocalCache", scaling_local(&pool, dur, reps)));
+        let v = scaling_local(&pool, counts, Pattern::Window, dur, reps);
+        rows.push(("CachedPool, LocalCache".into(), v));
     }
     {
         let f = LockedFrameAllocator::<{ ORDER_CAP as usize }>::new();
         f.lock().add_frame(0, N);
-        rows.push(("LockedFrameAllocator", scaling(&f, dur, reps)));
+        rows.push((
+            "LockedFrameAllocator".into(),
+            scaling(&f, counts, dur, reps),
+        ));
     }
     {
         let h = LockedHeap::<{ 12 + ORDER_CAP as usize }>::new();
         let start = mem.arena() as usize;
         // SAFETY: the arena is valid and managed by this heap alone while it lives.
         unsafe { h.lock().add_to_heap(start, start + ARENA_BYTES) };
-        rows.push(("LockedHeap", scaling(&h, dur, reps)));
+        rows.push(("LockedHeap".into(), scaling(&h, counts, dur, reps)));
     }
-    let _ = write!(
-        out,
-        "\"threads\": {{\"counts\": {THREADS:?}, \"seconds\": {}, \"reps\": {reps}, \"window\": {WINDOW}, \"rows\": [",
-        dur.as_secs_f64()
-    );
-    for (i, (name, v)) in rows.iter().enumerate() {
-        let pairs: Vec<String> = v.iter().map(|r| format!("{:.1}", r.pairs_per_s)).collect();
-        let cpus: Vec<String> = v.iter().map(|r| format!("{:.3}", r.cpus)).collect();
-        eprintln!(
-            "threads/{name}: [{}] pairs/s, [{}] CPUs used, at {THREADS:?} threads",
-            pairs.join(", "),
-            cpus.join(", ")
-        );
-        let _ = write!(
-            out,
-            "{}{{\"name\": {}, \"pairs_per_s\": [{}], \"cpus\": [{}]}}",
-            if i > 0 { ", " } else { "" },
-            json_str(name),
-            pairs.join(", "),
-            cpus.join(", ")
-        );
+    threads_json(out, "threads", counts, dur, reps, &rows);
+    out.push_str(", ");
+    // Cache sizing: bursts larger than the default cache, which refills and drains a batch at
+    // a time through the pool's lock, against a cache that holds a whole burst.
+    let mut sizing: Vec<(String, Vec<Run>)> = Vec::new();
+    for config in [CACHE, BIG_CACHE] {
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool_with(mem, ZeroPolicy::Never, config) };
+        let name = format!("LocalCache, batch {}, high {}", config.batch, config.high);
+        sizing.push((
+            name,
+            scaling_local(&pool, counts, Pattern::Burst, dur, reps),
+        ));
     }
-    out.push_str("]}");
+    threads_json(out, "sizing", counts, dur, reps, &sizing);
 }
 
 /// Bytes per nanosecond (GB/s) of `step`, which zeroes `bytes` per call, best of `reps` timed

@@ -234,7 +234,7 @@ impl Cache {
 
     /// This thread's slot: the order in which threads first called the pool, modulo `cpus`.
     #[inline]
-    fn thread_slot(&self) -> usize {
+    pub(crate) fn thread_slot(&self) -> usize {
         if self.cpus == 1 {
             return 0; // every thread's, whatever its order
         }

@@ -4,6 +4,7 @@
 
 mod cached;
 mod convert;
+mod fast;
 mod shared;
 
 use std::ptr::NonNull;
@@ -313,6 +314,35 @@ impl Pool {
             Error::Geometry(g) => convert::geometry_error(g, geo),
             e => PyValueError::new_err(format!("Pool: {e}")),
         })
+    }
+
+    /// `get_page` for the fast entry point (`fast.rs`): the core's call alone, on a pfn already
+    /// read. `None` for any failure, which the full method then reports: a failed call changes
+    /// nothing, so running it again there gives the same error.
+    #[inline]
+    fn try_get(&self, py: Python<'_>, pfn: u64) -> Option<()> {
+        with!(self, py, |p| p.get(pfn).ok(), |c| c.get(pfn).ok())
+    }
+
+    /// `put_page(pfn)` for the fast entry point, through this thread's slot on a cached pool; as
+    /// `try_get`.
+    #[inline]
+    fn try_put(&self, py: Python<'_>, pfn: u64) -> Option<()> {
+        let slot = self.cache().map_or(0, Cache::thread_slot);
+        with!(self, py, |p| p.put(pfn).ok(), |c| c.put(slot, pfn).ok())
+    }
+
+    /// `alloc_pages(order)` for the fast entry point, through this thread's slot on a cached
+    /// pool; as `try_get` (an order out of range is a failure too).
+    #[inline]
+    fn try_alloc(&self, py: Python<'_>, order: u64) -> Option<u64> {
+        let order = u32::try_from(order)
+            .ok()
+            .filter(|&o| o < self.geo.max_order)?;
+        let slot = self.cache().map_or(0, Cache::thread_slot);
+        with!(self, py, |p| p.alloc(order).ok(), |c| c
+            .alloc(slot, order)
+            .ok())
     }
 
     /// The caches, on a cached pool.
@@ -1167,6 +1197,7 @@ impl Pool {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
+    fast::install(&m.py().get_type::<Pool>())?;
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
     // A forked child locks shared pools under its own pid, not its parent's.
