@@ -78,6 +78,21 @@ fn main() {
         });
     }
     {
+        // Every page held but one, whose buddy is held: the pair takes that page and gives it
+        // back, with no split and no merge, so that the policy's own work is as small as the
+        // get + put pair's and the Python figure minus this one is the binding's cost.
+        let mut pool = mem.pool();
+        let mut all = vec![0u64; PAGES];
+        pool.alloc_many(0, &mut all).unwrap();
+        pool.put(all[0]).unwrap();
+        g.bench_function("alloc-put-warm", |b| {
+            b.iter(|| {
+                let pfn = pool.alloc(black_box(0)).unwrap();
+                pool.put(black_box(pfn)).unwrap();
+            })
+        });
+    }
+    {
         let pool: LockedPool<'_, _, SpinLock> = LockedPool::new(mem.pool());
         let pfn = pool.alloc(0).unwrap();
         pool.get(pfn).unwrap();

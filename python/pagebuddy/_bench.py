@@ -30,6 +30,9 @@ Workloads (``n`` = pages in the pool):
 ``alloc_pair``   ``alloc_pages(0)`` + ``put_page`` of that page: the whole policy
                  (FIFO take, split, coalesce, list append); per pair, net of an empty
                  ``for`` loop as ``ref_pair``.
+``warm_pair``    the same pair on a pool with every page held but one, whose buddy is held:
+                 the page is taken and given back with no split and no merge, so the
+                 policy's work is as small as ``ref_pair``'s; per pair, net of the loop.
 ``cached_pair``  the same pair on a pool with per-CPU caches (``cpus=1``), through the
                  calling thread's slot: the page comes off and goes back onto the slot's
                  LIFO cache; per pair, net of the empty loop like ``builtin_pair_ns``.
@@ -371,6 +374,21 @@ def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
     return _timed(run) - _empty_loop(n)
 
 
+def _warm_pair(cls: type, n: int, rng: random.Random) -> float:
+    pool = _new(cls, n)
+    held = pool.alloc_many(0, n)
+    pool.put_page(held[0])  # the only free page; its buddy is held, so it never merges
+    alloc, put = pool.alloc_pages, pool.put_page
+    xs = [0] * n
+
+    def run() -> int:
+        for k in xs:
+            put(alloc(k))
+        return n
+
+    return _timed(run) - _empty_loop(n)
+
+
 def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
     pool = cls(n, zero="never", cpus=1)
     alloc, put = pool.alloc_pages, pool.put_page
@@ -442,6 +460,12 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
         "ns/pair",
         "alloc_pages(0) + put_page of that page (net of empty loop)",
         _alloc_pair,
+    ),
+    (
+        "warm_pair",
+        "ns/pair",
+        "alloc_pages(0) + put_page, one free page, no split or merge (net of empty loop)",
+        _warm_pair,
     ),
     (
         "cached_pair",

@@ -282,7 +282,7 @@ def _bench(out: Console, r: dict[str, Any]) -> None:
     )
     builtin = r.get("builtin_pair_ns", 0)
     # The pairs timed net of the loop, as the builtin pair is.
-    net = ("ref_pair", "cached_pair")
+    net = ("ref_pair", "warm_pair", "cached_pair")
     pairs = {m["name"]: m["pool_ns"] for m in r["results"] if m["name"] in net}
     if builtin > 0 and pairs:
         ratios = ", ".join(f"{name} {ns / builtin:.2f}x" for name, ns in pairs.items())
