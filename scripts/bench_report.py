@@ -625,59 +625,144 @@ LAYOUT_IDS = {
 }
 
 
-def sixteen_cores(
-    figures: dict[tuple[str, str], float], cp: list[float], lp: list[float], counts: list[int]
-) -> list[str]:
-    """What the measured figures say about a machine with 16 or more cores."""
+MANY_CORES = ROOT / "docs" / "data" / "threads-16cores.json"
+
+
+def threads_table(th: dict[str, Any], what: str = "thread") -> list[str]:
+    """A threads benchmark block (``threads`` or ``sizing`` of cached.json) as a table: pairs
+    per second at each thread count, the scaling at 2 threads and at the most, and the CPUs the
+    threads got."""
+    counts = th["counts"]
+    top = max(counts)
+    lines = [
+        "| allocator | "
+        + " | ".join(f"{c} {what}{'s' if c > 1 else ''}" for c in counts)
+        + (" | 2 / 1" if 2 in counts else "")
+        + (f" | {top} / 1" if top > 2 else "")
+        + " | CPUs the threads got |",
+        "|---|" + "---|" * (len(counts) + (2 in counts) + (top > 2) + 1),
+    ]
+    for row in th["rows"]:
+        v, cpus = row["pairs_per_s"], row.get("cpus") or []
+        cells = [f"{x / 1e6:.2f} M/s" for x in v]
+        if 2 in counts:
+            cells.append(fmt_ratio(v[counts.index(2)] / v[0]) if v[0] else "-")
+        if top > 2:
+            cells.append(fmt_ratio(v[counts.index(top)] / v[0]) if v[0] else "-")
+        cells.append(", ".join(f"{c:.2f}" for c in cpus) if cpus else "-")
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sizing_text(sz: dict[str, Any]) -> str:
+    """What the cache-sizing block is."""
+    return (
+        f"Cache sizing: each thread allocates a burst of {sz['burst']} order-0 pages through its "
+        "own `LocalCache` (`Page`s), then frees them all, oldest first; a pair per page, best of "
+        f"{sz['reps']} runs of {sz['seconds']:g} s. With the default cache (batch 16, high 64) "
+        "a burst empties the slot's stack and refills it 16 blocks at a time, and the frees go "
+        "above `high` and drain 16 at a time, each under the pool's lock; the larger cache "
+        "(batch 64, high 512) holds a whole burst, so once warm it never takes the pool's lock."
+    )
+
+
+def many_cores(figures: dict[tuple[str, str], float]) -> list[str]:
+    """The threads benchmark on a machine with 16 cores (docs/data/threads-16cores.json, from a
+    real run there) and what it says about cache sizing; nothing when the file is missing."""
+    try:
+        d = json.loads(MANY_CORES.read_text())
+    except (OSError, ValueError):
+        return []
+    th, sz, hot = d["threads"], d.get("sizing"), d.get("cached_hot", {})
+    counts = th["counts"]
+    top = max(counts)
+    i2, it = counts.index(2), counts.index(top)
+    rows = {r["name"]: r["pairs_per_s"] for r in th["rows"]}
+    lines = [
+        f"### On {d['cores']} cores",
+        "",
+        f"The same benchmark on a machine with {d['cores']} cores: {d['cpu']}; {d['date']}; "
+        f"load average (1, 5, 15 min) {d['load_before']} before, {d['load_after']} after. "
+        f"Command: `{d['command']}` (full mode: best of {th['reps']} runs of "
+        f"{th['seconds']:g} s). Figures from `{MANY_CORES.relative_to(ROOT)}`; "
+        "compare them with each other, not with the 2-core tables above.",
+        "",
+    ]
+    lines += [*threads_table(th), ""]
+    if sz:
+        lines += [sizing_text(sz), "", *threads_table(sz), ""]
+    if hot:
+        cells = ", ".join(
+            f"{name} {fmt_ns(hot[key]['ns'])}"
+            for key, name in (
+                ("exact", "`Pool`"),
+                ("cached", "`CachedPool`"),
+                ("local", "`LocalCache`"),
+                ("local-page", "`LocalCache`, `Page`"),
+                ("free-list", "`free-list`"),
+                ("bsa-heap", "`Heap`"),
+            )
+            if key in hot
+        )
+        lines += [f"Hot order-0 pair on one thread of that machine (criterion): {cells}.", ""]
+    lp, cp = rows.get("LockedPool"), rows.get("CachedPool")
+    lc = rows.get("CachedPool, LocalCache")
+    bullets = []
+    if lp:
+        best = max(lp[1:])
+        bullets.append(
+            f"The one lock does not scale: `LockedPool` does {lp[0] / 1e6:.2f} M pairs/s on 1 "
+            f"thread, {lp[i2] / 1e6:.2f} M/s on 2 and {lp[it] / 1e6:.2f} M/s on {top}; more "
+            f"cores only add contention (best with more than one thread: {best / 1e6:.2f} M/s)."
+        )
+    if cp and lc:
+        bullets.append(
+            f"Per-CPU caches do: `CachedPool` (each call through its slot's lock) goes from "
+            f"{cp[0] / 1e6:.2f} to {cp[it] / 1e6:.2f} M pairs/s at {top} threads "
+            f"({cp[it] / cp[0]:.2f}x, {cp[it] / lp[it]:.0f}x `LockedPool` there), and "
+            f"`LocalCache`s with `Page`s from {lc[0] / 1e6:.2f} to {lc[it] / 1e6:.2f} M/s "
+            f"({lc[it] / lc[0]:.2f}x). Neither is linear in this window workload; the bursts "
+            "below, with a cache that holds them, are."
+        )
+    if sz:
+        srows = sz["rows"]
+        if len(srows) >= 2:
+            small, big = srows[0]["pairs_per_s"], srows[1]["pairs_per_s"]
+            sc = sz["counts"]
+            s2, st = sc.index(2), sc.index(max(sc))
+            bullets.append(
+                f"Cache sizing decides it. With the default cache, bursts of {sz['burst']} "
+                f"pages run at {small[0] / 1e6:.2f} M pairs/s on 1 thread and "
+                f"{small[st] / 1e6:.2f} M/s on {max(sc)} ({small[st] / small[0]:.2f}x): every "
+                "refill and drain takes the pool's lock, and at 2 threads already "
+                f"({small[s2] / 1e6:.2f} M/s) the threads queue on it. A cache that holds a "
+                f"burst (batch 64, high 512) runs at {big[0] / 1e6:.2f} M/s on 1 thread and "
+                f"{big[st] / 1e6:.2f} M/s on {max(sc)} ({big[st] / big[0]:.2f}x), "
+                f"{big[st] / small[st]:.0f}x the default. On many cores size `high` to the "
+                "working set a CPU frees and reallocates between refills (Linux scales pcp "
+                "`high` with the zone and the CPU count for this reason), and `batch` to a "
+                "fraction of it, so that the lock is taken once per many pairs."
+            )
     slot_pages = 64 * (1 + 2 + 4 + 8)  # high blocks of each cached order 0..=3
     pool = 1 << 18
-    hot = figures.get(("cached-hot", "local-page")) or figures.get(("cached-hot", "cached"))
-    exact = figures.get(("cached-hot", "exact"))
-    churn = figures.get(("cached-churn", "local")) or figures.get(("cached-churn", "cached"))
-    lines = ["### On 16 or more cores", ""]
-    best = max(lp[1:])
-    if best <= 1.1 * lp[0]:
-        lines.append(
-            f"- The shared lock does not scale: `LockedPool` gave {lp[0] / 1e6:.2f} M pairs/s on "
-            f"1 thread and {best / 1e6:.2f} M/s at best with more, so cores past the first only "
-            "add contention; 16 cores would not beat the 1-thread figure."
-        )
-    else:
-        lines.append(
-            f"- `LockedPool` went from {lp[0] / 1e6:.2f} M pairs/s on 1 thread to "
-            f"{best / 1e6:.2f} M/s at best with more: {best / lp[0]:.2f}x for up to "
-            f"{max(counts)} threads, well short of linear; every operation still serializes on "
-            "one lock and one cache line, so 16 cores add contention, not throughput."
-        )
-    if hot and exact:
-        lines.append(
-            f"- A cache hit through a `LocalCache` costs {fmt_ns(hot)} per pair here against "
-            f"{fmt_ns(exact)} for the exact pool, takes no lock and no atomic read-modify-write "
-            "(with `Page`s), and touches only the slot's own cache lines (each slot is aligned to "
-            "128 bytes): hits scale with cores. What does not scale is the refill and drain "
-            "path, which takes the pool's lock for a whole batch: with the default batch of 16, "
-            f"one refill holds it for about 16 exact allocations (~{fmt_ns(16 * exact / 2)} at "
-            "the measured hot-pair cost), so on 16 cores that all miss at once a refill waits "
-            f"up to ~{fmt_ns(15 * 16 * exact / 2)}."
-        )
-    if churn:
-        lines.append(
-            f"- Random frees (churn, {fmt_ns(churn)} per step through one slot's handle) miss "
-            "the cache "
-            "far more often than the hot pair: such workloads need a larger `high` per slot so "
-            "that refills and drains stay rare, and a `batch` around a quarter of `high` (Linux "
-            "sizes `high` from the zone's size divided by the number of CPUs, and `batch` from it)."
-        )
-    lines.append(
-        f"- Memory parked in caches grows with the cores: with the defaults a slot holds up to "
-        f"{slot_pages} pages ({slot_pages * 4 / 1024:.2f} MiB of 4 KiB pages) across orders 0..=3, "
-        f"so 16 slots may hold {16 * slot_pages:,} pages ({100 * 16 * slot_pages / pool:.1f}% of "
-        f"this 2^18-page pool) and 64 slots {64 * slot_pages:,} "
-        f"({100 * 64 * slot_pages / pool:.1f}%). On many cores `high` should shrink as the "
-        "slot count grows (a fixed budget of cached pages divided among the slots), and the "
-        "drain before OutOfMemory, which visits every slot, gets slower as slots are added."
+    bullets.append(
+        f"The price is memory parked in caches: with the defaults a slot holds up to "
+        f"{slot_pages} pages across orders 0..=3, so 16 slots may hold {16 * slot_pages:,} pages "
+        f"({100 * 16 * slot_pages / pool:.1f}% of a 2^18-page pool) and 64 slots "
+        f"{64 * slot_pages:,} ({100 * 64 * slot_pages / pool:.1f}%); with high 512 for order 0 "
+        f"alone, 16 slots hold up to {16 * 512:,} pages ({100 * 16 * 512 / pool:.1f}%). A fixed "
+        "budget of cached pages divided among the slots keeps this bounded, and the drain "
+        "before OutOfMemory, which visits every slot, gets slower as slots are added."
     )
-    lines.append("")
+    exact = figures.get(("cached-hot", "exact"))
+    if exact:
+        bullets.append(
+            f"A refill holds the pool's lock for a whole batch: about 16 exact allocations with "
+            f"the default batch (~{fmt_ns(16 * exact / 2)} at this run's hot-pair cost of "
+            f"{fmt_ns(exact)}), so {top} CPUs that miss at once wait up to "
+            f"~{fmt_ns((top - 1) * 16 * exact / 2)} for the last refill."
+        )
+    lines += [f"- {b}" for b in bullets] + [""]
     return lines
 
 
@@ -827,35 +912,15 @@ def cached_section(run: Run, out: list[str]) -> None:
             f"{os.cpu_count()} cores: {', '.join(str(c) for c in counts if c > cores)}"
             " threads are oversubscribed.",
             "",
-            "| allocator | "
-            + " | ".join(f"{c} thread{'s' if c > 1 else ''}" for c in counts)
-            + " | 2 threads / 1 | CPUs the threads got (1, 2 threads) | 2 threads / 1 per CPU "
-            "got, times 2 |",
-            "|---|" + "---|" * (len(counts) + 3),
         ]
-        for row in th["rows"]:
-            v, cpus = row["pairs_per_s"], row.get("cpus")
-            two = fmt_ratio(v[counts.index(2)] / v[0]) if 2 in counts and v[0] else "-"
-            got, per_cpu = "-", "-"
-            if cpus and 2 in counts and v[0] and cpus[0]:
-                i2 = counts.index(2)
-                got = f"{cpus[0]:.2f}, {cpus[i2]:.2f}"
-                if cpus[i2]:
-                    per_cpu = fmt_ratio(2 * (v[i2] / cpus[i2]) / (v[0] / cpus[0]))
-            out.append(
-                f"| {row['name']} | "
-                + " | ".join(f"{x / 1e6:.2f} M/s" for x in v)
-                + f" | {two} | {got} | {per_cpu} |"
-            )
+        out += threads_table(th)
         out += [
             "",
             "*CPUs the threads got*: the threads' CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the "
-            "wall-clock time of the best run. Other work on the machine takes its share (the "
-            "scheduler divides the CPUs between sessions, not threads), so a second thread may "
-            "add far less than a second CPU; the last column scales each run's throughput to "
-            "what its threads would do with a CPU each, which separates the allocator's scaling "
-            "from the machine's load. A thread count counts as scaling only by the wall-clock "
-            "figure.",
+            "wall-clock time of the best run, at each thread count. Other work on the machine "
+            "takes its share (the scheduler divides the CPUs between sessions, not threads), so "
+            "a second thread may add far less than a second CPU. A thread count counts as "
+            "scaling only by the wall-clock figure.",
             "",
         ]
         rows = {r["name"]: r["pairs_per_s"] for r in th["rows"]}
@@ -877,7 +942,10 @@ def cached_section(run: Run, out: list[str]) -> None:
                 f"{cp[i2] / lp[i2]:.2f}x the pairs of `LockedPool`."
             )
             out.append("")
-            out += sixteen_cores(figures, lc or cp, lp, counts)
+        sz = data.get("sizing")
+        if sz:
+            out += [sizing_text(sz), "", *threads_table(sz), ""]
+        out += many_cores(figures)
     z = data.get("zeroing")
     if z:
         out += [

@@ -53,6 +53,24 @@ const BURST: usize = 256;
 /// the pool's lock.
 const BIG_CACHE: CacheConfig = CacheConfig::new().batch(64).high(512);
 
+std::thread_local! {
+    /// Where `cached_pool` starts its `PageRef`s: at a 128-byte boundary, or (for the
+    /// misaligned row of the threads benchmark) 16 bytes past one, as a plain `Vec` of the
+    /// system allocator's large blocks starts.
+    static REFS_ALIGN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// `n` fresh `PageRef`s (leaked) starting `skew` bytes past a 128-byte boundary: `CachedPool::new`
+/// asks for 0 where CPUs run in parallel, so that two slots' refill batches of consecutive pages
+/// never share a cache line.
+fn page_refs(n: usize, skew: usize) -> &'static mut [PageRef] {
+    let extra = (128 + skew) / std::mem::size_of::<PageRef>();
+    let refs: Vec<PageRef> = (0..n + extra).map(|_| PageRef::new()).collect();
+    let refs = Box::leak(refs.into_boxed_slice());
+    let off = refs.as_ptr().align_offset(128) + skew / std::mem::size_of::<PageRef>();
+    &mut refs[off..off + n]
+}
+
 /// The thread counts measured: `BENCH_THREADS` (e.g. `1,2,4,8,16`), else `THREADS`.
 fn thread_counts() -> Vec<usize> {
     let parsed = std::env::var("BENCH_THREADS").ok().map(|v| {
@@ -89,13 +107,12 @@ unsafe fn cached_pool_with(mem: &mut Mem, zero: ZeroPolicy, config: CacheConfig)
     // SAFETY: the caller's promise.
     let Pb(pool) = unsafe { Pb::side(mem, zero) };
     let slots: Vec<CacheSlot> = (0..SLOTS).map(|_| CacheSlot::new()).collect();
-    let refs: Vec<PageRef> = (0..N).map(|_| PageRef::new()).collect();
     let blocks = vec![0u32; cache_blocks(SLOTS, &config)];
     let pool = CachedPool::new(
         LockedPool::new(pool),
         Box::leak(slots.into_boxed_slice()),
         Box::leak(blocks.into_boxed_slice()),
-        Box::leak(refs.into_boxed_slice()),
+        page_refs(N, REFS_ALIGN.with(|a| a.get())),
         config,
     );
     pool.unwrap_or_else(|e| fail(&format!("CachedPool: {e}")))
@@ -573,6 +590,16 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
         let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
         let v = scaling_local(&pool, counts, Pattern::Window, dur, reps);
         rows.push(("CachedPool, LocalCache".into(), v));
+    }
+    {
+        // As above, with the `PageRef`s 16 bytes past a 128-byte boundary: a 16-page batch's
+        // words then share a cache line with the next batch's, often another thread's.
+        REFS_ALIGN.with(|a| a.set(16));
+        // SAFETY: as above.
+        let pool = unsafe { cached_pool(mem, ZeroPolicy::Never) };
+        REFS_ALIGN.with(|a| a.set(0));
+        let v = scaling_local(&pool, counts, Pattern::Window, dur, reps);
+        rows.push(("CachedPool, LocalCache, refs misaligned".into(), v));
     }
     {
         let f = LockedFrameAllocator::<{ ORDER_CAP as usize }>::new();

@@ -556,6 +556,12 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     ///
     /// The caches start empty. Blocks already held in `core` stay held, with their refcounts
     /// moved to `refs`.
+    ///
+    /// Where CPUs run in parallel, start `refs` on a 128-byte boundary: a slot's pages come in
+    /// refill batches of consecutive pages (16 from a free pool, starting at a multiple of 16)
+    /// and every hit writes their words, so with `refs` aligned a batch fills whole cache lines
+    /// and two slots' batches never share one (docs/benchmarks.md measures the difference on 16
+    /// cores).
     pub fn new(
         core: LockedPool<'a, L, R>,
         slots: &'a mut [CacheSlot<R>],
