@@ -666,7 +666,7 @@ def sizing_text(sz: dict[str, Any]) -> str:
     )
 
 
-def many_cores(figures: dict[tuple[str, str], float]) -> list[str]:
+def many_cores() -> list[str]:
     """The threads benchmark on a machine with 16 cores (docs/data/threads-16cores.json, from a
     real run there) and what it says about cache sizing; nothing when the file is missing."""
     try:
@@ -721,8 +721,18 @@ def many_cores(figures: dict[tuple[str, str], float]) -> list[str]:
             f"{cp[0] / 1e6:.2f} to {cp[it] / 1e6:.2f} M pairs/s at {top} threads "
             f"({cp[it] / cp[0]:.2f}x, {cp[it] / lp[it]:.0f}x `LockedPool` there), and "
             f"`LocalCache`s with `Page`s from {lc[0] / 1e6:.2f} to {lc[it] / 1e6:.2f} M/s "
-            f"({lc[it] / lc[0]:.2f}x). Neither is linear in this window workload; the bursts "
-            "below, with a cache that holds them, are."
+            f"({lc[it] / lc[0]:.2f}x). Both fall short of {top}x although each thread had a "
+            "CPU to itself (the last column)."
+        )
+    mis = rows.get("CachedPool, LocalCache, refs misaligned")
+    if lc and mis:
+        bullets.append(
+            f"False sharing shows at scale: with the `PageRef`s 16 bytes off a 128-byte "
+            f"boundary the same `LocalCache`s do {mis[it] / 1e6:.2f} M pairs/s at {top} "
+            f"threads against {lc[it] / 1e6:.2f} M/s aligned ({mis[it] / lc[it]:.2f}x; "
+            f"{mis[i2] / 1e6:.2f} against {lc[i2] / 1e6:.2f} M/s at 2): each refill batch's words "
+            "then share a cache line with the next batch's, another CPU's, and every hit writes "
+            "one of them."
         )
     if sz:
         srows = sz["rows"]
@@ -754,12 +764,12 @@ def many_cores(figures: dict[tuple[str, str], float]) -> list[str]:
         "budget of cached pages divided among the slots keeps this bounded, and the drain "
         "before OutOfMemory, which visits every slot, gets slower as slots are added."
     )
-    exact = figures.get(("cached-hot", "exact"))
+    exact = hot.get("exact", {}).get("ns")
     if exact:
         bullets.append(
             f"A refill holds the pool's lock for a whole batch: about 16 exact allocations with "
-            f"the default batch (~{fmt_ns(16 * exact / 2)} at this run's hot-pair cost of "
-            f"{fmt_ns(exact)}), so {top} CPUs that miss at once wait up to "
+            f"the default batch (~{fmt_ns(16 * exact / 2)} at that machine's exact hot-pair "
+            f"cost of {fmt_ns(exact)}), so {top} CPUs that miss at once wait up to "
             f"~{fmt_ns((top - 1) * 16 * exact / 2)} for the last refill."
         )
     lines += [f"- {b}" for b in bullets] + [""]
@@ -908,7 +918,10 @@ def cached_section(run: Run, out: list[str]) -> None:
             f"oldest; best of {th['reps']} runs of {th['seconds']:g} s. `CachedPool` gives each "
             "thread its own slot, through the slot's lock on every call; `CachedPool, LocalCache` "
             "has each thread claim its slot once and allocate and free `Page`s through the "
-            "handle; the others share one lock. This machine has "
+            "handle (its `PageRef`s start on a 128-byte boundary, as `CachedPool::new` asks; "
+            "the `refs misaligned` row starts them 16 bytes past one, as a plain `Vec` from the "
+            "system allocator does, so that neighbouring refill batches share cache lines); "
+            "the others share one lock. This machine has "
             f"{os.cpu_count()} cores: {', '.join(str(c) for c in counts if c > cores)}"
             " threads are oversubscribed.",
             "",
@@ -945,7 +958,7 @@ def cached_section(run: Run, out: list[str]) -> None:
         sz = data.get("sizing")
         if sz:
             out += [sizing_text(sz), "", *threads_table(sz), ""]
-        out += many_cores(figures)
+        out += many_cores()
     z = data.get("zeroing")
     if z:
         out += [

@@ -70,6 +70,11 @@ pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
         ),
     ];
     for (index, name, meth, flags) in entries {
+        if !SLOW[index].load(Ordering::Acquire).is_null() {
+            // Installed already: the type's method is a fast one now, and keeping it aside as
+            // the full method would make a failure call itself.
+            continue;
+        }
         let text = std::str::from_utf8(&name[..name.len() - 1]).unwrap_or_default();
         let slow = ty.getattr(text)?;
         // The PyO3 method's docstring with its signature, as CPython reads it back
