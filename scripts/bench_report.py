@@ -759,10 +759,13 @@ def many_cores() -> list[str]:
         f"The price is memory parked in caches: with the defaults a slot holds up to "
         f"{slot_pages} pages across orders 0..=3, so 16 slots may hold {16 * slot_pages:,} pages "
         f"({100 * 16 * slot_pages / pool:.1f}% of a 2^18-page pool) and 64 slots "
-        f"{64 * slot_pages:,} ({100 * 64 * slot_pages / pool:.1f}%); with high 512 for order 0 "
-        f"alone, 16 slots hold up to {16 * 512:,} pages ({100 * 16 * 512 / pool:.1f}%). A fixed "
-        "budget of cached pages divided among the slots keeps this bounded, and the drain "
-        "before OutOfMemory, which visits every slot, gets slower as slots are added."
+        f"{64 * slot_pages:,} ({100 * 64 * slot_pages / pool:.1f}%). With high 512 a slot may "
+        f"hold 512 blocks of each cached order, {8 * slot_pages:,} pages across orders 0..=3 "
+        f"(16 slots: {16 * 8 * slot_pages:,}, {100 * 16 * 8 * slot_pages / pool:.1f}% of that "
+        "pool); caching order 0 alone at that size (`CacheConfig::orders(1)`) keeps it to 512 "
+        f"pages a slot ({16 * 512:,} for 16 slots, {100 * 16 * 512 / pool:.1f}%). A fixed budget "
+        "of cached pages divided among the slots keeps this bounded, and the drain before "
+        "OutOfMemory, which visits every slot, gets slower as slots are added."
     )
     exact = hot.get("exact", {}).get("ns")
     if exact:
@@ -1045,11 +1048,13 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
         out += [
             "The core's side (`benches/benches/binding.rs`, criterion group `binding`): the same "
             "calls on the same pool state (16,384 pages of 4096 B, zero never, side table), so "
-            "that the Python figure minus the core's is the binding's own cost (the call, "
-            "argument and result conversion, the check that no batch call has the pool handed "
-            "off; the Python pool's lock is the interpreter lock, where the core through "
-            "`LockedPool` pays a spin lock). The two programs run one after the "
-            "other on a shared machine: compare ratios from this one run.",
+            "that the Python figure minus the core's is the binding's own cost: the call, "
+            "reading the int argument and making the result, the check that no batch call has "
+            "the pool handed off (`get_page`, `put_page` and `alloc_pages` enter through the "
+            "fast entry points of `rust/pagebuddy-py/src/fast.rs`, which skip PyO3's "
+            "trampoline and argument parser; the Python pool's lock is the interpreter lock, "
+            "where the core through `LockedPool` pays a spin lock). The two programs run one "
+            "after the other on a shared machine: compare ratios from this one run.",
             "",
             "| calls | core (`Pool`) | core through `LockedPool` | Python `Pool` | Python - core |",
             "|---|---|---|---|---|",

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pagebuddy import OutOfMemory, PageError, Pool
 
@@ -180,3 +182,51 @@ def test_threads_on_a_cached_pool_use_their_own_slots() -> None:
     p.drain_all()
     assert p.free_pages == 1024
     p.check()
+
+
+# The same random sequence of calls, one pool driven through the fast route (plain ints, no
+# keywords) and one through the full methods (every argument wrapped so that the fast route
+# refuses it): same results, same exception types and messages, same free lists, every step.
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["alloc", "get", "put"]),
+        st.integers(min_value=-2, max_value=80),
+    ),
+    max_size=120,
+)
+
+
+def _outcome(call: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", call(*args, **kwargs))
+    except (PageError, OutOfMemory, ValueError, TypeError) as e:
+        return (type(e).__name__, str(e))
+
+
+@given(ops=OPS, cpus=st.sampled_from([0, 2]))
+def test_fast_and_full_routes_agree(ops: list[tuple[str, int]], cpus: int) -> None:
+    fast = Pool(64, zero="never", cpus=cpus, cache_batch=2, cache_high=4)
+    full = Pool(64, zero="never", cpus=cpus, cache_batch=2, cache_high=4)
+    held: list[int] = []
+    for op, k in ops:
+        if op == "alloc":
+            v = k % 8  # order 7 is out of range
+            a = _outcome(fast.alloc_pages, v)
+            b = _outcome(full.alloc_pages, Index(v), cpu=None)
+            if a[0] == "ok":
+                held.append(a[1])
+        else:
+            # Mostly a pfn handed out before (held once, twice, or freed since), else any int.
+            v = held[k % len(held)] if held and k < 60 else k - 2
+            if op == "get":
+                a = _outcome(fast.get_page, v)
+                b = _outcome(full.get_page, Index(v))
+            else:
+                a = _outcome(fast.put_page, v)
+                b = _outcome(full.put_page, Index(v), cpu=None)
+        assert a == b, (op, v)
+        assert sys.exc_info() == (None, None, None)
+        assert fast.free_pages == full.free_pages
+        assert fast.free_lists() == full.free_lists()
+    fast.check()
+    full.check()
