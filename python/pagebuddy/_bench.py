@@ -361,8 +361,8 @@ def _ref_pair(cls: type, n: int, rng: random.Random) -> float:
     return _timed(run) - _empty_loop(n)
 
 
-def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
-    pool = _new(cls, n)
+def _put_alloc_pairs(pool: Any, n: int) -> float:
+    """``put_page(alloc_pages(0))`` ``n`` times on ``pool``, per pair, net of the empty loop."""
     alloc, put = pool.alloc_pages, pool.put_page
     xs = [0] * n
 
@@ -372,35 +372,23 @@ def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
         return n
 
     return _timed(run) - _empty_loop(n)
+
+
+def _alloc_pair(cls: type, n: int, rng: random.Random) -> float:
+    return _put_alloc_pairs(_new(cls, n), n)
 
 
 def _warm_pair(cls: type, n: int, rng: random.Random) -> float:
     pool = _new(cls, n)
     held = pool.alloc_many(0, n)
     pool.put_page(held[0])  # the only free page; its buddy is held, so it never merges
-    alloc, put = pool.alloc_pages, pool.put_page
-    xs = [0] * n
-
-    def run() -> int:
-        for k in xs:
-            put(alloc(k))
-        return n
-
-    return _timed(run) - _empty_loop(n)
+    return _put_alloc_pairs(pool, n)
 
 
 def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
     pool = cls(n, zero="never", cpus=1)
-    alloc, put = pool.alloc_pages, pool.put_page
-    put(alloc(0))  # the slot's first refill, and this thread's slot, before timing
-    xs = [0] * n
-
-    def run() -> int:
-        for k in xs:
-            put(alloc(k))
-        return n
-
-    return _timed(run) - _empty_loop(n)
+    pool.put_page(pool.alloc_pages(0))  # the slot's first refill, and this thread's slot
+    return _put_alloc_pairs(pool, n)
 
 
 def _builtin_pair(n: int) -> float:
