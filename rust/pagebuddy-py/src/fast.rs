@@ -140,6 +140,24 @@ unsafe fn plain_u64(obj: *mut ffi::PyObject) -> Option<u64> {
     }
 }
 
+/// The one argument of a vectorcall as a `u64`, if the call has exactly one positional argument,
+/// no keywords, and that argument is a plain int (`plain_u64`).
+///
+/// # Safety
+/// As `plain_u64`; `args` holds `nargs` live objects.
+#[inline]
+unsafe fn only_plain_u64(
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> Option<u64> {
+    if nargs != 1 || !kwnames.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise: `args[0]` is a live object.
+    unsafe { plain_u64(*args) }
+}
+
 /// `None`, as a new reference.
 ///
 /// # Safety
@@ -235,14 +253,12 @@ unsafe extern "C" fn put_page(
     // held, `slf` a live `Pool`, and `args` holding `nargs` positional arguments followed by one
     // per name in `kwnames` (null when there are none), all borrowed.
     unsafe {
-        if nargs == 1 && kwnames.is_null() {
-            if let Some(pfn) = plain_u64(*args) {
-                if pool(slf)
-                    .try_put(Python::assume_gil_acquired(), pfn)
-                    .is_some()
-                {
-                    return none();
-                }
+        if let Some(pfn) = only_plain_u64(args, nargs, kwnames) {
+            if pool(slf)
+                .try_put(Python::assume_gil_acquired(), pfn)
+                .is_some()
+            {
+                return none();
             }
         }
         slow(PUT, slf, args, nargs, kwnames)
@@ -258,12 +274,10 @@ unsafe extern "C" fn alloc_pages(
 ) -> *mut ffi::PyObject {
     // SAFETY: as in `put_page`.
     unsafe {
-        if nargs == 1 && kwnames.is_null() {
-            if let Some(order) = plain_u64(*args) {
-                if let Some(pfn) = pool(slf).try_alloc(Python::assume_gil_acquired(), order) {
-                    // A new reference, or null with MemoryError set.
-                    return ffi::PyLong_FromUnsignedLongLong(pfn);
-                }
+        if let Some(order) = only_plain_u64(args, nargs, kwnames) {
+            if let Some(pfn) = pool(slf).try_alloc(Python::assume_gil_acquired(), order) {
+                // A new reference, or null with MemoryError set.
+                return ffi::PyLong_FromUnsignedLongLong(pfn);
             }
         }
         slow(ALLOC, slf, args, nargs, kwnames)
