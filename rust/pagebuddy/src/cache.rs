@@ -683,6 +683,14 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         &self.refs[idx as usize]
     }
 
+    /// The error for a `Page` whose head no longer holds its unique word: out of line, so
+    /// that the free it guards stays small.
+    #[cold]
+    #[inline(never)]
+    fn bad_head(&self, idx: u32) -> Error {
+        self.corrupt(CorruptionKind::BadHead, idx).into()
+    }
+
     fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
         Corruption {
             kind,
@@ -695,6 +703,8 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// cache or the pool for this call to hand out. Nothing else reads or writes its bytes.
     /// A freed block (`cold`) of an uncached order bypasses the CPU caches
     /// ([`Arena::zero_cold`](crate::Arena)); a cached one is reused soon and stays hot.
+    /// Out of line: the memset is the cost, and the hits that call it stay small.
+    #[inline(never)]
     fn zero_block(&self, idx: u32, order: u32, cold: bool) {
         let off = idx as usize * self.geo.page_size;
         let len = self.geo.page_size << order;

@@ -80,7 +80,7 @@ use core::ptr;
 
 use super::{held, unique, Cache, CacheSlot, CachedPool, FREE};
 use crate::config::ZeroPolicy;
-use crate::error::{CorruptionKind, Error};
+use crate::error::Error;
 use crate::lock::{RawLock, SpinLock};
 use crate::store::{LinkStore, SideTable};
 
@@ -205,6 +205,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     fn free_page_at(&self, cpu: usize, page: Page<'_, 'a, L, R>) -> Result<(), Error> {
         let (idx, order) = (page.idx, page.order);
         self.release_page(idx, order)?;
+        if self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_block(idx, order, true);
+        }
         if order >= self.orders {
             return self.core.with(|p| p.put_zeroed(self.geo.pfn(idx)));
         }
@@ -212,20 +215,17 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             .unwrap_or_else(|| self.core.with(|p| p.put_zeroed(self.geo.pfn(idx))))
     }
 
-    /// Ends the unique hold of the block of `order` at `idx`: its word goes back to free, and the
-    /// block is zeroed if the policy says so at free. The caller owned the block through a
-    /// [`Page`] and now owns it alone, neither held nor cached, until it caches or frees it.
-    #[inline]
+    /// Ends the unique hold of the block of `order` at `idx`: its word goes back to free. The
+    /// caller owned the block through a [`Page`] and now owns it alone, neither held nor cached,
+    /// until it zeroes it as the policy asks and caches or frees it.
+    #[inline(always)]
     fn release_page(&self, idx: u32, order: u32) -> Result<(), Error> {
         let r = self.page_ref(idx);
         // Only the Page writes a unique word, so this is still its own (barring corruption).
         if r.load() != unique(order) {
-            return Err(self.corrupt(CorruptionKind::BadHead, idx).into());
+            return Err(self.bad_head(idx));
         }
         r.set(FREE);
-        if self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_block(idx, order, true);
-        }
         Ok(())
     }
 }
@@ -404,14 +404,33 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
 
     /// Frees the block `page` owns: no atomic read-modify-write, no lock on a cache hit. A page
     /// of another pool is freed into that pool's slot of the same number, under its lock.
-    #[inline]
+    #[inline(always)]
     pub fn free_page(&mut self, page: Page<'p, 'a, L, R>) -> Result<(), Error> {
         if !ptr::eq(page.pool, self.pool) {
-            return page.free(self.s);
+            return self.free_elsewhere(page);
         }
         let (idx, order) = (page.idx, page.order);
         self.pool.release_page(idx, order)?;
+        if self.pool.geo.zero == ZeroPolicy::OnFree {
+            return self.zero_and_cache(idx, order);
+        }
         self.cache_freed(idx, order)
+    }
+
+    /// The rest of a free under zero on free: zeroes the block and caches it. Out of line, so
+    /// that the hit of the other policies keeps to a few registers.
+    #[inline(never)]
+    fn zero_and_cache(&mut self, idx: u32, order: u32) -> Result<(), Error> {
+        self.pool.zero_block(idx, order, true);
+        self.cache_freed(idx, order)
+    }
+
+    /// [`free_page`](Self::free_page) of a page of another pool: through that pool's slot of
+    /// this handle's number, under its lock. Out of line, so that the hit stays small.
+    #[cold]
+    #[inline(never)]
+    fn free_elsewhere(&self, page: Page<'p, 'a, L, R>) -> Result<(), Error> {
+        page.free(self.s)
     }
 
     /// Puts the block of `order` at `idx`, which the caller owns alone and has zeroed as the
@@ -493,7 +512,7 @@ mod tests {
     use super::super::tests::{cfg, small, Mem, PS};
     use super::*;
     use crate::cache::SEEN;
-    use crate::error::Corruption;
+    use crate::error::{Corruption, CorruptionKind};
     use crate::store::PageMeta;
 
     /// The stack of `order` in the slot `local` owns, coldest first.
