@@ -9,6 +9,9 @@
 //! ```text
 //! cargo run --release -p pagebuddy --example shared_bench
 //! ```
+//!
+//! `SHARED_BENCH_ROUNDS=n` runs `n` rounds instead of 15, and `SHARED_BENCH_ONLY=local` or
+//! `shared` runs one pool alone: for counting instructions under callgrind.
 
 /// Nanoseconds of CPU time this thread has run (Linux), or since the first call (elsewhere).
 #[cfg(target_os = "linux")]
@@ -81,8 +84,14 @@ fn main() {
     let config = Config::new(PAGES)
         .page_size(PS)
         .zero(pagebuddy::ZeroPolicy::Never);
+    let rounds_wanted = std::env::var("SHARED_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
+    let only = std::env::var("SHARED_BENCH_ONLY").unwrap_or_default();
     let mut rounds = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds_wanted {
         let mut arena = vec![0u8; PAGES * PS];
         let mut meta = vec![PageMeta::INIT; PAGES];
         let mut links = vec![Link::EMPTY; PAGES];
@@ -94,10 +103,14 @@ fn main() {
         )
         .unwrap();
         let locked: LockedPool<'_, SideTable<'_>, SpinLock> = LockedPool::new(pool);
-        let local = run(
-            |o| locked.with(|p| p.alloc(o).unwrap()),
-            |pfn| locked.with(|p| p.put(pfn).unwrap()),
-        );
+        let local = if only == "shared" {
+            f64::NAN
+        } else {
+            run(
+                |o| locked.with(|p| p.alloc(o).unwrap()),
+                |pfn| locked.with(|p| p.put(pfn).unwrap()),
+            )
+        };
 
         let len = 8192 + PAGES * (PS + 12) + PS;
         let mut words = vec![0u64; len / 8 + 1];
@@ -111,10 +124,14 @@ fn main() {
             1,
         )
         .unwrap();
-        let remote = run(
-            |o| shared.lock().alloc(o).unwrap(),
-            |pfn| shared.lock().put(pfn).unwrap(),
-        );
+        let remote = if only == "local" {
+            f64::NAN
+        } else {
+            run(
+                |o| shared.lock().alloc(o).unwrap(),
+                |pfn| shared.lock().put(pfn).unwrap(),
+            )
+        };
         rounds.push((local, remote));
     }
     for (i, (l, s)) in rounds.iter().enumerate() {
