@@ -1097,6 +1097,25 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
             "the thread's slot: the page comes off the slot's LIFO cache and goes back on it.",
             "",
         ]
+    shared = data.get("shared") or []
+    if shared:
+        out += [
+            "A pool inside a buffer (`Pool.create_in(bytearray(...))`: every call takes the "
+            "pool's process-shared lock and journals its writes, so that a killed process "
+            "leaves nothing half done) against the in-process `Pool` with the same pages, same "
+            "workload, same rounds; per call, Python loop included (`window`: 64 held blocks of "
+            "orders 0..4, each step puts the oldest and allocates one, the workload of the "
+            "core's `shared_bench` example):",
+            "",
+            "| workload | unit | Pool | Pool.create_in | shared / in-process |",
+            "|---|---|---|---|---|",
+        ]
+        for r in shared:
+            out.append(
+                f"| {r['name']} | {r['unit']} | {fmt_ns(r['pool_ns'])} | "
+                f"{fmt_ns(r['shared_ns'])} | {r['ratio']:.2f}x |"
+            )
+        out.append("")
     notes = []
     churn = by.get("churn")
     if churn and churn["ratio"] < 20:

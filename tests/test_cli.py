@@ -462,6 +462,22 @@ def test_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert {"alloc", "put", "get", "split", "alloc_many", "put_many", "churn", "mixed"} <= names
     assert {"ref_pair", "alloc_pair", "cached_pair"} <= names and d["builtin_pair_ns"] > 0
     assert all(r["pool_ns"] > 0 and r["reference_ns"] > 0 for r in d["results"])
+    # The shared pool against the in-process pool, on the same workloads.
+    assert [m["name"] for m in d["shared"]] == ["churn", "window"]
+    for m in d["shared"]:
+        assert m["pool_ns"] > 0 and m["shared_ns"] > 0
+        assert m["ratio"] == pytest.approx(m["shared_ns"] / m["pool_ns"], rel=0.02)
+
+
+def test_bench_shared_pools_match() -> None:
+    # Both pools of the shared comparison have the same pages, and the same free ones.
+    from pagebuddy import Pool, _bench
+
+    for n in (16, 100, 256):
+        shared, local = _bench._shared_pool(Pool, n), _bench._local_pool(Pool, n)
+        assert shared.shared and not local.shared
+        assert shared.nr_pages == local.nr_pages >= n
+        assert shared.free_pages == local.free_pages == n
 
 
 def test_bench_script_tiny() -> None:

@@ -37,6 +37,14 @@ Workloads (``n`` = pages in the pool):
                  calling thread's slot: the page comes off and goes back onto the slot's
                  LIFO cache; per pair, net of the empty loop like ``builtin_pair_ns``.
 
+Shared pools (``shared`` in the report): the same caller against ``Pool(n)`` and against
+``Pool.create_in(bytearray(...))`` of the same ``n`` pages, whose every call takes the
+pool's process-shared lock and journals its writes; per call, loop included:
+
+``churn``        as above.
+``window``       64 held blocks of orders 0..4: free the oldest, allocate one (the workload
+                 of the core's ``shared_bench`` example); per call.
+
 Modes: ``quick`` (2**14 pages, best of 5) and ``tiny`` (2**8 pages, one run; it
 exists so that CI can check the benchmark still runs). The repeats are interleaved: each
 round measures every workload once, so that a busy moment of the machine lands on one round
@@ -45,6 +53,7 @@ of every workload rather than on every round of one, and each figure is its best
 
 from __future__ import annotations
 
+import collections
 import gc
 import platform
 import random
@@ -61,6 +70,7 @@ __all__ = [
     "MODES",
     "BenchResult",
     "Measurement",
+    "SharedMeasurement",
     "cpu_ns",
     "run_benchmarks",
     "time_ops",
@@ -96,6 +106,22 @@ class Measurement:
 
 
 @dataclass
+class SharedMeasurement:
+    """One workload on an in-process pool and on a shared one: nanoseconds per call each."""
+
+    name: str
+    unit: str
+    description: str
+    pool_ns: float
+    shared_ns: float
+
+    @property
+    def ratio(self) -> float:
+        """The shared pool's cost per call over the in-process pool's."""
+        return self.shared_ns / self.pool_ns if self.pool_ns > 0 else float("inf")
+
+
+@dataclass
 class BenchResult:
     """A whole benchmark run."""
 
@@ -107,6 +133,8 @@ class BenchResult:
     #: ``list.append`` + ``list.pop``, net of the loop: the yardstick of ``ref_pair``.
     builtin_pair_ns: float = 0.0
     seconds: float = 0.0
+    #: ``Pool`` against ``Pool.create_in`` on the same workloads (empty without ``create_in``).
+    shared: list[SharedMeasurement] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document ``--json`` prints (schema ``pagebuddy-python-bench/1``)."""
@@ -132,6 +160,15 @@ class BenchResult:
                     "ratio": round(m.ratio, 2),
                 }
                 for m in self.results
+            ],
+            "shared": [
+                {
+                    **asdict(m),
+                    "pool_ns": round(m.pool_ns, 1),
+                    "shared_ns": round(m.shared_ns, 1),
+                    "ratio": round(m.ratio, 2),
+                }
+                for m in self.shared
             ],
         }
 
@@ -265,7 +302,11 @@ def _put_many(cls: type, n: int, rng: random.Random) -> float:
 
 
 def _churn(cls: type, n: int, rng: random.Random) -> float:
-    pool, every = _full(cls, n)
+    return _churn_on(_new(cls, n), n, rng)
+
+
+def _churn_on(pool: Any, n: int, rng: random.Random) -> float:
+    every = pool.alloc_many(0, n)
     rng.shuffle(every)
     pool.put_many(every[n // 2 :])  # a random half freed in random order
     held = every[: n // 2]
@@ -391,6 +432,42 @@ def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
     return _put_alloc_pairs(pool, n)
 
 
+def _window_on(pool: Any, n: int, rng: random.Random) -> float:
+    """64 held blocks of orders 0..4 (in a pool under 256 pages, one block per 32 pages and
+    lower orders); each step frees the oldest and allocates one; per call."""
+    orders = [rng.randrange(min(5, max(1, n.bit_length() - 4))) for _ in range(4096)]
+    held = max(1, min(64, n // 32))
+    window = collections.deque(pool.alloc_pages(k) for k in orders[:held])
+    steps = [orders[i % len(orders)] for i in range(2 * n)]
+    put, alloc, oldest, push = pool.put_page, pool.alloc_pages, window.popleft, window.append
+
+    def run() -> int:
+        for k in steps:
+            put(oldest())
+            push(alloc(k))
+        return 2 * len(steps)
+
+    return _timed(run)
+
+
+def _shared_pool(cls: type, n: int) -> Any:
+    """``cls.create_in`` over a ``bytearray`` made for ``n`` pages; the pages that fit beyond
+    ``n`` are reserved, so that ``n`` of them are free, as in :func:`_local_pool`."""
+    from ._shared import pool_bytes
+
+    buffer = bytearray(pool_bytes(n))
+    extra = cls.create_in(buffer, zero="never").nr_pages - n
+    return cls.create_in(buffer, zero="never", reserved_pages=extra)
+
+
+def _local_pool(cls: type, n: int) -> Any:
+    """An in-process pool of the same geometry as :func:`_shared_pool`'s."""
+    from ._shared import pool_bytes
+
+    probe = cls.create_in(bytearray(pool_bytes(n)), zero="never").nr_pages
+    return cls(probe, zero="never", reserved_pages=probe - n)
+
+
 def _builtin_pair(n: int) -> float:
     """``list.append`` + ``list.pop`` per pair, net of the loop alone."""
     stack: list[int] = []
@@ -464,6 +541,12 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
 ]
 
 
+SHARED_WORKLOADS: list[tuple[str, str, str, Callable[[Any, int, random.Random], float]]] = [
+    ("churn", "ns/call", "random half held: put a random page, alloc one", _churn_on),
+    ("window", "ns/call", "64 held blocks of orders 0..4: put the oldest, alloc one", _window_on),
+]
+
+
 def run_benchmarks(
     mode: str = "quick",
     *,
@@ -489,8 +572,15 @@ def run_benchmarks(
     result = BenchResult(mode, n, repeats, _overhead(n))
     best: dict[tuple[str, str], float] = {}
     builtin = float("inf")
+    shared = hasattr(pool_cls, "create_in")
     for _ in range(repeats):
         builtin = min(builtin, _builtin_pair(n))
+        for name, _unit, _description, on in SHARED_WORKLOADS if shared else ():
+            if progress is not None:
+                progress("shared " + name)
+            for label, make in (("pool", _local_pool), ("shared", _shared_pool)):
+                ns = on(make(pool_cls, n), n, random.Random(seed))
+                best[name, label] = min(best.get((name, label), float("inf")), ns)
         for name, _unit, _description, fn in WORKLOADS:
             if progress is not None:
                 progress(name)
@@ -498,6 +588,10 @@ def run_benchmarks(
                 ns = fn(cls, n, random.Random(seed))
                 best[name, label] = min(best.get((name, label), float("inf")), ns)
     result.builtin_pair_ns = builtin
+    for name, unit, description, _on in SHARED_WORKLOADS if shared else ():
+        result.shared.append(
+            SharedMeasurement(name, unit, description, best[name, "pool"], best[name, "shared"])
+        )
     for name, unit, description, _fn in WORKLOADS:
         result.results.append(
             Measurement(name, unit, description, best[name, "pool"], best[name, "reference"])

@@ -290,6 +290,24 @@ def _bench(out: Console, r: dict[str, Any]) -> None:
             f"list.append + list.pop pair, timed in the same run: {builtin:.1f} ns net of the "
             f"loop; Pool's pairs (net of the loop too) against it: {ratios}."
         )
+    shared = r.get("shared", [])
+    if shared:
+        t = Table(
+            title="Pool.create_in over a bytearray (every call takes the process-shared lock "
+            "and journals its writes) against Pool, same pages",
+            title_justify="left",
+        )
+        for col in ("workload", "unit", "Pool", "shared", "shared / Pool"):
+            t.add_column(col, justify="left" if col in ("workload", "unit") else "right")
+        for m in shared:
+            t.add_row(
+                m["name"],
+                m["unit"],
+                f"{m['pool_ns']:,.0f}",
+                f"{m['shared_ns']:,.0f}",
+                f"{m['ratio']:.2f}x",
+            )
+        out.print(t)
 
 
 def _ftrace(out: Console, r: dict[str, Any]) -> None:

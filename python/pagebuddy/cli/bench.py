@@ -15,7 +15,7 @@ def report(ctx: Context) -> dict[str, Any]:
     args = ctx.args
     mode = "tiny" if args.tiny else "quick"
     pool_cls, model_cls = default_classes()
-    names = [w[0] for w in _bench.WORKLOADS]
+    names = [w[0] for w in _bench.WORKLOADS] + ["shared " + w[0] for w in _bench.SHARED_WORKLOADS]
     with ctx.progress() as prog:
         task = prog.add_task("bench", total=len(names))
 
