@@ -88,7 +88,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// many were made.
     fn alloc_next(&mut self, order: u32, out: &mut [u64]) -> Result<usize, Error> {
         // The first non-empty list at or above `order`: the one `alloc` takes from.
-        let found = order + (self.free.mask >> order).trailing_zeros();
+        let found = order + (self.free.ends().mask >> order).trailing_zeros();
         if found < self.geo.max_order && (1usize << (found - order)) <= out.len() {
             let blocks = &mut out[..1 << (found - order)];
             self.take_whole_block(order, found, blocks)?;
@@ -152,7 +152,7 @@ impl<L: LinkStore> Pool<'_, L> {
                 break;
             }
             let per_block = 1u64 << (k - order);
-            let listed = u64::from(self.free.len[k as usize]);
+            let listed = u64::from(self.free.ends().len[k as usize]);
             let take = left.div_ceil(per_block).min(listed);
             self.check_head_blocks(k, take)?;
             left = left.saturating_sub(take * per_block);
@@ -333,7 +333,7 @@ impl<L: LinkStore> Pool<'_, L> {
                 return Err(self.corrupt(CorruptionKind::ListBroken, tail));
             }
         }
-        Ok(self.check_attach(idx, order)?)
+        Ok(self.check_attach(idx, order, &mut ())?)
     }
 
     /// The last puts of the run of `2^order` pages at `idx` (see
@@ -374,7 +374,7 @@ impl<L: LinkStore> Pool<'_, L> {
         let m = *m;
         let idx = self.index(pfn)?;
         let order = self.block_order(idx, m)?;
-        self.check_attach(idx, order)?;
+        self.check_attach(idx, order, &mut ())?;
         self.meta[idx as usize] = PageMeta::new(0, m.order);
         Ok(self.attach::<true>(idx, order)?)
     }

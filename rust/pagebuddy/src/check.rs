@@ -38,8 +38,10 @@ impl<L: LinkStore> Pool<'_, L> {
 
         let mut free_pages = 0u64;
         for order in 0..MAX_ORDERS as u32 {
-            let len = free.len[order as usize];
-            if (free.mask >> order & 1 == 1) != (len > 0) || (order >= geo.max_order && len > 0) {
+            let len = free.ends().len[order as usize];
+            if (free.ends().mask >> order & 1 == 1) != (len > 0)
+                || (order >= geo.max_order && len > 0)
+            {
                 return Err(at(K::Count, 0));
             }
             let (mut prev, mut next, mut seen) = (Link::NIL, Link::NIL, 0u32);
@@ -62,7 +64,27 @@ impl<L: LinkStore> Pool<'_, L> {
         if free_pages != u64::from(self.free_pages()) {
             return Err(at(K::Count, 0));
         }
+        let heads = self.check_blocks()?;
+        // Each listed node is a verified free head at most once (prev links rule out repeats),
+        // so equal counts mean every free head is listed.
+        match (0..MAX_ORDERS).find(|&k| heads[k] != free.ends().len[k]) {
+            Some(_) => Err(at(K::Unlisted, 0)),
+            None => Ok(()),
+        }
+    }
 
+    /// The part of [`check`](Self::check) that reads only the metadata and the free memory:
+    /// every page heads one block or is one of its tails, no two free buddies are left
+    /// uncoalesced, and free memory is zero where the policy says so. Returns the number of
+    /// free heads of each order. (A shared pool's recovery rebuilds the free lists from
+    /// metadata that passes this.)
+    pub(crate) fn check_blocks(&self) -> Result<[u32; MAX_ORDERS], Corruption> {
+        let geo = self.geometry();
+        let (arena, meta, _) = self.parts();
+        let at = |kind, idx: u32| Corruption {
+            kind,
+            pfn: geo.pfn(idx),
+        };
         let mut heads = [0u32; MAX_ORDERS];
         let mut idx = 0u32;
         while idx < geo.nr_pages {
@@ -104,11 +126,6 @@ impl<L: LinkStore> Pool<'_, L> {
             }
             idx += size;
         }
-        // Each listed node is a verified free head at most once (prev links rule out repeats),
-        // so equal counts mean every free head is listed.
-        match (0..MAX_ORDERS).find(|&k| heads[k] != free.len[k]) {
-            Some(_) => Err(at(K::Unlisted, 0)),
-            None => Ok(()),
-        }
+        Ok(heads)
     }
 }

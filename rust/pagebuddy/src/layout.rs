@@ -3,8 +3,8 @@
 //! ```text
 //! offset 0          header: magic, layout version, endianness tag, geometry, link store, zero
 //!                   policy, offsets, a checksum of all that; then the lock word, the state word,
-//!                   a generation, the free-list heads/tails/lengths/mask/free count, the undo
-//!                   journal
+//!                   the free page count, the undo journal, the free lists' heads, tails,
+//!                   lengths and non-empty mask
 //! meta_off          PageMeta of every page (4 bytes each)
 //! links_off         side-table links (8 bytes each; none for intrusive links)
 //! pages_off         the pages, page_size-aligned relative to the start
@@ -19,20 +19,21 @@
 //! that finds its holder dead (the caller says how to tell; the Python layer uses pids) takes it
 //! over and runs recovery first.
 //!
-//! **Crash safety.** The policy ([`Pool`]) runs unchanged on metadata and links that live in the
-//! shared bytes, with a copy of the header's list ends in each handle (reloaded only when the
-//! header's generation says another handle committed since). Before it writes, the layer above
-//! records in the header's undo journal the old value of every metadata entry the operation
-//! will touch and of the list ends of the orders it will change (both follow from pKVM's rules,
-//! read off the policy's own plan: `Pool::alloc_plan` gives the split chain of an allocation,
-//! `Pool::merge_plan` the merge chain of a free) and, as the policy runs, of every link before
-//! it is overwritten ([`Journaled`]). The operation commits by writing the new list ends of
-//! those orders in place, a new generation, and then, in one store, clearing the journal's valid
-//! bit. A process killed at any instruction before that store leaves a valid journal, and
-//! [`SharedGuard::recover`] writes the old values back in reverse order: the operation never
-//! happened. Zeroing a freed block is idempotent and needs no undo. After the store, the
-//! operation is complete. Either way no page is lost or duplicated, and `check()` passes.
-//! The calls made of several operations ([`SharedGuard::alloc_many`],
+//! **Crash safety.** The policy ([`Pool`]) runs unchanged on metadata, links and free-list ends
+//! that all live in the shared bytes: its link store ([`InHeader`]) keeps the lists' ends in the
+//! header, so no handle holds a copy of them. Before it writes, the layer above records in the
+//! header's undo journal the old value of every metadata entry the operation will touch (read
+//! off the policy's own plan: `Pool::alloc_plan` gives the split chain of an allocation,
+//! `Pool::merge_plan` the merge chain of a free), and then marks the journal valid; the
+//! operation commits by writing the free-page count and, in one store, clearing the journal's
+//! valid bit. The links and the lists' ends are not journaled: they follow from the metadata.
+//! A process killed at any instruction before the commit leaves a valid journal, and
+//! [`SharedGuard::recover`] writes the old metadata back (the operation never happened), checks
+//! the blocks it describes, and rebuilds every free list from it: each order's free blocks in
+//! increasing pfn order, which may differ from the order the lists had (the pool is the same set
+//! of free and held blocks, listed anew). Zeroing a freed block is idempotent and needs no undo.
+//! After the commit the operation is complete. Either way no page is lost or duplicated, and
+//! `check()` passes. The calls made of several operations ([`SharedGuard::alloc_many`],
 //! [`SharedGuard::put_many`], [`SharedGuard::alloc_exact`]) check first, so that an error
 //! changes nothing, and then journal each step on its own: a process killed part way leaves the
 //! steps before done and the rest not begun.
@@ -53,16 +54,18 @@ use crate::arena::Arena;
 use crate::batch::BatchError;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
+use crate::pool::Plan;
 use crate::shmlock::{Acquired, OwnerLock};
 use crate::store::{
-    meta_from_bytes, Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER,
+    meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS,
+    NO_ORDER,
 };
 use crate::Pool;
 
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Written in the writer's byte order: read back in the other order it is `0x0403_0201`.
 const ENDIAN_TAG: u32 = 0x0102_0304;
 
@@ -70,13 +73,6 @@ const ENDIAN_TAG: u32 = 0x0102_0304;
 /// the head of each half it splits off (at most `MAX_ORDERS`); a free changes the freed head and
 /// each buddy it merges with (at most `MAX_ORDERS`).
 const META_UNDO: usize = MAX_ORDERS + 2;
-/// Link writes one operation may make: an allocation unlinks one head (its successor's link,
-/// and its own in-page link cleared: 2 writes) and appends one half per order split (the old
-/// tail's link and its own: 2 writes each); a free unlinks one buddy per merge (its two
-/// neighbours' links and its own cleared: 3 writes each) and appends the result (2 writes). At
-/// most `3 * (MAX_ORDERS - 1) + 2`.
-const LINK_UNDO: usize = 3 * MAX_ORDERS + 4;
-
 /// State word bits. The journal covers the operation in progress.
 const JOURNAL_VALID: u32 = 1;
 /// An operation that the journal does not cover is in progress (see `DerefMut` of the guard).
@@ -84,6 +80,13 @@ const UNJOURNALED: u32 = 2;
 /// A batch is counting references in the metadata's scratch byte (held heads only); recovery
 /// clears every scratch byte.
 const SCRATCH: u32 = 4;
+/// The journal covers a split: the header's `split` names its tails.
+const JOURNAL_SPLIT: u32 = 8;
+/// The journal's metadata entries: how many, in these bits (at most `META_UNDO`).
+const N_META_SHIFT: u32 = 8;
+const N_META: u32 = 0xff << N_META_SHIFT;
+/// Every bit of the state word that describes the journal of the operation in progress.
+const JOURNAL: u32 = JOURNAL_VALID | JOURNAL_SPLIT | N_META;
 
 /// Link store kinds, as written in the header.
 const LINKS_SIDE: u32 = 0;
@@ -111,29 +114,11 @@ struct Fixed {
     total_bytes: u64,
 }
 
-/// The free lists' ends: what the policy's free lists keep outside the links.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Lists {
-    head: [u32; MAX_ORDERS],
-    tail: [u32; MAX_ORDERS],
-    len: [u32; MAX_ORDERS],
-    mask: u32,
-    free_pages: u32,
-}
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct MetaUndo {
     idx: u32,
     old: PageMeta,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct LinkUndo {
-    idx: u32,
-    old: Link,
 }
 
 /// The tails a split turns from `(0, NO_ORDER)` into `(1, 0)`: `count` pages from `idx`; `done`
@@ -153,22 +138,12 @@ struct Header {
     sum: u64,
     lock: u32,
     state: u32,
-    /// Bumped by every commit and recovery: a handle that finds the value it last saw knows
-    /// that its own copy of `lists` is current and skips reading it.
-    generation: u64,
-    /// The free lists' ends, written in place by each operation (the journal keeps the old
-    /// values of the orders it changes).
-    lists: Lists,
-    n_meta: u32,
-    n_links: u32,
+    /// The pool's free page count, written by each commit.
+    free_pages: u32,
     split: SplitUndo,
-    /// The orders `lists_lo..lists_hi` of `lists_undo` (and its mask and free count) hold the
-    /// values of `lists` before the operation.
-    lists_lo: u32,
-    lists_hi: u32,
-    lists_undo: Lists,
     meta_undo: [MetaUndo; META_UNDO],
-    link_undo: [LinkUndo; LINK_UNDO],
+    /// The free lists' ends, where the policy reads and writes them ([`InHeader`]).
+    ends: ListEnds,
 }
 
 /// Bytes of the header; the metadata starts at the next multiple of 64.
@@ -178,7 +153,6 @@ pub const HEADER_BYTES: usize = core::mem::size_of::<Header>();
 // 88-byte fixed part and its checksum.
 const _: () = assert!(core::mem::offset_of!(Header, lock) == 96);
 const _: () = assert!(core::mem::offset_of!(Header, state) == 100);
-const _: () = assert!(core::mem::offset_of!(Header, split) == 512);
 
 /// Why bytes could not be formatted or opened as a shared pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,53 +336,28 @@ impl<'a> SharedLinks<'a> for Intrusive {
     }
 }
 
-/// A [`LinkStore`] that records the old value of every link it overwrites in the shared pool's
-/// undo journal before it writes, while an operation is armed.
-pub struct Journaled<'a, L> {
+/// The [`LinkStore`] of a shared pool: the links in `L`, the free lists' ends in the pool's
+/// header, where every process that has the pool open reads and writes them under the lock.
+pub struct InHeader<'a, L> {
     inner: L,
-    hdr: NonNull<Header>,
-    armed: bool,
-    /// The header's `n_links` while armed (kept here so that recording does not read it back).
-    n: u32,
+    ends: NonNull<ListEnds>,
     _bytes: PhantomData<&'a mut [u8]>,
 }
 
-impl<L: LinkStore> Journaled<'_, L> {
-    /// `inner`, journaled into the header at `hdr` (disarmed until an operation begins).
+impl<L: LinkStore> InHeader<'_, L> {
+    /// `inner`, with the ends in the header at `hdr`.
     fn new(inner: L, hdr: NonNull<Header>) -> Self {
-        Journaled {
+        // SAFETY: `hdr` points at a header (valid, 8-aligned), so the field's address is too.
+        let ends = unsafe { NonNull::new_unchecked(addr_of_mut!((*hdr.as_ptr()).ends)) };
+        InHeader {
             inner,
-            hdr,
-            armed: false,
-            n: 0,
+            ends,
             _bytes: PhantomData,
         }
     }
-
-    fn record(&mut self, arena: &Arena<'_>, page_size: usize, idx: u32) {
-        if !self.armed {
-            return;
-        }
-        let old = self.inner.load(arena, page_size, idx);
-        let h = self.hdr.as_ptr();
-        // SAFETY: `hdr` points at the header of the bytes this store was built over, valid for
-        // the store's life; the caller holds the pool's lock, so no one else writes the journal.
-        // LINK_UNDO covers the most link writes one operation makes (see its definition), so
-        // `n` stays in bounds; the modulo only lets the compiler drop the bounds check.
-        unsafe {
-            let n = self.n as usize % LINK_UNDO;
-            addr_of_mut!((*h).link_undo[n]).write(LinkUndo { idx, old });
-            fence(Ordering::Release);
-            self.n = n as u32 + 1;
-            addr_of_mut!((*h).n_links).write_volatile(self.n);
-        }
-        // The count is stored before the link it covers.
-        fence(Ordering::Release);
-        crash_point(false);
-    }
 }
 
-impl<L: LinkStore> LinkStore for Journaled<'_, L> {
+impl<L: LinkStore> LinkStore for InHeader<'_, L> {
     const IN_PAGE_BYTES: usize = L::IN_PAGE_BYTES;
 
     #[inline]
@@ -418,20 +367,36 @@ impl<L: LinkStore> LinkStore for Journaled<'_, L> {
 
     #[inline]
     fn store(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, link: Link) {
-        self.record(arena, page_size, idx);
+        crash_point(false);
         self.inner.store(arena, page_size, idx, link);
     }
 
     #[inline]
     fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32) {
         if L::IN_PAGE_BYTES > 0 {
-            self.record(arena, page_size, idx);
+            crash_point(false);
         }
         self.inner.clear(arena, page_size, idx);
     }
 
     fn fits(&self, nr_pages: u32) -> Result<(), GeometryError> {
         self.inner.fits(nr_pages)
+    }
+
+    #[inline(always)]
+    fn ends<'e>(&self, _: &'e ListEnds) -> &'e ListEnds {
+        // SAFETY: the ends lie in the header of the bytes the store was built over, valid for
+        // 'a, which outlives the pool that owns this store and so the borrow 'e of its own
+        // ends. The pool is reached only under the shared lock (or with exclusive bytes), and
+        // its free lists take each reference to the ends for one step, never two at once.
+        unsafe { &*self.ends.as_ptr() }
+    }
+
+    #[inline(always)]
+    fn ends_mut<'e>(&self, _: &'e mut ListEnds) -> &'e mut ListEnds {
+        // SAFETY: as in `ends`; the caller's unique borrow of the pool's own ends stands for
+        // the unique borrow of the header's while the lock is held.
+        unsafe { &mut *self.ends.as_ptr() }
     }
 }
 
@@ -474,9 +439,7 @@ impl<L: LinkStore> LinkStore for Journaled<'_, L> {
 /// assert_eq!(pool.lock().free_pages() as usize, n);
 /// ```
 pub struct SharedPool<'a, L: LinkStore> {
-    pool: core::cell::UnsafeCell<Pool<'a, Journaled<'a, L>>>,
-    /// The header's `generation` when this handle's copy of the list ends was last current.
-    seen: core::cell::UnsafeCell<u64>,
+    pool: core::cell::UnsafeCell<Pool<'a, InHeader<'a, L>>>,
     hdr: NonNull<Header>,
     owner: u32,
     is_dead: fn(u32) -> bool,
@@ -570,24 +533,24 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         unsafe {
             core::ptr::write_bytes(ptr.as_ptr(), 0, HEADER_BYTES);
             addr_of_mut!((*h).fixed).write(fixed);
+            addr_of_mut!((*h).ends).write(ListEnds::EMPTY);
         }
         // SAFETY: regions lie inside [ptr, ptr + total) and do not overlap; the caller's contract.
         let (meta, links, arena) =
             unsafe { carve::<L>(ptr, meta_off, links_off, pages_off, n, geo.page_size)? };
         let pool =
-            Pool::new(arena, meta, Journaled::new(links, hdr), config).map_err(|e| match e {
+            Pool::new(arena, meta, InHeader::new(links, hdr), config).map_err(|e| match e {
                 Error::Geometry(g) => LayoutError::Geometry(g),
                 Error::Corrupted(c) => LayoutError::Corrupted(c),
                 _ => LayoutError::Header,
             })?;
         let shared = SharedPool {
             pool: core::cell::UnsafeCell::new(pool),
-            seen: core::cell::UnsafeCell::new(0),
             hdr,
             owner,
             is_dead: never_dead,
         };
-        shared.store_lists(0, MAX_ORDERS as u32);
+        shared.store_free_pages();
         let mut fixed = fixed;
         fixed.magic = LAYOUT_MAGIC;
         // SAFETY: as above.
@@ -724,15 +687,14 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         // accessed only under the lock (the caller's contract).
         let (meta, links, arena) =
             unsafe { carve::<L>(ptr, found.0, found.1, found.2, n, geo.page_size)? };
-        let pool = Pool::adopt(arena, meta, Journaled::new(links, hdr), geo);
+        let pool = Pool::adopt(arena, meta, InHeader::new(links, hdr), geo);
         let shared = SharedPool {
             pool: core::cell::UnsafeCell::new(pool),
-            seen: core::cell::UnsafeCell::new(0),
             hdr,
             owner,
             is_dead: never_dead,
         };
-        shared.load_lists();
+        shared.load_free_pages();
         Ok(shared)
     }
 
@@ -788,13 +750,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             owner,
             damage: None,
         };
-        // SAFETY: the header is valid for the pool's life; the lock is held.
-        let generation = unsafe { addr_of!((*self.h()).generation).read() };
         if matches!(how, Acquired::TakenFrom(_)) || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
-        } else if generation != self.seen() {
-            self.load_lists();
         }
+        self.load_free_pages();
         guard
     }
 
@@ -826,13 +785,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         self.state_word().load(Ordering::Acquire)
     }
 
-    fn pool_ref(&self) -> &Pool<'a, Journaled<'a, L>> {
+    fn pool_ref(&self) -> &Pool<'a, InHeader<'a, L>> {
         // SAFETY: callers hold the lock or, at open, exclusive bytes.
         unsafe { &*self.pool.get() }
     }
 
     #[allow(clippy::mut_from_ref)]
-    fn pool_mut(&self) -> &mut Pool<'a, Journaled<'a, L>> {
+    fn pool_mut(&self) -> &mut Pool<'a, InHeader<'a, L>> {
         // SAFETY: callers hold the lock (or exclusive bytes), which excludes every other access
         // to the cell, and do not keep another reference from `pool_ref` alive across this one.
         unsafe { &mut *self.pool.get() }
@@ -842,93 +801,61 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         self.hdr.as_ptr()
     }
 
-    /// The header's generation this handle's list ends were last current at.
-    fn seen(&self) -> u64 {
-        // SAFETY: read under the lock (or with exclusive bytes), as every access to `seen`.
-        unsafe { *self.seen.get() }
+    /// Loads the header's free page count into the policy (the only part of the pool's state
+    /// that the policy keeps outside the shared bytes).
+    #[inline]
+    fn load_free_pages(&self) {
+        // SAFETY: the header is valid for the pool's life; the caller holds the lock (or the
+        // bytes exclusively).
+        let free_pages = unsafe { addr_of!((*self.h()).free_pages).read() };
+        self.pool_mut().free_pages = free_pages;
     }
 
-    fn set_seen(&self, generation: u64) {
-        // SAFETY: as in `seen`.
-        unsafe { *self.seen.get() = generation }
-    }
-
-    /// Loads the header's list ends (of the orders in use) into the policy's free lists.
-    fn load_lists(&self) {
-        let h = self.h();
-        let pool = self.pool_mut();
-        let orders = pool.geo.max_order as usize;
-        let (head, tail, len, mask) = pool.free.ends_mut();
-        // SAFETY: the header is valid for the pool's life; the caller holds the lock.
-        unsafe {
-            let lists = &*addr_of!((*h).lists);
-            head[..orders].copy_from_slice(&lists.head[..orders]);
-            tail[..orders].copy_from_slice(&lists.tail[..orders]);
-            len[..orders].copy_from_slice(&lists.len[..orders]);
-            *mask = lists.mask;
-            pool.free_pages = lists.free_pages;
-            self.set_seen(addr_of!((*h).generation).read());
-        }
-    }
-
-    /// Stores the policy's list ends of orders `lo..hi`, its mask and free count into the header.
-    fn store_lists(&self, lo: u32, hi: u32) {
-        let h = self.h();
-        let pool = self.pool_mut();
-        let free_pages = pool.free_pages;
-        let (head, tail, len, mask) = pool.free.ends_mut();
-        // SAFETY: as in `load_lists`.
-        unsafe {
-            let lists = &mut *addr_of_mut!((*h).lists);
-            // A loop, not `copy_from_slice`: a few words, not worth a call to memcpy.
-            #[allow(clippy::manual_memcpy)]
-            for k in lo as usize..(hi as usize).min(MAX_ORDERS) {
-                lists.head[k] = head[k];
-                lists.tail[k] = tail[k];
-                lists.len[k] = len[k];
-            }
-            lists.mask = *mask;
-            lists.free_pages = free_pages;
-        }
+    /// Stores the policy's free page count into the header.
+    #[inline]
+    fn store_free_pages(&self) {
+        let free_pages = self.pool_ref().free_pages;
+        // SAFETY: as in `load_free_pages`.
+        unsafe { addr_of_mut!((*self.h()).free_pages).write(free_pages) };
     }
 
     /// Checks, reading only, that every journal entry names a page of the pool and that its
     /// counts are in bounds, and that an interrupted split left a prefix written.
     fn journal_in_range(&self) -> Result<(), LayoutError> {
         let state = self.journal_state();
-        if state & !(JOURNAL_VALID | UNJOURNALED | SCRATCH) != 0 {
+        if state & !(JOURNAL | UNJOURNALED | SCRATCH) != 0 {
             return Err(LayoutError::Journal);
         }
         if state & UNJOURNALED != 0 {
             return Err(LayoutError::Journal);
         }
         if state & JOURNAL_VALID == 0 {
-            return Ok(());
+            // Journal bits without the valid one are left by no operation.
+            return match state & JOURNAL {
+                0 => Ok(()),
+                _ => Err(LayoutError::Journal),
+            };
         }
         let n = self.pool_ref().geo.nr_pages;
         let h = self.h();
+        let n_meta = ((state & N_META) >> N_META_SHIFT) as usize;
         // SAFETY: the header is readable for the pool's life.
-        let (n_meta, n_links, split, lo, hi) = unsafe {
-            (
-                (*h).n_meta as usize,
-                (*h).n_links as usize,
-                (*h).split,
-                (*h).lists_lo,
-                (*h).lists_hi,
-            )
+        let split = unsafe { (*h).split };
+        let split = if state & JOURNAL_SPLIT != 0 {
+            split
+        } else {
+            SplitUndo {
+                idx: 0,
+                count: 0,
+                done: 0,
+            }
         };
-        if n_meta > META_UNDO || n_links > LINK_UNDO || lo > hi || hi as usize > MAX_ORDERS {
+        if n_meta > META_UNDO {
             return Err(LayoutError::Journal);
         }
         for i in 0..n_meta {
             // SAFETY: i < META_UNDO.
             if unsafe { (*h).meta_undo[i].idx } >= n {
-                return Err(LayoutError::Journal);
-            }
-        }
-        for i in 0..n_links {
-            // SAFETY: i < LINK_UNDO.
-            if unsafe { (*h).link_undo[i].idx } >= n {
                 return Err(LayoutError::Journal);
             }
         }
@@ -949,51 +876,24 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         Ok(())
     }
 
-    /// Swaps the journaled list ends with the header's: the first swap puts the old values
-    /// back, a second one (in [`unrecover`](Self::unrecover)) the new ones.
-    ///
-    /// # Safety
-    /// `journal_in_range` vouched for `lists_lo..lists_hi`; the lock is held.
-    unsafe fn swap_lists(&self) {
-        let h = self.h();
-        // SAFETY: the caller's contract; `lists` and `lists_undo` are distinct fields.
-        unsafe {
-            let (lo, hi) = ((*h).lists_lo as usize, (*h).lists_hi as usize);
-            let cur = &mut *addr_of_mut!((*h).lists);
-            let old = &mut *addr_of_mut!((*h).lists_undo);
-            cur.head[lo..hi].swap_with_slice(&mut old.head[lo..hi]);
-            cur.tail[lo..hi].swap_with_slice(&mut old.tail[lo..hi]);
-            cur.len[lo..hi].swap_with_slice(&mut old.len[lo..hi]);
-            core::mem::swap(&mut cur.mask, &mut old.mask);
-            core::mem::swap(&mut cur.free_pages, &mut old.free_pages);
-        }
-    }
-
-    /// Writes every journaled old value back (links in reverse, then metadata, then the split's
-    /// tails, then the list ends), swapping each with the value it replaces so that
-    /// [`unrecover`](Self::unrecover) can put the bytes back exactly.
+    /// Writes every journaled old metadata entry back (in reverse), then the split's tails,
+    /// swapping each with the value it replaces so that [`unrecover`](Self::unrecover) can put
+    /// the bytes back exactly. The free lists are left as they are: [`rebuild`](Self::rebuild)
+    /// lists the free blocks anew.
     fn undo(&self) {
         let h = self.h();
         let pool = self.pool_mut();
-        let ps = pool.geo.page_size;
+        let state = self.journal_state();
         // SAFETY: `journal_in_range` vouched for every count and index; the lock is held.
         unsafe {
-            let n_links = (*h).n_links as usize;
-            for i in (0..n_links).rev() {
-                let e = addr_of_mut!((*h).link_undo[i]);
-                let (idx, old) = ((*e).idx, (*e).old);
-                let cur = pool.free.links.inner.load(&pool.arena, ps, idx);
-                pool.free.links.inner.store(&mut pool.arena, ps, idx, old);
-                (*e).old = cur;
-            }
-            let n_meta = (*h).n_meta as usize;
+            let n_meta = ((state & N_META) >> N_META_SHIFT) as usize;
             for i in (0..n_meta).rev() {
                 let e = addr_of_mut!((*h).meta_undo[i]);
                 let idx = (*e).idx as usize;
                 core::mem::swap(&mut pool.meta[idx], &mut (*e).old);
             }
             let split = addr_of_mut!((*h).split);
-            if (*split).count > 0 {
+            if state & JOURNAL_SPLIT != 0 && (*split).count > 0 {
                 let (start, count) = ((*split).idx as usize, (*split).count as usize);
                 let tails = &mut pool.meta[start..start + count];
                 let done = tails
@@ -1003,52 +903,81 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
                 tails[..done].fill(PageMeta::INIT);
                 (*split).done = done as u32;
             }
-            self.swap_lists();
         }
     }
 
-    /// Reverts [`undo`](Self::undo): the same swaps in the other order, and the split's `done`
-    /// count back to `done` (its value before the undo), so that refused bytes are exactly as
-    /// they were.
+    /// Reverts [`undo`](Self::undo): the split's tails back to their `done` prefix (and the
+    /// count back to `done`, its value before the undo), then the same swaps in the other order,
+    /// so that refused bytes are exactly as they were.
     fn unrecover(&self, done: u32) {
         let h = self.h();
         let pool = self.pool_mut();
-        let ps = pool.geo.page_size;
+        let state = self.journal_state();
         // SAFETY: as in `undo`, which ran just before over the same, unchanged journal.
         unsafe {
-            self.swap_lists();
             let split = (*h).split;
-            if split.count > 0 {
+            if state & JOURNAL_SPLIT != 0 && split.count > 0 {
                 let start = split.idx as usize;
                 pool.meta[start..start + split.done as usize].fill(PageMeta::new(1, 0));
             }
             addr_of_mut!((*h).split.done).write(done);
-            for i in 0..(*h).n_meta as usize {
+            for i in 0..((state & N_META) >> N_META_SHIFT) as usize {
                 let e = addr_of_mut!((*h).meta_undo[i]);
                 let idx = (*e).idx as usize;
                 core::mem::swap(&mut pool.meta[idx], &mut (*e).old);
             }
-            for i in 0..(*h).n_links as usize {
-                let e = addr_of_mut!((*h).link_undo[i]);
-                let (idx, old) = ((*e).idx, (*e).old);
-                let cur = pool.free.links.inner.load(&pool.arena, ps, idx);
-                pool.free.links.inner.store(&mut pool.arena, ps, idx, old);
-                (*e).old = cur;
-            }
         }
     }
 
-    /// Recovery at open: undo, check, and either keep the result or revert and refuse.
-    fn recover_checked(&self) -> Result<(), LayoutError> {
-        // SAFETY: the header is readable; `attach` holds the bytes exclusively.
+    /// Rolls back the journaled operation: its metadata undone, checked, and the free lists
+    /// rebuilt from it. Metadata that does not describe whole blocks is put back as it was
+    /// (nothing written) and refused.
+    fn roll_back(&self) -> Result<(), Corruption> {
+        // SAFETY: the header is readable; the lock is held (or the bytes are exclusive).
         let done = unsafe { (*self.h()).split.done };
         self.undo();
-        self.load_lists();
-        if let Err(c) = self.pool_ref().check() {
+        if let Err(c) = self.pool_ref().check_blocks() {
             self.unrecover(done);
-            self.load_lists();
-            return Err(LayoutError::Corrupted(c));
+            return Err(c);
         }
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Lists every free block anew from the metadata alone, which describes whole blocks
+    /// ([`Pool::check_blocks`] passed): each order's free heads appended in increasing pfn order,
+    /// the free page count recounted. With links in the pages, the first bytes of each free
+    /// block's other pages are cleared too (a split undone leaves links there).
+    fn rebuild(&self) {
+        let pool = self.pool_mut();
+        *pool.free.ends_mut() = ListEnds::EMPTY;
+        pool.free_pages = 0;
+        let (n, ps) = (pool.geo.nr_pages, pool.geo.page_size);
+        let mut idx = 0u32;
+        while idx < n {
+            let m = pool.meta[idx as usize];
+            let order = u32::from(m.order);
+            let size = 1u32 << order;
+            if m.refcount == 0 {
+                if L::IN_PAGE_BYTES > 0 {
+                    for tail in idx + 1..idx + size {
+                        pool.free.links.clear(&mut pool.arena, ps, tail);
+                    }
+                }
+                // The tail it reads was written just before: the append cannot fail.
+                let _ = pool.free.append(&mut pool.arena, idx, order);
+                pool.free_pages += size;
+            }
+            idx += size;
+        }
+        self.store_free_pages();
+    }
+
+    /// Recovery at open: roll back, check, and either keep the result or refuse with the bytes
+    /// as they were.
+    fn recover_checked(&self) -> Result<(), LayoutError> {
+        self.roll_back()?;
+        self.pool_ref().check()?;
         Ok(())
     }
 
@@ -1061,18 +990,55 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         }
     }
 
-    /// Ends a recovery: a new generation (every handle reloads the list ends), then the state
-    /// word cleared, which is the point where the recovered state becomes the pool's.
+    /// Ends a recovery: the state word cleared, which is the point where the recovered state
+    /// becomes the pool's.
     fn end_recovery(&self) {
-        let h = self.h();
-        // SAFETY: the header is valid; the lock is held (or the bytes are exclusive).
-        unsafe {
-            let generation = addr_of!((*h).generation).read().wrapping_add(1);
-            addr_of_mut!((*h).generation).write(generation);
-        }
         fence(Ordering::Release);
         self.state_word().store(0, Ordering::Release);
-        self.load_lists();
+    }
+}
+
+/// The journal of one operation, as the policy fills it ([`Plan`]): the old metadata of each
+/// page it will change into the header's undo entries, then the valid bit with their count.
+struct Journal {
+    hdr: NonNull<Header>,
+    n: usize,
+    begun: bool,
+}
+
+impl Journal {
+    fn new<'a, L: SharedLinks<'a>>(shared: &SharedPool<'a, L>) -> Self {
+        Journal {
+            hdr: shared.hdr,
+            n: 0,
+            begun: false,
+        }
+    }
+}
+
+impl Plan for Journal {
+    #[inline(always)]
+    fn note(&mut self, idx: u32, old: PageMeta) {
+        if self.n < META_UNDO {
+            // SAFETY: the header is valid for the pool's life and the lock is held, so no one
+            // else writes the journal; `n < META_UNDO`.
+            unsafe {
+                addr_of_mut!((*self.hdr.as_ptr()).meta_undo[self.n]).write(MetaUndo { idx, old })
+            };
+            self.n += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn begin(&mut self) {
+        let journal = JOURNAL_VALID | ((self.n as u32) << N_META_SHIFT & N_META);
+        fence(Ordering::Release);
+        // SAFETY: as for the pool's state word (`SharedPool::state_word`).
+        let state = unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.hdr.as_ptr()).state)) };
+        state.store(state.load(Ordering::Relaxed) | journal, Ordering::Release);
+        fence(Ordering::Release);
+        self.begun = true;
+        crash_point(false);
     }
 }
 
@@ -1086,7 +1052,7 @@ pub struct SharedGuard<'s, 'a, L: SharedLinks<'a>> {
 }
 
 impl<'a, L: SharedLinks<'a>> core::ops::Deref for SharedGuard<'_, 'a, L> {
-    type Target = Pool<'a, Journaled<'a, L>>;
+    type Target = Pool<'a, InHeader<'a, L>>;
     fn deref(&self) -> &Self::Target {
         self.shared.pool_ref()
     }
@@ -1146,7 +1112,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         let s = self.shared;
         s.journal_in_range()?;
         if s.journal_state() & JOURNAL_VALID != 0 {
-            s.undo();
+            s.roll_back()?;
         }
         s.clear_scratch();
         s.end_recovery();
@@ -1174,100 +1140,68 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     }
 
     /// Starts a journaled operation that will change the metadata of the `n_meta` pages
-    /// [`note_meta`](Self::note_meta) recorded (and of `split`'s tails) and the list ends of the
-    /// orders `lists.0..lists.1`: records the old list ends, then marks the journal valid. (This
-    /// handle's copy of the list ends is the header's: the lock is held and the generation was
-    /// checked when it was taken.)
-    fn begin(&mut self, n_meta: usize, split: Option<(u32, u32)>, lists: (u32, u32)) {
-        let s = self.shared;
-        let h = s.h();
-        let pool = s.pool_mut();
-        let (lo, hi) = (lists.0 as usize, (lists.1 as usize).min(MAX_ORDERS));
-        // SAFETY: the lock is held; `n_meta` entries were written by `note_meta`.
-        unsafe {
-            (*h).n_meta = n_meta as u32;
-            (*h).n_links = 0;
-            let (idx, count) = split.unwrap_or((0, 0));
-            (*h).split = SplitUndo {
-                idx,
-                count,
-                done: 0,
+    /// [`note_meta`](Self::note_meta) recorded (and of `split`'s tails): marks the journal valid.
+    #[inline(always)]
+    fn begin(&mut self, n_meta: usize, split: Option<(u32, u32)>) {
+        let mut journal = JOURNAL_VALID | ((n_meta as u32) << N_META_SHIFT & N_META);
+        if let Some((idx, count)) = split {
+            // SAFETY: the lock is held.
+            unsafe {
+                addr_of_mut!((*self.shared.h()).split).write(SplitUndo {
+                    idx,
+                    count,
+                    done: 0,
+                })
             };
-            (*h).lists_lo = lo.min(hi) as u32;
-            (*h).lists_hi = hi as u32;
-            let free_pages = pool.free_pages;
-            let (head, tail, len, mask) = pool.free.ends_mut();
-            let old = &mut *addr_of_mut!((*h).lists_undo);
-            // As in `store_lists`: a few words.
-            #[allow(clippy::manual_memcpy)]
-            for k in lo..hi {
-                old.head[k] = head[k];
-                old.tail[k] = tail[k];
-                old.len[k] = len[k];
-            }
-            old.mask = *mask;
-            old.free_pages = free_pages;
+            journal |= JOURNAL_SPLIT;
         }
         fence(Ordering::Release);
-        let state = s.state_word();
-        state.store(
-            state.load(Ordering::Relaxed) | JOURNAL_VALID,
-            Ordering::Release,
-        );
+        let state = self.shared.state_word();
+        state.store(state.load(Ordering::Relaxed) | journal, Ordering::Release);
         fence(Ordering::Release);
-        pool.free.links.armed = true;
-        pool.free.links.n = 0;
         crash_point(false);
     }
 
-    /// Completes an operation that changed the list ends of orders `lists.0..lists.1`: writes
-    /// them into the header, starts a new generation, and then, in one store, clears `flags`
-    /// from the state word (the journal's valid bit): the commit point.
-    fn commit(&mut self, flags: u32, lists: (u32, u32)) {
-        let s = self.shared;
-        s.pool_mut().free.links.armed = false;
-        s.store_lists(lists.0, lists.1);
-        // Under the lock, this handle's `seen` is the header's generation (checked when the lock
-        // was taken, or set by the recovery that ran then).
-        let generation = s.seen().wrapping_add(1);
-        // SAFETY: the header is valid for the pool's life; the lock is held.
-        unsafe { addr_of_mut!((*s.h()).generation).write(generation) };
-        s.set_seen(generation);
+    /// Completes an operation: writes the free page count into the header and then, in one
+    /// store, clears `flags` from the state word (the journal's valid bit): the commit point.
+    #[inline(always)]
+    fn commit(&mut self, flags: u32) {
+        self.shared.store_free_pages();
         fence(Ordering::Release);
         crash_point(false);
-        let state = s.state_word();
+        let state = self.shared.state_word();
         state.store(state.load(Ordering::Relaxed) & !flags, Ordering::Release);
         crash_point(true);
     }
 
-    /// Commits what was done through `DerefMut` (all the list ends), unless the pool is damaged.
+    /// Commits what was done through `DerefMut`, unless the pool is damaged.
     #[cold]
     #[inline(never)]
     fn commit_unjournaled(&mut self) {
         if self.damage.is_none() {
-            self.commit(UNJOURNALED, (0, MAX_ORDERS as u32));
+            self.commit(UNJOURNALED);
         }
     }
 
-    /// Ends a journaled operation that failed: whatever it wrote is rolled back (a policy error
-    /// leaves the pool unchanged already; this also covers corruption found halfway).
+    /// Ends a journaled operation that failed: a policy error leaves the pool unchanged already;
+    /// corruption found halfway is rolled back (the metadata as it was, the lists rebuilt from
+    /// it), or, where the metadata does not describe whole blocks, left for `check` to report.
+    #[cold]
+    #[inline(never)]
     fn abort(&mut self) {
         let s = self.shared;
-        s.pool_mut().free.links.armed = false;
-        s.undo();
+        let _ = s.roll_back();
+        s.load_free_pages();
         fence(Ordering::Release);
         let state = s.state_word();
-        state.store(
-            state.load(Ordering::Relaxed) & !JOURNAL_VALID,
-            Ordering::Release,
-        );
-        s.load_lists();
+        state.store(state.load(Ordering::Relaxed) & !JOURNAL, Ordering::Release);
     }
 
-    fn finish<T>(&mut self, r: Result<T, Error>, lists: (u32, u32)) -> Result<T, Error> {
+    #[inline(always)]
+    fn finish<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
         match r {
             Ok(v) => {
-                self.commit(JOURNAL_VALID, lists);
+                self.commit(JOURNAL);
                 Ok(v)
             }
             Err(e) => {
@@ -1277,57 +1211,44 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         }
     }
 
-    /// [`Pool::alloc`], journaled: the metadata it will change is that of the head it takes
-    /// and of the head of each half it splits off; the lists, those of the orders from `order`
-    /// to the one it takes from (`Pool::alloc_plan`).
+    /// [`Pool::alloc`], journaled: the policy tells the journal the metadata it will change
+    /// (the head it takes and the head of each half it splits off) before it writes.
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
         self.usable()?;
-        let mut n = 0;
-        let lists = match self.shared.pool_ref().alloc_plan(order) {
-            Some((idx, found)) => {
-                self.note_meta(&mut n, idx);
-                for k in order..found {
-                    self.note_meta(&mut n, idx.wrapping_add(1 << k));
-                }
-                (order, found + 1)
-            }
-            None => (0, 0),
-        };
-        self.begin(n, None, lists);
-        let r = self.shared.pool_mut().alloc(order);
-        self.finish(r, lists)
+        let mut journal = Journal::new(self.shared);
+        let r = self.shared.pool_mut().alloc_planned(order, &mut journal);
+        self.end(journal.begun, r)
     }
 
-    /// [`Pool::put`], journaled: the metadata it will change is that of the page and, if this
-    /// is the last reference, of each free buddy it merges with (`Pool::merge_plan`); the
-    /// lists, those of the orders from the block's to the merged block's.
+    /// [`Pool::put`], journaled when it frees the block: the policy tells the journal the
+    /// metadata it will change (the page's and each free buddy's it merges with) before it
+    /// writes. Dropping one of several references is one store of the refcount, and a `pfn`
+    /// that is not held fails before anything changes: neither needs the journal.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
-        let pool = self.shared.pool_ref();
-        let (mut n, mut lists) = (0, (0, 0));
-        if let Ok((idx, m)) = pool.held(pfn) {
-            self.note_meta(&mut n, idx);
-            let order = u32::from(m.order);
-            if m.refcount == 1 && order < pool.geo.max_order {
-                let top = pool.merge_plan(idx, order, |buddy| self.note_meta(&mut n, buddy));
-                lists = (order, top + 1);
-            }
-        }
-        self.begin(n, None, lists);
-        let r = self.shared.pool_mut().put(pfn);
-        self.finish(r, lists)
+        let mut journal = Journal::new(self.shared);
+        let r = self.shared.pool_mut().put_planned(pfn, &mut journal);
+        self.end(journal.begun, r)
     }
 
-    /// [`Pool::get`], journaled.
+    /// Ends an operation: committed or rolled back if its journal was begun, else (one store,
+    /// or an error before any) done as it is.
+    #[inline(always)]
+    fn end<T>(&mut self, begun: bool, r: Result<T, Error>) -> Result<T, Error> {
+        if begun {
+            self.finish(r)
+        } else {
+            crash_point(true);
+            r
+        }
+    }
+
+    /// [`Pool::get`]: one store of the refcount (or an error that changes nothing), which a
+    /// killed process leaves done or not done, so the journal is not needed.
     pub fn get(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
-        let mut n = 0;
-        if let Ok((idx, _)) = self.shared.pool_ref().held(pfn) {
-            self.note_meta(&mut n, idx);
-        }
-        self.begin(n, None, (0, 0));
         let r = self.shared.pool_mut().get(pfn);
-        self.finish(r, (0, 0))
+        self.end(false, r)
     }
 
     /// [`Pool::split`], journaled: the head's metadata, and its tails, which must all be
@@ -1350,9 +1271,9 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         }
         let mut n = 0;
         self.note_meta(&mut n, idx);
-        self.begin(n, Some((idx + 1, tails)), (0, 0));
+        self.begin(n, Some((idx + 1, tails)));
         let r = self.shared.pool_mut().split(pfn);
-        self.finish(r, (0, 0))
+        self.finish(r)
     }
 
     /// [`Pool::alloc_many`], as that many journaled allocations: the same blocks in the same
@@ -1672,8 +1593,13 @@ mod tests {
             Err(LayoutError::Truncated { .. })
         ));
         let mut other = good.clone();
-        other[8] = 3;
-        assert_eq!(try_attach(other), Err(LayoutError::Version { found: 3 }));
+        other[8] = LAYOUT_VERSION as u8 + 1;
+        assert_eq!(
+            try_attach(other),
+            Err(LayoutError::Version {
+                found: LAYOUT_VERSION + 1
+            })
+        );
         // Every single-byte change of the header's fixed part and of the metadata is refused
         // (or, for bytes no rule reads, accepted), never a panic, never a write.
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;

@@ -84,7 +84,7 @@ pub use handoff::{Handoff, HandoffPool};
 pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
-    pages_that_fit, Journaled, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
+    pages_that_fit, InHeader, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
     LAYOUT_MAGIC, LAYOUT_VERSION,
 };
 #[cfg(target_has_atomic = "8")]
@@ -93,7 +93,7 @@ pub use lock::SpinLock;
 pub use lock::StdLock;
 pub use lock::{LockedPool, RawLock};
 pub use pool::Pool;
-pub use store::{Intrusive, Link, LinkStore, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
+pub use store::{Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
 
 /// Most orders a [`CachedPool`] can cache (orders `0..MAX_CACHED_ORDERS`).
 pub const MAX_CACHED_ORDERS: usize = 8;

@@ -14,6 +14,23 @@ use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 use crate::store::Intrusive;
 use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, NO_ORDER};
 
+/// What a caller that journals an operation (a shared pool, see `layout.rs`) learns of it before
+/// the operation writes anything: the old metadata of every page it will change, then the
+/// moment it starts writing. The exact pool's own calls pass `()`, which compiles to nothing.
+pub(crate) trait Plan {
+    /// Page `idx`, whose metadata is `old`, will change.
+    fn note(&mut self, idx: u32, old: PageMeta);
+    /// Everything is checked and noted: the writes start.
+    fn begin(&mut self);
+}
+
+impl Plan for () {
+    #[inline(always)]
+    fn note(&mut self, _: u32, _: PageMeta) {}
+    #[inline(always)]
+    fn begin(&mut self) {}
+}
+
 /// A buddy allocator over one arena: pKVM's `struct hyp_pool`, without its lock (see
 /// [`LockedPool`](crate::LockedPool)).
 ///
@@ -210,65 +227,43 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy)
     }
 
-    /// What [`alloc`](Self::alloc) of `order` will take, reading only: the head of the first
-    /// non-empty list at or above `order`, and that list's order. `None` where `alloc` fails
-    /// before it changes anything.
-    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
-    pub(crate) fn alloc_plan(&self, order: u32) -> Option<(u32, u32)> {
-        if order >= self.geo.max_order {
-            return None;
-        }
-        let avail = self.free.mask >> order;
-        if avail == 0 {
-            return None;
-        }
-        let found = order + avail.trailing_zeros();
-        Some((self.free.first(found)?, found))
-    }
-
-    /// The free buddies that [`attach`](Self::attach) of the block of `order` at `idx` will merge
-    /// with, reading only: each in merge order to `each`; returns the order of the merged block.
-    /// `attach` finds the same ones: each merge step unmarks a buddy of a lower order than the
-    /// next step looks for.
-    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
-    pub(crate) fn merge_plan(&self, idx: u32, order: u32, mut each: impl FnMut(u32)) -> u32 {
-        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
-        while order + 1 < max_order {
-            let Some(buddy) = self.buddy_avail(head, order) else {
-                break;
-            };
-            each(buddy);
-            head = head.min(buddy);
-            order += 1;
-        }
-        order
-    }
-
     /// Allocates a block of `2^order` pages and returns the pfn of its head.
     ///
     /// Takes the head of the first non-empty list at or above `order` and splits it down,
     /// appending each upper half to the tail of its order's list. The head gets refcount 1; its
     /// other pages are tails.
     pub fn alloc(&mut self, order: u32) -> Result<u64, Error> {
-        self.alloc_zeroing::<true>(order)
+        self.alloc_zeroing::<true, ()>(order, &mut ())
+    }
+
+    /// [`alloc`](Self::alloc), telling `plan` what it will change before it writes (a shared
+    /// pool journals it).
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn alloc_planned(&mut self, order: u32, plan: &mut impl Plan) -> Result<u64, Error> {
+        self.alloc_zeroing::<true, _>(order, plan)
     }
 
     /// [`alloc`](Self::alloc) without the zeroing that [`ZeroPolicy::OnAlloc`] asks for: the
     /// per-CPU caches zero a block when they hand it out, outside the pool's lock.
     #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn alloc_unzeroed(&mut self, order: u32) -> Result<u64, Error> {
-        self.alloc_zeroing::<false>(order)
+        self.alloc_zeroing::<false, ()>(order, &mut ())
     }
 
     /// The allocation, zeroing per the policy if `ZERO` (a constant, so that each form compiles
     /// to its own straight-line code).
     #[inline(always)]
-    fn alloc_zeroing<const ZERO: bool>(&mut self, order: u32) -> Result<u64, Error> {
+    fn alloc_zeroing<const ZERO: bool, P: Plan>(
+        &mut self,
+        order: u32,
+        plan: &mut P,
+    ) -> Result<u64, Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
         }
-        let avail = self.free.mask >> order;
+        let avail = self.free.ends().mask >> order;
         if avail == 0 {
             return Err(Error::OutOfMemory { order });
         }
@@ -283,6 +278,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if !(m.is_free_head() && m.order as u32 == found) {
             return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
         }
+        // What changes: the head, and the head of each upper half split off (see `extract`).
+        plan.note(idx, m);
+        for k in order..found {
+            let half = idx + (1 << k);
+            if let Some(&old) = self.meta.get(half as usize) {
+                plan.note(half, old);
+            }
+        }
+        plan.begin();
         self.free.remove(&mut self.arena, idx, found)?;
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
@@ -328,18 +332,30 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
-        self.put_zeroing::<true>(pfn)
+        self.put_zeroing::<true, ()>(pfn, &mut ())
+    }
+
+    /// [`put`](Self::put), telling `plan` what it will change before it writes, when it frees
+    /// the block (dropping one of several references is one store and tells nothing).
+    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn put_planned(&mut self, pfn: u64, plan: &mut impl Plan) -> Result<(), Error> {
+        self.put_zeroing::<true, _>(pfn, plan)
     }
 
     /// [`put`](Self::put) for a block whose bytes the caller has already zeroed as
     /// [`ZeroPolicy::OnFree`] requires (the per-CPU caches do it outside the pool's lock).
     #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
     pub(crate) fn put_zeroed(&mut self, pfn: u64) -> Result<(), Error> {
-        self.put_zeroing::<false>(pfn)
+        self.put_zeroing::<false, ()>(pfn, &mut ())
     }
 
     #[inline(always)]
-    fn put_zeroing<const ZERO: bool>(&mut self, pfn: u64) -> Result<(), Error> {
+    fn put_zeroing<const ZERO: bool, P: Plan>(
+        &mut self,
+        pfn: u64,
+        plan: &mut P,
+    ) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
@@ -347,8 +363,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         }
         let order = self.block_order(idx, m)?;
         // A corrupt free list is found before anything changes: the page stays held, nothing
-        // is zeroed, counted or unlinked, so no page is left neither held nor free.
-        self.check_attach(idx, order)?;
+        // is zeroed, counted or unlinked, so no page is left neither held nor free. What
+        // changes: the page, and each buddy it merges with (`check_attach` finds them).
+        plan.note(idx, m);
+        self.check_attach(idx, order, plan)?;
+        plan.begin();
         self.meta[idx as usize].refcount = 0;
         self.attach::<ZERO>(idx, order)?;
         Ok(())
@@ -359,13 +378,21 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// metadata alone, as `attach` finds them) and the tail of the list it will join. Each merge
     /// step unlinks from a different list, so the checks of one step still hold after the
     /// writes of the steps before it, and `attach` cannot fail halfway.
-    pub(crate) fn check_attach(&self, idx: u32, order: u32) -> Result<(), Corruption> {
+    pub(crate) fn check_attach(
+        &self,
+        idx: u32,
+        order: u32,
+        plan: &mut impl Plan,
+    ) -> Result<(), Corruption> {
         let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
         while order + 1 < max_order {
             let Some(buddy) = self.buddy_avail(head, order) else {
                 break;
             };
             self.free.check_remove(&self.arena, buddy, order)?;
+            if let Some(&old) = self.meta.get(buddy as usize) {
+                plan.note(buddy, old);
+            }
             head = head.min(buddy);
             order += 1;
         }

@@ -45,14 +45,14 @@ impl<L: LinkStore> Pool<'_, L> {
 
     /// Free blocks per order `0..max_order`, like a line of `/proc/buddyinfo`.
     pub fn buddyinfo(&self) -> &[u32] {
-        &self.free.len[..self.geo.max_order as usize]
+        &self.free.ends().len[..self.geo.max_order as usize]
     }
 
     /// How many blocks of `order` could be allocated one after another right now.
     pub fn capacity(&self, order: u32) -> u64 {
         let orders = order.min(self.geo.max_order)..self.geo.max_order;
         orders
-            .map(|k| u64::from(self.free.len[k as usize]) << (k - order))
+            .map(|k| u64::from(self.free.ends().len[k as usize]) << (k - order))
             .sum()
     }
 

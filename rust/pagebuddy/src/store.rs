@@ -94,6 +94,29 @@ impl Link {
     };
 }
 
+/// The ends of the per-order free lists: each list's head, tail and length, and the mask of the
+/// non-empty ones. A pool keeps them in itself unless its [`LinkStore`] keeps them elsewhere (a
+/// shared pool keeps them in its header, see [`SharedPool`](crate::SharedPool)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListEnds {
+    pub(crate) head: [u32; MAX_ORDERS],
+    pub(crate) tail: [u32; MAX_ORDERS],
+    pub(crate) len: [u32; MAX_ORDERS],
+    /// Bit k set <=> list k is non-empty.
+    pub(crate) mask: u32,
+}
+
+impl ListEnds {
+    /// Every list empty.
+    pub const EMPTY: ListEnds = ListEnds {
+        head: [Link::NIL; MAX_ORDERS],
+        tail: [Link::NIL; MAX_ORDERS],
+        len: [0; MAX_ORDERS],
+        mask: 0,
+    };
+}
+
 /// Where free-list links live. Reads may return anything: the free lists check every value.
 pub trait LinkStore {
     /// Reads the link of page `idx`.
@@ -106,6 +129,19 @@ pub trait LinkStore {
     const IN_PAGE_BYTES: usize;
     /// Whether the store can hold the links of `nr_pages` pages.
     fn fits(&self, nr_pages: u32) -> Result<(), GeometryError>;
+
+    /// The free lists' ends, given the pool's own `ends`: those, unless the store keeps the
+    /// ends somewhere else.
+    #[inline(always)]
+    fn ends<'e>(&self, ends: &'e ListEnds) -> &'e ListEnds {
+        ends
+    }
+
+    /// [`ends`](Self::ends), to write.
+    #[inline(always)]
+    fn ends_mut<'e>(&self, ends: &'e mut ListEnds) -> &'e mut ListEnds {
+        ends
+    }
 }
 
 /// Links in the free pages themselves, as upstream pKVM: no extra metadata. The first 8 bytes of a
@@ -209,11 +245,9 @@ fn slot(order: u32) -> usize {
 /// The per-order FIFO free lists (pKVM's `free_area`), doubly linked through a [`LinkStore`].
 pub(crate) struct FreeLists<L> {
     pub(crate) links: L,
-    head: [u32; MAX_ORDERS],
-    tail: [u32; MAX_ORDERS],
-    pub(crate) len: [u32; MAX_ORDERS],
-    /// Bit k set <=> list k is non-empty.
-    pub(crate) mask: u32,
+    /// The lists' ends, unless `links` keeps them elsewhere: reached through
+    /// [`ends`](Self::ends) and [`ends_mut`](Self::ends_mut) only.
+    own: ListEnds,
     nr_pages: u32,
     base_pfn: u64,
     page_size: usize,
@@ -223,10 +257,7 @@ impl<L: LinkStore> FreeLists<L> {
     pub(crate) fn new(links: L, nr_pages: u32, base_pfn: u64, page_size: usize) -> Self {
         FreeLists {
             links,
-            head: [Link::NIL; MAX_ORDERS],
-            tail: [Link::NIL; MAX_ORDERS],
-            len: [0; MAX_ORDERS],
-            mask: 0,
+            own: ListEnds::EMPTY,
             nr_pages,
             base_pfn,
             page_size,
@@ -238,6 +269,18 @@ impl<L: LinkStore> FreeLists<L> {
             kind,
             pfn: self.base_pfn + idx as u64,
         }
+    }
+
+    /// The lists' ends (the pool's own, or where the link store keeps them).
+    #[inline(always)]
+    pub(crate) fn ends(&self) -> &ListEnds {
+        self.links.ends(&self.own)
+    }
+
+    /// [`ends`](Self::ends), to write.
+    #[inline(always)]
+    pub(crate) fn ends_mut(&mut self) -> &mut ListEnds {
+        self.links.ends_mut(&mut self.own)
     }
 
     /// The link of `idx`, with both ends checked to be NIL or a page of the pool.
@@ -257,7 +300,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// The head of list `order`.
     #[inline]
     pub(crate) fn first(&self, order: u32) -> Option<u32> {
-        match self.head.get(order as usize) {
+        match self.ends().head.get(order as usize) {
             Some(&h) if h != Link::NIL => Some(h),
             _ => None,
         }
@@ -267,7 +310,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// only one it reads, is in range. Writes nothing.
     #[inline]
     pub(crate) fn check_append(&self, arena: &Arena<'_>, order: u32) -> Result<(), Corruption> {
-        match self.tail[slot(order)] {
+        match self.ends().tail[slot(order)] {
             Link::NIL => Ok(()),
             tail => self.link(arena, tail).map(drop),
         }
@@ -282,14 +325,15 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
     ) -> Result<(), Corruption> {
         let o = slot(order);
-        let tail = self.tail[o];
+        let tail = self.ends().tail[o];
         if tail != Link::NIL {
             let mut t = self.link(arena, tail)?;
             t.next = idx;
             self.links.store(arena, self.page_size, tail, t);
         } else {
-            self.head[o] = idx;
-            self.mask |= 1 << o;
+            let ends = self.ends_mut();
+            ends.head[o] = idx;
+            ends.mask |= 1 << o;
         }
         self.links.store(
             arena,
@@ -300,8 +344,9 @@ impl<L: LinkStore> FreeLists<L> {
                 next: Link::NIL,
             },
         );
-        self.tail[o] = idx;
-        self.len[o] += 1;
+        let ends = self.ends_mut();
+        ends.tail[o] = idx;
+        ends.len[o] += 1;
         Ok(())
     }
 
@@ -338,13 +383,14 @@ impl<L: LinkStore> FreeLists<L> {
         } else {
             Some(self.link(arena, me.next)?)
         };
+        let ends = self.ends();
         let consistent = match prev {
             Some(p) => p.next == idx,
-            None => self.head[o] == idx,
+            None => ends.head[o] == idx,
         } && match next {
             Some(n) => n.prev == idx,
-            None => self.tail[o] == idx,
-        } && self.len[o] > 0;
+            None => ends.tail[o] == idx,
+        } && ends.len[o] > 0;
         if !consistent {
             return Err(self.corrupt(CorruptionKind::ListBroken, idx));
         }
@@ -367,26 +413,28 @@ impl<L: LinkStore> FreeLists<L> {
                 p.next = me.next;
                 self.links.store(arena, self.page_size, me.prev, p);
             }
-            None => self.head[o] = me.next,
+            None => self.ends_mut().head[o] = me.next,
         }
         match next {
             Some(mut n) => {
                 n.prev = me.prev;
                 self.links.store(arena, self.page_size, me.next, n);
             }
-            None => self.tail[o] = me.prev,
+            None => self.ends_mut().tail[o] = me.prev,
         }
         self.links.clear(arena, self.page_size, idx);
-        self.len[o] -= 1;
-        if self.len[o] == 0 {
-            self.mask &= !(1 << o);
+        let ends = self.ends_mut();
+        ends.len[o] -= 1;
+        if ends.len[o] == 0 {
+            ends.mask &= !(1 << o);
         }
         Ok(())
     }
 
     /// Walks list `order` from its head: at most `len` nodes, stopping at the first bad link.
     pub(crate) fn iter<'s>(&'s self, arena: &'s Arena<'s>, order: u32) -> ListIter<'s, L> {
-        let (next, left) = match (self.head.get(order as usize), self.len.get(order as usize)) {
+        let ends = self.ends();
+        let (next, left) = match (ends.head.get(order as usize), ends.len.get(order as usize)) {
             (Some(&h), Some(&n)) => (h, n),
             _ => (Link::NIL, 0),
         };
@@ -398,32 +446,17 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// The heads, tails, lengths and non-empty mask, which a shared pool keeps in its header
-    /// and hands to the policy for each operation (see `layout.rs`).
-    #[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
-    pub(crate) fn ends_mut(
-        &mut self,
-    ) -> (
-        &mut [u32; MAX_ORDERS],
-        &mut [u32; MAX_ORDERS],
-        &mut [u32; MAX_ORDERS],
-        &mut u32,
-    ) {
-        (
-            &mut self.head,
-            &mut self.tail,
-            &mut self.len,
-            &mut self.mask,
-        )
-    }
-
     pub(crate) fn tail(&self, order: u32) -> u32 {
-        self.tail.get(order as usize).copied().unwrap_or(Link::NIL)
+        self.ends()
+            .tail
+            .get(order as usize)
+            .copied()
+            .unwrap_or(Link::NIL)
     }
 
     #[cfg(test)]
     pub(crate) fn set_tail(&mut self, order: u32, idx: u32) {
-        self.tail[order as usize] = idx;
+        self.ends_mut().tail[order as usize] = idx;
     }
 }
 

@@ -29,19 +29,19 @@ fn check_counts_mask_lengths_and_free_pages() {
     let mut mem = Mem::new(8);
     let mut pool = mem.side(cfg(8).base_pfn(16)).unwrap();
     assert_eq!(lists(&pool), vec![vec![], vec![], vec![], vec![16]]);
-    pool.free.mask |= 1 << 1; // a bit for an empty list
+    pool.free.ends_mut().mask |= 1 << 1; // a bit for an empty list
     assert_eq!(broken(pool.check()), Some((K::Count, 16)));
-    pool.free.mask &= !(1 << 1);
-    pool.free.mask &= !(1 << 3); // no bit for a non-empty list
+    pool.free.ends_mut().mask &= !(1 << 1);
+    pool.free.ends_mut().mask &= !(1 << 3); // no bit for a non-empty list
     assert_eq!(broken(pool.check()), Some((K::Count, 16)));
-    pool.free.mask |= 1 << 3;
+    pool.free.ends_mut().mask |= 1 << 3;
     pool.check().unwrap();
     // A list past max_order (4) with a length and a consistent mask bit.
-    pool.free.len[5] = 1;
-    pool.free.mask |= 1 << 5;
+    pool.free.ends_mut().len[5] = 1;
+    pool.free.ends_mut().mask |= 1 << 5;
     assert_eq!(broken(pool.check()), Some((K::Count, 16)));
-    pool.free.len[5] = 0;
-    pool.free.mask &= !(1 << 5);
+    pool.free.ends_mut().len[5] = 0;
+    pool.free.ends_mut().mask &= !(1 << 5);
     pool.check().unwrap();
     *pool.free_pages_mut() += 1;
     assert_eq!(broken(pool.check()), Some((K::Count, 16)));
@@ -54,7 +54,7 @@ fn check_finds_each_list_inconsistency_alone() {
     // Length too large (the walk ends early, tail and next are right).
     let mut mem = Mem::new(8);
     let mut pool = singles(&mut mem, &[19]);
-    pool.free.len[0] = 2;
+    pool.free.ends_mut().len[0] = 2;
     assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
 
     // Tail names the first node of two (length and next are right).
@@ -67,9 +67,9 @@ fn check_finds_each_list_inconsistency_alone() {
     // Length too small: the walk stops before the end.
     pool.free.set_tail(0, 5);
     pool.check().unwrap();
-    pool.free.len[0] = 1;
+    pool.free.ends_mut().len[0] = 1;
     assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
-    pool.free.len[0] = 2;
+    pool.free.ends_mut().len[0] = 2;
 
     // An empty list with a tail: reported at the last page, the walk having named none.
     pool.free.set_tail(2, 1);
@@ -479,7 +479,7 @@ fn links_must_name_a_page_of_the_pool() {
 fn alloc_trusts_no_mask_bit_without_a_list_head() {
     let mut mem = Mem::new(8);
     let mut pool = mem.side(cfg(8).base_pfn(8)).unwrap();
-    pool.free.mask |= 1; // list 0 is empty
+    pool.free.ends_mut().mask |= 1; // list 0 is empty
     let before = snapshot(&pool);
     let count = Error::Corrupted(Corruption {
         kind: K::Count,
@@ -524,7 +524,7 @@ fn remove_checks_both_neighbours_and_the_length() {
     );
     assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
     assert_eq!(
-        (lists.first(0), lists.tail(0), lists.len[0]),
+        (lists.first(0), lists.tail(0), lists.ends().len[0]),
         (Some(0), 2, 3)
     );
     // The predecessor does not point forward.
@@ -550,9 +550,9 @@ fn remove_checks_both_neighbours_and_the_length() {
     // Links agree but the list claims to be empty.
     let mut links = [Link::EMPTY; 4];
     let mut lists = three_listed(&mut links);
-    lists.len[0] = 0;
+    lists.ends_mut().len[0] = 0;
     assert_eq!(lists.remove(&mut arena, 0, 0), broken_at(8));
-    lists.len[0] = 3;
+    lists.ends_mut().len[0] = 3;
     assert_eq!(lists.remove(&mut arena, 1, 0), Ok(()));
     assert_eq!(
         lists
