@@ -64,7 +64,7 @@ impl<L: LinkStore> Pool<'_, L> {
         if free_pages != u64::from(self.free_pages()) {
             return Err(at(K::Count, 0));
         }
-        let heads = self.check_blocks()?;
+        let heads = self.check_blocks(false)?;
         // Each listed node is a verified free head at most once (prev links rule out repeats),
         // so equal counts mean every free head is listed.
         match (0..MAX_ORDERS).find(|&k| heads[k] != free.ends().len[k]) {
@@ -77,8 +77,13 @@ impl<L: LinkStore> Pool<'_, L> {
     /// every page heads one block or is one of its tails, no two free buddies are left
     /// uncoalesced, and free memory is zero where the policy says so. Returns the number of
     /// free heads of each order. (A shared pool's recovery rebuilds the free lists from
-    /// metadata that passes this.)
-    pub(crate) fn check_blocks(&self) -> Result<[u32; MAX_ORDERS], Corruption> {
+    /// metadata that passes this; with `links_anywhere`, the bytes a [`LinkStore`] keeps at the
+    /// start of a page may be set in every page of a free block, not only its head: a split
+    /// undone leaves links there, which the rebuild clears.)
+    pub(crate) fn check_blocks(
+        &self,
+        links_anywhere: bool,
+    ) -> Result<[u32; MAX_ORDERS], Corruption> {
         let geo = self.geometry();
         let (arena, meta, _) = self.parts();
         let at = |kind, idx: u32| Corruption {
@@ -118,8 +123,15 @@ impl<L: LinkStore> Pool<'_, L> {
                 let written = (idx + size).min(self.touched).saturating_sub(idx);
                 if geo.zero == ZeroPolicy::OnFree && written > 0 {
                     let skip = L::IN_PAGE_BYTES;
-                    let off = idx as usize * geo.page_size + skip;
-                    if !arena.is_zero(off, written as usize * geo.page_size - skip) {
+                    let off = idx as usize * geo.page_size;
+                    let zero = if links_anywhere && skip > 0 {
+                        (0..written as usize).all(|p| {
+                            arena.is_zero(off + p * geo.page_size + skip, geo.page_size - skip)
+                        })
+                    } else {
+                        arena.is_zero(off + skip, written as usize * geo.page_size - skip)
+                    };
+                    if !zero {
                         return Err(at(K::NotZero, idx));
                     }
                 }

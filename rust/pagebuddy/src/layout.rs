@@ -936,7 +936,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         // SAFETY: the header is readable; the lock is held (or the bytes are exclusive).
         let done = unsafe { (*self.h()).split.done };
         self.undo();
-        if let Err(c) = self.pool_ref().check_blocks() {
+        if let Err(c) = self.pool_ref().check_blocks(true) {
             self.unrecover(done);
             return Err(c);
         }
@@ -1752,6 +1752,13 @@ mod tests {
     #[test]
     fn crash_at_every_point_intrusive() {
         crash_everywhere!(Intrusive, ZeroPolicy::OnAlloc);
+    }
+
+    #[test]
+    fn crash_at_every_point_intrusive_zero_on_free() {
+        // An undone split leaves links in the first bytes of pages that are tails again, which
+        // recovery must tolerate and clear: free memory reads as zeros after it.
+        crash_everywhere!(Intrusive, ZeroPolicy::OnFree);
     }
 
     /// Four threads, each with its own handle on the same bytes (as four processes would be),
