@@ -749,6 +749,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             shared: self,
             owner,
             damage: None,
+            unjournaled: false,
         };
         if matches!(how, Acquired::TakenFrom(_)) || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
@@ -1049,6 +1050,9 @@ pub struct SharedGuard<'s, 'a, L: SharedLinks<'a>> {
     shared: &'s SharedPool<'a, L>,
     owner: u32,
     damage: Option<LayoutError>,
+    /// Whether `DerefMut` marked an unjournaled operation in the state word, which the drop
+    /// commits.
+    unjournaled: bool,
 }
 
 impl<'a, L: SharedLinks<'a>> core::ops::Deref for SharedGuard<'_, 'a, L> {
@@ -1064,6 +1068,7 @@ impl<'a, L: SharedLinks<'a>> core::ops::Deref for SharedGuard<'_, 'a, L> {
 /// (`alloc`, `put`, `get`, `split`, `alloc_many`, `put_many`, `alloc_exact`) is journaled.
 impl<'a, L: SharedLinks<'a>> core::ops::DerefMut for SharedGuard<'_, 'a, L> {
     fn deref_mut(&mut self) -> &mut Self::Target {
+        self.unjournaled = true;
         let state = self.shared.state_word();
         state.store(
             state.load(Ordering::Relaxed) | UNJOURNALED,
@@ -1077,7 +1082,7 @@ impl<'a, L: SharedLinks<'a>> core::ops::DerefMut for SharedGuard<'_, 'a, L> {
 impl<'a, L: SharedLinks<'a>> Drop for SharedGuard<'_, 'a, L> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.journal_state() & UNJOURNALED != 0 {
+        if self.unjournaled {
             self.commit_unjournaled();
         }
         self.shared.lock_word().unlock(self.owner);
