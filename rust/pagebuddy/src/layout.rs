@@ -941,6 +941,15 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             self.unrecover(done);
             return Err(c);
         }
+        // The metadata is as it was before the operation: a process killed from here on must
+        // not undo it again (the undo swapped the journal's entries), only list it anew.
+        fence(Ordering::Release);
+        let state = self.state_word();
+        state.store(
+            state.load(Ordering::Relaxed) & !(JOURNAL_SPLIT | N_META),
+            Ordering::Release,
+        );
+        fence(Ordering::Release);
         self.rebuild();
         Ok(())
     }
@@ -1764,6 +1773,70 @@ mod tests {
         // An undone split leaves links in the first bytes of pages that are tails again, which
         // recovery must tolerate and clear: free memory reads as zeros after it.
         crash_everywhere!(Intrusive, ZeroPolicy::OnFree);
+    }
+
+    /// A recovery is itself stopped at each of its crash points (the rebuild of the lists):
+    /// recovering what that leaves gives the same pool as the recovery that ran to its end.
+    #[test]
+    fn a_recovery_stopped_anywhere_recovers_the_same() {
+        let len = 24 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        let cfg = config(len, true).zero(ZeroPolicy::OnFree);
+        let n = cfg.nr_pages as usize;
+        let pool = SharedPool::<Intrusive>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        {
+            let mut g = pool.lock();
+            for order in [0, 3, 1, 0, 2] {
+                g.alloc(order).unwrap();
+            }
+        }
+        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        // SAFETY (each call): a read-only copy of the `len` bytes of a live buffer, taken
+        // between two steps of an operation, as a killed process would leave them.
+        let image = move |p: *mut u8| unsafe { core::slice::from_raw_parts(p, len) }.to_vec();
+        // Images of the bytes at every crash point of an allocation that splits and of a free
+        // that merges.
+        let snaps: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> = Default::default();
+        let sink = snaps.clone();
+        tests_hook::set(move |_| sink.borrow_mut().push(image(base)));
+        let pfn = pool.lock().alloc(2).unwrap();
+        pool.lock().put(pfn).unwrap();
+        tests_hook::clear();
+        let mid_op = core::mem::take(&mut *snaps.borrow_mut());
+        assert!(mid_op.len() > 4, "{} crash points", mid_op.len());
+        let mut stopped = 0;
+        for snap in &mid_op {
+            // The recovery that runs to its end.
+            let mut w = buffer(len);
+            bytes(&mut w).copy_from_slice(snap);
+            let whole = SharedPool::<Intrusive>::attach(bytes(&mut w), 2).unwrap();
+            whole.lock().check().unwrap();
+            drop(whole);
+            let expect = bytes(&mut w)[meta_off..meta_off + 4 * n].to_vec();
+            // The same recovery, stopped at each of its own crash points and recovered again.
+            let mut u = buffer(len);
+            bytes(&mut u).copy_from_slice(snap);
+            let ubase = bytes(&mut u).as_mut_ptr();
+            let inner: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> = Default::default();
+            let sink = inner.clone();
+            tests_hook::set(move |_| sink.borrow_mut().push(image(ubase)));
+            drop(SharedPool::<Intrusive>::attach(bytes(&mut u), 2).unwrap());
+            tests_hook::clear();
+            for partial in core::mem::take(&mut *inner.borrow_mut()) {
+                stopped += 1;
+                let mut x = buffer(len);
+                bytes(&mut x).copy_from_slice(&partial);
+                let again = SharedPool::<Intrusive>::attach(bytes(&mut x), 3).unwrap();
+                again.lock().check().unwrap();
+                drop(again);
+                assert!(
+                    bytes(&mut x)[meta_off..meta_off + 4 * n] == expect[..],
+                    "a recovery stopped at its crash point {stopped} recovers another state"
+                );
+            }
+        }
+        assert!(stopped > 10, "{stopped} recoveries stopped");
     }
 
     /// Four threads, each with its own handle on the same bytes (as four processes would be),
