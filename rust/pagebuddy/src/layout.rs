@@ -1783,7 +1783,7 @@ mod tests {
         let mut v = buffer(len);
         let base = bytes(&mut v).as_mut_ptr();
         let cfg = config(len, true).zero(ZeroPolicy::OnFree);
-        let n = cfg.nr_pages as usize;
+        let n = cfg.nr_pages;
         let pool = SharedPool::<Intrusive>::create_in(bytes(&mut v), cfg, 1).unwrap();
         {
             let mut g = pool.lock();
@@ -1810,9 +1810,11 @@ mod tests {
             // The recovery that runs to its end.
             let mut w = buffer(len);
             bytes(&mut w).copy_from_slice(snap);
-            let whole = SharedPool::<Intrusive>::attach(bytes(&mut w), 2).unwrap();
-            whole.lock().check().unwrap();
-            drop(whole);
+            SharedPool::<Intrusive>::attach(bytes(&mut w), 2)
+                .unwrap()
+                .lock()
+                .check()
+                .unwrap();
             let expect = bytes(&mut w)[meta_off..meta_off + 4 * n].to_vec();
             // The same recovery, stopped at each of its own crash points and recovered again.
             let mut u = buffer(len);
@@ -1821,15 +1823,17 @@ mod tests {
             let inner: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> = Default::default();
             let sink = inner.clone();
             tests_hook::set(move |_| sink.borrow_mut().push(image(ubase)));
-            drop(SharedPool::<Intrusive>::attach(bytes(&mut u), 2).unwrap());
+            SharedPool::<Intrusive>::attach(bytes(&mut u), 2).unwrap();
             tests_hook::clear();
             for partial in core::mem::take(&mut *inner.borrow_mut()) {
                 stopped += 1;
                 let mut x = buffer(len);
                 bytes(&mut x).copy_from_slice(&partial);
-                let again = SharedPool::<Intrusive>::attach(bytes(&mut x), 3).unwrap();
-                again.lock().check().unwrap();
-                drop(again);
+                SharedPool::<Intrusive>::attach(bytes(&mut x), 3)
+                    .unwrap()
+                    .lock()
+                    .check()
+                    .unwrap();
                 assert!(
                     bytes(&mut x)[meta_off..meta_off + 4 * n] == expect[..],
                     "a recovery stopped at its crash point {stopped} recovers another state"
