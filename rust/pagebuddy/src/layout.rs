@@ -21,12 +21,14 @@
 //!
 //! **Crash safety.** The policy ([`Pool`]) runs unchanged on metadata, links and free-list ends
 //! that all live in the shared bytes: its link store ([`InHeader`]) keeps the lists' ends in the
-//! header, so no handle holds a copy of them. Before it writes, the layer above records in the
-//! header's undo journal the old value of every metadata entry the operation will touch (read
-//! off the policy's own plan: `Pool::alloc_plan` gives the split chain of an allocation,
-//! `Pool::merge_plan` the merge chain of a free), and then marks the journal valid; the
-//! operation commits by writing the free-page count and, in one store, clearing the journal's
-//! valid bit. The links and the lists' ends are not journaled: they follow from the metadata.
+//! header, so no handle holds a copy of them. Before it writes, the policy tells the layer
+//! above what it will change (a `Plan`: the head it takes and the head of each half it splits
+//! off, or the page it frees and each buddy it merges with, found by the checks it makes before
+//! any write), which records the old metadata of those pages in the header's undo journal and
+//! then marks the journal valid with their count, in the state word. The operation commits by
+//! writing the free-page count and, in one store, clearing the journal's bits. The links and
+//! the lists' ends are not journaled: they follow from the metadata. A `get`, or a `put` of one
+//! of several references, is one store of a refcount and needs no journal.
 //! A process killed at any instruction before the commit leaves a valid journal, and
 //! [`SharedGuard::recover`] writes the old metadata back (the operation never happened), checks
 //! the blocks it describes, and rebuilds every free list from it: each order's free blocks in
@@ -153,6 +155,9 @@ pub const HEADER_BYTES: usize = core::mem::size_of::<Header>();
 // 88-byte fixed part and its checksum.
 const _: () = assert!(core::mem::offset_of!(Header, lock) == 96);
 const _: () = assert!(core::mem::offset_of!(Header, state) == 100);
+// The attach fuzz target's seeds (fuzz/corpus/attach) write the journal at these offsets.
+const _: () = assert!(core::mem::offset_of!(Header, split) == 108);
+const _: () = assert!(core::mem::offset_of!(Header, meta_undo) == 120);
 
 /// Why bytes could not be formatted or opened as a shared pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,10 +411,12 @@ impl<L: LinkStore> LinkStore for InHeader<'_, L> {
 /// [`create_in`](Self::create_in)) under its own owner id, and runs operations through
 /// [`lock`](Self::lock), which returns a [`SharedGuard`].
 ///
-/// **Crash safety.** Every operation of the guard is journaled in the bytes before it writes: a
-/// process killed at any instant leaves either the state before the operation or the state
-/// after it (once recovered by [`attach`](Self::attach) or by the next [`lock`](Self::lock),
-/// which takes the lock over from a dead holder), so no page is lost or handed out twice.
+/// **Crash safety.** Every operation of the guard that writes more than one word is journaled
+/// in the bytes before it writes: a process killed at any instant leaves either the state
+/// before the operation or the state after it (once recovered by [`attach`](Self::attach) or
+/// by the next [`lock`](Self::lock), which takes the lock over from a dead holder), so no page
+/// is lost or handed out twice. Recovery lists the free blocks anew, in increasing pfn order
+/// per order: the same free blocks, not necessarily in the order the lists had.
 /// [`SharedGuard::alloc_many`], [`SharedGuard::put_many`] and [`SharedGuard::alloc_exact`]
 /// journal each of their steps: killed part way, the steps before are done and the rest not.
 ///
@@ -1074,7 +1081,8 @@ impl<'a, L: SharedLinks<'a>> core::ops::Deref for SharedGuard<'_, 'a, L> {
 /// Mutable access to the policy for operations that the journal does not cover: the state word
 /// marks one in progress until the guard drops, and a process killed inside it leaves a pool
 /// that recovery refuses as corrupt rather than guesses at. Every operation of the guard's own
-/// (`alloc`, `put`, `get`, `split`, `alloc_many`, `put_many`, `alloc_exact`) is journaled.
+/// (`alloc`, `put`, `get`, `split`, `alloc_many`, `put_many`, `alloc_exact`) is journaled, or
+/// is one store that needs no journal.
 impl<'a, L: SharedLinks<'a>> core::ops::DerefMut for SharedGuard<'_, 'a, L> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.unjournaled = true;
@@ -1119,9 +1127,12 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         }
     }
 
-    /// Rolls back the operation that a dead holder left half done (if its journal is valid),
-    /// clears a batch's scratch counts and the journal. Refuses, changing nothing, a journal
-    /// that names pages outside the pool or that covers an operation it cannot undo.
+    /// Rolls back the operation that a dead holder left half done (if its journal is valid: its
+    /// metadata undone, then every free list rebuilt from the metadata), clears a batch's
+    /// scratch counts and the journal. Refuses, changing nothing, a journal that names pages
+    /// outside the pool or that covers an operation it cannot undo, and undone metadata that
+    /// does not describe whole blocks. A recovery stopped part way (its process killed too) is
+    /// finished by the next one.
     pub fn recover(&mut self) -> Result<(), LayoutError> {
         let s = self.shared;
         s.journal_in_range()?;
