@@ -948,8 +948,15 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             self.unrecover(done);
             return Err(c);
         }
-        // The metadata is as it was before the operation: a process killed from here on must
-        // not undo it again (the undo swapped the journal's entries), only list it anew.
+        self.relist();
+        Ok(())
+    }
+
+    /// After [`undo`](Self::undo), with metadata that describes whole blocks: drops the
+    /// journal's entries (a process killed from here on must not undo them again: the undo
+    /// swapped them with the values they replaced), keeping its valid bit until the caller
+    /// clears it, and lists every free block anew.
+    fn relist(&self) {
         fence(Ordering::Release);
         let state = self.state_word();
         state.store(
@@ -958,7 +965,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         );
         fence(Ordering::Release);
         self.rebuild();
-        Ok(())
     }
 
     /// Lists every free block anew from the metadata alone, which describes whole blocks
@@ -1208,14 +1214,18 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         }
     }
 
-    /// Ends a journaled operation that failed: a policy error leaves the pool unchanged already;
-    /// corruption found halfway is rolled back (the metadata as it was, the lists rebuilt from
-    /// it), or, where the metadata does not describe whole blocks, left for `check` to report.
+    /// Ends a journaled operation that failed (corruption found halfway: every other error comes
+    /// before the journal begins): the metadata is put back as it was and the lists rebuilt
+    /// from it, or, where that metadata does not describe whole blocks (the pool was corrupt
+    /// before), left with the lists as they are for `check` to report.
     #[cold]
     #[inline(never)]
     fn abort(&mut self) {
         let s = self.shared;
-        let _ = s.roll_back();
+        s.undo();
+        if s.pool_ref().check_blocks(true).is_ok() {
+            s.relist();
+        }
         s.load_free_pages();
         fence(Ordering::Release);
         let state = s.state_word();
@@ -1592,6 +1602,48 @@ mod tests {
         assert_eq!(g.put(pfn), Err(Error::NotHeld { pfn }));
         drop(g);
         assert!(SharedPool::<Intrusive>::attach(bytes(&mut v), 9).is_err());
+    }
+
+    /// Corruption found after the journal began (a broken link of the block an allocation
+    /// takes): the call fails, the metadata is as it was, and the free lists are listed anew
+    /// from it, so the pool passes `check()` and goes on allocating.
+    #[test]
+    fn corruption_found_halfway_is_rolled_back() {
+        let len = 32 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        // SAFETY (each call): a view of the live buffer's `len` bytes, used while no guard is
+        // held (the pool only reaches them under its lock).
+        let view = move || unsafe { core::slice::from_raw_parts_mut(base, len) };
+        let cfg = config(len, false);
+        let n = cfg.nr_pages;
+        let (meta_off, links_off, ..) = regions(n, PS, false).unwrap();
+        let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        let (head, free) = {
+            let mut g = pool.lock();
+            g.alloc(1).unwrap();
+            // The block the next `alloc(0)` takes: the head of the first non-empty list.
+            let found = (0..g.geo.max_order)
+                .find(|&k| g.free_list(k).next().is_some())
+                .unwrap();
+            let head = g.free_list(found).next().unwrap() - g.geo.base_pfn;
+            (head as usize, g.free_pages())
+        };
+        let meta_before = view()[meta_off..meta_off + 4 * n].to_vec();
+        // Its `prev` link out of range.
+        let at = links_off + 8 * head;
+        view()[at..at + 4].copy_from_slice(&(n as u32 + 5).to_ne_bytes());
+        let mut g = pool.lock();
+        let e = g.alloc(0).unwrap_err();
+        assert!(matches!(e, Error::Corrupted(c) if c.kind == CorruptionKind::LinkOutOfRange));
+        g.check().unwrap();
+        assert_eq!(g.free_pages(), free);
+        drop(g);
+        assert_eq!(view()[meta_off..meta_off + 4 * n], meta_before[..]);
+        let mut g = pool.lock();
+        let pfn = g.alloc(0).unwrap();
+        g.put(pfn).unwrap();
+        g.check().unwrap();
     }
 
     #[test]
