@@ -1022,10 +1022,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
 }
 
 /// The journal of one operation, as the policy fills it ([`Plan`]): the old metadata of each
-/// page it will change into the header's undo entries, then the valid bit with their count.
+/// page it will change into the header's undo entries (and, for a split, its tails), then the
+/// valid bit with their count.
 struct Journal {
     hdr: NonNull<Header>,
     n: usize,
+    /// A split's tails, `(first, count)`, which go from `(0, NO_ORDER)` to `(1, 0)`.
+    split: Option<(u32, u32)>,
     begun: bool,
 }
 
@@ -1034,6 +1037,7 @@ impl Journal {
         Journal {
             hdr: shared.hdr,
             n: 0,
+            split: None,
             begun: false,
         }
     }
@@ -1054,7 +1058,18 @@ impl Plan for Journal {
 
     #[inline(always)]
     fn begin(&mut self) {
-        let journal = JOURNAL_VALID | ((self.n as u32) << N_META_SHIFT & N_META);
+        let mut journal = JOURNAL_VALID | ((self.n as u32) << N_META_SHIFT & N_META);
+        if let Some((idx, count)) = self.split {
+            // SAFETY: as in `note`.
+            unsafe {
+                addr_of_mut!((*self.hdr.as_ptr()).split).write(SplitUndo {
+                    idx,
+                    count,
+                    done: 0,
+                })
+            };
+            journal |= JOURNAL_SPLIT;
+        }
         fence(Ordering::Release);
         // SAFETY: as for the pool's state word (`SharedPool::state_word`).
         let state = unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.hdr.as_ptr()).state)) };
@@ -1155,42 +1170,6 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     #[inline(never)]
     fn recover_cold(&mut self) -> Option<LayoutError> {
         self.recover().err()
-    }
-
-    /// Records the old metadata of page `idx` as the next of the `n` entries of the operation
-    /// about to begin (a page outside the pool, or past `META_UNDO` entries, which no operation
-    /// reaches, is not recorded).
-    #[inline(always)]
-    fn note_meta(&self, n: &mut usize, idx: u32) {
-        let pool = self.shared.pool_ref();
-        if let (Some(&old), true) = (pool.meta.get(idx as usize), *n < META_UNDO) {
-            // SAFETY: the lock is held; `n < META_UNDO`.
-            unsafe { addr_of_mut!((*self.shared.h()).meta_undo[*n]).write(MetaUndo { idx, old }) };
-            *n += 1;
-        }
-    }
-
-    /// Starts a journaled operation that will change the metadata of the `n_meta` pages
-    /// [`note_meta`](Self::note_meta) recorded (and of `split`'s tails): marks the journal valid.
-    #[inline(always)]
-    fn begin(&mut self, n_meta: usize, split: Option<(u32, u32)>) {
-        let mut journal = JOURNAL_VALID | ((n_meta as u32) << N_META_SHIFT & N_META);
-        if let Some((idx, count)) = split {
-            // SAFETY: the lock is held.
-            unsafe {
-                addr_of_mut!((*self.shared.h()).split).write(SplitUndo {
-                    idx,
-                    count,
-                    done: 0,
-                })
-            };
-            journal |= JOURNAL_SPLIT;
-        }
-        fence(Ordering::Release);
-        let state = self.shared.state_word();
-        state.store(state.load(Ordering::Relaxed) | journal, Ordering::Release);
-        fence(Ordering::Release);
-        crash_point(false);
     }
 
     /// Completes an operation: writes the free page count into the header and then, in one
@@ -1304,9 +1283,10 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         {
             return Err(pool.corrupt(CorruptionKind::BadTail, idx + 1 + bad as u32));
         }
-        let mut n = 0;
-        self.note_meta(&mut n, idx);
-        self.begin(n, Some((idx + 1, tails)));
+        let mut journal = Journal::new(self.shared);
+        journal.note(idx, m);
+        journal.split = Some((idx + 1, tails));
+        journal.begin();
         let r = self.shared.pool_mut().split(pfn);
         self.finish(r)
     }
