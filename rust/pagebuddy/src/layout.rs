@@ -1626,6 +1626,88 @@ mod tests {
         g.check().unwrap();
     }
 
+    /// Journals that recovery cannot act on, written over a valid image: each is refused and
+    /// the bytes are left exactly as they were, the metadata an undo changed put back too.
+    #[test]
+    fn journals_that_cannot_be_undone_are_refused_untouched() {
+        let len = 16 << 10;
+        let mut v = buffer(len);
+        let cfg = config(len, false);
+        let n = cfg.nr_pages as u32;
+        let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        // A held block of order 2 at `head` (its tails are `head + 1..head + 4`).
+        let head = {
+            let mut g = pool.lock();
+            let pfn = g.alloc(2).unwrap();
+            g.alloc(0).unwrap();
+            (pfn - g.geo.base_pfn) as usize
+        };
+        let good: Vec<u8> = bytes(&mut v).to_vec();
+        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let word = |img: &mut Vec<u8>, off: usize, value: u32| {
+            img[off..off + 4].copy_from_slice(&value.to_ne_bytes());
+        };
+        let meta = |img: &mut Vec<u8>, idx: usize, m: PageMeta| {
+            let at = meta_off + 4 * idx;
+            img[at..at + 2].copy_from_slice(&m.refcount.to_ne_bytes());
+            img[at + 2] = m.order;
+            img[at + 3] = m.batch;
+        };
+        let (state, split, undo) = (100, 108, 120);
+        let valid = |entries: u32| JOURNAL_VALID | entries << N_META_SHIFT;
+        let refused = |img: Vec<u8>| {
+            let mut w = buffer(len);
+            bytes(&mut w).copy_from_slice(&img);
+            let r = SharedPool::<SideTable>::attach(bytes(&mut w), 2).map(drop);
+            assert!(bytes(&mut w) == &img[..], "refused bytes were written");
+            r.unwrap_err()
+        };
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        let mut img = good.clone();
+        word(&mut img, state, 0x10);
+        cases.push((img, "an unknown state bit"));
+        let mut img = good.clone();
+        word(&mut img, state, 1 << N_META_SHIFT);
+        cases.push((img, "entries without the valid bit"));
+        let mut img = good.clone();
+        word(&mut img, state, JOURNAL_SPLIT);
+        cases.push((img, "a split without the valid bit"));
+        let mut img = good.clone();
+        word(&mut img, state, valid(META_UNDO as u32 + 1));
+        cases.push((img, "more entries than the journal holds"));
+        let mut img = good.clone();
+        word(&mut img, state, valid(1));
+        word(&mut img, undo, n);
+        cases.push((img, "an entry past the pool"));
+        let mut img = good.clone();
+        word(&mut img, state, valid(0) | JOURNAL_SPLIT);
+        word(&mut img, split, n - 1);
+        word(&mut img, split + 4, 2);
+        cases.push((img, "a split past the pool"));
+        let mut img = good.clone();
+        word(&mut img, state, valid(0) | JOURNAL_SPLIT);
+        word(&mut img, split, head as u32 + 1);
+        word(&mut img, split + 4, 3);
+        meta(&mut img, head + 2, PageMeta::new(1, 0));
+        cases.push((img, "split tails that are not a prefix"));
+        for (img, what) in cases {
+            assert_eq!(refused(img), LayoutError::Journal, "{what}");
+        }
+        // Undone metadata that does not describe whole blocks: a head in the middle of the
+        // held block, with a split's tails half written (a `done` prefix to put back too).
+        let mut img = good.clone();
+        word(&mut img, state, valid(1) | JOURNAL_SPLIT);
+        word(&mut img, undo, head as u32 + 2);
+        meta(&mut img, head, PageMeta::new(1, 0));
+        // The entry's old value: a free head of order 1 inside the held block.
+        let at = undo + 4;
+        img[at..at + 4].copy_from_slice(&[0, 0, 1, 0]);
+        word(&mut img, split, head as u32 + 1);
+        word(&mut img, split + 4, 3);
+        meta(&mut img, head + 1, PageMeta::new(1, 0));
+        assert!(matches!(refused(img), LayoutError::Corrupted(_)));
+    }
+
     #[test]
     fn refused_bytes_are_left_alone() {
         let mut v = buffer(16 << 10);
