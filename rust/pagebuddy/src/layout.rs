@@ -1708,6 +1708,65 @@ mod tests {
         assert!(matches!(refused(img), LayoutError::Corrupted(_)));
     }
 
+    /// A holder killed inside an operation, found dead by the next `lock`: the lock is taken
+    /// over and the operation rolled back, for an allocation and for a split stopped with half
+    /// its tails written.
+    #[test]
+    fn a_lock_taken_from_a_dead_holder_rolls_back() {
+        let len = 16 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        let cfg = config(len, false);
+        let n = cfg.nr_pages;
+        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        let pfn = pool.lock().alloc(2).unwrap();
+        // SAFETY (each call): a read-only copy of the live buffer between two steps of an
+        // operation, as a killed process would leave it.
+        let image = move || unsafe { core::slice::from_raw_parts(base, len) }.to_vec();
+        let before = image();
+        // The bytes right after each operation's journal began (its first crash point).
+        let first: std::rc::Rc<std::cell::RefCell<Option<Vec<u8>>>> = Default::default();
+        let sink = first.clone();
+        tests_hook::set(move |_| {
+            sink.borrow_mut().get_or_insert_with(image);
+        });
+        pool.lock().alloc(0).unwrap();
+        let in_alloc = first.borrow_mut().take().unwrap();
+        let between = image();
+        pool.lock().split(pfn).unwrap();
+        let mut in_split = first.borrow_mut().take().unwrap();
+        tests_hook::clear();
+        // The split wrote its first tail, (1, 0), and was killed.
+        let head = (pfn - 3) as usize;
+        let at = meta_off + 4 * (head + 1);
+        in_split[at..at + 4].copy_from_slice(&[1, 0, 0, 0]);
+        for (snap, expect) in [(in_alloc, before), (in_split, between)] {
+            let mut w = buffer(len);
+            bytes(&mut w).copy_from_slice(&snap);
+            let b = bytes(&mut w);
+            // SAFETY: `w` outlives the pool and is reached only through it meanwhile.
+            let mut p = unsafe {
+                SharedPool::<SideTable>::attach_raw(NonNull::from(&mut *b).cast(), b.len(), 2)
+            }
+            .unwrap();
+            assert_eq!(p.holder(), Some(1));
+            p.set_is_dead(|owner| owner == 1);
+            {
+                let g = p.lock();
+                assert_eq!(g.damage(), None);
+                g.check().unwrap();
+            }
+            drop(p);
+            let m = meta_off..meta_off + 4 * n;
+            assert!(
+                bytes(&mut w)[m.clone()] == expect[m],
+                "the metadata as before"
+            );
+            assert_eq!(bytes(&mut w)[100..104], [0; 4], "the journal is cleared");
+        }
+    }
+
     #[test]
     fn refused_bytes_are_left_alone() {
         let mut v = buffer(16 << 10);
