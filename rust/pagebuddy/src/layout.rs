@@ -1744,20 +1744,19 @@ mod tests {
         for (snap, expect) in [(in_alloc, before), (in_split, between)] {
             let mut w = buffer(len);
             bytes(&mut w).copy_from_slice(&snap);
-            let b = bytes(&mut w);
-            // SAFETY: `w` outlives the pool and is reached only through it meanwhile.
-            let mut p = unsafe {
-                SharedPool::<SideTable>::attach_raw(NonNull::from(&mut *b).cast(), b.len(), 2)
-            }
-            .unwrap();
-            assert_eq!(p.holder(), Some(1));
-            p.set_is_dead(|owner| owner == 1);
             {
+                let b = bytes(&mut w);
+                // SAFETY: `w` outlives the pool and is reached only through it meanwhile.
+                let mut p = unsafe {
+                    SharedPool::<SideTable>::attach_raw(NonNull::from(&mut *b).cast(), b.len(), 2)
+                }
+                .unwrap();
+                assert_eq!(p.holder(), Some(1));
+                p.set_is_dead(|owner| owner == 1);
                 let g = p.lock();
                 assert_eq!(g.damage(), None);
                 g.check().unwrap();
             }
-            drop(p);
             let m = meta_off..meta_off + 4 * n;
             assert!(
                 bytes(&mut w)[m.clone()] == expect[m],
