@@ -1173,7 +1173,8 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     }
 
     /// Completes an operation: writes the free page count into the header and then, in one
-    /// store, clears `flags` from the state word (the journal's valid bit): the commit point.
+    /// store, clears `flags` from the state word (the journal's bits, or `UNJOURNALED`): the
+    /// commit point.
     #[inline(always)]
     fn commit(&mut self, flags: u32) {
         self.shared.store_free_pages();
