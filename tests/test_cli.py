@@ -474,7 +474,8 @@ def test_bench_shared_pools_match() -> None:
     from pagebuddy import Pool, _bench
 
     for n in (16, 100, 256):
-        shared, local = _bench._shared_pool(Pool, n), _bench._local_pool(Pool, n)
+        pages = _bench._shared_pages(Pool, n)
+        shared, local = _bench._shared_pool(Pool, n, pages), _bench._local_pool(Pool, n, pages)
         assert shared.shared and not local.shared
         assert shared.nr_pages == local.nr_pages >= n
         assert shared.free_pages == local.free_pages == n

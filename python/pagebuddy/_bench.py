@@ -450,22 +450,25 @@ def _window_on(pool: Any, n: int, rng: random.Random) -> float:
     return _timed(run)
 
 
-def _shared_pool(cls: type, n: int) -> Any:
-    """``cls.create_in`` over a ``bytearray`` made for ``n`` pages; the pages that fit beyond
-    ``n`` are reserved, so that ``n`` of them are free, as in :func:`_local_pool`."""
+def _shared_pages(cls: type, n: int) -> int:
+    """Pages ``cls.create_in`` fits in a ``bytearray`` made for ``n`` pages (``n`` or a few
+    more): both pools of the shared comparison have that many, the ones beyond ``n`` reserved."""
     from ._shared import pool_bytes
 
-    buffer = bytearray(pool_bytes(n))
-    extra = cls.create_in(buffer, zero="never").nr_pages - n
-    return cls.create_in(buffer, zero="never", reserved_pages=extra)
+    return cls.create_in(bytearray(pool_bytes(n)), zero="never").nr_pages
 
 
-def _local_pool(cls: type, n: int) -> Any:
+def _shared_pool(cls: type, n: int, pages: int) -> Any:
+    """``cls.create_in`` over a ``bytearray`` made for ``n`` pages, which holds ``pages`` of
+    them (:func:`_shared_pages`): those beyond ``n`` are reserved, so that ``n`` are free."""
+    from ._shared import pool_bytes
+
+    return cls.create_in(bytearray(pool_bytes(n)), zero="never", reserved_pages=pages - n)
+
+
+def _local_pool(cls: type, n: int, pages: int) -> Any:
     """An in-process pool of the same geometry as :func:`_shared_pool`'s."""
-    from ._shared import pool_bytes
-
-    probe = cls.create_in(bytearray(pool_bytes(n)), zero="never").nr_pages
-    return cls(probe, zero="never", reserved_pages=probe - n)
+    return cls(pages, zero="never", reserved_pages=pages - n)
 
 
 def _builtin_pair(n: int) -> float:
@@ -573,13 +576,14 @@ def run_benchmarks(
     best: dict[tuple[str, str], float] = {}
     builtin = float("inf")
     shared = hasattr(pool_cls, "create_in")
+    pages = _shared_pages(pool_cls, n) if shared else n
     for _ in range(repeats):
         builtin = min(builtin, _builtin_pair(n))
         for name, _unit, _description, on in SHARED_WORKLOADS if shared else ():
             if progress is not None:
                 progress("shared " + name)
             for label, make in (("pool", _local_pool), ("shared", _shared_pool)):
-                ns = on(make(pool_cls, n), n, random.Random(seed))
+                ns = on(make(pool_cls, n, pages), n, random.Random(seed))
                 best[name, label] = min(best.get((name, label), float("inf")), ns)
         for name, _unit, _description, fn in WORKLOADS:
             if progress is not None:
