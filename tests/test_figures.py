@@ -101,3 +101,13 @@ def test_a_figure_must_match_whole() -> None:
     assert on_page("5.60x", "(5.60x)")
     assert not on_page("5.6x", "(5.60x)")
     assert not on_page("105 ns", "2105 ns")
+
+
+def test_the_readmes_state_the_rust_version_the_manifest_declares() -> None:
+    manifest = (ROOT / "Cargo.toml").read_text(encoding="utf-8")
+    m = re.search(r'^rust-version = "([\d.]+)"', manifest, flags=re.MULTILINE)
+    assert m, "the workspace declares no rust-version"
+    version = m[1]
+    crate = (ROOT / "rust" / "pagebuddy" / "README.md").read_text(encoding="utf-8")
+    assert f"Minimum Rust: {version} (`rust-version`)" in crate
+    assert f"a Rust toolchain ({version} or later" in README.read_text(encoding="utf-8")
