@@ -4,7 +4,7 @@ use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
 /// holds keeps its value as text, for messages (which name the value, never an object's
@@ -292,10 +292,56 @@ pub fn write_u64s(out: &Bound<'_, PyAny>, values: &[u64]) -> PyResult<()> {
         Ok(())
     })?;
     let bytes = view.call_method1("cast", ("B",))?;
-    let result = bytes.set_item(PySlice::new(py, 0, values.len() as isize * 8, 1), raw);
+    let result = set_slice(&bytes, 0, values.len() * 8, raw.as_any());
     bytes.call_method0("release")?;
     view.call_method0("release")?;
     result
+}
+
+/// A slice bound as the C API takes it; `OverflowError` past `isize::MAX` (no buffer is that
+/// large, so nothing is sliced there).
+fn ssize(n: usize) -> PyResult<pyo3::ffi::Py_ssize_t> {
+    pyo3::ffi::Py_ssize_t::try_from(n)
+        .map_err(|_| PyOverflowError::new_err(format!("slice bound {n} exceeds isize::MAX")))
+}
+
+/// `obj[start:stop]`, for a memoryview a new view of those bytes.
+///
+/// Not through PyO3's `PySlice::new`, which leaks the ints it makes (`PySlice_New` takes new
+/// references to them, and PyO3 0.23 to 0.30 never drop theirs): 32 bytes a call for each
+/// bound past the small-int cache. `PySequence_GetSlice` makes and drops its slice itself.
+pub fn get_slice<'py>(
+    obj: &Bound<'py, PyAny>,
+    start: usize,
+    stop: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (start, stop) = (ssize(start)?, ssize(stop)?);
+    // SAFETY: `obj` is a live object and the `Bound` proves the interpreter attached. The call
+    // borrows `obj` and returns a new reference or null with an exception set, which is what
+    // `from_owned_ptr_or_err` takes.
+    unsafe {
+        let item = pyo3::ffi::PySequence_GetSlice(obj.as_ptr(), start, stop);
+        Bound::from_owned_ptr_or_err(obj.py(), item)
+    }
+}
+
+/// `obj[start:stop] = value`, with no leaked slice bound (see `get_slice`).
+pub fn set_slice(
+    obj: &Bound<'_, PyAny>,
+    start: usize,
+    stop: usize,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let (start, stop) = (ssize(start)?, ssize(stop)?);
+    // SAFETY: `obj` and `value` are live objects and the `Bound`s prove the interpreter
+    // attached. The call borrows both (it takes its own reference to `value` if it keeps it)
+    // and returns -1 with an exception set on failure.
+    let rc = unsafe { pyo3::ffi::PySequence_SetSlice(obj.as_ptr(), start, stop, value.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
 }
 
 /// A `str` argument that must be one of `choices`.

@@ -16,7 +16,7 @@ use pagebuddy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySlice, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use cached::Cache;
 use convert::{choice, raise, unsigned, Exc, Int};
@@ -837,8 +837,7 @@ impl Pool {
             .map_err(|e| self.page_error(py, "view", e))?;
         let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
-        let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
-        self.bytes.bind(py).get_item(slice)
+        convert::get_slice(self.bytes.bind(py), off, off + len)
     }
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
