@@ -238,11 +238,14 @@ class ReferencePool:
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
-        self._refcount: list[int] = [1] * nr_pages
-        self._order: list[int | None] = [0] * nr_pages
-        # free_area[k]: the heads of the free blocks of order k, head of the list first.
-        self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
-        self._lay_out_free_blocks(fresh_arena=buffer is None)
+        try:
+            self._refcount: list[int] = [1] * nr_pages
+            self._order: list[int | None] = [0] * nr_pages
+            # free_area[k]: the heads of the free blocks of order k, head of the list first.
+            self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
+            self._lay_out_free_blocks(fresh_arena=buffer is None)
+        except MemoryError:
+            raise MemoryError(f"cannot allocate metadata for {nr_pages} pages") from None
 
     def _put_every_free_page(self) -> None:
         """The definition of the initial state: put every non-reserved page, in pfn order.

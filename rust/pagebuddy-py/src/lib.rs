@@ -5,6 +5,7 @@
 mod cached;
 mod convert;
 mod fast;
+mod reserve;
 mod shared;
 
 use std::ptr::NonNull;
@@ -129,9 +130,9 @@ struct Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // SAFETY: both came from `Box::leak` in `leak` (or from `leak_links`, an allocation of
-        // the same layout as that box) and are freed only here, once. `Pool`
-        // declares `inner` (the only borrower) before `storage`, so it has been dropped already.
+        // SAFETY: both came from `Box::leak` (in `reserve::fill`, and of `reserve::zeroed_links`'
+        // box in `Reserved::into_storage`) and are freed only here, once. `Pool` declares
+        // `inner` (the only borrower) before `storage`, so it has been dropped already.
         unsafe {
             drop(Box::from_raw(self.meta.as_ptr()));
             if let Some(links) = self.links {
@@ -146,38 +147,50 @@ unsafe impl Send for Storage {}
 // SAFETY: `Storage` itself is never read through `&self`.
 unsafe impl Sync for Storage {}
 
-/// `n` copies of `fill` on the heap, for `Storage` to free; `MemoryError` if it can't be had.
-fn leak<T: Copy>(n: usize, fill: T) -> PyResult<NonNull<[T]>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| PyMemoryError::new_err(format!("cannot allocate metadata for {n} pages")))?;
-    v.resize(n, fill);
-    Ok(NonNull::from(Box::leak(v.into_boxed_slice())))
+/// A pool's heap memory, all of it reserved before any is written (see `reserve.rs`): the
+/// metadata, the side-table links (none with intrusive links) and the caches' storage (with
+/// `cpus=N`).
+struct Reserved {
+    meta: Vec<PageMeta>,
+    links: Option<Box<[Link]>>,
+    cache: Option<cached::Reserved>,
 }
 
-/// `n` links on the heap, for `Storage` to free, allocated zeroed: the side table is read only
-/// for pages on the free lists, whose links are written first (every read is range-checked
-/// anyway), so its memory is committed only where blocks are listed, not for all 8 bytes a page.
-fn leak_links(n: usize) -> PyResult<NonNull<[Link]>> {
-    let fail = || PyMemoryError::new_err(format!("cannot allocate free-list links for {n} pages"));
-    let layout = std::alloc::Layout::array::<Link>(n).map_err(|_| fail())?;
-    if layout.size() == 0 {
-        return leak(n, Link::EMPTY);
+impl Reserved {
+    /// Reserves for `n` pages; `MemoryError`, with nothing written, if any part can't be had.
+    fn new(n: usize, side: bool, cpus: usize, cache: &CacheConfig) -> PyResult<Self> {
+        Ok(Reserved {
+            meta: reserve::reserve(n, &format!("metadata for {n} pages"))?,
+            links: if side {
+                Some(reserve::zeroed_links(n)?)
+            } else {
+                None
+            },
+            cache: match cpus {
+                0 => None,
+                _ => Some(cached::Reserved::new(n, cpus, cache)?),
+            },
+        })
     }
-    // SAFETY: the layout has a non-zero size (checked above).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Link>();
-    let ptr = NonNull::new(ptr).ok_or_else(fail)?;
-    // A `Link` is two `u32`s: all zeros is a valid value. The allocation is that of a
-    // `Box<[Link]>` of `n` elements (same layout), so `Storage` frees it as one.
-    Ok(NonNull::slice_from_raw_parts(ptr, n))
+
+    /// The metadata written (every page `PageMeta::INIT`) and, with the links, handed to a
+    /// `Storage`; the caches' storage, for `Cache` to write.
+    fn into_storage(self, n: usize) -> (Storage, Option<cached::Reserved>) {
+        let storage = Storage {
+            meta: reserve::fill(self.meta, n, || PageMeta::INIT),
+            links: self.links.map(|l| NonNull::from(Box::leak(l))),
+        };
+        (storage, self.cache)
+    }
 }
 
-/// The slice behind a pointer from `leak`, for the core to borrow.
+/// The slice behind a pointer of a `Storage`, for the core to borrow.
 ///
 /// # Safety
-/// `ptr` comes from `leak`, is borrowed by nothing else, and outlives every use of the result.
+/// `ptr` comes from a `Storage`, is borrowed by nothing else, and outlives every use of the
+/// result.
 unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
-    // SAFETY: `leak` made `ptr` from a live, initialised boxed slice; the caller promises
+    // SAFETY: `ptr` is a live, initialised boxed slice, leaked; the caller promises
     // exclusivity and that the box is freed (by `Storage`) only after the borrow ends.
     unsafe { &mut *ptr.as_ptr() }
 }
@@ -386,22 +399,23 @@ impl Pool {
         cache: CacheConfig,
     ) -> PyResult<Self> {
         let n = geo.nr_pages as usize;
-        let mut storage = Storage {
-            meta: leak(n, PageMeta::INIT)?,
-            links: None,
+        let (storage, caches) = Reserved::new(n, true, cpus, &cache)?.into_storage(n);
+        let Some(links) = storage.links else {
+            return Err(PyMemoryError::new_err(format!(
+                "cannot allocate free-list links for {n} pages"
+            )));
         };
-        let links = leak_links(n)?;
-        storage.links = Some(links);
         // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
         let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
         let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, &config),
             e => PyValueError::new_err(format!("Pool: {e}")),
         })?;
-        let inner = match cpus {
-            0 => Inner::Side(HandoffPool::new(pool)),
-            _ => Inner::Cached(Box::new(Cache::side(
+        let inner = match caches {
+            None => Inner::Side(HandoffPool::new(pool)),
+            Some(reserved) => Inner::Cached(Box::new(Cache::side(
                 LockedPool::new(pool),
+                reserved,
                 n,
                 cpus,
                 cache,
@@ -604,38 +618,39 @@ impl Pool {
         let claim = py
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
-        let mut storage = Storage {
-            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
-            links: None,
-        };
+        let n = geo.nr_pages as usize;
+        let (storage, caches) = Reserved::new(n, !intrusive, cpus, &cache)?.into_storage(n);
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
         // core, which is their only borrower (on error, the core is gone before `storage`).
         let meta = unsafe { borrow(storage.meta) };
-        let inner = if intrusive {
-            let core = Self::build(&config, addr, meta, Intrusive)?;
-            match cpus {
-                0 => Inner::Intrusive(HandoffPool::new(core)),
-                _ => Inner::Cached(Box::new(Cache::intrusive(
-                    LockedPool::new(core),
-                    geo.nr_pages as usize,
-                    cpus,
-                    cache,
-                )?)),
+        let inner = match storage.links {
+            None => {
+                let core = Self::build(&config, addr, meta, Intrusive)?;
+                match caches {
+                    None => Inner::Intrusive(HandoffPool::new(core)),
+                    Some(reserved) => Inner::Cached(Box::new(Cache::intrusive(
+                        LockedPool::new(core),
+                        reserved,
+                        n,
+                        cpus,
+                        cache,
+                    )?)),
+                }
             }
-        } else {
-            let links = leak_links(geo.nr_pages as usize)?;
-            storage.links = Some(links);
-            // SAFETY: as for `meta`.
-            let links = SideTable::new(unsafe { borrow(links) });
-            let core = Self::build(&config, addr, meta, links)?;
-            match cpus {
-                0 => Inner::Side(HandoffPool::new(core)),
-                _ => Inner::Cached(Box::new(Cache::side(
-                    LockedPool::new(core),
-                    geo.nr_pages as usize,
-                    cpus,
-                    cache,
-                )?)),
+            Some(links) => {
+                // SAFETY: as for `meta`.
+                let links = SideTable::new(unsafe { borrow(links) });
+                let core = Self::build(&config, addr, meta, links)?;
+                match caches {
+                    None => Inner::Side(HandoffPool::new(core)),
+                    Some(reserved) => Inner::Cached(Box::new(Cache::side(
+                        LockedPool::new(core),
+                        reserved,
+                        n,
+                        cpus,
+                        cache,
+                    )?)),
+                }
             }
         };
         Ok(Pool {
