@@ -301,7 +301,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// own merges are yet to be checked (the merging may go on past it), `Some(false)` for one
     /// whose merges are checked already (everything above it is), `None` for the others, whose
     /// metadata says: a held page stops the merging; a free head of the buddy's order is
-    /// checked ([`FreeLists::check_remove`](crate::store::FreeLists::check_remove)); anything
+    /// checked ([`check_listed`](Self::check_listed)); anything
     /// else (a smaller free block, a tail page) may still be freed whole, so the walk goes on.
     pub(crate) fn check_merges(
         &self,
@@ -320,13 +320,35 @@ impl<L: LinkStore> Pool<'_, L> {
                 Some(true) => continue,
                 Some(false) => break,
                 None if b.refcount > 0 => break,
-                None if u32::from(b.order) == k => {
-                    self.free.check_remove(&self.arena, buddy, k)?;
-                }
+                None if u32::from(b.order) == k => self.check_listed(buddy, k)?,
                 None => {}
             }
         }
         Ok(())
+    }
+
+    /// Checks, writing nothing, that the free head `idx` of `order` sits on list `order` as a
+    /// sound list holds it: what [`FreeLists::check_remove`](crate::store::FreeLists::check_remove)
+    /// checks, and also that each neighbour its link names is a free head of that order, none of
+    /// the batch's, and that it has no `prev` exactly when it is the head and no `next` exactly
+    /// when it is the tail. (`put` reads only the first part; a batch, which goes on after the
+    /// unlink, needs the lists around it sound.)
+    fn check_listed(&self, idx: u32, order: u32) -> Result<(), Error> {
+        self.free.check_remove(&self.arena, idx, order)?;
+        let me = self.free.link(&self.arena, idx)?;
+        let listed = |i: u32| {
+            i == Link::NIL
+                || self.meta.get(i as usize).is_some_and(|m| {
+                    m.is_free_head() && u32::from(m.order) == order && m.batch == 0
+                })
+        };
+        let ends_ok = (me.prev == Link::NIL) == (self.free.first(order) == Some(idx))
+            && (me.next == Link::NIL) == (self.free.tail(order) == idx);
+        if listed(me.prev) && listed(me.next) && ends_ok {
+            Ok(())
+        } else {
+            Err(self.corrupt(CorruptionKind::ListBroken, idx))
+        }
     }
 
     /// Checks, writing nothing, that each list below `orders` can be appended to any number of
