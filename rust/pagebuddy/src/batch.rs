@@ -356,7 +356,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// its tail, if any, has a link in range, and no block names the tail as its `prev` unless
     /// the tail names it as its `next` (a tail whose `next` is not NIL is harmless, as `put`
     /// finds it, while the block it names does not point back: an append just writes over it).
-    fn check_tails(&self, orders: u32) -> Result<(), Error> {
+    pub(crate) fn check_tails(&self, orders: u32) -> Result<(), Error> {
         for k in 0..orders {
             let tail = self.free.tail(k);
             if tail == Link::NIL {
