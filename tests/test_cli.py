@@ -16,6 +16,8 @@ from pagebuddy import Pool, ReferencePool, _frag, _fuzz, _lockstep, _trace
 from pagebuddy._lockstep import diverges, run_ops
 from pagebuddy._trace import Geometry, TraceError, parse_trace
 
+TRACE_DIR = Path(__file__).resolve().parent / "data"
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -136,6 +138,47 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main(capsys, "fuzz", "--pages", "4", "--reserved", "9")[0] == 2
     assert run_main(capsys, "no-such-command")[0] == 2
     assert run_main(capsys, "replay", "/nonexistent/trace.txt")[0] == 2
+
+
+def test_unbounded_and_too_many_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("inf", "1e309", "nan", "-inf"):
+        code, out, err = run_main(capsys, "fuzz", "--seconds", value)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "--seconds" in err, value
+    code, report = run_json(capsys, "fuzz", "--shrink-seconds", "inf")
+    assert code == 2 and "finite" in report["error"]
+    code, report = run_json(capsys, "demo", "--processes", "65")
+    assert code == 2 and "--processes" in report["error"] and "64" in report["error"]
+    code, out, _ = run_main(capsys, "demo", "--help")
+    assert "(at most 64;" in " ".join(out.split())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_errors_name_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "demo", "--ops", "50", "--record", "/dev/full")
+    assert code == 2 and err.strip().endswith("/dev/full: No space left on device"), err
+    code, report = run_json(capsys, "fuzz", "--ops", "50", "--record", "/dev/full")
+    assert code == 2 and report["error"].startswith("/dev/full: "), report
+    trace = tmp_path / "t.trace"
+    assert run_main(capsys, "demo", "--ops", "50", "--record", str(trace))[0] == 0
+    code, report = run_json(
+        capsys,
+        "ftrace",
+        str(TRACE_DIR / "kmem-thp-split.trace"),
+        "--no-reference",
+        "--record",
+        "/dev/full",
+    )
+    assert code == 2 and report["error"].startswith("/dev/full: "), report
+
+
+def test_speed_is_said_faster_or_slower() -> None:
+    from pagebuddy.cli._show import compared
+
+    assert compared(3.24) == "Pool is 3.2x faster"
+    assert compared(0.4) == "Pool is 2.5x slower"
+    assert compared(1.02) == compared(0.98) == "Pool is as fast (1.0x)"
+    assert "faster" not in compared(0.5) and "compare" in compared(float("inf"))
+    assert "compare" in compared(0.0)
 
 
 # -- replay and the trace format ----------------------------------------------------------------

@@ -187,6 +187,26 @@ def test_index_objects_out_of_range_are_classified_like_ints(cls: type) -> None:
     assert pool.free_pages == 8
 
 
+def test_messages_name_the_value_of_an_index_object_not_its_repr() -> None:
+    """A message names the int an ``__index__`` object stands for, as the model's does."""
+    messages = []
+    for pool_cls in (Pool, ReferencePool):
+        pool = pool_cls(8, page_size=64)
+        cached = pool_cls(8, page_size=64, cpus=2)
+        got = [
+            raises(ValueError, pool.alloc_exact, Index(2**70)),
+            raises(ValueError, pool.alloc_exact, Index(0)),
+            raises(ValueError, lambda c=cached: c.alloc_pages(0, cpu=Index(-5))),
+            raises(ValueError, lambda p=pool: p.alloc_pages(0, cpu=Index(-5))),
+            raises(ValueError, lambda c=pool_cls: c(8, page_size=64, max_order=Index(-3))),
+        ]
+        for message in got:
+            assert "Index" not in message and "object at" not in message, message
+        assert str(2**70) in got[0] and "-5" in got[2] and "-3" in got[4]
+        messages.append(got)
+    assert messages[0] == messages[1]
+
+
 # ------------------------------------------------------------------------- exceptions
 
 

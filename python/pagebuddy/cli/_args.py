@@ -7,10 +7,12 @@ the same way: one line, or one JSON object with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .._cache import MAX_CACHE_HIGH, MAX_CPUS, cache_problem
@@ -44,6 +46,9 @@ pure-Python model (ReferencePool). Without a subcommand, runs the demo
 
 #: Most operations ``demo --ops`` generates (the workload is built in memory before it runs).
 MAX_DEMO_OPS = 1_000_000
+
+#: Most worker processes ``demo --processes`` starts (each is a Python interpreter of its own).
+MAX_DEMO_PROCESSES = 64
 
 
 class Usage(Exception):
@@ -118,6 +123,21 @@ def output_path(option: str, path: str) -> None:
         raise Usage(f"{option} {path}: directory {parent} does not exist")
 
 
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Give ``path`` to an ``OSError`` raised inside without a file name (a write to, or the
+    close of, the file at ``path``: ``ENOSPC`` on ``/dev/full``, ``EIO`` on ``/proc/version``),
+    so that the one line ``main`` prints says which file: ``PATH: why``."""
+    try:
+        yield
+    except BrokenPipeError:  # standard output or error: not the file
+        raise
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), path) from None
+
+
 def check_outputs(args: Any) -> None:
     """Before any work: ``--plot`` needs matplotlib, and every output path (``--plot``,
     ``--record``, ``--reproducer``) must be able to be a file."""
@@ -178,6 +198,8 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds: {text!r}")
     return v
 
 
@@ -235,11 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--processes",
-        type=non_negative,
+        type=int_in(0, MAX_DEMO_PROCESSES),
         default=0,
         metavar="N",
         help="run N worker processes on one pool in shared memory instead (allocate, get/put, "
-        "free, write into held pages); the parent accounts for every page",
+        f"free, write into held pages); the parent accounts for every page (at most "
+        f"{MAX_DEMO_PROCESSES}; default 0: the lockstep demo)",
     )
     demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
     demo.add_argument(

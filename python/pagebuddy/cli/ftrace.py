@@ -19,7 +19,7 @@ from rich.table import Table
 from .. import _ftrace
 from .._ftrace import FtraceError, Plan
 from .._trace import TraceWriter, memory_problem
-from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_outputs
+from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_outputs, naming
 from ._context import Context
 from ._report import run_report, timing
 from ._show import AGREE, describe_geometry, ms, print_divergence, print_files, print_run
@@ -162,14 +162,15 @@ def report(ctx: Context) -> dict[str, Any]:
 
             fit = _ftrace.fit_pool(plan, progress=tried)
     if args.record:
-        with open(args.record, "w", encoding="utf-8") as f:
+        with naming(args.record), open(args.record, "w", encoding="utf-8") as f:
             w = TraceWriter(f, comment=f"pagebuddy ftrace {args.file} (pool: {rule})")
             w.section(g)
             w.ops(result.ops)
     if want_plot and result.ok:
         from .._plot import plot_run
 
-        plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
+        with naming(args.plot):
+            plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
     r = run_report("ftrace", g, result, timed)
     r.update(
         ops=sum(result.op_counts.values()),

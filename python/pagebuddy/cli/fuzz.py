@@ -18,6 +18,7 @@ from ._args import (
     Usage,
     check_cache_options,
     check_outputs,
+    naming,
 )
 from ._context import Context
 from ._report import divergence
@@ -118,18 +119,19 @@ def report(ctx: Context) -> dict[str, Any]:
             faulthandler.enable()
     # Line-buffered, so that if the native module crashes the trace ends at the operation
     # that crashed it (and faulthandler prints where).
-    record: IO[str] | None = (
-        open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
-        if args.record
-        else None
-    )
-    try:
-        result = _run(ctx, cfg, record)
-    finally:
-        if record is not None:
-            record.close()
+    with naming(args.record) if args.record else contextlib.nullcontext():
+        record: IO[str] | None = (
+            open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
+            if args.record
+            else None
+        )
+        try:
+            result = _run(ctx, cfg, record)
+        finally:
+            if record is not None:
+                record.close()
     if result.snippet and args.reproducer:
-        with open(args.reproducer, "w", encoding="utf-8") as f:
+        with naming(args.reproducer), open(args.reproducer, "w", encoding="utf-8") as f:
             f.write(result.snippet)
     found = result.divergence is not None
     g = result.geometry

@@ -170,11 +170,12 @@ pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> 
 
 /// The length of an exact-size run: `ValueError` outside `1..=max_pages`.
 pub fn run(op: &str, obj: &Bound<'_, PyAny>, max_pages: u64) -> PyResult<u64> {
-    match Int::of(obj, || format!("{op}: nr_pages"))?.at_most(max_pages) {
+    let int = Int::of(obj, || format!("{op}: nr_pages"))?;
+    match int.at_most(max_pages) {
         Some(v) if v >= 1 => Ok(v),
         _ => Err(PyValueError::new_err(format!(
             "{op}: nr_pages {} is invalid: this pool's runs are 1..{max_pages} pages",
-            obj.repr()?
+            int.text()
         ))),
     }
 }

@@ -361,10 +361,9 @@ impl Pool {
             Some(c) => c.slot(op, cpu),
             None => {
                 if let Some(c) = cpu.filter(|c| !c.is_none()) {
-                    if let Int::Negative(_) = Int::of(c, || format!("{op}: cpu"))? {
+                    if let Int::Negative(t) = Int::of(c, || format!("{op}: cpu"))? {
                         return Err(PyValueError::new_err(format!(
-                            "{op}: cpu must be >= 0, got {}",
-                            c.repr()?
+                            "{op}: cpu must be >= 0, got {t}"
                         )));
                     }
                 }

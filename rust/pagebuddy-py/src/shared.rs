@@ -167,10 +167,10 @@ impl Pool {
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
                 Int::Huge(_) => u32::MAX,
-                _ => {
+                other => {
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {}",
-                        m.repr()?
+                        other.text()
                     )))
                 }
             },
