@@ -181,6 +181,38 @@ def test_speed_is_said_faster_or_slower() -> None:
     assert "compare" in compared(0.0)
 
 
+def test_progress_lines_without_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interval is 10 s; a shorter one, set through the environment, shows the mechanism.
+    from pagebuddy.cli._context import PROGRESS_SECONDS, PROGRESS_SECONDS_ENV, progress_seconds
+
+    assert progress_seconds() == PROGRESS_SECONDS == 10.0
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0.02")
+    code, out, err = run_main(capsys, "fuzz", "--seconds", "0.5", "--seed", "3", "--pages", "64")
+    assert code == 0 and "No divergence" in out
+    lines = err.splitlines()
+    assert len(lines) >= 3 and all(line.startswith("fuzz: ") for line in lines), err
+    assert lines[-1].endswith(", done") and " ops/s" in lines[-1]
+    trace = tmp_path / "demo.trace"
+    assert run_main(capsys, "demo", "--ops", "1000", "--record", str(trace))[0] == 0
+    for argv in (
+        ("replay", str(trace)),
+        ("ftrace", str(TRACE_DIR / "kmem-thp-split.trace")),
+        ("bench", "--tiny"),
+    ):
+        code, out, err = run_main(capsys, *argv)
+        assert code == 0 and out
+        assert len(err.splitlines()) >= 3 and err.splitlines()[-1].endswith(", done"), argv
+    # --no-progress: none.
+    code, out, err = run_main(capsys, "replay", str(trace), "--no-progress")
+    assert code == 0 and out and err == ""
+    # A bad interval is the default one.
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv(PROGRESS_SECONDS_ENV, bad)
+        assert progress_seconds() == PROGRESS_SECONDS
+
+
 # -- replay and the trace format ----------------------------------------------------------------
 
 
