@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,61 @@ def test_progress_lines_without_a_terminal(
     for bad in ("0", "-1", "nan", "inf", "soon"):
         monkeypatch.setenv(PROGRESS_SECONDS_ENV, bad)
         assert progress_seconds() == PROGRESS_SECONDS
+
+
+#: A range written with dots (``0..9``, ``0..=3``, ``0 .. max_order``): the notation is
+#: "A to B", both ends included, in the docs, the help and the messages.
+_DOTS = re.compile(r"[\w`)}]\s?\.\.=?\s?[\w`({-]")
+
+
+def _prose(path: Path) -> str:
+    """The text of a Markdown file outside its Rust code blocks (Rust's own ranges)."""
+    out, rust = [], False
+    for text in path.read_text(encoding="utf-8").splitlines():
+        if text.startswith("```"):
+            rust = text.startswith("```rust")
+            continue
+        if not rust:
+            out.append(text)
+    return "\n".join(out)
+
+
+def test_one_notation_for_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/cli.md"):
+        found = _DOTS.findall(_prose(root / doc))
+        assert not found, (doc, found)
+    for command in ("demo", "fuzz", "replay", "bench", "ftrace"):
+        _, out, _ = run_main(capsys, command, "--help")
+        assert not _DOTS.findall(out), (command, _DOTS.findall(out))
+    for cls in (Pool, ReferencePool):
+        assert not _DOTS.findall(cls.__doc__ or "")
+        for name in ("alloc_pages", "put_page", "alloc_exact", "free_lists", "max_order"):
+            assert not _DOTS.findall(getattr(cls, name).__doc__ or ""), (cls, name)
+            assert "[`" not in (getattr(cls, name).__doc__ or "")
+    messages = []
+    for cls in (Pool, ReferencePool):
+        pool = cls(8, page_size=64)
+        got = []
+        for call in (
+            lambda p=pool: p.alloc_pages(9),
+            lambda p=pool: p.alloc_exact(99),
+            lambda c=cls: c(0, page_size=64),
+            lambda c=cls: c(8, page_size=3),
+            lambda c=cls: c(8, page_size=64, reserved_pages=9),
+            lambda c=cls: c(8, page_size=64, cpus=-1),
+            lambda c=cls: c(8, page_size=64, cpus=1, cache_batch=0),
+        ):
+            with pytest.raises(ValueError) as info:
+                call()
+            got.append(str(info.value))
+        for message in got:
+            assert not _DOTS.findall(message), message
+        assert "orders 0 to 3" in got[0] and "runs are 1 to 8 pages" in got[1], got
+        messages.append(got)
+    assert messages[0][:2] == messages[1][:2]
+    code, report = run_json(capsys, "demo", "--cpus", "-1")
+    assert code == 2 and "from 0 to 65536" in report["error"]
 
 
 # -- replay and the trace format ----------------------------------------------------------------

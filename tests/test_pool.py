@@ -269,7 +269,7 @@ def test_messages_are_exact(cls: type) -> None:
     assert str(info.value) == "put_page: pfn 12 is not held (refcount 0: free page)"
     with pytest.raises(ValueError) as info:
         cls(1024, page_size=64).alloc_pages(12)
-    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0..10"
+    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0 to 10"
     pool = cls(8, page_size=64, reserved_pages=3)  # [[3], [], [4], []]
     with pytest.raises(OutOfMemory) as info:
         pool.alloc_pages(3)

@@ -102,12 +102,12 @@ def non_negative(text: str) -> int:
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argument type: an integer in ``lo..hi``."""
+    """An argument type: an integer from ``lo`` to ``hi``, both included."""
 
     def parse(text: str) -> int:
         v = integer(text)
         if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}: {text!r}")
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}: {text!r}")
         return v
 
     return parse
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pages",
         type=int_in(BENCH_MIN_PAGES, BENCH_MAX_PAGES),
         metavar="N",
-        help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
+        help=f"pool size in pages ({BENCH_MIN_PAGES} to {BENCH_MAX_PAGES})",
     )
     common(bn)
 

@@ -56,7 +56,7 @@ def describe_geometry(g: dict[str, Any], max_order: int) -> str:
         f"{g['nr_pages']} pages of {size(g['page_size'])} ({size(g['nr_pages'] * g['page_size'])})",
         f"at pfn {g['base_pfn']:#x}",
         f"{g['reserved_pages']} reserved",
-        f"orders 0..{max_order - 1}",
+        f"orders 0 to {max_order - 1}",
         f"zero={g['zero']}",
     ]
     if g.get("links", "side") != "side":

@@ -42,7 +42,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
             )
     ps = args.page_size
     if ps is not None and _rules.geometry_problem(1, ps, 0, 0, 1):
-        raise Usage(f"--page-size {ps} must be a power of two in 64..2**30")
+        raise Usage(f"--page-size {ps} must be a power of two from 64 to 2**30")
     if args.pages is not None:
         # The largest geometry an episode may draw: options not given at their most costly.
         worst = Geometry(nr_pages=args.pages, page_size=ps or 4096, arena=args.arena or "buffer")
