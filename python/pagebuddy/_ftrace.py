@@ -54,7 +54,9 @@ The module works in three steps, each usable alone:
    skipped (other events, other tracers' lines, malformed lines with ``lenient``).
 2. :func:`plan_lifetimes` turns those events into a :class:`Plan` of actions in the
    trace's pfn space (allocate, put, split), never applying one free twice, and measures
-   the peak of live pages.
+   the peak of live pages. :func:`read_and_plan` does both steps in one pass over a file,
+   a chunk at a time, keeping no event: its memory is that of the blocks held and of the
+   plan's actions (17 bytes each), whatever the length of the trace.
 3. :class:`PfnMap` maps the trace's pfns to the pool's while a pool runs the plan:
    :meth:`PfnMap.ops` is an operation source in the lockstep engine's protocol, which
    :func:`replay_lockstep` runs through ``Pool`` and ``ReferencePool`` with
