@@ -244,9 +244,8 @@ impl Cache {
             Some(c) if !c.is_none() => match Int::of(c, || format!("{op}: cpu"))? {
                 Int::Val(v) => Ok((v % self.cpus as u64) as usize),
                 Int::Huge(_) => Ok(huge_slot(c, self.cpus)?),
-                Int::Negative(_) => Err(PyValueError::new_err(format!(
-                    "{op}: cpu must be >= 0, got {}",
-                    c.repr()?
+                Int::Negative(t) => Err(PyValueError::new_err(format!(
+                    "{op}: cpu must be >= 0, got {t}"
                 ))),
             },
             _ => Ok(self.thread_slot()),

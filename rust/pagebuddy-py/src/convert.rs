@@ -97,7 +97,7 @@ pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     match Int::of(obj, || what)? {
         Int::Val(v) => Ok(v),
         big => Err(PyValueError::new_err(format!(
-            "{what} must be an int in 0..2**64, got {}",
+            "{what} must be an int from 0 to 2**64 - 1, got {}",
             big.text()
         ))),
     }
@@ -109,7 +109,7 @@ pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
 pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
     let message = match err {
         GeometryError::PageSize { page_size } => {
-            format!("page_size must be a power of two in 64..2**30, got {page_size}")
+            format!("page_size must be a power of two from 64 to 2**30, got {page_size}")
         }
         GeometryError::NoPages => "nr_pages must be >= 1, got 0".to_string(),
         GeometryError::TooManyPages { nr_pages } => {
@@ -122,7 +122,7 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
         GeometryError::Reserved {
             reserved_pages,
             nr_pages,
-        } => format!("reserved_pages must be in 0..{nr_pages}, got {reserved_pages}"),
+        } => format!("reserved_pages must be from 0 to {nr_pages}, got {reserved_pages}"),
         GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
         GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
                                             arena has no bytes to zero"
@@ -143,38 +143,39 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
     PyValueError::new_err(message)
 }
 
-/// `what` as an int in `min..=max`, else `ValueError` naming the rule.
+/// `what` as an int from `min` to `max`, else `ValueError` naming the rule.
 pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
     let int = Int::of(obj, || what)?;
     match int.at_most(max) {
         Some(v) if v >= min => Ok(v),
         _ => Err(PyValueError::new_err(format!(
-            "{what} must be an int in {min}..={max}, got {}",
+            "{what} must be an int from {min} to {max}, got {}",
             int.text()
         ))),
     }
 }
 
-/// An order argument: `ValueError` outside `0..max_order`.
+/// An order argument: `ValueError` outside 0 to `max_order - 1`.
 pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> {
     let int = Int::of(obj, || format!("{op}: order"))?;
     match int.at_most(u64::from(max_order).saturating_sub(1)) {
         Some(v) if max_order > 0 => Ok(v as u32),
         _ => Err(PyValueError::new_err(format!(
-            "{op}: order {} is invalid: this pool has orders 0..{}",
+            "{op}: order {} is invalid: this pool has orders 0 to {}",
             int.text(),
             max_order - 1
         ))),
     }
 }
 
-/// The length of an exact-size run: `ValueError` outside `1..=max_pages`.
+/// The length of an exact-size run: `ValueError` outside 1 to `max_pages`.
 pub fn run(op: &str, obj: &Bound<'_, PyAny>, max_pages: u64) -> PyResult<u64> {
-    match Int::of(obj, || format!("{op}: nr_pages"))?.at_most(max_pages) {
+    let int = Int::of(obj, || format!("{op}: nr_pages"))?;
+    match int.at_most(max_pages) {
         Some(v) if v >= 1 => Ok(v),
         _ => Err(PyValueError::new_err(format!(
-            "{op}: nr_pages {} is invalid: this pool's runs are 1..{max_pages} pages",
-            obj.repr()?
+            "{op}: nr_pages {} is invalid: this pool's runs are 1 to {max_pages} pages",
+            int.text()
         ))),
     }
 }

@@ -195,7 +195,7 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
     unsafe { &mut *ptr.as_ptr() }
 }
 
-/// A buddy page allocator over an arena of `nr_pages` pages (pKVM's hyp_pool).
+/// A buddy page allocator over an arena of ``nr_pages`` pages (pKVM's hyp_pool).
 ///
 /// Pool(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None,
 /// zero="free", cpus=0, cache_batch=16, cache_high=64)
@@ -211,7 +211,7 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
 /// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
-/// cpus=N (N >= 1) puts per-CPU caches of orders 0..=3 in front of the pool (the core's
+/// cpus=N (N >= 1) puts per-CPU caches of orders 0 to 3 in front of the pool (the core's
 /// CachedPool): each Python thread allocates from and frees into its own slot (or the slot a
 /// call names with cpu=), and only an empty cache (taking cache_batch blocks) or one above
 /// cache_high (giving its cache_batch coldest back) takes the pool's lock. Cached blocks are free
@@ -377,10 +377,9 @@ impl Pool {
             Some(c) => c.slot(op, cpu),
             None => {
                 if let Some(c) = cpu.filter(|c| !c.is_none()) {
-                    if let Int::Negative(_) = Int::of(c, || format!("{op}: cpu"))? {
+                    if let Int::Negative(t) = Int::of(c, || format!("{op}: cpu"))? {
                         return Err(PyValueError::new_err(format!(
-                            "{op}: cpu must be >= 0, got {}",
-                            c.repr()?
+                            "{op}: cpu must be >= 0, got {t}"
                         )));
                     }
                 }
@@ -666,7 +665,7 @@ impl Pool {
         })
     }
 
-    /// Formats `buffer` as a pool that lives entirely inside it and opens it.
+    /// Formats ``buffer`` as a pool that lives entirely inside it and opens it.
     ///
     /// Pool.create_in(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11,
     /// zero="free", links="side")
@@ -701,7 +700,7 @@ impl Pool {
         Self::create_in_impl(py, buffer, args)
     }
 
-    /// Opens the pool that Pool.create_in formatted in `buffer` (in this or another process),
+    /// Opens the pool that Pool.create_in formatted in ``buffer`` (in this or another process),
     /// without rebuilding it.
     ///
     /// An operation that a killed process left half done is rolled back first, and every
@@ -722,9 +721,9 @@ impl Pool {
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
     ///
-    /// Takes the head of the first non-empty free list at or above `order`, splitting it down.
-    /// Raises ValueError for an order outside 0..max_order and OutOfMemory when no block is free.
-    /// On a cached pool (`cpus=N`) the block comes from slot `cpu` (default: this thread's).
+    /// Takes the head of the first non-empty free list at or above ``order``, splitting it down.
+    /// Raises ValueError for an order outside 0 to max_order - 1 and OutOfMemory when no block is free.
+    /// On a cached pool (``cpus=N``) the block comes from slot ``cpu`` (default: this thread's).
     #[pyo3(signature = (order, *, cpu=None))]
     fn alloc_pages(
         &self,
@@ -753,7 +752,7 @@ impl Pool {
     /// Drops one reference to a held page; at zero its block is freed and coalesced.
     ///
     /// Raises PageError for a pfn outside the pool or a page that is not held. On a cached pool
-    /// (`cpus=N`) a block of orders 0..=3 whose last reference is dropped goes to slot `cpu`'s
+    /// (``cpus=N``) a block of orders 0 to 3 whose last reference is dropped goes to slot ``cpu``'s
     /// cache (default: this thread's).
     #[pyo3(signature = (pfn, *, cpu=None))]
     fn put_page(
@@ -780,14 +779,14 @@ impl Pool {
         page_op!(self, py, "get_page", pfn, get)
     }
 
-    /// Splits the held block headed by `pfn` into order-0 pages, each held once (the head keeps
+    /// Splits the held block headed by ``pfn`` into order-0 pages, each held once (the head keeps
     /// its refcount).
     fn split_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
         page_op!(self, py, "split_page", pfn, split)
     }
 
-    /// Allocates a contiguous run of exactly `nr_pages` pages and returns its first pfn; each
-    /// page of the run is then held once and put on its own ([`Core::alloc_exact`]).
+    /// Allocates a contiguous run of exactly ``nr_pages`` pages and returns its first pfn; each
+    /// page of the run is then held once and put on its own.
     ///
     /// Raises ValueError unless 1 <= nr_pages <= 2**(max_order - 1) and OutOfMemory when no
     /// block that holds the run is free; either way nothing changes.
@@ -824,7 +823,7 @@ impl Pool {
         .map_err(|e| self.page_error(py, "page_count", e))
     }
 
-    /// The free lists, one per order 0..max_order, each head first (FIFO order).
+    /// The free lists, one per order from 0 to max_order - 1, each head first (FIFO order).
     fn free_lists(&self, py: Python<'_>) -> Vec<Vec<u64>> {
         let orders = 0..self.geo.max_order;
         with!(
@@ -835,7 +834,7 @@ impl Pool {
         )
     }
 
-    /// A writable memoryview of the held block headed by `pfn` (page_size << order bytes).
+    /// A writable memoryview of the held block headed by ``pfn`` (page_size << order bytes).
     ///
     /// The view keeps the arena alive, also after the pool is gone.
     fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -861,14 +860,14 @@ impl Pool {
             .map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
 
-    /// Allocates `count` blocks of `order` in one critical section, without the GIL.
+    /// Allocates ``count`` blocks of ``order`` in one critical section, without the GIL.
     ///
-    /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
-    /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
-    /// with them in its first `count` items when `out` is given, a writable array of 64-bit
-    /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
+    /// All or nothing: raises OutOfMemory, with nothing allocated, when
+    /// ``count`` blocks cannot be had. Returns the pfns in allocation order: a list, or ``out``
+    /// with them in its first ``count`` items when ``out`` is given, a writable array of 64-bit
+    /// unsigned ints (``array('Q')``, numpy ``uint64``) of at least ``count`` items.
     ///
-    /// On a cached pool (`cpus=N`) the blocks come from slot `cpu` (default: this thread's),
+    /// On a cached pool (``cpus=N``) the blocks come from slot ``cpu`` (default: this thread's),
     /// one allocation after another; when one fails, those already taken are put back through
     /// the slot, the last first, and OutOfMemory says how many could be had.
     #[pyo3(signature = (order, count, *, out = None, cpu = None))]
@@ -892,12 +891,12 @@ impl Pool {
 
     /// Puts every pfn of an iterable, in one critical section, without the GIL.
     ///
-    /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
+    /// All or nothing: all elements are converted first (a non-int raises
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
-    /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
+    /// and nothing is put. An array of 64-bit unsigned ints (``array('Q')``, numpy ``uint64``) is
     /// read as it is, with no Python object per page.
     ///
-    /// On a cached pool (`cpus=N`) freed blocks go to slot `cpu` (default: this thread's), after
+    /// On a cached pool (``cpus=N``) freed blocks go to slot ``cpu`` (default: this thread's), after
     /// the same checks.
     #[pyo3(signature = (pfns, *, cpu = None))]
     fn put_many(
@@ -941,7 +940,7 @@ impl Pool {
         self.cache().map_or(CacheConfig::new(), |c| c.config()).high
     }
 
-    /// Returns every block cached in slot `cpu` (default: this thread's) to the pool, orders
+    /// Returns every block cached in slot ``cpu`` (default: this thread's) to the pool, orders
     /// ascending, coldest first. Nothing to do on a pool without caches.
     #[pyo3(signature = (cpu=None))]
     fn drain(&self, py: Python<'_>, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -964,7 +963,7 @@ impl Pool {
         }
     }
 
-    /// Slot `cpu`'s cached blocks (default: this thread's slot), one list per cached order,
+    /// Slot ``cpu``'s cached blocks (default: this thread's slot), one list per cached order,
     /// coldest first: the next allocation of an order takes the last of its list. Empty on a
     /// pool without caches.
     #[pyo3(signature = (cpu=None))]
@@ -991,26 +990,26 @@ impl Pool {
         self.geo.page_size
     }
 
-    /// Number of orders: blocks have orders 0..max_order.
+    /// Number of orders: blocks have orders 0 to max_order - 1.
     #[getter]
     fn max_order(&self) -> u32 {
         self.geo.max_order
     }
 
-    /// Pages that started held: the first `reserved_pages` pages.
+    /// Pages that started held: the first ``reserved_pages`` pages.
     #[getter]
     fn reserved_pages(&self) -> u32 {
         self.geo.reserved_pages
     }
 
-    /// Whether the pool has an arena (False for `Pool(..., arena=False)`).
+    /// Whether the pool has an arena (False for ``Pool(..., arena=False)``).
     #[getter(arena)]
     fn has_arena(&self, py: Python<'_>) -> bool {
         !self.bytes.is_none(py)
     }
 
     /// Bytes of per-page metadata and side-table links the pool keeps (4 + 8 a page, 4 with
-    /// intrusive links), besides its arena; with caches, also their `PageRef`s (4 a page) and
+    /// intrusive links), besides its arena; with caches, also their ``PageRef``s (4 a page) and
     /// slots.
     #[getter]
     fn metadata_bytes(&self) -> usize {
@@ -1030,12 +1029,12 @@ impl Pool {
         self.zero
     }
 
-    /// A pool owns its arena and its pages: `copy.copy` raises TypeError.
+    /// A pool owns its arena and its pages: ``copy.copy`` raises TypeError.
     fn __copy__(&self, py: Python<'_>) -> PyResult<()> {
         Err(no_copy(py))
     }
 
-    /// As `__copy__`.
+    /// As ``__copy__``.
     fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(no_copy(py))
     }
@@ -1045,8 +1044,8 @@ impl Pool {
         Err(no_copy(py))
     }
 
-    /// A pool is built once, by `Pool(...)`, whose construction calls `__init__` once after
-    /// `new` has built it: that call does nothing, and any later one raises TypeError.
+    /// A pool is built once, by ``Pool(...)``, whose construction calls ``__init__`` once after
+    /// ``new`` has built it: that call does nothing, and any later one raises TypeError.
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __init__(
         &self,
