@@ -46,6 +46,7 @@ from ._conform_targets import (
     ERRORS,
     HEADER,
     Channel,
+    ImplementationError,
     Library,
     Process,
     Seen,
@@ -54,7 +55,7 @@ from ._conform_targets import (
     pool_class,
 )
 from ._fuzz import FuzzConfig, ddmin, random_geometry
-from ._lockstep import FILL, Divergence, GeometryRefused, Lockstep, OpSource, run_ops
+from ._lockstep import FILL, Divergence, GeometryRefused, Lockstep, OpSource, RunResult, run_ops
 from ._rules import Geometry, Op, format_op, map_pfns
 from ._trace import format_header
 
@@ -422,15 +423,20 @@ def run(
                     progress(base + n, now - t0)
                 return now >= deadline
 
-            r = run_ops(
-                g,
-                episode(rng, g, length, cfg.misuse),
-                pool_cls=pair.pool_cls,
-                model_cls=pair.model,
-                compare_every=cfg.compare_every,
-                keep_examples=0,
-                progress=tick,
-            )
+            seen: list[Op] = []
+            try:
+                r = run_ops(
+                    g,
+                    episode(rng, g, length, cfg.misuse),
+                    pool_cls=pair.pool_cls,
+                    model_cls=pair.model,
+                    compare_every=cfg.compare_every,
+                    keep_examples=0,
+                    progress=tick,
+                    record=seen.append,
+                )
+            except ImplementationError as e:  # from a state read (free pages, free lists)
+                r = RunResult(g, seen, divergence=_broken(seen, e))
             done += len(r.ops)
             result.rejected += sum(r.rejected.values())
             if r.divergence is not None:
@@ -448,22 +454,32 @@ def run(
             pair, result.geometry, result.episode_ops, cfg.misuse, cfg.shrink_seconds
         )
         result.shrunk_geometry, result.shrunk_ops, result.shrunk_divergence = g2, ops2, d2
-        result.c_reproducer = c_reproducer(pair, g2, ops2, d2, result)
+        if isinstance(target, Library):  # a process is not reached through the C ABI
+            result.c_reproducer = c_reproducer(pair, g2, ops2, d2, result)
     return result
+
+
+def _broken(ops: list[Op], e: ImplementationError) -> Divergence:
+    """An answer the ABI does not allow, read after ``ops``, as a divergence."""
+    return Divergence(len(ops) - 1, ops[-1] if ops else None, "implementation", str(e))
 
 
 def _diverges(pair: _Pair, g: Geometry, ops: list[Op], misuse: bool) -> Divergence | None:
     """Re-run ``ops`` on a fresh pair comparing after every step; the divergence or None.
     Without ``misuse`` a list that holds an invalid operation does not count."""
+    done: list[Op] = []
     try:
         ls = Lockstep(g, pair.pool_cls, pair.model)
         for op in ops:
             if not misuse and not _valid(ls.model.inner, g, op):
                 return None
+            done.append(op)
             ls.apply(op)
         ls.agree()
     except Divergence as d:
         return d
+    except ImplementationError as e:
+        return _broken(done, e)
     except GeometryRefused:
         return None
     return None
@@ -621,7 +637,7 @@ def c_reproducer(
         for op in ops:
             try:
                 ls.apply(op)
-            except Divergence:
+            except (Divergence, ImplementationError):
                 break
             finally:
                 steps.append((op, ls.last[1], model.free_pages))

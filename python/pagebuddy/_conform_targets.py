@@ -252,6 +252,7 @@ class Process(Target):
             raise TargetError(f"{self.name}: does not speak the protocol: {e}") from None
         if not answer or answer[0] != "0":
             raise TargetError(f"{self.name}: 'abi 1' answered {' '.join(answer)!r}, not '0 ...'")
+        self.current: _ProcessPool | None = None
         return answer[1:]
 
     def ask(self, line: str) -> list[str]:
@@ -283,13 +284,16 @@ class Process(Target):
     def create(self, g: Geometry, zero: str) -> Raw | None:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
+        if self.current is not None:  # one pool at a time: the last one is done with
+            self.current.close()
         answer = self.ask(
             f"create {g.nr_pages} {g.base_pfn} {g.reserved_pages} {g.order_cap} "
             f"{ZERO_CODES[zero]} {g.page_size}"
         )
         if answer != ["0"]:
             return None
-        return _ProcessPool(self)
+        self.current = _ProcessPool(self)
+        return self.current
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -341,8 +345,10 @@ class _ProcessPool(Raw):
         return self._call(f"page_count {pfn}", 1)[1]
 
     def close(self) -> None:
-        with contextlib.suppress(ImplementationError):
-            self.target.ask("destroy")
+        if self.target.current is self:
+            self.target.current = None
+            with contextlib.suppress(ImplementationError):
+                self.target.ask("destroy")
 
 
 # -- Pool's face on a Raw pool --------------------------------------------------------------------

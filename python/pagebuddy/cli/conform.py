@@ -256,8 +256,9 @@ def show(out: Console, r: dict[str, Any]) -> None:
         )
     out.print("\nTrace (pagebuddy replay runs it on pagebuddy's own pool):\n")
     out.file.write(r["trace"])
-    out.print("\nC reproducer (exits 1 while the divergence is there):\n")
-    out.file.write(r["c_reproducer"])
+    if r["c_reproducer"]:
+        out.print("\nC reproducer (exits 1 while the divergence is there):\n")
+        out.file.write(r["c_reproducer"])
     out.file.flush()
     for key, what in (("trace_file", "Trace"), ("c_file", "C reproducer")):
         if r[key]:
