@@ -68,8 +68,13 @@ def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str | None, Path]:
 def test_the_example_agrees_with_the_model(
     libs: dict[str | None, Path], level: str, misuse: bool
 ) -> None:
-    r = pagebuddy.conform(libs[None], level=level, misuse=misuse, ops=4000, seed=11)
+    # In this process (fast), and in the child process conform runs a library in by default.
+    r = pagebuddy.conform(
+        libs[None], level=level, misuse=misuse, ops=4000, seed=11, in_process=True
+    )
     assert r.ok, r.divergence
+    hosted = pagebuddy.conform(libs[None], level=level, misuse=misuse, ops=4000, seed=11)
+    assert hosted.ok and (hosted.ops, hosted.rejected) == (r.ops, r.rejected), hosted.divergence
     assert r.ops == 4000 and r.episodes >= 2
     assert r.optional == ["free_list", "page_address", "page_count"]
     assert r.rejected > 0  # out-of-memory refusals at least (and misuse, with it)
@@ -80,7 +85,7 @@ def test_the_example_agrees_with_the_model(
 def test_the_example_agrees_under_every_zero_policy(
     libs: dict[str | None, Path], zero: str
 ) -> None:
-    r = pagebuddy.conform(libs[None], zero=zero, ops=2000, seed=5, page_size=64)
+    r = pagebuddy.conform(libs[None], zero=zero, ops=2000, seed=5, page_size=64, in_process=True)
     assert r.ok, r.divergence
 
 
@@ -279,6 +284,33 @@ def test_bad_input_is_one_line_or_one_json_object(
 ) -> None:
     proc = run_cli("conform", *argv, "--no-progress", *(["--json"] if as_json else []), cwd=ROOT)
     assert_usage(proc, as_json, says)
+
+
+CRASHING = """
+#include "pagebuddy_conform.h"
+struct pb_pool { int unused; };
+static struct pb_pool one;
+struct pb_pool *pb_create(uint64_t n, uint64_t b, uint64_t r, unsigned c, int z, uint64_t s)
+{ (void)n, (void)b, (void)r, (void)c, (void)z, (void)s; return &one; }
+void pb_destroy(struct pb_pool *p) { (void)p; }
+int pb_alloc(struct pb_pool *p, unsigned order, uint64_t *pfn)
+{ (void)p, (void)order, (void)pfn; return *(volatile int *)0; }
+int pb_put(struct pb_pool *p, uint64_t pfn) { (void)p, (void)pfn; return PB_EFAULT; }
+int pb_get(struct pb_pool *p, uint64_t pfn) { (void)p, (void)pfn; return PB_EFAULT; }
+int pb_split(struct pb_pool *p, uint64_t pfn) { (void)p, (void)pfn; return PB_EFAULT; }
+uint64_t pb_free_pages(struct pb_pool *p) { (void)p; return 1; }
+"""
+
+
+@needs_cc
+def test_a_library_that_crashes_is_a_divergence(tmp_path: Path) -> None:
+    src = tmp_path / "crash.c"
+    src.write_text(CRASHING)
+    lib = compile_c(tmp_path / "crash.so", src, shared=True)
+    r = pagebuddy.conform(lib, ops=20, seed=1, pages=1, shrink_seconds=10)
+    assert not r.ok and r.shrunk_divergence is not None
+    assert r.shrunk_ops == [("alloc", 0)]
+    assert "exited with status -11" in r.shrunk_divergence.detail, r.shrunk_divergence
 
 
 @needs_cc

@@ -46,6 +46,7 @@ from ._conform_targets import (
     ERRORS,
     HEADER,
     Channel,
+    Hosted,
     ImplementationError,
     Library,
     Process,
@@ -156,13 +157,19 @@ class ConformResult:
 
 
 def open_target(
-    library: str | os.PathLike[str] | None, command: str | Sequence[str] | None
+    library: str | os.PathLike[str] | None,
+    command: str | Sequence[str] | None,
+    *,
+    in_process: bool = False,
 ) -> Target:
-    """The implementation: a shared library, or a command speaking the line protocol (one of
-    the two). Raises :class:`TargetError` when it cannot be reached."""
+    """The implementation: a shared library (in a child process, or with ``in_process`` in
+    this one), or a command speaking the line protocol (one of the two). Raises
+    :class:`TargetError` when it cannot be reached."""
     if (library is None) == (command is None):
         raise TargetError("give a shared library or a command (one of the two)")
-    return Library(library) if library is not None else Process(command or "")
+    if library is not None:
+        return Library(library) if in_process else Hosted(library)
+    return Process(command or "")
 
 
 def config_problem(cfg: ConformConfig) -> str | None:
@@ -332,6 +339,7 @@ def conform(
     library: str | os.PathLike[str] | None = None,
     *,
     command: str | Sequence[str] | None = None,
+    in_process: bool = False,
     level: str = "exact",
     misuse: bool = False,
     ops: int | None = None,
@@ -350,8 +358,9 @@ def conform(
     """Run an implementation in lockstep with pagebuddy's model; what it found.
 
     The implementation is ``library`` (a shared library exporting ``pagebuddy_conform.h``,
-    whose path is :data:`pagebuddy.CONFORM_HEADER`) or ``command`` (a program speaking the
-    line protocol; a string is split as a shell would). ``level`` is ``"exact"`` or
+    whose path is :data:`pagebuddy.CONFORM_HEADER`; run in a child process, so that a crash
+    is a finding, or with ``in_process`` in this one, faster) or ``command`` (a program
+    speaking the line protocol; a string is split as a shell would). ``level`` is ``"exact"`` or
     ``"buddy"``; ``misuse`` adds invalid operations. The run stops after ``ops`` operations
     or ``seconds`` seconds (30 seconds when neither is given) or at the first divergence,
     which is then shrunk (for at most ``shrink_seconds``) and written as a trace
@@ -384,7 +393,7 @@ def conform(
     problem = config_problem(cfg)
     if problem:
         raise ValueError(problem)
-    target = open_target(library, command)
+    target = open_target(library, command, in_process=in_process)
     try:
         return run(target, cfg, progress=progress)
     finally:
@@ -454,7 +463,7 @@ def run(
             pair, result.geometry, result.episode_ops, cfg.misuse, cfg.shrink_seconds
         )
         result.shrunk_geometry, result.shrunk_ops, result.shrunk_divergence = g2, ops2, d2
-        if isinstance(target, Library):  # a process is not reached through the C ABI
+        if isinstance(target, (Library, Hosted)):  # a command is not reached through the ABI
             result.c_reproducer = c_reproducer(pair, g2, ops2, d2, result)
     return result
 

@@ -20,6 +20,7 @@ import ctypes
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "PB_EINVAL",
     "PB_ENOMEM",
     "ZERO_CODES",
+    "Hosted",
     "ImplementationError",
     "Library",
     "Process",
@@ -91,7 +93,7 @@ class Raw:
         """The refcount of ``pfn`` (only when the target has ``page_count``)."""
         raise NotImplementedError
 
-    def block(self, pfn: int, nbytes: int) -> memoryview:
+    def block(self, pfn: int, nbytes: int) -> Any:
         """A writable view of ``nbytes`` bytes from page ``pfn`` (only with ``page_address``)."""
         raise NotImplementedError
 
@@ -223,6 +225,9 @@ class Process(Target):
     started again for the next pool.
     """
 
+    #: The optional capabilities a process may have.
+    CAPABILITIES: tuple[str, ...] = ("free_list", "page_count")
+
     def __init__(self, command: str | Sequence[str]) -> None:
         self.argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.argv:
@@ -230,7 +235,7 @@ class Process(Target):
         self.name = shlex.join(self.argv)
         self.proc: subprocess.Popen[str] | None = None
         words = self._start()
-        unknown = sorted(set(words) - {"free_list", "page_count"})
+        unknown = sorted(set(words) - set(self.CAPABILITIES))
         if unknown:
             raise TargetError(f"{self.name}: 'abi 1' answered unknown capabilities {unknown}")
         self.optional = frozenset(words)
@@ -250,6 +255,8 @@ class Process(Target):
             answer = self.ask("abi 1")
         except ImplementationError as e:
             raise TargetError(f"{self.name}: does not speak the protocol: {e}") from None
+        if answer[:1] == ["-2"]:  # the host of a library: why it cannot load it
+            raise TargetError(" ".join(answer[1:]))
         if not answer or answer[0] != "0":
             raise TargetError(f"{self.name}: 'abi 1' answered {' '.join(answer)!r}, not '0 ...'")
         self.current: _ProcessPool | None = None
@@ -311,6 +318,61 @@ class Process(Target):
             proc.stdout.close()
 
 
+class Hosted(Process):
+    """A shared library exporting ``pagebuddy_conform.h``, run in a child process
+    (:mod:`pagebuddy._conform_host`) that speaks the line protocol: a library that crashes
+    ends that process, which is a divergence, not the end of the run. Raises
+    :class:`TargetError` as :class:`Library` does."""
+
+    CAPABILITIES = OPTIONAL
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        text = os.fspath(path)
+        if not os.path.isfile(text):
+            raise TargetError(f"{text}: no such file (a shared library is expected)")
+        super().__init__([sys.executable, "-m", "pagebuddy._conform_host", os.path.abspath(text)])
+        self.name = text
+
+
+class _RemoteBlock:
+    """The bytes of a block in a hosted library: compared and filled as the engine does with
+    a view (``==``, ``tobytes``, ``len``, ``[:] = fill``), one request each."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, pool: _ProcessPool, pfn: int, nbytes: int) -> None:
+        self.pool, self.pfn, self.nbytes = pool, pfn, nbytes
+
+    def tobytes(self) -> bytes:
+        line = f"block {self.pfn} {self.nbytes}"
+        answer = self.pool.target.ask(line)
+        try:
+            if answer[:1] != ["0"]:
+                raise ValueError
+            parts = [run.split(":") for run in answer[1:]]
+            data = b"".join(bytes([int(b)]) * int(n) for n, b in parts)
+        except ValueError:
+            raise ImplementationError(f"{line!r} was answered {' '.join(answer)!r}") from None
+        if len(data) != self.nbytes:
+            raise ImplementationError(f"{line!r} was answered {len(data)} bytes")
+        return data
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __eq__(self, other: object) -> bool:
+        return self.tobytes() == bytes(other)  # type: ignore[call-overload]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __setitem__(self, key: slice, data: bytes) -> None:
+        whole = key == slice(None) and len(data) == self.nbytes
+        if not whole or data.count(data[:1]) != len(data):
+            raise ValueError("a hosted block is only filled whole, with one byte value")
+        self.pool._call(f"fill {self.pfn} {self.nbytes} {data[0]}", 0)
+
+
 def _ints(answer: list[str], line: str) -> list[int]:
     try:
         return [int(w) for w in answer]
@@ -343,6 +405,9 @@ class _ProcessPool(Raw):
 
     def page_count(self, pfn: int) -> int:
         return self._call(f"page_count {pfn}", 1)[1]
+
+    def block(self, pfn: int, nbytes: int) -> Any:
+        return _RemoteBlock(self, pfn, nbytes)
 
     def close(self) -> None:
         if self.target.current is self:
@@ -452,7 +517,7 @@ class External:
     def page_count(self, pfn: int) -> int:
         return self.raw.page_count(pfn) if "page_count" in self._target.optional else 0
 
-    def view(self, pfn: int) -> memoryview:
+    def view(self, pfn: int) -> Any:
         order = self._orders.get(pfn, 0)
         return self.raw.block(pfn, self.page_size << order)
 

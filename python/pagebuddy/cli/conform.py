@@ -56,6 +56,12 @@ def add_parser(
         help="a program speaking the line protocol instead (split as a shell would)",
     )
     p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="load the library into this process (faster; a crash then ends the run) instead "
+        "of a child process",
+    )
+    p.add_argument(
         "--header", action="store_true", help="print pagebuddy_conform.h (the ABI) and exit"
     )
     p.add_argument(
@@ -150,7 +156,7 @@ def report(ctx: Context) -> dict[str, Any]:
     if args.library is not None and args.exec_command is not None:
         raise Usage("conform: give a shared library or --exec COMMAND, not both")
     try:
-        target = _conform.open_target(args.library, args.exec_command)
+        target = _conform.open_target(args.library, args.exec_command, in_process=args.in_process)
     except TargetError as e:
         raise Usage(str(e)) from None
     try:
