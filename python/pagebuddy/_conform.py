@@ -211,20 +211,27 @@ class _Pair:
             self.target, self.zero, sort_lists=self.level == "buddy", channel=self.channel
         )
 
+        optional, channel = self.target.optional, self.channel
+
+        class Model(Seen):
+            """The level's model, seen as the implementation is (:class:`Seen`)."""
+
+            def __init__(self, nr_pages: int, **kw: Any) -> None:
+                from ._reference import ReferencePool
+
+                if channel is not None:
+                    kw.pop("_links", None)
+                    inner: Any = BuddyModel(nr_pages, channel=channel, **kw)
+                else:
+                    inner = ReferencePool(nr_pages, **kw)
+                super().__init__(inner, optional)
+
+        self.model = Model
+
     @property
     def contents(self) -> bool:
         """Whether new blocks' bytes are compared (zeroing is then seen)."""
         return "page_address" in self.target.optional and self.zero != "never"
-
-    def model(self, nr_pages: int, **kw: Any) -> Any:
-        from ._reference import ReferencePool
-
-        if self.channel is not None:
-            kw.pop("_links", None)
-            inner: Any = BuddyModel(nr_pages, channel=self.channel, **kw)
-        else:
-            inner = ReferencePool(nr_pages, **kw)
-        return Seen(inner, self.target.optional)
 
     def geometry(self, rng: random.Random, cfg: ConformConfig) -> Geometry:
         """A random geometry for the model: an owned arena with the implementation's zero

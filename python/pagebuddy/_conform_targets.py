@@ -21,7 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +361,7 @@ class _RemoteBlock:
         return self.nbytes
 
     def __eq__(self, other: object) -> bool:
-        return self.tobytes() == bytes(other)  # type: ignore[call-overload]
+        return self.tobytes() == bytes(memoryview(other))  # type: ignore[arg-type]
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -460,7 +460,8 @@ class External:
     ) -> None:
         self.nr_pages, self.page_size, self.base_pfn = g.nr_pages, g.page_size, g.base_pfn
         self.reserved_pages, self.max_order, self.zero = g.reserved_pages, g.max_order, g.zero
-        self._sort, self._channel, self._orders = sort_lists, channel, {}
+        self._sort, self._channel = sort_lists, channel
+        self._orders: dict[int, int] = {}
         self._target = target
         raw = target.create(g, zero)
         if raw is None:
@@ -541,31 +542,35 @@ class Seen:
         self._counts = "page_count" in optional
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not built (yet)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def free_lists(self) -> list[list[int]]:
-        return self.inner.free_lists() if self._lists else []  # type: ignore[no-any-return]
+        lists: list[list[int]] = self.inner.free_lists() if self._lists else []
+        return lists
 
     def page_count(self, pfn: int) -> int:
-        return self.inner.page_count(pfn) if self._counts else 0  # type: ignore[no-any-return]
+        return int(self.inner.page_count(pfn)) if self._counts else 0
 
 
 def pool_class(
     target: Target, zero: str, *, sort_lists: bool = False, channel: Channel | None = None
-) -> Callable[..., External]:
-    """A ``Pool``-like constructor for the engine: ``(nr_pages, **Pool keywords)`` makes an
-    :class:`External` pool of ``target`` with zero policy ``zero`` (whatever the keywords
-    say: the model may run without an arena, where zeroing is not seen)."""
+) -> type[External]:
+    """A class with ``Pool``'s constructor for the engine: ``(nr_pages, **Pool keywords)``
+    makes an :class:`External` pool of ``target`` with zero policy ``zero`` (whatever the
+    keywords say: the model may run without an arena, where zeroing is not seen)."""
 
-    def build(nr_pages: int, **kw: Any) -> External:
-        g = Geometry(
-            nr_pages,
-            page_size=kw["page_size"],
-            base_pfn=kw["base_pfn"],
-            reserved_pages=kw["reserved_pages"],
-            order_cap=kw["max_order"],
-            zero=kw.get("zero", "free"),
-        )
-        return External(target, g, zero, sort_lists=sort_lists, channel=channel)
+    class Bound(External):
+        def __init__(self, nr_pages: int, **kw: Any) -> None:
+            g = Geometry(
+                nr_pages,
+                page_size=kw["page_size"],
+                base_pfn=kw["base_pfn"],
+                reserved_pages=kw["reserved_pages"],
+                order_cap=kw["max_order"],
+                zero=kw.get("zero", "free"),
+            )
+            super().__init__(target, g, zero, sort_lists=sort_lists, channel=channel)
 
-    return build
+    return Bound
