@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,8 +70,11 @@ __all__ = [
     "ConformResult",
     "TargetError",
     "c_reproducer",
+    "config_problem",
     "conform",
+    "implementation_words",
     "open_target",
+    "run",
 ]
 
 #: The strictness levels.
@@ -648,6 +652,7 @@ def c_reproducer(
         ls = Lockstep(g, pair.pool_cls, pair.model)
     except Divergence:  # the constructor: the model alone says what a fresh pool holds
         model: Any = pair.model(g.nr_pages, **g.kwargs()).inner
+        seen: list[list[int]] | None = None
     else:
         model = ls.model.inner
         for op in ops:
@@ -657,10 +662,14 @@ def c_reproducer(
                 break
             finally:
                 steps.append((op, ls.last[1], model.free_pages))
+        try:
+            seen = ls.pool.free_lists()
+        except ImplementationError:
+            seen = None
     lines = [
         f"/* Reproducer from pagebuddy conform {result.target} --level {result.level}"
         f"{' --misuse' if result.misuse else ''} --seed {result.seed}:",
-        f" *   {_c_comment(str(d))}",
+        f" *   {_c_comment(implementation_words(str(d)))}",
         f" * {len(ops)} operation(s). Build it with the implementation and its adapter:",
         " *   pagebuddy conform --header > pagebuddy_conform.h",
         " *   cc -I. repro.c ADAPTER.c ALLOCATOR.c && ./a.out",
@@ -682,7 +691,7 @@ def c_reproducer(
         'EXPECT(p != NULL, "pb_create returned NULL");',
     ]
     if d.step < 0:
-        body += _c_state(model, g, "after pb_create", lists, pair.level)
+        body += _c_state(model, "after pb_create", lists, pair.level, None)
     for i, (op, outcome, free) in enumerate(steps):
         body += [f"/* {i}: {format_op(op)} */", *_c_expect(i, op, outcome)]
         if contents and op[0] == "alloc" and outcome[1] is None:
@@ -696,7 +705,7 @@ def c_reproducer(
             f'model: {free}", (unsigned long long)pb_free_pages(p));'
         )
     if lists and d.step >= 0:
-        body += _c_state(model, g, f"after operation {len(steps) - 1}", lists, pair.level)
+        body += _c_state(model, f"after operation {len(steps) - 1}", lists, pair.level, seen)
     if d.what == "page_count" and "page_count" in pair.target.optional:
         for pfn in range(g.base_pfn, g.base_pfn + g.nr_pages):
             want = model.page_count(pfn)
@@ -720,9 +729,12 @@ def c_reproducer(
     return "\n".join(lines) + "\n"
 
 
-def _c_state(model: Any, g: Geometry, when: str, lists: bool, level: str) -> list[str]:
-    """Checks of every free list (with ``lists``) and, after ``pb_create``, the free page
-    count, as the model has them now."""
+def _c_state(
+    model: Any, when: str, lists: bool, level: str, seen: list[list[int]] | None
+) -> list[str]:
+    """Checks of the free lists (with ``lists``: those that differ from the implementation's
+    ``seen``, or all) and, after ``pb_create``, the free page count, as the model has them
+    now."""
     free = model.free_pages
     out = []
     if when == "after pb_create":
@@ -733,6 +745,8 @@ def _c_state(model: Any, g: Geometry, when: str, lists: bool, level: str) -> lis
     if not lists:
         return out
     for k, blocks in enumerate(model.free_lists()):
+        if seen is not None and k < len(seen) and seen[k] == blocks:
+            continue
         name = f"want{k}"
         items = ", ".join(f"{b}ull" for b in blocks) or "0"
         shown = _c_string(str(blocks if len(blocks) <= 8 else [*blocks[:8], "..."]))
@@ -742,6 +756,12 @@ def _c_state(model: Any, g: Geometry, when: str, lists: bool, level: str) -> lis
             f'"{when}: free list {k} is not {shown}"); }}',
         ]
     return out
+
+
+def implementation_words(text: str) -> str:
+    """A divergence's text with the engine's word for the pool side, ``Pool``, replaced by
+    what it is here: the implementation."""
+    return re.sub(r"\bPool\b", "the implementation", text)
 
 
 def _c_comment(text: str) -> str:

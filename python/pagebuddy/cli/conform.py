@@ -18,6 +18,7 @@ from rich.progress import TextColumn
 
 from .. import _conform
 from .._conform_targets import HEADER, Target, TargetError
+from .._lockstep import Divergence
 from ._args import EXIT_DIVERGENCE, EXIT_INTERRUPTED, EXIT_OK, Usage, output_path
 from ._context import Context
 from ._report import divergence
@@ -184,13 +185,13 @@ def report(ctx: Context) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "ops_per_second": round(result.ops_per_second, 1),
         "interrupted": result.interrupted,
-        "divergence": divergence(result.divergence),
+        "divergence": _divergence(result.divergence),
         "geometry": g.as_dict() if g else None,
         "max_order": g.max_order if g else None,
         "episode_ops": len(result.episode_ops) if found else None,
         "shrunk_ops": len(result.shrunk_ops) if found else None,
         "shrunk_geometry": g2.as_dict() if g2 else None,
-        "shrunk_divergence": divergence(result.shrunk_divergence),
+        "shrunk_divergence": _divergence(result.shrunk_divergence),
         "trace": result.trace_text() or None,
         "c_reproducer": result.c_reproducer or None,
         "trace_file": args.trace,
@@ -199,6 +200,14 @@ def report(ctx: Context) -> dict[str, Any]:
             EXIT_DIVERGENCE if found else (EXIT_INTERRUPTED if result.interrupted else EXIT_OK)
         ),
     }
+
+
+def _divergence(d: Divergence | None) -> dict[str, Any] | None:
+    """A divergence as a dict, in conform's words (the implementation, not ``Pool``)."""
+    out = divergence(d)
+    if out is not None:
+        out["detail"] = _conform.implementation_words(out["detail"])
+    return out
 
 
 def _run(ctx: Context, target: Target, cfg: _conform.ConformConfig) -> _conform.ConformResult:
@@ -251,8 +260,7 @@ def show(out: Console, r: dict[str, Any]) -> None:
         )
         return
     g = describe_geometry(r["geometry"], r["max_order"])
-    out.print(f"[bold red]DIVERGENCE[/] in pool {r['episodes']} ({escape(g)}; the engine calls")
-    out.print("the implementation 'Pool'):")
+    out.print(f"[bold red]DIVERGENCE[/] in pool {r['episodes']} ({escape(g)}):")
     out.print(f"  {divergence_text(r['divergence'])}", markup=False)
     if r["shrunk_divergence"] is not None:
         out.print(
