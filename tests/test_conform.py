@@ -22,7 +22,7 @@ import pytest
 
 import pagebuddy
 from pagebuddy import _conform, _trace
-from pagebuddy._conform_targets import HEADER, Raw, Target, TargetError
+from pagebuddy._conform_targets import HEADER, Process, Raw, Target, TargetError
 from pagebuddy._reference import ReferencePool
 from pagebuddy._rules import Geometry
 from support import run_cli
@@ -146,15 +146,31 @@ def test_a_process_that_dies_is_a_divergence_and_no_traceback() -> None:
         "for line in sys.stdin:\n"
         "    w = line.split()\n"
         "    if w[0] in ('abi', 'create'): print('0', flush=True)\n"
-        "    elif w[0] == 'free_pages': print('0 0', flush=True)\n"
+        "    elif w[0] == 'free_pages': print('0 1', flush=True)\n"
         "    else: sys.exit(3)\n"
     )
     r = pagebuddy.conform(command=[sys.executable, "-c", script], ops=50, seed=1, pages=1)
-    assert not r.ok and r.shrunk_divergence is not None
-    assert "exited with status 3" in r.shrunk_divergence.detail or "exited with status 3" in str(
-        r.divergence
-    )
+    assert not r.ok and r.shrunk_divergence is not None and r.shrunk_ops == [("alloc", 0)]
+    assert "exited with status 3" in r.shrunk_divergence.detail, r.shrunk_divergence
     assert r.c_reproducer == ""  # a process is not reached through the C ABI
+
+
+def test_a_process_that_hangs_is_ended_and_is_a_divergence() -> None:
+    script = (
+        "import sys, time\n"
+        "for line in sys.stdin:\n"
+        "    w = line.split()\n"
+        "    if w[0] == 'alloc': time.sleep(60)\n"
+        "    print('0 1' if w[0] == 'free_pages' else '0', flush=True)\n"
+    )
+    target = Process([sys.executable, "-c", script], timeout=0.5)
+    try:
+        cfg = _conform.ConformConfig(ops=5, seed=1, pages=1, shrink_seconds=5)
+        r = _conform.run(target, cfg)
+    finally:
+        target.close()
+    assert r.shrunk_divergence is not None and r.shrunk_ops == [("alloc", 0)]
+    assert "no answer to 'alloc 0' within 0.5 s" in r.shrunk_divergence.detail
 
 
 @pytest.mark.parametrize(

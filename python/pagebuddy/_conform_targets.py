@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,12 +230,14 @@ class Process(Target):
     #: The optional capabilities a process may have.
     CAPABILITIES: tuple[str, ...] = ("free_list", "page_count")
 
-    def __init__(self, command: str | Sequence[str]) -> None:
+    def __init__(self, command: str | Sequence[str], *, timeout: float = 10.0) -> None:
         self.argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.argv:
             raise TargetError("an empty command")
         self.name = shlex.join(self.argv)
-        self.proc: subprocess.Popen[str] | None = None
+        self.timeout = timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.current: _ProcessPool | None = None
         words = self._start()
         unknown = sorted(set(words) - set(self.CAPABILITIES))
         if unknown:
@@ -241,42 +245,52 @@ class Process(Target):
         self.optional = frozenset(words)
 
     def _start(self) -> list[str]:
+        self.current, self._pending = None, b""
         try:
             self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                bufsize=1,
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
             )
         except OSError as e:
             raise TargetError(f"{self.name}: cannot be started: {e.strerror or e}") from None
         try:
             answer = self.ask("abi 1")
         except ImplementationError as e:
+            self.close()
             raise TargetError(f"{self.name}: does not speak the protocol: {e}") from None
         if answer[:1] == ["-2"]:  # the host of a library: why it cannot load it
+            self.close()
             raise TargetError(" ".join(answer[1:]))
         if not answer or answer[0] != "0":
+            self.close()
             raise TargetError(f"{self.name}: 'abi 1' answered {' '.join(answer)!r}, not '0 ...'")
-        self.current: _ProcessPool | None = None
         return answer[1:]
 
     def ask(self, line: str) -> list[str]:
         """Send one line, read the answer's words; :class:`ImplementationError` if the
-        process is gone."""
+        process is gone, or gives no answer within ``timeout`` seconds (it is then ended)."""
         proc = self.proc
-        if proc is None or proc.stdin is None or proc.stdout is None or proc.poll() is not None:
-            raise ImplementationError(f"the process has exited ({self._status()})")
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise ImplementationError(f"no answer to {line!r}: the process has exited")
         try:
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
-            answer = proc.stdout.readline()
+            proc.stdin.write(line.encode() + b"\n")
         except (OSError, ValueError):
-            answer = ""
-        if not answer.endswith("\n"):
-            raise ImplementationError(f"no answer to {line!r}: the process {self._status()}")
-        return answer.split()
+            status = self._status()
+            raise ImplementationError(f"no answer to {line!r}: the process {status}") from None
+        fd, deadline = proc.stdout.fileno(), time.monotonic() + self.timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
+            if not ready:
+                proc.kill()
+                raise ImplementationError(
+                    f"no answer to {line!r} within {self.timeout:g} s: the process was ended"
+                )
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise ImplementationError(f"no answer to {line!r}: the process {self._status()}")
+            self._pending += chunk
+        answer, _, self._pending = self._pending.partition(b"\n")
+        return answer.decode(errors="replace").split()
 
     def _status(self) -> str:
         proc = self.proc
@@ -290,6 +304,7 @@ class Process(Target):
 
     def create(self, g: Geometry, zero: str) -> Raw | None:
         if self.proc is None or self.proc.poll() is not None:
+            self.close()
             self._start()
         if self.current is not None:  # one pool at a time: the last one is done with
             self.current.close()
@@ -303,7 +318,7 @@ class Process(Target):
         return self.current
 
     def close(self) -> None:
-        proc, self.proc = self.proc, None
+        proc, self.proc, self.current = self.proc, None, None
         if proc is None:
             return
         with contextlib.suppress(OSError, ValueError):
