@@ -713,6 +713,16 @@ def c_reproducer(
                 f'EXPECT(pb_page_count(p, {pfn}ull) == {want}u, "at the end: page_count({pfn}) '
                 f'is %u; the model: {want}", pb_page_count(p, {pfn}ull));'
             )
+    if d.what == "contents" and d.op is None and contents:  # held blocks, at the end
+        for pfn in range(g.base_pfn, g.base_pfn + g.nr_pages):
+            if model.page_count(pfn) == 0:
+                continue
+            data = model.view(pfn).tobytes()
+            if data.count(data[:1]) == len(data):  # one value throughout: checked
+                body.append(
+                    f"EXPECT(pb_repro_block(p, {pfn}ull, {len(data)}ull, {data[0]:#x}, -1), "
+                    f'"at the end: the held block at pfn {pfn} does not read as {data[0]:#x}");'
+                )
     body += ["pb_destroy(p);", "return 0;"]
     lines += ["", "int pb_repro(void)", "{"]
     lines += [("\t" + b) if b else "" for b in body]
