@@ -290,6 +290,7 @@ def assert_usage(proc: subprocess.CompletedProcess[bytes], as_json: bool, says: 
         (["x.so", "--level", "loose"], "invalid choice"),
         (["x.so", "--page-size", "100"], "page_size must be a power of two"),
         (["x.so", "--pages", "0"], "must be >= 1"),
+        (["x.so", "--page-size", str(2**20)], "at most 1 GiB a pool"),
         (["x.so", "--pages", "8", "--reserved", "9"], "reserved 9 exceeds"),
         (["x.so", "--base-pfn", str(2**64)], "base_pfn + nr_pages"),
         (["x.so", "--ops", "10", "--trace", "/nonexistent/dir/t"], "does not exist"),

@@ -187,6 +187,11 @@ def config_problem(cfg: ConformConfig) -> str | None:
         return f"page_size must be a power of two in 64..2**20, not {ps}"
     if cfg.pages is not None and not 1 <= cfg.pages <= 1 << 16:
         return f"pages must be in 1..65536, not {cfg.pages}"
+    if (cfg.pages or 1025) * ps > 1 << 30:
+        return (
+            f"pools of {cfg.pages or 'up to 1025'} pages of {ps} bytes: at most 1 GiB a pool "
+            "(the implementation and the model each hold one; give --pages)"
+        )
     if cfg.reserved is not None and cfg.reserved > (cfg.pages or 1 << 16):
         return f"reserved {cfg.reserved} exceeds the pool's pages"
     if cfg.base_pfn is not None and not 0 <= cfg.base_pfn <= 2**64 - (cfg.pages or 1):
