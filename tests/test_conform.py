@@ -287,6 +287,8 @@ def assert_usage(proc: subprocess.CompletedProcess[bytes], as_json: bool, says: 
         (["README.md"], "cannot be loaded"),
         (["README.md", "--exec", "true"], "not both"),
         (["--exec", "/nonexistent/program"], "cannot be started"),
+        (["--exec", "'unbalanced"], "No closing quotation"),
+        (["--exec", ""], "an empty command"),
         (["x.so", "--level", "loose"], "invalid choice"),
         (["x.so", "--page-size", "100"], "page_size must be a power of two"),
         (["x.so", "--pages", "0"], "must be >= 1"),

@@ -105,4 +105,7 @@ def serve(path: str, rfile: IO[str], wfile: IO[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover (run as a child process by conform)
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: python -m pagebuddy._conform_host LIBRARY\n")
+        sys.exit(2)
     sys.exit(serve(sys.argv[1], sys.stdin, sys.stdout))

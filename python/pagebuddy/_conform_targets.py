@@ -231,7 +231,10 @@ class Process(Target):
     CAPABILITIES: tuple[str, ...] = ("free_list", "page_count")
 
     def __init__(self, command: str | Sequence[str], *, timeout: float = 10.0) -> None:
-        self.argv = shlex.split(command) if isinstance(command, str) else list(command)
+        try:
+            self.argv = shlex.split(command) if isinstance(command, str) else list(command)
+        except ValueError as e:  # unbalanced quotes
+            raise TargetError(f"command {command!r}: {e}") from None
         if not self.argv:
             raise TargetError("an empty command")
         self.name = shlex.join(self.argv)
