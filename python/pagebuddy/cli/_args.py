@@ -393,4 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .ftrace import add_parser as add_ftrace
 
     add_ftrace(sub, common, EXIT_CODES_HELP, positive, int_in(1, 2**32 - 2))
+
+    from .conform import add_parser as add_conform
+
+    add_conform(sub, common, EXIT_CODES_HELP, positive, non_negative, seconds)
     return parser

@@ -329,6 +329,12 @@ def _ftrace(out: Console, r: dict[str, Any]) -> None:
     show_ftrace(out, r)
 
 
+def _conform(out: Console, r: dict[str, Any]) -> None:
+    from .conform import show as show_conform  # it builds on the pieces above
+
+    show_conform(out, r)
+
+
 RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "demo": _demo,
     "demo-processes": _demo_processes,
@@ -336,4 +342,5 @@ RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "fuzz": _fuzz,
     "bench": _bench,
     "ftrace": _ftrace,
+    "conform": _conform,
 }
