@@ -109,17 +109,28 @@ use crate::Pool;
 
 pub use crate::{MAX_CACHED_ORDERS, MAX_CACHE_HIGH};
 
+pub mod auto;
 pub mod local;
+use auto::{Limits, Sizing, Trip};
+pub use auto::SlotSizes;
 pub use local::{LocalCache, Page};
 
 /// How the per-CPU caches of a [`CachedPool`] behave (Linux's pcp `batch` and `high`).
 ///
+/// [`new`](Self::new) sizes each slot by itself, from `batch` 16 and `high` 64 up to
+/// `high_max` 2048, with all caches together holding at most an eighth of the pool (see
+/// [`auto`]); [`batch`](Self::batch) or [`high`](Self::high) fix the sizes instead.
+///
 /// ```
 /// use pagebuddy::CacheConfig;
-/// let config = CacheConfig::new().batch(8).high(32);
+/// let config = CacheConfig::new().batch(8).high(32); // fixed sizes
 /// assert_eq!((config.orders, config.batch, config.high), (4, 8, 32));
+/// assert!(!config.is_auto());
 /// assert_eq!(config.slot_blocks(), 4 * 33);
 /// assert!(CacheConfig::new().batch(0).validate().is_err());
+/// let auto = CacheConfig::new(); // sized by the slot's own traffic
+/// assert!(auto.is_auto());
+/// assert_eq!((auto.high_max, auto.fraction, auto.slot_blocks()), (2048, 8, 4 * 2049));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -131,8 +142,14 @@ pub struct CacheConfig {
     /// Default 16.
     pub batch: u32,
     /// Blocks a cache keeps: a `put` that takes it above `high` gives the `batch` coldest back.
-    /// Default 64.
+    /// Default 64. When the caches size themselves, the smallest `high`, where a slot starts.
     pub high: u32,
+    /// The largest `high` a slot grows to. Above `high`, each slot sizes itself ([`auto`]);
+    /// equal to `high`, the sizes stay fixed. Default 2048.
+    pub high_max: u32,
+    /// When the caches size themselves, all of them together hold at most `nr_pages /
+    /// fraction` pages (each slot its share). Default 8. Unused with fixed sizes.
+    pub fraction: u32,
 }
 
 impl Default for CacheConfig {
@@ -142,12 +159,15 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// Orders 0..=3 cached, batch 16, high 64.
+    /// Orders 0..=3 cached, each slot sized by itself from batch 16 and high 64 up to high
+    /// 2048, all caches together holding at most an eighth of the pool.
     pub const fn new() -> Self {
         CacheConfig {
             orders: 4,
             batch: 16,
             high: 64,
+            high_max: 2048,
+            fraction: 8,
         }
     }
 
@@ -157,38 +177,68 @@ impl CacheConfig {
         self
     }
 
-    /// Sets the blocks moved per refill or drain.
+    /// Fixes the blocks moved per refill or drain (and so the sizes: no auto sizing).
     pub const fn batch(mut self, batch: u32) -> Self {
         self.batch = batch;
+        self.high_max = self.high;
         self
     }
 
-    /// Sets the blocks a cache keeps before it drains.
+    /// Fixes the blocks a cache keeps before it drains (and so the sizes: no auto sizing).
     pub const fn high(mut self, high: u32) -> Self {
         self.high = high;
+        self.high_max = high;
         self
     }
 
-    /// Checks the bounds: `1 <= batch <= high <= MAX_CACHE_HIGH`, `orders <= MAX_CACHED_ORDERS`.
+    /// Sizes each slot by itself from the current `batch` and `high` up to `high_max` (a
+    /// `high_max` equal to `high` fixes the sizes).
+    pub const fn auto(mut self, high_max: u32) -> Self {
+        self.high_max = high_max;
+        self
+    }
+
+    /// Sets the bound of auto-sized caches: all together hold at most `nr_pages / fraction`.
+    pub const fn fraction(mut self, fraction: u32) -> Self {
+        self.fraction = fraction;
+        self
+    }
+
+    /// Whether each slot sizes itself (`high_max > high`).
+    pub const fn is_auto(&self) -> bool {
+        self.high_max > self.high
+    }
+
+    /// Checks the bounds: `1 <= batch <= high <= high_max <= MAX_CACHE_HIGH`,
+    /// `orders <= MAX_CACHED_ORDERS`, and `fraction >= 1` when the caches size themselves.
     pub const fn validate(&self) -> Result<(), GeometryError> {
         if self.batch == 0
             || self.batch > self.high
-            || self.high > MAX_CACHE_HIGH
+            || self.high > self.high_max
+            || self.high_max > MAX_CACHE_HIGH
             || self.orders as usize > MAX_CACHED_ORDERS
+            || (self.is_auto() && self.fraction == 0)
         {
             return Err(GeometryError::CacheConfig {
                 orders: self.orders,
                 batch: self.batch,
-                high: self.high,
+                // The high that breaks the rule: `high_max` when it is the one out of bounds.
+                high: if self.high <= MAX_CACHE_HIGH
+                    && (self.high_max < self.high || self.high_max > MAX_CACHE_HIGH)
+                {
+                    self.high_max
+                } else {
+                    self.high
+                },
             });
         }
         Ok(())
     }
 
-    /// Block entries one slot needs: `high + 1` per cached order (a `put` may take a cache to
-    /// `high + 1` before it drains).
+    /// Block entries one slot needs: `high_max + 1` per cached order (a `put` may take a cache
+    /// to `high + 1` before it drains).
     pub const fn slot_blocks(&self) -> usize {
-        (self.orders as usize).saturating_mul(self.high as usize + 1)
+        (self.orders as usize).saturating_mul(self.high_max as usize + 1)
     }
 }
 
@@ -197,7 +247,8 @@ impl CacheConfig {
 ///
 /// ```
 /// use pagebuddy::{cache_blocks, CacheConfig};
-/// assert_eq!(cache_blocks(8, &CacheConfig::new()), 8 * 4 * 65);
+/// assert_eq!(cache_blocks(8, &CacheConfig::new().high(64)), 8 * 4 * 65);
+/// assert_eq!(cache_blocks(8, &CacheConfig::new()), 8 * 4 * 2049); // auto: up to high 2048
 /// ```
 pub const fn cache_blocks(cpus: usize, config: &CacheConfig) -> usize {
     cpus.saturating_mul(config.slot_blocks())
@@ -300,7 +351,14 @@ pub struct CacheSlot<R: RawLock = SpinLock> {
     /// Pages in the stacks, written with each length by whoever owns the stacks, so that
     /// [`CachedPool::free_pages`] can count a claimed slot without touching its stacks.
     pages: AtomicU32,
-    lens: UnsafeCell<[u32; MAX_CACHED_ORDERS]>,
+    lens: UnsafeCell<Stacks>,
+}
+
+/// What the owner of a slot's stacks reaches: their lengths, and the slot's sizes ([`auto`]).
+#[derive(Clone, Copy)]
+struct Stacks {
+    lens: [u32; MAX_CACHED_ORDERS],
+    sizing: Sizing,
 }
 
 impl<R: RawLock> Default for CacheSlot<R> {
@@ -316,7 +374,10 @@ impl<R: RawLock> CacheSlot<R> {
             lock: R::new(),
             claimed: AtomicBool::new(false),
             pages: AtomicU32::new(0),
-            lens: UnsafeCell::new([0; MAX_CACHED_ORDERS]),
+            lens: UnsafeCell::new(Stacks {
+                lens: [0; MAX_CACHED_ORDERS],
+                sizing: Sizing::EMPTY,
+            }),
         }
     }
 
@@ -330,7 +391,7 @@ impl<R: RawLock> CacheSlot<R> {
     ///
     /// # Safety
     /// The caller owns the slot's claim ([`CachedPool::local`]): no one else reaches the lengths.
-    unsafe fn with_claimed<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> T {
+    unsafe fn with_claimed<T>(&self, f: impl FnOnce(&mut Stacks) -> T) -> T {
         #[cfg(not(loom))]
         {
             // SAFETY: the claim keeps every other caller off the lengths (see `with`), and the
@@ -346,7 +407,7 @@ impl<R: RawLock> CacheSlot<R> {
 
     /// Runs `f` on the stack lengths inside one critical section of the slot's lock; `None`,
     /// without touching them, while a [`LocalCache`] owns the slot.
-    fn with<T>(&self, f: impl FnOnce(&mut [u32; MAX_CACHED_ORDERS]) -> T) -> Option<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Stacks) -> T) -> Option<T> {
         self.lock.lock();
         let _held = SlotHeld(&self.lock);
         // The claim is read before any reference to the lengths is made: the owner of a claim
@@ -383,12 +444,12 @@ impl<R: RawLock> CacheSlot<R> {
         #[cfg(not(loom))]
         {
             // SAFETY: the caller holds the lock, so no `with` writes the lengths meanwhile.
-            unsafe { *self.lens.get() }
+            unsafe { (*self.lens.get()).lens }
         }
         #[cfg(loom)]
         {
             // SAFETY: as above.
-            self.lens.with(|p| unsafe { *p })
+            self.lens.with(|p| unsafe { (*p).lens })
         }
     }
 }
@@ -419,6 +480,8 @@ impl<R: RawLock> Drop for AllHeld<'_, R> {
 /// coldest at the bottom (index 0), hottest on top.
 struct Cache<'s> {
     lens: &'s mut [u32; MAX_CACHED_ORDERS],
+    /// The slot's sizes and their history.
+    sizing: &'s mut Sizing,
     blocks: &'s [Cell<u32>],
     /// Entries per order: `high + 1`.
     cap: usize,
@@ -431,6 +494,11 @@ impl Cache<'_> {
     fn stack(&self, order: u32) -> &[Cell<u32>] {
         let start = order as usize * self.cap;
         self.blocks.get(start..start + self.cap).unwrap_or(&[])
+    }
+
+    /// Pages in the slot's stacks.
+    fn pages(&self) -> u32 {
+        self.pages.load(Ordering::Relaxed)
     }
 
     fn len(&self, order: u32) -> usize {
@@ -526,8 +594,9 @@ pub struct CachedPool<'a, L: LinkStore = SideTable<'a>, R: RawLock = SpinLock> {
     geo: Geometry,
     /// Orders cached: `min(config.orders, max_order)`.
     orders: u32,
-    batch: u32,
-    high: u32,
+    /// The configured sizes, how far they may grow, and each slot's share of the bound.
+    limits: Limits,
+    fraction: u32,
     slot_blocks: usize,
     cap: usize,
 }
@@ -584,9 +653,24 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let have = refs.len();
             return Err(GeometryError::PageRefsTooSmall { need: pages, have }.into());
         }
+        let budget = if config.is_auto() {
+            // Each slot's share of the bound: all together hold at most nr_pages / fraction.
+            (pages / config.fraction as usize / slots.len()).min(u32::MAX as usize) as u32
+        } else {
+            u32::MAX
+        };
+        let limits = Limits {
+            batch: config.batch,
+            high: config.high,
+            high_max: config.high_max,
+            budget,
+        };
         for slot in slots.iter() {
             slot.claimed.store(false, Ordering::Relaxed);
-            slot.with(|lens| *lens = [0; MAX_CACHED_ORDERS]);
+            slot.with(|st| {
+                st.lens = [0; MAX_CACHED_ORDERS];
+                st.sizing = Sizing::new(&limits);
+            });
             slot.pages.store(0, Ordering::Relaxed);
         }
         let refs = &refs[..pages];
@@ -610,10 +694,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             arena_len,
             geo,
             orders: config.orders.min(geo.max_order),
-            batch: config.batch,
-            high: config.high,
+            limits,
+            fraction: config.fraction,
             slot_blocks: config.slot_blocks(),
-            cap: config.high as usize + 1,
+            cap: config.high_max as usize + 1,
         })
     }
 
@@ -631,9 +715,24 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     pub fn config(&self) -> CacheConfig {
         CacheConfig {
             orders: self.orders,
-            batch: self.batch,
-            high: self.high,
+            batch: self.limits.batch,
+            high: self.limits.high,
+            high_max: self.limits.high_max,
+            fraction: self.fraction,
         }
+    }
+
+    /// Pages all caches together may hold: `nr_pages / fraction` rounded down to a multiple of
+    /// the slots, when the caches size themselves; `None` with fixed sizes (no bound).
+    pub fn cache_bound(&self) -> Option<u64> {
+        (self.limits.budget != u32::MAX)
+            .then(|| u64::from(self.limits.budget) * self.slots.len() as u64)
+    }
+
+    /// CPU `cpu`'s slot's current `high` and `batch` (the configured ones with fixed sizes);
+    /// `None` while a [`LocalCache`] owns the slot (ask it: [`LocalCache::sizes`]).
+    pub fn cache_sizes(&self, cpu: usize) -> Option<SlotSizes> {
+        self.with_cache(self.slot_index(cpu), |c| c.sizing.sizes())
     }
 
     /// The slot that CPU `cpu` uses.
@@ -662,9 +761,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     fn with_cache<T>(&self, s: usize, f: impl FnOnce(&mut Cache<'_>) -> T) -> Option<T> {
         let (blocks, cap, slot) = (self.slot_stacks(s), self.cap, &self.slots[s]);
         let pages = &slot.pages;
-        slot.with(|lens| {
+        slot.with(|st| {
             f(&mut Cache {
-                lens,
+                lens: &mut st.lens,
+                sizing: &mut st.sizing,
                 blocks,
                 cap,
                 pages,
@@ -746,9 +846,12 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let idx = self.alloc_uncached(order)?;
             return Ok(self.hand_out(idx, order, held(1, order)));
         }
-        let cached = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
-            Some(idx) => Ok(idx),
-            None => self.refill(c, order),
+        let cached = self.with_cache(self.slot_index(cpu), |c| {
+            c.sizing.tick();
+            match c.pop(order) {
+                Some(idx) => Ok(idx),
+                None => self.refill(c, order),
+            }
         });
         let idx = match cached {
             Some(idx) => idx?,
@@ -765,14 +868,28 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     }
 
     /// Takes up to `batch` blocks of `order` from the pool into the empty cache `c`, under one
-    /// acquisition of the pool's lock, and returns the first.
+    /// acquisition of the pool's lock, and returns the first. Auto sizing: the trip is counted
+    /// first, the slot keeps to its share of the bound, and a pool that cannot fill the batch
+    /// puts the slot back at its configured sizes.
     fn refill(&self, c: &mut Cache<'_>, order: u32) -> Result<u32, Error> {
         let base = self.geo.base_pfn;
+        c.sizing.trip(Trip::Refill, &self.limits);
+        let (batch, budget) = (c.sizing.batch, self.limits.budget);
         self.core.with(|p| {
-            let first = p.alloc_unzeroed(order)?;
+            let first = match p.alloc_unzeroed(order) {
+                Ok(first) => first,
+                Err(e) => {
+                    c.sizing.reset(&self.limits);
+                    return Err(e);
+                }
+            };
             let from = c.len(order);
-            for _ in 1..self.batch {
+            for _ in 1..batch {
+                if c.pages().saturating_add(1 << order) > budget {
+                    break;
+                }
                 let Ok(pfn) = p.alloc_unzeroed(order) else {
+                    c.sizing.reset(&self.limits);
                     break;
                 };
                 if !c.push(order, (pfn - base) as u32) {
@@ -863,15 +980,17 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     }
 
     /// Pushes the freed block of a cached `order` at `idx` on top of `c`; a cache that goes
-    /// above `high` returns its `batch` coldest blocks to the pool under one acquisition of its
-    /// lock.
+    /// above `high` (or past its share of the bound) returns its `batch` coldest blocks to the
+    /// pool under one acquisition of its lock.
     #[inline]
     fn cache_freed(&self, c: &mut Cache<'_>, idx: u32, order: u32) -> Result<(), Error> {
+        c.sizing.tick();
         if !c.push(order, idx) {
             return self.core.with(|p| p.put_zeroed(self.geo.pfn(idx)));
         }
-        if c.len(order) > self.high as usize {
-            let batch = self.batch as usize;
+        if c.len(order) > c.sizing.high as usize || c.pages() > self.limits.budget {
+            c.sizing.trip(Trip::Drain, &self.limits);
+            let batch = c.sizing.batch as usize;
             return self.core.with(|p| c.give_back(p, order, batch));
         }
         Ok(())
@@ -980,8 +1099,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             .unwrap_or(Ok(()))
     }
 
-    /// Returns every block of `c` to the pool under one acquisition of its lock.
+    /// Returns every block of `c` to the pool under one acquisition of its lock, and puts the
+    /// slot back at its configured sizes.
     fn drain_cache(&self, c: &mut Cache<'_>) -> Result<(), Error> {
+        c.sizing.reset(&self.limits);
         self.core.with(|p| {
             let mut result = Ok(());
             for order in 0..self.orders {
@@ -1299,8 +1420,14 @@ pub(super) mod tests {
         let c = CacheConfig::default();
         assert_eq!(c, CacheConfig::new());
         assert_eq!((c.orders, c.batch, c.high), (4, 16, 64));
-        assert_eq!(c.slot_blocks(), 4 * 65);
-        assert_eq!(cache_blocks(3, &c), 3 * 4 * 65);
+        assert_eq!((c.high_max, c.fraction, c.is_auto()), (2048, 8, true));
+        assert_eq!(c.slot_blocks(), 4 * 2049);
+        assert_eq!(cache_blocks(3, &c), 3 * 4 * 2049);
+        let fixed = c.high(64);
+        assert_eq!((fixed.high_max, fixed.is_auto()), (64, false));
+        assert_eq!(cache_blocks(3, &fixed), 3 * 4 * 65);
+        assert_eq!(c.batch(8).high_max, 64);
+        assert_eq!(c.high(8).batch(8).auto(100).high_max, 100);
         assert_eq!(cache_blocks(usize::MAX, &c), usize::MAX);
         let bad = |c: CacheConfig| {
             Err(GeometryError::CacheConfig {
@@ -1314,8 +1441,22 @@ pub(super) mod tests {
             CacheConfig::new().batch(65),
             CacheConfig::new().high(MAX_CACHE_HIGH + 1).batch(1),
             CacheConfig::new().orders(MAX_CACHED_ORDERS as u32 + 1),
+            CacheConfig::new().fraction(0),
         ] {
             assert_eq!(c.validate(), bad(c));
+        }
+        for c in [
+            CacheConfig::new().auto(63),
+            CacheConfig::new().auto(MAX_CACHE_HIGH + 1),
+        ] {
+            assert_eq!(
+                c.validate(),
+                Err(GeometryError::CacheConfig {
+                    orders: 4,
+                    batch: 16,
+                    high: c.high_max
+                })
+            );
         }
         for c in [
             CacheConfig::new().batch(1).high(1),
@@ -1323,6 +1464,8 @@ pub(super) mod tests {
             CacheConfig::new().high(MAX_CACHE_HIGH),
             CacheConfig::new().orders(MAX_CACHED_ORDERS as u32),
             CacheConfig::new().orders(0),
+            CacheConfig::new().auto(MAX_CACHE_HIGH),
+            CacheConfig::new().high(8).batch(4).fraction(0), // fixed: no bound to check
         ] {
             assert_eq!(c.validate(), Ok(()));
         }

@@ -74,7 +74,9 @@ pub use batch::BatchError;
 #[cfg(all(feature = "std", not(loom), target_has_atomic = "32"))]
 pub use cache::thread_cpu;
 #[cfg(target_has_atomic = "32")]
-pub use cache::{cache_blocks, CacheConfig, CacheSlot, CachedPool, LocalCache, Page, PageRef};
+pub use cache::{
+    cache_blocks, CacheConfig, CacheSlot, CachedPool, LocalCache, Page, PageRef, SlotSizes,
+};
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
 pub use error::{Corruption, CorruptionKind, Error, GeometryError};

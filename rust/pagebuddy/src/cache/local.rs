@@ -78,6 +78,7 @@ use core::cell::Cell;
 use core::fmt;
 use core::ptr;
 
+use super::auto::SlotSizes;
 use super::{held, unique, Cache, CacheSlot, CachedPool, FREE};
 use crate::config::ZeroPolicy;
 use crate::error::Error;
@@ -250,11 +251,12 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
         // SAFETY: this handle owns the slot's claim, taken by `CachedPool::local` and given back
         // only when it drops; `&mut self` keeps its own calls from overlapping.
         unsafe {
-            self.slot.with_claimed(|lens| {
+            self.slot.with_claimed(|st| {
                 f(
                     pool,
                     &mut Cache {
-                        lens,
+                        lens: &mut st.lens,
+                        sizing: &mut st.sizing,
                         blocks,
                         cap,
                         pages,
@@ -304,11 +306,12 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
         let k = order as usize;
         // SAFETY: this handle owns the slot's claim (see `with`).
         unsafe {
-            self.slot.with_claimed(|lens| {
-                let len = lens.get_mut(k)?;
+            self.slot.with_claimed(|st| {
+                let len = st.lens.get_mut(k)?;
                 let top = len.checked_sub(1)?;
                 let idx = blocks.get(k * cap + top as usize)?.get();
                 *len = top;
+                st.sizing.tick();
                 pages.store(
                     pages.load(Ordering::Relaxed).wrapping_sub(1 << k),
                     Ordering::Relaxed,
@@ -319,23 +322,30 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
     }
 
     /// The hit of a free: pushes the block of a cached `order` at `idx` on top of its stack if
-    /// that keeps the stack at or below `high`; `false` (nothing done) otherwise.
+    /// that keeps the stack at or below the slot's `high` and the slot within its share of the
+    /// bound; `false` (nothing done) otherwise.
     /// [`Cache::push`] written out, as [`pop_hot`](Self::pop_hot).
     #[inline(always)]
     fn push_hot(&mut self, order: u32, idx: u32) -> bool {
         if order >= self.pool.orders {
             return false;
         }
-        let (blocks, cap, pages, high) =
-            (self.blocks, self.pool.cap, &self.slot.pages, self.pool.high);
+        let (blocks, cap, pages, budget) = (
+            self.blocks,
+            self.pool.cap,
+            &self.slot.pages,
+            self.pool.limits.budget,
+        );
         let k = order as usize;
         // SAFETY: this handle owns the slot's claim (see `with`).
         unsafe {
-            self.slot.with_claimed(|lens| {
-                let Some(len) = lens.get_mut(k) else {
+            self.slot.with_claimed(|st| {
+                let high = st.sizing.high;
+                let Some(len) = st.lens.get_mut(k) else {
                     return false;
                 };
-                if *len >= high {
+                let now = pages.load(Ordering::Relaxed).wrapping_add(1 << k);
+                if *len >= high || now > budget {
                     return false;
                 }
                 let Some(top) = blocks.get(k * cap + *len as usize) else {
@@ -343,10 +353,8 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
                 };
                 top.set(idx);
                 *len += 1;
-                pages.store(
-                    pages.load(Ordering::Relaxed).wrapping_add(1 << k),
-                    Ordering::Relaxed,
-                );
+                st.sizing.tick();
+                pages.store(now, Ordering::Relaxed);
                 true
             })
         }
@@ -367,9 +375,12 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
         if order >= self.pool.orders {
             return self.pool.alloc_uncached(order);
         }
-        self.with(|pool, c| match c.pop(order) {
-            Some(idx) => Ok(idx),
-            None => pool.refill(c, order),
+        self.with(|pool, c| {
+            c.sizing.tick();
+            match c.pop(order) {
+                Some(idx) => Ok(idx),
+                None => pool.refill(c, order),
+            }
         })
     }
 
@@ -457,6 +468,11 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
     /// Returns every block cached in this slot to the pool, under one acquisition of its lock.
     pub fn drain(&mut self) -> Result<(), Error> {
         self.with(|pool, c| pool.drain_cache(c))
+    }
+
+    /// This slot's current `high` and `batch` ([`CachedPool::cache_sizes`]).
+    pub fn sizes(&mut self) -> SlotSizes {
+        self.with(|_, c| c.sizing.sizes())
     }
 
     /// Pages cached in this slot.
