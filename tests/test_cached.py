@@ -101,6 +101,13 @@ def geometries(draw: st.DrawFn) -> tuple[dict[str, Any], int | None]:
         "cache_batch": batch,
         "cache_high": batch + draw(st.integers(0, 4)),
     }
+    if draw(st.booleans()):
+        # The default: caches that size themselves, in pools large enough that each slot's
+        # share of the bound (nr_pages // 8 // cpus) holds a few pages.
+        del geometry["cache_batch"], geometry["cache_high"]
+        geometry["nr_pages"] = nr_pages = draw(st.sampled_from([64, 100, 256]))
+        geometry["base_pfn"] = draw(st.sampled_from([0, 5, 2**64 - nr_pages]))
+        geometry["reserved_pages"] = draw(st.one_of(st.just(0), st.integers(0, nr_pages)))
     return geometry, draw(st.one_of(st.none(), st.integers(0, 2**32)))
 
 
@@ -295,7 +302,7 @@ def test_arguments_on_both(impl: type) -> None:
     with pytest.raises(TypeError):
         exact.put_page(0, cpu="0")
     exact.put_page(0, cpu=3)
-    pool = impl(8, page_size=64, cpus=2)
+    pool = impl(8, page_size=64, cpus=2, cache_high=64)
     with pytest.raises(ValueError, match=r"^drain: cpu must be >= 0"):
         pool.drain(-1)
     with pytest.raises(TypeError):
@@ -339,7 +346,8 @@ def test_out_of_memory_raises_when_nothing_is_left() -> None:
 
 def test_threads_get_their_own_slots() -> None:
     """Each thread's first call takes the next slot; the model counts threads alike."""
-    pools = [Pool(64, page_size=64, cpus=4), ReferencePool(64, page_size=64, cpus=4)]
+    fixed = {"cpus": 4, "cache_batch": 16}
+    pools = [Pool(64, page_size=64, **fixed), ReferencePool(64, page_size=64, **fixed)]
     results: list[list[Any]] = []
     for pool in pools:
         seen: list[Any] = [pool.alloc_pages(0)]  # main thread: slot 0
@@ -411,7 +419,7 @@ def test_demo_and_fuzz_cover_the_cached_pool(capsys: pytest.CaptureFixture[str])
     geometry = report["geometry"]
     assert (code, geometry["cache_batch"], geometry["cache_high"]) == (0, 2, 3)
     code, out, _ = run_main(capsys, "demo", "--cpus", "3", "--ops", "300", "--no-progress")
-    assert code == 0 and "per-CPU caches: cpus=3, batch 16, high 64" in out
+    assert code == 0 and "per-CPU caches: cpus=3, sized by each slot" in out
     code, report = run_json(capsys, "fuzz", "--cpus", "3", "--ops", "3000", "--seed", "5")
     assert (code, report["ok"], report["ops"]) == (0, True, 3000)
     code, report = run_json(
@@ -586,3 +594,90 @@ def inspect_doc(member: Any) -> bool:
     import inspect
 
     return bool(inspect.getdoc(member))
+
+
+# ------------------------------------------------------------------------- auto sizing
+
+
+@pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+def test_caches_size_themselves_by_default(impl: Any) -> None:
+    pool = impl(4096, page_size=64, zero="never", cpus=2)
+    assert (pool.cache_auto, pool.cache_bound) == (True, 4096 // 8 // 2 * 2)
+    assert (pool.cache_batch, pool.cache_high) == (16, 64)
+    assert pool.cache_sizes(0) == pool.cache_sizes(1) == (64, 16)
+    # Bursts of 200 pages through slot 0, allocated then freed: refills and drains come close
+    # together, so slot 0 grows until a burst fits; slot 1 is left as it was.
+    for _ in range(8):
+        pfns = [pool.alloc_pages(0, cpu=0) for _ in range(200)]
+        for pfn in pfns:
+            pool.put_page(pfn, cpu=0)
+        assert sum(len(s) for s in pool.cache_contents(0)) <= pool.cache_bound // 2
+    high, batch = pool.cache_sizes(0)
+    assert high >= 256 and batch == min(high // 4, 16 * 32)
+    assert pool.cache_sizes(1) == (64, 16)
+    # Back to the configured sizes when drained.
+    pool.drain(0)
+    assert pool.cache_sizes(0) == (64, 16)
+    pool.check()
+
+
+@pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+def test_caches_keep_to_their_share_of_the_bound(impl: Any) -> None:
+    pool = impl(1024, page_size=64, zero="never", cpus=4)  # 32 pages per slot
+    assert pool.cache_bound == 128
+    held = [pool.alloc_pages(order, cpu=k % 4) for k in range(300) for order in (k % 3,)]
+    for k, pfn in enumerate(held):
+        pool.put_page(pfn, cpu=k % 4)
+        cached = [
+            sum(len(s) << order for order, s in enumerate(pool.cache_contents(cpu)))
+            for cpu in range(4)
+        ]
+        assert max(cached) <= 32 and sum(cached) <= pool.cache_bound
+    # An allocation still drains every cache before OutOfMemory.
+    assert pool.alloc_pages(10) == 0
+    pool.put_page(0)
+    pool.check()
+
+
+@pytest.mark.parametrize("impl", [Pool, ReferencePool], ids=["Pool", "ReferencePool"])
+def test_either_size_given_fixes_both(impl: Any) -> None:
+    for fixed in ({"cache_batch": 8}, {"cache_high": 32}):
+        pool = impl(4096, page_size=64, zero="never", cpus=1, **fixed)
+        assert (pool.cache_auto, pool.cache_bound) == (False, None)
+        sizes = (pool.cache_high, pool.cache_batch)
+        for _ in range(4):
+            pfns = [pool.alloc_pages(0) for _ in range(200)]
+            for pfn in pfns:
+                pool.put_page(pfn)
+        assert pool.cache_sizes() == sizes
+    exact = impl(64, page_size=64)
+    assert (exact.cache_auto, exact.cache_bound, exact.cache_sizes(3)) == (False, None, (64, 16))
+    with pytest.raises(ValueError, match="cache_sizes: cpu"):
+        exact.cache_sizes(-1)
+
+
+def test_auto_sizing_in_lockstep() -> None:
+    """Bursts of growing and shrinking length over three slots: every slot's sizes and
+    contents agree after each burst."""
+    twin = cached_twin(nr_pages=2048, page_size=64, zero="never", cpus=3)
+    pool, model = twin.pool, twin.model
+    rng = random.Random(7)
+    for step in range(40):
+        cpu, order, n = step % 3, rng.choice([0, 0, 1, 3]), rng.choice([8, 60, 130, 300])
+        pfns = []
+        for _ in range(n):
+            try:
+                a = pool.alloc_pages(order, cpu=cpu)
+            except OutOfMemory:
+                with pytest.raises(OutOfMemory):
+                    model.alloc_pages(order, cpu=cpu)
+                break
+            assert model.alloc_pages(order, cpu=cpu) == a
+            pfns.append(a)
+        for pfn in pfns:
+            pool.put_page(pfn, cpu=(cpu + step) % 3)
+            model.put_page(pfn, cpu=(cpu + step) % 3)
+        twin.compare_caches()
+        assert pool.free_pages == model.free_pages
+    assert any(pool.cache_sizes(cpu) != (64, 16) for cpu in range(3))
+    pool.check()

@@ -15,6 +15,23 @@ right:
   (in slot order) and retried once more;
 * ``drain(cpu)`` returns a slot's blocks to the pool, orders ascending, coldest first.
 
+Sizes: with ``cache_batch`` and ``cache_high`` both left out, each slot sizes itself (the core's
+``cache::auto``), from the slot's own history counted in operations:
+
+* every allocation of a cached order through a slot (each try, also the retries after a
+  drain) and every free into its cache counts one operation; a *trip* is a refill or a drain
+  of a batch;
+* a trip of the other kind than the last within ``2 * high`` operations doubles ``high`` (at
+  most ``AUTO_HIGH_MAX``); one of the same kind more than ``8 * high`` after the last halves it
+  (at least ``cache_high``); either way ``batch`` becomes ``high // 4`` clamped to
+  ``cache_batch .. 32 * cache_batch`` (and at most ``high``);
+* a refill the pool cannot fill, and a drain of the whole slot, put the slot back at
+  ``cache_batch``/``cache_high``;
+* each slot holds at most ``nr_pages // AUTO_FRACTION // cpus`` pages: a refill stops before
+  it would go past, and a free that goes past (or above ``high``) drains a batch.
+
+With either given, the sizes are fixed and there is no bound.
+
 The pool keeps each block that left its free lists held once (refcount 1); the callers'
 refcounts are kept here. A cached block reads as free (refcount 0). Zeroing follows the native
 pool: under ``zero="free"`` the put that drops the last reference zeroes the block, under
@@ -57,6 +74,12 @@ def _pfn(op: str, pfn: object) -> int:
 CACHED_ORDERS = 4
 #: Largest ``cache_high``.
 MAX_CACHE_HIGH = 1 << 16
+#: The largest ``high`` an auto-sized slot grows to.
+AUTO_HIGH_MAX = 2048
+#: Auto-sized caches together hold at most ``nr_pages // AUTO_FRACTION`` pages.
+AUTO_FRACTION = 8
+#: An auto-sized batch is at most ``cache_batch << BATCH_SCALE_MAX``.
+BATCH_SCALE_MAX = 5
 #: Most slots a pool may have.
 MAX_CPUS = 1 << 16
 
@@ -77,7 +100,7 @@ def cache_problem(cpus: int, batch: int, high: int) -> str | None:
 
 
 class CachedReferencePool:
-    """Model of ``Pool(nr_pages, ..., cpus=N, cache_batch=16, cache_high=64)``.
+    """Model of ``Pool(nr_pages, ..., cpus=N, cache_batch=None, cache_high=None)``.
 
     Same constructor and methods as ``pagebuddy.Pool``; ``alloc_pages``, ``put_page``,
     ``alloc_many`` and ``put_many`` take an optional ``cpu=`` slot, and ``drain``,
@@ -101,19 +124,25 @@ class CachedReferencePool:
         nr_pages: SupportsIndex,
         *,
         cpus: SupportsIndex,
-        cache_batch: SupportsIndex = 16,
-        cache_high: SupportsIndex = 64,
+        cache_batch: SupportsIndex | None = None,
+        cache_high: SupportsIndex | None = None,
         **kwargs: Any,
     ) -> None:
         core = ReferencePool(nr_pages, **kwargs)
         cpus = _as_int(cpus, "cpus")
-        batch = _as_int(cache_batch, "cache_batch")
-        high = _as_int(cache_high, "cache_high")
+        auto = cache_batch is None and cache_high is None
+        batch = 16 if cache_batch is None else _as_int(cache_batch, "cache_batch")
+        high = 64 if cache_high is None else _as_int(cache_high, "cache_high")
         problem = cache_problem(cpus, batch, high)
         if problem:
             raise ValueError(problem)
         self._core = core
         self._cpus, self._batch, self._high = cpus, batch, high
+        self._auto = auto
+        #: Pages one slot may hold (None: no bound, fixed sizes).
+        self._budget = core.nr_pages // AUTO_FRACTION // cpus if auto else None
+        #: Per slot: [high, batch, operations, operations at the last trip, last trip kind].
+        self._sizing: list[list[Any]] = [[high, batch, 0, 0, None] for _ in range(cpus)]
         self._orders = min(CACHED_ORDERS, core.max_order)
         #: _stacks[slot][order]: cached block pfns, coldest first (the next alloc takes the last).
         self._stacks: list[list[list[int]]] = [
@@ -137,6 +166,12 @@ class CachedReferencePool:
     cpus = property(lambda self: self._cpus, doc="Number of CPU slots.")
     cache_batch = property(lambda self: self._batch, doc="Blocks per refill or drain.")
     cache_high = property(lambda self: self._high, doc="Blocks a cache keeps.")
+    cache_auto = property(lambda self: self._auto, doc="Whether each slot sizes itself.")
+
+    @property
+    def cache_bound(self) -> int | None:
+        """Pages all caches together may hold when they size themselves, else None."""
+        return None if self._budget is None else self._budget * self._cpus
 
     @property
     def free_pages(self) -> int:
@@ -208,6 +243,32 @@ class CachedReferencePool:
         """Free a block the pool holds once for the caches (already zeroed where due)."""
         self._core.put_page(pfn)
 
+    # ---------------------------------------------------------------- sizes
+
+    def _slot_pages(self, slot: int) -> int:
+        return sum(len(stack) << order for order, stack in enumerate(self._stacks[slot]))
+
+    def _tick(self, slot: int) -> None:
+        self._sizing[slot][2] += 1
+
+    def _reset(self, slot: int) -> None:
+        sizing = self._sizing[slot]
+        sizing[0], sizing[1], sizing[3], sizing[4] = self._high, self._batch, sizing[2], None
+
+    def _trip(self, slot: int, kind: str) -> None:
+        """A refill or drain of a batch: resize as the module docstring says."""
+        if not self._auto:
+            return
+        sizing = self._sizing[slot]
+        high, _, ops, mark, last = sizing
+        since = ops - mark
+        if last is not None and last != kind and since <= 2 * high:
+            high = min(2 * high, AUTO_HIGH_MAX)
+        elif last == kind and since > 8 * high:
+            high = max(high // 2, self._high)
+        batch = min(max(high // 4, self._batch), self._batch << BATCH_SCALE_MAX, high)
+        sizing[:] = [high, batch, ops, ops, kind]
+
     # ---------------------------------------------------------------- the caches
 
     def _hand_out(self, pfn: int, order: int) -> int:
@@ -220,15 +281,23 @@ class CachedReferencePool:
         if order >= self._orders:
             pfn = self._take(order)
             return None if pfn is None else self._hand_out(pfn, order)
+        self._tick(slot)
         stack = self._stacks[slot][order]
         if not stack:
+            self._trip(slot, "refill")
+            batch = self._sizing[slot][1]
             first = self._take(order)
             if first is None:
+                self._reset(slot)
                 return None
             rest: list[int] = []
-            while len(rest) + 1 < self._batch:
+            budget, pages = self._budget, self._slot_pages(slot)
+            while len(rest) + 1 < batch:
+                if budget is not None and pages + ((len(rest) + 1) << order) > budget:
+                    break
                 pfn = self._take(order)
                 if pfn is None:
+                    self._reset(slot)
                     break
                 rest.append(pfn)
             stack.extend(reversed(rest))
@@ -261,15 +330,20 @@ class CachedReferencePool:
         if order >= self._orders:
             self._give_back(pfn)
             return
+        self._tick(slot)
         stack = self._stacks[slot][order]
         stack.append(pfn)
-        if len(stack) > self._high:
-            cold = stack[: self._batch]
-            del stack[: self._batch]
+        high, budget = self._sizing[slot][0], self._budget
+        if len(stack) > high or (budget is not None and self._slot_pages(slot) > budget):
+            self._trip(slot, "drain")
+            batch = self._sizing[slot][1]
+            cold = stack[:batch]
+            del stack[:batch]
             for block in cold:
                 self._give_back(block)
 
     def _drain(self, slot: int) -> None:
+        self._reset(slot)
         for stack in self._stacks[slot]:
             blocks = list(stack)
             stack.clear()
@@ -427,6 +501,11 @@ class CachedReferencePool:
         """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
         return [list(stack) for stack in self._stacks[self._slot("cache_contents", cpu)]]
 
+    def cache_sizes(self, cpu: SupportsIndex | None = None) -> tuple[int, int]:
+        """Slot ``cpu``'s current ``(high, batch)`` (default: this thread's slot)."""
+        high, batch = self._sizing[self._slot("cache_sizes", cpu)][:2]
+        return high, batch
+
     def check(self) -> None:
         """The pool's ``check()``, then the caches against it: each cached block is held by
         the pool, of its stack's order, nobody's, cached once; every block the pool holds is a
@@ -440,7 +519,7 @@ class CachedReferencePool:
         cached: set[int] = set()
         for slot, stacks in enumerate(self._stacks):
             for order, stack in enumerate(stacks):
-                if len(stack) > self._high:
+                if len(stack) > max(self._high, AUTO_HIGH_MAX if self._auto else 0):
                     fail(f"slot {slot} caches {len(stack)} blocks of order {order}")
                 for pfn in stack:
                     i = pfn - core.base_pfn

@@ -47,6 +47,7 @@ class BuddyModel:
     """
 
     cpus, cache_batch, cache_high = 0, 16, 64
+    cache_auto, cache_bound = False, None
 
     def __init__(
         self,

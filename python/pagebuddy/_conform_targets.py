@@ -466,6 +466,7 @@ class External:
     """
 
     cpus, cache_batch, cache_high = 0, 16, 64
+    cache_auto, cache_bound = False, None
 
     def __init__(
         self,

@@ -173,6 +173,8 @@ def _cache_options(rng: random.Random, cfg: FuzzConfig) -> tuple[tuple[str, int]
     without caches."""
     if not cfg.cpus:
         return ()
+    if cfg.cache_high is None and cfg.cache_batch is None and rng.random() < 0.5:
+        return (("cpus", cfg.cpus),)  # the default: caches that size themselves
     high = cfg.cache_high
     batch = cfg.cache_batch or rng.randint(1, min(8, high or 8))
     if high is None:

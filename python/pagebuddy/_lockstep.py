@@ -231,6 +231,8 @@ ATTRIBUTES = (
     "cpus",
     "cache_batch",
     "cache_high",
+    "cache_auto",
+    "cache_bound",
 )
 
 
@@ -454,13 +456,18 @@ class Lockstep:
         self.compare_caches(step, op)
 
     def compare_caches(self, step: int | None = None, op: Op | None = None) -> None:
-        """Compare every slot's cached blocks, order by order, coldest first (nothing to
-        compare without caches)."""
+        """Compare every slot's cached blocks, order by order, coldest first, and its current
+        ``(high, batch)`` (nothing to compare without caches)."""
         step = self.steps if step is None else step
         for cpu in range(getattr(self.model, "cpus", 0)):
             ca, cb = self.pool.cache_contents(cpu), self.model.cache_contents(cpu)
             if ca != cb:
                 raise Divergence(step, op, "caches", f"slot {cpu}: Pool {ca}, the model {cb}")
+            sa, sb = self.pool.cache_sizes(cpu), self.model.cache_sizes(cpu)
+            if sa != sb:
+                raise Divergence(
+                    step, op, "caches", f"slot {cpu} (high, batch): Pool {sa}, the model {sb}"
+                )
 
     def compare_attributes(self, step: int | None = None) -> None:
         """Compare the geometry attributes and ``repr`` (past the class name)."""

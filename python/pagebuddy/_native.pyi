@@ -35,8 +35,8 @@ class Pool:
         zero: Literal["free", "alloc", "never"] = "free",
         arena: bool = True,
         cpus: SupportsIndex = 0,
-        cache_batch: SupportsIndex = 16,
-        cache_high: SupportsIndex = 64,
+        cache_batch: SupportsIndex | None = None,
+        cache_high: SupportsIndex | None = None,
     ) -> Self: ...
     def __init__(
         self,
@@ -50,8 +50,8 @@ class Pool:
         zero: Literal["free", "alloc", "never"] = "free",
         arena: bool = True,
         cpus: SupportsIndex = 0,
-        cache_batch: SupportsIndex = 16,
-        cache_high: SupportsIndex = 64,
+        cache_batch: SupportsIndex | None = None,
+        cache_high: SupportsIndex | None = None,
     ) -> None:
         """Called once by ``Pool(...)``, which builds the pool in ``__new__``; any later call
         raises ``TypeError``: a pool is built once."""
@@ -136,6 +136,14 @@ class Pool:
         """Drain every slot; afterwards the free lists hold every free page."""
     def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
         """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
+    def cache_sizes(self, cpu: SupportsIndex | None = None) -> tuple[int, int]:
+        """Slot ``cpu``'s current ``(high, batch)`` (default: this thread's slot)."""
+    @property
+    def cache_auto(self) -> bool:
+        """Whether each slot sizes its cache by itself (no ``cache_batch``/``cache_high``)."""
+    @property
+    def cache_bound(self) -> int | None:
+        """Pages all auto-sized caches together may hold; None otherwise."""
     @property
     def cpus(self) -> int:
         """CPU slots with page caches (0: the exact pool)."""

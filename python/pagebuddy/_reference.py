@@ -160,8 +160,8 @@ class ReferencePool:
         _links: Literal["side", "intrusive"] = "side",
         arena: bool = True,
         cpus: SupportsIndex = 0,
-        cache_batch: SupportsIndex = 16,
-        cache_high: SupportsIndex = 64,
+        cache_batch: SupportsIndex | None = None,
+        cache_high: SupportsIndex | None = None,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
 
@@ -211,7 +211,8 @@ class ReferencePool:
             raise ValueError(problem)
         from ._cache import cache_problem
 
-        batch, high = _as_int(cache_batch, "cache_batch"), _as_int(cache_high, "cache_high")
+        batch = 16 if cache_batch is None else _as_int(cache_batch, "cache_batch")
+        high = 64 if cache_high is None else _as_int(cache_high, "cache_high")
         problem = cache_problem(max(1, _as_int(cpus, "cpus")), batch, high)
         if problem:
             raise ValueError(problem)
@@ -342,6 +343,21 @@ class ReferencePool:
     def cache_high(self) -> int:
         """64, the default: without caches the ``cache_high`` argument is only checked."""
         return 64
+
+    @property
+    def cache_auto(self) -> bool:
+        """False: no caches to size."""
+        return False
+
+    @property
+    def cache_bound(self) -> int | None:
+        """None: no caches to bound."""
+        return None
+
+    def cache_sizes(self, cpu: SupportsIndex | None = None) -> tuple[int, int]:
+        """``(cache_high, cache_batch)``, the defaults: no caches (``cpu`` is checked)."""
+        _check_cpu("cache_sizes", cpu)
+        return 64, 16
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Nothing to give back: a pool without caches (``cpu`` is checked)."""

@@ -153,7 +153,11 @@ def check_outputs(args: Any) -> None:
 
 def cache_options(p: argparse.ArgumentParser, drawn: bool) -> None:
     """``--cache-batch`` and ``--cache-high`` of a command that takes ``--cpus``."""
-    default = "drawn per episode" if drawn else "16 and 64"
+    default = (
+        "drawn per episode, or sized by each slot itself"
+        if drawn
+        else "16 and 64, sized by each slot itself when both are left out"
+    )
     p.add_argument(
         "--cache-batch",
         type=int_in(1, MAX_CACHE_HIGH),

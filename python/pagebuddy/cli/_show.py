@@ -64,8 +64,11 @@ def describe_geometry(g: dict[str, Any], max_order: int) -> str:
     if g.get("arena", "owned") != "owned":
         parts.append("caller's buffer")
     if g.get("cpus"):
-        batch, high = g.get("cache_batch", 16), g.get("cache_high", 64)
-        parts.append(f"per-CPU caches: cpus={g['cpus']}, batch {batch}, high {high}")
+        if "cache_batch" not in g and "cache_high" not in g:
+            parts.append(f"per-CPU caches: cpus={g['cpus']}, sized by each slot")
+        else:
+            batch, high = g.get("cache_batch", 16), g.get("cache_high", 64)
+            parts.append(f"per-CPU caches: cpus={g['cpus']}, batch {batch}, high {high}")
     return ", ".join(parts)
 
 

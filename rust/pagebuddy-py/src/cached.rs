@@ -90,6 +90,8 @@ thread_local! {
 }
 
 /// The cache settings of a `Pool(...)` call: `cpus` (0: no caches), `cache_batch`, `cache_high`.
+/// Neither batch nor high: the caches size themselves (`CacheConfig::new()`); either: fixed
+/// sizes, the other at its default.
 pub(crate) fn settings(
     cpus: Option<&Bound<'_, PyAny>>,
     batch: Option<&Bound<'_, PyAny>>,
@@ -100,6 +102,9 @@ pub(crate) fn settings(
         None => 0,
     };
     let limit = u64::from(pagebuddy::MAX_CACHE_HIGH);
+    let given = |v: Option<&Bound<'_, PyAny>>| v.is_some_and(|v| !v.is_none());
+    let (batch_given, high_given) = (given(batch), given(high));
+    let (batch, high) = (batch.filter(|_| batch_given), high.filter(|_| high_given));
     let batch = match batch {
         Some(b) => convert::int_in(b, "cache_batch", 1, limit)? as u32,
         None => CacheConfig::new().batch,
@@ -108,7 +113,11 @@ pub(crate) fn settings(
         Some(h) => convert::int_in(h, "cache_high", 1, limit)? as u32,
         None => CacheConfig::new().high,
     };
-    let config = CacheConfig::new().batch(batch).high(high);
+    let config = if batch_given || high_given {
+        CacheConfig::new().batch(batch).high(high)
+    } else {
+        CacheConfig::new()
+    };
     config.validate().map_err(|_| {
         PyValueError::new_err(format!(
             "cache_batch {batch} and cache_high {high}: need 1 <= cache_batch <= cache_high <= \
@@ -381,10 +390,22 @@ impl Cache {
         on!(self, |p| p.drain_all())
     }
 
+    /// Slot `cpu`'s current high and batch (the configured ones while a handle owns it, which
+    /// Python never makes).
+    pub(crate) fn sizes(&self, cpu: usize) -> (u32, u32) {
+        let sizes = on!(self, |p| p.cache_sizes(cpu));
+        sizes.map_or((self.config.high, self.config.batch), |s| (s.high, s.batch))
+    }
+
+    /// Pages all caches together may hold, when they size themselves.
+    pub(crate) fn bound(&self) -> Option<u64> {
+        on!(self, |p| p.cache_bound())
+    }
+
     /// Slot `cpu`'s cached blocks, one list per cached order, coldest first.
     pub(crate) fn contents(&self, cpu: usize) -> Vec<Vec<u64>> {
         on!(self, |p| {
-            let mut out = vec![0u64; p.config().high as usize + 1];
+            let mut out = vec![0u64; p.config().high_max as usize + 1];
             (0..p.config().orders)
                 .map(|k| {
                     let n = p.cached_blocks(cpu, k, &mut out);

@@ -198,7 +198,7 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// A buddy page allocator over an arena of ``nr_pages`` pages (pKVM's hyp_pool).
 ///
 /// Pool(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None,
-/// zero="free", cpus=0, cache_batch=16, cache_high=64)
+/// zero="free", cpus=0, cache_batch=None, cache_high=None)
 ///
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
@@ -215,7 +215,11 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// CachedPool): each Python thread allocates from and frees into its own slot (or the slot a
 /// call names with cpu=), and only an empty cache (taking cache_batch blocks) or one above
 /// cache_high (giving its cache_batch coldest back) takes the pool's lock. Cached blocks are free
-/// (refcount 0) and count in free_pages; drain() and drain_all() give them back.
+/// (refcount 0) and count in free_pages; drain() and drain_all() give them back. With
+/// cache_batch and cache_high both left out, each slot sizes itself from batch 16 and high 64 up
+/// to high 2048, growing when refills and drains come close together, all caches together
+/// holding at most nr_pages // 8 pages (cache_sizes() and cache_bound show it); either one
+/// given fixes the sizes (the other at its default, 16 or 64).
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
@@ -486,7 +490,7 @@ impl Pool {
     #[new]
     #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=16, cache_high=64)"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=None, cache_high=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -938,6 +942,32 @@ impl Pool {
     #[getter]
     fn cache_high(&self) -> u32 {
         self.cache().map_or(CacheConfig::new(), |c| c.config()).high
+    }
+
+    /// Whether each slot sizes its cache by itself (``cache_batch`` and ``cache_high`` both
+    /// left out): ``cache_batch`` and ``cache_high`` are then where a slot starts.
+    #[getter]
+    fn cache_auto(&self) -> bool {
+        self.cache().is_some_and(|c| c.config().is_auto())
+    }
+
+    /// Pages all caches together may hold when they size themselves (``nr_pages // 8``, rounded
+    /// down to a multiple of ``cpus``); None with fixed sizes or without caches.
+    #[getter]
+    fn cache_bound(&self) -> Option<u64> {
+        self.cache().and_then(|c| c.bound())
+    }
+
+    /// Slot ``cpu``'s current ``(high, batch)`` (default: this thread's slot): the configured
+    /// ones with fixed sizes, and those of ``cache_high``/``cache_batch`` without caches.
+    #[pyo3(signature = (cpu=None))]
+    fn cache_sizes(&self, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<(u32, u32)> {
+        let slot = self.slot("cache_sizes", cpu)?;
+        Ok(self
+            .cache()
+            .map_or((CacheConfig::new().high, CacheConfig::new().batch), |c| {
+                c.sizes(slot)
+            }))
     }
 
     /// Returns every block cached in slot ``cpu`` (default: this thread's) to the pool, orders

@@ -111,8 +111,8 @@ pub use crate::{MAX_CACHED_ORDERS, MAX_CACHE_HIGH};
 
 pub mod auto;
 pub mod local;
-use auto::{Limits, Sizing, Trip};
 pub use auto::SlotSizes;
+use auto::{Limits, Sizing, Trip};
 pub use local::{LocalCache, Page};
 
 /// How the per-CPU caches of a [`CachedPool`] behave (Linux's pcp `batch` and `high`).

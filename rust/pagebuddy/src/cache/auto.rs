@@ -198,29 +198,65 @@ mod tests {
     fn alternating_trips_grow_and_far_ones_shrink() {
         let mut s = Sizing::new(&AUTO);
         run(&mut s, 10, Trip::Refill);
-        assert_eq!(s.sizes(), SlotSizes { high: 64, batch: 16 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 64,
+                batch: 16
+            }
+        );
         run(&mut s, 100, Trip::Drain);
-        assert_eq!(s.sizes(), SlotSizes { high: 128, batch: 32 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 128,
+                batch: 32
+            }
+        );
         for _ in 0..10 {
             run(&mut s, 1, Trip::Refill);
             run(&mut s, 1, Trip::Drain);
         }
-        assert_eq!(s.sizes(), SlotSizes { high: 2048, batch: 512 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 2048,
+                batch: 512
+            }
+        );
         // Same kind, close together: no change.
         run(&mut s, 500, Trip::Drain);
         assert_eq!(s.high, 2048);
         // Same kind, far apart: halves, down to the configured high.
         run(&mut s, 2048 * 8 + 1, Trip::Drain);
-        assert_eq!(s.sizes(), SlotSizes { high: 1024, batch: 256 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 1024,
+                batch: 256
+            }
+        );
         for _ in 0..10 {
             run(&mut s, 1 << 20, Trip::Drain);
         }
-        assert_eq!(s.sizes(), SlotSizes { high: 64, batch: 16 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 64,
+                batch: 16
+            }
+        );
         // Alternation far apart: no growth.
         run(&mut s, 129, Trip::Refill);
         assert_eq!(s.high, 64);
         s.reset(&AUTO);
-        assert_eq!(s.sizes(), SlotSizes { high: 64, batch: 16 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 64,
+                batch: 16
+            }
+        );
     }
 
     #[test]
@@ -234,7 +270,13 @@ mod tests {
             s.trip(Trip::Refill, &fixed);
             s.trip(Trip::Drain, &fixed);
         }
-        assert_eq!(s.sizes(), SlotSizes { high: 64, batch: 16 });
+        assert_eq!(
+            s.sizes(),
+            SlotSizes {
+                high: 64,
+                batch: 16
+            }
+        );
     }
 
     #[test]
@@ -245,6 +287,9 @@ mod tests {
             high_max: 1 << 16,
             budget: u32::MAX,
         };
-        assert_eq!((l.batch_for(1), l.batch_for(8), l.batch_for(1 << 16)), (1, 2, 32));
+        assert_eq!(
+            (l.batch_for(1), l.batch_for(8), l.batch_for(1 << 16)),
+            (1, 2, 32)
+        );
     }
 }
