@@ -11,6 +11,11 @@
 //!   with a `LocalCache` per thread (allocating and freeing `Page`s),
 //!   `buddy_system_allocator`'s `LockedFrameAllocator` and `LockedHeap`; each thread keeps a
 //!   window of 16 order-0 pages, allocating one and freeing its oldest per pair;
+//! - `autosize`: the default cache, which sizes each slot by itself, against fixed sizings and
+//!   the exact `LockedPool`, at 1 and 2 threads (a slot per thread, through `LocalCache`s) on
+//!   four workloads: steady churn (a window of 16 order-0 pages), bursts of 256 and of 1,024
+//!   order-0 pages (allocated, then freed), and mixed orders 0..=3 (a window of 16 blocks);
+//!   with the sizes each slot converged to and the most pages the caches held against the bound;
 //! - `zeroing`: bytes zeroed per second under each zero policy, beside `memset` (and
 //!   non-temporal stores) over the same blocks: order-0 blocks (hot in cache) and order-9 blocks
 //!   streaming through the whole 1 GiB arena.
@@ -33,10 +38,11 @@ use common::*;
 use criterion::Criterion;
 use pagebuddy::{
     cache_blocks, CacheConfig, CacheSlot, CachedPool, LocalCache, LockedPool, PageRef, SideTable,
-    SpinLock, ZeroPolicy,
+    SlotSizes, SpinLock, ZeroPolicy,
 };
 
-/// The cache configuration measured: the defaults (orders 0..=3, batch 16, high 64).
+/// The cache configuration measured: the defaults (orders 0..=3, each slot sized by itself from
+/// batch 16 and high 64).
 const CACHE: CacheConfig = CacheConfig::new();
 /// Slots: at least one per thread of the largest threads run (`BENCH_THREADS` may ask for up to
 /// this many).
@@ -105,8 +111,22 @@ unsafe fn cached_pool(mem: &mut Mem, zero: ZeroPolicy) -> Cpool {
 /// As `cached_pool`.
 unsafe fn cached_pool_with(mem: &mut Mem, zero: ZeroPolicy, config: CacheConfig) -> Cpool {
     // SAFETY: the caller's promise.
+    unsafe { cached_pool_slots(mem, zero, config, SLOTS) }
+}
+
+/// `cached_pool_with` with `slots` slots.
+///
+/// # Safety
+/// As `cached_pool`.
+unsafe fn cached_pool_slots(
+    mem: &mut Mem,
+    zero: ZeroPolicy,
+    config: CacheConfig,
+    slots: usize,
+) -> Cpool {
+    // SAFETY: the caller's promise.
     let Pb(pool) = unsafe { Pb::side(mem, zero) };
-    let slots: Vec<CacheSlot> = (0..SLOTS).map(|_| CacheSlot::new()).collect();
+    let slots: Vec<CacheSlot> = (0..slots).map(|_| CacheSlot::new()).collect();
     let blocks = vec![0u32; cache_blocks(SLOTS, &config)];
     let pool = CachedPool::new(
         LockedPool::new(pool),
@@ -624,13 +644,300 @@ fn threads_bench(mem: &mut Mem, out: &mut String) {
     for config in [CACHE, BIG_CACHE] {
         // SAFETY: as above.
         let pool = unsafe { cached_pool_with(mem, ZeroPolicy::Never, config) };
-        let name = format!("LocalCache, batch {}, high {}", config.batch, config.high);
+        let name = if config.is_auto() {
+            "LocalCache, default (auto)".to_string()
+        } else {
+            format!("LocalCache, batch {}, high {}", config.batch, config.high)
+        };
         sizing.push((
             name,
             scaling_local(&pool, counts, Pattern::Burst, dur, reps),
         ));
     }
     threads_json(out, "sizing", counts, dur, reps, &sizing);
+}
+
+/// A workload of the auto-sizing benchmark, per thread.
+#[derive(Clone, Copy)]
+enum Load {
+    /// A window of `WINDOW` order-0 pages: per pair, allocate one and free the oldest.
+    Churn,
+    /// Allocate this many order-0 pages, then free them, oldest first; a pair per page.
+    Burst(usize),
+    /// A window of `WINDOW` blocks of orders 0..=3 drawn by a per-thread xorshift.
+    Mixed,
+}
+
+impl Load {
+    fn name(self) -> String {
+        match self {
+            Load::Churn => "steady churn".into(),
+            Load::Burst(n) => format!("bursts of {n}"),
+            Load::Mixed => "mixed orders 0..3".into(),
+        }
+    }
+}
+
+/// One thread's allocator in the auto-sizing benchmark: blocks of any order, by pfn.
+trait OrderWorker {
+    fn alloc(&mut self, order: u32) -> u64;
+    fn free(&mut self, pfn: u64);
+    /// Pages in this thread's cache and its sizes (none for the exact pool).
+    fn probe(&mut self) -> (u32, Option<SlotSizes>);
+}
+
+impl OrderWorker for &LockedPool<'static, SideTable<'static>, SpinLock> {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> u64 {
+        LockedPool::alloc(self, order).unwrap_or_else(|_| fail("autosize: alloc"))
+    }
+    #[inline]
+    fn free(&mut self, pfn: u64) {
+        if LockedPool::put(self, pfn).is_err() {
+            fail("autosize: put")
+        }
+    }
+    fn probe(&mut self) -> (u32, Option<SlotSizes>) {
+        (0, None)
+    }
+}
+
+impl OrderWorker for Local<'_> {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> u64 {
+        LocalCache::alloc(self, order).unwrap_or_else(|_| fail("autosize: alloc"))
+    }
+    #[inline]
+    fn free(&mut self, pfn: u64) {
+        if LocalCache::put(self, pfn).is_err() {
+            fail("autosize: put")
+        }
+    }
+    fn probe(&mut self) -> (u32, Option<SlotSizes>) {
+        (self.cached_pages(), Some(self.sizes()))
+    }
+}
+
+/// One run of the auto-sizing benchmark: pairs per second, the most pages all caches held
+/// (the sum of each slot's most, sampled after every round of the workload) and each slot's
+/// sizes at the end.
+struct AutoRun {
+    pairs_per_s: f64,
+    most_cached: u64,
+    sizes: Vec<Option<SlotSizes>>,
+}
+
+/// `threads` threads, each running `load` through `worker(cpu)` for `dur` after one warm round.
+fn auto_run<W: OrderWorker>(
+    threads: usize,
+    dur: Duration,
+    load: Load,
+    worker: impl Fn(usize) -> W + Sync,
+) -> AutoRun {
+    let start = Barrier::new(threads + 1);
+    let stop = AtomicBool::new(false);
+    let round = |a: &mut W, held: &mut std::collections::VecDeque<u64>, rng: &mut u64| -> u64 {
+        let mut next_order = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            (*rng % 4) as u32
+        };
+        match load {
+            Load::Churn | Load::Mixed => {
+                for _ in 0..64 {
+                    let order = if let Load::Mixed = load {
+                        next_order()
+                    } else {
+                        0
+                    };
+                    held.push_back(a.alloc(order));
+                    if let Some(old) = held.pop_front() {
+                        a.free(old);
+                    }
+                }
+                64
+            }
+            Load::Burst(n) => {
+                for _ in 0..n {
+                    held.push_back(a.alloc(0));
+                }
+                while let Some(old) = held.pop_front() {
+                    a.free(old);
+                }
+                n as u64
+            }
+        }
+    };
+    let (total, most, sizes, elapsed) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|cpu| {
+                let (start, stop, worker, round) = (&start, &stop, &worker, &round);
+                s.spawn(move || {
+                    let mut a = worker(cpu);
+                    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (cpu as u64 + 1);
+                    let mut held = std::collections::VecDeque::with_capacity(4096);
+                    if !matches!(load, Load::Burst(_)) {
+                        for _ in 0..WINDOW {
+                            held.push_back(a.alloc(0));
+                        }
+                    }
+                    round(&mut a, &mut held, &mut rng);
+                    start.wait();
+                    let (mut pairs, mut most) = (0u64, 0u32);
+                    while !stop.load(Ordering::Relaxed) {
+                        pairs += round(&mut a, &mut held, &mut rng);
+                        most = most.max(a.probe().0);
+                    }
+                    for old in held {
+                        a.free(old);
+                    }
+                    (pairs, most, a.probe().1)
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = t.elapsed();
+        let mut sizes = Vec::new();
+        let (mut total, mut most) = (0u64, 0u64);
+        for w in workers {
+            let (p, m, s) = w.join().unwrap();
+            total += p;
+            most += u64::from(m);
+            sizes.push(s);
+        }
+        (total, most, sizes, elapsed)
+    });
+    AutoRun {
+        pairs_per_s: total as f64 / elapsed.as_secs_f64(),
+        most_cached: most,
+        sizes,
+    }
+}
+
+/// The default cache against fixed sizings and the exact pool (see the module documentation).
+fn autosize_bench(mem: &mut Mem, out: &mut String) {
+    let (dur, reps) = if short() {
+        (Duration::from_millis(200), 3)
+    } else {
+        (Duration::from_millis(500), 5)
+    };
+    let counts = [1usize, 2];
+    let loads = [
+        Load::Churn,
+        Load::Burst(256),
+        Load::Burst(1024),
+        Load::Mixed,
+    ];
+    let configs: [(String, Option<CacheConfig>); 5] = [
+        ("LockedPool (exact)".into(), None),
+        ("default (auto)".into(), Some(CacheConfig::new())),
+        (
+            "fixed batch 16, high 64".into(),
+            Some(CacheConfig::new().batch(16).high(64)),
+        ),
+        (
+            "fixed batch 64, high 512".into(),
+            Some(CacheConfig::new().batch(64).high(512)),
+        ),
+        (
+            "fixed batch 256, high 2048".into(),
+            Some(CacheConfig::new().batch(256).high(2048)),
+        ),
+    ];
+    let _ = write!(
+        out,
+        "\"autosize\": {{\"counts\": {counts:?}, \"seconds\": {}, \"reps\": {reps}, \"rows\": [",
+        dur.as_secs_f64()
+    );
+    let mut first = true;
+    for load in loads {
+        for &t in &counts {
+            // The best of `reps` runs per configuration, the configurations taking turns within
+            // each round so that a change in the machine's other load hits them alike.
+            let mut best: Vec<Option<AutoRun>> = configs.iter().map(|_| None).collect();
+            let mut bound = None;
+            for _ in 0..reps {
+                for (b, (_, config)) in best.iter_mut().zip(&configs) {
+                    let r = match config {
+                        None => {
+                            // SAFETY: each allocator is dropped before the next is made over `mem`.
+                            let Pb(pool) = unsafe { Pb::side(mem, ZeroPolicy::Never) };
+                            let pool = LockedPool::new(pool);
+                            auto_run(t, dur, load, |_| &pool)
+                        }
+                        Some(config) => {
+                            // SAFETY: as above.
+                            let pool =
+                                unsafe { cached_pool_slots(mem, ZeroPolicy::Never, *config, t) };
+                            if config.is_auto() {
+                                bound = pool.cache_bound();
+                            }
+                            auto_run(t, dur, load, |cpu| {
+                                pool.local(cpu)
+                                    .unwrap_or_else(|| fail("autosize: slot claimed"))
+                            })
+                        }
+                    };
+                    if b.as_ref().is_none_or(|b| r.pairs_per_s > b.pairs_per_s) {
+                        *b = Some(r);
+                    }
+                }
+            }
+            let best: Vec<AutoRun> = best.into_iter().flatten().collect();
+            let fixed_best = best[2..].iter().map(|r| r.pairs_per_s).fold(0.0, f64::max);
+            let (exact, auto) = (&best[0], &best[1]);
+            for ((name, _), r) in configs.iter().zip(&best) {
+                let sizes: Vec<String> = r
+                    .sizes
+                    .iter()
+                    .flatten()
+                    .map(|s| format!("high {} batch {}", s.high, s.batch))
+                    .collect();
+                eprintln!(
+                    "autosize/{}/{t} threads/{name}: {:.1} M pairs/s, most cached {} pages, sizes [{}]",
+                    load.name(),
+                    r.pairs_per_s / 1e6,
+                    r.most_cached,
+                    sizes.join("; ")
+                );
+                let _ = write!(
+                    out,
+                    "{}{{\"load\": {}, \"threads\": {t}, \"name\": {}, \"pairs_per_s\": {:.1}, \"most_cached\": {}, \"sizes\": [{}]}}",
+                    if first { "" } else { ", " },
+                    json_str(&load.name()),
+                    json_str(name),
+                    r.pairs_per_s,
+                    r.most_cached,
+                    r.sizes
+                        .iter()
+                        .flatten()
+                        .map(|s| format!("[{}, {}]", s.high, s.batch))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                first = false;
+            }
+            let bound = bound.unwrap_or(0);
+            eprintln!(
+                "autosize/{}/{t} threads: default {:.2}x the best fixed sizing, {:.2}x the exact \
+                 pool; most cached {} pages, bound {bound} pages: {}",
+                load.name(),
+                auto.pairs_per_s / fixed_best,
+                auto.pairs_per_s / exact.pairs_per_s,
+                auto.most_cached,
+                if auto.most_cached <= bound {
+                    "within"
+                } else {
+                    "EXCEEDED"
+                }
+            );
+        }
+    }
+    out.push_str("]}");
 }
 
 /// Bytes per nanosecond (GB/s) of `step`, which zeroes `bytes` per call, best of `reps` timed
@@ -753,6 +1060,10 @@ fn main() {
     let mut out = String::from("{");
     if only("threads") {
         threads_bench(&mut mem, &mut out);
+        out.push_str(", ");
+    }
+    if only("autosize") {
+        autosize_bench(&mut mem, &mut out);
         out.push_str(", ");
     }
     if only("zeroing") {

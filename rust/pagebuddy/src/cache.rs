@@ -5,7 +5,9 @@
 //! hottest block of the caller's slot, and the free of one pushes it there (`rmqueue_pcplist`,
 //! `free_unref_page`): neither touches the pool's lock. Only an empty cache (refill: `batch`
 //! blocks) and a cache above `high` (drain: the `batch` coldest) take the pool's lock, once for
-//! the whole batch. Higher orders go straight to the pool.
+//! the whole batch. Higher orders go straight to the pool. By default each slot sizes its
+//! `batch` and `high` by itself, from its own refills and drains, and all caches together keep
+//! to a bound (an eighth of the pool); see [`auto`].
 //!
 //! A CPU that makes many calls in a row claims its slot with [`CachedPool::local`]: through the
 //! [`LocalCache`] it gets, a hit takes no lock at all, and a [`Page`] (a block held once, by that

@@ -272,3 +272,60 @@ fn a_claimed_slot_is_not_drained_for_another_cpu() {
     });
     explored(runs, &[0, 1]);
 }
+
+/// A cached pool of `nr` pages and `cpus` slots whose caches size themselves (order 0, from
+/// batch 1 and high 1 up to high 4), all of them holding at most `nr` pages (fraction 1).
+fn cached_auto(nr: usize, cpus: usize) -> Arc<Cached> {
+    let config = Config::new(nr).page_size(PS);
+    let links = SideTable::new(leak(Link::EMPTY, nr));
+    let pool = Pool::new(leak(0u8, nr * PS), leak(PageMeta::INIT, nr), links, config).unwrap();
+    let cache = CacheConfig::new()
+        .orders(1)
+        .batch(1)
+        .high(1)
+        .auto(4)
+        .fraction(1);
+    let slots: Vec<CacheSlot> = (0..cpus).map(|_| CacheSlot::new()).collect();
+    let refs: Vec<PageRef> = (0..nr).map(|_| PageRef::new()).collect();
+    let pool = CachedPool::new(
+        LockedPool::new(pool),
+        Box::leak(slots.into_boxed_slice()),
+        leak(0u32, cache_blocks(cpus, &cache)),
+        Box::leak(refs.into_boxed_slice()),
+        cache,
+    );
+    Arc::new(pool.unwrap())
+}
+
+#[test]
+fn auto_sized_slots_resize_while_another_slot_drains_them() {
+    // Each slot's sizes live beside its stacks, under the same lock or claim. Slot 0 allocates
+    // and frees two pages (a refill and a drain close together: it grows) while another thread
+    // frees a page of slot 0's through slot 1 and drains every slot, which puts each back at
+    // its configured sizes. Whatever the interleaving, nothing is lost, each slot keeps to its
+    // share of the bound (4 pages) and its sizes are the configured ones or a grown pair.
+    let runs = explore(|| {
+        let pool = cached_auto(8, 2);
+        let page = pool.alloc(0, 0).unwrap();
+        let p = pool.clone();
+        let t = thread::spawn(move || {
+            p.put(1, page).unwrap();
+            p.drain_all().unwrap();
+        });
+        let a = pool.alloc(0, 0).unwrap();
+        let b = pool.alloc(0, 0).unwrap();
+        pool.put(0, a).unwrap();
+        pool.put(0, b).unwrap();
+        t.join().unwrap();
+        for cpu in 0..2 {
+            assert!(pool.cached_pages(cpu) <= 4);
+            let s = pool.cache_sizes(cpu).unwrap();
+            assert!(s.batch >= 1 && s.batch <= s.high && s.high <= 4, "{s:?}");
+        }
+        let grown = pool.cache_sizes(0).unwrap().high > 1;
+        whole(&pool, 8);
+        assert_eq!(pool.cache_sizes(0).map(|s| (s.high, s.batch)), Some((1, 1)));
+        u8::from(grown)
+    });
+    explored(runs, &[0, 1]);
+}
