@@ -659,10 +659,12 @@ def sizing_text(sz: dict[str, Any]) -> str:
     return (
         f"Cache sizing: each thread allocates a burst of {sz['burst']} order-0 pages through its "
         "own `LocalCache` (`Page`s), then frees them all, oldest first; a pair per page, best of "
-        f"{sz['reps']} runs of {sz['seconds']:g} s. With the default cache (batch 16, high 64) "
-        "a burst empties the slot's stack and refills it 16 blocks at a time, and the frees go "
-        "above `high` and drain 16 at a time, each under the pool's lock; the larger cache "
-        "(batch 64, high 512) holds a whole burst, so once warm it never takes the pool's lock."
+        f"{sz['reps']} runs of {sz['seconds']:g} s. The default cache starts at batch 16, high 64, "
+        "where a burst empties the slot's stack and refills it 16 blocks at a time, and the frees "
+        "go above `high` and drain 16 at a time, each under the pool's lock; refills and drains "
+        "that close together make each slot grow (`cache::auto`) until a burst fits, as the "
+        "larger fixed cache (batch 64, high 512) does from the start: once warm, neither takes "
+        "the pool's lock."
     )
 
 
@@ -860,7 +862,8 @@ def cached_section(run: Run, out: list[str]) -> None:
         "",
         "`cargo bench -p pagebuddy-benches --bench cached` (`benches/benches/cached.rs`), in the "
         "same run as the tables above, over the same pool; side table, zero never, default cache "
-        "configuration (orders 0..=3 cached, batch 16, high 64). The single-threaded workloads "
+        "configuration (orders 0..=3 cached, each slot sized by itself from batch 16 and high 64). "
+        "The single-threaded workloads "
         "use slot 0.",
         "",
         "`CachedPool` takes the slot's lock on every call; `CachedPool, LocalCache` goes "

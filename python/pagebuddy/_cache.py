@@ -18,9 +18,8 @@ right:
 Sizes: with ``cache_batch`` and ``cache_high`` both left out, each slot sizes itself (the core's
 ``cache::auto``), from the slot's own history counted in operations:
 
-* every allocation of a cached order through a slot (each try, also the retries after a
-  drain) and every free into its cache counts one operation; a *trip* is a refill or a drain
-  of a batch;
+* every free into a slot's cache counts one operation (allocations do not count); a *trip*
+  is a refill or a drain of a batch;
 * a trip of the other kind than the last within ``2 * high`` operations doubles ``high`` (at
   most ``AUTO_HIGH_MAX``); one of the same kind more than ``8 * high`` after the last halves it
   (at least ``cache_high``); either way ``batch`` becomes ``high // 4`` clamped to
@@ -281,7 +280,6 @@ class CachedReferencePool:
         if order >= self._orders:
             pfn = self._take(order)
             return None if pfn is None else self._hand_out(pfn, order)
-        self._tick(slot)
         stack = self._stacks[slot][order]
         if not stack:
             self._trip(slot, "refill")

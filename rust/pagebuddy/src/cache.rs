@@ -848,12 +848,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let idx = self.alloc_uncached(order)?;
             return Ok(self.hand_out(idx, order, held(1, order)));
         }
-        let cached = self.with_cache(self.slot_index(cpu), |c| {
-            c.sizing.tick();
-            match c.pop(order) {
-                Some(idx) => Ok(idx),
-                None => self.refill(c, order),
-            }
+        let cached = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
+            Some(idx) => Ok(idx),
+            None => self.refill(c, order),
         });
         let idx = match cached {
             Some(idx) => idx?,

@@ -7,8 +7,9 @@
 //! [`high`](super::CacheConfig::high) give). The decision depends only on the slot's own history,
 //! counted in operations, never in time, so that it replays exactly:
 //!
-//! - every allocation and free through the slot's cache counts one operation; a *trip* is a
-//!   refill or a drain of a batch, the only calls that take the pool's lock;
+//! - every free into the slot's cache counts one operation (frees only, so that the hit of an
+//!   allocation does no more than before); a *trip* is a refill or a drain of a batch, the only
+//!   calls that take the pool's lock;
 //! - **grow**: a refill that follows a drain (or a drain that follows a refill) within
 //!   `2 * high` operations means the slot swings between allocating and freeing more than it
 //!   keeps: `high` doubles, up to `high_max`;
@@ -112,7 +113,7 @@ pub(super) enum Trip {
 pub(super) struct Sizing {
     pub high: u32,
     pub batch: u32,
-    /// Operations through the cache, wrapping.
+    /// Frees into the cache, wrapping.
     ops: u32,
     /// `ops` at the last trip.
     mark: u32,
@@ -138,7 +139,7 @@ impl Sizing {
         }
     }
 
-    /// Counts one allocation or free through the cache.
+    /// Counts one free into the cache.
     #[inline(always)]
     pub fn tick(&mut self) {
         self.ops = self.ops.wrapping_add(1);

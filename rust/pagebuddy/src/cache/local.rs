@@ -311,7 +311,6 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
                 let top = len.checked_sub(1)?;
                 let idx = blocks.get(k * cap + top as usize)?.get();
                 *len = top;
-                st.sizing.tick();
                 pages.store(
                     pages.load(Ordering::Relaxed).wrapping_sub(1 << k),
                     Ordering::Relaxed,
@@ -375,12 +374,9 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
         if order >= self.pool.orders {
             return self.pool.alloc_uncached(order);
         }
-        self.with(|pool, c| {
-            c.sizing.tick();
-            match c.pop(order) {
-                Some(idx) => Ok(idx),
-                None => pool.refill(c, order),
-            }
+        self.with(|pool, c| match c.pop(order) {
+            Some(idx) => Ok(idx),
+            None => pool.refill(c, order),
         })
     }
 
