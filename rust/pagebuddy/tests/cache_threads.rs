@@ -159,10 +159,10 @@ fn hammer<L: LinkStore, R: RawLock + Sync>(
     mem: Mem,
     zero: ZeroPolicy,
     cpus: usize,
+    config: CacheConfig,
 ) where
     for<'x> Pool<'x, L>: Send,
 {
-    let config = CacheConfig::new().batch(4).high(8);
     let mut slots: Vec<CacheSlot<R>> = (0..cpus).map(|_| CacheSlot::new()).collect();
     let mut blocks = vec![0u32; cache_blocks(cpus, &config)];
     let mut refs: Vec<PageRef> = (0..NR).map(|_| PageRef::new()).collect();
@@ -205,6 +205,10 @@ fn hammer<L: LinkStore, R: RawLock + Sync>(
         NR - RESERVED
     );
     assert_eq!(pool.free_pages(), core_free + cached);
+    // Auto-sized caches keep to their bound.
+    if let Some(bound) = pool.cache_bound() {
+        assert!(u64::from(cached) <= bound, "{cached} cached, bound {bound}");
+    }
     pool.check().unwrap();
 
     pool.drain_all().unwrap();
@@ -233,16 +237,37 @@ fn hammer<L: LinkStore, R: RawLock + Sync>(
     assert_eq!(pool.free_pages() as usize, NR - RESERVED);
 }
 
+/// Fixed sizes, small so that the caches refill and drain often.
+const FIXED: CacheConfig = CacheConfig::new().batch(4).high(8);
+/// Sizes each slot grows and shrinks by itself, from the same start, all caches together
+/// holding at most half the pool.
+const AUTO: CacheConfig = CacheConfig::new().batch(4).high(8).auto(256).fraction(2);
+
 fn side_table<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize) {
+    side_table_with::<R>(zero, cpus, FIXED);
+}
+
+fn side_table_with<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize, config: CacheConfig) {
     let mut s = Storage::new();
     let (pool, mem) = s.side_table(zero);
-    hammer::<_, R>(pool, mem, zero, cpus);
+    hammer::<_, R>(pool, mem, zero, cpus, config);
 }
 
 fn intrusive<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize) {
+    intrusive_with::<R>(zero, cpus, FIXED);
+}
+
+fn intrusive_with<R: RawLock + Sync>(zero: ZeroPolicy, cpus: usize, config: CacheConfig) {
     let mut s = Storage::new();
     let (pool, mem) = s.intrusive(zero);
-    hammer::<_, R>(pool, mem, zero, cpus);
+    hammer::<_, R>(pool, mem, zero, cpus, config);
+}
+
+#[test]
+fn auto_sized_slots() {
+    // Slots that resize themselves while other threads free into them and drain them.
+    side_table_with::<SpinLock>(ZeroPolicy::OnFree, THREADS, AUTO);
+    intrusive_with::<SpinLock>(ZeroPolicy::Never, 2, AUTO);
 }
 
 #[test]
