@@ -1250,28 +1250,35 @@ def case_check_under_load(ctx: Context) -> None:
     pool = Pool(4096, cpus=2)
     stop = threading.Event()
     errors: list[BaseException] = []
+    loops = [0]
 
     def churn() -> None:
         try:
             while not stop.is_set():
                 pool.put_many(pool.alloc_many(0, 64))
+                loops[0] += 1
         except BaseException as exc:
             errors.append(exc)
 
     worker = threading.Thread(target=churn)
     worker.start()
-    failed = 0
+    checks = failed = 0
     try:
-        for _ in range(300):
+        # At least 10,000 checks, and as many more as it takes for the worker to run 200 rounds.
+        while checks < 200_000 and (checks < 10_000 or loops[0] < 200):
             try:
                 pool.check()
             except CorruptionError:
                 failed += 1
+            checks += 1
     finally:
         stop.set()
         worker.join()
-    if failed or errors:
-        ctx.fail(f"check() under load: {failed} of 300 raised CorruptionError; worker: {errors}")
+    if failed or errors or loops[0] < 200:
+        ctx.fail(
+            f"check() under load: {failed} of {checks} raised CorruptionError "
+            f"({loops[0]} rounds of the worker); worker: {errors}"
+        )
     pool.drain_all()
     pool.check()
 
