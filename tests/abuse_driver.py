@@ -33,7 +33,8 @@ Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. 
 
 ``stray_batches``
     Stray writes into the pages of plain and shared pools (``Pool(..., buffer=)`` and
-    ``Pool.create_in``), with links in a side table or in the pages, each followed by a batch
+    ``Pool.create_in``), with links in a side table or in the pages (and into a shared pool's
+    side table, which lives in its buffer too), each followed by a batch
     call (``alloc_many``, ``put_many``, ``alloc_exact``): a batch that raises
     ``CorruptionError`` must leave the pool exactly as it was (free pages, every refcount, the
     free lists, and every byte of metadata, links and pages). STEPS is the number of writes;
@@ -928,10 +929,10 @@ def run_buffers(ctx: Context, steps: int) -> None:
 
 # ------------------------------------------------------------------- stray_batches scenario
 
-#: Offset of ``meta_off`` in a shared pool's fixed header: everything from there on (metadata,
-#: side-table links, pages) is state; the header before it also holds the undo journal, which
-#: a refused call may write without changing the pool.
-META_OFF_AT = 56
+#: Offsets of ``meta_off`` and ``links_off`` in a shared pool's fixed header. Everything from
+#: ``meta_off`` on (metadata, side-table links, pages) is state; the header before it also holds
+#: the undo journal, which a refused call may write without changing the pool.
+META_OFF_AT, LINKS_OFF_AT = 56, 64
 
 
 class StrayTarget:
@@ -950,6 +951,7 @@ class StrayTarget:
                 self.buffer, page_size=64, zero=zero, links=self.links, max_order=max_order
             )
             self.state_from = struct.unpack_from("=Q", self.buffer, META_OFF_AT)[0]
+            self.links_at = struct.unpack_from("=Q", self.buffer, LINKS_OFF_AT)[0]
         else:
             nr = rng.choice([16, 32, 64, 100])
             self.buffer = bytearray(nr * 64)
@@ -957,7 +959,7 @@ class StrayTarget:
                 nr, page_size=64, buffer=self.buffer, zero=zero, max_order=max_order,
                 _links=self.links,
             )  # fmt: skip
-            self.state_from = 0
+            self.state_from = self.links_at = 0
         self.kind = f"{'shared' if self.shared else 'plain'}-{self.links}"
         # Where the pages lie in the buffer: a held page's view tells.
         self.pages_at = -1
@@ -987,8 +989,9 @@ def offset_in(buffer: bytearray, pool: Pool, held: int) -> int:
 
 
 def stray_write(ctx: Context, t: StrayTarget) -> None:
-    """A stray write into a page: mostly a link-sized value at the start of a free page (a page
-    index of the pool, NIL or anything), sometimes random bytes anywhere in a page."""
+    """A stray write: mostly a link-sized value over a free block's link (a page index of the
+    pool, NIL or anything), at the start of its page or, in a shared pool with a side table, in
+    that table; sometimes random bytes anywhere in a page."""
     rng, pool = ctx.rng, t.pool
     pfn = pool.base_pfn + rng.randrange(pool.nr_pages)
     at = t.page_offset(pfn)
@@ -997,9 +1000,12 @@ def stray_write(ctx: Context, t: StrayTarget) -> None:
     if rng.random() < 0.8:
         lists = [p for order in pool.free_lists() for p in order]
         if lists:
-            at = t.page_offset(rng.choice(lists))
+            pfn = rng.choice(lists)
+            at = t.page_offset(pfn)
+        if t.shared and t.links == "side":
+            at = t.links_at + 8 * (pfn - pool.base_pfn)
         value = rng.choice([rng.randrange(pool.nr_pages), NIL, rng.getrandbits(32)])
-        struct.pack_into("<I", t.buffer, at + 4 * rng.randrange(2), value)
+        struct.pack_into("=I", t.buffer, at + 4 * rng.randrange(2), value)
     else:
         off = rng.randrange(t.page_size - 4)
         t.buffer[at + off : at + off + 4] = rng.randbytes(4)
@@ -1042,9 +1048,10 @@ def stray_batch(ctx: Context, t: StrayTarget) -> None:
 def run_stray_batches(ctx: Context, steps: int) -> None:
     target = StrayTarget(ctx)
     for ctx.step in range(steps):
-        if ctx.step % 200 == 0 or (not target.pool.free_pages and not target.held):
+        if ctx.step % 50 == 0 or (not target.pool.free_pages and not target.held):
             target = StrayTarget(ctx)
             ctx.note(f"new {target.kind} pool")
+            ctx.count(f"{target.kind} pools")
             target.held = target.pool.alloc_many(0, target.pool.free_pages // 2)
         stray_write(ctx, target)
         for _ in range(ctx.rng.randrange(1, 4)):

@@ -47,6 +47,7 @@ SCENARIOS: dict[str, tuple[int, int, list[str]]] = {
             "plain-intrusive_put_many_CorruptionError",
             "shared-intrusive_put_many_CorruptionError",
             "shared-intrusive_alloc_many_CorruptionError",
+            "shared-side_put_many_CorruptionError",
         ],
     ),
 }
