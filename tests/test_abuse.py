@@ -14,6 +14,8 @@ that a crash (segfault, abort) or a hang fails the test instead of killing the t
 * ``buffers``: the constructor with every kind of buffer object, read-only, non-contiguous,
   non-buffer and too-small ones included, which must be refused (``TypeError`` /
   ``ValueError``).
+* ``leaks``: random calls, valid and refused, on every kind of pool; resident memory must
+  stay flat (under a byte a call) once warm.
 
 Runs are seeded and bounded (about a second each). The seed is printed on failure together with
 the command that replays it. ``PAGEBUDDY_ABUSE_SEED=<int>`` or ``=random`` picks another seed
@@ -50,6 +52,7 @@ SCENARIOS: dict[str, tuple[int, int, list[str]]] = {
             "shared-side_put_many_CorruptionError",
         ],
     ),
+    "leaks": (20261203, 300_000, ["views", "refused", "OutOfMemory", "attributes"]),
 }
 # The catalogue: every case, by name (``steps`` is how many of them run).
 CASES = [
