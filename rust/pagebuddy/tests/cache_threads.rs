@@ -321,7 +321,9 @@ fn check_is_exact_under_load() {
         let mut checks = 0;
         let mut result = Ok(());
         while result.is_ok() && (checks < 2_000 || ops.load(Ordering::Relaxed) < 20_000) {
-            result = pool.check().map_err(|c| format!("check {checks} under load: {c}"));
+            result = pool
+                .check()
+                .map_err(|c| format!("check {checks} under load: {c}"));
             checks += 1;
         }
         stop.store(true, Ordering::Relaxed);
