@@ -197,13 +197,12 @@ impl<L: LinkStore> Pool<'_, L> {
     /// The error names the first element that fails, with the error `put` would have returned
     /// there ([`Error::PfnOutOfRange`], [`Error::NotHeld`]). Blocks whose last reference is
     /// dropped are freed and coalesced in the order of those last references, as with `put`.
-    /// With links in the pages ([`Intrusive`](crate::store::Intrusive)), which any write into a free
-    /// page can change, every free-list link the frees will read is checked before the first
-    /// write, as `put` checks its own, so a corrupt list ([`Error::Corrupted`], naming the
-    /// element whose free would meet it) changes nothing either. (A side table is written by
-    /// the pool alone.) (The checks may look at a little more than the
-    /// frees will: on a corrupt pool a batch may refuse where the calls one by one would not
-    /// yet have failed.)
+    /// With links in the pages ([`Intrusive`](crate::store::Intrusive)), which any write into
+    /// a free page can change, every free-list link the frees will read is checked before the
+    /// first write, as `put` checks its own, so a corrupt list ([`Error::Corrupted`], naming
+    /// the element whose free would meet it) changes nothing either; a side table is written
+    /// by the pool alone. (The checks may look at a little more than the frees will: on a
+    /// corrupt pool a batch may refuse where the calls one by one would not yet have failed.)
     ///
     /// ```
     /// use pagebuddy::{BatchError, Config, Error, Link, PageMeta, Pool, SideTable};
