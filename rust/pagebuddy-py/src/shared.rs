@@ -149,7 +149,7 @@ fn timeout_arg(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
                 .map_or_else(|_| "?".into(), |n| n.to_string())
         ))
     })?;
-    if !(secs.is_finite() && secs >= 0.0 && secs <= 1e9) {
+    if !(secs.is_finite() && (0.0..=1e9).contains(&secs)) {
         return Err(PyValueError::new_err(format!(
             "timeout must be a finite number of seconds in 0..=1e9, got {secs}"
         )));
