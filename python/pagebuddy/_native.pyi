@@ -42,8 +42,23 @@ class Pool:
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> Self: ...
-    def __init__(self, *_args: object, **_kwargs: object) -> None:
-        """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
+    def __init__(
+        self,
+        nr_pages: SupportsIndex,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        buffer: Buffer | None = None,
+        zero: Literal["free", "alloc", "never"] = "free",
+        arena: bool = True,
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
+    ) -> None:
+        """Called once by ``Pool(...)``, which builds the pool in ``__new__``; any later call
+        raises ``TypeError``: a pool is built once."""
     def __copy__(self) -> NoReturn:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:

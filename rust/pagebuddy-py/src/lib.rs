@@ -9,6 +9,7 @@ mod robust;
 mod shared;
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
@@ -102,23 +103,23 @@ macro_rules! without_gil {
         match &$self.inner {
             Inner::Side(l) => {
                 let handoff = hand_off($py, l);
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
                 })
             }
             Inner::Intrusive(l) => {
                 let handoff = hand_off($py, l);
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
                 })
             }
-            Inner::Cached($c) => $py.allow_threads(|| $cached),
+            Inner::Cached($c) => $py.detach(|| $cached),
             Inner::SharedSide(s) => {
                 let outer = shared::Waiting::new($py, &s.lock, op_name!());
                 let g = s.pool.lock_outer(&outer, shared::pid())?;
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
@@ -128,7 +129,7 @@ macro_rules! without_gil {
             Inner::SharedIntrusive(s) => {
                 let outer = shared::Waiting::new($py, &s.lock, op_name!());
                 let g = s.pool.lock_outer(&outer, shared::pid())?;
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
@@ -255,6 +256,8 @@ pub struct Pool {
     zero: &'static str,
     /// Offset of page 0 in `bytes` (0 but for shared pools, whose header comes first).
     pages_off: usize,
+    /// Whether `__init__` ran: `Pool(...)` calls it once, after `new`; any later call is refused.
+    initialised: AtomicBool,
 }
 
 impl Pool {
@@ -452,6 +455,7 @@ impl Pool {
             geo,
             zero,
             pages_off: 0,
+            initialised: AtomicBool::new(false),
         })
     }
 
@@ -682,6 +686,7 @@ impl Pool {
             geo,
             zero,
             pages_off: 0,
+            initialised: AtomicBool::new(false),
         })
     }
 
@@ -1078,8 +1083,8 @@ impl Pool {
         Err(no_copy(py))
     }
 
-    /// A pool is built once, by `Pool(...)`: calling `__init__` again raises TypeError (the
-    /// construction itself does not call this method).
+    /// A pool is built once, by `Pool(...)`, whose construction calls `__init__` once after
+    /// `new` has built it: that call does nothing, and any later one raises TypeError.
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __init__(
         &self,
@@ -1087,6 +1092,10 @@ impl Pool {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        // Relaxed: the flag guards nothing but itself; the swap is atomic whatever the order.
+        if !self.initialised.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
         Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
     }
 
@@ -1246,7 +1255,10 @@ impl Pool {
 }
 
 /// The native half of pagebuddy; use it through the `pagebuddy` package.
-#[pymodule]
+///
+/// `gil_used`: the interpreter lock is the lock of every plain pool (`under_gil`), so the module
+/// must never run on an interpreter without one.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     fast::install(&m.py().get_type::<Pool>())?;

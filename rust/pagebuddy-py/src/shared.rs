@@ -3,7 +3,7 @@
 //! pool's header (`robust.rs`) and then the core's owner word, which holds the pid (a record for
 //! tools: who holds the lock is the mutex's business).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use pagebuddy::shmlock::OuterLock;
@@ -209,7 +209,7 @@ fn ready_for_this_boot<L: SharedLinks<'static>>(
                 start.elapsed().as_secs_f64()
             )));
         }
-        py.allow_threads(|| std::thread::sleep(Duration::from_millis(1)));
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
         py.check_signals()?;
     }
 }
@@ -378,6 +378,8 @@ impl Pool {
             geo,
             zero: zero_name(geo.zero),
             pages_off,
+            // Made by a static method, not `Pool(...)`: no `__init__` call is to come.
+            initialised: AtomicBool::new(true),
         })
     }
 
@@ -510,8 +512,8 @@ impl Waiting<'_> {
     #[inline(never)]
     fn wait(&self) -> PyResult<bool> {
         // SAFETY: `Waiting::new` proved the interpreter lock held by this thread, which keeps it
-        // for the whole call but inside `allow_threads`, whose closure does not touch Python.
-        let py = unsafe { Python::assume_gil_acquired() };
+        // for the whole call but inside `detach`, whose closure does not touch Python.
+        let py = unsafe { Python::assume_attached() };
         let start = Instant::now();
         loop {
             let slice = match self.lock.timeout() {
@@ -529,7 +531,7 @@ impl Waiting<'_> {
                 }
                 None => robust::SLICE,
             };
-            match py.allow_threads(|| self.lock.lock_for(slice)) {
+            match py.detach(|| self.lock.lock_for(slice)) {
                 robust::Try::Taken(died) => return Ok(died),
                 robust::Try::Busy => {}
                 robust::Try::Broken(errno) => return Err(self.broken(errno)),
@@ -540,7 +542,7 @@ impl Waiting<'_> {
 
     fn broken(&self, errno: i32) -> PyErr {
         // SAFETY: as in `wait`.
-        let py = unsafe { Python::assume_gil_acquired() };
+        let py = unsafe { Python::assume_attached() };
         raise(
             py,
             Exc::Corruption,
