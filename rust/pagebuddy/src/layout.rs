@@ -4,7 +4,7 @@
 //! offset 0          header: magic, layout version, endianness tag, geometry, link store, zero
 //!                   policy, offsets, a checksum of all that; then the lock word, the state word,
 //!                   the free page count, the undo journal, the free lists' heads, tails,
-//!                   lengths and non-empty mask
+//!                   lengths and non-empty mask, the outer lock's 64 bytes and the boot word
 //! meta_off          PageMeta of every page (4 bytes each)
 //! links_off         side-table links (8 bytes each; none for intrusive links)
 //! pages_off         the pages, page_size-aligned relative to the start
@@ -16,8 +16,14 @@
 //! wherever it likes.
 //!
 //! **Locking.** A 32-bit lock word holds the owner id of the holder ([`OwnerLock`]): a waiter
-//! that finds its holder dead (the caller says how to tell; the Python layer uses pids) takes it
-//! over and runs recovery first.
+//! that finds its holder dead (the caller says how to tell) takes it over and runs recovery
+//! first. A caller whose platform has a lock that tells a dead holder by itself takes that one
+//! first ([`SharedPool::lock_outer`], an [`OuterLock`] in the header's
+//! [`OUTER_LOCK_BYTES`]), and the word then only records the holder: the Python bindings use a
+//! robust, process-shared `pthread_mutex_t`, so that no PID namespace, reused pid or stopped
+//! holder is mistaken for a dead or live one. The header's boot word
+//! ([`SharedPool::boot_word`]) lets that caller tell a lock state left from an earlier boot of
+//! the machine (a file-backed pool).
 //!
 //! **Crash safety.** The policy ([`Pool`]) runs unchanged on metadata, links and free-list ends
 //! that all live in the shared bytes: its link store ([`InHeader`]) keeps the lists' ends in the
