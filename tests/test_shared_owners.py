@@ -303,3 +303,63 @@ def test_a_second_create_in_over_a_live_shared_buffer_is_refused() -> None:
     del first, second
     again = Pool.create_in(ba)  # once every handle is gone
     assert again.free_pages == again.nr_pages
+
+
+def _fork_child_op(pool: Pool) -> None:
+    """In a forked child: one operation, which succeeds or times out, then exit 0 (1 for any
+    other outcome)."""
+    code = 1
+    try:
+        pool.put_page(pool.alloc_pages(0))
+        code = 0
+    except TimeoutError:
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _fork_during_batches(buf: Any) -> None:
+    pool = Pool.create_in(buf, timeout=0.5)
+    stop = threading.Event()
+
+    def batches() -> None:
+        while not stop.is_set():
+            pool.put_many(pool.alloc_many(0, 64))
+
+    worker = threading.Thread(target=batches)
+    worker.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                _fork_child_op(pool)
+            deadline = time.monotonic() + 60
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                assert time.monotonic() < deadline, "the child blocked past its timeout"
+                time.sleep(0.01)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        worker.join()
+    assert pool.free_pages == pool.nr_pages
+    pool.check()
+
+
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+@pytest.mark.parametrize("memory", ["shared", "private"])
+def test_fork_with_a_batch_in_flight_never_blocks_the_child_past_its_timeout(memory: str) -> None:
+    """A thread runs batches while the main thread forks: a child whose copy of the lock is held
+    by a thread that does not exist in it (a private buffer: the parent's thread holds the
+    original) times out; with a shared buffer it goes on once the parent's thread releases it."""
+    if memory == "private":
+        _fork_during_batches(bytearray(pool_bytes(256)))
+        return
+    block = shared_memory.SharedMemory(create=True, size=pool_bytes(256))
+    try:
+        _fork_during_batches(block.buf)
+    finally:
+        block.close()
+        block.unlink()
