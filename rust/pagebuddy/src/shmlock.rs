@@ -139,9 +139,12 @@ pub trait OuterLock {
 
 impl OwnerLock<'_> {
     /// Writes `me` (not 0) into the word whoever holds it, and returns what it held (0: free).
-    /// Only under an [`OuterLock`], which excludes every live holder: a holder left in the word
-    /// then died.
+    /// Only under an [`OuterLock`], which excludes every live holder (a holder left in the word
+    /// then died) and every other writer of the word, and orders this against them: a load and
+    /// a store, no read-modify-write.
     pub fn take_over(&self, me: u32) -> u32 {
-        self.word.swap(me, Ordering::Acquire)
+        let was = self.word.load(Ordering::Relaxed);
+        self.word.store(me, Ordering::Relaxed);
+        was
     }
 }
