@@ -2180,6 +2180,71 @@ mod tests {
         crash_everywhere!(Intrusive, ZeroPolicy::OnFree);
     }
 
+    /// An outer lock for tests: always free, and says its last holder died while `died` is set.
+    struct DeadOuter(core::cell::Cell<bool>);
+
+    impl OuterLock for DeadOuter {
+        type Error = ();
+        fn acquire(&self) -> Result<bool, ()> {
+            Ok(self.0.replace(false))
+        }
+        fn release(&self) {}
+    }
+
+    /// A holder that died at any crash point of an allocation that splits and of a free that
+    /// merges, its owner id left in the word: `lock_outer` (the outer lock saying the holder
+    /// died) takes the word over and recovers, and the pool passes check(); `open_outer` over
+    /// the same image with metadata that breaks an invariant refuses, every byte as it was.
+    #[test]
+    fn lock_outer_takes_over_a_dead_holder_at_every_crash_point() {
+        let len = 24 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        let cfg = config(len, false);
+        let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        pool.lock().alloc(0).unwrap();
+        let snaps: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> = Default::default();
+        let sink = snaps.clone();
+        // SAFETY (the hook): a read-only copy of the bytes between two steps of an operation.
+        tests_hook::set(move |_| {
+            sink.borrow_mut()
+                .push(unsafe { core::slice::from_raw_parts(base, len) }.to_vec())
+        });
+        let pfn = pool.lock().alloc(2).unwrap();
+        pool.lock().put(pfn).unwrap();
+        tests_hook::clear();
+        let snaps = core::mem::take(&mut *snaps.borrow_mut());
+        assert!(snaps.len() > 4, "{} crash points", snaps.len());
+        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        for snap in &snaps {
+            let mut w = buffer(len);
+            let b = bytes(&mut w);
+            b.copy_from_slice(snap);
+            let ptr = NonNull::new(b.as_mut_ptr()).unwrap();
+            // SAFETY: the bytes live until the end of the iteration; only this handle uses them.
+            let p = unsafe { SharedPool::<SideTable>::attach_raw(ptr, len, 2) }.unwrap();
+            assert_eq!(p.holder(), Some(1));
+            let outer = DeadOuter(core::cell::Cell::new(true));
+            let g = p.lock_outer(&outer, 2).unwrap();
+            assert_eq!(g.damage(), None);
+            g.check().unwrap();
+            drop(g);
+            assert_eq!(p.holder(), None);
+
+            let mut w = buffer(len);
+            let b = bytes(&mut w);
+            b.copy_from_slice(snap);
+            b[meta_off + 4 * 7] = 9; // page 7 claims 9 references
+            let before = b.to_vec();
+            let ptr = NonNull::new(b.as_mut_ptr()).unwrap();
+            // SAFETY: as above.
+            let p = unsafe { SharedPool::<SideTable>::attach_raw(ptr, len, 2) }.unwrap();
+            let outer = DeadOuter(core::cell::Cell::new(true));
+            assert!(matches!(p.open_outer(&outer), Ok(Err(_))));
+            assert!(bytes(&mut w) == &before[..], "a refused open wrote");
+        }
+    }
+
     /// A recovery is itself stopped at each of its crash points (the rebuild of the lists):
     /// recovering what that leaves gives the same pool as the recovery that ran to its end.
     #[test]
