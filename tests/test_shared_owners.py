@@ -318,8 +318,9 @@ def _fork_child_op(pool: Pool) -> None:
         os._exit(code)
 
 
-def _fork_during_batches(buf: Any) -> None:
-    pool = Pool.create_in(buf, timeout=0.5)
+def _fork_during_batches(pool: Pool) -> None:
+    """Fork 20 times while another thread runs batches on ``pool``: every child's operation on
+    it completes (or times out); none blocks."""
     stop = threading.Event()
 
     def batches() -> None:
@@ -351,15 +352,28 @@ def _fork_during_batches(buf: Any) -> None:
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 @pytest.mark.parametrize("memory", ["shared", "private"])
 def test_fork_with_a_batch_in_flight_never_blocks_the_child_past_its_timeout(memory: str) -> None:
-    """A thread runs batches while the main thread forks: a child whose copy of the lock is held
-    by a thread that does not exist in it (a private buffer: the parent's thread holds the
-    original) times out; with a shared buffer it goes on once the parent's thread releases it."""
+    """A thread runs batches while the main thread forks: the fork waits until the batch has
+    released the pool's lock, so a child's copy of it (a private buffer) is never held by a
+    thread the child does not have; each child's operation completes (or, were it held, would
+    raise TimeoutError after 0.5 s rather than block)."""
     if memory == "private":
-        _fork_during_batches(bytearray(pool_bytes(256)))
+        _fork_during_batches(Pool.create_in(bytearray(pool_bytes(256)), timeout=0.5))
         return
     block = shared_memory.SharedMemory(create=True, size=pool_bytes(256))
     try:
-        _fork_during_batches(block.buf)
+        _fork_during_batches(Pool.create_in(block.buf, timeout=0.5))
     finally:
         block.close()
         block.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["plain", "intrusive", "cached"])
+def test_fork_with_a_batch_in_flight_on_an_in_process_pool(kind: str) -> None:
+    """A plain pool handed off to a batch, or a cached pool's lock held by one, at the fork
+    would be held in the child by a thread it does not have: the fork waits until the batch
+    has given the pool back, and every child's operation completes."""
+    extra: dict[str, Any] = {"cpus": 2} if kind == "cached" else {}
+    if kind == "intrusive":
+        extra["buffer"] = bytearray(256 * 4096)
+    _fork_during_batches(Pool(256, **extra))

@@ -5,12 +5,27 @@ from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__", "_after_fork", "_crash_after", "_stop_after"]
+__all__ = [
+    "Pool",
+    "__version__",
+    "_after_fork",
+    "_after_fork_parent",
+    "_before_fork",
+    "_crash_after",
+    "_stop_after",
+]
 
 __version__: str
 
 def _after_fork() -> None:
     """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
+
+def _after_fork_parent() -> None:
+    """Registered with ``os.register_at_fork``: batch calls held back by a fork go on."""
+
+def _before_fork() -> None:
+    """Registered with ``os.register_at_fork``: a fork waits until no batch call of this process
+    holds a pool, so that a child never finds one held by a thread it does not have."""
 
 def _crash_after(n: int) -> None:
     """For tests: the ``n``-th crash point of a shared pool's operations from now (each step of

@@ -5,6 +5,7 @@
 mod cached;
 mod convert;
 mod fast;
+mod forking;
 mod robust;
 mod shared;
 
@@ -95,11 +96,14 @@ macro_rules! op_name {
 /// `with!` for a batch call: `$body` runs with the interpreter lock released, so that other
 /// threads run meanwhile. A plain pool is handed off first, under the interpreter lock, and the
 /// handoff is dropped inside the closure, before the interpreter lock is taken back: a call that
-/// waits for the handoff holds that lock. A shared pool's lock is taken first, as in `with!`
+/// waits for the handoff holds that lock. A fork waits until the pool is given back. A shared
+/// pool's lock is taken first, as in `with!`
 /// (the wait lets the interpreter lock go), and released inside the closure, by the thread that
 /// took it.
 macro_rules! without_gil {
-    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {{
+        // Until the pool is given back, a fork waits (`forking.rs`).
+        let _in_flight = forking::InFlight::enter($py);
         match &$self.inner {
             Inner::Side(l) => {
                 let handoff = hand_off($py, l);
@@ -137,7 +141,7 @@ macro_rules! without_gil {
                 })
             }
         }
-    };
+    }};
 }
 
 /// Runs `f`, the core's work alone, on a plain pool, under the interpreter lock that `_py` proves
@@ -1265,9 +1269,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
     m.add_function(wrap_pyfunction!(shared::_stop_after, m)?)?;
-    // A forked child locks shared pools under its own pid, not its parent's.
+    m.add_function(wrap_pyfunction!(forking::_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(forking::_after_fork_parent, m)?)?;
+    // A fork waits until no batch call holds a pool (`forking.rs`); a forked child records its
+    // own pid in shared pools' owner word, not its parent's.
     let after = m.getattr("_after_fork")?;
     let kwargs = PyDict::new(m.py());
+    kwargs.set_item("before", m.getattr("_before_fork")?)?;
+    kwargs.set_item("after_in_parent", m.getattr("_after_fork_parent")?)?;
     kwargs.set_item("after_in_child", after)?;
     m.py()
         .import("os")?

@@ -34,10 +34,12 @@ pub(crate) fn pid() -> u32 {
     }
 }
 
-/// Registered with `os.register_at_fork`: a child records its own pid in the owner word.
+/// Registered with `os.register_at_fork`: a child records its own pid in the owner word, and
+/// its batch calls go on (`forking.rs`).
 #[pyfunction]
 pub(crate) fn _after_fork() {
     PID.store(std::process::id(), Ordering::Relaxed);
+    crate::forking::forked();
 }
 
 /// For tests: the `n`th crash point of a shared pool's operations from now, in this process,
