@@ -67,9 +67,9 @@ def claim(start: int, length: int, owner: str, mode: str = "own") -> Claim:
                     continue
                 what = "buffer of a live shared" if shared else "arena of a live"
                 raise ValueError(
-                    f"buffer overlaps the {what} {other} (bytes {first:#x}..{last:#x} "
-                    f"of memory; this buffer is {start:#x}..{end:#x}): two pools must not "
-                    f"share memory, give each its own buffer"
+                    f"buffer overlaps the {what} {other} (bytes {first:#x} to "
+                    f"{last - 1:#x} of memory; this buffer is {start:#x} to {end - 1:#x}): two "
+                    f"pools must not share memory, give each its own buffer"
                 )
         key = next(_keys)
         _live[key] = (start, end, owner, mode != "own")
