@@ -218,9 +218,7 @@ _EVENT_CODES = {
 }
 
 
-def _texts(
-    lines: Iterable[str] | Iterable[bytes], imp: FtraceImport, lenient: bool
-) -> Iterator[str | None]:
+def _texts(lines: Iterable[str | bytes], imp: FtraceImport, lenient: bool) -> Iterator[str | None]:
     """``lines`` as text: ``str`` as they are, ``bytes`` decoded as UTF-8 (``None`` for a
     line that is not, once :func:`_malformed` has let it pass). The two may be mixed."""
     for number, raw in enumerate(lines, 1):
@@ -293,7 +291,7 @@ def parse_ftrace(
 
 
 def _scan(
-    lines: Iterable[str] | Iterable[bytes],
+    lines: Iterable[str | bytes],
     imp: FtraceImport,
     lenient: bool,
     emit: Callable[[Event], object],
