@@ -62,7 +62,7 @@ def _suitable(free_blocks: Sequence[int], order: int) -> int:
 
 
 def extfrag_index(free_blocks: Sequence[int], order: int) -> int:
-    """Linux ``extfrag_index`` for a request of ``order``, in thousandths (-1000..1000)."""
+    """Linux ``extfrag_index`` for a request of ``order``, in thousandths (-1000 to 1000)."""
     total_blocks = sum(free_blocks)
     if total_blocks == 0:
         return 0
@@ -73,7 +73,7 @@ def extfrag_index(free_blocks: Sequence[int], order: int) -> int:
 
 
 def unusable_index(free_blocks: Sequence[int], order: int) -> int:
-    """Linux ``unusable_index`` for a request of ``order``, in thousandths (0..1000)."""
+    """Linux ``unusable_index`` for a request of ``order``, in thousandths (0 to 1000)."""
     pages = free_pages(free_blocks)
     if pages == 0:
         return 1000

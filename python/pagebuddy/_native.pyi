@@ -38,8 +38,23 @@ class Pool:
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> Self: ...
-    def __init__(self, *_args: object, **_kwargs: object) -> None:
-        """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
+    def __init__(
+        self,
+        nr_pages: SupportsIndex,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        buffer: Buffer | None = None,
+        zero: Literal["free", "alloc", "never"] = "free",
+        arena: bool = True,
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
+    ) -> None:
+        """Called once by ``Pool(...)``, which builds the pool in ``__new__``; any later call
+        raises ``TypeError``: a pool is built once."""
     def __copy__(self) -> NoReturn:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:
@@ -77,7 +92,7 @@ class Pool:
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference to a held page; at zero its block is freed and coalesced.
 
-        With ``cpus=N`` a freed block of orders 0..=3 goes to slot ``cpu``'s cache.
+        With ``cpus=N`` a freed block of orders 0 to 3 goes to slot ``cpu``'s cache.
         """
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference to a held page."""
@@ -86,7 +101,7 @@ class Pool:
     def page_count(self, pfn: SupportsIndex) -> int:
         """The refcount of a page (0 for free pages and tail pages)."""
     def free_lists(self) -> list[list[int]]:
-        """One free list per order ``0..max_order``, head first."""
+        """One free list per order from 0 to ``max_order - 1``, head first."""
     def view(self, pfn: SupportsIndex) -> memoryview:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
@@ -144,7 +159,7 @@ class Pool:
         """Bytes per page (a power of two)."""
     @property
     def max_order(self) -> int:
-        """Effective number of orders: valid orders are ``0 .. max_order - 1``."""
+        """Effective number of orders: valid orders are 0 to ``max_order - 1``."""
     @property
     def reserved_pages(self) -> int:
         """Number of leading pages that construction left held."""

@@ -1,7 +1,7 @@
 //! Shared pools for Python: `Pool.create_in(buffer, ...)` and `Pool.attach(buffer)` over the
 //! core's [`SharedPool`], with the process id as owner and `/proc` telling dead holders.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pagebuddy::{
     pages_that_fit, Config, Intrusive, LayoutError, SharedLinks, SharedPool, SideTable, ZeroPolicy,
@@ -84,12 +84,12 @@ pub(crate) fn pause(polls: u32) {
     }
 }
 
-/// An int argument in `lo..=hi`, or ValueError naming it.
+/// An int argument from `lo` to `hi`, or ValueError naming it.
 fn int_in(obj: &Bound<'_, PyAny>, what: &str, lo: u64, hi: u64) -> PyResult<u64> {
     let v = unsigned(obj, what)?;
     if v < lo || v > hi {
         return Err(PyValueError::new_err(format!(
-            "{what} must be in {lo}..={hi}, got {v}"
+            "{what} must be from {lo} to {hi}, got {v}"
         )));
     }
     Ok(v)
@@ -167,10 +167,10 @@ impl Pool {
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
                 Int::Huge(_) => u32::MAX,
-                _ => {
+                other => {
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {}",
-                        m.repr()?
+                        other.text()
                     )))
                 }
             },
@@ -253,6 +253,8 @@ impl Pool {
             geo,
             zero: zero_name(geo.zero),
             pages_off,
+            // Made by a static method, not `Pool(...)`: no `__init__` call is to come.
+            initialised: AtomicBool::new(true),
         })
     }
 
