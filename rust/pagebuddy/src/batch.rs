@@ -486,7 +486,7 @@ impl<L: LinkStore> Pool<'_, L> {
         let page_size = self.geo.page_size;
         for page in idx..idx + (1 << order) {
             self.meta[page as usize] = PageMeta::new(0, NO_ORDER);
-            if (page - idx) % 2 == 0 {
+            if (page - idx).is_multiple_of(2) {
                 self.free.links.clear(&mut self.arena, page_size, page);
             }
         }

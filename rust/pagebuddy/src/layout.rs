@@ -313,7 +313,7 @@ pub fn pages_that_fit(len: usize, page_size: usize, intrusive: bool) -> usize {
     }
     let per_page = page_size + 4 + if intrusive { 0 } else { 8 };
     let mut n = len.saturating_sub(HEADER_BYTES) / per_page;
-    while n > 0 && regions(n, page_size, intrusive).map_or(true, |r| r.3 > len) {
+    while n > 0 && regions(n, page_size, intrusive).is_none_or(|r| r.3 > len) {
         n -= 1;
     }
     n.min(crate::MAX_PAGES)

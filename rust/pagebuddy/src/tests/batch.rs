@@ -342,7 +342,7 @@ mod against_single_calls {
         let mut pfns: Vec<u64> = Vec::new();
         if drain {
             for &(p, r) in held {
-                pfns.extend(core::iter::repeat(p).take(r as usize - 1));
+                pfns.extend(core::iter::repeat_n(p, r as usize - 1));
             }
         }
         pfns.extend(held.iter().map(|&(p, _)| p));
