@@ -78,6 +78,8 @@ def test_a_stopped_holder_makes_waiters_time_out_and_changes_nothing(
     shm: shared_memory.SharedMemory,
 ) -> None:
     pool = Pool.create_in(shm.buf, timeout=0.2)
+    assert pool.timeout == 0.2 and Pool.attach(shm.buf).timeout is None
+    assert Pool(8).timeout is None
     free = pool.free_pages
     child = _stopped_holder(shm.name)
     assert lock_holder(shm.buf) == child.pid

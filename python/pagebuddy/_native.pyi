@@ -107,6 +107,11 @@ class Pool:
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
+    @property
+    def timeout(self) -> float | None:
+        """The most seconds each call of this handle waits for a shared pool's lock (the
+        ``timeout`` given to ``create_in`` or ``attach``); None: as long as it takes, or not a
+        shared pool."""
     def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head.
 

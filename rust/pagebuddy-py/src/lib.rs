@@ -775,6 +775,18 @@ impl Pool {
         self.is_shared()
     }
 
+    /// The most seconds each call of this handle waits for a shared pool's lock (the timeout
+    /// given to Pool.create_in or Pool.attach); None: as long as it takes, or not a shared pool.
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        match &self.inner {
+            Inner::SharedSide(s) => s.lock.timeout(),
+            Inner::SharedIntrusive(s) => s.lock.timeout(),
+            _ => None,
+        }
+        .map(|t| t.as_secs_f64())
+    }
+
     /// Allocates a block of 2**order pages and returns the pfn of its head.
     ///
     /// Takes the head of the first non-empty free list at or above ``order``, splitting it down.
