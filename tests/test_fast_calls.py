@@ -158,7 +158,9 @@ def test_descriptor_refuses_another_self() -> None:
 
 
 def test_threads_on_a_cached_pool_use_their_own_slots() -> None:
-    p = Pool(1024, zero="never", cpus=4)
+    # Fixed sizes: each slot keeps all 50 pages a thread frees (auto-sized slots would keep
+    # only their share of the bound, 1024 // 8 // 4 = 32, and give the rest to the pool).
+    p = Pool(1024, zero="never", cpus=4, cache_high=64)
     seen: list[list[int]] = []
     lock = threading.Lock()
 
