@@ -416,6 +416,7 @@ def test_every_public_member_is_documented() -> None:
     expected |= {"base_pfn", "page_size", "max_order", "zero", "reserved_pages"}
     expected |= {"alloc_exact", "arena"}
     expected |= {"cpus", "cache_batch", "cache_high", "drain", "drain_all", "cache_contents"}
+    expected |= {"buddyinfo", "fragmentation", "close", "closed"}
     assert set(public) == expected
     for name in public:
         assert inspect.getdoc(getattr(ReferencePool, name)), name

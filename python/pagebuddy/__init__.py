@@ -7,11 +7,13 @@ methods, so any code written against one runs against the other.
 """
 
 from ._errors import CorruptionError, OutOfMemory, PageError
+from ._frag import Fragmentation
 from ._native import Pool, __version__
 from ._reference import ReferencePool
 
 __all__ = [
     "CorruptionError",
+    "Fragmentation",
     "OutOfMemory",
     "PageError",
     "Pool",

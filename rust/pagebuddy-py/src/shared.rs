@@ -9,6 +9,7 @@ use pagebuddy::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::close::{Gate, Held};
 use crate::convert::{choice, raise, unsigned, Exc, Int};
 use crate::{Inner, Pool};
 
@@ -246,13 +247,14 @@ impl Pool {
         Ok(Pool {
             inner,
             // Several handles on one shared buffer are the point: no exclusive claim.
-            _claim: pin.py().None(),
+            _claim: Held::new(pin.py().None()),
             _storage: None,
-            _export: pin.unbind(),
+            _export: Held::new(pin.unbind()),
             bytes: bytes.unbind(),
             geo,
             zero: zero_name(geo.zero),
             pages_off,
+            gate: Gate::default(),
         })
     }
 
