@@ -33,7 +33,7 @@ import operator
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, TypeVar, cast, overload
 
 from . import _frag, _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
@@ -428,6 +428,7 @@ class CachedReferencePool:
             return got
         with view, view.cast("B") as raw:
             raw[: 8 * count] = array.array("Q", got).tobytes()
+        assert out is not None  # view is out's
         return out
 
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
@@ -449,10 +450,13 @@ class CachedReferencePool:
         if self._closed:
             self._refuse("put_many")
         view = _rules.u64_array(pfns)
+        items: Iterable[object]
         if view is not None:
             with view:
-                pfns = view.tolist()
-        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+                items = view.tolist()
+        else:
+            items = cast("Iterable[SupportsIndex]", pfns)
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(items)]
         slot = self._slot("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):

@@ -34,7 +34,8 @@ operation at a time (the state machine, the abuse driver):
   name the pfn or order); a new block's contents, which it then fills with :data:`FILL`;
   ``free_pages``; and every ``compare_every`` operations the free lists (and, on a cached
   pool, every slot's cache contents in order);
-* :meth:`Lockstep.agree` compares everything: free lists, ``free_pages``, every page's
+* :meth:`Lockstep.agree` compares everything: free lists, ``buddyinfo()``,
+  ``fragmentation()``, ``free_pages``, every page's
   refcount, the contents of every held block, the arenas as far as the policy defines them
   (:func:`pagebuddy._rules.arena_comparison`), the bytes past the arena, and ``check()``.
 
@@ -148,7 +149,8 @@ class Divergence(AssertionError):
     ``step`` is the number of operations applied before the one that showed it (-1 for the
     constructor, the number applied for a comparison between operations), ``op`` that
     operation (or ``None``), ``what`` a short kind (``"result"``, ``"exception"``,
-    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"caches"``, ``"contents"``,
+    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"buddyinfo"``,
+    ``"fragmentation"``, ``"caches"``, ``"contents"``,
     ``"page_count"``, ``"check"``, ``"arena"``, ``"constructor"``, ``"attribute"``) and
     ``detail`` the explanation.
     """
@@ -437,8 +439,8 @@ class Lockstep:
     # -- comparisons ----------------------------------------------------------------------------
 
     def compare_state(self, step: int | None = None, op: Op | None = None) -> None:
-        """Compare ``free_pages``, the free lists and, on a cached pool (``cpus=N``), every
-        slot's cache contents in order now."""
+        """Compare ``free_pages``, the free lists, ``buddyinfo()`` and ``fragmentation()`` and,
+        on a cached pool (``cpus=N``), every slot's cache contents in order now."""
         step = self.steps if step is None else step
         fa, fb = self.pool.free_pages, self.model.free_pages
         if fa != fb:
@@ -451,6 +453,10 @@ class Lockstep:
                 else ""
             )
             raise Divergence(step, op, "free_lists", _first_diff(la, lb) + late)
+        for query in ("buddyinfo", "fragmentation"):
+            qa, qb = getattr(self.pool, query)(), getattr(self.model, query)()
+            if qa != qb:
+                raise Divergence(step, op, query, f"{query}(): Pool {qa}, the model {qb}")
         self.compare_caches(step, op)
 
     def compare_caches(self, step: int | None = None, op: Op | None = None) -> None:

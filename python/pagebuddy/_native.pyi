@@ -1,9 +1,12 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
+
+from ._frag import Fragmentation
 
 __all__ = ["Pool", "__version__", "_after_fork", "_crash_after"]
 
@@ -38,8 +41,23 @@ class Pool:
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> Self: ...
-    def __init__(self, *_args: object, **_kwargs: object) -> None:
-        """Raises ``TypeError``: a pool is built once, by ``Pool(...)``."""
+    def __init__(
+        self,
+        nr_pages: SupportsIndex,
+        *,
+        page_size: SupportsIndex = 4096,
+        base_pfn: SupportsIndex = 0,
+        reserved_pages: SupportsIndex = 0,
+        max_order: SupportsIndex = 11,
+        buffer: Buffer | None = None,
+        zero: Literal["free", "alloc", "never"] = "free",
+        arena: bool = True,
+        cpus: SupportsIndex = 0,
+        cache_batch: SupportsIndex = 16,
+        cache_high: SupportsIndex = 64,
+    ) -> None:
+        """The constructor's signature; called again on a built pool it raises ``TypeError``:
+        a pool is built once, by ``Pool(...)``."""
     def __copy__(self) -> NoReturn:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:
@@ -91,6 +109,24 @@ class Pool:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
+    def buddyinfo(self) -> list[int]:
+        """Free blocks per order ``0 .. max_order - 1`` (caches not counted), as /proc/buddyinfo."""
+    def fragmentation(self) -> Fragmentation:
+        """Free pages, largest free order and Linux's ``extfrag_index`` per order."""
+    def close(self) -> None:
+        """Release the buffer at once; every later call raises ``ValueError``."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    def __enter__(self) -> Self:
+        """``with Pool(...) as pool:`` closes the pool at the end of the block."""
+    def __exit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        """Close the pool; an exception from the block goes on."""
     @overload
     def alloc_many(
         self,

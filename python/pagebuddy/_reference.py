@@ -217,7 +217,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
             raise TypeError(f"arena must be a bool, got {type(arena).__name__}")
         if zero is _DEFAULT_ZERO:
             zero = "free" if arena else "never"
-        zero = _as_choice(zero, "zero", ZERO_POLICIES)
+        zero = cast(Literal["free", "alloc", "never"], _as_choice(zero, "zero", ZERO_POLICIES))
         links = _as_choice(_links, "_links", LINK_STORES)
         problem = _rules.arena_problem(arena, zero, links, buffer is not None)
         if problem:
@@ -628,6 +628,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
             return pfns
         with view, view.cast("B") as raw:
             raw[: 8 * count] = array.array("Q", pfns).tobytes()
+        assert out is not None  # view is out's
         return out
 
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:
@@ -697,10 +698,13 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         if self._closed:
             self._refuse("put_many")
         view = _rules.u64_array(pfns)
+        items: Iterable[object]
         if view is not None:
             with view:
-                pfns = view.tolist()
-        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+                items = view.tolist()
+        else:
+            items = cast("Iterable[SupportsIndex]", pfns)
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(items)]
         _check_cpu("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):
