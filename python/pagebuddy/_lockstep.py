@@ -557,6 +557,8 @@ class RunResult:
     samples: list[tuple[int, list[int]]] = field(default_factory=list)
     #: Per page at the end: 0 free, 1 held, 2 shared (refcount >= 2), 3 reserved.
     arena_map: list[int] = field(default_factory=list)
+    #: Every OutOfMemory refusal: (index in ops, order of the block asked for).
+    out_of_memory: list[tuple[int, int]] = field(default_factory=list)
     seconds: float = 0.0
     #: True when ``progress`` asked the run to stop early.
     stopped: bool = False
@@ -591,6 +593,16 @@ def arena_map(pool: Any, geometry: Geometry) -> list[int]:
         elif pool.page_count(base + i) >= 2:
             states[i] = PAGE_SHARED
     return states
+
+
+def _order_asked(op: Op) -> int:
+    """The order of the block an allocation asked for (``exact``: the block that holds the
+    run); -1 when its arguments say none."""
+    try:
+        n = int(op[1])
+    except (TypeError, ValueError, IndexError):
+        return -1
+    return (n - 1).bit_length() if op[0] == "exact" else n
 
 
 def run_ops(
@@ -640,6 +652,8 @@ def run_ops(
             if exc is not None:
                 name = type(exc).__name__
                 rejected[name] += 1
+                if name == "OutOfMemory":
+                    result.out_of_memory.append((len(ops) - 1, _order_asked(op)))
                 if len(result.rejected_examples) < keep_examples:
                     result.rejected_examples.append((len(ops) - 1, op, name, str(exc)))
             n = ls.steps
