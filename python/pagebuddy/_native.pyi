@@ -56,8 +56,8 @@ class Pool:
         cache_batch: SupportsIndex = 16,
         cache_high: SupportsIndex = 64,
     ) -> None:
-        """The constructor's signature; called again on a built pool it raises ``TypeError``:
-        a pool is built once, by ``Pool(...)``."""
+        """The constructor's signature. Called once by ``Pool(...)``, which builds the pool in
+        ``__new__``; any later call raises ``TypeError``: a pool is built once."""
     def __copy__(self) -> NoReturn:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:

@@ -122,7 +122,7 @@ impl Pool {
         if self.gate.busy.load(Ordering::Acquire) != 0 {
             // Without the interpreter lock: a batch call needs it back only after it counted
             // itself out.
-            py.allow_threads(|| {
+            py.detach(|| {
                 while self.gate.busy.load(Ordering::Acquire) != 0 {
                     std::thread::yield_now();
                 }

@@ -3,7 +3,7 @@
 use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
@@ -250,7 +250,7 @@ pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
     let bytes = view.call_method0("tobytes");
     view.call_method0("release")?;
     let bytes = bytes?;
-    let bytes = bytes.downcast::<PyBytes>()?.as_bytes();
+    let bytes = bytes.cast::<PyBytes>()?.as_bytes();
     let values = bytes
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -329,9 +329,9 @@ pub enum Exc {
 impl Exc {
     /// The class, imported once.
     fn class(self, py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
-        static PAGE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-        static OOM: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-        static CORRUPT: GILOnceCell<Py<PyType>> = GILOnceCell::new();
+        static PAGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        static OOM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        static CORRUPT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
         let (cell, name) = match self {
             Exc::Page => (&PAGE, "PageError"),
             Exc::OutOfMemory => (&OOM, "OutOfMemory"),

@@ -113,9 +113,9 @@ unsafe fn pool<'a>(slf: *mut ffi::PyObject) -> &'a Pool {
     // `frozen`, so a shared borrow of its contents needs no borrow flag.
     // The object outlives the call, so the reference may outlive the borrowed handle.
     unsafe {
-        let py = Python::assume_gil_acquired();
+        let py = Python::assume_attached();
         let bound = Borrowed::from_ptr(py, slf);
-        &*(bound.downcast_unchecked::<Pool>().get() as *const Pool)
+        &*(bound.cast_unchecked::<Pool>().get() as *const Pool)
     }
 }
 
@@ -188,7 +188,7 @@ unsafe fn slow(
     // SAFETY: the caller's promise; every pointer read below is one of those objects, and every
     // reference made is handed to `Bound`, which releases it.
     unsafe {
-        let py = Python::assume_gil_acquired();
+        let py = Python::assume_attached();
         let method = SLOW[which].load(Ordering::Acquire);
         if method.is_null() {
             PyTypeError::new_err("pagebuddy: the module is not initialised").restore(py);
@@ -231,10 +231,7 @@ unsafe extern "C" fn get_page(
     // instance of the descriptor's type (`Pool`) and `arg` a live object, both borrowed.
     unsafe {
         if let Some(pfn) = plain_u64(arg) {
-            if pool(slf)
-                .try_get(Python::assume_gil_acquired(), pfn)
-                .is_some()
-            {
+            if pool(slf).try_get(Python::assume_attached(), pfn).is_some() {
                 return none();
             }
         }
@@ -254,10 +251,7 @@ unsafe extern "C" fn put_page(
     // per name in `kwnames` (null when there are none), all borrowed.
     unsafe {
         if let Some(pfn) = only_plain_u64(args, nargs, kwnames) {
-            if pool(slf)
-                .try_put(Python::assume_gil_acquired(), pfn)
-                .is_some()
-            {
+            if pool(slf).try_put(Python::assume_attached(), pfn).is_some() {
                 return none();
             }
         }
@@ -275,7 +269,7 @@ unsafe extern "C" fn alloc_pages(
     // SAFETY: as in `put_page`.
     unsafe {
         if let Some(order) = only_plain_u64(args, nargs, kwnames) {
-            if let Some(pfn) = pool(slf).try_alloc(Python::assume_gil_acquired(), order) {
+            if let Some(pfn) = pool(slf).try_alloc(Python::assume_attached(), order) {
                 // A new reference, or null with MemoryError set.
                 return ffi::PyLong_FromUnsignedLongLong(pfn);
             }

@@ -9,6 +9,7 @@ mod fast;
 mod shared;
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
@@ -82,7 +83,7 @@ macro_rules! without_gil {
         match &$self.inner {
             Inner::Side(l) => {
                 let handoff = hand_off($py, l);
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let _busy = busy;
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
@@ -90,24 +91,24 @@ macro_rules! without_gil {
             }
             Inner::Intrusive(l) => {
                 let handoff = hand_off($py, l);
-                $py.allow_threads(|| {
+                $py.detach(|| {
                     let _busy = busy;
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
                 })
             }
-            Inner::Cached($c) => $py.allow_threads(|| {
+            Inner::Cached($c) => $py.detach(|| {
                 let _busy = busy;
                 $cached
             }),
-            Inner::SharedSide(s) => $py.allow_threads(|| {
+            Inner::SharedSide(s) => $py.detach(|| {
                 let _busy = busy;
                 let mut g = s.lock_as(shared::pid(), shared::pause);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
                 f(&mut g)
             }),
-            Inner::SharedIntrusive(s) => $py.allow_threads(|| {
+            Inner::SharedIntrusive(s) => $py.detach(|| {
                 let _busy = busy;
                 let mut g = s.lock_as(shared::pid(), shared::pause);
                 #[allow(unused_mut)]
@@ -234,6 +235,8 @@ pub struct Pool {
     pages_off: usize,
     /// Closed or not, and the batch calls under way (`close.rs`).
     gate: Gate,
+    /// Whether `__init__` ran: `Pool(...)` calls it once, after `new`; any later call is refused.
+    initialised: AtomicBool,
 }
 
 impl Pool {
@@ -435,6 +438,7 @@ impl Pool {
             zero,
             pages_off: 0,
             gate: Gate::default(),
+            initialised: AtomicBool::new(false),
         })
     }
 
@@ -666,6 +670,7 @@ impl Pool {
             zero,
             pages_off: 0,
             gate: Gate::default(),
+            initialised: AtomicBool::new(false),
         })
     }
 
@@ -1120,19 +1125,20 @@ impl Pool {
         Err(no_copy(py))
     }
 
-    /// A pool is built once, by `Pool(...)`: calling `__init__` again raises TypeError (the
-    /// construction itself does not call this method). Its signature is the constructor's, which
-    /// `inspect.signature(Pool)` and `help(Pool)` show.
+    /// A pool is built once, by `Pool(...)`, whose construction calls `__init__` once after
+    /// `new` has built it: that call does nothing, and any later one raises TypeError. A slot,
+    /// it has no signature of its own: `inspect.signature(Pool)` and `help(Pool)` show `new`'s.
     #[pyo3(signature = (*_args, **_kwargs))]
-    #[pyo3(
-        text_signature = "($self, nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=16, cache_high=64)"
-    )]
     fn __init__(
         &self,
         py: Python<'_>,
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        // Relaxed: the flag guards nothing but itself; the swap is atomic whatever the order.
+        if !self.initialised.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
         Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
     }
 
@@ -1292,7 +1298,10 @@ impl Pool {
 }
 
 /// The native half of pagebuddy; use it through the `pagebuddy` package.
-#[pymodule]
+///
+/// `gil_used`: the interpreter lock is the lock of every plain pool (`under_gil`), so the module
+/// must never run on an interpreter without one.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     fast::install(&m.py().get_type::<Pool>())?;

@@ -1,7 +1,7 @@
 //! Shared pools for Python: `Pool.create_in(buffer, ...)` and `Pool.attach(buffer)` over the
 //! core's [`SharedPool`], with the process id as owner and `/proc` telling dead holders.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pagebuddy::{
     pages_that_fit, Config, Intrusive, LayoutError, SharedLinks, SharedPool, SideTable, ZeroPolicy,
@@ -255,6 +255,8 @@ impl Pool {
             zero: zero_name(geo.zero),
             pages_off,
             gate: Gate::default(),
+            // Made by a static method, not `Pool(...)`: no `__init__` call is to come.
+            initialised: AtomicBool::new(true),
         })
     }
 
