@@ -5,8 +5,8 @@
 
 * free memory over the run, in pages on a linear axis, stacked by the order of the free
   block that holds it (the band of order k is ``2**k`` times the free blocks of order k);
-* Linux's ``extfrag_index`` over the run for the order the run was refused most (else the
-  largest), with every out-of-memory refusal marked above it;
+* Linux's ``extfrag_index`` over the run for the order the run was refused most (else that
+  of the map's blocks), with every out-of-memory refusal marked above it;
 * the arena at the end, one cell per page and one row per aligned run of pages (an order-9
   block, 2 MiB of 4 KiB pages, in the demo), pfns on the axis, block boundaries drawn,
   reserved pages in their own colour.
@@ -167,10 +167,10 @@ def _free_pages_panel(ax: Any, result: RunResult) -> None:
 
 
 def _story_order(result: RunResult) -> int:
-    """The order to follow: the one refused most often, else the largest."""
+    """The order to follow: the one refused most often, else that of the map's blocks."""
     top = result.geometry.max_order - 1
     asked = Counter(k for _, k in result.out_of_memory if 0 <= k <= top)
-    return asked.most_common(1)[0][0] if asked else top
+    return asked.most_common(1)[0][0] if asked else max(0, min(_BLOCK_ORDER, top))
 
 
 def _extfrag_panel(ax: Any, result: RunResult) -> None:
@@ -263,12 +263,12 @@ def _arena_panel(ax: Any, result: RunResult) -> None:
     ax.set_ylabel("pfn of the row's first page")
     ax.set_xticks([row * q // 4 for q in range(5)])
     ax.set_xlabel(f"page within the row (+0 to +{row - 1})")
-    block_text = f"order-{_size_order(block)} block ({block} pages, {_size(block * g.page_size)})"
-    lines = "rows" if block >= row else "white lines"
-    ax.set_title(
-        f"Arena at the end: {row} pages a row; {lines} mark each {block_text}",
-        fontsize=9.5,
-    )
+    size = f"{block} pages, {_size(block * g.page_size)}"
+    if block == row:
+        where = f"each row is an order-{_size_order(block)} block ({size})"
+    else:
+        where = f"white lines mark the order-{_size_order(block)} blocks ({size})"
+    ax.set_title(f"Arena at the end: {row} pages a row; {where}", fontsize=9.5)
     count = Counter(states)
     labels = {s: f"{label}: {count.get(s, 0):,}" for s, (label, _) in _STATE_COLOURS.items()}
     if g.reserved_pages:
