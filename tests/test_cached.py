@@ -291,20 +291,20 @@ def test_arguments_on_both(impl: type) -> None:
     exact.drain(None)
     exact.drain_all()
     # Without caches there is no slot to name: any cpu but None is refused, nothing changes.
-    for call in (
+    for refused in (
         lambda: exact.alloc_pages(0, cpu=7),
         lambda: exact.cache_contents(5),
         lambda: exact.drain(0),
     ):
         with pytest.raises(ValueError, match=r"cpu=\d names a CPU slot, but this pool has no"):
-            call()
+            refused()
     assert exact.free_pages == 8
     assert exact.alloc_pages(0, cpu=None) == 0
     with pytest.raises(ValueError, match="cpu must be >= 0"):
         exact.alloc_pages(0, cpu=-1)
     with pytest.raises(TypeError):
         exact.put_page(0, cpu="0")
-    with pytest.raises(ValueError, match="^put_page: cpu=3 names a CPU slot"):
+    with pytest.raises(ValueError, match=r"^put_page: cpu=3 names a CPU slot"):
         exact.put_page(0, cpu=3)
     assert exact.page_count(0) == 1
     exact.put_page(0)
