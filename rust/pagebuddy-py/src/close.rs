@@ -15,8 +15,21 @@
 //! * `close` sets `closed` under the interpreter lock, so that every call after it sees it, then
 //!   waits, with the lock released, until `busy` is 0, so that every call before it has left
 //!   the core; only then does it release the buffer.
+//!
+//! The gate's protocol is model-checked with loom below (`make loom`, under `--cfg gate_loom`),
+//! the interpreter lock modelled by a mutex.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(gate_loom)]
+use loom::{
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread::yield_now,
+};
+#[cfg(not(gate_loom))]
+use std::{
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread::yield_now,
+};
+
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
@@ -47,7 +60,6 @@ impl Held {
 
 /// Whether the pool is closed, and how many batch calls are running without the interpreter
 /// lock.
-#[derive(Default)]
 pub(crate) struct Gate {
     closed: AtomicBool,
     busy: AtomicUsize,
@@ -65,6 +77,14 @@ impl Drop for Busy<'_> {
 }
 
 impl Gate {
+    /// An open gate, no call in it.
+    pub(crate) fn new() -> Self {
+        Gate {
+            closed: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
     /// Whether `close` has begun. Read under the interpreter lock, as it is written.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
@@ -77,6 +97,24 @@ impl Gate {
         // Relaxed: `close` reads it under the interpreter lock too, after this call let go.
         self.busy.fetch_add(1, Ordering::Relaxed);
         Busy(&self.busy)
+    }
+
+    /// `close`'s first step, under the interpreter lock: every call after it is refused.
+    fn shut(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a batch call counted in is still running.
+    fn in_use(&self) -> bool {
+        self.busy.load(Ordering::Acquire) != 0
+    }
+
+    /// Waits, without the interpreter lock, until no batch call is running: a batch call
+    /// needs that lock back only after it counted itself out.
+    fn wait_idle(&self) {
+        while self.in_use() {
+            yield_now();
+        }
     }
 }
 
@@ -118,15 +156,9 @@ impl Pool {
     /// `close()`: refuses every later call, waits for the batch calls under way, then lets
     /// the buffer go. Closing again does nothing more.
     pub(crate) fn close_now(&self, py: Python<'_>) -> PyResult<()> {
-        self.gate.closed.store(true, Ordering::Relaxed);
-        if self.gate.busy.load(Ordering::Acquire) != 0 {
-            // Without the interpreter lock: a batch call needs it back only after it counted
-            // itself out.
-            py.detach(|| {
-                while self.gate.busy.load(Ordering::Acquire) != 0 {
-                    std::thread::yield_now();
-                }
-            });
+        self.gate.shut();
+        if self.gate.in_use() {
+            py.detach(|| self.gate.wait_idle());
         }
         self._export.drop_now(py);
         if !self.bytes.is_none(py) {
@@ -141,5 +173,85 @@ impl Pool {
     /// Whether `close` was called.
     pub(crate) fn is_closed(&self) -> bool {
         self.gate.is_closed()
+    }
+}
+
+/// The gate's protocol under every interleaving loom finds: batch calls against `close`, the
+/// interpreter lock a mutex, the core's memory a cell that a call writes without that lock
+/// (under the core's own lock, the handoff or a spin lock: another mutex) and that `close`
+/// writes when it lets the buffer go, under the interpreter lock alone. Loom reports any two
+/// accesses to the cell that the protocol leaves unordered: a call reaching the core after the
+/// buffer went.
+#[cfg(all(test, gate_loom))]
+mod loom_model {
+    use loom::cell::UnsafeCell;
+    use loom::sync::{Arc, Mutex};
+
+    use super::Gate;
+
+    /// The arena: a batch call's core work writes it, and so does `close` letting it go; and
+    /// the core's lock, which batch calls take and `close` does not.
+    struct Arena(UnsafeCell<u32>, Mutex<()>);
+
+    // SAFETY: the cell is reached only through `with_mut`, which loom checks: two accesses it
+    // cannot order fail the model instead of racing.
+    unsafe impl Sync for Arena {}
+
+    /// A batch call: checks the gate and counts itself in under the lock, works without it.
+    fn batch_call(gil: &Mutex<()>, gate: &Gate, arena: &Arena) -> bool {
+        let busy = {
+            let _gil = gil.lock().unwrap();
+            if gate.is_closed() {
+                return false;
+            }
+            gate.enter()
+        };
+        let core = arena.1.lock().unwrap();
+        // SAFETY: what the model checks: no other access to the arena runs meanwhile.
+        arena.0.with_mut(|a| unsafe { *a += 1 });
+        drop(core);
+        drop(busy);
+        true
+    }
+
+    /// `close_now`: shut under the lock, wait without it, let the buffer go under it.
+    fn close(gil: &Mutex<()>, gate: &Gate, arena: &Arena) {
+        let mut held = Some(gil.lock().unwrap());
+        gate.shut();
+        if gate.in_use() {
+            drop(held.take());
+            gate.wait_idle();
+            held = Some(gil.lock().unwrap());
+        }
+        // SAFETY: as in `batch_call`.
+        arena.0.with_mut(|a| unsafe { *a = u32::MAX });
+        drop(held);
+    }
+
+    #[test]
+    fn close_waits_for_batch_calls_and_refuses_later_ones() {
+        loom::model(|| {
+            let gil = Arc::new(Mutex::new(()));
+            let gate = Arc::new(Gate::new());
+            let arena = Arc::new(Arena(UnsafeCell::new(0), Mutex::new(())));
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    let (gil, gate, arena) = (gil.clone(), gate.clone(), arena.clone());
+                    loom::thread::spawn(move || batch_call(&gil, &gate, &arena))
+                })
+                .collect();
+            close(&gil, &gate, &arena);
+            for call in calls {
+                call.join().unwrap();
+            }
+            // SAFETY: every thread is joined: this is the only access.
+            assert_eq!(
+                arena.0.with_mut(|a| unsafe { *a }),
+                u32::MAX,
+                "a call ran after close"
+            );
+            assert!(gate.is_closed() && !gate.in_use());
+            assert!(!batch_call(&gil, &gate, &arena), "a call after close ran");
+        });
     }
 }

@@ -437,7 +437,7 @@ impl Pool {
             geo,
             zero,
             pages_off: 0,
-            gate: Gate::default(),
+            gate: Gate::new(),
             initialised: AtomicBool::new(false),
         })
     }
@@ -669,7 +669,7 @@ impl Pool {
             geo,
             zero,
             pages_off: 0,
-            gate: Gate::default(),
+            gate: Gate::new(),
             initialised: AtomicBool::new(false),
         })
     }

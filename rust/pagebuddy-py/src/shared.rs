@@ -254,7 +254,7 @@ impl Pool {
             geo,
             zero: zero_name(geo.zero),
             pages_off,
-            gate: Gate::default(),
+            gate: Gate::new(),
             // Made by a static method, not `Pool(...)`: no `__init__` call is to come.
             initialised: AtomicBool::new(true),
         })
