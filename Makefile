@@ -1,8 +1,23 @@
-# pagebuddy: `make demo` runs the main job, `make test` builds and runs every test.
+# pagebuddy: `make demo` runs the main job, `make test` builds and runs the test suite.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
+NATIVE := $(VENV)/.native-built
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+# pip says nothing it did not do (no "Requirement already satisfied", no "Ignoring ...: markers").
+export PIP_QUIET := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# The interpreter .venv is made from: CPython 3.10 or later, `PYTHON=python3.11 make demo` to name
+# one. scripts/venv-python.sh picks it before any work: an older one is refused at once, and a
+# .venv made by another interpreter than PYTHON is made anew. Goals that need no Python skip it.
+NO_PYTHON_GOALS := clean lint-rust test-rust valgrind fuzz-short fuzz-long loom mutants
+ifneq ($(filter-out $(NO_PYTHON_GOALS),$(or $(MAKECMDGOALS),all)),)
+VENV_PYTHON := $(shell scripts/venv-python.sh "$(VENV)" "$(PYTHON)")
+ifneq ($(.SHELLSTATUS),0)
+$(error $(VENV_PYTHON))
+endif
+endif
 
 .PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel sdist bench \
         bench-python \
@@ -14,7 +29,8 @@ all: test
 include mk/rust-evidence.mk
 
 $(PY):
-	python3 -m venv $(VENV)
+	@echo "make: making $(VENV) with $(VENV_PYTHON) ($$($(VENV_PYTHON) -V 2>&1))"
+	$(VENV_PYTHON) -m venv $(VENV)
 
 # Build and test dependencies, installed once per change of pyproject.toml or of this list
 # (mypy: the tests type-check snippets against the stubs).
@@ -25,15 +41,25 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	    "typing_extensions>=4.6"
 	touch $@
 
+# What the native module is built from: rebuilt when one of these changes (Python sources are
+# installed in place and need no build).
+NATIVE_SOURCES := pyproject.toml Cargo.toml Cargo.lock rust/pagebuddy/Cargo.toml \
+    rust/pagebuddy-py/Cargo.toml $(shell find rust/pagebuddy/src rust/pagebuddy-py/src -name '*.rs')
+
 ## develop: build the native module (release) into the venv
-develop: $(STAMP)
-	$(VENV)/bin/maturin develop --release --quiet --extras plot
+develop: $(NATIVE)
+
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	@echo "make: building the Rust core and the module pagebuddy._native (release) into $(VENV);" \
+	    "cargo lists each crate it compiles (a few minutes the first time)"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras plot
+	@touch $@
 
 ## demo: the main job
 demo: develop
 	$(PY) -m pagebuddy
 
-## test: everything CI checks
+## test: the test suite: fmt, clippy, cargo test, ruff, pytest (CI, .ci/run, runs it and more)
 test: lint test-rust test-python
 
 lint: lint-rust lint-python

@@ -3,7 +3,7 @@
 
 The same front end as ``pagebuddy bench`` (see :mod:`pagebuddy._bench`)::
 
-    python benches/python_bench.py            # quick mode: 2**14 pages, best of 3
+    python benches/python_bench.py            # quick mode: 2**14 pages, best of 5
     python benches/python_bench.py --tiny     # a few seconds; what CI runs
     python benches/python_bench.py --json     # one JSON object (schema pagebuddy-python-bench/1)
 """

@@ -31,6 +31,14 @@ Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. 
     stay untouched) and must refuse resizing (``BufferError``) only while the pool or one of
     its views lives.
 
+``leaks``
+    Random calls on every kind of pool (plain, intrusive, arena-less, cached, shared and an
+    attached handle on it, ``ReferencePool``): allocations of every kind with every ``out``
+    array, puts from every kind of input, references, splits, views kept and written, queries,
+    drains, and refused calls with junk arguments. After a warm-up the resident size may grow
+    by less than a byte a call (one leaked int a call is 32); every pool then gets its pages
+    back and checks.
+
 ``catalogue``
     Each case a careless or hostile caller once broke, by name (see ``CATALOGUE``): two pools
     over one buffer, traces and pools that ask for more memory than there is, ``check()``
@@ -1158,6 +1166,167 @@ def run_catalogue(ctx: Context, steps: int) -> None:
         ctx.count(f"case {name}")
 
 
+# ------------------------------------------------------------------------- leaks scenario
+
+#: Resident growth allowed per call once warm: the smallest leak, an int a call, is 32.
+LEAK_BYTES_PER_CALL = 1.0
+
+
+def leak_subjects() -> dict[str, tuple[Any, list[tuple[int, int]]]]:
+    """Every kind of pool, each with the blocks it holds as (pfn, order) pairs, one per
+    reference; a shared pool and its attached handle share one list (one pool, two handles)."""
+    buffer = bytearray(16 << 10)
+    shared = Pool.create_in(buffer, page_size=64)
+    shared_held: list[tuple[int, int]] = []
+    return {
+        "plain": (Pool(64, page_size=64), []),
+        "intrusive": (Pool(64, page_size=64, _links="intrusive", zero="never"), []),
+        "arena-less": (Pool(64, arena=False), []),
+        "cached": (Pool(64, page_size=64, cpus=2), []),
+        "shared": (shared, shared_held),
+        "attached": (Pool.attach(buffer), shared_held),
+        "reference": (ReferencePool(64, page_size=64), []),
+    }
+
+
+def u64s(ctx: Context, values: list[int]) -> Any:
+    """``values`` as a list, an ``array('Q')``, a numpy ``uint64`` array or a memoryview."""
+    kind = ctx.rng.randrange(4)
+    if kind == 0:
+        return values
+    if kind == 1:
+        return array.array("Q", values)
+    if kind == 2:
+        return np.array(values, dtype=np.uint64)
+    return memoryview(array.array("Q", values))
+
+
+def leak_step(ctx: Context, pool: Any, held: list[tuple[int, int]], views: deque[Any]) -> None:
+    """One random call on ``pool``, valid or not, keeping ``held`` in step with the pool."""
+    rng = ctx.rng
+    op = rng.randrange(12) if len(held) < 48 else rng.choice((3, 4))
+    cpu = {"cpu": rng.randrange(3)} if rng.random() < 0.2 else {}
+    pick = rng.randrange(len(held)) if held else -1
+    if op == 0:
+        order = rng.randrange(4)
+        held.append((pool.alloc_pages(wrap(ctx, order), **cpu), order))
+    elif op == 1:
+        order, count = rng.randrange(3), rng.randrange(48)
+        out = None if rng.random() < 0.3 else u64s(ctx, [0] * (count + rng.randrange(3)))
+        if isinstance(out, list):
+            out = None
+        pfns = pool.alloc_many(order, wrap(ctx, count), out=out, **cpu)
+        held.extend((int(pfn), order) for pfn in list(pfns)[:count])
+    elif op == 2:
+        n = rng.randrange(1, 6)
+        first = pool.alloc_exact(wrap(ctx, n))
+        held.extend((first + i, 0) for i in range(n))
+    elif op == 3 and held:
+        pool.put_page(wrap(ctx, held[pick][0]), **cpu)
+        held.pop(pick)
+    elif op == 4 and held:
+        chosen = sorted(rng.sample(range(len(held)), rng.randrange(1, len(held) + 1)))
+        pool.put_many(u64s(ctx, [held[i][0] for i in chosen]), **cpu)
+        for i in reversed(chosen):
+            held.pop(i)
+    elif op == 5 and held:
+        pool.get_page(held[pick][0])
+        held.append(held[pick])
+    elif op == 6 and held and held[pick][1] > 0:
+        head, order = held[pick]
+        pool.split_page(head)
+        refs = held.count((head, order))
+        held[:] = [entry for entry in held if entry != (head, order)]
+        held.extend([(head, 0)] * refs + [(head + i, 0) for i in range(1, 1 << order)])
+    elif op == 7 and held and pool.arena:
+        view = pool.view(held[pick][0])
+        view[0] = rng.randrange(256)
+        views.append(view)
+        ctx.count("views")
+    elif op == 8:
+        query = rng.randrange(8)
+        if query == 0:
+            pool.check()
+        elif query == 1:
+            pool.free_lists()
+        elif query == 2:
+            repr(pool)
+        elif query == 3:
+            pool.page_count(rng.randrange(80))
+        elif query == 4:
+            pool.cache_contents(**cpu)
+        elif query == 5:
+            pool.drain(**cpu)
+        elif query == 6:
+            pool.drain_all()
+        else:
+            attributes = (pool.free_pages, pool.nr_pages, pool.max_order, pool.zero, pool.cpus)
+            ctx.count("attributes", len(attributes) > 0)
+    else:
+        leak_refused(ctx, pool)
+
+
+#: Arguments no call takes: junk, ints outside every pool (the shared one has some 240 pages).
+NO_PFN: list[Any] = [*JUNK, -1, 2**64, 10**30, Index(-5), Index(2**40), 1 << 20]
+#: What ``put_many`` refuses: no iterable, or elements outside every pool.
+NO_PFNS: list[Any] = [5, 1.5, ["x"], [2**70], [-1], [Index(-5)], (1 << 20,), np.uint64(3)]
+
+
+def leak_refused(ctx: Context, pool: Any) -> None:
+    """A call that must raise a documented exception (its failure path)."""
+    ctx.count("refused")
+    method = ctx.rng.choice(
+        ["alloc_pages", "put_page", "get_page", "split_page", "page_count", "view", "alloc_exact"]
+    )
+    arg = ctx.rng.choice(NO_PFN)
+    junk = ctx.rng.choice(NO_PFNS) if ctx.rng.random() < 0.2 else None
+    try:
+        if junk is None:
+            getattr(pool, method)(arg)
+        else:
+            pool.put_many(junk)
+    except (TypeError, ValueError, MemoryError):  # PageError and OutOfMemory among them
+        return
+    ctx.fail(f"{method}({arg!r}) or put_many({junk!r}) was accepted")
+
+
+def run_leaks(ctx: Context, steps: int) -> None:
+    """Random calls on every kind of pool; resident memory must stay flat once warm."""
+    subjects = leak_subjects()
+    names = list(subjects)
+    weights = [0.05 if name == "reference" else 1.0 for name in names]
+    views: deque[Any] = deque(maxlen=4)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            ctx.step += 1
+            name = ctx.rng.choices(names, weights)[0]
+            pool, held = subjects[name]
+            try:
+                leak_step(ctx, pool, held, views)
+            except (TypeError, ValueError, MemoryError) as exc:
+                ctx.count(type(exc).__name__)
+            ctx.count("calls")
+
+    run(steps // 10)  # warm-up: free lists, caches and interned ints reach their steady state
+    gc.collect()
+    before = rss()
+    run(steps)
+    views.clear()
+    gc.collect()
+    grown = rss() - before
+    ctx.note(f"resident memory grew {grown} bytes over {steps} calls")
+    if grown > LEAK_BYTES_PER_CALL * steps:
+        ctx.fail(f"resident memory grew {grown / steps:.2f} bytes a call over {steps} calls")
+    for name, (pool, held) in subjects.items():
+        pool.check()
+        if name != "attached":
+            pool.put_many([pfn for pfn, _ in held])
+            pool.drain_all()
+            if pool.free_pages != pool.nr_pages:
+                ctx.fail(f"{name}: {pool.free_pages} pages free of {pool.nr_pages} at the end")
+
+
 def main() -> int:
     faulthandler.enable()
     scenario, seed, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -1168,6 +1337,8 @@ def main() -> int:
             run_buffers(ctx, steps)
         elif scenario == "catalogue":
             run_catalogue(ctx, steps)
+        elif scenario == "leaks":
+            run_leaks(ctx, steps)
         else:
             run_pools(ctx, intrusive=scenario == "intrusive", steps=steps)
     except Violation as violation:

@@ -12,6 +12,8 @@ that a crash (segfault, abort) or a hang fails the test instead of killing the t
 * ``buffers``: the constructor with every kind of buffer object, read-only, non-contiguous,
   non-buffer and too-small ones included, which must be refused (``TypeError`` /
   ``ValueError``).
+* ``leaks``: random calls, valid and refused, on every kind of pool; resident memory must
+  stay flat (under a byte a call) once warm.
 
 Runs are seeded and bounded (about a second each). The seed is printed on failure together with
 the command that replays it. ``PAGEBUDDY_ABUSE_SEED=<int>`` or ``=random`` picks another seed
@@ -37,6 +39,7 @@ SCENARIOS: dict[str, tuple[int, int, list[str]]] = {
     "side": (20240601, 4000, ["stale_writes", "check:_free_memory_not_zero", "re-entrant_calls"]),
     "intrusive": (20240602, 6000, ["stale_writes", "CorruptionError", "refused_nested_arenas"]),
     "buffers": (20240603, 400, ["accepted_numpy-float64", "refused_read-only-memoryview"]),
+    "leaks": (20261203, 300_000, ["views", "refused", "OutOfMemory", "attributes"]),
 }
 # The catalogue: every case, by name (``steps`` is how many of them run).
 CASES = [

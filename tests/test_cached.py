@@ -438,10 +438,10 @@ def test_demo_and_fuzz_cover_the_cached_pool(capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     ("args", "rule"),
     [
-        (["--cpus", "-1"], "argument --cpus: must be in 0..65536"),
-        (["--cpus", "65537"], "argument --cpus: must be in 0..65536"),
-        (["--cpus", "2", "--cache-batch", "0"], "argument --cache-batch: must be in 1..65536"),
-        (["--cpus", "2", "--cache-high", "0"], "argument --cache-high: must be in 1..65536"),
+        (["--cpus", "-1"], "argument --cpus: must be from 0 to 65536"),
+        (["--cpus", "65537"], "argument --cpus: must be from 0 to 65536"),
+        (["--cpus", "2", "--cache-batch", "0"], "argument --cache-batch: must be from 1 to 65536"),
+        (["--cpus", "2", "--cache-high", "0"], "argument --cache-high: must be from 1 to 65536"),
         (
             ["--cpus", "2", "--cache-batch", "5", "--cache-high", "4"],
             "--cache-high 4 is below --cache-batch 5",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from conftest import run_json, run_main
 from pagebuddy import Pool, ReferencePool, _frag, _fuzz, _lockstep, _trace
 from pagebuddy._lockstep import diverges, run_ops
 from pagebuddy._trace import Geometry, TraceError, parse_trace
+
+TRACE_DIR = Path(__file__).resolve().parent / "data"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +79,9 @@ def test_python_m_pagebuddy_runs_the_demo() -> None:
     assert "extfrag" in proc.stdout
     assert "Pool is" in proc.stdout and "faster" in proc.stdout
     assert "\x1b[" not in proc.stdout  # no escape codes when stdout is not a terminal
-    assert proc.stderr == ""  # and no progress bar either
+    # No progress bar either: on a pipe, only the progress lines of a run past 10 s.
+    for line in proc.stderr.splitlines():
+        assert line.startswith(("lockstep: ", "timing both pools: ")), proc.stderr
 
 
 def test_demo_in_process_without_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,6 +141,134 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main(capsys, "fuzz", "--pages", "4", "--reserved", "9")[0] == 2
     assert run_main(capsys, "no-such-command")[0] == 2
     assert run_main(capsys, "replay", "/nonexistent/trace.txt")[0] == 2
+
+
+def test_unbounded_and_too_many_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("inf", "1e309", "nan", "-inf"):
+        code, out, err = run_main(capsys, "fuzz", "--seconds", value)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "--seconds" in err, value
+    code, report = run_json(capsys, "fuzz", "--shrink-seconds", "inf")
+    assert code == 2 and "finite" in report["error"]
+    code, report = run_json(capsys, "demo", "--processes", "65")
+    assert code == 2 and "--processes" in report["error"] and "64" in report["error"]
+    code, out, _ = run_main(capsys, "demo", "--help")
+    assert "(at most 64;" in " ".join(out.split())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_errors_name_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "demo", "--ops", "50", "--record", "/dev/full")
+    assert code == 2 and err.strip().endswith("/dev/full: No space left on device"), err
+    code, report = run_json(capsys, "fuzz", "--ops", "50", "--record", "/dev/full")
+    assert code == 2 and report["error"].startswith("/dev/full: "), report
+    trace = tmp_path / "t.trace"
+    assert run_main(capsys, "demo", "--ops", "50", "--record", str(trace))[0] == 0
+    code, report = run_json(
+        capsys,
+        "ftrace",
+        str(TRACE_DIR / "kmem-thp-split.trace"),
+        "--no-reference",
+        "--record",
+        "/dev/full",
+    )
+    assert code == 2 and report["error"].startswith("/dev/full: "), report
+
+
+def test_speed_is_said_faster_or_slower() -> None:
+    from pagebuddy.cli._show import compared
+
+    assert compared(3.24) == "Pool is 3.2x faster"
+    assert compared(0.4) == "Pool is 2.5x slower"
+    assert compared(1.02) == compared(0.98) == "Pool is as fast (1.0x)"
+    assert "faster" not in compared(0.5) and "compare" in compared(float("inf"))
+    assert "compare" in compared(0.0)
+
+
+def test_progress_lines_without_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interval is 10 s; a shorter one, set through the environment, shows the mechanism.
+    from pagebuddy.cli._context import PROGRESS_SECONDS, PROGRESS_SECONDS_ENV, progress_seconds
+
+    assert progress_seconds() == PROGRESS_SECONDS == 10.0
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0.02")
+    code, out, err = run_main(capsys, "fuzz", "--seconds", "0.5", "--seed", "3", "--pages", "64")
+    assert code == 0 and "No divergence" in out
+    lines = err.splitlines()
+    assert len(lines) >= 3 and all(line.startswith("fuzz: ") for line in lines), err
+    assert lines[-1].endswith(", done") and " ops/s" in lines[-1]
+    trace = tmp_path / "demo.trace"
+    assert run_main(capsys, "demo", "--ops", "1000", "--record", str(trace))[0] == 0
+    for argv in (
+        ("replay", str(trace)),
+        ("ftrace", str(TRACE_DIR / "kmem-thp-split.trace")),
+        ("bench", "--tiny"),
+    ):
+        code, out, err = run_main(capsys, *argv)
+        assert code == 0 and out
+        assert len(err.splitlines()) >= 3 and err.splitlines()[-1].endswith(", done"), argv
+    # --no-progress: none.
+    code, out, err = run_main(capsys, "replay", str(trace), "--no-progress")
+    assert code == 0 and out and err == ""
+    # A bad interval is the default one.
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv(PROGRESS_SECONDS_ENV, bad)
+        assert progress_seconds() == PROGRESS_SECONDS
+
+
+#: A range written with dots (``0..9``, ``0..=3``, ``0 .. max_order``): the notation is
+#: "A to B", both ends included, in the docs, the help and the messages.
+_DOTS = re.compile(r"[\w`)}]\s?\.\.=?\s?[\w`({-]")
+
+
+def _prose(path: Path) -> str:
+    """The text of a Markdown file outside its Rust code blocks (Rust's own ranges)."""
+    out, rust = [], False
+    for text in path.read_text(encoding="utf-8").splitlines():
+        if text.startswith("```"):
+            rust = text.startswith("```rust")
+            continue
+        if not rust:
+            out.append(text)
+    return "\n".join(out)
+
+
+def test_one_notation_for_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/cli.md"):
+        found = _DOTS.findall(_prose(root / doc))
+        assert not found, (doc, found)
+    for command in ("demo", "fuzz", "replay", "bench", "ftrace"):
+        _, out, _ = run_main(capsys, command, "--help")
+        assert not _DOTS.findall(out), (command, _DOTS.findall(out))
+    for cls in (Pool, ReferencePool):
+        assert not _DOTS.findall(cls.__doc__ or "")
+        for name in ("alloc_pages", "put_page", "alloc_exact", "free_lists", "max_order"):
+            assert not _DOTS.findall(getattr(cls, name).__doc__ or ""), (cls, name)
+            assert "[`" not in (getattr(cls, name).__doc__ or "")
+    messages = []
+    for cls in (Pool, ReferencePool):
+        pool = cls(8, page_size=64)
+        got = []
+        for call in (
+            lambda p=pool: p.alloc_pages(9),
+            lambda p=pool: p.alloc_exact(99),
+            lambda c=cls: c(0, page_size=64),
+            lambda c=cls: c(8, page_size=3),
+            lambda c=cls: c(8, page_size=64, reserved_pages=9),
+            lambda c=cls: c(8, page_size=64, cpus=-1),
+            lambda c=cls: c(8, page_size=64, cpus=1, cache_batch=0),
+        ):
+            with pytest.raises(ValueError) as info:
+                call()
+            got.append(str(info.value))
+        for message in got:
+            assert not _DOTS.findall(message), message
+        assert "orders 0 to 3" in got[0] and "runs are 1 to 8 pages" in got[1], got
+        messages.append(got)
+    assert messages[0][:2] == messages[1][:2]
+    code, report = run_json(capsys, "demo", "--cpus", "-1")
+    assert code == 2 and "from 0 to 65536" in report["error"]
 
 
 # -- replay and the trace format ----------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_alloc_exact_refusals_change_nothing(impl: Any) -> None:
     with pytest.raises(OutOfMemory, match="run of 8 pages"):
         pool.alloc_exact(8)
     for bad in (0, -1, 9, 2**70):
-        with pytest.raises(ValueError, match=r"alloc_exact: nr_pages .* runs are 1\.\.8 pages"):
+        with pytest.raises(ValueError, match=r"alloc_exact: nr_pages .* runs are 1 to 8 pages"):
             pool.alloc_exact(bad)
     with pytest.raises(TypeError):
         pool.alloc_exact("3")

@@ -187,6 +187,26 @@ def test_index_objects_out_of_range_are_classified_like_ints(cls: type) -> None:
     assert pool.free_pages == 8
 
 
+def test_messages_name_the_value_of_an_index_object_not_its_repr() -> None:
+    """A message names the int an ``__index__`` object stands for, as the model's does."""
+    messages = []
+    for pool_cls in (Pool, ReferencePool):
+        pool = pool_cls(8, page_size=64)
+        cached = pool_cls(8, page_size=64, cpus=2)
+        got = [
+            raises(ValueError, pool.alloc_exact, Index(2**70)),
+            raises(ValueError, pool.alloc_exact, Index(0)),
+            raises(ValueError, lambda c=cached: c.alloc_pages(0, cpu=Index(-5))),
+            raises(ValueError, lambda p=pool: p.alloc_pages(0, cpu=Index(-5))),
+            raises(ValueError, lambda c=pool_cls: c(8, page_size=64, max_order=Index(-3))),
+        ]
+        for message in got:
+            assert "Index" not in message and "object at" not in message, message
+        assert str(2**70) in got[0] and "-5" in got[2] and "-3" in got[4]
+        messages.append(got)
+    assert messages[0] == messages[1]
+
+
 # ------------------------------------------------------------------------- exceptions
 
 
@@ -206,9 +226,9 @@ def test_invalid_order_is_a_value_error_naming_the_order(cls: type) -> None:
     pool = cls(9, page_size=64)
     for order in (4, 5, 11, -1, 2**64, 2**100, -(2**100)):
         msg = raises(ValueError, pool.alloc_pages, order)
-        assert f"order {order} " in msg and "invalid" in msg and "0..3" in msg, msg
+        assert f"order {order} " in msg and "invalid" in msg and "0 to 3" in msg, msg
         msg = raises(ValueError, pool.alloc_many, order, 1)
-        assert f"order {order} " in msg and "0..3" in msg, msg
+        assert f"order {order} " in msg and "0 to 3" in msg, msg
 
 
 def test_out_of_memory_names_the_order(cls: type) -> None:
@@ -249,7 +269,7 @@ def test_messages_are_exact(cls: type) -> None:
     assert str(info.value) == "put_page: pfn 12 is not held (refcount 0: free page)"
     with pytest.raises(ValueError) as info:
         cls(1024, page_size=64).alloc_pages(12)
-    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0..10"
+    assert str(info.value) == "alloc_pages: order 12 is invalid: this pool has orders 0 to 10"
     pool = cls(8, page_size=64, reserved_pages=3)  # [[3], [], [4], []]
     with pytest.raises(OutOfMemory) as info:
         pool.alloc_pages(3)

@@ -110,6 +110,39 @@ def test_effective_max_order(nr_pages: int, cap: int, max_order: int) -> None:
     assert len(pool.free_lists()) == max_order
 
 
+def _upstream_max_order(nr_pages: int, page_shift: int = 12, cap: int = 11) -> int:
+    """pKVM's ``min(MAX_ORDER, get_order((nr_pages + 1) << PAGE_SHIFT))`` as C computes it:
+    ``nr_pages`` an ``unsigned int`` (the shift wraps at 32 bits), ``get_order`` on a 64-bit
+    ``unsigned long`` (``size--; size >>= PAGE_SHIFT; fls64(size)``, so 52 for 0)."""
+    size = ((nr_pages + 1) << page_shift) % 2**32
+    size = (size - 1) % 2**64
+    return min(cap, (size >> page_shift).bit_length())
+
+
+def test_upstream_max_order_parts_from_bit_length_at_two_to_the_twenty_pages() -> None:
+    """README, "The policy": where pKVM's 32-bit arithmetic and ``bit_length`` part."""
+    # Equal below 2**20 pages (every size: the README says so).
+    assert all(_upstream_max_order(n) == rules_module.max_order(n, 11) for n in range(1, 2**20))
+    # Above, upstream's is bit_length(nr_pages mod 2**20); pagebuddy's stays 11.
+    cases = {2**20: 0, 2**20 + 1: 1, 2**20 + 5: 3, 2**20 + 1023: 10, 2**20 + 1024: 11}
+    for n, upstream in cases.items():
+        assert _upstream_max_order(n) == upstream == min(11, (n % 2**20).bit_length())
+        assert rules_module.max_order(n, 11) == 11
+    for n in (2**21, 3 * 2**20 + 7, 2**32 - 2**20 + 100, 2**32 - 2):
+        assert _upstream_max_order(n) == min(11, (n % 2**20).bit_length())
+    # 16 KiB and 64 KiB pages wrap at 2**18 and 2**16 pages.
+    assert _upstream_max_order(2**18, page_shift=14) == 0 == _upstream_max_order(2**16, 16)
+    assert _upstream_max_order(2**18 - 1, page_shift=14) == 11
+    text = " ".join((pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for claim in (
+        "`min(MAX_ORDER, bit_length(nr_pages mod 2^20))`",
+        "0 at 2^20 pages",
+        "3 at 2^20 + 5",
+        "10 at 2^20 + 1023, 11 again from 2^20 + 1024",
+    ):
+        assert claim in text, claim
+
+
 def test_cap_one_keeps_every_page_separate() -> None:
     pool = make(9, max_order=1)
     assert pool.free_lists() == [list(range(9))]
@@ -273,7 +306,7 @@ def test_argument_types() -> None:
         pool.get_page("0")
     with pytest.raises(TypeError):
         pool.put_many(None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"order 4 is invalid: this pool has orders 0\.\.3"):
+    with pytest.raises(ValueError, match=r"order 4 is invalid: this pool has orders 0 to 3"):
         pool.alloc_many(4, "not even checked")
 
 

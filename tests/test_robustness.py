@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import mmap
 import pickle
 import random
@@ -160,6 +161,82 @@ def test_model_of_many_pages_is_built_at_once() -> None:
 def test_model_arena_errors_say_what_they_could_not_allocate() -> None:
     with pytest.raises(MemoryError, match=r"arena of \d+ bytes"):
         ReferencePool(2**32 - 2, page_size=2**30)
+
+
+# -- a pool too large refuses before it writes ---------------------------------------------------
+
+#: Run in a child under a limited address space: each pool too large for it, and the peak
+#: resident size it reached trying. Pools of ``sized`` have room for their first allocations
+#: and not their last, which, allocated and written one after the other, once committed the
+#: first before the last failed (or, for the caches' storage, aborted the process).
+TOO_LARGE = r"""
+import gc, json, resource
+from pagebuddy import Pool, ReferencePool
+
+def vm():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+# Each kind built once, small, so that what it imports is mapped before the limit is set.
+for kw in ({}, {"arena": False}, {"cpus": 2}, {"arena": False, "cpus": 2}):
+    Pool(64, page_size=64, **kw)
+Pool(64, page_size=64, _links="intrusive", cpus=2)
+ReferencePool(64, page_size=64, arena=False)
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+results = {}
+
+def attempt(name, limit, make):
+    gc.collect()
+    before = peak()
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        make()
+        outcome = "built"
+    except MemoryError as exc:
+        outcome = f"MemoryError: {exc}"
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    results[name] = {"outcome": outcome, "written": peak() - before}
+
+ULIMIT = 4_000_000 * 1024  # ulimit -v 4000000
+for name, kw in [("", {}), ("arena=False", {"arena": False}), ("cpus=2", {"cpus": 2}),
+                 ("arena=False, cpus=2", {"arena": False, "cpus": 2})]:
+    attempt(f"Pool(2**32 - 2, {name})", ULIMIT, lambda kw=kw: Pool(2**32 - 2, **kw))
+attempt("ReferencePool(2**32 - 2, arena=False)", ULIMIT,
+        lambda: ReferencePool(2**32 - 2, arena=False))
+
+BUDGET = 1 << 30
+def sized(name, bytes_a_page, **kw):
+    # Each allocation in turn: arena 64 bytes a page, metadata 4, links 8, page references 4.
+    n = BUDGET // bytes_a_page
+    attempt(f"{name} ({n} pages)", vm() + BUDGET, lambda: Pool(n, **kw))
+sized("arena=False: the metadata fits, not the links", 8, arena=False)
+sized("arena=False, cpus=2: not the page references", 14, arena=False, cpus=2)
+sized("arena of 64-byte pages: not the links", 72, page_size=64)
+sized("arena, cpus=2: not the page references", 78, page_size=64, cpus=2)
+sized("arena, intrusive, cpus=2: not the page references", 70, page_size=64,
+      _links="intrusive", cpus=2)
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_a_pool_too_large_refuses_before_it_writes() -> None:
+    """Every pool kind that allocates metadata reserves all of it before writing any: too large
+    for the address space, it raises MemoryError having written nothing (issue: 2**32 - 2
+    pages without an arena wrote 16.4 GB before it raised, or was killed for memory)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TOO_LARGE], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"the child died ({proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout)
+    assert len(results) == 10, results
+    for name, result in results.items():
+        assert result["outcome"].startswith("MemoryError: cannot "), (name, result)
+        assert result["written"] < 16 << 20, (name, result)
 
 
 # -- one memory, one pool ------------------------------------------------------------------------

@@ -56,9 +56,9 @@ def claim(start: int, length: int, owner: str) -> Claim:
         for first, last, other in _live.values():
             if start < last and first < end:
                 raise ValueError(
-                    f"buffer overlaps the arena of a live {other} (bytes {first:#x}..{last:#x} "
-                    f"of memory; this buffer is {start:#x}..{end:#x}): two pools must not "
-                    f"share memory, give each its own buffer"
+                    f"buffer overlaps the arena of a live {other} (bytes {first:#x} to "
+                    f"{last - 1:#x} of memory; this buffer is {start:#x} to {end - 1:#x}): two "
+                    f"pools must not share memory, give each its own buffer"
                 )
         key = next(_keys)
         _live[key] = (start, end, owner)

@@ -19,7 +19,7 @@ Workloads (``n`` = pages in the pool):
 ``put_many``     ``put_many`` of all ``n`` pages in random order, per page.
 ``churn``        every page allocated at order 0, a random half freed; then free a
                  random held page and allocate one, repeatedly; per call.
-``mixed``        orders 0..9 with P(k) ~ 2^-(k+1), random frees, the pool kept
+``mixed``        orders 0 to 9 with P(k) ~ 2^-(k+1), random frees, the pool kept
                  about half full; per call.
 ``batch_array``  ``alloc_many(0, 4096, out=buf)`` then ``put_many(buf)`` with
                  ``buf = array('Q')``: no Python object per page; per page.
@@ -42,7 +42,7 @@ Shared pools (``shared`` in the report): the same caller against ``Pool(n)`` and
 pool's process-shared lock and journals its writes; per call, loop included:
 
 ``churn``        as above.
-``window``       64 held blocks of orders 0..4: free the oldest, allocate one (the workload
+``window``       64 held blocks of orders 0 to 4: free the oldest, allocate one (the workload
                  of the core's ``shared_bench`` example); per call.
 
 Modes: ``quick`` (2**14 pages, best of 5) and ``tiny`` (2**8 pages, one run; it
@@ -433,7 +433,7 @@ def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
 
 
 def _window_on(pool: Any, n: int, rng: random.Random) -> float:
-    """64 held blocks of orders 0..4 (in a pool under 256 pages, one block per 32 pages and
+    """64 held blocks of orders 0 to 4 (in a pool under 256 pages, one block per 32 pages and
     lower orders); each step frees the oldest and allocates one; per call."""
     orders = [rng.randrange(min(5, max(1, n.bit_length() - 4))) for _ in range(4096)]
     held = max(1, min(64, n // 32))
@@ -520,7 +520,7 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
     ("alloc_many", "ns/page", "alloc_many(0, n) on a free pool", _alloc_many),
     ("put_many", "ns/page", "put_many of every page, random order", _put_many),
     ("churn", "ns/call", "random half held: put a random page, alloc one", _churn),
-    ("mixed", "ns/call", "orders 0..9, P(k)~2^-(k+1), kept half full", _mixed),
+    ("mixed", "ns/call", "orders 0 to 9, P(k)~2^-(k+1), kept half full", _mixed),
     ("batch_array", "ns/page", "alloc_many + put_many of 4096 pages via array('Q')", _batch_array),
     ("ref_pair", "ns/pair", "get_page + put_page, page held twice (net of empty loop)", _ref_pair),
     (
@@ -546,7 +546,7 @@ WORKLOADS: list[tuple[str, str, str, Callable[[type, int, random.Random], float]
 
 SHARED_WORKLOADS: list[tuple[str, str, str, Callable[[Any, int, random.Random], float]]] = [
     ("churn", "ns/call", "random half held: put a random page, alloc one", _churn_on),
-    ("window", "ns/call", "64 held blocks of orders 0..4: put the oldest, alloc one", _window_on),
+    ("window", "ns/call", "64 held blocks of orders 0 to 4: put the oldest, alloc one", _window_on),
 ]
 
 
@@ -565,7 +565,7 @@ def run_benchmarks(
     n, repeats = MODES[mode]
     n = n if pages is None else pages
     if not MIN_PAGES <= n <= MAX_PAGES:
-        raise ValueError(f"pages must be in {MIN_PAGES}..{MAX_PAGES}, not {n}")
+        raise ValueError(f"pages must be from {MIN_PAGES} to {MAX_PAGES}, not {n}")
     if pool_cls is None or model_cls is None:
         from . import Pool, ReferencePool
 

@@ -4,7 +4,7 @@ The model is an exact :class:`~pagebuddy._reference.ReferencePool` (the pool beh
 plus, per CPU slot, one LIFO stack of free blocks per cached order, written to be obviously
 right:
 
-* orders ``0 .. min(4, max_order) - 1`` are cached; higher orders go straight to the pool;
+* orders 0 to ``min(4, max_order) - 1`` are cached; higher orders go straight to the pool;
 * ``alloc`` pops the top of the slot's stack; an empty stack first takes ``cache_batch`` blocks
   from the pool (fewer if it runs out), hands out the first and stacks the rest so that they
   come out in the order the pool gave them;
@@ -67,10 +67,10 @@ MAX_CPUS = 1 << 16
 def cache_problem(cpus: int, batch: int, high: int) -> str | None:
     """Why ``cpus``, ``cache_batch`` and ``cache_high`` are refused, or None."""
     if not 1 <= cpus <= MAX_CPUS:
-        return f"cpus must be an int in 0..={MAX_CPUS}, got {cpus}"
+        return f"cpus must be an int from 0 to {MAX_CPUS}, got {cpus}"
     for name, value in (("cache_batch", batch), ("cache_high", high)):
         if not 1 <= value <= MAX_CACHE_HIGH:
-            return f"{name} must be an int in 1..={MAX_CACHE_HIGH}, got {value}"
+            return f"{name} must be an int from 1 to {MAX_CACHE_HIGH}, got {value}"
     if not 1 <= batch <= high <= MAX_CACHE_HIGH:
         return (
             f"cache_batch {batch} and cache_high {high}: need "

@@ -65,7 +65,7 @@ def _suitable(free_blocks: Sequence[int], order: int) -> int:
 
 
 def extfrag_index(free_blocks: Sequence[int], order: int) -> int:
-    """Linux ``extfrag_index`` for a request of ``order``, in thousandths (-1000..1000)."""
+    """Linux ``extfrag_index`` for a request of ``order``, in thousandths (-1000 to 1000)."""
     total_blocks = sum(free_blocks)
     if total_blocks == 0:
         return 0
@@ -76,7 +76,7 @@ def extfrag_index(free_blocks: Sequence[int], order: int) -> int:
 
 
 def unusable_index(free_blocks: Sequence[int], order: int) -> int:
-    """Linux ``unusable_index`` for a request of ``order``, in thousandths (0..1000)."""
+    """Linux ``unusable_index`` for a request of ``order``, in thousandths (0 to 1000)."""
     pages = free_pages(free_blocks)
     if pages == 0:
         return 1000
@@ -108,7 +108,7 @@ class Fragmentation(NamedTuple):
     free_pages: int
     #: The highest order with a free block, or None when nothing is free.
     largest_free_order: int | None
-    #: One value per order ``0 .. max_order - 1``.
+    #: One value per order, from 0 to ``max_order - 1``.
     extfrag_index: tuple[float, ...]
 
 

@@ -54,7 +54,9 @@ The module works in three steps, each usable alone:
    skipped (other events, other tracers' lines, malformed lines with ``lenient``).
 2. :func:`plan_lifetimes` turns those events into a :class:`Plan` of actions in the
    trace's pfn space (allocate, put, split), never applying one free twice, and measures
-   the peak of live pages.
+   the peak of live pages. :func:`read_and_plan` does both steps in one pass over a file,
+   a chunk at a time, keeping no event: its memory is that of the blocks held and of the
+   plan's actions (17 bytes each), whatever the length of the trace.
 3. :class:`PfnMap` maps the trace's pfns to the pool's while a pool runs the plan:
    :meth:`PfnMap.ops` is an operation source in the lockstep engine's protocol, which
    :func:`replay_lockstep` runs through ``Pool`` and ``ReferencePool`` with
@@ -64,13 +66,13 @@ The module works in three steps, each usable alone:
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, overload
 
 from ._lockstep import OpSource, Outcome
 from ._rules import Geometry, Op
@@ -218,20 +220,15 @@ _EVENT_CODES = {
 
 def _texts(
     lines: Iterable[str] | Iterable[bytes], imp: FtraceImport, lenient: bool
-) -> Iterable[str | None]:
+) -> Iterator[str | None]:
     """``lines`` as text: ``str`` as they are, ``bytes`` decoded as UTF-8 (``None`` for a
-    line that is not, once :func:`_malformed` has let it pass)."""
-    it = iter(lines)
-    first = next(it, None)
-    if first is None:
-        return
-    if not isinstance(first, bytes):
-        yield first  # type: ignore[misc]
-        yield from it  # type: ignore[misc]
-        return
-    for number, raw in enumerate(itertools.chain([first], it), 1):
+    line that is not, once :func:`_malformed` has let it pass). The two may be mixed."""
+    for number, raw in enumerate(lines, 1):
+        if isinstance(raw, str):
+            yield raw
+            continue
         try:
-            yield raw.decode("utf-8")  # type: ignore[union-attr]
+            yield raw.decode("utf-8")
         except UnicodeDecodeError as e:
             reason = f"not a text line (not UTF-8: {e.reason} at byte {e.start})"
             _malformed(imp, number, reason, lenient)
@@ -247,6 +244,35 @@ def _describe(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
+def _digits(text: str) -> str:
+    """A decimal number as a message shows it: whole up to 20 digits, else its first digits
+    and how many there are."""
+    return text if len(text) <= 20 else f"{text[:8]}... ({len(text):,} digits)"
+
+
+def _u64(text: str) -> int | None:
+    """A trace's number (decimal, or hexadecimal with ``0x``) if it fits in 64 bits, else
+    None; never a conversion of more digits than that takes (Python refuses decimal text of
+    over 4,300 digits)."""
+    if text[1:2] in ("x", "X"):
+        digits = text[2:].lstrip("0")
+        return int(digits or "0", 16) if len(digits) <= 16 else None
+    digits = text.lstrip("0")
+    if len(digits) > 20:
+        return None
+    value = int(digits or "0")
+    return value if value < 1 << 64 else None
+
+
+#: Most distinct event names counted by name; lines of further names are counted as
+#: :data:`OTHER_EVENT_NAMES`, so that the counts stay small whatever the trace holds.
+MAX_EVENT_NAMES = 1000
+OTHER_EVENT_NAMES = "(other event names)"
+
+#: An event as :func:`parse_ftrace` hands it on: ``(code, pfn, order, line)``.
+Event = tuple[int, int, int, int]
+
+
 def parse_ftrace(
     lines: Iterable[str] | Iterable[bytes], source: str = "<trace>", *, lenient: bool = False
 ) -> FtraceImport:
@@ -256,13 +282,25 @@ def parse_ftrace(
     malformed).
 
     Lines of other events and other tracers are skipped and counted. A line that is
-    none of these, or a page-allocator event without ``pfn=`` and ``order=``, is
-    malformed: :class:`FtraceError` naming ``source`` and the line, or with ``lenient``
-    skipped and counted.
+    none of these, a page-allocator event without ``pfn=`` and ``order=``, of an order
+    above :data:`MAX_TRACE_ORDER` or with a pfn beyond 64 bits, or a lost-event count
+    beyond 64 bits, is malformed: :class:`FtraceError` naming ``source`` and the line,
+    or with ``lenient`` skipped and counted.
     """
-    t0 = time.perf_counter()
     imp = FtraceImport(source)
-    events = imp.events
+    _scan(lines, imp, lenient, imp.events.append)
+    return imp
+
+
+def _scan(
+    lines: Iterable[str] | Iterable[bytes],
+    imp: FtraceImport,
+    lenient: bool,
+    emit: Callable[[Event], object],
+) -> None:
+    """:func:`parse_ftrace`'s work: the counts into ``imp``, each event to ``emit`` as it is
+    read (nothing of a line is kept once it is read)."""
+    t0 = time.perf_counter()
     counts = imp.counts
     search_event = _EVENT_LINE.search
     codes = _EVENT_CODES
@@ -273,12 +311,15 @@ def parse_ftrace(
         m = search_event(raw)
         if m is not None:
             name, page, text, order_text = m.groups()
-            counts[name] += 1
             code = codes.get(name)
             if code is None:
+                if name not in counts and len(counts) >= MAX_EVENT_NAMES:
+                    name = OTHER_EVENT_NAMES
+                counts[name] += 1
                 if name not in UNUSED_PAGE_EVENTS:
                     imp.other_event_lines += 1
                 continue
+            counts[name] += 1
             if text is None:  # fields in another order than the kernel prints them
                 rest = raw[m.end() :]
                 f = _PFN.search(rest)
@@ -296,28 +337,48 @@ def parse_ftrace(
                 text, order_text = f.group(1), o.group(1)
                 p = _PAGE.search(rest)
                 page = p.group(1) if p is not None else None
-            order = int(order_text)
-            pfn = int(text, 16) if text[1:2] in ("x", "X") else int(text)
-            if order > MAX_TRACE_ORDER:
+            order = int(order_text) if len(order_text) <= 4 else _u64(order_text)
+            if order is None or order > MAX_TRACE_ORDER:
+                shown = _digits(order_text.lstrip("0") or "0")
                 _malformed(
-                    imp, number, f"{name} of order {order} (at most {MAX_TRACE_ORDER})", lenient
+                    imp, number, f"{name} of order {shown} (at most {MAX_TRACE_ORDER})", lenient
+                )
+                continue
+            pfn = _u64(text)
+            if pfn is None:
+                shown = text if text[1:2] in ("x", "X") else _digits(text)
+                _malformed(
+                    imp,
+                    number,
+                    f"{name} at pfn {_describe(shown)}, beyond 64 bits (2**64 - 1 at most)",
+                    lenient,
                 )
                 continue
             if code == _EV_ALLOC and pfn == 0 and (page is None or _is_null(page)):
                 imp.failed_allocations += 1
                 continue
-            events.append((code, pfn, order, number))
+            emit((code, pfn, order, number))
             continue
         text = raw.strip()
         if not text or text[0] == "#" or _REPORT_HEADER.fullmatch(text):
-            imp.comment_lines += 1
             entries = _ENTRIES.match(text)
             if entries is not None:
-                imp.lost_events += max(0, int(entries.group(2)) - int(entries.group(1)))
+                in_buffer, written = _u64(entries.group(1)), _u64(entries.group(2))
+                if in_buffer is None or written is None:
+                    reason = "entries-in-buffer/entries-written beyond 64 bits"
+                    _malformed(imp, number, f"{reason}: {_describe(text)}", lenient)
+                    continue
+                imp.lost_events += max(0, written - in_buffer)
+            imp.comment_lines += 1
             continue
         lost = _LOST.search(text)
         if lost is not None:
-            imp.lost_events += int(lost.group(1) or lost.group(2))
+            n = _u64(lost.group(1) or lost.group(2))
+            if n is None:
+                reason = "a count of lost events beyond 64 bits"
+                _malformed(imp, number, f"{reason}: {_describe(text)}", lenient)
+                continue
+            imp.lost_events += n
             continue
         if _TRACER_LINE.search(raw) or _GRAPH_LINE.match(raw):
             imp.other_tracer_lines += 1
@@ -325,44 +386,143 @@ def parse_ftrace(
         _malformed(imp, number, f"not a trace event line: {_describe(text)}", lenient)
     imp.lines = number
     imp.seconds = time.perf_counter() - t0
-    return imp
 
 
-def read_ftrace(path: str, *, lenient: bool = False) -> FtraceImport:
-    """Read and parse the trace at ``path`` (``-`` for standard input), as UTF-8 whatever the
-    locale says.
+#: Bytes read from a trace file at a time.
+_CHUNK = 1 << 22
 
-    Raises :class:`FtraceError` for a malformed line, and ``OSError`` if the file cannot be
-    read.
-    """
+
+def _stream_lines(f: IO[bytes]) -> Iterator[str | bytes]:
+    """The lines of a binary stream, without their newlines, read :data:`_CHUNK` bytes at a
+    time: each chunk's lines as ``str`` when it is UTF-8 (decoded at once), as ``bytes``
+    otherwise (:func:`_texts` decodes them one by one, to name the line that is not). The
+    empty text after the last newline is no line."""
+    rest = b""
+    while True:
+        block = f.read(_CHUNK)
+        if not block:
+            break
+        data = rest + block if rest else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            continue
+        rest = data[cut + 1 :]
+        yield from _split(data[:cut])
+    if rest:
+        yield from _split(rest)
+
+
+def _split(data: bytes) -> list[str] | list[bytes]:
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return data.split(b"\n")
+
+
+def _read(path: str, lenient: bool, emit: Callable[[Event], object]) -> FtraceImport:
+    """Scan the trace at ``path`` (``-``: standard input), a chunk at a time."""
     if path == "-":
         import sys
 
         stdin = getattr(sys.stdin, "buffer", None)
         if stdin is None:
             raise FtraceError(0, "no standard input to read", "<stdin>")
-        return _parse_bytes(stdin.read(), "<stdin>", lenient)
-    with open(path, "rb") as f:
-        data = f.read()
-    return _parse_bytes(data, path, lenient)
-
-
-def _parse_bytes(data: bytes, source: str, lenient: bool) -> FtraceImport:
-    """Parse a whole trace read as bytes: decoded at once, or line by line (to name the
-    line that is not UTF-8) when that fails."""
-    t0 = time.perf_counter()
-    try:
-        lines: Iterable[str] | Iterable[bytes] = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines = list(lines)[:-1]  # the empty string after the last newline is no line
-    imp = parse_ftrace(lines, source, lenient=lenient)
-    imp.seconds = time.perf_counter() - t0
+        imp = FtraceImport("<stdin>")
+        _scan(_stream_lines(stdin), imp, lenient, emit)
+    else:
+        imp = FtraceImport(path)
+        with open(path, "rb") as f:
+            _scan(_stream_lines(f), imp, lenient, emit)
+    if imp.lines == 0:
+        raise FtraceError(0, "empty trace: no lines", imp.source)
     return imp
 
 
+def read_ftrace(path: str, *, lenient: bool = False) -> FtraceImport:
+    """Read and parse the trace at ``path`` (``-`` for standard input), as UTF-8 whatever the
+    locale says, keeping its events (:func:`read_and_plan` keeps none).
+
+    Raises :class:`FtraceError` for a malformed line or an empty trace, and ``OSError`` if
+    the file cannot be read.
+    """
+    imp = FtraceImport()
+    got = _read(path, lenient, imp.events.append)
+    got.events = imp.events
+    return got
+
+
+def read_and_plan(path: str, *, lenient: bool = False) -> tuple[FtraceImport, Plan]:
+    """Read the trace at ``path`` as :func:`read_ftrace` does and plan its lifetimes as
+    :func:`plan_lifetimes` does, in one pass that keeps no event: the memory is that of the
+    blocks held at each point and of the plan's actions (:class:`Actions`, 17 bytes each),
+    whatever the number of lines, events and unmatched frees. ``imp.seconds`` is the time
+    of the whole pass; ``imp.events`` stays empty.
+    """
+    planner = _Planner()
+    imp = _read(path, lenient, planner.feed)
+    t0 = time.perf_counter()
+    plan = planner.finish(imp.counts)
+    imp.seconds += time.perf_counter() - t0
+    return imp, plan
+
+
 # -- lifetimes -----------------------------------------------------------------------------------
+
+
+class Actions(Sequence[tuple[int, int, int]]):
+    """A plan's actions, ``(kind, pfn, order)`` as a sequence of tuples, stored in 9 bytes
+    each: a byte for the kind and the order (at most :data:`MAX_TRACE_ORDER`), 8 for the
+    pfn (a trace's pfns fit in 64 bits)."""
+
+    __slots__ = ("meta", "pfns")
+
+    def __init__(self, actions: Iterable[tuple[int, int, int]] = ()) -> None:
+        #: ``kind << 5 | order`` of each action.
+        self.meta = array("B")
+        #: The pfn of each action.
+        self.pfns = array("Q")
+        for action in actions:
+            self.append(action)
+
+    def append(self, action: tuple[int, int, int]) -> None:
+        """Add ``(kind, pfn, order)`` at the end."""
+        kind, pfn, order = action
+        self.meta.append(kind << 5 | order)
+        self.pfns.append(pfn)
+
+    def __len__(self) -> int:
+        return len(self.pfns)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, int, int]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[int, int, int] | list[tuple[int, int, int]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        m = self.meta[i]
+        return (m >> 5, self.pfns[i], m & 31)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        for m, pfn in zip(self.meta, self.pfns, strict=True):
+            yield (m >> 5, pfn, m & 31)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Actions):
+            return self.meta == other.meta and self.pfns == other.pfns
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Actions({list(self)!r})"
+
+
+def _lines() -> array[int]:
+    return array("Q")
 
 
 @dataclass
@@ -370,11 +530,12 @@ class Plan:
     """The trace's allocation lifetimes as actions in its own pfn space.
 
     ``actions`` are ``(ALLOC, pfn, order)``, ``(FREE, pfn, 0)`` and
-    ``(SPLIT, pfn, order)``; ``lines[i]`` is the trace line that caused ``actions[i]``.
+    ``(SPLIT, pfn, order)`` (:class:`Actions`); ``lines[i]`` is the trace line that caused
+    ``actions[i]``. Each action takes 17 bytes (9 for it, 8 for its line).
     """
 
-    actions: list[tuple[int, int, int]] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    actions: Actions = field(default_factory=Actions)
+    lines: array[int] = field(default_factory=_lines)
     allocations: int = 0
     #: Frees applied (whole blocks, or pieces of split blocks).
     frees: int = 0
@@ -525,48 +686,108 @@ class _Lifetimes:
         self.free(pfn, 0 if held is None else held, line)
 
 
-def plan_lifetimes(imp: FtraceImport) -> Plan:
-    """Turn the events of ``imp`` into a :class:`Plan` (see the module docstring)."""
-    plan = Plan()
-    state = _Lifetimes(plan)
-    has_free = any(imp.counts[name] for name in FREE_EVENTS)
-    plan.batched_as_frees = not has_free and any(imp.counts[name] for name in BATCHED_EVENTS)
-    alloc, free, free_block = state.alloc, state.free, state.free_block
-    live = state.live
-    actions, lines = plan.actions, plan.lines
-    max_order = 0
-    for code, pfn, order, line in imp.events:
+class _Planner:
+    """:func:`plan_lifetimes` one event at a time (:meth:`feed`), then :meth:`finish`.
+
+    Whether ``mm_page_free_batched`` is a free of its own depends on whether the trace has
+    any ``mm_page_free`` (``has_free``). Unless the caller knows, the first batched free
+    read before any free is held back, with every event after it (9 + 8 bytes each), until
+    a free decides it or the trace ends; a trace with frees holds back nothing after its
+    first free.
+    """
+
+    def __init__(self, has_free: bool | None = None) -> None:
+        self.plan = plan = Plan()
+        self.state = state = _Lifetimes(plan)
+        self.has_free = has_free
+        self.max_order = 0
+        #: Events held back while ``has_free`` is undecided: code << 5 | order, pfn, line.
+        self._waiting = False
+        self._held_meta = array("B")
+        self._held_pfns = array("Q")
+        self._held_lines = array("Q")
+        self._live = state.live
+        self._cover = state.cover
+        self._meta = plan.actions.meta
+        self._pfns = plan.actions.pfns
+        self._lines = plan.lines
+
+    def feed(self, event: Event) -> None:
+        """Apply one event ``(code, pfn, order, line)``."""
+        code, pfn, order, line = event
+        plan = self.plan
         if code == _EV_FREE:
-            if order == 0 and live.get(pfn) == 0 and not state.pieces:
+            if self._waiting:
+                self._decide(True)
+            elif self.has_free is None:
+                self.has_free = True
+            state = self.state
+            if order == 0 and self._live.get(pfn) == 0 and not state.pieces:
                 # The common case inline: an order-0 page freed as it was allocated.
-                del live[pfn]
+                del self._live[pfn]
                 state.live_pages -= 1
                 plan.frees += 1
-                actions.append((FREE, pfn, 0))
-                lines.append(line)
+                self._meta.append(FREE << 5)
+                self._pfns.append(pfn)
+                self._lines.append(line)
             else:
-                free(pfn, order, line)
+                state.free(pfn, order, line)
+        elif self._waiting:
+            self._held_meta.append(code << 5 | order)
+            self._held_pfns.append(pfn)
+            self._held_lines.append(line)
         elif code == _EV_ALLOC:
-            if order == 0 and pfn not in live and pfn not in state.cover:
-                live[pfn] = 0
+            state = self.state
+            if order == 0 and pfn not in self._live and pfn not in self._cover:
+                self._live[pfn] = 0
                 n = state.live_pages = state.live_pages + 1
                 if n > plan.peak_live_pages:
                     plan.peak_live_pages = n
                 plan.allocations += 1
                 plan.allocated_pages += 1
-                actions.append((ALLOC, pfn, 0))
-                lines.append(line)
+                self._meta.append(ALLOC << 5)
+                self._pfns.append(pfn)
+                self._lines.append(line)
             else:
-                alloc(pfn, order, line)
-                if order > max_order:
-                    max_order = order
-        elif has_free:
+                state.alloc(pfn, order, line)
+                if order > self.max_order:
+                    self.max_order = order
+        elif self.has_free:
             plan.duplicate_frees += 1
+        elif self.has_free is None:
+            self._waiting = True
+            self.feed(event)
         else:
-            free_block(pfn, line)
-    plan.live_pages_at_end = state.live_pages
-    plan.max_order = max_order
-    return plan
+            self.state.free_block(pfn, line)
+
+    def _decide(self, has_free: bool) -> None:
+        """``has_free`` is known: apply the events held back."""
+        self.has_free = has_free
+        self._waiting = False
+        held = zip(self._held_meta, self._held_pfns, self._held_lines, strict=True)
+        self._held_meta, self._held_pfns, self._held_lines = array("B"), array("Q"), array("Q")
+        for m, pfn, line in held:
+            self.feed((m >> 5, pfn, m & 31, line))
+
+    def finish(self, counts: Counter[str]) -> Plan:
+        """The plan, once every event was fed; ``counts`` are the lines per event name."""
+        has_free = any(counts[name] for name in FREE_EVENTS)
+        if self._waiting:
+            self._decide(has_free)
+        plan = self.plan
+        plan.batched_as_frees = not has_free and any(counts[name] for name in BATCHED_EVENTS)
+        plan.live_pages_at_end = self.state.live_pages
+        plan.max_order = self.max_order
+        return plan
+
+
+def plan_lifetimes(imp: FtraceImport) -> Plan:
+    """Turn the events of ``imp`` into a :class:`Plan` (see the module docstring)."""
+    planner = _Planner(has_free=any(imp.counts[name] for name in FREE_EVENTS))
+    feed = planner.feed
+    for event in imp.events:
+        feed(event)
+    return planner.finish(imp.counts)
 
 
 # -- replaying a plan on pools -------------------------------------------------------------------
@@ -589,7 +810,7 @@ class PfnMap:
         #: Index in ``plan.actions`` of the first refused allocation, or -1.
         self.first_refused = -1
         #: Index in ``plan.actions`` of the action each yielded operation came from.
-        self.origin: list[int] = []
+        self.origin: array[int] = array("Q")
         self.skipped_frees = 0
 
     def ops(self) -> OpSource:

@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_SECONDS",
     "FuzzConfig",
     "FuzzResult",
+    "ddmin",
     "episode",
     "fuzz",
     "random_geometry",
@@ -513,7 +514,7 @@ def shrink(
     g = geometry
     for _round in range(3):
         before = (g, len(items))
-        items, d = _ddmin(items, d, lambda c, g=g: test(g, c), cut, deadline)
+        items, d = ddmin(items, d, lambda c, g=g: test(g, c), cut, deadline)
         for change in _geometry_simplifications(g):
             if time.perf_counter() >= deadline:
                 break
@@ -553,13 +554,15 @@ def _geometry_simplifications(g: Geometry) -> list[dict[str, Any]]:
     return out
 
 
-def _ddmin(
+def ddmin(
     items: list[Op],
     d: Divergence,
     test: Callable[[list[Op]], Divergence | None],
     cut: Callable[[list[Op], Divergence], list[Op]],
     deadline: float,
 ) -> tuple[list[Op], Divergence]:
+    """Delta debugging: drop chunks of ``items`` while ``test`` still finds a divergence
+    (``cut`` trims a candidate to the step that showed it), until ``deadline``."""
     n = 2
     while len(items) >= 2 and time.perf_counter() < deadline:
         chunk = math.ceil(len(items) / n)

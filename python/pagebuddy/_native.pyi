@@ -95,7 +95,7 @@ class Pool:
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference to a held page; at zero its block is freed and coalesced.
 
-        With ``cpus=N`` a freed block of orders 0..=3 goes to slot ``cpu``'s cache.
+        With ``cpus=N`` a freed block of orders 0 to 3 goes to slot ``cpu``'s cache.
         """
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference to a held page."""
@@ -104,13 +104,13 @@ class Pool:
     def page_count(self, pfn: SupportsIndex) -> int:
         """The refcount of a page (0 for free pages and tail pages)."""
     def free_lists(self) -> list[list[int]]:
-        """One free list per order ``0..max_order``, head first."""
+        """One free list per order from 0 to ``max_order - 1``, head first."""
     def view(self, pfn: SupportsIndex) -> memoryview:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
     def buddyinfo(self) -> list[int]:
-        """Free blocks per order ``0 .. max_order - 1`` (caches not counted), as /proc/buddyinfo."""
+        """Free blocks per order from 0 to ``max_order - 1`` (caches not counted), as buddyinfo."""
     def fragmentation(self) -> Fragmentation:
         """Free pages, largest free order and Linux's ``extfrag_index`` per order."""
     def close(self) -> None:
@@ -180,7 +180,7 @@ class Pool:
         """Bytes per page (a power of two)."""
     @property
     def max_order(self) -> int:
-        """Effective number of orders: valid orders are ``0 .. max_order - 1``."""
+        """Effective number of orders: valid orders are 0 to ``max_order - 1``."""
     @property
     def reserved_pages(self) -> int:
         """Number of leading pages that construction left held."""

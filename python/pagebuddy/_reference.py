@@ -126,7 +126,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
     Pages ``i in range(nr_pages)`` have pfn ``base_pfn + i`` and own bytes
     ``[i * page_size, (i + 1) * page_size)`` of the arena (``buffer``, or a zeroed anonymous
     mapping when ``buffer`` is None). A block of order ``k`` is ``2**k`` pages whose head
-    pfn is a multiple of ``2**k``. Valid orders are ``0 .. max_order - 1`` with
+    pfn is a multiple of ``2**k``. Valid orders are 0 to ``max_order - 1`` with
     ``max_order = min(max_order argument, nr_pages.bit_length())``.
 
     The pool starts with every page held once (refcount 1, order 0); then every page from
@@ -181,7 +181,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         The arguments are checked one after another in the order of the signature, each for
         its type and then its value, as ``Pool`` does. Int arguments go through
         ``operator.index`` (TypeError otherwise). ValueError unless
-        ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two in ``64 .. 2**30``,
+        ``1 <= nr_pages <= 2**32 - 2``, ``page_size`` is a power of two from 64 to ``2**30``,
         ``base_pfn >= 0`` with ``base_pfn + nr_pages <= 2**64``,
         ``0 <= reserved_pages <= nr_pages`` and ``max_order >= 1``. ``zero`` and ``_links``
         must be one of their strings (TypeError for a non-str). ``buffer`` must export a
@@ -251,12 +251,15 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
-        self._refcount: list[int] = [1] * nr_pages
-        self._order: list[int | None] = [0] * nr_pages
-        # free_area[k]: the heads of the free blocks of order k, head of the list first.
-        self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
-        self._closed = False
-        self._lay_out_free_blocks(fresh_arena=buffer is None)
+        try:
+            self._refcount: list[int] = [1] * nr_pages
+            self._order: list[int | None] = [0] * nr_pages
+            # free_area[k]: the heads of the free blocks of order k, head of the list first.
+            self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
+            self._closed = False
+            self._lay_out_free_blocks(fresh_arena=buffer is None)
+        except MemoryError:
+            raise MemoryError(f"cannot allocate metadata for {nr_pages} pages") from None
 
     def _put_every_free_page(self) -> None:
         """The definition of the initial state: put every non-reserved page, in pfn order.
@@ -375,7 +378,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
 
     @property
     def max_order(self) -> int:
-        """Effective number of orders: valid orders are ``0 .. max_order - 1``."""
+        """Effective number of orders: valid orders are 0 to ``max_order - 1``."""
         return self._max_order
 
     @property
@@ -424,7 +427,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         return sum(len(heads) << order for order, heads in enumerate(self._free_area))
 
     def buddyinfo(self) -> list[int]:
-        """Free blocks per order ``0 .. max_order - 1``, like a line of ``/proc/buddyinfo``."""
+        """Free blocks per order from 0 to ``max_order - 1``, like a line of ``/proc/buddyinfo``."""
         if self._closed:
             self._refuse("buddyinfo")
         return [len(heads) for heads in self._free_area]
@@ -561,7 +564,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         The head of the first non-empty free list of order ``>= order`` is taken and split
         down to ``order``; each upper half joins the tail of the free list of its order. The
         head gets refcount 1. Raises TypeError if ``order`` is not an int, ValueError if it
-        is not in ``0 .. max_order - 1``, OutOfMemory if no block is large enough.
+        is not from 0 to ``max_order - 1``, OutOfMemory if no block is large enough.
         """
         if self._closed:
             self._refuse("alloc_pages")
@@ -745,7 +748,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         return self._refcount[self._check_in_pool("page_count", pfn)]
 
     def free_lists(self) -> list[list[int]]:
-        """The head pfns of the free blocks, one list per order ``0 .. max_order - 1``.
+        """The head pfns of the free blocks, one list per order from 0 to ``max_order - 1``.
 
         Each list is in FIFO order: the block ``alloc_pages`` would take next comes first.
         """
@@ -804,7 +807,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
             if not 0 <= refcount <= MAX_REFCOUNT:
                 fail(f"pfn {base + i} has refcount {refcount}")
             if order is not None and not 0 <= order < self._max_order:
-                fail(f"pfn {base + i} has order {order} (orders are 0..{self._max_order - 1})")
+                fail(f"pfn {base + i} has order {order} (orders are 0 to {self._max_order - 1})")
 
         free_heads: set[int] = set()
         for order, heads in enumerate(self._free_area):

@@ -11,7 +11,7 @@ for each:
 * the *cap* a caller passes (``Pool(..., max_order=11)``, the trace header's ``max_order=``,
   ``--max-order``), called ``order_cap`` in the code (as ``Config::order_cap`` in the core);
 * the *count* a pool reports (``pool.max_order``): the number of orders the pool really has,
-  ``min(order_cap, nr_pages.bit_length())``, so valid orders are ``0 .. max_order - 1``.
+  ``min(order_cap, nr_pages.bit_length())``, so valid orders are 0 to ``max_order - 1``.
   :func:`max_order` computes it; :attr:`Geometry.max_order` is that count.
 
 **Operations.** An operation is a tuple ``(kind, *args)`` (:data:`Op`); :data:`OPERATIONS`
@@ -91,13 +91,13 @@ def geometry_problem(
 ) -> str | None:
     """Why the constructor refuses these integer arguments (a ``ValueError`` text), or None."""
     if not 1 <= nr_pages <= MAX_PAGES:
-        return f"nr_pages must be in 1..{MAX_PAGES}, not {nr_pages}"
+        return f"nr_pages must be from 1 to {MAX_PAGES}, not {nr_pages}"
     if not (MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0):
-        return f"page_size must be a power of two in 64..2**30, not {page_size}"
+        return f"page_size must be a power of two from 64 to 2**30, not {page_size}"
     if base_pfn < 0 or base_pfn + nr_pages > PFN_LIMIT:
-        return f"base_pfn {base_pfn}: pfns must lie in 0..2**64 - 1"
+        return f"base_pfn {base_pfn}: pfns must be from 0 to 2**64 - 1"
     if not 0 <= reserved_pages <= nr_pages:
-        return f"reserved_pages must be in 0..{nr_pages}, not {reserved_pages}"
+        return f"reserved_pages must be from 0 to {nr_pages}, not {reserved_pages}"
     if order_cap < 1:
         return f"max_order must be >= 1, not {order_cap}"
     return None
@@ -281,7 +281,7 @@ class Geometry:
 
     @property
     def max_order(self) -> int:
-        """Number of orders the pool will have: valid orders are ``0 .. max_order - 1``."""
+        """Number of orders the pool will have: valid orders are 0 to ``max_order - 1``."""
         return max_order(self.nr_pages, self.order_cap)
 
     def problem(self) -> str | None:
@@ -378,8 +378,8 @@ def msg_refcount_overflow(op: str, pfn: int) -> str:
 
 
 def msg_bad_order(op: str, order: Any, orders: int) -> str:
-    """An order outside ``0 .. max_order - 1``."""
-    return f"{op}: order {order} is invalid: this pool has orders 0..{orders - 1}"
+    """An order outside 0 to ``max_order - 1``."""
+    return f"{op}: order {order} is invalid: this pool has orders 0 to {orders - 1}"
 
 
 def msg_out_of_memory(order: int, free_pages: int) -> str:
@@ -391,7 +391,7 @@ def msg_out_of_memory(order: int, free_pages: int) -> str:
 
 def msg_bad_run(op: str, nr_pages: Any, max_pages: int) -> str:
     """An exact-size run of no pages, or of more than the largest block holds."""
-    return f"{op}: nr_pages {nr_pages} is invalid: this pool's runs are 1..{max_pages} pages"
+    return f"{op}: nr_pages {nr_pages} is invalid: this pool's runs are 1 to {max_pages} pages"
 
 
 def msg_exact_out_of_memory(nr_pages: int, order: int, free_pages: int) -> str:

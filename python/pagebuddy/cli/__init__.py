@@ -1,6 +1,7 @@
 """The ``pagebuddy`` command (also ``python -m pagebuddy``).
 
-Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench`` and ``ftrace``; see
+Subcommands: ``demo`` (the default), ``fuzz``, ``replay``, ``bench``, ``ftrace`` and
+``conform``; see
 ``pagebuddy --help`` and ``docs/cli.md``.
 
 Each subcommand lives in a module of its own (``demo.py``, ``replay.py``, ``fuzz.py``,
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._lockstep import GeometryRefused
-from . import bench, demo, ftrace, fuzz, replay
+from . import bench, conform, demo, ftrace, fuzz, replay
 from ._args import (
     EXIT_DIVERGENCE,
     EXIT_INTERRUPTED,
@@ -54,6 +55,7 @@ _COMMANDS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "replay": replay.report,
     "bench": bench.report,
     "ftrace": ftrace.report,
+    "conform": conform.report,
 }
 
 

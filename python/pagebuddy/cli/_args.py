@@ -7,10 +7,12 @@ the same way: one line, or one JSON object with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from .._cache import MAX_CACHE_HIGH, MAX_CPUS, cache_problem
@@ -44,6 +46,9 @@ pure-Python model (ReferencePool). Without a subcommand, runs the demo
 
 #: Most operations ``demo --ops`` generates (the workload is built in memory before it runs).
 MAX_DEMO_OPS = 1_000_000
+
+#: Most worker processes ``demo --processes`` starts (each is a Python interpreter of its own).
+MAX_DEMO_PROCESSES = 64
 
 
 class Usage(Exception):
@@ -97,12 +102,12 @@ def non_negative(text: str) -> int:
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argument type: an integer in ``lo..hi``."""
+    """An argument type: an integer from ``lo`` to ``hi``, both included."""
 
     def parse(text: str) -> int:
         v = integer(text)
         if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}: {text!r}")
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}: {text!r}")
         return v
 
     return parse
@@ -116,6 +121,21 @@ def output_path(option: str, path: str) -> None:
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise Usage(f"{option} {path}: directory {parent} does not exist")
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Give ``path`` to an ``OSError`` raised inside without a file name (a write to, or the
+    close of, the file at ``path``: ``ENOSPC`` on ``/dev/full``, ``EIO`` on ``/proc/version``),
+    so that the one line ``main`` prints says which file: ``PATH: why``."""
+    try:
+        yield
+    except BrokenPipeError:  # standard output or error: not the file
+        raise
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), path) from None
 
 
 def check_outputs(args: Any) -> None:
@@ -178,6 +198,8 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds: {text!r}")
     return v
 
 
@@ -235,11 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--processes",
-        type=non_negative,
+        type=int_in(0, MAX_DEMO_PROCESSES),
         default=0,
         metavar="N",
         help="run N worker processes on one pool in shared memory instead (allocate, get/put, "
-        "free, write into held pages); the parent accounts for every page",
+        f"free, write into held pages); the parent accounts for every page (at most "
+        f"{MAX_DEMO_PROCESSES}; default 0: the lockstep demo)",
     )
     demo.add_argument("--record", metavar="FILE", help="write the operations as a trace")
     demo.add_argument(
@@ -363,11 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--pages",
         type=int_in(BENCH_MIN_PAGES, BENCH_MAX_PAGES),
         metavar="N",
-        help=f"pool size in pages ({BENCH_MIN_PAGES}..{BENCH_MAX_PAGES})",
+        help=f"pool size in pages ({BENCH_MIN_PAGES} to {BENCH_MAX_PAGES})",
     )
     common(bn)
 
     from .ftrace import add_parser as add_ftrace
 
     add_ftrace(sub, common, EXIT_CODES_HELP, positive, int_in(1, 2**32 - 2))
+
+    from .conform import add_parser as add_conform
+
+    add_conform(sub, common, EXIT_CODES_HELP, positive, non_negative, seconds)
     return parser

@@ -7,6 +7,7 @@ prints it as JSON with ``--json`` and otherwise hands it to the rich renderer of
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +56,7 @@ def describe_geometry(g: dict[str, Any], max_order: int) -> str:
         f"{g['nr_pages']} pages of {size(g['page_size'])} ({size(g['nr_pages'] * g['page_size'])})",
         f"at pfn {g['base_pfn']:#x}",
         f"{g['reserved_pages']} reserved",
-        f"orders 0..{max_order - 1}",
+        f"orders 0 to {max_order - 1}",
         f"zero={g['zero']}",
     ]
     if g.get("links", "side") != "side":
@@ -142,15 +143,27 @@ def print_run(
         return
     out.print(
         f"Time for the operations (CPU time): Pool {ms(t['pool_ops_s'])} (best of 3), "
-        f"ReferencePool {ms(t['reference_ops_s'])}; Pool is {t['ratio']:,.1f}x faster "
+        f"ReferencePool {ms(t['reference_ops_s'])}; {compared(t['ratio'])} "
         f"(building the pool: {ms(t['pool_build_s'])} vs {ms(t['reference_build_s'])})"
     )
     if "ratio_nozero" in t:
         out.print(
             f"  the same operations with zero=never (bookkeeping only, no memset): "
             f"Pool {ms(t['pool_ops_nozero_s'])}, ReferencePool {ms(t['reference_ops_nozero_s'])}; "
-            f"Pool is {t['ratio_nozero']:,.1f}x faster"
+            f"{compared(t['ratio_nozero'])}"
         )
+
+
+def compared(ratio: float) -> str:
+    """How ``Pool`` compares with ``ReferencePool``, from ``ratio`` = the reference's time over
+    the pool's: "Pool is 3.2x faster", "Pool is 2.5x slower" (never "0.4x faster")."""
+    if not ratio > 0 or math.isinf(ratio):
+        return "too fast to compare (under the clock's resolution)"
+    if f"{ratio:.1f}" == "1.0":
+        return "Pool is as fast (1.0x)"
+    if ratio > 1:
+        return f"Pool is {ratio:,.1f}x faster"
+    return f"Pool is {1 / ratio:,.1f}x slower"
 
 
 def print_files(out: Console, r: dict[str, Any], record_note: str = "") -> None:
@@ -316,6 +329,12 @@ def _ftrace(out: Console, r: dict[str, Any]) -> None:
     show_ftrace(out, r)
 
 
+def _conform(out: Console, r: dict[str, Any]) -> None:
+    from .conform import show as show_conform  # it builds on the pieces above
+
+    show_conform(out, r)
+
+
 RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "demo": _demo,
     "demo-processes": _demo_processes,
@@ -323,4 +342,5 @@ RICH: dict[str, Callable[[Console, dict[str, Any]], None]] = {
     "fuzz": _fuzz,
     "bench": _bench,
     "ftrace": _ftrace,
+    "conform": _conform,
 }

@@ -8,7 +8,14 @@ from typing import Any
 from .._lockstep import run_ops
 from .._trace import TraceWriter
 from .._workload import DEMO_GEOMETRY, demo_workload
-from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_cache_options, check_outputs
+from ._args import (
+    EXIT_DIVERGENCE,
+    EXIT_OK,
+    Usage,
+    check_cache_options,
+    check_outputs,
+    naming,
+)
 from ._context import Context
 from ._report import run_report, timing
 
@@ -41,7 +48,7 @@ def report(ctx: Context) -> dict[str, Any]:
         ),
     )
     if args.record:
-        with open(args.record, "w", encoding="utf-8") as f:
+        with naming(args.record), open(args.record, "w", encoding="utf-8") as f:
             w = TraceWriter(f, comment=f"pagebuddy demo --seed {args.seed} --ops {args.ops}")
             w.section(g)
             w.ops(result.ops)
@@ -53,11 +60,12 @@ def report(ctx: Context) -> dict[str, Any]:
     if args.plot:
         from .._plot import plot_run
 
-        plot_run(
-            result,
-            args.plot,
-            f"pagebuddy demo: a hypervisor's page pool serving VMs (seed {args.seed})",
-        )
+        with naming(args.plot):
+            plot_run(
+                result,
+                args.plot,
+                f"pagebuddy demo: a hypervisor's page pool serving VMs (seed {args.seed})",
+            )
     r = run_report("demo", g, result, timed)
     r.update(
         seed=args.seed,

@@ -19,7 +19,7 @@ from rich.table import Table
 from .. import _ftrace
 from .._ftrace import FtraceError, Plan
 from .._trace import TraceWriter, memory_problem
-from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_outputs
+from ._args import EXIT_DIVERGENCE, EXIT_OK, Usage, check_outputs, naming
 from ._context import Context
 from ._report import run_report, timing
 from ._show import AGREE, describe_geometry, ms, print_divergence, print_files, print_run
@@ -113,13 +113,12 @@ def report(ctx: Context) -> dict[str, Any]:
     check_outputs(args)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        imp = _ftrace.read_ftrace(args.file, lenient=args.lenient)
+        # One pass: the events are planned as they are read, and none is kept.
+        imp, plan = _ftrace.read_and_plan(args.file, lenient=args.lenient)
     except FtraceError as e:
         raise Usage(f"malformed trace: {e}", line=e.line, reason=e.reason) from None
     except OSError as e:
         raise Usage(f"cannot read {args.file}: {e.strerror or e}") from None
-    t1, c1 = time.perf_counter(), time.process_time()
-    plan = _ftrace.plan_lifetimes(imp)
     t2, c2 = time.perf_counter(), time.process_time()
     nr_pages, rule = _sizing(plan, args.pages)
     g = _ftrace.ftrace_geometry(nr_pages, plan)
@@ -163,14 +162,15 @@ def report(ctx: Context) -> dict[str, Any]:
 
             fit = _ftrace.fit_pool(plan, progress=tried)
     if args.record:
-        with open(args.record, "w", encoding="utf-8") as f:
+        with naming(args.record), open(args.record, "w", encoding="utf-8") as f:
             w = TraceWriter(f, comment=f"pagebuddy ftrace {args.file} (pool: {rule})")
             w.section(g)
             w.ops(result.ops)
     if want_plot and result.ok:
         from .._plot import plot_run
 
-        plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
+        with naming(args.plot):
+            plot_run(result, args.plot, f"pagebuddy ftrace {args.file}")
     r = run_report("ftrace", g, result, timed)
     r.update(
         ops=sum(result.op_counts.values()),
@@ -190,10 +190,8 @@ def report(ctx: Context) -> dict[str, Any]:
             "cpu_seconds": round(replay_cpu, 4),
             **({} if args.no_reference else {"compare_every": args.compare_every}),
         },
-        import_seconds=round(t1 - t0, 4),
-        import_cpu_seconds=round(c1 - c0, 4),
-        plan_seconds=round(t2 - t1, 4),
-        plan_cpu_seconds=round(c2 - c1, 4),
+        import_seconds=round(t2 - t0, 4),
+        import_cpu_seconds=round(c2 - c0, 4),
         fit=fit.as_dict() if fit is not None else None,
         record=args.record,
         plot=args.plot if want_plot and result.ok else None,
@@ -267,10 +265,10 @@ def _times(out: Console, r: dict[str, Any]) -> None:
         what = f"Lockstep replay (Pool and ReferencePool; free lists compared {when})"
     else:
         what = "Native replay (Pool alone)"
-    cpu = rp["cpu_seconds"] + r["import_cpu_seconds"] + r["plan_cpu_seconds"]
+    cpu = rp["cpu_seconds"] + r["import_cpu_seconds"]
     out.print(
-        f"{what}: {ms(rp['seconds'])}; import {ms(r['import_seconds'])}, "
-        f"lifetimes {ms(r['plan_seconds'])} (wall clock; CPU time of the three: {ms(cpu)})"
+        f"{what}: {ms(rp['seconds'])}; import and lifetimes {ms(r['import_seconds'])} "
+        f"(wall clock; CPU time of both: {ms(cpu)})"
     )
     fit = r["fit"]
     if fit is not None:

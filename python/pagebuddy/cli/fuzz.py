@@ -18,6 +18,7 @@ from ._args import (
     Usage,
     check_cache_options,
     check_outputs,
+    naming,
 )
 from ._context import Context
 from ._report import divergence
@@ -41,7 +42,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
             )
     ps = args.page_size
     if ps is not None and _rules.geometry_problem(1, ps, 0, 0, 1):
-        raise Usage(f"--page-size {ps} must be a power of two in 64..2**30")
+        raise Usage(f"--page-size {ps} must be a power of two from 64 to 2**30")
     if args.pages is not None:
         # The largest geometry an episode may draw: options not given at their most costly.
         worst = Geometry(nr_pages=args.pages, page_size=ps or 4096, arena=args.arena or "buffer")
@@ -118,18 +119,19 @@ def report(ctx: Context) -> dict[str, Any]:
             faulthandler.enable()
     # Line-buffered, so that if the native module crashes the trace ends at the operation
     # that crashed it (and faulthandler prints where).
-    record: IO[str] | None = (
-        open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
-        if args.record
-        else None
-    )
-    try:
-        result = _run(ctx, cfg, record)
-    finally:
-        if record is not None:
-            record.close()
+    with naming(args.record) if args.record else contextlib.nullcontext():
+        record: IO[str] | None = (
+            open(args.record, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
+            if args.record
+            else None
+        )
+        try:
+            result = _run(ctx, cfg, record)
+        finally:
+            if record is not None:
+                record.close()
     if result.snippet and args.reproducer:
-        with open(args.reproducer, "w", encoding="utf-8") as f:
+        with naming(args.reproducer), open(args.reproducer, "w", encoding="utf-8") as f:
             f.write(result.snippet)
     found = result.divergence is not None
     g = result.geometry

@@ -11,7 +11,7 @@ from rich.progress import MofNCompleteColumn
 from .._lockstep import GeometryRefused, RunResult, run_ops
 from .._rules import format_op
 from .._trace import Section, TraceError, read_trace
-from ._args import EXIT_DIVERGENCE, EXIT_OK, EXIT_REJECTED, Usage, check_outputs
+from ._args import EXIT_DIVERGENCE, EXIT_OK, EXIT_REJECTED, Usage, check_outputs, naming
 from ._context import Context
 from ._report import divergence, run_report, timing
 
@@ -99,7 +99,8 @@ def report(ctx: Context) -> dict[str, Any]:
     if args.plot and ok:
         from .._plot import plot_run
 
-        plot_run(final, args.plot, f"pagebuddy replay {args.file}")
+        with naming(args.plot):
+            plot_run(final, args.plot, f"pagebuddy replay {args.file}")
     op_counts: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     for r in results:

@@ -18,6 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::convert::{self, Int};
+use crate::reserve;
 
 /// Most slots a pool may have.
 pub(crate) const MAX_CPUS: u64 = 1 << 16;
@@ -49,7 +50,7 @@ struct CacheStorage {
 
 impl Drop for CacheStorage {
     fn drop(&mut self) {
-        // SAFETY: all three came from `Box::leak` in `leak` and are freed only here, once;
+        // SAFETY: all three came from `Box::leak` in `reserve::fill` and are freed only here, once;
         // `Cache` declares the cached pool (their only borrower) before the storage, so it has
         // been dropped already.
         unsafe {
@@ -117,32 +118,50 @@ pub(crate) fn settings(
     Ok((cpus, config))
 }
 
-/// `n` fresh values on the heap, for `CacheStorage` to free.
-fn leak<T>(n: usize, make: impl FnMut() -> T) -> NonNull<[T]> {
-    let v: Vec<T> = std::iter::repeat_with(make).take(n).collect();
-    NonNull::from(Box::leak(v.into_boxed_slice()))
+/// The caches' storage reserved, not yet written: a pool reserves all its heap memory before it
+/// writes any (see `reserve.rs`).
+pub(crate) struct Reserved {
+    slots: Vec<CacheSlot>,
+    blocks: Vec<u32>,
+    refs: Vec<PageRef>,
 }
 
-/// The slice behind a pointer from `leak`.
+impl Reserved {
+    /// Reserves the storage of `cpus` slots in front of a pool of `nr_pages` pages.
+    pub(crate) fn new(nr_pages: usize, cpus: usize, config: &CacheConfig) -> PyResult<Self> {
+        Ok(Reserved {
+            slots: reserve::reserve(cpus, &format!("{cpus} cache slots"))?,
+            blocks: reserve::reserve(
+                cache_blocks(cpus, config),
+                &format!("the caches of {cpus} slots"),
+            )?,
+            refs: reserve::reserve(nr_pages, &format!("page references for {nr_pages} pages"))?,
+        })
+    }
+}
+
+/// The slice behind a pointer from `reserve::fill`.
 ///
 /// # Safety
-/// `ptr` comes from `leak`, is borrowed by nothing else, and outlives every use of the result.
+/// `ptr` comes from `reserve::fill`, is borrowed by nothing else, and outlives every use of the
+/// result.
 unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
-    // SAFETY: the caller's promise; `leak` made `ptr` from a live boxed slice.
+    // SAFETY: the caller's promise; `reserve::fill` made `ptr` from a live boxed slice.
     unsafe { &mut *ptr.as_ptr() }
 }
 
-/// Builds the cached pool over `core` with fresh storage.
+/// Builds the cached pool over `core` with the storage `reserved` for it, written now.
 fn build<L: LinkStore>(
     core: LockedPool<'static, L, SpinLock>,
+    reserved: Reserved,
     nr_pages: usize,
     cpus: usize,
     config: CacheConfig,
 ) -> PyResult<(Cached<L>, CacheStorage)> {
     let storage = CacheStorage {
-        slots: leak(cpus, CacheSlot::new),
-        blocks: leak(cache_blocks(cpus, &config), || 0u32),
-        refs: leak(nr_pages, PageRef::new),
+        slots: reserve::fill(reserved.slots, cpus, CacheSlot::new),
+        blocks: reserve::fill(reserved.blocks, cache_blocks(cpus, &config), || 0u32),
+        refs: reserve::fill(reserved.refs, nr_pages, PageRef::new),
     };
     // SAFETY: `storage` owns the three boxes; the caller stores it in a `Cache` after the pool,
     // which is dropped first (on error the pool never existed).
@@ -162,22 +181,24 @@ impl Cache {
     /// Caches in front of a side-table pool.
     pub(crate) fn side(
         core: LockedPool<'static, SideTable<'static>, SpinLock>,
+        reserved: Reserved,
         nr_pages: usize,
         cpus: usize,
         config: CacheConfig,
     ) -> PyResult<Self> {
-        let (pool, storage) = build(core, nr_pages, cpus, config)?;
+        let (pool, storage) = build(core, reserved, nr_pages, cpus, config)?;
         Ok(Self::new(Caches::Side(pool), storage, cpus, config))
     }
 
     /// Caches in front of an intrusive pool.
     pub(crate) fn intrusive(
         core: LockedPool<'static, Intrusive, SpinLock>,
+        reserved: Reserved,
         nr_pages: usize,
         cpus: usize,
         config: CacheConfig,
     ) -> PyResult<Self> {
-        let (pool, storage) = build(core, nr_pages, cpus, config)?;
+        let (pool, storage) = build(core, reserved, nr_pages, cpus, config)?;
         Ok(Self::new(Caches::Intrusive(pool), storage, cpus, config))
     }
 
@@ -223,9 +244,8 @@ impl Cache {
             Some(c) if !c.is_none() => match Int::of(c, || format!("{op}: cpu"))? {
                 Int::Val(v) => Ok((v % self.cpus as u64) as usize),
                 Int::Huge(_) => Ok(huge_slot(c, self.cpus)?),
-                Int::Negative(_) => Err(PyValueError::new_err(format!(
-                    "{op}: cpu must be >= 0, got {}",
-                    c.repr()?
+                Int::Negative(t) => Err(PyValueError::new_err(format!(
+                    "{op}: cpu must be >= 0, got {t}"
                 ))),
             },
             _ => Ok(self.thread_slot()),

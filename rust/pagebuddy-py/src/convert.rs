@@ -4,7 +4,7 @@ use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
 /// holds keeps its value as text, for messages (which name the value, never an object's
@@ -97,7 +97,7 @@ pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     match Int::of(obj, || what)? {
         Int::Val(v) => Ok(v),
         big => Err(PyValueError::new_err(format!(
-            "{what} must be an int in 0..2**64, got {}",
+            "{what} must be an int from 0 to 2**64 - 1, got {}",
             big.text()
         ))),
     }
@@ -109,7 +109,7 @@ pub fn unsigned(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
 pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
     let message = match err {
         GeometryError::PageSize { page_size } => {
-            format!("page_size must be a power of two in 64..2**30, got {page_size}")
+            format!("page_size must be a power of two from 64 to 2**30, got {page_size}")
         }
         GeometryError::NoPages => "nr_pages must be >= 1, got 0".to_string(),
         GeometryError::TooManyPages { nr_pages } => {
@@ -122,7 +122,7 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
         GeometryError::Reserved {
             reserved_pages,
             nr_pages,
-        } => format!("reserved_pages must be in 0..{nr_pages}, got {reserved_pages}"),
+        } => format!("reserved_pages must be from 0 to {nr_pages}, got {reserved_pages}"),
         GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
         GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
                                             arena has no bytes to zero"
@@ -143,38 +143,39 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
     PyValueError::new_err(message)
 }
 
-/// `what` as an int in `min..=max`, else `ValueError` naming the rule.
+/// `what` as an int from `min` to `max`, else `ValueError` naming the rule.
 pub fn int_in(obj: &Bound<'_, PyAny>, what: &str, min: u64, max: u64) -> PyResult<u64> {
     let int = Int::of(obj, || what)?;
     match int.at_most(max) {
         Some(v) if v >= min => Ok(v),
         _ => Err(PyValueError::new_err(format!(
-            "{what} must be an int in {min}..={max}, got {}",
+            "{what} must be an int from {min} to {max}, got {}",
             int.text()
         ))),
     }
 }
 
-/// An order argument: `ValueError` outside `0..max_order`.
+/// An order argument: `ValueError` outside 0 to `max_order - 1`.
 pub fn order(op: &str, obj: &Bound<'_, PyAny>, max_order: u32) -> PyResult<u32> {
     let int = Int::of(obj, || format!("{op}: order"))?;
     match int.at_most(u64::from(max_order).saturating_sub(1)) {
         Some(v) if max_order > 0 => Ok(v as u32),
         _ => Err(PyValueError::new_err(format!(
-            "{op}: order {} is invalid: this pool has orders 0..{}",
+            "{op}: order {} is invalid: this pool has orders 0 to {}",
             int.text(),
             max_order - 1
         ))),
     }
 }
 
-/// The length of an exact-size run: `ValueError` outside `1..=max_pages`.
+/// The length of an exact-size run: `ValueError` outside 1 to `max_pages`.
 pub fn run(op: &str, obj: &Bound<'_, PyAny>, max_pages: u64) -> PyResult<u64> {
-    match Int::of(obj, || format!("{op}: nr_pages"))?.at_most(max_pages) {
+    let int = Int::of(obj, || format!("{op}: nr_pages"))?;
+    match int.at_most(max_pages) {
         Some(v) if v >= 1 => Ok(v),
         _ => Err(PyValueError::new_err(format!(
-            "{op}: nr_pages {} is invalid: this pool's runs are 1..{max_pages} pages",
-            obj.repr()?
+            "{op}: nr_pages {} is invalid: this pool's runs are 1 to {max_pages} pages",
+            int.text()
         ))),
     }
 }
@@ -292,10 +293,56 @@ pub fn write_u64s(out: &Bound<'_, PyAny>, values: &[u64]) -> PyResult<()> {
         Ok(())
     })?;
     let bytes = view.call_method1("cast", ("B",))?;
-    let result = bytes.set_item(PySlice::new(py, 0, values.len() as isize * 8, 1), raw);
+    let result = set_slice(&bytes, 0, values.len() * 8, raw.as_any());
     bytes.call_method0("release")?;
     view.call_method0("release")?;
     result
+}
+
+/// A slice bound as the C API takes it; `OverflowError` past `isize::MAX` (no buffer is that
+/// large, so nothing is sliced there).
+fn ssize(n: usize) -> PyResult<pyo3::ffi::Py_ssize_t> {
+    pyo3::ffi::Py_ssize_t::try_from(n)
+        .map_err(|_| PyOverflowError::new_err(format!("slice bound {n} exceeds isize::MAX")))
+}
+
+/// `obj[start:stop]`, for a memoryview a new view of those bytes.
+///
+/// Not through PyO3's `PySlice::new`, which leaks the ints it makes (`PySlice_New` takes new
+/// references to them, and PyO3 0.23 to 0.30 never drop theirs): 32 bytes a call for each
+/// bound past the small-int cache. `PySequence_GetSlice` makes and drops its slice itself.
+pub fn get_slice<'py>(
+    obj: &Bound<'py, PyAny>,
+    start: usize,
+    stop: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (start, stop) = (ssize(start)?, ssize(stop)?);
+    // SAFETY: `obj` is a live object and the `Bound` proves the interpreter attached. The call
+    // borrows `obj` and returns a new reference or null with an exception set, which is what
+    // `from_owned_ptr_or_err` takes.
+    unsafe {
+        let item = pyo3::ffi::PySequence_GetSlice(obj.as_ptr(), start, stop);
+        Bound::from_owned_ptr_or_err(obj.py(), item)
+    }
+}
+
+/// `obj[start:stop] = value`, with no leaked slice bound (see `get_slice`).
+pub fn set_slice(
+    obj: &Bound<'_, PyAny>,
+    start: usize,
+    stop: usize,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let (start, stop) = (ssize(start)?, ssize(stop)?);
+    // SAFETY: `obj` and `value` are live objects and the `Bound`s prove the interpreter
+    // attached. The call borrows both (it takes its own reference to `value` if it keeps it)
+    // and returns -1 with an exception set on failure.
+    let rc = unsafe { pyo3::ffi::PySequence_SetSlice(obj.as_ptr(), start, stop, value.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
 }
 
 /// A `str` argument that must be one of `choices`.

@@ -6,6 +6,7 @@ mod cached;
 mod close;
 mod convert;
 mod fast;
+mod reserve;
 mod shared;
 
 use std::ptr::NonNull;
@@ -17,7 +18,7 @@ use pagebuddy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySlice, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use cached::Cache;
 use close::{Gate, Held, OnClosed};
@@ -147,9 +148,9 @@ struct Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        // SAFETY: both came from `Box::leak` in `leak` (or from `leak_links`, an allocation of
-        // the same layout as that box) and are freed only here, once. `Pool`
-        // declares `inner` (the only borrower) before `storage`, so it has been dropped already.
+        // SAFETY: both came from `Box::leak` (in `reserve::fill`, and of `reserve::zeroed_links`'
+        // box in `Reserved::into_storage`) and are freed only here, once. `Pool` declares
+        // `inner` (the only borrower) before `storage`, so it has been dropped already.
         unsafe {
             drop(Box::from_raw(self.meta.as_ptr()));
             if let Some(links) = self.links {
@@ -164,43 +165,55 @@ unsafe impl Send for Storage {}
 // SAFETY: `Storage` itself is never read through `&self`.
 unsafe impl Sync for Storage {}
 
-/// `n` copies of `fill` on the heap, for `Storage` to free; `MemoryError` if it can't be had.
-fn leak<T: Copy>(n: usize, fill: T) -> PyResult<NonNull<[T]>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| PyMemoryError::new_err(format!("cannot allocate metadata for {n} pages")))?;
-    v.resize(n, fill);
-    Ok(NonNull::from(Box::leak(v.into_boxed_slice())))
+/// A pool's heap memory, all of it reserved before any is written (see `reserve.rs`): the
+/// metadata, the side-table links (none with intrusive links) and the caches' storage (with
+/// `cpus=N`).
+struct Reserved {
+    meta: Vec<PageMeta>,
+    links: Option<Box<[Link]>>,
+    cache: Option<cached::Reserved>,
 }
 
-/// `n` links on the heap, for `Storage` to free, allocated zeroed: the side table is read only
-/// for pages on the free lists, whose links are written first (every read is range-checked
-/// anyway), so its memory is committed only where blocks are listed, not for all 8 bytes a page.
-fn leak_links(n: usize) -> PyResult<NonNull<[Link]>> {
-    let fail = || PyMemoryError::new_err(format!("cannot allocate free-list links for {n} pages"));
-    let layout = std::alloc::Layout::array::<Link>(n).map_err(|_| fail())?;
-    if layout.size() == 0 {
-        return leak(n, Link::EMPTY);
+impl Reserved {
+    /// Reserves for `n` pages; `MemoryError`, with nothing written, if any part can't be had.
+    fn new(n: usize, side: bool, cpus: usize, cache: &CacheConfig) -> PyResult<Self> {
+        Ok(Reserved {
+            meta: reserve::reserve(n, &format!("metadata for {n} pages"))?,
+            links: if side {
+                Some(reserve::zeroed_links(n)?)
+            } else {
+                None
+            },
+            cache: match cpus {
+                0 => None,
+                _ => Some(cached::Reserved::new(n, cpus, cache)?),
+            },
+        })
     }
-    // SAFETY: the layout has a non-zero size (checked above).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Link>();
-    let ptr = NonNull::new(ptr).ok_or_else(fail)?;
-    // A `Link` is two `u32`s: all zeros is a valid value. The allocation is that of a
-    // `Box<[Link]>` of `n` elements (same layout), so `Storage` frees it as one.
-    Ok(NonNull::slice_from_raw_parts(ptr, n))
+
+    /// The metadata written (every page `PageMeta::INIT`) and, with the links, handed to a
+    /// `Storage`; the caches' storage, for `Cache` to write.
+    fn into_storage(self, n: usize) -> (Storage, Option<cached::Reserved>) {
+        let storage = Storage {
+            meta: reserve::fill(self.meta, n, || PageMeta::INIT),
+            links: self.links.map(|l| NonNull::from(Box::leak(l))),
+        };
+        (storage, self.cache)
+    }
 }
 
-/// The slice behind a pointer from `leak`, for the core to borrow.
+/// The slice behind a pointer of a `Storage`, for the core to borrow.
 ///
 /// # Safety
-/// `ptr` comes from `leak`, is borrowed by nothing else, and outlives every use of the result.
+/// `ptr` comes from a `Storage`, is borrowed by nothing else, and outlives every use of the
+/// result.
 unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
-    // SAFETY: `leak` made `ptr` from a live, initialised boxed slice; the caller promises
+    // SAFETY: `ptr` is a live, initialised boxed slice, leaked; the caller promises
     // exclusivity and that the box is freed (by `Storage`) only after the borrow ends.
     unsafe { &mut *ptr.as_ptr() }
 }
 
-/// A buddy page allocator over an arena of `nr_pages` pages (pKVM's hyp_pool).
+/// A buddy page allocator over an arena of ``nr_pages`` pages (pKVM's hyp_pool).
 ///
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
@@ -213,12 +226,12 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// arena=False makes a pool of page numbers only (device memory, blocks of a file, block ids):
 /// no bytes, links in the side table, zero "never"; 12 bytes of metadata a page.
 /// A Pool may be shared between threads; batch calls release the GIL.
-/// cpus=N (N >= 1) puts per-CPU caches of orders 0..=3 in front of the pool (the core's
+/// cpus=N (N >= 1) puts per-CPU caches of orders 0 to 3 in front of the pool (the core's
 /// CachedPool): each Python thread allocates from and frees into its own slot (or the slot a
 /// call names with cpu=), and only an empty cache (taking cache_batch blocks) or one above
 /// cache_high (giving its cache_batch coldest back) takes the pool's lock. Cached blocks are free
 /// (refcount 0) and count in free_pages; drain() and drain_all() give them back.
-/// close(), or the end of a `with Pool(...) as pool:` block, lets the buffer go at once.
+/// close(), or the end of a ``with Pool(...) as pool:`` block, lets the buffer go at once.
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
@@ -383,9 +396,8 @@ impl Pool {
             None => match cpu.filter(|c| !c.is_none()) {
                 None => Ok(0),
                 Some(c) => match Int::of(c, || format!("{op}: cpu"))? {
-                    Int::Negative(_) => Err(PyValueError::new_err(format!(
-                        "{op}: cpu must be >= 0, got {}",
-                        c.repr()?
+                    Int::Negative(t) => Err(PyValueError::new_err(format!(
+                        "{op}: cpu must be >= 0, got {t}"
                     ))),
                     slot => Err(PyValueError::new_err(format!(
                         "{op}: cpu={} names a CPU slot, but this pool has no per-CPU caches \
@@ -407,22 +419,23 @@ impl Pool {
         cache: CacheConfig,
     ) -> PyResult<Self> {
         let n = geo.nr_pages as usize;
-        let mut storage = Storage {
-            meta: leak(n, PageMeta::INIT)?,
-            links: None,
+        let (storage, caches) = Reserved::new(n, true, cpus, &cache)?.into_storage(n);
+        let Some(links) = storage.links else {
+            return Err(PyMemoryError::new_err(format!(
+                "cannot allocate free-list links for {n} pages"
+            )));
         };
-        let links = leak_links(n)?;
-        storage.links = Some(links);
         // SAFETY: as in `new`: `storage` owns both and outlives the core, their only borrower.
         let (meta, links) = unsafe { (borrow(storage.meta), SideTable::new(borrow(links))) };
         let pool = Core::without_arena(meta, links, config).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, &config),
             e => PyValueError::new_err(format!("Pool: {e}")),
         })?;
-        let inner = match cpus {
-            0 => Inner::Side(HandoffPool::new(pool)),
-            _ => Inner::Cached(Box::new(Cache::side(
+        let inner = match caches {
+            None => Inner::Side(HandoffPool::new(pool)),
+            Some(reserved) => Inner::Cached(Box::new(Cache::side(
                 LockedPool::new(pool),
+                reserved,
                 n,
                 cpus,
                 cache,
@@ -626,38 +639,39 @@ impl Pool {
         let claim = py
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
-        let mut storage = Storage {
-            meta: leak(geo.nr_pages as usize, PageMeta::INIT)?,
-            links: None,
-        };
+        let n = geo.nr_pages as usize;
+        let (storage, caches) = Reserved::new(n, !intrusive, cpus, &cache)?.into_storage(n);
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
         // core, which is their only borrower (on error, the core is gone before `storage`).
         let meta = unsafe { borrow(storage.meta) };
-        let inner = if intrusive {
-            let core = Self::build(&config, addr, meta, Intrusive)?;
-            match cpus {
-                0 => Inner::Intrusive(HandoffPool::new(core)),
-                _ => Inner::Cached(Box::new(Cache::intrusive(
-                    LockedPool::new(core),
-                    geo.nr_pages as usize,
-                    cpus,
-                    cache,
-                )?)),
+        let inner = match storage.links {
+            None => {
+                let core = Self::build(&config, addr, meta, Intrusive)?;
+                match caches {
+                    None => Inner::Intrusive(HandoffPool::new(core)),
+                    Some(reserved) => Inner::Cached(Box::new(Cache::intrusive(
+                        LockedPool::new(core),
+                        reserved,
+                        n,
+                        cpus,
+                        cache,
+                    )?)),
+                }
             }
-        } else {
-            let links = leak_links(geo.nr_pages as usize)?;
-            storage.links = Some(links);
-            // SAFETY: as for `meta`.
-            let links = SideTable::new(unsafe { borrow(links) });
-            let core = Self::build(&config, addr, meta, links)?;
-            match cpus {
-                0 => Inner::Side(HandoffPool::new(core)),
-                _ => Inner::Cached(Box::new(Cache::side(
-                    LockedPool::new(core),
-                    geo.nr_pages as usize,
-                    cpus,
-                    cache,
-                )?)),
+            Some(links) => {
+                // SAFETY: as for `meta`.
+                let links = SideTable::new(unsafe { borrow(links) });
+                let core = Self::build(&config, addr, meta, links)?;
+                match caches {
+                    None => Inner::Side(HandoffPool::new(core)),
+                    Some(reserved) => Inner::Cached(Box::new(Cache::side(
+                        LockedPool::new(core),
+                        reserved,
+                        n,
+                        cpus,
+                        cache,
+                    )?)),
+                }
             }
         };
         Ok(Pool {
@@ -674,7 +688,7 @@ impl Pool {
         })
     }
 
-    /// Formats `buffer` as a pool that lives entirely inside it and opens it.
+    /// Formats ``buffer`` as a pool that lives entirely inside it and opens it.
     ///
     /// Pool.create_in(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11,
     /// zero="free", links="side")
@@ -709,7 +723,7 @@ impl Pool {
         Self::create_in_impl(py, buffer, args)
     }
 
-    /// Opens the pool that Pool.create_in formatted in `buffer` (in this or another process),
+    /// Opens the pool that Pool.create_in formatted in ``buffer`` (in this or another process),
     /// without rebuilding it.
     ///
     /// An operation that a killed process left half done is rolled back first, and every
@@ -730,9 +744,9 @@ impl Pool {
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
     ///
-    /// Takes the head of the first non-empty free list at or above `order`, splitting it down.
-    /// Raises ValueError for an order outside 0..max_order and OutOfMemory when no block is free.
-    /// On a cached pool (`cpus=N`) the block comes from slot `cpu` (default: this thread's).
+    /// Takes the head of the first non-empty free list at or above ``order``, splitting it down.
+    /// Raises ValueError for an order outside 0 to max_order - 1 and OutOfMemory when no block is free.
+    /// On a cached pool (``cpus=N``) the block comes from slot ``cpu`` (default: this thread's).
     #[pyo3(signature = (order, *, cpu=None))]
     fn alloc_pages(
         &self,
@@ -762,7 +776,7 @@ impl Pool {
     /// Drops one reference to a held page; at zero its block is freed and coalesced.
     ///
     /// Raises PageError for a pfn outside the pool or a page that is not held. On a cached pool
-    /// (`cpus=N`) a block of orders 0..=3 whose last reference is dropped goes to slot `cpu`'s
+    /// (``cpus=N``) a block of orders 0 to 3 whose last reference is dropped goes to slot ``cpu``'s
     /// cache (default: this thread's).
     #[pyo3(signature = (pfn, *, cpu=None))]
     fn put_page(
@@ -791,15 +805,15 @@ impl Pool {
         page_op!(self, py, "get_page", pfn, get)
     }
 
-    /// Splits the held block headed by `pfn` into order-0 pages, each held once (the head keeps
+    /// Splits the held block headed by ``pfn`` into order-0 pages, each held once (the head keeps
     /// its refcount).
     fn split_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
         self.live("split_page")?;
         page_op!(self, py, "split_page", pfn, split)
     }
 
-    /// Allocates a contiguous run of exactly `nr_pages` pages and returns its first pfn; each
-    /// page of the run is then held once and put on its own ([`Core::alloc_exact`]).
+    /// Allocates a contiguous run of exactly ``nr_pages`` pages and returns its first pfn; each
+    /// page of the run is then held once and put on its own.
     ///
     /// Raises ValueError unless 1 <= nr_pages <= 2**(max_order - 1) and OutOfMemory when no
     /// block that holds the run is free; either way nothing changes.
@@ -838,7 +852,7 @@ impl Pool {
         .map_err(|e| self.page_error(py, "page_count", e))
     }
 
-    /// The free lists, one per order 0..max_order, each head first (FIFO order).
+    /// The free lists, one per order from 0 to max_order - 1, each head first (FIFO order).
     fn free_lists(&self, py: Python<'_>) -> PyResult<Vec<Vec<u64>>> {
         self.live("free_lists")?;
         let orders = 0..self.geo.max_order;
@@ -850,16 +864,16 @@ impl Pool {
         ))
     }
 
-    /// Free blocks per order 0..max_order, like a line of /proc/buddyinfo. On a cached pool
-    /// (`cpus=N`) the blocks in the caches are not counted, as Linux leaves out its per-CPU
-    /// lists: drain_all() first to count them.
+    /// Free blocks per order from 0 to max_order - 1, like a line of /proc/buddyinfo. On a
+    /// cached pool (``cpus=N``) the blocks in the caches are not counted, as Linux leaves out
+    /// its per-CPU lists: drain_all() first to count them.
     fn buddyinfo(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         self.live("buddyinfo")?;
         Ok(with!(self, py, |p| p.buddyinfo().to_vec(), |c| c.buddyinfo()))
     }
 
     /// Free pages, the largest free order and Linux's extfrag_index per order, computed from
-    /// buddyinfo() as `pagebuddy demo` reports them (pagebuddy.Fragmentation).
+    /// buddyinfo() as ``pagebuddy demo`` reports them (pagebuddy.Fragmentation).
     fn fragmentation<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.live("fragmentation")?;
         let blocks = self.buddyinfo(py)?;
@@ -874,8 +888,8 @@ impl Pool {
     /// Afterwards every method, and free_pages, raises ValueError saying the pool is closed;
     /// the geometry attributes, closed and repr() still answer. A view handed out before stays
     /// valid and keeps the buffer exported until it is released (del, view.release(), or
-    /// `with pool.view(pfn) as v:`); it is plain memory then, which no pool owns, as after the
-    /// pool is collected. A shared pool's other handles are not affected.
+    /// ``with pool.view(pfn) as v:``); it is plain memory then, which no pool owns, as after
+    /// the pool is collected. A shared pool's other handles are not affected.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.close_now(py)
     }
@@ -886,7 +900,7 @@ impl Pool {
         self.is_closed()
     }
 
-    /// `with Pool(...) as pool:` closes the pool at the end of the block.
+    /// ``with Pool(...) as pool:`` closes the pool at the end of the block.
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         slf.get().live("__enter__")?;
         Ok(slf)
@@ -904,7 +918,7 @@ impl Pool {
         self.close_now(py)
     }
 
-    /// A writable memoryview of the held block headed by `pfn` (page_size << order bytes).
+    /// A writable memoryview of the held block headed by ``pfn`` (page_size << order bytes).
     ///
     /// The view keeps the arena alive, also after the pool is gone.
     fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -922,8 +936,7 @@ impl Pool {
             .map_err(|e| self.page_error(py, "view", e))?;
         let off = self.pages_off + (pfn - self.geo.base_pfn) as usize * self.geo.page_size;
         let len = self.geo.page_size << order;
-        let slice = PySlice::new(py, off as isize, (off + len) as isize, 1);
-        self.bytes.bind(py).get_item(slice)
+        convert::get_slice(self.bytes.bind(py), off, off + len)
     }
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
@@ -933,14 +946,14 @@ impl Pool {
             .map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
 
-    /// Allocates `count` blocks of `order` in one critical section, without the GIL.
+    /// Allocates ``count`` blocks of ``order`` in one critical section, without the GIL.
     ///
-    /// All or nothing ([`Core::alloc_many`]): raises OutOfMemory, with nothing allocated, when
-    /// `count` blocks cannot be had. Returns the pfns in allocation order: a list, or `out`
-    /// with them in its first `count` items when `out` is given, a writable array of 64-bit
-    /// unsigned ints (`array('Q')`, numpy `uint64`) of at least `count` items.
+    /// All or nothing: raises OutOfMemory, with nothing allocated, when
+    /// ``count`` blocks cannot be had. Returns the pfns in allocation order: a list, or ``out``
+    /// with them in its first ``count`` items when ``out`` is given, a writable array of 64-bit
+    /// unsigned ints (``array('Q')``, numpy ``uint64``) of at least ``count`` items.
     ///
-    /// On a cached pool (`cpus=N`) the blocks come from slot `cpu` (default: this thread's),
+    /// On a cached pool (``cpus=N``) the blocks come from slot ``cpu`` (default: this thread's),
     /// one allocation after another; when one fails, those already taken are put back through
     /// the slot, the last first, and OutOfMemory says how many could be had.
     #[pyo3(signature = (order, count, *, out = None, cpu = None))]
@@ -965,12 +978,12 @@ impl Pool {
 
     /// Puts every pfn of an iterable, in one critical section, without the GIL.
     ///
-    /// All or nothing ([`Core::put_many`]): all elements are converted first (a non-int raises
+    /// All or nothing: all elements are converted first (a non-int raises
     /// TypeError), then checked; the first that cannot be put raises PageError naming its index
-    /// and nothing is put. An array of 64-bit unsigned ints (`array('Q')`, numpy `uint64`) is
+    /// and nothing is put. An array of 64-bit unsigned ints (``array('Q')``, numpy ``uint64``) is
     /// read as it is, with no Python object per page.
     ///
-    /// On a cached pool (`cpus=N`) freed blocks go to slot `cpu` (default: this thread's), after
+    /// On a cached pool (``cpus=N``) freed blocks go to slot ``cpu`` (default: this thread's), after
     /// the same checks.
     #[pyo3(signature = (pfns, *, cpu = None))]
     fn put_many(
@@ -1016,7 +1029,7 @@ impl Pool {
         self.cache().map_or(CacheConfig::new(), |c| c.config()).high
     }
 
-    /// Returns every block cached in slot `cpu` (default: this thread's) to the pool, orders
+    /// Returns every block cached in slot ``cpu`` (default: this thread's) to the pool, orders
     /// ascending, coldest first. Nothing to do on a pool without caches.
     #[pyo3(signature = (cpu=None))]
     fn drain(&self, py: Python<'_>, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -1043,7 +1056,7 @@ impl Pool {
         }
     }
 
-    /// Slot `cpu`'s cached blocks (default: this thread's slot), one list per cached order,
+    /// Slot ``cpu``'s cached blocks (default: this thread's slot), one list per cached order,
     /// coldest first: the next allocation of an order takes the last of its list. Empty on a
     /// pool without caches.
     #[pyo3(signature = (cpu=None))]
@@ -1071,26 +1084,26 @@ impl Pool {
         self.geo.page_size
     }
 
-    /// Number of orders: blocks have orders 0..max_order.
+    /// Number of orders: blocks have orders 0 to max_order - 1.
     #[getter]
     fn max_order(&self) -> u32 {
         self.geo.max_order
     }
 
-    /// Pages that started held: the first `reserved_pages` pages.
+    /// Pages that started held: the first ``reserved_pages`` pages.
     #[getter]
     fn reserved_pages(&self) -> u32 {
         self.geo.reserved_pages
     }
 
-    /// Whether the pool has an arena (False for `Pool(..., arena=False)`).
+    /// Whether the pool has an arena (False for ``Pool(..., arena=False)``).
     #[getter(arena)]
     fn has_arena(&self, py: Python<'_>) -> bool {
         !self.bytes.is_none(py)
     }
 
     /// Bytes of per-page metadata and side-table links the pool keeps (4 + 8 a page, 4 with
-    /// intrusive links), besides its arena; with caches, also their `PageRef`s (4 a page) and
+    /// intrusive links), besides its arena; with caches, also their ``PageRef``s (4 a page) and
     /// slots.
     #[getter]
     fn metadata_bytes(&self) -> usize {
@@ -1110,12 +1123,12 @@ impl Pool {
         self.zero
     }
 
-    /// A pool owns its arena and its pages: `copy.copy` raises TypeError.
+    /// A pool owns its arena and its pages: ``copy.copy`` raises TypeError.
     fn __copy__(&self, py: Python<'_>) -> PyResult<()> {
         Err(no_copy(py))
     }
 
-    /// As `__copy__`.
+    /// As ``__copy__``.
     fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
         Err(no_copy(py))
     }
@@ -1125,9 +1138,10 @@ impl Pool {
         Err(no_copy(py))
     }
 
-    /// A pool is built once, by `Pool(...)`, whose construction calls `__init__` once after
-    /// `new` has built it: that call does nothing, and any later one raises TypeError. A slot,
-    /// it has no signature of its own: `inspect.signature(Pool)` and `help(Pool)` show `new`'s.
+    /// A pool is built once, by ``Pool(...)``, whose construction calls ``__init__`` once after
+    /// ``new`` has built it: that call does nothing, and any later one raises TypeError. A slot,
+    /// it has no signature of its own: ``inspect.signature(Pool)`` and ``help(Pool)`` show
+    /// ``new``'s.
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __init__(
         &self,

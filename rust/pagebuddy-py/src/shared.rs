@@ -85,12 +85,12 @@ pub(crate) fn pause(polls: u32) {
     }
 }
 
-/// An int argument in `lo..=hi`, or ValueError naming it.
+/// An int argument from `lo` to `hi`, or ValueError naming it.
 fn int_in(obj: &Bound<'_, PyAny>, what: &str, lo: u64, hi: u64) -> PyResult<u64> {
     let v = unsigned(obj, what)?;
     if v < lo || v > hi {
         return Err(PyValueError::new_err(format!(
-            "{what} must be in {lo}..={hi}, got {v}"
+            "{what} must be from {lo} to {hi}, got {v}"
         )));
     }
     Ok(v)
@@ -168,10 +168,10 @@ impl Pool {
             Some(m) => match Int::of(m, || "max_order")? {
                 Int::Val(v) if v >= 1 => v.min(u64::from(u32::MAX)) as u32,
                 Int::Huge(_) => u32::MAX,
-                _ => {
+                other => {
                     return Err(PyValueError::new_err(format!(
                         "max_order must be an int >= 1, got {}",
-                        m.repr()?
+                        other.text()
                     )))
                 }
             },

@@ -48,6 +48,9 @@ impl fmt::Display for BatchError {
 
 /// Marks a page whose last reference the batch being applied dropped, until it is attached.
 const DROPPED: u8 = 1;
+/// With [`DROPPED`], while `put_many` checks the batch: the merges of this page's free have been
+/// checked ([`Pool::check_frees`]).
+const WALKED: u8 = 2;
 
 impl<L: LinkStore> Pool<'_, L> {
     /// Allocates `out.len()` blocks of `2^order` pages into `out`, all or nothing: on any error
@@ -145,7 +148,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// taken before the next block (their links are the pool's own, just written). So checking,
     /// on each list, as many head blocks as the batch will take reads everything that `alloc`
     /// and [`FreeLists::remove`] check.
-    fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
+    pub(crate) fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
         let mut left = count;
         for k in order..self.geo.max_order {
             if left == 0 {
@@ -162,10 +165,11 @@ impl<L: LinkStore> Pool<'_, L> {
 
     /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
     /// after another from its head: each is a free head of that order, and each link that
-    /// unlinking it reads is in range and points back at it. (Once a block is the head, its
-    /// `prev` is NIL, written by the unlinking of the block before it; only the first block's
-    /// `prev` is read as it is.)
-    fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
+    /// unlinking it reads is in range and points back at it. The first block's `prev` must be
+    /// NIL, as a head's is: unlinking a head whose `prev` names another block would leave the
+    /// list's head on it, held, for the next allocation to find. (Each later block's `prev` is
+    /// NIL then, written by the unlinking of the block before it.)
+    pub(crate) fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
         let mut next = self.free.first(order);
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
@@ -174,8 +178,7 @@ impl<L: LinkStore> Pool<'_, L> {
                 return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
             }
             let me = self.free.link(&self.arena, idx)?;
-            let prev_ok =
-                n > 0 || me.prev == Link::NIL || self.free.link(&self.arena, me.prev)?.next == idx;
+            let prev_ok = n > 0 || me.prev == Link::NIL;
             let next_ok = if me.next == Link::NIL {
                 self.free.tail(order) == idx
             } else {
@@ -197,7 +200,11 @@ impl<L: LinkStore> Pool<'_, L> {
     /// The error names the first element that fails, with the error `put` would have returned
     /// there ([`Error::PfnOutOfRange`], [`Error::NotHeld`]). Blocks whose last reference is
     /// dropped are freed and coalesced in the order of those last references, as with `put`.
-    /// Only a corrupted pool ([`Error::Corrupted`]) can stop it part way.
+    /// Every free-list link the frees will read is checked before the first write, as `put`
+    /// checks its own, so a corrupt list ([`Error::Corrupted`], naming the element whose free
+    /// would meet it) changes nothing either. (The checks may look at a little more than the
+    /// frees will: on a corrupt pool a batch may refuse where the calls one by one would not
+    /// yet have failed.)
     ///
     /// ```
     /// use pagebuddy::{BatchError, Config, Error, Link, PageMeta, Pool, SideTable};
@@ -221,11 +228,18 @@ impl<L: LinkStore> Pool<'_, L> {
                 return Err(BatchError { index, error });
             }
         }
+        // Check every link the frees will read before the first of them writes, as `put` does
+        // for one: a corrupt list stops the batch with nothing changed.
+        if let Err(e) = self.check_frees(pfns) {
+            self.undo_drops(pfns);
+            return Err(e);
+        }
         // Give the marked pages their references back, then put them in turn: each block is
         // attached at its last reference, as `put` one by one would.
         for &pfn in pfns {
             if let Some(m) = self.dropped(pfn) {
                 m.refcount += 1;
+                m.batch = DROPPED;
             }
         }
         let mut index = 0;
@@ -236,6 +250,124 @@ impl<L: LinkStore> Pool<'_, L> {
                     self.clear_marks(&pfns[index..]);
                     return Err(BatchError { index, error });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Second pass of `put_many`, after the first dropped every reference: checks, writing only
+    /// the pages' [`WALKED`] marks, every free list link that the frees of the marked pages will
+    /// read, so that none of them can meet corruption after the batch has begun writing.
+    ///
+    /// The frees merge only with free blocks that are buddies of a block holding a freed page,
+    /// and append only to lists' tails. So it is enough to check, as they are now, the
+    /// neighbourhood of every free block that may be merged ([`check_merges`](Self::check_merges))
+    /// and the tail of every list ([`check_tails`](Self::check_tails)): each unlink and append
+    /// rewires only the blocks it checks and keeps every other checked block's neighbours
+    /// pointing back at it, and every block the batch lists is linked by the batch itself. The
+    /// checks may read more than the frees will (a buddy the merging never reaches): on a
+    /// sound pool they all pass, and on a corrupt one the batch refuses, as any call may.
+    fn check_frees(&mut self, pfns: &[u64]) -> Result<(), BatchError> {
+        let mut first = None;
+        for (index, &pfn) in pfns.iter().enumerate() {
+            let Some(idx) = self.geo.index(pfn) else {
+                continue;
+            };
+            let m = &mut self.meta[idx as usize];
+            if m.batch != DROPPED {
+                continue; // not freed by the batch, or already walked
+            }
+            m.batch = DROPPED | WALKED;
+            let order = u32::from(m.order);
+            first.get_or_insert(index);
+            self.check_merges(idx, order, |b| match b.batch {
+                0 => None,
+                b => Some(b & WALKED == 0),
+            })
+            .map_err(|error| BatchError { index, error })?;
+        }
+        match first {
+            Some(index) => self
+                .check_tails(self.geo.max_order)
+                .map_err(|error| BatchError { index, error }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks, writing nothing, the neighbourhood on its list of each free block that the free
+    /// of the block of `order` at `idx` may merge with, once the batch's other frees are done:
+    /// the buddy at each order from `order` up, while the merging can reach it. `batch` tells
+    /// the pages the batch frees: `Some(true)` for a page whose block the batch frees and whose
+    /// own merges are yet to be checked (the merging may go on past it), `Some(false)` for one
+    /// whose merges are checked already (everything above it is), `None` for the others, whose
+    /// metadata says: a held page stops the merging; a free head of the buddy's order is
+    /// checked ([`check_listed`](Self::check_listed)); anything
+    /// else (a smaller free block, a tail page) may still be freed whole, so the walk goes on.
+    pub(crate) fn check_merges(
+        &self,
+        idx: u32,
+        order: u32,
+        batch: impl Fn(PageMeta) -> Option<bool>,
+    ) -> Result<(), Error> {
+        let pfn = self.geo.pfn(idx);
+        for k in order..self.geo.max_order.saturating_sub(1) {
+            let head = pfn >> k << k;
+            let Some(buddy) = self.geo.index(head ^ (1 << k)) else {
+                break;
+            };
+            let b = self.meta[buddy as usize];
+            match batch(b) {
+                Some(true) => continue,
+                Some(false) => break,
+                None if b.refcount > 0 => break,
+                None if u32::from(b.order) == k => self.check_listed(buddy, k)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that the free head `idx` of `order` sits on list `order` as a
+    /// sound list holds it: what [`FreeLists::check_remove`](crate::store::FreeLists::check_remove)
+    /// checks, and also that each neighbour its link names is a free head of that order, none of
+    /// the batch's, and that it has no `prev` exactly when it is the head and no `next` exactly
+    /// when it is the tail. (`put` reads only the first part; a batch, which goes on after the
+    /// unlink, needs the lists around it sound.)
+    fn check_listed(&self, idx: u32, order: u32) -> Result<(), Error> {
+        self.free.check_remove(&self.arena, idx, order)?;
+        let me = self.free.link(&self.arena, idx)?;
+        let listed = |i: u32| {
+            i == Link::NIL
+                || self.meta.get(i as usize).is_some_and(|m| {
+                    m.is_free_head() && u32::from(m.order) == order && m.batch == 0
+                })
+        };
+        let ends_ok = (me.prev == Link::NIL) == (self.free.first(order) == Some(idx))
+            && (me.next == Link::NIL) == (self.free.tail(order) == idx);
+        if listed(me.prev) && listed(me.next) && ends_ok {
+            Ok(())
+        } else {
+            Err(self.corrupt(CorruptionKind::ListBroken, idx))
+        }
+    }
+
+    /// Checks, writing nothing, that each list below `orders` can be appended to any number of
+    /// times while the batch unlinks the blocks [`check_merges`](Self::check_merges) checked:
+    /// its tail, if any, has a link in range, and no block names the tail as its `prev` unless
+    /// the tail names it as its `next` (a tail whose `next` is not NIL is harmless, as `put`
+    /// finds it, while the block it names does not point back: an append just writes over it).
+    pub(crate) fn check_tails(&self, orders: u32) -> Result<(), Error> {
+        for k in 0..orders {
+            let tail = self.free.tail(k);
+            if tail == Link::NIL {
+                continue;
+            }
+            let next = self.free.link(&self.arena, tail)?.next;
+            // The link of `next` (a page of the pool: the tail's link is in range), unchecked:
+            // only whether it names the tail matters.
+            let (links, page_size) = (&self.free.links, self.geo.page_size);
+            if next != Link::NIL && links.load(&self.arena, page_size, next).prev == tail {
+                return Err(self.corrupt(CorruptionKind::ListBroken, tail));
             }
         }
         Ok(())
@@ -259,7 +391,7 @@ impl<L: LinkStore> Pool<'_, L> {
     fn dropped(&mut self, pfn: u64) -> Option<&mut PageMeta> {
         let idx = self.geo.index(pfn)?;
         let m = &mut self.meta[idx as usize];
-        (m.batch == DROPPED).then_some(m)
+        (m.batch & DROPPED != 0).then_some(m)
     }
 
     /// First pass of `put_many`: one reference fewer, checked as `put` checks it.
@@ -354,7 +486,7 @@ impl<L: LinkStore> Pool<'_, L> {
         let page_size = self.geo.page_size;
         for page in idx..idx + (1 << order) {
             self.meta[page as usize] = PageMeta::new(0, NO_ORDER);
-            if (page - idx) % 2 == 0 {
+            if (page - idx).is_multiple_of(2) {
                 self.free.links.clear(&mut self.arena, page_size, page);
             }
         }

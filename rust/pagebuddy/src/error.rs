@@ -213,7 +213,7 @@ impl fmt::Display for Error {
             }
             Error::InvalidOrder { order, max_order } => write!(
                 f,
-                "order {order} is invalid: this pool has orders 0..{}",
+                "order {order} is invalid: this pool has orders 0 to {}",
                 max_order.saturating_sub(1)
             ),
             Error::OutOfMemory { order } => {
@@ -224,7 +224,7 @@ impl fmt::Display for Error {
                 max_pages,
             } => write!(
                 f,
-                "nr_pages {nr_pages} is invalid: this pool's runs are 1..{max_pages} pages"
+                "nr_pages {nr_pages} is invalid: this pool's runs are 1 to {max_pages} pages"
             ),
             Error::NoArena => f.write_str("the pool has no arena: its pages have no bytes"),
             Error::Geometry(e) => write!(f, "bad geometry: {e}"),
@@ -239,7 +239,7 @@ impl fmt::Display for GeometryError {
             GeometryError::PageSize { page_size } => {
                 write!(
                     f,
-                    "page_size {page_size} is not a power of two in 64..={}",
+                    "page_size {page_size} is not a power of two from 64 to {}",
                     crate::MAX_PAGE_SIZE
                 )
             }

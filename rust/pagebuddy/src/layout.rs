@@ -313,7 +313,7 @@ pub fn pages_that_fit(len: usize, page_size: usize, intrusive: bool) -> usize {
     }
     let per_page = page_size + 4 + if intrusive { 0 } else { 8 };
     let mut n = len.saturating_sub(HEADER_BYTES) / per_page;
-    while n > 0 && regions(n, page_size, intrusive).map_or(true, |r| r.3 > len) {
+    while n > 0 && regions(n, page_size, intrusive).is_none_or(|r| r.3 > len) {
         n -= 1;
     }
     n.min(crate::MAX_PAGES)
@@ -1306,6 +1306,9 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         if pool.capacity(order) < out.len() as u64 {
             return Err(Error::OutOfMemory { order });
         }
+        // Every block the allocations will unlink, checked before the first: none can meet a
+        // corrupt list after the batch has begun.
+        pool.check_alloc_many(order, out.len() as u64)?;
         for i in 0..out.len() {
             match self.alloc(order) {
                 Ok(pfn) => out[i] = pfn,
@@ -1331,7 +1334,9 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         let state = self.shared.state_word();
         state.store(state.load(Ordering::Relaxed) | SCRATCH, Ordering::Release);
         fence(Ordering::Release);
-        let counted = self.count_references(pfns);
+        let counted = self
+            .count_references(pfns)
+            .and_then(|()| self.check_frees(pfns));
         let pool = self.shared.pool_mut();
         for &pfn in pfns {
             if let Some(m) = pool
@@ -1380,6 +1385,36 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         Ok(())
     }
 
+    /// The second pass of [`put_many`](Self::put_many), with the batch's references counted:
+    /// every free-list link that the puts freeing a block will read, checked before the first
+    /// put (see `Pool::check_frees`), so that none of them can meet corruption part way. A page
+    /// is freed by the batch when it counts all its references (or more than the count holds:
+    /// checked as if it were).
+    fn check_frees(&self, pfns: &[u64]) -> Result<(), BatchError> {
+        let pool = self.shared.pool_ref();
+        let freed = |m: PageMeta| {
+            m.refcount > 0 && (m.batch == u8::MAX || u16::from(m.batch) == m.refcount)
+        };
+        let mut first = None;
+        for (index, &pfn) in pfns.iter().enumerate() {
+            let Some(m) = pool.geo.index(pfn).map(|i| (i, pool.meta[i as usize])) else {
+                continue;
+            };
+            if !freed(m.1) {
+                continue;
+            }
+            first.get_or_insert(index);
+            pool.check_merges(m.0, u32::from(m.1.order), |b| freed(b).then_some(true))
+                .map_err(|error| BatchError { index, error })?;
+        }
+        match first {
+            Some(index) => pool
+                .check_tails(pool.geo.max_order)
+                .map_err(|error| BatchError { index, error }),
+            None => Ok(()),
+        }
+    }
+
     /// [`Pool::alloc_exact`], journaled: the same run, as one journaled [`alloc`](Self::alloc)
     /// of the smallest block that holds it, one journaled [`split`](Self::split) and one
     /// journaled [`put`](Self::put) of each page past the run. Errors change nothing; a process
@@ -1398,6 +1433,8 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         for k in 0..order {
             pool.free.check_append(&pool.arena, k)?;
         }
+        // The block the allocation unlinks, checked before its journal begins.
+        pool.check_alloc_many(order, 1)?;
         let pfn = self.alloc(order)?;
         self.split(pfn)?;
         let geo = self.shared.pool_ref().geo;
@@ -1625,6 +1662,60 @@ mod tests {
         let pfn = g.alloc(0).unwrap();
         g.put(pfn).unwrap();
         g.check().unwrap();
+    }
+
+    /// Batches that meet a corrupt free list (links in the pages, one written over) fail with
+    /// the pool as it was: metadata, pages, lists and counts.
+    #[test]
+    fn batches_meeting_corruption_change_nothing() {
+        let len = 16 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        let n = pages_that_fit(len, PS, true);
+        let cfg = Config::new(n).page_size(PS).zero(ZeroPolicy::Never);
+        let meta_off = regions(n, PS, true).unwrap().0;
+        let pool = SharedPool::<Intrusive>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        let mut g = pool.lock();
+        let state = |g: &SharedGuard<'_, '_, Intrusive>| {
+            let lists: Vec<Vec<u64>> = (0..g.geo.max_order)
+                .map(|k| g.free_list(k).collect())
+                .collect();
+            // SAFETY: the live buffer's bytes, read while this thread holds the lock.
+            let after = unsafe { core::slice::from_raw_parts(base.add(meta_off), len - meta_off) };
+            (lists, g.free_pages(), after.to_vec())
+        };
+        g.alloc_many(0, &mut vec![0; n]).unwrap();
+        g.put(16).unwrap();
+        g.put(9).unwrap(); // list 0: [16, 9]
+        let junk = g.page_addr(16).unwrap().as_ptr();
+        // SAFETY: page 16 of the live pool, free; this is the stray write under test.
+        unsafe { core::ptr::write_bytes(junk, 0x5a, 8) };
+        let before = state(&g);
+        let got = g.put_many(&[0, 8]);
+        assert!(
+            matches!(
+                got,
+                Err(BatchError {
+                    index: 1,
+                    error: Error::Corrupted(_)
+                })
+            ),
+            "{got:?}"
+        );
+        assert_eq!(state(&g), before);
+        // The allocations' turn: list 0's head, page 16, gets a `prev` (page 9, which points
+        // back at it): unlinking it would leave the list's head on it, for the second to find.
+        // SAFETY: as above, pages 9 and 16 (free), their links written over.
+        unsafe {
+            core::ptr::write_unaligned(g.page_addr(9).unwrap().as_ptr().cast(), [16u32, 16]);
+            core::ptr::write_unaligned(junk.cast(), [9u32, 9]);
+        }
+        let before = state(&g);
+        assert!(matches!(
+            g.alloc_many(0, &mut [0; 2]),
+            Err(Error::Corrupted(_))
+        ));
+        assert_eq!(state(&g), before);
     }
 
     /// Journals that recovery cannot act on, written over a valid image: each is refused and

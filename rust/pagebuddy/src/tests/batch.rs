@@ -342,7 +342,7 @@ mod against_single_calls {
         let mut pfns: Vec<u64> = Vec::new();
         if drain {
             for &(p, r) in held {
-                pfns.extend(core::iter::repeat(p).take(r as usize - 1));
+                pfns.extend(core::iter::repeat_n(p, r as usize - 1));
             }
         }
         pfns.extend(held.iter().map(|&(p, _)| p));
@@ -440,6 +440,117 @@ mod against_single_calls {
         }};
     }
 
+    /// Writes `value` over the `prev` (`half` even) or `next` half of the link of the free head
+    /// picked by `n`, if there is one: the stray write that an intrusive pool's lists meet.
+    fn scribble<L: LinkStore>(pool: &mut Pool<'_, L>, n: u16, half: u8, value: u32) {
+        let g = pool.geometry();
+        let heads: Vec<u64> = (0..g.nr_pages)
+            .map(|i| g.base_pfn + u64::from(i))
+            .filter(|&p| pool.page(p).is_ok_and(|m| m.is_free_head()))
+            .collect();
+        if heads.is_empty() {
+            return;
+        }
+        let at = pool
+            .page_addr(heads[n as usize % heads.len()])
+            .unwrap()
+            .as_ptr();
+        // SAFETY: a page of the pool's arena, 8 bytes in; this is the stray write under test.
+        unsafe { core::ptr::write_unaligned(at.add(4 * usize::from(half % 2)).cast(), value) };
+    }
+
+    /// A value for a scribbled link: mostly a page of the pool (so that the lists stay in
+    /// range and the damage goes deep), else NIL or anything.
+    fn link_value(nr_pages: usize, v: u32) -> u32 {
+        match v % 8 {
+            0 => Link::NIL,
+            1 => v,
+            _ => (v >> 3) % nr_pages as u32,
+        }
+    }
+
+    /// One batch on a pool whose lists may be corrupt, the same calls one by one on its twin:
+    /// a batch that fails leaves the pool exactly as it was, and a `put_many` that succeeds is
+    /// what the puts one by one do. (Allocations one by one on a corrupt list may take blocks
+    /// its links lead them to that a batch, taking whole blocks, does not: a successful
+    /// `alloc_many` ends the comparison.) Returns whether the twins are still alike.
+    fn all_or_nothing<L: LinkStore>(
+        pool: &mut Pool<'_, L>,
+        single: &mut Pool<'_, L>,
+        batch: &Batch,
+    ) -> bool {
+        let before = snapshot(pool);
+        let ok = match batch {
+            &Batch::Alloc(order, n) => {
+                let count = n as usize % (2 * pool.geometry().nr_pages as usize + 2);
+                if pool.alloc_many(order, &mut vec![0; count]).is_ok() {
+                    return false;
+                }
+                false // refused: compared below
+            }
+            Batch::Put { drain, edits } => {
+                let pfns = put_batch(&held(pool), *drain, edits);
+                let ok = pool.put_many(&pfns).is_ok();
+                if ok {
+                    for &pfn in &pfns {
+                        assert_eq!(single.put(pfn), Ok(()), "put_many({pfns:?}) at {pfn}");
+                    }
+                }
+                ok
+            }
+        };
+        if ok {
+            assert_eq!(snapshot(pool), snapshot(single));
+        } else {
+            assert_eq!(
+                snapshot(pool),
+                before,
+                "a refused {batch:?} changed the pool"
+            );
+        }
+        ok
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: crate::tests::batch::cases(256),
+            ..ProptestConfig::default()
+        })]
+
+        /// Intrusive pools whose free lists were written over: a batch that fails, however it
+        /// fails, changes nothing, and one that succeeds is what the calls one by one do.
+        #[test]
+        fn batches_meeting_stray_writes_change_nothing(
+            case in case(),
+            writes in prop::collection::vec((any::<u16>(), any::<u8>(), any::<u32>()), 1..4),
+        ) {
+            let config = Config::new(case.nr_pages)
+                .page_size(PS)
+                .base_pfn(case.base_pfn)
+                .reserved_pages(case.reserved)
+                .order_cap(case.order_cap)
+                .zero(case.zero)
+                .prezeroed(case.prezeroed);
+            let (mut a, mut b) = (Mem::new(case.nr_pages), Mem::new(case.nr_pages));
+            let mut pool = a.intrusive(config).unwrap();
+            let mut single = b.intrusive(config).unwrap();
+            for step in &case.steps {
+                apply(&mut pool, step);
+                apply(&mut single, step);
+            }
+            for &(n, half, v) in &writes {
+                let value = link_value(case.nr_pages, v);
+                scribble(&mut pool, n, half, value);
+                scribble(&mut single, n, half, value);
+            }
+            for batch in &case.batches {
+                if !all_or_nothing(&mut pool, &mut single, batch) {
+                    break;
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig {
             cases: crate::tests::batch::cases(512),
@@ -460,4 +571,51 @@ fn cases(default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The case: the batch's second put merges with page 9, whose neighbour on list 0 (page
+/// 16) has junk for a link. The first put would have been done before the second found it; the
+/// batch finds it first and changes nothing.
+#[test]
+fn put_many_meeting_corruption_changes_nothing() {
+    let mut mem = Mem::new(32);
+    let mut pool = mem.intrusive(cfg(32).zero(ZeroPolicy::Never)).unwrap();
+    pool.alloc_many(0, &mut [0; 32]).unwrap();
+    pool.put(16).unwrap();
+    pool.put(9).unwrap(); // list 0: [16, 9]
+                          // SAFETY: page 16 is free and in the pool; this is the stray write under test.
+    unsafe { core::ptr::write_bytes(pool.page_addr(16).unwrap().as_ptr(), 0x5a, 8) };
+    let before = snapshot(&pool);
+    let got = pool.put_many(&[0, 8]);
+    assert!(
+        matches!(
+            got,
+            Err(BatchError {
+                index: 1,
+                error: Error::Corrupted(_)
+            })
+        ),
+        "{got:?}"
+    );
+    assert_eq!(snapshot(&pool), before);
+    assert_eq!((pool.refcount(0), pool.refcount(8)), (Ok(1), Ok(1)));
+}
+
+/// A list head whose `prev` points back into the list: one allocation unlinks it without
+/// moving the head, so the next would find a held page there. The batch refuses first.
+#[test]
+fn alloc_many_refuses_a_head_with_a_prev() {
+    let mut mem = Mem::new(16);
+    let mut pool = mem.intrusive(cfg(16).zero(ZeroPolicy::Never)).unwrap();
+    pool.alloc_many(0, &mut [0; 16]).unwrap();
+    pool.put_many(&[1, 3, 5]).unwrap(); // list 0: [1, 3, 5]
+                                        // SAFETY: page 1 is free and in the pool: its `prev` made 5, whose `next` made 1.
+    unsafe {
+        core::ptr::write_unaligned(pool.page_addr(1).unwrap().as_ptr().cast(), 5u32);
+        core::ptr::write_unaligned(pool.page_addr(5).unwrap().as_ptr().add(4).cast(), 1u32);
+    }
+    let before = snapshot(&pool);
+    let got = pool.alloc_many(0, &mut [0; 2]);
+    assert!(matches!(got, Err(Error::Corrupted(_))), "{got:?}");
+    assert_eq!(snapshot(&pool), before);
 }

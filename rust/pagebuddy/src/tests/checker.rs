@@ -200,7 +200,7 @@ fn error_texts() {
                 order: 9,
                 max_order: 4,
             },
-            "order 9 is invalid: this pool has orders 0..3",
+            "order 9 is invalid: this pool has orders 0 to 3",
         ),
         (
             Error::OutOfMemory { order: 2 },
@@ -241,7 +241,7 @@ fn error_texts() {
     let texts: Vec<_> = geometry.iter().map(|g| g.to_string()).collect();
     assert_eq!(
         texts[0],
-        "page_size 3 is not a power of two in 64..=1073741824"
+        "page_size 3 is not a power of two from 64 to 1073741824"
     );
     assert_eq!(texts[6], "arena holds 1 bytes, needs 2");
     assert!(texts.iter().all(|t| !t.is_empty()));
