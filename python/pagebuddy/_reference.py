@@ -52,7 +52,7 @@ def _check_cpu(op: str, cpu: object) -> None:
         return
     slot = _as_int(cpu, f"{op}: cpu")
     if slot < 0:
-        raise ValueError(f"{op}: cpu must be >= 0, got {cpu!r}")
+        raise ValueError(f"{op}: cpu must be >= 0, got {slot}")
     raise ValueError(_rules.msg_no_caches(op, slot))
 
 
