@@ -1,6 +1,7 @@
 # Evidence for the Rust core beyond `cargo test` (docs/testing.md says what each covers).
 #   make valgrind     memcheck over every test binary of the core, 0 errors required
-#   make fuzz-short   each cargo-fuzz target for FUZZ_SHORT seconds (skipped without nightly/cargo-fuzz)
+#   make fuzz-short   each cargo-fuzz target for FUZZ_SHORT seconds (skipped without cargo-fuzz,
+#                     an error under CI; any toolchain, see scripts/fuzz.sh)
 #   make fuzz-long    each cargo-fuzz target for FUZZ_LONG seconds
 #   make loom         loom model checking of LockedPool, CachedPool, shared and handoff pools (own
 #                     target dir: target/loom), and of the Python pool's close gate (target/loom-gate)

@@ -72,7 +72,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -983,10 +982,10 @@ def case_trace_asks_for_too_much(ctx: Context) -> None:
     expect_usage_error(ctx, proc, True)
     if "pages" not in json.loads(proc.stdout)["reason"]:
         ctx.fail(f"the refusal does not say what is too much: {proc.stdout!r}")
-    t0 = time.perf_counter()
-    ReferencePool(2**22, page_size=64).check()  # O(free blocks), not an object per page
-    if time.perf_counter() - t0 > 30:
-        ctx.fail("ReferencePool of 2**22 pages took over 30 s")
+    model = ReferencePool(2**22, page_size=64)  # O(free blocks), not an object per page
+    model.check()  # how long it takes is a benchmark's: benches/targets.py
+    if model.free_pages != 2**22:
+        ctx.fail(f"ReferencePool of 2**22 pages has {model.free_pages} free pages")
 
 
 def rss() -> int:

@@ -125,8 +125,9 @@ def _available_bytes() -> int:
 @pytest.mark.skipif(sys.maxsize < 2**40, reason="a 2**30-page pool needs a 64-bit address space")
 def test_two_to_the_thirty_pages_without_an_arena() -> None:
     """Built once, in a child process (its memory is freed when it exits): 12 bytes a page
-    declared, and far less committed, since only the metadata is written at construction and
-    the side table only where blocks are listed."""
+    declared, and far less committed, since only the metadata (4 bytes a page) is written at
+    construction and the side table (8 bytes a page) only where blocks are listed: the peak
+    growth of the resident set is the 4 GiB of metadata and at most 128 MiB more."""
     if _available_bytes() < 6 << 30:
         pytest.skip("a 2**30-page pool wants 6 GiB of available memory")
     out = subprocess.run(
@@ -141,7 +142,8 @@ def test_two_to_the_thirty_pages_without_an_arena() -> None:
     print(f"\n2**30-page pool without an arena: {report}")
     assert report["nr_pages"] == 1 << 30
     assert report["metadata_bytes"] == 12 << 30  # at most 12 bytes a page
-    assert report["peak_rss_growth"] <= 12 << 30
+    committed = report["peak_rss_growth"]
+    assert committed <= (4 << 30) + (128 << 20), f"{committed >> 20} MiB committed, not 4 GiB"
 
 
 # ------------------------------------------------------------------------- batches as arrays

@@ -12,14 +12,14 @@ with views that outlive their pool, and refused constructions.
 Every call into a pool counts: a method, an attribute read, a construction. After a warm-up
 (a tenth of the calls, so that free lists, caches and interned ints reach their steady state)
 the resident set size (``/proc/self/statm``) is read, the group runs its million calls, and
-the growth, divided by the calls, must stay under ``BYTES_PER_CALL``: the smallest leak there
-is, one Python int or one small heap block a call, costs 32 bytes a call, a hundred times
-more. The group of lifetimes also bounds the virtual size, which sees leaked mappings that
-are never touched. Each group is measured in a child process, so that memory freed by earlier
+the growth, beyond a few pages (``SLACK``) and divided by the calls, must stay under
+``BYTES_PER_CALL``: the smallest leak there is, one Python int or one small heap block a call,
+costs 32 bytes a call. The virtual size is bounded alike: it sees leaked mappings that are
+never touched. Each group is measured in a child process, so that memory freed by earlier
 tests cannot absorb a leak without the resident size growing.
 
 ``PAGEBUDDY_LEAK_SCALE=<n>`` multiplies the calls, for a long run by hand
-(``docs/testing.md``, "Leaks").
+(``docs/testing.md``, "Leaks from Python").
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ from pagebuddy import Pool, ReferencePool
 
 CALLS = 1_000_000 * int(os.environ.get("PAGEBUDDY_LEAK_SCALE", "1"))
 BYTES_PER_CALL = 1.0
+#: Allowed on top, whatever the calls: a few pages of allocator noise (0.66 bytes a call more
+#: for the hundred thousand calls of the lifetimes group).
+SLACK = 64 << 10
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NR_PAGES = 64
 PAGE_SIZE = 64
@@ -362,8 +365,9 @@ def test_memory_stays_flat(group: str) -> None:
     result = measured(group, group_calls(group))
     print(json.dumps(result))
     assert result["calls"] >= group_calls(group), result
-    assert result["bytes_per_call"] < BYTES_PER_CALL, result
-    assert result["vm_bytes_per_call"] < BYTES_PER_CALL, result
+    allowed = BYTES_PER_CALL + SLACK / result["calls"]
+    assert result["bytes_per_call"] < allowed, result
+    assert result["vm_bytes_per_call"] < allowed, result
 
 
 def test_the_bound_would_catch_the_smallest_leak() -> None:

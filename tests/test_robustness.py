@@ -18,7 +18,6 @@ import random
 import struct
 import subprocess
 import sys
-import time
 import weakref
 from typing import Any
 
@@ -89,7 +88,7 @@ def test_alloc_many_that_meets_a_corrupt_link_hands_out_nothing() -> None:
 # -- check() of a large owned arena --------------------------------------------------------------
 
 RSS_SCRIPT = """
-import sys, time, pagebuddy
+import sys, pagebuddy
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -97,9 +96,9 @@ pool = pagebuddy.Pool(2**18, page_size=4096)  # a 1 GiB arena, mapped, not commi
 pfn = pool.alloc_pages(4)
 pool.view(pfn)[:] = b"x" * (16 * 4096)
 pool.put_page(pfn)
-before, t0 = rss(), time.perf_counter()
+before = rss()
 pool.check()
-print(rss() - before, time.perf_counter() - t0)
+print(rss() - before)
 """
 
 
@@ -109,9 +108,8 @@ def test_check_does_not_commit_the_owned_arena() -> None:
         [sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    grown, seconds = proc.stdout.split()
-    assert int(grown) < 16 << 20, f"check() committed {int(grown) >> 20} MiB of the arena"
-    assert float(seconds) < 1.0
+    grown = int(proc.stdout)
+    assert grown < 16 << 20, f"check() committed {grown >> 20} MiB of the arena"
 
 
 # -- ReferencePool construction: O(free blocks), the state of the sequential puts -------------
@@ -151,11 +149,12 @@ def test_model_layout_is_the_state_of_the_sequential_puts(seed: int) -> None:
 
 
 def test_model_of_many_pages_is_built_at_once() -> None:
-    t0 = time.perf_counter()
-    model = ReferencePool(2**22, page_size=64)  # 4M pages: once ~90 s and GBs, page by page
+    # 4M pages: once ~90 s and GBs, page by page; how long it takes now (a target of 20 s) is
+    # a benchmark's: benches/targets.py.
+    model = ReferencePool(2**22, page_size=64)
     model.check()
-    assert time.perf_counter() - t0 < 20
     assert model.free_lists()[-1] == list(range(0, 2**22, 1024))
+    assert model.free_pages == 2**22
 
 
 def test_model_arena_errors_say_what_they_could_not_allocate() -> None:
@@ -293,11 +292,30 @@ def test_a_pool_collected_while_another_checks_for_overlap_disturbs_nothing(
 
 
 def test_disjoint_slices_of_one_buffer_are_two_arenas() -> None:
+    """Two pools on the two halves of one buffer, every page written through its own pool: each
+    half holds exactly its pool's bytes, and one pool putting pages back (zeroing them) leaves
+    the other half as it was."""
     whole = bytearray(16 * 64)
-    a = Pool(8, page_size=64, buffer=memoryview(whole)[: 8 * 64])
-    b = ReferencePool(8, page_size=64, buffer=memoryview(whole)[8 * 64 :])
-    a.check()
-    b.check()
+    halves = {"a": slice(0, 8 * 64), "b": slice(8 * 64, 16 * 64)}
+    pools: dict[str, Any] = {
+        "a": Pool(8, page_size=64, zero="free", buffer=memoryview(whole)[halves["a"]]),
+        "b": ReferencePool(8, page_size=64, zero="free", buffer=memoryview(whole)[halves["b"]]),
+    }
+    for name, tag in (("a", 0xA0), ("b", 0xB0)):
+        pool = pools[name]
+        for _ in range(8):
+            pfn = pool.alloc_pages(0)
+            pool.view(pfn)[:] = bytes([tag | pfn]) * 64
+        expected = b"".join(bytes([tag | pfn]) * 64 for pfn in range(8))
+        assert whole[halves[name]] == expected, f"the pages of {name} are not where it wrote them"
+    for name, other in (("a", "b"), ("b", "a")):
+        before = bytes(whole[halves[other]])
+        for pfn in range(1, 8, 2) if name == "a" else range(8):
+            pools[name].put_page(pfn)
+        assert whole[halves[other]] == before, f"putting pages of {name} changed {other}'s bytes"
+    assert all(whole[pfn * 64] == 0xA0 | pfn for pfn in range(0, 8, 2))
+    for pool in pools.values():
+        pool.check()
 
 
 # -- Pool and ReferencePool: one behaviour --------------------------------------------------------

@@ -183,14 +183,29 @@ def test_a_process_stopped_at_every_step_of_its_operations(links: str) -> None:
         shm.unlink()
 
 
+#: Most rounds of kills test_sigkill_at_random_moments runs while waiting for one to land inside
+#: an operation (about one kill in ten to sixty does).
+KILL_ROUNDS_MAX = 10
+
+
 def test_sigkill_at_random_moments() -> None:
-    report = kill_rounds(int(os.environ.get("PAGEBUDDY_KILLS", "60")), seed=3)
-    assert report["accounted"], report
-    assert report["stamp_errors"] == 0 and report["overlaps"] == 0
-    assert (
-        report["free_pages"] + report["held_by_survivors"] + report["held_by_killed"]
-        == report["epochs"] * report["nr_pages"]
-    )
+    """Rounds of PAGEBUDDY_KILLS random kills (seeds 3, 4, ...), every page accounted for after
+    each, until at least one kill has landed inside an operation (the victim's pid in the lock
+    word when it died): every run recovers at least one operation left half done."""
+    kills = int(os.environ.get("PAGEBUDDY_KILLS", "60"))
+    inside = 0
+    for seed in range(3, 3 + KILL_ROUNDS_MAX):
+        report = kill_rounds(kills, seed=seed)
+        assert report["accounted"], report
+        assert report["stamp_errors"] == 0 and report["overlaps"] == 0
+        assert (
+            report["free_pages"] + report["held_by_survivors"] + report["held_by_killed"]
+            == report["epochs"] * report["nr_pages"]
+        )
+        inside += report["killed_inside_operation"]
+        if inside:
+            break
+    assert inside > 0, f"none of {KILL_ROUNDS_MAX} rounds of {kills} kills landed in an operation"
 
 
 def _file_worker(path: str) -> None:
@@ -221,8 +236,11 @@ def test_file_backed_pool_reopened_after_sigkill(tmp_path: Path) -> None:
     for round_ in range(12):
         p = ctx.Process(target=_file_worker, args=(str(path),))
         p.start()
-        time.sleep(0.05 + 0.01 * round_)
         assert p.pid is not None
+        if round_ % 2:
+            time.sleep(0.05 + 0.01 * round_)  # a random moment
+        else:
+            assert _stop_inside_an_operation(p.pid, path), f"round {round_}: never inside"
         os.kill(p.pid, signal.SIGKILL)
         p.join()
         with open(path, "r+b") as f:
@@ -239,6 +257,26 @@ def test_file_backed_pool_reopened_after_sigkill(tmp_path: Path) -> None:
             pool.check()
             del pool
             m.close()
+    assert inside >= 6, f"{inside} of 12 kills landed inside an operation, not the 6 aimed"
+
+
+def _stop_inside_an_operation(pid: int, path: Path, tries: int = 100_000) -> bool:
+    """Stop the child ``pid`` (SIGSTOP) until it is stopped inside an operation, its pid in the
+    lock word of the pool in ``path``; resume it (SIGCONT) each time it is not. True once it
+    is, False after ``tries`` stops."""
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+    try:
+        for _ in range(tries):
+            os.kill(pid, signal.SIGSTOP)
+            _, status = os.waitpid(pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), status
+            if lock_holder(m) == pid:
+                return True
+            os.kill(pid, signal.SIGCONT)
+        return False
+    finally:
+        m.close()
 
 
 def test_shared_memory_view_in_another_process() -> None:

@@ -338,26 +338,60 @@ fn locked_pool_accessors() {
     assert_eq!((pool.free_pages(), pool.refcount(0)), (1, Ok(1)));
 }
 
+/// Mutual exclusion, without a clock: whoever holds the lock marks the critical section
+/// occupied and yields inside it, so a second thread let in finds it occupied. First the main
+/// thread holds the lock while the others, all started, try to take it; then they take turns.
 #[cfg(not(loom))]
 #[test]
 fn spinlock_excludes() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 500;
     let lock = SpinLock::new();
-    let entered = AtomicBool::new(false);
+    let (inside, overlaps, entries, started) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let critical = || {
+        if inside.fetch_add(1, SeqCst) != 0 {
+            overlaps.fetch_add(1, SeqCst);
+        }
+        entries.fetch_add(1, SeqCst);
+        std::thread::yield_now();
+        inside.fetch_sub(1, SeqCst);
+    };
     lock.lock();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            lock.lock();
-            entered.store(true, Ordering::SeqCst);
-            // SAFETY: this thread took the lock just above.
-            unsafe { lock.unlock() };
-        });
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!entered.load(Ordering::SeqCst), "entered a held lock");
+    inside.fetch_add(1, SeqCst);
+    let entered_while_held = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                started.fetch_add(1, SeqCst);
+                for _ in 0..ROUNDS {
+                    lock.lock();
+                    critical();
+                    // SAFETY: this thread took the lock just above.
+                    unsafe { lock.unlock() };
+                }
+            });
+        }
+        while started.load(SeqCst) < THREADS {
+            std::thread::yield_now();
+        }
+        for _ in 0..1000 {
+            std::thread::yield_now(); // the others are at the held lock now
+        }
+        let entered = entries.load(SeqCst);
+        inside.fetch_sub(1, SeqCst);
         // SAFETY: taken by this thread before the scope.
         unsafe { lock.unlock() };
+        entered
     });
-    assert!(entered.load(Ordering::SeqCst));
+    assert_eq!(entered_while_held, 0, "entered a held lock");
+    assert_eq!(overlaps.load(SeqCst), 0, "two holders at once");
+    assert_eq!(entries.load(SeqCst), THREADS * ROUNDS);
+    assert_eq!(inside.load(SeqCst), 0);
 }
 
 #[test]
