@@ -6,7 +6,9 @@ mod cached;
 mod close;
 mod convert;
 mod fast;
+mod forking;
 mod reserve;
+mod robust;
 mod shared;
 
 use std::ptr::NonNull;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
-    LockedPool, PageMeta, Pool as Core, SharedGuard, SharedPool, SideTable, ZeroPolicy,
+    LockedPool, PageMeta, Pool as Core, SharedGuard, SideTable, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -37,16 +39,29 @@ enum Inner {
     /// Per-CPU caches in front of the core (`cpus=N`); see `cached.rs`.
     Cached(Box<Cache>),
     /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
-    SharedSide(SharedPool<'static, SideTable<'static>>),
-    SharedIntrusive(SharedPool<'static, Intrusive>),
+    SharedSide(shared::Shared<SideTable<'static>>),
+    SharedIntrusive(shared::Shared<Intrusive>),
 }
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
 /// `$cached` with the caches as `$c`. `$py` proves the interpreter lock held, the lock of a plain
 /// pool. Every `$body` is the core's work alone: it never runs Python code. On a closed pool
 /// it returns `OnClosed::on_closed()` from the enclosing function instead (`close.rs`).
+///
+/// A shared pool's lock is taken first: waiting for it lets the interpreter lock go, and a
+/// timeout or an interrupt returns its error from the enclosing function (which returns a
+/// `PyResult`). `with!(nowait ...)`: for a function that returns an `Option`, None at once
+/// when the lock is held (the caller then takes the full path, which waits).
 macro_rules! with {
-    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {{
+    (nowait $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+        with!(@ $self, $py, |$p| $body, |$c| $cached, |s| shared::NoWait::new(&s.lock), |_e| None)
+    };
+    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+        with!(@ $self, $py, |$p| $body, |$c| $cached,
+              |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
+    };
+    (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
+     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {{
         if $self.is_closed() {
             return OnClosed::on_closed();
         }
@@ -54,32 +69,56 @@ macro_rules! with {
             Inner::Side(l) => under_gil($py, l, |$p| $body),
             Inner::Intrusive(l) => under_gil($py, l, |$p| $body),
             Inner::Cached($c) => $cached,
-            Inner::SharedSide(s) => {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
+            Inner::SharedSide($s) => {
+                // Counted busy for `close`: the wait for the lock lets the interpreter lock go,
+                // and the lock is in the buffer.
+                let _busy = $self.gate.enter();
+                let outer = $outer;
+                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                    Ok(g) => g,
+                    Err($e) => return $fail,
+                };
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut g)
+                f(&mut *g)
             }
-            Inner::SharedIntrusive(s) => {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
+            Inner::SharedIntrusive($s) => {
+                let _busy = $self.gate.enter();
+                let outer = $outer;
+                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                    Ok(g) => g,
+                    Err($e) => return $fail,
+                };
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut g)
+                f(&mut *g)
             }
         }
     }};
 }
 
+/// The name of the calling method for a lock's errors: the shared pool's operations.
+macro_rules! op_name {
+    () => {
+        "shared pool"
+    };
+}
+
 /// `with!` for a batch call: `$body` runs with the interpreter lock released, so that other
 /// threads run meanwhile. A plain pool is handed off first, under the interpreter lock, and the
 /// handoff is dropped inside the closure, before the interpreter lock is taken back: a call that
-/// waits for the handoff holds that lock. The call counts itself busy until its core work is
-/// done, for `close` to wait for (`close.rs`); on a closed pool, as `with!`.
+/// waits for the handoff holds that lock. A fork waits until the pool is given back. A shared
+/// pool's lock is taken first, as in `with!`
+/// (the wait lets the interpreter lock go), and released inside the closure, by the thread that
+/// took it.
 macro_rules! without_gil {
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {{
         if $self.is_closed() {
             return OnClosed::on_closed();
         }
+        // Until the pool is given back, a fork waits (`forking.rs`).
+        let _in_flight = forking::InFlight::enter($py);
+        // Until its core work is done, `close` waits (`close.rs`).
         let busy = $self.gate.enter();
         match &$self.inner {
             Inner::Side(l) => {
@@ -102,20 +141,28 @@ macro_rules! without_gil {
                 let _busy = busy;
                 $cached
             }),
-            Inner::SharedSide(s) => $py.detach(|| {
-                let _busy = busy;
-                let mut g = s.lock_as(shared::pid(), shared::pause);
-                #[allow(unused_mut)]
-                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut g)
-            }),
-            Inner::SharedIntrusive(s) => $py.detach(|| {
-                let _busy = busy;
-                let mut g = s.lock_as(shared::pid(), shared::pause);
-                #[allow(unused_mut)]
-                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut g)
-            }),
+            Inner::SharedSide(s) => {
+                let outer = shared::Waiting::new($py, &s.lock, op_name!());
+                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                $py.detach(|| {
+                    let _busy = busy;
+                    let mut g = g;
+                    #[allow(unused_mut)]
+                    let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                    f(&mut *g)
+                })
+            }
+            Inner::SharedIntrusive(s) => {
+                let outer = shared::Waiting::new($py, &s.lock, op_name!());
+                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                $py.detach(|| {
+                    let _busy = busy;
+                    let mut g = g;
+                    #[allow(unused_mut)]
+                    let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                    f(&mut *g)
+                })
+            }
         }
     }};
 }
@@ -355,7 +402,7 @@ impl Pool {
     /// nothing, so running it again there gives the same error.
     #[inline]
     fn try_get(&self, py: Python<'_>, pfn: u64) -> Option<()> {
-        with!(self, py, |p| p.get(pfn).ok(), |c| c.get(pfn).ok())
+        with!(nowait self, py, |p| p.get(pfn).ok(), |c| c.get(pfn).ok())
     }
 
     /// `put_page(pfn)` for the fast entry point, through this thread's slot on a cached pool; as
@@ -363,7 +410,7 @@ impl Pool {
     #[inline]
     fn try_put(&self, py: Python<'_>, pfn: u64) -> Option<()> {
         let slot = self.cache().map_or(0, Cache::thread_slot);
-        with!(self, py, |p| p.put(pfn).ok(), |c| c.put(slot, pfn).ok())
+        with!(nowait self, py, |p| p.put(pfn).ok(), |c| c.put(slot, pfn).ok())
     }
 
     /// `alloc_pages(order)` for the fast entry point, through this thread's slot on a cached
@@ -374,7 +421,7 @@ impl Pool {
             .ok()
             .filter(|&o| o < self.geo.max_order)?;
         let slot = self.cache().map_or(0, Cache::thread_slot);
-        with!(self, py, |p| p.alloc(order).ok(), |c| c
+        with!(nowait self, py, |p| p.alloc(order).ok(), |c| c
             .alloc(slot, order)
             .ok())
     }
@@ -696,10 +743,14 @@ impl Pool {
     /// The pool gets as many pages as fit after its header and metadata. Other processes open
     /// the same bytes with Pool.attach (a multiprocessing.shared_memory buffer, a shared mmap); a
     /// file mapping keeps the pool across restarts. Whatever the buffer held is overwritten.
+    ///
+    /// timeout: the most seconds each call of this handle waits for the pool's lock (None: as
+    /// long as it takes) before it raises TimeoutError, nothing changed. Waiting lets other
+    /// threads run and answers Ctrl-C with KeyboardInterrupt.
     #[staticmethod]
-    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None))]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None))]
     #[pyo3(
-        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side')"
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn create_in(
@@ -711,6 +762,7 @@ impl Pool {
         max_order: Option<&Bound<'_, PyAny>>,
         zero: Option<&Bound<'_, PyAny>>,
         links: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let args = shared::CreateArgs {
             page_size,
@@ -719,6 +771,7 @@ impl Pool {
             max_order,
             zero,
             links,
+            timeout,
         };
         Self::create_in_impl(py, buffer, args)
     }
@@ -728,18 +781,37 @@ impl Pool {
     ///
     /// An operation that a killed process left half done is rolled back first, and every
     /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
-    /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    /// layout version or size, CorruptionError for damaged ones; refused bytes are left exactly
+    /// as they were (a recovery is kept only once every check passed). timeout: as for
+    /// Pool.create_in.
     /// Pages that a killed process held stay held (the pool cannot know whether it handed them
     /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
     #[staticmethod]
-    fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Self::attach_impl(py, buffer)
+    #[pyo3(signature = (buffer, *, timeout=None))]
+    fn attach(
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Self::attach_impl(py, buffer, timeout)
     }
 
     /// Whether this pool lives in a shared buffer (Pool.create_in, Pool.attach).
     #[getter]
     fn shared(&self) -> bool {
         self.is_shared()
+    }
+
+    /// The most seconds each call of this handle waits for a shared pool's lock (the timeout
+    /// given to Pool.create_in or Pool.attach); None: as long as it takes, or not a shared pool.
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        match &self.inner {
+            Inner::SharedSide(s) => s.lock.timeout(),
+            Inner::SharedIntrusive(s) => s.lock.timeout(),
+            _ => None,
+        }
+        .map(|t| t.as_secs_f64())
     }
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
@@ -1321,9 +1393,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fast::install(&m.py().get_type::<Pool>())?;
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
-    // A forked child locks shared pools under its own pid, not its parent's.
+    m.add_function(wrap_pyfunction!(shared::_stop_after, m)?)?;
+    m.add_function(wrap_pyfunction!(forking::_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(forking::_after_fork_parent, m)?)?;
+    // A fork waits until no batch call holds a pool (`forking.rs`); a forked child records its
+    // own pid in shared pools' owner word, not its parent's.
     let after = m.getattr("_after_fork")?;
     let kwargs = PyDict::new(m.py());
+    kwargs.set_item("before", m.getattr("_before_fork")?)?;
+    kwargs.set_item("after_in_parent", m.getattr("_after_fork_parent")?)?;
     kwargs.set_item("after_in_child", after)?;
     m.py()
         .import("os")?
