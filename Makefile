@@ -32,11 +32,13 @@ $(PY):
 	@echo "make: making $(VENV) with $(VENV_PYTHON) ($$($(VENV_PYTHON) -V 2>&1))"
 	$(VENV_PYTHON) -m venv $(VENV)
 
-# Build and test dependencies, installed once per change of pyproject.toml.
-$(STAMP): pyproject.toml | $(PY)
+# Build and test dependencies, installed once per change of pyproject.toml or of this list
+# (mypy: the tests type-check snippets against the stubs).
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2" "rich>=13" "matplotlib>=3.5" \
-	    "pytest>=7" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5"
+	    "pytest>=7" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5" "mypy>=1.10" \
+	    "typing_extensions>=4.6"
 	touch $@
 
 # What the native module is built from: rebuilt when one of these changes (Python sources are

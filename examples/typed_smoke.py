@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 import pagebuddy
-from pagebuddy import OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy import Fragmentation, OutOfMemory, PageError, Pool, ReferencePool
 
 AnyPool = Pool | ReferencePool
 
@@ -58,7 +58,25 @@ def exercise(pool: AnyPool) -> list[int]:
     pool.check()
     assert pool.free_pages == pool.nr_pages - pool.reserved_pages
     assert sum(len(heads) for heads in pool.free_lists()) > 0
+    assert pool.buddyinfo() == [len(heads) for heads in pool.free_lists()]
+    frag: Fragmentation = pool.fragmentation()
+    assert frag.free_pages == pool.free_pages and frag.largest_free_order is not None
     return seen
+
+
+def closing(kind: type[Pool] | type[ReferencePool]) -> None:
+    """``with``: the buffer is let go at the end of the block, and the pool refuses calls."""
+    buffer = bytearray(64 * 256)
+    with make(kind, buffer) as pool:
+        pool.put_page(pool.alloc_pages(0))
+    assert pool.closed
+    buffer.extend(b"x")  # resizable again: nothing exports it any more
+    try:
+        pool.alloc_pages(0)
+    except ValueError as e:
+        assert "the pool is closed" in str(e), e
+    else:
+        raise AssertionError("a closed pool allocated")
 
 
 def cached(kind: type[Pool] | type[ReferencePool]) -> list[object]:
@@ -82,6 +100,8 @@ def main() -> int:
     model = exercise(make(ReferencePool, bytearray(64 * 256)))
     assert native == model, (native, model)
     assert cached(Pool) == cached(ReferencePool)
+    closing(Pool)
+    closing(ReferencePool)
     print(
         f"pagebuddy {pagebuddy.__version__} on Python {sys.version.split()[0]}: "
         f"Pool and ReferencePool agree on {len(native)} allocations"

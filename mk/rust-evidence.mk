@@ -4,7 +4,7 @@
 #                     an error under CI; any toolchain, see scripts/fuzz.sh)
 #   make fuzz-long    each cargo-fuzz target for FUZZ_LONG seconds
 #   make loom         loom model checking of LockedPool, CachedPool, shared and handoff pools (own
-#                     target dir: target/loom)
+#                     target dir: target/loom), and of the Python pool's close gate (target/loom-gate)
 #   make mutants      cargo-mutants over the core crate (skipped without cargo-mutants)
 
 # Whatever includes this file keeps its own default goal.
@@ -32,6 +32,8 @@ fuzz-long:
 loom:
 	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --test loom_shm --test loom_handoff --release \
 	    --target-dir target/loom -- --nocapture --test-threads=1
+	RUSTFLAGS="--cfg gate_loom" cargo test -p pagebuddy-py --lib --release --target-dir target/loom-gate \
+	    -- --nocapture --test-threads=1 loom_model
 
 # Doctests are left out (each compiles separately; the unit tests cover the same functions) and
 # the property test runs 128 cases per mutant.

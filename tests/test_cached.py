@@ -293,15 +293,28 @@ def test_arguments_on_both(impl: type) -> None:
         with pytest.raises(exc):
             impl(8, page_size=64, **bad)
     exact = impl(8, page_size=64, cpus=0)
-    assert (exact.cpus, exact.cache_contents(), exact.cache_contents(5)) == (0, [], [])
+    assert (exact.cpus, exact.cache_contents(), exact.cache_contents(None)) == (0, [], [])
     exact.drain()
+    exact.drain(None)
     exact.drain_all()
-    assert exact.alloc_pages(0, cpu=7) == 0
-    with pytest.raises(ValueError, match="cpu"):
+    # Without caches there is no slot to name: any cpu but None is refused, nothing changes.
+    for refused in (
+        lambda: exact.alloc_pages(0, cpu=7),
+        lambda: exact.cache_contents(5),
+        lambda: exact.drain(0),
+    ):
+        with pytest.raises(ValueError, match=r"cpu=\d names a CPU slot, but this pool has no"):
+            refused()
+    assert exact.free_pages == 8
+    assert exact.alloc_pages(0, cpu=None) == 0
+    with pytest.raises(ValueError, match="cpu must be >= 0"):
         exact.alloc_pages(0, cpu=-1)
     with pytest.raises(TypeError):
         exact.put_page(0, cpu="0")
-    exact.put_page(0, cpu=3)
+    with pytest.raises(ValueError, match=r"^put_page: cpu=3 names a CPU slot"):
+        exact.put_page(0, cpu=3)
+    assert exact.page_count(0) == 1
+    exact.put_page(0)
     pool = impl(8, page_size=64, cpus=2, cache_high=64)
     with pytest.raises(ValueError, match=r"^drain: cpu must be >= 0"):
         pool.drain(-1)
@@ -651,9 +664,10 @@ def test_either_size_given_fixes_both(impl: Any) -> None:
                 pool.put_page(pfn)
         assert pool.cache_sizes() == sizes
     exact = impl(64, page_size=64)
-    assert (exact.cache_auto, exact.cache_bound, exact.cache_sizes(3)) == (False, None, (64, 16))
-    with pytest.raises(ValueError, match="cache_sizes: cpu"):
-        exact.cache_sizes(-1)
+    assert (exact.cache_auto, exact.cache_bound, exact.cache_sizes()) == (False, None, (64, 16))
+    for cpu in (-1, 3):
+        with pytest.raises(ValueError, match="cache_sizes: cpu"):
+            exact.cache_sizes(cpu)
 
 
 def test_auto_sizing_in_lockstep() -> None:

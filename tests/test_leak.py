@@ -115,13 +115,18 @@ def fails(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
 # Each takes a pool with every page free and leaves it so; returns the calls it made.
 
 
+def slot(pool: Any, cpu: int) -> int | None:
+    """``cpu`` on a pool with caches; None on one without, which refuses any other."""
+    return cpu if pool.cpus else None
+
+
 def single(pool: Any) -> int:
     pfn = pool.alloc_pages(0)
     pool.get_page(pfn)
     count = pool.page_count(pfn)
     pool.put_page(pfn)
-    pool.put_page(pfn, cpu=1)
-    big = pool.alloc_pages(Index(2), cpu=0)
+    pool.put_page(pfn, cpu=slot(pool, 1))
+    big = pool.alloc_pages(Index(2), cpu=slot(pool, 0))
     pool.split_page(big)
     for page in range(big, big + 4):
         pool.put_page(page)
@@ -176,7 +181,7 @@ def batches(pool: Any, state: dict[str, Any]) -> int:
         pool.alloc_many(0, 40, out=out)
         pool.put_many(out[:40] if isinstance(out, np.ndarray) else out.tolist()[:40])
     pool.put_many(pool.alloc_many(1, 3, out=state["q3"]))
-    pool.put_many(pool.alloc_many(0, 2, cpu=1), cpu=1)
+    pool.put_many(pool.alloc_many(0, 2, cpu=slot(pool, 1)), cpu=slot(pool, 1))
     return 2 + 2 * len(state["outs"]) + 4
 
 
@@ -215,9 +220,9 @@ def queries(pool: Any) -> int:
         pool.cache_batch,
         pool.cache_high,
     )
-    contents = pool.cache_contents() + pool.cache_contents(cpu=1)
+    contents = pool.cache_contents() + pool.cache_contents(cpu=slot(pool, 1))
     pool.drain()
-    pool.drain(cpu=1)
+    pool.drain(cpu=slot(pool, 1))
     pool.drain_all()
     calls = 8 + len(attrs)
     if isinstance(pool, Pool):

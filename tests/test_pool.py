@@ -218,7 +218,7 @@ def test_exception_hierarchy() -> None:
     assert pagebuddy.OutOfMemory is OutOfMemory
     assert pagebuddy.CorruptionError is CorruptionError
     for exc in (PageError, OutOfMemory, CorruptionError):
-        assert exc.__module__ == "pagebuddy._errors"
+        assert exc.__module__ == "pagebuddy"
         assert exc.__doc__
 
 

@@ -450,6 +450,7 @@ def test_every_public_member_is_documented() -> None:
     expected |= {"alloc_exact", "arena"}
     expected |= {"cpus", "cache_batch", "cache_high", "drain", "drain_all", "cache_contents"}
     expected |= {"cache_sizes", "cache_auto", "cache_bound"}
+    expected |= {"buddyinfo", "fragmentation", "close", "closed"}
     assert set(public) == expected
     for name in public:
         assert inspect.getdoc(getattr(ReferencePool, name)), name

@@ -12,6 +12,7 @@ methods, so any code written against one runs against the other.
 from ._conform import ConformResult, conform
 from ._conform_targets import HEADER as CONFORM_HEADER
 from ._errors import CorruptionError, OutOfMemory, PageError
+from ._frag import Fragmentation
 from ._native import Pool, __version__
 from ._reference import ReferencePool
 
@@ -19,6 +20,7 @@ __all__ = [
     "CONFORM_HEADER",
     "ConformResult",
     "CorruptionError",
+    "Fragmentation",
     "OutOfMemory",
     "PageError",
     "Pool",

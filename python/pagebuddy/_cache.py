@@ -48,15 +48,18 @@ import array
 import operator
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, TypeVar, cast, overload
 
-from . import _rules
+from . import _frag, _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._reference import ReferencePool, _as_int
 from ._rules import MAX_REFCOUNT
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from typing_extensions import Buffer, Self
+
+    _B = TypeVar("_B", bound=Buffer)
 
 __all__ = ["CachedReferencePool"]
 
@@ -105,7 +108,8 @@ class CachedReferencePool:
     ``alloc_many`` and ``put_many`` take an optional ``cpu=`` slot, and ``drain``,
     ``drain_all`` and ``cache_contents`` show and empty the caches. With ``cpus=0`` the
     constructor returns a plain :class:`~pagebuddy.ReferencePool`, as ``Pool`` keeps its exact
-    pool. Not thread-safe.
+    pool. Registered as a virtual subclass of ``ReferencePool``, which is what it models:
+    ``isinstance(ReferencePool(64, cpus=2), ReferencePool)`` holds. Not thread-safe.
     """
 
     def __new__(cls, nr_pages: SupportsIndex, **kwargs: Any) -> Any:
@@ -152,6 +156,7 @@ class CachedReferencePool:
         #: Each thread's slot, given on its first call; a thread-local, as thread idents are reused.
         self._local = threading.local()
         self._threads = 0
+        self._closed = False
 
     # ---------------------------------------------------------------- attributes
 
@@ -172,9 +177,54 @@ class CachedReferencePool:
         """Pages all caches together may hold when they size themselves, else None."""
         return None if self._budget is None else self._budget * self._cpus
 
+    def close(self) -> None:
+        """Close the pool behind the caches (``ReferencePool.close``): the arena is released
+        at once and every later call raises ValueError; closing again does nothing."""
+        self._closed = True
+        self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        """``with``: the pool is closed at the end of the block."""
+        if self._closed:
+            self._refuse("__enter__")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the pool; an exception from the block goes on."""
+        self.close()
+
+    def _refuse(self, op: str) -> NoReturn:
+        """The ValueError of a call on a closed pool."""
+        raise ValueError(_rules.msg_closed(op))
+
+    def buddyinfo(self) -> list[int]:
+        """Free blocks per order on the pool's free lists (cached blocks are not on them, as
+        Linux's ``/proc/buddyinfo`` leaves out its per-CPU lists)."""
+        if self._closed:
+            self._refuse("buddyinfo")
+        return self._core.buddyinfo()
+
+    def fragmentation(self) -> _frag.Fragmentation:
+        """The figures of :meth:`buddyinfo` (``ReferencePool.fragmentation``)."""
+        if self._closed:
+            self._refuse("fragmentation")
+        return self._core.fragmentation()
+
     @property
     def free_pages(self) -> int:
         """Free pages: in the pool's free blocks and in every cache."""
+        if self._closed:
+            self._refuse("free_pages")
         cached = sum(
             len(stack) << order for slot in self._stacks for order, stack in enumerate(slot)
         )
@@ -182,11 +232,12 @@ class CachedReferencePool:
 
     def __repr__(self) -> str:
         """As ``ReferencePool``'s, with the cache settings."""
+        state = "closed=True" if self._closed else f"free_pages={self.free_pages}"
         return (
             f"{type(self).__name__}(nr_pages={self.nr_pages}, page_size={self.page_size}, "
             f"base_pfn={self.base_pfn}, max_order={self.max_order}, zero={self.zero!r}, "
             f"cpus={self._cpus}, cache_batch={self._batch}, cache_high={self._high}, "
-            f"free_pages={self.free_pages})"
+            f"{state})"
         )
 
     # ---------------------------------------------------------------- slots and pages
@@ -352,6 +403,8 @@ class CachedReferencePool:
 
     def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages for slot ``cpu`` (default: this thread's)."""
+        if self._closed:
+            self._refuse("alloc_pages")
         order = self._core._check_order("alloc_pages", order)
         slot = self._slot("alloc_pages", cpu)
         pfn = self._alloc(slot, order)
@@ -363,6 +416,8 @@ class CachedReferencePool:
         """A run of exactly ``nr_pages`` order-0 pages from the pool behind the caches (as
         ``ReferencePool.alloc_exact``), each held once; before OutOfMemory the caches are
         drained, this thread's slot first, as for ``alloc_pages``."""
+        if self._closed:
+            self._refuse("alloc_exact")
         core = self._core
         n = _as_int(nr_pages, "alloc_exact: nr_pages")
         largest = 1 << (core.max_order - 1)
@@ -387,6 +442,24 @@ class CachedReferencePool:
             return pfn
         raise AssertionError("unreachable")
 
+    @overload
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: None = None,
+        cpu: SupportsIndex | None = None,
+    ) -> list[int]: ...
+    @overload
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: _B,
+        cpu: SupportsIndex | None = None,
+    ) -> _B: ...
     def alloc_many(
         self,
         order: SupportsIndex,
@@ -394,7 +467,7 @@ class CachedReferencePool:
         *,
         out: Buffer | None = None,
         cpu: SupportsIndex | None = None,
-    ) -> Any:
+    ) -> list[int] | Buffer:
         """``count`` allocations through one slot, all or nothing.
 
         When one fails, the blocks already taken are put back through the slot, the last
@@ -402,6 +475,8 @@ class CachedReferencePool:
         names how many could be had. ``out`` is as for ``ReferencePool.alloc_many``: a
         writable uint64 array that receives the pfns and is returned.
         """
+        if self._closed:
+            self._refuse("alloc_many")
         order = self._core._check_order("alloc_many", order)
         count = _as_int(count, "alloc_many: count")
         if count < 0:
@@ -425,10 +500,13 @@ class CachedReferencePool:
             return got
         with view, view.cast("B") as raw:
             raw[: 8 * count] = array.array("Q", got).tobytes()
+        assert out is not None  # view is out's
         return out
 
     def put_page(self, pfn: SupportsIndex, *, cpu: SupportsIndex | None = None) -> None:
         """Drop one reference; the last one caches the block in slot ``cpu`` (or frees it)."""
+        if self._closed:
+            self._refuse("put_page")
         pfn = _pfn("put_page", pfn)
         self._put("put_page", self._slot("put_page", cpu), pfn)
 
@@ -441,11 +519,16 @@ class CachedReferencePool:
         first that cannot be put raises PageError naming its index, and nothing is put. A
         uint64 array is read as ``ReferencePool.put_many`` reads it.
         """
+        if self._closed:
+            self._refuse("put_many")
         view = _rules.u64_array(pfns)
+        items: Iterable[object]
         if view is not None:
             with view:
-                pfns = view.tolist()
-        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+                items = view.tolist()
+        else:
+            items = cast("Iterable[SupportsIndex]", pfns)
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(items)]
         slot = self._slot("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):
@@ -459,6 +542,8 @@ class CachedReferencePool:
 
     def get_page(self, pfn: SupportsIndex) -> None:
         """Take one more reference on a held page."""
+        if self._closed:
+            self._refuse("get_page")
         pfn, i = self._held("get_page", pfn)
         if self._refs[i] == MAX_REFCOUNT:
             raise PageError(_rules.msg_refcount_overflow("get_page", pfn))
@@ -466,6 +551,8 @@ class CachedReferencePool:
 
     def split_page(self, pfn: SupportsIndex) -> None:
         """Split a held block into held order-0 pages (the head keeps its refcount)."""
+        if self._closed:
+            self._refuse("split_page")
         pfn, i = self._held("split_page", pfn)
         order = self._core._order[i]
         assert order is not None
@@ -475,28 +562,40 @@ class CachedReferencePool:
 
     def page_count(self, pfn: SupportsIndex) -> int:
         """The callers' refcount of a page (0 for free and cached pages and for tails)."""
+        if self._closed:
+            self._refuse("page_count")
         return self._refs[self._index("page_count", pfn)[1]]
 
     def free_lists(self) -> list[list[int]]:
         """The pool's free lists (cached blocks are not on them)."""
+        if self._closed:
+            self._refuse("free_lists")
         return self._core.free_lists()
 
     def view(self, pfn: SupportsIndex) -> memoryview:
         """A writable view of a block a caller holds."""
+        if self._closed:
+            self._refuse("view")
         pfn, _ = self._held("view", pfn)
         return self._core.view(pfn)
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
+        if self._closed:
+            self._refuse("drain")
         self._drain(self._slot("drain", cpu))
 
     def drain_all(self) -> None:
         """Drain every slot in turn."""
+        if self._closed:
+            self._refuse("drain_all")
         for slot in range(self._cpus):
             self._drain(slot)
 
     def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
         """Slot ``cpu``'s cached blocks, one list per cached order, coldest first."""
+        if self._closed:
+            self._refuse("cache_contents")
         return [list(stack) for stack in self._stacks[self._slot("cache_contents", cpu)]]
 
     def cache_sizes(self, cpu: SupportsIndex | None = None) -> tuple[int, int]:
@@ -508,6 +607,8 @@ class CachedReferencePool:
         """The pool's ``check()``, then the caches against it: each cached block is held by
         the pool, of its stack's order, nobody's, cached once; every block the pool holds is a
         caller's or cached."""
+        if self._closed:
+            self._refuse("check")
 
         def fail(message: str) -> NoReturn:
             raise CorruptionError(f"check: {message}")
@@ -535,3 +636,6 @@ class CachedReferencePool:
                 fail(f"pfn {pfn} is held by a caller but free in the pool")
             if in_core and not refs and pfn not in cached:
                 fail(f"pfn {pfn} is held by the pool for no one")
+
+
+ReferencePool.register(CachedReferencePool)

@@ -4,6 +4,9 @@ Each one derives from the built-in exception a caller would naturally catch, so 
 that already handles ``ValueError`` or ``MemoryError`` keeps working. A call that
 raises any of these leaves the pool exactly as it was (the batch calls ``alloc_many`` and
 ``put_many`` included: they do the whole batch or nothing).
+
+Each class names the package as its module (``__module__ = "pagebuddy"``), where users import
+it from: tracebacks, reprs and pickles say ``pagebuddy.OutOfMemory``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ class PageError(ValueError):
     one more reference would overflow the 16-bit refcount (65535).
     """
 
+    __module__ = "pagebuddy"
+
 
 class OutOfMemory(MemoryError):
     """No free block of a large enough order is available.
@@ -28,6 +33,8 @@ class OutOfMemory(MemoryError):
     supply the whole batch.
     """
 
+    __module__ = "pagebuddy"
+
 
 class CorruptionError(RuntimeError):
     """``check()`` found an allocator invariant broken.
@@ -36,3 +43,5 @@ class CorruptionError(RuntimeError):
     means the metadata or the free lists are inconsistent, typically because the arena
     was written through a stale view of a freed block.
     """
+
+    __module__ = "pagebuddy"

@@ -33,11 +33,14 @@ fraction of free pages that cannot be used for an order-``k`` request,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = [
+    "Fragmentation",
     "buddyinfo_line",
     "extfrag_index",
     "format_thousandths",
+    "fragmentation",
     "free_pages",
     "largest_free_order",
     "unusable_index",
@@ -90,3 +93,32 @@ def format_thousandths(value: int) -> str:
 def buddyinfo_line(free_blocks: Sequence[int], name: str = "pagebuddy") -> str:
     """A ``/proc/buddyinfo``-style line: ``Node 0, zone pagebuddy  3  1  0 ...``."""
     return f"Node 0, zone {name:>9} " + " ".join(f"{n:6d}" for n in free_blocks)
+
+
+class Fragmentation(NamedTuple):
+    """What ``pool.fragmentation()`` returns: the figures of one ``buddyinfo()`` line.
+
+    ``extfrag_index[k]`` is Linux's ``extfrag_index`` for a request of order ``k``, as the
+    kernel prints it (``/sys/kernel/debug/extfrag/extfrag_index``) and the command reports
+    it: ``-1.0`` where the request would succeed, else a value in thousandths between 0
+    (it fails for lack of free memory) and 1 (it fails because free memory is fragmented).
+    """
+
+    #: Pages in the free blocks counted.
+    free_pages: int
+    #: The highest order with a free block, or None when nothing is free.
+    largest_free_order: int | None
+    #: One value per order, from 0 to ``max_order - 1``.
+    extfrag_index: tuple[float, ...]
+
+
+Fragmentation.__module__ = "pagebuddy"  # where users import it from
+
+
+def fragmentation(free_blocks: Sequence[int]) -> Fragmentation:
+    """The :class:`Fragmentation` figures of ``free_blocks`` (free blocks per order)."""
+    return Fragmentation(
+        free_pages(free_blocks),
+        largest_free_order(free_blocks),
+        tuple(extfrag_index(free_blocks, k) / 1000 for k in range(len(free_blocks))),
+    )

@@ -34,7 +34,8 @@ operation at a time (the state machine, the abuse driver):
   name the pfn or order); a new block's contents, which it then fills with :data:`FILL`;
   ``free_pages``; and every ``compare_every`` operations the free lists (and, on a cached
   pool, every slot's cache contents in order);
-* :meth:`Lockstep.agree` compares everything: free lists, ``free_pages``, every page's
+* :meth:`Lockstep.agree` compares everything: free lists, ``buddyinfo()``,
+  ``fragmentation()``, ``free_pages``, every page's
   refcount, the contents of every held block, the arenas as far as the policy defines them
   (:func:`pagebuddy._rules.arena_comparison`), the bytes past the arena, and ``check()``.
 
@@ -148,7 +149,8 @@ class Divergence(AssertionError):
     ``step`` is the number of operations applied before the one that showed it (-1 for the
     constructor, the number applied for a comparison between operations), ``op`` that
     operation (or ``None``), ``what`` a short kind (``"result"``, ``"exception"``,
-    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"caches"``, ``"contents"``,
+    ``"message"``, ``"free_pages"``, ``"free_lists"``, ``"buddyinfo"``,
+    ``"fragmentation"``, ``"caches"``, ``"contents"``,
     ``"page_count"``, ``"check"``, ``"arena"``, ``"constructor"``, ``"attribute"``) and
     ``detail`` the explanation.
     """
@@ -439,8 +441,9 @@ class Lockstep:
     # -- comparisons ----------------------------------------------------------------------------
 
     def compare_state(self, step: int | None = None, op: Op | None = None) -> None:
-        """Compare ``free_pages``, the free lists and, on a cached pool (``cpus=N``), every
-        slot's cache contents in order now."""
+        """Compare ``free_pages``, the free lists, ``buddyinfo()`` and ``fragmentation()`` (where
+        both pools have them) and, on a cached pool (``cpus=N``), every slot's cache contents in
+        order now."""
         step = self.steps if step is None else step
         fa, fb = self.pool.free_pages, self.model.free_pages
         if fa != fb:
@@ -453,6 +456,13 @@ class Lockstep:
                 else ""
             )
             raise Divergence(step, op, "free_lists", _first_diff(la, lb) + late)
+        for query in ("buddyinfo", "fragmentation"):
+            ask_a, ask_b = getattr(self.pool, query, None), getattr(self.model, query, None)
+            if ask_a is None or ask_b is None:
+                continue  # a pool under conformance test (``_conform``) may not answer it
+            qa, qb = ask_a(), ask_b()
+            if qa != qb:
+                raise Divergence(step, op, query, f"{query}(): Pool {qa}, the model {qb}")
         self.compare_caches(step, op)
 
     def compare_caches(self, step: int | None = None, op: Op | None = None) -> None:
@@ -558,6 +568,8 @@ class RunResult:
     samples: list[tuple[int, list[int]]] = field(default_factory=list)
     #: Per page at the end: 0 free, 1 held, 2 shared (refcount >= 2), 3 reserved.
     arena_map: list[int] = field(default_factory=list)
+    #: Every OutOfMemory refusal: (index in ops, order of the block asked for).
+    out_of_memory: list[tuple[int, int]] = field(default_factory=list)
     seconds: float = 0.0
     #: True when ``progress`` asked the run to stop early.
     stopped: bool = False
@@ -592,6 +604,16 @@ def arena_map(pool: Any, geometry: Geometry) -> list[int]:
         elif pool.page_count(base + i) >= 2:
             states[i] = PAGE_SHARED
     return states
+
+
+def _order_asked(op: Op) -> int:
+    """The order of the block an allocation asked for (``exact``: the block that holds the
+    run); -1 when its arguments say none."""
+    try:
+        n = int(op[1])
+    except (TypeError, ValueError, IndexError):
+        return -1
+    return (n - 1).bit_length() if op[0] == "exact" else n
 
 
 def run_ops(
@@ -641,6 +663,8 @@ def run_ops(
             if exc is not None:
                 name = type(exc).__name__
                 rejected[name] += 1
+                if name == "OutOfMemory":
+                    result.out_of_memory.append((len(ops) - 1, _order_asked(op)))
                 if len(result.rejected_examples) < keep_examples:
                     result.rejected_examples.append((len(ops) - 1, op, name, str(exc)))
             n = ls.steps

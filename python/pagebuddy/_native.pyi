@@ -1,9 +1,12 @@
 """Type stubs for the native extension ``pagebuddy._native``."""
 
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
+
+from ._frag import Fragmentation
 
 __all__ = [
     "Pool",
@@ -72,8 +75,8 @@ class Pool:
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
     ) -> None:
-        """Called once by ``Pool(...)``, which builds the pool in ``__new__``; any later call
-        raises ``TypeError``: a pool is built once."""
+        """The constructor's signature. Called once by ``Pool(...)``, which builds the pool in
+        ``__new__``; any later call raises ``TypeError``: a pool is built once."""
     def __copy__(self) -> NoReturn:
         """Raises ``TypeError``: a pool owns its arena and pages and cannot be copied."""
     def __deepcopy__(self, _memo: object) -> NoReturn:
@@ -136,6 +139,24 @@ class Pool:
         """A writable view of the held block headed by ``pfn`` (TypeError without an arena)."""
     def check(self) -> None:
         """Validate every invariant; raise ``CorruptionError`` naming the broken rule."""
+    def buddyinfo(self) -> list[int]:
+        """Free blocks per order from 0 to ``max_order - 1`` (caches not counted), as buddyinfo."""
+    def fragmentation(self) -> Fragmentation:
+        """Free pages, largest free order and Linux's ``extfrag_index`` per order."""
+    def close(self) -> None:
+        """Release the buffer at once; every later call raises ``ValueError``."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    def __enter__(self) -> Self:
+        """``with Pool(...) as pool:`` closes the pool at the end of the block."""
+    def __exit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        """Close the pool; an exception from the block goes on."""
     @overload
     def alloc_many(
         self,

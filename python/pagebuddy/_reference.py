@@ -16,19 +16,23 @@ It shares no code with the native ``pagebuddy.Pool`` and never imports it.
 
 from __future__ import annotations
 
+import abc
 import array
 import mmap
 import operator
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, SupportsIndex, TypeVar, cast, overload
 
-from . import _arenas, _rules
+from . import _arenas, _frag, _rules
 from ._errors import CorruptionError, OutOfMemory, PageError
 from ._rules import LINK_STORES, MAX_REFCOUNT, ZERO_POLICIES
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from typing_extensions import Buffer, Self
+
+    _B = TypeVar("_B", bound=Buffer)
 
 __all__ = ["ReferencePool"]
 
@@ -42,9 +46,14 @@ def _as_int(value: object, what: str) -> int:
 
 
 def _check_cpu(op: str, cpu: object) -> None:
-    """A ``cpu=`` argument: None, or an int >= 0 (TypeError / ValueError otherwise)."""
-    if cpu is not None and (value := _as_int(cpu, f"{op}: cpu")) < 0:
-        raise ValueError(f"{op}: cpu must be >= 0, got {value}")
+    """A ``cpu=`` argument to a pool without caches: None, else TypeError for a non-int and
+    ValueError for any int (a negative one is refused as such first)."""
+    if cpu is None:
+        return
+    slot = _as_int(cpu, f"{op}: cpu")
+    if slot < 0:
+        raise ValueError(f"{op}: cpu must be >= 0, got {slot}")
+    raise ValueError(_rules.msg_no_caches(op, slot))
 
 
 def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
@@ -110,7 +119,8 @@ def _arena_from(buffer: object, size: int) -> memoryview:
 _DEFAULT_ZERO: Any = object()
 
 
-class ReferencePool:
+# ABCMeta for `register` alone (the cached model is a virtual subclass): nothing is abstract.
+class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
     """Pure-Python model of a pKVM buddy page pool; same API and behaviour as ``pagebuddy.Pool``.
 
     Pages ``i in range(nr_pages)`` have pfn ``base_pfn + i`` and own bytes
@@ -128,14 +138,17 @@ class ReferencePool:
     ``view`` is a TypeError.
 
     ``cpus=N`` (N >= 1) models the pool with per-CPU caches: the constructor then returns a
-    :class:`pagebuddy._cache.CachedReferencePool`. With ``cpus=0`` (the default) there are no
-    caches: ``cpu=`` arguments are checked and otherwise ignored, ``drain`` and ``drain_all``
+    :class:`pagebuddy._cache.CachedReferencePool`, which is a ``ReferencePool`` for
+    ``isinstance`` (a virtual subclass). With ``cpus=0`` (the default) there are no caches:
+    a ``cpu=`` argument other than None is refused (ValueError), ``drain`` and ``drain_all``
     do nothing and ``cache_contents`` is empty, as on the native pool.
+
+    ``close()`` (or leaving a ``with`` block) releases the arena at once; see :meth:`close`.
 
     Not thread-safe: share it between threads only under a lock of your own.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, *args: Any, **kwargs: Any) -> ReferencePool:
         """``cpus=N`` with N other than 0: the cached pool's model."""
         try:
             exact = operator.index(kwargs.get("cpus", 0)) == 0
@@ -144,7 +157,7 @@ class ReferencePool:
         if cls is ReferencePool and not exact:
             from ._cache import CachedReferencePool
 
-            return CachedReferencePool(*args, **kwargs)
+            return cast(ReferencePool, CachedReferencePool(*args, **kwargs))
         return super().__new__(cls)
 
     def __init__(
@@ -204,7 +217,7 @@ class ReferencePool:
             raise TypeError(f"arena must be a bool, got {type(arena).__name__}")
         if zero is _DEFAULT_ZERO:
             zero = "free" if arena else "never"
-        zero = _as_choice(zero, "zero", ZERO_POLICIES)
+        zero = cast(Literal["free", "alloc", "never"], _as_choice(zero, "zero", ZERO_POLICIES))
         links = _as_choice(_links, "_links", LINK_STORES)
         problem = _rules.arena_problem(arena, zero, links, buffer is not None)
         if problem:
@@ -244,6 +257,7 @@ class ReferencePool:
             self._order: list[int | None] = [0] * nr_pages
             # free_area[k]: the heads of the free blocks of order k, head of the list first.
             self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
+            self._closed = False
             self._lay_out_free_blocks(fresh_arena=buffer is None)
         except MemoryError:
             raise MemoryError(f"cannot allocate metadata for {nr_pages} pages") from None
@@ -296,6 +310,50 @@ class ReferencePool:
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         """A pool cannot be pickled (TypeError), as ``Pool``."""
         raise TypeError(_rules.msg_no_copy(type(self).__name__))
+
+    # ---------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Release the arena at once: the pool's hold on ``buffer`` (or its own mapping) and
+        its claim on that memory end, so the owner may ``mmap.close()`` it or hand it to a new
+        pool right away. Closing again does nothing.
+
+        Afterwards every method, and ``free_pages``, raises ValueError saying the pool is
+        closed; the geometry attributes, ``closed`` and ``repr`` still answer. A view handed
+        out before stays valid and keeps the buffer exported until it is released (``del``,
+        ``view.release()`` or ``with pool.view(pfn) as v:``); it is plain memory then, which
+        no pool owns, as after the pool is collected.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._arena is not None:
+            self._arena.release()
+        self.__dict__.pop("_claim", None)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        """``with ReferencePool(...) as pool:`` closes the pool at the end of the block."""
+        if self._closed:
+            raise ValueError(_rules.msg_closed("__enter__"))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the pool; an exception from the block goes on."""
+        self.close()
+
+    def _refuse(self, op: str) -> NoReturn:
+        """The ValueError of a call on a closed pool."""
+        raise ValueError(_rules.msg_closed(op))
 
     # ---------------------------------------------------------------- read-only attributes
 
@@ -360,28 +418,52 @@ class ReferencePool:
         return 64, 16
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
-        """Nothing to give back: a pool without caches (``cpu`` is checked)."""
+        """Nothing to give back: a pool without caches (``cpu`` other than None: ValueError)."""
+        if self._closed:
+            self._refuse("drain")
         _check_cpu("drain", cpu)
 
     def drain_all(self) -> None:
         """Nothing to give back: a pool without caches."""
+        if self._closed:
+            self._refuse("drain_all")
 
     def cache_contents(self, cpu: SupportsIndex | None = None) -> list[list[int]]:
-        """No caches: an empty list (``cpu`` is checked)."""
+        """No caches: an empty list (``cpu`` other than None: ValueError)."""
+        if self._closed:
+            self._refuse("cache_contents")
         _check_cpu("cache_contents", cpu)
         return []
 
     @property
     def free_pages(self) -> int:
         """Number of pages currently in free blocks."""
+        if self._closed:
+            self._refuse("free_pages")
         return sum(len(heads) << order for order, heads in enumerate(self._free_area))
 
+    def buddyinfo(self) -> list[int]:
+        """Free blocks per order from 0 to ``max_order - 1``, like a line of ``/proc/buddyinfo``."""
+        if self._closed:
+            self._refuse("buddyinfo")
+        return [len(heads) for heads in self._free_area]
+
+    def fragmentation(self) -> _frag.Fragmentation:
+        """Free pages, the largest free order and Linux's ``extfrag_index`` per order, computed
+        from :meth:`buddyinfo` as ``pagebuddy demo`` reports them
+        (:class:`pagebuddy.Fragmentation`)."""
+        if self._closed:
+            self._refuse("fragmentation")
+        return _frag.fragmentation(self.buddyinfo())
+
     def __repr__(self) -> str:
-        """``ReferencePool(nr_pages=..., page_size=..., base_pfn=..., max_order=..., ...)``."""
+        """``ReferencePool(nr_pages=..., page_size=..., base_pfn=..., max_order=..., ...)``,
+        ending in ``closed=True`` instead of ``free_pages=...`` once closed."""
+        state = "closed=True" if self._closed else f"free_pages={self.free_pages}"
         return (
             f"{type(self).__name__}(nr_pages={self._nr_pages}, page_size={self._page_size}, "
             f"base_pfn={self._base_pfn}, max_order={self._max_order}, zero={self._zero!r}, "
-            f"free_pages={self.free_pages})"
+            f"{state})"
         )
 
     # ---------------------------------------------------------------- domain helpers
@@ -500,10 +582,30 @@ class ReferencePool:
         head gets refcount 1. Raises TypeError if ``order`` is not an int, ValueError if it
         is not from 0 to ``max_order - 1``, OutOfMemory if no block is large enough.
         """
+        if self._closed:
+            self._refuse("alloc_pages")
         order = self._check_order("alloc_pages", order)
         _check_cpu("alloc_pages", cpu)
         return self._alloc(order)
 
+    @overload
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: None = None,
+        cpu: SupportsIndex | None = None,
+    ) -> list[int]: ...
+    @overload
+    def alloc_many(
+        self,
+        order: SupportsIndex,
+        count: SupportsIndex,
+        *,
+        out: _B,
+        cpu: SupportsIndex | None = None,
+    ) -> _B: ...
     def alloc_many(
         self,
         order: SupportsIndex,
@@ -511,7 +613,7 @@ class ReferencePool:
         *,
         out: Buffer | None = None,
         cpu: SupportsIndex | None = None,
-    ) -> Any:
+    ) -> list[int] | Buffer:
         """Allocate ``count`` blocks of ``order``, all or nothing; return their head pfns.
 
         Equivalent to ``count`` successive ``alloc_pages(order)`` calls, except that when
@@ -522,6 +624,8 @@ class ReferencePool:
         ``count`` items: TypeError / ValueError otherwise), in its first ``count`` items,
         and ``out`` is returned.
         """
+        if self._closed:
+            self._refuse("alloc_many")
         order = self._check_order("alloc_many", order)
         count = _as_int(count, "alloc_many: count")
         if count < 0:
@@ -543,6 +647,7 @@ class ReferencePool:
             return pfns
         with view, view.cast("B") as raw:
             raw[: 8 * count] = array.array("Q", pfns).tobytes()
+        assert out is not None  # view is out's
         return out
 
     def alloc_exact(self, nr_pages: SupportsIndex) -> int:
@@ -555,6 +660,8 @@ class ReferencePool:
         an int, ValueError unless ``1 <= nr_pages <= 2**(max_order - 1)``, OutOfMemory if no
         block that holds the run is free; nothing changes then.
         """
+        if self._closed:
+            self._refuse("alloc_exact")
         n = _as_int(nr_pages, "alloc_exact: nr_pages")
         largest = 1 << (self._max_order - 1)
         if not 1 <= n <= largest:
@@ -574,6 +681,8 @@ class ReferencePool:
         Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool, not
         held, or its refcount is already 65535 (nothing changes then).
         """
+        if self._closed:
+            self._refuse("get_page")
         pfn = _as_int(pfn, "get_page: pfn")
         i = self._check_held("get_page", pfn)
         if self._refcount[i] == MAX_REFCOUNT:
@@ -587,6 +696,8 @@ class ReferencePool:
         appended at the tail of the free list of the resulting order. Raises TypeError if
         ``pfn`` is not an int, PageError if it is outside the pool or not held.
         """
+        if self._closed:
+            self._refuse("put_page")
         pfn = _as_int(pfn, "put_page: pfn")
         if not 0 <= pfn < 1 << 64:
             raise PageError(_rules.msg_outside("put_page", pfn))
@@ -603,11 +714,16 @@ class ReferencePool:
         held fails at the extra put): the first that cannot be put raises PageError naming its
         index (``"put_many: pfns[3]: ..."``), and nothing is put.
         """
+        if self._closed:
+            self._refuse("put_many")
         view = _rules.u64_array(pfns)
+        items: Iterable[object]
         if view is not None:
             with view:
-                pfns = view.tolist()
-        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(pfns)]
+                items = view.tolist()
+        else:
+            items = cast("Iterable[SupportsIndex]", pfns)
+        converted = [_as_int(pfn, f"put_many: pfns[{k}]") for k, pfn in enumerate(items)]
         _check_cpu("put_many", cpu)
         dropped: dict[int, int] = {}
         for k, pfn in enumerate(converted):
@@ -626,6 +742,8 @@ class ReferencePool:
         order-0 page. Raises TypeError if ``pfn`` is not an int, PageError if it is outside
         the pool or not held.
         """
+        if self._closed:
+            self._refuse("split_page")
         pfn = _as_int(pfn, "split_page: pfn")
         i = self._check_held("split_page", pfn)
         order = self._order[i]
@@ -640,6 +758,8 @@ class ReferencePool:
 
         Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool.
         """
+        if self._closed:
+            self._refuse("page_count")
         pfn = _as_int(pfn, "page_count: pfn")
         return self._refcount[self._check_in_pool("page_count", pfn)]
 
@@ -648,6 +768,8 @@ class ReferencePool:
 
         Each list is in FIFO order: the block ``alloc_pages`` would take next comes first.
         """
+        if self._closed:
+            self._refuse("free_lists")
         return [list(heads) for heads in self._free_area]
 
     def view(self, pfn: SupportsIndex) -> memoryview:
@@ -658,6 +780,8 @@ class ReferencePool:
         Raises TypeError if ``pfn`` is not an int, PageError if it is outside the pool or not
         held.
         """
+        if self._closed:
+            self._refuse("view")
         if self._arena is None:
             raise TypeError(_rules.MSG_NO_ARENA_VIEW)
         pfn = _as_int(pfn, "view: pfn")
@@ -681,6 +805,8 @@ class ReferencePool:
         left uncoalesced below ``max_order - 1``; ``free_pages`` matches the blocks; under
         ``zero="free"`` all free memory reads as zero.
         """
+        if self._closed:
+            self._refuse("check")
 
         def fail(message: str) -> NoReturn:
             raise CorruptionError(f"check: {message}")

@@ -212,8 +212,8 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("alloc_many", "alloc_many", ("order", "count"), _ALLOC),
         Operation("put_many", "put_many", ("pfns",), _PUT),
         Operation("exact", "alloc_exact", ("count",), _ALLOC),
-        # Through a named slot of a cached pool (``cpu=``; checked, and otherwise ignored,
-        # without caches), and the slot's drain.
+        # Through a named slot of a cached pool (``cpu=``; refused with ValueError without
+        # caches), and the slot's drain.
         Operation("alloc_on", "alloc_pages", ("order", "cpu"), _ALLOC, keywords=("cpu",)),
         Operation("put_on", "put_page", ("pfn", "cpu"), _PUT, keywords=("cpu",)),
         Operation("drain", "drain", ("cpu",), _CPU),
@@ -445,6 +445,19 @@ def msg_batch_out_of_memory(count: Any, order: int, capacity: int) -> str:
         f"alloc_many: out of memory: {count} blocks of order {order} requested, "
         f"{capacity} available"
     )
+
+
+def msg_no_caches(op: str, cpu: int) -> str:
+    """``cpu=`` given to a pool without per-CPU caches (built without ``cpus=N``)."""
+    return (
+        f"{op}: cpu={cpu} names a CPU slot, but this pool has no per-CPU caches "
+        f"(build it with cpus=N to use slots)"
+    )
+
+
+def msg_closed(op: str) -> str:
+    """Any call on a pool after ``close()``."""
+    return f"{op}: the pool is closed: a closed pool takes no calls (build a new one)"
 
 
 def msg_no_copy(cls: str) -> str:

@@ -61,7 +61,11 @@ def report(ctx: Context) -> dict[str, Any]:
         from .._plot import plot_run
 
         with naming(args.plot):
-            plot_run(result, args.plot, f"pagebuddy demo (seed {args.seed})")
+            plot_run(
+                result,
+                args.plot,
+                f"pagebuddy demo: a hypervisor's page pool serving VMs (seed {args.seed})",
+            )
     r = run_report("demo", g, result, timed)
     r.update(
         seed=args.seed,

@@ -378,6 +378,11 @@ impl Cache {
             .collect()))
     }
 
+    /// Free blocks per order on the pool's free lists (cached blocks are not on them).
+    pub(crate) fn buddyinfo(&self) -> Vec<u32> {
+        on!(self, |p| p.with_core(|c| c.buddyinfo().to_vec()))
+    }
+
     pub(crate) fn check(&self) -> Result<(), Corruption> {
         on!(self, |p| p.check())
     }

@@ -3,6 +3,7 @@
 //! errors, and owns the memory the core borrows.
 
 mod cached;
+mod close;
 mod convert;
 mod fast;
 mod forking;
@@ -22,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use cached::Cache;
+use close::{Gate, Held, OnClosed};
 use convert::{choice, raise, unsigned, Exc, Int};
 
 /// A plain pool: the interpreter lock is its lock. Calls hold it; a batch call hands the pool off
@@ -43,7 +45,8 @@ enum Inner {
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
 /// `$cached` with the caches as `$c`. `$py` proves the interpreter lock held, the lock of a plain
-/// pool. Every `$body` is the core's work alone: it never runs Python code.
+/// pool. Every `$body` is the core's work alone: it never runs Python code. On a closed pool
+/// it returns `OnClosed::on_closed()` from the enclosing function instead (`close.rs`).
 ///
 /// A shared pool's lock is taken first: waiting for it lets the interpreter lock go, and a
 /// timeout or an interrupt returns its error from the enclosing function (which returns a
@@ -58,12 +61,18 @@ macro_rules! with {
               |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
     };
     (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
-     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {
+     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {{
+        if $self.is_closed() {
+            return OnClosed::on_closed();
+        }
         match &$self.inner {
             Inner::Side(l) => under_gil($py, l, |$p| $body),
             Inner::Intrusive(l) => under_gil($py, l, |$p| $body),
             Inner::Cached($c) => $cached,
             Inner::SharedSide($s) => {
+                // Counted busy for `close`: the wait for the lock lets the interpreter lock go,
+                // and the lock is in the buffer.
+                let _busy = $self.gate.enter();
                 let outer = $outer;
                 let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
                     Ok(g) => g,
@@ -74,6 +83,7 @@ macro_rules! with {
                 f(&mut *g)
             }
             Inner::SharedIntrusive($s) => {
+                let _busy = $self.gate.enter();
                 let outer = $outer;
                 let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
                     Ok(g) => g,
@@ -84,7 +94,7 @@ macro_rules! with {
                 f(&mut *g)
             }
         }
-    };
+    }};
 }
 
 /// The name of the calling method for a lock's errors: the shared pool's operations.
@@ -103,12 +113,18 @@ macro_rules! op_name {
 /// took it.
 macro_rules! without_gil {
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {{
+        if $self.is_closed() {
+            return OnClosed::on_closed();
+        }
         // Until the pool is given back, a fork waits (`forking.rs`).
         let _in_flight = forking::InFlight::enter($py);
+        // Until its core work is done, `close` waits (`close.rs`).
+        let busy = $self.gate.enter();
         match &$self.inner {
             Inner::Side(l) => {
                 let handoff = hand_off($py, l);
                 $py.detach(|| {
+                    let _busy = busy;
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
                 })
@@ -116,15 +132,20 @@ macro_rules! without_gil {
             Inner::Intrusive(l) => {
                 let handoff = hand_off($py, l);
                 $py.detach(|| {
+                    let _busy = busy;
                     let mut handoff = handoff;
                     handoff.with(|$p| $body)
                 })
             }
-            Inner::Cached($c) => $py.detach(|| $cached),
+            Inner::Cached($c) => $py.detach(|| {
+                let _busy = busy;
+                $cached
+            }),
             Inner::SharedSide(s) => {
                 let outer = shared::Waiting::new($py, &s.lock, op_name!());
                 let g = s.pool.lock_outer(&outer, shared::pid())?;
                 $py.detach(|| {
+                    let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
@@ -135,6 +156,7 @@ macro_rules! without_gil {
                 let outer = shared::Waiting::new($py, &s.lock, op_name!());
                 let g = s.pool.lock_outer(&outer, shared::pid())?;
                 $py.detach(|| {
+                    let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
@@ -240,9 +262,6 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 
 /// A buddy page allocator over an arena of ``nr_pages`` pages (pKVM's hyp_pool).
 ///
-/// Pool(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None,
-/// zero="free", cpus=0, cache_batch=None, cache_high=None)
-///
 /// Page i of the arena has frame number base_pfn + i. A block of order k holds 2**k pages and
 /// starts at a pfn divisible by 2**k. max_order caps the number of orders (the attribute holds
 /// the effective number, min(cap, nr_pages.bit_length())). buffer is None (the pool owns a zeroed,
@@ -263,20 +282,23 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// to high 2048, growing when refills and drains come close together, all caches together
 /// holding at most nr_pages // 8 pages (cache_sizes() and cache_bound show it); either one
 /// given fixes the sizes (the other at its default, 16 or 64).
+/// close(), or the end of a ``with Pool(...) as pool:`` block, lets the buffer go at once.
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
     // claim on that memory ends.
     inner: Inner,
-    _claim: Py<PyAny>,
+    _claim: Held,
     _storage: Option<Storage>,
-    _export: Py<PyAny>,
+    _export: Held,
     /// The arena as a byte memoryview; None for a pool without one.
     bytes: Py<PyAny>,
     geo: Geometry,
     zero: &'static str,
     /// Offset of page 0 in `bytes` (0 but for shared pools, whose header comes first).
     pages_off: usize,
+    /// Closed or not, and the batch calls under way (`close.rs`).
+    gate: Gate,
     /// Whether `__init__` ran: `Pool(...)` calls it once, after `new`; any later call is refused.
     initialised: AtomicBool,
 }
@@ -416,22 +438,25 @@ impl Pool {
         }
     }
 
-    /// The slot a call runs for (`cpu`, else this thread's); 0 on a pool without caches, whose
-    /// `cpu` is still checked.
+    /// The slot a call runs for (`cpu`, else this thread's); 0 on a pool without caches, which
+    /// refuses any `cpu` but None (ValueError, in `pagebuddy._rules.msg_no_caches`'s words).
     #[inline]
     fn slot(&self, op: &str, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         match self.cache() {
             Some(c) => c.slot(op, cpu),
-            None => {
-                if let Some(c) = cpu.filter(|c| !c.is_none()) {
-                    if let Int::Negative(t) = Int::of(c, || format!("{op}: cpu"))? {
-                        return Err(PyValueError::new_err(format!(
-                            "{op}: cpu must be >= 0, got {t}"
-                        )));
-                    }
-                }
-                Ok(0)
-            }
+            None => match cpu.filter(|c| !c.is_none()) {
+                None => Ok(0),
+                Some(c) => match Int::of(c, || format!("{op}: cpu"))? {
+                    Int::Negative(t) => Err(PyValueError::new_err(format!(
+                        "{op}: cpu must be >= 0, got {t}"
+                    ))),
+                    slot => Err(PyValueError::new_err(format!(
+                        "{op}: cpu={} names a CPU slot, but this pool has no per-CPU caches \
+                         (build it with cpus=N to use slots)",
+                        slot.text()
+                    ))),
+                },
+            },
         }
     }
 
@@ -469,13 +494,14 @@ impl Pool {
         };
         Ok(Pool {
             inner,
-            _claim: py.None(),
+            _claim: Held::new(py.None()),
             _storage: Some(storage),
-            _export: py.None(),
+            _export: Held::new(py.None()),
             bytes: py.None(),
             geo,
             zero,
             pages_off: 0,
+            gate: Gate::new(),
             initialised: AtomicBool::new(false),
         })
     }
@@ -702,12 +728,13 @@ impl Pool {
         Ok(Pool {
             inner,
             _storage: Some(storage),
-            _claim: claim.unbind(),
-            _export: export.unbind(),
+            _claim: Held::new(claim.unbind()),
+            _export: Held::new(export.unbind()),
             bytes: bytes.unbind(),
             geo,
             zero,
             pages_off: 0,
+            gate: Gate::new(),
             initialised: AtomicBool::new(false),
         })
     }
@@ -803,6 +830,7 @@ impl Pool {
         order: &Bound<'_, PyAny>,
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
+        self.live("alloc_pages")?;
         let order = convert::order("alloc_pages", order, self.geo.max_order)?;
         let slot = self.slot("alloc_pages", cpu)?;
         with!(
@@ -833,6 +861,7 @@ impl Pool {
         pfn: &Bound<'_, PyAny>,
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        self.live("put_page")?;
         let pfn = convert::pfn("put_page", pfn)?;
         let slot = self.slot("put_page", cpu)?;
         with!(
@@ -848,12 +877,14 @@ impl Pool {
     ///
     /// Raises PageError for a pfn outside the pool, a page not held, or a refcount at 65535.
     fn get_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.live("get_page")?;
         page_op!(self, py, "get_page", pfn, get)
     }
 
     /// Splits the held block headed by ``pfn`` into order-0 pages, each held once (the head keeps
     /// its refcount).
     fn split_page(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.live("split_page")?;
         page_op!(self, py, "split_page", pfn, split)
     }
 
@@ -863,6 +894,7 @@ impl Pool {
     /// Raises ValueError unless 1 <= nr_pages <= 2**(max_order - 1) and OutOfMemory when no
     /// block that holds the run is free; either way nothing changes.
     fn alloc_exact(&self, py: Python<'_>, nr_pages: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.live("alloc_exact")?;
         let op = "alloc_exact";
         let max_pages = 1u64 << (self.geo.max_order - 1);
         let n = convert::run(op, nr_pages, max_pages)?;
@@ -888,6 +920,7 @@ impl Pool {
 
     /// The refcount of a page (0 for free pages and tail pages).
     fn page_count(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<u16> {
+        self.live("page_count")?;
         let pfn = convert::pfn("page_count", pfn)?;
         with!(self, py, |p| p.refcount(pfn).map_err(|e| (e, None)), |c| c
             .refcount(pfn)
@@ -897,6 +930,7 @@ impl Pool {
 
     /// The free lists, one per order from 0 to max_order - 1, each head first (FIFO order).
     fn free_lists(&self, py: Python<'_>) -> PyResult<Vec<Vec<u64>>> {
+        self.live("free_lists")?;
         let orders = 0..self.geo.max_order;
         Ok(with!(
             self,
@@ -906,10 +940,65 @@ impl Pool {
         ))
     }
 
+    /// Free blocks per order from 0 to max_order - 1, like a line of /proc/buddyinfo. On a
+    /// cached pool (``cpus=N``) the blocks in the caches are not counted, as Linux leaves out
+    /// its per-CPU lists: drain_all() first to count them.
+    fn buddyinfo(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        self.live("buddyinfo")?;
+        Ok(with!(self, py, |p| p.buddyinfo().to_vec(), |c| c.buddyinfo()))
+    }
+
+    /// Free pages, the largest free order and Linux's extfrag_index per order, computed from
+    /// buddyinfo() as ``pagebuddy demo`` reports them (pagebuddy.Fragmentation).
+    fn fragmentation<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.live("fragmentation")?;
+        let blocks = self.buddyinfo(py)?;
+        py.import("pagebuddy._frag")?
+            .call_method1("fragmentation", (blocks,))
+    }
+
+    /// Lets the buffer go at once: the pool's hold on it (or on its own mapping) and its claim
+    /// on that memory end, so its owner may mmap.close() it or give it to a new pool right
+    /// away. Batch calls under way in other threads finish first. Closing again does nothing.
+    ///
+    /// Afterwards every method, and free_pages, raises ValueError saying the pool is closed;
+    /// the geometry attributes, closed and repr() still answer. A view handed out before stays
+    /// valid and keeps the buffer exported until it is released (del, view.release(), or
+    /// ``with pool.view(pfn) as v:``); it is plain memory then, which no pool owns, as after
+    /// the pool is collected. A shared pool's other handles are not affected.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.close_now(py)
+    }
+
+    /// Whether close() was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
+
+    /// ``with Pool(...) as pool:`` closes the pool at the end of the block.
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().live("__enter__")?;
+        Ok(slf)
+    }
+
+    /// Closes the pool; an exception from the block goes on.
+    #[pyo3(signature = (_exc_type, _exc, _tb))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.close_now(py)
+    }
+
     /// A writable memoryview of the held block headed by ``pfn`` (page_size << order bytes).
     ///
     /// The view keeps the arena alive, also after the pool is gone.
     fn view<'py>(&self, py: Python<'py>, pfn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.live("view")?;
         if self.bytes.is_none(py) {
             return Err(PyTypeError::new_err(convert::MSG_NO_ARENA_VIEW));
         }
@@ -928,6 +1017,7 @@ impl Pool {
 
     /// Validates every invariant of the pool; raises CorruptionError naming the broken rule.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
+        self.live("check")?;
         with!(self, py, |p| p.check(), |c| c.check())
             .map_err(|c| raise(py, Exc::Corruption, format!("check: {c}")))
     }
@@ -951,6 +1041,7 @@ impl Pool {
         out: Option<&Bound<'py, PyAny>>,
         cpu: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        self.live("alloc_many")?;
         let pfns = self.alloc_many_vec(py, order, count, out, cpu)?;
         match out {
             Some(out) if !out.is_none() => {
@@ -977,6 +1068,7 @@ impl Pool {
         pfns: &Bound<'_, PyAny>,
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        self.live("put_many")?;
         match convert::read_u64s(pfns)? {
             Some(values) => {
                 let slot = self.slot("put_many", cpu)?;
@@ -989,6 +1081,7 @@ impl Pool {
     /// Free pages, in all blocks.
     #[getter]
     fn free_pages(&self, py: Python<'_>) -> PyResult<u32> {
+        self.live("free_pages")?;
         Ok(with!(self, py, |p| p.free_pages(), |c| c.free_pages()))
     }
 
@@ -1042,7 +1135,10 @@ impl Pool {
     /// ascending, coldest first. Nothing to do on a pool without caches.
     #[pyo3(signature = (cpu=None))]
     fn drain(&self, py: Python<'_>, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.live("drain")?;
         let slot = self.slot("drain", cpu)?;
+        // Again: converting `cpu` may have run Python code that closed the pool.
+        self.live("drain")?;
         match self.cache() {
             Some(c) => c
                 .drain(slot)
@@ -1053,6 +1149,7 @@ impl Pool {
 
     /// Drains every slot in turn; afterwards the free lists hold every free page.
     fn drain_all(&self, py: Python<'_>) -> PyResult<()> {
+        self.live("drain_all")?;
         match self.cache() {
             Some(c) => c
                 .drain_all()
@@ -1066,6 +1163,7 @@ impl Pool {
     /// pool without caches.
     #[pyo3(signature = (cpu=None))]
     fn cache_contents(&self, cpu: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Vec<u64>>> {
+        self.live("cache_contents")?;
         let slot = self.slot("cache_contents", cpu)?;
         Ok(self.cache().map_or_else(Vec::new, |c| c.contents(slot)))
     }
@@ -1143,7 +1241,9 @@ impl Pool {
     }
 
     /// A pool is built once, by ``Pool(...)``, whose construction calls ``__init__`` once after
-    /// ``new`` has built it: that call does nothing, and any later one raises TypeError.
+    /// ``new`` has built it: that call does nothing, and any later one raises TypeError. A slot,
+    /// it has no signature of its own: ``inspect.signature(Pool)`` and ``help(Pool)`` show
+    /// ``new``'s.
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __init__(
         &self,
@@ -1168,15 +1268,15 @@ impl Pool {
             ),
             None => String::new(),
         };
+        let state = if self.is_closed() {
+            "closed=True".to_string()
+        } else {
+            format!("free_pages={}", self.free_pages(py)?)
+        };
         Ok(format!(
             "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
-             free_pages={})",
-            self.geo.nr_pages,
-            self.geo.page_size,
-            self.geo.base_pfn,
-            self.geo.max_order,
-            self.zero,
-            self.free_pages(py)?
+             {state})",
+            self.geo.nr_pages, self.geo.page_size, self.geo.base_pfn, self.geo.max_order, self.zero
         ))
     }
 }

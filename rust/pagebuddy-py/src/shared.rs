@@ -14,6 +14,7 @@ use pagebuddy::{
 use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::close::{Gate, Held};
 use crate::robust::{self, Robust};
 
 use crate::convert::{choice, raise, unsigned, Exc, Int};
@@ -373,13 +374,14 @@ impl Pool {
             inner,
             // Several handles on one shared buffer are the point: a claim that other shared
             // handles on exactly this buffer may share (`_arenas.claim`).
-            _claim: claim.unbind(),
+            _claim: Held::new(claim.unbind()),
             _storage: None,
-            _export: pin.unbind(),
+            _export: Held::new(pin.unbind()),
             bytes: bytes.unbind(),
             geo,
             zero: zero_name(geo.zero),
             pages_off,
+            gate: Gate::new(),
             // Made by a static method, not `Pool(...)`: no `__init__` call is to come.
             initialised: AtomicBool::new(true),
         })
