@@ -204,7 +204,7 @@ def test_messages_name_the_value_of_an_index_object_not_its_repr() -> None:
             assert "Index" not in message and "object at" not in message, message
         assert str(2**70) in got[0] and "-5" in got[2] and "-3" in got[4]
         messages.append(got)
-    assert messages[0] == messages[1]
+    assert messages[0][:4] == messages[1][:4]  # the calls; the constructors word theirs apart
 
 
 # ------------------------------------------------------------------------- exceptions

@@ -218,9 +218,7 @@ _EVENT_CODES = {
 }
 
 
-def _texts(
-    lines: Iterable[str] | Iterable[bytes], imp: FtraceImport, lenient: bool
-) -> Iterator[str | None]:
+def _texts(lines: Iterable[str | bytes], imp: FtraceImport, lenient: bool) -> Iterator[str | None]:
     """``lines`` as text: ``str`` as they are, ``bytes`` decoded as UTF-8 (``None`` for a
     line that is not, once :func:`_malformed` has let it pass). The two may be mixed."""
     for number, raw in enumerate(lines, 1):
@@ -293,7 +291,7 @@ def parse_ftrace(
 
 
 def _scan(
-    lines: Iterable[str] | Iterable[bytes],
+    lines: Iterable[str | bytes],
     imp: FtraceImport,
     lenient: bool,
     emit: Callable[[Event], object],
@@ -397,20 +395,20 @@ def _stream_lines(f: IO[bytes]) -> Iterator[str | bytes]:
     time: each chunk's lines as ``str`` when it is UTF-8 (decoded at once), as ``bytes``
     otherwise (:func:`_texts` decodes them one by one, to name the line that is not). The
     empty text after the last newline is no line."""
-    rest = b""
+    pieces: list[bytes] = []  # the start of a line longer than a chunk, joined once it ends
     while True:
         block = f.read(_CHUNK)
         if not block:
             break
-        data = rest + block if rest else block
-        cut = data.rfind(b"\n")
+        cut = block.rfind(b"\n")
         if cut < 0:
-            rest = data
+            pieces.append(block)
             continue
-        rest = data[cut + 1 :]
-        yield from _split(data[:cut])
-    if rest:
-        yield from _split(rest)
+        data = b"".join([*pieces, block[:cut]]) if pieces else block[:cut]
+        pieces = [block[cut + 1 :]] if cut + 1 < len(block) else []
+        yield from _split(data)
+    if pieces:
+        yield from _split(b"".join(pieces))
 
 
 def _split(data: bytes) -> list[str] | list[bytes]:

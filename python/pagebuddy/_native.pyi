@@ -5,17 +5,36 @@ from typing import Literal, NoReturn, SupportsIndex, TypeVar, final, overload
 
 from typing_extensions import Buffer, Self
 
-__all__ = ["Pool", "__version__", "_after_fork", "_crash_after"]
+__all__ = [
+    "Pool",
+    "__version__",
+    "_after_fork",
+    "_after_fork_parent",
+    "_before_fork",
+    "_crash_after",
+    "_stop_after",
+]
 
 __version__: str
 
 def _after_fork() -> None:
     """Registered with ``os.register_at_fork``: a forked child locks shared pools as itself."""
 
+def _after_fork_parent() -> None:
+    """Registered with ``os.register_at_fork``: batch calls held back by a fork go on."""
+
+def _before_fork() -> None:
+    """Registered with ``os.register_at_fork``: a fork waits until no batch call of this process
+    holds a pool, so that a child never finds one held by a thread it does not have."""
+
 def _crash_after(n: int) -> None:
     """For tests: the ``n``-th crash point of a shared pool's operations from now (each step of
     an operation: its journal written, each link write, the commit) kills this process with
     SIGKILL; 0 disarms."""
+
+def _stop_after(n: int) -> None:
+    """For tests: as ``_crash_after``, but the process stops itself with SIGSTOP (a live holder
+    of the lock that does not run) and goes on when it gets SIGCONT."""
 
 _B = TypeVar("_B", bound=Buffer)
 
@@ -69,19 +88,30 @@ class Pool:
         max_order: SupportsIndex = 11,
         zero: Literal["free", "alloc", "never"] = "free",
         links: Literal["side", "intrusive"] = "side",
+        timeout: float | None = None,
     ) -> Pool:
         """Format ``buffer`` as a pool that lives entirely inside it (as many pages as fit after
-        its header and metadata) and open it; other processes open it with ``attach``."""
+        its header and metadata) and open it; other processes open it with ``attach``.
+
+        ``timeout``: the most seconds each call of this handle waits for the pool's lock
+        (None: as long as it takes) before it raises ``TimeoutError``, nothing changed. A wait
+        lets other threads run and answers Ctrl-C with ``KeyboardInterrupt``."""
     @staticmethod
-    def attach(buffer: Buffer) -> Pool:
+    def attach(buffer: Buffer, *, timeout: float | None = None) -> Pool:
         """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
         killed process left half done; ValueError or CorruptionError for bytes it refuses, which
-        it leaves unwritten. Pages that a killed process held stay held (the pool cannot know
-        whether it handed them to a survivor): put them on its behalf if you know them, or
-        format the buffer anew."""
+        it leaves exactly as they were (the recovery is kept only once every check passed).
+        ``timeout`` as for ``create_in``. Pages that a killed process held stay held (the pool
+        cannot know whether it handed them to a survivor): put them on its behalf if you know
+        them, or format the buffer anew."""
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
+    @property
+    def timeout(self) -> float | None:
+        """The most seconds each call of this handle waits for a shared pool's lock (the
+        ``timeout`` given to ``create_in`` or ``attach``); None: as long as it takes, or not a
+        shared pool."""
     def alloc_pages(self, order: SupportsIndex, *, cpu: SupportsIndex | None = None) -> int:
         """Allocate a block of ``2**order`` pages; return the pfn of its head.
 

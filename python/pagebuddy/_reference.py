@@ -43,8 +43,8 @@ def _as_int(value: object, what: str) -> int:
 
 def _check_cpu(op: str, cpu: object) -> None:
     """A ``cpu=`` argument: None, or an int >= 0 (TypeError / ValueError otherwise)."""
-    if cpu is not None and _as_int(cpu, f"{op}: cpu") < 0:
-        raise ValueError(f"{op}: cpu must be >= 0, got {cpu!r}")
+    if cpu is not None and (value := _as_int(cpu, f"{op}: cpu")) < 0:
+        raise ValueError(f"{op}: cpu must be >= 0, got {value}")
 
 
 def _as_choice(value: object, what: str, choices: tuple[str, ...]) -> str:

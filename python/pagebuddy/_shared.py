@@ -366,3 +366,23 @@ def kill_rounds(
                 p.join()
         shm.close()
         shm.unlink()
+
+
+#: Offset of the state word (the journal's bits) in a shared pool's header.
+STATE_WORD = 100
+
+
+def header_bytes(buf: Any) -> int:
+    """Bytes of the pool's header (its fixed part records them)."""
+    return int(struct.unpack_from("=I", buf, 16)[0])
+
+
+def lock_area(buf: Any) -> int:
+    """Offset of the robust mutex (64 bytes) in the pool's header: before the boot word, which
+    ends the header."""
+    return header_bytes(buf) - 72
+
+
+def boot_word(buf: Any) -> int:
+    """Offset of the boot word: which boot of the machine initialised the mutex."""
+    return header_bytes(buf) - 8

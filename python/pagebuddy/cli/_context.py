@@ -19,6 +19,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -77,14 +78,14 @@ class LineProgress:
         if self.lines:
             self._print("done")
 
-    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
         """A new task (the latest is the one shown); its id."""
         self.tasks.append(_Task(description, total, fields))
-        return len(self.tasks) - 1
+        return TaskID(len(self.tasks) - 1)
 
     def update(
         self,
-        task_id: int,
+        task_id: TaskID,
         *,
         completed: float | None = None,
         total: float | None = None,

@@ -5,7 +5,9 @@
 mod cached;
 mod convert;
 mod fast;
+mod forking;
 mod reserve;
+mod robust;
 mod shared;
 
 use std::ptr::NonNull;
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
-    LockedPool, PageMeta, Pool as Core, SharedGuard, SharedPool, SideTable, ZeroPolicy,
+    LockedPool, PageMeta, Pool as Core, SharedGuard, SideTable, ZeroPolicy,
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,41 +37,74 @@ enum Inner {
     /// Per-CPU caches in front of the core (`cpus=N`); see `cached.rs`.
     Cached(Box<Cache>),
     /// A pool inside a shared buffer (`Pool.create_in`, `Pool.attach`); see `shared.rs`.
-    SharedSide(SharedPool<'static, SideTable<'static>>),
-    SharedIntrusive(SharedPool<'static, Intrusive>),
+    SharedSide(shared::Shared<SideTable<'static>>),
+    SharedIntrusive(shared::Shared<Intrusive>),
 }
 
 /// Runs `$body` on the core pool, under its lock, whatever its link store; on a cached pool,
 /// `$cached` with the caches as `$c`. `$py` proves the interpreter lock held, the lock of a plain
 /// pool. Every `$body` is the core's work alone: it never runs Python code.
+///
+/// A shared pool's lock is taken first: waiting for it lets the interpreter lock go, and a
+/// timeout or an interrupt returns its error from the enclosing function (which returns a
+/// `PyResult`). `with!(nowait ...)`: for a function that returns an `Option`, None at once
+/// when the lock is held (the caller then takes the full path, which waits).
 macro_rules! with {
+    (nowait $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+        with!(@ $self, $py, |$p| $body, |$c| $cached, |s| shared::NoWait::new(&s.lock), |_e| None)
+    };
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+        with!(@ $self, $py, |$p| $body, |$c| $cached,
+              |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
+    };
+    (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
+     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {
         match &$self.inner {
             Inner::Side(l) => under_gil($py, l, |$p| $body),
             Inner::Intrusive(l) => under_gil($py, l, |$p| $body),
             Inner::Cached($c) => $cached,
-            Inner::SharedSide(s) => {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
+            Inner::SharedSide($s) => {
+                let outer = $outer;
+                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                    Ok(g) => g,
+                    Err($e) => return $fail,
+                };
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut g)
+                f(&mut *g)
             }
-            Inner::SharedIntrusive(s) => {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
+            Inner::SharedIntrusive($s) => {
+                let outer = $outer;
+                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                    Ok(g) => g,
+                    Err($e) => return $fail,
+                };
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut g)
+                f(&mut *g)
             }
         }
+    };
+}
+
+/// The name of the calling method for a lock's errors: the shared pool's operations.
+macro_rules! op_name {
+    () => {
+        "shared pool"
     };
 }
 
 /// `with!` for a batch call: `$body` runs with the interpreter lock released, so that other
 /// threads run meanwhile. A plain pool is handed off first, under the interpreter lock, and the
 /// handoff is dropped inside the closure, before the interpreter lock is taken back: a call that
-/// waits for the handoff holds that lock.
+/// waits for the handoff holds that lock. A fork waits until the pool is given back. A shared
+/// pool's lock is taken first, as in `with!`
+/// (the wait lets the interpreter lock go), and released inside the closure, by the thread that
+/// took it.
 macro_rules! without_gil {
-    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
+    ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {{
+        // Until the pool is given back, a fork waits (`forking.rs`).
+        let _in_flight = forking::InFlight::enter($py);
         match &$self.inner {
             Inner::Side(l) => {
                 let handoff = hand_off($py, l);
@@ -86,20 +121,28 @@ macro_rules! without_gil {
                 })
             }
             Inner::Cached($c) => $py.detach(|| $cached),
-            Inner::SharedSide(s) => $py.detach(|| {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
-                #[allow(unused_mut)]
-                let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut g)
-            }),
-            Inner::SharedIntrusive(s) => $py.detach(|| {
-                let mut g = s.lock_as(shared::pid(), shared::pause);
-                #[allow(unused_mut)]
-                let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut g)
-            }),
+            Inner::SharedSide(s) => {
+                let outer = shared::Waiting::new($py, &s.lock, op_name!());
+                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                $py.detach(|| {
+                    let mut g = g;
+                    #[allow(unused_mut)]
+                    let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
+                    f(&mut *g)
+                })
+            }
+            Inner::SharedIntrusive(s) => {
+                let outer = shared::Waiting::new($py, &s.lock, op_name!());
+                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                $py.detach(|| {
+                    let mut g = g;
+                    #[allow(unused_mut)]
+                    let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
+                    f(&mut *g)
+                })
+            }
         }
-    };
+    }};
 }
 
 /// Runs `f`, the core's work alone, on a plain pool, under the interpreter lock that `_py` proves
@@ -337,7 +380,7 @@ impl Pool {
     /// nothing, so running it again there gives the same error.
     #[inline]
     fn try_get(&self, py: Python<'_>, pfn: u64) -> Option<()> {
-        with!(self, py, |p| p.get(pfn).ok(), |c| c.get(pfn).ok())
+        with!(nowait self, py, |p| p.get(pfn).ok(), |c| c.get(pfn).ok())
     }
 
     /// `put_page(pfn)` for the fast entry point, through this thread's slot on a cached pool; as
@@ -345,7 +388,7 @@ impl Pool {
     #[inline]
     fn try_put(&self, py: Python<'_>, pfn: u64) -> Option<()> {
         let slot = self.cache().map_or(0, Cache::thread_slot);
-        with!(self, py, |p| p.put(pfn).ok(), |c| c.put(slot, pfn).ok())
+        with!(nowait self, py, |p| p.put(pfn).ok(), |c| c.put(slot, pfn).ok())
     }
 
     /// `alloc_pages(order)` for the fast entry point, through this thread's slot on a cached
@@ -356,7 +399,7 @@ impl Pool {
             .ok()
             .filter(|&o| o < self.geo.max_order)?;
         let slot = self.cache().map_or(0, Cache::thread_slot);
-        with!(self, py, |p| p.alloc(order).ok(), |c| c
+        with!(nowait self, py, |p| p.alloc(order).ok(), |c| c
             .alloc(slot, order)
             .ok())
     }
@@ -673,10 +716,14 @@ impl Pool {
     /// The pool gets as many pages as fit after its header and metadata. Other processes open
     /// the same bytes with Pool.attach (a multiprocessing.shared_memory buffer, a shared mmap); a
     /// file mapping keeps the pool across restarts. Whatever the buffer held is overwritten.
+    ///
+    /// timeout: the most seconds each call of this handle waits for the pool's lock (None: as
+    /// long as it takes) before it raises TimeoutError, nothing changed. Waiting lets other
+    /// threads run and answers Ctrl-C with KeyboardInterrupt.
     #[staticmethod]
-    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None))]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None))]
     #[pyo3(
-        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side')"
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn create_in(
@@ -688,6 +735,7 @@ impl Pool {
         max_order: Option<&Bound<'_, PyAny>>,
         zero: Option<&Bound<'_, PyAny>>,
         links: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let args = shared::CreateArgs {
             page_size,
@@ -696,6 +744,7 @@ impl Pool {
             max_order,
             zero,
             links,
+            timeout,
         };
         Self::create_in_impl(py, buffer, args)
     }
@@ -705,18 +754,37 @@ impl Pool {
     ///
     /// An operation that a killed process left half done is rolled back first, and every
     /// invariant is checked. Raises ValueError for bytes that are not a pool or of another
-    /// layout version or size, CorruptionError for damaged ones; refused bytes are not written.
+    /// layout version or size, CorruptionError for damaged ones; refused bytes are left exactly
+    /// as they were (a recovery is kept only once every check passed). timeout: as for
+    /// Pool.create_in.
     /// Pages that a killed process held stay held (the pool cannot know whether it handed them
     /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
     #[staticmethod]
-    fn attach(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Self::attach_impl(py, buffer)
+    #[pyo3(signature = (buffer, *, timeout=None))]
+    fn attach(
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Self::attach_impl(py, buffer, timeout)
     }
 
     /// Whether this pool lives in a shared buffer (Pool.create_in, Pool.attach).
     #[getter]
     fn shared(&self) -> bool {
         self.is_shared()
+    }
+
+    /// The most seconds each call of this handle waits for a shared pool's lock (the timeout
+    /// given to Pool.create_in or Pool.attach); None: as long as it takes, or not a shared pool.
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        match &self.inner {
+            Inner::SharedSide(s) => s.lock.timeout(),
+            Inner::SharedIntrusive(s) => s.lock.timeout(),
+            _ => None,
+        }
+        .map(|t| t.as_secs_f64())
     }
 
     /// Allocates a block of 2**order pages and returns the pfn of its head.
@@ -824,14 +892,14 @@ impl Pool {
     }
 
     /// The free lists, one per order from 0 to max_order - 1, each head first (FIFO order).
-    fn free_lists(&self, py: Python<'_>) -> Vec<Vec<u64>> {
+    fn free_lists(&self, py: Python<'_>) -> PyResult<Vec<Vec<u64>>> {
         let orders = 0..self.geo.max_order;
-        with!(
+        Ok(with!(
             self,
             py,
             |p| orders.map(|k| p.free_list(k).collect()).collect(),
             |c| c.free_lists(self.geo.max_order)
-        )
+        ))
     }
 
     /// A writable memoryview of the held block headed by ``pfn`` (page_size << order bytes).
@@ -916,8 +984,8 @@ impl Pool {
 
     /// Free pages, in all blocks.
     #[getter]
-    fn free_pages(&self, py: Python<'_>) -> u32 {
-        with!(self, py, |p| p.free_pages(), |c| c.free_pages())
+    fn free_pages(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(with!(self, py, |p| p.free_pages(), |c| c.free_pages()))
     }
 
     /// Number of CPU slots with page caches (0: none, the exact pool).
@@ -1060,7 +1128,7 @@ impl Pool {
         Err(PyTypeError::new_err(rule_text(py, "msg_already_built")?))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let cache = match self.cache() {
             Some(c) => format!(
                 ", cpus={}, cache_batch={}, cache_high={}",
@@ -1070,7 +1138,7 @@ impl Pool {
             ),
             None => String::new(),
         };
-        format!(
+        Ok(format!(
             "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
              free_pages={})",
             self.geo.nr_pages,
@@ -1078,8 +1146,8 @@ impl Pool {
             self.geo.base_pfn,
             self.geo.max_order,
             self.zero,
-            self.free_pages(py)
-        )
+            self.free_pages(py)?
+        ))
     }
 }
 
@@ -1225,9 +1293,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fast::install(&m.py().get_type::<Pool>())?;
     m.add_function(wrap_pyfunction!(shared::_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(shared::_crash_after, m)?)?;
-    // A forked child locks shared pools under its own pid, not its parent's.
+    m.add_function(wrap_pyfunction!(shared::_stop_after, m)?)?;
+    m.add_function(wrap_pyfunction!(forking::_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(forking::_after_fork_parent, m)?)?;
+    // A fork waits until no batch call holds a pool (`forking.rs`); a forked child records its
+    // own pid in shared pools' owner word, not its parent's.
     let after = m.getattr("_after_fork")?;
     let kwargs = PyDict::new(m.py());
+    kwargs.set_item("before", m.getattr("_before_fork")?)?;
+    kwargs.set_item("after_in_parent", m.getattr("_after_fork_parent")?)?;
     kwargs.set_item("after_in_child", after)?;
     m.py()
         .import("os")?

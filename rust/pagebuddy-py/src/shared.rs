@@ -1,13 +1,20 @@
 //! Shared pools for Python: `Pool.create_in(buffer, ...)` and `Pool.attach(buffer)` over the
-//! core's [`SharedPool`], with the process id as owner and `/proc` telling dead holders.
+//! core's [`SharedPool`], each operation under a robust, process-shared `pthread_mutex_t` in the
+//! pool's header (`robust.rs`) and then the core's owner word, which holds the pid (a record for
+//! tools: who holds the lock is the mutex's business).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
+use pagebuddy::shmlock::OuterLock;
 use pagebuddy::{
-    pages_that_fit, Config, Intrusive, LayoutError, SharedLinks, SharedPool, SideTable, ZeroPolicy,
+    pages_that_fit, Config, Intrusive, LayoutError, LinkStore, SharedLinks, SharedPool, SideTable,
+    ZeroPolicy,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::robust::{self, Robust};
 
 use crate::convert::{choice, raise, unsigned, Exc, Int};
 use crate::{Inner, Pool};
@@ -27,10 +34,12 @@ pub(crate) fn pid() -> u32 {
     }
 }
 
-/// Registered with `os.register_at_fork`: a child locks under its own pid.
+/// Registered with `os.register_at_fork`: a child records its own pid in the owner word, and
+/// its batch calls go on (`forking.rs`).
 #[pyfunction]
 pub(crate) fn _after_fork() {
     PID.store(std::process::id(), Ordering::Relaxed);
+    crate::forking::forked();
 }
 
 /// For tests: the `n`th crash point of a shared pool's operations from now, in this process,
@@ -38,6 +47,22 @@ pub(crate) fn _after_fork() {
 #[pyfunction]
 pub(crate) fn _crash_after(n: u32) {
     pagebuddy::crash_points::arm(n, kill_self);
+}
+
+/// For tests: the `n`th crash point of a shared pool's operations from now, in this process,
+/// stops it with SIGSTOP (0 disarms): a holder of the lock that is alive but does not run. It
+/// goes on from there when it gets SIGCONT.
+#[pyfunction]
+pub(crate) fn _stop_after(n: u32) {
+    pagebuddy::crash_points::arm(n, stop_self);
+}
+
+/// SIGSTOP to this process.
+fn stop_self() {
+    // SAFETY: kill(2) with this process's id and a signal number; it touches no memory.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+    }
 }
 
 /// SIGKILL to this process (then abort, should it return).
@@ -54,34 +79,6 @@ fn kill_self() {
         }
     }
     std::process::abort();
-}
-
-/// Whether process `pid` is gone: no `/proc/<pid>`, or a zombie (killed, not yet reaped).
-/// Where there is no `/proc`, holders are never taken for dead.
-fn pid_dead(pid: u32) -> bool {
-    if !std::path::Path::new("/proc/self").exists() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command name in parentheses, which may itself hold any bytes.
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].trim_start().chars().next())
-            .is_some_and(|state| matches!(state, 'Z' | 'X')),
-    }
-}
-
-/// Between polls of a held lock: spin, then yield, then sleep (the holder may be another
-/// process descheduled on a busy machine).
-pub(crate) fn pause(polls: u32) {
-    if polls < 64 {
-        std::hint::spin_loop();
-    } else if polls < 1000 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(std::time::Duration::from_micros(50));
-    }
 }
 
 /// An int argument from `lo` to `hi`, or ValueError naming it.
@@ -120,20 +117,128 @@ pub(crate) struct CreateArgs<'a, 'py> {
     pub max_order: Option<&'a Bound<'py, PyAny>>,
     pub zero: Option<&'a Bound<'py, PyAny>>,
     pub links: Option<&'a Bound<'py, PyAny>>,
+    pub timeout: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// A shared pool and the lock its operations take first.
+pub(crate) struct Shared<L: LinkStore + 'static> {
+    pub(crate) pool: SharedPool<'static, L>,
+    pub(crate) lock: Robust,
+}
+
+impl<L: LinkStore + 'static> std::ops::Deref for Shared<L> {
+    type Target = SharedPool<'static, L>;
+    fn deref(&self) -> &Self::Target {
+        &self.pool
+    }
+}
+
+/// `timeout=`: None (wait for as long as it takes) or seconds, a finite number >= 0.
+fn timeout_arg(t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let Some(t) = t.filter(|t| !t.is_none()) else {
+        return Ok(None);
+    };
+    if t.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(
+            "timeout must be None or a number of seconds, got a bool",
+        ));
+    }
+    let secs: f64 = t.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "timeout must be None or a number of seconds, got {}",
+            t.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        ))
+    })?;
+    if !(secs.is_finite() && (0.0..=1e9).contains(&secs)) {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be a finite number of seconds in 0..=1e9, got {secs}"
+        )));
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+/// The value of the header's boot word while one process initialises the lock.
+const BOOT_BUSY: u64 = 1;
+
+/// Makes sure the pool's lock was initialised during this boot of the machine; `check`: the
+/// pool's checks to run first when it was not (the lock's state is left from an earlier boot,
+/// or the pool was just formatted), with the boot word claimed so that no other process of
+/// this boot uses the lock meanwhile. A refusal from `check` puts the word back as it was and
+/// writes nothing else.
+fn ready_for_this_boot<L: SharedLinks<'static>>(
+    py: Python<'_>,
+    op: &str,
+    pool: &SharedPool<'static, L>,
+    lock: &Robust,
+    check: impl FnOnce() -> PyResult<()>,
+) -> PyResult<()> {
+    let me = robust::this_boot();
+    let word = pool.boot_word();
+    let start = Instant::now();
+    loop {
+        let seen = word.load(Ordering::Acquire);
+        if seen == me {
+            return Ok(());
+        }
+        if seen != BOOT_BUSY
+            && word
+                .compare_exchange(seen, BOOT_BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // No process of this boot has taken the lock: each would have found `me` here,
+            // which only this claim leads to.
+            if let Err(e) = check() {
+                word.store(seen, Ordering::Release);
+                return Err(e);
+            }
+            if let Err(errno) = lock.init() {
+                word.store(seen, Ordering::Release);
+                return Err(PyValueError::new_err(format!(
+                    "{op}: the pool's lock cannot be initialised (errno {errno})"
+                )));
+            }
+            word.store(me, Ordering::Release);
+            return Ok(());
+        }
+        // Another process initialises the lock: wait for it, as for the lock itself.
+        if lock.timeout().is_some_and(|t| start.elapsed() >= t) {
+            return Err(PyTimeoutError::new_err(format!(
+                "{op}: another process has been initialising the pool's lock for {:.3} s \
+                 (timeout); a process killed while doing so leaves it so: format the buffer \
+                 anew",
+                start.elapsed().as_secs_f64()
+            )));
+        }
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+        py.check_signals()?;
+    }
 }
 
 impl Pool {
     /// The buffer as a byte memoryview, pinned, with its address and length.
-    fn shared_bytes<'py>(
-        buffer: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, usize, usize)> {
-        let bytes = Self::arena(buffer.py(), Some(buffer), 0)?;
+    /// The buffer as a byte memoryview, pinned, with its address and length, and this
+    /// handle's claim on it (`mode`: "create" or "attach"; see `_arenas.claim`), made before
+    /// anything is written: a buffer overlapping other pools' memory is refused untouched.
+    fn shared_bytes<'py>(buffer: &Bound<'py, PyAny>, mode: &str) -> PyResult<SharedBytes<'py>> {
+        let py = buffer.py();
+        let bytes = Self::arena(py, Some(buffer), 0)?;
         let len: usize = bytes.getattr("nbytes")?.extract()?;
         if len == 0 {
             return Err(PyValueError::new_err("buffer is empty"));
         }
         let (pin, addr) = Self::export(&bytes, len)?;
-        Ok((bytes, pin, addr, len))
+        let claim = py
+            .import("pagebuddy._arenas")?
+            .call_method1("claim", (addr, len, "Pool", mode))?;
+        Ok(SharedBytes {
+            bytes,
+            pin,
+            claim,
+            addr,
+            len,
+        })
     }
 
     pub(crate) fn create_in_impl(
@@ -175,7 +280,14 @@ impl Pool {
                 }
             },
         };
-        let (bytes, pin, addr, len) = Self::shared_bytes(buffer)?;
+        let timeout = timeout_arg(a.timeout)?;
+        let SharedBytes {
+            bytes,
+            pin,
+            claim,
+            addr,
+            len,
+        } = Self::shared_bytes(buffer, "create")?;
         let nr = pages_that_fit(len, page_size, intrusive);
         if nr == 0 {
             return Err(PyValueError::new_err(format!(
@@ -204,40 +316,54 @@ impl Pool {
         // shared pools of their own; Python, through views of held pages.
         let inner = unsafe {
             if intrusive {
-                let mut p = SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
                     .map_err(|e| layout_error(py, "create_in", e))?;
-                p.set_is_dead(pid_dead);
-                Inner::SharedIntrusive(p)
+                Inner::SharedIntrusive(created(py, p, timeout)?)
             } else {
-                let mut p = SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
                     .map_err(|e| layout_error(py, "create_in", e))?;
-                p.set_is_dead(pid_dead);
-                Inner::SharedSide(p)
+                Inner::SharedSide(created(py, p, timeout)?)
             }
         };
-        Self::from_shared(inner, pin, bytes)
+        Self::from_shared(inner, pin, bytes, claim)
     }
 
-    pub(crate) fn attach_impl(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let (bytes, pin, addr, len) = Self::shared_bytes(buffer)?;
+    pub(crate) fn attach_impl(
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let timeout = timeout_arg(timeout)?;
+        let SharedBytes {
+            bytes,
+            pin,
+            claim,
+            addr,
+            len,
+        } = Self::shared_bytes(buffer, "attach")?;
         let ptr = std::ptr::NonNull::new(addr as *mut u8)
             .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
         // SAFETY: as in `create_in_impl`.
         let side = unsafe { SharedPool::<SideTable>::attach_raw(ptr, len, pid()) };
         let inner = match side {
-            Ok(p) => Inner::SharedSide(opened(py, p)?),
+            Ok(p) => Inner::SharedSide(opened(py, p, timeout)?),
             Err(LayoutError::LinkStore { intrusive: true }) => {
                 // SAFETY: as above.
                 let p = unsafe { SharedPool::<Intrusive>::attach_raw(ptr, len, pid()) }
                     .map_err(|e| layout_error(py, "attach", e))?;
-                Inner::SharedIntrusive(opened(py, p)?)
+                Inner::SharedIntrusive(opened(py, p, timeout)?)
             }
             Err(e) => return Err(layout_error(py, "attach", e)),
         };
-        Self::from_shared(inner, pin, bytes)
+        Self::from_shared(inner, pin, bytes, claim)
     }
 
-    fn from_shared(inner: Inner, pin: Bound<'_, PyAny>, bytes: Bound<'_, PyAny>) -> PyResult<Self> {
+    fn from_shared(
+        inner: Inner,
+        pin: Bound<'_, PyAny>,
+        bytes: Bound<'_, PyAny>,
+        claim: Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let (geo, pages_off) = match &inner {
             Inner::SharedSide(p) => (p.geometry(), p.pages_offset()),
             Inner::SharedIntrusive(p) => (p.geometry(), p.pages_offset()),
@@ -245,8 +371,9 @@ impl Pool {
         };
         Ok(Pool {
             inner,
-            // Several handles on one shared buffer are the point: no exclusive claim.
-            _claim: pin.py().None(),
+            // Several handles on one shared buffer are the point: a claim that other shared
+            // handles on exactly this buffer may share (`_arenas.claim`).
+            _claim: claim.unbind(),
             _storage: None,
             _export: pin.unbind(),
             bytes: bytes.unbind(),
@@ -264,20 +391,167 @@ impl Pool {
     }
 }
 
-/// A freshly attached pool: recovers what a dead holder left (taking the lock over from it)
-/// and checks every invariant under the lock, or refuses.
-fn opened<'a, L: SharedLinks<'a>>(
+/// A shared buffer, ready to be formatted or opened.
+struct SharedBytes<'py> {
+    bytes: Bound<'py, PyAny>,
+    pin: Bound<'py, PyAny>,
+    claim: Bound<'py, PyAny>,
+    addr: usize,
+    len: usize,
+}
+
+/// A freshly formatted pool, with its lock initialised.
+fn created<L: SharedLinks<'static> + 'static>(
     py: Python<'_>,
-    mut pool: SharedPool<'a, L>,
-) -> PyResult<SharedPool<'a, L>> {
-    pool.set_is_dead(pid_dead);
-    {
-        let g = pool.lock_as(pid(), pause);
-        if let Some(e) = g.damage() {
-            return Err(layout_error(py, "attach", e));
+    pool: SharedPool<'static, L>,
+    timeout: Option<Duration>,
+) -> PyResult<Shared<L>> {
+    let lock = Robust::new(pool.outer_lock_area(), timeout);
+    ready_for_this_boot(py, "create_in", &pool, &lock, || Ok(()))?;
+    Ok(Shared { pool, lock })
+}
+
+/// A freshly attached pool: recovers what a dead holder left and checks every invariant under
+/// the lock, keeping the recovery only if every check passed, or refuses with every byte as it
+/// was.
+fn opened<L: SharedLinks<'static> + 'static>(
+    py: Python<'_>,
+    pool: SharedPool<'static, L>,
+    timeout: Option<Duration>,
+) -> PyResult<Shared<L>> {
+    let lock = Robust::new(pool.outer_lock_area(), timeout);
+    let refused = |e| layout_error(py, "attach", e);
+    let mut fresh = false;
+    ready_for_this_boot(py, "attach", &pool, &lock, || {
+        // The lock's state is from an earlier boot: no process holds it, and none of this boot
+        // uses the pool until the boot word says so.
+        fresh = true;
+        match pool.open_outer(&Exclusive) {
+            Ok(r) => r.map_err(refused),
+            Err(never) => match never {},
         }
-        g.check()
-            .map_err(|c| raise(py, Exc::Corruption, format!("attach: {c}")))?;
+    })?;
+    if !fresh {
+        pool.open_outer(&Waiting::new(py, &lock, "attach"))?
+            .map_err(refused)?;
     }
-    Ok(pool)
+    Ok(Shared { pool, lock })
+}
+
+/// The outer lock of a pool whose boot word this process has claimed: no other process uses
+/// the pool meanwhile.
+struct Exclusive;
+
+impl OuterLock for Exclusive {
+    type Error = std::convert::Infallible;
+    fn acquire(&self) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+    fn release(&self) {}
+}
+
+/// The robust lock of a shared pool for one call, which waits (the interpreter lock released,
+/// signals checked between short waits) up to the handle's timeout.
+pub(crate) struct Waiting<'l> {
+    lock: &'l Robust,
+    op: &'static str,
+}
+
+impl<'l> Waiting<'l> {
+    /// `_py` proves the interpreter lock held, which `acquire` lets go while it waits.
+    pub(crate) fn new(_py: Python<'_>, lock: &'l Robust, op: &'static str) -> Self {
+        Waiting { lock, op }
+    }
+}
+
+impl OuterLock for Waiting<'_> {
+    type Error = PyErr;
+
+    #[inline]
+    fn acquire(&self) -> PyResult<bool> {
+        match self.lock.try_lock() {
+            robust::Try::Taken(died) => Ok(died),
+            robust::Try::Busy => self.wait(),
+            robust::Try::Broken(errno) => Err(self.broken(errno)),
+        }
+    }
+
+    #[inline]
+    fn release(&self) {
+        self.lock.unlock();
+    }
+}
+
+/// The robust lock of a shared pool for a call's fast path: taken only if free now.
+pub(crate) struct NoWait<'l>(&'l Robust);
+
+impl<'l> NoWait<'l> {
+    pub(crate) fn new(lock: &'l Robust) -> Self {
+        NoWait(lock)
+    }
+}
+
+impl OuterLock for NoWait<'_> {
+    /// Held, or unusable: the full path reports which.
+    type Error = ();
+
+    #[inline]
+    fn acquire(&self) -> Result<bool, ()> {
+        match self.0.try_lock() {
+            robust::Try::Taken(died) => Ok(died),
+            _ => Err(()),
+        }
+    }
+
+    #[inline]
+    fn release(&self) {
+        self.0.unlock();
+    }
+}
+
+impl Waiting<'_> {
+    #[cold]
+    #[inline(never)]
+    fn wait(&self) -> PyResult<bool> {
+        // SAFETY: `Waiting::new` proved the interpreter lock held by this thread, which keeps it
+        // for the whole call but inside `detach`, whose closure does not touch Python.
+        let py = unsafe { Python::assume_attached() };
+        let start = Instant::now();
+        loop {
+            let slice = match self.lock.timeout() {
+                Some(t) => {
+                    let left = t.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        return Err(PyTimeoutError::new_err(format!(
+                            "{}: the shared pool's lock is held by another thread or process \
+                             (timeout={} s); nothing was changed",
+                            self.op,
+                            t.as_secs_f64()
+                        )));
+                    }
+                    left.min(robust::SLICE)
+                }
+                None => robust::SLICE,
+            };
+            match py.detach(|| self.lock.lock_for(slice)) {
+                robust::Try::Taken(died) => return Ok(died),
+                robust::Try::Busy => {}
+                robust::Try::Broken(errno) => return Err(self.broken(errno)),
+            }
+            py.check_signals()?;
+        }
+    }
+
+    fn broken(&self, errno: i32) -> PyErr {
+        // SAFETY: as in `wait`.
+        let py = unsafe { Python::assume_attached() };
+        raise(
+            py,
+            Exc::Corruption,
+            format!(
+                "{}: the shared pool's lock is unusable (errno {errno}): format the buffer anew",
+                self.op
+            ),
+        )
+    }
 }

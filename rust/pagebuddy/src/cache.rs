@@ -1703,6 +1703,7 @@ pub(super) mod tests {
         assert_eq!(p.cached_pages(1), 0);
     }
 
+    #[cfg(feature = "std")]
     #[test]
     fn local_slots_follow_the_thread() {
         let c = small();

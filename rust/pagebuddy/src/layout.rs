@@ -4,7 +4,7 @@
 //! offset 0          header: magic, layout version, endianness tag, geometry, link store, zero
 //!                   policy, offsets, a checksum of all that; then the lock word, the state word,
 //!                   the free page count, the undo journal, the free lists' heads, tails,
-//!                   lengths and non-empty mask
+//!                   lengths and non-empty mask, the outer lock's 64 bytes and the boot word
 //! meta_off          PageMeta of every page (4 bytes each)
 //! links_off         side-table links (8 bytes each; none for intrusive links)
 //! pages_off         the pages, page_size-aligned relative to the start
@@ -16,8 +16,14 @@
 //! wherever it likes.
 //!
 //! **Locking.** A 32-bit lock word holds the owner id of the holder ([`OwnerLock`]): a waiter
-//! that finds its holder dead (the caller says how to tell; the Python layer uses pids) takes it
-//! over and runs recovery first.
+//! that finds its holder dead (the caller says how to tell) takes it over and runs recovery
+//! first. A caller whose platform has a lock that tells a dead holder by itself takes that one
+//! first ([`SharedPool::lock_outer`], an [`OuterLock`] in the header's
+//! [`OUTER_LOCK_BYTES`]), and the word then only records the holder: the Python bindings use a
+//! robust, process-shared `pthread_mutex_t`, so that no PID namespace, reused pid or stopped
+//! holder is mistaken for a dead or live one. The header's boot word
+//! ([`SharedPool::boot_word`]) lets that caller tell a lock state left from an earlier boot of
+//! the machine (a file-backed pool).
 //!
 //! **Crash safety.** The policy ([`Pool`]) runs unchanged on metadata, links and free-list ends
 //! that all live in the shared bytes: its link store ([`InHeader`]) keeps the lists' ends in the
@@ -50,14 +56,14 @@
 
 use core::marker::PhantomData;
 use core::ptr::{addr_of, addr_of_mut, NonNull};
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::arena::Arena;
 use crate::batch::BatchError;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 use crate::pool::Plan;
-use crate::shmlock::{Acquired, OwnerLock};
+use crate::shmlock::{Acquired, OuterLock, OwnerLock};
 use crate::store::{
     meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS,
     NO_ORDER,
@@ -67,7 +73,10 @@ use crate::Pool;
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
+/// Bytes of the header kept for an [`OuterLock`]'s own state (a robust `pthread_mutex_t`):
+/// 8-aligned, zero in a freshly formatted pool.
+pub const OUTER_LOCK_BYTES: usize = 64;
 /// Written in the writer's byte order: read back in the other order it is `0x0403_0201`.
 const ENDIAN_TAG: u32 = 0x0102_0304;
 
@@ -146,6 +155,10 @@ struct Header {
     meta_undo: [MetaUndo; META_UNDO],
     /// The free lists' ends, where the policy reads and writes them ([`InHeader`]).
     ends: ListEnds,
+    /// The outer lock's bytes ([`SharedPool::outer_lock_area`]).
+    outer: [u64; OUTER_LOCK_BYTES / 8],
+    /// Which boot of the machine initialised the outer lock ([`SharedPool::boot_word`]).
+    boot: u64,
 }
 
 /// Bytes of the header; the metadata starts at the next multiple of 64.
@@ -158,6 +171,9 @@ const _: () = assert!(core::mem::offset_of!(Header, state) == 100);
 // The attach fuzz target's seeds (fuzz/corpus/attach) write the journal at these offsets.
 const _: () = assert!(core::mem::offset_of!(Header, split) == 108);
 const _: () = assert!(core::mem::offset_of!(Header, meta_undo) == 120);
+// The outer lock's bytes and the boot word end the header (tools find them from its size).
+const _: () = assert!(core::mem::offset_of!(Header, outer) == HEADER_BYTES - OUTER_LOCK_BYTES - 8);
+const _: () = assert!(core::mem::offset_of!(Header, boot) == HEADER_BYTES - 8);
 
 /// Why bytes could not be formatted or opened as a shared pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +218,11 @@ impl core::fmt::Display for LayoutError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             LayoutError::NotAPool => write!(f, "not a pagebuddy pool (no magic bytes)"),
+            LayoutError::Version { found: 3 } => write!(
+                f,
+                "pool layout version 3 (its lock word names a bare pid), this build opens \
+                 version {LAYOUT_VERSION}: format the buffer anew with create_in"
+            ),
             LayoutError::Version { found } => write!(
                 f,
                 "pool layout version {found}, this build opens version {LAYOUT_VERSION}"
@@ -585,18 +606,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         let ptr = NonNull::from(&mut *bytes).cast::<u8>();
         // SAFETY: `bytes` is borrowed mutably for 'a.
         let pool = unsafe { Self::attach_raw(ptr, len, owner)? };
-        // Validate what the journal names before anyone acts on it: read-only.
-        pool.journal_in_range()?;
-        if pool.journal_state() & JOURNAL_VALID != 0 {
-            pool.recover_checked()?;
-        } else {
-            pool.pool_ref().check()?;
-        }
-        // Accepted (the checker does not read the scratch bytes of held heads): a batch's
-        // counts and a holder recorded in the lock word died with their process.
-        pool.clear_scratch();
-        pool.end_recovery();
-        pool.lock_word().clear();
+        // Validated before anyone acts on the journal (read-only); once accepted (the checker
+        // does not read the scratch bytes of held heads), a batch's counts and a holder
+        // recorded in the lock word died with their process.
+        pool.open_checked()?;
         Ok(pool)
     }
 
@@ -730,6 +743,133 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     pub fn pages_offset(&self) -> usize {
         // SAFETY: the fixed header was validated at open and is never written afterwards.
         unsafe { addr_of!((*self.hdr.as_ptr()).fixed.pages_off).read() as usize }
+    }
+
+    /// The header's bytes kept for an [`OuterLock`] ([`OUTER_LOCK_BYTES`], 8-aligned): zero
+    /// when the pool is formatted; the pool itself never reads or writes them.
+    pub fn outer_lock_area(&self) -> NonNull<u8> {
+        // SAFETY: the header is valid for the pool's life, so the field's address is non-null.
+        unsafe { NonNull::new_unchecked(addr_of_mut!((*self.h()).outer).cast::<u8>()) }
+    }
+
+    /// The header's word for the caller's record of which boot of the machine initialised the
+    /// outer lock (0 when formatted; the pool itself never reads or writes it): an outer lock
+    /// whose state is left from an earlier boot (a file-backed pool) is initialised anew.
+    pub fn boot_word(&self) -> &AtomicU64 {
+        // SAFETY: the word is 8-aligned inside the header, lives as long as `self`, and every
+        // process accesses it only atomically.
+        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.h()).boot)) }
+    }
+
+    /// Takes `outer` and then the owner word for `owner` (not 0; 0 is taken as this pool's
+    /// own). Under `outer` the word is taken whatever it holds: a holder left there died (the
+    /// outer lock excludes every live one), and the operation it left half done is recovered
+    /// as by [`lock_as`](Self::lock_as), whose guard the result dereferences to. `outer` is
+    /// released after the word when the result drops. `Err`: `outer` was not taken and nothing
+    /// changed.
+    ///
+    /// ```
+    /// use core::cell::Cell;
+    /// use pagebuddy::shmlock::OuterLock;
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// struct Flag(Cell<bool>);
+    /// impl OuterLock for Flag {
+    ///     type Error = ();
+    ///     fn acquire(&self) -> Result<bool, ()> {
+    ///         if self.0.replace(true) { Err(()) } else { Ok(false) }
+    ///     }
+    ///     fn release(&self) {
+    ///         self.0.set(false);
+    ///     }
+    /// }
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// let outer = Flag(Cell::new(false));
+    /// let pfn = pool.lock_outer(&outer, 1).unwrap().alloc(0).unwrap();
+    /// assert!(!outer.0.get(), "released with the guard");
+    /// pool.lock_outer(&outer, 1).unwrap().put(pfn).unwrap();
+    /// assert_eq!(pool.lock().free_pages() as usize, n);
+    /// ```
+    pub fn lock_outer<'s, O: OuterLock>(
+        &'s self,
+        outer: &'s O,
+        owner: u32,
+    ) -> Result<OuterGuard<'s, 'a, L, O>, O::Error> {
+        outer.acquire()?;
+        let owner = if owner == 0 { self.owner } else { owner };
+        let stale = self.lock_word().take_over(owner);
+        let mut guard = SharedGuard {
+            shared: self,
+            owner,
+            damage: None,
+            unjournaled: false,
+        };
+        if stale != 0 || guard.journal_state() != 0 {
+            guard.damage = guard.recover_cold();
+        }
+        self.load_free_pages();
+        Ok(OuterGuard {
+            guard: core::mem::ManuallyDrop::new(guard),
+            outer,
+        })
+    }
+
+    /// Opens the pool as [`attach`](Self::attach) does once the header is validated, with
+    /// `outer` held: the journal checked, an interrupted operation rolled back, every invariant
+    /// checked, and only then the recovered state kept (the scratch counts and the state word
+    /// cleared, the owner word freed). Refused, every byte is as it was, the owner word
+    /// included. `Ok(Err(_))`: refused; `Err`: `outer` was not taken.
+    ///
+    /// ```
+    /// use core::cell::Cell;
+    /// use pagebuddy::shmlock::OuterLock;
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// struct Flag(Cell<bool>);
+    /// impl OuterLock for Flag {
+    ///     type Error = ();
+    ///     fn acquire(&self) -> Result<bool, ()> {
+    ///         if self.0.replace(true) { Err(()) } else { Ok(false) }
+    ///     }
+    ///     fn release(&self) {
+    ///         self.0.set(false);
+    ///     }
+    /// }
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// assert_eq!(pool.open_outer(&Flag(Cell::new(false))), Ok(Ok(())));
+    /// ```
+    pub fn open_outer<O: OuterLock>(&self, outer: &O) -> Result<Result<(), LayoutError>, O::Error> {
+        outer.acquire()?;
+        // Other processes may have changed the pool since it was opened.
+        self.load_free_pages();
+        let r = self.open_checked();
+        outer.release();
+        Ok(r)
+    }
+
+    /// The checks and recovery of [`open_outer`](Self::open_outer), for a caller that holds the
+    /// outer lock (or the bytes exclusively).
+    fn open_checked(&self) -> Result<(), LayoutError> {
+        self.journal_in_range()?;
+        if self.journal_state() & JOURNAL_VALID != 0 {
+            self.recover_checked()?;
+        } else {
+            self.pool_ref().check()?;
+        }
+        self.clear_scratch();
+        self.end_recovery();
+        self.lock_word().clear();
+        Ok(())
     }
 
     /// Takes the lock (spinning, `pause(polls)` between polls), taking it over from a holder that
@@ -1124,6 +1264,35 @@ impl<'a, L: SharedLinks<'a>> Drop for SharedGuard<'_, 'a, L> {
             self.commit_unjournaled();
         }
         self.shared.lock_word().unlock(self.owner);
+    }
+}
+
+/// A [`SharedGuard`] taken under an [`OuterLock`] ([`SharedPool::lock_outer`]): dereferences to
+/// it; on drop, releases the owner word and then the outer lock.
+pub struct OuterGuard<'s, 'a, L: SharedLinks<'a>, O: OuterLock> {
+    guard: core::mem::ManuallyDrop<SharedGuard<'s, 'a, L>>,
+    outer: &'s O,
+}
+
+impl<'s, 'a, L: SharedLinks<'a>, O: OuterLock> core::ops::Deref for OuterGuard<'s, 'a, L, O> {
+    type Target = SharedGuard<'s, 'a, L>;
+    fn deref(&self) -> &Self::Target {
+        &self.guard
+    }
+}
+
+impl<'a, L: SharedLinks<'a>, O: OuterLock> core::ops::DerefMut for OuterGuard<'_, 'a, L, O> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.guard
+    }
+}
+
+impl<'a, L: SharedLinks<'a>, O: OuterLock> Drop for OuterGuard<'_, 'a, L, O> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here; the field is not used afterwards.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.guard) };
+        self.outer.release();
     }
 }
 
@@ -2100,6 +2269,71 @@ mod tests {
         // An undone split leaves links in the first bytes of pages that are tails again, which
         // recovery must tolerate and clear: free memory reads as zeros after it.
         crash_everywhere!(Intrusive, ZeroPolicy::OnFree);
+    }
+
+    /// An outer lock for tests: always free, and says its last holder died while `died` is set.
+    struct DeadOuter(core::cell::Cell<bool>);
+
+    impl OuterLock for DeadOuter {
+        type Error = ();
+        fn acquire(&self) -> Result<bool, ()> {
+            Ok(self.0.replace(false))
+        }
+        fn release(&self) {}
+    }
+
+    /// A holder that died at any crash point of an allocation that splits and of a free that
+    /// merges, its owner id left in the word: `lock_outer` (the outer lock saying the holder
+    /// died) takes the word over and recovers, and the pool passes check(); `open_outer` over
+    /// the same image with metadata that breaks an invariant refuses, every byte as it was.
+    #[test]
+    fn lock_outer_takes_over_a_dead_holder_at_every_crash_point() {
+        let len = 24 << 10;
+        let mut v = buffer(len);
+        let base = bytes(&mut v).as_mut_ptr();
+        let cfg = config(len, false);
+        let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
+        pool.lock().alloc(0).unwrap();
+        let snaps: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> = Default::default();
+        let sink = snaps.clone();
+        // SAFETY (the hook): a read-only copy of the bytes between two steps of an operation.
+        tests_hook::set(move |_| {
+            sink.borrow_mut()
+                .push(unsafe { core::slice::from_raw_parts(base, len) }.to_vec())
+        });
+        let pfn = pool.lock().alloc(2).unwrap();
+        pool.lock().put(pfn).unwrap();
+        tests_hook::clear();
+        let snaps = core::mem::take(&mut *snaps.borrow_mut());
+        assert!(snaps.len() > 4, "{} crash points", snaps.len());
+        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        for snap in &snaps {
+            let mut w = buffer(len);
+            let b = bytes(&mut w);
+            b.copy_from_slice(snap);
+            let ptr = NonNull::new(b.as_mut_ptr()).unwrap();
+            // SAFETY: the bytes live until the end of the iteration; only this handle uses them.
+            let p = unsafe { SharedPool::<SideTable>::attach_raw(ptr, len, 2) }.unwrap();
+            assert_eq!(p.holder(), Some(1));
+            let outer = DeadOuter(core::cell::Cell::new(true));
+            let g = p.lock_outer(&outer, 2).unwrap();
+            assert_eq!(g.damage(), None);
+            g.check().unwrap();
+            drop(g);
+            assert_eq!(p.holder(), None);
+
+            let mut w = buffer(len);
+            let b = bytes(&mut w);
+            b.copy_from_slice(snap);
+            b[meta_off + 4 * 7] = 9; // page 7 claims 9 references
+            let before = b.to_vec();
+            let ptr = NonNull::new(b.as_mut_ptr()).unwrap();
+            // SAFETY: as above.
+            let p = unsafe { SharedPool::<SideTable>::attach_raw(ptr, len, 2) }.unwrap();
+            let outer = DeadOuter(core::cell::Cell::new(true));
+            assert!(matches!(p.open_outer(&outer), Ok(Err(_))));
+            assert!(bytes(&mut w) == &before[..], "a refused open wrote");
+        }
     }
 
     /// A recovery is itself stopped at each of its crash points (the rebuild of the lists):

@@ -84,8 +84,8 @@ pub use handoff::{Handoff, HandoffPool};
 pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
-    pages_that_fit, InHeader, LayoutError, SharedGuard, SharedLinks, SharedPool, HEADER_BYTES,
-    LAYOUT_MAGIC, LAYOUT_VERSION,
+    pages_that_fit, InHeader, LayoutError, OuterGuard, SharedGuard, SharedLinks, SharedPool,
+    HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
 };
 #[cfg(target_has_atomic = "8")]
 pub use lock::SpinLock;

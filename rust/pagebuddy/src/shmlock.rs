@@ -93,3 +93,58 @@ impl<'w> OwnerLock<'w> {
         self.word.store(UNLOCKED, Ordering::Release);
     }
 }
+
+/// A lock between processes that a shared pool's operations take before its owner word
+/// ([`SharedPool::lock_outer`](crate::SharedPool::lock_outer)): one that the platform releases
+/// when its holder dies and that tells the next holder so, whatever the holder's PID namespace
+/// and whether its pid was reused. On Linux, the Python bindings' lock is a robust,
+/// process-shared `pthread_mutex_t` in the pool's header
+/// ([`SharedPool::outer_lock_area`](crate::SharedPool::outer_lock_area)): the kernel walks a dead
+/// thread's robust list and marks the futex `FUTEX_OWNER_DIED`, and the next locker gets
+/// `EOWNERDEAD`.
+///
+/// Under it the owner word no longer decides who holds the pool: whatever the word holds when
+/// the outer lock is taken was left by a holder that died, and recovery runs from the journal.
+///
+/// ```
+/// use core::cell::Cell;
+/// use pagebuddy::shmlock::OuterLock;
+///
+/// /// A lock for one thread: taken or not.
+/// struct Flag(Cell<bool>);
+/// impl OuterLock for Flag {
+///     type Error = ();
+///     fn acquire(&self) -> Result<bool, ()> {
+///         if self.0.replace(true) { Err(()) } else { Ok(false) }
+///     }
+///     fn release(&self) {
+///         self.0.set(false);
+///     }
+/// }
+/// let f = Flag(Cell::new(false));
+/// assert_eq!(f.acquire(), Ok(false));
+/// assert_eq!(f.acquire(), Err(()));
+/// f.release();
+/// assert_eq!(f.acquire(), Ok(false));
+/// ```
+pub trait OuterLock {
+    /// Why the lock was not taken (a timeout, an interrupt); nothing was changed.
+    type Error;
+    /// Takes the lock, waiting as the implementation decides. `Ok(true)`: its last holder died
+    /// holding it (the caller recovers before it trusts anything the lock protects).
+    fn acquire(&self) -> Result<bool, Self::Error>;
+    /// Releases the lock that the caller took with [`acquire`](Self::acquire).
+    fn release(&self);
+}
+
+impl OwnerLock<'_> {
+    /// Writes `me` (not 0) into the word whoever holds it, and returns what it held (0: free).
+    /// Only under an [`OuterLock`], which excludes every live holder (a holder left in the word
+    /// then died) and every other writer of the word, and orders this against them: a load and
+    /// a store, no read-modify-write.
+    pub fn take_over(&self, me: u32) -> u32 {
+        let was = self.word.load(Ordering::Relaxed);
+        self.word.store(me, Ordering::Relaxed);
+        was
+    }
+}
