@@ -31,6 +31,15 @@ Everything is drawn from ``random.Random(SEED)``, so a failure replays exactly. 
     stay untouched) and must refuse resizing (``BufferError``) only while the pool or one of
     its views lives.
 
+``stray_batches``
+    Stray writes into the pages of plain and shared pools (``Pool(..., buffer=)`` and
+    ``Pool.create_in``), with links in a side table or in the pages (and into a shared pool's
+    side table, which lives in its buffer too), each followed by a batch
+    call (``alloc_many``, ``put_many``, ``alloc_exact``): a batch that raises
+    ``CorruptionError`` must leave the pool exactly as it was (free pages, every refcount, the
+    free lists, and every byte of metadata, links and pages). STEPS is the number of writes;
+    the summary counts each call's ``CorruptionError`` exceptions and the state changes among
+    them (which must be 0).
 ``leaks``
     Random calls on every kind of pool (plain, intrusive, arena-less, cached, shared and an
     attached handle on it, ``ReferencePool``): allocations of every kind with every ``out``
@@ -924,6 +933,137 @@ def run_buffers(ctx: Context, steps: int) -> None:
         KEEP.clear()
 
 
+# ------------------------------------------------------------------- stray_batches scenario
+
+#: Offsets of ``meta_off`` and ``links_off`` in a shared pool's fixed header. Everything from
+#: ``meta_off`` on (metadata, side-table links, pages) is state; the header before it also holds
+#: the undo journal, which a refused call may write without changing the pool.
+META_OFF_AT, LINKS_OFF_AT = 56, 64
+
+
+class StrayTarget:
+    """One pool of the ``stray_batches`` scenario and the bytes it lives in."""
+
+    def __init__(self, ctx: Context) -> None:
+        rng = ctx.rng
+        self.shared = rng.random() < 0.5
+        self.links = rng.choice(["side", "intrusive", "intrusive"])
+        self.page_size = 64
+        zero = rng.choice(["free", "alloc", "never"])
+        max_order = rng.choice([3, 5, 11])
+        if self.shared:
+            self.buffer = bytearray(rng.choice([8, 16, 32]) * 1024)
+            self.pool = Pool.create_in(
+                self.buffer, page_size=64, zero=zero, links=self.links, max_order=max_order
+            )
+            self.state_from = struct.unpack_from("=Q", self.buffer, META_OFF_AT)[0]
+            self.links_at = struct.unpack_from("=Q", self.buffer, LINKS_OFF_AT)[0]
+        else:
+            nr = rng.choice([16, 32, 64, 100])
+            self.buffer = bytearray(nr * 64)
+            self.pool = Pool(
+                nr, page_size=64, buffer=self.buffer, zero=zero, max_order=max_order,
+                _links=self.links,
+            )  # fmt: skip
+            self.state_from = self.links_at = 0
+        self.kind = f"{'shared' if self.shared else 'plain'}-{self.links}"
+        # Where the pages lie in the buffer: a held page's view tells.
+        self.pages_at = -1
+        self.held: list[int] = []
+
+    def state(self) -> tuple[Any, ...]:
+        pool = self.pool
+        pfns = range(pool.base_pfn, pool.base_pfn + pool.nr_pages)
+        counts = [pool.page_count(p) for p in pfns]
+        return pool.free_pages, counts, pool.free_lists(), bytes(self.buffer[self.state_from :])
+
+    def page_offset(self, pfn: int) -> int:
+        if self.pages_at < 0:
+            if not self.held:
+                return -1
+            head = self.held[0]
+            self.pages_at = (
+                offset_in(self.buffer, self.pool, head) - (head - self.pool.base_pfn) * 64
+            )
+        return self.pages_at + (pfn - self.pool.base_pfn) * 64
+
+
+def offset_in(buffer: bytearray, pool: Pool, held: int) -> int:
+    """Where the held page `held` of `pool` lies in `buffer`, the pool's bytes."""
+    view = np.frombuffer(pool.view(held), dtype=np.uint8)
+    return int(view.ctypes.data - np.frombuffer(buffer, dtype=np.uint8).ctypes.data)
+
+
+def stray_write(ctx: Context, t: StrayTarget) -> None:
+    """A stray write: mostly a link-sized value over a free block's link (a page index of the
+    pool, NIL or anything), at the start of its page or, in a shared pool with a side table, in
+    that table; sometimes random bytes anywhere in a page."""
+    rng, pool = ctx.rng, t.pool
+    pfn = pool.base_pfn + rng.randrange(pool.nr_pages)
+    at = t.page_offset(pfn)
+    if at < 0:
+        return
+    if rng.random() < 0.8:
+        lists = [p for order in pool.free_lists() for p in order]
+        if lists:
+            pfn = rng.choice(lists)
+            at = t.page_offset(pfn)
+        if t.shared and t.links == "side":
+            at = t.links_at + 8 * (pfn - pool.base_pfn)
+        value = rng.choice([rng.randrange(pool.nr_pages), NIL, rng.getrandbits(32)])
+        struct.pack_into("=I", t.buffer, at + 4 * rng.randrange(2), value)
+    else:
+        off = rng.randrange(t.page_size - 4)
+        t.buffer[at + off : at + off + 4] = rng.randbytes(4)
+    ctx.count("writes")
+
+
+def stray_batch(ctx: Context, t: StrayTarget) -> None:
+    """One batch call on `t`; a CorruptionError must leave its state as it was."""
+    rng, pool = ctx.rng, t.pool
+    call = rng.choice(["alloc_many", "alloc_many", "put_many", "put_many", "alloc_exact"])
+    before = t.state()
+    try:
+        if call == "alloc_many":
+            order = rng.choice([0, 0, 1, 2])
+            t.held += pool.alloc_many(order, rng.randrange(1, 12))
+        elif call == "put_many":
+            if not t.held:
+                return
+            rng.shuffle(t.held)
+            n = rng.randrange(1, len(t.held) + 1)
+            batch = sorted(t.held[:n]) if rng.random() < 0.5 else t.held[:n]
+            pool.put_many(batch)
+            gone = set(batch)
+            t.held = [p for p in t.held if p not in gone]
+        else:
+            n = rng.randrange(1, 9)
+            head = pool.alloc_exact(n)
+            t.held += range(head, head + n)
+    except CorruptionError as exc:
+        ctx.count(f"{t.kind} {call} CorruptionError")
+        if t.state() != before:
+            ctx.count(f"{t.kind} {call} changed")
+            ctx.fail(f"{t.kind} {call} raised {exc} and changed the pool")
+    except (OutOfMemory, PageError, ValueError):
+        pass
+    # Learn what the pool holds (a refused batch left everything as it was).
+    t.held = [p for p in t.held if pool.page_count(p) > 0]
+
+
+def run_stray_batches(ctx: Context, steps: int) -> None:
+    target = StrayTarget(ctx)
+    for ctx.step in range(steps):
+        if ctx.step % 50 == 0 or (not target.pool.free_pages and not target.held):
+            target = StrayTarget(ctx)
+            ctx.note(f"new {target.kind} pool")
+            ctx.count(f"{target.kind} pools")
+            target.held = target.pool.alloc_many(0, target.pool.free_pages // 2)
+        stray_write(ctx, target)
+        for _ in range(ctx.rng.randrange(1, 4)):
+            stray_batch(ctx, target)
+
+
 # ------------------------------------------------------------------------- catalogue scenario
 
 
@@ -1085,6 +1225,77 @@ def case_corruption_changes_nothing(ctx: Context) -> None:
         ctx.fail("alloc_many handed out a block before reporting corruption")
 
 
+def case_batch_meets_corruption(ctx: Context) -> None:
+    buf = bytearray(32 * 64)
+    pool = Pool(32, page_size=64, buffer=buf, _links="intrusive", zero="never")
+    pool.alloc_many(0, 32)
+    pool.put_page(16)
+    pool.put_page(9)
+    buf[16 * 64 : 16 * 64 + 8] = b"\x5a" * 8  # free page 16's links: junk
+    before = (pool.free_pages, pool.page_count(0), pool.page_count(8), bytes(buf))
+    exc = raised(lambda: pool.put_many([0, 8]))
+    if type(exc) is not CorruptionError or "pfns[1]" not in str(exc):
+        ctx.fail(f"put_many over a junk link: {exc!r}")
+    after = (pool.free_pages, pool.page_count(0), pool.page_count(8), bytes(buf))
+    if after != before:
+        ctx.fail(f"put_many changed the pool before reporting corruption: {exc}")
+    shared = bytearray(16 * 1024)
+    pool = Pool.create_in(shared, page_size=64, links="intrusive", zero="never")
+    pages = range(pool.base_pfn, pool.base_pfn + pool.nr_pages)
+    pool.alloc_many(0, pool.free_pages)
+    pool.put_page(16)
+    pool.put_page(9)
+
+    def state() -> tuple[Any, ...]:
+        return pool.free_pages, pool.free_lists(), [pool.page_count(p) for p in pages]
+
+    at = offset_in(shared, pool, 8) + 8 * 64  # page 16, from held page 8
+    shared[at : at + 8] = b"\x5a" * 8
+    before_s = state()
+    exc = raised(lambda: pool.put_many([0, 8]))
+    if type(exc) is not CorruptionError or state() != before_s:
+        ctx.fail(f"shared put_many over a junk link: {exc!r}, changed: {state() != before_s}")
+
+
+def case_check_under_load(ctx: Context) -> None:
+    import threading
+
+    pool = Pool(4096, cpus=2)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    loops = [0]
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                pool.put_many(pool.alloc_many(0, 64))
+                loops[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    checks = failed = 0
+    try:
+        # At least 10,000 checks, and as many more as it takes for the worker to run 200 rounds.
+        while checks < 200_000 and (checks < 10_000 or loops[0] < 200):
+            try:
+                pool.check()
+            except CorruptionError:
+                failed += 1
+            checks += 1
+    finally:
+        stop.set()
+        worker.join()
+    if failed or errors or loops[0] < 200:
+        ctx.fail(
+            f"check() under load: {failed} of {checks} raised CorruptionError "
+            f"({loops[0]} rounds of the worker); worker: {errors}"
+        )
+    pool.drain_all()
+    pool.check()
+
+
 def case_pool_and_model_alike(ctx: Context) -> None:
     structured = np.zeros(64, dtype=[("Oa", "<i8"), ("bO", "<f8")])
     outcomes: dict[str, list[Any]] = {}
@@ -1149,6 +1360,8 @@ CATALOGUE: dict[str, Callable[[Context], None]] = {
     "plot_paths": case_plot_paths,
     "put_many_all_or_nothing": case_put_many_all_or_nothing,
     "corruption_changes_nothing": case_corruption_changes_nothing,
+    "batch_meets_corruption": case_batch_meets_corruption,
+    "check_under_load": case_check_under_load,
     "pool_and_model_alike": case_pool_and_model_alike,
     "messages_name_values": case_messages_name_values,
     "buffer_owner_cannot_pull_the_rug": case_buffer_owner_cannot_pull_the_rug,
@@ -1336,6 +1549,8 @@ def main() -> int:
             run_buffers(ctx, steps)
         elif scenario == "catalogue":
             run_catalogue(ctx, steps)
+        elif scenario == "stray_batches":
+            run_stray_batches(ctx, steps)
         elif scenario == "leaks":
             run_leaks(ctx, steps)
         else:

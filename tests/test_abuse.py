@@ -9,6 +9,8 @@ that a crash (segfault, abort) or a hang fails the test instead of killing the t
   Corruption may surface only as ``CorruptionError``, ``PageError``, ``OutOfMemory`` or
   ``ValueError`` (plus ``TypeError`` for arguments of the wrong type), never as a crash, a hang,
   a write outside the arena, or a page handed out while still held;
+* ``stray_batches``: stray writes into the pages of plain and shared pools, both link stores,
+  each followed by batch calls: a ``CorruptionError`` must come with the pool unchanged;
 * ``buffers``: the constructor with every kind of buffer object, read-only, non-contiguous,
   non-buffer and too-small ones included, which must be refused (``TypeError`` /
   ``ValueError``).
@@ -39,6 +41,17 @@ SCENARIOS: dict[str, tuple[int, int, list[str]]] = {
     "side": (20240601, 4000, ["stale_writes", "check:_free_memory_not_zero", "re-entrant_calls"]),
     "intrusive": (20240602, 6000, ["stale_writes", "CorruptionError", "refused_nested_arenas"]),
     "buffers": (20240603, 400, ["accepted_numpy-float64", "refused_read-only-memoryview"]),
+    "stray_batches": (
+        20261203,
+        3000,
+        [
+            "writes",
+            "plain-intrusive_put_many_CorruptionError",
+            "shared-intrusive_put_many_CorruptionError",
+            "shared-intrusive_alloc_many_CorruptionError",
+            "shared-side_put_many_CorruptionError",
+        ],
+    ),
     "leaks": (20261203, 300_000, ["views", "refused", "OutOfMemory", "attributes"]),
 }
 # The catalogue: every case, by name (``steps`` is how many of them run).
@@ -52,6 +65,8 @@ CASES = [
     "plot_paths",
     "put_many_all_or_nothing",
     "corruption_changes_nothing",
+    "batch_meets_corruption",
+    "check_under_load",
     "pool_and_model_alike",
     "messages_name_values",
     "buffer_owner_cannot_pull_the_rug",

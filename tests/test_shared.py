@@ -185,7 +185,7 @@ def test_a_process_stopped_at_every_step_of_its_operations(links: str) -> None:
 
 #: Most rounds of kills test_sigkill_at_random_moments runs while waiting for one to land inside
 #: an operation (about one kill in ten to sixty does).
-KILL_ROUNDS_MAX = 10
+KILL_ROUNDS_MAX = 30
 
 
 def test_sigkill_at_random_moments() -> None:

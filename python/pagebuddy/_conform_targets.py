@@ -229,6 +229,8 @@ class Process(Target):
 
     #: The optional capabilities a process may have.
     CAPABILITIES: tuple[str, ...] = ("free_list", "page_count")
+    #: The least time a process is given to answer its first line, ``abi 1``, while it starts.
+    STARTUP_SECONDS: float = 10.0
 
     def __init__(self, command: str | Sequence[str], *, timeout: float = 10.0) -> None:
         try:
@@ -255,8 +257,8 @@ class Process(Target):
             )
         except OSError as e:
             raise TargetError(f"{self.name}: cannot be started: {e.strerror or e}") from None
-        try:
-            answer = self.ask("abi 1")
+        try:  # starting up may take longer than an answer: at least STARTUP_SECONDS for this one
+            answer = self.ask("abi 1", timeout=max(self.timeout, self.STARTUP_SECONDS))
         except ImplementationError as e:
             self.close()
             raise TargetError(f"{self.name}: does not speak the protocol: {e}") from None
@@ -268,9 +270,11 @@ class Process(Target):
             raise TargetError(f"{self.name}: 'abi 1' answered {' '.join(answer)!r}, not '0 ...'")
         return answer[1:]
 
-    def ask(self, line: str) -> list[str]:
+    def ask(self, line: str, timeout: float | None = None) -> list[str]:
         """Send one line, read the answer's words; :class:`ImplementationError` if the
-        process is gone, or gives no answer within ``timeout`` seconds (it is then ended)."""
+        process is gone, or gives no answer within ``timeout`` seconds (default: the target's;
+        the process is then ended)."""
+        limit = self.timeout if timeout is None else timeout
         proc = self.proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise ImplementationError(f"no answer to {line!r}: the process has exited")
@@ -279,14 +283,15 @@ class Process(Target):
         except (OSError, ValueError):
             status = self._status()
             raise ImplementationError(f"no answer to {line!r}: the process {status}") from None
-        fd, deadline = proc.stdout.fileno(), time.monotonic() + self.timeout
+        fd, deadline = proc.stdout.fileno(), time.monotonic() + limit
         while b"\n" not in self._pending:
             left = deadline - time.monotonic()
             ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
             if not ready:
                 proc.kill()
+                proc.wait()  # reaped, so that the next pool starts a new process
                 raise ImplementationError(
-                    f"no answer to {line!r} within {self.timeout:g} s: the process was ended"
+                    f"no answer to {line!r} within {limit:g} s: the process was ended"
                 )
             chunk = os.read(fd, 1 << 16)
             if not chunk:

@@ -48,9 +48,6 @@ impl fmt::Display for BatchError {
 
 /// Marks a page whose last reference the batch being applied dropped, until it is attached.
 const DROPPED: u8 = 1;
-/// With [`DROPPED`], while `put_many` checks the batch: the merges of this page's free have been
-/// checked ([`Pool::check_frees`]).
-const WALKED: u8 = 2;
 
 impl<L: LinkStore> Pool<'_, L> {
     /// Allocates `out.len()` blocks of `2^order` pages into `out`, all or nothing: on any error
@@ -200,11 +197,12 @@ impl<L: LinkStore> Pool<'_, L> {
     /// The error names the first element that fails, with the error `put` would have returned
     /// there ([`Error::PfnOutOfRange`], [`Error::NotHeld`]). Blocks whose last reference is
     /// dropped are freed and coalesced in the order of those last references, as with `put`.
-    /// Every free-list link the frees will read is checked before the first write, as `put`
-    /// checks its own, so a corrupt list ([`Error::Corrupted`], naming the element whose free
-    /// would meet it) changes nothing either. (The checks may look at a little more than the
-    /// frees will: on a corrupt pool a batch may refuse where the calls one by one would not
-    /// yet have failed.)
+    /// With links in the pages ([`Intrusive`](crate::store::Intrusive)), which any write into
+    /// a free page can change, every free-list link the frees will read is checked before the
+    /// first write, as `put` checks its own, so a corrupt list ([`Error::Corrupted`], naming
+    /// the element whose free would meet it) changes nothing either; a side table is written
+    /// by the pool alone. (The checks may look at a little more than the frees will: on a
+    /// corrupt pool a batch may refuse where the calls one by one would not yet have failed.)
     ///
     /// ```
     /// use pagebuddy::{BatchError, Config, Error, Link, PageMeta, Pool, SideTable};
@@ -221,25 +219,30 @@ impl<L: LinkStore> Pool<'_, L> {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn put_many(&mut self, pfns: &[u64]) -> Result<(), BatchError> {
-        // Drop every reference, marking the pages whose last one goes, or undo and fail.
+        // Drop every reference, marking the pages whose last one goes and checking the links
+        // their frees will read, or undo and fail.
+        let mut first = None;
         for (index, &pfn) in pfns.iter().enumerate() {
-            if let Err(error) = self.drop_reference(pfn) {
+            let dropped = self.drop_reference(pfn);
+            if let Ok(true) = dropped {
+                first.get_or_insert(index);
+            }
+            if let Err(error) = dropped {
                 self.undo_drops(&pfns[..index]);
                 return Err(BatchError { index, error });
             }
         }
-        // Check every link the frees will read before the first of them writes, as `put` does
-        // for one: a corrupt list stops the batch with nothing changed.
-        if let Err(e) = self.check_frees(pfns) {
-            self.undo_drops(pfns);
-            return Err(e);
+        if let (Some(index), true) = (first, L::IN_PAGE_BYTES > 0) {
+            if let Err(error) = self.check_tails(self.geo.max_order) {
+                self.undo_drops(pfns);
+                return Err(BatchError { index, error });
+            }
         }
         // Give the marked pages their references back, then put them in turn: each block is
         // attached at its last reference, as `put` one by one would.
         for &pfn in pfns {
             if let Some(m) = self.dropped(pfn) {
                 m.refcount += 1;
-                m.batch = DROPPED;
             }
         }
         let mut index = 0;
@@ -255,54 +258,25 @@ impl<L: LinkStore> Pool<'_, L> {
         Ok(())
     }
 
-    /// Second pass of `put_many`, after the first dropped every reference: checks, writing only
-    /// the pages' [`WALKED`] marks, every free list link that the frees of the marked pages will
-    /// read, so that none of them can meet corruption after the batch has begun writing.
-    ///
-    /// The frees merge only with free blocks that are buddies of a block holding a freed page,
-    /// and append only to lists' tails. So it is enough to check, as they are now, the
-    /// neighbourhood of every free block that may be merged ([`check_merges`](Self::check_merges))
-    /// and the tail of every list ([`check_tails`](Self::check_tails)): each unlink and append
-    /// rewires only the blocks it checks and keeps every other checked block's neighbours
-    /// pointing back at it, and every block the batch lists is linked by the batch itself. The
-    /// checks may read more than the frees will (a buddy the merging never reaches): on a
-    /// sound pool they all pass, and on a corrupt one the batch refuses, as any call may.
-    fn check_frees(&mut self, pfns: &[u64]) -> Result<(), BatchError> {
-        let mut first = None;
-        for (index, &pfn) in pfns.iter().enumerate() {
-            let Some(idx) = self.geo.index(pfn) else {
-                continue;
-            };
-            let m = &mut self.meta[idx as usize];
-            if m.batch != DROPPED {
-                continue; // not freed by the batch, or already walked
-            }
-            m.batch = DROPPED | WALKED;
-            let order = u32::from(m.order);
-            first.get_or_insert(index);
-            self.check_merges(idx, order, |b| match b.batch {
-                0 => None,
-                b => Some(b & WALKED == 0),
-            })
-            .map_err(|error| BatchError { index, error })?;
-        }
-        match first {
-            Some(index) => self
-                .check_tails(self.geo.max_order)
-                .map_err(|error| BatchError { index, error }),
-            None => Ok(()),
-        }
-    }
-
     /// Checks, writing nothing, the neighbourhood on its list of each free block that the free
-    /// of the block of `order` at `idx` may merge with, once the batch's other frees are done:
-    /// the buddy at each order from `order` up, while the merging can reach it. `batch` tells
-    /// the pages the batch frees: `Some(true)` for a page whose block the batch frees and whose
-    /// own merges are yet to be checked (the merging may go on past it), `Some(false)` for one
-    /// whose merges are checked already (everything above it is), `None` for the others, whose
-    /// metadata says: a held page stops the merging; a free head of the buddy's order is
-    /// checked ([`check_listed`](Self::check_listed)); anything
+    /// of the block of `order` at `idx` may merge with: the buddy at each order from `order`
+    /// up, while the merging can reach it. `batch` tells the pages whose blocks the batch has
+    /// freed before this one (`Some(true)`: the merging may go on past them), or, for a batch
+    /// whose frees are all known, those it frees whatever their turn; `Some(false)` stops the
+    /// walk. For the others (`None`) their metadata says: a held page stops the merging; a free
+    /// head of the buddy's order is checked ([`check_listed`](Self::check_listed)); anything
     /// else (a smaller free block, a tail page) may still be freed whole, so the walk goes on.
+    ///
+    /// Why this is enough for a batch of frees: each free merges with free blocks that are
+    /// buddies of a block holding its page, and appends to a list's tail. Walked at each last
+    /// reference, in the batch's order, the buddies met are those the frees one by one merge
+    /// with (and a few more: a page the batch freed earlier may head only part of its buddy),
+    /// each checked as it is now; every unlink and append rewires only blocks so checked, keeps
+    /// every other checked block's neighbours pointing back at it, and every block the batch
+    /// lists is linked by the batch itself. With the tails checked too
+    /// ([`check_tails`](Self::check_tails)), no free of the batch can meet corruption. On a
+    /// sound pool every check passes; on a corrupt one the batch may refuse where the frees one
+    /// by one would not yet have failed.
     pub(crate) fn check_merges(
         &self,
         idx: u32,
@@ -391,18 +365,27 @@ impl<L: LinkStore> Pool<'_, L> {
     fn dropped(&mut self, pfn: u64) -> Option<&mut PageMeta> {
         let idx = self.geo.index(pfn)?;
         let m = &mut self.meta[idx as usize];
-        (m.batch & DROPPED != 0).then_some(m)
+        (m.batch == DROPPED).then_some(m)
     }
 
-    /// First pass of `put_many`: one reference fewer, checked as `put` checks it.
-    fn drop_reference(&mut self, pfn: u64) -> Result<(), Error> {
+    /// First pass of `put_many`: one reference fewer, checked as `put` checks it; at the last,
+    /// the links its free will read are checked ([`check_merges`](Self::check_merges), the
+    /// pages freed before it marked [`DROPPED`]) and the page is marked. Returns whether it was
+    /// the last.
+    fn drop_reference(&mut self, pfn: u64) -> Result<bool, Error> {
         let (idx, m) = self.held(pfn)?;
-        if m.refcount == 1 {
-            self.block_order(idx, m)?;
+        let last = m.refcount == 1;
+        if last {
+            let order = self.block_order(idx, m)?;
+            // Only links others can write need checking ahead: a side table is the pool's
+            // alone (its frees check what they read, as `put` does, and find it sound).
+            if L::IN_PAGE_BYTES > 0 {
+                self.check_merges(idx, order, |b| (b.batch == DROPPED).then_some(true))?;
+            }
             self.meta[idx as usize].batch = DROPPED;
         }
         self.meta[idx as usize].refcount -= 1;
-        Ok(())
+        Ok(last)
     }
 
     /// Gives back the references a failed first pass dropped.

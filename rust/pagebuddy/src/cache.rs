@@ -53,10 +53,15 @@
 //!   `Arc` does: every write the other holders made to the block happens before it is zeroed or
 //!   handed out again. A block then reaches another thread only through a slot's lock or the
 //!   pool's, which carry the zeroed bytes along.
-//! - For a moment after a `put` dropped the last reference, the block is neither held nor in a
-//!   cache: [`free_pages`](CachedPool::free_pages) does not count it yet, and
-//!   [`check`](CachedPool::check) run meanwhile reports it. Both are exact when no call is in
-//!   flight, as after joining the threads that used the pool.
+//! - Between a stack (or the pool) and a caller, outside every lock, a block is *in transit*:
+//!   taken and not yet handed out, or freed by its last `put` and not yet cached. Its word says
+//!   so, set under the lock it leaves (or by the `put`'s compare-and-swap) and cleared under the
+//!   lock it joins (or by the hand-out), so [`check`](CachedPool::check), which holds every
+//!   lock, finds each block cached, held or in transit, and is exact while other threads call
+//!   the pool through the slots' locks. [`free_pages`](CachedPool::free_pages) does not count a
+//!   block in transit; it is exact when no call is in flight. A slot claimed by a
+//!   [`LocalCache`] publishes only its page count, without a lock: `check` run meanwhile may
+//!   see that count and the handle's blocks at different moments (see [`local`]).
 //!
 //! ```
 //! use pagebuddy::{
@@ -211,6 +216,14 @@ const ORDER_SHIFT: u32 = 16;
 const FREE: u32 = (NO_ORDER as u32) << ORDER_SHIFT;
 /// `check`'s mark on a cached block it has seen (refcount 0, so every call still sees it free).
 const SEEN: u32 = FREE | 1 << 24;
+/// The head of a block on its way between a cache (or the pool) and a caller, outside every
+/// lock: taken out of a stack (or the pool) and not yet handed out, or freed by its last `put`
+/// and not yet cached (or freed into the pool). Its refcount bits are 0, so every call sees it
+/// free; [`CachedPool::check`] counts it as the pool's and no cache's. Set under the lock of the
+/// stack or pool it leaves (or by the `put`'s compare-and-swap), cleared under the lock of the
+/// one it joins (or by the hand-out), so that `check`, which holds every lock, sees each block
+/// in a stack, held, or in transit, never lost.
+const TRANSIT: u32 = FREE | 1 << 26;
 /// Set on the head of a block a [`Page`] owns: held once, by that value alone. Its refcount bits
 /// stay 0, so that `get`, `put` and `split` on its pfn fail as on a free page and never write the
 /// word: only the `Page` does.
@@ -746,9 +759,13 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let idx = self.alloc_uncached(order)?;
             return Ok(self.hand_out(idx, order, held(1, order)));
         }
-        let cached = self.with_cache(self.slot_index(cpu), |c| match c.pop(order) {
-            Some(idx) => Ok(idx),
-            None => self.refill(c, order),
+        let cached: Option<Result<u32, Error>> = self.with_cache(self.slot_index(cpu), |c| {
+            let idx = match c.pop(order) {
+                Some(idx) => idx,
+                None => self.refill(c, order)?,
+            };
+            self.page_ref(idx).set(TRANSIT);
+            Ok(idx)
         });
         let idx = match cached {
             Some(idx) => idx?,
@@ -758,10 +775,13 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         Ok(self.hand_out(idx, order, held(1, order)))
     }
 
-    /// A block of `order` from the pool itself, past the caches.
+    /// A block of `order` from the pool itself, past the caches, in transit to the caller.
     fn alloc_uncached(&self, order: u32) -> Result<u32, Error> {
-        let pfn = self.core.with(|p| p.alloc_unzeroed(order))?;
-        self.index(pfn)
+        self.core.with(|p| {
+            let idx = self.index(p.alloc_unzeroed(order)?)?;
+            self.page_ref(idx).set(TRANSIT);
+            Ok(idx)
+        })
     }
 
     /// Takes up to `batch` blocks of `order` from the pool into the empty cache `c`, under one
@@ -848,18 +868,27 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     #[inline]
     pub fn put(&self, cpu: usize, pfn: u64) -> Result<(), Error> {
         let idx = self.index(pfn)?;
-        let Some(order) = self.drop_ref(idx, pfn)? else {
+        let Some(order) = self.drop_ref(idx, pfn, TRANSIT)? else {
             return Ok(());
         };
         if self.geo.zero == ZeroPolicy::OnFree {
             self.zero_block(idx, order, true);
         }
         if order >= self.orders {
-            return self.core.with(|p| p.put_zeroed(pfn));
+            return self.free_into_pool(idx);
         }
         self.with_cache(self.slot_index(cpu), |c| self.cache_freed(c, idx, order))
             // A LocalCache owns the slot: straight to the pool.
-            .unwrap_or_else(|| self.core.with(|p| p.put_zeroed(pfn)))
+            .unwrap_or_else(|| self.free_into_pool(idx))
+    }
+
+    /// Frees the block at `idx`, which the caller owns alone and has zeroed as the policy asks,
+    /// into the pool: its word free again under the pool's lock.
+    fn free_into_pool(&self, idx: u32) -> Result<(), Error> {
+        self.core.with(|p| {
+            self.page_ref(idx).set(FREE);
+            p.put_zeroed(self.geo.pfn(idx))
+        })
     }
 
     /// Pushes the freed block of a cached `order` at `idx` on top of `c`; a cache that goes
@@ -868,8 +897,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     #[inline]
     fn cache_freed(&self, c: &mut Cache<'_>, idx: u32, order: u32) -> Result<(), Error> {
         if !c.push(order, idx) {
-            return self.core.with(|p| p.put_zeroed(self.geo.pfn(idx)));
+            return self.free_into_pool(idx);
         }
+        // Cached: no longer in transit (this runs under the stacks' lock, or their claim).
+        self.page_ref(idx).set(FREE);
         if c.len(order) > self.high as usize {
             let batch = self.batch as usize;
             return self.core.with(|p| c.give_back(p, order, batch));
@@ -878,9 +909,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     }
 
     /// Drops one reference to page `idx`; `Some(order)` when it was the last, and the block of
-    /// that order now belongs to the caller alone.
+    /// that order now belongs to the caller alone, its word then `last` ([`TRANSIT`] through
+    /// the slots' locks, [`FREE`] through a [`LocalCache`]).
     #[inline]
-    fn drop_ref(&self, idx: u32, pfn: u64) -> Result<Option<u32>, Error> {
+    fn drop_ref(&self, idx: u32, pfn: u64, last: u32) -> Result<Option<u32>, Error> {
         let r = &self.page_ref(idx).0;
         let mut word = r.load(Ordering::Relaxed);
         loop {
@@ -892,10 +924,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             if order >= self.geo.max_order {
                 return Err(self.corrupt(CorruptionKind::BadHead, idx).into());
             }
-            let last = refcount == 1;
-            let new = if last { FREE } else { word - 1 };
+            let is_last = refcount == 1;
+            let new = if is_last { last } else { word - 1 };
             match r.compare_exchange_weak(word, new, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) if last => {
+                Ok(_) if is_last => {
                     // Every other holder's writes to the block happen before this point.
                     fence(Ordering::Acquire);
                     return Ok(Some(order));
@@ -1070,8 +1102,10 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
 
     /// Validates the pool ([`Pool::check`]) and the caches against it: every cached block is
     /// a block of its stack's order that the pool holds and no caller does, cached once; every
-    /// block the pool holds is held by a caller (with the same order) or cached; no caller holds
-    /// a page the pool has free. Exact when no call is in flight (see the
+    /// block the pool holds is held by a caller (with the same order), cached, or in transit
+    /// between the two; no caller holds a page the pool has free. Exact while other threads
+    /// call the pool through the slots' locks; a slot a [`LocalCache`] claims is counted, not
+    /// walked, and exact only while its handle is idle (see the
     /// [module documentation](crate::cache)).
     pub fn check(&self) -> Result<(), Corruption> {
         let _all = self.lock_all();
@@ -1094,6 +1128,8 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let ok = match (word & REFS, m.refcount) {
                 // A Page's block: held by the pool too, with the same order.
                 (0, held) if word & UNIQUE != 0 => held > 0 && word == unique(order),
+                // In transit: the pool's, no cache's, no caller's yet (or any more).
+                (0, held) if word == TRANSIT => held > 0 && order < self.geo.max_order,
                 (0, _) if word != FREE => false,
                 (0, 0) => true,
                 (0, _) => match cached.get_mut(order as usize) {

@@ -1556,7 +1556,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
 
     /// The second pass of [`put_many`](Self::put_many), with the batch's references counted:
     /// every free-list link that the puts freeing a block will read, checked before the first
-    /// put (see `Pool::check_frees`), so that none of them can meet corruption part way. A page
+    /// put (see `Pool::check_merges`), so that none of them can meet corruption part way. A page
     /// is freed by the batch when it counts all its references (or more than the count holds:
     /// checked as if it were).
     fn check_frees(&self, pfns: &[u64]) -> Result<(), BatchError> {

@@ -272,3 +272,32 @@ fn a_claimed_slot_is_not_drained_for_another_cpu() {
     });
     explored(runs, &[0, 1]);
 }
+
+#[test]
+fn check_races_alloc_and_put() {
+    // Slot 0 allocates (a hit: page 1 is cached), frees the block again (back into the cache),
+    // allocates an uncached order-1 block from the pool and frees it; meanwhile another thread
+    // runs `check()`, which must pass at every point in between: before, after, or with a
+    // block in transit between a stack (or the pool) and the caller.
+    let runs = explore(|| {
+        let pool = cached(4, 1, 2, 2);
+        assert_eq!(pool.alloc(0, 0), Ok(0));
+        let user = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let pfn = pool.alloc(0, 0).unwrap();
+                pool.put(0, pfn).unwrap();
+                let big = pool.alloc(0, 1).unwrap();
+                pool.put(0, big).unwrap();
+                pfn as u8
+            })
+        };
+        let checked = pool.check();
+        let got = user.join().unwrap();
+        assert_eq!(checked, Ok(()));
+        pool.put(0, 0).unwrap();
+        whole(&pool, 4);
+        got
+    });
+    explored(runs, &[1]);
+}

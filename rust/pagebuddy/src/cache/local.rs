@@ -78,7 +78,7 @@ use core::cell::Cell;
 use core::fmt;
 use core::ptr;
 
-use super::{held, unique, Cache, CacheSlot, CachedPool, FREE};
+use super::{held, unique, Cache, CacheSlot, CachedPool, FREE, TRANSIT};
 use crate::config::ZeroPolicy;
 use crate::error::Error;
 use crate::lock::{RawLock, SpinLock};
@@ -204,28 +204,29 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// into the pool while a [`LocalCache`] owns the slot).
     fn free_page_at(&self, cpu: usize, page: Page<'_, 'a, L, R>) -> Result<(), Error> {
         let (idx, order) = (page.idx, page.order);
-        self.release_page(idx, order)?;
+        self.release_page(idx, order, TRANSIT)?;
         if self.geo.zero == ZeroPolicy::OnFree {
             self.zero_block(idx, order, true);
         }
         if order >= self.orders {
-            return self.core.with(|p| p.put_zeroed(self.geo.pfn(idx)));
+            return self.free_into_pool(idx);
         }
         self.with_cache(self.slot_index(cpu), |c| self.cache_freed(c, idx, order))
-            .unwrap_or_else(|| self.core.with(|p| p.put_zeroed(self.geo.pfn(idx))))
+            .unwrap_or_else(|| self.free_into_pool(idx))
     }
 
-    /// Ends the unique hold of the block of `order` at `idx`: its word goes back to free. The
-    /// caller owned the block through a [`Page`] and now owns it alone, neither held nor cached,
-    /// until it zeroes it as the policy asks and caches or frees it.
+    /// Ends the unique hold of the block of `order` at `idx`: its word becomes `word` (free, or
+    /// in transit through the slots' locks). The caller owned the block through a [`Page`] and
+    /// now owns it alone, neither held nor cached, until it zeroes it as the policy asks and
+    /// caches or frees it.
     #[inline(always)]
-    fn release_page(&self, idx: u32, order: u32) -> Result<(), Error> {
+    fn release_page(&self, idx: u32, order: u32, word: u32) -> Result<(), Error> {
         let r = self.page_ref(idx);
         // Only the Page writes a unique word, so this is still its own (barring corruption).
         if r.load() != unique(order) {
             return Err(self.bad_head(idx));
         }
-        r.set(FREE);
+        r.set(word);
         Ok(())
     }
 }
@@ -393,7 +394,7 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
     #[inline]
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
         let idx = self.pool.index(pfn)?;
-        let Some(order) = self.pool.drop_ref(idx, pfn)? else {
+        let Some(order) = self.pool.drop_ref(idx, pfn, FREE)? else {
             return Ok(());
         };
         if self.pool.geo.zero == ZeroPolicy::OnFree {
@@ -410,7 +411,7 @@ impl<'p, 'a, L: LinkStore, R: RawLock> LocalCache<'p, 'a, L, R> {
             return self.free_elsewhere(page);
         }
         let (idx, order) = (page.idx, page.order);
-        self.pool.release_page(idx, order)?;
+        self.pool.release_page(idx, order, FREE)?;
         if self.pool.geo.zero == ZeroPolicy::OnFree {
             return self.zero_and_cache(idx, order);
         }
