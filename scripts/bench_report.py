@@ -654,12 +654,23 @@ def threads_table(th: dict[str, Any], what: str = "thread") -> list[str]:
     return lines
 
 
-def sizing_text(sz: dict[str, Any]) -> str:
-    """What the cache-sizing block is."""
-    return (
+def sizing_text(sz: dict[str, Any], auto: bool) -> str:
+    """What the cache-sizing block is; `auto`: the run's default cache sized each slot by itself
+    (runs that also wrote `autosize`), else it was the fixed batch 16, high 64 of earlier runs."""
+    head = (
         f"Cache sizing: each thread allocates a burst of {sz['burst']} order-0 pages through its "
         "own `LocalCache` (`Page`s), then frees them all, oldest first; a pair per page, best of "
-        f"{sz['reps']} runs of {sz['seconds']:g} s. The default cache starts at batch 16, high 64, "
+        f"{sz['reps']} runs of {sz['seconds']:g} s. "
+    )
+    if not auto:
+        return head + (
+            "With the default cache (batch 16, high 64) a burst empties the slot's stack and "
+            "refills it 16 blocks at a time, and the frees go above `high` and drain 16 at a "
+            "time, each under the pool's lock; the larger cache (batch 64, high 512) holds a "
+            "whole burst, so once warm it never takes the pool's lock."
+        )
+    return head + (
+        "The default cache starts at batch 16, high 64, "
         "where a burst empties the slot's stack and refills it 16 blocks at a time, and the frees "
         "go above `high` and drain 16 at a time, each under the pool's lock; refills and drains "
         "that close together make each slot grow (`cache::auto`) until a burst fits, as the "
@@ -692,7 +703,7 @@ def many_cores() -> list[str]:
     ]
     lines += [*threads_table(th), ""]
     if sz:
-        lines += [sizing_text(sz), "", *threads_table(sz), ""]
+        lines += [sizing_text(sz, "autosize" in d), "", *threads_table(sz), ""]
     if hot:
         cells = ", ".join(
             f"{name} {fmt_ns(hot[key]['ns'])}"
@@ -963,7 +974,7 @@ def cached_section(run: Run, out: list[str]) -> None:
             out.append("")
         sz = data.get("sizing")
         if sz:
-            out += [sizing_text(sz), "", *threads_table(sz), ""]
+            out += [sizing_text(sz, "autosize" in data), "", *threads_table(sz), ""]
         out += many_cores()
     z = data.get("zeroing")
     if z:
