@@ -24,9 +24,10 @@ STAMP = struct.Struct("<QQ")
 
 
 def pool_bytes(pages: int, page_size: int = 4096) -> int:
-    """Bytes of a buffer in which ``Pool.create_in`` fits at least ``pages`` pages (header,
-    4 bytes of metadata and 8 of links a page, alignment of the pages)."""
-    return 8192 + pages * 12 + (pages + 1) * page_size
+    """Bytes of a buffer in which ``Pool.create_in`` fits at least ``pages`` pages (header and
+    its default 32 owner slots of 192 bytes, 2 bytes of owner tag, 4 of metadata and 8 of links
+    a page, alignment of the pages)."""
+    return 8192 + 32 * 192 + pages * 14 + (pages + 1) * page_size
 
 
 def held_pages(pool: Pool) -> dict[int, int]:

@@ -3,19 +3,21 @@
 //! pool's header (`robust.rs`) and then the core's owner word, which holds the pid (a record for
 //! tools: who holds the lock is the mutex's business).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use pagebuddy::owners::{OwnerId, DEFAULT_OWNER_SLOTS, MAX_OWNER_SLOTS};
 use pagebuddy::shmlock::OuterLock;
 use pagebuddy::{
-    pages_that_fit, Config, Intrusive, LayoutError, LinkStore, SharedLinks, SharedPool, SideTable,
-    ZeroPolicy,
+    pages_that_fit_with, Config, Intrusive, LayoutError, LinkStore, OuterGuard, SharedLinks,
+    SharedPool, SideTable, ZeroPolicy,
 };
-use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::close::{Gate, Held};
-use crate::robust::{self, Robust};
+use crate::robust::{self, Keeper, Robust, SlotProbe};
 
 use crate::convert::{choice, raise, unsigned, Exc, Int};
 use crate::{Inner, Pool};
@@ -119,12 +121,121 @@ pub(crate) struct CreateArgs<'a, 'py> {
     pub zero: Option<&'a Bound<'py, PyAny>>,
     pub links: Option<&'a Bound<'py, PyAny>>,
     pub timeout: Option<&'a Bound<'py, PyAny>>,
+    pub owners: Option<&'a Bound<'py, PyAny>>,
 }
 
 /// A shared pool and the lock its operations take first.
 pub(crate) struct Shared<L: LinkStore + 'static> {
     pub(crate) pool: SharedPool<'static, L>,
     pub(crate) lock: Robust,
+    pub(crate) me: Me,
+}
+
+/// The owner a handle is, in its process: registered at `create_in`/`attach`, and again by a
+/// forked child at its first call (the parent's keeper thread does not exist there).
+pub(crate) struct Me {
+    /// `OwnerId::get()` of the owner.
+    id: AtomicU64,
+    /// The process that registered it (0: none yet).
+    pid: AtomicU32,
+    /// The thread holding the owner slot's mutex; touched only with the interpreter lock held
+    /// (so no other thread holds this mutex when the process forks).
+    keeper: Mutex<Option<Keeper>>,
+}
+
+impl Me {
+    fn new() -> Self {
+        Me {
+            id: AtomicU64::new(0),
+            pid: AtomicU32::new(0),
+            keeper: Mutex::new(None),
+        }
+    }
+
+    /// Ends the owner: its keeper lets the slot's mutex go, and the next reclaim drops its
+    /// references. Called with the interpreter lock held.
+    fn end(&self) {
+        let keeper = self
+            .keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.pid.store(0, Ordering::Relaxed);
+        drop(keeper);
+    }
+
+    /// This process's owner id, if it registered.
+    #[inline]
+    pub(crate) fn current(&self) -> Option<OwnerId> {
+        (self.pid.load(Ordering::Relaxed) == pid()).then(|| {
+            let id = self.id.load(Ordering::Relaxed);
+            OwnerId {
+                slot: id as u32,
+                generation: (id >> 32) as u32,
+            }
+        })
+    }
+}
+
+impl<L: SharedLinks<'static> + 'static> Shared<L> {
+    /// This handle's owner id in this process, registering it first if it has none here (a
+    /// forked child's first call): takes the pool's lock to do so.
+    #[inline]
+    pub(crate) fn owner(&self, py: Python<'_>) -> PyResult<OwnerId> {
+        match self.me.current() {
+            Some(id) => Ok(id),
+            None => self.register(py, false),
+        }
+    }
+
+    /// Registers this handle as a new owner (`reclaim`: dropping dead owners' references
+    /// first, as `attach` does), under the pool's lock.
+    #[cold]
+    fn register(&self, py: Python<'_>, reclaim: bool) -> PyResult<OwnerId> {
+        let outer = Waiting::new(py, &self.lock, "register an owner");
+        let mut g = self.pool.lock_outer(&outer, pid())?;
+        let core = |e| crate::convert::error(py, "register an owner", e, None);
+        if reclaim || g.taken_from_dead() {
+            g.reclaim_dead(&SlotProbe, None).map_err(core)?;
+        }
+        let slot = g.free_slot(&SlotProbe).map_err(core)?.ok_or_else(|| {
+            PyRuntimeError::new_err(format!(
+                "the shared pool's {} owner slots are all held by live handles: close one, or \
+                 format the pool with more (create_in(owners=N))",
+                self.pool.owner_slots()
+            ))
+        })?;
+        let area = self
+            .pool
+            .owner_lock_area(slot)
+            .ok_or_else(|| PyRuntimeError::new_err("owner slot out of range"))?;
+        let keeper = Keeper::hold(area).map_err(|errno| {
+            raise(
+                py,
+                Exc::Corruption,
+                format!("register an owner: slot {slot}'s lock is unusable (errno {errno})"),
+            )
+        })?;
+        let id = g
+            .enlist(slot, pid())
+            .ok_or_else(|| PyRuntimeError::new_err("owner slot taken meanwhile"))?;
+        drop(g);
+        let mut k = self.me.keeper.lock().unwrap_or_else(|e| e.into_inner());
+        *k = Some(keeper);
+        self.me.id.store(id.get(), Ordering::Relaxed);
+        self.me.pid.store(pid(), Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// `Pool.reclaim_dead()`: drops the references of every owner found dead, as if each had put
+    /// them: the pages given back.
+    pub(crate) fn reclaim_dead(&self, py: Python<'_>) -> PyResult<u64> {
+        let me = self.owner(py)?;
+        let outer = Waiting::new(py, &self.lock, "reclaim_dead");
+        let mut g = self.pool.lock_outer(&outer, pid())?;
+        g.reclaim_dead(&SlotProbe, Some(me))
+            .map_err(|e| crate::convert::error(py, "reclaim_dead", e, None))
+    }
 }
 
 impl<L: LinkStore + 'static> std::ops::Deref for Shared<L> {
@@ -194,7 +305,11 @@ fn ready_for_this_boot<L: SharedLinks<'static>>(
                 word.store(seen, Ordering::Release);
                 return Err(e);
             }
-            if let Err(errno) = lock.init() {
+            let slots = (0..pool.owner_slots()).filter_map(|s| pool.owner_lock_area(s));
+            let inited: Result<(), i32> = lock
+                .init()
+                .and_then(|()| slots.map(|a| Robust::slot(a).init()).collect());
+            if let Err(errno) = inited {
                 word.store(seen, Ordering::Release);
                 return Err(PyValueError::new_err(format!(
                     "{op}: the pool's lock cannot be initialised (errno {errno})"
@@ -282,6 +397,10 @@ impl Pool {
             },
         };
         let timeout = timeout_arg(a.timeout)?;
+        let slots = match a.owners {
+            Some(o) => int_in(o, "owners", 1, u64::from(MAX_OWNER_SLOTS))? as u32,
+            None => DEFAULT_OWNER_SLOTS,
+        };
         let SharedBytes {
             bytes,
             pin,
@@ -289,7 +408,7 @@ impl Pool {
             addr,
             len,
         } = Self::shared_bytes(buffer, "create")?;
-        let nr = pages_that_fit(len, page_size, intrusive);
+        let nr = pages_that_fit_with(len, page_size, intrusive, slots);
         if nr == 0 {
             return Err(PyValueError::new_err(format!(
                 "buffer of {len} bytes holds no page of {page_size} bytes after the pool's header \
@@ -317,11 +436,11 @@ impl Pool {
         // shared pools of their own; Python, through views of held pages.
         let inner = unsafe {
             if intrusive {
-                let p = SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<Intrusive>::create_raw_with(ptr, len, config, pid(), slots)
                     .map_err(|e| layout_error(py, "create_in", e))?;
                 Inner::SharedIntrusive(created(py, p, timeout)?)
             } else {
-                let p = SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<SideTable>::create_raw_with(ptr, len, config, pid(), slots)
                     .map_err(|e| layout_error(py, "create_in", e))?;
                 Inner::SharedSide(created(py, p, timeout)?)
             }
@@ -387,6 +506,15 @@ impl Pool {
         })
     }
 
+    /// `close()` of a shared pool: its owner ends.
+    pub(crate) fn end_owner(&self) {
+        match &self.inner {
+            Inner::SharedSide(s) => s.me.end(),
+            Inner::SharedIntrusive(s) => s.me.end(),
+            _ => {}
+        }
+    }
+
     /// Whether the pool lives in a shared buffer.
     pub(crate) fn is_shared(&self) -> bool {
         matches!(self.inner, Inner::SharedSide(_) | Inner::SharedIntrusive(_))
@@ -402,6 +530,29 @@ struct SharedBytes<'py> {
     len: usize,
 }
 
+/// Accounts the guard's operations to `me`, after dropping the references of the dead owners
+/// when the pool's lock was taken from a holder that died.
+#[inline(always)]
+pub(crate) fn as_owner<L: SharedLinks<'static>, O: OuterLock>(
+    g: &mut OuterGuard<'_, 'static, L, O>,
+    me: OwnerId,
+) {
+    if g.taken_from_dead() {
+        reclaim_at_takeover(g, me);
+    }
+    g.account_to(Some(me));
+}
+
+#[cold]
+#[inline(never)]
+fn reclaim_at_takeover<L: SharedLinks<'static>, O: OuterLock>(
+    g: &mut OuterGuard<'_, 'static, L, O>,
+    me: OwnerId,
+) {
+    // A damaged pool fails the operation itself just after.
+    let _ = g.reclaim_dead(&SlotProbe, Some(me));
+}
+
 /// A freshly formatted pool, with its lock initialised.
 fn created<L: SharedLinks<'static> + 'static>(
     py: Python<'_>,
@@ -410,7 +561,13 @@ fn created<L: SharedLinks<'static> + 'static>(
 ) -> PyResult<Shared<L>> {
     let lock = Robust::new(pool.outer_lock_area(), timeout);
     ready_for_this_boot(py, "create_in", &pool, &lock, || Ok(()))?;
-    Ok(Shared { pool, lock })
+    let shared = Shared {
+        pool,
+        lock,
+        me: Me::new(),
+    };
+    shared.register(py, false)?;
+    Ok(shared)
 }
 
 /// A freshly attached pool: recovers what a dead holder left and checks every invariant under
@@ -437,7 +594,14 @@ fn opened<L: SharedLinks<'static> + 'static>(
         pool.open_outer(&Waiting::new(py, &lock, "attach"))?
             .map_err(refused)?;
     }
-    Ok(Shared { pool, lock })
+    let shared = Shared {
+        pool,
+        lock,
+        me: Me::new(),
+    };
+    // Accepted: the dead owners' references are dropped, and this handle becomes an owner.
+    shared.register(py, true)?;
+    Ok(shared)
 }
 
 /// The outer lock of a pool whose boot word this process has claimed: no other process uses
