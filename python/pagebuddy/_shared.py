@@ -82,12 +82,16 @@ def worker_loop(
     stop: Any = None,
     max_held: int = 0,
     batches: bool = False,
+    ready: Any = None,
 ) -> WorkerResult:
     """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``;
-    with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``."""
+    with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``.
+    ``ready[worker]`` (a lock-free shared array) is set once the worker has attached."""
     shm = shared_memory.SharedMemory(name=name)
     try:
         pool = Pool.attach(shm.buf)
+        if ready is not None:
+            ready[worker] = 1
         rng = random.Random(seed)
         res = WorkerResult(worker)
         mine: dict[int, tuple[int, int]] = {}  # pfn -> (seq, extra references)
@@ -277,8 +281,9 @@ def kill_rounds(
     ``alloc_many``, ``alloc_exact``, ``put_many``) and SIGKILL one at a random moment,
     ``kills`` times, replacing it each time; after each kill, check the pool (which recovers an
     operation the victim left half done). Every ``per_epoch`` kills, stop the survivors and
-    account for every page (pages the killed held stay held, so each epoch starts a fresh pool
-    in the same memory)."""
+    account for every page: free, held by a survivor as it reports, or held by a killed worker
+    not yet found dead (a worker that attaches reclaims the pages of the dead). Each epoch starts
+    a fresh pool in the same memory."""
     import os
     import signal
     import time
@@ -301,6 +306,9 @@ def kill_rounds(
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
         n_started = 0
+        # Set by each worker once attached: the epoch stops only then, so that no late attach
+        # reclaims the pages of survivors that have already reported and let their handle go.
+        ready = ctx.RawArray("b", kills + workers * (kills // per_epoch + 2) + 1)
         while total["kills"] < kills:
             pool = Pool.create_in(shm.buf, max_order=max_order + 1)
             stop = ctx.RawValue("b", 0)
@@ -308,7 +316,13 @@ def kill_rounds(
             def start(stop: Any = stop) -> None:
                 nonlocal n_started
                 n_started += 1
-                kw = {"max_order": max_order, "stop": stop, "max_held": 6, "batches": True}
+                kw = {
+                    "max_order": max_order,
+                    "stop": stop,
+                    "max_held": 6,
+                    "batches": True,
+                    "ready": ready,
+                }
                 args = (shm.name, n_started, 0, seed * 100003 + n_started, kw)
                 p = ctx.Process(target=_worker_main, args=(args, out))
                 p.start()
@@ -327,6 +341,8 @@ def kill_rounds(
                 pool.check()
                 total["kills"] += 1
                 start()
+            while not all(ready[i] for i in procs):
+                time.sleep(0.001)
             stop.value = 1
             results: list[WorkerResult] = [out.get() for _ in procs]
             for p in procs.values():
