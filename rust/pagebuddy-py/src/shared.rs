@@ -155,11 +155,7 @@ impl Me {
     /// Ends the owner: its keeper lets the slot's mutex go, and the next reclaim drops its
     /// references. Called with the interpreter lock held.
     fn end(&self) {
-        let keeper = self
-            .keeper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.pid.store(0, Ordering::Relaxed);
         drop(keeper);
     }
@@ -305,10 +301,10 @@ fn ready_for_this_boot<L: SharedLinks<'static>>(
                 word.store(seen, Ordering::Release);
                 return Err(e);
             }
-            let slots = (0..pool.owner_slots()).filter_map(|s| pool.owner_lock_area(s));
-            let inited: Result<(), i32> = lock
+            let mut slots = (0..pool.owner_slots()).filter_map(|s| pool.owner_lock_area(s));
+            let inited = lock
                 .init()
-                .and_then(|()| slots.map(|a| Robust::slot(a).init()).collect());
+                .and_then(|()| slots.try_for_each(|a| Robust::slot(a).init()));
             if let Err(errno) = inited {
                 word.store(seen, Ordering::Release);
                 return Err(PyValueError::new_err(format!(

@@ -35,7 +35,7 @@ pub enum Error {
         pfn: u64,
     },
     /// A shared pool's owner took a reference to a page that another owner holds, and its
-    /// share entries ([`OWNER_SHARES`](crate::owners::OWNER_SHARES)) all name other pages.
+    /// share entries (`pagebuddy::owners::OWNER_SHARES` of them) all name other pages.
     TooManyShares {
         /// The page.
         pfn: u64,
@@ -219,9 +219,8 @@ impl fmt::Display for Error {
             }
             Error::TooManyShares { pfn } => write!(
                 f,
-                "pfn {pfn} is held by another owner and this owner already shares \
-                 {} other owners' pages (its share entries are full)",
-                crate::owners::OWNER_SHARES
+                "pfn {pfn} is held by another owner and this owner's share entries are all \
+                 taken by other owners' pages: put some of those first"
             ),
             Error::InvalidOrder { order, max_order } => write!(
                 f,

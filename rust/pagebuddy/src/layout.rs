@@ -2184,7 +2184,7 @@ mod tests {
         let base = bytes(&mut v).as_mut_ptr();
         let cfg = config(len, false);
         let n = cfg.nr_pages;
-        let meta_off = meta_offset(n as usize);
+        let meta_off = meta_offset(n);
         let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let pfn = pool.lock().alloc(2).unwrap();
         // SAFETY (each call): a read-only copy of the live buffer between two steps of an
@@ -2511,7 +2511,7 @@ mod tests {
         tests_hook::clear();
         let snaps = core::mem::take(&mut *snaps.borrow_mut());
         assert!(snaps.len() > 4, "{} crash points", snaps.len());
-        let meta_off = meta_offset(cfg.nr_pages as usize);
+        let meta_off = meta_offset(cfg.nr_pages);
         for snap in &snaps {
             let mut w = buffer(len);
             let b = bytes(&mut w);
@@ -2557,7 +2557,7 @@ mod tests {
                 g.alloc(order).unwrap();
             }
         }
-        let meta_off = meta_offset(n as usize);
+        let meta_off = meta_offset(n);
         // SAFETY (each call): a read-only copy of the `len` bytes of a live buffer, taken
         // between two steps of an operation, as a killed process would leave them.
         let image = move |p: *mut u8| unsafe { core::slice::from_raw_parts(p, len) }.to_vec();

@@ -101,7 +101,7 @@ const _: () = assert!(core::mem::size_of::<Undo>() <= TABLE_BYTES);
 
 /// Bytes of one owner slot.
 pub const OWNER_SLOT_BYTES: usize = core::mem::size_of::<Slot>();
-const _: () = assert!(OWNER_SLOT_BYTES % 8 == 0);
+const _: () = assert!(OWNER_SLOT_BYTES.is_multiple_of(8));
 
 /// Bytes of the owner table for `slots` slots.
 ///
