@@ -177,7 +177,7 @@ def test_a_forked_child_is_a_new_owner() -> None:
         assert pool.reclaim_dead() == 2
         assert pool.free_pages == pool.nr_pages
         pool.check()
-        del pool
+        pool.close()
     finally:
         shm.close()
         shm.unlink()
