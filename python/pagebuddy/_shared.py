@@ -262,9 +262,26 @@ def run_processes(
 LOCK_WORD = 96
 
 
+#: The lock word's value while a handle that is not an owner yet holds the lock.
+REGISTRANT = 0xFFFFFFFF
+#: Bytes of the owner table before its first slot, and of each slot; the offset in a slot of
+#: the pid of the process that took it (layout version 5, ``owners.rs``).
+OWNER_TABLE_HEAD, OWNER_SLOT, OWNER_PID = 64, 192, 56
+
+
 def lock_holder(buf: Any) -> int:
-    """The pid in the pool's lock word (0: unlocked)."""
-    return int(struct.unpack_from("=I", buf, LOCK_WORD)[0])
+    """The pid of the process holding the pool's lock, as the holder's owner slot records it
+    (0: unlocked; -1: a handle that is not an owner yet, or a word naming no slot)."""
+    word = int(struct.unpack_from("=I", buf, LOCK_WORD)[0])
+    if word == 0:
+        return 0
+    slot = (word & 0x1FFF) - 1
+    if word == REGISTRANT or slot < 0:
+        return -1
+    table = (header_bytes(buf) + 63) // 64 * 64
+    return int(
+        struct.unpack_from("=I", buf, table + OWNER_TABLE_HEAD + slot * OWNER_SLOT + OWNER_PID)[0]
+    )
 
 
 def kill_rounds(

@@ -54,14 +54,15 @@ enum Inner {
 /// when the lock is held (the caller then takes the full path, which waits).
 macro_rules! with {
     (nowait $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
-        with!(@ $self, $py, |$p| $body, |$c| $cached, |s| shared::NoWait::new(&s.lock), |_e| None)
+        with!(@ $self, $py, |$p| $body, |$c| $cached,
+              |s, me| s.pool.try_lock_as(me.code()).map(|g| (g, false)), |_e| None)
     };
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
         with!(@ $self, $py, |$p| $body, |$c| $cached,
-              |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
+              |s, me| s.lock_word($py, me.code(), op_name!()), |e| Err(e))
     };
     (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
-     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {{
+     |$s:ident, $me:ident| $acquire:expr, |$e:ident| $fail:expr) => {{
         if $self.is_closed() {
             return OnClosed::on_closed();
         }
@@ -73,35 +74,33 @@ macro_rules! with {
                 // Counted busy for `close`: the wait for the lock lets the interpreter lock go,
                 // and the lock is in the buffer.
                 let _busy = $self.gate.enter();
-                let me = match $s.owner($py) {
+                let $me = match $s.owner($py) {
                     Ok(me) => me,
                     Err($e) => return $fail,
                 };
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
-                shared::as_owner(&mut g, me);
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
             Inner::SharedIntrusive($s) => {
                 let _busy = $self.gate.enter();
-                let me = match $s.owner($py) {
+                let $me = match $s.owner($py) {
                     Ok(me) => me,
                     Err($e) => return $fail,
                 };
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
-                shared::as_owner(&mut g, me);
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
         }
     }};
@@ -153,28 +152,26 @@ macro_rules! without_gil {
             }),
             Inner::SharedSide(s) => {
                 let me = s.owner($py)?;
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let mut g = s.pool.lock_outer(&outer, shared::pid())?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
                 shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
             Inner::SharedIntrusive(s) => {
                 let me = s.owner($py)?;
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let mut g = s.pool.lock_outer(&outer, shared::pid())?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
                 shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
         }

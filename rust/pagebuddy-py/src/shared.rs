@@ -1,16 +1,30 @@
 //! Shared pools for Python: `Pool.create_in(buffer, ...)` and `Pool.attach(buffer)` over the
-//! core's [`SharedPool`], each operation under a robust, process-shared `pthread_mutex_t` in the
-//! pool's header (`robust.rs`) and then the core's owner word, which holds the pid (a record for
-//! tools: who holds the lock is the mutex's business).
+//! core's [`SharedPool`].
+//!
+//! **Owners.** Every handle registers as an owner in the pool's owner table (the core's
+//! `owners`): a free slot, whose robust, process-shared `pthread_mutex_t` a keeper thread of
+//! the handle's process holds for the handle's life (`robust::Keeper`). The kernel marks that
+//! mutex `FUTEX_OWNER_DIED` when the process dies, whatever its PID namespace, so "is this owner
+//! alive" is a try of its mutex (`robust::SlotProbe`), never a pid read.
+//!
+//! **The lock.** An operation takes the pool's lock word with one compare-and-swap of 0 to its
+//! owner's code (`OwnerId::code`: slot and generation) and releases it with one store. A waiter
+//! that finds the word held spins a little, then polls with the interpreter lock let go,
+//! answering signals and keeping the handle's timeout; at each poll it asks whether the holder
+//! is gone ([`holder_gone`]: its slot's mutex free, or a code naming no live owner) and only
+//! then takes the word over (recovering the journal, then reclaiming the dead owners'
+//! references). A stopped holder's keeper still holds its mutex: it is never taken over.
+//! Handles that are not owners yet (registering, opening) take the header's outer robust
+//! mutex first and then the word with the value `REGISTRANT` ([`Registrant`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pagebuddy::owners::{OwnerId, DEFAULT_OWNER_SLOTS, MAX_OWNER_SLOTS};
+use pagebuddy::owners::{OwnerId, DEFAULT_OWNER_SLOTS, MAX_OWNER_SLOTS, REGISTRANT};
 use pagebuddy::shmlock::OuterLock;
 use pagebuddy::{
-    pages_that_fit_with, Config, Intrusive, LayoutError, LinkStore, OuterGuard, SharedLinks,
+    pages_that_fit_with, Config, Intrusive, LayoutError, LinkStore, SharedGuard, SharedLinks,
     SharedPool, SideTable, ZeroPolicy,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
@@ -188,8 +202,8 @@ impl<L: SharedLinks<'static> + 'static> Shared<L> {
     /// first, as `attach` does), under the pool's lock.
     #[cold]
     fn register(&self, py: Python<'_>, reclaim: bool) -> PyResult<OwnerId> {
-        let outer = Waiting::new(py, &self.lock, "register an owner");
-        let mut g = self.pool.lock_outer(&outer, pid())?;
+        let outer = Registrant::new(py, &self.pool, &self.lock, "register an owner");
+        let mut g = self.pool.lock_outer(&outer, REGISTRANT)?;
         let core = |e| crate::convert::error(py, "register an owner", e, None);
         if reclaim || g.taken_from_dead() {
             g.reclaim_dead(&SlotProbe, None).map_err(core)?;
@@ -223,12 +237,53 @@ impl<L: SharedLinks<'static> + 'static> Shared<L> {
         Ok(id)
     }
 
+    /// Takes the pool's lock word for the owner whose lock word value is `code`: at once if it
+    /// is free, else waiting (spinning a little, then with the interpreter lock let go between
+    /// polls, signals checked, up to the handle's timeout), and taking it over from a holder
+    /// found gone ([`holder_gone`]). `true`: taken over (what the holder left half done was
+    /// recovered; the dead owners' references are to be reclaimed).
+    #[inline(always)]
+    pub(crate) fn lock_word(
+        &self,
+        py: Python<'_>,
+        code: u32,
+        op: &'static str,
+    ) -> PyResult<(SharedGuard<'_, 'static, L>, bool)> {
+        match self.pool.try_lock_as(code) {
+            Ok(g) => Ok((g, false)),
+            Err(holder) => self.lock_slow(py, code, op, holder),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(
+        &self,
+        py: Python<'_>,
+        code: u32,
+        op: &'static str,
+        mut holder: u32,
+    ) -> PyResult<(SharedGuard<'_, 'static, L>, bool)> {
+        let mut waiting = Wait::new(self.lock.timeout());
+        loop {
+            if holder != code && holder_gone(&self.pool, &self.lock, holder, false) {
+                if let Some(g) = self.pool.take_over_as(code, holder) {
+                    return Ok((g, true));
+                }
+            }
+            waiting.pause(py, op)?;
+            match self.pool.try_lock_as(code) {
+                Ok(g) => return Ok((g, false)),
+                Err(h) => holder = h,
+            }
+        }
+    }
+
     /// `Pool.reclaim_dead()`: drops the references of every owner found dead, as if each had put
     /// them: the pages given back.
     pub(crate) fn reclaim_dead(&self, py: Python<'_>) -> PyResult<u64> {
         let me = self.owner(py)?;
-        let outer = Waiting::new(py, &self.lock, "reclaim_dead");
-        let mut g = self.pool.lock_outer(&outer, pid())?;
+        let (mut g, _) = self.lock_word(py, me.code(), "reclaim_dead")?;
         g.reclaim_dead(&SlotProbe, Some(me))
             .map_err(|e| crate::convert::error(py, "reclaim_dead", e, None))
     }
@@ -529,22 +584,19 @@ struct SharedBytes<'py> {
 /// Accounts the guard's operations to `me`, after dropping the references of the dead owners
 /// when the pool's lock was taken from a holder that died.
 #[inline(always)]
-pub(crate) fn as_owner<L: SharedLinks<'static>, O: OuterLock>(
-    g: &mut OuterGuard<'_, 'static, L, O>,
+pub(crate) fn as_owner<L: SharedLinks<'static>>(
+    g: &mut (SharedGuard<'_, 'static, L>, bool),
     me: OwnerId,
 ) {
-    if g.taken_from_dead() {
-        reclaim_at_takeover(g, me);
+    if g.1 {
+        reclaim_at_takeover(&mut g.0, me);
     }
-    g.account_to(Some(me));
+    g.0.account_to(Some(me));
 }
 
 #[cold]
 #[inline(never)]
-fn reclaim_at_takeover<L: SharedLinks<'static>, O: OuterLock>(
-    g: &mut OuterGuard<'_, 'static, L, O>,
-    me: OwnerId,
-) {
+fn reclaim_at_takeover<L: SharedLinks<'static>>(g: &mut SharedGuard<'_, 'static, L>, me: OwnerId) {
     // A damaged pool fails the operation itself just after.
     let _ = g.reclaim_dead(&SlotProbe, Some(me));
 }
@@ -587,7 +639,7 @@ fn opened<L: SharedLinks<'static> + 'static>(
         }
     })?;
     if !fresh {
-        pool.open_outer(&Waiting::new(py, &lock, "attach"))?
+        pool.open_outer(&Registrant::new(py, &pool, &lock, "attach"))?
             .map_err(refused)?;
     }
     let shared = Shared {
@@ -644,33 +696,6 @@ impl OuterLock for Waiting<'_> {
     }
 }
 
-/// The robust lock of a shared pool for a call's fast path: taken only if free now.
-pub(crate) struct NoWait<'l>(&'l Robust);
-
-impl<'l> NoWait<'l> {
-    pub(crate) fn new(lock: &'l Robust) -> Self {
-        NoWait(lock)
-    }
-}
-
-impl OuterLock for NoWait<'_> {
-    /// Held, or unusable: the full path reports which.
-    type Error = ();
-
-    #[inline]
-    fn acquire(&self) -> Result<bool, ()> {
-        match self.0.try_lock() {
-            robust::Try::Taken(died) => Ok(died),
-            _ => Err(()),
-        }
-    }
-
-    #[inline]
-    fn release(&self) {
-        self.0.unlock();
-    }
-}
-
 impl Waiting<'_> {
     #[cold]
     #[inline(never)]
@@ -715,5 +740,149 @@ impl Waiting<'_> {
                 self.op
             ),
         )
+    }
+}
+
+/// Whether the holder of the pool's lock word that the word names as `holder` is gone: an owner
+/// whose slot's mutex no thread holds (its keeper died with its process, or let it go), a value
+/// that names no live owner, or a registrant ([`REGISTRANT`]) whose outer mutex is free (or
+/// held by the caller, `outer_mine`: a registrant only takes the word once it holds that mutex).
+/// A mutex taken to tell is let go at once.
+pub(crate) fn holder_gone<L: SharedLinks<'static>>(
+    pool: &SharedPool<'static, L>,
+    outer: &Robust,
+    holder: u32,
+    outer_mine: bool,
+) -> bool {
+    let free = |m: &Robust| match m.try_lock() {
+        robust::Try::Taken(_) => {
+            m.unlock();
+            true
+        }
+        robust::Try::Busy => false,
+        robust::Try::Broken(_) => true,
+    };
+    if holder == REGISTRANT {
+        return outer_mine || free(outer);
+    }
+    match pool.holder_area(holder) {
+        None => true,
+        Some(area) => free(&Robust::slot(area)),
+    }
+}
+
+/// A wait for the lock word: a few spins, then polls with the interpreter lock let go between
+/// them, signals checked (Ctrl-C: KeyboardInterrupt, nothing changed) and the timeout kept.
+struct Wait {
+    start: Instant,
+    polls: u32,
+    timeout: Option<Duration>,
+}
+
+/// Polls spent spinning before a waiter lets the interpreter lock go.
+const SPINS: u32 = 100;
+
+impl Wait {
+    fn new(timeout: Option<Duration>) -> Self {
+        Wait {
+            start: Instant::now(),
+            polls: 0,
+            timeout,
+        }
+    }
+
+    fn pause(&mut self, py: Python<'_>, op: &str) -> PyResult<()> {
+        self.polls = self.polls.saturating_add(1);
+        if self.polls < SPINS {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        if let Some(t) = self.timeout {
+            if self.start.elapsed() >= t {
+                return Err(PyTimeoutError::new_err(format!(
+                    "{op}: the shared pool's lock is held by another thread or process \
+                     (timeout={} s); nothing was changed",
+                    t.as_secs_f64()
+                )));
+            }
+        }
+        let nap = if self.polls < SPINS + 100 {
+            Duration::from_micros(20)
+        } else {
+            Duration::from_micros(500)
+        };
+        py.detach(|| std::thread::sleep(nap));
+        py.check_signals()
+    }
+}
+
+/// The lock of a handle that is not an owner yet (registering, or opening the pool): the
+/// pool's outer robust mutex, which serialises such handles and tells whether one died, and
+/// then the lock word, holding [`REGISTRANT`], taken as any waiter takes it. Released, the
+/// word goes back to what it held before (a refused `attach` leaves every byte as it was),
+/// unless the pool's own release already freed it.
+pub(crate) struct Registrant<'p, L: SharedLinks<'static>> {
+    outer: Waiting<'p>,
+    pool: &'p SharedPool<'static, L>,
+    lock: &'p Robust,
+    op: &'static str,
+    stale: std::cell::Cell<u32>,
+}
+
+impl<'p, L: SharedLinks<'static>> Registrant<'p, L> {
+    /// `py` proves the interpreter lock held, which `acquire` lets go while it waits.
+    pub(crate) fn new(
+        py: Python<'_>,
+        pool: &'p SharedPool<'static, L>,
+        lock: &'p Robust,
+        op: &'static str,
+    ) -> Self {
+        Registrant {
+            outer: Waiting::new(py, lock, op),
+            pool,
+            lock,
+            op,
+            stale: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl<L: SharedLinks<'static>> OuterLock for Registrant<'_, L> {
+    type Error = PyErr;
+
+    fn acquire(&self) -> PyResult<bool> {
+        let mut died = self.outer.acquire()?;
+        // SAFETY: `Registrant::new` proved the interpreter lock held by this thread, which
+        // keeps it but inside `detach` (`Wait::pause`), whose closure does not touch Python.
+        let py = unsafe { Python::assume_attached() };
+        let word = self.pool.owner_word();
+        let mut waiting = Wait::new(self.lock.timeout());
+        loop {
+            let holder = match word.try_lock(REGISTRANT) {
+                Ok(()) => {
+                    self.stale.set(0);
+                    return Ok(died);
+                }
+                Err(h) => h,
+            };
+            if holder_gone(self.pool, self.lock, holder, true)
+                && (holder == REGISTRANT || word.take_from(holder, REGISTRANT))
+            {
+                self.stale.set(holder);
+                died = true;
+                return Ok(died);
+            }
+            if let Err(e) = waiting.pause(py, self.op) {
+                self.outer.release();
+                return Err(e);
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.pool
+            .owner_word()
+            .take_from(REGISTRANT, self.stale.get());
+        self.outer.release();
     }
 }

@@ -1001,6 +1001,88 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         guard
     }
 
+    /// Takes the lock word for `owner` (not 0) if it is free, without waiting: `Err(holder)`
+    /// if it is held. Like [`lock_as`](Self::lock_as), a journal left valid is recovered
+    /// first. For a caller that waits in its own way (the Python bindings: the interpreter lock
+    /// let go, signals and a timeout), telling a dead holder by the owner table
+    /// ([`holder_area`](Self::holder_area)) and taking over with
+    /// [`take_over_as`](Self::take_over_as).
+    ///
+    /// ```
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// let g = pool.try_lock_as(5).ok().unwrap();
+    /// assert_eq!(pool.try_lock_as(6).err(), Some(5));
+    /// drop(g);
+    /// assert!(pool.take_over_as(6, 5).is_none(), "5 no longer holds it");
+    /// ```
+    #[inline(always)]
+    pub fn try_lock_as(&self, owner: u32) -> Result<SharedGuard<'_, 'a, L>, u32> {
+        let owner = if owner == 0 { self.owner } else { owner };
+        self.lock_word().try_lock(owner)?;
+        Ok(self.locked(owner, false))
+    }
+
+    /// Replaces `holder`, which the caller found dead, by `owner` in the lock word in one
+    /// compare-and-swap (so that of several waiters only one takes over), and recovers what it
+    /// left half done: None if the word no longer holds `holder`.
+    #[cold]
+    pub fn take_over_as(&self, owner: u32, holder: u32) -> Option<SharedGuard<'_, 'a, L>> {
+        let owner = if owner == 0 { self.owner } else { owner };
+        if holder == 0 || holder == owner {
+            return None;
+        }
+        let word = self.lock_word();
+        word.take_from(holder, owner)
+            .then(|| self.locked(owner, true))
+    }
+
+    /// The guard of a lock word just taken: recovered first if taken over or if a journal is
+    /// valid.
+    #[inline(always)]
+    fn locked(&self, owner: u32, taken_over: bool) -> SharedGuard<'_, 'a, L> {
+        let mut guard = SharedGuard {
+            shared: self,
+            owner,
+            damage: None,
+            unjournaled: false,
+            acct: 0,
+        };
+        if taken_over || guard.journal_state() != 0 {
+            guard.damage = guard.recover_cold();
+        }
+        self.load_free_pages();
+        guard
+    }
+
+    /// The lock word itself, for a caller that builds an [`OuterLock`] of its own over it
+    /// (the Python bindings' lock for handles that are not owners yet): taking it this way
+    /// recovers nothing, which [`open_outer`](Self::open_outer) or
+    /// [`lock_outer`](Self::lock_outer) then does.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// assert_eq!(pool.owner_word().try_lock(9), Ok(()));
+    /// assert_eq!(pool.holder(), Some(9));
+    /// pool.owner_word().unlock(9);
+    /// ```
+    pub fn owner_word(&self) -> OwnerLock<'_> {
+        self.lock_word()
+    }
+
     /// The lock's wait, out of the way of its fast path.
     #[cold]
     #[inline(never)]

@@ -139,7 +139,23 @@ impl OwnerId {
     pub fn get(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.slot)
     }
+
+    /// The value the pool's lock word holds while this owner holds the lock: the slot + 1 in
+    /// the low 13 bits, the generation's low 19 bits above (never 0, never [`REGISTRANT`]).
+    ///
+    /// ```
+    /// use pagebuddy::owners::OwnerId;
+    /// assert_eq!(OwnerId { slot: 0, generation: 1 }.code(), 1 | 1 << 13);
+    /// ```
+    pub fn code(self) -> u32 {
+        (self.slot + 1) | (self.generation & 0x7_ffff) << 13
+    }
 }
+
+/// The lock word's value while a handle that is not an owner yet holds the lock (one
+/// registering, or opening the pool): such a holder also holds the pool's outer lock, which
+/// tells whether it is alive.
+pub const REGISTRANT: u32 = u32::MAX;
 
 /// How a reclaimer tells that the owner of a slot has ended, by the slot's lock bytes.
 ///
@@ -291,6 +307,43 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         })
     }
 
+    /// The lock bytes of the live owner that lock word value `code` ([`OwnerId::code`]) names,
+    /// or None if it names no live owner (a slot out of range, free, or of another
+    /// generation): such a holder is gone. Read without the pool's lock: a holder's slot does
+    /// not change while it holds the lock, and a caller that acts on the answer does so by a
+    /// compare-and-swap of the word that fails if the word changed.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// assert!(pool.holder_area(1).is_none(), "slot 0 is free");
+    /// assert!(pool.holder_area(12345).is_none());
+    /// ```
+    pub fn holder_area(&self, code: u32) -> Option<NonNull<u8>> {
+        let o = self.owners();
+        let slot = (code & 0x1fff).checked_sub(1)?;
+        if slot >= o.slots {
+            return None;
+        }
+        let p = o.slot(slot);
+        // SAFETY: slot < slots; the words are 4-aligned and read atomically.
+        let (state, generation) = unsafe {
+            (
+                AtomicU32::from_ptr(addr_of_mut!((*p).state)).load(Ordering::Acquire),
+                AtomicU32::from_ptr(addr_of_mut!((*p).generation)).load(Ordering::Acquire),
+            )
+        };
+        (state == LIVE && generation & 0x7_ffff == code >> 13)
+            .then(|| self.owner_lock_area(slot))
+            .flatten()
+    }
+
     /// Checks the undo record of an accounting change (with the state word's bit set): it names
     /// only the pool's pages, slots and entries.
     pub(crate) fn accounting_in_range(&self) -> bool {
@@ -349,8 +402,7 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
                 o.set_share(slot, k, NO_SHARE);
             }
             addr_of_mut!((*p).pid).write(pid);
-            fence(Ordering::Release);
-            addr_of_mut!((*p).state).write(LIVE);
+            AtomicU32::from_ptr(addr_of_mut!((*p).state)).store(LIVE, Ordering::Release);
             Some(OwnerId {
                 slot,
                 generation: addr_of_mut!((*p).generation).read(),
@@ -478,11 +530,10 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         let p = o.slot(s);
         // SAFETY: s < slots; the lock is held.
         unsafe {
-            let g = addr_of_mut!((*p).generation);
-            g.write(g.read().wrapping_add(1));
+            let g = AtomicU32::from_ptr(addr_of_mut!((*p).generation));
+            g.store(g.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
             addr_of_mut!((*p).pid).write(0);
-            fence(Ordering::Release);
-            addr_of_mut!((*p).state).write(FREE);
+            AtomicU32::from_ptr(addr_of_mut!((*p).state)).store(FREE, Ordering::Release);
         }
         Ok(freed)
     }
