@@ -1,5 +1,6 @@
 //! Model checking of the shared pool's lock word (`OwnerLock`) with loom: mutual exclusion
-//! between owners, and the take-over of a lock whose holder died (exactly one waiter takes it).
+//! between owners, the take-over of a lock whose holder died (exactly one waiter takes it, and
+//! only once the holder's slot mutex says it died), and the owner table's protocol.
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom_shm --release --target-dir target/loom
@@ -277,5 +278,82 @@ fn the_owner_table_register_die_reclaim_reuse() {
             assert_eq!(reclaimed, 2);
         }
         assert!(id1.is_some() || id2.is_some());
+    });
+}
+
+/// The lock of layout version 5 as the Python bindings take it: the word holds the holder's
+/// owner code, taken with one compare-and-swap; a waiter takes it over from a holder only once
+/// a try of the holder's slot mutex succeeds (the holder's keeper died with its process, so the
+/// kernel freed and marked the mutex). Owner 1, if it takes the word first, dies in its
+/// critical section (torn state, word left naming it); owner 2 waits meanwhile, probing. Checked:
+/// owner 2 never takes over a live holder, it repairs the torn state when it took over, and no
+/// increment is lost.
+#[test]
+fn the_word_taken_over_only_from_an_owner_whose_slot_mutex_is_free() {
+    loom::model(|| {
+        let word = Arc::new(AtomicU32::new(0));
+        let keeper1 = Arc::new(Robust::new());
+        assert!(
+            keeper1.try_take(11),
+            "owner 1's keeper holds its slot mutex"
+        );
+        let dead = Arc::new(AtomicU32::new(0));
+        let state = Arc::new(UnsafeCell::new((0u32, 0u32)));
+        let one = {
+            let (word, keeper1, dead, state) =
+                (word.clone(), keeper1.clone(), dead.clone(), state.clone());
+            thread::spawn(move || {
+                let lock = OwnerLock::new(&word);
+                if lock.try_lock(1).is_err() {
+                    return false; // owner 2 came first: owner 1 does nothing
+                }
+                // SAFETY: under the lock word, checked by loom.
+                state.with_mut(|s| unsafe {
+                    (*s).1 = 1;
+                    (*s).0 += 1;
+                });
+                // Dies inside: the word and the torn state are left.
+                dead.store(1, Ordering::Relaxed);
+                Held(&keeper1, 11).die();
+                true
+            })
+        };
+        let two = {
+            let (word, keeper1, dead, state) =
+                (word.clone(), keeper1.clone(), dead.clone(), state.clone());
+            thread::spawn(move || {
+                let lock = OwnerLock::new(&word);
+                loop {
+                    match lock.try_lock(2) {
+                        Ok(()) => break,
+                        Err(holder) => {
+                            assert_eq!(holder, 1);
+                            // The holder's liveness: a try of its slot mutex.
+                            if keeper1.try_take(2) {
+                                assert_eq!(dead.load(Ordering::Relaxed), 1, "live holder");
+                                keeper1.holder.store(0, Ordering::Release);
+                                if lock.take_from(1, 2) {
+                                    // SAFETY: the word is ours; the holder is dead.
+                                    state.with_mut(|s| unsafe { (*s).1 = 0 });
+                                    break;
+                                }
+                            }
+                            thread::yield_now();
+                        }
+                    }
+                }
+                // SAFETY: under the lock word.
+                state.with_mut(|s| unsafe {
+                    assert_eq!((*s).1, 0, "a torn state used unrepaired");
+                    (*s).0 += 1;
+                });
+                lock.unlock(2);
+            })
+        };
+        let ran1 = one.join().unwrap();
+        two.join().unwrap();
+        // SAFETY: every thread has joined.
+        let (count, _) = state.with(|s| unsafe { *s });
+        assert_eq!(count, 1 + u32::from(ran1));
     });
 }
