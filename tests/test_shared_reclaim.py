@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from pagebuddy import PageError, Pool
-from pagebuddy._shared import pool_bytes
+from pagebuddy._shared import (
+    OWNER_SLOT,
+    OWNER_TABLE_HEAD,
+    header_bytes,
+    lock_holder,
+    pool_bytes,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "fork"),
@@ -35,6 +41,10 @@ def _child(fn: Any) -> int:
         try:
             fn()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     return pid
@@ -185,7 +195,7 @@ def test_a_forked_child_is_a_new_owner() -> None:
 
 def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a forked child
     """Attach, then allocate, share (get_page on pfns other workers posted on the board) and
-    put, until killed."""
+    put, until killed: about 12 blocks held, and as many references to other workers'."""
     block = shared_memory.SharedMemory(name=name)
     posts = shared_memory.SharedMemory(name=board)
     pool = Pool.attach(block.buf)
@@ -194,11 +204,11 @@ def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a f
     while True:
         r = rng.random()
         try:
-            if r < 0.4 or not held:
+            if not held or (r < 0.4 and len(held) < 12):
                 pfn = pool.alloc_pages(rng.randrange(3))
                 held.append(pfn)
                 struct.pack_into("<Q", posts.buf, 8 * rng.randrange(64), pfn)
-            elif r < 0.7:
+            elif r < 0.7 and len(held) < 24:
                 pfn = struct.unpack_from("<Q", posts.buf, 8 * rng.randrange(64))[0]
                 pool.get_page(pfn)
                 held.append(pfn)
@@ -208,18 +218,29 @@ def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a f
             pass
 
 
+def _shared_pages(pool: Pool, buf: Any, slots: int = 32) -> int:
+    """Held pages whose owner tag says other owners share them (layout version 5)."""
+    tags = (header_bytes(buf) + 63) // 64 * 64 + OWNER_TABLE_HEAD + slots * OWNER_SLOT
+    return sum(
+        1
+        for i in range(pool.nr_pages)
+        if struct.unpack_from("=H", buf, tags + 2 * i)[0] & 0x8000
+        and pool.page_count(pool.base_pfn + i) > 0
+    )
+
+
 def test_killed_workers_leak_nothing() -> None:
     """KILLS workers, 8 at a time, each killed (SIGKILL) at a random instant while it holds
     pages, some of them shared with other workers through get_page. Once every worker is dead,
     one attach gives every page back: free_pages == nr_pages - reserved_pages, check() passes."""
     shm = shared_memory.SharedMemory(create=True, size=pool_bytes(512))
     board = shared_memory.SharedMemory(create=True, size=8 * 64)
+    live: list[tuple[int, float]] = []
     try:
         pool = Pool.create_in(shm.buf, reserved_pages=3, max_order=6)
         expected = pool.nr_pages - 3
         rng = random.Random(21)
-        live: list[tuple[int, float]] = []
-        started = killed = 0
+        started = killed = inside = 0
         t0 = time.perf_counter()
         while started < KILLS or live:
             while started < KILLS and len(live) < 8:
@@ -230,21 +251,27 @@ def test_killed_workers_leak_nothing() -> None:
             for pid, when in [x for x in live if x[1] <= now]:
                 os.kill(pid, signal.SIGKILL)
                 assert _wait(pid) == -signal.SIGKILL
+                inside += lock_holder(shm.buf) == pid  # died holding the pool's lock
                 killed += 1
                 live.remove((pid, when))
             time.sleep(0.001)
+        shared = _shared_pages(pool, shm.buf)
         held_before = expected - pool.free_pages
         after = Pool.attach(shm.buf)
         after.check()
         leaked = expected - after.free_pages
         print(
-            f"\nkill test: {killed} workers killed in {time.perf_counter() - t0:.1f} s; "
-            f"{held_before} pages held by the dead, {leaked} leaked after one attach"
+            f"\nkill test: {killed} workers killed in {time.perf_counter() - t0:.1f} s "
+            f"({inside} holding the lock); {held_before} of {expected} pages held by the dead "
+            f"({shared} shared by several), {leaked} leaked after one attach"
         )
         assert killed == KILLS
         assert after.free_pages == expected, leaked
         del pool, after
     finally:
+        for pid, _ in live:
+            os.kill(pid, signal.SIGKILL)
+            _wait(pid)
         shm.close()
         shm.unlink()
         board.close()
