@@ -193,15 +193,24 @@ def test_a_forked_child_is_a_new_owner() -> None:
         shm.unlink()
 
 
+#: The board: 64 posted pfns, then one byte per worker, set once it holds pages.
+POSTS = 64
+
+
 def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a forked child
     """Attach, then allocate, share (get_page on pfns other workers posted on the board) and
-    put, until killed: about 12 blocks held, and as many references to other workers'."""
+    put, until killed: about 12 blocks held, and as many references to other workers'. The
+    worker's byte on the board is set once it has made 20 calls."""
     block = shared_memory.SharedMemory(name=name)
     posts = shared_memory.SharedMemory(name=board)
     pool = Pool.attach(block.buf)
     rng = random.Random(seed)
     held: list[int] = []
+    calls = 0
     while True:
+        calls += 1
+        if calls == 20:
+            posts.buf[8 * POSTS + seed] = 1
         r = rng.random()
         try:
             if not held or (r < 0.4 and len(held) < 12):
@@ -230,12 +239,14 @@ def _shared_pages(pool: Pool, buf: Any, slots: int = 32) -> int:
 
 
 def test_killed_workers_leak_nothing() -> None:
-    """KILLS workers, 8 at a time, each killed (SIGKILL) at a random instant while it holds
-    pages, some of them shared with other workers through get_page. Once every worker is dead,
-    one attach gives every page back: free_pages == nr_pages - reserved_pages, check() passes."""
+    """KILLS workers, 8 at a time, each killed (SIGKILL) at a random instant (0 to 20 ms after
+    its first 20 calls) while it holds pages, some of them shared with other workers through
+    get_page. Once every worker is dead, one attach gives every page back: free_pages ==
+    nr_pages - reserved_pages, check() passes."""
     shm = shared_memory.SharedMemory(create=True, size=pool_bytes(512))
-    board = shared_memory.SharedMemory(create=True, size=8 * 64)
-    live: list[tuple[int, float]] = []
+    board = shared_memory.SharedMemory(create=True, size=8 * POSTS + KILLS)
+    live: list[tuple[int, int]] = []
+    deadline: dict[int, float] = {}
     try:
         pool = Pool.create_in(shm.buf, reserved_pages=3, max_order=6)
         expected = pool.nr_pages - 3
@@ -245,16 +256,19 @@ def test_killed_workers_leak_nothing() -> None:
         while started < KILLS or live:
             while started < KILLS and len(live) < 8:
                 pid = _child(lambda s=started: _worker(shm.name, board.name, s))
-                live.append((pid, time.perf_counter() + rng.uniform(0.002, 0.03)))
+                live.append((pid, started))
                 started += 1
             now = time.perf_counter()
-            for pid, when in [x for x in live if x[1] <= now]:
-                os.kill(pid, signal.SIGKILL)
-                assert _wait(pid) == -signal.SIGKILL
-                inside += lock_holder(shm.buf) == pid  # died holding the pool's lock
-                killed += 1
-                live.remove((pid, when))
-            time.sleep(0.001)
+            for pid, worker in list(live):
+                if pid not in deadline and board.buf[8 * POSTS + worker]:
+                    deadline[pid] = now + rng.uniform(0, 0.02)
+                if deadline.get(pid, now + 1) <= now:
+                    os.kill(pid, signal.SIGKILL)
+                    assert _wait(pid) == -signal.SIGKILL
+                    inside += lock_holder(shm.buf) == pid  # died holding the pool's lock
+                    killed += 1
+                    live.remove((pid, worker))
+            time.sleep(0.0005)
         shared = _shared_pages(pool, shm.buf)
         held_before = expected - pool.free_pages
         after = Pool.attach(shm.buf)
