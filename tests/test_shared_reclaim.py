@@ -82,6 +82,16 @@ def test_every_handle_is_an_owner_with_its_own_id() -> None:
     a.check()
 
 
+def test_version_4_buffers_are_refused_untouched() -> None:
+    buf = bytearray(pool_bytes(32))
+    Pool.create_in(buf).close()
+    struct.pack_into("=I", buf, 8, 4)
+    before = bytes(buf)
+    with pytest.raises(ValueError, match=r"layout version 4 \(no owner table.*format the buffer"):
+        Pool.attach(buf)
+    assert bytes(buf) == before
+
+
 def test_a_closed_owners_pages_are_reclaimed_and_shared_ones_survive() -> None:
     buf = bytearray(pool_bytes(64))
     a = Pool.create_in(buf, reserved_pages=2)
