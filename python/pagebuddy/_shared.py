@@ -351,9 +351,14 @@ def kill_rounds(
                 time.sleep(rng.uniform(0, max_delay))
                 p = procs.pop(rng.choice(list(procs)))
                 assert p.pid is not None
+                # Stopped first, so that what it holds is read before a survivor takes the
+                # lock over from it (a stopped holder is alive: no one does).
+                os.kill(p.pid, signal.SIGSTOP)
+                os.waitpid(p.pid, os.WUNTRACED)
+                inside = lock_holder(shm.buf) == p.pid
                 os.kill(p.pid, signal.SIGKILL)
                 p.join()
-                if lock_holder(shm.buf) == p.pid:
+                if inside:
                     total["killed_inside_operation"] += 1  # died holding the lock
                 pool.check()
                 total["kills"] += 1
