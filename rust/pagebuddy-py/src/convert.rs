@@ -123,6 +123,10 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
             reserved_pages,
             nr_pages,
         } => format!("reserved_pages must be from 0 to {nr_pages}, got {reserved_pages}"),
+        GeometryError::MaxPages {
+            max_pages,
+            nr_pages,
+        } => format!("max_pages must be >= nr_pages ({nr_pages}), got {max_pages}"),
         GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
         GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
                                             arena has no bytes to zero"
@@ -420,6 +424,13 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} is not held ({})", not_held_reason(page)),
         ),
+        Error::NotCovered { pfn } => raise(
+            py,
+            Exc::Page,
+            format!("{op}: pfn {pfn} is not the pool's (never admitted, or reclaimed)"),
+        ),
+        Error::CannotAdmit { .. } => raise(py, Exc::Page, format!("{op}: {err}")),
+        Error::BelowFloor { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
         Error::RefcountOverflow { pfn } => raise(
             py,
             Exc::Page,

@@ -21,8 +21,12 @@
 //! | `pool->free_pages`, `pool->min_free_pages` | [`Pool::free_pages`], [`Pool::min_free_pages`] |
 
 use crate::arena::Arena;
+#[cfg(target_has_atomic = "32")]
+use crate::cache::CachedPool;
 use crate::config::Config;
 use crate::error::{AdmitError, Error};
+#[cfg(target_has_atomic = "32")]
+use crate::lock::RawLock;
 use crate::pool::{Plan, Pool};
 use crate::store::{LinkStore, PageMeta, ABSENT};
 
@@ -324,5 +328,45 @@ impl Config {
         self.zero = other.zero;
         self.prezeroed = other.prezeroed;
         self
+    }
+}
+
+/// The same calls on a pool with per-CPU caches: each drains every cache first
+/// ([`CachedPool::drain_all`]), so that a reclaim sees every free page and takes the block a
+/// pool without caches would, then runs on the pool under its lock.
+#[cfg(target_has_atomic = "32")]
+impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
+    /// [`Pool::admit`], after draining every cache.
+    pub fn admit(&self, pfn: u64, order: u32) -> Result<(), Error> {
+        self.drain_all()?;
+        self.core.with(|p| p.admit(pfn, order))
+    }
+
+    /// [`Pool::reclaim`], after draining every cache.
+    pub fn reclaim(&self, order: u32) -> Result<u64, Error> {
+        self.drain_all()?;
+        self.core.with(|p| p.reclaim(order))
+    }
+
+    /// [`Pool::reclaim_many`], after draining every cache.
+    pub fn reclaim_many(&self, order: u32, out: &mut [u64]) -> Result<(), Error> {
+        self.drain_all()?;
+        self.core.with(|p| p.reclaim_many(order, out))
+    }
+
+    /// [`Pool::reclaimable`] of the pool's free lists (cached blocks not counted: a reclaim
+    /// drains them first).
+    pub fn reclaimable(&self, order: u32) -> u64 {
+        self.core.with(|p| p.reclaimable(order))
+    }
+
+    /// [`Pool::min_free_pages`].
+    pub fn min_free_pages(&self) -> u32 {
+        self.core.with(|p| p.min_free_pages())
+    }
+
+    /// [`Pool::set_min_free_pages`].
+    pub fn set_min_free_pages(&self, pages: u32) {
+        self.core.with(|p| p.set_min_free_pages(pages))
     }
 }
