@@ -117,7 +117,7 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
         }
         GeometryError::PfnOverflow => format!(
             "base_pfn {}: base_pfn + nr_pages must be <= 2**64 (nr_pages {})",
-            config.base_pfn, config.nr_pages
+            config.base_pfn, config.max_pages
         ),
         GeometryError::Reserved {
             reserved_pages,
@@ -429,7 +429,11 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} is not the pool's (never admitted, or reclaimed)"),
         ),
-        Error::CannotAdmit { .. } => raise(py, Exc::Page, format!("{op}: {err}")),
+        Error::CannotAdmit { pfn, order, why } => raise(
+            py,
+            Exc::Page,
+            format!("{op}: pfn {pfn} order {order} cannot be admitted: {why}"),
+        ),
         Error::BelowFloor { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
         Error::RefcountOverflow { pfn } => raise(
             py,

@@ -390,11 +390,11 @@ impl Pool {
         let ptr = NonNull::new(addr as *mut u8)
             .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
         // SAFETY: `addr` is the start of a writable buffer export of at least
-        // nr_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
+        // max_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
         // `Pool` for as long as the core lives (`inner` is dropped before `_export`), which pins
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
-        let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
+        let arena = unsafe { Arena::from_raw(ptr, geo.max_pages * geo.page_size) };
         Core::new(arena, meta, links, *geo).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, geo),
             e => PyValueError::new_err(format!("Pool: {e}")),
@@ -1275,18 +1275,18 @@ impl Pool {
         Ok(with!(self, py, |p| p.min_free_pages(), |c| c.min_free_pages()))
     }
 
-    #[setter]
+    /// Sets ``min_free_pages``: any int from 0 to 2**32 - 1 (ValueError otherwise).
     fn set_min_free_pages(&self, py: Python<'_>, pages: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.live("min_free_pages")?;
-        let pages = match Int::of(pages, || "min_free_pages")?.at_most(u64::from(u32::MAX)) {
-            Some(v) => v as u32,
-            None => {
-                return Err(PyValueError::new_err(format!(
-                    "min_free_pages must be an int from 0 to {}",
-                    u32::MAX
-                )))
-            }
+        self.live("set_min_free_pages")?;
+        let asked = Int::of(pages, || "set_min_free_pages: pages")?;
+        let Some(pages) = asked.at_most(u64::from(u32::MAX)) else {
+            return Err(PyValueError::new_err(format!(
+                "set_min_free_pages: pages must be from 0 to {}, got {}",
+                u32::MAX,
+                asked.text()
+            )));
         };
+        let pages = pages as u32;
         with!(self, py, |p| p.set_min_free_pages(pages), |c| c
             .set_min_free_pages(pages));
         Ok(())

@@ -203,6 +203,9 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
         }
+        if count == 0 {
+            return Ok(());
+        }
         if self.capacity(order) < count {
             return Err(Error::OutOfMemory { order });
         }
@@ -256,10 +259,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// # Ok::<(), pagebuddy::Error>(())
     /// ```
     pub fn reclaim_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
-        self.check_reclaim(order, out.len() as u64)?;
-        self.alloc_many(order, out)?;
-        for &pfn in out.iter() {
-            self.forget(pfn, order);
+        let count = out.len() as u64;
+        self.check_reclaim(order, count)?;
+        // A corrupt free list is found before the first block leaves (as `alloc_many` does).
+        self.check_alloc_many(order, count)?;
+        for slot in out.iter_mut() {
+            *slot = self.reclaim_planned(order, &mut ())?;
         }
         Ok(())
     }
@@ -336,13 +341,16 @@ impl Config {
 /// pool without caches would, then runs on the pool under its lock.
 #[cfg(target_has_atomic = "32")]
 impl<L: LinkStore, R: RawLock> CachedPool<'_, L, R> {
-    /// [`Pool::admit`], after draining every cache.
+    /// [`Pool::admit`]: the block checked first (a refused one drains nothing: draining frees
+    /// no page the pool does not cover), then every cache drained.
     pub fn admit(&self, pfn: u64, order: u32) -> Result<(), Error> {
+        self.core.with(|p| p.check_admit(pfn, order))?;
         self.drain_all()?;
         self.core.with(|p| p.admit(pfn, order))
     }
 
-    /// [`Pool::reclaim`], after draining every cache.
+    /// [`Pool::reclaim`], after draining every cache (also when it then fails: the caches are
+    /// drained to see every free page).
     pub fn reclaim(&self, order: u32) -> Result<u64, Error> {
         self.drain_all()?;
         self.core.with(|p| p.reclaim(order))
