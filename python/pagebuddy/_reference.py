@@ -181,7 +181,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
 
         ``max_pages`` (default ``nr_pages``): the pages the pool may ever cover, from
         ``base_pfn``; pages past ``nr_pages`` (the initial range, which may then be 0) are
-        nobody's until :meth:`admit`\ ted. Metadata and arena are sized for all of them.
+        nobody's until admitted (:meth:`admit`). Metadata and arena are sized for all of them.
 
         The arguments are checked one after another in the order of the signature, each for
         its type and then its value, as ``Pool`` does. Int arguments go through
@@ -893,10 +893,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
             why = "the block crosses the end of the initial range"
         else:
             covered = next((j for j in range(i, i + size) if not self._absent[j]), None)
-            if covered is None:
-                why = ""
-            else:
-                why = f"pfn {self._base_pfn + covered} is already the pool's"
+            why = "" if covered is None else f"pfn {self._base_pfn + covered} is already the pool's"
         if why:
             raise PageError(_rules.msg_cannot_admit(op, pfn, order, why))
         return pfn, order, i

@@ -18,8 +18,8 @@ Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
 ``links=side|intrusive`` (the link store), ``arena=owned|buffer`` (whether the
 pool owns its arena or is handed a ``bytearray``) and ``max_pages`` (room to grow:
-the pages the pool may cover; ``nr_pages`` may then be 0, a pool built empty). Integers may be written in
-decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
+the pages the pool may cover; ``nr_pages`` may then be 0, a pool built empty).
+Integers may be written in decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
 geometry must be one the constructor accepts, with at most 2**20 pages and an arena
 (``nr_pages * page_size``) of at most 4 GiB.
 
