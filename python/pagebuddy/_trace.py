@@ -19,9 +19,9 @@ Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``links=side|intrusive`` (the link store), ``arena=owned|buffer`` (whether the
 pool owns its arena or is handed a ``bytearray``) and ``max_pages`` (room to grow:
 the pages the pool may cover; ``nr_pages`` may then be 0, a pool built empty).
-Integers may be written in decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
-geometry must be one the constructor accepts, with at most 2**20 pages and an arena
-(``nr_pages * page_size``) of at most 4 GiB.
+Integers may be written in decimal or as ``0x`` hexadecimal (also ``0o``,
+``0b``), with an optional sign. The geometry must be one the constructor accepts,
+with at most 2**20 pages and an arena (``nr_pages * page_size``) of at most 4 GiB.
 
 Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
 ``alloc_many ORDER COUNT`` and ``put_many PFN...``; for pools that grow and shrink,
