@@ -426,8 +426,7 @@ def msg_cannot_admit(op: str, pfn: int, order: int, why: str) -> str:
 def msg_below_floor(op: str, order: int, free_pages: int, floor: int) -> str:
     """A reclaim that would leave fewer than ``min_free_pages`` free pages."""
     return (
-        f"{op}: cannot reclaim order {order}: {free_pages} free pages, floor min_free_pages "
-        f"{floor}"
+        f"{op}: cannot reclaim order {order}: {free_pages} free pages, floor min_free_pages {floor}"
     )
 
 
