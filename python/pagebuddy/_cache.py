@@ -234,8 +234,9 @@ class CachedReferencePool:
     def __repr__(self) -> str:
         """As ``ReferencePool``'s, with the cache settings."""
         state = "closed=True" if self._closed else f"free_pages={self.free_pages}"
+        room = f", max_pages={self.max_pages}" if self.max_pages != self.nr_pages else ""
         return (
-            f"{type(self).__name__}(nr_pages={self.nr_pages}, page_size={self.page_size}, "
+            f"{type(self).__name__}(nr_pages={self.nr_pages}{room}, page_size={self.page_size}, "
             f"base_pfn={self.base_pfn}, max_order={self.max_order}, zero={self.zero!r}, "
             f"cpus={self._cpus}, cache_batch={self._batch}, cache_high={self._high}, "
             f"{state})"
