@@ -1,0 +1,191 @@
+"""Pools that grow and shrink: ``admit``, ``reclaim``, ``reclaim_many``, ``reclaimable`` and the
+``min_free_pages`` floor, on plain, cached and shared pools, native and model alike.
+
+The differential state machines (``test_differential.py``, ``test_cached.py``) and ``pagebuddy
+fuzz --grow`` drive these calls at random in lockstep with the model; this file spells out the
+rules: mainline's external blocks (listed at their order, never merged), the block a reclaim
+takes, the floor, and misuse refused with the state unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pagebuddy import OutOfMemory, PageError, Pool, ReferencePool
+from support import run_cli
+
+POOLS = [Pool, ReferencePool]
+
+
+def state(pool: Any) -> tuple[Any, ...]:
+    """Everything a call could change: free lists, counts, coverage, caches, the floor."""
+    pfns = range(pool.base_pfn, pool.base_pfn + pool.max_pages)
+    covered = [p for p in pfns if pool.covers(p)]
+    caches = [pool.cache_contents(cpu) for cpu in range(pool.cpus)]
+    counts = [pool.page_count(p) for p in covered]
+    return (pool.free_lists(), pool.free_pages, covered, counts, caches, pool.min_free_pages)
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_empty_pool_grown_by_order_zero_admits_serves_as_mainline_external_pages(cls: Any) -> None:
+    """Android's hyp_pool_init_empty, then hyp_pool_admit of single pages: every page is
+    external, so it is listed at order 0 and never coalesced with its free buddy (mainline's
+    __hyp_attach_page), while allocation takes list heads FIFO as ever."""
+    pool = cls(0, max_pages=8, page_size=64)
+    assert (pool.nr_pages, pool.max_pages, pool.max_order, pool.free_pages) == (0, 8, 4, 0)
+    for pfn in (5, 4, 0, 1, 2, 3, 6, 7):
+        pool.admit(pfn, 0)
+    # Four buddy pairs, all free, none merged.
+    assert pool.free_lists() == [[5, 4, 0, 1, 2, 3, 6, 7], [], [], []]
+    with pytest.raises(OutOfMemory):
+        pool.alloc_pages(1)  # eight free pages, no block of two
+    assert [pool.alloc_pages(0) for _ in range(4)] == [5, 4, 0, 1]
+    for pfn in (4, 5, 1, 0):
+        pool.put_page(pfn)  # each to the tail of list 0, its buddy free beside it
+    assert pool.free_lists() == [[2, 3, 6, 7, 4, 5, 1, 0], [], [], []]
+    # An order-1 block admitted past the range splits, and its halves never merge back.
+    grown = cls(0, max_pages=16, page_size=64)
+    grown.admit(8, 1)
+    assert grown.alloc_pages(0) == 8
+    grown.put_page(8)
+    assert grown.free_lists() == [[9, 8], [], [], [], []]
+    pool.check()
+    grown.check()
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_reclaim_takes_the_block_alloc_would_and_its_pages_are_nobodys(cls: Any) -> None:
+    pool, twin = cls(37, base_pfn=5, page_size=64), cls(37, base_pfn=5, page_size=64)
+    for order in (3, 0, 1, 0):
+        assert pool.reclaim(order) == twin.alloc_pages(order)
+    assert pool.free_lists() == twin.free_lists()
+    assert pool.reclaim_many(0, 3) == [twin.alloc_pages(0) for _ in range(3)]
+    assert pool.free_lists() == twin.free_lists()
+    # pfns 8-15 were the first reclaim: every call on them is a PageError naming the pfn.
+    for call in (pool.put_page, pool.get_page, pool.split_page, pool.page_count, pool.view):
+        with pytest.raises(PageError, match=r"pfn 9 is not the pool's"):
+            call(9)
+    assert not pool.covers(9) and pool.covers(16)
+    pool.admit(8, 3)  # back, and coalesced as a block of the initial range
+    assert pool.covers(9)
+    pool.check()
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_floor_stops_reclaim_not_allocation(cls: Any) -> None:
+    pool = cls(16, page_size=64, zero="never", arena=False)
+    assert pool.reclaimable(2) == 4
+    pool.set_min_free_pages(10)
+    assert (pool.min_free_pages, pool.reclaimable(0), pool.reclaimable(2)) == (10, 6, 1)
+    assert pool.reclaim_many(0, 6) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(OutOfMemory, match="floor min_free_pages 10"):
+        pool.reclaim(0)
+    assert pool.alloc_pages(3) == 8  # allocation may use the floor up
+    assert pool.free_pages == 2
+    pool.check()
+
+
+@pytest.mark.parametrize("cls", POOLS)
+@pytest.mark.parametrize("cpus", [0, 2])
+def test_misuse_is_refused_with_the_state_unchanged(cls: Any, cpus: int) -> None:
+    pool = cls(6, max_pages=14, base_pfn=16, page_size=64, cpus=cpus)
+    pool.admit(24, 1)
+    held = pool.alloc_pages(0)
+    pool.put_page(pool.alloc_pages(0))  # something in the caches of a cached pool
+    before = state(pool)
+    refused = [
+        (PageError, "admit", (25, 1), "pfn 25 order 1 cannot be admitted: the head is not"),
+        (PageError, "admit", (20, 2), "crosses the end of the initial range"),
+        (PageError, "admit", (24, 2), "pfn 24 is already the pool's"),
+        (PageError, "admit", (held, 0), f"pfn {held} is already the pool's"),
+        (PageError, "admit", (32, 0), "pfn 32 is outside the pool"),
+        (PageError, "admit", (-1, 0), "pfn -1 is outside the pool"),
+        (PageError, "admit", (24, 3), "runs past the pool's max_pages"),
+        (ValueError, "admit", (26, 5), "order 5 is invalid"),
+        (TypeError, "admit", ("26", 0), "pfn"),
+        (ValueError, "reclaim", (-1,), "order -1 is invalid"),
+        (ValueError, "reclaim_many", (0, -1), "count must be >= 0"),
+        (ValueError, "reclaimable", (9,), "order 9 is invalid"),
+        (ValueError, "set_min_free_pages", (-1,), "pages must be from 0"),
+        (TypeError, "set_min_free_pages", (1.5,), "pages"),
+    ]
+    for exc, method, args, text in refused:
+        with pytest.raises(exc, match=text):
+            getattr(pool, method)(*args)
+        assert state(pool) == before, (method, args)
+    pool.check()
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_cached_pools_drain_before_they_grow_or_shrink(cls: Any) -> None:
+    pool = cls(16, max_pages=24, page_size=64, cpus=2, cache_batch=2, cache_high=4)
+    plain = cls(16, max_pages=24, page_size=64)
+    pfn = pool.alloc_pages(0, cpu=0)
+    pool.put_page(pfn, cpu=0)
+    assert any(pool.cache_contents(0))
+    # The reclaim sees every free page: the caches go back first, then alloc_pages' block.
+    assert pool.reclaim(0) == plain.reclaim(0)
+    assert not any(pool.cache_contents(0)) and pool.free_lists() == plain.free_lists()
+    pool.admit(16, 3)
+    plain.admit(16, 3)
+    assert pool.free_lists() == plain.free_lists()
+    pool.check()
+
+
+def test_arena_room_holds_admitted_blocks_and_they_are_zeroed() -> None:
+    """The arena spans max_pages: a block admitted past the initial range has its bytes
+    there, zeroed under zero='free' as a freed block is; a reclaimed block's bytes are the
+    caller's (no view: the pool no longer covers them)."""
+    buf = bytearray(b"\xaa" * (16 * 64))
+    pool = Pool(8, max_pages=16, page_size=64, buffer=buf)
+    assert bytes(buf[8 * 64 :]) == b"\xaa" * (8 * 64)  # not the pool's yet: untouched
+    pool.admit(8, 3)
+    assert bytes(buf[8 * 64 :]) == bytes(8 * 64)
+    pfn = pool.reclaim(3)
+    assert pfn == 0
+    buf[:64] = b"\x55" * 64  # the caller's now
+    pool.admit(0, 3)
+    assert bytes(buf[:64]) == bytes(64)
+    pool.check()
+
+
+def test_shared_pools_grow_and_shrink_and_another_handle_sees_it() -> None:
+    buf = bytearray(1 << 16)
+    pool = Pool.create_in(buf, page_size=4096, max_order=5)
+    other = Pool.attach(buf)
+    before = state(other)
+    pfn = pool.reclaim(2)
+    assert not other.covers(pfn) and other.free_pages == before[1] - 4
+    with pytest.raises(PageError, match=f"pfn {pfn} is not the pool's"):
+        other.put_page(pfn)
+    assert pfn == 8
+    with pytest.raises(PageError, match="pfn 0 is already the pool's"):
+        other.admit(0, 3)
+    other.admit(pfn, 2)
+    assert state(pool) == before
+    pool.check()
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_constructor_takes_max_pages(cls: Any) -> None:
+    assert cls(8).max_pages == 8
+    assert "max_pages=32" in repr(cls(8, max_pages=32))
+    for bad in ({"max_pages": 4}, {"max_pages": 0}):
+        with pytest.raises(ValueError):
+            cls(8, **bad)
+    with pytest.raises(ValueError):
+        cls(0)
+    with pytest.raises(ValueError):
+        cls(0, max_pages=8, reserved_pages=1)
+    with pytest.raises(ValueError):
+        cls(4, max_pages=8, base_pfn=2**64 - 6)
+
+
+def test_fuzz_grow_runs_in_lockstep() -> None:
+    proc = run_cli("fuzz", "--grow", "--ops", "20000", "--seed", "7", "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    assert report["divergence"] is None and report["ops"] == 20000
