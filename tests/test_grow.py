@@ -10,11 +10,16 @@ takes, the floor, and misuse refused with the state unchanged.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+from multiprocessing import shared_memory
 from typing import Any
 
 import pytest
 
 from pagebuddy import OutOfMemory, PageError, Pool, ReferencePool
+from pagebuddy._shared import held_pages, lock_holder, pool_bytes
 from support import run_cli
 
 POOLS = [Pool, ReferencePool]
@@ -167,6 +172,59 @@ def test_shared_pools_grow_and_shrink_and_another_handle_sees_it() -> None:
     other.admit(pfn, 2)
     assert state(pool) == before
     pool.check()
+
+
+def _grow_child(name: str, crash_at: int) -> None:
+    """Reclaims and admits on a shared pool, killed (SIGKILL) at crash point ``crash_at``; exits
+    0 if the sequence ends first."""
+    from pagebuddy._native import _crash_after
+
+    shm = shared_memory.SharedMemory(name=name)
+    pool = Pool.attach(shm.buf)
+    _crash_after(crash_at)
+    big = pool.reclaim(2)
+    one = pool.reclaim(0)
+    pool.admit(big, 2)
+    pages = pool.reclaim_many(0, 3)
+    for pfn in pages:
+        pool.admit(pfn, 0)
+    pool.admit(one, 0)
+    _crash_after(0)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("links", ["side", "intrusive"])
+def test_shared_admit_and_reclaim_are_journaled_at_every_crash_point(links: str) -> None:
+    """A child killed at each crash point in turn of a sequence of reclaims and admits: the pool
+    it leaves passes check() once recovered, and every page is free or not the pool's (the
+    child holds none), none lost and none twice."""
+    shm = shared_memory.SharedMemory(create=True, size=pool_bytes(64))
+    try:
+        ctx = multiprocessing.get_context("fork")
+        stopped = 0
+        for crash_at in range(1, 200):
+            pool = Pool.create_in(shm.buf, max_order=4, links=links)
+            child = ctx.Process(target=_grow_child, args=(shm.name, crash_at))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                assert child.exitcode == -signal.SIGKILL, child.exitcode
+                assert lock_holder(shm.buf) == child.pid  # stopped inside an operation
+                stopped += 1
+            pool.check()
+            pfns = range(pool.base_pfn, pool.base_pfn + pool.max_pages)
+            uncovered = sum(1 for p in pfns if not pool.covers(p))
+            assert held_pages(pool) == {}
+            assert pool.free_pages + uncovered == pool.max_pages
+            del pool
+            if child.exitcode == 0:
+                break
+        else:
+            raise AssertionError("the sequence never ended")
+        assert stopped > 10, stopped
+    finally:
+        shm.close()
+        shm.unlink()
 
 
 @pytest.mark.parametrize("cls", POOLS)

@@ -1177,6 +1177,9 @@ impl Pool {
     /// Number of pages the pool started with: its initial range (mainline's ``range_start`` to
     /// ``range_end``), where blocks coalesce.
     #[getter]
+    // The constructor's `nr_pages` is the geometry's initial range; `Geometry::nr_pages` counts
+    // every page the pool may cover (`max_pages` here).
+    #[allow(clippy::misnamed_getters)]
     fn nr_pages(&self) -> u32 {
         self.geo.range_pages
     }

@@ -149,10 +149,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     ) -> Result<(), Error> {
         let idx = self.check_admit(pfn, order)?;
         let end = idx + (1 << order);
-        for i in idx..end {
-            plan.note(i, self.meta[i as usize]);
-        }
-        // The buddies it merges with (none for an external block) and the list it joins.
+        // The head; its tails go from ABSENT to INIT in increasing order (a shared pool
+        // journals them as a range, see `layout.rs`); then the buddies it merges with (none for
+        // an external block) and the list it joins.
+        plan.note(idx, self.meta[idx as usize]);
         self.check_attach(idx, order, plan)?;
         plan.begin();
         for m in &mut self.meta[idx as usize..end as usize] {
@@ -198,7 +198,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// Why a reclaim of `count` blocks of `order` cannot be done, if it cannot; reads only.
-    fn check_reclaim(&self, order: u32, count: u64) -> Result<(), Error> {
+    pub(crate) fn check_reclaim(&self, order: u32, count: u64) -> Result<(), Error> {
         let max_order = self.geo.max_order;
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
@@ -233,7 +233,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The block of `order` at `pfn`, just taken off the free lists as if allocated, leaves
-    /// the pool: its pages become [`ABSENT`].
+    /// the pool: its pages become [`ABSENT`], the head first, then the tails in increasing
+    /// order (a shared pool journals them as a range, see `layout.rs`).
     fn forget(&mut self, pfn: u64, order: u32) {
         if let Some(idx) = self.geo.index(pfn) {
             let end = (idx as usize + (1 << order)).min(self.meta.len());
