@@ -103,7 +103,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// pool.admit(8, 0)?;
     /// pool.admit(9, 0)?; // external: pages 8 and 9 stay two order-0 blocks
     /// assert_eq!(pool.buddyinfo(), &[2, 0, 0, 1, 0]);
-    /// let why = AdmitError::Covered { pfn: 9 };
+    /// let why = AdmitError::Covered { pfn: 8 };
     /// assert_eq!(pool.admit(8, 1), Err(Error::CannotAdmit { pfn: 8, order: 1, why }));
     /// pool.check()?;
     /// # Ok::<(), Error>(())
