@@ -247,3 +247,102 @@ def test_fuzz_grow_runs_in_lockstep() -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     assert report["divergence"] is None and report["ops"] == 20000
+
+
+def _grow_worker(name: str, seed: int, steps: int) -> None:
+    """Random reclaims, admits back, allocations and frees on a shared pool; at the end every
+    block it reclaimed is admitted back and every block it holds is put."""
+    import random
+
+    shm = shared_memory.SharedMemory(name=name)
+    pool = Pool.attach(shm.buf)
+    rng = random.Random(seed)
+    reclaimed: list[tuple[int, int]] = []
+    held: list[int] = []
+    for _ in range(steps):
+        r, order = rng.random(), rng.randrange(3)
+        try:
+            if r < 0.3:
+                reclaimed.append((pool.reclaim(order), order))
+            elif r < 0.5 and reclaimed:
+                pool.admit(*reclaimed.pop(rng.randrange(len(reclaimed))))
+            elif r < 0.8:
+                held.append(pool.alloc_pages(order))
+            elif held:
+                pool.put_page(held.pop(rng.randrange(len(held))))
+        except OutOfMemory:
+            pass
+    for pfn, order in reclaimed:
+        pool.admit(pfn, order)
+    pool.put_many(held)
+    os._exit(0)
+
+
+def test_shared_pool_grown_and_shrunk_by_processes_at_once_loses_no_page() -> None:
+    """Four processes reclaim, admit, allocate and free on one shared pool at the same time;
+    once they have given everything back, every page is free again and check() passes."""
+    shm = shared_memory.SharedMemory(create=True, size=pool_bytes(256))
+    try:
+        pool = Pool.create_in(shm.buf, max_order=5)
+        total = pool.free_pages
+        ctx = multiprocessing.get_context("fork")
+        workers = [ctx.Process(target=_grow_worker, args=(shm.name, s, 3000)) for s in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+            assert w.exitcode == 0
+        pool.check()
+        assert pool.free_pages == total
+        assert all(pool.covers(p) for p in range(pool.base_pfn, pool.base_pfn + total))
+        del pool
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_cached_pool_grown_and_shrunk_by_threads_at_once_loses_no_page() -> None:
+    """Threads on their own slots allocate and free while others reclaim and admit back (each
+    draining every cache first); at the end every page is free again and check() passes."""
+    import random
+    import threading
+
+    pool = Pool(512, max_pages=640, page_size=64, cpus=4, cache_batch=4, cache_high=8)
+    for pfn in range(512, 640, 8):
+        pool.admit(pfn, 3)
+    total = pool.free_pages
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        held: list[int] = []
+        reclaimed: list[tuple[int, int]] = []
+        try:
+            for _ in range(2000):
+                r, order = rng.random(), rng.randrange(3)
+                try:
+                    if r < 0.2:
+                        reclaimed.append((pool.reclaim(order), order))
+                    elif r < 0.35 and reclaimed:
+                        pool.admit(*reclaimed.pop())
+                    elif r < 0.7:
+                        held.append(pool.alloc_pages(order, cpu=seed))
+                    elif held:
+                        pool.put_page(held.pop(rng.randrange(len(held))), cpu=seed)
+                except OutOfMemory:
+                    pass
+            for pfn, order in reclaimed:
+                pool.admit(pfn, order)
+            pool.put_many(held, cpu=seed)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    pool.drain_all()
+    pool.check()
+    assert pool.free_pages == total
