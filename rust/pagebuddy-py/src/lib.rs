@@ -283,6 +283,10 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// holding at most nr_pages // 8 pages (cache_sizes() and cache_bound show it); either one
 /// given fixes the sizes (the other at its default, 16 or 64).
 /// close(), or the end of a ``with Pool(...) as pool:`` block, lets the buffer go at once.
+/// max_pages=M (at least nr_pages, which may then be 0) gives the pool room to grow: metadata and
+/// arena (buffer: M * page_size bytes) for M pages, the first nr_pages its initial range, the
+/// rest nobody's until admit(pfn, order) adds them as external blocks, never coalesced;
+/// reclaim(order) takes free blocks out (docs/grow.md).
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
