@@ -346,3 +346,35 @@ def test_cached_pool_grown_and_shrunk_by_threads_at_once_loses_no_page() -> None
     pool.drain_all()
     pool.check()
     assert pool.free_pages == total
+
+
+class FloorlessPool:
+    """A Pool whose reclaim ignores the floor (a bug ``fuzz --grow`` must find)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pool = Pool(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def reclaim(self, order: int) -> int:
+        floor = self._pool.min_free_pages
+        self._pool.set_min_free_pages(0)
+        try:
+            return self._pool.reclaim(order)
+        finally:
+            self._pool.set_min_free_pages(floor)
+
+
+def test_fuzz_grow_finds_a_reclaim_below_the_floor_and_shrinks_it() -> None:
+    from pagebuddy import _fuzz
+    from pagebuddy._lockstep import diverges
+
+    cfg = _fuzz.FuzzConfig(ops=40_000, seed=3, grow=True, shrink_seconds=20)
+    result = _fuzz.fuzz(cfg, pool_cls=FloorlessPool)
+    assert result.divergence is not None
+    assert result.shrunk_geometry is not None and result.shrunk_geometry.max_pages is not None
+    assert 1 <= len(result.shrunk_ops) < len(result.episode_ops)
+    assert any(op[0] == "floor" for op in result.shrunk_ops)
+    assert diverges(result.shrunk_geometry, result.shrunk_ops, FloorlessPool) is not None
+    assert diverges(result.shrunk_geometry, result.shrunk_ops) is None

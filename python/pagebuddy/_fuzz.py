@@ -616,7 +616,7 @@ def shrink(
             if time.perf_counter() >= deadline:
                 break
             g2 = g.replace(**change)
-            cand = _rebase(items, g.base_pfn, g2.base_pfn, g.nr_pages)
+            cand = _rebase(items, g.base_pfn, g2.base_pfn, g.span)
             d2 = test(g2, cand)
             if d2 is not None:
                 g, d, items = g2, d2, cut(cand, d2)
