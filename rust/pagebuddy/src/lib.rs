@@ -64,6 +64,9 @@ mod handoff;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
 mod lock;
+// The owners of shared pools: their table and accounting live in the shared bytes.
+#[cfg(all(target_has_atomic = "32", not(loom)))]
+pub mod owners;
 mod pool;
 mod query;
 #[cfg(target_has_atomic = "32")]
@@ -87,8 +90,8 @@ pub use handoff::{Handoff, HandoffPool};
 pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
-    pages_that_fit, InHeader, LayoutError, OuterGuard, SharedGuard, SharedLinks, SharedPool,
-    HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
+    pages_that_fit, pages_that_fit_with, InHeader, LayoutError, OuterGuard, SharedGuard,
+    SharedLinks, SharedPool, HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
 };
 #[cfg(target_has_atomic = "8")]
 pub use lock::SpinLock;
