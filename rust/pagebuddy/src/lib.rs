@@ -63,6 +63,8 @@ mod handoff;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
 mod lock;
+#[cfg(feature = "hugepages")]
+pub mod mapped;
 mod pool;
 mod query;
 #[cfg(target_has_atomic = "32")]
