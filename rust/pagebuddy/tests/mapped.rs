@@ -63,7 +63,6 @@ fn pools_run_on_mapped_memory_with_both_stores() {
         side.put(pfn).unwrap();
     }
     assert_eq!(side.free_pages() as usize, n);
-    drop(side);
 
     let mut meta = MappedSlice::<PageMeta>::zeroed(n, Advice::HugePages).unwrap();
     meta.fill(PageMeta::INIT);
