@@ -14,7 +14,9 @@
 //! targets without `mmap` the memory comes from the global allocator, zeroed.
 //!
 //! Nothing is written when the region is mapped: pages are committed as the pool touches them,
-//! so a side table's links cost memory only where blocks are listed.
+//! so a side table's links cost memory only where blocks are listed. The mapping is an ordinary
+//! one (no `MAP_NORESERVE`): a size the kernel would never be able to commit is refused up
+//! front, as the global allocator's would be.
 //!
 //! ```
 //! use pagebuddy::mapped::{Advice, MappedSlice};
@@ -318,7 +320,7 @@ mod sys {
                 core::ptr::null_mut(),
                 over,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
