@@ -392,7 +392,168 @@ fn shifts() -> Vec<u32> {
     }
 }
 
+/// The loop a profile measures: `step` `ops` times. Its own function, never inlined, so that
+/// `valgrind --tool=callgrind --toggle-collect='*profiled*'` counts this loop and nothing of the
+/// setup.
+#[inline(never)]
+fn profiled(ops: usize, step: &mut dyn FnMut()) {
+    for _ in 0..ops {
+        step();
+    }
+}
+
+/// `ops` untimed steps, so that the caches hold what the steady state holds, then `ops` more
+/// through `profiled`.
+fn warm_then_profile(ops: usize, step: &mut dyn FnMut()) {
+    for _ in 0..ops {
+        step();
+    }
+    profiled(ops, step);
+}
+
+/// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled`.
+fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
+    match workload {
+        "hot" => warm_then_profile(ops, &mut || {
+            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
+            a.free(black_box(h), 0);
+        }),
+        "churn" => {
+            let mut all: Vec<usize> = (0..n)
+                .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
+                .collect();
+            Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
+            for &h in &all[n / 2..] {
+                a.free(h, 0);
+            }
+            all.truncate(n / 2);
+            let mut rng = Rng::new(SEED_CHURN);
+            warm_then_profile(ops, &mut || {
+                let i = rng.below(all.len());
+                a.free(all[i], 0);
+                all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
+            })
+        }
+        "mixed" => {
+            let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
+            let mut pages = 0usize;
+            let mut rng = Rng::new(SEED_MIXED);
+            let mut step = || {
+                if pages < n / 2 {
+                    let k = loop {
+                        let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
+                        if k <= MIXED_MAX_ORDER {
+                            break k;
+                        }
+                    };
+                    if let Some(h) = a.alloc(k) {
+                        held.push((h, k));
+                        pages += 1 << k;
+                    }
+                } else {
+                    let i = rng.below(held.len());
+                    let (h, k) = held.swap_remove(i);
+                    a.free(h, k);
+                    pages -= 1 << k;
+                }
+            };
+            for _ in 0..2 * n {
+                step();
+            }
+            warm_then_profile(ops, &mut step)
+        }
+        _ => fail("BENCH_FLOOR_PROFILE: workload is floor, hot, churn or mixed"),
+    }
+}
+
+/// `BENCH_FLOOR_PROFILE=workload/store/shift[:ops]` (workload `floor`, `hot`, `churn` or
+/// `mixed`; store `side-table`, `intrusive` or `frame` for FrameAllocator; 4 KiB pages): builds
+/// that state, runs `ops` operations (default 100,000) untimed and `ops` more through
+/// `profiled`, for callgrind's cache simulation to count the misses of those alone
+/// (`scripts/misses.py`).
+fn profile(arg: &str) {
+    let (name, ops) = match arg.split_once(':') {
+        Some((n, o)) => (n, o.parse().unwrap_or(100_000)),
+        None => (arg, 100_000usize),
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    let [workload, store, shift] = parts[..] else {
+        fail("BENCH_FLOOR_PROFILE: expected workload/store/shift[:ops]")
+    };
+    let n = 1usize << shift.parse::<u32>().unwrap_or_else(|_| fail("shift"));
+    let advice = Advice::Default;
+    match store {
+        "side-table" => {
+            let mut meta = map::<PageMeta>(n, advice);
+            let mut links = map::<Link>(n, advice);
+            if workload == "floor" {
+                let mut nodes = Vec::new();
+                lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+                lines(links.as_mut_ptr().cast(), n * 8, LINE, &mut nodes);
+                // SAFETY: as in `side_case`.
+                return unsafe { chase_for_profile(&mut nodes, ops) };
+            }
+            meta.fill(PageMeta::INIT);
+            links.fill(Link::EMPTY);
+            match Pool::without_arena(&mut meta, SideTable::new(&mut links), config(n)) {
+                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
+                Err(e) => fail(&format!("floor: pool: {e}")),
+            }
+        }
+        "intrusive" => {
+            let mut meta = map::<PageMeta>(n, advice);
+            let mut arena = map::<u8>(n * PAGE, advice);
+            if workload == "floor" {
+                let mut nodes = Vec::new();
+                lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+                lines(arena.as_mut_ptr(), n * PAGE, PAGE, &mut nodes);
+                // SAFETY: as in `intrusive_case`.
+                return unsafe { chase_for_profile(&mut nodes, ops) };
+            }
+            meta.fill(PageMeta::INIT);
+            match Pool::new(Arena::new(&mut arena), &mut meta, Intrusive, config(n)) {
+                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
+                Err(e) => fail(&format!("floor: pool: {e}")),
+            }
+        }
+        "frame" => {
+            let mut f = FrameAllocator::new();
+            f.add_frame(0, n);
+            profile_workload(workload, n, ops, Frame(f))
+        }
+        _ => fail("BENCH_FLOOR_PROFILE: store is side-table, intrusive or frame"),
+    }
+    eprintln!("profiled {ops} operations of {name}");
+}
+
+/// The floor's chase for a profile: the cycle built and walked once untimed, then `ops` reads
+/// through `profiled`.
+///
+/// # Safety
+/// As [`chase`].
+unsafe fn chase_for_profile(nodes: &mut [usize], ops: usize) {
+    Rng::new(0xF100_12EE).shuffle(nodes);
+    for i in 0..nodes.len() {
+        let next = nodes[(i + 1) % nodes.len()];
+        // SAFETY: the caller's promise.
+        unsafe { *(nodes[i] as *mut usize) = next };
+    }
+    let mut p = nodes[0];
+    let mut read = || {
+        // SAFETY: every node holds the address of another node (written above).
+        p = unsafe { *(p as *const usize) };
+    };
+    for _ in 0..nodes.len() {
+        read();
+    }
+    profiled(ops, &mut read);
+    black_box(p);
+}
+
 fn main() {
+    if let Ok(p) = std::env::var("BENCH_FLOOR_PROFILE") {
+        return profile(&p);
+    }
     // `cargo bench` passes `--bench`; this target takes no other argument.
     let rounds = if short() { 3 } else { 7 };
     let started = std::time::SystemTime::now()
