@@ -1514,6 +1514,120 @@ def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str
             rows.append((target, "no floor measured at 2^22 pages", "not measured"))
 
 
+MISSES = ROOT / "docs" / "data" / "misses.json"
+MISS_STORES = {
+    "side-table": "pagebuddy, side table",
+    "intrusive": "pagebuddy, intrusive",
+    "frame": "FrameAllocator",
+}
+MISS_WORKLOADS = {
+    "floor": (
+        "read",
+        "one read of the chase; its misses are what one operation would cost at the floor",
+    ),
+    "hot": (
+        "pair",
+        "on a free pool each order-0 alloc splits an order-10 block ten times and the free "
+        "merges it back ten times; the FIFO lists hand out the next order-10 block each pair, "
+        "so consecutive pairs walk all of that list's blocks",
+    ),
+    "churn": (
+        "step",
+        "a free of a random held page (its metadata, its buddy's, the list's ends and the "
+        "link it is listed with) and an allocation that takes that page back",
+    ),
+    "mixed": (
+        "step",
+        "an allocation of a drawn order (list take, splits) or the free of a random held "
+        "block (its merges): a few random pages' metadata and links each",
+    ),
+}
+
+
+def misses_section(out: list[str]) -> None:
+    """What bounds each workload: misses per operation, from docs/data/misses.json (written by
+    scripts/misses.py; nothing when it is missing). The times are the floor section's."""
+    try:
+        d = json.loads(MISSES.read_text())
+    except (OSError, ValueError):
+        return
+    caches = d["caches"]
+
+    def cache(name: str) -> str:
+        c = caches[name]
+        return f"{name} {fmt_bytes(c['bytes'])} {c['ways']}-way"
+
+    out += [
+        "## What bounds each workload",
+        "",
+        f"`{d['command']}` ({d['date']}; {d['cpu']}; {d['valgrind']}; "
+        f"{d['seconds']} s): callgrind's cache simulation of this CPU's data caches "
+        f"({', '.join(cache(k) for k in ('L1d', 'L2', 'L3') if k in caches)}, 64-byte lines; "
+        "run once with the L2 and once with the L3 as the last level), over "
+        f"{d['ops']:,} operations of each workload counted after as many untimed ones, in the "
+        "floor benchmark's profile mode (`BENCH_FLOOR_PROFILE`, 4 KiB pages). Cells: data "
+        "misses (reads and writes) per operation at each level, and instructions per "
+        "operation; the times are those of the floor section. Callgrind simulates no TLB: what "
+        "a page walk adds shows in the floor section as the difference between 4 KiB and huge "
+        "pages. Figures from `docs/data/misses.json`.",
+        "",
+        "| pages | allocator | workload | instructions | L1d misses | L2 misses | L3 misses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for c in d["cases"]:
+        pages = 1 << c["shift"]
+        if "workload" not in c:
+            notes.append(f"{pow2(pages)}, {MISS_STORES[c['store']]}: {c['note']}.")
+            continue
+        w = c["workload"]
+        out.append(
+            f"| {pow2(pages)} | {MISS_STORES[c['store']]} | {w} (per {MISS_WORKLOADS[w][0]}) "
+            f"| {c['instructions']:,.0f} | {c['l1d']:.2f} | {c['l2']:.2f} | {c['l3']:.2f} |"
+        )
+    out.append("")
+    if notes:
+        out += [" ".join(notes), ""]
+
+    # Per workload: what it touches, and what the counts say about the bound.
+    by = {(1 << c["shift"], c["store"], c["workload"]): c for c in d["cases"] if "workload" in c}
+    for w, (unit, what) in MISS_WORKLOADS.items():
+        if w == "floor":
+            continue
+        parts = []
+        for (pages, store, ww), c in sorted(by.items()):
+            if ww != w or store == "frame":
+                continue
+            fl = by.get((pages, store, "floor"))
+            bound = (
+                "memory: at least one miss to memory a "
+                + unit
+                + (f", the floor's read making {fl['l3']:.2f}" if fl else "")
+                if c["l3"] >= 0.9
+                else "the L3: misses of the L2 served by the L3, under one to memory a " + unit
+                if c["l2"] >= 0.9
+                else "instructions and the near caches: under one L2 miss a " + unit
+            )
+            parts.append(
+                f"{pow2(pages)} {store.replace('-', ' ')}: {c['instructions']:,.0f} "
+                f"instructions, {c['l1d']:.2f} / {c['l2']:.2f} / {c['l3']:.2f} misses; bound by "
+                f"{bound}"
+            )
+        frame = [
+            f"{pow2(pages)} {c['instructions']:,.0f} instructions, {c['l3']:.2f} L3 misses"
+            for (pages, store, ww), c in sorted(by.items())
+            if ww == w and store == "frame"
+        ]
+        if parts:
+            out += [
+                f"- **{w}** ({what}). "
+                + "; ".join(parts)
+                + (f". FrameAllocator: {', '.join(frame)}" if frame else "")
+                + ".",
+                "",
+            ]
+
+
 PYTHON_HEADING = "## Python: `Pool` against `ReferencePool`"
 DISTURBED = (
     "the two programs ran under different load (a busy machine), so their difference is not the "
@@ -1662,6 +1776,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, bounds = evaluate(run, counts)
     floor_out: list[str] = []
     floor_section(run, floor_out, rows)
+    misses_section(floor_out)
     python_out: list[str] = []
     python_section(run, python_out, rows)
 
