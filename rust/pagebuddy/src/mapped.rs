@@ -111,6 +111,14 @@ mod sealed {
 /// of them before anything is written. Sealed: implemented for the pool's per-page types and
 /// the unsigned integers.
 ///
+/// ```
+/// use pagebuddy::mapped::{Advice, MappedSlice, ZeroValid};
+/// fn zeroed<T: ZeroValid>(n: usize) -> MappedSlice<T> {
+///     MappedSlice::zeroed(n, Advice::Default).unwrap()
+/// }
+/// assert_eq!(zeroed::<pagebuddy::Link>(2)[1], pagebuddy::Link { prev: 0, next: 0 });
+/// ```
+///
 /// # Safety
 /// Every bit pattern of zeros must be a valid value of the type.
 pub unsafe trait ZeroValid: sealed::Sealed + Sized {}
