@@ -1365,7 +1365,13 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
                 huge = c.get("anon_huge_kib")
                 mapping = advice_name
                 if advice == "huge" and not c.get("huge_advised"):
-                    mapping += " (advice refused)"
+                    # The largest mapping: the links (8 bytes a page), or the arena.
+                    largest = pages * (8 if store == "side-table" else data["page_size"])
+                    mapping += (
+                        " (not advised: smaller than one)"
+                        if largest < 2 << 20
+                        else " (advice refused)"
+                    )
                 out.append(
                     f"| {pow2(pages)} | {store_name} | {mapping} | "
                     f"{fmt_bytes(c['state_bytes'])} | {floor_cell} | "
@@ -1382,7 +1388,14 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
     out.append("")
     out += notes.render()
     out += [
-        "Cells: time per operation (its multiple of the floor of the same store and mapping).",
+        "Cells: time per operation (its multiple of the floor of the same store and mapping)."
+        + (
+            " The machine was busy during this run: the floor and the workloads ran at "
+            "different moments, so their ratios carry the swings of the load; read them "
+            "against a run on a quiet machine before judging a goal."
+            if busy(machine())
+            else ""
+        ),
         "",
     ]
 

@@ -20,7 +20,9 @@
 //! - `buddy_system_allocator::FrameAllocator` on the same workloads, per size (no mapping of
 //!   its own: its B-trees come from the global allocator).
 //!
-//! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`). An intrusive
+//! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
+//! rounds run half before and half after the workloads, so that it sees the machine's load as
+//! they did. An intrusive
 //! pool touches every page of its arena on the way to the churn state (16 GiB at 2^22 pages of
 //! 4 KiB): unless the machine has twice that much memory available (`MemAvailable`), its floor,
 //! churn and mixed are reported as not measured, with the reason, and only its hot pair (a fresh
@@ -96,12 +98,12 @@ fn timed(rounds: usize, ops: usize, mut step: impl FnMut()) -> f64 {
 }
 
 /// The floor over the lines starting at `nodes` (addresses, each valid for a `usize` write and
-/// read): links them into one random cycle, then chases it. ns per read.
+/// read): links them into one random cycle, then chases it. ns per read, one figure a round.
 ///
 /// # Safety
 /// Every address in `nodes` is 8-byte aligned and points into memory owned by the caller that
 /// nothing else uses meanwhile, the nodes at least 8 bytes apart.
-unsafe fn chase(nodes: &mut [usize], rounds: usize) -> f64 {
+unsafe fn chase(nodes: &mut [usize], rounds: usize) -> Vec<f64> {
     Rng::new(0xF100_12EE).shuffle(nodes);
     for i in 0..nodes.len() {
         let next = nodes[(i + 1) % nodes.len()];
@@ -119,14 +121,13 @@ unsafe fn chase(nodes: &mut [usize], rounds: usize) -> f64 {
         black_box(p);
     };
     walk(nodes.len());
-    let per = (0..rounds)
+    (0..rounds)
         .map(|_| {
             let t = Instant::now();
             walk(hops);
             t.elapsed().as_nanos() as f64 / hops as f64
         })
-        .collect();
-    median(per)
+        .collect()
 }
 
 /// The start of every `stride`-byte line of `bytes` bytes at `base`.
@@ -272,9 +273,10 @@ fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
     let mut nodes = Vec::with_capacity(n * 12 / LINE + 2);
     lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
     lines(links.as_mut_ptr().cast(), n * 8, LINE, &mut nodes);
+    // The floor's rounds before and after the workloads, so that a change of load on the
+    // machine meanwhile moves the floor as it moves the workloads.
     // SAFETY: the nodes are the line starts of two live mappings of ours, 64 bytes apart.
-    let floor = unsafe { chase(&mut nodes, rounds) };
-    drop(nodes);
+    let mut floor_rounds = unsafe { chase(&mut nodes, rounds) };
     let ns = workloads(n, rounds, || {
         meta.fill(PageMeta::INIT);
         links.fill(Link::EMPTY);
@@ -291,14 +293,17 @@ fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
             Err(e) => fail(&format!("floor: pool: {e}")),
         }
     });
+    let anon_huge_kib = anon_huge_kib();
+    // SAFETY: as above; no pool is alive any more.
+    floor_rounds.extend(unsafe { chase(&mut nodes, rounds) });
     Case {
         shift,
         store: Store::Side,
         advice,
         huge_advised: links.huge_advised(),
-        anon_huge_kib: anon_huge_kib(),
+        anon_huge_kib,
         state_bytes: n * 12,
-        floor: Some(floor),
+        floor: Some(median(floor_rounds)),
         ns: ns.map(Some),
         note: String::new(),
     }
@@ -314,10 +319,36 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
     // At most half of what is available, so that the run leaves the machine's other work room.
     let fits = room.is_some_and(|r| 2 * arena_bytes < r);
     let mut note = String::new();
-    let floor = if fits {
-        let mut nodes = Vec::with_capacity(n + n * 4 / LINE + 1);
+    if !fits && advice == Advice::HugePages {
+        // Even a fresh pool writes a link into the head page of each of its n / 1024 free
+        // blocks, and each write commits the 2 MiB around it: half the arena.
+        let note = format!(
+            "not measured: even a fresh intrusive pool writes a link into each of its {} free \
+             blocks, and with huge pages each write commits 2 MiB, {} MiB in all; the machine \
+             had {} MiB available",
+            n >> (ORDER_CAP - 1),
+            (n >> (ORDER_CAP - 1)) * 2,
+            room.map_or("an unknown number of".into(), |r| (r >> 20).to_string())
+        );
+        eprintln!("floor/2^{shift}/intrusive/huge: {note}");
+        return Case {
+            shift,
+            store: Store::Intrusive,
+            advice,
+            huge_advised: arena.huge_advised(),
+            anon_huge_kib: anon_huge_kib(),
+            state_bytes: n * 4 + n * LINE,
+            floor: None,
+            ns: [None; 3],
+            note,
+        };
+    }
+    let mut nodes = Vec::new();
+    let floor_rounds = if fits {
+        nodes.reserve(n + n * 4 / LINE + 1);
         lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
         lines(arena.as_mut_ptr(), arena_bytes, PAGE, &mut nodes);
+        // Before and after the workloads, as in `side_case`.
         // SAFETY: the nodes are line starts in two live mappings of ours, at least 64 bytes
         // apart.
         Some(unsafe { chase(&mut nodes, rounds) })
@@ -356,12 +387,18 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
         });
         [Some(hot), None, None]
     };
+    let anon_huge_kib = anon_huge_kib();
+    let floor = floor_rounds.map(|mut r| {
+        // SAFETY: as above; no pool is alive any more.
+        r.extend(unsafe { chase(&mut nodes, rounds) });
+        median(r)
+    });
     Case {
         shift,
         store: Store::Intrusive,
         advice,
         huge_advised: arena.huge_advised(),
-        anon_huge_kib: anon_huge_kib(),
+        anon_huge_kib,
         state_bytes: n * 4 + n * LINE,
         floor,
         ns,

@@ -308,10 +308,16 @@ impl Pool {
     /// The mapping is private where the platform has `MAP_PRIVATE`: reading a page never
     /// written maps the shared zero page instead of committing memory (a shared anonymous
     /// mapping commits every page read), so a large pool costs what it uses.
+    ///
+    /// With `huge`, a new mapping is advised for huge pages (`MADV_HUGEPAGE`, as the metadata
+    /// and links get in `reserve::mapped`). Not for an intrusive pool: its links live in the
+    /// head page of every free block, and each one written would commit the 2 MiB around it
+    /// (a fresh 2^18-page pool, 512 MiB for its 256 heads instead of 1 MiB).
     fn arena<'py>(
         py: Python<'py>,
         buffer: Option<&Bound<'py, PyAny>>,
         need: usize,
+        huge: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let owner = match buffer {
             Some(b) if !b.is_none() => b.clone(),
@@ -333,10 +339,9 @@ impl Pool {
                             e
                         }
                     })?;
-                // Huge pages where the kernel offers them (`MADV_HUGEPAGE`, as the metadata and
-                // links get in `reserve::mapped`): advice only, so a refusal (no transparent
-                // huge pages, another platform) leaves the arena as it is.
-                if let Ok(advice) = mmap.getattr("MADV_HUGEPAGE") {
+                // Advice only: a refusal (no transparent huge pages, another platform) leaves
+                // the arena as it is.
+                if let (true, Ok(advice)) = (huge, mmap.getattr("MADV_HUGEPAGE")) {
                     // Nothing to undo on refusal: the advice changes how pages are backed only.
                     let _refused = map.call_method1("madvise", (advice,)).is_err();
                 }
@@ -691,7 +696,7 @@ impl Pool {
         let size = geo
             .arena_bytes()
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
-        let bytes = Self::arena(py, buffer, size)?;
+        let bytes = Self::arena(py, buffer, size, !intrusive)?;
         let (export, addr) = Self::export(&bytes, size)?;
         // Before the core writes to it: a buffer overlapping a live pool's arena is refused
         // (ValueError) and left as it was.
