@@ -92,24 +92,39 @@ class Pool:
         zero: Literal["free", "alloc", "never"] = "free",
         links: Literal["side", "intrusive"] = "side",
         timeout: float | None = None,
+        owners: SupportsIndex = 32,
     ) -> Pool:
         """Format ``buffer`` as a pool that lives entirely inside it (as many pages as fit after
-        its header and metadata) and open it; other processes open it with ``attach``.
+        its header, owner table and metadata) and open it; other processes open it with
+        ``attach``.
 
         ``timeout``: the most seconds each call of this handle waits for the pool's lock
         (None: as long as it takes) before it raises ``TimeoutError``, nothing changed. A wait
-        lets other threads run and answers Ctrl-C with ``KeyboardInterrupt``."""
+        lets other threads run and answers Ctrl-C with ``KeyboardInterrupt``.
+
+        ``owners``: slots of the owner table (1 to 4096): how many handles may be open on the
+        pool at once, in any processes. Each handle is an owner (``owner``); the references it
+        took are dropped once it is found dead (``reclaim_dead``)."""
     @staticmethod
     def attach(buffer: Buffer, *, timeout: float | None = None) -> Pool:
         """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
         killed process left half done; ValueError or CorruptionError for bytes it refuses, which
         it leaves exactly as they were (the recovery is kept only once every check passed).
-        ``timeout`` as for ``create_in``. Pages that a killed process held stay held (the pool
-        cannot know whether it handed them to a survivor): put them on its behalf if you know
-        them, or format the buffer anew."""
+        ``timeout`` as for ``create_in``. The handle becomes an owner (``owner``); the
+        references of owners found dead are dropped first, as ``reclaim_dead`` does."""
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
+    @property
+    def owner(self) -> int | None:
+        """This handle's owner id in a shared pool (slot in the low 32 bits, the slot's
+        generation above); None for a pool that is not shared. A forked child's handle is a new
+        owner, registered at its first call."""
+    def reclaim_dead(self) -> int:
+        """Drop the references of every owner of this shared pool found dead (its process
+        died, or its handle was closed), as if each had put them, and free their slots; return
+        the pages given back to the free lists. A page another live owner took a reference to
+        stays held. ValueError on a pool that is not shared."""
     @property
     def timeout(self) -> float | None:
         """The most seconds each call of this handle waits for a shared pool's lock (the

@@ -425,6 +425,7 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
         ),
+        Error::TooManyShares { .. } => raise(py, Exc::Page, format!("{op}: {err}")),
         Error::InvalidOrder { .. } | Error::InvalidRun { .. } | Error::Geometry(_) => {
             PyValueError::new_err(format!("{op}: {err}"))
         }

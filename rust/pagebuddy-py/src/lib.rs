@@ -55,14 +55,15 @@ enum Inner {
 /// when the lock is held (the caller then takes the full path, which waits).
 macro_rules! with {
     (nowait $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
-        with!(@ $self, $py, |$p| $body, |$c| $cached, |s| shared::NoWait::new(&s.lock), |_e| None)
+        with!(@ $self, $py, |$p| $body, |$c| $cached,
+              |s, me| s.pool.try_lock_as(me.code()).map(|g| (g, false)), |_e| None)
     };
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
         with!(@ $self, $py, |$p| $body, |$c| $cached,
-              |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
+              |s, me| s.lock_word($py, me.code(), op_name!()), |e| Err(e))
     };
     (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
-     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {{
+     |$s:ident, $me:ident| $acquire:expr, |$e:ident| $fail:expr) => {{
         if $self.is_closed() {
             return OnClosed::on_closed();
         }
@@ -74,25 +75,33 @@ macro_rules! with {
                 // Counted busy for `close`: the wait for the lock lets the interpreter lock go,
                 // and the lock is in the buffer.
                 let _busy = $self.gate.enter();
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let $me = match $s.owner($py) {
+                    Ok(me) => me,
+                    Err($e) => return $fail,
+                };
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
             Inner::SharedIntrusive($s) => {
                 let _busy = $self.gate.enter();
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let $me = match $s.owner($py) {
+                    Ok(me) => me,
+                    Err($e) => return $fail,
+                };
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
         }
     }};
@@ -143,25 +152,27 @@ macro_rules! without_gil {
                 $cached
             }),
             Inner::SharedSide(s) => {
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                let me = s.owner($py)?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
+                shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
             Inner::SharedIntrusive(s) => {
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                let me = s.owner($py)?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
+                shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
         }
@@ -764,10 +775,14 @@ impl Pool {
     /// timeout: the most seconds each call of this handle waits for the pool's lock (None: as
     /// long as it takes) before it raises TimeoutError, nothing changed. Waiting lets other
     /// threads run and answers Ctrl-C with KeyboardInterrupt.
+    ///
+    /// owners: the owner table's slots (1 to 4096, default 32): how many handles (in any
+    /// processes) may be open on the pool at once. Every handle is an owner (Pool.owner), and
+    /// the references it takes are dropped once it is found dead (Pool.reclaim_dead).
     #[staticmethod]
-    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None))]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None, owners=None))]
     #[pyo3(
-        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None)"
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None, owners=32)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn create_in(
@@ -780,6 +795,7 @@ impl Pool {
         zero: Option<&Bound<'_, PyAny>>,
         links: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        owners: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let args = shared::CreateArgs {
             page_size,
@@ -789,6 +805,7 @@ impl Pool {
             zero,
             links,
             timeout,
+            owners,
         };
         Self::create_in_impl(py, buffer, args)
     }
@@ -801,8 +818,8 @@ impl Pool {
     /// layout version or size, CorruptionError for damaged ones; refused bytes are left exactly
     /// as they were (a recovery is kept only once every check passed). timeout: as for
     /// Pool.create_in.
-    /// Pages that a killed process held stay held (the pool cannot know whether it handed them
-    /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
+    /// The handle becomes an owner (Pool.owner); the references of owners found dead (their
+    /// process killed, or their handle closed) are dropped first, as Pool.reclaim_dead does.
     #[staticmethod]
     #[pyo3(signature = (buffer, *, timeout=None))]
     fn attach(
@@ -817,6 +834,40 @@ impl Pool {
     #[getter]
     fn shared(&self) -> bool {
         self.is_shared()
+    }
+
+    /// This handle's owner id in a shared pool (its slot in the low 32 bits, the slot's
+    /// generation above), None for a pool that is not shared. A forked child's handle is a new
+    /// owner: it registers at its first call (this one included).
+    #[getter]
+    fn owner(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        if self.is_closed() {
+            return Ok(None);
+        }
+        let _busy = self.gate.enter();
+        Ok(Some(match &self.inner {
+            Inner::SharedSide(s) => s.owner(py)?.get(),
+            Inner::SharedIntrusive(s) => s.owner(py)?.get(),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Drops the references of every owner of this shared pool found dead (its process died,
+    /// or its handle was closed), as if each had put them, and frees their slots: returns the
+    /// pages given back to the free lists. A page another live owner took a reference to stays
+    /// held. Raises ValueError on a pool that is not shared.
+    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<u64> {
+        if self.is_closed() {
+            return Err(PyValueError::new_err("reclaim_dead: the pool is closed"));
+        }
+        let _busy = self.gate.enter();
+        match &self.inner {
+            Inner::SharedSide(s) => s.reclaim_dead(py),
+            Inner::SharedIntrusive(s) => s.reclaim_dead(py),
+            _ => Err(PyValueError::new_err(
+                "reclaim_dead: not a shared pool (only Pool.create_in and Pool.attach have owners)",
+            )),
+        }
     }
 
     /// The most seconds each call of this handle waits for a shared pool's lock (the timeout

@@ -34,6 +34,12 @@ pub enum Error {
         /// The page.
         pfn: u64,
     },
+    /// A shared pool's owner took a reference to a page that another owner holds, and its
+    /// share entries (`pagebuddy::owners::OWNER_SHARES` of them) all name other pages.
+    TooManyShares {
+        /// The page.
+        pfn: u64,
+    },
     /// The order is not below the pool's `max_order`.
     InvalidOrder {
         /// The order that was asked for.
@@ -211,6 +217,11 @@ impl fmt::Display for Error {
             Error::RefcountOverflow { pfn } => {
                 write!(f, "pfn {pfn} refcount would overflow {}", u16::MAX)
             }
+            Error::TooManyShares { pfn } => write!(
+                f,
+                "pfn {pfn} is held by another owner and this owner's share entries are all \
+                 taken by other owners' pages: put some of those first"
+            ),
             Error::InvalidOrder { order, max_order } => write!(
                 f,
                 "order {order} is invalid: this pool has orders 0 to {}",

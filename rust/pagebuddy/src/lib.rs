@@ -65,6 +65,9 @@ mod layout;
 mod lock;
 #[cfg(feature = "hugepages")]
 pub mod mapped;
+// The owners of shared pools: their table and accounting live in the shared bytes.
+#[cfg(all(target_has_atomic = "32", not(loom)))]
+pub mod owners;
 mod pool;
 mod query;
 #[cfg(target_has_atomic = "32")]
@@ -88,8 +91,8 @@ pub use handoff::{Handoff, HandoffPool};
 pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
-    pages_that_fit, InHeader, LayoutError, OuterGuard, SharedGuard, SharedLinks, SharedPool,
-    HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
+    pages_that_fit, pages_that_fit_with, InHeader, LayoutError, OuterGuard, SharedGuard,
+    SharedLinks, SharedPool, HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
 };
 #[cfg(target_has_atomic = "8")]
 pub use lock::SpinLock;
