@@ -91,6 +91,7 @@ CONSTRUCTOR = [
     "cpus",
     "cache_batch",
     "cache_high",
+    "max_pages",
 ]
 
 
@@ -108,7 +109,7 @@ def test_signature_of_pool_shows_the_constructor() -> None:
 def test_help_shows_the_parameters() -> None:
     text = pydoc.render_doc(Pool, renderer=pydoc.plaintext)
     assert "Pool(nr_pages, *, page_size=4096, base_pfn=0" in text
-    assert "cache_high=None)" in text
+    assert "cache_high=None, max_pages=None)" in text
     assert "*_args" not in text
 
 

@@ -59,6 +59,7 @@ class Pool:
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
+        max_pages: SupportsIndex | None = None,
     ) -> Self: ...
     def __init__(
         self,
@@ -74,6 +75,7 @@ class Pool:
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
+        max_pages: SupportsIndex | None = None,
     ) -> None:
         """The constructor's signature. Called once by ``Pool(...)``, which builds the pool in
         ``__new__``; any later call raises ``TypeError``: a pool is built once."""
@@ -196,6 +198,25 @@ class Pool:
         self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
     ) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
+    def admit(self, pfn: SupportsIndex, order: SupportsIndex) -> None:
+        """Admit the free block of ``2**order`` pages at ``pfn``, which the pool does not cover
+        (Android pKVM's ``hyp_pool_admit``); past the initial range it is never coalesced."""
+    def reclaim(self, order: SupportsIndex) -> int:
+        """Take the free block ``alloc_pages(order)`` would hand out out of the pool; its pfn."""
+    def reclaim_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+        """``count`` reclaims of ``order``, all or nothing."""
+    def reclaimable(self, order: SupportsIndex) -> int:
+        """How many blocks of ``order`` reclaims could take now, the floor respected."""
+    def covers(self, pfn: SupportsIndex) -> bool:
+        """Whether ``pfn`` is the pool's now: initial range or admitted, not reclaimed."""
+    @property
+    def min_free_pages(self) -> int:
+        """Android's ``min_free_pages``: the free pages ``reclaim`` leaves."""
+    def set_min_free_pages(self, pages: SupportsIndex) -> None:
+        """Set ``min_free_pages`` (0 to ``2**32 - 1``)."""
+    @property
+    def max_pages(self) -> int:
+        """Pages the pool may ever cover, from ``base_pfn``."""
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
     def drain_all(self) -> None:
@@ -224,7 +245,7 @@ class Pool:
         """Number of pages currently in free blocks."""
     @property
     def nr_pages(self) -> int:
-        """Number of pages in the pool."""
+        """Pages the pool started with: its initial range, where blocks coalesce."""
     @property
     def base_pfn(self) -> int:
         """Pfn of the first page of the pool."""

@@ -35,7 +35,9 @@ def held_pages(pool: Pool) -> dict[int, int]:
     held: dict[int, int] = {}
     pfn, end = pool.base_pfn, pool.base_pfn + pool.nr_pages
     while pfn < end:
-        if pool.page_count(pfn) > 0:
+        if not pool.covers(pfn):  # reclaimed: nobody's
+            pfn += 1
+        elif pool.page_count(pfn) > 0:
             n = len(pool.view(pfn)) // pool.page_size
             held[pfn] = n
             pfn += n

@@ -293,6 +293,10 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// holding at most nr_pages // 8 pages (cache_sizes() and cache_bound show it); either one
 /// given fixes the sizes (the other at its default, 16 or 64).
 /// close(), or the end of a ``with Pool(...) as pool:`` block, lets the buffer go at once.
+/// max_pages=M (at least nr_pages, which may then be 0) gives the pool room to grow: metadata and
+/// arena (buffer: M * page_size bytes) for M pages, the first nr_pages its initial range, the
+/// rest nobody's until admit(pfn, order) adds them as external blocks, never coalesced;
+/// reclaim(order) takes free blocks out (docs/grow.md).
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
@@ -414,11 +418,11 @@ impl Pool {
         let ptr = NonNull::new(addr as *mut u8)
             .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
         // SAFETY: `addr` is the start of a writable buffer export of at least
-        // nr_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
+        // max_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
         // `Pool` for as long as the core lives (`inner` is dropped before `_export`), which pins
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
-        let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
+        let arena = unsafe { Arena::from_raw(ptr, geo.max_pages * geo.page_size) };
         Core::new(arena, meta, links, *geo).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, geo),
             e => PyValueError::new_err(format!("Pool: {e}")),
@@ -583,7 +587,7 @@ impl Pool {
     #[new]
     #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=None, cache_high=None)"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=None, cache_high=None, max_pages=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -621,6 +625,7 @@ impl Pool {
         );
         let (cpus, cache_batch, cache_high) =
             (arg("cpus")?, arg("cache_batch")?, arg("cache_high")?);
+        let max_pages = arg("max_pages")?;
         if let Some((key, _)) = kwargs.iter().next() {
             return Err(PyTypeError::new_err(format!(
                 "Pool() got an unexpected keyword argument {}",
@@ -647,7 +652,12 @@ impl Pool {
                 .map(|_| c)
                 .map_err(|e| convert::geometry_error(e, &c))
         };
-        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        let initial = size(unsigned(nr_pages, "nr_pages")?);
+        let room = match max_pages.as_ref() {
+            Some(m) if !m.is_none() => size(unsigned(m, "max_pages")?),
+            _ => initial,
+        };
+        let mut shape = judge(Config::new(initial).max_pages(room))?;
         if let Some(ps) = page_size {
             shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
         }
@@ -1232,10 +1242,125 @@ impl Pool {
         Ok(self.cache().map_or_else(Vec::new, |c| c.contents(slot)))
     }
 
-    /// Number of pages the pool manages.
+    /// Number of pages the pool started with: its initial range (mainline's ``range_start`` to
+    /// ``range_end``), where blocks coalesce.
     #[getter]
+    // The constructor's `nr_pages` is the geometry's initial range; `Geometry::nr_pages` counts
+    // every page the pool may cover (`max_pages` here).
+    #[allow(clippy::misnamed_getters)]
     fn nr_pages(&self) -> u32 {
+        self.geo.range_pages
+    }
+
+    /// Pages the pool may ever cover, from ``base_pfn``: its initial range and the room to admit
+    /// blocks past it (``nr_pages`` unless given).
+    #[getter]
+    fn max_pages(&self) -> u32 {
         self.geo.nr_pages
+    }
+
+    /// Admits the free block of ``2**order`` pages at ``pfn``, which the pool does not cover (past
+    /// its initial range, or reclaimed), as Android pKVM's ``hyp_pool_admit``. Past the initial
+    /// range it is external: listed at ``order``, never coalesced. Zeroed per the zero policy.
+    ///
+    /// Raises ValueError for an order the pool cannot list, PageError for a pfn outside
+    /// ``max_pages``, a misaligned block, one past the end or across the initial range's end,
+    /// or one overlapping pages the pool covers; nothing changes. A cached pool drains every
+    /// cache first.
+    fn admit(
+        &self,
+        py: Python<'_>,
+        pfn: &Bound<'_, PyAny>,
+        order: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.live("admit")?;
+        let pfn = convert::pfn("admit", pfn)?;
+        let order = convert::order("admit", order, self.geo.max_order)?;
+        with!(self, py, |p| p.admit(pfn, order), |c| c.admit(pfn, order))
+            .map_err(|e| convert::error(py, "admit", e, None))
+    }
+
+    /// Takes one free block of ``2**order`` pages out of the pool and returns its pfn: the block
+    /// ``alloc_pages(order)`` would hand out. Its pages are no longer the pool's (every call on
+    /// them raises PageError) until admitted again.
+    ///
+    /// Raises ValueError for a bad order, OutOfMemory with no free block of that order or above,
+    /// or when fewer than ``min_free_pages`` free pages would be left; nothing changes. A cached
+    /// pool drains every cache first.
+    fn reclaim(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.live("reclaim")?;
+        let order = convert::order("reclaim", order, self.geo.max_order)?;
+        with!(self, py, |p| p.reclaim(order), |c| c.reclaim(order))
+            .map_err(|e| convert::error(py, "reclaim", e, None))
+    }
+
+    /// ``count`` reclaims of ``order``, all or nothing; returns the pfns in the order the
+    /// reclaims one by one take them.
+    fn reclaim_many(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u64>> {
+        self.live("reclaim_many")?;
+        let order = convert::order("reclaim_many", order, self.geo.max_order)?;
+        let count = match Int::of(count, || "reclaim_many: count")? {
+            Int::Val(v) => v,
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(text) => {
+                return Err(PyValueError::new_err(format!(
+                    "reclaim_many: count must be >= 0, got {text}"
+                )))
+            }
+        };
+        // A pool has fewer blocks than pages: any count past that is refused alike.
+        let mut out = vec![0u64; count.min(u64::from(self.geo.nr_pages) + 1) as usize];
+        with!(self, py, |p| p.reclaim_many(order, &mut out), |c| c
+            .reclaim_many(order, &mut out))
+        .map_err(|e| convert::error(py, "reclaim_many", e, None))?;
+        Ok(out)
+    }
+
+    /// How many blocks of ``order`` reclaims could take one after another now, the floor
+    /// respected (Android's ``hyp_pool_reclaimable``); cached blocks are not counted.
+    fn reclaimable(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.live("reclaimable")?;
+        let order = convert::order("reclaimable", order, self.geo.max_order)?;
+        Ok(with!(self, py, |p| p.reclaimable(order), |c| c.reclaimable(order)))
+    }
+
+    /// Whether ``pfn`` is the pool's now: in its initial range or admitted, and not reclaimed.
+    fn covers(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.live("covers")?;
+        let pfn = match Int::of(pfn, || "covers: pfn")? {
+            Int::Val(v) => v,
+            _ => return Ok(false),
+        };
+        Ok(with!(self, py, |p| p.covers(pfn), |c| c.covers(pfn)))
+    }
+
+    /// Android's ``min_free_pages``: the free pages ``reclaim`` leaves (allocation may use them).
+    #[getter]
+    fn min_free_pages(&self, py: Python<'_>) -> PyResult<u32> {
+        self.live("min_free_pages")?;
+        Ok(with!(self, py, |p| p.min_free_pages(), |c| c.min_free_pages()))
+    }
+
+    /// Sets ``min_free_pages``: any int from 0 to 2**32 - 1 (ValueError otherwise).
+    fn set_min_free_pages(&self, py: Python<'_>, pages: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.live("set_min_free_pages")?;
+        let asked = Int::of(pages, || "set_min_free_pages: pages")?;
+        let Some(pages) = asked.at_most(u64::from(u32::MAX)) else {
+            return Err(PyValueError::new_err(format!(
+                "set_min_free_pages: pages must be from 0 to {}, got {}",
+                u32::MAX,
+                asked.text()
+            )));
+        };
+        let pages = pages as u32;
+        with!(self, py, |p| p.set_min_free_pages(pages), |c| c
+            .set_min_free_pages(pages));
+        Ok(())
     }
 
     /// Frame number of the arena's first page.
@@ -1337,10 +1462,19 @@ impl Pool {
         } else {
             format!("free_pages={}", self.free_pages(py)?)
         };
+        let room = if self.geo.nr_pages != self.geo.range_pages {
+            format!(", max_pages={}", self.geo.nr_pages)
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
+            "Pool(nr_pages={}{room}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
              {state})",
-            self.geo.nr_pages, self.geo.page_size, self.geo.base_pfn, self.geo.max_order, self.zero
+            self.geo.range_pages,
+            self.geo.page_size,
+            self.geo.base_pfn,
+            self.geo.max_order,
+            self.zero
         ))
     }
 }

@@ -70,7 +70,7 @@ use crate::owners::{
 use crate::pool::Plan;
 use crate::shmlock::{Acquired, OuterLock, OwnerLock};
 use crate::store::{
-    meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS,
+    meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, ABSENT, MAX_ORDERS,
     NO_ORDER,
 };
 use crate::Pool;
@@ -101,8 +101,27 @@ const JOURNAL_SPLIT: u32 = 8;
 /// The journal's metadata entries: how many, in these bits (at most `META_UNDO`).
 const N_META_SHIFT: u32 = 8;
 const N_META: u32 = 0xff << N_META_SHIFT;
+/// With `JOURNAL_SPLIT`: the range's pages go from `INIT` to `ABSENT` (a reclaim's tails), not
+/// to `(1, 0)`.
+const JOURNAL_FORGET: u32 = 1 << 16;
+/// With `JOURNAL_SPLIT`: the range's pages go from `ABSENT` to `INIT` (an admit's tails).
+const JOURNAL_ADMIT: u32 = 1 << 17;
 /// Every bit of the state word that describes the journal of the operation in progress.
-const JOURNAL: u32 = JOURNAL_VALID | JOURNAL_SPLIT | N_META;
+const JOURNAL: u32 = JOURNAL_VALID | JOURNAL_SPLIT | JOURNAL_FORGET | JOURNAL_ADMIT | N_META;
+
+/// The old and the new value of each page of the journaled range (`SplitUndo`), by the state
+/// word's kind bits: a split's tails, a reclaim's (`JOURNAL_FORGET`) or an admit's
+/// (`JOURNAL_ADMIT`). Each is written in increasing order, so a prefix has the new value.
+fn range_values(state: u32) -> (PageMeta, PageMeta) {
+    let absent = PageMeta::new(0, ABSENT);
+    if state & JOURNAL_FORGET != 0 {
+        (PageMeta::INIT, absent)
+    } else if state & JOURNAL_ADMIT != 0 {
+        (absent, PageMeta::INIT)
+    } else {
+        (PageMeta::INIT, PageMeta::new(1, 0))
+    }
+}
 
 /// Link store kinds, as written in the header.
 const LINKS_SIDE: u32 = 0;
@@ -1171,6 +1190,9 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         if state & UNJOURNALED != 0 {
             return Err(LayoutError::Journal);
         }
+        if state & (JOURNAL_FORGET | JOURNAL_ADMIT) == JOURNAL_FORGET | JOURNAL_ADMIT {
+            return Err(LayoutError::Journal);
+        }
         if state & ACCOUNTING != 0 {
             // An accounting change is never inside another operation's journal.
             return match state & JOURNAL == 0 && self.accounting_in_range() {
@@ -1213,12 +1235,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             if end > u64::from(n) {
                 return Err(LayoutError::Journal);
             }
+            let (old, new) = range_values(state);
             let meta = &self.pool_ref().meta[split.idx as usize..end as usize];
-            let done = meta
-                .iter()
-                .take_while(|m| **m == PageMeta::new(1, 0))
-                .count();
-            if meta[done..].iter().any(|m| *m != PageMeta::INIT) {
+            let done = meta.iter().take_while(|m| **m == new).count();
+            if meta[done..].iter().any(|m| *m != old) {
                 return Err(LayoutError::Journal);
             }
         }
@@ -1244,12 +1264,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             let split = addr_of_mut!((*h).split);
             if state & JOURNAL_SPLIT != 0 && (*split).count > 0 {
                 let (start, count) = ((*split).idx as usize, (*split).count as usize);
+                let (old, new) = range_values(state);
                 let tails = &mut pool.meta[start..start + count];
-                let done = tails
-                    .iter()
-                    .take_while(|m| **m == PageMeta::new(1, 0))
-                    .count();
-                tails[..done].fill(PageMeta::INIT);
+                let done = tails.iter().take_while(|m| **m == new).count();
+                tails[..done].fill(old);
                 (*split).done = done as u32;
             }
         }
@@ -1267,7 +1285,8 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             let split = (*h).split;
             if state & JOURNAL_SPLIT != 0 && split.count > 0 {
                 let start = split.idx as usize;
-                pool.meta[start..start + split.done as usize].fill(PageMeta::new(1, 0));
+                let new = range_values(state).1;
+                pool.meta[start..start + split.done as usize].fill(new);
             }
             addr_of_mut!((*h).split.done).write(done);
             for i in 0..((state & N_META) >> N_META_SHIFT) as usize {
@@ -1301,7 +1320,8 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         fence(Ordering::Release);
         let state = self.state_word();
         state.store(
-            state.load(Ordering::Relaxed) & !(JOURNAL_SPLIT | N_META),
+            state.load(Ordering::Relaxed)
+                & !(JOURNAL_SPLIT | JOURNAL_FORGET | JOURNAL_ADMIT | N_META),
             Ordering::Release,
         );
         fence(Ordering::Release);
@@ -1320,6 +1340,11 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         let mut idx = 0u32;
         while idx < n {
             let m = pool.meta[idx as usize];
+            if m.is_absent() {
+                // Not the pool's (never admitted, or reclaimed): on no list.
+                idx += 1;
+                continue;
+            }
             let order = u32::from(m.order);
             let size = 1u32 << order;
             if m.refcount == 0 {
@@ -1368,8 +1393,11 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
 struct Journal {
     hdr: NonNull<Header>,
     n: usize,
-    /// A split's tails, `(first, count)`, which go from `(0, NO_ORDER)` to `(1, 0)`.
+    /// A split's tails, `(first, count)`, which go from `(0, NO_ORDER)` to `(1, 0)` (or, with
+    /// `kind`, as `range_values` says).
     split: Option<(u32, u32)>,
+    /// `JOURNAL_FORGET` or `JOURNAL_ADMIT` for a reclaim's or an admit's range, else 0.
+    kind: u32,
     begun: bool,
 }
 
@@ -1379,6 +1407,7 @@ impl Journal {
             hdr: shared.hdr,
             n: 0,
             split: None,
+            kind: 0,
             begun: false,
         }
     }
@@ -1409,7 +1438,7 @@ impl Plan for Journal {
                     done: 0,
                 })
             };
-            journal |= JOURNAL_SPLIT;
+            journal |= JOURNAL_SPLIT | self.kind;
         }
         fence(Ordering::Release);
         // SAFETY: as for the pool's state word (`SharedPool::state_word`).
@@ -1723,6 +1752,55 @@ impl<'s, 'a, L: SharedLinks<'a>> SharedGuard<'s, 'a, L> {
             }
         }
         self.finish(r)
+    }
+
+    /// [`Pool::admit`], journaled: the head, the range of its tails (which go from `ABSENT` to
+    /// `INIT`) and each free buddy it merges with, before anything is written. A process killed
+    /// inside it leaves the block not the pool's again once recovered.
+    pub fn admit(&mut self, pfn: u64, order: u32) -> Result<(), Error> {
+        self.usable()?;
+        let idx = self.shared.pool_ref().check_admit(pfn, order)?;
+        let mut journal = Journal::new(self.shared);
+        journal.split = Some((idx + 1, (1u32 << order) - 1));
+        journal.kind = JOURNAL_ADMIT;
+        let r = self
+            .shared
+            .pool_mut()
+            .admit_planned(pfn, order, &mut journal);
+        self.end(journal.begun, r)
+    }
+
+    /// [`Pool::reclaim`], journaled: the allocation's head and halves, and the range of the
+    /// block's tails (which go from `INIT` to `ABSENT`), before anything is written. A process
+    /// killed inside it leaves the block free in the pool once recovered.
+    pub fn reclaim(&mut self, order: u32) -> Result<u64, Error> {
+        self.usable()?;
+        let pool = self.shared.pool_ref();
+        pool.check_reclaim(order, 1)?;
+        // The block `alloc(order)` takes: the head of the first non-empty list at or above it.
+        let found = order + (pool.free.ends().mask >> order).trailing_zeros();
+        let head = pool
+            .free
+            .first(found)
+            .ok_or(pool.corrupt(CorruptionKind::Count, 0))?;
+        let mut journal = Journal::new(self.shared);
+        journal.split = Some((head + 1, (1u32 << order) - 1));
+        journal.kind = JOURNAL_FORGET;
+        let r = self.shared.pool_mut().reclaim_planned(order, &mut journal);
+        self.end(journal.begun, r)
+    }
+
+    /// [`Pool::reclaim_many`], as that many journaled reclaims: the same blocks in the same
+    /// order, all checked first (a process killed part way has reclaimed those so far).
+    pub fn reclaim_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
+        self.usable()?;
+        let pool = self.shared.pool_ref();
+        pool.check_reclaim(order, out.len() as u64)?;
+        pool.check_alloc_many(order, out.len() as u64)?;
+        for slot in out.iter_mut() {
+            *slot = self.reclaim(order)?;
+        }
+        Ok(())
     }
 
     /// [`Pool::alloc_many`], as that many journaled allocations: the same blocks in the same
