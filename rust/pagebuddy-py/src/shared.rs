@@ -403,7 +403,7 @@ impl Pool {
     /// anything is written: a buffer overlapping other pools' memory is refused untouched.
     fn shared_bytes<'py>(buffer: &Bound<'py, PyAny>, mode: &str) -> PyResult<SharedBytes<'py>> {
         let py = buffer.py();
-        let bytes = Self::arena(py, Some(buffer), 0)?;
+        let bytes = Self::arena(py, Some(buffer), 0, false)?;
         let len: usize = bytes.getattr("nbytes")?.extract()?;
         if len == 0 {
             return Err(PyValueError::new_err("buffer is empty"));
