@@ -37,7 +37,8 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2" "rich>=13" "matplotlib>=3.5" \
-	    "pytest>=7" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5" "mypy>=1.10" \
+	    "pytest>=7" "pytest-timeout>=2.1" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5" \
+	    "mypy>=1.10" \
 	    "typing_extensions>=4.6"
 	touch $@
 
