@@ -355,24 +355,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// Drops one reference to `pfn`; at zero its block is freed and coalesced.
-    ///
-    /// A free walks its merges once: it reads and checks every buddy it will merge with, their
-    /// list neighbours and the tail of the list the merged block joins, writing nothing, and
-    /// then writes from what it read. A corrupt free list is therefore an [`Error::Corrupted`]
-    /// with the page still held and nothing zeroed, unlinked or counted.
-    ///
-    /// ```
-    /// use pagebuddy::{Config, Error, Link, PageMeta, Pool, SideTable};
-    /// let (mut arena, mut meta, mut links) = ([0u8; 4 * 64], [PageMeta::INIT; 4], [Link::EMPTY; 4]);
-    /// let mut pool = Pool::new(&mut arena[..], &mut meta, SideTable::new(&mut links), Config::new(4).page_size(64))?;
-    /// let (a, b) = (pool.alloc(0)?, pool.alloc(0)?);
-    /// pool.put(b)?; // its buddy `a` is held: listed as an order-0 block
-    /// assert_eq!(pool.buddyinfo(), &[1, 1, 0]);
-    /// pool.put(a)?; // merges with `b`, then with the order-1 block: one order-2 block
-    /// assert_eq!(pool.buddyinfo(), &[0, 0, 1]);
-    /// assert_eq!(pool.put(a), Err(Error::NotHeld { pfn: a }));
-    /// # Ok::<(), Error>(())
-    /// ```
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
         self.put_zeroing::<true, ()>(pfn, &mut ())
     }
@@ -546,23 +528,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     #[cfg(test)]
     pub(crate) fn parts_mut(&mut self) -> (&mut Arena<'a>, &mut [PageMeta]) {
         (&mut self.arena, self.meta)
-    }
-
-    /// [`put`](Self::put) as it was before the free walked its merges once: the read pass
-    /// ([`check_attach`](Self::check_attach)) and then [`attach`](Self::attach), which reads
-    /// everything again. The tests hold the single walk to it.
-    #[cfg(test)]
-    pub(crate) fn put_two_walks(&mut self, pfn: u64) -> Result<(), Error> {
-        let (idx, m) = self.held(pfn)?;
-        if m.refcount > 1 {
-            self.meta[idx as usize].refcount -= 1;
-            return Ok(());
-        }
-        let order = self.block_order(idx, m)?;
-        self.check_attach(idx, order, &mut ())?;
-        self.meta[idx as usize].refcount = 0;
-        self.attach::<true>(idx, order)?;
-        Ok(())
     }
 
     #[cfg(test)]

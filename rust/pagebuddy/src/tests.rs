@@ -768,69 +768,6 @@ fn corruption_is_found_before_anything_changes() {
     assert!(refused > 50, "only {refused} operations found corruption");
 }
 
-/// A free walks its merges once (`plan_attach`, then `attach_planned` from what it read): the
-/// same pages, metadata, lists, counts and bytes, and the same errors, as reading everything
-/// again in the write pass (`attach`), on both link stores and zero policies, over random
-/// allocations, gets and puts of every order.
-#[test]
-fn put_walks_once_and_ends_as_two_walks_do() {
-    fn run<L: LinkStore>(one: &mut Pool<'_, L>, two: &mut Pool<'_, L>, seed: u64) {
-        let mut rng = seed;
-        let mut next = move |n: u64| {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (rng >> 33) % n
-        };
-        let mut held: Vec<u64> = Vec::new();
-        for step in 0..3000 {
-            match next(8) {
-                0..=3 => {
-                    let order = next(4) as u32;
-                    let (a, b) = (one.alloc(order), two.alloc(order));
-                    assert_eq!(a, b, "step {step}: alloc({order})");
-                    held.extend(a);
-                }
-                4 if !held.is_empty() => {
-                    let pfn = held[next(held.len() as u64) as usize];
-                    assert_eq!(one.get(pfn), two.get(pfn), "step {step}: get({pfn})");
-                    held.push(pfn);
-                }
-                _ if !held.is_empty() => {
-                    let pfn = held.swap_remove(next(held.len() as u64) as usize);
-                    let (a, b) = (one.put(pfn), two.put_two_walks(pfn));
-                    assert_eq!(a, b, "step {step}: put({pfn})");
-                }
-                _ => {}
-            }
-            assert_eq!(snapshot(one), snapshot(two), "step {step}");
-        }
-        // Pages never held: the same error from both, nothing changed.
-        let bad = held.iter().max().map_or(0, |&p| p ^ 1);
-        if !held.contains(&bad) {
-            assert_eq!(one.put(bad), two.put_two_walks(bad));
-        }
-        one.check().unwrap();
-    }
-    for zero in [ZeroPolicy::OnFree, ZeroPolicy::Never] {
-        for seed in 0..4 {
-            let (mut m1, mut m2) = (Mem::new(64), Mem::new(64));
-            let config = cfg(64).base_pfn(seed * 3).zero(zero);
-            run(
-                &mut m1.side(config).unwrap(),
-                &mut m2.side(config).unwrap(),
-                seed,
-            );
-            let (mut m1, mut m2) = (Mem::new(64), Mem::new(64));
-            run(
-                &mut m1.intrusive(config).unwrap(),
-                &mut m2.intrusive(config).unwrap(),
-                seed,
-            );
-        }
-    }
-}
-
 /// In a prezeroed arena, check() reads only pages the pool has handed out: what lies past them
 /// was never written by the pool (a lazily committed arena stays uncommitted). Written memory is
 /// still checked, and arenas the pool zeroed itself are checked whole.
