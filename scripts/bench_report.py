@@ -1328,7 +1328,10 @@ def python_only(args: argparse.Namespace) -> int:
 
 # Sections measured by their own commands (not by scripts/bench.sh), carried over from the page
 # as they are: each names its command, CPU and date itself.
-KEPT_SECTIONS = ("## Shared pool against the in-process pool",)
+KEPT_SECTIONS = (
+    "## Shared pool against the in-process pool",
+    "## Pools that grow and shrink",
+)
 
 
 def kept_sections(page: Path) -> list[str]:

@@ -108,6 +108,9 @@ def geometries(draw: st.DrawFn) -> tuple[dict[str, Any], int | None]:
         geometry["nr_pages"] = nr_pages = draw(st.sampled_from([64, 100, 256]))
         geometry["base_pfn"] = draw(st.sampled_from([0, 5, 2**64 - nr_pages]))
         geometry["reserved_pages"] = draw(st.one_of(st.just(0), st.integers(0, nr_pages)))
+    room = draw(st.one_of(st.just(0), st.just(0), st.integers(1, 24)), label="room to grow")
+    if room and geometry["base_pfn"] + nr_pages + room <= 2**64:
+        geometry["max_pages"] = nr_pages + room
     return geometry, draw(st.one_of(st.none(), st.integers(0, 2**32)))
 
 
@@ -192,6 +195,23 @@ class CachedMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def alloc(self, data: st.DataObject) -> None:
         self.step().apply(("alloc", self.order(data)))
+
+    @rule(data=st.data())
+    def reclaim(self, data: st.DataObject) -> None:
+        """A reclaim drains every cache first, then takes the block alloc_pages would."""
+        self.step().apply(("reclaim", self.order(data)))
+
+    @rule(data=st.data(), count=st.integers(0, 4))
+    def reclaim_many(self, data: st.DataObject, count: int) -> None:
+        self.step().apply(("reclaim_many", self.order(data), count))
+
+    @rule(data=st.data())
+    def admit(self, data: st.DataObject) -> None:
+        """Admit at a pfn the pool does not cover (or, now and then, one it does)."""
+        twin = self.step()
+        uncovered = [p for p in twin.pfns if not twin.model.covers(p)] or list(twin.pfns)
+        pfn = data.draw(st.sampled_from(uncovered), label="pfn")
+        twin.apply(("admit", pfn, self.order(data)))
 
     @rule(data=st.data())
     def put(self, data: st.DataObject) -> None:

@@ -81,6 +81,12 @@ def geometries(draw: st.DrawFn) -> tuple[dict[str, Any], int | None]:
         "zero": draw(st.sampled_from(["free", "alloc", "never"])),
         "_links": draw(st.sampled_from(["side", "intrusive"])),
     }
+    room = draw(st.one_of(st.just(0), st.just(0), st.integers(1, 40)), label="room to grow")
+    if room and base_pfn + nr_pages + room <= 2**64:
+        # A pool that grows: room past its pages, or built empty (hyp_pool_init_empty).
+        geometry["max_pages"] = nr_pages + room
+        if draw(st.booleans(), label="empty"):
+            geometry.update(nr_pages=0, reserved_pages=0)
     if draw(st.integers(0, 3), label="arena") == 0:
         # A pool without an arena: page numbers only, links in the side table, never zeroed.
         geometry.update(zero="never", _links="side", arena=False)
@@ -192,6 +198,21 @@ class DifferentialMachine(RuleBasedStateMachine):
         if not_int is not None and data.draw(st.booleans(), label="insert non-int"):
             pfns.insert(data.draw(st.integers(0, length), label="at"), not_int)
         self.step().apply(("put_many", pfns))
+
+    @rule(data=st.data())
+    def admit_uncovered(self, data: st.DataObject) -> None:
+        """Admit at a pfn the pool does not cover (never admitted, or reclaimed), at an order
+        that may or may not fit there."""
+        twin = self.step()
+        uncovered = [p for p in twin.pfns if not twin.model.covers(p)]
+        if uncovered:
+            pfn = data.draw(st.sampled_from(uncovered), label="pfn")
+            order = data.draw(st.integers(0, max(0, (pfn & -pfn).bit_length() - 1)), "order")
+            twin.apply(("admit", pfn, min(order, twin.model.max_order)))
+
+    @rule(data=st.data())
+    def reclaim(self, data: st.DataObject) -> None:
+        self.step().apply(("reclaim", self.order(data)))
 
     @precondition(lambda self: self.twin is not None and self.twin.model.free_pages == 0)
     @rule()

@@ -51,6 +51,8 @@ SLACK = 64 << 10
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NR_PAGES = 64
 PAGE_SIZE = 64
+#: Owner slots of the shared pools: a pool and a second handle.
+SHARED_OWNERS = 2
 
 
 def memory() -> tuple[int, int]:
@@ -75,10 +77,12 @@ class Index:
 
 @functools.cache
 def shared_bytes() -> int:
-    """The smallest buffer that holds a shared pool of ``NR_PAGES`` pages."""
-    for size in range(NR_PAGES * PAGE_SIZE, 2 * NR_PAGES * PAGE_SIZE, 8):
+    """The smallest buffer that holds a shared pool of ``NR_PAGES`` pages (and its two owner
+    slots)."""
+    for size in range(NR_PAGES * PAGE_SIZE, 2 * NR_PAGES * PAGE_SIZE + 4096, 8):
         with contextlib.suppress(ValueError):
-            if Pool.create_in(bytearray(size), page_size=PAGE_SIZE).nr_pages == NR_PAGES:
+            pool = Pool.create_in(bytearray(size), page_size=PAGE_SIZE, owners=SHARED_OWNERS)
+            if pool.nr_pages == NR_PAGES:
                 return size
     raise AssertionError(f"no buffer holds a shared pool of exactly {NR_PAGES} pages")
 
@@ -86,7 +90,7 @@ def shared_bytes() -> int:
 def shared_pair() -> tuple[Any, Any]:
     """A shared pool of ``NR_PAGES`` pages and a second handle on its buffer."""
     buffer = bytearray(shared_bytes())
-    pool = Pool.create_in(buffer, page_size=PAGE_SIZE)
+    pool = Pool.create_in(buffer, page_size=PAGE_SIZE, owners=SHARED_OWNERS)
     return pool, Pool.attach(buffer)
 
 

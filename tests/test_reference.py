@@ -451,6 +451,8 @@ def test_every_public_member_is_documented() -> None:
     expected |= {"cpus", "cache_batch", "cache_high", "drain", "drain_all", "cache_contents"}
     expected |= {"cache_sizes", "cache_auto", "cache_bound"}
     expected |= {"buddyinfo", "fragmentation", "close", "closed"}
+    expected |= {"admit", "reclaim", "reclaim_many", "reclaimable", "covers", "max_pages"}
+    expected |= {"min_free_pages", "set_min_free_pages"}
     assert set(public) == expected
     for name in public:
         assert inspect.getdoc(getattr(ReferencePool, name)), name

@@ -143,7 +143,7 @@ class CachedReferencePool:
         self._cpus, self._batch, self._high = cpus, batch, high
         self._auto = auto
         #: Pages one slot may hold (None: no bound, fixed sizes).
-        self._budget = core.nr_pages // AUTO_FRACTION // cpus if auto else None
+        self._budget = core.max_pages // AUTO_FRACTION // cpus if auto else None
         #: Per slot: [high, batch, operations, operations at the last trip, last trip kind].
         self._sizing: list[list[Any]] = [[high, batch, 0, 0, None] for _ in range(cpus)]
         self._orders = min(CACHED_ORDERS, core.max_order)
@@ -160,7 +160,8 @@ class CachedReferencePool:
 
     # ---------------------------------------------------------------- attributes
 
-    nr_pages = property(lambda self: self._core.nr_pages, doc="Number of pages in the pool.")
+    nr_pages = property(lambda self: self._core.nr_pages, doc="Pages of the initial range.")
+    max_pages = property(lambda self: self._core.max_pages, doc="Pages the pool may cover.")
     page_size = property(lambda self: self._core.page_size, doc="Bytes per page.")
     base_pfn = property(lambda self: self._core.base_pfn, doc="Pfn of the first page.")
     reserved_pages = property(lambda self: self._core.reserved_pages, doc="Pages held at start.")
@@ -233,8 +234,9 @@ class CachedReferencePool:
     def __repr__(self) -> str:
         """As ``ReferencePool``'s, with the cache settings."""
         state = "closed=True" if self._closed else f"free_pages={self.free_pages}"
+        room = f", max_pages={self.max_pages}" if self.max_pages != self.nr_pages else ""
         return (
-            f"{type(self).__name__}(nr_pages={self.nr_pages}, page_size={self.page_size}, "
+            f"{type(self).__name__}(nr_pages={self.nr_pages}{room}, page_size={self.page_size}, "
             f"base_pfn={self.base_pfn}, max_order={self.max_order}, zero={self.zero!r}, "
             f"cpus={self._cpus}, cache_batch={self._batch}, cache_high={self._high}, "
             f"{state})"
@@ -267,6 +269,8 @@ class CachedReferencePool:
         """``(pfn, index)`` of a page a caller holds, else PageError."""
         pfn, i = self._index(op, pfn)
         if self._refs[i] == 0:
+            if self._core._absent[i]:
+                raise PageError(_rules.msg_not_covered(op, pfn))
             # A cached block heads a free block; so does a free one of the pool.
             raise PageError(_rules.msg_not_held(op, pfn, self._core._order[i] is not None))
         return pfn, i
@@ -564,7 +568,10 @@ class CachedReferencePool:
         """The callers' refcount of a page (0 for free and cached pages and for tails)."""
         if self._closed:
             self._refuse("page_count")
-        return self._refs[self._index("page_count", pfn)[1]]
+        pfn, i = self._index("page_count", pfn)
+        if self._core._absent[i]:
+            raise PageError(_rules.msg_not_covered("page_count", pfn))
+        return self._refs[i]
 
     def free_lists(self) -> list[list[int]]:
         """The pool's free lists (cached blocks are not on them)."""
@@ -578,6 +585,65 @@ class CachedReferencePool:
             self._refuse("view")
         pfn, _ = self._held("view", pfn)
         return self._core.view(pfn)
+
+    # ---------------------------------------------------------------- grow and shrink
+
+    @property
+    def min_free_pages(self) -> int:
+        """The pool's ``min_free_pages``."""
+        return self._core.min_free_pages
+
+    def set_min_free_pages(self, pages: SupportsIndex) -> None:
+        """Set the pool's ``min_free_pages``."""
+        if self._closed:
+            self._refuse("set_min_free_pages")
+        self._core.set_min_free_pages(pages)
+
+    def covers(self, pfn: SupportsIndex) -> bool:
+        """Whether ``pfn`` is the pool's now."""
+        if self._closed:
+            self._refuse("covers")
+        return self._core.covers(pfn)
+
+    def _drained(self, op: str) -> ReferencePool:
+        """Every cache drained, for a call that grows or shrinks the pool: the pool's model."""
+        if self._closed:
+            self._refuse(op)
+        for slot in range(self._cpus):
+            self._drain(slot)
+        return self._core
+
+    def admit(self, pfn: SupportsIndex, order: SupportsIndex) -> None:
+        """The pool's ``admit``: the block checked first (a refused one drains nothing), then
+        every cache drained."""
+        if self._closed:
+            self._refuse("admit")
+        pfn, order, _ = self._core._check_admit(pfn, order)
+        self._drained("admit").admit(pfn, order)
+
+    def reclaim(self, order: SupportsIndex) -> int:
+        """The pool's ``reclaim``, after draining every cache (also when it then fails: the
+        caches are drained to see every free page)."""
+        if self._closed:
+            self._refuse("reclaim")
+        self._core._check_order("reclaim", order)
+        return self._drained("reclaim").reclaim(order)
+
+    def reclaim_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+        """The pool's ``reclaim_many``, after draining every cache, as ``reclaim``."""
+        if self._closed:
+            self._refuse("reclaim_many")
+        self._core._check_order("reclaim_many", order)
+        count = _as_int(count, "reclaim_many: count")
+        if count < 0:
+            raise ValueError(f"reclaim_many: count must be >= 0, got {count}")
+        return self._drained("reclaim_many").reclaim_many(order, count)
+
+    def reclaimable(self, order: SupportsIndex) -> int:
+        """The pool's ``reclaimable`` (cached blocks not counted)."""
+        if self._closed:
+            self._refuse("reclaimable")
+        return self._core.reclaimable(order)
 
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from . import _lockstep
 from ._lockstep import Divergence, OpSource, diverges, reproducer, run_ops
-from ._rules import MAX_REFCOUNT, OPERATIONS, TRACED, Geometry, Op, map_pfns
+from ._rules import MAX_REFCOUNT, OPERATIONS, TRACED, TRACED_FIXED, Geometry, Op, map_pfns
 from ._trace import TraceWriter, format_header, format_op
 
 __all__ = [
@@ -75,6 +75,9 @@ class FuzzConfig:
     cpus: int | None = None
     cache_batch: int | None = None
     cache_high: int | None = None
+    #: Pools that grow and shrink: every pool has room past its initial range (which may be
+    #: empty), and episodes admit and reclaim blocks and set the floor.
+    grow: bool = False
     #: Compare free lists every this many operations (results: every operation).
     compare_every: int = 16
     #: Longest episode, in operations (episodes are drawn between 16 and this).
@@ -164,7 +167,64 @@ def random_geometry(rng: random.Random, cfg: FuzzConfig) -> Geometry:
     )
     if g.arena == "none":  # page numbers only: never zeroed, links in the side table
         g = g.replace(zero="never", links="side")
+    if cfg.grow:
+        g = _grow_geometry(rng, g)
     return g
+
+
+def _grow_geometry(rng: random.Random, g: Geometry) -> Geometry:
+    """``g`` with room to grow: ``max_pages`` past ``nr_pages``, and a fifth of the pools
+    built empty (``nr_pages=0``: Android's ``hyp_pool_init_empty``)."""
+    room = max(1, g.nr_pages // 2 + rng.randint(0, 64))
+    room = min(room, 2**64 - g.base_pfn - g.nr_pages)
+    empty = rng.random() < 0.2
+    if room <= 0:
+        return g
+    n = 0 if empty else g.nr_pages
+    return g.replace(
+        nr_pages=n,
+        max_pages=g.nr_pages + room,
+        reserved_pages=0 if empty else g.reserved_pages,
+    )
+
+
+class _Absent:
+    """Blocks the pool does not cover, as ``(pfn, order)``: what ``admit`` may take. Starts as
+    the pages past the initial range, in aligned blocks; reclaims add to it."""
+
+    def __init__(self, g: Geometry) -> None:
+        self.blocks: list[tuple[int, int]] = []
+        pfn, end = g.base_pfn + g.nr_pages, g.base_pfn + g.span
+        while pfn < end:
+            align = (pfn & -pfn).bit_length() - 1 if pfn else g.max_order
+            k = min(align, (end - pfn).bit_length() - 1, g.max_order - 1)
+            self.blocks.append((pfn, k))
+            pfn += 1 << k
+
+    def pick(self, rng: random.Random) -> tuple[int, int]:
+        """An admit of part of one block: its head (or an aligned piece) at an order up to its
+        own; the block stays listed until the admit is seen to succeed."""
+        i = rng.randrange(len(self.blocks))
+        pfn, k = self.blocks[i]
+        j = rng.randint(0, k)
+        piece = rng.randrange(1 << (k - j))
+        return pfn + (piece << j), j
+
+    def admitted(self, pfn: int, order: int) -> None:
+        """The block ``(pfn, order)`` was admitted: the absent block holding it loses it; the
+        rest stays, as aligned blocks."""
+        for i, (head, k) in enumerate(self.blocks):
+            if head <= pfn < head + (1 << k):
+                del self.blocks[i]
+                while k > order:  # halve towards the admitted piece, keeping the other half
+                    k -= 1
+                    half = head + (1 << k)
+                    if pfn >= half:
+                        self.blocks.append((head, k))
+                        head = half
+                    else:
+                        self.blocks.append((half, k))
+                return
 
 
 def _cache_options(rng: random.Random, cfg: FuzzConfig) -> tuple[tuple[str, int], ...]:
@@ -254,6 +314,7 @@ def episode(rng: random.Random, g: Geometry, length: int, pump: bool = False) ->
     held = _Held()
     for i in range(g.reserved_pages):
         held.add(g.base_pfn + i, 0)
+    absent = _Absent(g) if g.max_pages is not None else None
     orders = g.max_order
     rnd = rng.random
     p_alloc, left = 0.5, 0
@@ -270,14 +331,46 @@ def episode(rng: random.Random, g: Geometry, length: int, pump: bool = False) ->
                 p_alloc = rng.uniform(0.15, 0.85)
                 left = int(2 ** rng.uniform(4, 11))
             left -= 1
-            op = _on_a_slot(rng, g, _draw(rng, g, held, p_alloc, orders))
+            grown = _grow_op(rng, g, absent) if absent is not None else None
+            op = grown or _on_a_slot(rng, g, _draw(rng, g, held, p_alloc, orders))
         value, exc = yield op
+        if absent is not None and exc is None:
+            _observe_grow(absent, op, value)
         kind = op[0]
         if kind in ("alloc", "alloc_on") and exc is not None:
             if type(exc).__name__ == "OutOfMemory" and rnd() < 0.5:
                 p_alloc = rng.uniform(0.1, 0.4)  # full: drain for a while
         else:
             _observe(held, op, value, exc)
+
+
+def _grow_op(rng: random.Random, g: Geometry, absent: _Absent) -> Op | None:
+    """Now and then, an operation that grows or shrinks the pool: an admit of a block it does
+    not cover (sometimes of one it does), a reclaim, or a new floor; None otherwise."""
+    r = rng.random()
+    if r < 0.06:
+        if absent.blocks and rng.random() < 0.9:
+            return ("admit", *absent.pick(rng))
+        pfn = rng.randint(g.base_pfn - 1, g.base_pfn + g.span)
+        return ("admit", pfn, _pick_order(rng, g.max_order))
+    if r < 0.09:
+        return ("reclaim", _pick_order(rng, g.max_order))
+    if r < 0.095:
+        return ("reclaim_many", _pick_order(rng, g.max_order), rng.randint(0, 4))
+    if r < 0.1:
+        return ("floor", rng.choice((0, 0, rng.randint(0, g.span))))
+    return None
+
+
+def _observe_grow(absent: _Absent, op: Op, value: Any) -> None:
+    """Follow what the pool covers after a successful ``op``."""
+    kind = op[0]
+    if kind == "admit":
+        absent.admitted(op[1], op[2])
+    elif kind == "reclaim":
+        absent.blocks.append((value, op[1]))
+    elif kind == "reclaim_many":
+        absent.blocks.extend((pfn, op[1]) for pfn in value)
 
 
 def _draw(rng: random.Random, g: Geometry, held: _Held, p_alloc: float, orders: int) -> Op:
@@ -340,8 +433,10 @@ def _on_a_slot(rng: random.Random, g: Geometry, op: Op) -> Op:
 
 def _table_op(rng: random.Random, g: Geometry, held: _Held) -> Op:
     """Any operation a trace can hold, from the rulebook's table, with arguments of the kinds
-    its entry declares: a new operation is fuzzed without a change here."""
-    kind = rng.choice(TRACED)
+    its entry declares: a new operation is fuzzed without a change here (those that grow or
+    shrink the pool only where it can grow: ``--grow``)."""
+    kinds = TRACED if g.max_pages is not None else TRACED_FIXED
+    kind = rng.choice(kinds)
     return (kind, *(_argument(rng, g, held, p) for p in OPERATIONS[kind].params))
 
 
@@ -354,7 +449,7 @@ def _argument(rng: random.Random, g: Geometry, held: _Held, param: str) -> Any:
     if param == "pfn":
         if held.pfns and rng.random() < 0.8:
             return rng.choice(held.pfns)
-        return rng.randint(g.base_pfn - 2, g.base_pfn + g.nr_pages + 1)
+        return rng.randint(g.base_pfn - 2, g.base_pfn + g.span + 1)
     if param == "pfns":
         return tuple(_argument(rng, g, held, "pfn") for _ in range(rng.randint(1, 4)))
     if param == "cpu":
@@ -521,7 +616,7 @@ def shrink(
             if time.perf_counter() >= deadline:
                 break
             g2 = g.replace(**change)
-            cand = _rebase(items, g.base_pfn, g2.base_pfn, g.nr_pages)
+            cand = _rebase(items, g.base_pfn, g2.base_pfn, g.span)
             d2 = test(g2, cand)
             if d2 is not None:
                 g, d, items = g2, d2, cut(cand, d2)

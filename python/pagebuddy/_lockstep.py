@@ -236,6 +236,8 @@ ATTRIBUTES = (
     "cache_auto",
     "cache_bound",
 )
+#: Attributes of pools that grow and shrink, compared where both pools have them.
+GROW_ATTRIBUTES = ("max_pages", "min_free_pages")
 
 
 class Lockstep:
@@ -270,7 +272,7 @@ class Lockstep:
         self.compare_every = max(1, compare_every)
         self.strict = strict
         self.contents = contents_comparable(geometry.zero, geometry.links, geometry.arena)
-        self.size = geometry.nr_pages * geometry.page_size
+        self.size = geometry.span * geometry.page_size
         self.slack = b""
         if buffers is None and fill_seed is not None and geometry.arena == "buffer":
             pattern = random.Random(fill_seed).randbytes(self.size + geometry.page_size)
@@ -295,17 +297,26 @@ class Lockstep:
         #: The pool's and the model's outcome of the last operation.
         self.last: tuple[Outcome, Outcome] = ((None, None), (None, None))
         self._fills: dict[int, bytes] = {}
+        # Every operation both pools have (a pool under conformance test may lack those of
+        # pools that grow and shrink).
         self._methods = {
-            kind: (o.bind(self.pool), o.bind(self.model)) for kind, o in OPERATIONS.items()
+            kind: (o.bind(self.pool), o.bind(self.model))
+            for kind, o in OPERATIONS.items()
+            if hasattr(self.pool, o.method) and hasattr(self.model, o.method)
         }
         self.compare_attributes(-1)
         self.compare_state(-1, None)
 
     @property
     def pfns(self) -> range:
-        """The pool's pfns."""
+        """The pool's pfns: every page it may cover (``max_pages``)."""
         g = self.geometry
-        return range(g.base_pfn, g.base_pfn + g.nr_pages)
+        return range(g.base_pfn, g.base_pfn + g.span)
+
+    def covered(self, pool: Any) -> list[int]:
+        """The pfns ``pool`` covers now (all of them for a pool that cannot grow)."""
+        covers = getattr(pool, "covers", None)
+        return list(self.pfns) if covers is None else [p for p in self.pfns if covers(p)]
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -427,7 +438,7 @@ class Lockstep:
     def held(self) -> list[int]:
         """Pfns of the pages the model holds (each heads a held block)."""
         count = self.model.page_count
-        return [pfn for pfn in self.pfns if count(pfn) > 0]
+        return [pfn for pfn in self.covered(self.model) if count(pfn) > 0]
 
     def capacity(self, order: int) -> int:
         """How many blocks of ``order`` the model's free lists can supply."""
@@ -463,6 +474,13 @@ class Lockstep:
             qa, qb = ask_a(), ask_b()
             if qa != qb:
                 raise Divergence(step, op, query, f"{query}(): Pool {qa}, the model {qb}")
+        if self.geometry.max_pages is not None:
+            for order in range(self.geometry.max_order):
+                qa, qb = self.pool.reclaimable(order), self.model.reclaimable(order)
+                if qa != qb:
+                    raise Divergence(
+                        step, op, "reclaimable", f"reclaimable({order}): Pool {qa}, the model {qb}"
+                    )
         self.compare_caches(step, op)
 
     def compare_caches(self, step: int | None = None, op: Op | None = None) -> None:
@@ -482,7 +500,8 @@ class Lockstep:
     def compare_attributes(self, step: int | None = None) -> None:
         """Compare the geometry attributes and ``repr`` (past the class name)."""
         step = self.steps if step is None else step
-        for name in ATTRIBUTES:
+        grown = [n for n in GROW_ATTRIBUTES if hasattr(self.pool, n) and hasattr(self.model, n)]
+        for name in (*ATTRIBUTES, *grown):
             va, vb = getattr(self.pool, name), getattr(self.model, name)
             if va != vb:
                 raise Divergence(step, None, "attribute", f"{name}: Pool {va!r}, the model {vb!r}")
@@ -492,15 +511,21 @@ class Lockstep:
 
     def compare_counts(self) -> None:
         """Compare every page's refcount."""
-        ca = [self.pool.page_count(p) for p in self.pfns]
-        cb = [self.model.page_count(p) for p in self.pfns]
+        pa, pb = self.covered(self.pool), self.covered(self.model)
+        if pa != pb:
+            i = _first_byte(pa, pb)
+            raise Divergence(
+                self.steps, None, "covers", f"covered pfns differ first at {(pa + pb)[i]}"
+            )
+        ca = [self.pool.page_count(p) for p in pb]
+        cb = [self.model.page_count(p) for p in pb]
         if ca != cb:
             i = _first_byte(ca, cb)
             raise Divergence(
                 self.steps,
                 None,
                 "page_count",
-                f"page_count({self.pfns[i]}): Pool {ca[i]}, the model {cb[i]}",
+                f"page_count({pb[i]}): Pool {ca[i]}, the model {cb[i]}",
             )
 
     def compare_contents(self) -> None:
@@ -587,17 +612,20 @@ PAGE_FREE, PAGE_HELD, PAGE_SHARED, PAGE_RESERVED = 0, 1, 2, 3
 def arena_map(pool: Any, geometry: Geometry) -> list[int]:
     """Classify every page of ``pool``: free, held, shared (refcount >= 2) or reserved.
 
-    A page is *reserved* if it is one of the first ``reserved_pages`` and not free.
+    A page is *reserved* if it is one of the first ``reserved_pages`` and not free; a page
+    the pool does not cover (never admitted, or reclaimed) reads as free.
     """
     base = geometry.base_pfn
-    states = [PAGE_HELD] * geometry.nr_pages
+    covers = getattr(pool, "covers", None)
+    states = [PAGE_HELD] * geometry.span
     for order, blocks in enumerate(pool.free_lists()):
         n = 1 << order
         for pfn in blocks:
             i = pfn - base
             states[i : i + n] = [PAGE_FREE] * n
-    for i in range(geometry.nr_pages):
-        if states[i] == PAGE_FREE:
+    for i in range(geometry.span):
+        if states[i] == PAGE_FREE or (covers is not None and not covers(base + i)):
+            states[i] = PAGE_FREE
             continue
         if i < geometry.reserved_pages:
             states[i] = PAGE_RESERVED

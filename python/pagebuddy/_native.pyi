@@ -59,6 +59,7 @@ class Pool:
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
+        max_pages: SupportsIndex | None = None,
     ) -> Self: ...
     def __init__(
         self,
@@ -74,6 +75,7 @@ class Pool:
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
+        max_pages: SupportsIndex | None = None,
     ) -> None:
         """The constructor's signature. Called once by ``Pool(...)``, which builds the pool in
         ``__new__``; any later call raises ``TypeError``: a pool is built once."""
@@ -92,24 +94,39 @@ class Pool:
         zero: Literal["free", "alloc", "never"] = "free",
         links: Literal["side", "intrusive"] = "side",
         timeout: float | None = None,
+        owners: SupportsIndex = 32,
     ) -> Pool:
         """Format ``buffer`` as a pool that lives entirely inside it (as many pages as fit after
-        its header and metadata) and open it; other processes open it with ``attach``.
+        its header, owner table and metadata) and open it; other processes open it with
+        ``attach``.
 
         ``timeout``: the most seconds each call of this handle waits for the pool's lock
         (None: as long as it takes) before it raises ``TimeoutError``, nothing changed. A wait
-        lets other threads run and answers Ctrl-C with ``KeyboardInterrupt``."""
+        lets other threads run and answers Ctrl-C with ``KeyboardInterrupt``.
+
+        ``owners``: slots of the owner table (1 to 4096): how many handles may be open on the
+        pool at once, in any processes. Each handle is an owner (``owner``); the references it
+        took are dropped once it is found dead (``reclaim_dead``)."""
     @staticmethod
     def attach(buffer: Buffer, *, timeout: float | None = None) -> Pool:
         """Open the pool that ``create_in`` formatted in ``buffer``, rolling back an operation a
         killed process left half done; ValueError or CorruptionError for bytes it refuses, which
         it leaves exactly as they were (the recovery is kept only once every check passed).
-        ``timeout`` as for ``create_in``. Pages that a killed process held stay held (the pool
-        cannot know whether it handed them to a survivor): put them on its behalf if you know
-        them, or format the buffer anew."""
+        ``timeout`` as for ``create_in``. The handle becomes an owner (``owner``); the
+        references of owners found dead are dropped first, as ``reclaim_dead`` does."""
     @property
     def shared(self) -> bool:
         """Whether the pool lives in a shared buffer (``create_in``, ``attach``)."""
+    @property
+    def owner(self) -> int | None:
+        """This handle's owner id in a shared pool (slot in the low 32 bits, the slot's
+        generation above); None for a pool that is not shared. A forked child's handle is a new
+        owner, registered at its first call."""
+    def reclaim_dead(self) -> int:
+        """Drop the references of every owner of this shared pool found dead (its process
+        died, or its handle was closed), as if each had put them, and free their slots; return
+        the pages given back to the free lists. A page another live owner took a reference to
+        stays held. ValueError on a pool that is not shared."""
     @property
     def timeout(self) -> float | None:
         """The most seconds each call of this handle waits for a shared pool's lock (the
@@ -181,6 +198,25 @@ class Pool:
         self, pfns: Iterable[SupportsIndex] | Buffer, *, cpu: SupportsIndex | None = None
     ) -> None:
         """Put every pfn in order, all or nothing, without the GIL; a failure names its index."""
+    def admit(self, pfn: SupportsIndex, order: SupportsIndex) -> None:
+        """Admit the free block of ``2**order`` pages at ``pfn``, which the pool does not cover
+        (Android pKVM's ``hyp_pool_admit``); past the initial range it is never coalesced."""
+    def reclaim(self, order: SupportsIndex) -> int:
+        """Take the free block ``alloc_pages(order)`` would hand out out of the pool; its pfn."""
+    def reclaim_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+        """``count`` reclaims of ``order``, all or nothing."""
+    def reclaimable(self, order: SupportsIndex) -> int:
+        """How many blocks of ``order`` reclaims could take now, the floor respected."""
+    def covers(self, pfn: SupportsIndex) -> bool:
+        """Whether ``pfn`` is the pool's now: initial range or admitted, not reclaimed."""
+    @property
+    def min_free_pages(self) -> int:
+        """Android's ``min_free_pages``: the free pages ``reclaim`` leaves."""
+    def set_min_free_pages(self, pages: SupportsIndex) -> None:
+        """Set ``min_free_pages`` (0 to ``2**32 - 1``)."""
+    @property
+    def max_pages(self) -> int:
+        """Pages the pool may ever cover, from ``base_pfn``."""
     def drain(self, cpu: SupportsIndex | None = None) -> None:
         """Return every block cached in slot ``cpu`` (default: this thread's) to the pool."""
     def drain_all(self) -> None:
@@ -209,7 +245,7 @@ class Pool:
         """Number of pages currently in free blocks."""
     @property
     def nr_pages(self) -> int:
-        """Number of pages in the pool."""
+        """Pages the pool started with: its initial range, where blocks coalesce."""
     @property
     def base_pfn(self) -> int:
         """Pfn of the first page of the pool."""

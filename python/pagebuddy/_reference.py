@@ -175,8 +175,13 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         cpus: SupportsIndex = 0,
         cache_batch: SupportsIndex | None = None,
         cache_high: SupportsIndex | None = None,
+        max_pages: SupportsIndex | None = None,
     ) -> None:
         """Validate the arguments, then build the initial state (that of the sequential puts).
+
+        ``max_pages`` (default ``nr_pages``): the pages the pool may ever cover, from
+        ``base_pfn``; pages past ``nr_pages`` (the initial range, which may then be 0) are
+        nobody's until admitted (:meth:`admit`). Metadata and arena are sized for all of them.
 
         The arguments are checked one after another in the order of the signature, each for
         its type and then its value, as ``Pool`` does. Int arguments go through
@@ -196,14 +201,17 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         if hasattr(self, "_free_area"):
             raise TypeError(_rules.msg_already_built(type(self).__name__))
 
+        nr_pages = _as_int(nr_pages, "nr_pages")
+        span = nr_pages if max_pages is None else _as_int(max_pages, "max_pages")
+        room = None if max_pages is None else span
+
         def checked(*ints: int) -> None:
             # The arguments not yet read at their defaults, which are valid.
             defaults = (1, 4096, 0, 0, 11)
-            problem = _rules.geometry_problem(*ints, *defaults[len(ints) :])
+            problem = _rules.geometry_problem(*ints, *defaults[len(ints) :], room)
             if problem:
                 raise ValueError(problem)
 
-        nr_pages = _as_int(nr_pages, "nr_pages")
         checked(nr_pages)
         page_size = _as_int(page_size, "page_size")
         checked(nr_pages, page_size)
@@ -233,7 +241,7 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         # settings read as the defaults, as on the native pool.
         del batch, high
         # The bytes behind the pages, or None for a pool of page numbers only.
-        view = _arena_from(buffer, nr_pages * page_size) if arena else None
+        view = _arena_from(buffer, span * page_size) if arena else None
         if view is not None:
             try:
                 # Before anything is written to it: a refused buffer is left as it was.
@@ -244,23 +252,28 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         self._zero, self._links = zero, links
 
         self._nr_pages = nr_pages
+        self._span = span
+        self._min_free = 0
         self._page_size = page_size
         self._base_pfn = base_pfn
         self._reserved_pages = reserved_pages
-        self._max_order = _rules.max_order(nr_pages, cap)
+        self._max_order = _rules.max_order(span, cap)
         self._arena: memoryview | None = view
 
         # Per-page metadata (index i is pfn base_pfn + i): refcount, and the order of the
         # block the page heads (None for a page that heads no block, a "tail").
         try:
-            self._refcount: list[int] = [1] * nr_pages
-            self._order: list[int | None] = [0] * nr_pages
+            self._refcount: list[int] = [1] * span
+            self._order: list[int | None] = [0] * span
+            # Pages the pool does not cover: past the initial range until admitted, and
+            # reclaimed ones (refcount 0, no order, in no block).
+            self._absent: list[bool] = [False] * nr_pages + [True] * (span - nr_pages)
             # free_area[k]: the heads of the free blocks of order k, head of the list first.
             self._free_area: list[list[int]] = [[] for _ in range(self._max_order)]
             self._closed = False
             self._lay_out_free_blocks(fresh_arena=buffer is None)
         except MemoryError:
-            raise MemoryError(f"cannot allocate metadata for {nr_pages} pages") from None
+            raise MemoryError(f"cannot allocate metadata for {span} pages") from None
 
     def _put_every_free_page(self) -> None:
         """The definition of the initial state: put every non-reserved page, in pfn order.
@@ -278,8 +291,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         while its block stays so, and each block is listed when its last page is put), with
         their memory zeroed under ``zero="free"`` (a fresh arena already is)."""
         n, base, first = self._nr_pages, self._base_pfn, self._reserved_pages
-        self._refcount[first:] = [0] * (n - first)
-        self._order[first:] = [None] * (n - first)
+        self._refcount[first:] = [0] * (self._span - first)
+        self._order[first:] = [None] * (self._span - first)
         if self._zero == "free" and not fresh_arena:
             assert self._arena is not None
             ps, chunk = self._page_size, 1 << 20
@@ -460,8 +473,10 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         """``ReferencePool(nr_pages=..., page_size=..., base_pfn=..., max_order=..., ...)``,
         ending in ``closed=True`` instead of ``free_pages=...`` once closed."""
         state = "closed=True" if self._closed else f"free_pages={self.free_pages}"
+        room = f", max_pages={self._span}" if self._span != self._nr_pages else ""
         return (
-            f"{type(self).__name__}(nr_pages={self._nr_pages}, page_size={self._page_size}, "
+            f"{type(self).__name__}(nr_pages={self._nr_pages}{room}, "
+            f"page_size={self._page_size}, "
             f"base_pfn={self._base_pfn}, max_order={self._max_order}, zero={self._zero!r}, "
             f"{state})"
         )
@@ -473,7 +488,12 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         return pfn - self._base_pfn
 
     def _in_pool(self, pfn: int) -> bool:
-        """Whether ``pfn`` is one of this pool's pages."""
+        """Whether ``pfn`` has metadata: one of the ``max_pages`` pages the pool may cover."""
+        return self._base_pfn <= pfn < self._base_pfn + self._span
+
+    def _in_range(self, pfn: int) -> bool:
+        """Whether ``pfn`` is in the initial range (mainline's ``[range_start, range_end)``),
+        where blocks coalesce; pages past it are external, never coalesced."""
         return self._base_pfn <= pfn < self._base_pfn + self._nr_pages
 
     @staticmethod
@@ -493,8 +513,9 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         self._arena[where] = bytes(where.stop - where.start)
 
     def _is_free_head(self, pfn: int, order: int) -> bool:
-        """pKVM ``__find_buddy_avail``: an in-pool page, free, heading a block of ``order``."""
-        if not self._in_pool(pfn):
+        """pKVM ``__find_buddy_avail``: a page of the initial range, free, heading a block of
+        ``order``."""
+        if not self._in_range(pfn):
             return False
         i = self._index(pfn)
         return self._refcount[i] == 0 and self._order[i] == order
@@ -506,7 +527,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         if self._zero == "free":
             self._zero_block(pfn, order)
         self._order[self._index(pfn)] = None
-        while order + 1 < self._max_order:
+        # Mainline: an external block (past the initial range) is listed as it is.
+        while order + 1 < self._max_order and self._in_range(pfn):
             buddy = self._buddy(pfn, order)
             if not self._is_free_head(buddy, order):
                 break
@@ -547,6 +569,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         """Metadata index of ``pfn``, or PageError unless it is in the pool and held."""
         i = self._check_in_pool(op, pfn)
         if self._refcount[i] == 0:
+            if self._absent[i]:
+                raise PageError(_rules.msg_not_covered(op, pfn))
             raise PageError(_rules.msg_not_held(op, pfn, self._order[i] is not None))
         return i
 
@@ -729,6 +753,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         for k, pfn in enumerate(converted):
             op = f"put_many: pfns[{k}]"
             i = self._check_in_pool(op, pfn)
+            if self._absent[i]:
+                raise PageError(_rules.msg_not_covered(op, pfn))
             if self._refcount[i] <= dropped.get(pfn, 0):
                 raise PageError(_rules.msg_not_held(op, pfn, self._order[i] is not None))
             dropped[pfn] = dropped.get(pfn, 0) + 1
@@ -761,7 +787,10 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         if self._closed:
             self._refuse("page_count")
         pfn = _as_int(pfn, "page_count: pfn")
-        return self._refcount[self._check_in_pool("page_count", pfn)]
+        i = self._check_in_pool("page_count", pfn)
+        if self._absent[i]:
+            raise PageError(_rules.msg_not_covered("page_count", pfn))
+        return self._refcount[i]
 
     def free_lists(self) -> list[list[int]]:
         """The head pfns of the free blocks, one list per order from 0 to ``max_order - 1``.
@@ -795,6 +824,153 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         """Whether the pool has an arena (False for ``arena=False``)."""
         return self._arena is not None
 
+    # ---------------------------------------------------------------- grow and shrink
+
+    @property
+    def max_pages(self) -> int:
+        """Pages the pool may ever cover, from ``base_pfn`` (``nr_pages`` unless given)."""
+        return self._span
+
+    @property
+    def min_free_pages(self) -> int:
+        """Android's ``min_free_pages``: the free pages :meth:`reclaim` leaves (allocation may
+        use them). 0 unless set."""
+        if self._closed:
+            self._refuse("min_free_pages")
+        return self._min_free
+
+    def set_min_free_pages(self, pages: SupportsIndex) -> None:
+        """Set :attr:`min_free_pages`: an int from 0 to ``2**32 - 1`` (ValueError otherwise)."""
+        if self._closed:
+            self._refuse("set_min_free_pages")
+        pages = _as_int(pages, "set_min_free_pages: pages")
+        if not 0 <= pages < 1 << 32:
+            raise ValueError(
+                f"set_min_free_pages: pages must be from 0 to {(1 << 32) - 1}, got {pages}"
+            )
+        self._min_free = pages
+
+    def covers(self, pfn: SupportsIndex) -> bool:
+        """Whether ``pfn`` is the pool's now: in its initial range or admitted, not reclaimed."""
+        if self._closed:
+            self._refuse("covers")
+        pfn = _as_int(pfn, "covers: pfn")
+        return self._in_pool(pfn) and not self._absent[self._index(pfn)]
+
+    def admit(self, pfn: SupportsIndex, order: SupportsIndex) -> None:
+        """Android pKVM's ``hyp_pool_admit``: add the free block of ``2**order`` pages at
+        ``pfn``, which the pool does not cover, as one free block.
+
+        Past the initial range the block is external (mainline's ``__hyp_attach_page``): listed
+        at ``order``, never coalesced; inside it (a block reclaimed before) it coalesces as any
+        free. Zeroed under ``zero="free"``. Checked in this order, nothing changed on refusal:
+        ``pfn`` (TypeError; PageError outside the pool), ``order`` (TypeError, ValueError),
+        then PageError for a block that is misaligned, runs past ``max_pages``, crosses the end
+        of the initial range or overlaps a page the pool covers.
+        """
+        if self._closed:
+            self._refuse("admit")
+        pfn, order, i = self._check_admit(pfn, order)
+        for j in range(i, i + (1 << order)):
+            self._absent[j] = False
+        self._order[i] = order
+        self._attach(pfn)
+
+    def _check_admit(self, pfn: object, order: object) -> tuple[int, int, int]:
+        """``(pfn, order, index)`` of a block :meth:`admit` takes, or why not; reads only."""
+        op = "admit"
+        pfn = _as_int(pfn, f"{op}: pfn")
+        if not 0 <= pfn < 1 << 64:
+            raise PageError(_rules.msg_outside(op, pfn))
+        order = self._check_order(op, order)
+        i = self._check_in_pool(op, pfn)
+        size, end = 1 << order, self._nr_pages
+        if pfn % size:
+            why = "the head is not aligned to the block's size"
+        elif i + size > self._span:
+            why = "the block runs past the pool's max_pages"
+        elif i < end < i + size:
+            why = "the block crosses the end of the initial range"
+        else:
+            covered = next((j for j in range(i, i + size) if not self._absent[j]), None)
+            why = "" if covered is None else f"pfn {self._base_pfn + covered} is already the pool's"
+        if why:
+            raise PageError(_rules.msg_cannot_admit(op, pfn, order, why))
+        return pfn, order, i
+
+    def _reclaim_check(self, op: str, order: int, count: int) -> None:
+        """OutOfMemory unless ``count`` reclaims of ``order`` can be made (``count`` blocks
+        from the free lists, ``min_free_pages`` left)."""
+        if count == 0:
+            return
+        capacity = sum(
+            len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
+        )
+        if capacity < count:
+            raise OutOfMemory(f"{op}: out of memory: no free block of order >= {order}")
+        free = self.free_pages
+        if free < self._min_free + (count << order):
+            raise OutOfMemory(_rules.msg_below_floor(op, order, free, self._min_free))
+
+    def _forget(self, pfn: int, order: int) -> None:
+        """The block just taken off the free lists leaves the pool: nobody's."""
+        i = self._index(pfn)
+        for j in range(i, i + (1 << order)):
+            self._refcount[j], self._order[j], self._absent[j] = 0, None, True
+
+    def reclaim(self, order: SupportsIndex) -> int:
+        """Take one free block of ``2**order`` pages out of the pool and return its pfn: the
+        block :meth:`alloc_pages` would hand out (pKVM's own rule, deterministic). Its pages
+        are no longer the pool's (every call on them is a PageError) until admitted again.
+
+        Raises TypeError / ValueError for a bad order, OutOfMemory with no free block of that
+        order or above, or when fewer than :attr:`min_free_pages` free pages would be left.
+        """
+        if self._closed:
+            self._refuse("reclaim")
+        order = self._check_order("reclaim", order)
+        self._reclaim_check("reclaim", order, 1)
+        pfn = self._alloc_unzeroed(order)
+        self._forget(pfn, order)
+        return pfn
+
+    def reclaim_many(self, order: SupportsIndex, count: SupportsIndex) -> list[int]:
+        """``count`` reclaims of ``order``, all or nothing; their pfns in the order taken."""
+        if self._closed:
+            self._refuse("reclaim_many")
+        order = self._check_order("reclaim_many", order)
+        count = _as_int(count, "reclaim_many: count")
+        if count < 0:
+            raise ValueError(f"reclaim_many: count must be >= 0, got {count}")
+        self._reclaim_check("reclaim_many", order, count)
+        pfns = [self._alloc_unzeroed(order) for _ in range(count)]
+        for pfn in pfns:
+            self._forget(pfn, order)
+        return pfns
+
+    def reclaimable(self, order: SupportsIndex) -> int:
+        """Android's ``hyp_pool_reclaimable``: how many blocks of ``order`` reclaims could take
+        one after another now, the floor respected."""
+        if self._closed:
+            self._refuse("reclaimable")
+        order = self._check_order("reclaimable", order)
+        capacity = sum(
+            len(self._free_area[j]) << (j - order) for j in range(order, self._max_order)
+        )
+        return min(capacity, max(0, self.free_pages - self._min_free) >> order)
+
+    def _alloc_unzeroed(self, order: int) -> int:
+        """:meth:`_alloc`'s block, without the zeroing of ``zero="alloc"`` (the caller takes
+        the bytes back)."""
+        for j in range(order, self._max_order):
+            if self._free_area[j]:
+                pfn = self._free_area[j][0]
+                break
+        else:  # pragma: no cover - _reclaim_check rules it out
+            raise OutOfMemory(_rules.msg_out_of_memory(order, self.free_pages))
+        self._extract(pfn, order)
+        return pfn
+
     def check(self) -> None:
         """Verify every invariant of the model's own state; raise CorruptionError if broken.
 
@@ -811,8 +987,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
         def fail(message: str) -> NoReturn:
             raise CorruptionError(f"check: {message}")
 
-        n, base = self._nr_pages, self._base_pfn
-        if len(self._refcount) != n or len(self._order) != n:
+        n, base, end = self._span, self._base_pfn, self._nr_pages
+        if len(self._refcount) != n or len(self._order) != n or len(self._absent) != n:
             fail(f"metadata arrays do not have {n} entries")
         if len(self._free_area) != self._max_order:
             fail(f"there are {len(self._free_area)} free lists, not {self._max_order}")
@@ -824,6 +1000,8 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
                 fail(f"pfn {base + i} has refcount {refcount}")
             if order is not None and not 0 <= order < self._max_order:
                 fail(f"pfn {base + i} has order {order} (orders are 0 to {self._max_order - 1})")
+            if self._absent[i] and (refcount or order is not None):
+                fail(f"pfn {base + i} is not the pool's but has refcount or order")
 
         free_heads: set[int] = set()
         for order, heads in enumerate(self._free_area):
@@ -850,14 +1028,18 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
                 fail(f"pfn {pfn} heads a block of order {order} but is not aligned to it")
             if i + (1 << order) > n:
                 fail(f"block of order {order} at pfn {pfn} runs past the end of the pool")
+            if i < end < i + (1 << order):
+                fail(f"block of order {order} at pfn {pfn} crosses the end of the initial range")
             for j in range(i, min(n, i + (1 << order))):
                 if owner[j] is not None:
                     fail(f"pfn {base + j} lies in the blocks at pfns {owner[j]} and {pfn}")
+                if self._absent[j]:
+                    fail(f"pfn {base + j} inside the block at pfn {pfn} is not the pool's")
                 if j != i and (self._refcount[j] != 0 or self._order[j] is not None):
                     fail(f"pfn {base + j} inside the block at pfn {pfn} is not a tail page")
                 owner[j] = pfn
         for i in range(n):
-            if owner[i] is None:
+            if owner[i] is None and not self._absent[i]:
                 fail(f"pfn {base + i} belongs to no block")
 
         for pfn in free_heads:
@@ -866,7 +1048,9 @@ class ReferencePool(metaclass=abc.ABCMeta):  # noqa: B024
             buddy = self._buddy(pfn, order)
             # A buddy on the free lists with our order is free and heads a block like ours.
             buddy_free = buddy in free_heads and self._order[self._index(buddy)] == order
-            if order + 1 < self._max_order and buddy_free:
+            # External blocks never merge; nor does one whose buddy is external.
+            external = not (self._in_range(pfn) and self._in_range(buddy))
+            if order + 1 < self._max_order and buddy_free and not external:
                 fail(f"free buddies {pfn} and {buddy} of order {order} are not coalesced")
 
         in_free_blocks = sum(1 for i in range(n) if owner[i] in free_heads)

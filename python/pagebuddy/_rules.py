@@ -87,14 +87,25 @@ def max_order(nr_pages: int, order_cap: int) -> int:
 
 
 def geometry_problem(
-    nr_pages: int, page_size: int, base_pfn: int, reserved_pages: int, order_cap: int
+    nr_pages: int,
+    page_size: int,
+    base_pfn: int,
+    reserved_pages: int,
+    order_cap: int,
+    max_pages: int | None = None,
 ) -> str | None:
-    """Why the constructor refuses these integer arguments (a ``ValueError`` text), or None."""
-    if not 1 <= nr_pages <= MAX_PAGES:
-        return f"nr_pages must be from 1 to {MAX_PAGES}, not {nr_pages}"
+    """Why the constructor refuses these integer arguments (a ``ValueError`` text), or None.
+
+    ``max_pages`` (None: ``nr_pages``) is the pages the pool may ever cover; ``nr_pages``, its
+    initial range, may then be 0 (a pool that starts empty) and must not exceed it."""
+    span = nr_pages if max_pages is None else max_pages
+    if max_pages is not None and not 0 <= nr_pages <= max_pages:
+        return f"max_pages must be >= nr_pages ({nr_pages}), not {max_pages}"
+    if not 1 <= span <= MAX_PAGES:
+        return f"nr_pages must be from 1 to {MAX_PAGES}, not {span}"
     if not (MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0):
         return f"page_size must be a power of two from 64 to 2**30, not {page_size}"
-    if base_pfn < 0 or base_pfn + nr_pages > PFN_LIMIT:
+    if base_pfn < 0 or base_pfn + span > PFN_LIMIT:
         return f"base_pfn {base_pfn}: pfns must be from 0 to 2**64 - 1"
     if not 0 <= reserved_pages <= nr_pages:
         return f"reserved_pages must be from 0 to {nr_pages}, not {reserved_pages}"
@@ -200,6 +211,8 @@ _ALLOC = frozenset({"TypeError", "ValueError", "OutOfMemory"})
 #: A put names its slot on a cached pool: ``cpu=-1`` is a ValueError.
 _PUT = _PAGE | {"ValueError"}
 _CPU = frozenset({"TypeError", "ValueError"})
+#: Admit names a pfn and an order: a bad order is a ValueError, a refused block a PageError.
+_ADMIT = _PAGE | {"ValueError"}
 
 #: Every operation, by kind.
 OPERATIONS: Mapping[str, Operation] = {
@@ -217,12 +230,23 @@ OPERATIONS: Mapping[str, Operation] = {
         Operation("alloc_on", "alloc_pages", ("order", "cpu"), _ALLOC, keywords=("cpu",)),
         Operation("put_on", "put_page", ("pfn", "cpu"), _PUT, keywords=("cpu",)),
         Operation("drain", "drain", ("cpu",), _CPU),
+        # Pools that grow and shrink (Android pKVM's hyp_pool_admit / hyp_pool_reclaim): a
+        # cached pool drains every cache first.
+        Operation("admit", "admit", ("pfn", "order"), _ADMIT),
+        Operation("reclaim", "reclaim", ("order",), _ALLOC),
+        Operation("reclaim_many", "reclaim_many", ("order", "count"), _ALLOC),
+        Operation("floor", "set_min_free_pages", ("count",), _CPU),
+        Operation("reclaimable", "reclaimable", ("order",), _CPU, mutates=False),
         Operation("page_count", "page_count", ("pfn",), _PAGE, mutates=False),
         Operation("view", "view", ("pfn",), _PAGE, mutates=False),
     )
 }
 #: The kinds a trace may hold (those that change the pool).
 TRACED = tuple(k for k, op in OPERATIONS.items() if op.mutates)
+#: The operations of pools that grow and shrink (admit, reclaim, the floor).
+GROW_KINDS = frozenset({"admit", "reclaim", "reclaim_many", "floor", "reclaimable"})
+#: :data:`TRACED` without them: what a pool that is never grown sees.
+TRACED_FIXED = tuple(k for k in TRACED if k not in GROW_KINDS)
 #: Operation kind by pool method name (the first kind that calls it: ``alloc`` for
 #: ``alloc_pages``, not ``alloc_on``).
 KIND_OF_METHOD = {op.method: op.kind for op in reversed(list(OPERATIONS.values()))}
@@ -278,16 +302,28 @@ class Geometry:
     links: str = "side"
     arena: str = "owned"
     options: tuple[tuple[str, Any], ...] = ()
+    #: Pages the pool may ever cover (the ``max_pages`` keyword); None: ``nr_pages``.
+    max_pages: int | None = None
+
+    @property
+    def span(self) -> int:
+        """Pages with metadata (and arena bytes): ``max_pages``, or ``nr_pages``."""
+        return self.nr_pages if self.max_pages is None else self.max_pages
 
     @property
     def max_order(self) -> int:
         """Number of orders the pool will have: valid orders are 0 to ``max_order - 1``."""
-        return max_order(self.nr_pages, self.order_cap)
+        return max_order(self.span, self.order_cap)
 
     def problem(self) -> str | None:
         """Why the constructor would refuse this geometry, or None."""
         return geometry_problem(
-            self.nr_pages, self.page_size, self.base_pfn, self.reserved_pages, self.order_cap
+            self.nr_pages,
+            self.page_size,
+            self.base_pfn,
+            self.reserved_pages,
+            self.order_cap,
+            self.max_pages,
         )
 
     def _keywords(self) -> dict[str, Any]:
@@ -307,6 +343,8 @@ class Geometry:
             kw["_links"] = self.links
         if self.arena == "none":
             kw["arena"] = False
+        if self.max_pages is not None:
+            kw["max_pages"] = self.max_pages
         kw.update(self.options)
         return kw
 
@@ -320,6 +358,7 @@ class Geometry:
             "max_order": "order_cap",
             "zero": "zero",
             "_links": "links",
+            "max_pages": "max_pages",
         }
         fields = {known[k]: v for k, v in kw.items() if k in known}
         if kw.get("buffer") is not None:
@@ -337,7 +376,7 @@ class Geometry:
         With ``arena="buffer"`` the pool gets ``buffer``, or a new zeroed ``bytearray``.
         """
         if self.arena == "buffer" and buffer is None:
-            buffer = bytearray(self.nr_pages * self.page_size)
+            buffer = bytearray(self.span * self.page_size)
         kw = self.kwargs()
         if self.arena == "buffer":
             kw["buffer"] = buffer
@@ -354,6 +393,7 @@ class Geometry:
             **self._keywords(),
             "links": self.links,
             "arena": self.arena,
+            **({} if self.max_pages is None else {"max_pages": self.max_pages}),
             **dict(self.options),
         }
 
@@ -370,6 +410,24 @@ def msg_not_held(op: str, pfn: int, free_head: bool) -> str:
     """A page with refcount 0: a free block's head, or a tail page of a block."""
     what = "free page" if free_head else "tail page of a block"
     return f"{op}: pfn {pfn} is not held (refcount 0: {what})"
+
+
+def msg_not_covered(op: str, pfn: int) -> str:
+    """A page the pool does not cover: past its initial range and never admitted, or
+    reclaimed."""
+    return f"{op}: pfn {pfn} is not the pool's (never admitted, or reclaimed)"
+
+
+def msg_cannot_admit(op: str, pfn: int, order: int, why: str) -> str:
+    """``admit`` of a block the pool cannot take (``why``: the rule it breaks)."""
+    return f"{op}: pfn {pfn} order {order} cannot be admitted: {why}"
+
+
+def msg_below_floor(op: str, order: int, free_pages: int, floor: int) -> str:
+    """A reclaim that would leave fewer than ``min_free_pages`` free pages."""
+    return (
+        f"{op}: cannot reclaim order {order}: {free_pages} free pages, floor min_free_pages {floor}"
+    )
 
 
 def msg_refcount_overflow(op: str, pfn: int) -> str:

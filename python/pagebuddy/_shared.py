@@ -24,9 +24,10 @@ STAMP = struct.Struct("<QQ")
 
 
 def pool_bytes(pages: int, page_size: int = 4096) -> int:
-    """Bytes of a buffer in which ``Pool.create_in`` fits at least ``pages`` pages (header,
-    4 bytes of metadata and 8 of links a page, alignment of the pages)."""
-    return 8192 + pages * 12 + (pages + 1) * page_size
+    """Bytes of a buffer in which ``Pool.create_in`` fits at least ``pages`` pages (header and
+    its default 32 owner slots of 192 bytes, 2 bytes of owner tag, 4 of metadata and 8 of links
+    a page, alignment of the pages)."""
+    return 8192 + 32 * 192 + pages * 14 + (pages + 1) * page_size
 
 
 def held_pages(pool: Pool) -> dict[int, int]:
@@ -34,7 +35,9 @@ def held_pages(pool: Pool) -> dict[int, int]:
     held: dict[int, int] = {}
     pfn, end = pool.base_pfn, pool.base_pfn + pool.nr_pages
     while pfn < end:
-        if pool.page_count(pfn) > 0:
+        if not pool.covers(pfn):  # reclaimed: nobody's
+            pfn += 1
+        elif pool.page_count(pfn) > 0:
             n = len(pool.view(pfn)) // pool.page_size
             held[pfn] = n
             pfn += n
@@ -81,12 +84,16 @@ def worker_loop(
     stop: Any = None,
     max_held: int = 0,
     batches: bool = False,
+    ready: Any = None,
 ) -> WorkerResult:
     """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``;
-    with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``."""
+    with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``.
+    ``ready[worker]`` (a lock-free shared array) is set once the worker has attached."""
     shm = shared_memory.SharedMemory(name=name)
     try:
         pool = Pool.attach(shm.buf)
+        if ready is not None:
+            ready[worker] = 1
         rng = random.Random(seed)
         res = WorkerResult(worker)
         mine: dict[int, tuple[int, int]] = {}  # pfn -> (seq, extra references)
@@ -257,9 +264,26 @@ def run_processes(
 LOCK_WORD = 96
 
 
+#: The lock word's value while a handle that is not an owner yet holds the lock.
+REGISTRANT = 0xFFFFFFFF
+#: Bytes of the owner table before its first slot, and of each slot; the offset in a slot of
+#: the pid of the process that took it (layout version 5, ``owners.rs``).
+OWNER_TABLE_HEAD, OWNER_SLOT, OWNER_PID = 64, 192, 56
+
+
 def lock_holder(buf: Any) -> int:
-    """The pid in the pool's lock word (0: unlocked)."""
-    return int(struct.unpack_from("=I", buf, LOCK_WORD)[0])
+    """The pid of the process holding the pool's lock, as the holder's owner slot records it
+    (0: unlocked; -1: a handle that is not an owner yet, or a word naming no slot)."""
+    word = int(struct.unpack_from("=I", buf, LOCK_WORD)[0])
+    if word == 0:
+        return 0
+    slot = (word & 0x1FFF) - 1
+    if word == REGISTRANT or slot < 0:
+        return -1
+    table = (header_bytes(buf) + 63) // 64 * 64
+    return int(
+        struct.unpack_from("=I", buf, table + OWNER_TABLE_HEAD + slot * OWNER_SLOT + OWNER_PID)[0]
+    )
 
 
 def kill_rounds(
@@ -276,8 +300,9 @@ def kill_rounds(
     ``alloc_many``, ``alloc_exact``, ``put_many``) and SIGKILL one at a random moment,
     ``kills`` times, replacing it each time; after each kill, check the pool (which recovers an
     operation the victim left half done). Every ``per_epoch`` kills, stop the survivors and
-    account for every page (pages the killed held stay held, so each epoch starts a fresh pool
-    in the same memory)."""
+    account for every page: free, held by a survivor as it reports, or held by a killed worker
+    not yet found dead (a worker that attaches reclaims the pages of the dead). Each epoch starts
+    a fresh pool in the same memory."""
     import os
     import signal
     import time
@@ -300,6 +325,9 @@ def kill_rounds(
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
         n_started = 0
+        # Set by each worker once attached: the epoch stops only then, so that no late attach
+        # reclaims the pages of survivors that have already reported and let their handle go.
+        ready = ctx.RawArray("b", kills + workers * (kills // per_epoch + 2) + 1)
         while total["kills"] < kills:
             pool = Pool.create_in(shm.buf, max_order=max_order + 1)
             stop = ctx.RawValue("b", 0)
@@ -307,7 +335,13 @@ def kill_rounds(
             def start(stop: Any = stop) -> None:
                 nonlocal n_started
                 n_started += 1
-                kw = {"max_order": max_order, "stop": stop, "max_held": 6, "batches": True}
+                kw = {
+                    "max_order": max_order,
+                    "stop": stop,
+                    "max_held": 6,
+                    "batches": True,
+                    "ready": ready,
+                }
                 args = (shm.name, n_started, 0, seed * 100003 + n_started, kw)
                 p = ctx.Process(target=_worker_main, args=(args, out))
                 p.start()
@@ -326,6 +360,8 @@ def kill_rounds(
                 pool.check()
                 total["kills"] += 1
                 start()
+            while not all(ready[i] for i in procs):
+                time.sleep(0.001)
             stop.value = 1
             results: list[WorkerResult] = [out.get() for _ in procs]
             for p in procs.values():

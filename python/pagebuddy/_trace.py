@@ -16,14 +16,17 @@ geometry of a fresh pool, followed by one operation per line::
 Header keys (any order; ``nr_pages`` is required, the others default as shown):
 ``nr_pages``, ``page_size=4096``, ``base_pfn=0``, ``reserved_pages=0``,
 ``max_order=11`` (the cap, clamped by the pool), ``zero=free|alloc|never``,
-``links=side|intrusive`` (the link store) and ``arena=owned|buffer`` (whether the
-pool owns its arena or is handed a ``bytearray``). Integers may be written in
-decimal or as ``0x`` hexadecimal (also ``0o``, ``0b``), with an optional sign. The
-geometry must be one the constructor accepts, with at most 2**20 pages and an arena
-(``nr_pages * page_size``) of at most 4 GiB.
+``links=side|intrusive`` (the link store), ``arena=owned|buffer`` (whether the
+pool owns its arena or is handed a ``bytearray``) and ``max_pages`` (room to grow:
+the pages the pool may cover; ``nr_pages`` may then be 0, a pool built empty).
+Integers may be written in decimal or as ``0x`` hexadecimal (also ``0o``,
+``0b``), with an optional sign. The geometry must be one the constructor accepts,
+with at most 2**20 pages and an arena (``nr_pages * page_size``) of at most 4 GiB.
 
 Operations: ``alloc ORDER``, ``put PFN``, ``get PFN``, ``split PFN``,
-``alloc_many ORDER COUNT`` and ``put_many PFN...``. Any integer is accepted as an
+``alloc_many ORDER COUNT`` and ``put_many PFN...``; for pools that grow and shrink,
+``admit PFN ORDER``, ``reclaim ORDER``, ``reclaim_many ORDER COUNT`` and ``floor
+COUNT`` (``set_min_free_pages``). Any integer is accepted as an
 argument: whether the operation is allowed (a put of a free page, an order out of
 range) is for the pool to decide, and replaying reports such operations as
 rejected. A line that is not of this form is a format error, reported with its
@@ -112,7 +115,14 @@ def _int(text: str, line: int, what: str, source: str) -> int:
     return -value if sign == "-" else value
 
 
-_HEADER_INT_KEYS = ("nr_pages", "page_size", "base_pfn", "reserved_pages", "max_order")
+_HEADER_INT_KEYS = (
+    "nr_pages",
+    "page_size",
+    "base_pfn",
+    "reserved_pages",
+    "max_order",
+    "max_pages",
+)
 _HEADER_STR_KEYS = {"zero": ZERO_POLICIES, "links": LINK_STORES, "arena": ARENAS}
 #: Keywords of a pool mode (``Geometry.options``), written after the geometry when set.
 _HEADER_OPTION_KEYS = ("cpus", "cache_batch", "cache_high")
@@ -177,17 +187,17 @@ def memory_problem(g: Geometry) -> str | None:
     """Why running ``g`` in lockstep (a trace, a fuzz episode) would need more memory than it
     may ask for, or ``None``. The limits bound what a replay holds: the arenas, and the state
     both pools keep for every page."""
-    arena = g.nr_pages * g.page_size
+    arena = g.span * g.page_size
     if arena > MAX_ARENA_BYTES:
         return (
             f"an arena of {arena} bytes: at most 4 GiB may be asked for "
             f"(nr_pages * page_size <= {MAX_ARENA_BYTES})"
         )
-    if g.nr_pages > MAX_PAGES:
+    if g.span > MAX_PAGES:
         return (
-            f"nr_pages={g.nr_pages}: at most {MAX_PAGES} pages may be asked for (both pools "
+            f"nr_pages={g.span}: at most {MAX_PAGES} pages may be asked for (both pools "
             f"keep state for every page; this many would need about "
-            f"{g.nr_pages * 28 >> 20} MiB of metadata)"
+            f"{g.span * 28 >> 20} MiB of metadata)"
         )
     if g.arena == "buffer" and arena > MAX_BUFFER_BYTES:
         return (
@@ -294,6 +304,8 @@ def format_header(g: Geometry) -> str:
         f"max_order={g.order_cap}",
         f"zero={g.zero}",
     ]
+    if g.max_pages is not None:
+        parts.append(f"max_pages={g.max_pages}")
     if g.links != "side":
         parts.append(f"links={g.links}")
     if g.arena != "owned":

@@ -331,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache_options(fz, drawn=True)
     fz.add_argument(
+        "--grow",
+        action="store_true",
+        help="pools that grow and shrink: every pool gets room past its pages (max_pages; a "
+        "fifth start empty), and episodes admit and reclaim blocks and set min_free_pages",
+    )
+    fz.add_argument(
         "--compare-every",
         type=positive,
         default=16,

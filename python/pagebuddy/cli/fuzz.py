@@ -77,6 +77,7 @@ def _config(args: Any) -> _fuzz.FuzzConfig:
         cpus=args.cpus,
         cache_batch=args.cache_batch,
         cache_high=args.cache_high,
+        grow=args.grow,
         compare_every=args.compare_every,
         shrink_seconds=args.shrink_seconds,
     )

@@ -372,6 +372,34 @@ impl Cache {
         on!(self, |p| p.free_pages())
     }
 
+    pub(crate) fn admit(&self, pfn: u64, order: u32) -> Result<(), Error> {
+        on!(self, |p| p.admit(pfn, order))
+    }
+
+    pub(crate) fn reclaim(&self, order: u32) -> Result<u64, Error> {
+        on!(self, |p| p.reclaim(order))
+    }
+
+    pub(crate) fn reclaim_many(&self, order: u32, out: &mut [u64]) -> Result<(), Error> {
+        on!(self, |p| p.reclaim_many(order, out))
+    }
+
+    pub(crate) fn reclaimable(&self, order: u32) -> u64 {
+        on!(self, |p| p.reclaimable(order))
+    }
+
+    pub(crate) fn min_free_pages(&self) -> u32 {
+        on!(self, |p| p.min_free_pages())
+    }
+
+    pub(crate) fn set_min_free_pages(&self, pages: u32) {
+        on!(self, |p| p.set_min_free_pages(pages))
+    }
+
+    pub(crate) fn covers(&self, pfn: u64) -> bool {
+        on!(self, |p| p.with_core(|c| c.covers(pfn)))
+    }
+
     pub(crate) fn free_lists(&self, max_order: u32) -> Vec<Vec<u64>> {
         on!(self, |p| p.with_core(|c| (0..max_order)
             .map(|k| c.free_list(k).collect())

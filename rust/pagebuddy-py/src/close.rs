@@ -160,6 +160,8 @@ impl Pool {
         if self.gate.in_use() {
             py.detach(|| self.gate.wait_idle());
         }
+        // A shared pool's owner ends here (its slot's mutex let go, before the buffer is).
+        self.end_owner();
         self._export.drop_now(py);
         if !self.bytes.is_none(py) {
             // The views handed out are slices of `bytes`: they stay valid, and keep the buffer

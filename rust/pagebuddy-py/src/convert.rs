@@ -117,12 +117,16 @@ pub fn geometry_error(err: GeometryError, config: &Config) -> PyErr {
         }
         GeometryError::PfnOverflow => format!(
             "base_pfn {}: base_pfn + nr_pages must be <= 2**64 (nr_pages {})",
-            config.base_pfn, config.nr_pages
+            config.base_pfn, config.max_pages
         ),
         GeometryError::Reserved {
             reserved_pages,
             nr_pages,
         } => format!("reserved_pages must be from 0 to {nr_pages}, got {reserved_pages}"),
+        GeometryError::MaxPages {
+            max_pages,
+            nr_pages,
+        } => format!("max_pages must be >= nr_pages ({nr_pages}), got {max_pages}"),
         GeometryError::OrderCap => "max_order must be >= 1, got 0".to_string(),
         GeometryError::ZeroWithoutArena => "arena=False needs zero='never': a pool without an \
                                             arena has no bytes to zero"
@@ -420,11 +424,23 @@ pub fn error(py: Python<'_>, op: &str, err: Error, page: Option<PageMeta>) -> Py
             Exc::Page,
             format!("{op}: pfn {pfn} is not held ({})", not_held_reason(page)),
         ),
+        Error::NotCovered { pfn } => raise(
+            py,
+            Exc::Page,
+            format!("{op}: pfn {pfn} is not the pool's (never admitted, or reclaimed)"),
+        ),
+        Error::CannotAdmit { pfn, order, why } => raise(
+            py,
+            Exc::Page,
+            format!("{op}: pfn {pfn} order {order} cannot be admitted: {why}"),
+        ),
+        Error::BelowFloor { .. } => raise(py, Exc::OutOfMemory, format!("{op}: {err}")),
         Error::RefcountOverflow { pfn } => raise(
             py,
             Exc::Page,
             format!("{op}: pfn {pfn} refcount would overflow {}", u16::MAX),
         ),
+        Error::TooManyShares { .. } => raise(py, Exc::Page, format!("{op}: {err}")),
         Error::InvalidOrder { .. } | Error::InvalidRun { .. } | Error::Geometry(_) => {
             PyValueError::new_err(format!("{op}: {err}"))
         }

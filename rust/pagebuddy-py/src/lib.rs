@@ -54,14 +54,15 @@ enum Inner {
 /// when the lock is held (the caller then takes the full path, which waits).
 macro_rules! with {
     (nowait $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
-        with!(@ $self, $py, |$p| $body, |$c| $cached, |s| shared::NoWait::new(&s.lock), |_e| None)
+        with!(@ $self, $py, |$p| $body, |$c| $cached,
+              |s, me| s.pool.try_lock_as(me.code()).map(|g| (g, false)), |_e| None)
     };
     ($self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr) => {
         with!(@ $self, $py, |$p| $body, |$c| $cached,
-              |s| shared::Waiting::new($py, &s.lock, op_name!()), |e| Err(e))
+              |s, me| s.lock_word($py, me.code(), op_name!()), |e| Err(e))
     };
     (@ $self:expr, $py:expr, |$p:ident| $body:expr, |$c:ident| $cached:expr,
-     |$s:ident| $outer:expr, |$e:ident| $fail:expr) => {{
+     |$s:ident, $me:ident| $acquire:expr, |$e:ident| $fail:expr) => {{
         if $self.is_closed() {
             return OnClosed::on_closed();
         }
@@ -73,25 +74,33 @@ macro_rules! with {
                 // Counted busy for `close`: the wait for the lock lets the interpreter lock go,
                 // and the lock is in the buffer.
                 let _busy = $self.gate.enter();
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let $me = match $s.owner($py) {
+                    Ok(me) => me,
+                    Err($e) => return $fail,
+                };
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
             Inner::SharedIntrusive($s) => {
                 let _busy = $self.gate.enter();
-                let outer = $outer;
-                let mut g = match $s.pool.lock_outer(&outer, shared::pid()) {
+                let $me = match $s.owner($py) {
+                    Ok(me) => me,
+                    Err($e) => return $fail,
+                };
+                let mut g = match $acquire {
                     Ok(g) => g,
                     Err($e) => return $fail,
                 };
+                shared::as_owner(&mut g, $me);
                 #[allow(unused_mut)]
                 let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                f(&mut *g)
+                f(&mut g.0)
             }
         }
     }};
@@ -142,25 +151,27 @@ macro_rules! without_gil {
                 $cached
             }),
             Inner::SharedSide(s) => {
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                let me = s.owner($py)?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
+                shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, SideTable<'static>>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
             Inner::SharedIntrusive(s) => {
-                let outer = shared::Waiting::new($py, &s.lock, op_name!());
-                let g = s.pool.lock_outer(&outer, shared::pid())?;
+                let me = s.owner($py)?;
+                let mut g = s.lock_word($py, me.code(), op_name!())?;
+                shared::as_owner(&mut g, me);
                 $py.detach(|| {
                     let _busy = busy;
                     let mut g = g;
                     #[allow(unused_mut)]
                     let mut f = |$p: &mut SharedGuard<'_, 'static, Intrusive>| $body;
-                    f(&mut *g)
+                    f(&mut g.0)
                 })
             }
         }
@@ -283,6 +294,10 @@ unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
 /// holding at most nr_pages // 8 pages (cache_sizes() and cache_bound show it); either one
 /// given fixes the sizes (the other at its default, 16 or 64).
 /// close(), or the end of a ``with Pool(...) as pool:`` block, lets the buffer go at once.
+/// max_pages=M (at least nr_pages, which may then be 0) gives the pool room to grow: metadata and
+/// arena (buffer: M * page_size bytes) for M pages, the first nr_pages its initial range, the
+/// rest nobody's until admit(pfn, order) adds them as external blocks, never coalesced;
+/// reclaim(order) takes free blocks out (docs/grow.md).
 #[pyclass(module = "pagebuddy._native", name = "Pool", frozen, weakref)]
 pub struct Pool {
     // Field order is drop order: the core goes before the memory it borrows, and before its
@@ -390,11 +405,11 @@ impl Pool {
         let ptr = NonNull::new(addr as *mut u8)
             .ok_or_else(|| PyValueError::new_err("buffer has no memory"))?;
         // SAFETY: `addr` is the start of a writable buffer export of at least
-        // nr_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
+        // max_pages * page_size bytes (`Pool::arena` and `Pool::export` checked both), held by the
         // `Pool` for as long as the core lives (`inner` is dropped before `_export`), which pins
         // the memory. The core writes only into free pages; Python writes into held ones through
         // views.
-        let arena = unsafe { Arena::from_raw(ptr, geo.nr_pages * geo.page_size) };
+        let arena = unsafe { Arena::from_raw(ptr, geo.max_pages * geo.page_size) };
         Core::new(arena, meta, links, *geo).map_err(|e| match e {
             Error::Geometry(g) => convert::geometry_error(g, geo),
             e => PyValueError::new_err(format!("Pool: {e}")),
@@ -559,7 +574,7 @@ impl Pool {
     #[new]
     #[pyo3(signature = (nr_pages, *args, **kwargs))]
     #[pyo3(
-        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=None, cache_high=None)"
+        text_signature = "(nr_pages, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, buffer=None, zero='free', arena=True, cpus=0, cache_batch=None, cache_high=None, max_pages=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -597,6 +612,7 @@ impl Pool {
         );
         let (cpus, cache_batch, cache_high) =
             (arg("cpus")?, arg("cache_batch")?, arg("cache_high")?);
+        let max_pages = arg("max_pages")?;
         if let Some((key, _)) = kwargs.iter().next() {
             return Err(PyTypeError::new_err(format!(
                 "Pool() got an unexpected keyword argument {}",
@@ -623,7 +639,12 @@ impl Pool {
                 .map(|_| c)
                 .map_err(|e| convert::geometry_error(e, &c))
         };
-        let mut shape = judge(Config::new(size(unsigned(nr_pages, "nr_pages")?)))?;
+        let initial = size(unsigned(nr_pages, "nr_pages")?);
+        let room = match max_pages.as_ref() {
+            Some(m) if !m.is_none() => size(unsigned(m, "max_pages")?),
+            _ => initial,
+        };
+        let mut shape = judge(Config::new(initial).max_pages(room))?;
         if let Some(ps) = page_size {
             shape = judge(shape.page_size(size(unsigned(ps, "page_size")?)))?;
         }
@@ -751,10 +772,14 @@ impl Pool {
     /// timeout: the most seconds each call of this handle waits for the pool's lock (None: as
     /// long as it takes) before it raises TimeoutError, nothing changed. Waiting lets other
     /// threads run and answers Ctrl-C with KeyboardInterrupt.
+    ///
+    /// owners: the owner table's slots (1 to 4096, default 32): how many handles (in any
+    /// processes) may be open on the pool at once. Every handle is an owner (Pool.owner), and
+    /// the references it takes are dropped once it is found dead (Pool.reclaim_dead).
     #[staticmethod]
-    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None))]
+    #[pyo3(signature = (buffer, *, page_size=None, base_pfn=None, reserved_pages=None, max_order=None, zero=None, links=None, timeout=None, owners=None))]
     #[pyo3(
-        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None)"
+        text_signature = "(buffer, *, page_size=4096, base_pfn=0, reserved_pages=0, max_order=11, zero='free', links='side', timeout=None, owners=32)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn create_in(
@@ -767,6 +792,7 @@ impl Pool {
         zero: Option<&Bound<'_, PyAny>>,
         links: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        owners: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let args = shared::CreateArgs {
             page_size,
@@ -776,6 +802,7 @@ impl Pool {
             zero,
             links,
             timeout,
+            owners,
         };
         Self::create_in_impl(py, buffer, args)
     }
@@ -788,8 +815,8 @@ impl Pool {
     /// layout version or size, CorruptionError for damaged ones; refused bytes are left exactly
     /// as they were (a recovery is kept only once every check passed). timeout: as for
     /// Pool.create_in.
-    /// Pages that a killed process held stay held (the pool cannot know whether it handed them
-    /// to a survivor): put them on its behalf if you know them, or format the buffer anew.
+    /// The handle becomes an owner (Pool.owner); the references of owners found dead (their
+    /// process killed, or their handle closed) are dropped first, as Pool.reclaim_dead does.
     #[staticmethod]
     #[pyo3(signature = (buffer, *, timeout=None))]
     fn attach(
@@ -804,6 +831,40 @@ impl Pool {
     #[getter]
     fn shared(&self) -> bool {
         self.is_shared()
+    }
+
+    /// This handle's owner id in a shared pool (its slot in the low 32 bits, the slot's
+    /// generation above), None for a pool that is not shared. A forked child's handle is a new
+    /// owner: it registers at its first call (this one included).
+    #[getter]
+    fn owner(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        if self.is_closed() {
+            return Ok(None);
+        }
+        let _busy = self.gate.enter();
+        Ok(Some(match &self.inner {
+            Inner::SharedSide(s) => s.owner(py)?.get(),
+            Inner::SharedIntrusive(s) => s.owner(py)?.get(),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Drops the references of every owner of this shared pool found dead (its process died,
+    /// or its handle was closed), as if each had put them, and frees their slots: returns the
+    /// pages given back to the free lists. A page another live owner took a reference to stays
+    /// held. Raises ValueError on a pool that is not shared.
+    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<u64> {
+        if self.is_closed() {
+            return Err(PyValueError::new_err("reclaim_dead: the pool is closed"));
+        }
+        let _busy = self.gate.enter();
+        match &self.inner {
+            Inner::SharedSide(s) => s.reclaim_dead(py),
+            Inner::SharedIntrusive(s) => s.reclaim_dead(py),
+            _ => Err(PyValueError::new_err(
+                "reclaim_dead: not a shared pool (only Pool.create_in and Pool.attach have owners)",
+            )),
+        }
     }
 
     /// The most seconds each call of this handle waits for a shared pool's lock (the timeout
@@ -1168,10 +1229,125 @@ impl Pool {
         Ok(self.cache().map_or_else(Vec::new, |c| c.contents(slot)))
     }
 
-    /// Number of pages the pool manages.
+    /// Number of pages the pool started with: its initial range (mainline's ``range_start`` to
+    /// ``range_end``), where blocks coalesce.
     #[getter]
+    // The constructor's `nr_pages` is the geometry's initial range; `Geometry::nr_pages` counts
+    // every page the pool may cover (`max_pages` here).
+    #[allow(clippy::misnamed_getters)]
     fn nr_pages(&self) -> u32 {
+        self.geo.range_pages
+    }
+
+    /// Pages the pool may ever cover, from ``base_pfn``: its initial range and the room to admit
+    /// blocks past it (``nr_pages`` unless given).
+    #[getter]
+    fn max_pages(&self) -> u32 {
         self.geo.nr_pages
+    }
+
+    /// Admits the free block of ``2**order`` pages at ``pfn``, which the pool does not cover (past
+    /// its initial range, or reclaimed), as Android pKVM's ``hyp_pool_admit``. Past the initial
+    /// range it is external: listed at ``order``, never coalesced. Zeroed per the zero policy.
+    ///
+    /// Raises ValueError for an order the pool cannot list, PageError for a pfn outside
+    /// ``max_pages``, a misaligned block, one past the end or across the initial range's end,
+    /// or one overlapping pages the pool covers; nothing changes. A cached pool drains every
+    /// cache first.
+    fn admit(
+        &self,
+        py: Python<'_>,
+        pfn: &Bound<'_, PyAny>,
+        order: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.live("admit")?;
+        let pfn = convert::pfn("admit", pfn)?;
+        let order = convert::order("admit", order, self.geo.max_order)?;
+        with!(self, py, |p| p.admit(pfn, order), |c| c.admit(pfn, order))
+            .map_err(|e| convert::error(py, "admit", e, None))
+    }
+
+    /// Takes one free block of ``2**order`` pages out of the pool and returns its pfn: the block
+    /// ``alloc_pages(order)`` would hand out. Its pages are no longer the pool's (every call on
+    /// them raises PageError) until admitted again.
+    ///
+    /// Raises ValueError for a bad order, OutOfMemory with no free block of that order or above,
+    /// or when fewer than ``min_free_pages`` free pages would be left; nothing changes. A cached
+    /// pool drains every cache first.
+    fn reclaim(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.live("reclaim")?;
+        let order = convert::order("reclaim", order, self.geo.max_order)?;
+        with!(self, py, |p| p.reclaim(order), |c| c.reclaim(order))
+            .map_err(|e| convert::error(py, "reclaim", e, None))
+    }
+
+    /// ``count`` reclaims of ``order``, all or nothing; returns the pfns in the order the
+    /// reclaims one by one take them.
+    fn reclaim_many(
+        &self,
+        py: Python<'_>,
+        order: &Bound<'_, PyAny>,
+        count: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u64>> {
+        self.live("reclaim_many")?;
+        let order = convert::order("reclaim_many", order, self.geo.max_order)?;
+        let count = match Int::of(count, || "reclaim_many: count")? {
+            Int::Val(v) => v,
+            Int::Huge(_) => u64::MAX,
+            Int::Negative(text) => {
+                return Err(PyValueError::new_err(format!(
+                    "reclaim_many: count must be >= 0, got {text}"
+                )))
+            }
+        };
+        // A pool has fewer blocks than pages: any count past that is refused alike.
+        let mut out = vec![0u64; count.min(u64::from(self.geo.nr_pages) + 1) as usize];
+        with!(self, py, |p| p.reclaim_many(order, &mut out), |c| c
+            .reclaim_many(order, &mut out))
+        .map_err(|e| convert::error(py, "reclaim_many", e, None))?;
+        Ok(out)
+    }
+
+    /// How many blocks of ``order`` reclaims could take one after another now, the floor
+    /// respected (Android's ``hyp_pool_reclaimable``); cached blocks are not counted.
+    fn reclaimable(&self, py: Python<'_>, order: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.live("reclaimable")?;
+        let order = convert::order("reclaimable", order, self.geo.max_order)?;
+        Ok(with!(self, py, |p| p.reclaimable(order), |c| c.reclaimable(order)))
+    }
+
+    /// Whether ``pfn`` is the pool's now: in its initial range or admitted, and not reclaimed.
+    fn covers(&self, py: Python<'_>, pfn: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.live("covers")?;
+        let pfn = match Int::of(pfn, || "covers: pfn")? {
+            Int::Val(v) => v,
+            _ => return Ok(false),
+        };
+        Ok(with!(self, py, |p| p.covers(pfn), |c| c.covers(pfn)))
+    }
+
+    /// Android's ``min_free_pages``: the free pages ``reclaim`` leaves (allocation may use them).
+    #[getter]
+    fn min_free_pages(&self, py: Python<'_>) -> PyResult<u32> {
+        self.live("min_free_pages")?;
+        Ok(with!(self, py, |p| p.min_free_pages(), |c| c.min_free_pages()))
+    }
+
+    /// Sets ``min_free_pages``: any int from 0 to 2**32 - 1 (ValueError otherwise).
+    fn set_min_free_pages(&self, py: Python<'_>, pages: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.live("set_min_free_pages")?;
+        let asked = Int::of(pages, || "set_min_free_pages: pages")?;
+        let Some(pages) = asked.at_most(u64::from(u32::MAX)) else {
+            return Err(PyValueError::new_err(format!(
+                "set_min_free_pages: pages must be from 0 to {}, got {}",
+                u32::MAX,
+                asked.text()
+            )));
+        };
+        let pages = pages as u32;
+        with!(self, py, |p| p.set_min_free_pages(pages), |c| c
+            .set_min_free_pages(pages));
+        Ok(())
     }
 
     /// Frame number of the arena's first page.
@@ -1273,10 +1449,19 @@ impl Pool {
         } else {
             format!("free_pages={}", self.free_pages(py)?)
         };
+        let room = if self.geo.nr_pages != self.geo.range_pages {
+            format!(", max_pages={}", self.geo.nr_pages)
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "Pool(nr_pages={}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
+            "Pool(nr_pages={}{room}, page_size={}, base_pfn={}, max_order={}, zero='{}'{cache}, \
              {state})",
-            self.geo.nr_pages, self.geo.page_size, self.geo.base_pfn, self.geo.max_order, self.zero
+            self.geo.range_pages,
+            self.geo.page_size,
+            self.geo.base_pfn,
+            self.geo.max_order,
+            self.zero
         ))
     }
 }

@@ -17,6 +17,7 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pagebuddy::owners::{Liveness, OWNER_LOCK_BYTES};
 use pagebuddy::OUTER_LOCK_BYTES;
 
 /// The longest a waiter waits before it looks at signals and its timeout again.
@@ -24,6 +25,7 @@ pub(crate) const SLICE: Duration = Duration::from_millis(20);
 
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= OUTER_LOCK_BYTES);
 const _: () = assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= 8);
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= OWNER_LOCK_BYTES);
 
 /// What a try to take the lock found.
 pub(crate) enum Try {
@@ -39,6 +41,8 @@ pub(crate) enum Try {
 pub(crate) struct Robust {
     mutex: NonNull<libc::pthread_mutex_t>,
     timeout: Option<Duration>,
+    /// The bytes kept for the mutex (`OUTER_LOCK_BYTES`, or an owner slot's `OWNER_LOCK_BYTES`).
+    bytes: usize,
 }
 
 // SAFETY: the mutex lives in the shared buffer that the handle pins for its whole life, and a
@@ -54,6 +58,17 @@ impl Robust {
         Robust {
             mutex: area.cast(),
             timeout,
+            bytes: OUTER_LOCK_BYTES,
+        }
+    }
+
+    /// The mutex of an owner slot, in the `OWNER_LOCK_BYTES` 8-aligned bytes at `area`
+    /// (`SharedPool::owner_lock_area`), which the caller keeps valid while it uses the result.
+    pub(crate) fn slot(area: NonNull<u8>) -> Self {
+        Robust {
+            mutex: area.cast(),
+            timeout: None,
+            bytes: OWNER_LOCK_BYTES,
         }
     }
 
@@ -81,7 +96,7 @@ impl Robust {
                 r = libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST);
             }
             if r == 0 {
-                std::ptr::write_bytes(self.mutex.as_ptr().cast::<u8>(), 0, OUTER_LOCK_BYTES);
+                std::ptr::write_bytes(self.mutex.as_ptr().cast::<u8>(), 0, self.bytes);
                 r = libc::pthread_mutex_init(self.mutex.as_ptr(), a);
             }
             libc::pthread_mutexattr_destroy(a);
@@ -165,4 +180,98 @@ pub(crate) fn this_boot() -> u64 {
         }
         h.max(2)
     })
+}
+
+/// Whether an owner is alive, by its slot's mutex: a live owner's keeper thread holds it, so a
+/// try that takes it (free, or `EOWNERDEAD`: its holder died, whatever its PID namespace) finds
+/// the owner ended, and then holds the mutex for the reclaim. Called only under the pool's lock
+/// (the table's writers all hold it), by one thread, which releases what it took.
+pub(crate) struct SlotProbe;
+
+impl Liveness for SlotProbe {
+    fn ended(&self, area: NonNull<u8>) -> bool {
+        let m = Robust::slot(area);
+        match m.try_lock() {
+            Try::Taken(_) => true,
+            Try::Busy => false,
+            // Unusable bytes: no live keeper can hold such a mutex; made anew, and taken.
+            Try::Broken(_) => m.init().is_ok() && matches!(m.try_lock(), Try::Taken(_)),
+        }
+    }
+
+    fn release(&self, area: NonNull<u8>) {
+        Robust::slot(area).unlock();
+    }
+}
+
+/// The thread that holds an owner slot's mutex for a handle's life: robust mutexes belong to
+/// threads, and the kernel marks this one's `FUTEX_OWNER_DIED` when the process dies. Dropped,
+/// it lets the mutex go (the owner ended: the next reclaim drops its references).
+pub(crate) struct Keeper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The process the thread runs in: a forked child's copy has no thread behind it.
+    pid: u32,
+}
+
+impl Keeper {
+    /// Starts a thread that takes the mutex at `area` (an owner slot's, initialised during this
+    /// boot, that no live thread holds) and holds it until the keeper is dropped; the caller
+    /// keeps `area` valid until then. `Err(errno)`: not taken.
+    pub(crate) fn hold(area: NonNull<u8>) -> Result<Keeper, i32> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel::<i32>();
+        let at = area.as_ptr() as usize;
+        let thread = std::thread::Builder::new()
+            .name("pagebuddy-owner".into())
+            .spawn(move || {
+                let Some(area) = NonNull::new(at as *mut u8) else {
+                    let _ = tell.send(libc::EINVAL);
+                    return;
+                };
+                let m = Robust::slot(area);
+                // SAFETY: the mutex bytes are valid until the keeper is dropped (`hold`'s
+                // caller), which joins this thread first.
+                let r = unsafe { libc::pthread_mutex_lock(m.mutex.as_ptr()) };
+                let r = match m.taken(r) {
+                    Try::Taken(_) => 0,
+                    Try::Busy => libc::EBUSY,
+                    Try::Broken(e) => e,
+                };
+                let _ = tell.send(r);
+                if r == 0 {
+                    // Until the sender is dropped.
+                    let _ = stopped.recv();
+                    m.unlock();
+                }
+            })
+            .map_err(|_| libc::EAGAIN)?;
+        match told.recv() {
+            Ok(0) => Ok(Keeper {
+                stop: Some(stop),
+                thread: Some(thread),
+                pid: std::process::id(),
+            }),
+            Ok(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(libc::EAGAIN),
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // A forked child's copy: the thread is the parent's, which holds the mutex still.
+            std::mem::forget(self.stop.take());
+            std::mem::forget(self.thread.take());
+            return;
+        }
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

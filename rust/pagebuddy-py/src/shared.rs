@@ -1,21 +1,37 @@
 //! Shared pools for Python: `Pool.create_in(buffer, ...)` and `Pool.attach(buffer)` over the
-//! core's [`SharedPool`], each operation under a robust, process-shared `pthread_mutex_t` in the
-//! pool's header (`robust.rs`) and then the core's owner word, which holds the pid (a record for
-//! tools: who holds the lock is the mutex's business).
+//! core's [`SharedPool`].
+//!
+//! **Owners.** Every handle registers as an owner in the pool's owner table (the core's
+//! `owners`): a free slot, whose robust, process-shared `pthread_mutex_t` a keeper thread of
+//! the handle's process holds for the handle's life (`robust::Keeper`). The kernel marks that
+//! mutex `FUTEX_OWNER_DIED` when the process dies, whatever its PID namespace, so "is this owner
+//! alive" is a try of its mutex (`robust::SlotProbe`), never a pid read.
+//!
+//! **The lock.** An operation takes the pool's lock word with one compare-and-swap of 0 to its
+//! owner's code (`OwnerId::code`: slot and generation) and releases it with one store. A waiter
+//! that finds the word held spins a little, then polls with the interpreter lock let go,
+//! answering signals and keeping the handle's timeout; at each poll it asks whether the holder
+//! is gone ([`holder_gone`]: its slot's mutex free, or a code naming no live owner) and only
+//! then takes the word over (recovering the journal, then reclaiming the dead owners'
+//! references). A stopped holder's keeper still holds its mutex: it is never taken over.
+//! Handles that are not owners yet (registering, opening) take the header's outer robust
+//! mutex first and then the word with the value `REGISTRANT` ([`Registrant`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use pagebuddy::owners::{OwnerId, DEFAULT_OWNER_SLOTS, MAX_OWNER_SLOTS, REGISTRANT};
 use pagebuddy::shmlock::OuterLock;
 use pagebuddy::{
-    pages_that_fit, Config, Intrusive, LayoutError, LinkStore, SharedLinks, SharedPool, SideTable,
-    ZeroPolicy,
+    pages_that_fit_with, Config, Intrusive, LayoutError, LinkStore, SharedGuard, SharedLinks,
+    SharedPool, SideTable, ZeroPolicy,
 };
-use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::close::{Gate, Held};
-use crate::robust::{self, Robust};
+use crate::robust::{self, Keeper, Robust, SlotProbe};
 
 use crate::convert::{choice, raise, unsigned, Exc, Int};
 use crate::{Inner, Pool};
@@ -119,12 +135,158 @@ pub(crate) struct CreateArgs<'a, 'py> {
     pub zero: Option<&'a Bound<'py, PyAny>>,
     pub links: Option<&'a Bound<'py, PyAny>>,
     pub timeout: Option<&'a Bound<'py, PyAny>>,
+    pub owners: Option<&'a Bound<'py, PyAny>>,
 }
 
 /// A shared pool and the lock its operations take first.
 pub(crate) struct Shared<L: LinkStore + 'static> {
     pub(crate) pool: SharedPool<'static, L>,
     pub(crate) lock: Robust,
+    pub(crate) me: Me,
+}
+
+/// The owner a handle is, in its process: registered at `create_in`/`attach`, and again by a
+/// forked child at its first call (the parent's keeper thread does not exist there).
+pub(crate) struct Me {
+    /// `OwnerId::get()` of the owner.
+    id: AtomicU64,
+    /// The process that registered it (0: none yet).
+    pid: AtomicU32,
+    /// The thread holding the owner slot's mutex; touched only with the interpreter lock held
+    /// (so no other thread holds this mutex when the process forks).
+    keeper: Mutex<Option<Keeper>>,
+}
+
+impl Me {
+    fn new() -> Self {
+        Me {
+            id: AtomicU64::new(0),
+            pid: AtomicU32::new(0),
+            keeper: Mutex::new(None),
+        }
+    }
+
+    /// Ends the owner: its keeper lets the slot's mutex go, and the next reclaim drops its
+    /// references. Called with the interpreter lock held.
+    fn end(&self) {
+        let keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.pid.store(0, Ordering::Relaxed);
+        drop(keeper);
+    }
+
+    /// This process's owner id, if it registered.
+    #[inline]
+    pub(crate) fn current(&self) -> Option<OwnerId> {
+        (self.pid.load(Ordering::Relaxed) == pid()).then(|| {
+            let id = self.id.load(Ordering::Relaxed);
+            OwnerId {
+                slot: id as u32,
+                generation: (id >> 32) as u32,
+            }
+        })
+    }
+}
+
+impl<L: SharedLinks<'static> + 'static> Shared<L> {
+    /// This handle's owner id in this process, registering it first if it has none here (a
+    /// forked child's first call): takes the pool's lock to do so.
+    #[inline]
+    pub(crate) fn owner(&self, py: Python<'_>) -> PyResult<OwnerId> {
+        match self.me.current() {
+            Some(id) => Ok(id),
+            None => self.register(py, false),
+        }
+    }
+
+    /// Registers this handle as a new owner (`reclaim`: dropping dead owners' references
+    /// first, as `attach` does), under the pool's lock.
+    #[cold]
+    fn register(&self, py: Python<'_>, reclaim: bool) -> PyResult<OwnerId> {
+        let outer = Registrant::new(py, &self.pool, &self.lock, "register an owner");
+        let mut g = self.pool.lock_outer(&outer, REGISTRANT)?;
+        let core = |e| crate::convert::error(py, "register an owner", e, None);
+        if reclaim || g.taken_from_dead() {
+            g.reclaim_dead(&SlotProbe, None).map_err(core)?;
+        }
+        let slot = g.free_slot(&SlotProbe).map_err(core)?.ok_or_else(|| {
+            PyRuntimeError::new_err(format!(
+                "the shared pool's {} owner slots are all held by live handles: close one, or \
+                 format the pool with more (create_in(owners=N))",
+                self.pool.owner_slots()
+            ))
+        })?;
+        let area = self
+            .pool
+            .owner_lock_area(slot)
+            .ok_or_else(|| PyRuntimeError::new_err("owner slot out of range"))?;
+        let keeper = Keeper::hold(area).map_err(|errno| {
+            raise(
+                py,
+                Exc::Corruption,
+                format!("register an owner: slot {slot}'s lock is unusable (errno {errno})"),
+            )
+        })?;
+        let id = g
+            .enlist(slot, pid())
+            .ok_or_else(|| PyRuntimeError::new_err("owner slot taken meanwhile"))?;
+        drop(g);
+        let mut k = self.me.keeper.lock().unwrap_or_else(|e| e.into_inner());
+        *k = Some(keeper);
+        self.me.id.store(id.get(), Ordering::Relaxed);
+        self.me.pid.store(pid(), Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Takes the pool's lock word for the owner whose lock word value is `code`: at once if it
+    /// is free, else waiting (spinning a little, then with the interpreter lock let go between
+    /// polls, signals checked, up to the handle's timeout), and taking it over from a holder
+    /// found gone ([`holder_gone`]). `true`: taken over (what the holder left half done was
+    /// recovered; the dead owners' references are to be reclaimed).
+    #[inline(always)]
+    pub(crate) fn lock_word(
+        &self,
+        py: Python<'_>,
+        code: u32,
+        op: &'static str,
+    ) -> PyResult<(SharedGuard<'_, 'static, L>, bool)> {
+        match self.pool.try_lock_as(code) {
+            Ok(g) => Ok((g, false)),
+            Err(holder) => self.lock_slow(py, code, op, holder),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(
+        &self,
+        py: Python<'_>,
+        code: u32,
+        op: &'static str,
+        mut holder: u32,
+    ) -> PyResult<(SharedGuard<'_, 'static, L>, bool)> {
+        let mut waiting = Wait::new(self.lock.timeout());
+        loop {
+            if holder != code && holder_gone(&self.pool, &self.lock, holder, false) {
+                if let Some(g) = self.pool.take_over_as(code, holder) {
+                    return Ok((g, true));
+                }
+            }
+            waiting.pause(py, op)?;
+            match self.pool.try_lock_as(code) {
+                Ok(g) => return Ok((g, false)),
+                Err(h) => holder = h,
+            }
+        }
+    }
+
+    /// `Pool.reclaim_dead()`: drops the references of every owner found dead, as if each had put
+    /// them: the pages given back.
+    pub(crate) fn reclaim_dead(&self, py: Python<'_>) -> PyResult<u64> {
+        let me = self.owner(py)?;
+        let (mut g, _) = self.lock_word(py, me.code(), "reclaim_dead")?;
+        g.reclaim_dead(&SlotProbe, Some(me))
+            .map_err(|e| crate::convert::error(py, "reclaim_dead", e, None))
+    }
 }
 
 impl<L: LinkStore + 'static> std::ops::Deref for Shared<L> {
@@ -194,7 +356,11 @@ fn ready_for_this_boot<L: SharedLinks<'static>>(
                 word.store(seen, Ordering::Release);
                 return Err(e);
             }
-            if let Err(errno) = lock.init() {
+            let mut slots = (0..pool.owner_slots()).filter_map(|s| pool.owner_lock_area(s));
+            let inited = lock
+                .init()
+                .and_then(|()| slots.try_for_each(|a| Robust::slot(a).init()));
+            if let Err(errno) = inited {
                 word.store(seen, Ordering::Release);
                 return Err(PyValueError::new_err(format!(
                     "{op}: the pool's lock cannot be initialised (errno {errno})"
@@ -282,6 +448,10 @@ impl Pool {
             },
         };
         let timeout = timeout_arg(a.timeout)?;
+        let slots = match a.owners {
+            Some(o) => int_in(o, "owners", 1, u64::from(MAX_OWNER_SLOTS))? as u32,
+            None => DEFAULT_OWNER_SLOTS,
+        };
         let SharedBytes {
             bytes,
             pin,
@@ -289,7 +459,7 @@ impl Pool {
             addr,
             len,
         } = Self::shared_bytes(buffer, "create")?;
-        let nr = pages_that_fit(len, page_size, intrusive);
+        let nr = pages_that_fit_with(len, page_size, intrusive, slots);
         if nr == 0 {
             return Err(PyValueError::new_err(format!(
                 "buffer of {len} bytes holds no page of {page_size} bytes after the pool's header \
@@ -317,11 +487,11 @@ impl Pool {
         // shared pools of their own; Python, through views of held pages.
         let inner = unsafe {
             if intrusive {
-                let p = SharedPool::<Intrusive>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<Intrusive>::create_raw_with(ptr, len, config, pid(), slots)
                     .map_err(|e| layout_error(py, "create_in", e))?;
                 Inner::SharedIntrusive(created(py, p, timeout)?)
             } else {
-                let p = SharedPool::<SideTable>::create_raw(ptr, len, config, pid())
+                let p = SharedPool::<SideTable>::create_raw_with(ptr, len, config, pid(), slots)
                     .map_err(|e| layout_error(py, "create_in", e))?;
                 Inner::SharedSide(created(py, p, timeout)?)
             }
@@ -387,6 +557,15 @@ impl Pool {
         })
     }
 
+    /// `close()` of a shared pool: its owner ends.
+    pub(crate) fn end_owner(&self) {
+        match &self.inner {
+            Inner::SharedSide(s) => s.me.end(),
+            Inner::SharedIntrusive(s) => s.me.end(),
+            _ => {}
+        }
+    }
+
     /// Whether the pool lives in a shared buffer.
     pub(crate) fn is_shared(&self) -> bool {
         matches!(self.inner, Inner::SharedSide(_) | Inner::SharedIntrusive(_))
@@ -402,6 +581,26 @@ struct SharedBytes<'py> {
     len: usize,
 }
 
+/// Accounts the guard's operations to `me`, after dropping the references of the dead owners
+/// when the pool's lock was taken from a holder that died.
+#[inline(always)]
+pub(crate) fn as_owner<L: SharedLinks<'static>>(
+    g: &mut (SharedGuard<'_, 'static, L>, bool),
+    me: OwnerId,
+) {
+    if g.1 {
+        reclaim_at_takeover(&mut g.0, me);
+    }
+    g.0.account_to(Some(me));
+}
+
+#[cold]
+#[inline(never)]
+fn reclaim_at_takeover<L: SharedLinks<'static>>(g: &mut SharedGuard<'_, 'static, L>, me: OwnerId) {
+    // A damaged pool fails the operation itself just after.
+    let _ = g.reclaim_dead(&SlotProbe, Some(me));
+}
+
 /// A freshly formatted pool, with its lock initialised.
 fn created<L: SharedLinks<'static> + 'static>(
     py: Python<'_>,
@@ -410,7 +609,13 @@ fn created<L: SharedLinks<'static> + 'static>(
 ) -> PyResult<Shared<L>> {
     let lock = Robust::new(pool.outer_lock_area(), timeout);
     ready_for_this_boot(py, "create_in", &pool, &lock, || Ok(()))?;
-    Ok(Shared { pool, lock })
+    let shared = Shared {
+        pool,
+        lock,
+        me: Me::new(),
+    };
+    shared.register(py, false)?;
+    Ok(shared)
 }
 
 /// A freshly attached pool: recovers what a dead holder left and checks every invariant under
@@ -434,10 +639,17 @@ fn opened<L: SharedLinks<'static> + 'static>(
         }
     })?;
     if !fresh {
-        pool.open_outer(&Waiting::new(py, &lock, "attach"))?
+        pool.open_outer(&Registrant::new(py, &pool, &lock, "attach"))?
             .map_err(refused)?;
     }
-    Ok(Shared { pool, lock })
+    let shared = Shared {
+        pool,
+        lock,
+        me: Me::new(),
+    };
+    // Accepted: the dead owners' references are dropped, and this handle becomes an owner.
+    shared.register(py, true)?;
+    Ok(shared)
 }
 
 /// The outer lock of a pool whose boot word this process has claimed: no other process uses
@@ -481,33 +693,6 @@ impl OuterLock for Waiting<'_> {
     #[inline]
     fn release(&self) {
         self.lock.unlock();
-    }
-}
-
-/// The robust lock of a shared pool for a call's fast path: taken only if free now.
-pub(crate) struct NoWait<'l>(&'l Robust);
-
-impl<'l> NoWait<'l> {
-    pub(crate) fn new(lock: &'l Robust) -> Self {
-        NoWait(lock)
-    }
-}
-
-impl OuterLock for NoWait<'_> {
-    /// Held, or unusable: the full path reports which.
-    type Error = ();
-
-    #[inline]
-    fn acquire(&self) -> Result<bool, ()> {
-        match self.0.try_lock() {
-            robust::Try::Taken(died) => Ok(died),
-            _ => Err(()),
-        }
-    }
-
-    #[inline]
-    fn release(&self) {
-        self.0.unlock();
     }
 }
 
@@ -555,5 +740,149 @@ impl Waiting<'_> {
                 self.op
             ),
         )
+    }
+}
+
+/// Whether the holder of the pool's lock word that the word names as `holder` is gone: an owner
+/// whose slot's mutex no thread holds (its keeper died with its process, or let it go), a value
+/// that names no live owner, or a registrant ([`REGISTRANT`]) whose outer mutex is free (or
+/// held by the caller, `outer_mine`: a registrant only takes the word once it holds that mutex).
+/// A mutex taken to tell is let go at once.
+pub(crate) fn holder_gone<L: SharedLinks<'static>>(
+    pool: &SharedPool<'static, L>,
+    outer: &Robust,
+    holder: u32,
+    outer_mine: bool,
+) -> bool {
+    let free = |m: &Robust| match m.try_lock() {
+        robust::Try::Taken(_) => {
+            m.unlock();
+            true
+        }
+        robust::Try::Busy => false,
+        robust::Try::Broken(_) => true,
+    };
+    if holder == REGISTRANT {
+        return outer_mine || free(outer);
+    }
+    match pool.holder_area(holder) {
+        None => true,
+        Some(area) => free(&Robust::slot(area)),
+    }
+}
+
+/// A wait for the lock word: a few spins, then polls with the interpreter lock let go between
+/// them, signals checked (Ctrl-C: KeyboardInterrupt, nothing changed) and the timeout kept.
+struct Wait {
+    start: Instant,
+    polls: u32,
+    timeout: Option<Duration>,
+}
+
+/// Polls spent spinning before a waiter lets the interpreter lock go.
+const SPINS: u32 = 100;
+
+impl Wait {
+    fn new(timeout: Option<Duration>) -> Self {
+        Wait {
+            start: Instant::now(),
+            polls: 0,
+            timeout,
+        }
+    }
+
+    fn pause(&mut self, py: Python<'_>, op: &str) -> PyResult<()> {
+        self.polls = self.polls.saturating_add(1);
+        if self.polls < SPINS {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        if let Some(t) = self.timeout {
+            if self.start.elapsed() >= t {
+                return Err(PyTimeoutError::new_err(format!(
+                    "{op}: the shared pool's lock is held by another thread or process \
+                     (timeout={} s); nothing was changed",
+                    t.as_secs_f64()
+                )));
+            }
+        }
+        let nap = if self.polls < SPINS + 100 {
+            Duration::from_micros(20)
+        } else {
+            Duration::from_micros(500)
+        };
+        py.detach(|| std::thread::sleep(nap));
+        py.check_signals()
+    }
+}
+
+/// The lock of a handle that is not an owner yet (registering, or opening the pool): the
+/// pool's outer robust mutex, which serialises such handles and tells whether one died, and
+/// then the lock word, holding [`REGISTRANT`], taken as any waiter takes it. Released, the
+/// word goes back to what it held before (a refused `attach` leaves every byte as it was),
+/// unless the pool's own release already freed it.
+pub(crate) struct Registrant<'p, L: SharedLinks<'static>> {
+    outer: Waiting<'p>,
+    pool: &'p SharedPool<'static, L>,
+    lock: &'p Robust,
+    op: &'static str,
+    stale: std::cell::Cell<u32>,
+}
+
+impl<'p, L: SharedLinks<'static>> Registrant<'p, L> {
+    /// `py` proves the interpreter lock held, which `acquire` lets go while it waits.
+    pub(crate) fn new(
+        py: Python<'_>,
+        pool: &'p SharedPool<'static, L>,
+        lock: &'p Robust,
+        op: &'static str,
+    ) -> Self {
+        Registrant {
+            outer: Waiting::new(py, lock, op),
+            pool,
+            lock,
+            op,
+            stale: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl<L: SharedLinks<'static>> OuterLock for Registrant<'_, L> {
+    type Error = PyErr;
+
+    fn acquire(&self) -> PyResult<bool> {
+        let mut died = self.outer.acquire()?;
+        // SAFETY: `Registrant::new` proved the interpreter lock held by this thread, which
+        // keeps it but inside `detach` (`Wait::pause`), whose closure does not touch Python.
+        let py = unsafe { Python::assume_attached() };
+        let word = self.pool.owner_word();
+        let mut waiting = Wait::new(self.lock.timeout());
+        loop {
+            let holder = match word.try_lock(REGISTRANT) {
+                Ok(()) => {
+                    self.stale.set(0);
+                    return Ok(died);
+                }
+                Err(h) => h,
+            };
+            if holder_gone(self.pool, self.lock, holder, true)
+                && (holder == REGISTRANT || word.take_from(holder, REGISTRANT))
+            {
+                self.stale.set(holder);
+                died = true;
+                return Ok(died);
+            }
+            if let Err(e) = waiting.pause(py, self.op) {
+                self.outer.release();
+                return Err(e);
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.pool
+            .owner_word()
+            .take_from(REGISTRANT, self.stale.get());
+        self.outer.release();
     }
 }

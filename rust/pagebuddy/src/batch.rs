@@ -284,9 +284,9 @@ impl<L: LinkStore> Pool<'_, L> {
         batch: impl Fn(PageMeta) -> Option<bool>,
     ) -> Result<(), Error> {
         let pfn = self.geo.pfn(idx);
-        for k in order..self.geo.max_order.saturating_sub(1) {
+        for k in order..self.merge_limit(idx).saturating_sub(1) {
             let head = pfn >> k << k;
-            let Some(buddy) = self.geo.index(head ^ (1 << k)) else {
+            let Some(buddy) = self.range_index(head ^ (1 << k)) else {
                 break;
             };
             let b = self.meta[buddy as usize];
@@ -426,7 +426,8 @@ impl<L: LinkStore> Pool<'_, L> {
         let len = (0..most)
             .take_while(|&i| {
                 let next = idx as usize + i;
-                next < self.geo.nr_pages as usize
+                // External pages never merge: a run is one free only inside the range.
+                next < self.geo.range_pages as usize
                     && pfns[i] == first.wrapping_add(i as u64)
                     && self.meta[next] == last_put
             })

@@ -599,7 +599,7 @@ impl Cache<'_> {
 /// other than the one that allocated it. See the [module documentation](crate::cache) for the
 /// design and a full example.
 pub struct CachedPool<'a, L: LinkStore = SideTable<'a>, R: RawLock = SpinLock> {
-    core: LockedPool<'a, L, R>,
+    pub(crate) core: LockedPool<'a, L, R>,
     slots: &'a [CacheSlot<R>],
     /// Each slot's stacks: `slot_blocks` entries per slot, `cap` per order.
     blocks: &'a [Cell<u32>],
@@ -1036,7 +1036,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         loop {
             let refcount = word & REFS;
             if refcount == 0 {
-                return Err(Error::NotHeld { pfn });
+                return Err(self.not_held(idx, pfn));
             }
             let order = word >> ORDER_SHIFT;
             if order >= self.geo.max_order {
@@ -1062,7 +1062,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
         let mut word = r.load(Ordering::Relaxed);
         loop {
             match word & REFS {
-                0 => return Err(Error::NotHeld { pfn }),
+                0 => return Err(self.not_held(self.index(pfn)?, pfn)),
                 REFS => return Err(Error::RefcountOverflow { pfn }),
                 _ => {}
             }
@@ -1084,7 +1084,11 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let order = loop {
                 let (refcount, order) = (word & REFS, word >> ORDER_SHIFT);
                 if refcount == 0 {
-                    return Err(Error::NotHeld { pfn });
+                    return Err(if p.meta[idx as usize].is_absent() {
+                        Error::NotCovered { pfn }
+                    } else {
+                        Error::NotHeld { pfn }
+                    });
                 }
                 let m = p.meta[idx as usize];
                 if order >= self.geo.max_order || u32::from(m.order) != order || m.refcount == 0 {
@@ -1181,7 +1185,27 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
 
     /// The refcount of `pfn` (0 for free and cached pages and for tails; 1 for a [`Page`]).
     pub fn refcount(&self, pfn: u64) -> Result<u16, Error> {
-        Ok(refs_of(self.page_ref(self.index(pfn)?).load()) as u16)
+        let idx = self.index(pfn)?;
+        match refs_of(self.page_ref(idx).load()) as u16 {
+            0 => match self.not_held(idx, pfn) {
+                e @ Error::NotCovered { .. } => Err(e),
+                _ => Ok(0),
+            },
+            refcount => Ok(refcount),
+        }
+    }
+
+    /// The error for a page no caller holds: [`Error::NotCovered`] if the pool does not cover
+    /// it (see [`Pool::admit`]), else [`Error::NotHeld`]. Takes the pool's lock: errors only.
+    #[cold]
+    fn not_held(&self, idx: u32, pfn: u64) -> Error {
+        self.core.with(|p| {
+            if p.meta.get(idx as usize).is_some_and(PageMeta::is_absent) {
+                Error::NotCovered { pfn }
+            } else {
+                Error::NotHeld { pfn }
+            }
+        })
     }
 
     /// The metadata of `pfn` as a [`Pool`] without caches would report it: a cached block is a
@@ -1192,6 +1216,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let word = self.page_ref(idx).load();
             let m = p.meta[idx as usize];
             Ok(match refs_of(word) {
+                0 if m.is_absent() => return Err(Error::NotCovered { pfn }),
                 0 if m.refcount > 0 => PageMeta::new(0, m.order),
                 0 => m,
                 refcount => PageMeta::new(refcount as u16, (word >> ORDER_SHIFT) as u8),

@@ -2,7 +2,7 @@
 
 use crate::config::ZeroPolicy;
 use crate::error::{Corruption, CorruptionKind as K};
-use crate::store::{Link, LinkStore, MAX_ORDERS, NO_ORDER};
+use crate::store::{Link, LinkStore, PageMeta, ABSENT, MAX_ORDERS, NO_ORDER};
 use crate::Pool;
 
 impl<L: LinkStore> Pool<'_, L> {
@@ -10,7 +10,10 @@ impl<L: LinkStore> Pool<'_, L> {
     /// - every list is well formed (prev/next agree, tail and length right, no stray link) and
     ///   holds only free heads of its order;
     /// - every page is the head of exactly one block (aligned, of an order below `max_order`,
-    ///   inside the pool) or one of its tails (refcount 0, no order);
+    ///   inside the pool) or one of its tails (refcount 0, no order), or is not the pool's
+    ///   ([`ABSENT`](crate::ABSENT): never admitted, or reclaimed; in no block, on no list);
+    /// - no block crosses the end of the initial range, and only blocks inside it coalesce:
+    ///   external blocks (admitted past it) never have a free buddy merged;
     /// - every free head is listed, no two free buddies of an order below `max_order - 1` are left
     ///   uncoalesced, and the free page count and the non-empty mask agree with the lists;
     /// - under [`ZeroPolicy::OnFree`], free memory is zero (but for the links an
@@ -97,21 +100,37 @@ impl<L: LinkStore> Pool<'_, L> {
             if m.order == NO_ORDER {
                 return Err(at(K::Orphan, idx));
             }
+            // A page that is not the pool's (never admitted, or reclaimed) is nobody's: no
+            // refcount, in no block, on no list (lists hold free heads only).
+            if m.order == ABSENT {
+                if m != PageMeta::new(0, ABSENT) {
+                    return Err(at(K::BadHead, idx));
+                }
+                idx += 1;
+                continue;
+            }
             let order = u32::from(m.order);
             let size = 1u32 << order.min(31);
             let aligned = geo.pfn(idx).trailing_zeros() >= order;
-            if order >= geo.max_order || !aligned || size > geo.nr_pages - idx {
+            // A block lies wholly inside the initial range or wholly past it (admit refuses a
+            // block that crosses its end, and external blocks never merge).
+            let end = if idx < geo.range_pages {
+                geo.range_pages
+            } else {
+                geo.nr_pages
+            };
+            if order >= geo.max_order || !aligned || size > end - idx {
                 return Err(at(K::BadHead, idx));
             }
-            if let Some(t) =
-                (idx + 1..idx + size).find(|&t| meta[t as usize] != crate::PageMeta::INIT)
-            {
+            if let Some(t) = (idx + 1..idx + size).find(|&t| meta[t as usize] != PageMeta::INIT) {
                 return Err(at(K::BadTail, t));
             }
             if m.refcount == 0 {
                 heads[order as usize] += 1;
-                if order + 1 < geo.max_order {
-                    let buddy = geo.index(geo.pfn(idx) ^ (1 << order));
+                // External blocks (past the initial range) never merge; nor does a block inside
+                // it with a buddy past it (mainline's `__find_buddy_avail`).
+                if order + 1 < geo.max_order && idx < geo.range_pages {
+                    let buddy = self.range_index(geo.pfn(idx) ^ (1 << order));
                     if buddy.is_some_and(|b| {
                         let bm = meta[b as usize];
                         bm.is_free_head() && u32::from(bm.order) == order

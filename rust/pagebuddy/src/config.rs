@@ -26,8 +26,13 @@ pub enum ZeroPolicy {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Number of pages, at least 1 and at most [`MAX_PAGES`].
+    /// Number of pages the pool starts with: its initial range, mainline's `range_start..
+    /// range_end`. At most [`MAX_PAGES`]; 0 only for a pool that starts empty (`max_pages` >= 1).
     pub nr_pages: usize,
+    /// Pages the pool may ever cover, from `base_pfn`: the initial range and room to
+    /// [admit](crate::Pool::admit) blocks beyond it. Metadata, links and arena are sized for all
+    /// of them. Default `nr_pages` (a pool that can only take back what it reclaimed).
+    pub max_pages: usize,
     /// Bytes per page: a power of two from 64 to [`MAX_PAGE_SIZE`]. Default 4096.
     pub page_size: usize,
     /// Frame number of the arena's first page. Default 0.
@@ -51,6 +56,7 @@ impl Config {
     pub const fn new(nr_pages: usize) -> Self {
         Config {
             nr_pages,
+            max_pages: nr_pages,
             page_size: 4096,
             base_pfn: 0,
             reserved_pages: 0,
@@ -58,6 +64,33 @@ impl Config {
             zero: ZeroPolicy::OnFree,
             prezeroed: false,
         }
+    }
+
+    /// Sets how many pages the pool may ever cover (see [`Config::max_pages`]); pages past
+    /// `nr_pages` start as nobody's, until [admitted](crate::Pool::admit).
+    ///
+    /// ```
+    /// use pagebuddy::Config;
+    /// let geo = Config::new(0).max_pages(64).geometry()?;
+    /// assert_eq!((geo.nr_pages, geo.range_pages, geo.max_order), (64, 0, 7));
+    /// # Ok::<(), pagebuddy::GeometryError>(())
+    /// ```
+    pub const fn max_pages(mut self, max_pages: usize) -> Self {
+        self.max_pages = max_pages;
+        self
+    }
+
+    /// States the order bound as mainline does: `MAX_PAGE_ORDER`, the largest order, inclusive
+    /// (`free_area[NR_PAGE_ORDERS]`, `NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1`). The same pool as
+    /// [`order_cap`](Self::order_cap)`(max_page_order + 1)`.
+    ///
+    /// ```
+    /// use pagebuddy::Config;
+    /// assert_eq!(Config::new(64).max_page_order(3), Config::new(64).order_cap(4));
+    /// ```
+    pub const fn max_page_order(mut self, max_page_order: u32) -> Self {
+        self.order_cap = max_page_order.saturating_add(1);
+        self
     }
 
     /// Sets the page size.
@@ -102,7 +135,13 @@ impl Config {
         if page_size < 64 || page_size > MAX_PAGE_SIZE || !page_size.is_power_of_two() {
             return Err(GeometryError::PageSize { page_size });
         }
-        let nr_pages = self.nr_pages;
+        let (range_pages, nr_pages) = (self.nr_pages, self.max_pages);
+        if range_pages > nr_pages {
+            return Err(GeometryError::MaxPages {
+                max_pages: nr_pages,
+                nr_pages: range_pages,
+            });
+        }
         if nr_pages == 0 {
             return Err(GeometryError::NoPages);
         }
@@ -113,10 +152,10 @@ impl Config {
         if self.base_pfn.checked_add(nr_pages as u64 - 1).is_none() {
             return Err(GeometryError::PfnOverflow);
         }
-        if self.reserved_pages > nr_pages {
+        if self.reserved_pages > range_pages {
             return Err(GeometryError::Reserved {
                 reserved_pages: self.reserved_pages,
-                nr_pages,
+                nr_pages: range_pages,
             });
         }
         if self.order_cap == 0 {
@@ -137,6 +176,7 @@ impl Config {
         };
         Ok(Geometry {
             nr_pages: nr_pages as u32,
+            range_pages: range_pages as u32,
             page_size,
             base_pfn: self.base_pfn,
             reserved_pages: self.reserved_pages as u32,
@@ -150,8 +190,13 @@ impl Config {
 /// reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    /// Number of pages.
+    /// Number of pages with metadata: every page the pool may ever cover
+    /// ([`Config::max_pages`]).
     pub nr_pages: u32,
+    /// Pages of the initial range, from the first: mainline's `[range_start, range_end)`. Blocks
+    /// inside it coalesce as pKVM's; pages past it are external, never coalesced. `nr_pages`
+    /// unless the pool was built to grow.
+    pub range_pages: u32,
     /// Bytes per page.
     pub page_size: usize,
     /// Frame number of the first page.

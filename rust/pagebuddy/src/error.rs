@@ -34,6 +34,12 @@ pub enum Error {
         /// The page.
         pfn: u64,
     },
+    /// A shared pool's owner took a reference to a page that another owner holds, and its
+    /// share entries (`pagebuddy::owners::OWNER_SHARES` of them) all name other pages.
+    TooManyShares {
+        /// The page.
+        pfn: u64,
+    },
     /// The order is not below the pool's `max_order`.
     InvalidOrder {
         /// The order that was asked for.
@@ -57,10 +63,63 @@ pub enum Error {
     /// The pool has no arena ([`Pool::without_arena`](crate::Pool::without_arena)): its pages
     /// are numbers only, with no bytes behind them.
     NoArena,
+    /// The pfn is one of the pool's pages by number but not the pool's now: past its initial
+    /// range and never [admitted](crate::Pool::admit), or [reclaimed](crate::Pool::reclaim).
+    NotCovered {
+        /// The page.
+        pfn: u64,
+    },
+    /// [`admit`](crate::Pool::admit) refused a block; see [`AdmitError`].
+    CannotAdmit {
+        /// The head of the block.
+        pfn: u64,
+        /// Its order.
+        order: u32,
+        /// The rule the block breaks.
+        why: AdmitError,
+    },
+    /// [`reclaim`](crate::Pool::reclaim) would take the pool's free pages below its floor
+    /// ([`min_free_pages`](crate::Pool::min_free_pages)).
+    BelowFloor {
+        /// The order asked for.
+        order: u32,
+        /// Free pages now.
+        free_pages: u32,
+        /// The floor.
+        min_free_pages: u32,
+    },
     /// The geometry passed at construction is unusable.
     Geometry(GeometryError),
     /// The pool's state is inconsistent; see [`Corruption`].
     Corrupted(Corruption),
+}
+
+/// Why [`admit`](crate::Pool::admit) refused a block (nothing changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmitError {
+    /// The block's head is not a multiple of `2^order` pages.
+    Misaligned,
+    /// The block runs past the pages the pool may cover ([`Config::max_pages`](crate::Config)).
+    PastEnd,
+    /// The block crosses the end of the pool's initial range: part of it would coalesce and
+    /// part of it would not.
+    Straddles,
+    /// A page of the block is already the pool's (free, held or a tail).
+    Covered {
+        /// The first such page.
+        pfn: u64,
+    },
+}
+
+impl fmt::Display for AdmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AdmitError::Misaligned => f.write_str("the head is not aligned to the block's size"),
+            AdmitError::PastEnd => f.write_str("the block runs past the pool's max_pages"),
+            AdmitError::Straddles => f.write_str("the block crosses the end of the initial range"),
+            AdmitError::Covered { pfn } => write!(f, "pfn {pfn} is already the pool's"),
+        }
+    }
 }
 
 /// Why a pool could not be built.
@@ -85,6 +144,13 @@ pub enum GeometryError {
         /// The count passed.
         reserved_pages: usize,
         /// The pool's size.
+        nr_pages: usize,
+    },
+    /// `nr_pages > max_pages`: the initial range must fit in the pages the pool may cover.
+    MaxPages {
+        /// The pages the pool may cover.
+        max_pages: usize,
+        /// The initial range.
         nr_pages: usize,
     },
     /// `order_cap` is 0.
@@ -211,6 +277,11 @@ impl fmt::Display for Error {
             Error::RefcountOverflow { pfn } => {
                 write!(f, "pfn {pfn} refcount would overflow {}", u16::MAX)
             }
+            Error::TooManyShares { pfn } => write!(
+                f,
+                "pfn {pfn} is held by another owner and this owner's share entries are all \
+                 taken by other owners' pages: put some of those first"
+            ),
             Error::InvalidOrder { order, max_order } => write!(
                 f,
                 "order {order} is invalid: this pool has orders 0 to {}",
@@ -227,6 +298,24 @@ impl fmt::Display for Error {
                 "nr_pages {nr_pages} is invalid: this pool's runs are 1 to {max_pages} pages"
             ),
             Error::NoArena => f.write_str("the pool has no arena: its pages have no bytes"),
+            Error::NotCovered { pfn } => {
+                write!(
+                    f,
+                    "pfn {pfn} is not the pool's (never admitted, or reclaimed)"
+                )
+            }
+            Error::CannotAdmit { pfn, order, why } => {
+                write!(f, "cannot admit pfn {pfn} order {order}: {why}")
+            }
+            Error::BelowFloor {
+                order,
+                free_pages,
+                min_free_pages,
+            } => write!(
+                f,
+                "cannot reclaim order {order}: {free_pages} free pages, floor min_free_pages \
+                 {min_free_pages}"
+            ),
             Error::Geometry(e) => write!(f, "bad geometry: {e}"),
             Error::Corrupted(c) => write!(f, "corrupted pool: {c}"),
         }
@@ -257,6 +346,10 @@ impl fmt::Display for GeometryError {
                     "reserved_pages {reserved_pages} exceeds nr_pages {nr_pages}"
                 )
             }
+            GeometryError::MaxPages {
+                max_pages,
+                nr_pages,
+            } => write!(f, "nr_pages {nr_pages} exceeds max_pages {max_pages}"),
             GeometryError::OrderCap => f.write_str("order_cap must be at least 1"),
             GeometryError::ZeroWithoutArena => f.write_str(
                 "a pool without an arena has no bytes to zero: its zero policy must be Never",

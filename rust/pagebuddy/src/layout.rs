@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! offset 0          header: magic, layout version, endianness tag, geometry, link store, zero
-//!                   policy, offsets, a checksum of all that; then the lock word, the state word,
-//!                   the free page count, the undo journal, the free lists' heads, tails,
-//!                   lengths and non-empty mask, the outer lock's 64 bytes and the boot word
+//!                   policy, owner slots, offsets, a checksum of all that; then the lock word,
+//!                   the state word, the free page count, the undo journal, the free lists'
+//!                   heads, tails, lengths and non-empty mask, the outer lock's 64 bytes and the
+//!                   boot word
+//! (next 64)         the owner table and every page's owner tag (2 bytes each): see `owners`
 //! meta_off          PageMeta of every page (4 bytes each)
 //! links_off         side-table links (8 bytes each; none for intrusive links)
 //! pages_off         the pages, page_size-aligned relative to the start
@@ -62,10 +64,13 @@ use crate::arena::Arena;
 use crate::batch::BatchError;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
+use crate::owners::{
+    owner_table_bytes, tag_bytes, Owners, ACCOUNTING, DEFAULT_OWNER_SLOTS, MAX_OWNER_SLOTS,
+};
 use crate::pool::Plan;
 use crate::shmlock::{Acquired, OuterLock, OwnerLock};
 use crate::store::{
-    meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS,
+    meta_from_bytes, Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, ABSENT, MAX_ORDERS,
     NO_ORDER,
 };
 use crate::Pool;
@@ -73,7 +78,7 @@ use crate::Pool;
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Bytes of the header kept for an [`OuterLock`]'s own state (a robust `pthread_mutex_t`):
 /// 8-aligned, zero in a freshly formatted pool.
 pub const OUTER_LOCK_BYTES: usize = 64;
@@ -96,8 +101,27 @@ const JOURNAL_SPLIT: u32 = 8;
 /// The journal's metadata entries: how many, in these bits (at most `META_UNDO`).
 const N_META_SHIFT: u32 = 8;
 const N_META: u32 = 0xff << N_META_SHIFT;
+/// With `JOURNAL_SPLIT`: the range's pages go from `INIT` to `ABSENT` (a reclaim's tails), not
+/// to `(1, 0)`.
+const JOURNAL_FORGET: u32 = 1 << 16;
+/// With `JOURNAL_SPLIT`: the range's pages go from `ABSENT` to `INIT` (an admit's tails).
+const JOURNAL_ADMIT: u32 = 1 << 17;
 /// Every bit of the state word that describes the journal of the operation in progress.
-const JOURNAL: u32 = JOURNAL_VALID | JOURNAL_SPLIT | N_META;
+const JOURNAL: u32 = JOURNAL_VALID | JOURNAL_SPLIT | JOURNAL_FORGET | JOURNAL_ADMIT | N_META;
+
+/// The old and the new value of each page of the journaled range (`SplitUndo`), by the state
+/// word's kind bits: a split's tails, a reclaim's (`JOURNAL_FORGET`) or an admit's
+/// (`JOURNAL_ADMIT`). Each is written in increasing order, so a prefix has the new value.
+fn range_values(state: u32) -> (PageMeta, PageMeta) {
+    let absent = PageMeta::new(0, ABSENT);
+    if state & JOURNAL_FORGET != 0 {
+        (PageMeta::INIT, absent)
+    } else if state & JOURNAL_ADMIT != 0 {
+        (absent, PageMeta::INIT)
+    } else {
+        (PageMeta::INIT, PageMeta::new(1, 0))
+    }
+}
 
 /// Link store kinds, as written in the header.
 const LINKS_SIDE: u32 = 0;
@@ -117,7 +141,8 @@ struct Fixed {
     max_order: u32,
     zero: u32,
     links: u32,
-    _pad: u32,
+    /// Owner slots ([`crate::owners`]).
+    slots: u32,
     base_pfn: u64,
     meta_off: u64,
     links_off: u64,
@@ -203,6 +228,11 @@ pub enum LayoutError {
     },
     /// The owner id 0, which means "no owner".
     Owner,
+    /// A number of owner slots out of `1..=MAX_OWNER_SLOTS`.
+    OwnerSlots {
+        /// The number asked for.
+        slots: u32,
+    },
     /// The geometry is invalid (or, when opening, its checksum matched but it is not one this
     /// build accepts).
     Geometry(GeometryError),
@@ -222,6 +252,15 @@ impl core::fmt::Display for LayoutError {
                 f,
                 "pool layout version 3 (its lock word names a bare pid), this build opens \
                  version {LAYOUT_VERSION}: format the buffer anew with create_in"
+            ),
+            LayoutError::Version { found: 4 } => write!(
+                f,
+                "pool layout version 4 (no owner table: the pages of a dead process stay held), \
+                 this build opens version {LAYOUT_VERSION}: format the buffer anew with create_in"
+            ),
+            LayoutError::OwnerSlots { slots } => write!(
+                f,
+                "owner slots must be from 1 to {MAX_OWNER_SLOTS}, got {slots}"
             ),
             LayoutError::Version { found } => write!(
                 f,
@@ -282,6 +321,7 @@ fn checksum(fixed: &Fixed) -> u64 {
         f.max_order,
         f.zero,
         f.links,
+        f.slots,
     ] {
         eat(&w.to_ne_bytes());
     }
@@ -304,13 +344,23 @@ const fn align_up(x: usize, a: usize) -> Option<usize> {
     }
 }
 
-/// Where each region starts for `nr_pages` pages: `(meta_off, links_off, pages_off, total)`.
+/// Where the owner table and the tags start: `(owners_off, tags_off)`.
+const fn owner_regions(slots: u32) -> (usize, usize) {
+    // HEADER_BYTES is far below usize::MAX: no overflow.
+    let owners_off = HEADER_BYTES.div_ceil(64) * 64;
+    (owners_off, owners_off + owner_table_bytes(slots))
+}
+
+/// Where each region starts for `nr_pages` pages and `slots` owner slots:
+/// `(meta_off, links_off, pages_off, total)`.
 fn regions(
     nr_pages: usize,
     page_size: usize,
     intrusive: bool,
+    slots: u32,
 ) -> Option<(usize, usize, usize, usize)> {
-    let meta_off = align_up(HEADER_BYTES, 64)?;
+    let (_, tags_off) = owner_regions(slots);
+    let meta_off = align_up(tags_off.checked_add(tag_bytes(nr_pages))?, 64)?;
     let links_off = align_up(meta_off.checked_add(crate::meta_bytes(nr_pages))?, 8)?;
     let links = if intrusive {
         0
@@ -322,19 +372,32 @@ fn regions(
     Some((meta_off, links_off, pages_off, total))
 }
 
-/// How many pages of `page_size` bytes a shared pool fits in `len` bytes (0 if none).
+/// How many pages of `page_size` bytes a shared pool with the default number of owner slots
+/// ([`DEFAULT_OWNER_SLOTS`]) fits in `len` bytes (0 if none).
 ///
 /// ```
 /// let n = pagebuddy::pages_that_fit(1 << 20, 4096, false);
 /// assert!(n > 240 && n < 256);
 /// ```
 pub fn pages_that_fit(len: usize, page_size: usize, intrusive: bool) -> usize {
-    if page_size == 0 {
+    pages_that_fit_with(len, page_size, intrusive, DEFAULT_OWNER_SLOTS)
+}
+
+/// [`pages_that_fit`] for a pool of `slots` owner slots (0 pages if `slots` is out of
+/// `1..=MAX_OWNER_SLOTS`).
+///
+/// ```
+/// let (few, many) = (pagebuddy::pages_that_fit_with(1 << 20, 4096, false, 1),
+///                    pagebuddy::pages_that_fit_with(1 << 20, 4096, false, 4096));
+/// assert!(few > many);
+/// ```
+pub fn pages_that_fit_with(len: usize, page_size: usize, intrusive: bool, slots: u32) -> usize {
+    if page_size == 0 || slots == 0 || slots > MAX_OWNER_SLOTS {
         return 0;
     }
-    let per_page = page_size + 4 + if intrusive { 0 } else { 8 };
-    let mut n = len.saturating_sub(HEADER_BYTES) / per_page;
-    while n > 0 && regions(n, page_size, intrusive).is_none_or(|r| r.3 > len) {
+    let per_page = page_size + 6 + if intrusive { 0 } else { 8 };
+    let mut n = len.saturating_sub(owner_regions(slots).1) / per_page;
+    while n > 0 && regions(n, page_size, intrusive, slots).is_none_or(|r| r.3 > len) {
         n -= 1;
     }
     n.min(crate::MAX_PAGES)
@@ -471,6 +534,7 @@ pub struct SharedPool<'a, L: LinkStore> {
     hdr: NonNull<Header>,
     owner: u32,
     is_dead: fn(u32) -> bool,
+    owners: Owners,
 }
 
 // SAFETY: the pool cell is only reached under the shared lock, which excludes every other
@@ -506,6 +570,25 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         unsafe { Self::create_raw(ptr, len, config, owner) }
     }
 
+    /// [`create_raw`](Self::create_raw) with `slots` owner slots (from 1 to
+    /// [`MAX_OWNER_SLOTS`]; [`create_raw`](Self::create_raw) makes [`DEFAULT_OWNER_SLOTS`]).
+    ///
+    /// # Safety
+    /// As for [`create_raw`](Self::create_raw).
+    pub unsafe fn create_raw_with(
+        ptr: NonNull<u8>,
+        len: usize,
+        config: Config,
+        owner: u32,
+        slots: u32,
+    ) -> Result<Self, LayoutError> {
+        if slots == 0 || slots > MAX_OWNER_SLOTS {
+            return Err(LayoutError::OwnerSlots { slots });
+        }
+        // SAFETY: the caller's contract.
+        unsafe { Self::format(ptr, len, config, owner, slots) }
+    }
+
     /// [`create_in`](Self::create_in) over `len` bytes at `ptr`.
     ///
     /// # Safety
@@ -518,11 +601,23 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         config: Config,
         owner: u32,
     ) -> Result<Self, LayoutError> {
+        // SAFETY: the caller's contract.
+        unsafe { Self::format(ptr, len, config, owner, DEFAULT_OWNER_SLOTS) }
+    }
+
+    /// [`create_raw_with`](Self::create_raw_with), `slots` checked.
+    unsafe fn format(
+        ptr: NonNull<u8>,
+        len: usize,
+        config: Config,
+        owner: u32,
+        slots: u32,
+    ) -> Result<Self, LayoutError> {
         opening(ptr, owner)?;
         let geo = config.geometry()?;
         let n = geo.nr_pages as usize;
-        let (meta_off, links_off, pages_off, total) = regions(n, geo.page_size, L::INTRUSIVE)
-            .ok_or(LayoutError::Truncated {
+        let (meta_off, links_off, pages_off, total) =
+            regions(n, geo.page_size, L::INTRUSIVE, slots).ok_or(LayoutError::Truncated {
                 need: usize::MAX,
                 have: len,
             })?;
@@ -547,7 +642,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             } else {
                 LINKS_SIDE
             },
-            _pad: 0,
+            slots,
             base_pfn: geo.base_pfn,
             meta_off: meta_off as u64,
             links_off: links_off as u64,
@@ -559,7 +654,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         // SAFETY: the header fits (total > HEADER_BYTES) and `ptr` is 8-aligned, as Header
         // needs; the caller gives us the bytes exclusively until we return.
         unsafe {
-            core::ptr::write_bytes(ptr.as_ptr(), 0, HEADER_BYTES);
+            core::ptr::write_bytes(ptr.as_ptr(), 0, meta_off);
             addr_of_mut!((*h).fixed).write(fixed);
             addr_of_mut!((*h).ends).write(ListEnds::EMPTY);
         }
@@ -577,6 +672,9 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             hdr,
             owner,
             is_dead: never_dead,
+            // SAFETY: the table and the tags lie between the header and the metadata, zeroed
+            // above.
+            owners: unsafe { owners_at(ptr, slots, geo.nr_pages) },
         };
         shared.store_free_pages();
         let mut fixed = fixed;
@@ -687,7 +785,11 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             .zero(zero);
         let geo = config.geometry()?;
         let n = geo.nr_pages as usize;
-        let expect = regions(n, geo.page_size, intrusive).ok_or(LayoutError::Header)?;
+        if fixed.slots == 0 || fixed.slots > MAX_OWNER_SLOTS {
+            return Err(LayoutError::Header);
+        }
+        let expect =
+            regions(n, geo.page_size, intrusive, fixed.slots).ok_or(LayoutError::Header)?;
         let found = (
             fixed.meta_off as usize,
             fixed.links_off as usize,
@@ -713,6 +815,9 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             hdr,
             owner,
             is_dead: never_dead,
+            // SAFETY: the table and the tags lie between the header and the metadata, inside
+            // the bytes (checked above).
+            owners: unsafe { owners_at(ptr, fixed.slots, geo.nr_pages) },
         };
         shared.load_free_pages();
         Ok(shared)
@@ -800,7 +905,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         outer: &'s O,
         owner: u32,
     ) -> Result<OuterGuard<'s, 'a, L, O>, O::Error> {
-        outer.acquire()?;
+        let died = outer.acquire()?;
         let owner = if owner == 0 { self.owner } else { owner };
         let stale = self.lock_word().take_over(owner);
         let mut guard = SharedGuard {
@@ -808,6 +913,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             owner,
             damage: None,
             unjournaled: false,
+            acct: 0,
         };
         if stale != 0 || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
@@ -816,6 +922,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         Ok(OuterGuard {
             guard: core::mem::ManuallyDrop::new(guard),
             outer,
+            died,
         })
     }
 
@@ -861,7 +968,14 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     /// outer lock (or the bytes exclusively).
     fn open_checked(&self) -> Result<(), LayoutError> {
         self.journal_in_range()?;
-        if self.journal_state() & JOURNAL_VALID != 0 {
+        if self.journal_state() & ACCOUNTING != 0 {
+            // Rolled back, checked, and rolled forward again if refused.
+            self.swap_accounting();
+            if let Err(e) = self.pool_ref().check() {
+                self.swap_accounting();
+                return Err(e.into());
+            }
+        } else if self.journal_state() & JOURNAL_VALID != 0 {
             self.recover_checked()?;
         } else {
             self.pool_ref().check()?;
@@ -897,12 +1011,95 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             owner,
             damage: None,
             unjournaled: false,
+            acct: 0,
         };
         if matches!(how, Acquired::TakenFrom(_)) || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
         }
         self.load_free_pages();
         guard
+    }
+
+    /// Takes the lock word for `owner` (not 0) if it is free, without waiting: `Err(holder)`
+    /// if it is held. Like [`lock_as`](Self::lock_as), a journal left valid is recovered
+    /// first. For a caller that waits in its own way (the Python bindings: the interpreter lock
+    /// let go, signals and a timeout), telling a dead holder by the owner table
+    /// ([`holder_area`](Self::holder_area)) and taking over with
+    /// [`take_over_as`](Self::take_over_as).
+    ///
+    /// ```
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// let g = pool.try_lock_as(5).ok().unwrap();
+    /// assert_eq!(pool.try_lock_as(6).err(), Some(5));
+    /// drop(g);
+    /// assert!(pool.take_over_as(6, 5).is_none(), "5 no longer holds it");
+    /// ```
+    #[inline(always)]
+    pub fn try_lock_as(&self, owner: u32) -> Result<SharedGuard<'_, 'a, L>, u32> {
+        let owner = if owner == 0 { self.owner } else { owner };
+        self.lock_word().try_lock(owner)?;
+        Ok(self.locked(owner, false))
+    }
+
+    /// Replaces `holder`, which the caller found dead, by `owner` in the lock word in one
+    /// compare-and-swap (so that of several waiters only one takes over), and recovers what it
+    /// left half done: None if the word no longer holds `holder`.
+    #[cold]
+    pub fn take_over_as(&self, owner: u32, holder: u32) -> Option<SharedGuard<'_, 'a, L>> {
+        let owner = if owner == 0 { self.owner } else { owner };
+        if holder == 0 || holder == owner {
+            return None;
+        }
+        let word = self.lock_word();
+        word.take_from(holder, owner)
+            .then(|| self.locked(owner, true))
+    }
+
+    /// The guard of a lock word just taken: recovered first if taken over or if a journal is
+    /// valid.
+    #[inline(always)]
+    fn locked(&self, owner: u32, taken_over: bool) -> SharedGuard<'_, 'a, L> {
+        let mut guard = SharedGuard {
+            shared: self,
+            owner,
+            damage: None,
+            unjournaled: false,
+            acct: 0,
+        };
+        if taken_over || guard.journal_state() != 0 {
+            guard.damage = guard.recover_cold();
+        }
+        self.load_free_pages();
+        guard
+    }
+
+    /// The lock word itself, for a caller that builds an [`OuterLock`] of its own over it
+    /// (the Python bindings' lock for handles that are not owners yet): taking it this way
+    /// recovers nothing, which [`open_outer`](Self::open_outer) or
+    /// [`lock_outer`](Self::lock_outer) then does.
+    ///
+    /// ```
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// // SAFETY: u64s have no padding; the byte view covers exactly their memory.
+    /// let bytes: &mut [u8] =
+    ///     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) };
+    /// let n = pagebuddy::pages_that_fit(bytes.len(), 256, false);
+    /// let pool = SharedPool::<SideTable>::create_in(bytes, Config::new(n).page_size(256), 1).unwrap();
+    /// assert_eq!(pool.owner_word().try_lock(9), Ok(()));
+    /// assert_eq!(pool.holder(), Some(9));
+    /// pool.owner_word().unlock(9);
+    /// ```
+    pub fn owner_word(&self) -> OwnerLock<'_> {
+        self.lock_word()
     }
 
     /// The lock's wait, out of the way of its fast path.
@@ -949,6 +1146,22 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         self.hdr.as_ptr()
     }
 
+    /// The owner table and tags.
+    pub(crate) fn owners(&self) -> Owners {
+        self.owners
+    }
+
+    /// The pages' metadata, for the owner accounting (under the lock).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn meta_mut(&self) -> &mut [PageMeta] {
+        self.pool_mut().meta
+    }
+
+    /// The state word, for the owner accounting's journal bit.
+    pub(crate) fn state(&self) -> &AtomicU32 {
+        self.state_word()
+    }
+
     /// Loads the header's free page count into the policy (the only part of the pool's state
     /// that the policy keeps outside the shared bytes).
     #[inline]
@@ -971,11 +1184,21 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     /// counts are in bounds, and that an interrupted split left a prefix written.
     fn journal_in_range(&self) -> Result<(), LayoutError> {
         let state = self.journal_state();
-        if state & !(JOURNAL | UNJOURNALED | SCRATCH) != 0 {
+        if state & !(JOURNAL | UNJOURNALED | SCRATCH | ACCOUNTING) != 0 {
             return Err(LayoutError::Journal);
         }
         if state & UNJOURNALED != 0 {
             return Err(LayoutError::Journal);
+        }
+        if state & (JOURNAL_FORGET | JOURNAL_ADMIT) == JOURNAL_FORGET | JOURNAL_ADMIT {
+            return Err(LayoutError::Journal);
+        }
+        if state & ACCOUNTING != 0 {
+            // An accounting change is never inside another operation's journal.
+            return match state & JOURNAL == 0 && self.accounting_in_range() {
+                true => Ok(()),
+                false => Err(LayoutError::Journal),
+            };
         }
         if state & JOURNAL_VALID == 0 {
             // Journal bits without the valid one are left by no operation.
@@ -1012,12 +1235,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             if end > u64::from(n) {
                 return Err(LayoutError::Journal);
             }
+            let (old, new) = range_values(state);
             let meta = &self.pool_ref().meta[split.idx as usize..end as usize];
-            let done = meta
-                .iter()
-                .take_while(|m| **m == PageMeta::new(1, 0))
-                .count();
-            if meta[done..].iter().any(|m| *m != PageMeta::INIT) {
+            let done = meta.iter().take_while(|m| **m == new).count();
+            if meta[done..].iter().any(|m| *m != old) {
                 return Err(LayoutError::Journal);
             }
         }
@@ -1043,12 +1264,10 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             let split = addr_of_mut!((*h).split);
             if state & JOURNAL_SPLIT != 0 && (*split).count > 0 {
                 let (start, count) = ((*split).idx as usize, (*split).count as usize);
+                let (old, new) = range_values(state);
                 let tails = &mut pool.meta[start..start + count];
-                let done = tails
-                    .iter()
-                    .take_while(|m| **m == PageMeta::new(1, 0))
-                    .count();
-                tails[..done].fill(PageMeta::INIT);
+                let done = tails.iter().take_while(|m| **m == new).count();
+                tails[..done].fill(old);
                 (*split).done = done as u32;
             }
         }
@@ -1066,7 +1285,8 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             let split = (*h).split;
             if state & JOURNAL_SPLIT != 0 && split.count > 0 {
                 let start = split.idx as usize;
-                pool.meta[start..start + split.done as usize].fill(PageMeta::new(1, 0));
+                let new = range_values(state).1;
+                pool.meta[start..start + split.done as usize].fill(new);
             }
             addr_of_mut!((*h).split.done).write(done);
             for i in 0..((state & N_META) >> N_META_SHIFT) as usize {
@@ -1100,7 +1320,8 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         fence(Ordering::Release);
         let state = self.state_word();
         state.store(
-            state.load(Ordering::Relaxed) & !(JOURNAL_SPLIT | N_META),
+            state.load(Ordering::Relaxed)
+                & !(JOURNAL_SPLIT | JOURNAL_FORGET | JOURNAL_ADMIT | N_META),
             Ordering::Release,
         );
         fence(Ordering::Release);
@@ -1119,6 +1340,11 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         let mut idx = 0u32;
         while idx < n {
             let m = pool.meta[idx as usize];
+            if m.is_absent() {
+                // Not the pool's (never admitted, or reclaimed): on no list.
+                idx += 1;
+                continue;
+            }
             let order = u32::from(m.order);
             let size = 1u32 << order;
             if m.refcount == 0 {
@@ -1167,8 +1393,11 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
 struct Journal {
     hdr: NonNull<Header>,
     n: usize,
-    /// A split's tails, `(first, count)`, which go from `(0, NO_ORDER)` to `(1, 0)`.
+    /// A split's tails, `(first, count)`, which go from `(0, NO_ORDER)` to `(1, 0)` (or, with
+    /// `kind`, as `range_values` says).
     split: Option<(u32, u32)>,
+    /// `JOURNAL_FORGET` or `JOURNAL_ADMIT` for a reclaim's or an admit's range, else 0.
+    kind: u32,
     begun: bool,
 }
 
@@ -1178,6 +1407,7 @@ impl Journal {
             hdr: shared.hdr,
             n: 0,
             split: None,
+            kind: 0,
             begun: false,
         }
     }
@@ -1208,7 +1438,7 @@ impl Plan for Journal {
                     done: 0,
                 })
             };
-            journal |= JOURNAL_SPLIT;
+            journal |= JOURNAL_SPLIT | self.kind;
         }
         fence(Ordering::Release);
         // SAFETY: as for the pool's state word (`SharedPool::state_word`).
@@ -1230,6 +1460,8 @@ pub struct SharedGuard<'s, 'a, L: SharedLinks<'a>> {
     /// Whether `DerefMut` marked an unjournaled operation in the state word, which the drop
     /// commits.
     unjournaled: bool,
+    /// The owner slot + 1 that the references taken are accounted to (0: none).
+    acct: u16,
 }
 
 impl<'a, L: SharedLinks<'a>> core::ops::Deref for SharedGuard<'_, 'a, L> {
@@ -1272,6 +1504,15 @@ impl<'a, L: SharedLinks<'a>> Drop for SharedGuard<'_, 'a, L> {
 pub struct OuterGuard<'s, 'a, L: SharedLinks<'a>, O: OuterLock> {
     guard: core::mem::ManuallyDrop<SharedGuard<'s, 'a, L>>,
     outer: &'s O,
+    died: bool,
+}
+
+impl<'a, L: SharedLinks<'a>, O: OuterLock> OuterGuard<'_, 'a, L, O> {
+    /// Whether the outer lock's last holder died holding it (its owner's references are
+    /// reclaimed once it is found dead: [`SharedGuard::reclaim_dead`]).
+    pub fn taken_from_dead(&self) -> bool {
+        self.died
+    }
 }
 
 impl<'s, 'a, L: SharedLinks<'a>, O: OuterLock> core::ops::Deref for OuterGuard<'s, 'a, L, O> {
@@ -1296,9 +1537,42 @@ impl<'a, L: SharedLinks<'a>, O: OuterLock> Drop for OuterGuard<'_, 'a, L, O> {
     }
 }
 
-impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
+impl<'s, 'a, L: SharedLinks<'a>> SharedGuard<'s, 'a, L> {
     fn journal_state(&self) -> u32 {
         self.shared.journal_state()
+    }
+
+    /// The pool this guard holds.
+    pub(crate) fn shared(&self) -> &'s SharedPool<'a, L> {
+        self.shared
+    }
+
+    /// The owner slot + 1 the references are accounted to (0: none).
+    #[inline(always)]
+    pub(crate) fn acct(&self) -> u16 {
+        self.acct
+    }
+
+    pub(crate) fn set_acct(&mut self, acct: u16) {
+        self.acct = acct;
+    }
+
+    /// `Err` while the pool is damaged.
+    pub(crate) fn usable_now(&self) -> Result<(), Error> {
+        self.usable()
+    }
+
+    /// A `get` of one store, unaccounted.
+    pub(crate) fn plain_get(&mut self, pfn: u64) -> Result<(), Error> {
+        let r = self.shared.pool_mut().get(pfn);
+        self.end(false, r)
+    }
+
+    /// A `put` of one of several references: one store, unaccounted.
+    pub(crate) fn plain_put(&mut self, pfn: u64) -> Result<(), Error> {
+        let mut journal = Journal::new(self.shared);
+        let r = self.shared.pool_mut().put_planned(pfn, &mut journal);
+        self.end(journal.begun, r)
     }
 
     /// Why the operation a dead holder left half done could not be rolled back, if so.
@@ -1326,7 +1600,9 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     pub fn recover(&mut self) -> Result<(), LayoutError> {
         let s = self.shared;
         s.journal_in_range()?;
-        if s.journal_state() & JOURNAL_VALID != 0 {
+        if s.journal_state() & ACCOUNTING != 0 {
+            s.swap_accounting();
+        } else if s.journal_state() & JOURNAL_VALID != 0 {
             s.roll_back()?;
         }
         s.clear_scratch();
@@ -1401,6 +1677,10 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         self.usable()?;
         let mut journal = Journal::new(self.shared);
         let r = self.shared.pool_mut().alloc_planned(order, &mut journal);
+        if let Ok(pfn) = r {
+            // Before the commit: rolled back, the block is free and its tag means nothing.
+            self.tag_taken((pfn - self.shared.pool_ref().geo.base_pfn) as u32);
+        }
         self.end(journal.begun, r)
     }
 
@@ -1410,6 +1690,13 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// that is not held fails before anything changes: neither needs the journal.
     pub fn put(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
+        let pool = self.shared.pool_ref();
+        if let Some(idx) = pool.geo.index(pfn) {
+            let m = pool.meta[idx as usize];
+            if m.refcount > 1 {
+                return self.put_accounted(pfn, idx, m);
+            }
+        }
         let mut journal = Journal::new(self.shared);
         let r = self.shared.pool_mut().put_planned(pfn, &mut journal);
         self.end(journal.begun, r)
@@ -1431,8 +1718,8 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// killed process leaves done or not done, so the journal is not needed.
     pub fn get(&mut self, pfn: u64) -> Result<(), Error> {
         self.usable()?;
-        let r = self.shared.pool_mut().get(pfn);
-        self.end(false, r)
+        let (idx, m) = self.shared.pool_ref().held(pfn)?;
+        self.get_accounted(pfn, idx, m)
     }
 
     /// [`Pool::split`], journaled: the head's metadata, and its tails, which must all be
@@ -1458,7 +1745,62 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
         journal.split = Some((idx + 1, tails));
         journal.begin();
         let r = self.shared.pool_mut().split(pfn);
+        if r.is_ok() {
+            // Before the commit: rolled back, the tails are no pages' heads.
+            for t in idx + 1..idx + 1 + tails {
+                self.tag_taken(t);
+            }
+        }
         self.finish(r)
+    }
+
+    /// [`Pool::admit`], journaled: the head, the range of its tails (which go from `ABSENT` to
+    /// `INIT`) and each free buddy it merges with, before anything is written. A process killed
+    /// inside it leaves the block not the pool's again once recovered.
+    pub fn admit(&mut self, pfn: u64, order: u32) -> Result<(), Error> {
+        self.usable()?;
+        let idx = self.shared.pool_ref().check_admit(pfn, order)?;
+        let mut journal = Journal::new(self.shared);
+        journal.split = Some((idx + 1, (1u32 << order) - 1));
+        journal.kind = JOURNAL_ADMIT;
+        let r = self
+            .shared
+            .pool_mut()
+            .admit_planned(pfn, order, &mut journal);
+        self.end(journal.begun, r)
+    }
+
+    /// [`Pool::reclaim`], journaled: the allocation's head and halves, and the range of the
+    /// block's tails (which go from `INIT` to `ABSENT`), before anything is written. A process
+    /// killed inside it leaves the block free in the pool once recovered.
+    pub fn reclaim(&mut self, order: u32) -> Result<u64, Error> {
+        self.usable()?;
+        let pool = self.shared.pool_ref();
+        pool.check_reclaim(order, 1)?;
+        // The block `alloc(order)` takes: the head of the first non-empty list at or above it.
+        let found = order + (pool.free.ends().mask >> order).trailing_zeros();
+        let head = pool
+            .free
+            .first(found)
+            .ok_or(pool.corrupt(CorruptionKind::Count, 0))?;
+        let mut journal = Journal::new(self.shared);
+        journal.split = Some((head + 1, (1u32 << order) - 1));
+        journal.kind = JOURNAL_FORGET;
+        let r = self.shared.pool_mut().reclaim_planned(order, &mut journal);
+        self.end(journal.begun, r)
+    }
+
+    /// [`Pool::reclaim_many`], as that many journaled reclaims: the same blocks in the same
+    /// order, all checked first (a process killed part way has reclaimed those so far).
+    pub fn reclaim_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
+        self.usable()?;
+        let pool = self.shared.pool_ref();
+        pool.check_reclaim(order, out.len() as u64)?;
+        pool.check_alloc_many(order, out.len() as u64)?;
+        for slot in out.iter_mut() {
+            *slot = self.reclaim(order)?;
+        }
+        Ok(())
     }
 
     /// [`Pool::alloc_many`], as that many journaled allocations: the same blocks in the same
@@ -1615,6 +1957,24 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     }
 }
 
+/// The owner table and tags of the pool at `ptr` with `slots` slots and `n` pages.
+///
+/// # Safety
+/// The bytes at `ptr` hold the header, the table and the tags (`owner_regions`).
+unsafe fn owners_at(ptr: NonNull<u8>, slots: u32, n: u32) -> Owners {
+    let (owners_off, tags_off) = owner_regions(slots);
+    // SAFETY: the caller's contract; both offsets are inside the bytes and aligned (64, and
+    // the table's size is a multiple of 8).
+    unsafe {
+        Owners::new(
+            NonNull::new_unchecked(ptr.as_ptr().add(owners_off)),
+            slots,
+            NonNull::new_unchecked(ptr.as_ptr().add(tags_off)),
+            n,
+        )
+    }
+}
+
 /// The zero policy's code in the header.
 fn zero_code(z: ZeroPolicy) -> u32 {
     match z {
@@ -1653,7 +2013,7 @@ unsafe fn carve<'a, L: SharedLinks<'a>>(
 /// this crate's tests (which copy the bytes there) and with the `crash-points` feature (which
 /// may end the process there: `crash_points::arm`).
 #[inline(always)]
-fn crash_point(committed: bool) {
+pub(crate) fn crash_point(committed: bool) {
     #[cfg(test)]
     tests_hook::run(committed);
     #[cfg(all(feature = "crash-points", target_has_atomic = "ptr"))]
@@ -1749,6 +2109,11 @@ mod tests {
 
     const PS: usize = 64;
 
+    /// Where the metadata of a pool of `n` pages starts (default owner slots).
+    fn meta_offset(n: usize) -> usize {
+        regions(n, PS, false, DEFAULT_OWNER_SLOTS).unwrap().0
+    }
+
     /// 8-aligned bytes.
     fn buffer(len: usize) -> Vec<u64> {
         vec![0u64; len.div_ceil(8)]
@@ -1804,7 +2169,7 @@ mod tests {
         let view = move || unsafe { core::slice::from_raw_parts_mut(base, len) };
         let cfg = config(len, false);
         let n = cfg.nr_pages;
-        let (meta_off, links_off, ..) = regions(n, PS, false).unwrap();
+        let (meta_off, links_off, ..) = regions(n, PS, false, DEFAULT_OWNER_SLOTS).unwrap();
         let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let (head, free) = {
             let mut g = pool.lock();
@@ -1842,7 +2207,7 @@ mod tests {
         let base = bytes(&mut v).as_mut_ptr();
         let n = pages_that_fit(len, PS, true);
         let cfg = Config::new(n).page_size(PS).zero(ZeroPolicy::Never);
-        let meta_off = regions(n, PS, true).unwrap().0;
+        let meta_off = regions(n, PS, true, DEFAULT_OWNER_SLOTS).unwrap().0;
         let pool = SharedPool::<Intrusive>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let mut g = pool.lock();
         let state = |g: &SharedGuard<'_, '_, Intrusive>| {
@@ -1904,7 +2269,7 @@ mod tests {
             (pfn - g.geo.base_pfn) as usize
         };
         let good: Vec<u8> = bytes(&mut v).to_vec();
-        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let meta_off = meta_offset(n as usize);
         let word = |img: &mut Vec<u8>, off: usize, value: u32| {
             img[off..off + 4].copy_from_slice(&value.to_ne_bytes());
         };
@@ -1925,7 +2290,7 @@ mod tests {
         };
         let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
         let mut img = good.clone();
-        word(&mut img, state, 0x10);
+        word(&mut img, state, 0x20);
         cases.push((img, "an unknown state bit"));
         let mut img = good.clone();
         word(&mut img, state, 1 << N_META_SHIFT);
@@ -1979,7 +2344,7 @@ mod tests {
         let base = bytes(&mut v).as_mut_ptr();
         let cfg = config(len, false);
         let n = cfg.nr_pages;
-        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let meta_off = meta_offset(n);
         let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let pfn = pool.lock().alloc(2).unwrap();
         // SAFETY (each call): a read-only copy of the live buffer between two steps of an
@@ -2036,7 +2401,7 @@ mod tests {
         let mut v = buffer(len);
         let cfg = config(len, true).zero(ZeroPolicy::OnFree);
         let n = cfg.nr_pages;
-        let (.., pages_off, _) = regions(n, PS, true).unwrap();
+        let (.., pages_off, _) = regions(n, PS, true, DEFAULT_OWNER_SLOTS).unwrap();
         let pool = SharedPool::<Intrusive>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let tail = {
             let g = pool.lock();
@@ -2213,7 +2578,7 @@ mod tests {
                 tests_hook::clear();
                 let after: Vec<u8> = unsafe { core::slice::from_raw_parts(base, len) }.to_vec();
                 let meta = |img: &[u8]| {
-                    let off = align_up(HEADER_BYTES, 64).unwrap();
+                    let off = meta_offset(n as usize);
                     img[off..off + 4 * n].to_vec()
                 };
                 // The states a crash may leave: before, after, and after each committed step.
@@ -2306,7 +2671,7 @@ mod tests {
         tests_hook::clear();
         let snaps = core::mem::take(&mut *snaps.borrow_mut());
         assert!(snaps.len() > 4, "{} crash points", snaps.len());
-        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let meta_off = meta_offset(cfg.nr_pages);
         for snap in &snaps {
             let mut w = buffer(len);
             let b = bytes(&mut w);
@@ -2352,7 +2717,7 @@ mod tests {
                 g.alloc(order).unwrap();
             }
         }
-        let meta_off = align_up(HEADER_BYTES, 64).unwrap();
+        let meta_off = meta_offset(n);
         // SAFETY (each call): a read-only copy of the `len` bytes of a live buffer, taken
         // between two steps of an operation, as a killed process would leave them.
         let image = move |p: *mut u8| unsafe { core::slice::from_raw_parts(p, len) }.to_vec();

@@ -55,6 +55,7 @@ mod check;
 mod config;
 mod error;
 mod exact;
+mod grow;
 // The handoff flag: an atomic bool, loaded and stored only; gated as `SpinLock` is, since targets
 // with atomic loads and stores but no compare-and-swap have no stable cfg of their own.
 #[cfg(target_has_atomic = "8")]
@@ -63,6 +64,9 @@ mod handoff;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
 mod lock;
+// The owners of shared pools: their table and accounting live in the shared bytes.
+#[cfg(all(target_has_atomic = "32", not(loom)))]
+pub mod owners;
 mod pool;
 mod query;
 #[cfg(target_has_atomic = "32")]
@@ -79,15 +83,15 @@ pub use cache::{
 };
 pub use carve::carve_bytes;
 pub use config::{Config, Geometry, ZeroPolicy};
-pub use error::{Corruption, CorruptionKind, Error, GeometryError};
+pub use error::{AdmitError, Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(target_has_atomic = "8")]
 pub use handoff::{Handoff, HandoffPool};
 #[cfg(all(feature = "crash-points", target_has_atomic = "ptr", not(loom)))]
 pub use layout::crash_points;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub use layout::{
-    pages_that_fit, InHeader, LayoutError, OuterGuard, SharedGuard, SharedLinks, SharedPool,
-    HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
+    pages_that_fit, pages_that_fit_with, InHeader, LayoutError, OuterGuard, SharedGuard,
+    SharedLinks, SharedPool, HEADER_BYTES, LAYOUT_MAGIC, LAYOUT_VERSION, OUTER_LOCK_BYTES,
 };
 #[cfg(target_has_atomic = "8")]
 pub use lock::SpinLock;
@@ -95,7 +99,9 @@ pub use lock::SpinLock;
 pub use lock::StdLock;
 pub use lock::{LockedPool, RawLock};
 pub use pool::Pool;
-pub use store::{Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, MAX_ORDERS, NO_ORDER};
+pub use store::{
+    Intrusive, Link, LinkStore, ListEnds, PageMeta, SideTable, ABSENT, MAX_ORDERS, NO_ORDER,
+};
 
 /// Most orders a [`CachedPool`] can cache (orders `0..MAX_CACHED_ORDERS`).
 pub const MAX_CACHED_ORDERS: usize = 8;

@@ -12,7 +12,7 @@ use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(doc)]
 use crate::store::Intrusive;
-use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, NO_ORDER};
+use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, ABSENT, NO_ORDER};
 
 /// What a caller that journals an operation (a shared pool, see `layout.rs`) learns of it before
 /// the operation writes anything: the old metadata of every page it will change, then the
@@ -67,6 +67,8 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps
     /// a large, lazily committed arena uncommitted. `nr_pages` when construction wrote them.
     pub(crate) touched: u32,
+    /// Android's `min_free_pages`: the free pages [`reclaim`](Self::reclaim) leaves (grow.rs).
+    pub(crate) min_free: u32,
 }
 
 impl<'a, L: LinkStore> Pool<'a, L> {
@@ -133,17 +135,22 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             geo,
             free_pages: 0,
             touched: geo.nr_pages,
+            min_free: 0,
         }
     }
 
-    /// Lays out the initial state: reserved pages held, the rest as the largest aligned blocks
-    /// that fit, each appended to its list in increasing pfn order. Sequential puts produce the
-    /// same: a page merges upward exactly while its block stays aligned, inside the free range
-    /// and below `max_order`, and each block is listed when its last page is put.
+    /// Lays out the initial state: reserved pages held, the rest of the initial range as the
+    /// largest aligned blocks that fit, each appended to its list in increasing pfn order, and
+    /// the pages past the range nobody's ([`ABSENT`]). Sequential puts produce the same: a page
+    /// merges upward exactly while its block stays aligned, inside the free range and below
+    /// `max_order`, and each block is listed when its last page is put.
     fn populate(&mut self, prezeroed: bool) -> Result<(), Corruption> {
-        let (n, reserved) = (self.geo.nr_pages, self.geo.reserved_pages);
+        let (n, reserved) = (self.geo.range_pages, self.geo.reserved_pages);
         for m in &mut self.meta[..n as usize] {
             *m = PageMeta::INIT;
+        }
+        for m in &mut self.meta[n as usize..self.geo.nr_pages as usize] {
+            *m = PageMeta::new(0, ABSENT);
         }
         for m in &mut self.meta[..reserved as usize] {
             *m = PageMeta::new(1, 0);
@@ -169,7 +176,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// Order of the largest block that starts at `idx`, is aligned and fits before the end.
     fn largest_block(&self, idx: u32) -> u32 {
         let align = self.geo.pfn(idx).trailing_zeros();
-        let room = (self.geo.nr_pages - idx).ilog2();
+        let room = (self.geo.range_pages - idx).ilog2();
         align.min(room).min(self.geo.max_order - 1)
     }
 
@@ -218,10 +225,20 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.arena.zero_cold(off, len);
     }
 
+    /// The page index of `pfn` if it is in the initial range (where blocks coalesce).
+    #[inline(always)]
+    pub(crate) fn range_index(&self, pfn: u64) -> Option<u32> {
+        match pfn.checked_sub(self.geo.base_pfn) {
+            Some(i) if i < u64::from(self.geo.range_pages) => Some(i as u32),
+            _ => None,
+        }
+    }
+
     /// pKVM's `__find_buddy_avail`: the buddy of the block of `order` at `idx`, if it is in the
-    /// pool and is a free block of the same order.
+    /// pool's initial range (mainline: pages outside `[range_start, range_end)` are external and
+    /// never coalesced) and is a free block of the same order.
     fn buddy_avail(&self, idx: u32, order: u32) -> Option<u32> {
-        let buddy = self.geo.index(self.geo.pfn(idx) ^ (1 << order))?;
+        let buddy = self.range_index(self.geo.pfn(idx) ^ (1 << order))?;
         let m = self.meta[buddy as usize];
         // `order` is below max_order, so an equal order is never NO_ORDER: a free head.
         (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy)
@@ -254,7 +271,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// The allocation, zeroing per the policy if `ZERO` (a constant, so that each form compiles
     /// to its own straight-line code).
     #[inline(always)]
-    fn alloc_zeroing<const ZERO: bool, P: Plan>(
+    pub(crate) fn alloc_zeroing<const ZERO: bool, P: Plan>(
         &mut self,
         order: u32,
         plan: &mut P,
@@ -316,7 +333,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let idx = self.index(pfn)?;
         let m = self.meta[idx as usize];
         if m.refcount == 0 {
-            return Err(Error::NotHeld { pfn });
+            return Err(if m.order == ABSENT {
+                Error::NotCovered { pfn }
+            } else {
+                Error::NotHeld { pfn }
+            });
         }
         Ok((idx, m))
     }
@@ -384,8 +405,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         order: u32,
         plan: &mut impl Plan,
     ) -> Result<(), Corruption> {
-        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
-        while order + 1 < max_order {
+        let (mut head, mut order) = (idx, order);
+        while order + 1 < self.merge_limit(idx) {
             let Some(buddy) = self.buddy_avail(head, order) else {
                 break;
             };
@@ -399,9 +420,22 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free.check_append(&self.arena, order)
     }
 
+    /// Orders below which a block at `idx` merges: `max_order`, or 0 for an external block
+    /// (mainline's `__hyp_attach_page`: a page outside `[range_start, range_end)` is listed at the
+    /// order it carries and never coalesced).
+    #[inline(always)]
+    pub(crate) fn merge_limit(&self, idx: u32) -> u32 {
+        if idx < self.geo.range_pages {
+            self.geo.max_order
+        } else {
+            0
+        }
+    }
+
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `ZERO` is false: the
     /// caller did), merges it with free buddies of equal order while the order stays below
-    /// `max_order`, and lists the result.
+    /// `max_order` (external blocks: never, see [`merge_limit`](Self::merge_limit)), and lists
+    /// the result.
     pub(crate) fn attach<const ZERO: bool>(
         &mut self,
         idx: u32,
@@ -413,7 +447,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free_pages += 1 << order;
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
-        let (mut head, mut order, max_order) = (idx, order, self.geo.max_order);
+        let (mut head, mut order, max_order) = (idx, order, self.merge_limit(idx));
         while order + 1 < max_order {
             let Some(buddy) = self.buddy_avail(head, order) else {
                 break;

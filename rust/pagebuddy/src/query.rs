@@ -7,9 +7,14 @@ use crate::store::{LinkStore, PageMeta, NO_ORDER};
 use crate::Pool;
 
 impl<L: LinkStore> Pool<'_, L> {
-    /// The metadata of `pfn`.
+    /// The metadata of `pfn`; [`Error::NotCovered`] for a page that is not the pool's now
+    /// (see [`Pool::admit`]).
     pub fn page(&self, pfn: u64) -> Result<PageMeta, Error> {
-        Ok(self.meta[self.index(pfn)? as usize])
+        let m = self.meta[self.index(pfn)? as usize];
+        if m.is_absent() {
+            return Err(Error::NotCovered { pfn });
+        }
+        Ok(m)
     }
 
     /// The refcount of `pfn` (0 for free pages and tails).

@@ -80,6 +80,14 @@ impl<'w> OwnerLock<'w> {
         }
     }
 
+    /// Replaces `holder` by `me` (not 0) in one compare-and-swap: whether the word held
+    /// `holder`. For a waiter that found `holder` dead: of several, only one takes over.
+    pub fn take_from(&self, holder: u32, me: u32) -> bool {
+        self.word
+            .compare_exchange(holder, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Frees the word whoever holds it: only for a caller that knows the holder is gone.
     pub fn clear(&self) {
         self.word.store(UNLOCKED, Ordering::Release);

@@ -10,6 +10,10 @@ use crate::error::{Corruption, CorruptionKind, GeometryError};
 /// Order of a page that is not the head of a block (pKVM's `HYP_NO_ORDER`).
 pub const NO_ORDER: u8 = u8::MAX;
 
+/// Order of a page that is not the pool's: past its initial range and never admitted, or
+/// reclaimed (see [`Pool::admit`](crate::Pool::admit)). Its refcount is 0.
+pub const ABSENT: u8 = NO_ORDER - 1;
+
 /// Largest number of orders a pool can have: page indices are `u32`.
 pub const MAX_ORDERS: usize = 32;
 
@@ -44,7 +48,13 @@ impl PageMeta {
     /// Whether this page heads a free block.
     #[inline]
     pub const fn is_free_head(&self) -> bool {
-        self.refcount == 0 && self.order != NO_ORDER
+        self.refcount == 0 && self.order < ABSENT
+    }
+
+    /// Whether this page is not the pool's ([`ABSENT`]).
+    #[inline]
+    pub const fn is_absent(&self) -> bool {
+        self.refcount == 0 && self.order == ABSENT
     }
 }
 

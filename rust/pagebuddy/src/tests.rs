@@ -656,6 +656,7 @@ fn prezeroed_skips_zeroing_at_construction_only() {
 
 mod batch;
 mod checker;
+mod grow;
 
 #[test]
 fn pool_may_end_at_the_last_pfn() {
