@@ -4,6 +4,8 @@
 #   - the per-CPU caches: cached vs exact, threads scaling, zeroing (benches/benches/cached.rs),
 #   - the metadata layout: two arrays against one record per page (benches/benches/layout.rs),
 #   - the metadata footprint measurement (benches/benches/footprint.rs),
+#   - the floor: a dependent random read over each pool's state, mapped as the pool's is,
+#     beside hot, churn and mixed at 2^14, 2^18 and 2^22 pages (benches/benches/floor.rs),
 #   - the core's side of the Python benchmark: the same calls on the same pool state
 #     (benches/benches/binding.rs),
 #   - instruction counts of the hot alloc+free pair under callgrind, when valgrind is installed,
@@ -33,7 +35,8 @@ rm -f "$out"/python.json "$out"/python.status
 # Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
 rm -rf target/criterion/binding
 if [ "$python_only" = 0 ]; then
-    rm -f "$out"/alloc.json "$out"/footprint.json "$out"/instructions.txt "$out"/cached.json
+    rm -f "$out"/alloc.json "$out"/footprint.json "$out"/instructions.txt "$out"/cached.json \
+        "$out"/floor.json
     rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed}
 fi
 
@@ -104,6 +107,9 @@ cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
 
 echo "== Rust: metadata layout (two arrays or one record per page)" >&2
 cargo bench -p pagebuddy-benches --bench layout 2>&1 | tee "$out"/layout.log
+
+echo "== Rust: the floor (a dependent random read over each pool's state) at 2^14, 2^18, 2^22 pages" >&2
+cargo bench -p pagebuddy-benches --bench floor 2>&1 | tee "$out"/floor.log
 
 echo "== Rust: metadata footprint" >&2
 cargo bench -p pagebuddy-benches --bench footprint 2>&1 | tee "$out"/footprint.log

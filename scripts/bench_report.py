@@ -10,6 +10,8 @@ Reads, under the cargo target directory:
   pagebuddy-bench/python.json       the Python benchmark (or python.status: why it did not run)
   pagebuddy-bench/cached.json       the per-CPU caches: threads scaling and zeroing bandwidth
                                     (criterion's cached-* groups beside it)
+  pagebuddy-bench/floor.json        the floor: a dependent random read over each pool's state
+                                    beside hot, churn and mixed, per size, store and mapping
 Nothing is asserted: targets are reported as met or missed with the measured value.
 """
 
@@ -1260,6 +1262,403 @@ def python_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -
                 "reported",
             )
         )
+    python_floor(data, out, rows)
+
+
+FLOOR_WORKLOADS = {
+    "hot": "hot pair",
+    "churn": "churn step",
+    "mixed": "mixed step",
+}
+FLOOR_STORES = {"side-table": "side table", "intrusive": "intrusive"}
+FLOOR_ADVICE = {"default": "4 KiB pages", "huge": "huge pages"}
+#: The mapping the Python package gives its pools' metadata and links (rust/pagebuddy-py,
+#: `mapped::MappedSlice` with `Advice::HugePages`): the floor its figures are read against.
+PYTHON_FLOOR_ADVICE = "huge"
+#: Bounds of the floor's goals (issue 24): churn and Python batches at most 1.5x the floor,
+#: the hot pair at most 3x.
+FLOOR_GOALS = {"churn": 1.5, "hot": 3.0}
+
+
+def fmt_bytes(b: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= scale:
+            v = b / scale
+            return f"{v:.0f} {unit}" if v == int(v) or v >= 100 else f"{v:.1f} {unit}"
+    return f"{b} B"
+
+
+def pow2(n: int) -> str:
+    return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else f"{n:,}"
+
+
+def floor_cases(data: dict[str, Any]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """The floor run's cases, keyed by (pages, store, advice)."""
+    return {(c["pages"], c["store"], c["advice"]): c for c in data.get("cases", [])}
+
+
+def best_mapping(
+    cases: dict[tuple[int, str, str], dict[str, Any]], pages: int, store: str, key: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The mapping whose `key` figure is lower, with its case."""
+    got = [
+        (a, cases[(pages, store, a)])
+        for a in FLOOR_ADVICE
+        if (pages, store, a) in cases and cases[(pages, store, a)].get(key) is not None
+    ]
+    return min(got, key=lambda x: x[1][key]) if got else None
+
+
+def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) -> None:
+    """Each exact workload as a multiple of the floor (target/pagebuddy-bench/floor.json)."""
+    data = load_json(DATA / "floor.json")
+    out += ["## The floor: each workload as a multiple of one dependent random read", ""]
+    if data is None:
+        out += ["Not run: no `target/pagebuddy-bench/floor.json`.", ""]
+        return
+    cases = floor_cases(data)
+    peers = {p["pages"]: p for p in data.get("peers", [])}
+    sizes = sorted({c["pages"] for c in data["cases"]})
+    out += [
+        "`cargo bench -p pagebuddy-benches --bench floor` (`benches/benches/floor.rs`), in the "
+        f"same run; median of {data['rounds']} timed rounds per figure. The *floor* is what one "
+        "read costs when each read's address is the value of the read before (a pointer chase "
+        "through one random cycle over the 64-byte lines of a pool's state), in the very "
+        "mappings the pool is then built on: a workload that missed the caches once per "
+        "operation, with nothing to overlap, would cost 1x. The side table's state is its "
+        "metadata and its links (12 bytes a page, two mappings); the intrusive store keeps its "
+        "links in the first bytes of each free page, so its state is the metadata and the "
+        "first line of every page of the arena (a line, and with 4 KiB pages a TLB entry, of "
+        "its own per page: what the pool's link reads need). Each store is measured on two "
+        "mappings: 4 KiB pages, and aligned to 2 MiB and advised with `MADV_HUGEPAGE` "
+        "(`pagebuddy::mapped::MappedSlice`, the helper the Python package maps its pools with); "
+        "*AnonHugePages* is the process's memory the kernel backed with huge pages at the end "
+        "of the case. The workloads are those of the tables above, scaled to the pool (churn "
+        "holds half the pages, mixed keeps half full after two warm-up steps a page), zero "
+        "never, orders capped at 11; FrameAllocator runs the same workloads at each size. "
+        "Steps of churn and mixed do not depend on the memory the step before read, so the "
+        "processor overlaps their misses and they can cost less than 1x.",
+        "",
+        "| pages | store | mapping | state | floor | "
+        + " | ".join(FLOOR_WORKLOADS.values())
+        + " | AnonHugePages |",
+        "|---|---|---|---|---|" + "---|" * len(FLOOR_WORKLOADS) + "---|",
+    ]
+    notes = Notes()
+    for pages in sizes:
+        for store, store_name in FLOOR_STORES.items():
+            for advice, advice_name in FLOOR_ADVICE.items():
+                c = cases.get((pages, store, advice))
+                if c is None:
+                    continue
+                f = c["floor_ns"]
+                cells = []
+                for w in FLOOR_WORKLOADS:
+                    ns = c.get(f"{w}_ns")
+                    if ns is None:
+                        cells.append(f"not measured {notes.ref(c['note'])}" if c["note"] else "-")
+                    elif f:
+                        cells.append(f"{fmt_ns(ns)} ({fmt_ratio(ns / f)})")
+                    else:
+                        cells.append(fmt_ns(ns))
+                floor_cell = fmt_ns(f) if f is not None else f"not measured {notes.ref(c['note'])}"
+                huge = c.get("anon_huge_kib")
+                mapping = advice_name
+                if advice == "huge" and not c.get("huge_advised"):
+                    # The largest mapping: the links (8 bytes a page), or the arena.
+                    largest = pages * (8 if store == "side-table" else data["page_size"])
+                    mapping += (
+                        " (not advised: smaller than one)"
+                        if largest < 2 << 20
+                        else " (advice refused)"
+                    )
+                out.append(
+                    f"| {pow2(pages)} | {store_name} | {mapping} | "
+                    f"{fmt_bytes(c['state_bytes'])} | {floor_cell} | "
+                    + " | ".join(cells)
+                    + f" | {'-' if huge is None else f'{huge:,} KiB'} |"
+                )
+        p = peers.get(pages)
+        if p:
+            out.append(
+                f"| {pow2(pages)} | FrameAllocator | its own (B-trees on the heap) | - | - | "
+                + " | ".join(fmt_ns(p.get(f"{w}_ns")) for w in FLOOR_WORKLOADS)
+                + " | - |"
+            )
+    out.append("")
+    out += notes.render()
+    out += [
+        "Cells: time per operation (its multiple of the floor of the same store and mapping)."
+        + (
+            " The machine was busy during this run: the floor and the workloads ran at "
+            "different moments, so their ratios carry the swings of the load; read them "
+            "against a run on a quiet machine before judging a goal."
+            if busy(machine())
+            else ""
+        ),
+        "",
+    ]
+
+    # The peers of the main tables (same run, 2^18 pages) against the side table's floor.
+    side = cases.get((1 << 18, "side-table", "default"))
+    if side and side.get("floor_ns") and run.alloc:
+        f = side["floor_ns"]
+        parts = []
+        for w in FLOOR_WORKLOADS:
+            got = []
+            for ident in PB_NEVER + PEERS:
+                m = run.measure(w, ident)
+                if m["kind"] in ("ns", "single"):
+                    got.append(f"{SHORT_NAMES[ident]} {fmt_ns(m['ns'])} ({fmt_ratio(m['ns'] / f)})")
+            if got:
+                parts.append(f"{w}: " + ", ".join(got))
+        if parts:
+            out += [
+                "The allocators of the first table (same run, 2^18 pages, their own memory), as "
+                f"multiples of the side table's floor with 4 KiB pages ({fmt_ns(f)}): "
+                + "; ".join(parts)
+                + ".",
+                "",
+            ]
+
+    # Huge pages against 4 KiB pages, per store and size.
+    verdicts = []
+    for pages in sizes:
+        for store, store_name in FLOOR_STORES.items():
+            a, b = cases.get((pages, store, "default")), cases.get((pages, store, "huge"))
+            if not a or not b:
+                continue
+            ratios = [
+                f"{w} {fmt_ratio(b[f'{w}_ns'] / a[f'{w}_ns'])}"
+                for w in ("floor", *FLOOR_WORKLOADS)
+                if a.get(f"{w}_ns") and b.get(f"{w}_ns")
+            ]
+            if ratios:
+                verdicts.append(f"{pow2(pages)} {store_name}: " + ", ".join(ratios))
+    if verdicts:
+        out += [
+            "Huge pages against 4 KiB pages (time with huge pages / time without; below 1 huge "
+            "pages are faster): " + "; ".join(verdicts) + ".",
+            "",
+        ]
+
+    # The goals: churn at most 1.5x the floor and no slower than FrameAllocator, the hot pair
+    # at most 3x, at 2^18 and 2^22 pages, each store on its better mapping.
+    for pages in (1 << 18, 1 << 22):
+        for store, store_name in FLOOR_STORES.items():
+            for w, bound in FLOOR_GOALS.items():
+                best = best_mapping(cases, pages, store, f"{w}_ns")
+                target = (
+                    f"{w} ≤ {bound:g}x the floor at {pow2(pages)} pages ({store_name}, "
+                    "the faster mapping)"
+                )
+                if best is None or not best[1].get("floor_ns"):
+                    c = cases.get((pages, store, "default")) or {}
+                    rows.append((target, c.get("note") or "not measured", "not measured"))
+                    continue
+                advice, c = best
+                r = c[f"{w}_ns"] / c["floor_ns"]
+                measured = (
+                    f"{fmt_ns(c[f'{w}_ns'])} against a floor of {fmt_ns(c['floor_ns'])} "
+                    f"({FLOOR_ADVICE[advice]}): {fmt_ratio(r)}"
+                )
+                verdict = "met" if r <= bound else "missed"
+                p = peers.get(pages)
+                if w == "churn" and p and p.get("churn_ns"):
+                    fa = p["churn_ns"]
+                    measured += f"; FrameAllocator {fmt_ns(fa)} ({fmt_ratio(c['churn_ns'] / fa)})"
+                    if c["churn_ns"] > fa:
+                        verdict = "missed"
+                    target += " and no slower than FrameAllocator"
+                rows.append((target, measured, verdict + busy_mark()))
+
+
+def busy_mark() -> str:
+    """What a verdict against the floor adds when the run was on a busy machine."""
+    return " (busy machine: recheck on a quiet one)" if busy(machine()) else ""
+
+
+def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str, str]]) -> None:
+    """The Python scaling figures as multiples of the side table's floor (floor.json)."""
+    scaling = data.get("scaling") or []
+    if not scaling:
+        return
+    floor = load_json(DATA / "floor.json")
+    cases = floor_cases(floor) if floor else {}
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(floor["started_unix"])) if floor else ""
+    out += [
+        f"`Pool` alone, without an arena (`arena=False`: its metadata and side-table links only, "
+        "mapped with huge pages), fresh and with a random half of its pages held (every page "
+        "allocated, then a random half freed in random order): `alloc_many(0, "
+        f"{data.get('scaling_batch', 256)}, out=buf)` + `put_many(buf)` per page, after one "
+        "untimed pass over the whole pool, and `alloc_pages(0)` + `put_page` per pair net of "
+        "the loop; best of 3. *Floor*: the side table's, huge pages, at the same size, from "
+        + (f"the floor benchmark's run of {when}" if floor else "no floor run (not measured)")
+        + " (see the floor section).",
+        "",
+        "| pages | state | batch, per page | pair | floor |",
+        "|---|---|---|---|---|",
+    ]
+    for m in scaling:
+        c = cases.get((m["pages"], "side-table", PYTHON_FLOOR_ADVICE)) or {}
+        f = c.get("floor_ns")
+
+        def mult(ns: float, f: float | None = f) -> str:
+            return f"{fmt_ns(ns)} ({fmt_ratio(ns / f)})" if f else fmt_ns(ns)
+
+        out.append(
+            f"| {pow2(m['pages'])} | {m['state']} | {mult(m['batch_ns'])} | "
+            f"{mult(m['pair_ns'])} | {fmt_ns(f)} |"
+        )
+    out += [
+        "",
+        "Cells: time (its multiple of the floor)."
+        + (
+            " The machine was busy: the floor and these figures ran at different moments, "
+            "under different load."
+            if busy(machine())
+            else ""
+        ),
+        "",
+    ]
+    big = next((m for m in scaling if m["pages"] == 1 << 22 and m["state"] == "half held"), None)
+    if big is not None:
+        c = cases.get((1 << 22, "side-table", PYTHON_FLOOR_ADVICE)) or {}
+        f = c.get("floor_ns")
+        target = (
+            "Python: alloc_many + put_many on a 2^22-page pool half held at random ≤ 1.5x the "
+            "floor per page"
+        )
+        if f:
+            r = big["batch_ns"] / f
+            rows.append(
+                (
+                    target,
+                    f"{fmt_ns(big['batch_ns'])} per page against {fmt_ns(f)}: {fmt_ratio(r)}",
+                    ("met" if r <= 1.5 else "missed") + busy_mark(),
+                )
+            )
+        else:
+            rows.append((target, "no floor measured at 2^22 pages", "not measured"))
+
+
+MISSES = ROOT / "docs" / "data" / "misses.json"
+MISS_STORES = {
+    "side-table": "pagebuddy, side table",
+    "intrusive": "pagebuddy, intrusive",
+    "frame": "FrameAllocator",
+}
+MISS_WORKLOADS = {
+    "floor": (
+        "read",
+        "one read of the chase; its misses are what one operation would cost at the floor",
+    ),
+    "hot": (
+        "pair",
+        "on a free pool each order-0 alloc splits an order-10 block ten times and the free "
+        "merges it back ten times; the FIFO lists hand out the next order-10 block each pair, "
+        "so consecutive pairs walk all of that list's blocks",
+    ),
+    "churn": (
+        "step",
+        "a free of a random held page (its metadata, its buddy's, the list's ends and the "
+        "link it is listed with) and an allocation that takes that page back",
+    ),
+    "mixed": (
+        "step",
+        "an allocation of a drawn order (list take, splits) or the free of a random held "
+        "block (its merges): a few random pages' metadata and links each",
+    ),
+}
+
+
+def misses_section(out: list[str]) -> None:
+    """What bounds each workload: misses per operation, from docs/data/misses.json (written by
+    scripts/misses.py; nothing when it is missing). The times are the floor section's."""
+    try:
+        d = json.loads(MISSES.read_text())
+    except (OSError, ValueError):
+        return
+    caches = d["caches"]
+
+    def cache(name: str) -> str:
+        c = caches[name]
+        return f"{name} {fmt_bytes(c['bytes'])} {c['ways']}-way"
+
+    out += [
+        "## What bounds each workload",
+        "",
+        f"`{d['command']}` ({d['date']}; {d['cpu']}; {d['valgrind']}; "
+        f"{d['seconds']} s): callgrind's cache simulation of this CPU's data caches "
+        f"({', '.join(cache(k) for k in ('L1d', 'L2', 'L3') if k in caches)}, 64-byte lines; "
+        "run once with the L2 and once with the L3 as the last level), over "
+        f"{d['ops']:,} operations of each workload counted after as many untimed ones, in the "
+        "floor benchmark's profile mode (`BENCH_FLOOR_PROFILE`, 4 KiB pages). Cells: data "
+        "misses (reads and writes) per operation at each level, and instructions per "
+        "operation; the times are those of the floor section. Callgrind simulates no TLB: what "
+        "a page walk adds shows in the floor section as the difference between 4 KiB and huge "
+        "pages. Figures from `docs/data/misses.json`.",
+        "",
+        "| pages | allocator | workload | instructions | L1d misses | L2 misses | L3 misses |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for c in d["cases"]:
+        pages = 1 << c["shift"]
+        if "workload" not in c:
+            notes.append(f"{pow2(pages)}, {MISS_STORES[c['store']]}: {c['note']}.")
+            continue
+        w = c["workload"]
+        out.append(
+            f"| {pow2(pages)} | {MISS_STORES[c['store']]} | {w} (per {MISS_WORKLOADS[w][0]}) "
+            f"| {c['instructions']:,.0f} | {c['l1d']:.2f} | {c['l2']:.2f} | {c['l3']:.2f} |"
+        )
+    out.append("")
+    if notes:
+        out += [" ".join(notes), ""]
+
+    # Per workload: what it touches, and what the counts say about the bound.
+    by = {(1 << c["shift"], c["store"], c["workload"]): c for c in d["cases"] if "workload" in c}
+    for w, (unit, what) in MISS_WORKLOADS.items():
+        if w == "floor":
+            continue
+        parts = []
+        for (pages, store, ww), c in sorted(by.items()):
+            if ww != w or store == "frame":
+                continue
+            fl = by.get((pages, store, "floor"))
+            # The deepest level the workload misses at least once an operation bounds it; the
+            # floor's read misses the same levels once, so the count at that level is the
+            # workload's cost in floor reads (before the overlap of independent misses).
+            if c["l3"] >= 0.9:
+                level, n, at = "memory", c["l3"], "l3"
+            elif c["l2"] >= 0.9:
+                level, n, at = "the L3 (misses of the L2 it serves)", c["l2"], "l2"
+            else:
+                level, n, at = "instructions (under one L2 miss)", c["l1d"], "l1d"
+            worth = (
+                f", {n / fl[at]:.1f} floor reads' worth"
+                if fl and fl[at] >= 0.5 and at != "l1d"
+                else ""
+            )
+            parts.append(
+                f"{pow2(pages)} {store.replace('-', ' ')}: {c['instructions']:,.0f} "
+                f"instructions and {c['l1d']:.2f} / {c['l2']:.2f} / {c['l3']:.2f} misses a "
+                f"{unit} (L1d / L2 / L3), bound by {level}{worth}"
+            )
+        frame = [
+            f"{pow2(pages)} {c['instructions']:,.0f} instructions, {c['l3']:.2f} L3 misses"
+            for (pages, store, ww), c in sorted(by.items())
+            if ww == w and store == "frame"
+        ]
+        if parts:
+            out += [
+                f"- **{w}** ({what}). "
+                + "; ".join(parts)
+                + (f". FrameAllocator: {', '.join(frame)}" if frame else "")
+                + ".",
+                "",
+            ]
 
 
 PYTHON_HEADING = "## Python: `Pool` against `ReferencePool`"
@@ -1411,6 +1810,9 @@ def main(argv: list[str] | None = None) -> int:
     layout_section(run, out)
 
     rows, bounds = evaluate(run, counts)
+    floor_out: list[str] = []
+    floor_section(run, floor_out, rows)
+    misses_section(floor_out)
     python_out: list[str] = []
     python_section(run, python_out, rows)
 
@@ -1449,6 +1851,7 @@ def main(argv: list[str] | None = None) -> int:
     elif counts_why:
         out += [f"Instruction counts: {counts_why}.", ""]
 
+    out += floor_out
     out += python_out
     out += [
         "## How the Rust numbers are made",

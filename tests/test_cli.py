@@ -609,6 +609,30 @@ def test_bench_tiny_json(capsys: pytest.CaptureFixture[str]) -> None:
     for m in d["shared"]:
         assert m["pool_ns"] > 0 and m["shared_ns"] > 0
         assert m["ratio"] == pytest.approx(m["shared_ns"] / m["pool_ns"], rel=0.02)
+    # Pool alone without an arena, fresh and half held, at the tiny mode's one size.
+    assert [(m["pages"], m["state"]) for m in d["scaling"]] == [(256, "fresh"), (256, "half held")]
+    assert all(m["batch_ns"] > 0 and m["pair_ns"] > -1000 for m in d["scaling"])
+
+
+def test_bench_scaling_pools_hold_what_they_say() -> None:
+    # The half-held pool of the scaling part has half its pages free, picked at random, and
+    # its batches give back every page they take.
+    import random
+
+    from pagebuddy import Pool, _bench
+
+    pool = _bench._arenaless(Pool, 1024, True, random.Random(1))
+    assert not pool.arena and pool.free_pages == 512
+    fresh = _bench._arenaless(Pool, 1024, False, random.Random(1))
+    assert fresh.free_pages == 1024
+    assert _bench._batches(pool, 1024) > 0
+    assert pool.free_pages == 512
+    pool.check()
+
+
+def test_bench_with_pages_leaves_the_scaling_part_out(capsys: pytest.CaptureFixture[str]) -> None:
+    code, d = run_json(capsys, "bench", "--tiny", "--pages", "64")
+    assert code == 0 and d["pages"] == 64 and d["scaling"] == []
 
 
 def test_bench_shared_pools_match() -> None:

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from pagebuddy import PageError, Pool
-from pagebuddy._shared import pool_bytes
+from pagebuddy._shared import (
+    OWNER_SLOT,
+    OWNER_TABLE_HEAD,
+    header_bytes,
+    lock_holder,
+    pool_bytes,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "fork"),
@@ -35,6 +41,10 @@ def _child(fn: Any) -> int:
         try:
             fn()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     return pid
@@ -70,6 +80,16 @@ def test_every_handle_is_an_owner_with_its_own_id() -> None:
     assert d.owner is not None and d.owner & 0xFFFFFFFF == old & 0xFFFFFFFF
     assert d.owner >> 32 == (old >> 32) + 1
     a.check()
+
+
+def test_version_4_buffers_are_refused_untouched() -> None:
+    buf = bytearray(pool_bytes(32))
+    Pool.create_in(buf).close()
+    struct.pack_into("=I", buf, 8, 4)
+    before = bytes(buf)
+    with pytest.raises(ValueError, match=r"layout version 4 \(no owner table.*format the buffer"):
+        Pool.attach(buf)
+    assert bytes(buf) == before
 
 
 def test_a_closed_owners_pages_are_reclaimed_and_shared_ones_survive() -> None:
@@ -183,22 +203,31 @@ def test_a_forked_child_is_a_new_owner() -> None:
         shm.unlink()
 
 
+#: The board: 64 posted pfns, then one byte per worker, set once it holds pages.
+POSTS = 64
+
+
 def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a forked child
     """Attach, then allocate, share (get_page on pfns other workers posted on the board) and
-    put, until killed."""
+    put, until killed: about 12 blocks held, and as many references to other workers'. The
+    worker's byte on the board is set once it has made 20 calls."""
     block = shared_memory.SharedMemory(name=name)
     posts = shared_memory.SharedMemory(name=board)
     pool = Pool.attach(block.buf)
     rng = random.Random(seed)
     held: list[int] = []
+    calls = 0
     while True:
+        calls += 1
+        if calls == 20:
+            posts.buf[8 * POSTS + seed] = 1
         r = rng.random()
         try:
-            if r < 0.4 or not held:
+            if not held or (r < 0.4 and len(held) < 12):
                 pfn = pool.alloc_pages(rng.randrange(3))
                 held.append(pfn)
                 struct.pack_into("<Q", posts.buf, 8 * rng.randrange(64), pfn)
-            elif r < 0.7:
+            elif r < 0.7 and len(held) < 24:
                 pfn = struct.unpack_from("<Q", posts.buf, 8 * rng.randrange(64))[0]
                 pool.get_page(pfn)
                 held.append(pfn)
@@ -208,43 +237,65 @@ def _worker(name: str, board: str, seed: int) -> None:  # pragma: no cover - a f
             pass
 
 
+def _shared_pages(pool: Pool, buf: Any, slots: int = 32) -> int:
+    """Held pages whose owner tag says other owners share them (layout version 5)."""
+    tags = (header_bytes(buf) + 63) // 64 * 64 + OWNER_TABLE_HEAD + slots * OWNER_SLOT
+    return sum(
+        1
+        for i in range(pool.nr_pages)
+        if struct.unpack_from("=H", buf, tags + 2 * i)[0] & 0x8000
+        and pool.page_count(pool.base_pfn + i) > 0
+    )
+
+
 def test_killed_workers_leak_nothing() -> None:
-    """KILLS workers, 8 at a time, each killed (SIGKILL) at a random instant while it holds
-    pages, some of them shared with other workers through get_page. Once every worker is dead,
-    one attach gives every page back: free_pages == nr_pages - reserved_pages, check() passes."""
+    """KILLS workers, 8 at a time, each killed (SIGKILL) at a random instant (0 to 20 ms after
+    its first 20 calls) while it holds pages, some of them shared with other workers through
+    get_page. Once every worker is dead, one attach gives every page back: free_pages ==
+    nr_pages - reserved_pages, check() passes."""
     shm = shared_memory.SharedMemory(create=True, size=pool_bytes(512))
-    board = shared_memory.SharedMemory(create=True, size=8 * 64)
+    board = shared_memory.SharedMemory(create=True, size=8 * POSTS + KILLS)
+    live: list[tuple[int, int]] = []
+    deadline: dict[int, float] = {}
     try:
         pool = Pool.create_in(shm.buf, reserved_pages=3, max_order=6)
         expected = pool.nr_pages - 3
         rng = random.Random(21)
-        live: list[tuple[int, float]] = []
-        started = killed = 0
+        started = killed = inside = 0
         t0 = time.perf_counter()
         while started < KILLS or live:
             while started < KILLS and len(live) < 8:
                 pid = _child(lambda s=started: _worker(shm.name, board.name, s))
-                live.append((pid, time.perf_counter() + rng.uniform(0.002, 0.03)))
+                live.append((pid, started))
                 started += 1
             now = time.perf_counter()
-            for pid, when in [x for x in live if x[1] <= now]:
-                os.kill(pid, signal.SIGKILL)
-                assert _wait(pid) == -signal.SIGKILL
-                killed += 1
-                live.remove((pid, when))
-            time.sleep(0.001)
+            for pid, worker in list(live):
+                if pid not in deadline and board.buf[8 * POSTS + worker]:
+                    deadline[pid] = now + rng.uniform(0, 0.02)
+                if deadline.get(pid, now + 1) <= now:
+                    os.kill(pid, signal.SIGKILL)
+                    assert _wait(pid) == -signal.SIGKILL
+                    inside += lock_holder(shm.buf) == pid  # died holding the pool's lock
+                    killed += 1
+                    live.remove((pid, worker))
+            time.sleep(0.0005)
+        shared = _shared_pages(pool, shm.buf)
         held_before = expected - pool.free_pages
         after = Pool.attach(shm.buf)
         after.check()
         leaked = expected - after.free_pages
         print(
-            f"\nkill test: {killed} workers killed in {time.perf_counter() - t0:.1f} s; "
-            f"{held_before} pages held by the dead, {leaked} leaked after one attach"
+            f"\nkill test: {killed} workers killed in {time.perf_counter() - t0:.1f} s "
+            f"({inside} holding the lock); {held_before} of {expected} pages held by the dead "
+            f"({shared} shared by several), {leaked} leaked after one attach"
         )
         assert killed == KILLS
         assert after.free_pages == expected, leaked
         del pool, after
     finally:
+        for pid, _ in live:
+            os.kill(pid, signal.SIGKILL)
+            _wait(pid)
         shm.close()
         shm.unlink()
         board.close()

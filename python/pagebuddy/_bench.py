@@ -45,6 +45,16 @@ pool's process-shared lock and journals its writes; per call, loop included:
 ``window``       64 held blocks of orders 0 to 4: free the oldest, allocate one (the workload
                  of the core's ``shared_bench`` example); per call.
 
+Scaling (``scaling`` in the report): ``Pool`` alone, without an arena (``arena=False``: only
+its metadata and links, 12 bytes a page, which the caller of a large pool of page numbers
+keeps), at several sizes (``quick``: 2**14, 2**18 and 2**22 pages), each fresh and with a
+random half of its pages held (every page allocated, then a random half freed in random
+order); on each:
+
+``batch``        ``alloc_many(0, 256, out=buf)`` then ``put_many(buf)``, ``buf`` an
+                 ``array('Q')``; per page.
+``pair``         ``alloc_pages(0)`` + ``put_page`` of that page; per pair, net of the loop.
+
 Modes: ``quick`` (2**14 pages, best of 5) and ``tiny`` (2**8 pages, one run; it
 exists so that CI can check the benchmark still runs). The repeats are interleaved: each
 round measures every workload once, so that a busy moment of the machine lands on one round
@@ -68,8 +78,10 @@ __all__ = [
     "MAX_PAGES",
     "MIN_PAGES",
     "MODES",
+    "SCALING",
     "BenchResult",
     "Measurement",
+    "ScalingMeasurement",
     "SharedMeasurement",
     "cpu_ns",
     "run_benchmarks",
@@ -82,6 +94,11 @@ T = TypeVar("T")
 MODES: dict[str, tuple[int, int]] = {"quick": (1 << 14, 5), "tiny": (1 << 8, 1)}
 
 SCHEMA = "pagebuddy-python-bench/1"
+
+#: mode -> log2 of the pool sizes of the scaling part, and its best-of count
+SCALING: dict[str, tuple[tuple[int, ...], int]] = {"quick": ((14, 18, 22), 3), "tiny": ((8,), 1)}
+#: Pages per ``alloc_many`` / ``put_many`` call of the scaling part.
+SCALING_BATCH = 256
 
 #: Bounds of ``pages``: ``split`` times order-4 blocks (16 pages each), and a pool of 4 KiB
 #: pages is at most 4 GiB.
@@ -122,6 +139,19 @@ class SharedMeasurement:
 
 
 @dataclass
+class ScalingMeasurement:
+    """``Pool`` without an arena at one size and state: per page of a batch, per pair."""
+
+    pages: int
+    #: ``"fresh"`` or ``"half held"`` (a random half of the pages allocated).
+    state: str
+    #: ``alloc_many(0, 256, out=)`` + ``put_many``, per page.
+    batch_ns: float
+    #: ``alloc_pages(0)`` + ``put_page``, per pair, net of the loop.
+    pair_ns: float
+
+
+@dataclass
 class BenchResult:
     """A whole benchmark run."""
 
@@ -135,6 +165,8 @@ class BenchResult:
     seconds: float = 0.0
     #: ``Pool`` against ``Pool.create_in`` on the same workloads (empty without ``create_in``).
     shared: list[SharedMeasurement] = field(default_factory=list)
+    #: ``Pool`` without an arena at several sizes, fresh and half held.
+    scaling: list[ScalingMeasurement] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document ``--json`` prints (schema ``pagebuddy-python-bench/1``)."""
@@ -169,6 +201,11 @@ class BenchResult:
                     "ratio": round(m.ratio, 2),
                 }
                 for m in self.shared
+            ],
+            "scaling_batch": SCALING_BATCH,
+            "scaling": [
+                {**asdict(m), "batch_ns": round(m.batch_ns, 2), "pair_ns": round(m.pair_ns, 1)}
+                for m in self.scaling
             ],
         }
 
@@ -426,6 +463,62 @@ def _warm_pair(cls: type, n: int, rng: random.Random) -> float:
     return _put_alloc_pairs(pool, n)
 
 
+def _arenaless(cls: type, n: int, half: bool, rng: random.Random) -> Any:
+    """``cls(n)`` without an arena, fresh or with a random half of its pages held."""
+    import array
+
+    pool = cls(n, zero="never", arena=False)
+    if half:
+        every = array.array("Q", bytes(8 * n))
+        pool.alloc_many(0, n, out=every)
+        pfns = every.tolist()
+        rng.shuffle(pfns)
+        pool.put_many(array.array("Q", pfns[n // 2 :]))
+    return pool
+
+
+def _batches(pool: Any, pages: int) -> float:
+    """``alloc_many(0, size, out=)`` + ``put_many`` for about ``pages`` pages, ``size``
+    ``SCALING_BATCH`` or a quarter of the pool if smaller; per page."""
+    import array
+
+    size = min(SCALING_BATCH, pool.nr_pages // 4)
+    buf = array.array("Q", bytes(8 * size))
+    alloc_many, put_many = pool.alloc_many, pool.put_many
+    rounds = max(1, pages // size)
+
+    def run() -> int:
+        for _ in range(rounds):
+            alloc_many(0, size, out=buf)
+            put_many(buf)
+        return rounds * size
+
+    return _timed(run)
+
+
+def scaling(
+    cls: type, mode: str, seed: int = 1, progress: Callable[[str], None] | None = None
+) -> list[ScalingMeasurement]:
+    """The scaling part of ``mode`` on ``cls`` (``Pool``): each size fresh and half held."""
+    shifts, best_of = SCALING[mode]
+    out = []
+    for shift in shifts:
+        n = 1 << shift
+        for state in ("fresh", "half held"):
+            if progress is not None:
+                progress(f"scaling 2^{shift} {state}")
+            pool = _arenaless(cls, n, state == "half held", random.Random(seed))
+            units = min(n, 1 << 18) if mode != "tiny" else n
+            # One untimed pass over the whole pool first: the metadata and links are mapped
+            # zeroed and committed on first touch, which is not what a batch costs after that.
+            _batches(pool, n)
+            batch = min(_batches(pool, units) for _ in range(best_of))
+            pair = min(_put_alloc_pairs(pool, units // 4 or 1) for _ in range(best_of))
+            out.append(ScalingMeasurement(n, state, batch, pair))
+            del pool
+    return out
+
+
 def _cached_pair(cls: type, n: int, rng: random.Random) -> float:
     pool = cls(n, zero="never", cpus=1)
     pool.put_page(pool.alloc_pages(0))  # the slot's first refill, and this thread's slot
@@ -563,6 +656,7 @@ def run_benchmarks(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     n, repeats = MODES[mode]
+    sized = pages is not None  # one size asked for: the scaling part, of its own sizes, is left out
     n = n if pages is None else pages
     if not MIN_PAGES <= n <= MAX_PAGES:
         raise ValueError(f"pages must be from {MIN_PAGES} to {MAX_PAGES}, not {n}")
@@ -600,5 +694,7 @@ def run_benchmarks(
         result.results.append(
             Measurement(name, unit, description, best[name, "pool"], best[name, "reference"])
         )
+    if not sized:
+        result.scaling = scaling(pool_cls, mode, seed, progress)
     result.seconds = time.perf_counter() - t0
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from typing import Any
@@ -85,10 +86,13 @@ def worker_loop(
     max_held: int = 0,
     batches: bool = False,
     ready: Any = None,
+    hold_until_all: bool = False,
 ) -> WorkerResult:
     """Run ``ops`` operations (or until ``stop`` is set) on the pool in shared memory ``name``;
     with ``batches``, a fifth of them are ``alloc_many``, ``alloc_exact`` and ``put_many``.
-    ``ready[worker]`` (a lock-free shared array) is set once the worker has attached."""
+    ``ready[worker]`` (a lock-free shared array) is set once the worker has attached; with
+    ``hold_until_all``, the worker keeps its handle (and so its pages: a handle let go is an
+    owner that ended, whose pages the next attach reclaims) until every entry is set."""
     shm = shared_memory.SharedMemory(name=name)
     try:
         pool = Pool.attach(shm.buf)
@@ -159,6 +163,8 @@ def worker_loop(
             mine.clear()
         for pfn in mine:
             res.held[pfn] = len(pool.view(pfn)) // pool.page_size
+        while hold_until_all and ready is not None and not all(ready):
+            time.sleep(0.001)
         del pool
         return res
     finally:
@@ -201,6 +207,8 @@ def run_processes(
         pool = Pool.create_in(shm.buf, page_size=page_size)
         ctx = multiprocessing.get_context()
         out = ctx.Queue()
+        # Set by each worker (numbered from 1) once attached; index 0 is nobody's.
+        ready = ctx.RawArray("b", [1] + [0] * processes)
         procs = [
             ctx.Process(
                 target=_worker_main,
@@ -214,6 +222,8 @@ def run_processes(
                             "max_order": max_order,
                             "check_every": check_every,
                             "batches": batches,
+                            "ready": ready,
+                            "hold_until_all": True,
                         },
                     ),
                     out,
@@ -353,9 +363,14 @@ def kill_rounds(
                 time.sleep(rng.uniform(0, max_delay))
                 p = procs.pop(rng.choice(list(procs)))
                 assert p.pid is not None
+                # Stopped first, so that what it holds is read before a survivor takes the
+                # lock over from it (a stopped holder is alive: no one does).
+                os.kill(p.pid, signal.SIGSTOP)
+                os.waitpid(p.pid, os.WUNTRACED)
+                inside = lock_holder(shm.buf) == p.pid
                 os.kill(p.pid, signal.SIGKILL)
                 p.join()
-                if lock_holder(shm.buf) == p.pid:
+                if inside:
                     total["killed_inside_operation"] += 1  # died holding the lock
                 pool.check()
                 total["kills"] += 1

@@ -324,6 +324,21 @@ def _bench(out: Console, r: dict[str, Any]) -> None:
                 f"{m['ratio']:.2f}x",
             )
         out.print(t)
+    scaling = r.get("scaling", [])
+    if scaling:
+        t = Table(
+            title=f"Pool without an arena, fresh and with a random half of its pages held: "
+            f"alloc_many(0, {r['scaling_batch']}, out=) + put_many per page, "
+            "alloc_pages(0) + put_page per pair (net of the loop)",
+            title_justify="left",
+        )
+        for col in ("pages", "state", "batch ns/page", "pair ns"):
+            t.add_column(col, justify="left" if col == "state" else "right")
+        for m in scaling:
+            t.add_row(
+                f"{m['pages']:,}", m["state"], f"{m['batch_ns']:,.1f}", f"{m['pair_ns']:,.0f}"
+            )
+        out.print(t)
 
 
 def _ftrace(out: Console, r: dict[str, Any]) -> None:

@@ -16,6 +16,12 @@ def report(ctx: Context) -> dict[str, Any]:
     mode = "tiny" if args.tiny else "quick"
     pool_cls, model_cls = default_classes()
     names = [w[0] for w in _bench.WORKLOADS] + ["shared " + w[0] for w in _bench.SHARED_WORKLOADS]
+    if args.pages is None:
+        names += [
+            f"scaling 2^{shift} {state}"
+            for shift in _bench.SCALING[mode][0]
+            for state in ("fresh", "half held")
+        ]
     with ctx.progress() as prog:
         task = prog.add_task("bench", total=len(names))
 

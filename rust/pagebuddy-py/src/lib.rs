@@ -14,6 +14,7 @@ mod shared;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use pagebuddy::mapped::MappedSlice;
 use pagebuddy::{
     Arena, CacheConfig, Config, Error, Geometry, Handoff, HandoffPool, Intrusive, Link, LinkStore,
     LockedPool, PageMeta, Pool as Core, SharedGuard, SideTable, ZeroPolicy,
@@ -198,37 +199,26 @@ fn hand_off<'p, L: LinkStore>(_py: Python<'_>, pool: &'p Plain<L>) -> Handoff<'p
     unsafe { pool.hand_off() }
 }
 
-/// Metadata and links that the core borrows as `'static`; freed after the core is dropped.
+/// Metadata and links that the core borrows as `'static`; unmapped after the core is dropped.
 struct Storage {
     meta: NonNull<[PageMeta]>,
     links: Option<NonNull<[Link]>>,
+    /// The mappings `meta` and `links` point into, unmapped when the storage drops. `Pool`
+    /// declares `inner` (the only borrower) before `storage`, so it has been dropped by then.
+    _maps: (MappedSlice<PageMeta>, Option<MappedSlice<Link>>),
 }
 
-impl Drop for Storage {
-    fn drop(&mut self) {
-        // SAFETY: both came from `Box::leak` (in `reserve::fill`, and of `reserve::zeroed_links`'
-        // box in `Reserved::into_storage`) and are freed only here, once. `Pool` declares
-        // `inner` (the only borrower) before `storage`, so it has been dropped already.
-        unsafe {
-            drop(Box::from_raw(self.meta.as_ptr()));
-            if let Some(links) = self.links {
-                drop(Box::from_raw(links.as_ptr()));
-            }
-        }
-    }
-}
-
-// SAFETY: `Storage` only frees its boxes on drop; the core reaches them under its lock.
+// SAFETY: `Storage` only unmaps its memory on drop; the core reaches it under its lock.
 unsafe impl Send for Storage {}
 // SAFETY: `Storage` itself is never read through `&self`.
 unsafe impl Sync for Storage {}
 
-/// A pool's heap memory, all of it reserved before any is written (see `reserve.rs`): the
-/// metadata, the side-table links (none with intrusive links) and the caches' storage (with
-/// `cpus=N`).
+/// A pool's memory besides its arena, all of it reserved before any is written (see
+/// `reserve.rs`): the metadata, the side-table links (none with intrusive links) and the caches'
+/// storage (with `cpus=N`).
 struct Reserved {
-    meta: Vec<PageMeta>,
-    links: Option<Box<[Link]>>,
+    meta: MappedSlice<PageMeta>,
+    links: Option<MappedSlice<Link>>,
     cache: Option<cached::Reserved>,
 }
 
@@ -236,9 +226,13 @@ impl Reserved {
     /// Reserves for `n` pages; `MemoryError`, with nothing written, if any part can't be had.
     fn new(n: usize, side: bool, cpus: usize, cache: &CacheConfig) -> PyResult<Self> {
         Ok(Reserved {
-            meta: reserve::reserve(n, &format!("metadata for {n} pages"))?,
+            meta: reserve::mapped(n, true, &format!("metadata for {n} pages"))?,
             links: if side {
-                Some(reserve::zeroed_links(n)?)
+                Some(reserve::mapped(
+                    n,
+                    n <= reserve::HUGE_LINKS_MAX_PAGES,
+                    &format!("free-list links for {n} pages"),
+                )?)
             } else {
                 None
             },
@@ -249,12 +243,16 @@ impl Reserved {
         })
     }
 
-    /// The metadata written (every page `PageMeta::INIT`) and, with the links, handed to a
-    /// `Storage`; the caches' storage, for `Cache` to write.
-    fn into_storage(self, n: usize) -> (Storage, Option<cached::Reserved>) {
+    /// The metadata written (every page `PageMeta::INIT`) and, with the links (left zeroed: the
+    /// side table is read only for pages on the free lists, whose links are written first, and
+    /// every read is range-checked anyway), handed to a `Storage`; the caches' storage, for
+    /// `Cache` to write.
+    fn into_storage(mut self) -> (Storage, Option<cached::Reserved>) {
+        self.meta.fill(PageMeta::INIT);
         let storage = Storage {
-            meta: reserve::fill(self.meta, n, || PageMeta::INIT),
-            links: self.links.map(|l| NonNull::from(Box::leak(l))),
+            meta: NonNull::from(self.meta.as_mut_slice()),
+            links: self.links.as_mut().map(|l| NonNull::from(l.as_mut_slice())),
+            _maps: (self.meta, self.links),
         };
         (storage, self.cache)
     }
@@ -266,8 +264,9 @@ impl Reserved {
 /// `ptr` comes from a `Storage`, is borrowed by nothing else, and outlives every use of the
 /// result.
 unsafe fn borrow<T>(ptr: NonNull<[T]>) -> &'static mut [T] {
-    // SAFETY: `ptr` is a live, initialised boxed slice, leaked; the caller promises
-    // exclusivity and that the box is freed (by `Storage`) only after the borrow ends.
+    // SAFETY: `ptr` is a live, initialised slice in a mapping that `Storage` owns; the caller
+    // promises exclusivity and that the mapping is unmapped (by `Storage`) only after the
+    // borrow ends.
     unsafe { &mut *ptr.as_ptr() }
 }
 
@@ -324,10 +323,16 @@ impl Pool {
     /// The mapping is private where the platform has `MAP_PRIVATE`: reading a page never
     /// written maps the shared zero page instead of committing memory (a shared anonymous
     /// mapping commits every page read), so a large pool costs what it uses.
+    ///
+    /// With `huge`, a new mapping is advised for huge pages (`MADV_HUGEPAGE`, as the metadata
+    /// and links get in `reserve::mapped`). Not for an intrusive pool: its links live in the
+    /// head page of every free block, and each one written would commit the 2 MiB around it
+    /// (a fresh 2^18-page pool, 512 MiB for its 256 heads instead of 1 MiB).
     fn arena<'py>(
         py: Python<'py>,
         buffer: Option<&Bound<'py, PyAny>>,
         need: usize,
+        huge: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let owner = match buffer {
             Some(b) if !b.is_none() => b.clone(),
@@ -337,7 +342,8 @@ impl Pool {
                 if let Ok(private) = mmap.getattr("MAP_PRIVATE") {
                     kwargs.set_item("flags", private)?;
                 }
-                mmap.getattr("mmap")?
+                let map = mmap
+                    .getattr("mmap")?
                     .call((-1, need), Some(&kwargs))
                     .map_err(|e| {
                         if e.is_instance_of::<PyOSError>(py) {
@@ -347,7 +353,14 @@ impl Pool {
                         } else {
                             e
                         }
-                    })?
+                    })?;
+                // Advice only: a refusal (no transparent huge pages, another platform) leaves
+                // the arena as it is.
+                if let (true, Ok(advice)) = (huge, mmap.getattr("MADV_HUGEPAGE")) {
+                    // Nothing to undo on refusal: the advice changes how pages are backed only.
+                    let _refused = map.call_method1("madvise", (advice,)).is_err();
+                }
+                map
             }
         };
         let not_buffer = |what: &str| {
@@ -485,7 +498,7 @@ impl Pool {
         cache: CacheConfig,
     ) -> PyResult<Self> {
         let n = geo.nr_pages as usize;
-        let (storage, caches) = Reserved::new(n, true, cpus, &cache)?.into_storage(n);
+        let (storage, caches) = Reserved::new(n, true, cpus, &cache)?.into_storage();
         let Some(links) = storage.links else {
             return Err(PyMemoryError::new_err(format!(
                 "cannot allocate free-list links for {n} pages"
@@ -704,7 +717,7 @@ impl Pool {
         let size = geo
             .arena_bytes()
             .ok_or_else(|| PyValueError::new_err("nr_pages * page_size overflows"))?;
-        let bytes = Self::arena(py, buffer, size)?;
+        let bytes = Self::arena(py, buffer, size, !intrusive)?;
         let (export, addr) = Self::export(&bytes, size)?;
         // Before the core writes to it: a buffer overlapping a live pool's arena is refused
         // (ValueError) and left as it was.
@@ -712,7 +725,7 @@ impl Pool {
             .import("pagebuddy._arenas")?
             .call_method1("claim", (addr, size, "Pool"))?;
         let n = geo.nr_pages as usize;
-        let (storage, caches) = Reserved::new(n, !intrusive, cpus, &cache)?.into_storage(n);
+        let (storage, caches) = Reserved::new(n, !intrusive, cpus, &cache)?.into_storage();
         // SAFETY: `storage` owns the boxes and, declared after `inner` in `Pool`, outlives the
         // core, which is their only borrower (on error, the core is gone before `storage`).
         let meta = unsafe { borrow(storage.meta) };

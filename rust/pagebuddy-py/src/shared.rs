@@ -15,7 +15,9 @@
 //! then takes the word over (recovering the journal, then reclaiming the dead owners'
 //! references). A stopped holder's keeper still holds its mutex: it is never taken over.
 //! Handles that are not owners yet (registering, opening) take the header's outer robust
-//! mutex first and then the word with the value `REGISTRANT` ([`Registrant`]).
+//! mutex first and then the word with the value `REGISTRANT` ([`Registrant`]); the word is
+//! taken from `REGISTRANT` only by a thread holding that mutex (the registrant died), so that
+//! a dead registrant's value and a live one's cannot be told apart by mistake.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -266,7 +268,18 @@ impl<L: SharedLinks<'static> + 'static> Shared<L> {
     ) -> PyResult<(SharedGuard<'_, 'static, L>, bool)> {
         let mut waiting = Wait::new(self.lock.timeout());
         loop {
-            if holder != code && holder_gone(&self.pool, &self.lock, holder, false) {
+            if holder == REGISTRANT {
+                // A registrant holds the outer mutex while the word holds REGISTRANT: the word
+                // is taken over from a dead one only with that mutex held, so that no live
+                // registrant can be putting REGISTRANT there meanwhile.
+                if let robust::Try::Taken(_) = self.lock.try_lock() {
+                    let got = self.pool.take_over_as(code, holder);
+                    self.lock.unlock();
+                    if let Some(g) = got {
+                        return Ok((g, true));
+                    }
+                }
+            } else if holder != code && holder_gone(&self.pool, holder) {
                 if let Some(g) = self.pool.take_over_as(code, holder) {
                     return Ok((g, true));
                 }
@@ -390,7 +403,7 @@ impl Pool {
     /// anything is written: a buffer overlapping other pools' memory is refused untouched.
     fn shared_bytes<'py>(buffer: &Bound<'py, PyAny>, mode: &str) -> PyResult<SharedBytes<'py>> {
         let py = buffer.py();
-        let bytes = Self::arena(py, Some(buffer), 0)?;
+        let bytes = Self::arena(py, Some(buffer), 0, false)?;
         let len: usize = bytes.getattr("nbytes")?.extract()?;
         if len == 0 {
             return Err(PyValueError::new_err("buffer is empty"));
@@ -743,31 +756,26 @@ impl Waiting<'_> {
     }
 }
 
-/// Whether the holder of the pool's lock word that the word names as `holder` is gone: an owner
-/// whose slot's mutex no thread holds (its keeper died with its process, or let it go), a value
-/// that names no live owner, or a registrant ([`REGISTRANT`]) whose outer mutex is free (or
-/// held by the caller, `outer_mine`: a registrant only takes the word once it holds that mutex).
-/// A mutex taken to tell is let go at once.
+/// Whether the owner that the pool's lock word names as `holder` (not [`REGISTRANT`]) is gone:
+/// its slot's mutex is free (its keeper died with its process, or let it go), or the value names
+/// no live owner. A mutex taken to tell is let go at once. Once gone, an owner's value never
+/// names a live holder again (its slot is reused only under a new generation), so a waiter may
+/// act on the answer by a compare-and-swap of the word.
 pub(crate) fn holder_gone<L: SharedLinks<'static>>(
     pool: &SharedPool<'static, L>,
-    outer: &Robust,
     holder: u32,
-    outer_mine: bool,
 ) -> bool {
-    let free = |m: &Robust| match m.try_lock() {
+    let Some(area) = pool.holder_area(holder) else {
+        return true;
+    };
+    let m = Robust::slot(area);
+    match m.try_lock() {
         robust::Try::Taken(_) => {
             m.unlock();
             true
         }
         robust::Try::Busy => false,
         robust::Try::Broken(_) => true,
-    };
-    if holder == REGISTRANT {
-        return outer_mine || free(outer);
-    }
-    match pool.holder_area(holder) {
-        None => true,
-        Some(area) => free(&Robust::slot(area)),
     }
 }
 
@@ -865,8 +873,9 @@ impl<L: SharedLinks<'static>> OuterLock for Registrant<'_, L> {
                 }
                 Err(h) => h,
             };
-            if holder_gone(self.pool, self.lock, holder, true)
-                && (holder == REGISTRANT || word.take_from(holder, REGISTRANT))
+            // REGISTRANT with the outer mutex held by this thread: its registrant died.
+            if holder == REGISTRANT
+                || (holder_gone(self.pool, holder) && word.take_from(holder, REGISTRANT))
             {
                 self.stale.set(holder);
                 died = true;

@@ -48,13 +48,12 @@
 //! changes nothing, and then journal each step on its own: a process killed part way leaves the
 //! steps before done and the rest not begun.
 //!
-//! **Pages held by a dead process stay held.** Recovery undoes the operation in progress, never
-//! the ones that completed: a block the dead process allocated (or took a reference to) is still
-//! held, because the pool cannot know whether the holder handed it (its pfn, its bytes) to a
-//! survivor. Nothing in the bytes records who holds which page. The caller decides: a survivor
-//! that knows what the dead one held (from its own records, or by asking the pool which pages
-//! are held, [`Pool::page`]) may [`put`](SharedGuard::put) them on its behalf, or the pool is
-//! formatted anew once every process is done with it.
+//! **Owners.** Recovery undoes the operation in progress, never the ones that completed. What a
+//! dead process held is given back by the owner accounting ([`crate::owners`]): a guard that
+//! accounts its operations to an owner ([`SharedGuard::account_to`]) tags every block it takes,
+//! and [`SharedGuard::reclaim_dead`] drops the references of the owners found dead, as if each
+//! had put them. References taken by a guard accounted to no one are tagged with no owner and
+//! never reclaimed: their holder (or a survivor that knows them) puts them.
 
 use core::marker::PhantomData;
 use core::ptr::{addr_of, addr_of_mut, NonNull};
@@ -504,12 +503,9 @@ impl<L: LinkStore> LinkStore for InHeader<'_, L> {
 /// [`SharedGuard::alloc_many`], [`SharedGuard::put_many`] and [`SharedGuard::alloc_exact`]
 /// journal each of their steps: killed part way, the steps before are done and the rest not.
 ///
-/// **Pages held by a dead process stay held.** Recovery undoes only the operation in progress:
-/// the pool cannot know whether the dead process handed its blocks to a survivor, and nothing in
-/// the bytes says who holds which page. The caller decides: a survivor that knows what the dead
-/// one held (from its own records, or by asking the pool which pages are held,
-/// [`Pool::page`]) may [`put`](SharedGuard::put) them on its behalf, or the bytes are formatted
-/// anew once every process is done with them.
+/// **Owners.** Recovery undoes only the operation in progress. The references a dead owner took
+/// are dropped by [`SharedGuard::reclaim_dead`] (see [`crate::owners`]); references taken by a
+/// guard accounted to no one (the default: [`SharedGuard::account_to`]) are never reclaimed.
 ///
 /// ```
 /// use pagebuddy::{Config, SharedPool, SideTable};
@@ -1805,8 +1801,8 @@ impl<'s, 'a, L: SharedLinks<'a>> SharedGuard<'s, 'a, L> {
 
     /// [`Pool::alloc_many`], as that many journaled allocations: the same blocks in the same
     /// order, and all or nothing on an error (the blocks taken are put back if one fails). A
-    /// process killed part way holds the blocks allocated so far (see the
-    /// [`SharedPool`] documentation on pages held by a dead process).
+    /// process killed part way holds the blocks allocated so far (until its owner is reclaimed:
+    /// see [`crate::owners`]).
     pub fn alloc_many(&mut self, order: u32, out: &mut [u64]) -> Result<(), Error> {
         self.usable()?;
         let pool = self.shared.pool_ref();

@@ -64,6 +64,8 @@ mod handoff;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 mod layout;
 mod lock;
+#[cfg(feature = "hugepages")]
+pub mod mapped;
 // The owners of shared pools: their table and accounting live in the shared bytes.
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub mod owners;

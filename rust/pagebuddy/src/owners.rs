@@ -428,6 +428,60 @@ impl<'a, L: SharedLinks<'a>> SharedGuard<'_, 'a, L> {
     /// Drops the references of every live slot's owner that `probe` says has ended, but
     /// `me`'s, as if each had put them, and frees their slots: the pages given back to the free
     /// lists. See the [module documentation](crate::owners).
+    ///
+    /// Two owners of a pool of 4 slots ([`create_raw_with`](SharedPool::create_raw_with)),
+    /// registered ([`free_slot`](Self::free_slot), [`enlist`](Self::enlist)); owner `a` dies,
+    /// and its references go, but for the page `b` shares:
+    ///
+    /// ```
+    /// use core::cell::Cell;
+    /// use core::ptr::NonNull;
+    /// use pagebuddy::owners::Liveness;
+    /// use pagebuddy::shmlock::OuterLock;
+    /// use pagebuddy::{Config, SharedPool, SideTable};
+    ///
+    /// /// The owner whose slot's lock bytes are at `dead` has ended.
+    /// struct Probe(Cell<Option<NonNull<u8>>>);
+    /// impl Liveness for Probe {
+    ///     fn ended(&self, area: NonNull<u8>) -> bool {
+    ///         self.0.get() == Some(area)
+    ///     }
+    ///     fn release(&self, _: NonNull<u8>) {}
+    /// }
+    /// struct Free;
+    /// impl OuterLock for Free {
+    ///     type Error = ();
+    ///     fn acquire(&self) -> Result<bool, ()> { Ok(false) }
+    ///     fn release(&self) {}
+    /// }
+    /// let mut words = vec![0u64; (64 << 10) / 8];
+    /// let len = words.len() * 8;
+    /// let n = pagebuddy::pages_that_fit_with(len, 256, false, 4);
+    /// let ptr = NonNull::new(words.as_mut_ptr().cast::<u8>()).unwrap();
+    /// // SAFETY: `words` outlives the pool and is reached only through it.
+    /// let pool = unsafe {
+    ///     SharedPool::<SideTable>::create_raw_with(ptr, len, Config::new(n).page_size(256), 1, 4)
+    /// }
+    /// .unwrap();
+    /// assert_eq!(pool.owner_slots(), 4);
+    /// let probe = Probe(Cell::new(None));
+    /// let mut g = pool.lock_outer(&Free, 1).unwrap();
+    /// let a = g.free_slot(&probe).unwrap().unwrap();
+    /// let a = g.enlist(a, 100).unwrap();
+    /// let b = g.free_slot(&probe).unwrap().unwrap();
+    /// let b = g.enlist(b, 200).unwrap();
+    /// g.account_to(Some(a));
+    /// let (only_a, shared) = (g.alloc(2).unwrap(), g.alloc(0).unwrap());
+    /// g.account_to(Some(b));
+    /// g.get(shared).unwrap();
+    /// probe.0.set(pool.owner_lock_area(a.slot));
+    /// assert_eq!(g.reclaim_dead(&probe, Some(b)), Ok(4));
+    /// assert!(!g.is_current(a) && g.is_current(b));
+    /// assert_eq!(g.page(only_a).unwrap().refcount, 0);
+    /// assert_eq!(g.page(shared).unwrap().refcount, 1, "b's reference");
+    /// g.put(shared).unwrap();
+    /// assert_eq!(g.free_pages() as usize, n);
+    /// ```
     pub fn reclaim_dead(
         &mut self,
         probe: &impl Liveness,

@@ -1,0 +1,695 @@
+//! The floor: what one dependent random read costs over memory the size of a pool's state,
+//! mapped as the pool's is, measured in the same run as the exact pool's workloads on that same
+//! memory, so that each workload can be read as a multiple of it.
+//!
+//! For each pool size (2^14, 2^18 and 2^22 pages by default; `BENCH_FLOOR_SHIFTS=18,22` to
+//! choose), each link store and each mapping (4 KiB pages, or aligned to 2 MiB and advised with
+//! `MADV_HUGEPAGE`, through `pagebuddy::mapped::MappedSlice`, the helper the Python package maps
+//! its pools with):
+//!
+//! - **floor**: a pointer chase, each read's address the value of the one before, through one
+//!   random cycle over the 64-byte lines of the pool's state, in the pool's own mappings before
+//!   the pool is built on them. The *side table*'s state is its metadata (4 bytes a page) and its
+//!   links (8 bytes a page), every line of both. The *intrusive* store keeps its links in the
+//!   first bytes of each free page, so its state is the metadata and the first line of every page
+//!   of the arena: a read lands on a line of its own and, with 4 KiB pages, a page of its own
+//!   (a TLB entry per page, as the pool's link reads need).
+//! - **hot**, **churn**, **mixed**: the workloads of `alloc.rs` (`benches/benches/common`), scaled
+//!   to the pool (churn holds half the pages; mixed keeps half full and warms up for two steps a
+//!   page), zero never, orders capped at 11, on a pool built over the same mappings.
+//! - `buddy_system_allocator::FrameAllocator` on the same workloads, per size (no mapping of
+//!   its own: its B-trees come from the global allocator).
+//!
+//! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
+//! rounds run half before and half after the workloads, so that it sees the machine's load as
+//! they did. An intrusive
+//! pool touches every page of its arena on the way to the churn state (16 GiB at 2^22 pages of
+//! 4 KiB): unless the machine has twice that much memory available (`MemAvailable`), its floor,
+//! churn and mixed are reported as not measured, with the reason, and only its hot pair (a fresh
+//! pool) runs.
+//!
+//! Writes `target/pagebuddy-bench/floor.json` (schema `pagebuddy-floor/1`), which
+//! `scripts/bench_report.py` turns into the floor section of `docs/benchmarks.md`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::Instant;
+
+use buddy_system_allocator::FrameAllocator;
+use common::{fail, json_str, short, target_dir, Rng, SEED_CHURN, SEED_MIXED};
+use pagebuddy::mapped::{Advice, MappedSlice};
+use pagebuddy::{Arena, Config, Intrusive, Link, LinkStore, PageMeta, Pool, SideTable, ZeroPolicy};
+
+/// Bytes a page, as in `alloc.rs`.
+const PAGE: usize = 4096;
+/// Bytes a cache line.
+const LINE: usize = 64;
+/// Orders, as in `alloc.rs` (pKVM's MAX_ORDER).
+const ORDER_CAP: u32 = 11;
+/// Highest order of the mixed workload.
+const MIXED_MAX_ORDER: u32 = 9;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Side,
+    Intrusive,
+}
+
+impl Store {
+    fn name(self) -> &'static str {
+        match self {
+            Store::Side => "side-table",
+            Store::Intrusive => "intrusive",
+        }
+    }
+}
+
+fn advice_name(a: Advice) -> &'static str {
+    match a {
+        Advice::HugePages => "huge",
+        Advice::Default => "default",
+    }
+}
+
+/// Median of `xs` (non-empty).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Timed rounds: the median of `rounds` runs of `step` `ops` times, in ns per call; one untimed
+/// round first.
+fn timed(rounds: usize, ops: usize, mut step: impl FnMut()) -> f64 {
+    for _ in 0..ops {
+        step();
+    }
+    let per = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..ops {
+                step();
+            }
+            t.elapsed().as_nanos() as f64 / ops as f64
+        })
+        .collect();
+    median(per)
+}
+
+/// The floor over the lines starting at `nodes` (addresses, each valid for a `usize` write and
+/// read): links them into one random cycle, then chases it. ns per read, one figure a round.
+///
+/// # Safety
+/// Every address in `nodes` is 8-byte aligned and points into memory owned by the caller that
+/// nothing else uses meanwhile, the nodes at least 8 bytes apart.
+unsafe fn chase(nodes: &mut [usize], rounds: usize) -> Vec<f64> {
+    Rng::new(0xF100_12EE).shuffle(nodes);
+    for i in 0..nodes.len() {
+        let next = nodes[(i + 1) % nodes.len()];
+        // SAFETY: the caller's promise.
+        unsafe { *(nodes[i] as *mut usize) = next };
+    }
+    // Enough reads to go round the cycle at least once, and at least a million.
+    let hops = nodes.len().max(1 << 20);
+    let mut p = nodes[0];
+    let mut walk = |n: usize| {
+        for _ in 0..n {
+            // SAFETY: every node holds the address of another node (written above).
+            p = unsafe { *(p as *const usize) };
+        }
+        black_box(p);
+    };
+    walk(nodes.len());
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            walk(hops);
+            t.elapsed().as_nanos() as f64 / hops as f64
+        })
+        .collect()
+}
+
+/// The start of every `stride`-byte line of `bytes` bytes at `base`.
+fn lines(base: *mut u8, bytes: usize, stride: usize, into: &mut Vec<usize>) {
+    into.extend((0..bytes / stride).map(|i| base as usize + i * stride));
+}
+
+/// What the workloads need of an allocator.
+trait Alloc {
+    fn alloc(&mut self, order: u32) -> Option<usize>;
+    fn free(&mut self, handle: usize, order: u32);
+}
+
+struct Pb<'a, L: LinkStore>(Pool<'a, L>);
+
+impl<L: LinkStore> Alloc for Pb<'_, L> {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        self.0.alloc(order).ok().map(|p| p as usize)
+    }
+
+    #[inline]
+    fn free(&mut self, handle: usize, _order: u32) {
+        if self.0.put(handle as u64).is_err() {
+            fail("floor: put failed")
+        }
+    }
+}
+
+struct Frame(FrameAllocator<{ ORDER_CAP as usize }>);
+
+impl Alloc for Frame {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        self.0.alloc(1 << order)
+    }
+
+    #[inline]
+    fn free(&mut self, handle: usize, order: u32) {
+        self.0.dealloc(handle, 1 << order)
+    }
+}
+
+/// Hot, churn and mixed on `make()`'s allocator over `n` pages: ns per pair, step, step.
+fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> [f64; 3] {
+    let hot = {
+        let mut a = make();
+        timed(rounds, 1 << 17, || {
+            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
+            a.free(black_box(h), 0);
+        })
+    };
+    let churn = {
+        let mut a = make();
+        let mut all: Vec<usize> = (0..n)
+            .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
+            .collect();
+        Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
+        for &h in &all[n / 2..] {
+            a.free(h, 0);
+        }
+        all.truncate(n / 2);
+        let mut rng = Rng::new(SEED_CHURN);
+        timed(rounds, 1 << 20, || {
+            let i = rng.below(all.len());
+            a.free(all[i], 0);
+            all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
+        })
+    };
+    let mixed = {
+        let mut a = make();
+        let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
+        let mut pages = 0usize;
+        let mut rng = Rng::new(SEED_MIXED);
+        let mut step = || {
+            if pages < n / 2 {
+                let k = loop {
+                    let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
+                    if k <= MIXED_MAX_ORDER {
+                        break k;
+                    }
+                };
+                if let Some(h) = a.alloc(k) {
+                    held.push((h, k));
+                    pages += 1 << k;
+                }
+            } else {
+                let i = rng.below(held.len());
+                let (h, k) = held.swap_remove(i);
+                a.free(h, k);
+                pages -= 1 << k;
+            }
+        };
+        for _ in 0..2 * n {
+            step();
+        }
+        timed(rounds, 1 << 20, step)
+    };
+    [hot, churn, mixed]
+}
+
+fn config(n: usize) -> Config {
+    Config::new(n).order_cap(ORDER_CAP).zero(ZeroPolicy::Never)
+}
+
+/// Bytes of memory the kernel says it can still give (`MemAvailable`), if it says.
+fn mem_available() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// KiB of this process's anonymous memory backed by huge pages now (`AnonHugePages`).
+fn anon_huge_kib() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = text.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+struct Case {
+    shift: u32,
+    store: Store,
+    advice: Advice,
+    /// Whether the kernel took the advice for the largest mapping (links, or the arena).
+    huge_advised: bool,
+    anon_huge_kib: Option<usize>,
+    state_bytes: usize,
+    floor: Option<f64>,
+    /// hot, churn, mixed
+    ns: [Option<f64>; 3],
+    note: String,
+}
+
+fn map<T: pagebuddy::mapped::ZeroValid>(n: usize, advice: Advice) -> MappedSlice<T> {
+    MappedSlice::zeroed(n, advice).unwrap_or_else(|e| fail(&format!("floor: {e}")))
+}
+
+fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
+    let n = 1usize << shift;
+    let mut meta = map::<PageMeta>(n, advice);
+    let mut links = map::<Link>(n, advice);
+    let mut nodes = Vec::with_capacity(n * 12 / LINE + 2);
+    lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+    lines(links.as_mut_ptr().cast(), n * 8, LINE, &mut nodes);
+    // The floor's rounds before and after the workloads, so that a change of load on the
+    // machine meanwhile moves the floor as it moves the workloads.
+    // SAFETY: the nodes are the line starts of two live mappings of ours, 64 bytes apart.
+    let mut floor_rounds = unsafe { chase(&mut nodes, rounds) };
+    let ns = workloads(n, rounds, || {
+        meta.fill(PageMeta::INIT);
+        links.fill(Link::EMPTY);
+        // SAFETY: each pool is dropped before the next `make` call (the workloads build them
+        // one after the other), so these are the only live borrows of the two mappings.
+        let (m, l) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(meta.as_mut_ptr(), n),
+                std::slice::from_raw_parts_mut(links.as_mut_ptr(), n),
+            )
+        };
+        match Pool::without_arena(m, SideTable::new(l), config(n)) {
+            Ok(p) => Pb(p),
+            Err(e) => fail(&format!("floor: pool: {e}")),
+        }
+    });
+    let anon_huge_kib = anon_huge_kib();
+    // SAFETY: as above; no pool is alive any more.
+    floor_rounds.extend(unsafe { chase(&mut nodes, rounds) });
+    Case {
+        shift,
+        store: Store::Side,
+        advice,
+        huge_advised: links.huge_advised(),
+        anon_huge_kib,
+        state_bytes: n * 12,
+        floor: Some(median(floor_rounds)),
+        ns: ns.map(Some),
+        note: String::new(),
+    }
+}
+
+fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
+    let n = 1usize << shift;
+    let arena_bytes = n * PAGE;
+    let mut meta = map::<PageMeta>(n, advice);
+    let mut arena = map::<u8>(arena_bytes, advice);
+    // The whole arena is touched on the way to the churn state and by the floor's chase.
+    let room = mem_available();
+    // At most half of what is available, so that the run leaves the machine's other work room.
+    let fits = room.is_some_and(|r| 2 * arena_bytes < r);
+    let mut note = String::new();
+    if !fits && advice == Advice::HugePages {
+        // Even a fresh pool writes a link into the head page of each of its n / 1024 free
+        // blocks, and each write commits the 2 MiB around it: half the arena.
+        let note = format!(
+            "not measured: even a fresh intrusive pool writes a link into each of its {} free \
+             blocks, and with huge pages each write commits 2 MiB, {} MiB in all; the machine \
+             had {} MiB available",
+            n >> (ORDER_CAP - 1),
+            (n >> (ORDER_CAP - 1)) * 2,
+            room.map_or("an unknown number of".into(), |r| (r >> 20).to_string())
+        );
+        eprintln!("floor/2^{shift}/intrusive/huge: {note}");
+        return Case {
+            shift,
+            store: Store::Intrusive,
+            advice,
+            huge_advised: arena.huge_advised(),
+            anon_huge_kib: anon_huge_kib(),
+            state_bytes: n * 4 + n * LINE,
+            floor: None,
+            ns: [None; 3],
+            note,
+        };
+    }
+    let mut nodes = Vec::new();
+    let floor_rounds = if fits {
+        nodes.reserve(n + n * 4 / LINE + 1);
+        lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+        lines(arena.as_mut_ptr(), arena_bytes, PAGE, &mut nodes);
+        // Before and after the workloads, as in `side_case`.
+        // SAFETY: the nodes are line starts in two live mappings of ours, at least 64 bytes
+        // apart.
+        Some(unsafe { chase(&mut nodes, rounds) })
+    } else {
+        note = format!(
+            "floor, churn and mixed not measured: the intrusive pool touches every page of its \
+             {} MiB arena on the way to the churn state, and the machine had {} MiB available \
+             (twice the arena is asked for)",
+            arena_bytes >> 20,
+            room.map_or("an unknown number of".into(), |r| (r >> 20).to_string())
+        );
+        eprintln!("floor/2^{shift}/intrusive/{}: {note}", advice_name(advice));
+        None
+    };
+    let mut make = || {
+        meta.fill(PageMeta::INIT);
+        // SAFETY: as in `side_case`: one pool at a time over these mappings.
+        let (m, a) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(meta.as_mut_ptr(), n),
+                std::slice::from_raw_parts_mut(arena.as_mut_ptr(), arena_bytes),
+            )
+        };
+        match Pool::new(Arena::new(a), m, Intrusive, config(n)) {
+            Ok(p) => Pb(p),
+            Err(e) => fail(&format!("floor: pool: {e}")),
+        }
+    };
+    let ns = if fits {
+        workloads(n, rounds, make).map(Some)
+    } else {
+        let mut a = make();
+        let hot = timed(rounds, 1 << 17, || {
+            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
+            a.free(black_box(h), 0);
+        });
+        [Some(hot), None, None]
+    };
+    let anon_huge_kib = anon_huge_kib();
+    let floor = floor_rounds.map(|mut r| {
+        // SAFETY: as above; no pool is alive any more.
+        r.extend(unsafe { chase(&mut nodes, rounds) });
+        median(r)
+    });
+    Case {
+        shift,
+        store: Store::Intrusive,
+        advice,
+        huge_advised: arena.huge_advised(),
+        anon_huge_kib,
+        state_bytes: n * 4 + n * LINE,
+        floor,
+        ns,
+        note,
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.3}"),
+        _ => "null".into(),
+    }
+}
+
+fn shifts() -> Vec<u32> {
+    match std::env::var("BENCH_FLOOR_SHIFTS") {
+        Ok(s) if !s.trim().is_empty() => s
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .ok()
+                    .filter(|&k: &u32| (10..=30).contains(&k))
+                    .unwrap_or_else(|| fail("BENCH_FLOOR_SHIFTS: log2 page counts, 10 to 30"))
+            })
+            .collect(),
+        _ => vec![14, 18, 22],
+    }
+}
+
+/// The loop a profile measures: `step` `ops` times. Its own function, never inlined, so that
+/// `valgrind --tool=callgrind --toggle-collect='*profiled*'` counts this loop and nothing of the
+/// setup.
+#[inline(never)]
+fn profiled(ops: usize, step: &mut dyn FnMut()) {
+    for _ in 0..ops {
+        step();
+    }
+}
+
+/// `ops` untimed steps, so that the caches hold what the steady state holds, then `ops` more
+/// through `profiled`.
+fn warm_then_profile(ops: usize, step: &mut dyn FnMut()) {
+    for _ in 0..ops {
+        step();
+    }
+    profiled(ops, step);
+}
+
+/// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled`.
+fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
+    match workload {
+        "hot" => warm_then_profile(ops, &mut || {
+            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
+            a.free(black_box(h), 0);
+        }),
+        "churn" => {
+            let mut all: Vec<usize> = (0..n)
+                .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
+                .collect();
+            Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
+            for &h in &all[n / 2..] {
+                a.free(h, 0);
+            }
+            all.truncate(n / 2);
+            let mut rng = Rng::new(SEED_CHURN);
+            warm_then_profile(ops, &mut || {
+                let i = rng.below(all.len());
+                a.free(all[i], 0);
+                all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
+            })
+        }
+        "mixed" => {
+            let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
+            let mut pages = 0usize;
+            let mut rng = Rng::new(SEED_MIXED);
+            let mut step = || {
+                if pages < n / 2 {
+                    let k = loop {
+                        let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
+                        if k <= MIXED_MAX_ORDER {
+                            break k;
+                        }
+                    };
+                    if let Some(h) = a.alloc(k) {
+                        held.push((h, k));
+                        pages += 1 << k;
+                    }
+                } else {
+                    let i = rng.below(held.len());
+                    let (h, k) = held.swap_remove(i);
+                    a.free(h, k);
+                    pages -= 1 << k;
+                }
+            };
+            for _ in 0..2 * n {
+                step();
+            }
+            warm_then_profile(ops, &mut step)
+        }
+        _ => fail("BENCH_FLOOR_PROFILE: workload is floor, hot, churn or mixed"),
+    }
+}
+
+/// `BENCH_FLOOR_PROFILE=workload/store/shift[:ops]` (workload `floor`, `hot`, `churn` or
+/// `mixed`; store `side-table`, `intrusive` or `frame` for FrameAllocator; 4 KiB pages): builds
+/// that state, runs `ops` operations (default 100,000) untimed and `ops` more through
+/// `profiled`, for callgrind's cache simulation to count the misses of those alone
+/// (`scripts/misses.py`).
+fn profile(arg: &str) {
+    let (name, ops) = match arg.split_once(':') {
+        Some((n, o)) => (n, o.parse().unwrap_or(100_000)),
+        None => (arg, 100_000usize),
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    let [workload, store, shift] = parts[..] else {
+        fail("BENCH_FLOOR_PROFILE: expected workload/store/shift[:ops]")
+    };
+    let n = 1usize << shift.parse::<u32>().unwrap_or_else(|_| fail("shift"));
+    let advice = Advice::Default;
+    match store {
+        "side-table" => {
+            let mut meta = map::<PageMeta>(n, advice);
+            let mut links = map::<Link>(n, advice);
+            if workload == "floor" {
+                let mut nodes = Vec::new();
+                lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+                lines(links.as_mut_ptr().cast(), n * 8, LINE, &mut nodes);
+                // SAFETY: as in `side_case`.
+                return unsafe { chase_for_profile(&mut nodes, ops) };
+            }
+            meta.fill(PageMeta::INIT);
+            links.fill(Link::EMPTY);
+            match Pool::without_arena(&mut meta, SideTable::new(&mut links), config(n)) {
+                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
+                Err(e) => fail(&format!("floor: pool: {e}")),
+            }
+        }
+        "intrusive" => {
+            let mut meta = map::<PageMeta>(n, advice);
+            let mut arena = map::<u8>(n * PAGE, advice);
+            if workload == "floor" {
+                let mut nodes = Vec::new();
+                lines(meta.as_mut_ptr().cast(), n * 4, LINE, &mut nodes);
+                lines(arena.as_mut_ptr(), n * PAGE, PAGE, &mut nodes);
+                // SAFETY: as in `intrusive_case`.
+                return unsafe { chase_for_profile(&mut nodes, ops) };
+            }
+            meta.fill(PageMeta::INIT);
+            match Pool::new(Arena::new(&mut arena), &mut meta, Intrusive, config(n)) {
+                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
+                Err(e) => fail(&format!("floor: pool: {e}")),
+            }
+        }
+        "frame" => {
+            let mut f = FrameAllocator::new();
+            f.add_frame(0, n);
+            profile_workload(workload, n, ops, Frame(f))
+        }
+        _ => fail("BENCH_FLOOR_PROFILE: store is side-table, intrusive or frame"),
+    }
+    eprintln!("profiled {ops} operations of {name}");
+}
+
+/// The floor's chase for a profile: the cycle built and walked once untimed, then `ops` reads
+/// through `profiled`.
+///
+/// # Safety
+/// As [`chase`].
+unsafe fn chase_for_profile(nodes: &mut [usize], ops: usize) {
+    Rng::new(0xF100_12EE).shuffle(nodes);
+    for i in 0..nodes.len() {
+        let next = nodes[(i + 1) % nodes.len()];
+        // SAFETY: the caller's promise.
+        unsafe { *(nodes[i] as *mut usize) = next };
+    }
+    let mut p = nodes[0];
+    let mut read = || {
+        // SAFETY: every node holds the address of another node (written above).
+        p = unsafe { *(p as *const usize) };
+    };
+    for _ in 0..nodes.len() {
+        read();
+    }
+    profiled(ops, &mut read);
+    black_box(p);
+}
+
+fn main() {
+    if let Ok(p) = std::env::var("BENCH_FLOOR_PROFILE") {
+        return profile(&p);
+    }
+    // `cargo bench` passes `--bench`; this target takes no other argument.
+    let rounds = if short() { 3 } else { 7 };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let wall = Instant::now();
+    let mut cases = Vec::new();
+    let mut peers = Vec::new();
+    for shift in shifts() {
+        for store in [Store::Side, Store::Intrusive] {
+            for advice in [Advice::Default, Advice::HugePages] {
+                let c = match store {
+                    Store::Side => side_case(shift, advice, rounds),
+                    Store::Intrusive => intrusive_case(shift, advice, rounds),
+                };
+                let multiple = |x: Option<f64>| match (x, c.floor) {
+                    (Some(x), Some(f)) => format!("{x:.1} ns ({:.2}x)", x / f),
+                    (Some(x), None) => format!("{x:.1} ns"),
+                    _ => "-".into(),
+                };
+                eprintln!(
+                    "floor/2^{shift}/{}/{}: floor {}, hot {}, churn {}, mixed {}; huge advised {}, \
+                     AnonHugePages {} KiB",
+                    store.name(),
+                    advice_name(advice),
+                    c.floor.map_or("-".into(), |f| format!("{f:.1} ns")),
+                    multiple(c.ns[0]),
+                    multiple(c.ns[1]),
+                    multiple(c.ns[2]),
+                    c.huge_advised,
+                    c.anon_huge_kib.map_or("?".into(), |k| k.to_string()),
+                );
+                cases.push(c);
+            }
+        }
+        let n = 1usize << shift;
+        let ns = workloads(n, rounds, || {
+            let mut f = FrameAllocator::new();
+            f.add_frame(0, n);
+            Frame(f)
+        });
+        eprintln!(
+            "floor/2^{shift}/FrameAllocator: hot {:.1} ns, churn {:.1} ns, mixed {:.1} ns",
+            ns[0], ns[1], ns[2]
+        );
+        peers.push((shift, ns));
+    }
+
+    let mut s = String::from("{\n  \"schema\": \"pagebuddy-floor/1\",\n");
+    let _ = writeln!(s, "  \"started_unix\": {started},");
+    let _ = writeln!(
+        s,
+        "  \"wall_seconds\": {:.1},",
+        wall.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(s, "  \"short\": {},", short());
+    let _ = writeln!(s, "  \"rounds\": {rounds},");
+    let _ = writeln!(s, "  \"page_size\": {PAGE},");
+    s.push_str("  \"cases\": [\n");
+    for (i, c) in cases.iter().enumerate() {
+        let _ = write!(
+            s,
+            "    {{\"pages\": {}, \"shift\": {}, \"store\": {}, \"advice\": {}, \
+             \"huge_advised\": {}, \"anon_huge_kib\": {}, \"state_bytes\": {}, \
+             \"floor_ns\": {}, \"hot_ns\": {}, \"churn_ns\": {}, \"mixed_ns\": {}, \"note\": {}}}",
+            1usize << c.shift,
+            c.shift,
+            json_str(c.store.name()),
+            json_str(advice_name(c.advice)),
+            c.huge_advised,
+            c.anon_huge_kib.map_or("null".into(), |k| k.to_string()),
+            c.state_bytes,
+            opt(c.floor),
+            opt(c.ns[0]),
+            opt(c.ns[1]),
+            opt(c.ns[2]),
+            json_str(&c.note),
+        );
+        s.push_str(if i + 1 < cases.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ],\n  \"peers\": [\n");
+    for (i, (shift, ns)) in peers.iter().enumerate() {
+        let _ = write!(
+            s,
+            "    {{\"id\": \"bsa-frame\", \"pages\": {}, \"shift\": {shift}, \"hot_ns\": {}, \
+             \"churn_ns\": {}, \"mixed_ns\": {}}}",
+            1usize << shift,
+            opt(Some(ns[0])),
+            opt(Some(ns[1])),
+            opt(Some(ns[2])),
+        );
+        s.push_str(if i + 1 < peers.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ]\n}\n");
+    let dir = target_dir().join("pagebuddy-bench");
+    let path = dir.join("floor.json");
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, s)) {
+        Ok(()) => eprintln!("wrote {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Cache misses per operation of the exact pool's workloads, counted by callgrind's cache
+simulation (standard library and valgrind only; `perf stat` has no hardware counters here).
+
+Each case runs the floor benchmark's profile mode (`BENCH_FLOOR_PROFILE=workload/store/shift:ops`
+in benches/benches/floor.rs: the state built, `ops` operations untimed, `ops` more inside the
+function `profiled`, the only one callgrind collects in, `--toggle-collect='*profiled*'`), twice:
+once with this CPU's L1d and L2 as callgrind's D1 and LL, once with its L1d and L3, read from
+/sys/devices/system/cpu/cpu0/cache. The misses of reads and writes of data, divided by `ops`, are
+the misses per operation at each level. Callgrind simulates no TLB: what 4 KiB pages cost on top
+is the difference between the floor benchmark's two mappings.
+
+    python3 scripts/misses.py                       # 2^18 and 2^22 pages -> docs/data/misses.json
+    python3 scripts/misses.py --shifts 18 --ops 20000 --out /tmp/m.json
+
+scripts/bench_report.py renders docs/data/misses.json as the section "What bounds each
+workload" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = "pagebuddy-misses/1"
+WORKLOADS = ("floor", "hot", "churn", "mixed")
+STORES = ("side-table", "intrusive", "frame")
+
+
+def cache_levels() -> dict[str, tuple[int, int, int]]:
+    """Data cache levels of CPU 0 as (bytes, ways, line): keys L1d, L2, L3."""
+    out: dict[str, tuple[int, int, int]] = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        kind = (index / "type").read_text().strip()
+        if kind == "Instruction":
+            continue
+        level = (index / "level").read_text().strip()
+        size = (index / "size").read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)
+        nbytes = int(size.rstrip("KM")) * scale
+        ways = int((index / "ways_of_associativity").read_text())
+        line = int((index / "coherency_line_size").read_text())
+        out["L1d" if level == "1" else f"L{level}"] = (nbytes, ways, line)
+    return out
+
+
+def executable() -> str:
+    """The floor benchmark's binary, built with the bench profile."""
+    proc = subprocess.run(
+        [
+            *("cargo", "bench", "-p", "pagebuddy-benches", "--bench", "floor"),
+            *("--no-run", "--message-format=json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for line in proc.stdout.splitlines():
+        m = json.loads(line)
+        if (
+            m.get("reason") == "compiler-artifact"
+            and m.get("executable")
+            and m["target"]["name"] == "floor"
+        ):
+            return str(m["executable"])
+    raise SystemExit("misses: no floor benchmark binary")
+
+
+def misses(exe: str, case: str, ops: int, d1: tuple[int, int, int], ll: tuple[int, int, int]):
+    """(D1 misses, LL misses, instructions) of the profiled loop, data reads and writes."""
+    spec = lambda c: ",".join(map(str, c))  # noqa: E731
+    proc = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            "--cache-sim=yes",
+            f"--I1={spec(d1)}",
+            f"--D1={spec(d1)}",
+            f"--LL={spec(ll)}",
+            "--toggle-collect=*profiled*",
+            exe,
+        ],
+        env={**os.environ, "BENCH_FLOOR_PROFILE": f"{case}:{ops}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # Collected : Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw (trailing zeros left out)
+    m = re.search(r"Collected :((?: \d+)+)", proc.stderr)
+    if proc.returncode != 0 or m is None:
+        raise SystemExit(f"misses: {case} failed: {proc.stderr[-500:]}")
+    counts = [int(x) for x in m[1].split()] + [0] * 9
+    ir, _dr, _dw, _i1, d1mr, d1mw, _il, dlmr, dlmw = counts[:9]
+    return d1mr + d1mw, dlmr + dlmw, ir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shifts", default="18,22", help="log2 of the pool sizes (default 18,22)")
+    ap.add_argument("--ops", type=int, default=100_000, help="operations counted per case")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "data" / "misses.json"))
+    args = ap.parse_args(argv)
+    shifts = [int(x) for x in args.shifts.split(",")]
+    levels = cache_levels()
+    exe = executable()
+    try:
+        available = (
+            int(
+                next(
+                    ln.split()[1]
+                    for ln in Path("/proc/meminfo").read_text().splitlines()
+                    if ln.startswith("MemAvailable:")
+                )
+            )
+            * 1024
+        )
+    except (OSError, StopIteration, ValueError):
+        available = 0
+    started = time.time()
+    cases: list[dict[str, Any]] = []
+    for shift in shifts:
+        for store in STORES:
+            # An intrusive pool touches every page of its arena: as the floor benchmark, only
+            # where twice that is available (valgrind needs more on top).
+            if store == "intrusive" and 2 * (4096 << shift) > available:
+                cases.append(
+                    {
+                        "shift": shift,
+                        "store": store,
+                        "note": f"not run: its {4096 << shift >> 20} MiB arena is touched in "
+                        f"full and the machine had {available >> 20} MiB available",
+                    }
+                )
+                continue
+            for workload in WORKLOADS:
+                if store == "frame" and workload == "floor":
+                    continue
+                case = f"{workload}/{store}/{shift}"
+                print(f"misses: {case}", file=sys.stderr)
+                d1, l2, ir = misses(exe, case, args.ops, levels["L1d"], levels["L2"])
+                _, l3, _ = misses(exe, case, args.ops, levels["L1d"], levels["L3"])
+                cases.append(
+                    {
+                        "shift": shift,
+                        "store": store,
+                        "workload": workload,
+                        "instructions": round(ir / args.ops, 1),
+                        "l1d": round(d1 / args.ops, 2),
+                        "l2": round(l2 / args.ops, 2),
+                        "l3": round(l3 / args.ops, 2),
+                    }
+                )
+                print(f"misses: {case}: {cases[-1]}", file=sys.stderr)
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout
+    doc = {
+        "schema": SCHEMA,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "command": "python3 scripts/misses.py"
+        + (f" --shifts {args.shifts}" if args.shifts != "18,22" else "")
+        + (f" --ops {args.ops}" if args.ops != 100_000 else ""),
+        "seconds": round(time.time() - started),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "valgrind": valgrind.strip(),
+        "caches": {k: {"bytes": b, "ways": w, "line": ln} for k, (b, w, ln) in levels.items()},
+        "ops": args.ops,
+        "cases": cases,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

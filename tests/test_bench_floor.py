@@ -1,0 +1,96 @@
+"""The floor section of docs/benchmarks.md: multiples and verdicts come from floor.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_figures import bench_report
+
+
+def case(pages: int, store: str, advice: str, floor: float | None, **ns: float) -> dict[str, Any]:
+    return {
+        "pages": pages,
+        "shift": pages.bit_length() - 1,
+        "store": store,
+        "advice": advice,
+        "huge_advised": advice == "huge",
+        "anon_huge_kib": 2048 if advice == "huge" else 0,
+        "state_bytes": pages * 12,
+        "floor_ns": floor,
+        "hot_ns": ns.get("hot"),
+        "churn_ns": ns.get("churn"),
+        "mixed_ns": ns.get("mixed"),
+        "note": "" if floor else "not enough memory",
+    }
+
+
+@pytest.fixture
+def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    module = bench_report()
+    monkeypatch.setattr(module, "DATA", tmp_path)
+    cases = [
+        case(1 << 18, "side-table", "default", 20.0, hot=100.0, churn=50.0, mixed=20.0),
+        case(1 << 18, "side-table", "huge", 10.0, hot=25.0, churn=14.0, mixed=9.0),
+        case(1 << 22, "side-table", "huge", 100.0, hot=200.0, churn=140.0, mixed=90.0),
+        case(1 << 22, "intrusive", "default", None, hot=300.0),
+    ]
+    peers = [
+        {"id": "bsa-frame", "pages": 1 << 18, "shift": 18, "hot_ns": 300.0, "churn_ns": 12.0},
+        {"id": "bsa-frame", "pages": 1 << 22, "shift": 22, "hot_ns": 300.0, "churn_ns": 150.0},
+    ]
+    doc = {"schema": "pagebuddy-floor/1", "started_unix": 0, "rounds": 3, "cases": cases}
+    (tmp_path / "floor.json").write_text(json.dumps({**doc, "peers": peers}))
+    return module
+
+
+def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
+    out: list[str] = []
+    rows: list[tuple[str, str, str]] = []
+    report.floor_section(report.Run(), out, rows)
+    text = "\n".join(out)
+    assert "| 2^18 | side table | 4 KiB pages | 3 MiB | 20.0 ns | 100 ns (5.00x) |" in text
+    assert "| 2^18 | side table | huge pages | 3 MiB | 10.0 ns | 25.0 ns (2.50x) |" in text
+    # Without a floor the workload is shown alone and the reason is a note.
+    assert "| 2^22 | intrusive | 4 KiB pages |" in text and "not enough memory" in text
+    verdicts = {t: v for t, _, v in rows}
+    # 2^18 side table, huge pages: churn 1.4x the floor but slower than FrameAllocator.
+    churn18 = next(
+        t for t in verdicts if t.startswith("churn ≤ 1.5x the floor at 2^18 pages (side")
+    )
+    assert verdicts[churn18] == "missed"
+    hot18 = next(t for t in verdicts if t.startswith("hot ≤ 3x the floor at 2^18 pages (side"))
+    assert verdicts[hot18] == "met"
+    churn22 = next(
+        t for t in verdicts if t.startswith("churn ≤ 1.5x the floor at 2^22 pages (side")
+    )
+    assert verdicts[churn22] == "met"
+    intrusive22 = [v for t, v in verdicts.items() if "2^22 pages (intrusive" in t]
+    assert intrusive22 == ["not measured", "not measured"]
+
+
+def test_python_batches_are_read_against_the_side_tables_floor(report: Any) -> None:
+    data = {
+        "scaling_batch": 256,
+        "scaling": [
+            {"pages": 1 << 22, "state": "half held", "batch_ns": 160.0, "pair_ns": 250.0},
+            {"pages": 1 << 14, "state": "fresh", "batch_ns": 8.0, "pair_ns": 120.0},
+        ],
+    }
+    out: list[str] = []
+    rows: list[tuple[str, str, str]] = []
+    report.python_floor(data, out, rows)
+    text = "\n".join(out)
+    assert "| 2^22 | half held | 160 ns (1.60x) | 250 ns (2.50x) | 100 ns |" in text
+    assert "| 2^14 | fresh | 8.00 ns | 120 ns | - |" in text
+    assert rows == [
+        (
+            "Python: alloc_many + put_many on a 2^22-page pool half held at random ≤ 1.5x the "
+            "floor per page",
+            "160 ns per page against 100 ns: 1.60x",
+            "missed",
+        )
+    ]
