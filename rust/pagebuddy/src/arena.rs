@@ -129,21 +129,35 @@ impl<'a> Arena<'a> {
     }
 
     /// Reads 8 bytes at `off` (unaligned); zeros outside the arena.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn read8(&self, off: usize) -> [u8; 8] {
-        match self.range(off, 8) {
-            // SAFETY: 8 bytes at `p` lie inside the arena; read_unaligned has no alignment need.
-            Some(p) => unsafe { core::ptr::read_unaligned(p as *const [u8; 8]) },
-            None => [0; 8],
-        }
+        self.read_u64(off).to_ne_bytes()
     }
 
     /// Writes 8 bytes at `off` (unaligned); a range outside the arena is left alone.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn write8(&mut self, off: usize, bytes: [u8; 8]) {
+        self.write_u64(off, u64::from_ne_bytes(bytes));
+    }
+
+    /// The 8 bytes at `off` (unaligned) as one native-endian `u64`, read with one load; 0
+    /// outside the arena.
+    #[inline]
+    pub(crate) fn read_u64(&self, off: usize) -> u64 {
+        match self.range(off, 8) {
+            // SAFETY: 8 bytes at `p` lie inside the arena; read_unaligned has no alignment need.
+            Some(p) => unsafe { core::ptr::read_unaligned(p as *const u64) },
+            None => 0,
+        }
+    }
+
+    /// Writes `value` (native-endian) over the 8 bytes at `off` (unaligned) with one store; a
+    /// range outside the arena is left alone.
+    #[inline]
+    pub(crate) fn write_u64(&mut self, off: usize, value: u64) {
         if let Some(p) = self.range(off, 8) {
             // SAFETY: 8 bytes at `p` lie inside the arena; write_unaligned has no alignment need.
-            unsafe { core::ptr::write_unaligned(p as *mut [u8; 8], bytes) }
+            unsafe { core::ptr::write_unaligned(p as *mut u64, value) }
         }
     }
 }

@@ -163,27 +163,27 @@ pub struct Intrusive;
 impl LinkStore for Intrusive {
     const IN_PAGE_BYTES: usize = 8;
 
+    // The link is one little-endian u64 (prev in the low half), read with one 8-byte load and
+    // written with one 8-byte store: never two halves written and read back whole, a pattern
+    // the store buffer cannot forward.
     #[inline]
     fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link {
-        let b = arena.read8(idx as usize * page_size);
+        let v = u64::from_le(arena.read_u64(idx as usize * page_size));
         Link {
-            prev: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            next: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            prev: v as u32,
+            next: (v >> 32) as u32,
         }
     }
 
     #[inline]
     fn store(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, link: Link) {
-        let (p, n) = (link.prev.to_le_bytes(), link.next.to_le_bytes());
-        arena.write8(
-            idx as usize * page_size,
-            [p[0], p[1], p[2], p[3], n[0], n[1], n[2], n[3]],
-        );
+        let v = u64::from(link.prev) | u64::from(link.next) << 32;
+        arena.write_u64(idx as usize * page_size, v.to_le());
     }
 
     #[inline]
     fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32) {
-        arena.write8(idx as usize * page_size, [0; 8]);
+        arena.write_u64(idx as usize * page_size, 0);
     }
 
     fn fits(&self, _nr_pages: u32) -> Result<(), GeometryError> {
