@@ -260,20 +260,23 @@ def test_file_backed_pool_reopened_after_sigkill(tmp_path: Path) -> None:
     assert inside >= 6, f"{inside} of 12 kills landed inside an operation, not the 6 aimed"
 
 
-def _stop_inside_an_operation(pid: int, path: Path, tries: int = 100_000) -> bool:
+def _stop_inside_an_operation(pid: int, path: Path, seconds: float = 60.0) -> bool:
     """Stop the child ``pid`` (SIGSTOP) until it is stopped inside an operation, its pid in the
     lock word of the pool in ``path``; resume it (SIGCONT) each time it is not. True once it
-    is, False after ``tries`` stops."""
+    is, False after ``seconds`` of trying (a bound in time, not in tries: on a loaded machine
+    the child may run for only a few of them)."""
+    deadline = time.monotonic() + seconds
     with open(path, "r+b") as f:
         m = mmap.mmap(f.fileno(), 0)
     try:
-        for _ in range(tries):
-            os.kill(pid, signal.SIGSTOP)
-            _, status = os.waitpid(pid, os.WUNTRACED)
-            assert os.WIFSTOPPED(status), status
-            if lock_holder(m) == pid:
-                return True
-            os.kill(pid, signal.SIGCONT)
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                os.kill(pid, signal.SIGSTOP)
+                _, status = os.waitpid(pid, os.WUNTRACED)
+                assert os.WIFSTOPPED(status), status
+                if lock_holder(m) == pid:
+                    return True
+                os.kill(pid, signal.SIGCONT)
         return False
     finally:
         m.close()
