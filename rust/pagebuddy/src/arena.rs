@@ -128,6 +128,14 @@ impl<'a> Arena<'a> {
         }
     }
 
+    /// Hints that the line holding byte `off` will be read soon (nothing outside the arena).
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, off: usize) {
+        if let Some(p) = self.range(off, 1) {
+            crate::prefetch::prefetch(p);
+        }
+    }
+
     /// Reads 8 bytes at `off` (unaligned); zeros outside the arena.
     #[cfg(test)]
     pub(crate) fn read8(&self, off: usize) -> [u8; 8] {

@@ -70,6 +70,7 @@ pub mod mapped;
 #[cfg(all(target_has_atomic = "32", not(loom)))]
 pub mod owners;
 mod pool;
+mod prefetch;
 mod query;
 #[cfg(target_has_atomic = "32")]
 pub mod shmlock;
