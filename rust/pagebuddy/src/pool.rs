@@ -7,12 +7,38 @@
 //! - a block of order k starts at a pfn divisible by 2^k and lies inside the pool;
 //! - no two free buddies of the same order `k + 1 < max_order` coexist: they would have coalesced.
 
+use core::mem::MaybeUninit;
+
 use crate::arena::Arena;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
 #[cfg(doc)]
 use crate::store::Intrusive;
-use crate::store::{FreeLists, LinkStore, PageMeta, SideTable, ABSENT, NO_ORDER};
+use crate::store::{
+    FreeLists, Link, LinkStore, PageMeta, SideTable, Unlink, ABSENT, MAX_ORDERS, NO_ORDER,
+};
+
+/// What the read pass of a free learned ([`Pool::plan_attach`]): what unlinking each buddy it
+/// merges with reads, in merge order (`steps[..n]`, initialised), and the link of the tail of
+/// the list the merged block joins. Each step unlinks from a different list and the merged
+/// block joins yet another, so none of the writes invalidates what a later step read.
+pub(crate) struct Merges {
+    n: usize,
+    steps: [MaybeUninit<Unlink>; MAX_ORDERS],
+    tail: Option<Link>,
+}
+
+impl Merges {
+    /// Nothing learned yet (writes nothing: the steps stay uninitialised).
+    #[inline(always)]
+    fn new() -> Self {
+        Merges {
+            n: 0,
+            steps: [MaybeUninit::uninit(); MAX_ORDERS],
+            tail: None,
+        }
+    }
+}
 
 /// What a caller that journals an operation (a shared pool, see `layout.rs`) learns of it before
 /// the operation writes anything: the old metadata of every page it will change, then the
@@ -386,13 +412,73 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let order = self.block_order(idx, m)?;
         // A corrupt free list is found before anything changes: the page stays held, nothing
         // is zeroed, counted or unlinked, so no page is left neither held nor free. What
-        // changes: the page, and each buddy it merges with (`check_attach` finds them).
+        // changes: the page, and each buddy it merges with (`plan_attach` finds them).
         plan.note(idx, m);
-        self.check_attach(idx, order, plan)?;
+        // Filled in place: a `Merges` is a few hundred bytes, not worth a copy.
+        let mut merges = Merges::new();
+        self.plan_attach(idx, order, plan, &mut merges)?;
         plan.begin();
         self.meta[idx as usize].refcount = 0;
-        self.attach::<ZERO>(idx, order)?;
+        self.attach_planned::<ZERO>(idx, order, &merges);
         Ok(())
+    }
+
+    /// The read pass of a free: [`check_attach`](Self::check_attach), keeping what it read for
+    /// [`attach_planned`](Self::attach_planned), so that the free walks the buddies once.
+    /// Writes nothing.
+    #[inline(always)]
+    pub(crate) fn plan_attach(
+        &self,
+        idx: u32,
+        order: u32,
+        plan: &mut impl Plan,
+        merges: &mut Merges,
+    ) -> Result<(), Corruption> {
+        merges.n = 0;
+        let (mut head, mut order, max_order) = (idx, order, self.merge_limit(idx));
+        // At most max_order - 1 <= MAX_ORDERS - 1 steps: `n` stays below MAX_ORDERS.
+        while order + 1 < max_order {
+            let Some(buddy) = self.buddy_avail(head, order) else {
+                break;
+            };
+            let unlink = self.free.plan_remove(&self.arena, buddy, order)?;
+            if let Some(&old) = self.meta.get(buddy as usize) {
+                plan.note(buddy, old);
+            }
+            merges.steps[merges.n % MAX_ORDERS] = MaybeUninit::new(unlink);
+            merges.n += 1;
+            head = head.min(buddy);
+            order += 1;
+        }
+        merges.tail = self.free.plan_append(&self.arena, order)?;
+        Ok(())
+    }
+
+    /// The write pass of a free: [`attach`](Self::attach) of the block of `order` at `idx`
+    /// with what [`plan_attach`](Self::plan_attach) read of the same state. Cannot fail.
+    #[inline(always)]
+    fn attach_planned<const ZERO: bool>(&mut self, idx: u32, order: u32, merges: &Merges) {
+        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_freed_block(idx, order);
+        }
+        self.free_pages += 1 << order;
+        // After merging, `idx` may no longer be the head: unmark it now.
+        self.meta[idx as usize].order = NO_ORDER;
+        let (mut head, mut order) = (idx, order);
+        for step in merges.steps.iter().take(merges.n) {
+            // SAFETY: `plan_attach` wrote its k-th step (counting from 0) into slot
+            // `k % MAX_ORDERS` and counted it in `n`, so the first `min(n, MAX_ORDERS)` slots,
+            // all that `take(n)` yields, are initialised (and `n < MAX_ORDERS`: see there).
+            let unlink = unsafe { step.assume_init() };
+            let buddy = unlink.idx();
+            self.free.unlink(&mut self.arena, order, unlink);
+            self.meta[buddy as usize].order = NO_ORDER;
+            head = head.min(buddy);
+            order += 1;
+        }
+        self.meta[head as usize].order = order as u8;
+        self.free
+            .append_planned(&mut self.arena, head, order, merges.tail);
     }
 
     /// Reads and checks every link that [`attach`](Self::attach) of the block of `order` at
@@ -406,19 +492,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         order: u32,
         plan: &mut impl Plan,
     ) -> Result<(), Corruption> {
-        let (mut head, mut order) = (idx, order);
-        while order + 1 < self.merge_limit(idx) {
-            let Some(buddy) = self.buddy_avail(head, order) else {
-                break;
-            };
-            self.free.check_remove(&self.arena, buddy, order)?;
-            if let Some(&old) = self.meta.get(buddy as usize) {
-                plan.note(buddy, old);
-            }
-            head = head.min(buddy);
-            order += 1;
-        }
-        self.free.check_append(&self.arena, order)
+        self.plan_attach(idx, order, plan, &mut Merges::new())
     }
 
     /// Orders below which a block at `idx` merges: `max_order`, or 0 for an external block

@@ -272,6 +272,28 @@ fn slot(order: u32) -> usize {
     order as usize % MAX_ORDERS
 }
 
+/// What unlinking a node from its list reads, checked by [`FreeLists::plan_remove`]: the node,
+/// its neighbours ([`Link::NIL`] where the list ends), and the far links of those neighbours,
+/// which the unlink writes back unchanged.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unlink {
+    idx: u32,
+    prev: u32,
+    next: u32,
+    /// `prev`'s own `prev` (meaningless when `prev` is NIL).
+    prev_prev: u32,
+    /// `next`'s own `next` (meaningless when `next` is NIL).
+    next_next: u32,
+}
+
+impl Unlink {
+    /// The node it unlinks.
+    #[inline(always)]
+    pub(crate) fn idx(&self) -> u32 {
+        self.idx
+    }
+}
+
 /// The per-order FIFO free lists (pKVM's `free_area`), doubly linked through a [`LinkStore`].
 pub(crate) struct FreeLists<L> {
     pub(crate) links: L,
@@ -359,9 +381,21 @@ impl<L: LinkStore> FreeLists<L> {
     /// only one it reads, is in range. Writes nothing.
     #[inline]
     pub(crate) fn check_append(&self, arena: &Arena<'_>, order: u32) -> Result<(), Corruption> {
+        self.plan_append(arena, order).map(drop)
+    }
+
+    /// What [`append`](Self::append) to list `order` reads, read and checked: the link of the
+    /// list's tail, `None` if the list is empty. Writes nothing; valid for
+    /// [`append_planned`](Self::append_planned) until list `order` changes.
+    #[inline(always)]
+    pub(crate) fn plan_append(
+        &self,
+        arena: &Arena<'_>,
+        order: u32,
+    ) -> Result<Option<Link>, Corruption> {
         match self.ends().tail[slot(order)] {
-            Link::NIL => Ok(()),
-            tail => self.link(arena, tail).map(drop),
+            Link::NIL => Ok(None),
+            tail => self.link(arena, tail).map(Some),
         }
     }
 
@@ -373,16 +407,33 @@ impl<L: LinkStore> FreeLists<L> {
         idx: u32,
         order: u32,
     ) -> Result<(), Corruption> {
+        let tail = self.plan_append(arena, order)?;
+        self.append_planned(arena, idx, order, tail);
+        Ok(())
+    }
+
+    /// [`append`](Self::append) with the tail's link that [`plan_append`](Self::plan_append)
+    /// read while list `order` was as it is now. Cannot fail.
+    #[inline(always)]
+    pub(crate) fn append_planned(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+        tail_link: Option<Link>,
+    ) {
         let o = slot(order);
         let tail = self.ends().tail[o];
-        if tail != Link::NIL {
-            let mut t = self.link(arena, tail)?;
-            t.next = idx;
-            self.links.store(arena, self.page_size, tail, t);
-        } else {
-            let ends = self.ends_mut();
-            ends.head[o] = idx;
-            ends.mask |= 1 << o;
+        match tail_link {
+            Some(mut t) if tail != Link::NIL => {
+                t.next = idx;
+                self.links.store(arena, self.page_size, tail, t);
+            }
+            _ => {
+                let ends = self.ends_mut();
+                ends.head[o] = idx;
+                ends.mask |= 1 << o;
+            }
         }
         self.links.store(
             arena,
@@ -396,7 +447,6 @@ impl<L: LinkStore> FreeLists<L> {
         let ends = self.ends_mut();
         ends.tail[o] = idx;
         ends.len[o] += 1;
-        Ok(())
     }
 
     /// Checks that [`remove`](Self::remove) of `idx` from list `order` can succeed. Writes
@@ -408,18 +458,20 @@ impl<L: LinkStore> FreeLists<L> {
         idx: u32,
         order: u32,
     ) -> Result<(), Corruption> {
-        self.neighbours(arena, idx, order).map(drop)
+        self.plan_remove(arena, idx, order).map(drop)
     }
 
-    /// The links of `idx` and of its neighbours on list `order`, each in range and pointing back
-    /// at `idx` (or the list's head or tail being `idx` where there is no neighbour).
+    /// What [`remove`](Self::remove) of `idx` from list `order` reads, read and checked: the
+    /// links of `idx` and of its neighbours on the list, each in range and pointing back at
+    /// `idx` (or the list's head or tail being `idx` where there is no neighbour). Writes
+    /// nothing; valid for [`unlink`](Self::unlink) until list `order` changes.
     #[inline(always)]
-    fn neighbours(
+    pub(crate) fn plan_remove(
         &self,
         arena: &Arena<'_>,
         idx: u32,
         order: u32,
-    ) -> Result<(Link, Option<Link>, Option<Link>), Corruption> {
+    ) -> Result<Unlink, Corruption> {
         let o = slot(order);
         let me = self.link(arena, idx)?;
         let prev = if me.prev == Link::NIL {
@@ -443,7 +495,13 @@ impl<L: LinkStore> FreeLists<L> {
         if !consistent {
             return Err(self.corrupt(CorruptionKind::ListBroken, idx));
         }
-        Ok((me, prev, next))
+        Ok(Unlink {
+            idx,
+            prev: me.prev,
+            next: me.next,
+            prev_prev: prev.map_or(Link::NIL, |p| p.prev),
+            next_next: next.map_or(Link::NIL, |n| n.next),
+        })
     }
 
     /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
@@ -455,21 +513,40 @@ impl<L: LinkStore> FreeLists<L> {
         idx: u32,
         order: u32,
     ) -> Result<(), Corruption> {
+        let u = self.plan_remove(arena, idx, order)?;
+        self.unlink(arena, order, u);
+        Ok(())
+    }
+
+    /// [`remove`](Self::remove) with what [`plan_remove`](Self::plan_remove) read while list
+    /// `order` was as it is now. Cannot fail.
+    #[inline(always)]
+    pub(crate) fn unlink(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) {
         let o = slot(order);
-        let (me, prev, next) = self.neighbours(arena, idx, order)?;
-        match prev {
-            Some(mut p) => {
-                p.next = me.next;
-                self.links.store(arena, self.page_size, me.prev, p);
-            }
-            None => self.ends_mut().head[o] = me.next,
+        let Unlink {
+            idx,
+            prev,
+            next,
+            prev_prev,
+            next_next,
+        } = u;
+        if prev == Link::NIL {
+            self.ends_mut().head[o] = next;
+        } else {
+            let link = Link {
+                prev: prev_prev,
+                next,
+            };
+            self.links.store(arena, self.page_size, prev, link);
         }
-        match next {
-            Some(mut n) => {
-                n.prev = me.prev;
-                self.links.store(arena, self.page_size, me.next, n);
-            }
-            None => self.ends_mut().tail[o] = me.prev,
+        if next == Link::NIL {
+            self.ends_mut().tail[o] = prev;
+        } else {
+            let link = Link {
+                prev,
+                next: next_next,
+            };
+            self.links.store(arena, self.page_size, next, link);
         }
         self.links.clear(arena, self.page_size, idx);
         let ends = self.ends_mut();
@@ -477,7 +554,6 @@ impl<L: LinkStore> FreeLists<L> {
         if ends.len[o] == 0 {
             ends.mask &= !(1 << o);
         }
-        Ok(())
     }
 
     /// Walks list `order` from its head: at most `len` nodes, stopping at the first bad link.
