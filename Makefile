@@ -11,7 +11,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The interpreter .venv is made from: CPython 3.10 or later, `PYTHON=python3.11 make demo` to name
 # one. scripts/venv-python.sh picks it before any work: an older one is refused at once, and a
 # .venv made by another interpreter than PYTHON is made anew. Goals that need no Python skip it.
-NO_PYTHON_GOALS := clean lint-rust test-rust valgrind fuzz-short fuzz-long loom mutants
+NO_PYTHON_GOALS := clean lint-rust test-rust valgrind fuzz-short fuzz-long loom loom-core loom-gate \
+    mutants
 ifneq ($(filter-out $(NO_PYTHON_GOALS),$(or $(MAKECMDGOALS),all)),)
 VENV_PYTHON := $(shell scripts/venv-python.sh "$(VENV)" "$(PYTHON)")
 ifneq ($(.SHELLSTATUS),0)
@@ -37,7 +38,8 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.9.4,<2" "rich>=13" "matplotlib>=3.5" \
-	    "pytest>=7" "pytest-timeout>=2.1" "hypothesis>=6.80" "numpy>=1.22" "ruff>=0.5" \
+	    "pytest>=7" "pytest-timeout>=2.1" "pytest-xdist>=3.5" "hypothesis>=6.80" "numpy>=1.22" \
+	    "ruff>=0.5" \
 	    "mypy>=1.10" \
 	    "typing_extensions>=4.6"
 	touch $@
@@ -76,8 +78,13 @@ lint-python: $(STAMP)
 test-rust:
 	cargo test -p pagebuddy --all-features
 
+# pytest on PYTEST_WORKERS processes (pytest-xdist; `make test PYTEST_WORKERS=auto` for one per
+# core, `PYTEST_WORKERS=0` for none): an idle worker takes tests queued for a busy one, so the
+# minute-long tests do not leave the other worker idle at the end.
+PYTEST_WORKERS ?= 2
+
 test-python: develop
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 ## fmt: format Rust and Python sources
 fmt: $(STAMP)

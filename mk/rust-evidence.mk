@@ -14,7 +14,7 @@ FUZZ_SHORT   ?= 30
 FUZZ_LONG    ?= 600
 MUTANTS_JOBS ?= 2
 
-.PHONY: valgrind fuzz-short fuzz-long loom mutants
+.PHONY: valgrind fuzz-short fuzz-long loom loom-core loom-gate mutants
 
 valgrind:
 	scripts/valgrind.sh
@@ -29,9 +29,15 @@ fuzz-long:
 	scripts/fuzz.sh scribble $(FUZZ_LONG)
 	scripts/fuzz.sh attach $(FUZZ_LONG)
 
-loom:
+# Two halves with target directories of their own: `make -j2 --output-sync=target loom` (as CI
+# does) builds and runs them side by side, each model single-threaded.
+loom: loom-core loom-gate
+
+loom-core:
 	RUSTFLAGS="--cfg loom" cargo test -p pagebuddy --test loom --test loom_cache --test loom_shm --test loom_handoff --release \
 	    --target-dir target/loom -- --nocapture --test-threads=1
+
+loom-gate:
 	RUSTFLAGS="--cfg gate_loom" cargo test -p pagebuddy-py --lib --release --target-dir target/loom-gate \
 	    -- --nocapture --test-threads=1 loom_model
 

@@ -73,6 +73,10 @@ class Index:
     def __index__(self) -> int:
         return self.value
 
+    def __repr__(self) -> str:
+        # In test ids: the same in every pytest-xdist worker, unlike the default's address.
+        return f"Index({self.value})"
+
 
 def pfns_of(pool: Any) -> range:
     return range(pool.base_pfn, pool.base_pfn + pool.nr_pages)
@@ -1009,7 +1013,9 @@ def _kwargs_id(value: Any) -> str:
     def show(item: Any) -> str:
         if isinstance(item, (bytes, bytearray, memoryview, np.ndarray)):
             return f"{type(item).__name__}[{memoryview(item).nbytes}]"
-        return repr(item)[:40]
+        # Without an address in the id: every pytest-xdist worker must collect the same ids.
+        text = repr(item)
+        return f"<{type(item).__name__}>" if " at 0x" in text else text[:40]
 
     return ",".join(f"{key}={show(item)}" for key, item in value.items())
 
