@@ -34,7 +34,14 @@ impl Merges {
     fn new() -> Self {
         Merges {
             n: 0,
-            steps: [MaybeUninit::uninit(); MAX_ORDERS],
+            // Not `[MaybeUninit::uninit(); MAX_ORDERS]`: that repeat is a loop of stores of an
+            // undefined value, which the optimiser may turn into a memset of the whole array
+            // on every free.
+            // SAFETY: an array of `MaybeUninit` needs no initialisation: every bit pattern,
+            // uninitialised ones included, is a valid `[MaybeUninit<Unlink>; MAX_ORDERS]`.
+            steps: unsafe {
+                MaybeUninit::<[MaybeUninit<Unlink>; MAX_ORDERS]>::uninit().assume_init()
+            },
             tail: None,
         }
     }
