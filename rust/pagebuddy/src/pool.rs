@@ -337,8 +337,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             }
         }
         plan.begin();
-        self.free.remove(&mut self.arena, idx, found)?;
-        self.free.warm(&self.arena, found, self.meta);
+        self.free
+            .take_head(&mut self.arena, idx, found, self.meta)?;
         self.extract(idx, found, order)?;
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;

@@ -358,23 +358,29 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// Hints what the next removal of list `order`'s head misses on: the head's metadata in
-    /// `meta` and its successor's link. (The head's own link was read by the removal that made
-    /// it head, so it is cached.) A list is FIFO and allocations take its head, so without the
-    /// hints each allocation of that order waits for two misses in a row, the second at an
-    /// address the first returns. Call it after taking a head off the list.
+    /// Unlinks `idx`, the head of list `order`, as [`remove`](Self::remove) does, then hints
+    /// what the next removal of the new head will miss on: its metadata in `meta` and its
+    /// successor's link, both known from what the unlink read (the new head's own link was
+    /// just read too, so it is cached). A list is FIFO and allocations take its head, so
+    /// without the hints each allocation of that order waits for two misses in a row, the
+    /// second at an address the first returns.
     #[inline(always)]
-    pub(crate) fn warm(&self, arena: &Arena<'_>, order: u32, meta: &[PageMeta]) {
-        let Some(head) = self.first(order) else {
-            return;
-        };
-        if let Some(m) = meta.get(head as usize) {
+    pub(crate) fn take_head(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+        meta: &[PageMeta],
+    ) -> Result<(), Corruption> {
+        let u = self.plan_remove(arena, idx, order)?;
+        self.unlink(arena, order, u);
+        if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
+            if u.next_next < self.nr_pages {
+                self.links.prefetch(arena, self.page_size, u.next_next);
+            }
         }
-        let next = self.links.load(arena, self.page_size, head).next;
-        if next < self.nr_pages {
-            self.links.prefetch(arena, self.page_size, next);
-        }
+        Ok(())
     }
 
     /// Checks that [`append`](Self::append) to list `order` can succeed: the tail's link, the
