@@ -517,30 +517,18 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `ZERO` is false: the
     /// caller did), merges it with free buddies of equal order while the order stays below
     /// `max_order` (external blocks: never, see [`merge_limit`](Self::merge_limit)), and lists
-    /// the result.
+    /// the result: [`plan_attach`](Self::plan_attach), then
+    /// [`attach_planned`](Self::attach_planned), so that a corrupt list is found before the
+    /// first write.
     pub(crate) fn attach<const ZERO: bool>(
         &mut self,
         idx: u32,
         order: u32,
     ) -> Result<(), Corruption> {
-        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_freed_block(idx, order);
-        }
-        self.free_pages += 1 << order;
-        // After merging, `idx` may no longer be the head: unmark it now.
-        self.meta[idx as usize].order = NO_ORDER;
-        let (mut head, mut order, max_order) = (idx, order, self.merge_limit(idx));
-        while order + 1 < max_order {
-            let Some(buddy) = self.buddy_avail(head, order) else {
-                break;
-            };
-            self.free.remove(&mut self.arena, buddy, order)?;
-            self.meta[buddy as usize].order = NO_ORDER;
-            head = head.min(buddy);
-            order += 1;
-        }
-        self.meta[head as usize].order = order as u8;
-        self.free.append(&mut self.arena, head, order)
+        let mut merges = Merges::new();
+        self.plan_attach(idx, order, &mut (), &mut merges)?;
+        self.attach_planned::<ZERO>(idx, order, &merges);
+        Ok(())
     }
 
     /// Takes one more reference to a held page.
