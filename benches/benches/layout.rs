@@ -10,6 +10,12 @@
 //! prototype can be compared with what it copies. Workloads and pool as in `alloc.rs`: 2^18
 //! pages, orders capped at 11, zero never; `hot`, `churn` and `mixed` from `common`.
 //!
+//! A record of 12 bytes sometimes straddles two lines; a third layout pads it to 16 bytes, four
+//! to a line, none straddling. And since a layout can only save misses where the state
+//! outgrows the caches, churn runs a second time at 2^22 pages (48 MiB of state, past this
+//! kind of machine's last-level cache; `layout-churn-22`), on the prototypes only (the real
+//! pool's arena would be 16 GiB).
+//!
 //! `BENCH_SHORT=1` shortens everything, as in `alloc.rs`.
 
 mod common;
@@ -99,45 +105,64 @@ impl Layout for TwoArrays {
     }
 }
 
-/// One 12-byte record per page: the metadata and the links side by side.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Record {
-    meta: Meta,
-    link: Link,
-}
-
-struct OneRecord(Vec<Record>);
-
-impl Layout for OneRecord {
-    fn new(n: usize) -> Self {
-        OneRecord(vec![
-            Record {
-                meta: Meta::INIT,
-                link: EMPTY
-            };
-            n
-        ])
-    }
-    #[inline]
-    fn meta(&self, i: u32) -> Meta {
-        self.0[i as usize].meta
-    }
-    #[inline]
-    fn meta_mut(&mut self, i: u32) -> &mut Meta {
-        &mut self.0[i as usize].meta
-    }
-    #[inline]
-    fn link(&self, i: u32) -> Link {
-        self.0.get(i as usize).map_or(EMPTY, |r| r.link)
-    }
-    #[inline]
-    fn set_link(&mut self, i: u32, l: Link) {
-        if let Some(r) = self.0.get_mut(i as usize) {
-            r.link = l;
+/// A layout of one record per page, the metadata and the links side by side: `$rec`, aligned
+/// to `$align` bytes (its size rounds up to that), and `$layout`, the array of them.
+macro_rules! record_layout {
+    ($(#[$doc:meta])* $rec:ident, $layout:ident, $align:literal) => {
+        #[derive(Clone, Copy)]
+        #[repr(C, align($align))]
+        struct $rec {
+            meta: Meta,
+            link: Link,
         }
-    }
+
+        $(#[$doc])*
+        struct $layout(Vec<$rec>);
+
+        impl Layout for $layout {
+            fn new(n: usize) -> Self {
+                $layout(vec![
+                    $rec {
+                        meta: Meta::INIT,
+                        link: EMPTY
+                    };
+                    n
+                ])
+            }
+            #[inline]
+            fn meta(&self, i: u32) -> Meta {
+                self.0[i as usize].meta
+            }
+            #[inline]
+            fn meta_mut(&mut self, i: u32) -> &mut Meta {
+                &mut self.0[i as usize].meta
+            }
+            #[inline]
+            fn link(&self, i: u32) -> Link {
+                self.0.get(i as usize).map_or(EMPTY, |r| r.link)
+            }
+            #[inline]
+            fn set_link(&mut self, i: u32, l: Link) {
+                if let Some(r) = self.0.get_mut(i as usize) {
+                    r.link = l;
+                }
+            }
+        }
+    };
 }
+
+record_layout!(
+    /// One 12-byte record per page: some straddle two cache lines.
+    Record,
+    OneRecord,
+    4
+);
+record_layout!(
+    /// One record per page padded to 16 bytes: four to a line, none straddling two.
+    Record16,
+    OneRecord16,
+    16
+);
 
 /// The exact policy over a layout (base pfn 0, so pfn == index).
 struct Proto<S> {
@@ -376,85 +401,92 @@ impl<S: Layout> PageAlloc for Proto<S> {
     }
 }
 
+/// Pages of the second churn run: past the last-level cache.
+const LARGE_SHIFT: u32 = 22;
+
+/// `churn_setup` at `n` pages (`common`'s is at `N`): every page allocated at order 0, a random
+/// half freed in random order; returns the held half.
+fn churn_state<A: PageAlloc>(a: &mut A, n: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n)
+        .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
+        .collect();
+    Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
+    for &h in &all[n / 2..] {
+        a.free(h, 0);
+    }
+    all.truncate(n / 2);
+    all
+}
+
+type Group<'c> = criterion::BenchmarkGroup<'c, criterion::measurement::WallTime>;
+
+fn hot<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A) {
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc failed"));
+            a.free(black_box(h), 0);
+        })
+    });
+}
+
+fn churn<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A, n: usize) {
+    let mut held = churn_state(a, n);
+    let mut rng = Rng::new(SEED_CHURN);
+    g.bench_function(id, |b| b.iter(|| churn_step(a, &mut held, &mut rng)));
+}
+
+fn mixed<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A) {
+    // Each untimed warm-up gets its own minute (one for the whole run ran out in full mode).
+    let mut m = Mixed::new();
+    m.warm(a, &Budget::new(Duration::from_secs(60)))
+        .unwrap_or_else(|_| fail("mixed warm"));
+    g.bench_function(id, |b| b.iter(|| m.step(a)));
+}
+
+/// `$run(group, id, prototype $(, arg)*)` for each prototype over `$n` pages, one at a time.
+macro_rules! prototypes {
+    ($g:expr, $n:expr, $run:ident $(, $arg:expr)*) => {
+        $run($g, "two-arrays", &mut Proto::<TwoArrays>::new($n, ORDER_CAP) $(, $arg)*);
+        $run($g, "one-record", &mut Proto::<OneRecord>::new($n, ORDER_CAP) $(, $arg)*);
+        $run($g, "one-record-16", &mut Proto::<OneRecord16>::new($n, ORDER_CAP) $(, $arg)*);
+    };
+}
+
 fn main() {
     let mut c = criterion(short());
     let mut mem = Mem::new();
-    // Each untimed setup gets its own minute (one for the whole run ran out in full mode).
-    let budget = || Budget::new(Duration::from_secs(60));
-    let two = || Proto::<TwoArrays>::new(N, ORDER_CAP);
-    let one = || Proto::<OneRecord>::new(N, ORDER_CAP);
-
-    let hot = |a: &mut dyn PageAlloc| {
-        let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc failed"));
-        a.free(black_box(h), 0);
-    };
     let mut g = c.benchmark_group("layout-hot");
     {
-        // SAFETY: each pool over `mem` is dropped before the next is made.
+        // SAFETY: each pool over `mem` is dropped at the end of its block, before the next
+        // is made.
         let mut a = unsafe { Pb::side(&mut mem, ZeroPolicy::Never) };
-        g.bench_function("pool", |b| b.iter(|| hot(&mut a)));
+        hot(&mut g, "pool", &mut a);
     }
-    {
-        let mut a = two();
-        g.bench_function("two-arrays", |b| b.iter(|| hot(&mut a)));
-    }
-    {
-        let mut a = one();
-        g.bench_function("one-record", |b| b.iter(|| hot(&mut a)));
-    }
+    prototypes!(&mut g, N, hot);
     g.finish();
 
     let mut g = c.benchmark_group("layout-churn");
     {
         // SAFETY: as above.
         let mut a = unsafe { Pb::side(&mut mem, ZeroPolicy::Never) };
-        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
-        let mut rng = Rng::new(SEED_CHURN);
-        g.bench_function("pool", |b| {
-            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
-        });
+        churn(&mut g, "pool", &mut a, N);
     }
-    {
-        let mut a = two();
-        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
-        let mut rng = Rng::new(SEED_CHURN);
-        g.bench_function("two-arrays", |b| {
-            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
-        });
-    }
-    {
-        let mut a = one();
-        let mut held = churn_setup(&mut a, &budget()).unwrap_or_else(|_| fail("churn setup"));
-        let mut rng = Rng::new(SEED_CHURN);
-        g.bench_function("one-record", |b| {
-            b.iter(|| churn_step(&mut a, &mut held, &mut rng))
-        });
-    }
+    prototypes!(&mut g, N, churn, N);
     g.finish();
 
     let mut g = c.benchmark_group("layout-mixed");
     {
         // SAFETY: as above.
         let mut a = unsafe { Pb::side(&mut mem, ZeroPolicy::Never) };
-        let mut m = Mixed::new();
-        m.warm(&mut a, &budget())
-            .unwrap_or_else(|_| fail("mixed warm"));
-        g.bench_function("pool", |b| b.iter(|| m.step(&mut a)));
+        mixed(&mut g, "pool", &mut a);
     }
-    {
-        let mut a = two();
-        let mut m = Mixed::new();
-        m.warm(&mut a, &budget())
-            .unwrap_or_else(|_| fail("mixed warm"));
-        g.bench_function("two-arrays", |b| b.iter(|| m.step(&mut a)));
-    }
-    {
-        let mut a = one();
-        let mut m = Mixed::new();
-        m.warm(&mut a, &budget())
-            .unwrap_or_else(|_| fail("mixed warm"));
-        g.bench_function("one-record", |b| b.iter(|| m.step(&mut a)));
-    }
+    prototypes!(&mut g, N, mixed);
+    g.finish();
+    drop(mem);
+
+    let large = 1 << LARGE_SHIFT;
+    let mut g = c.benchmark_group(format!("layout-churn-{LARGE_SHIFT}"));
+    prototypes!(&mut g, large, churn, large);
     g.finish();
     c.final_summary();
 }
