@@ -41,6 +41,7 @@ def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     peers = [
         {"id": "bsa-frame", "pages": 1 << 18, "shift": 18, "hot_ns": 300.0, "churn_ns": 12.0},
         {"id": "bsa-frame", "pages": 1 << 22, "shift": 22, "hot_ns": 300.0, "churn_ns": 150.0},
+        {"id": "least", "pages": 1 << 22, "shift": 22, "hot_ns": None, "churn_ns": 230.0},
     ]
     doc = {"schema": "pagebuddy-floor/1", "started_unix": 0, "rounds": 3, "cases": cases}
     (tmp_path / "floor.json").write_text(json.dumps({**doc, "peers": peers}))
@@ -68,6 +69,13 @@ def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
         t for t in verdicts if t.startswith("churn ≤ 1.5x the floor at 2^22 pages (side")
     )
     assert verdicts[churn22] == "met"
+    # The least per-page allocator is a row of its own and a reference in the churn goals,
+    # beside FrameAllocator, never in its place.
+    assert "| 2^22 | least (a word a page, LIFO) | huge | 16 MiB | - | - | 230 ns | - | - |" in text
+    assert "| 2^22 | FrameAllocator |" in text
+    measured = {t: m for t, m, _ in rows}
+    assert "FrameAllocator 150 ns" in measured[churn22]
+    assert "least 230 ns (2.30x the floor)" in measured[churn22]
     intrusive22 = [v for t, v in verdicts.items() if "2^22 pages (intrusive" in t]
     assert intrusive22 == ["not measured", "not measured"]
 

@@ -19,6 +19,9 @@
 //!   page), zero never, orders capped at 11, on a pool built over the same mappings.
 //! - `buddy_system_allocator::FrameAllocator` on the same workloads, per size (no mapping of
 //!   its own: its B-trees come from the global allocator).
+//! - **least**, per size, churn only: the least an allocator with state per page can do there
+//!   (`Least`: a word a page, huge pages, a LIFO stack), which tells what the workload itself
+//!   costs beyond the floor.
 //!
 //! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
 //! rounds run half before and half after the workloads, so that it sees the machine's load as
@@ -171,6 +174,69 @@ impl Alloc for Frame {
     }
 }
 
+/// Churn on `a` over `n` pages: every page allocated at order 0, a random half freed in random
+/// order, then each step frees a random held page and allocates one in its place. ns per step.
+fn churn<A: Alloc>(n: usize, rounds: usize, a: &mut A) -> f64 {
+    let mut all: Vec<usize> = (0..n)
+        .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
+        .collect();
+    Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
+    for &h in &all[n / 2..] {
+        a.free(h, 0);
+    }
+    all.truncate(n / 2);
+    let mut rng = Rng::new(SEED_CHURN);
+    timed(rounds, 1 << 20, || {
+        let i = rng.below(all.len());
+        a.free(all[i], 0);
+        all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
+    })
+}
+
+/// The least an allocator that keeps state per page can do on churn: one 4-byte word a page
+/// (held or free), checked and flipped on each free and allocation, and the free pages on a
+/// LIFO stack, so that an allocation takes the page freed just before, whose word is cached.
+/// What is left is what the workload itself costs: the held page's handle read from its array
+/// at a random index, then that page's word, in steps of a few instructions, whose reads the
+/// processor overlaps across many steps. Single pages only.
+struct Least {
+    state: MappedSlice<u32>,
+    free: Vec<u32>,
+}
+
+impl Least {
+    fn new(n: usize) -> Self {
+        Least {
+            state: map::<u32>(n, Advice::HugePages),
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+}
+
+impl Alloc for Least {
+    #[inline]
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        if order != 0 {
+            return None;
+        }
+        let p = self.free.pop()? as usize;
+        match self.state.get_mut(p) {
+            Some(w) if *w == 0 => *w = 1,
+            _ => fail("least: a listed page is not free"),
+        }
+        Some(p)
+    }
+
+    #[inline]
+    fn free(&mut self, handle: usize, _order: u32) {
+        match self.state.get_mut(handle) {
+            Some(w) if *w == 1 => *w = 0,
+            _ => fail("least: freeing a page that is not held"),
+        }
+        self.free.push(handle as u32);
+    }
+}
+
 /// Hot, churn and mixed on `make()`'s allocator over `n` pages: ns per pair, step, step.
 fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> [f64; 3] {
     let hot = {
@@ -180,23 +246,7 @@ fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> 
             a.free(black_box(h), 0);
         })
     };
-    let churn = {
-        let mut a = make();
-        let mut all: Vec<usize> = (0..n)
-            .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
-            .collect();
-        Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
-        for &h in &all[n / 2..] {
-            a.free(h, 0);
-        }
-        all.truncate(n / 2);
-        let mut rng = Rng::new(SEED_CHURN);
-        timed(rounds, 1 << 20, || {
-            let i = rng.below(all.len());
-            a.free(all[i], 0);
-            all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
-        })
-    };
+    let churn = churn(n, rounds, &mut make());
     let mixed = {
         let mut a = make();
         let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
@@ -658,7 +708,10 @@ fn main() {
             "floor/2^{shift}/FrameAllocator: hot {:.1} ns, churn {:.1} ns, mixed {:.1} ns",
             ns[0], ns[1], ns[2]
         );
-        peers.push((shift, ns));
+        peers.push(("bsa-frame", shift, ns.map(Some)));
+        let least = churn(n, rounds, &mut Least::new(n));
+        eprintln!("floor/2^{shift}/least: churn {least:.1} ns");
+        peers.push(("least", shift, [None, Some(least), None]));
     }
 
     let mut s = String::from("{\n  \"schema\": \"pagebuddy-floor/1\",\n");
@@ -694,15 +747,16 @@ fn main() {
         s.push_str(if i + 1 < cases.len() { ",\n" } else { "\n" });
     }
     s.push_str("  ],\n  \"peers\": [\n");
-    for (i, (shift, ns)) in peers.iter().enumerate() {
+    for (i, (id, shift, ns)) in peers.iter().enumerate() {
         let _ = write!(
             s,
-            "    {{\"id\": \"bsa-frame\", \"pages\": {}, \"shift\": {shift}, \"hot_ns\": {}, \
+            "    {{\"id\": {}, \"pages\": {}, \"shift\": {shift}, \"hot_ns\": {}, \
              \"churn_ns\": {}, \"mixed_ns\": {}}}",
+            json_str(id),
             1usize << shift,
-            opt(Some(ns[0])),
-            opt(Some(ns[1])),
-            opt(Some(ns[2])),
+            opt(ns[0]),
+            opt(ns[1]),
+            opt(ns[2]),
         );
         s.push_str(if i + 1 < peers.len() { ",\n" } else { "\n" });
     }
