@@ -37,7 +37,7 @@ rm -rf target/criterion/binding
 if [ "$python_only" = 0 ]; then
     rm -f "$out"/alloc.json "$out"/footprint.json "$out"/instructions.txt "$out"/cached.json \
         "$out"/floor.json
-    rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed}
+    rm -rf target/criterion/{hot,churn,fill-drain,mixed,huge,init,init-zeroed,cached-hot,cached-churn,cached-mixed,layout-hot,layout-churn,layout-mixed,layout-churn-22}
 fi
 
 if [ "$mode" = short ]; then
