@@ -75,7 +75,7 @@ def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
     assert "| 2^22 | FrameAllocator |" in text
     measured = {t: m for t, m, _ in rows}
     assert "FrameAllocator 150 ns" in measured[churn22]
-    assert "least 230 ns (2.30x the floor)" in measured[churn22]
+    assert measured[churn22].endswith("; least 230 ns")
     intrusive22 = [v for t, v in verdicts.items() if "2^22 pages (intrusive" in t]
     assert intrusive22 == ["not measured", "not measured"]
 
