@@ -174,9 +174,9 @@ impl Alloc for Frame {
     }
 }
 
-/// Churn on `a` over `n` pages: every page allocated at order 0, a random half freed in random
-/// order, then each step frees a random held page and allocates one in its place. ns per step.
-fn churn<A: Alloc>(n: usize, rounds: usize, a: &mut A) -> f64 {
+/// The churn state of `a` over `n` pages: every page allocated at order 0, then a random half
+/// freed in random order; returns the held half.
+fn churn_state<A: Alloc>(n: usize, a: &mut A) -> Vec<usize> {
     let mut all: Vec<usize> = (0..n)
         .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
         .collect();
@@ -185,6 +185,13 @@ fn churn<A: Alloc>(n: usize, rounds: usize, a: &mut A) -> f64 {
         a.free(h, 0);
     }
     all.truncate(n / 2);
+    all
+}
+
+/// Churn on `a` over `n` pages: every page allocated at order 0, a random half freed in random
+/// order, then each step frees a random held page and allocates one in its place. ns per step.
+fn churn<A: Alloc>(n: usize, rounds: usize, a: &mut A) -> f64 {
+    let mut all = churn_state(n, a);
     let mut rng = Rng::new(SEED_CHURN);
     timed(rounds, 1 << 20, || {
         let i = rng.below(all.len());
@@ -519,14 +526,7 @@ fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
             a.free(black_box(h), 0);
         }),
         "churn" => {
-            let mut all: Vec<usize> = (0..n)
-                .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
-                .collect();
-            Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
-            for &h in &all[n / 2..] {
-                a.free(h, 0);
-            }
-            all.truncate(n / 2);
+            let mut all = churn_state(n, &mut a);
             let mut rng = Rng::new(SEED_CHURN);
             warm_then_profile(ops, &mut || {
                 let i = rng.below(all.len());

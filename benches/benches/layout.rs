@@ -404,20 +404,6 @@ impl<S: Layout> PageAlloc for Proto<S> {
 /// Pages of the second churn run: past the last-level cache.
 const LARGE_SHIFT: u32 = 22;
 
-/// `churn_setup` at `n` pages (`common`'s is at `N`): every page allocated at order 0, a random
-/// half freed in random order; returns the held half.
-fn churn_state<A: PageAlloc>(a: &mut A, n: usize) -> Vec<usize> {
-    let mut all: Vec<usize> = (0..n)
-        .map(|_| a.alloc(0).unwrap_or_else(|| fail("churn: fill")))
-        .collect();
-    Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
-    for &h in &all[n / 2..] {
-        a.free(h, 0);
-    }
-    all.truncate(n / 2);
-    all
-}
-
 type Group<'c> = criterion::BenchmarkGroup<'c, criterion::measurement::WallTime>;
 
 fn hot<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A) {
@@ -430,7 +416,9 @@ fn hot<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A) {
 }
 
 fn churn<A: PageAlloc>(g: &mut Group<'_>, id: &str, a: &mut A, n: usize) {
-    let mut held = churn_state(a, n);
+    // Its own minute for the untimed setup (one for the whole run ran out in full mode).
+    let mut held = churn_setup_at(a, n, &Budget::new(Duration::from_secs(60)))
+        .unwrap_or_else(|_| fail("churn setup"));
     let mut rng = Rng::new(SEED_CHURN);
     g.bench_function(id, |b| b.iter(|| churn_step(a, &mut held, &mut rng)));
 }

@@ -503,8 +503,13 @@ fn free_all<A: PageAlloc>(
 
 /// Allocates every page at order 0.
 pub fn fill<A: PageAlloc>(a: &mut A, held: &mut Vec<usize>) {
+    fill_at(a, held, N);
+}
+
+/// Allocates `n` pages at order 0 (every page of a pool of `n`).
+fn fill_at<A: PageAlloc>(a: &mut A, held: &mut Vec<usize>, n: usize) {
     held.clear();
-    for _ in 0..N {
+    for _ in 0..n {
         match a.alloc(0) {
             Some(h) => held.push(h),
             None => fail("fill: pool exhausted early"),
@@ -515,17 +520,26 @@ pub fn fill<A: PageAlloc>(a: &mut A, held: &mut Vec<usize>) {
 /// The churn state: every page allocated at order 0, then a random half freed in random order;
 /// returns the held half.
 pub fn churn_setup<A: PageAlloc>(a: &mut A, budget: &Budget) -> Result<Vec<usize>, OutOfTime> {
-    let mut all = Vec::with_capacity(N);
-    fill(a, &mut all);
+    churn_setup_at(a, N, budget)
+}
+
+/// [`churn_setup`] on a pool of `n` pages.
+pub fn churn_setup_at<A: PageAlloc>(
+    a: &mut A,
+    n: usize,
+    budget: &Budget,
+) -> Result<Vec<usize>, OutOfTime> {
+    let mut all = Vec::with_capacity(n);
+    fill_at(a, &mut all, n);
     Rng::new(SEED_CHURN ^ 1).shuffle(&mut all);
     free_all(
         a,
-        &all[HALF..],
+        &all[n / 2..],
         0,
         budget,
         "freeing a random half of the pool",
     )?;
-    all.truncate(HALF);
+    all.truncate(n / 2);
     Ok(all)
 }
 
