@@ -157,6 +157,17 @@ pub trait LinkStore {
     /// beside the metadata read overlaps the two. An intrusive store keeps each link in a
     /// page of its own, and a hint there would often fetch a page the free never touches.
     /// Changes nothing but time.
+    ///
+    /// ```
+    /// use pagebuddy::{Link, LinkStore, SideTable};
+    ///
+    /// let mut links = [Link::EMPTY; 8];
+    /// let table = SideTable::new(&mut links);
+    /// table.prefetch_freed(3); // a hint: nothing observable changes
+    /// table.prefetch_freed(u32::MAX); // out of range: not even a hint
+    /// drop(table);
+    /// assert_eq!(links, [Link::EMPTY; 8]);
+    /// ```
     #[inline(always)]
     fn prefetch_freed(&self, idx: u32) {
         let _ = idx;
