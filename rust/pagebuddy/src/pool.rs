@@ -261,20 +261,25 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// The page index of `pfn` if it is in the initial range (where blocks coalesce).
     #[inline(always)]
     pub(crate) fn range_index(&self, pfn: u64) -> Option<u32> {
-        match pfn.checked_sub(self.geo.base_pfn) {
-            Some(i) if i < u64::from(self.geo.range_pages) => Some(i as u32),
-            _ => None,
-        }
+        // One comparison: below `base_pfn` the difference wraps to at least
+        // `2^64 - base_pfn`, which a validated geometry keeps above `range_pages`.
+        let i = pfn.wrapping_sub(self.geo.base_pfn);
+        (i < u64::from(self.geo.range_pages)).then_some(i as u32)
     }
 
     /// pKVM's `__find_buddy_avail`: the buddy of the block of `order` at `idx`, if it is in the
     /// pool's initial range (mainline: pages outside `[range_start, range_end)` are external and
     /// never coalesced) and is a free block of the same order.
+    #[inline(always)]
     fn buddy_avail(&self, idx: u32, order: u32) -> Option<u32> {
-        let buddy = self.range_index(self.geo.pfn(idx) ^ (1 << order))?;
-        let m = self.meta[buddy as usize];
+        // The metadata of the initial range (all of it: `meta` covers every page), so that one
+        // comparison checks both that the buddy is in the range and that its metadata is there;
+        // the slice is the same on every step of a merge walk, and is made once.
+        let range = self.meta.get(..self.geo.range_pages as usize)?;
+        let buddy = (self.geo.pfn(idx) ^ (1 << order)).wrapping_sub(self.geo.base_pfn);
+        let m = *range.get(usize::try_from(buddy).ok()?)?;
         // `order` is below max_order, so an equal order is never NO_ORDER: a free head.
-        (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy)
+        (m.refcount == 0 && u32::from(m.order) == order).then_some(buddy as u32)
     }
 
     /// Allocates a block of `2^order` pages and returns the pfn of its head.
@@ -318,18 +323,46 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             return Err(Error::OutOfMemory { order });
         }
         let found = order + avail.trailing_zeros();
-        let idx = self
-            .free
-            .first(found)
-            .ok_or(self.corrupt(CorruptionKind::Count, 0))?;
+        if found != order {
+            return self.alloc_splitting::<ZERO, P>(order, found, plan);
+        }
+        // A block of the very order asked for: the head of its list, split nothing.
+        let idx = self.free_head(found)?;
+        plan.note(idx, self.meta[idx as usize]);
+        plan.begin();
+        self.free
+            .take_head(&mut self.arena, idx, found, self.meta)?;
+        self.hand_out::<ZERO>(idx, order)
+    }
+
+    /// The head of the non-empty list `order`, checked to be a free head of that order.
+    #[inline(always)]
+    fn free_head(&self, order: u32) -> Result<u32, Error> {
+        let Some(idx) = self.free.first(order) else {
+            return Err(self.corrupt(CorruptionKind::Count, 0));
+        };
         // pKVM's hyp_page_ref_init, as the review asked: the head must still be free, checked
         // in the same critical section that hands it out.
         let m = self.meta[idx as usize];
-        if !(m.is_free_head() && m.order as u32 == found) {
+        if !(m.is_free_head() && m.order as u32 == order) {
             return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
         }
+        Ok(idx)
+    }
+
+    /// An allocation of `order` that takes the head of the larger list `found` and splits it
+    /// down: out of line, so that an allocation that splits nothing does not pay for the
+    /// split's bookkeeping.
+    #[inline(never)]
+    fn alloc_splitting<const ZERO: bool, P: Plan>(
+        &mut self,
+        order: u32,
+        found: u32,
+        plan: &mut P,
+    ) -> Result<u64, Error> {
+        let idx = self.free_head(found)?;
         // What changes: the head, and the head of each upper half split off (see `extract`).
-        plan.note(idx, m);
+        plan.note(idx, self.meta[idx as usize]);
         for k in order..found {
             let half = idx + (1 << k);
             if let Some(&old) = self.meta.get(half as usize) {
@@ -340,6 +373,13 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free
             .take_head(&mut self.arena, idx, found, self.meta)?;
         self.extract(idx, found, order)?;
+        self.hand_out::<ZERO>(idx, order)
+    }
+
+    /// The end of an allocation: the block of `order` at `idx`, off the lists and split, is
+    /// held once, counted and zeroed per the policy (if `ZERO`).
+    #[inline(always)]
+    fn hand_out<const ZERO: bool>(&mut self, idx: u32, order: u32) -> Result<u64, Error> {
         self.meta[idx as usize] = PageMeta::new(1, order as u8);
         self.free_pages -= 1 << order;
         self.touched = self.touched.max(idx + (1 << order));
@@ -425,6 +465,33 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // is zeroed, counted or unlinked, so no page is left neither held nor free. What
         // changes: the page, and each buddy it merges with (`plan_attach` finds them).
         plan.note(idx, m);
+        if order + 1 < self.merge_limit(idx) && self.buddy_avail(idx, order).is_some() {
+            return self.put_merging::<ZERO, P>(idx, order, plan);
+        }
+        // Nothing to merge with: the free is one append to the list of its order, whose tail's
+        // link is checked first. The same as `attach` with no merge step, without the merge
+        // plan's bookkeeping, so that a free that merges with nothing (most frees of single
+        // pages once a pool is in use) runs only this.
+        let tail = self.free.plan_append(&self.arena, order)?;
+        plan.begin();
+        self.meta[idx as usize].refcount = 0;
+        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_freed_block(idx, order);
+        }
+        self.free_pages += 1 << order;
+        self.free.append_planned(&mut self.arena, idx, order, tail);
+        Ok(())
+    }
+
+    /// The rest of a free whose block merges with its buddy (`put_zeroing` found it free):
+    /// out of line, so that the plan of the merges costs nothing to a free that has none.
+    #[inline(never)]
+    fn put_merging<const ZERO: bool, P: Plan>(
+        &mut self,
+        idx: u32,
+        order: u32,
+        plan: &mut P,
+    ) -> Result<(), Error> {
         // Filled in place: a `Merges` is a few hundred bytes, not worth a copy.
         let mut merges = Merges::new();
         self.plan_attach(idx, order, plan, &mut merges)?;
