@@ -497,8 +497,9 @@ def evaluate(
             "splits and merges ten levels, but on singly linked LIFO lists with no per-page "
             "metadata and no checks; free-list does not split at all (it trims its first "
             "range). A way to get there without changing the policy: a fast path for lists of "
-            "one element. `put` checks each link once (one walk), and an allocation hints "
-            "the lines the next one of its order will miss on ([the levers]"
+            "one element. `put` checks each link once (one walk), a free that merges with "
+            "nothing and an allocation that splits nothing take short paths of their own, and "
+            "an allocation hints the lines the next one of its order will miss on ([the levers]"
             "(exact-pool-levers.md), with what was measured and not kept)."
         )
     if any(w == "churn" for w, _, _ in lost):
