@@ -252,6 +252,21 @@ def machine() -> dict[str, str]:
     }
 
 
+def pinning() -> str:
+    """How the single-threaded benchmarks were placed on the CPUs (`pin.txt`, from bench.sh)."""
+    try:
+        pin = (DATA / "pin.txt").read_text().strip()
+    except OSError:
+        pin = ""
+    if pin and pin != "none":
+        return (
+            f"- The single-threaded benchmarks (this table's, the layout, the floor, the "
+            f"footprint and the core's side of the Python benchmark) ran pinned to one CPU "
+            f"(`{pin}`); the threaded ones and the Python benchmark were not."
+        )
+    return "- No benchmark was pinned to a CPU (one CPU, or no `taskset`)."
+
+
 def busy(m: dict[str, str]) -> str:
     """A warning when other work shared the machine during the run."""
     try:
@@ -1929,6 +1944,7 @@ def main(argv: list[str] | None = None) -> int:
         "is dropped silently.",
         "- `BENCH_PROFILE=workload/id[:n]` runs one pairing's timed loop alone, for `perf` or "
         "callgrind (`perf stat` has no hardware counters on this machine).",
+        pinning(),
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
