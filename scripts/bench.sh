@@ -76,9 +76,8 @@ python_bench() {
     fi
 }
 
-# The single-threaded benchmarks run pinned to one CPU where there are two or more: on a 2-core
-# virtual machine the exact pool's hot pair measured 162 to 210 ns unpinned against 112 ns pinned
-# to either CPU, the same for every build, so unpinned figures measure the scheduler. The
+# The single-threaded benchmarks run pinned to one CPU where there are two or more, so that the
+# scheduler does not move a timed loop from one CPU (and its caches) to another mid-run. The
 # threaded benchmark (cached) and the Python benchmark are not pinned.
 pin=()
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
