@@ -279,8 +279,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     #[inline(always)]
     fn buddy_avail(&self, idx: u32, order: u32) -> Option<u32> {
         // The metadata of the initial range (all of it: `meta` covers every page), so that one
-        // comparison checks both that the buddy is in the range and that its metadata is there;
-        // the slice is the same on every step of a merge walk, and is made once.
+        // comparison checks both that the buddy is in the range and that its metadata is there.
         let range = self.meta.get(..self.geo.range_pages as usize)?;
         let buddy = (self.geo.pfn(idx) ^ (1 << order)).wrapping_sub(self.geo.base_pfn);
         let m = *range.get(usize::try_from(buddy).ok()?)?;
