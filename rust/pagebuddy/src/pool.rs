@@ -12,6 +12,7 @@ use core::mem::MaybeUninit;
 use crate::arena::Arena;
 use crate::config::{Config, Geometry, ZeroPolicy};
 use crate::error::{Corruption, CorruptionKind, Error, GeometryError};
+use crate::prefetch::prefetch;
 #[cfg(doc)]
 use crate::store::Intrusive;
 use crate::store::{
@@ -378,7 +379,30 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.free
             .take_head(&mut self.arena, idx, found, self.meta)?;
         self.extract(idx, found, order)?;
+        self.prefetch_next_split(order, found);
         self.hand_out::<ZERO>(idx, order)
+    }
+
+    /// Hints the lines that the next allocation of `order` splitting list `found` will write:
+    /// the metadata and link of each upper half of the list's new head. An allocation that
+    /// splits a block takes the head of a FIFO list and writes a line per half (the halves are
+    /// `2^k` pages apart, so no two of the upper ones share a line), one store after another;
+    /// hinted one split ahead, those misses overlap each other and the work in between instead
+    /// of waiting in the store queue. The halves below 2^3 pages share the head's lines, which
+    /// `take_head` hints. A hint only: it changes nothing but time.
+    #[inline(always)]
+    fn prefetch_next_split(&self, order: u32, found: u32) {
+        let Some(next) = self.free.first(found) else {
+            return;
+        };
+        for k in order.max(3)..found {
+            let half = next.wrapping_add(1 << k);
+            // Any address is harmless to a hint: no bounds check needed for the metadata's.
+            prefetch(self.meta.as_ptr().wrapping_add(half as usize));
+            self.free
+                .links
+                .prefetch(&self.arena, self.geo.page_size, half);
+        }
     }
 
     /// The end of an allocation: the block of `order` at `idx`, off the lists and split, is
