@@ -142,6 +142,10 @@ fn lines(base: *mut u8, bytes: usize, stride: usize, into: &mut Vec<usize>) {
 trait Alloc {
     fn alloc(&mut self, order: u32) -> Option<usize>;
     fn free(&mut self, handle: usize, order: u32);
+    /// The workload's state is built: what follows are its steps (for [`Traced`]; nothing
+    /// elsewhere).
+    #[inline(always)]
+    fn mark(&mut self) {}
 }
 
 struct Pb<'a, L: LinkStore>(Pool<'a, L>);
@@ -520,14 +524,18 @@ fn time_loop<F: FnMut()>(ops: usize, step: &mut F) {
 }
 
 /// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled`.
-fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
+fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, a: &mut A) {
     match workload {
-        "hot" => warm_then_profile(ops, &mut || {
-            let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
-            a.free(black_box(h), 0);
-        }),
+        "hot" => {
+            a.mark();
+            warm_then_profile(ops, &mut || {
+                let h = a.alloc(0).unwrap_or_else(|| fail("hot: alloc"));
+                a.free(black_box(h), 0);
+            })
+        }
         "churn" => {
-            let mut all = churn_state(n, &mut a);
+            let mut all = churn_state(n, a);
+            a.mark();
             let mut rng = Rng::new(SEED_CHURN);
             warm_then_profile(ops, &mut || {
                 let i = rng.below(all.len());
@@ -539,7 +547,9 @@ fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
             let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
             let mut pages = 0usize;
             let mut rng = Rng::new(SEED_MIXED);
-            let mut step = || {
+            // The allocator is the step's argument, so that the trace (`BENCH_FLOOR_TRACE`) can
+            // be told between the warm-up and the steps profiled where the state is built.
+            let mut step = |a: &mut A| {
                 if pages < n / 2 {
                     let k = loop {
                         let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
@@ -559,21 +569,141 @@ fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
                 }
             };
             for _ in 0..2 * n {
-                step();
+                step(a);
             }
-            warm_then_profile(ops, &mut step)
+            a.mark();
+            warm_then_profile(ops, &mut || step(a))
         }
-        _ => fail("BENCH_FLOOR_PROFILE: workload is floor, hot, churn or mixed"),
+        _ => fail("BENCH_FLOOR_PROFILE: workload is floor, hot, churn, mixed or init"),
     }
 }
 
-/// `BENCH_FLOOR_PROFILE=workload/store/shift[:ops]` (workload `floor`, `hot`, `churn` or
-/// `mixed`; store `side-table`, `intrusive` or `frame` for FrameAllocator; 4 KiB pages, or
+/// FNV-1a's offset basis and prime, folded over whole 64-bit values (one xor and one multiply
+/// a value) for the trace; `benches/upstream/harness.c` folds the same.
+const TRACE_BASIS: u64 = 0xCBF2_9CE4_8422_2325;
+const TRACE_PRIME: u64 = 0x0100_0000_01B3;
+
+/// An allocator that records what it hands out (`BENCH_FLOOR_TRACE`): how many allocations,
+/// a hash of every result in order (a failure as `u64::MAX`), and the first `limit` results
+/// after the workload's state is built ([`Alloc::mark`]).
+struct Traced<A> {
+    inner: A,
+    allocs: u64,
+    hash: u64,
+    marked_at: Option<u64>,
+    first: Vec<u64>,
+    limit: usize,
+}
+
+impl<A: Alloc> Alloc for Traced<A> {
+    fn alloc(&mut self, order: u32) -> Option<usize> {
+        let r = self.inner.alloc(order);
+        let v = r.map_or(u64::MAX, |h| h as u64);
+        self.allocs += 1;
+        self.hash = (self.hash ^ v).wrapping_mul(TRACE_PRIME);
+        if self.marked_at.is_some() && self.first.len() < self.limit {
+            self.first.push(v);
+        }
+        r
+    }
+
+    fn free(&mut self, handle: usize, order: u32) {
+        self.inner.free(handle, order)
+    }
+
+    fn mark(&mut self) {
+        self.marked_at = Some(self.allocs);
+    }
+}
+
+/// The first values of the benchmarks' generator for `BENCH_FLOOR_TRACE`, so that a port of
+/// it (`benches/upstream/harness.c`) can be checked against it line for line.
+fn trace_rng() {
+    let mut line = String::from("trace rng:");
+    for seed in [SEED_CHURN, SEED_CHURN ^ 1, SEED_MIXED] {
+        let mut r = Rng::new(seed);
+        for _ in 0..3 {
+            let _ = write!(line, " {:016x}", r.next_u64());
+        }
+        let _ = write!(line, " {}", r.below(1000));
+        let _ = write!(line, " {}", (r.next_u64() | (1 << 63)).trailing_zeros());
+    }
+    println!("{line}");
+}
+
+/// [`profile_workload`] on `a`, through [`Traced`] when `BENCH_FLOOR_TRACE=limit` is set,
+/// whose record then goes to stdout (handles are pfns).
+fn run_profile<A: Alloc>(workload: &str, n: usize, ops: usize, mut a: A) {
+    let Some(limit) = std::env::var("BENCH_FLOOR_TRACE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return profile_workload(workload, n, ops, &mut a);
+    };
+    trace_rng();
+    let mut t = Traced {
+        inner: a,
+        allocs: 0,
+        hash: TRACE_BASIS,
+        marked_at: None,
+        first: Vec::with_capacity(limit),
+        limit,
+    };
+    profile_workload(workload, n, ops, &mut t);
+    println!(
+        "trace {workload}: allocs {} hash {:016x} marked at {}",
+        t.allocs,
+        t.hash,
+        t.marked_at.unwrap_or(0)
+    );
+    let mut line = String::from("trace first:");
+    for v in &t.first {
+        let _ = write!(line, " {v}");
+    }
+    println!("{line}");
+}
+
+/// `BENCH_FLOOR_ZERO`: `never` (the default) or `on-free`, the zero policy of a profile's pool.
+fn profile_zero() -> ZeroPolicy {
+    match std::env::var("BENCH_FLOOR_ZERO").as_deref() {
+        Err(_) | Ok("") | Ok("never") => ZeroPolicy::Never,
+        Ok("on-free") => ZeroPolicy::OnFree,
+        Ok(_) => fail("BENCH_FLOOR_ZERO: never or on-free"),
+    }
+}
+
+/// Writes a zero into every 4 KiB page of `bytes` (`BENCH_FLOOR_PREFAULT=1`), so that the
+/// kernel commits the mapping before anything is timed, not during the first steps that reach
+/// each page.
+fn prefault(bytes: &mut [u8]) {
+    for b in bytes.iter_mut().step_by(PAGE) {
+        // SAFETY: `b` is a valid, exclusive reference; volatile so that the write is kept.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
+/// The bytes of a mapping, to prefault it.
+fn bytes_of<T: pagebuddy::mapped::ZeroValid>(m: &mut MappedSlice<T>) -> &mut [u8] {
+    let len = std::mem::size_of_val(&**m);
+    // SAFETY: the mapping's `len` bytes are valid for writes, exclusively ours for the borrow;
+    // every type a `MappedSlice` holds is valid as zeros, and only zeros are written.
+    unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u8>(), len) }
+}
+
+/// `BENCH_FLOOR_PROFILE=workload/store/shift[:ops]` (workload `floor`, `hot`, `churn`, `mixed`
+/// or `init`; store `side-table`, `intrusive` or `frame` for FrameAllocator; 4 KiB pages, or
 /// huge-page-advised mappings with `BENCH_FLOOR_HUGE=1`): builds that state, runs `ops`
 /// operations (default 100,000) untimed and `ops` more through `profiled`, for callgrind's cache
 /// simulation to count the misses of those alone (`scripts/misses.py`), and prints the time per
 /// operation of the profiled loop (one timed run, for comparing two builds of the pool at a
 /// size `alloc.rs` does not run: alternate them, pinned to a core, and take the minimum).
+///
+/// `init`'s operation is building the pool over its mappings (`Pool::new`, or
+/// `Pool::without_arena` for a side table that zeroes nothing). `BENCH_FLOOR_ZERO=on-free`
+/// builds the pool zeroing on free (default `never`); a side table then has an arena too.
+/// `BENCH_FLOOR_PREFAULT=1` writes into every page of the mappings before the pool is built.
+/// `BENCH_FLOOR_TRACE=limit` prints what the pool handed out (`run_profile`).
+/// `scripts/upstream_c.py` runs this mode beside upstream pKVM's allocator.
 fn profile(arg: &str) {
     let (name, ops) = match arg.split_once(':') {
         Some((n, o)) => (n, o.parse().unwrap_or(100_000)),
@@ -591,6 +721,9 @@ fn profile(arg: &str) {
     } else {
         Advice::Default
     };
+    let zero = profile_zero();
+    let cfg = config(n).zero(zero);
+    let touch = std::env::var_os("BENCH_FLOOR_PREFAULT").is_some_and(|v| v == "1");
     match store {
         "side-table" => {
             let mut meta = map::<PageMeta>(n, advice);
@@ -602,11 +735,39 @@ fn profile(arg: &str) {
                 // SAFETY: as in `side_case`.
                 return unsafe { chase_for_profile(&mut nodes, ops) };
             }
+            // An arena only where the pool writes into it: zeroing.
+            let mut arena = (zero != ZeroPolicy::Never).then(|| map::<u8>(n * PAGE, advice));
+            if touch {
+                prefault(bytes_of(&mut meta));
+                prefault(bytes_of(&mut links));
+                if let Some(a) = arena.as_mut() {
+                    prefault(a);
+                }
+            }
             meta.fill(PageMeta::INIT);
             links.fill(Link::EMPTY);
-            match Pool::without_arena(&mut meta, SideTable::new(&mut links), config(n)) {
-                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
-                Err(e) => fail(&format!("floor: pool: {e}")),
+            if workload == "init" {
+                warm_then_profile(ops, &mut || {
+                    let pool = match arena.as_deref_mut() {
+                        Some(a) => {
+                            Pool::new(Arena::new(a), &mut meta, SideTable::new(&mut links), cfg)
+                        }
+                        None => Pool::without_arena(&mut meta, SideTable::new(&mut links), cfg),
+                    };
+                    match pool {
+                        Ok(p) => drop(black_box(p)),
+                        Err(e) => fail(&format!("floor: pool: {e}")),
+                    }
+                });
+            } else {
+                let pool = match arena.as_deref_mut() {
+                    Some(a) => Pool::new(Arena::new(a), &mut meta, SideTable::new(&mut links), cfg),
+                    None => Pool::without_arena(&mut meta, SideTable::new(&mut links), cfg),
+                };
+                match pool {
+                    Ok(p) => run_profile(workload, n, ops, Pb(p)),
+                    Err(e) => fail(&format!("floor: pool: {e}")),
+                }
             }
         }
         "intrusive" => {
@@ -619,16 +780,35 @@ fn profile(arg: &str) {
                 // SAFETY: as in `intrusive_case`.
                 return unsafe { chase_for_profile(&mut nodes, ops) };
             }
+            if touch {
+                prefault(bytes_of(&mut meta));
+                prefault(&mut arena);
+            }
             meta.fill(PageMeta::INIT);
-            match Pool::new(Arena::new(&mut arena), &mut meta, Intrusive, config(n)) {
-                Ok(p) => profile_workload(workload, n, ops, Pb(p)),
-                Err(e) => fail(&format!("floor: pool: {e}")),
+            if workload == "init" {
+                warm_then_profile(ops, &mut || match Pool::new(
+                    Arena::new(&mut arena),
+                    &mut meta,
+                    Intrusive,
+                    cfg,
+                ) {
+                    Ok(p) => drop(black_box(p)),
+                    Err(e) => fail(&format!("floor: pool: {e}")),
+                });
+            } else {
+                match Pool::new(Arena::new(&mut arena), &mut meta, Intrusive, cfg) {
+                    Ok(p) => run_profile(workload, n, ops, Pb(p)),
+                    Err(e) => fail(&format!("floor: pool: {e}")),
+                }
             }
         }
         "frame" => {
+            if zero != ZeroPolicy::Never || workload == "init" {
+                fail("BENCH_FLOOR_PROFILE: frame has no zero policy and no init workload");
+            }
             let mut f = FrameAllocator::new();
             f.add_frame(0, n);
-            profile_workload(workload, n, ops, Frame(f))
+            run_profile(workload, n, ops, Frame(f))
         }
         _ => fail("BENCH_FLOOR_PROFILE: store is side-table, intrusive or frame"),
     }
