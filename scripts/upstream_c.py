@@ -346,6 +346,24 @@ def table(medians: dict[str, float], lock: str) -> list[str]:
     return lines
 
 
+def spread(samples: dict[str, list[float]]) -> list[str]:
+    """The least and the most of each figure's rounds."""
+    runners = ("c-none", "c-ticket", "pagebuddy-side-table", "pagebuddy-intrusive")
+    lines = [
+        "| zero | workload | C, no-op lock | C, ticket lock | pagebuddy, side table "
+        "| pagebuddy, intrusive |",
+        "| --- | --- |" + " --- |" * len(runners),
+    ]
+    for zero in ZEROS:
+        for w in WORKLOADS:
+            cells = []
+            for name in runners:
+                xs = samples[f"{zero}/{w}/{name}"]
+                cells.append(f"{fmt_ns(min(xs))} to {fmt_ns(max(xs))}")
+            lines.append(f"| {zero} | {COLUMNS[w]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], text=True, capture_output=True).stdout
@@ -435,6 +453,7 @@ def main() -> None:
     ]
     out = [*head, "", "upstream with a no-op lock:", "", *table(medians, "none")]
     out += ["", "upstream with its ticket lock, uncontended:", "", *table(medians, "ticket")]
+    out += ["", f"least and most of the {args.rounds} rounds:", "", *spread(samples)]
     print("\n".join(out))
 
     doc = {
