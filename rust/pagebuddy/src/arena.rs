@@ -20,6 +20,9 @@ use crate::Pool;
 pub struct Arena<'a> {
     ptr: NonNull<u8>,
     len: usize,
+    /// The offsets with 8 bytes of the arena from them are those below this: `len - 7`, or 0
+    /// when `len < 8`. Kept so that an in-page link's bounds check is one comparison.
+    word_end: usize,
     _memory: PhantomData<&'a mut [u8]>,
 }
 
@@ -29,6 +32,7 @@ impl<'a> Arena<'a> {
         Arena {
             ptr: NonNull::from(&mut *bytes).cast(),
             len: bytes.len(),
+            word_end: bytes.len().saturating_sub(7),
             _memory: PhantomData,
         }
     }
@@ -43,6 +47,7 @@ impl<'a> Arena<'a> {
         Arena {
             ptr,
             len,
+            word_end: len.saturating_sub(7),
             _memory: PhantomData,
         }
     }
@@ -58,6 +63,7 @@ impl<'a> Arena<'a> {
         Arena {
             ptr: NonNull::dangling(),
             len: 0,
+            word_end: 0,
             _memory: PhantomData,
         }
     }
@@ -152,10 +158,13 @@ impl<'a> Arena<'a> {
     /// outside the arena.
     #[inline]
     pub(crate) fn read_u64(&self, off: usize) -> u64 {
-        match self.range(off, 8) {
-            // SAFETY: 8 bytes at `p` lie inside the arena; read_unaligned has no alignment need.
-            Some(p) => unsafe { core::ptr::read_unaligned(p as *const u64) },
-            None => 0,
+        if off < self.word_end {
+            // SAFETY: off < len - 7, so the 8 bytes [off, off + 8) lie inside the allocation
+            // that `ptr` is valid for (the contract of `new`/`from_raw`); read_unaligned has no
+            // alignment need.
+            unsafe { core::ptr::read_unaligned(self.ptr.as_ptr().add(off) as *const u64) }
+        } else {
+            0
         }
     }
 
@@ -163,9 +172,10 @@ impl<'a> Arena<'a> {
     /// range outside the arena is left alone.
     #[inline]
     pub(crate) fn write_u64(&mut self, off: usize, value: u64) {
-        if let Some(p) = self.range(off, 8) {
-            // SAFETY: 8 bytes at `p` lie inside the arena; write_unaligned has no alignment need.
-            unsafe { core::ptr::write_unaligned(p as *mut u64, value) }
+        if off < self.word_end {
+            // SAFETY: as in `read_u64`, [off, off + 8) lies inside the arena, valid for writes;
+            // write_unaligned has no alignment need.
+            unsafe { core::ptr::write_unaligned(self.ptr.as_ptr().add(off) as *mut u64, value) }
         }
     }
 }

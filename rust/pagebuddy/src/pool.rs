@@ -389,7 +389,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// `2^k` pages apart, so no two of the upper ones share a line), one store after another;
     /// hinted one split ahead, those misses overlap each other and the work in between instead
     /// of waiting in the store queue. The halves below 2^3 pages share the head's lines, which
-    /// `take_head` hints. A hint only: it changes nothing but time.
+    /// `take_head` hints. The links are hinted only where they lie in a table of their own
+    /// (`IN_PAGE_BYTES == 0`): an in-page link is a page of its own per half, and hinting
+    /// those made the intrusive hot pair slower with 4 KiB pages on both machines measured
+    /// (docs/exact-pool-levers.md). A hint only: it changes nothing but time.
     #[inline(always)]
     fn prefetch_next_split(&self, order: u32, found: u32) {
         let Some(next) = self.free.first(found) else {
@@ -399,9 +402,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             let half = next.wrapping_add(1 << k);
             // Any address is harmless to a hint: no bounds check needed for the metadata's.
             prefetch(self.meta.as_ptr().wrapping_add(half as usize));
-            self.free
-                .links
-                .prefetch(&self.arena, self.geo.page_size, half);
+            if L::IN_PAGE_BYTES == 0 {
+                // A side table: the half's link is a line of the table.
+                self.free
+                    .links
+                    .prefetch(&self.arena, self.geo.page_size, half);
+            }
         }
     }
 

@@ -336,7 +336,9 @@ pub(crate) struct FreeLists<L> {
     own: ListEnds,
     nr_pages: u32,
     base_pfn: u64,
-    page_size: usize,
+    /// log2 of the page size (a power of two, as the geometry requires): the links are
+    /// reached at `idx << page_shift`, which the compiler knows as a shift.
+    page_shift: u32,
 }
 
 impl<L: LinkStore> FreeLists<L> {
@@ -346,8 +348,17 @@ impl<L: LinkStore> FreeLists<L> {
             own: ListEnds::EMPTY,
             nr_pages,
             base_pfn,
-            page_size,
+            page_shift: page_size.trailing_zeros(),
         }
+    }
+
+    /// The page size, written as a power of two so that the store's `idx * page_size` is a
+    /// shift.
+    #[inline(always)]
+    fn page_size(&self) -> usize {
+        // The mask only spares a shift that could overflow the check (the geometry keeps the
+        // page size between 64 bytes and MAX_PAGE_SIZE); x86-64 and AArch64 shifts mask alike.
+        1 << (self.page_shift & (usize::BITS - 1))
     }
 
     fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
@@ -372,7 +383,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// The link of `idx`, with both ends checked to be NIL or a page of the pool.
     #[inline]
     pub(crate) fn link(&self, arena: &Arena<'_>, idx: u32) -> Result<Link, Corruption> {
-        let link = self.links.load(arena, self.page_size, idx);
+        let link = self.links.load(arena, self.page_size(), idx);
         // `i == NIL || i < nr_pages` in one comparison: NIL + 1 wraps to 0, and nr_pages is at
         // most MAX_PAGES < NIL.
         let ok = |i: u32| i.wrapping_add(1) <= self.nr_pages;
@@ -411,7 +422,7 @@ impl<L: LinkStore> FreeLists<L> {
         if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
             if u.next_next < self.nr_pages {
-                self.links.prefetch(arena, self.page_size, u.next_next);
+                self.links.prefetch(arena, self.page_size(), u.next_next);
             }
         }
         Ok(())
@@ -467,7 +478,7 @@ impl<L: LinkStore> FreeLists<L> {
         match tail_link {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
-                self.links.store(arena, self.page_size, tail, t);
+                self.links.store(arena, self.page_size(), tail, t);
             }
             _ => {
                 let ends = self.ends_mut();
@@ -477,7 +488,7 @@ impl<L: LinkStore> FreeLists<L> {
         }
         self.links.store(
             arena,
-            self.page_size,
+            self.page_size(),
             idx,
             Link {
                 prev: tail,
@@ -617,7 +628,7 @@ impl<L: LinkStore> FreeLists<L> {
                 prev: prev_prev,
                 next,
             };
-            self.links.store(arena, self.page_size, prev, link);
+            self.links.store(arena, self.page_size(), prev, link);
         }
         if next == Link::NIL {
             self.ends_mut().tail[o] = prev;
@@ -626,9 +637,9 @@ impl<L: LinkStore> FreeLists<L> {
                 prev,
                 next: next_next,
             };
-            self.links.store(arena, self.page_size, next, link);
+            self.links.store(arena, self.page_size(), next, link);
         }
-        self.links.clear(arena, self.page_size, idx);
+        self.links.clear(arena, self.page_size(), idx);
         let ends = self.ends_mut();
         ends.len[o] -= 1;
         if ends.len[o] == 0 {
