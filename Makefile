@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # one. scripts/venv-python.sh picks it before any work: an older one is refused at once, and a
 # .venv made by another interpreter than PYTHON is made anew. Goals that need no Python skip it.
 NO_PYTHON_GOALS := clean lint-rust test-rust valgrind fuzz-short fuzz-long loom loom-core loom-gate \
-    mutants
+    mutants bench-upstream
 ifneq ($(filter-out $(NO_PYTHON_GOALS),$(or $(MAKECMDGOALS),all)),)
 VENV_PYTHON := $(shell scripts/venv-python.sh "$(VENV)" "$(PYTHON)")
 ifneq ($(.SHELLSTATUS),0)
@@ -21,7 +21,7 @@ endif
 endif
 
 .PHONY: all demo develop test test-rust test-python lint lint-rust lint-python fmt wheel sdist bench \
-        bench-python \
+        bench-python bench-upstream \
         clean
 
 all: test
@@ -99,6 +99,11 @@ bench: develop
 ## bench-python: the Python benchmark and the core's side of it; rewrites that section only
 bench-python: develop
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/bench.sh --python
+
+## bench-upstream: the exact pool against upstream pKVM's page_alloc.c compiled in user space
+## (docs/upstream-c.md; fetches Debian's linux-source-6.1 unless PAGEBUDDY_KERNEL_SRC names a tree)
+bench-upstream:
+	python3 scripts/upstream_c.py
 
 # Tools of `make wheel` only: zig as the linker that targets an old glibc, auditwheel to confirm it.
 WHEEL_TOOLS := $(VENV)/.wheel-tools-installed
