@@ -511,11 +511,13 @@ def evaluate(
             "write; the metadata and result plumbing add the rest." + ipc + " `Heap` also "
             "splits and merges ten levels, but on singly linked LIFO lists with no per-page "
             "metadata and no checks; free-list does not split at all (it trims its first "
-            "range). A way to get there without changing the policy: a fast path for lists of "
-            "one element. `put` checks each link once (one walk), a free that merges with "
-            "nothing and an allocation that splits nothing take short paths of their own, and "
-            "an allocation hints the lines the next one of its order will miss on ([the levers]"
-            "(exact-pool-levers.md), with what was measured and not kept)."
+            "range). Getting there without changing the policy means list operations of a "
+            "fraction of today's instructions with every check kept; a shorter check for a buddy "
+            "alone on its list was measured and did not pay. `put` checks each link once (one "
+            "walk), a free that merges with nothing and an allocation that splits nothing take "
+            "short paths of their own, an allocation hints the lines the next one of its order "
+            "will miss on, and a split the lines the next split of its list will write ([the "
+            "levers](exact-pool-levers.md), with what was measured and not kept)."
         )
     if any(w == "churn" for w, _, _ in lost):
         ref_c = run.measure("churn", REF)
