@@ -384,7 +384,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// Hints the lines that the next allocation of `order` splitting list `found` will write:
-    /// the metadata and link of each upper half of the list's new head. An allocation that
+    /// the metadata of each upper half of the list's new head, and in a side table its link
+    /// (see below for in-page links). An allocation that
     /// splits a block takes the head of a FIFO list and writes a line per half (the halves are
     /// `2^k` pages apart, so no two of the upper ones share a line), one store after another;
     /// hinted one split ahead, those misses overlap each other and the work in between instead
