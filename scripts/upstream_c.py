@@ -262,6 +262,9 @@ def rust_cmd(
         BENCH_FLOOR_ZERO="on-free" if zero == "on" else "never",
         BENCH_FLOOR_PREFAULT="1",
     )
+    # The C harness reads UPSTREAM_HUGE (set by --huge); the floor benchmark its own name for it.
+    if os.environ.get("UPSTREAM_HUGE") == "1":
+        env["BENCH_FLOOR_HUGE"] = "1"
     return [str(exe)], env
 
 
@@ -396,8 +399,26 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=0, help="the CPU every run is pinned to")
     ap.add_argument("--cflags", default="-O2", help="flags for cc (default -O2)")
     ap.add_argument("--package", default=PACKAGE, help=f"Debian package (default {PACKAGE})")
-    ap.add_argument("--out", type=Path, default=OUT / "upstream.json")
+    ap.add_argument(
+        "--huge",
+        action="store_true",
+        help="advise every mapping of both sides (arena, metadata, links) for huge pages "
+        "(MADV_HUGEPAGE, 2 MiB aligned), as a hypervisor maps its memory with block mappings",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON written (default target/upstream/upstream.json, or upstream-huge.json "
+        "with --huge)",
+    )
     args = ap.parse_args()
+    # Both sides read it from the environment: the C harness as is, pagebuddy via rust_cmd.
+    if args.out is None:
+        args.out = OUT / ("upstream-huge.json" if args.huge else "upstream.json")
+    if args.huge:
+        os.environ["UPSTREAM_HUGE"] = "1"
+    else:
+        os.environ.pop("UPSTREAM_HUGE", None)
     wall = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     OUT.mkdir(parents=True, exist_ok=True)
@@ -443,7 +464,9 @@ def main() -> None:
             else ""
         )
         + f"; {build['cc_version']}, {args.cflags})",
-        f"{cpu}, every run pinned to CPU {args.cpu}; 2^{args.shift} pages of 4 KiB; median of "
+        f"{cpu}, every run pinned to CPU {args.cpu}; 2^{args.shift} pages of 4 KiB"
+        + ("; every mapping advised for huge pages" if args.huge else "")
+        + f"; median of "
         f"{args.rounds} rounds, C and pagebuddy alternating; {args.ops} steps timed after as many "
         f"untimed; init: {args.init_ops[0]} (zero off) or {args.init_ops[1]} (zero on) builds "
         f"timed after as many",
@@ -464,6 +487,7 @@ def main() -> None:
         "command": command,
         "cpu_model": cpu,
         "pinned_cpu": args.cpu,
+        "huge_pages": args.huge,
         "transparent_hugepage": Path("/sys/kernel/mm/transparent_hugepage/enabled")
         .read_text()
         .strip()

@@ -325,13 +325,27 @@ static void trace_rng(void)
 	printf("\n");
 }
 
-/* Maps `bytes` of anonymous memory and writes a zero into each of its 4 KiB pages. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/*
+ * Maps `bytes` of anonymous memory and writes a zero into each of its 4 KiB pages. With
+ * UPSTREAM_HUGE=1 in the environment (floor.rs's BENCH_FLOOR_HUGE=1), the mapping is aligned to
+ * 2 MiB and advised with MADV_HUGEPAGE before it is touched, as pagebuddy's MappedSlice does.
+ */
 static void *map_touched(size_t bytes)
 {
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	const char *huge = getenv("UPSTREAM_HUGE");
+	int advise = huge && !strcmp(huge, "1");
+	size_t len = advise ? bytes + HUGE_PAGE : bytes;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (p == MAP_FAILED)
 		die("mmap");
+	if (advise) {
+		p = (void *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+		if (madvise(p, bytes, MADV_HUGEPAGE))
+			die("madvise(MADV_HUGEPAGE)");
+	}
 	for (size_t off = 0; off < bytes; off += 4096)
 		((volatile unsigned char *)p)[off] = 0;
 	return p;
