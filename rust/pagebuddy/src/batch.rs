@@ -126,7 +126,7 @@ impl<L: LinkStore> Pool<'_, L> {
             if i > 0 {
                 self.free.links.clear(&mut self.arena, page_size, head);
             }
-            self.meta[head as usize] = PageMeta::new(1, order as u8);
+            self.meta[head as usize].set(PageMeta::new(1, order as u8));
             *pfn = self.geo.pfn(head);
         }
         self.free_pages -= 1 << found;

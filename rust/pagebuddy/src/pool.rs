@@ -416,9 +416,13 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// held once, counted and zeroed per the policy (if `ZERO`).
     #[inline(always)]
     fn hand_out<const ZERO: bool>(&mut self, idx: u32, order: u32) -> Result<u64, Error> {
-        self.meta[idx as usize] = PageMeta::new(1, order as u8);
+        self.meta[idx as usize].set(PageMeta::new(1, order as u8));
         self.free_pages -= 1 << order;
-        self.touched = self.touched.max(idx + (1 << order));
+        // Stored only when it grows: once every page has been handed out, never.
+        let end = idx + (1 << order);
+        if end > self.touched {
+            self.touched = end;
+        }
         if ZERO && self.geo.zero == ZeroPolicy::OnAlloc {
             self.zero_block(idx, order);
         }
@@ -432,7 +436,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         while order > target {
             order -= 1;
             let buddy = idx + (1 << order);
-            self.meta[buddy as usize] = PageMeta::new(0, order as u8);
+            self.meta[buddy as usize].set(PageMeta::new(0, order as u8));
             self.free.append(&mut self.arena, buddy, order)?;
         }
         Ok(())

@@ -46,6 +46,19 @@ impl PageMeta {
         }
     }
 
+    /// Overwrites `self` with `m` in one 4-byte store. `*meta = PageMeta::new(..)` compiles to
+    /// a store per field, and an allocation writes a page's metadata once for its head and
+    /// once for each half it splits off: three stores each where one does.
+    #[inline(always)]
+    pub(crate) fn set(&mut self, m: PageMeta) {
+        let [r0, r1] = m.refcount.to_ne_bytes();
+        let bits = u32::from_ne_bytes([r0, r1, m.order, m.batch]);
+        // SAFETY: `self` is 4 writable bytes (PageMeta is repr(C): a u16 then two u8s, no
+        // padding), exclusively borrowed; write_unaligned needs no alignment; the bytes written
+        // are `m`'s fields in that order, each in its native representation.
+        unsafe { core::ptr::write_unaligned((self as *mut PageMeta).cast::<u32>(), bits) }
+    }
+
     /// Whether this page heads a free block.
     #[inline]
     pub const fn is_free_head(&self) -> bool {
@@ -58,6 +71,9 @@ impl PageMeta {
         self.refcount == 0 && self.order == ABSENT
     }
 }
+
+// `PageMeta::set` writes a page's metadata as one 4-byte word.
+const _: () = assert!(core::mem::size_of::<PageMeta>() == 4);
 
 /// Reinterprets a byte slice as `[T]`, checking size and alignment.
 fn cast_slice<T>(bytes: &mut [u8], count: usize) -> Result<&mut [T], ()> {

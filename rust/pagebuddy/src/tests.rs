@@ -69,6 +69,20 @@ fn by_puts(config: Config) -> (Vec<Vec<u64>>, Vec<PageMeta>, u32) {
 }
 
 #[test]
+fn meta_set_writes_every_field() {
+    let want = PageMeta {
+        refcount: 0x1234,
+        order: 7,
+        batch: 9,
+    };
+    let mut metas = [PageMeta::INIT; 3];
+    metas[1].set(want);
+    assert_eq!(metas, [PageMeta::INIT, want, PageMeta::INIT]);
+    metas[1].set(PageMeta::new(1, NO_ORDER));
+    assert_eq!(metas[1], PageMeta::new(1, NO_ORDER));
+}
+
+#[test]
 fn initial_state_equals_sequential_puts() {
     for nr in 1..=40usize {
         for base in [0u64, 1, 2, 3, 5, 7, 8, 37, 1 << 40] {
