@@ -66,15 +66,27 @@ def executable() -> str:
         text=True,
         check=True,
     )
-    for line in proc.stdout.splitlines():
-        m = json.loads(line)
+    exe = floor_executable(proc.stdout)
+    if exe is None:
+        raise SystemExit("misses: no floor benchmark binary")
+    return exe
+
+
+def floor_executable(cargo_json: str) -> str | None:
+    """The floor benchmark's binary named in the output of `cargo ... --message-format=json`
+    (scripts/upstream_c.py reads its own build with it too)."""
+    for line in cargo_json.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
         if (
             m.get("reason") == "compiler-artifact"
             and m.get("executable")
             and m["target"]["name"] == "floor"
         ):
             return str(m["executable"])
-    raise SystemExit("misses: no floor benchmark binary")
+    return None
 
 
 def misses(exe: str, case: str, ops: int, d1: tuple[int, int, int], ll: tuple[int, int, int]):

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from misses import floor_executable  # scripts/misses.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "upstream"
 SHIMS = ROOT / "benches" / "upstream" / "include"
@@ -235,18 +237,10 @@ def build_rust(cpu: int) -> Path:
         ],
         cwd=ROOT,
     )
-    for line in p.stdout.splitlines():
-        try:
-            m = json.loads(line)
-        except ValueError:
-            continue
-        if (
-            m.get("reason") == "compiler-artifact"
-            and m.get("executable")
-            and m["target"]["name"] == "floor"
-        ):
-            return Path(m["executable"])
-    raise SystemExit("upstream_c: no floor benchmark binary")
+    exe = floor_executable(p.stdout)
+    if exe is None:
+        raise SystemExit("upstream_c: no floor benchmark binary")
+    return Path(exe)
 
 
 def rust_cmd(
