@@ -585,6 +585,12 @@ impl<L: LinkStore> FreeLists<L> {
         let o = slot(order);
         let me = self.link(arena, idx)?;
         if me.prev != Link::NIL {
+            // Inlined, though no consistent list gets here: out of line, its `Unlink` came
+            // back through the stack, the compiler wrote this path's into the same slot as two
+            // 4-byte halves and read them back as one word, a load the store buffer cannot
+            // forward, and the intrusive churn step waited for the freed page's link to reach
+            // memory: 95 to 157 ns (docs/exact-pool-levers.md, "Store-forwarding stalls";
+            // `scripts/forwarding.py` finds such loads).
             return self.plan_remove(arena, idx, order);
         }
         let next_next = if me.next == Link::NIL {
