@@ -13,9 +13,10 @@ intrusive churn step from 95 to 157 ns (docs/exact-pool-levers.md, "Store-forwar
 This script builds the floor benchmark (`benches/benches/floor.rs`, the same build as
 `scripts/misses.py`), disassembles it, and reports every load from a stack slot that overlaps an
 earlier store to the stack without lying inside it, in the functions that run the pool's
-operations. The scan follows each function's instructions in address order, not its control
-flow, so a store on one branch and a load on another are reported too: read each finding in
-the disassembly. Exit status 1 if there is any.
+operations. The scan follows each function's direct jumps (a call is taken to return and to
+leave the caller's stack slots alone), and a store reaches every load on some path from it,
+including paths the program never takes: read each finding in the disassembly. Exit status 1
+if there is any.
 
     python3 scripts/forwarding.py                     # the floor benchmark, built here
     python3 scripts/forwarding.py --binary PATH       # a binary built elsewhere
@@ -27,6 +28,7 @@ import argparse
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +96,7 @@ def operand_size(mnemonic: str, other: str) -> int:
     return _SUFFIX.get(mnemonic[-1], 0)
 
 
-def _writes_rsp(mnemonic: str, operands: list[str]) -> bool:
+def _writes_rsp(mnemonic: str, operands: Sequence[str]) -> bool:
     return mnemonic.startswith(("push", "pop", "leave", "ret")) or (
         bool(operands) and operands[-1] == "%rsp"
     )
@@ -135,32 +137,39 @@ def _successors(code: list[_Insn], i: int, index: dict[int, int]) -> list[int]:
         target = insn.operands[0].split()[0]
         if re.fullmatch(r"[0-9a-f]+", target) and int(target, 16) in index:
             out.append(index[int(target, 16)])
-    ends = insn.mnemonic in ("jmp", "ret", "ud2", "int3") or insn.mnemonic.startswith("jmp")
+    ends = insn.mnemonic.startswith(("jmp", "ret")) or insn.mnemonic in ("ud2", "int3")
     if not ends and i + 1 < len(code):
         out.append(i + 1)
     return out
 
 
 _Store = tuple[int, int, int]  # (offset from %rsp, bytes, address of the store)
+_PURE_READS = ("cmp", "test", "bt")
 
 
-def _stack_store(insn: _Insn) -> _Store | None:
-    if len(insn.operands) != 2 or not insn.mnemonic.startswith(("mov", "set")):
-        return None
-    slot = _STACK.match(insn.operands[1])
-    size = operand_size(insn.mnemonic, insn.operands[0]) if slot else 0
-    return (int(slot.group(1) or "0", 16), size, insn.addr) if slot and size else None
-
-
-def _stack_load(insn: _Insn) -> tuple[int, int] | None:
-    if len(insn.operands) != 2 or insn.mnemonic.startswith("lea"):
-        return None
-    src, dst = insn.operands
-    slot = _STACK.match(src)
-    if not slot or dst.startswith("$") or _STACK.match(dst):
-        return None
-    size = operand_size(insn.mnemonic, dst)
-    return (int(slot.group(1) or "0", 16), size) if size else None
+def _stack_access(insn: _Insn) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """What `insn` reads and writes of the stack, each as (offset from %rsp, bytes) or None:
+    `mov`s and `set`s write their destination and `mov`s read their source, comparisons only
+    read, `lea` touches nothing, and any other instruction reads a stack operand and, where it
+    is the destination, writes it back (`add %eax,0x8(%rsp)`)."""
+    ops, mnemonic = insn.operands, insn.mnemonic
+    slots = [k for k, o in enumerate(ops) if _STACK.match(o)]
+    if len(slots) != 1 or mnemonic.startswith("lea"):
+        return None, None
+    k = slots[0]
+    m = _STACK.match(ops[k])
+    assert m is not None
+    other = ops[1 - k] if len(ops) == 2 else ""
+    size = operand_size(mnemonic, other)
+    if not size:
+        return None, None
+    slot = (int(m.group(1) or "0", 16), size)
+    last = k == len(ops) - 1
+    if mnemonic.startswith("set") or (mnemonic.startswith("mov") and last):
+        return None, slot
+    if mnemonic.startswith("mov") or mnemonic.startswith(_PURE_READS) or not last:
+        return slot, None
+    return slot, slot
 
 
 def scan(asm: str, hot: str = HOT) -> list[Finding]:
@@ -177,23 +186,23 @@ def scan(asm: str, hot: str = HOT) -> list[Finding]:
             i = work.pop()
             insn = code[i]
             out = set(reach[i])
-            if _writes_rsp(insn.mnemonic, list(insn.operands)):
+            if _writes_rsp(insn.mnemonic, insn.operands):
                 out = set()
             else:
-                store = _stack_store(insn)
-                if store:
-                    off, size, _ = store
+                _, written = _stack_access(insn)
+                if written:
+                    off, size = written
                     out = {s for s in out if not (off <= s[0] and s[0] + s[1] <= off + size)}
-                    out.add(store)
+                    out.add((off, size, insn.addr))
             for j in _successors(code, i, index):
                 if not out <= reach[j]:
                     reach[j] |= out
                     work.append(j)
         for i, insn in enumerate(code):
-            load = _stack_load(insn)
-            if not load:
+            read, _ = _stack_access(insn)
+            if not read:
                 continue
-            off, size = load
+            off, size = read
             for s_off, s_size, s_addr in sorted(reach[i]):
                 overlaps = s_off < off + size and off < s_off + s_size
                 inside = s_off <= off and off + size <= s_off + s_size

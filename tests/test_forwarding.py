@@ -121,3 +121,22 @@ def test_operand_sizes() -> None:
     assert fw.operand_size("movzwl", "%eax") == 2
     assert fw.operand_size("movl", "$0xffffffff") == 4
     assert fw.operand_size("sete", "") == 1
+
+
+def test_flags_stored_and_comparisons_read_count_too() -> None:
+    # A byte written by `sete` and read back as a quadword by `cmpq`; an `addl` to a slot both
+    # reads it and writes it whole, so the `movl` read after it lies inside its store.
+    asm = function(
+        HOT,
+        """
+        sete   0x8(%rsp)
+        cmpq   $0x0,0x8(%rsp)
+        addl   $0x1,0x10(%rsp)
+        mov    0x10(%rsp),%eax
+        lea    0x8(%rsp),%rdi
+        """,
+    )
+    found = forwarding().scan(asm)
+    assert [(f.load_addr, f.load_size, f.store_addr, f.store_size) for f in found] == [
+        ("1004", 8, "1000", 1)
+    ]
