@@ -153,12 +153,10 @@ def _stack_access(insn: _Insn) -> tuple[tuple[int, int] | None, tuple[int, int] 
     read, `lea` touches nothing, and any other instruction reads a stack operand and, where it
     is the destination, writes it back (`add %eax,0x8(%rsp)`)."""
     ops, mnemonic = insn.operands, insn.mnemonic
-    slots = [k for k, o in enumerate(ops) if _STACK.match(o)]
+    slots = [(k, m) for k, o in enumerate(ops) if (m := _STACK.match(o))]
     if len(slots) != 1 or mnemonic.startswith("lea"):
         return None, None
-    k = slots[0]
-    m = _STACK.match(ops[k])
-    assert m is not None
+    k, m = slots[0]
     other = ops[1 - k] if len(ops) == 2 else ""
     size = operand_size(mnemonic, other)
     if not size:
@@ -239,7 +237,7 @@ def main() -> int:
     findings = scan(asm)
     for f in findings:
         print(f)
-    functions = sum(1 for line in asm.splitlines() if _HEAD.match(line) and re.search(HOT, line))
+    functions = len(_functions(asm, HOT))
     print(
         f"{len(findings)} stack loads spanning narrower stores in {functions} functions of {binary}"
     )
