@@ -34,7 +34,7 @@ from pathlib import Path
 
 # The benchmark's calls into the pool (`Pb`'s `alloc` and `free`, where the pool's fast paths
 # are inlined), the pool's own out-of-line functions, and the loops that time them.
-HOT = r"Pb<L> as floor::Alloc>::(alloc|free)>|pagebuddy::pool::Pool<L>::|<floor::profiled>"
+HOT = r"Pb<L> as floor::Alloc>::(alloc|free)>|pagebuddy::pool::Pool<L>::|<floor::profiled(_steps)?>"
 
 _REG8 = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"} | {f"r{i}" for i in range(8, 16)}
 _REG4 = {"eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp"} | {f"r{i}d" for i in range(8, 16)}

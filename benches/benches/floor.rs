@@ -195,13 +195,43 @@ fn churn_state<A: Alloc>(n: usize, a: &mut A) -> Vec<usize> {
 /// Churn on `a` over `n` pages: every page allocated at order 0, a random half freed in random
 /// order, then each step frees a random held page and allocates one in its place. ns per step.
 fn churn<A: Alloc>(n: usize, rounds: usize, a: &mut A) -> f64 {
-    let mut all = churn_state(n, a);
-    let mut rng = Rng::new(SEED_CHURN);
-    timed(rounds, 1 << 20, || {
-        let i = rng.below(all.len());
-        a.free(all[i], 0);
-        all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
-    })
+    let mut churn = Churn::new(n, a);
+    timed(rounds, 1 << 20, || churn.step(a))
+}
+
+/// A workload's state, and its step on an allocator.
+trait Workload {
+    /// One step on `a`. Each implementation is `#[inline(always)]`, so that the step is inlined
+    /// into the loop that runs it, as `benches/upstream/harness.c` writes its loops: a step
+    /// left out of line (the compiler left the mixed step's closure so, too large to inline at
+    /// two call sites) is a call that saves registers, stores a step besides the allocator's
+    /// own, which the timing then charges to the allocator.
+    fn step<A: Alloc>(&mut self, a: &mut A);
+}
+
+/// The churn workload's state: the held pages, and the generator that picks the one to free.
+struct Churn {
+    all: Vec<usize>,
+    rng: Rng,
+}
+
+impl Churn {
+    /// The churn state of `a` over `n` pages ([`churn_state`]).
+    fn new<A: Alloc>(n: usize, a: &mut A) -> Self {
+        Churn {
+            all: churn_state(n, a),
+            rng: Rng::new(SEED_CHURN),
+        }
+    }
+}
+
+impl Workload for Churn {
+    #[inline(always)]
+    fn step<A: Alloc>(&mut self, a: &mut A) {
+        let i = self.rng.below(self.all.len());
+        a.free(self.all[i], 0);
+        self.all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
+    }
 }
 
 /// The least an allocator that keeps state per page can do on churn: one 4-byte word a page
@@ -248,6 +278,50 @@ impl Alloc for Least {
     }
 }
 
+/// The mixed workload over `n` pages: while fewer than half the pages are held, each step
+/// allocates a block of a drawn order (`k` with probability 2^-(k+1), redrawn above
+/// [`MIXED_MAX_ORDER`]); otherwise it frees a random held block.
+struct Mixed {
+    held: Vec<(usize, u32)>,
+    pages: usize,
+    half: usize,
+    rng: Rng,
+}
+
+impl Mixed {
+    fn new(n: usize) -> Self {
+        Mixed {
+            held: Vec::with_capacity(n),
+            pages: 0,
+            half: n / 2,
+            rng: Rng::new(SEED_MIXED),
+        }
+    }
+}
+
+impl Workload for Mixed {
+    #[inline(always)]
+    fn step<A: Alloc>(&mut self, a: &mut A) {
+        if self.pages < self.half {
+            let k = loop {
+                let k = (self.rng.next_u64() | (1 << 63)).trailing_zeros();
+                if k <= MIXED_MAX_ORDER {
+                    break k;
+                }
+            };
+            if let Some(h) = a.alloc(k) {
+                self.held.push((h, k));
+                self.pages += 1 << k;
+            }
+        } else {
+            let i = self.rng.below(self.held.len());
+            let (h, k) = self.held.swap_remove(i);
+            a.free(h, k);
+            self.pages -= 1 << k;
+        }
+    }
+}
+
 /// Hot, churn and mixed on `make()`'s allocator over `n` pages: ns per pair, step, step.
 fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> [f64; 3] {
     let hot = {
@@ -260,32 +334,11 @@ fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> 
     let churn = churn(n, rounds, &mut make());
     let mixed = {
         let mut a = make();
-        let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
-        let mut pages = 0usize;
-        let mut rng = Rng::new(SEED_MIXED);
-        let mut step = || {
-            if pages < n / 2 {
-                let k = loop {
-                    let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
-                    if k <= MIXED_MAX_ORDER {
-                        break k;
-                    }
-                };
-                if let Some(h) = a.alloc(k) {
-                    held.push((h, k));
-                    pages += 1 << k;
-                }
-            } else {
-                let i = rng.below(held.len());
-                let (h, k) = held.swap_remove(i);
-                a.free(h, k);
-                pages -= 1 << k;
-            }
-        };
+        let mut mixed = Mixed::new(n);
         for _ in 0..2 * n {
-            step();
+            mixed.step(&mut a);
         }
-        timed(rounds, 1 << 20, step)
+        timed(rounds, 1 << 20, || mixed.step(&mut a))
     };
     [hot, churn, mixed]
 }
@@ -517,10 +570,36 @@ fn warm_then_profile<F: FnMut()>(ops: usize, step: &mut F) {
 fn time_loop<F: FnMut()>(ops: usize, step: &mut F) {
     let t = Instant::now();
     profiled(ops, step);
+    report(t, ops);
+}
+
+/// The time per operation of `ops` operations since `t`, on stderr (under valgrind, the
+/// simulated time).
+fn report(t: Instant, ops: usize) {
     eprintln!(
         "{:.2} ns per operation",
         t.elapsed().as_nanos() as f64 / ops.max(1) as f64
     );
+}
+
+/// [`warm_then_profile`] for a [`Workload`]: its steps inlined into the loops, the timed one
+/// [`profiled_steps`].
+fn warm_then_profile_steps<W: Workload, A: Alloc>(ops: usize, w: &mut W, a: &mut A) {
+    for _ in 0..ops {
+        w.step(a);
+    }
+    let t = Instant::now();
+    profiled_steps(ops, w, a);
+    report(t, ops);
+}
+
+/// [`profiled`] for a [`Workload`]: `w`'s step on `a`, `ops` times, inlined into this loop.
+/// Named so that callgrind's `--toggle-collect='*profiled*'` collects it as well.
+#[inline(never)]
+fn profiled_steps<W: Workload, A: Alloc>(ops: usize, w: &mut W, a: &mut A) {
+    for _ in 0..ops {
+        w.step(a);
+    }
 }
 
 /// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled`.
@@ -534,45 +613,18 @@ fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, a: &mut A) {
             })
         }
         "churn" => {
-            let mut all = churn_state(n, a);
+            let mut churn = Churn::new(n, a);
             a.mark();
-            let mut rng = Rng::new(SEED_CHURN);
-            warm_then_profile(ops, &mut || {
-                let i = rng.below(all.len());
-                a.free(all[i], 0);
-                all[i] = a.alloc(0).unwrap_or_else(|| fail("churn: alloc"));
-            })
+            warm_then_profile_steps(ops, &mut churn, a)
         }
         "mixed" => {
-            let mut held: Vec<(usize, u32)> = Vec::with_capacity(n);
-            let mut pages = 0usize;
-            let mut rng = Rng::new(SEED_MIXED);
-            // The allocator is the step's argument, so that the trace (`BENCH_FLOOR_TRACE`) can
-            // be told between the warm-up and the steps profiled where the state is built.
-            let mut step = |a: &mut A| {
-                if pages < n / 2 {
-                    let k = loop {
-                        let k = (rng.next_u64() | (1 << 63)).trailing_zeros();
-                        if k <= MIXED_MAX_ORDER {
-                            break k;
-                        }
-                    };
-                    if let Some(h) = a.alloc(k) {
-                        held.push((h, k));
-                        pages += 1 << k;
-                    }
-                } else {
-                    let i = rng.below(held.len());
-                    let (h, k) = held.swap_remove(i);
-                    a.free(h, k);
-                    pages -= 1 << k;
-                }
-            };
+            let mut mixed = Mixed::new(n);
             for _ in 0..2 * n {
-                step(a);
+                mixed.step(a);
             }
+            // The state is built: tell the trace (`BENCH_FLOOR_TRACE`) before the steps profiled.
             a.mark();
-            warm_then_profile(ops, &mut || step(a))
+            warm_then_profile_steps(ops, &mut mixed, a)
         }
         _ => fail("BENCH_FLOOR_PROFILE: workload is floor, hot, churn, mixed or init"),
     }
