@@ -18,6 +18,7 @@ profiled function, so its figure is the difference of two runs of different leng
     python3 scripts/stores.py churn/intrusive
     python3 scripts/stores.py hot/side-table --ops 50000 --min 0.5
     python3 scripts/stores.py churn/intrusive --upstream
+    python3 scripts/stores.py mixed/intrusive --exe /tmp/floor-before   # another build
 
 Valgrind runs `bt`, `btc`, `bts` and `btr` on registers through memory of its own; those
 writes are not the program's and are left out.
@@ -235,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zero", choices=("never", "on-free"), default="never")
     ap.add_argument("--min", type=float, default=0.5, help="list instructions writing this often")
     ap.add_argument("--upstream", action="store_true", help="upstream pKVM's C as well")
+    ap.add_argument("--exe", help="a build of the floor benchmark to count (default: build one)")
     args = ap.parse_args(argv)
     if args.ops < 2 or not 10 <= args.shift <= 26:
         ap.error("--ops is at least 2 and --shift 10 to 26")
     workload, store = args.case
     from misses import executable  # scripts/misses.py, beside this script
 
-    exe = executable()
+    exe = args.exe or executable()
+    if not Path(exe).is_file():
+        raise SystemExit(f"stores: {exe}: no such file")
     env = {
         **os.environ,
         "BENCH_FLOOR_PROFILE": f"{workload}/{store}/{args.shift}:{args.ops}",

@@ -517,20 +517,25 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // plan's bookkeeping, so that a free that merges with nothing (most frees of single
         // pages once a pool is in use) runs only this.
         let tail = self.free.plan_append(&self.arena, order)?;
-        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
+        let zero = ZERO && self.geo.zero == ZeroPolicy::OnFree;
+        if zero && L::IN_PAGE_BYTES != 0 {
             return self.put_appending_zeroed(idx, order, tail, plan);
         }
         plan.begin();
         self.meta[idx as usize].refcount = 0;
+        if zero {
+            // Side tables: the zeroing's call stays here (out of line, it cost their merge
+            // loop a register: one spill more a merge in the hot pair).
+            self.zero_freed_block(idx, order);
+        }
         self.free_pages += 1 << order;
         self.free.append_planned(&mut self.arena, idx, order, tail);
         Ok(())
     }
 
-    /// The end of a free that merges with nothing, zeroing the block first: out of line and
-    /// in tail position, so that the free that does not zero makes no call on its way and
-    /// keeps its values in fewer saved registers (with the zeroing's call in the middle of
-    /// it, every free pushed six; see [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
+    /// The end of a free that merges with nothing, zeroing the block first, for links in the
+    /// pages: out of line and in tail position, so that a free that does not zero makes no
+    /// call on its way (see [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
     #[inline(never)]
     fn put_appending_zeroed<P: Plan>(
         &mut self,
@@ -547,11 +552,13 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// [`put_merging`](Self::put_merging) out of line, for links in the pages: there a free
-    /// that merges with nothing, which never reaches this code, keeps its values in fewer
-    /// saved registers with the merge a call away (three pushed a free instead of six), and
-    /// every store counts: each write a step waits in the store queue behind the freed page's
-    /// link, a line that misses (docs/exact-pool-levers.md, "Fewer stores a free").
+    /// [`put_merging`](Self::put_merging) out of line, for links in the pages. With the merge
+    /// and the zeroing ([`put_appending_zeroed`](Self::put_appending_zeroed)) a call away in
+    /// tail position, a free that merges with nothing makes no call on its way and saves
+    /// three registers, not six. There every store counts: a free writes the freed page's
+    /// link, a line that misses, and every store after it waits in the store queue until it
+    /// leaves (stores leave in order), so a churn step's time follows its stores
+    /// (docs/exact-pool-levers.md, "Stores a step"; `scripts/stores.py` counts them).
     #[inline(never)]
     fn put_merging_out_of_line<const ZERO: bool, P: Plan>(
         &mut self,
