@@ -1662,13 +1662,18 @@ def misses_section(out: list[str]) -> None:
         "run once with the L2 and once with the L3 as the last level), over "
         f"{d['ops']:,} operations of each workload counted after as many untimed ones, in the "
         "floor benchmark's profile mode (`BENCH_FLOOR_PROFILE`, 4 KiB pages). Cells: data "
-        "misses (reads and writes) per operation at each level, and instructions per "
-        "operation; the times are those of the floor section. Callgrind simulates no TLB: what "
-        "a page walk adds shows in the floor section as the difference between 4 KiB and huge "
-        "pages. Figures from `docs/data/misses.json`.",
+        "misses (reads and writes) per operation at each level, and instructions and writes "
+        "per operation; the times are those of the floor section. Callgrind simulates no TLB: "
+        "what a page walk adds shows in the floor section as the difference between 4 KiB and "
+        "huge pages. Writes count beside the misses where an operation writes a line that "
+        "misses, as a free with links in the pages writes the freed page's link: stores leave "
+        "the store queue in order, so each write after that one waits for it "
+        '([the levers](exact-pool-levers.md), "Stores a step"; `scripts/stores.py` lists '
+        "them by instruction). Figures from `docs/data/misses.json`.",
         "",
-        "| pages | allocator | workload | instructions | L1d misses | L2 misses | L3 misses |",
-        "|---|---|---|---|---|---|---|",
+        "| pages | allocator | workload | instructions | writes | L1d misses | L2 misses "
+        "| L3 misses |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for c in d["cases"]:
@@ -1677,9 +1682,11 @@ def misses_section(out: list[str]) -> None:
             notes.append(f"{pow2(pages)}, {MISS_STORES[c['store']]}: {c['note']}.")
             continue
         w = c["workload"]
+        writes = f"{c['writes']:,.1f}" if "writes" in c else "-"
         out.append(
             f"| {pow2(pages)} | {MISS_STORES[c['store']]} | {w} (per {MISS_WORKLOADS[w][0]}) "
-            f"| {c['instructions']:,.0f} | {c['l1d']:.2f} | {c['l2']:.2f} | {c['l3']:.2f} |"
+            f"| {c['instructions']:,.0f} | {writes} | {c['l1d']:.2f} | {c['l2']:.2f} "
+            f"| {c['l3']:.2f} |"
         )
     out.append("")
     if notes:
@@ -1709,10 +1716,11 @@ def misses_section(out: list[str]) -> None:
                 if fl and fl[at] >= 0.5 and at != "l1d"
                 else ""
             )
+            writes = f", {c['writes']:,.1f} writes" if "writes" in c else ""
             parts.append(
                 f"{pow2(pages)} {store.replace('-', ' ')}: {c['instructions']:,.0f} "
-                f"instructions and {c['l1d']:.2f} / {c['l2']:.2f} / {c['l3']:.2f} misses a "
-                f"{unit} (L1d / L2 / L3), bound by {level}{worth}"
+                f"instructions{writes} and {c['l1d']:.2f} / {c['l2']:.2f} / {c['l3']:.2f} "
+                f"misses a {unit} (L1d / L2 / L3), bound by {level}{worth}"
             )
         frame = [
             f"{pow2(pages)} {c['instructions']:,.0f} instructions, {c['l3']:.2f} L3 misses"

@@ -4,11 +4,14 @@ simulation (standard library and valgrind only; `perf stat` has no hardware coun
 
 Each case runs the floor benchmark's profile mode (`BENCH_FLOOR_PROFILE=workload/store/shift:ops`
 in benches/benches/floor.rs: the state built, `ops` operations untimed, `ops` more inside the
-function `profiled`, the only one callgrind collects in, `--toggle-collect='*profiled*'`), twice:
+function `profiled` or `profiled_steps`, the only ones callgrind collects in,
+`--toggle-collect='*profiled*'`), twice:
 once with this CPU's L1d and L2 as callgrind's D1 and LL, once with its L1d and L3, read from
 /sys/devices/system/cpu/cpu0/cache. The misses of reads and writes of data, divided by `ops`, are
-the misses per operation at each level. Callgrind simulates no TLB: what 4 KiB pages cost on top
-is the difference between the floor benchmark's two mappings.
+the misses per operation at each level; the first run also counts the writes per operation
+(scripts/stores.py: valgrind's own writes for `bt*` on registers left out). Callgrind simulates
+no TLB: what 4 KiB pages cost on top is the difference between the floor benchmark's two
+mappings.
 
     python3 scripts/misses.py                       # 2^18 and 2^22 pages -> docs/data/misses.json
     python3 scripts/misses.py --shifts 18 --ops 20000 --out /tmp/m.json
@@ -29,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stores  # scripts/stores.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "pagebuddy-misses/1"
@@ -52,6 +58,21 @@ def cache_levels() -> dict[str, tuple[int, int, int]]:
         line = int((index / "coherency_line_size").read_text())
         out["L1d" if level == "1" else f"L{level}"] = (nbytes, ways, line)
     return out
+
+
+def simulable(level: tuple[int, int, int]) -> tuple[int, int, int]:
+    """`level` (bytes, ways, line) as callgrind can simulate it: the same bytes and line, with
+    the ways changed if need be so that the number of sets is a power of two, which callgrind
+    requires (a 480 MiB 16-way L3 has 491,520 sets; simulated as 30-way, 262,144 sets)."""
+    nbytes, ways, line = level
+    lines = nbytes // line
+    sets = lines // ways if ways else 0
+    if sets > 0 and sets & (sets - 1) == 0 and lines % ways == 0:
+        return level
+    sets = 1 << max((lines // max(ways, 1)).bit_length() - 1, 0)
+    while sets > 1 and lines % sets:
+        sets >>= 1
+    return (nbytes, lines // sets, line)
 
 
 def executable() -> str:
@@ -89,14 +110,25 @@ def floor_executable(cargo_json: str) -> str | None:
     return None
 
 
-def misses(exe: str, case: str, ops: int, d1: tuple[int, int, int], ll: tuple[int, int, int]):
-    """(D1 misses, LL misses, instructions) of the profiled loop, data reads and writes."""
+def misses(
+    exe: str,
+    case: str,
+    ops: int,
+    d1: tuple[int, int, int],
+    ll: tuple[int, int, int],
+    dump: Path | None = None,
+):
+    """(D1 misses, LL misses, instructions) of the profiled loop, data reads and writes; with
+    `dump`, callgrind's costs per instruction are written there (for scripts/stores.py)."""
     spec = lambda c: ",".join(map(str, c))  # noqa: E731
+    out = ["--callgrind-out-file=/dev/null"]
+    if dump is not None:
+        out = [f"--callgrind-out-file={dump}", "--dump-instr=yes"]
     proc = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
+            *out,
             "--cache-sim=yes",
             f"--I1={spec(d1)}",
             f"--D1={spec(d1)}",
@@ -125,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "data" / "misses.json"))
     args = ap.parse_args(argv)
     shifts = [int(x) for x in args.shifts.split(",")]
-    levels = cache_levels()
+    levels = {k: simulable(v) for k, v in cache_levels().items()}
     exe = executable()
     try:
         available = (
@@ -142,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         available = 0
     started = time.time()
     cases: list[dict[str, Any]] = []
+    insns = None  # the binary's instructions, read once (scripts/stores.py)
     for shift in shifts:
         for store in STORES:
             # An intrusive pool touches every page of its arena: as the floor benchmark, only
@@ -161,14 +194,23 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 case = f"{workload}/{store}/{shift}"
                 print(f"misses: {case}", file=sys.stderr)
-                d1, l2, ir = misses(exe, case, args.ops, levels["L1d"], levels["L2"])
+                dump = ROOT / "target" / f"misses.{os.getpid()}.callgrind"
+                try:
+                    d1, l2, ir = misses(exe, case, args.ops, levels["L1d"], levels["L2"], dump)
+                    costs = stores.parse_callgrind(dump.read_text())
+                finally:
+                    dump.unlink(missing_ok=True)
                 _, l3, _ = misses(exe, case, args.ops, levels["L1d"], levels["L3"])
+                if insns is None:
+                    insns = stores.objdump(exe)
+                writes = stores.summarise(costs, insns, args.ops, float("inf")).writes
                 cases.append(
                     {
                         "shift": shift,
                         "store": store,
                         "workload": workload,
                         "instructions": round(ir / args.ops, 1),
+                        "writes": round(writes, 1),
                         "l1d": round(d1 / args.ops, 2),
                         "l2": round(l2 / args.ops, 2),
                         "l3": round(l3 / args.ops, 2),

@@ -1,0 +1,41 @@
+"""scripts/misses.py: the cache geometries it asks callgrind to simulate."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def misses() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("misses", ROOT / "scripts/misses.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "level",
+    [(49152, 12, 64), (32768, 8, 64), (2 << 20, 16, 64), (512 << 10, 8, 64), (32 << 20, 16, 64)],
+)
+def test_a_cache_whose_sets_are_a_power_of_two_is_simulated_as_it_is(
+    level: tuple[int, int, int],
+) -> None:
+    assert misses().simulable(level) == level
+
+
+def test_a_cache_callgrind_refuses_keeps_its_size_with_other_ways() -> None:
+    # 480 MiB, 16-way: 491,520 sets, which callgrind refuses (sets must be a power of two).
+    nbytes, ways, line = misses().simulable((480 << 20, 16, 64))
+    assert (nbytes, line) == (480 << 20, 64)
+    sets = nbytes // line // ways
+    assert sets * ways * line == nbytes
+    assert sets & (sets - 1) == 0
+    assert (ways, sets) == (30, 1 << 18)
