@@ -602,7 +602,8 @@ fn profiled_steps<W: Workload, A: Alloc>(ops: usize, w: &mut W, a: &mut A) {
     }
 }
 
-/// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled`.
+/// One workload's state at `n` pages on `a`, then `ops` steps of it through `profiled` (hot) or
+/// [`profiled_steps`] (churn, mixed).
 fn profile_workload<A: Alloc>(workload: &str, n: usize, ops: usize, a: &mut A) {
     match workload {
         "hot" => {
@@ -745,10 +746,11 @@ fn bytes_of<T: pagebuddy::mapped::ZeroValid>(m: &mut MappedSlice<T>) -> &mut [u8
 /// `BENCH_FLOOR_PROFILE=workload/store/shift[:ops]` (workload `floor`, `hot`, `churn`, `mixed`
 /// or `init`; store `side-table`, `intrusive` or `frame` for FrameAllocator; 4 KiB pages, or
 /// huge-page-advised mappings with `BENCH_FLOOR_HUGE=1`): builds that state, runs `ops`
-/// operations (default 100,000) untimed and `ops` more through `profiled`, for callgrind's cache
-/// simulation to count the misses of those alone (`scripts/misses.py`), and prints the time per
-/// operation of the profiled loop (one timed run, for comparing two builds of the pool at a
-/// size `alloc.rs` does not run: alternate them, pinned to a core, and take the minimum).
+/// operations (default 100,000) untimed and `ops` more through `profiled` or `profiled_steps`,
+/// for callgrind's cache simulation to count the misses of those alone (`scripts/misses.py`),
+/// and prints the time per operation of the profiled loop (one timed run, for comparing two
+/// builds of the pool at a size `alloc.rs` does not run: alternate them, pinned to a core, and
+/// take the minimum).
 ///
 /// `init`'s operation is building the pool over its mappings (`Pool::new`, or
 /// `Pool::without_arena` for a side table that zeroes nothing). `BENCH_FLOOR_ZERO=on-free`
