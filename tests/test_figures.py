@@ -10,7 +10,6 @@ says what the new run measured (or stops quoting it and links to the page).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from docs_blocks import FENCE
+from support import script
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -52,11 +52,7 @@ def on_page(figure: str, page: str) -> bool:
 
 
 def bench_report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "scripts/bench_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("bench_report")
 
 
 def test_every_readme_figure_is_on_the_benchmarks_page() -> None:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import script
 
 
 def forwarding() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("forwarding", ROOT / "scripts/forwarding.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["forwarding"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return script("forwarding")
 
 
 def function(name: str, body: str) -> str:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import script
 
 
 def stores() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("stores", ROOT / "scripts/stores.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stores"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return script("stores")
 
 
 # A callgrind file as `--dump-instr=yes --cache-sim=yes` writes it: positions `instr line`,
