@@ -90,6 +90,40 @@ def test_corrupt_metadata_is_a_corruption_error() -> None:
     assert bytes(damaged) == before
 
 
+@pytest.mark.parametrize("links", ["side", "intrusive"])
+@pytest.mark.parametrize("end", ["head", "tail"])
+def test_list_ends_outside_the_pool_are_a_corruption_error(links: str, end: str) -> None:
+    """The header's list ends are bytes any holder of the buffer can write: a head or a tail
+    that names a page past the pool is refused as corruption by the call that reads it, with
+    nothing changed, and never a panic."""
+    import struct
+
+    buf = bytearray(pool_bytes(64))
+    pool = Pool.create_in(buf, links=links)
+    held = pool.alloc_pages(0)
+    # The ends: heads, tails and lengths of 32 lists (u32 each), found by the lengths, which
+    # are the buddyinfo padded to 32.
+    lens = struct.pack("=32I", *(pool.buddyinfo() + [0] * (32 - len(pool.buddyinfo()))))
+    at = bytes(buf).find(lens, 0, _meta_offset(buf))
+    assert at > 0 and bytes(buf).find(lens, at + 1, _meta_offset(buf)) == -1
+    first = at - (128 if end == "tail" else 256)
+    bad = pool.nr_pages + 5
+    for k in range(pool.max_order):
+        struct.pack_into("=I", buf, first + 4 * k, bad)
+    state = bytes(buf[first : first + 384]), bytes(buf[_meta_offset(buf) :])
+    calls = (
+        [lambda: pool.put_page(held), lambda: pool.put_many([held])]
+        if end == "tail"
+        else [lambda: pool.alloc_pages(0), lambda: pool.alloc_many(0, 2)]
+    )
+    for call in calls:
+        with pytest.raises(CorruptionError, match=r"pfn \d+"):
+            call()
+        assert (bytes(buf[first : first + 384]), bytes(buf[_meta_offset(buf) :])) == state
+    with pytest.raises(CorruptionError):
+        pool.check()
+
+
 def _meta_offset(buf: bytearray) -> int:
     import struct
 

@@ -113,7 +113,7 @@ impl<L: LinkStore> Pool<'_, L> {
     fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
         let idx = self
             .free
-            .first(found)
+            .first(found)?
             .ok_or(self.corrupt(CorruptionKind::Count, 0))?;
         let m = self.meta[idx as usize];
         if !(m.is_free_head() && u32::from(m.order) == found) {
@@ -167,7 +167,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// list's head on it, held, for the next allocation to find. (Each later block's `prev` is
     /// NIL then, written by the unlinking of the block before it.)
     pub(crate) fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
-        let mut next = self.free.first(order);
+        let mut next = self.free.first(order)?;
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
             let m = self.meta[idx as usize];
@@ -316,7 +316,7 @@ impl<L: LinkStore> Pool<'_, L> {
                     m.is_free_head() && u32::from(m.order) == order && m.batch == 0
                 })
         };
-        let ends_ok = (me.prev == Link::NIL) == (self.free.first(order) == Some(idx))
+        let ends_ok = (me.prev == Link::NIL) == (self.free.first(order) == Ok(Some(idx)))
             && (me.next == Link::NIL) == (self.free.tail(order) == idx);
         if listed(me.prev) && listed(me.next) && ends_ok {
             Ok(())
@@ -333,10 +333,10 @@ impl<L: LinkStore> Pool<'_, L> {
     pub(crate) fn check_tails(&self, orders: u32) -> Result<(), Error> {
         for k in 0..orders {
             let tail = self.free.tail(k);
-            if tail == Link::NIL {
+            let Some(link) = self.free.plan_append(&self.arena, k)? else {
                 continue;
-            }
-            let next = self.free.link(&self.arena, tail)?.next;
+            };
+            let next = link.next;
             // The link of `next` (a page of the pool: the tail's link is in range), unchecked:
             // only whether it names the tail matters.
             let (links, page_size) = (&self.free.links, self.geo.page_size);
@@ -444,9 +444,9 @@ impl<L: LinkStore> Pool<'_, L> {
     /// [`check_attach`](Self::check_attach) checks.
     fn check_whole_run(&self, idx: u32, order: u32) -> Result<(), Error> {
         for k in 0..order {
-            let tail = self.free.tail(k);
-            if tail != Link::NIL && self.free.link(&self.arena, tail)?.next != Link::NIL {
-                return Err(self.corrupt(CorruptionKind::ListBroken, tail));
+            let tail = self.free.plan_append(&self.arena, k)?;
+            if tail.is_some_and(|link| link.next != Link::NIL) {
+                return Err(self.corrupt(CorruptionKind::ListBroken, self.free.tail(k)));
             }
         }
         Ok(self.check_attach(idx, order, &mut ())?)

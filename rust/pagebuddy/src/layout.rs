@@ -1787,7 +1787,7 @@ impl<'s, 'a, L: SharedLinks<'a>> SharedGuard<'s, 'a, L> {
         let found = order + (pool.free.ends().mask >> order).trailing_zeros();
         let head = pool
             .free
-            .first(found)
+            .first(found)?
             .ok_or(pool.corrupt(CorruptionKind::Count, 0))?;
         let mut journal = Journal::new(self.shared);
         journal.split = Some((head + 1, (1u32 << order) - 1));
@@ -2202,6 +2202,66 @@ mod tests {
         let pfn = g.alloc(0).unwrap();
         g.put(pfn).unwrap();
         g.check().unwrap();
+    }
+
+    /// A list's head or tail outside the pool (the header's list ends are bytes any process
+    /// can write) is corruption: every operation that reads it fails with `LinkOutOfRange`
+    /// naming that page and changes nothing, and none panics.
+    fn list_ends_outside_the_pool<L: SharedLinks<'static>>(intrusive: bool) {
+        let len = 32 << 10;
+        for tails in [false, true] {
+            for beyond in [0u32, 5, 1 << 20] {
+                let v = std::boxed::Box::leak(buffer(len).into_boxed_slice());
+                let base = bytes(v).as_mut_ptr();
+                // SAFETY (each call): a view of the leaked buffer's `len` bytes, used while no
+                // guard is held.
+                let view = move || unsafe { core::slice::from_raw_parts_mut(base, len) };
+                let cfg = config(len, intrusive).zero(ZeroPolicy::Never);
+                let n = cfg.nr_pages;
+                let pool = SharedPool::<L>::create_in(bytes(v), cfg, 1).unwrap();
+                let held = pool.lock().alloc(0).unwrap();
+                let max_order = pool.lock().geo.max_order as usize;
+                // Every list's head (or tail) names the same page past the pool's end.
+                let bad = n as u32 + beyond;
+                let ends =
+                    core::mem::offset_of!(Header, ends) + if tails { 4 * MAX_ORDERS } else { 0 };
+                for k in 0..max_order {
+                    view()[ends + 4 * k..ends + 4 * k + 4].copy_from_slice(&bad.to_ne_bytes());
+                }
+                // What the calls may not change: the list ends, the metadata, the links and the
+                // pages (the lock word and the journal's fields change with every call).
+                let (meta_off, ..) = regions(n, PS, intrusive, DEFAULT_OWNER_SLOTS).unwrap();
+                let ends_bytes = core::mem::offset_of!(Header, ends)
+                    ..core::mem::offset_of!(Header, ends) + core::mem::size_of::<ListEnds>();
+                let state = || [&view()[ends_bytes.clone()], &view()[meta_off..]].concat();
+                let before = state();
+                let out_of_range = Err(Error::Corrupted(Corruption {
+                    kind: CorruptionKind::LinkOutOfRange,
+                    pfn: 3 + u64::from(bad),
+                }));
+                let mut g = pool.lock();
+                let mut out = [0u64; 2];
+                if tails {
+                    // A free appends at a list's tail, after any merge.
+                    assert_eq!(g.put(held), out_of_range, "{bad}");
+                    assert_eq!(g.put_many(&[held]).map_err(|e| e.error), out_of_range);
+                } else {
+                    // An allocation takes a list's head.
+                    assert_eq!(g.alloc(0).map(drop), out_of_range, "{bad}");
+                    assert_eq!(g.alloc_many(0, &mut out), out_of_range, "{bad}");
+                    assert_eq!(g.reclaim(0).map(drop), out_of_range, "{bad}");
+                }
+                assert!(g.check().is_err(), "{bad}: check passed");
+                drop(g);
+                assert!(state() == before, "{bad}: a failed call changed the pool");
+            }
+        }
+    }
+
+    #[test]
+    fn list_ends_outside_the_pool_are_corruption() {
+        list_ends_outside_the_pool::<SideTable<'static>>(false);
+        list_ends_outside_the_pool::<Intrusive>(true);
     }
 
     /// Batches that meet a corrupt free list (links in the pages, one written over) fail with

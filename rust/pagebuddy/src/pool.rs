@@ -344,7 +344,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// The head of the non-empty list `order`, checked to be a free head of that order.
     #[inline(always)]
     fn free_head(&self, order: u32) -> Result<u32, Error> {
-        let Some(idx) = self.free.first(order) else {
+        let Some(idx) = self.free.first(order)? else {
             return Err(self.corrupt(CorruptionKind::Count, 0));
         };
         // pKVM's hyp_page_ref_init, as the review asked: the head must still be free, checked
@@ -396,7 +396,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// (docs/exact-pool-levers.md). A hint only: it changes nothing but time.
     #[inline(always)]
     fn prefetch_next_split(&self, order: u32, found: u32) {
-        let Some(next) = self.free.first(found) else {
+        let Ok(Some(next)) = self.free.first(found) else {
             return;
         };
         for k in order.max(3)..found {

@@ -410,12 +410,15 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// The head of list `order`.
+    /// The head of list `order`, `None` if the list is empty. The ends of a shared pool lie in
+    /// bytes that any process can write, so a head outside the pool is corruption, found here
+    /// before anything indexes with it.
     #[inline]
-    pub(crate) fn first(&self, order: u32) -> Option<u32> {
+    pub(crate) fn first(&self, order: u32) -> Result<Option<u32>, Corruption> {
         match self.ends().head.get(order as usize) {
-            Some(&h) if h != Link::NIL => Some(h),
-            _ => None,
+            Some(&h) if h < self.nr_pages => Ok(Some(h)),
+            Some(&h) if h != Link::NIL => Err(self.corrupt(CorruptionKind::LinkOutOfRange, h)),
+            _ => Ok(None),
         }
     }
 
@@ -452,7 +455,8 @@ impl<L: LinkStore> FreeLists<L> {
     }
 
     /// What [`append`](Self::append) to list `order` reads, read and checked: the link of the
-    /// list's tail, `None` if the list is empty. Writes nothing; valid for
+    /// list's tail, `None` if the list is empty (a tail outside the pool is corruption, as a
+    /// head is: see [`first`](Self::first)). Writes nothing; valid for
     /// [`append_planned`](Self::append_planned) until list `order` changes.
     #[inline(always)]
     pub(crate) fn plan_append(
@@ -462,7 +466,8 @@ impl<L: LinkStore> FreeLists<L> {
     ) -> Result<Option<Link>, Corruption> {
         match self.ends().tail[slot(order)] {
             Link::NIL => Ok(None),
-            tail => self.link(arena, tail).map(Some),
+            tail if tail < self.nr_pages => self.link(arena, tail).map(Some),
+            tail => Err(self.corrupt(CorruptionKind::LinkOutOfRange, tail)),
         }
     }
 

@@ -559,7 +559,7 @@ fn remove_checks_both_neighbours_and_the_length() {
     assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
     assert_eq!(
         (lists.first(0), lists.tail(0), lists.ends().len[0]),
-        (Some(0), 2, 3)
+        (Ok(Some(0)), 2, 3)
     );
     // The predecessor does not point forward.
     let mut links = [Link::EMPTY; 4];
