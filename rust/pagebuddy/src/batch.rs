@@ -119,6 +119,9 @@ impl<L: LinkStore> Pool<'_, L> {
         if !(m.is_free_head() && u32::from(m.order) == found) {
             return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
         }
+        if !self.block_fits(idx, found) {
+            return Err(self.corrupt(CorruptionKind::BadHead, idx));
+        }
         self.free.remove(&mut self.arena, idx, found)?;
         let page_size = self.geo.page_size;
         for (i, pfn) in out.iter_mut().enumerate() {
@@ -173,6 +176,9 @@ impl<L: LinkStore> Pool<'_, L> {
             let m = self.meta[idx as usize];
             if !(m.is_free_head() && u32::from(m.order) == order) {
                 return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
+            }
+            if !self.block_fits(idx, order) {
+                return Err(self.corrupt(CorruptionKind::BadHead, idx));
             }
             let me = self.free.link(&self.arena, idx)?;
             let prev_ok = n > 0 || me.prev == Link::NIL;

@@ -353,7 +353,21 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if !(m.is_free_head() && m.order as u32 == order) {
             return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
         }
+        if !self.block_fits(idx, order) {
+            return Err(self.corrupt(CorruptionKind::BadHead, idx));
+        }
         Ok(idx)
+    }
+
+    /// Whether a block of `order` at `idx` lies in the pool: below `max_order`, and its pages
+    /// all the pool's. A list's head and a page's order come from bytes a shared pool's other
+    /// processes can write, so each block that an operation is about to split, hand out or
+    /// write the pages of is checked first. (A block inside the pool but misaligned harms
+    /// nothing an operation indexes; [`check`](Self::check) reports it.)
+    #[inline(always)]
+    pub(crate) fn block_fits(&self, idx: u32, order: u32) -> bool {
+        order < self.geo.max_order
+            && u64::from(idx) + (1u64 << order) <= u64::from(self.geo.nr_pages)
     }
 
     /// An allocation of `order` that takes the head of the larger list `found` and splits it
@@ -457,7 +471,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The order of the block that the held page `idx` heads: a held page always heads a block
-    /// of a valid order, so anything else is corruption.
+    /// of a valid order, so anything else is corruption. (Whether the block lies in the pool
+    /// is checked where its pages are written: [`split`](Self::split).)
     pub(crate) fn block_order(&self, idx: u32, m: PageMeta) -> Result<u32, Error> {
         match u32::from(m.order) {
             order if order < self.geo.max_order => Ok(order),
@@ -703,7 +718,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// refcount 1 and the head keeps its refcount. Each page is then put on its own.
     pub fn split(&mut self, pfn: u64) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
-        let end = idx as usize + (1usize << self.block_order(idx, m)?);
+        let order = self.block_order(idx, m)?;
+        if !self.block_fits(idx, order) {
+            return Err(self.corrupt(CorruptionKind::BadHead, idx));
+        }
+        let end = idx as usize + (1usize << order);
         for tail in &mut self.meta[idx as usize + 1..end] {
             *tail = PageMeta::new(1, 0);
         }

@@ -817,3 +817,58 @@ fn check_reads_only_pages_ever_handed_out_of_a_prezeroed_arena() {
         Err(CorruptionKind::NotZero)
     );
 }
+
+/// A page's order and a list's head are bytes a shared pool's other processes can write: a
+/// block they describe that does not lie in the pool (an order at or above `max_order`, or
+/// pages past the pool's end) is `BadHead`, found before the operation splits it, hands it out
+/// or writes its pages, with nothing changed.
+#[test]
+fn blocks_that_do_not_fit_the_pool_are_bad_heads() {
+    let bad = |pfn: u64| {
+        Err(Error::Corrupted(Corruption {
+            kind: CorruptionKind::BadHead,
+            pfn,
+        }))
+    };
+    // 12 pages, blocks of up to 8: 0-7 and 8-11 free.
+    let mut mem = Mem::new(12);
+    let mut pool = mem.side(cfg(12).order_cap(4)).unwrap();
+    assert_eq!(pool.max_order(), 4);
+    let (eight, zero, one) = (
+        pool.alloc(2).unwrap(),
+        pool.alloc(0).unwrap(),
+        pool.alloc(0).unwrap(),
+    );
+    assert_eq!((eight, zero, one), (8, 0, 1));
+    // Held pages claiming blocks that do not fit: 8 pages from pfn 8 run past the end, 16
+    // pages is max_order.
+    let _ = (zero, one);
+    for (pfn, order) in [(eight, 3u8), (eight, 4)] {
+        let idx = pfn as usize;
+        let old = pool.meta[idx];
+        pool.meta[idx].order = order;
+        let before = snapshot(&pool);
+        assert_eq!(pool.split(pfn), bad(pfn), "pfn {pfn} order {order}");
+        if order >= 4 {
+            assert_eq!(pool.put(pfn), bad(pfn), "pfn {pfn} order {order}");
+        }
+        assert_eq!(snapshot(&pool), before, "pfn {pfn} order {order}");
+        pool.meta[idx] = old;
+    }
+    pool.put(eight).unwrap();
+    // The only list non-empty is one of order `max_order`, whose head claims that order: the
+    // allocation would split 16 pages from pfn 8.
+    {
+        let ends = pool.free.ends_mut();
+        *ends = ListEnds::EMPTY;
+        ends.mask = 1 << 4;
+        ends.head[4] = 8;
+        ends.tail[4] = 8;
+        ends.len[4] = 1;
+    }
+    pool.meta[8].order = 4;
+    let before = snapshot(&pool);
+    assert_eq!(pool.alloc(0).map(drop), bad(8));
+    assert_eq!(pool.alloc(3).map(drop), bad(8));
+    assert_eq!(snapshot(&pool), before);
+}
