@@ -124,6 +124,68 @@ def test_list_ends_outside_the_pool_are_a_corruption_error(links: str, end: str)
         pool.check()
 
 
+_SCRIBBLE = r"""
+import random, struct, sys
+from pagebuddy import Pool
+from pagebuddy._shared import pool_bytes
+
+for seed in range(int(sys.argv[1]), int(sys.argv[2])):
+    rng = random.Random(seed)
+    buf = bytearray(pool_bytes(64))
+    pool = Pool.create_in(buf, links=rng.choice(["side", "intrusive"]),
+                          zero=rng.choice(["never", "free"]))
+    n, held = pool.nr_pages, []
+    meta = struct.unpack_from("=Q", buf, 56)[0]
+    links = struct.unpack_from("=Q", buf, 64)[0]
+    bi = pool.buddyinfo()
+    heads = bytes(buf).find(struct.pack("=32I", *(bi + [0] * (32 - len(bi)))), 0, meta) - 256
+    def scribble():
+        where = rng.randrange(3)
+        if where == 0:  # a list's head, tail or length, or the non-empty mask
+            v = rng.choice([rng.randrange(2 * n), 0xFFFFFFFF, rng.getrandbits(32)])
+            struct.pack_into("=I", buf, heads + 4 * rng.randrange(97), v)
+        elif where == 1:  # a byte of a page's metadata
+            buf[meta + 4 * rng.randrange(n) + rng.randrange(4)] = rng.randrange(256)
+        else:  # half a link (the side table's; in-page links are the pages' bytes)
+            struct.pack_into("=I", buf, links + 4 * rng.randrange(2 * n), rng.randrange(2 * n))
+    for step in range(80):
+        if rng.random() < 0.15:
+            scribble()
+        op = rng.randrange(11)
+        try:
+            if op == 0: held.append(pool.alloc_pages(rng.randrange(8)))
+            elif op == 1 and held: pool.put_page(held.pop(rng.randrange(len(held))))
+            elif op == 2: held.extend(pool.alloc_many(rng.randrange(3), rng.randrange(1, 5)))
+            elif op == 3 and held: pool.put_many([held.pop()])
+            elif op == 4: pool.check()
+            elif op == 5: pool.get_page(rng.randrange(n))
+            elif op == 6: pool.put_page(rng.randrange(n))
+            elif op == 7 and held: pool.split_page(rng.choice(held))
+            elif op == 8: held.append(pool.alloc_exact(rng.randrange(1, 9)))
+            elif op == 9: pool.reclaim(rng.randrange(4))
+            elif op == 10: pool.page_count(rng.randrange(n)); pool.free_lists()
+        except (ValueError, KeyError, MemoryError, RuntimeError, OverflowError):
+            pass
+print("done")
+"""
+
+
+def test_scribbled_shared_bytes_never_crash_the_interpreter() -> None:
+    """Another holder of a shared pool's buffer can write anything into its list ends,
+    metadata and links: every call then succeeds or raises, and the interpreter never aborts
+    (a panic in the core would). 150 seeded pools, each scribbled on between operations."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIBBLE, "0", "150"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
 def _meta_offset(buf: bytearray) -> int:
     import struct
 
