@@ -111,17 +111,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// which leaves its head page's link as [`LinkStore::clear`] does; the first was unlinked
     /// from list `found`.
     fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
-        let idx = self
-            .free
-            .first(found)?
-            .ok_or(self.corrupt(CorruptionKind::Count, 0))?;
-        let m = self.meta[idx as usize];
-        if !(m.is_free_head() && u32::from(m.order) == found) {
-            return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
-        }
-        if !self.block_fits(idx, found) {
-            return Err(self.corrupt(CorruptionKind::BadHead, idx));
-        }
+        let idx = self.free_head(found)?;
         self.free.remove(&mut self.arena, idx, found)?;
         let page_size = self.geo.page_size;
         for (i, pfn) in out.iter_mut().enumerate() {
@@ -173,13 +163,7 @@ impl<L: LinkStore> Pool<'_, L> {
         let mut next = self.free.first(order)?;
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
-            let m = self.meta[idx as usize];
-            if !(m.is_free_head() && u32::from(m.order) == order) {
-                return Err(self.corrupt(CorruptionKind::NotFreeHead, idx));
-            }
-            if !self.block_fits(idx, order) {
-                return Err(self.corrupt(CorruptionKind::BadHead, idx));
-            }
+            self.check_listed_head(idx, order)?;
             let me = self.free.link(&self.arena, idx)?;
             let prev_ok = n > 0 || me.prev == Link::NIL;
             let next_ok = if me.next == Link::NIL {

@@ -343,10 +343,18 @@ impl<'a, L: LinkStore> Pool<'a, L> {
 
     /// The head of the non-empty list `order`, checked to be a free head of that order.
     #[inline(always)]
-    fn free_head(&self, order: u32) -> Result<u32, Error> {
+    pub(crate) fn free_head(&self, order: u32) -> Result<u32, Error> {
         let Some(idx) = self.free.first(order)? else {
             return Err(self.corrupt(CorruptionKind::Count, 0));
         };
+        self.check_listed_head(idx, order)?;
+        Ok(idx)
+    }
+
+    /// Checks that `idx`, listed on list `order`, is a free head of that order whose block
+    /// lies in the pool ([`block_fits`](Self::block_fits)), before an allocation takes it.
+    #[inline(always)]
+    pub(crate) fn check_listed_head(&self, idx: u32, order: u32) -> Result<(), Error> {
         // pKVM's hyp_page_ref_init, as the review asked: the head must still be free, checked
         // in the same critical section that hands it out.
         let m = self.meta[idx as usize];
@@ -356,7 +364,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if !self.block_fits(idx, order) {
             return Err(self.corrupt(CorruptionKind::BadHead, idx));
         }
-        Ok(idx)
+        Ok(())
     }
 
     /// Whether a block of `order` at `idx` lies in the pool: below `max_order`, and its pages
@@ -536,11 +544,25 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if zero && L::IN_PAGE_BYTES != 0 {
             return self.put_appending_zeroed(idx, order, tail, plan);
         }
+        // Side tables keep the zeroing's call here (out of line, it cost their merge loop a
+        // register: one spill more a merge in the hot pair).
+        self.put_appending(idx, order, tail, plan, zero)
+    }
+
+    /// The end of a free that merges with nothing: the block, zeroed first if `zero`, appended
+    /// after `tail` (what `plan_append` read).
+    #[inline(always)]
+    fn put_appending<P: Plan>(
+        &mut self,
+        idx: u32,
+        order: u32,
+        tail: Option<Link>,
+        plan: &mut P,
+        zero: bool,
+    ) -> Result<(), Error> {
         plan.begin();
         self.meta[idx as usize].refcount = 0;
         if zero {
-            // Side tables: the zeroing's call stays here (out of line, it cost their merge
-            // loop a register: one spill more a merge in the hot pair).
             self.zero_freed_block(idx, order);
         }
         self.free_pages += 1 << order;
@@ -548,9 +570,9 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// The end of a free that merges with nothing, zeroing the block first, for links in the
-    /// pages: out of line and in tail position, so that a free that does not zero makes no
-    /// call on its way (see [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
+    /// [`put_appending`](Self::put_appending) zeroing, for links in the pages: out of line and
+    /// in tail position, so that a free that does not zero makes no call on its way (see
+    /// [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
     #[inline(never)]
     fn put_appending_zeroed<P: Plan>(
         &mut self,
@@ -559,12 +581,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         tail: Option<Link>,
         plan: &mut P,
     ) -> Result<(), Error> {
-        plan.begin();
-        self.meta[idx as usize].refcount = 0;
-        self.zero_freed_block(idx, order);
-        self.free_pages += 1 << order;
-        self.free.append_planned(&mut self.arena, idx, order, tail);
-        Ok(())
+        self.put_appending(idx, order, tail, plan, true)
     }
 
     /// [`put_merging`](Self::put_merging) out of line, for links in the pages. With the merge
