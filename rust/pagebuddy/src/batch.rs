@@ -122,7 +122,6 @@ impl<L: LinkStore> Pool<'_, L> {
             self.meta[head as usize].set(PageMeta::new(1, order as u8));
             *pfn = self.geo.pfn(head);
         }
-        self.free_pages -= 1 << found;
         self.touched = self.touched.max(idx + (1 << found));
         if self.geo.zero == ZeroPolicy::OnAlloc {
             self.arena

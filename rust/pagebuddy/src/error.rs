@@ -244,7 +244,7 @@ pub enum CorruptionKind {
     Unlisted,
     /// Two free buddies of the same order were left uncoalesced.
     Uncoalesced,
-    /// A list's length, the non-empty mask or the free page count disagrees with the lists.
+    /// A list's length or the non-empty mask disagrees with the lists.
     Count,
     /// Free memory is not zero although the zero policy promises it.
     NotZero,

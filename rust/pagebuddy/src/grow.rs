@@ -210,10 +210,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             return Err(Error::OutOfMemory { order });
         }
         let floor = u64::from(self.min_free);
-        if u64::from(self.free_pages) < floor + (count << order) {
+        let free_pages = self.free_pages();
+        if u64::from(free_pages) < floor + (count << order) {
             return Err(Error::BelowFloor {
                 order,
-                free_pages: self.free_pages,
+                free_pages,
                 min_free_pages: self.min_free,
             });
         }
@@ -288,7 +289,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if order >= self.geo.max_order {
             return 0;
         }
-        let above_floor = u64::from(self.free_pages.saturating_sub(self.min_free)) >> order;
+        let above_floor = u64::from(self.free_pages().saturating_sub(self.min_free)) >> order;
         self.capacity(order).min(above_floor)
     }
 
@@ -320,7 +321,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// Pages the pool lacks to reach its floor: `min_free_pages - free_pages`, or 0 (Android's
     /// refill request to the host when a pool runs dry).
     pub fn refill_needed(&self) -> u32 {
-        self.min_free.saturating_sub(self.free_pages)
+        self.min_free.saturating_sub(self.free_pages())
     }
 }
 

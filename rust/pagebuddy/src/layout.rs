@@ -825,7 +825,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             // the bytes (checked above).
             owners: unsafe { owners_at(ptr, fixed.slots, geo.nr_pages) },
         };
-        shared.load_free_pages();
         Ok(shared)
     }
 
@@ -924,7 +923,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         if stale != 0 || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
         }
-        self.load_free_pages();
         Ok(OuterGuard {
             guard: core::mem::ManuallyDrop::new(guard),
             outer,
@@ -964,7 +962,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     pub fn open_outer<O: OuterLock>(&self, outer: &O) -> Result<Result<(), LayoutError>, O::Error> {
         outer.acquire()?;
         // Other processes may have changed the pool since it was opened.
-        self.load_free_pages();
         let r = self.open_checked();
         outer.release();
         Ok(r)
@@ -1022,7 +1019,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         if matches!(how, Acquired::TakenFrom(_)) || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
         }
-        self.load_free_pages();
         guard
     }
 
@@ -1082,7 +1078,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         if taken_over || guard.journal_state() != 0 {
             guard.damage = guard.recover_cold();
         }
-        self.load_free_pages();
         guard
     }
 
@@ -1168,21 +1163,13 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
         self.state_word()
     }
 
-    /// Loads the header's free page count into the policy (the only part of the pool's state
-    /// that the policy keeps outside the shared bytes).
-    #[inline]
-    fn load_free_pages(&self) {
-        // SAFETY: the header is valid for the pool's life; the caller holds the lock (or the
-        // bytes exclusively).
-        let free_pages = unsafe { addr_of!((*self.h()).free_pages).read() };
-        self.pool_mut().free_pages = free_pages;
-    }
-
-    /// Stores the policy's free page count into the header.
+    /// Stores the free page count, which the policy sums from the lists' lengths, into the
+    /// header, where the processes of this layout version read it.
     #[inline]
     fn store_free_pages(&self) {
-        let free_pages = self.pool_ref().free_pages;
-        // SAFETY: as in `load_free_pages`.
+        let free_pages = self.pool_ref().free_pages();
+        // SAFETY: the header is valid for the pool's life; the caller holds the lock (or the
+        // bytes exclusively).
         unsafe { addr_of_mut!((*self.h()).free_pages).write(free_pages) };
     }
 
@@ -1341,7 +1328,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     fn rebuild(&self) {
         let pool = self.pool_mut();
         *pool.free.ends_mut() = ListEnds::EMPTY;
-        pool.free_pages = 0;
         let (n, ps) = (pool.geo.nr_pages, pool.geo.page_size);
         let mut idx = 0u32;
         while idx < n {
@@ -1361,7 +1347,6 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
                 }
                 // The tail it reads was written just before: the append cannot fail.
                 let _ = pool.free.append(&mut pool.arena, idx, order);
-                pool.free_pages += size;
             }
             idx += size;
         }
@@ -1657,7 +1642,6 @@ impl<'s, 'a, L: SharedLinks<'a>> SharedGuard<'s, 'a, L> {
         if s.pool_ref().check_blocks(true).is_ok() {
             s.relist();
         }
-        s.load_free_pages();
         fence(Ordering::Release);
         let state = s.state_word();
         state.store(state.load(Ordering::Relaxed) & !JOURNAL, Ordering::Release);
@@ -2256,6 +2240,63 @@ mod tests {
                 assert!(state() == before, "{bad}: a failed call changed the pool");
             }
         }
+    }
+
+    /// The header's mask of the non-empty lists and its free page count (which the pool sums
+    /// from the lists' lengths) agree with the lists after every call, and a wrong mask bit is
+    /// corruption `check` reports.
+    fn header_keeps_mask_and_free_count<L: SharedLinks<'static>>(intrusive: bool) {
+        let len = 32 << 10;
+        let v = std::boxed::Box::leak(buffer(len).into_boxed_slice());
+        let base = bytes(v).as_mut_ptr();
+        // SAFETY (each call): a view of the leaked buffer's `len` bytes, used while no guard
+        // is held.
+        let view = move || unsafe { core::slice::from_raw_parts_mut(base, len) };
+        let word = |at: usize| u32::from_ne_bytes(view()[at..at + 4].try_into().unwrap());
+        let ends = core::mem::offset_of!(Header, ends);
+        let (len_at, mask_at) = (ends + 8 * MAX_ORDERS, ends + 12 * MAX_ORDERS);
+        let free_at = core::mem::offset_of!(Header, free_pages);
+        let pool = SharedPool::<L>::create_in(bytes(v), config(len, intrusive), 1).unwrap();
+        let agrees = |step: &str| {
+            let lens: Vec<u32> = (0..MAX_ORDERS).map(|k| word(len_at + 4 * k)).collect();
+            let mask = (0..MAX_ORDERS)
+                .filter(|&k| lens[k] > 0)
+                .fold(0, |m, k| m | 1 << k);
+            assert_eq!(word(mask_at), mask, "{step}");
+            let free: u32 = (0..MAX_ORDERS).map(|k| lens[k] << k).sum();
+            assert_eq!(word(free_at), free, "{step}");
+            assert_eq!(pool.lock().free_pages(), free, "{step}");
+        };
+        agrees("created");
+        let mut held = Vec::new();
+        for order in [0, 3, 0, 1, 5, 0] {
+            held.push(pool.lock().alloc(order).unwrap());
+            agrees("alloc");
+        }
+        let mut out = [0u64; 3];
+        pool.lock().alloc_many(0, &mut out).unwrap();
+        agrees("alloc_many");
+        pool.lock().put_many(&out).unwrap();
+        agrees("put_many");
+        for pfn in held.into_iter().rev() {
+            pool.lock().put(pfn).unwrap();
+            agrees("put");
+        }
+        pool.lock().check().unwrap();
+        // A bit for an empty list, then none for a non-empty one.
+        let mask = word(mask_at);
+        assert!(mask != 0 && mask != u32::MAX);
+        for bad in [mask | (!mask & (!mask).wrapping_neg()), mask & (mask - 1)] {
+            view()[mask_at..mask_at + 4].copy_from_slice(&bad.to_ne_bytes());
+            let e = pool.lock().check().unwrap_err();
+            assert_eq!(e.kind, CorruptionKind::Count, "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn the_header_keeps_its_mask_and_free_count() {
+        header_keeps_mask_and_free_count::<SideTable<'static>>(false);
+        header_keeps_mask_and_free_count::<Intrusive>(true);
     }
 
     #[test]

@@ -95,7 +95,6 @@ pub struct Pool<'a, L: LinkStore = SideTable<'a>> {
     pub(crate) meta: &'a mut [PageMeta],
     pub(crate) free: FreeLists<L>,
     pub(crate) geo: Geometry,
-    pub(crate) free_pages: u32,
     /// Pages `touched..nr_pages` have never been handed out and their bytes were never written
     /// (the arena was [prezeroed](Config::prezeroed) and construction left them alone), so they
     /// read as zeros without being read: [`check`](Self::check) does not touch them, which keeps
@@ -167,7 +166,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             meta,
             free: FreeLists::new(links, geo.nr_pages, geo.base_pfn, geo.page_size),
             geo,
-            free_pages: 0,
             touched: geo.nr_pages,
             min_free: 0,
         }
@@ -201,7 +199,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             let order = self.largest_block(idx);
             self.meta[idx as usize] = PageMeta::new(0, order as u8);
             self.free.append(&mut self.arena, idx, order)?;
-            self.free_pages += 1 << order;
             idx += 1 << order;
         }
         Ok(())
@@ -224,9 +221,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.geo.max_order
     }
 
-    /// Free pages, in all blocks.
+    /// Free pages, in all blocks: each list's length times its blocks' size, summed (the
+    /// pool keeps no count of its own, which would cost every allocation and free a store).
     pub fn free_pages(&self) -> u32 {
-        self.free_pages
+        self.free.free_pages(self.geo.max_order)
     }
 
     pub(crate) fn index(&self, pfn: u64) -> Result<u32, Error> {
@@ -439,7 +437,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     #[inline(always)]
     fn hand_out<const ZERO: bool>(&mut self, idx: u32, order: u32) -> Result<u64, Error> {
         self.meta[idx as usize].set(PageMeta::new(1, order as u8));
-        self.free_pages -= 1 << order;
         // Stored only when it grows: once every page has been handed out, never.
         let end = idx + (1 << order);
         if end > self.touched {
@@ -454,13 +451,24 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// pKVM's `__hyp_extract_page`: splits the unlisted free block of `order` at `idx` down to
     /// `target`, listing each upper half. The block is aligned to `2^order`, so the upper half
     /// of order k is simply `idx + 2^k` and lies inside the block.
+    ///
+    /// Each half joins a list of its own, most often an empty one, whose bit the mask of the
+    /// non-empty lists gains: the mask is written once, after the loop, for every order the
+    /// halves took (or, before an error returns, for those listed by then), not once a half.
     fn extract(&mut self, idx: u32, mut order: u32, target: u32) -> Result<(), Corruption> {
+        // The mask bits of orders `k..top`.
+        let top = order;
+        let orders_to_top = |k: u32| ((1u64 << top) - (1u64 << k)) as u32;
         while order > target {
             order -= 1;
             let buddy = idx + (1 << order);
             self.meta[buddy as usize].set(PageMeta::new(0, order as u8));
-            self.free.append(&mut self.arena, buddy, order)?;
+            if let Err(e) = self.free.append_unmasked(&mut self.arena, buddy, order) {
+                self.free.remask(orders_to_top(order + 1), 0);
+                return Err(e);
+            }
         }
+        self.free.remask(orders_to_top(target), 0);
         Ok(())
     }
 
@@ -565,7 +573,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if zero {
             self.zero_freed_block(idx, order);
         }
-        self.free_pages += 1 << order;
         self.free.append_planned(&mut self.arena, idx, order, tail);
         Ok(())
     }
@@ -658,21 +665,25 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if ZERO && self.geo.zero == ZeroPolicy::OnFree {
             self.zero_freed_block(idx, order);
         }
-        self.free_pages += 1 << order;
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
         let (mut head, mut order) = (idx, order);
+        // The lists emptied by the merges, their mask bits cleared once after the loop.
+        let mut emptied = 0u32;
         for step in merges.steps.iter().take(merges.n) {
             // SAFETY: `plan_attach` wrote its k-th step (counting from 0) into slot
             // `k % MAX_ORDERS` and counted it in `n`, so the first `min(n, MAX_ORDERS)` slots,
             // all that `take(n)` yields, are initialised (and `n < MAX_ORDERS`: see there).
             let unlink = unsafe { step.assume_init() };
             let buddy = unlink.idx();
-            self.free.unlink(&mut self.arena, order, unlink);
+            if self.free.unlink_unmasked(&mut self.arena, order, unlink) {
+                emptied |= 1 << order;
+            }
             self.meta[buddy as usize].order = NO_ORDER;
             head = head.min(buddy);
             order += 1;
         }
+        self.free.remask(0, emptied);
         self.meta[head as usize].order = order as u8;
         self.free
             .append_planned(&mut self.arena, head, order, merges.tail);
@@ -754,10 +765,5 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     #[cfg(test)]
     pub(crate) fn parts_mut(&mut self) -> (&mut Arena<'a>, &mut [PageMeta]) {
         (&mut self.arena, self.meta)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn free_pages_mut(&mut self) -> &mut u32 {
-        &mut self.free_pages
     }
 }

@@ -384,6 +384,27 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
+    /// The free pages: the length of each list below `max_order` times its blocks' size,
+    /// summed (a shared pool's lengths are bytes any process can write: a sum past `u32::MAX`
+    /// reads as that, and a list at or above `max_order` is one `check` reports).
+    #[inline]
+    pub(crate) fn free_pages(&self, max_order: u32) -> u32 {
+        let len = &self.ends().len[..(max_order as usize).min(MAX_ORDERS)];
+        let sum = (0..len.len()).fold(0u64, |sum, k| sum + (u64::from(len[k]) << k));
+        u32::try_from(sum).unwrap_or(u32::MAX)
+    }
+
+    /// Sets the mask bits of the lists in `filled` (each now non-empty) and clears those in
+    /// `emptied` (each now empty): the mask written once for all the lists an operation
+    /// appended to or unlinked from (see [`append_unmasked`](Self::append_unmasked)).
+    #[inline(always)]
+    pub(crate) fn remask(&mut self, filled: u32, emptied: u32) {
+        if filled | emptied != 0 {
+            let ends = self.ends_mut();
+            ends.mask = (ends.mask | filled) & !emptied;
+        }
+    }
+
     /// The lists' ends (the pool's own, or where the link store keeps them).
     #[inline(always)]
     pub(crate) fn ends(&self) -> &ListEnds {
@@ -484,10 +505,39 @@ impl<L: LinkStore> FreeLists<L> {
         Ok(())
     }
 
+    /// [`append`](Self::append), leaving the mask to the caller: list `order` is non-empty
+    /// afterwards, and the caller sets its bit ([`remask`](Self::remask)) once it has appended
+    /// to every list it appends to (a split appends to one list per half: one store of the
+    /// mask, not one per half).
+    #[inline(always)]
+    pub(crate) fn append_unmasked(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<(), Corruption> {
+        let tail = self.plan_append(arena, order)?;
+        self.append_linked::<false>(arena, idx, order, tail);
+        Ok(())
+    }
+
     /// [`append`](Self::append) with the tail's link that [`plan_append`](Self::plan_append)
     /// read while list `order` was as it is now. Cannot fail.
     #[inline(always)]
     pub(crate) fn append_planned(
+        &mut self,
+        arena: &mut Arena<'_>,
+        idx: u32,
+        order: u32,
+        tail_link: Option<Link>,
+    ) {
+        self.append_linked::<true>(arena, idx, order, tail_link);
+    }
+
+    /// [`append_planned`](Self::append_planned), setting the list's mask bit if `MASK` (else
+    /// the caller does).
+    #[inline(always)]
+    fn append_linked<const MASK: bool>(
         &mut self,
         arena: &mut Arena<'_>,
         idx: u32,
@@ -504,7 +554,9 @@ impl<L: LinkStore> FreeLists<L> {
             _ => {
                 let ends = self.ends_mut();
                 ends.head[o] = idx;
-                ends.mask |= 1 << o;
+                if MASK {
+                    ends.mask |= 1 << o;
+                }
             }
         }
         self.links.store(
@@ -640,6 +692,26 @@ impl<L: LinkStore> FreeLists<L> {
     /// `order` was as it is now. Cannot fail.
     #[inline(always)]
     pub(crate) fn unlink(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) {
+        self.unlink_masking::<true>(arena, order, u);
+    }
+
+    /// [`unlink`](Self::unlink) but for the mask: returns whether list `order` is now empty,
+    /// its bit for the caller to clear ([`remask`](Self::remask)), once for all the lists it
+    /// unlinks from (a free unlinks one buddy per merge, each from its own list).
+    #[inline(always)]
+    pub(crate) fn unlink_unmasked(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) -> bool {
+        self.unlink_masking::<false>(arena, order, u)
+    }
+
+    /// [`unlink`](Self::unlink), clearing the list's mask bit if `MASK` and it empties;
+    /// returns whether it did.
+    #[inline(always)]
+    fn unlink_masking<const MASK: bool>(
+        &mut self,
+        arena: &mut Arena<'_>,
+        order: u32,
+        u: Unlink,
+    ) -> bool {
         let o = slot(order);
         let Unlink {
             idx,
@@ -669,9 +741,11 @@ impl<L: LinkStore> FreeLists<L> {
         self.links.clear(arena, self.page_size(), idx);
         let ends = self.ends_mut();
         ends.len[o] -= 1;
-        if ends.len[o] == 0 {
+        let emptied = ends.len[o] == 0;
+        if MASK && emptied {
             ends.mask &= !(1 << o);
         }
+        emptied
     }
 
     /// Walks list `order` from its head: at most `len` nodes, stopping at the first bad link.
