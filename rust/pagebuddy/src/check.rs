@@ -15,7 +15,8 @@ impl<L: LinkStore> Pool<'_, L> {
     /// - no block crosses the end of the initial range, and only blocks inside it coalesce:
     ///   external blocks (admitted past it) never have a free buddy merged;
     /// - every free head is listed, no two free buddies of an order below `max_order - 1` are left
-    ///   uncoalesced, and the free page count and the non-empty mask agree with the lists;
+    ///   uncoalesced, and the lists' lengths and the non-empty mask agree with the lists (the
+    ///   free page count is their sum: [`free_pages`](Self::free_pages));
     /// - under [`ZeroPolicy::OnFree`], free memory is zero (but for the links an
     ///   [`Intrusive`](crate::Intrusive) store keeps at the start of each free head page). In a
     ///   [prezeroed](crate::Config::prezeroed) arena, pages never handed out are not read: the

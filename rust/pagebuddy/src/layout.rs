@@ -173,7 +173,8 @@ struct Header {
     sum: u64,
     lock: u32,
     state: u32,
-    /// The pool's free page count, written by each commit.
+    /// The pool's free page count, the sum the policy makes of the lists' lengths, written by
+    /// each commit for the processes of this layout version that read it.
     free_pages: u32,
     split: SplitUndo,
     meta_undo: [MetaUndo; META_UNDO],
