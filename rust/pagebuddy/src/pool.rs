@@ -463,10 +463,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             order -= 1;
             let buddy = idx + (1 << order);
             self.meta[buddy as usize].set(PageMeta::new(0, order as u8));
-            if let Err(e) = self.free.append_unmasked(&mut self.arena, buddy, order) {
-                self.free.remask(orders_to_top(order + 1), 0);
-                return Err(e);
-            }
+            let tail = match self.free.plan_append(&self.arena, order) {
+                Ok(tail) => tail,
+                Err(e) => {
+                    self.free.remask(orders_to_top(order + 1), 0);
+                    return Err(e);
+                }
+            };
+            self.free
+                .append_planned_masking::<false>(&mut self.arena, buddy, order, tail);
         }
         self.free.remask(orders_to_top(target), 0);
         Ok(())
@@ -676,7 +681,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             // all that `take(n)` yields, are initialised (and `n < MAX_ORDERS`: see there).
             let unlink = unsafe { step.assume_init() };
             let buddy = unlink.idx();
-            if self.free.unlink_unmasked(&mut self.arena, order, unlink) {
+            if self
+                .free
+                .unlink_masking::<false>(&mut self.arena, order, unlink)
+            {
                 emptied |= 1 << order;
             }
             self.meta[buddy as usize].order = NO_ORDER;

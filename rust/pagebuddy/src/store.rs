@@ -396,7 +396,7 @@ impl<L: LinkStore> FreeLists<L> {
 
     /// Sets the mask bits of the lists in `filled` (each now non-empty) and clears those in
     /// `emptied` (each now empty): the mask written once for all the lists an operation
-    /// appended to or unlinked from (see [`append_unmasked`](Self::append_unmasked)).
+    /// appended to or unlinked from (see [`append_planned_masking`](Self::append_planned_masking)).
     #[inline(always)]
     pub(crate) fn remask(&mut self, filled: u32, emptied: u32) {
         if filled | emptied != 0 {
@@ -505,22 +505,6 @@ impl<L: LinkStore> FreeLists<L> {
         Ok(())
     }
 
-    /// [`append`](Self::append), leaving the mask to the caller: list `order` is non-empty
-    /// afterwards, and the caller sets its bit ([`remask`](Self::remask)) once it has appended
-    /// to every list it appends to (a split appends to one list per half: one store of the
-    /// mask, not one per half).
-    #[inline(always)]
-    pub(crate) fn append_unmasked(
-        &mut self,
-        arena: &mut Arena<'_>,
-        idx: u32,
-        order: u32,
-    ) -> Result<(), Corruption> {
-        let tail = self.plan_append(arena, order)?;
-        self.append_linked::<false>(arena, idx, order, tail);
-        Ok(())
-    }
-
     /// [`append`](Self::append) with the tail's link that [`plan_append`](Self::plan_append)
     /// read while list `order` was as it is now. Cannot fail.
     #[inline(always)]
@@ -531,13 +515,15 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
         tail_link: Option<Link>,
     ) {
-        self.append_linked::<true>(arena, idx, order, tail_link);
+        self.append_planned_masking::<true>(arena, idx, order, tail_link);
     }
 
-    /// [`append_planned`](Self::append_planned), setting the list's mask bit if `MASK` (else
-    /// the caller does).
+    /// [`append_planned`](Self::append_planned), setting the list's mask bit if `MASK`. Without
+    /// it the list is non-empty afterwards and the caller sets its bit
+    /// ([`remask`](Self::remask)) once it has appended to every list it appends to: a split
+    /// appends to one list per half, and writes the mask once, not once per half.
     #[inline(always)]
-    fn append_linked<const MASK: bool>(
+    pub(crate) fn append_planned_masking<const MASK: bool>(
         &mut self,
         arena: &mut Arena<'_>,
         idx: u32,
@@ -695,18 +681,12 @@ impl<L: LinkStore> FreeLists<L> {
         self.unlink_masking::<true>(arena, order, u);
     }
 
-    /// [`unlink`](Self::unlink) but for the mask: returns whether list `order` is now empty,
-    /// its bit for the caller to clear ([`remask`](Self::remask)), once for all the lists it
-    /// unlinks from (a free unlinks one buddy per merge, each from its own list).
+    /// [`unlink`](Self::unlink), clearing the list's mask bit if `MASK` and the list empties;
+    /// returns whether it emptied. Without `MASK` the caller clears the bit
+    /// ([`remask`](Self::remask)) once for all the lists it unlinks from: a free unlinks one
+    /// buddy per merge, each from its own list.
     #[inline(always)]
-    pub(crate) fn unlink_unmasked(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) -> bool {
-        self.unlink_masking::<false>(arena, order, u)
-    }
-
-    /// [`unlink`](Self::unlink), clearing the list's mask bit if `MASK` and it empties;
-    /// returns whether it did.
-    #[inline(always)]
-    fn unlink_masking<const MASK: bool>(
+    pub(crate) fn unlink_masking<const MASK: bool>(
         &mut self,
         arena: &mut Arena<'_>,
         order: u32,
