@@ -352,9 +352,12 @@ pub(crate) struct FreeLists<L> {
     own: ListEnds,
     nr_pages: u32,
     base_pfn: u64,
-    /// log2 of the page size (a power of two, as the geometry requires): the links are
-    /// reached at `idx << page_shift`, which the compiler knows as a shift.
-    page_shift: u32,
+    /// The page size: an in-page link is at `idx * page_size`, a multiply. Kept as a number,
+    /// not as its log2: a shift by a variable amount needs `cl` on x86-64 (without BMI2), and
+    /// an allocation also shifts by its order, so the two took turns in that register and the
+    /// allocation saved more registers and spilled (docs/exact-pool-levers.md, "The page
+    /// size multiplied, not shifted").
+    page_size: usize,
 }
 
 impl<L: LinkStore> FreeLists<L> {
@@ -364,17 +367,14 @@ impl<L: LinkStore> FreeLists<L> {
             own: ListEnds::EMPTY,
             nr_pages,
             base_pfn,
-            page_shift: page_size.trailing_zeros(),
+            page_size,
         }
     }
 
-    /// The page size, written as a power of two so that the store's `idx * page_size` is a
-    /// shift.
+    /// The page size.
     #[inline(always)]
     fn page_size(&self) -> usize {
-        // The mask only spares a shift that could overflow the check (the geometry keeps the
-        // page size between 64 bytes and MAX_PAGE_SIZE); x86-64 and AArch64 shifts mask alike.
-        1 << (self.page_shift & (usize::BITS - 1))
+        self.page_size
     }
 
     fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
