@@ -371,12 +371,6 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// The page size.
-    #[inline(always)]
-    fn page_size(&self) -> usize {
-        self.page_size
-    }
-
     fn corrupt(&self, kind: CorruptionKind, idx: u32) -> Corruption {
         Corruption {
             kind,
@@ -420,7 +414,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// The link of `idx`, with both ends checked to be NIL or a page of the pool.
     #[inline]
     pub(crate) fn link(&self, arena: &Arena<'_>, idx: u32) -> Result<Link, Corruption> {
-        let link = self.links.load(arena, self.page_size(), idx);
+        let link = self.links.load(arena, self.page_size, idx);
         // `i == NIL || i < nr_pages` in one comparison: NIL + 1 wraps to 0, and nr_pages is at
         // most MAX_PAGES < NIL.
         let ok = |i: u32| i.wrapping_add(1) <= self.nr_pages;
@@ -462,7 +456,7 @@ impl<L: LinkStore> FreeLists<L> {
         if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
             if u.next_next < self.nr_pages {
-                self.links.prefetch(arena, self.page_size(), u.next_next);
+                self.links.prefetch(arena, self.page_size, u.next_next);
             }
         }
         Ok(())
@@ -535,7 +529,7 @@ impl<L: LinkStore> FreeLists<L> {
         match tail_link {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
-                self.links.store(arena, self.page_size(), tail, t);
+                self.links.store(arena, self.page_size, tail, t);
             }
             _ => {
                 let ends = self.ends_mut();
@@ -547,7 +541,7 @@ impl<L: LinkStore> FreeLists<L> {
         }
         self.links.store(
             arena,
-            self.page_size(),
+            self.page_size,
             idx,
             Link {
                 prev: tail,
@@ -707,7 +701,7 @@ impl<L: LinkStore> FreeLists<L> {
                 prev: prev_prev,
                 next,
             };
-            self.links.store(arena, self.page_size(), prev, link);
+            self.links.store(arena, self.page_size, prev, link);
         }
         if next == Link::NIL {
             self.ends_mut().tail[o] = prev;
@@ -716,9 +710,9 @@ impl<L: LinkStore> FreeLists<L> {
                 prev,
                 next: next_next,
             };
-            self.links.store(arena, self.page_size(), next, link);
+            self.links.store(arena, self.page_size, next, link);
         }
-        self.links.clear(arena, self.page_size(), idx);
+        self.links.clear(arena, self.page_size, idx);
         let ends = self.ends_mut();
         ends.len[o] -= 1;
         let emptied = ends.len[o] == 0;
