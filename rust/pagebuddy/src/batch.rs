@@ -6,8 +6,9 @@
 //! except where a whole free block is handed out or comes back at once. There a batch takes a
 //! shortcut whose end state is provably the one the single calls reach: the same pfns in the same
 //! order, the same free lists in the same FIFO order, the same metadata, counts and page bytes
-//! (inline links included). Only the stale entries a side table keeps for pages on no list may
-//! differ: no operation reads them (a page's link is written when it is listed, before any read).
+//! (inline links included). Only the stale entries a side table keeps for pages on no list, or
+//! alone on one, may differ: no operation reads them (a page's link is written when it comes to
+//! share a list, before any read).
 //!
 //! - A whole block out: when the lists from the batch's order up to the first non-empty one, k,
 //!   are empty and the batch wants at least a block of order k's worth, the allocations one by one
@@ -107,8 +108,8 @@ impl<L: LinkStore> Pool<'_, L> {
     /// the only block on the lowest non-empty of those lists, which is the lowest half not yet
     /// handed out, and splits it the same way. So the blocks come out in ascending order, every
     /// list below `found` ends empty as it began, and the only list that keeps a change is
-    /// `found`, which lost its head. Each block but the first was listed once and unlinked once,
-    /// which leaves its head page's link as [`LinkStore::clear`] does; the first was unlinked
+    /// `found`, which lost its head. Each block but the first was listed alone on an empty list
+    /// and taken from it alone, which writes no link (see [`FreeLists`](crate::store::FreeLists)); the first was unlinked
     /// from list `found`.
     fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
         let idx = self.free_head(found)?;
@@ -116,9 +117,6 @@ impl<L: LinkStore> Pool<'_, L> {
         let page_size = self.geo.page_size;
         for (i, pfn) in out.iter_mut().enumerate() {
             let head = idx + ((i as u32) << order);
-            if i > 0 {
-                self.free.links.clear(&mut self.arena, page_size, head);
-            }
             self.meta[head as usize].set(PageMeta::new(1, order as u8));
             *pfn = self.geo.pfn(head);
         }
@@ -163,7 +161,7 @@ impl<L: LinkStore> Pool<'_, L> {
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
             self.check_listed_head(idx, order)?;
-            let me = self.free.link(&self.arena, idx)?;
+            let me = self.free.link_in(&self.arena, idx, order)?;
             let prev_ok = n > 0 || me.prev == Link::NIL;
             let next_ok = if me.next == Link::NIL {
                 self.free.tail(order) == idx
@@ -298,7 +296,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// unlink, needs the lists around it sound.)
     fn check_listed(&self, idx: u32, order: u32) -> Result<(), Error> {
         self.free.check_remove(&self.arena, idx, order)?;
-        let me = self.free.link(&self.arena, idx)?;
+        let me = self.free.link_in(&self.arena, idx, order)?;
         let listed = |i: u32| {
             i == Link::NIL
                 || self.meta.get(i as usize).is_some_and(|m| {
@@ -451,15 +449,27 @@ impl<L: LinkStore> Pool<'_, L> {
     /// merge inside the run reaches outside it, so the last put frees the whole block of `order`
     /// and merges on from there as a free of that block does. On the way, each list below
     /// `order` got one block at its tail and lost it again, which leaves that list as it was
-    /// (its tail's `next` NIL again, see [`check_whole_run`](Self::check_whole_run)) and the
-    /// head page of each lower half, every page at an even offset, with its link cleared. Each
-    /// page is zeroed per the policy before its link is written, and the block is zeroed whole
-    /// before its own: the same bytes.
+    /// (its tail's `next` NIL again, see [`check_whole_run`](Self::check_whole_run)). The bytes
+    /// (see [`FreeLists`](crate::store::FreeLists)): a list j that was empty took each block alone and wrote no link; on
+    /// one that was not, each block (a lower half of order j: the pages at offsets that are
+    /// multiples of `2^(j+1)`) had its link written and then cleared, and a tail that was alone
+    /// there was left alone again, its link cleared. Each page is zeroed per the policy before
+    /// its link is written, and the block is zeroed whole before its own: the same bytes.
     fn free_whole_run(&mut self, idx: u32, order: u32) -> Result<(), Error> {
         let page_size = self.geo.page_size;
         for page in idx..idx + (1 << order) {
             self.meta[page as usize] = PageMeta::new(0, NO_ORDER);
-            if (page - idx).is_multiple_of(2) {
+        }
+        for j in 0..order {
+            let listed = self.free.ends().len[j as usize];
+            if listed == 0 {
+                continue;
+            }
+            if listed == 1 {
+                let tail = self.free.tail(j);
+                self.free.links.clear(&mut self.arena, page_size, tail);
+            }
+            for page in (idx..idx + (1 << order)).step_by(2 << j) {
                 self.free.links.clear(&mut self.arena, page_size, page);
             }
         }

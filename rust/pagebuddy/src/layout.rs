@@ -1324,8 +1324,9 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
 
     /// Lists every free block anew from the metadata alone, which describes whole blocks
     /// ([`Pool::check_blocks`] passed): each order's free heads appended in increasing pfn order,
-    /// the free page count recounted. With links in the pages, the first bytes of each free
-    /// block's other pages are cleared too (a split undone leaves links there).
+    /// the free page count recounted. With links in the pages, the first bytes of every page
+    /// of each free block are cleared first (a split undone leaves links in its other pages,
+    /// and a block that ends up alone on its list keeps none: see `FreeLists`).
     fn rebuild(&self) {
         let pool = self.pool_mut();
         *pool.free.ends_mut() = ListEnds::EMPTY;
@@ -1342,8 +1343,8 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
             let size = 1u32 << order;
             if m.refcount == 0 {
                 if L::IN_PAGE_BYTES > 0 {
-                    for tail in idx + 1..idx + size {
-                        pool.free.links.clear(&mut pool.arena, ps, tail);
+                    for page in idx..idx + size {
+                        pool.free.links.clear(&mut pool.arena, ps, page);
                     }
                 }
                 // The tail it reads was written just before: the append cannot fail.
@@ -2164,7 +2165,11 @@ mod tests {
         let pool = SharedPool::<SideTable>::create_in(bytes(&mut v), cfg, 1).unwrap();
         let (head, free) = {
             let mut g = pool.lock();
-            g.alloc(1).unwrap();
+            // Two order-0 blocks on list 0, whose buddies are held: the first one's link is
+            // read when the next `alloc(0)` takes it (a block alone on its list has none).
+            let pages: [u64; 4] = core::array::from_fn(|_| g.alloc(0).unwrap());
+            g.put(pages[0]).unwrap();
+            g.put(pages[2]).unwrap();
             // The block the next `alloc(0)` takes: the head of the first non-empty list.
             let found = (0..g.geo.max_order)
                 .find(|&k| g.free_list(k).next().is_some())

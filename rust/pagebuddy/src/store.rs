@@ -119,6 +119,8 @@ impl Link {
         prev: Link::NIL,
         next: Link::NIL,
     };
+    /// What [`LinkStore::clear`] leaves in a page: all zeros.
+    pub(crate) const CLEARED: Link = Link { prev: 0, next: 0 };
 }
 
 /// The ends of the per-order free lists: each list's head, tail and length, and the mask of the
@@ -145,6 +147,11 @@ impl ListEnds {
 }
 
 /// Where free-list links live. Reads may return anything: the free lists check every value.
+///
+/// Only blocks that share their list have a link: the free lists neither write nor read the
+/// link of a block alone on its list (its list's ends, head and tail both the block, say what
+/// that link would), and [`clear`](Self::clear) a link when its block leaves a list it shared
+/// or is left alone on one.
 pub trait LinkStore {
     /// Reads the link of page `idx`.
     fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link;
@@ -203,9 +210,11 @@ pub trait LinkStore {
     }
 }
 
-/// Links in the free pages themselves, as upstream pKVM: no extra metadata. The first 8 bytes of a
-/// free block's head page hold `prev` and `next` (little-endian `u32`s) while it is listed, and are
-/// zeroed when it leaves the list.
+/// Links in the free pages themselves, as upstream pKVM: no extra metadata. While a free block
+/// shares its list with other blocks, the first 8 bytes of its head page hold `prev` and `next`
+/// (little-endian `u32`s). A block alone on its list keeps no link: the list's ends name it, so
+/// its bytes are left as they were (zeros, under a zero policy). When a block leaves a list it
+/// shared, its link is zeroed, and so is the link of a block left alone there.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Intrusive;
 
@@ -425,6 +434,24 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
+    /// The link of `idx`, a block on list `order`: read and checked as [`link`](Self::link)
+    /// does, unless the list holds one block, whose link is implied (both ends NIL) and kept
+    /// nowhere. (The caller checks that the list's ends name `idx`, as for any block without
+    /// a neighbour.)
+    #[inline(always)]
+    pub(crate) fn link_in(
+        &self,
+        arena: &Arena<'_>,
+        idx: u32,
+        order: u32,
+    ) -> Result<Link, Corruption> {
+        if self.ends().len[slot(order)] == 1 {
+            Ok(Link::EMPTY)
+        } else {
+            self.link(arena, idx)
+        }
+    }
+
     /// The head of list `order`, `None` if the list is empty. The ends of a shared pool lie in
     /// bytes that any process can write, so a head outside the pool is corruption, found here
     /// before anything indexes with it.
@@ -471,7 +498,8 @@ impl<L: LinkStore> FreeLists<L> {
 
     /// What [`append`](Self::append) to list `order` reads, read and checked: the link of the
     /// list's tail, `None` if the list is empty (a tail outside the pool is corruption, as a
-    /// head is: see [`first`](Self::first)). Writes nothing; valid for
+    /// head is: see [`first`](Self::first)), implied if the tail is alone on the list
+    /// ([`link_in`](Self::link_in)). Writes nothing; valid for
     /// [`append_planned`](Self::append_planned) until list `order` changes.
     #[inline(always)]
     pub(crate) fn plan_append(
@@ -481,7 +509,7 @@ impl<L: LinkStore> FreeLists<L> {
     ) -> Result<Option<Link>, Corruption> {
         match self.ends().tail[slot(order)] {
             Link::NIL => Ok(None),
-            tail if tail < self.nr_pages => self.link(arena, tail).map(Some),
+            tail if tail < self.nr_pages => self.link_in(arena, tail, order).map(Some),
             tail => Err(self.corrupt(CorruptionKind::LinkOutOfRange, tail)),
         }
     }
@@ -516,6 +544,10 @@ impl<L: LinkStore> FreeLists<L> {
     /// it the list is non-empty afterwards and the caller sets its bit
     /// ([`remask`](Self::remask)) once it has appended to every list it appends to: a split
     /// appends to one list per half, and writes the mask once, not once per half.
+    ///
+    /// A block appended to an empty list is alone there: no link is written (a split's halves
+    /// and a free that merges with nothing, in a pool in use, mostly join empty lists). Behind
+    /// a tail that was alone, both links are written, the tail's whole.
     #[inline(always)]
     pub(crate) fn append_planned_masking<const MASK: bool>(
         &mut self,
@@ -530,6 +562,15 @@ impl<L: LinkStore> FreeLists<L> {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
                 self.links.store(arena, self.page_size, tail, t);
+                self.links.store(
+                    arena,
+                    self.page_size,
+                    idx,
+                    Link {
+                        prev: tail,
+                        next: Link::NIL,
+                    },
+                );
             }
             _ => {
                 let ends = self.ends_mut();
@@ -539,15 +580,6 @@ impl<L: LinkStore> FreeLists<L> {
                 }
             }
         }
-        self.links.store(
-            arena,
-            self.page_size,
-            idx,
-            Link {
-                prev: tail,
-                next: Link::NIL,
-            },
-        );
         let ends = self.ends_mut();
         ends.tail[o] = idx;
         ends.len[o] += 1;
@@ -577,7 +609,7 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
     ) -> Result<Unlink, Corruption> {
         let o = slot(order);
-        let me = self.link(arena, idx)?;
+        let me = self.link_in(arena, idx, order)?;
         let prev = if me.prev == Link::NIL {
             None
         } else {
@@ -620,7 +652,7 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
     ) -> Result<Unlink, Corruption> {
         let o = slot(order);
-        let me = self.link(arena, idx)?;
+        let me = self.link_in(arena, idx, order)?;
         if me.prev != Link::NIL {
             // Inlined, though no consistent list gets here: out of line, its `Unlink` came
             // back through the stack, the compiler wrote this path's into the same slot as two
@@ -679,6 +711,11 @@ impl<L: LinkStore> FreeLists<L> {
     /// returns whether it emptied. Without `MASK` the caller clears the bit
     /// ([`remask`](Self::remask)) once for all the lists it unlinks from: a free unlinks one
     /// buddy per merge, each from its own list.
+    ///
+    /// A block alone on its list has no link to clear (it was never written, or was cleared
+    /// when the block was left alone), so taking it writes only the list's ends: a split's
+    /// halves merged back, the page a free just listed taken again. From a list of two, the
+    /// block left alone has its link cleared instead of rewritten.
     #[inline(always)]
     pub(crate) fn unlink_masking<const MASK: bool>(
         &mut self,
@@ -694,6 +731,11 @@ impl<L: LinkStore> FreeLists<L> {
             prev_prev,
             next_next,
         } = u;
+        let len = self.ends().len[o];
+        // A neighbour left alone (a list of two) gets a cleared link, a select rather than a
+        // branch: the zeros `clear` writes, written by `store`.
+        let alone = len == 2;
+        let relink = |link: Link| if alone { Link::CLEARED } else { link };
         if prev == Link::NIL {
             self.ends_mut().head[o] = next;
         } else {
@@ -701,7 +743,7 @@ impl<L: LinkStore> FreeLists<L> {
                 prev: prev_prev,
                 next,
             };
-            self.links.store(arena, self.page_size, prev, link);
+            self.links.store(arena, self.page_size, prev, relink(link));
         }
         if next == Link::NIL {
             self.ends_mut().tail[o] = prev;
@@ -710,12 +752,14 @@ impl<L: LinkStore> FreeLists<L> {
                 prev,
                 next: next_next,
             };
-            self.links.store(arena, self.page_size, next, link);
+            self.links.store(arena, self.page_size, next, relink(link));
         }
-        self.links.clear(arena, self.page_size, idx);
+        if len != 1 {
+            self.links.clear(arena, self.page_size, idx);
+        }
         let ends = self.ends_mut();
-        ends.len[o] -= 1;
-        let emptied = ends.len[o] == 0;
+        ends.len[o] = len.wrapping_sub(1);
+        let emptied = len == 1;
         if MASK && emptied {
             ends.mask &= !(1 << o);
         }
@@ -734,6 +778,7 @@ impl<L: LinkStore> FreeLists<L> {
             arena,
             next,
             left,
+            lone: left == 1,
         }
     }
 
@@ -757,6 +802,8 @@ pub(crate) struct ListIter<'s, L> {
     arena: &'s Arena<'s>,
     next: u32,
     left: u32,
+    /// The list holds one block, whose link is implied ([`FreeLists::link_in`]).
+    lone: bool,
 }
 
 impl<L: LinkStore> Iterator for ListIter<'_, L> {
@@ -769,7 +816,12 @@ impl<L: LinkStore> Iterator for ListIter<'_, L> {
         }
         self.left -= 1;
         let idx = self.next;
-        match self.lists.link(self.arena, idx) {
+        let link = if self.lone {
+            Ok(Link::EMPTY)
+        } else {
+            self.lists.link(self.arena, idx)
+        };
+        match link {
             Ok(link) => {
                 self.next = link.next;
                 Some(Ok((idx, link)))

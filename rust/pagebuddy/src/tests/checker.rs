@@ -177,13 +177,91 @@ fn check_finds_nonzero_free_bytes_past_intrusive_links() {
         arena.write8(at, bytes);
         assert_eq!(broken(pool.check()), Some((K::NotZero, 0)), "byte {at}");
     }
-    // Bytes 0..8 of a free head are its links: ListBroken or LinkOutOfRange, not NotZero.
-    let mut mem = Mem::new(4);
-    let mut pool = mem.intrusive(cfg(4)).unwrap();
+    // Bytes 0..8 of a free head that shares its list are its links: ListBroken or
+    // LinkOutOfRange, not NotZero (two blocks of order 2, at pages 0 and 4).
+    let mut mem = Mem::new(8);
+    let mut pool = mem.intrusive(cfg(8).order_cap(3)).unwrap();
     pool.parts_mut()
         .0
         .write8(0, [9, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
     assert_eq!(broken(pool.check()), Some((K::LinkOutOfRange, 0)));
+}
+
+#[test]
+fn a_block_alone_on_its_list_keeps_no_link() {
+    // One free block of order 2: its first bytes are not the pool's, so whatever is written
+    // there is neither read nor reported, and it is handed out as it was left.
+    let mut mem = Mem::new(4);
+    let mut pool = mem.intrusive(cfg(4).zero(ZeroPolicy::Never)).unwrap();
+    pool.parts_mut()
+        .0
+        .write8(0, [9, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    pool.check().unwrap();
+    assert_eq!(pool.alloc(2), Ok(0));
+    assert_eq!(
+        pool.parts().0.read8(0),
+        [9, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]
+    );
+    pool.put(0).unwrap();
+    pool.check().unwrap();
+    // Split: each upper half joins an empty list alone, and its first bytes stay as they
+    // were; the free merges them back, and the block is alone on its list again.
+    let before = [1, 2].map(|half| pool.parts().0.read8(half * PS));
+    let pfn = pool.alloc(0).unwrap();
+    assert_eq!(pfn, 0);
+    assert_eq!([1, 2].map(|half| pool.parts().0.read8(half * PS)), before);
+    pool.check().unwrap();
+    pool.put(pfn).unwrap();
+    assert_eq!(lists(&pool), vec![vec![], vec![], vec![0]]);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_block_left_alone_has_its_link_cleared() {
+    // Two order-2 blocks at pages 0 and 4 on list 2: linked. Taking the first leaves the
+    // second alone, its link cleared; taking it too writes nothing more.
+    let mut mem = Mem::new(8);
+    let mut pool = mem
+        .intrusive(cfg(8).order_cap(3).zero(ZeroPolicy::Never))
+        .unwrap();
+    let link =
+        |pool: &Pool<'_, Intrusive>, page: usize| Intrusive.load(pool.parts().0, PS, page as u32);
+    assert_eq!(
+        link(&pool, 0),
+        Link {
+            prev: Link::NIL,
+            next: 4
+        }
+    );
+    assert_eq!(
+        link(&pool, 4),
+        Link {
+            prev: 0,
+            next: Link::NIL
+        }
+    );
+    assert_eq!(pool.alloc(2), Ok(0));
+    assert_eq!(pool.parts().0.read8(0), [0; 8]);
+    assert_eq!(pool.parts().0.read8(4 * PS), [0; 8]);
+    pool.check().unwrap();
+    assert_eq!(pool.alloc(2), Ok(4));
+    pool.put(0).unwrap();
+    pool.put(4).unwrap();
+    assert_eq!(
+        link(&pool, 0),
+        Link {
+            prev: Link::NIL,
+            next: 4
+        }
+    );
+    assert_eq!(
+        link(&pool, 4),
+        Link {
+            prev: 0,
+            next: Link::NIL
+        }
+    );
+    pool.check().unwrap();
 }
 
 #[test]
@@ -457,18 +535,19 @@ fn side_table_from_bytes_needs_exactly_link_bytes() {
 
 #[test]
 fn links_must_name_a_page_of_the_pool() {
-    // One free block of order 2 at pfn 8 (page 0), intrusive links in its first bytes.
+    // Two free blocks of order 2 at pfns 8 and 12 (pages 0 and 4) on one list, intrusive links
+    // in their first bytes: page 0's is (NIL, 4).
     for (link, ok) in [
         (
             Link {
                 prev: Link::NIL,
-                next: 4,
+                next: 8,
             },
             false,
         ), // one past the last page
         (
             Link {
-                prev: 4,
+                prev: 8,
                 next: Link::NIL,
             },
             false,
@@ -483,10 +562,10 @@ fn links_must_name_a_page_of_the_pool() {
         (
             Link {
                 prev: Link::NIL,
-                next: 3,
+                next: Link::NIL,
             },
             true,
-        ), // the last page: in range (but wrong)
+        ), // in range, but the list holds two blocks
         (
             Link {
                 prev: 3,
@@ -495,8 +574,8 @@ fn links_must_name_a_page_of_the_pool() {
             true,
         ),
     ] {
-        let mut mem = Mem::new(4);
-        let mut pool = mem.intrusive(cfg(4).base_pfn(8)).unwrap();
+        let mut mem = Mem::new(8);
+        let mut pool = mem.intrusive(cfg(8).order_cap(3).base_pfn(8)).unwrap();
         Intrusive.store(pool.parts_mut().0, PS, 0, link);
         let kind = if ok { K::ListBroken } else { K::LinkOutOfRange };
         assert_eq!(broken(pool.check()), Some((kind, 8)), "{link:?}");
