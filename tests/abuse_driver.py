@@ -1207,7 +1207,7 @@ def case_corruption_changes_nothing(ctx: Context) -> None:
     pool = Pool(8, page_size=64, zero="never", _links="intrusive")
     pool.alloc_many(0, 8)
     stale = pool.view(0)
-    pool.put_page(0)
+    pool.put_many([0, 2])  # the order-0 list is 0, 2: linked (a block alone has no link)
     forge(stale, 2**31, 2**31)
     free = pool.free_pages
     if type(raised(lambda: pool.put_page(1))) is not CorruptionError:

@@ -344,14 +344,15 @@ def test_check_raises_corruption_error_naming_the_page(cls: type) -> None:
 def test_native_intrusive_corrupt_link_is_reported() -> None:
     """A stale write over the links of an intrusive free list: CorruptionError, no crash."""
     pool = Pool(8, page_size=64, _links="intrusive")
-    pfn = pool.alloc_pages(2)
-    stale = pool.view(pfn)
-    pool.put_page(pfn)
+    pfns = [pool.alloc_pages(0) for _ in range(4)]
+    stale = pool.view(pfns[0])
+    pool.put_page(pfns[0])
+    pool.put_page(pfns[2])  # the order-0 list is 0, 2: linked
     stale[0:LINK_BYTES] = b"\xfe" * LINK_BYTES
     with pytest.raises(CorruptionError, match=r"check: .*link.*pfn 0"):
         pool.check()
     with pytest.raises(CorruptionError, match=r"alloc_pages: .*pfn 0"):
-        pool.alloc_pages(3)
+        pool.alloc_pages(0)
 
 
 # ------------------------------------------------------------------------- failed calls

@@ -46,7 +46,7 @@ def test_put_page_that_meets_a_corrupt_link_changes_nothing() -> None:
     pool = Pool(8, page_size=64, zero="never", _links="intrusive")
     pool.alloc_many(0, 8)
     stale = pool.view(0)
-    pool.put_page(0)  # page 0 alone on the order-0 list; its buddy 1 is held
+    pool.put_many([0, 2])  # the order-0 list is 0, 2 (their buddies 1 and 3 are held)
     forge_link(stale, 2**31, 2**31)  # a write through a view kept after the put
     before = pool_state(pool)
     with pytest.raises(CorruptionError):
@@ -58,15 +58,31 @@ def test_put_page_that_meets_a_corrupt_link_changes_nothing() -> None:
 def test_put_page_onto_a_list_with_a_corrupt_tail_changes_nothing() -> None:
     pool = Pool(8, page_size=64, zero="free", _links="intrusive")
     pool.alloc_many(0, 8)
-    stale = pool.view(0)
-    pool.put_page(0)
-    forge_link(stale, 7, 2**31)  # the tail of the order-0 list
+    stale = pool.view(4)
+    pool.put_many([0, 4])
+    forge_link(stale, 0, 2**31)  # the tail of the order-0 list (0, 4)
     pool.view(2)[:] = b"\x11" * 64
     before = pool_state(pool)
     with pytest.raises(CorruptionError):
         pool.put_page(2)  # buddy 3 is held: page 2 joins the tail of the list
     assert pool_state(pool) == before
     assert bytes(pool.view(2)) == b"\x11" * 64  # not zeroed either
+
+
+def test_a_block_alone_on_its_list_has_no_link_to_corrupt() -> None:
+    """A free block alone on its list keeps no link (its list's ends name it): a write into
+    its first bytes is neither read nor reported, and the pool goes on as if none happened."""
+    pool = Pool(8, page_size=64, zero="never", _links="intrusive")
+    pool.alloc_many(0, 8)
+    stale = pool.view(0)
+    pool.put_page(0)  # page 0 alone on the order-0 list; its buddy 1 is held
+    forge_link(stale, 2**31, 2**31)
+    pool.check()
+    pool.put_page(1)  # merges with page 0
+    assert pool.free_lists()[1] == [0]
+    pool.check()
+    assert pool.alloc_pages(0) == 0
+    assert bytes(pool.view(0)[:8]) == struct.pack("<II", 2**31, 2**31)  # left as written
 
 
 def test_alloc_many_that_meets_a_corrupt_link_hands_out_nothing() -> None:

@@ -766,10 +766,12 @@ impl<L: LinkStore> FreeLists<L> {
         emptied
     }
 
-    /// Walks list `order` from its head: at most `len` nodes, stopping at the first bad link.
+    /// Walks list `order` from its head: at most `len` nodes, and no more than the pool has
+    /// pages (a shared pool's lengths are bytes any process can write, and its links can
+    /// close a cycle), stopping at the first bad link.
     pub(crate) fn iter<'s>(&'s self, arena: &'s Arena<'s>, order: u32) -> ListIter<'s, L> {
         let ends = self.ends();
-        let (next, left) = match (ends.head.get(order as usize), ends.len.get(order as usize)) {
+        let (next, len) = match (ends.head.get(order as usize), ends.len.get(order as usize)) {
             (Some(&h), Some(&n)) => (h, n),
             _ => (Link::NIL, 0),
         };
@@ -777,8 +779,8 @@ impl<L: LinkStore> FreeLists<L> {
             lists: self,
             arena,
             next,
-            left,
-            lone: left == 1,
+            left: len.min(self.nr_pages),
+            lone: len == 1,
         }
     }
 
