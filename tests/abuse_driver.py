@@ -1216,9 +1216,9 @@ def case_corruption_changes_nothing(ctx: Context) -> None:
         ctx.fail("put_page changed the pool before reporting corruption")
     pool = Pool(8, page_size=64, zero="never", _links="intrusive")
     pool.alloc_many(0, 8)
-    stale = pool.view(4)
-    pool.put_many([0, 2, 4])
-    forge(stale, 2, 2**31)
+    stale = pool.view(2)
+    pool.put_many([0, 2, 4])  # 0 -> 2 -> 4: the tail's link is kept in the list's ends
+    forge(stale, 0, 2**31)
     if type(raised(lambda: pool.alloc_many(0, 3))) is not CorruptionError:
         ctx.fail("alloc_many over a forged link did not report corruption")
     if (pool.page_count(0), pool.free_pages) != (0, 3):

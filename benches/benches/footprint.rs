@@ -189,7 +189,7 @@ fn main() {
              (pagebuddy::link_bytes: 8 B/page); the pool allocates nothing"
         } else {
             "caller-provided PageMeta slice (pagebuddy::meta_bytes: 4 B/page); free-list links \
-             live in the first 8 bytes of the head page of each free block that shares its list; the pool allocates nothing"
+             live in the first 8 bytes of the head page of each free block with a successor on its list; the pool allocates nothing"
         };
         let r = blank(
             id,

@@ -7,8 +7,8 @@
 //! shortcut whose end state is provably the one the single calls reach: the same pfns in the same
 //! order, the same free lists in the same FIFO order, the same metadata, counts and page bytes
 //! (inline links included). Only the stale entries a side table keeps for pages on no list, or
-//! alone on one, may differ: no operation reads them (a page's link is written when it comes to
-//! share a list, before any read).
+//! at a list's tail, may differ: no operation reads them (a page's link is written when a block
+//! is appended behind it, before any read).
 //!
 //! - A whole block out: when the lists from the batch's order up to the first non-empty one, k,
 //!   are empty and the batch wants at least a block of order k's worth, the allocations one by one
@@ -166,7 +166,7 @@ impl<L: LinkStore> Pool<'_, L> {
             let next_ok = if me.next == Link::NIL {
                 self.free.tail(order) == idx
             } else {
-                self.free.link(&self.arena, me.next)?.prev == idx
+                self.free.link_in(&self.arena, me.next, order)?.prev == idx
             };
             let linked = prev_ok && next_ok;
             if !linked {
@@ -450,27 +450,20 @@ impl<L: LinkStore> Pool<'_, L> {
     /// and merges on from there as a free of that block does. On the way, each list below
     /// `order` got one block at its tail and lost it again, which leaves that list as it was
     /// (its tail's `next` NIL again, see [`check_whole_run`](Self::check_whole_run)). The bytes
-    /// (see [`FreeLists`](crate::store::FreeLists)): a list j that was empty took each block alone and wrote no link; on
-    /// one that was not, each block (a lower half of order j: the pages at offsets that are
-    /// multiples of `2^(j+1)`) had its link written and then cleared, and a tail that was alone
-    /// there was left alone again, its link cleared. Each page is zeroed per the policy before
-    /// its link is written, and the block is zeroed whole before its own: the same bytes.
+    /// (see [`FreeLists`](crate::store::FreeLists)): each block appended became the tail, whose
+    /// link the list's ends keep, so none is written into the run's pages; on a list j that was
+    /// not empty, the tail's link was written into its store when the block was appended
+    /// behind it and cleared when the block left and it became the tail again. The block is
+    /// zeroed whole per the policy as the last put zeroes it: the same bytes.
     fn free_whole_run(&mut self, idx: u32, order: u32) -> Result<(), Error> {
         let page_size = self.geo.page_size;
         for page in idx..idx + (1 << order) {
             self.meta[page as usize] = PageMeta::new(0, NO_ORDER);
         }
         for j in 0..order {
-            let listed = self.free.ends().len[j as usize];
-            if listed == 0 {
-                continue;
-            }
-            if listed == 1 {
-                let tail = self.free.tail(j);
+            let tail = self.free.tail(j);
+            if tail != Link::NIL {
                 self.free.links.clear(&mut self.arena, page_size, tail);
-            }
-            for page in (idx..idx + (1 << order)).step_by(2 << j) {
-                self.free.links.clear(&mut self.arena, page_size, page);
             }
         }
         Ok(self.attach::<true>(idx, order)?)

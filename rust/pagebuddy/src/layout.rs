@@ -4,8 +4,8 @@
 //! offset 0          header: magic, layout version, endianness tag, geometry, link store, zero
 //!                   policy, owner slots, offsets, a checksum of all that; then the lock word,
 //!                   the state word, the free page count, the undo journal, the free lists'
-//!                   heads, tails, lengths and non-empty mask, the outer lock's 64 bytes and the
-//!                   boot word
+//!                   heads, tails, lengths, non-empty mask and tails' links, the outer lock's
+//!                   64 bytes and the boot word
 //! (next 64)         the owner table and every page's owner tag (2 bytes each): see `owners`
 //! meta_off          PageMeta of every page (4 bytes each)
 //! links_off         side-table links (8 bytes each; none for intrusive links)
@@ -77,7 +77,7 @@ use crate::Pool;
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Bytes of the header kept for an [`OuterLock`]'s own state (a robust `pthread_mutex_t`):
 /// 8-aligned, zero in a freshly formatted pool.
 pub const OUTER_LOCK_BYTES: usize = 64;
@@ -1326,7 +1326,7 @@ impl<'a, L: SharedLinks<'a>> SharedPool<'a, L> {
     /// ([`Pool::check_blocks`] passed): each order's free heads appended in increasing pfn order,
     /// the free page count recounted. With links in the pages, the first bytes of every page
     /// of each free block are cleared first (a split undone leaves links in its other pages,
-    /// and a block that ends up alone on its list keeps none: see `FreeLists`).
+    /// and a block that ends up a list's tail keeps none there: see `FreeLists`).
     fn rebuild(&self) {
         let pool = self.pool_mut();
         *pool.free.ends_mut() = ListEnds::EMPTY;

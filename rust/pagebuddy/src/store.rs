@@ -119,13 +119,12 @@ impl Link {
         prev: Link::NIL,
         next: Link::NIL,
     };
-    /// What [`LinkStore::clear`] leaves in a page: all zeros.
-    pub(crate) const CLEARED: Link = Link { prev: 0, next: 0 };
 }
 
-/// The ends of the per-order free lists: each list's head, tail and length, and the mask of the
-/// non-empty ones. A pool keeps them in itself unless its [`LinkStore`] keeps them elsewhere (a
-/// shared pool keeps them in its header, see [`SharedPool`](crate::SharedPool)).
+/// The ends of the per-order free lists: each list's head, tail and length, the mask of the
+/// non-empty ones, and the link of each list's tail. A pool keeps them in itself unless its
+/// [`LinkStore`] keeps them elsewhere (a shared pool keeps them in its header, see
+/// [`SharedPool`](crate::SharedPool)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListEnds {
@@ -134,6 +133,9 @@ pub struct ListEnds {
     pub(crate) len: [u32; MAX_ORDERS],
     /// Bit k set <=> list k is non-empty.
     pub(crate) mask: u32,
+    /// The `prev` of each list's tail, whose link is kept here and not in the link store (its
+    /// `next` is NIL); meaningless for a list of fewer than two blocks.
+    pub(crate) tail_prev: [u32; MAX_ORDERS],
 }
 
 impl ListEnds {
@@ -143,15 +145,17 @@ impl ListEnds {
         tail: [Link::NIL; MAX_ORDERS],
         len: [0; MAX_ORDERS],
         mask: 0,
+        tail_prev: [Link::NIL; MAX_ORDERS],
     };
 }
 
 /// Where free-list links live. Reads may return anything: the free lists check every value.
 ///
-/// Only blocks that share their list have a link: the free lists neither write nor read the
-/// link of a block alone on its list (its list's ends, head and tail both the block, say what
-/// that link would), and [`clear`](Self::clear) a link when its block leaves a list it shared
-/// or is left alone on one.
+/// Only blocks with a successor on their list keep a link here: the link of each list's tail
+/// (its `prev`, and a `next` of NIL) is kept with the list's ends ([`ListEnds`]), so the free
+/// lists neither write nor read it in the store. A block's link is written when a block is
+/// appended behind it, and [`clear`](Self::clear)ed when it leaves its list or becomes the
+/// tail again.
 pub trait LinkStore {
     /// Reads the link of page `idx`.
     fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link;
@@ -211,10 +215,12 @@ pub trait LinkStore {
 }
 
 /// Links in the free pages themselves, as upstream pKVM: no extra metadata. While a free block
-/// shares its list with other blocks, the first 8 bytes of its head page hold `prev` and `next`
-/// (little-endian `u32`s). A block alone on its list keeps no link: the list's ends name it, so
-/// its bytes are left as they were (zeros, under a zero policy). When a block leaves a list it
-/// shared, its link is zeroed, and so is the link of a block left alone there.
+/// has a successor on its list, the first 8 bytes of its head page hold `prev` and `next`
+/// (little-endian `u32`s). The tail of a list keeps no link in its page (the list's ends hold
+/// it, see [`ListEnds`]), so a block freed onto the tail of a list is not written to until
+/// another block is appended behind it, and a block alone on its list never is: its bytes are
+/// left as they were (zeros, under a zero policy). A link is zeroed when its block leaves the
+/// list or becomes the tail again.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Intrusive;
 
@@ -435,9 +441,9 @@ impl<L: LinkStore> FreeLists<L> {
     }
 
     /// The link of `idx`, a block on list `order`: read and checked as [`link`](Self::link)
-    /// does, unless the list holds one block, whose link is implied (both ends NIL) and kept
-    /// nowhere. (The caller checks that the list's ends name `idx`, as for any block without
-    /// a neighbour.)
+    /// does, unless `idx` is the list's tail, whose link the list's ends hold (its `prev` in
+    /// range, checked here; NIL for a list of one). (The caller checks that the list's ends
+    /// name `idx` where it has no neighbour, as for any block.)
     #[inline(always)]
     pub(crate) fn link_in(
         &self,
@@ -445,10 +451,22 @@ impl<L: LinkStore> FreeLists<L> {
         idx: u32,
         order: u32,
     ) -> Result<Link, Corruption> {
-        if self.ends().len[slot(order)] == 1 {
-            Ok(Link::EMPTY)
+        let (o, ends) = (slot(order), self.ends());
+        if ends.tail[o] != idx {
+            return self.link(arena, idx);
+        }
+        let prev = if ends.len[o] == 1 {
+            Link::NIL
         } else {
-            self.link(arena, idx)
+            ends.tail_prev[o]
+        };
+        if prev.wrapping_add(1) <= self.nr_pages {
+            Ok(Link {
+                prev,
+                next: Link::NIL,
+            })
+        } else {
+            Err(self.corrupt(CorruptionKind::LinkOutOfRange, idx))
         }
     }
 
@@ -498,7 +516,7 @@ impl<L: LinkStore> FreeLists<L> {
 
     /// What [`append`](Self::append) to list `order` reads, read and checked: the link of the
     /// list's tail, `None` if the list is empty (a tail outside the pool is corruption, as a
-    /// head is: see [`first`](Self::first)), implied if the tail is alone on the list
+    /// head is: see [`first`](Self::first)), which the list's ends hold
     /// ([`link_in`](Self::link_in)). Writes nothing; valid for
     /// [`append_planned`](Self::append_planned) until list `order` changes.
     #[inline(always)]
@@ -545,9 +563,10 @@ impl<L: LinkStore> FreeLists<L> {
     /// ([`remask`](Self::remask)) once it has appended to every list it appends to: a split
     /// appends to one list per half, and writes the mask once, not once per half.
     ///
-    /// A block appended to an empty list is alone there: no link is written (a split's halves
-    /// and a free that merges with nothing, in a pool in use, mostly join empty lists). Behind
-    /// a tail that was alone, both links are written, the tail's whole.
+    /// The appended block becomes the tail, whose link the list's ends keep: nothing is
+    /// written into its page now (a freed page is most often one no cache holds). The old
+    /// tail's link, kept in the ends until now, is written into its store, whole, and the
+    /// new tail's link is hinted, for the append that will write it.
     #[inline(always)]
     pub(crate) fn append_planned_masking<const MASK: bool>(
         &mut self,
@@ -562,15 +581,8 @@ impl<L: LinkStore> FreeLists<L> {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
                 self.links.store(arena, self.page_size, tail, t);
-                self.links.store(
-                    arena,
-                    self.page_size,
-                    idx,
-                    Link {
-                        prev: tail,
-                        next: Link::NIL,
-                    },
-                );
+                self.ends_mut().tail_prev[o] = tail;
+                self.links.prefetch(arena, self.page_size, idx);
             }
             _ => {
                 let ends = self.ends_mut();
@@ -609,6 +621,9 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
     ) -> Result<Unlink, Corruption> {
         let o = slot(order);
+        if self.ends().len[o] == 1 {
+            return self.plan_remove_alone(idx, order);
+        }
         let me = self.link_in(arena, idx, order)?;
         let prev = if me.prev == Link::NIL {
             None
@@ -618,7 +633,7 @@ impl<L: LinkStore> FreeLists<L> {
         let next = if me.next == Link::NIL {
             None
         } else {
-            Some(self.link(arena, me.next)?)
+            Some(self.link_in(arena, me.next, order)?)
         };
         let ends = self.ends();
         let consistent = match prev {
@@ -640,6 +655,24 @@ impl<L: LinkStore> FreeLists<L> {
         })
     }
 
+    /// [`plan_remove`](Self::plan_remove) of `idx` from list `order` of one block: it must be
+    /// that block (the list's head and tail), whose link is NIL both ways and kept nowhere.
+    #[inline(always)]
+    fn plan_remove_alone(&self, idx: u32, order: u32) -> Result<Unlink, Corruption> {
+        let (o, ends) = (slot(order), self.ends());
+        if ends.head[o] == idx && ends.tail[o] == idx {
+            Ok(Unlink {
+                idx,
+                prev: Link::NIL,
+                next: Link::NIL,
+                prev_prev: Link::NIL,
+                next_next: Link::NIL,
+            })
+        } else {
+            Err(self.corrupt(CorruptionKind::ListBroken, idx))
+        }
+    }
+
     /// [`plan_remove`](Self::plan_remove) of `idx`, the head of list `order` (what
     /// [`first`](Self::first) returned): the same reads, checks and result, in fewer steps
     /// where the head has no predecessor, as in every consistent list. One that has a
@@ -652,6 +685,9 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
     ) -> Result<Unlink, Corruption> {
         let o = slot(order);
+        if self.ends().len[o] == 1 {
+            return self.plan_remove_alone(idx, order);
+        }
         let me = self.link_in(arena, idx, order)?;
         if me.prev != Link::NIL {
             // Inlined, though no consistent list gets here: out of line, its `Unlink` came
@@ -665,7 +701,7 @@ impl<L: LinkStore> FreeLists<L> {
         let next_next = if me.next == Link::NIL {
             Link::NIL
         } else {
-            let n = self.link(arena, me.next)?;
+            let n = self.link_in(arena, me.next, order)?;
             if n.prev != idx {
                 return Err(self.corrupt(CorruptionKind::ListBroken, idx));
             }
@@ -712,10 +748,10 @@ impl<L: LinkStore> FreeLists<L> {
     /// ([`remask`](Self::remask)) once for all the lists it unlinks from: a free unlinks one
     /// buddy per merge, each from its own list.
     ///
-    /// A block alone on its list has no link to clear (it was never written, or was cleared
-    /// when the block was left alone), so taking it writes only the list's ends: a split's
-    /// halves merged back, the page a free just listed taken again. From a list of two, the
-    /// block left alone has its link cleared instead of rewritten.
+    /// A tail has no link in the store to clear (the ends hold it), so taking a block alone on
+    /// its list writes only the list's ends: a split's halves merged back, the page a free just
+    /// listed taken again. A block that becomes the tail has its link moved into the ends and
+    /// cleared in the store; a successor that is the tail has its `prev` rewritten in the ends.
     #[inline(always)]
     pub(crate) fn unlink_masking<const MASK: bool>(
         &mut self,
@@ -731,30 +767,32 @@ impl<L: LinkStore> FreeLists<L> {
             prev_prev,
             next_next,
         } = u;
-        let len = self.ends().len[o];
-        // A neighbour left alone (a list of two) gets a cleared link, a select rather than a
-        // branch: the zeros `clear` writes, written by `store`.
-        let alone = len == 2;
-        let relink = |link: Link| if alone { Link::CLEARED } else { link };
+        let (len, tail) = (self.ends().len[o], self.ends().tail[o]);
         if prev == Link::NIL {
             self.ends_mut().head[o] = next;
+        } else if next == Link::NIL {
+            // `prev` becomes the tail: its link moves into the ends.
+            self.ends_mut().tail_prev[o] = prev_prev;
+            self.links.clear(arena, self.page_size, prev);
         } else {
             let link = Link {
                 prev: prev_prev,
                 next,
             };
-            self.links.store(arena, self.page_size, prev, relink(link));
+            self.links.store(arena, self.page_size, prev, link);
         }
         if next == Link::NIL {
             self.ends_mut().tail[o] = prev;
+        } else if next == tail {
+            self.ends_mut().tail_prev[o] = prev;
         } else {
             let link = Link {
                 prev,
                 next: next_next,
             };
-            self.links.store(arena, self.page_size, next, relink(link));
+            self.links.store(arena, self.page_size, next, link);
         }
-        if len != 1 {
+        if idx != tail {
             self.links.clear(arena, self.page_size, idx);
         }
         let ends = self.ends_mut();
@@ -778,9 +816,9 @@ impl<L: LinkStore> FreeLists<L> {
         ListIter {
             lists: self,
             arena,
+            order,
             next,
             left: len.min(self.nr_pages),
-            lone: len == 1,
         }
     }
 
@@ -802,10 +840,10 @@ impl<L: LinkStore> FreeLists<L> {
 pub(crate) struct ListIter<'s, L> {
     lists: &'s FreeLists<L>,
     arena: &'s Arena<'s>,
+    /// The list walked (below `MAX_ORDERS`, or the walk is empty).
+    order: u32,
     next: u32,
     left: u32,
-    /// The list holds one block, whose link is implied ([`FreeLists::link_in`]).
-    lone: bool,
 }
 
 impl<L: LinkStore> Iterator for ListIter<'_, L> {
@@ -818,12 +856,7 @@ impl<L: LinkStore> Iterator for ListIter<'_, L> {
         }
         self.left -= 1;
         let idx = self.next;
-        let link = if self.lone {
-            Ok(Link::EMPTY)
-        } else {
-            self.lists.link(self.arena, idx)
-        };
-        match link {
+        match self.lists.link_in(self.arena, idx, self.order) {
             Ok(link) => {
                 self.next = link.next;
                 Some(Ok((idx, link)))

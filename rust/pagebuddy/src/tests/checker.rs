@@ -57,12 +57,13 @@ fn check_finds_each_list_inconsistency_alone() {
     pool.free.ends_mut().len[0] = 2;
     assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
 
-    // Tail names the first node of two (length and next are right).
+    // Tail names the first node of two (length and next are right): the first node, read as
+    // the tail, has the tail's `prev`, not NIL.
     let mut mem = Mem::new(8);
     let mut pool = singles(&mut mem, &[19, 21]);
     assert_eq!(lists(&pool)[0], [19, 21]);
     pool.free.set_tail(0, 3);
-    assert_eq!(broken(pool.check()), Some((K::ListBroken, 21)));
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 19)));
 
     // Length too small: the walk stops before the end.
     pool.free.set_tail(0, 5);
@@ -78,7 +79,7 @@ fn check_finds_each_list_inconsistency_alone() {
 
 #[test]
 fn check_finds_a_misplaced_link() {
-    // The last node's `next` names a page (in range) although the tail is right.
+    // The first node's `next` names a page (in range) other than the tail, which follows it.
     let mut mem = Mem::new(8);
     let mut pool = mem.intrusive(cfg(8).zero(ZeroPolicy::Never)).unwrap();
     for _ in 0..8 {
@@ -86,10 +87,17 @@ fn check_finds_a_misplaced_link() {
     }
     pool.put(3).unwrap();
     pool.put(5).unwrap();
+    pool.put(7).unwrap();
     let link = Link { prev: 3, next: 6 };
     let (arena, _) = pool.parts_mut();
     Intrusive.store(arena, PS, 5, link);
-    assert_eq!(broken(pool.check()), Some((K::ListBroken, 5)));
+    // (Page 6 is held: its first bytes, the caller's, are no link in range.)
+    assert_eq!(broken(pool.check()), Some((K::LinkOutOfRange, 6)));
+    // The tail's `prev` (kept in the list's ends) names a page other than its predecessor.
+    Intrusive.store(pool.parts_mut().0, PS, 5, Link { prev: 3, next: 7 });
+    pool.check().unwrap();
+    pool.free.ends_mut().tail_prev[0] = 3;
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 7)));
 }
 
 /// A pool of `n` pages, all reserved (held at order 0), whose metadata the test then bends.
@@ -217,51 +225,41 @@ fn a_block_alone_on_its_list_keeps_no_link() {
 }
 
 #[test]
-fn a_block_left_alone_has_its_link_cleared() {
-    // Two order-2 blocks at pages 0 and 4 on list 2: linked. Taking the first leaves the
-    // second alone, its link cleared; taking it too writes nothing more.
+fn a_list_tail_keeps_its_link_in_the_ends() {
+    // Two order-2 blocks at pages 0 and 4 on list 2: page 0's link is in its page, the tail's
+    // (page 4's) in the list's ends, its page untouched. Taking the first clears its link and
+    // makes page 4 alone; taking that writes nothing either; freeing both back writes page 0's
+    // link only.
     let mut mem = Mem::new(8);
     let mut pool = mem
         .intrusive(cfg(8).order_cap(3).zero(ZeroPolicy::Never))
         .unwrap();
+    let untouched = pool.parts().0.read8(4 * PS);
     let link =
         |pool: &Pool<'_, Intrusive>, page: usize| Intrusive.load(pool.parts().0, PS, page as u32);
-    assert_eq!(
-        link(&pool, 0),
-        Link {
-            prev: Link::NIL,
-            next: 4
-        }
-    );
-    assert_eq!(
-        link(&pool, 4),
-        Link {
-            prev: 0,
-            next: Link::NIL
-        }
-    );
+    let first = Link {
+        prev: Link::NIL,
+        next: 4,
+    };
+    assert_eq!(link(&pool, 0), first);
+    assert_eq!(pool.free.ends().tail_prev[2], 0);
+    assert_eq!(pool.parts().0.read8(4 * PS), untouched);
     assert_eq!(pool.alloc(2), Ok(0));
     assert_eq!(pool.parts().0.read8(0), [0; 8]);
-    assert_eq!(pool.parts().0.read8(4 * PS), [0; 8]);
+    assert_eq!(pool.parts().0.read8(4 * PS), untouched);
     pool.check().unwrap();
     assert_eq!(pool.alloc(2), Ok(4));
+    assert_eq!(pool.parts().0.read8(4 * PS), untouched);
     pool.put(0).unwrap();
     pool.put(4).unwrap();
-    assert_eq!(
-        link(&pool, 0),
-        Link {
-            prev: Link::NIL,
-            next: 4
-        }
-    );
-    assert_eq!(
-        link(&pool, 4),
-        Link {
-            prev: 0,
-            next: Link::NIL
-        }
-    );
+    assert_eq!(link(&pool, 0), first);
+    assert_eq!(pool.parts().0.read8(4 * PS), untouched);
     pool.check().unwrap();
+    // A tail's `prev` in the ends is checked as a link in a page is.
+    pool.free.ends_mut().tail_prev[2] = 8;
+    assert_eq!(broken(pool.check()), Some((K::LinkOutOfRange, 4)));
+    pool.free.ends_mut().tail_prev[2] = 4;
+    assert_eq!(broken(pool.check()), Some((K::ListBroken, 4)));
 }
 
 #[test]
@@ -623,18 +621,10 @@ fn remove_checks_both_neighbours_and_the_length() {
             pfn,
         })
     };
-    // The successor does not point back.
+    // The successor (the tail, whose link the ends keep) does not point back.
     let mut links = [Link::EMPTY; 4];
     let mut lists = three_listed(&mut links);
-    lists.links.store(
-        &mut arena,
-        PS,
-        2,
-        Link {
-            prev: 0,
-            next: Link::NIL,
-        },
-    );
+    lists.ends_mut().tail_prev[0] = 0;
     assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
     assert_eq!(
         (lists.first(0), lists.tail(0), lists.ends().len[0]),
@@ -654,7 +644,7 @@ fn remove_checks_both_neighbours_and_the_length() {
     );
     assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
     assert_eq!(
-        lists.link(&arena, 2),
+        lists.link_in(&arena, 2, 0),
         Ok(Link {
             prev: 1,
             next: Link::NIL
