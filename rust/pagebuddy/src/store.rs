@@ -767,7 +767,7 @@ impl<L: LinkStore> FreeLists<L> {
             prev_prev,
             next_next,
         } = u;
-        let (len, tail) = (self.ends().len[o], self.ends().tail[o]);
+        let tail = self.ends().tail[o];
         if prev == Link::NIL {
             self.ends_mut().head[o] = next;
         } else if next == Link::NIL {
@@ -792,12 +792,14 @@ impl<L: LinkStore> FreeLists<L> {
             };
             self.links.store(arena, self.page_size, next, link);
         }
-        if idx != tail {
+        // A planned unlink has no `next` exactly when `idx` is the tail (`plan_remove`), whose
+        // link the ends held.
+        if next != Link::NIL {
             self.links.clear(arena, self.page_size, idx);
         }
         let ends = self.ends_mut();
-        ends.len[o] = len.wrapping_sub(1);
-        let emptied = len == 1;
+        ends.len[o] = ends.len[o].wrapping_sub(1);
+        let emptied = ends.len[o] == 0;
         if MASK && emptied {
             ends.mask &= !(1 << o);
         }
