@@ -109,8 +109,8 @@ impl<L: LinkStore> Pool<'_, L> {
     /// handed out, and splits it the same way. So the blocks come out in ascending order, every
     /// list below `found` ends empty as it began, and the only list that keeps a change is
     /// `found`, which lost its head. Each block but the first was listed alone on an empty list
-    /// and taken from it alone, which writes no link (see [`FreeLists`](crate::store::FreeLists)); the first was unlinked
-    /// from list `found`.
+    /// and taken from it alone, which writes no link (see
+    /// [`FreeLists`](crate::store::FreeLists)); the first was unlinked from list `found`.
     fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
         let idx = self.free_head(found)?;
         self.free.remove(&mut self.arena, idx, found)?;

@@ -404,16 +404,14 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// Hints the lines that the next allocation of `order` splitting list `found` will write:
-    /// the metadata of each upper half of the list's new head, and in a side table its link
-    /// (see below for in-page links). An allocation that
-    /// splits a block takes the head of a FIFO list and writes a line per half (the halves are
-    /// `2^k` pages apart, so no two of the upper ones share a line), one store after another;
-    /// hinted one split ahead, those misses overlap each other and the work in between instead
-    /// of waiting in the store queue. The halves below 2^3 pages share the head's lines, which
-    /// `take_head` hints. The links are hinted only where they lie in a table of their own
-    /// (`IN_PAGE_BYTES == 0`): an in-page link is a page of its own per half, and hinting
-    /// those made the intrusive hot pair slower with 4 KiB pages on both machines measured
-    /// (docs/exact-pool-levers.md). A hint only: it changes nothing but time.
+    /// the metadata of each upper half of the list's new head. An allocation that splits a
+    /// block takes the head of a FIFO list and writes a line per half (the halves are `2^k`
+    /// pages apart, so no two of the upper ones share a line), one store after another; hinted
+    /// one split ahead, those misses overlap each other and the work in between instead of
+    /// waiting in the store queue. The halves below 2^3 pages share the head's lines, which
+    /// `take_head` hints. The halves' links are not hinted: a half appended to a list becomes
+    /// its tail, whose link the list's ends keep (`FreeLists`), so the split writes none. A
+    /// hint only: it changes nothing but time.
     #[inline(always)]
     fn prefetch_next_split(&self, order: u32, found: u32) {
         let Ok(Some(next)) = self.free.first(found) else {
@@ -423,12 +421,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             let half = next.wrapping_add(1 << k);
             // Any address is harmless to a hint: no bounds check needed for the metadata's.
             prefetch(self.meta.as_ptr().wrapping_add(half as usize));
-            if L::IN_PAGE_BYTES == 0 {
-                // A side table: the half's link is a line of the table.
-                self.free
-                    .links
-                    .prefetch(&self.arena, self.geo.page_size, half);
-            }
         }
     }
 
