@@ -430,14 +430,18 @@ impl<L: LinkStore> FreeLists<L> {
     #[inline]
     pub(crate) fn link(&self, arena: &Arena<'_>, idx: u32) -> Result<Link, Corruption> {
         let link = self.links.load(arena, self.page_size, idx);
-        // `i == NIL || i < nr_pages` in one comparison: NIL + 1 wraps to 0, and nr_pages is at
-        // most MAX_PAGES < NIL.
-        let ok = |i: u32| i.wrapping_add(1) <= self.nr_pages;
-        if ok(link.prev) && ok(link.next) {
+        if self.names_a_page(link.prev) && self.names_a_page(link.next) {
             Ok(link)
         } else {
             Err(self.corrupt(CorruptionKind::LinkOutOfRange, idx))
         }
+    }
+
+    /// Whether a link's end `i` is NIL or a page of the pool: `i == NIL || i < nr_pages` in one
+    /// comparison (NIL + 1 wraps to 0, and nr_pages is at most MAX_PAGES < NIL).
+    #[inline(always)]
+    fn names_a_page(&self, i: u32) -> bool {
+        i.wrapping_add(1) <= self.nr_pages
     }
 
     /// The link of `idx`, a block on list `order`: read and checked as [`link`](Self::link)
@@ -460,7 +464,7 @@ impl<L: LinkStore> FreeLists<L> {
         } else {
             ends.tail_prev[o]
         };
-        if prev.wrapping_add(1) <= self.nr_pages {
+        if self.names_a_page(prev) {
             Ok(Link {
                 prev,
                 next: Link::NIL,
