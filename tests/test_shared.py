@@ -141,9 +141,9 @@ for seed in range(int(sys.argv[1]), int(sys.argv[2])):
     heads = bytes(buf).find(struct.pack("=32I", *(bi + [0] * (32 - len(bi)))), 0, meta) - 256
     def scribble():
         where = rng.randrange(3)
-        if where == 0:  # a list's head, tail, length or tail's prev, or the non-empty mask
+        if where == 0:  # a list's head, tail, length, tail's or head's prev, or the mask
             v = rng.choice([rng.randrange(2 * n), 0xFFFFFFFF, rng.getrandbits(32)])
-            struct.pack_into("=I", buf, heads + 4 * rng.randrange(129), v)
+            struct.pack_into("=I", buf, heads + 4 * rng.randrange(161), v)
         elif where == 1:  # a byte of a page's metadata
             buf[meta + 4 * rng.randrange(n) + rng.randrange(4)] = rng.randrange(256)
         else:  # half a link (the side table's; in-page links are the pages' bytes)

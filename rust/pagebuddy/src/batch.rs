@@ -22,7 +22,7 @@ use core::fmt;
 
 use crate::config::ZeroPolicy;
 use crate::error::{CorruptionKind, Error};
-use crate::store::{Link, LinkStore, PageMeta, NO_ORDER};
+use crate::store::{Link, LinkStore, PageMeta, MAX_ORDERS, NO_ORDER};
 use crate::Pool;
 
 /// A batch call failed at `pfns[index]`; nothing was changed.
@@ -151,27 +151,25 @@ impl<L: LinkStore> Pool<'_, L> {
     }
 
     /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
-    /// after another from its head: each is a free head of that order, and each link that
-    /// unlinking it reads is in range and points back at it. The first block's `prev` must be
-    /// NIL, as a head's is: unlinking a head whose `prev` names another block would leave the
-    /// list's head on it, held, for the next allocation to find. (Each later block's `prev` is
-    /// NIL then, written by the unlinking of the block before it.)
+    /// after another from its head: each is a free head of that order, each link that taking
+    /// it reads is in range, and a block without a successor, or the last by the list's length,
+    /// is the list's tail. Each block is the list's head when it is taken, whose link's `prev`
+    /// must name the block taken before it (checked against the list's ends for the first,
+    /// [`FreeLists::link_in`](crate::store::FreeLists::link_in)); that also rules out a walk
+    /// that comes back to a block it passed.
     pub(crate) fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
         let mut next = self.free.first(order)?;
+        let listed = u64::from(self.free.ends().len[order as usize % MAX_ORDERS]);
+        let mut before = Link::NIL;
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
             self.check_listed_head(idx, order)?;
             let me = self.free.link_in(&self.arena, idx, order)?;
-            let prev_ok = n > 0 || me.prev == Link::NIL;
-            let next_ok = if me.next == Link::NIL {
-                self.free.tail(order) == idx
-            } else {
-                self.free.link_in(&self.arena, me.next, order)?.prev == idx
-            };
-            let linked = prev_ok && next_ok;
-            if !linked {
+            let last = me.next == Link::NIL || n + 1 == listed;
+            if me.prev != before || (last && self.free.tail(order) != idx) {
                 return Err(self.corrupt(CorruptionKind::ListBroken, idx));
             }
+            before = idx;
             next = (me.next != Link::NIL).then_some(me.next);
         }
         Ok(())

@@ -77,7 +77,7 @@ use crate::Pool;
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Bytes of the header kept for an [`OuterLock`]'s own state (a robust `pthread_mutex_t`):
 /// 8-aligned, zero in a freshly formatted pool.
 pub const OUTER_LOCK_BYTES: usize = 64;
@@ -2209,7 +2209,12 @@ mod tests {
                 let cfg = config(len, intrusive).zero(ZeroPolicy::Never);
                 let n = cfg.nr_pages;
                 let pool = SharedPool::<L>::create_in(bytes(v), cfg, 1).unwrap();
+                // A page, and pages up to its buddy, so that a free of the page merges with
+                // nothing and reads only a list's tail.
                 let held = pool.lock().alloc(0).unwrap();
+                while pool.lock().refcount(held ^ 1) == Ok(0) {
+                    pool.lock().alloc(0).unwrap();
+                }
                 let max_order = pool.lock().geo.max_order as usize;
                 // Every list's head (or tail) names the same page past the pool's end.
                 let bad = n as u32 + beyond;

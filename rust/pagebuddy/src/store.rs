@@ -122,7 +122,8 @@ impl Link {
 }
 
 /// The ends of the per-order free lists: each list's head, tail and length, the mask of the
-/// non-empty ones, and the link of each list's tail. A pool keeps them in itself unless its
+/// non-empty ones, the link of each list's tail, and what the link of each list's head holds
+/// as its `prev`. A pool keeps them in itself unless its
 /// [`LinkStore`] keeps them elsewhere (a shared pool keeps them in its header, see
 /// [`SharedPool`](crate::SharedPool)).
 #[repr(C)]
@@ -136,6 +137,11 @@ pub struct ListEnds {
     /// The `prev` of each list's tail, whose link is kept here and not in the link store (its
     /// `next` is NIL); meaningless for a list of fewer than two blocks.
     pub(crate) tail_prev: [u32; MAX_ORDERS],
+    /// The `prev` that the link of each list's head holds in the link store: the block taken
+    /// from the head before it, or NIL; meaningless for a list of fewer than two blocks. A
+    /// head has no predecessor, but its link is not rewritten when the block before it leaves
+    /// (see [`FreeLists::unlink_masking`]); it is checked against this instead.
+    pub(crate) head_prev: [u32; MAX_ORDERS],
 }
 
 impl ListEnds {
@@ -146,6 +152,7 @@ impl ListEnds {
         len: [0; MAX_ORDERS],
         mask: 0,
         tail_prev: [Link::NIL; MAX_ORDERS],
+        head_prev: [Link::NIL; MAX_ORDERS],
     };
 }
 
@@ -155,7 +162,9 @@ impl ListEnds {
 /// (its `prev`, and a `next` of NIL) is kept with the list's ends ([`ListEnds`]), so the free
 /// lists neither write nor read it in the store. A block's link is written when a block is
 /// appended behind it, and [`clear`](Self::clear)ed when it leaves its list or becomes the
-/// tail again.
+/// tail again. When a list's head leaves it, the successor that becomes the head keeps its
+/// link as it was: its `prev` still names the block that left, which the list's ends
+/// remember ([`ListEnds`]) and check it against.
 pub trait LinkStore {
     /// Reads the link of page `idx`.
     fn load(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> Link;
@@ -220,7 +229,9 @@ pub trait LinkStore {
 /// it, see [`ListEnds`]), so a block freed onto the tail of a list is not written to until
 /// another block is appended behind it, and a block alone on its list never is: its bytes are
 /// left as they were (zeros, under a zero policy). A link is zeroed when its block leaves the
-/// list or becomes the tail again.
+/// list or becomes the tail again. Taking a list's head does not write its successor's page:
+/// the successor becomes the head, its `prev` still naming the block taken, as the list's
+/// ends expect.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Intrusive;
 
@@ -445,9 +456,12 @@ impl<L: LinkStore> FreeLists<L> {
     }
 
     /// The link of `idx`, a block on list `order`: read and checked as [`link`](Self::link)
-    /// does, unless `idx` is the list's tail, whose link the list's ends hold (its `prev` in
-    /// range, checked here; NIL for a list of one). (The caller checks that the list's ends
-    /// name `idx` where it has no neighbour, as for any block.)
+    /// does, but for the list's ends. The tail's link is the one the list's ends hold (its
+    /// `prev` in range, checked here; NIL for a list of one). The head's `prev` is NIL: its
+    /// store holds the block taken from the head before it (taking a head leaves its
+    /// successor's link as it was, see [`unlink_masking`](Self::unlink_masking)), checked
+    /// against what the list's ends remember (`head_prev`). (The caller checks that the
+    /// list's ends name `idx` where it has no neighbour, as for any block.)
     #[inline(always)]
     pub(crate) fn link_in(
         &self,
@@ -457,7 +471,18 @@ impl<L: LinkStore> FreeLists<L> {
     ) -> Result<Link, Corruption> {
         let (o, ends) = (slot(order), self.ends());
         if ends.tail[o] != idx {
-            return self.link(arena, idx);
+            let link = self.link(arena, idx)?;
+            if ends.head[o] != idx {
+                return Ok(link);
+            }
+            // The head's link holds the `prev` the ends remember, and stands for NIL.
+            if link.prev != ends.head_prev[o] {
+                return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+            }
+            return Ok(Link {
+                prev: Link::NIL,
+                next: link.next,
+            });
         }
         let prev = if ends.len[o] == 1 {
             Link::NIL
@@ -486,12 +511,12 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// Unlinks `idx`, the head of list `order`, as [`remove`](Self::remove) does, then hints
+    /// Unlinks `idx`, the head of list `order`, as [`remove`](Self::remove) would, then hints
     /// what the next removal of the new head will miss on: its metadata in `meta` and its
-    /// successor's link, both known from what the unlink read (the new head's own link was
-    /// just read too, so it is cached). A list is FIFO and allocations take its head, so
-    /// without the hints each allocation of that order waits for two misses in a row, the
-    /// second at an address the first returns.
+    /// link, both at addresses the unlink read. A list is FIFO and allocations take its head,
+    /// so without the hints each allocation of that order waits for two misses in a row, the
+    /// second at an address the first returns. The unlink reads and writes no other block's
+    /// link: the new head's `prev` already names `idx`, which the ends now remember.
     #[inline(always)]
     pub(crate) fn take_head(
         &mut self,
@@ -500,13 +525,11 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
         meta: &[PageMeta],
     ) -> Result<(), Corruption> {
-        let u = self.plan_remove_head(arena, idx, order)?;
-        self.unlink(arena, order, u);
-        if let Some(m) = meta.get(u.next as usize) {
+        let next = self.plan_take_head(arena, idx, order)?;
+        self.unlink_head(arena, idx, order, next);
+        if let Some(m) = meta.get(next as usize) {
             prefetch(m);
-            if u.next_next < self.nr_pages {
-                self.links.prefetch(arena, self.page_size, u.next_next);
-            }
+            self.links.prefetch(arena, self.page_size, next);
         }
         Ok(())
     }
@@ -585,7 +608,12 @@ impl<L: LinkStore> FreeLists<L> {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
                 self.links.store(arena, self.page_size, tail, t);
-                self.ends_mut().tail_prev[o] = tail;
+                let ends = self.ends_mut();
+                ends.tail_prev[o] = tail;
+                if ends.head[o] == tail {
+                    // A list of one: its head's link, written now, has a `prev` of NIL.
+                    ends.head_prev[o] = Link::NIL;
+                }
                 self.links.prefetch(arena, self.page_size, idx);
             }
             _ => {
@@ -677,53 +705,59 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// [`plan_remove`](Self::plan_remove) of `idx`, the head of list `order` (what
-    /// [`first`](Self::first) returned): the same reads, checks and result, in fewer steps
-    /// where the head has no predecessor, as in every consistent list. One that has a
-    /// predecessor takes `plan_remove` itself.
+    /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),
+    /// reads, read and checked: the head's own link only, whose successor it returns (NIL for
+    /// a list of one). Its `prev` must be what the list's ends remember (`head_prev`), its
+    /// `next` in range, and a head without a successor the list's tail. Its successor's link,
+    /// which [`plan_remove`](Self::plan_remove) reads to check that it points back, is one that
+    /// taking the head neither writes nor relies on: the successor becomes the head, and that
+    /// link is checked when it is taken in turn. Writes nothing; valid for
+    /// [`unlink_head`](Self::unlink_head) until list `order` changes.
     #[inline(always)]
-    pub(crate) fn plan_remove_head(
+    pub(crate) fn plan_take_head(
         &self,
         arena: &Arena<'_>,
         idx: u32,
         order: u32,
-    ) -> Result<Unlink, Corruption> {
+    ) -> Result<u32, Corruption> {
         let o = slot(order);
         if self.ends().len[o] == 1 {
-            return self.plan_remove_alone(idx, order);
+            return self.plan_remove_alone(idx, order).map(|_| Link::NIL);
         }
-        let me = self.link_in(arena, idx, order)?;
-        if me.prev != Link::NIL {
-            // Inlined, though no consistent list gets here: out of line, its `Unlink` came
-            // back through the stack, the compiler wrote this path's into the same slot as two
-            // 4-byte halves and read them back as one word, a load the store buffer cannot
-            // forward, and the intrusive churn step waited for the freed page's link to reach
-            // memory: 95 to 157 ns (docs/exact-pool-levers.md, "Store-forwarding stalls";
-            // `scripts/forwarding.py` finds such loads).
-            return self.plan_remove(arena, idx, order);
-        }
-        let next_next = if me.next == Link::NIL {
-            Link::NIL
-        } else {
-            let n = self.link_in(arena, me.next, order)?;
-            if n.prev != idx {
-                return Err(self.corrupt(CorruptionKind::ListBroken, idx));
-            }
-            n.next
-        };
+        // A list of two or more: the head has a link in the store (only the tail has not).
         let ends = self.ends();
-        let consistent =
-            ends.head[o] == idx && (me.next != Link::NIL || ends.tail[o] == idx) && ends.len[o] > 0;
-        if !consistent {
+        if ends.head[o] != idx || ends.tail[o] == idx || ends.len[o] == 0 {
             return Err(self.corrupt(CorruptionKind::ListBroken, idx));
         }
-        Ok(Unlink {
-            idx,
-            prev: Link::NIL,
-            next: me.next,
-            prev_prev: Link::NIL,
-            next_next,
-        })
+        let me = self.link(arena, idx)?;
+        if me.prev != self.ends().head_prev[o] || me.next == Link::NIL {
+            return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+        }
+        Ok(me.next)
+    }
+
+    /// Takes `idx`, the head of list `order`, whose successor
+    /// [`plan_take_head`](Self::plan_take_head) returned as `next` while list `order` was as it
+    /// is now. Cannot fail. The successor becomes the head and keeps its link as it is (its
+    /// `prev` names `idx`, which the ends now remember); the head's own link is cleared, unless
+    /// it was alone on its list and had none.
+    #[inline(always)]
+    fn unlink_head(&mut self, arena: &mut Arena<'_>, idx: u32, order: u32, next: u32) {
+        let o = slot(order);
+        let ends = self.ends_mut();
+        ends.head[o] = next;
+        if next == Link::NIL {
+            ends.tail[o] = Link::NIL;
+        } else {
+            ends.head_prev[o] = idx;
+        }
+        ends.len[o] = ends.len[o].wrapping_sub(1);
+        if ends.len[o] == 0 {
+            ends.mask &= !(1 << o);
+        }
+        if next != Link::NIL {
+            self.links.clear(arena, self.page_size, idx);
+        }
     }
 
     /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
@@ -756,6 +790,9 @@ impl<L: LinkStore> FreeLists<L> {
     /// its list writes only the list's ends: a split's halves merged back, the page a free just
     /// listed taken again. A block that becomes the tail has its link moved into the ends and
     /// cleared in the store; a successor that is the tail has its `prev` rewritten in the ends.
+    /// A successor that becomes the head keeps its link as it is, its `prev` naming `idx`,
+    /// which the ends remember (`head_prev`): an allocation from a list writes no page but
+    /// the one it takes.
     #[inline(always)]
     pub(crate) fn unlink_masking<const MASK: bool>(
         &mut self,
@@ -787,6 +824,10 @@ impl<L: LinkStore> FreeLists<L> {
         }
         if next == Link::NIL {
             self.ends_mut().tail[o] = prev;
+        } else if prev == Link::NIL {
+            // `next` becomes the head: its link keeps `idx` as its `prev`, which the ends
+            // now remember instead of its page being written.
+            self.ends_mut().head_prev[o] = idx;
         } else if next == tail {
             self.ends_mut().tail_prev[o] = prev;
         } else {
