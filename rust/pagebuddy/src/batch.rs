@@ -113,7 +113,8 @@ impl<L: LinkStore> Pool<'_, L> {
     /// [`FreeLists`](crate::store::FreeLists)); the first was unlinked from list `found`.
     fn take_whole_block(&mut self, order: u32, found: u32, out: &mut [u64]) -> Result<(), Error> {
         let idx = self.free_head(found)?;
-        self.free.remove(&mut self.arena, idx, found)?;
+        self.free
+            .take_head(&mut self.arena, idx, found, self.meta)?;
         let page_size = self.geo.page_size;
         for (i, pfn) in out.iter_mut().enumerate() {
             let head = idx + ((i as u32) << order);
@@ -134,7 +135,7 @@ impl<L: LinkStore> Pool<'_, L> {
     /// touched only once the lists below it are empty, and the halves a split leaves there are
     /// taken before the next block (their links are the pool's own, just written). So checking,
     /// on each list, as many head blocks as the batch will take reads everything that `alloc`
-    /// and [`FreeLists::remove`] check.
+    /// and [`FreeLists::take_head`] check.
     pub(crate) fn check_alloc_many(&self, order: u32, count: u64) -> Result<(), Error> {
         let mut left = count;
         for k in order..self.geo.max_order {
@@ -152,8 +153,8 @@ impl<L: LinkStore> Pool<'_, L> {
 
     /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
     /// after another from its head: each is a free head of that order, each link that taking
-    /// it reads is in range, and a block without a successor, or the last by the list's length,
-    /// is the list's tail. Each block is the list's head when it is taken, whose link's `prev`
+    /// it reads is in range, and the last block by the list's length, and only that one, is
+    /// without a successor: the list's tail. Each block is the list's head when it is taken, whose link's `prev`
     /// must name the block taken before it (checked against the list's ends for the first,
     /// [`FreeLists::link_in`](crate::store::FreeLists::link_in)); that also rules out a walk
     /// that comes back to a block it passed.
@@ -165,8 +166,11 @@ impl<L: LinkStore> Pool<'_, L> {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;
             self.check_listed_head(idx, order)?;
             let me = self.free.link_in(&self.arena, idx, order)?;
-            let last = me.next == Link::NIL || n + 1 == listed;
-            if me.prev != before || (last && self.free.tail(order) != idx) {
+            // The last block by the list's length is taken alone on its list, so it must be
+            // the tail; any other must have a successor.
+            let last = n + 1 == listed;
+            let ends_ok = (me.next == Link::NIL) == last && (!last || self.free.tail(order) == idx);
+            if me.prev != before || !ends_ok {
                 return Err(self.corrupt(CorruptionKind::ListBroken, idx));
             }
             before = idx;

@@ -673,10 +673,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             // all that `take(n)` yields, are initialised (and `n < MAX_ORDERS`: see there).
             let unlink = unsafe { step.assume_init() };
             let buddy = unlink.idx();
-            if self
-                .free
-                .unlink_masking::<false>(&mut self.arena, order, unlink)
-            {
+            if self.free.unlink(&mut self.arena, order, unlink) {
                 emptied |= 1 << order;
             }
             self.meta[buddy as usize].order = NO_ORDER;

@@ -140,7 +140,7 @@ pub struct ListEnds {
     /// The `prev` that the link of each list's head holds in the link store: the block taken
     /// from the head before it, or NIL; meaningless for a list of fewer than two blocks. A
     /// head has no predecessor, but its link is not rewritten when the block before it leaves
-    /// (see [`FreeLists::unlink_masking`]); it is checked against this instead.
+    /// (see [`FreeLists::unlink`]); it is checked against this instead.
     pub(crate) head_prev: [u32; MAX_ORDERS],
 }
 
@@ -459,7 +459,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// does, but for the list's ends. The tail's link is the one the list's ends hold (its
     /// `prev` in range, checked here; NIL for a list of one). The head's `prev` is NIL: its
     /// store holds the block taken from the head before it (taking a head leaves its
-    /// successor's link as it was, see [`unlink_masking`](Self::unlink_masking)), checked
+    /// successor's link as it was, see [`unlink`](Self::unlink)), checked
     /// against what the list's ends remember (`head_prev`). (The caller checks that the
     /// list's ends name `idx` where it has no neighbour, as for any block.)
     #[inline(always)]
@@ -511,7 +511,7 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// Unlinks `idx`, the head of list `order`, as [`remove`](Self::remove) would, then hints
+    /// Takes `idx`, the head of list `order`, off it, then hints
     /// what the next removal of the new head will miss on: its metadata in `meta` and its
     /// link, both at addresses the unlink read. A list is FIFO and allocations take its head,
     /// so without the hints each allocation of that order waits for two misses in a row, the
@@ -629,8 +629,8 @@ impl<L: LinkStore> FreeLists<L> {
         ends.len[o] += 1;
     }
 
-    /// Checks that [`remove`](Self::remove) of `idx` from list `order` can succeed. Writes
-    /// nothing.
+    /// Checks that unlinking `idx` from list `order` ([`plan_remove`](Self::plan_remove), then
+    /// [`unlink`](Self::unlink)) can succeed. Writes nothing.
     #[inline]
     pub(crate) fn check_remove(
         &self,
@@ -641,7 +641,7 @@ impl<L: LinkStore> FreeLists<L> {
         self.plan_remove(arena, idx, order).map(drop)
     }
 
-    /// What [`remove`](Self::remove) of `idx` from list `order` reads, read and checked: the
+    /// What unlinking `idx` from list `order` reads, read and checked: the
     /// links of `idx` and of its neighbours on the list, each in range and pointing back at
     /// `idx` (or the list's head or tail being `idx` where there is no neighbour). Writes
     /// nothing; valid for [`unlink`](Self::unlink) until list `order` changes.
@@ -760,29 +760,11 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
-    /// Unlinks `idx` from list `order`, wherever it is. Every link involved is read and checked
-    /// before the first write, so a corrupt neighbourhood is reported with nothing changed.
-    #[inline(always)]
-    pub(crate) fn remove(
-        &mut self,
-        arena: &mut Arena<'_>,
-        idx: u32,
-        order: u32,
-    ) -> Result<(), Corruption> {
-        let u = self.plan_remove(arena, idx, order)?;
-        self.unlink(arena, order, u);
-        Ok(())
-    }
-
-    /// [`remove`](Self::remove) with what [`plan_remove`](Self::plan_remove) read while list
-    /// `order` was as it is now. Cannot fail.
-    #[inline(always)]
-    pub(crate) fn unlink(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) {
-        self.unlink_masking::<true>(arena, order, u);
-    }
-
-    /// [`unlink`](Self::unlink), clearing the list's mask bit if `MASK` and the list empties;
-    /// returns whether it emptied. Without `MASK` the caller clears the bit
+    /// Unlinks `idx` from list `order`, wherever it is, with what
+    /// [`plan_remove`](Self::plan_remove) read while list `order` was as it is now, so it
+    /// cannot fail: every link involved was read and checked before the first write, and a
+    /// corrupt neighbourhood was reported with nothing changed. Returns whether the list
+    /// emptied, and leaves its mask bit to the caller, who clears it
     /// ([`remask`](Self::remask)) once for all the lists it unlinks from: a free unlinks one
     /// buddy per merge, each from its own list.
     ///
@@ -794,12 +776,7 @@ impl<L: LinkStore> FreeLists<L> {
     /// which the ends remember (`head_prev`): an allocation from a list writes no page but
     /// the one it takes.
     #[inline(always)]
-    pub(crate) fn unlink_masking<const MASK: bool>(
-        &mut self,
-        arena: &mut Arena<'_>,
-        order: u32,
-        u: Unlink,
-    ) -> bool {
+    pub(crate) fn unlink(&mut self, arena: &mut Arena<'_>, order: u32, u: Unlink) -> bool {
         let o = slot(order);
         let Unlink {
             idx,
@@ -844,11 +821,7 @@ impl<L: LinkStore> FreeLists<L> {
         }
         let ends = self.ends_mut();
         ends.len[o] = ends.len[o].wrapping_sub(1);
-        let emptied = ends.len[o] == 0;
-        if MASK && emptied {
-            ends.mask &= !(1 << o);
-        }
-        emptied
+        ends.len[o] == 0
     }
 
     /// Walks list `order` from its head: at most `len` nodes, and no more than the pool has

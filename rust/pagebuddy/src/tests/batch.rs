@@ -601,6 +601,25 @@ fn put_many_meeting_corruption_changes_nothing() {
     assert_eq!((pool.refcount(0), pool.refcount(8)), (Ok(1), Ok(1)));
 }
 
+/// A list whose links reach its tail before its length says: taken one by one, the tail
+/// would be taken while the list still counts two blocks, which `alloc` refuses. The batch
+/// refuses first, with nothing changed.
+#[test]
+fn alloc_many_refuses_a_list_shorter_than_its_length() {
+    let mut mem = Mem::new(16);
+    let mut pool = mem.intrusive(cfg(16).zero(ZeroPolicy::Never)).unwrap();
+    pool.alloc_many(0, &mut [0; 16]).unwrap();
+    pool.put_many(&[1, 3, 5]).unwrap(); // list 0: [1, 3, 5]
+                                        // SAFETY: page 1 is free and in the pool: its `next` made 5, the tail.
+    unsafe { core::ptr::write_unaligned(pool.page_addr(1).unwrap().as_ptr().add(4).cast(), 5u32) };
+    let before = snapshot(&pool);
+    let got = pool.alloc_many(0, &mut [0; 2]);
+    assert!(matches!(got, Err(Error::Corrupted(_))), "{got:?}");
+    assert_eq!(snapshot(&pool), before);
+    assert_eq!(pool.alloc(0), Ok(1));
+    assert!(matches!(pool.alloc(0), Err(Error::Corrupted(_))));
+}
+
 /// A list head whose `prev` points back into the list: one allocation unlinks it without
 /// moving the head, so the next would find a held page there. The batch refuses first.
 #[test]

@@ -611,6 +611,20 @@ fn three_listed(links: &mut [Link]) -> crate::store::FreeLists<SideTable<'_>> {
     lists
 }
 
+/// Unlinks `idx` from list `order` as a merging free does: planned, then unlinked.
+fn remove(
+    lists: &mut crate::store::FreeLists<SideTable<'_>>,
+    arena: &mut Arena<'_>,
+    idx: u32,
+    order: u32,
+) -> Result<(), Corruption> {
+    let u = lists.plan_remove(arena, idx, order)?;
+    if lists.unlink(arena, order, u) {
+        lists.remask(0, 1 << order);
+    }
+    Ok(())
+}
+
 #[test]
 fn remove_checks_both_neighbours_and_the_length() {
     let mut bytes = [0u8; 4 * PS];
@@ -625,7 +639,7 @@ fn remove_checks_both_neighbours_and_the_length() {
     let mut links = [Link::EMPTY; 4];
     let mut lists = three_listed(&mut links);
     lists.ends_mut().tail_prev[0] = 0;
-    assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
+    assert_eq!(remove(&mut lists, &mut arena, 1, 0), broken_at(9));
     assert_eq!(
         (lists.first(0), lists.tail(0), lists.ends().len[0]),
         (Ok(Some(0)), 2, 3)
@@ -642,7 +656,7 @@ fn remove_checks_both_neighbours_and_the_length() {
             next: 2,
         },
     );
-    assert_eq!(lists.remove(&mut arena, 1, 0), broken_at(9));
+    assert_eq!(remove(&mut lists, &mut arena, 1, 0), broken_at(9));
     assert_eq!(
         lists.link_in(&arena, 2, 0),
         Ok(Link {
@@ -654,9 +668,9 @@ fn remove_checks_both_neighbours_and_the_length() {
     let mut links = [Link::EMPTY; 4];
     let mut lists = three_listed(&mut links);
     lists.ends_mut().len[0] = 0;
-    assert_eq!(lists.remove(&mut arena, 0, 0), broken_at(8));
+    assert_eq!(remove(&mut lists, &mut arena, 0, 0), broken_at(8));
     lists.ends_mut().len[0] = 3;
-    assert_eq!(lists.remove(&mut arena, 1, 0), Ok(()));
+    assert_eq!(remove(&mut lists, &mut arena, 1, 0), Ok(()));
     assert_eq!(
         lists
             .iter(&arena, 0)
