@@ -478,11 +478,6 @@ impl<L: LinkStore> LinkStore for InHeader<'_, L> {
     }
 
     #[inline(always)]
-    fn prefetch_freed(&self, idx: u32) {
-        self.inner.prefetch_freed(idx);
-    }
-
-    #[inline(always)]
     fn ends<'e>(&self, _: &'e ListEnds) -> &'e ListEnds {
         // SAFETY: the ends lie in the header of the bytes the store was built over, valid for
         // 'a, which outlives the pool that owns this store and so the borrow 'e of its own

@@ -520,10 +520,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         plan: &mut P,
     ) -> Result<(), Error> {
         let (idx, m) = self.held(pfn)?;
-        // Start the miss on the link this free reads or writes first beside the metadata's,
-        // instead of after it (see `LinkStore::prefetch_freed`; a hint, it changes nothing
-        // but time).
-        self.free.links.prefetch_freed(idx);
         if m.refcount > 1 {
             self.meta[idx as usize].refcount -= 1;
             return Ok(());

@@ -184,31 +184,6 @@ pub trait LinkStore {
         let _ = (arena, page_size, idx);
     }
 
-    /// Hints the link that freeing page `idx` will most likely read or write first, where
-    /// that is known without its metadata; nothing (the default) where it is not.
-    ///
-    /// A free reads the page's metadata, then the link of the buddy it merges with, or, if it
-    /// merges with none, writes its own link: two misses in a row on a large pool. Where one
-    /// line holds the page's link and its order-0 buddy's (a side table), hinting that line
-    /// beside the metadata read overlaps the two. An intrusive store keeps each link in a
-    /// page of its own, and a hint there would often fetch a page the free never touches.
-    /// Changes nothing but time.
-    ///
-    /// ```
-    /// use pagebuddy::{Link, LinkStore, SideTable};
-    ///
-    /// let mut links = [Link::EMPTY; 8];
-    /// let table = SideTable::new(&mut links);
-    /// table.prefetch_freed(3); // a hint: nothing observable changes
-    /// table.prefetch_freed(u32::MAX); // out of range: not even a hint
-    /// drop(table);
-    /// assert_eq!(links, [Link::EMPTY; 8]);
-    /// ```
-    #[inline(always)]
-    fn prefetch_freed(&self, idx: u32) {
-        let _ = idx;
-    }
-
     /// The free lists' ends, given the pool's own `ends`: those, unless the store keeps the
     /// ends somewhere else.
     #[inline(always)]
@@ -317,15 +292,6 @@ impl LinkStore for SideTable<'_> {
 
     #[inline(always)]
     fn prefetch(&self, _: &Arena<'_>, _: usize, idx: u32) {
-        if let Some(link) = self.links.get(idx as usize) {
-            prefetch(link);
-        }
-    }
-
-    // Links are 8 bytes, so pages `idx` and `idx ^ 1` share a line of the table (unless the
-    // table's start is not 16-byte aligned, when the hint sometimes fetches the wrong half).
-    #[inline(always)]
-    fn prefetch_freed(&self, idx: u32) {
         if let Some(link) = self.links.get(idx as usize) {
             prefetch(link);
         }
