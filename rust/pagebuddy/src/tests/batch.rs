@@ -620,8 +620,9 @@ fn alloc_many_refuses_a_list_shorter_than_its_length() {
     assert!(matches!(pool.alloc(0), Err(Error::Corrupted(_))));
 }
 
-/// A list head whose `prev` points back into the list: one allocation unlinks it without
-/// moving the head, so the next would find a held page there. The batch refuses first.
+/// A list head whose `prev` points back into the list, not at the block taken before it (NIL
+/// on a list built by appends), which the list's ends remember: `alloc` refuses it, and the
+/// batch refuses first.
 #[test]
 fn alloc_many_refuses_a_head_with_a_prev() {
     let mut mem = Mem::new(16);
