@@ -322,20 +322,29 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         if order >= max_order {
             return Err(Error::InvalidOrder { order, max_order });
         }
-        let avail = self.free.ends().mask >> order;
-        if avail == 0 {
-            return Err(Error::OutOfMemory { order });
-        }
-        let found = order + avail.trailing_zeros();
-        if found != order {
+        // A block of the very order asked for, if its list has one: the head, split nothing.
+        // That list is looked at first, as upstream's loop does; the mask of non-empty lists
+        // finds the next one up only when it is empty. (Reading the mask first put the
+        // mask's read-modify-writes, a free's and an allocation's, on the path of every
+        // allocation: docs/exact-pool-levers.md, "Taking a list's head reads its own link
+        // only".)
+        let Some(idx) = self.free.first(order)? else {
+            let avail = self.free.ends().mask >> order;
+            if avail == 0 {
+                return Err(Error::OutOfMemory { order });
+            }
+            let found = order + avail.trailing_zeros();
+            if found == order {
+                // The mask says list `order` holds blocks, but it has no head.
+                return Err(self.corrupt(CorruptionKind::Count, 0));
+            }
             return self.alloc_splitting::<ZERO, P>(order, found, plan);
-        }
-        // A block of the very order asked for: the head of its list, split nothing.
-        let idx = self.free_head(found)?;
+        };
+        self.check_listed_head(idx, order)?;
         plan.note(idx, self.meta[idx as usize]);
         plan.begin();
         self.free
-            .take_head(&mut self.arena, idx, found, self.meta)?;
+            .take_head(&mut self.arena, idx, order, self.meta)?;
         self.hand_out::<ZERO>(idx, order)
     }
 
