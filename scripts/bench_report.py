@@ -550,9 +550,10 @@ def evaluate(
             "step is then one free without merging and one allocation without splitting."
             + instr
             + " pagebuddy reads and writes the metadata of a random page on every step (its "
-            "`PageMeta` and its buddy's in 1 MiB, its link in 2 MiB of side table), which "
-            "misses the near caches; FrameAllocator keeps no per-page state, and its order-0 "
-            "set holds at most the one page in flight. The step is bound by those misses."
+            "`PageMeta` and its buddy's, one line of 1 MiB; a block alone on its list has no "
+            "link, so the side table is not touched), which misses the near caches; "
+            "FrameAllocator keeps no per-page state, and its order-0 set holds at most the one "
+            "page in flight. The step is bound by that miss."
         )
     if any(w == "init" for w, _, _ in lost) or not init_ok:
         peers = ", ".join(f"{SHORT_NAMES[p]} {fmt_ns(run.measure('init', p)['ns'])}" for p in PEERS)

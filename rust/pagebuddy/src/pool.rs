@@ -539,11 +539,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // changes: the page, and each buddy it merges with (`plan_attach` finds them).
         plan.note(idx, m);
         if order + 1 < self.merge_limit(idx) && self.buddy_avail(idx, order).is_some() {
-            return if L::IN_PAGE_BYTES == 0 {
-                self.put_merging::<ZERO, P>(idx, order, plan)
-            } else {
-                self.put_merging_out_of_line::<ZERO, P>(idx, order, plan)
-            };
+            return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
         }
         // Nothing to merge with: the free is one append to the list of its order, whose tail's
         // link is checked first. The same as `attach` with no merge step, without the merge
@@ -551,12 +547,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // pages once a pool is in use) runs only this.
         let tail = self.free.plan_append(&self.arena, order)?;
         let zero = ZERO && self.geo.zero == ZeroPolicy::OnFree;
-        if zero && L::IN_PAGE_BYTES != 0 {
+        if zero {
             return self.put_appending_zeroed(idx, order, tail, plan);
         }
-        // Side tables keep the zeroing's call here (out of line, it cost their merge loop a
-        // register: one spill more a merge in the hot pair).
-        self.put_appending(idx, order, tail, plan, zero)
+        self.put_appending(idx, order, tail, plan, false)
     }
 
     /// The end of a free that merges with nothing: the block, zeroed first if `zero`, appended
@@ -579,8 +573,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// [`put_appending`](Self::put_appending) zeroing, for links in the pages: out of line and
-    /// in tail position, so that a free that does not zero makes no call on its way (see
+    /// [`put_appending`](Self::put_appending) zeroing: out of line and in tail position, so that a free that does not zero makes no call on its way (see
     /// [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
     #[inline(never)]
     fn put_appending_zeroed<P: Plan>(
@@ -593,13 +586,14 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.put_appending(idx, order, tail, plan, true)
     }
 
-    /// [`put_merging`](Self::put_merging) out of line, for links in the pages. With the merge
-    /// and the zeroing ([`put_appending_zeroed`](Self::put_appending_zeroed)) a call away in
-    /// tail position, a free that merges with nothing makes no call on its way and saves
-    /// three registers, not six. There every store counts: a free writes the freed page's
-    /// link, a line that misses, and every store after it waits in the store queue until it
-    /// leaves (stores leave in order), so a churn step's time follows its stores
-    /// (docs/exact-pool-levers.md, "Stores a step"; `scripts/stores.py` counts them).
+    /// [`put_merging`](Self::put_merging) out of line. With the merge and the zeroing
+    /// ([`put_appending_zeroed`](Self::put_appending_zeroed)) a call away in tail position, a
+    /// free that merges with nothing makes no call on its way and saves three registers, not
+    /// six: the common free of a pool in use, whose page is taken back by the next allocation
+    /// (docs/exact-pool-levers.md, "Stores a step"; `scripts/stores.py` counts the stores).
+    /// Side tables inlined the merge until their free stopped writing the freed page's link:
+    /// then the saved registers cost their steady churn step more than the call costs their
+    /// hot pair (docs/exact-pool-levers.md, "Taking a list's head reads its own link only").
     #[inline(never)]
     fn put_merging_out_of_line<const ZERO: bool, P: Plan>(
         &mut self,
@@ -611,8 +605,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The rest of a free whose block merges with its buddy (`put_zeroing` found it free).
-    /// Inlined into the free for side tables: out of line, the call cost the side table's hot
-    /// pair (ten merges a free) 4 to 6%.
     #[inline(always)]
     fn put_merging<const ZERO: bool, P: Plan>(
         &mut self,

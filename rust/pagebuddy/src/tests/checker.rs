@@ -600,6 +600,25 @@ fn alloc_trusts_no_mask_bit_without_a_list_head() {
     assert_eq!(snapshot(&pool), before);
 }
 
+/// An allocation looks at its own order's list first, as upstream does, and reads the mask only
+/// when that list is empty: a listed head whose mask bit is clear is still taken (after the
+/// checks of a head), and `check` reports the mask.
+#[test]
+fn alloc_looks_at_its_own_list_before_the_mask() {
+    let mut mem = Mem::new(8);
+    let mut pool = mem.side(cfg(8).base_pfn(8)).unwrap();
+    let pfn = pool.alloc(0).unwrap();
+    let buddy = pool.alloc(0).unwrap();
+    pool.put(pfn).unwrap(); // list 0: [pfn], its buddy held
+    assert_eq!(lists(&pool)[0], vec![pfn]);
+    pool.free.ends_mut().mask &= !1;
+    assert_eq!(broken(pool.check()), Some((K::Count, 8)));
+    assert_eq!(pool.alloc(0), Ok(pfn));
+    pool.put(pfn).unwrap();
+    pool.put(buddy).unwrap();
+    pool.check().unwrap();
+}
+
 /// Free lists over a side table, driven directly: list 0 holds pages 0, 1, 2 of pfns 8..12.
 fn three_listed(links: &mut [Link]) -> crate::store::FreeLists<SideTable<'_>> {
     let mut lists = crate::store::FreeLists::new(SideTable::new(links), 4, 8, PS);
