@@ -1509,6 +1509,7 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
 
     # The goals: churn at most 1.5x the floor and no slower than FrameAllocator, the hot pair
     # at most 3x, at 2^18 and 2^22 pages, each store on its better mapping.
+    chased: list[str] = []
     for pages in (1 << 18, 1 << 22):
         for store, store_name in FLOOR_STORES.items():
             for w, bound in FLOOR_GOALS.items():
@@ -1540,6 +1541,20 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
                     # Its own state, not this store's: its time alone, no multiple.
                     measured += f"; least {fmt_ns(lst['churn_ns'])}"
                 rows.append((target, measured, verdict + busy_mark()))
+                if w == "churn" and store == "intrusive" and r <= bound and verdict == "missed":
+                    chased.append(pow2(pages))
+    if chased:
+        out += [
+            f"The intrusive churn step at {' and '.join(chased)} pages is within its floor but "
+            "slower than FrameAllocator's: the churn there still drains the order-0 list, so "
+            "each step takes the list's head, which was freed long before, and reads its link "
+            "in its page to learn the next head. The list is chained through the pages of the "
+            "arena: one miss of the arena a step (with a page walk on 4 KiB pages), which no "
+            "hint can run ahead of, as each address is in the line the miss before brings "
+            '(docs/exact-pool-levers.md, "What bounds the intrusive churn step now"). '
+            "FrameAllocator keeps no state in the pages and never reads the arena.",
+            "",
+        ]
 
 
 def busy_mark() -> str:
