@@ -690,16 +690,16 @@ impl<L: LinkStore> FreeLists<L> {
         if self.ends().len[o] == 1 {
             return self.plan_remove_alone(idx, order).map(|_| Link::NIL);
         }
-        // A list of two or more: the head has a link in the store (only the tail has not).
+        // A list of two or more: the head has a link in the store (only the tail has not),
+        // whose `prev` `link_in` checks against the ends.
         let ends = self.ends();
         if ends.head[o] != idx || ends.tail[o] == idx || ends.len[o] == 0 {
             return Err(self.corrupt(CorruptionKind::ListBroken, idx));
         }
-        let me = self.link(arena, idx)?;
-        if me.prev != self.ends().head_prev[o] || me.next == Link::NIL {
-            return Err(self.corrupt(CorruptionKind::ListBroken, idx));
+        match self.link_in(arena, idx, order)?.next {
+            Link::NIL => Err(self.corrupt(CorruptionKind::ListBroken, idx)),
+            next => Ok(next),
         }
-        Ok(me.next)
     }
 
     /// Takes `idx`, the head of list `order`, whose successor
