@@ -491,11 +491,13 @@ impl<L: LinkStore> FreeLists<L> {
         order: u32,
         meta: &[PageMeta],
     ) -> Result<(), Corruption> {
-        let next = self.plan_take_head(arena, idx, order)?;
-        self.unlink_head(arena, idx, order, next);
-        if let Some(m) = meta.get(next as usize) {
+        let u = self.plan_take_head(arena, idx, order)?;
+        if self.unlink(arena, order, u) {
+            self.remask(0, 1 << order);
+        }
+        if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
-            self.links.prefetch(arena, self.page_size, next);
+            self.links.prefetch(arena, self.page_size, u.next);
         }
         Ok(())
     }
@@ -672,23 +674,24 @@ impl<L: LinkStore> FreeLists<L> {
     }
 
     /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),
-    /// reads, read and checked: the head's own link only, whose successor it returns (NIL for
-    /// a list of one). Its `prev` must be what the list's ends remember (`head_prev`), its
-    /// `next` in range, and a head without a successor the list's tail. Its successor's link,
+    /// reads, read and checked: the head's own link only, planned as an unlink with no `prev`
+    /// and the head's successor as `next` (NIL for a list of one). Its `prev` must be what the
+    /// list's ends remember (`head_prev`), its `next` in range, and a head without a successor
+    /// the list's tail. Its successor's link,
     /// which [`plan_remove`](Self::plan_remove) reads to check that it points back, is one that
     /// taking the head neither writes nor relies on: the successor becomes the head, and that
     /// link is checked when it is taken in turn. Writes nothing; valid for
-    /// [`unlink_head`](Self::unlink_head) until list `order` changes.
+    /// [`unlink`](Self::unlink) until list `order` changes.
     #[inline(always)]
     pub(crate) fn plan_take_head(
         &self,
         arena: &Arena<'_>,
         idx: u32,
         order: u32,
-    ) -> Result<u32, Corruption> {
+    ) -> Result<Unlink, Corruption> {
         let o = slot(order);
         if self.ends().len[o] == 1 {
-            return self.plan_remove_alone(idx, order).map(|_| Link::NIL);
+            return self.plan_remove_alone(idx, order);
         }
         // A list of two or more: the head has a link in the store (only the tail has not),
         // whose `prev` `link_in` checks against the ends.
@@ -698,31 +701,13 @@ impl<L: LinkStore> FreeLists<L> {
         }
         match self.link_in(arena, idx, order)?.next {
             Link::NIL => Err(self.corrupt(CorruptionKind::ListBroken, idx)),
-            next => Ok(next),
-        }
-    }
-
-    /// Takes `idx`, the head of list `order`, whose successor
-    /// [`plan_take_head`](Self::plan_take_head) returned as `next` while list `order` was as it
-    /// is now. Cannot fail. The successor becomes the head and keeps its link as it is (its
-    /// `prev` names `idx`, which the ends now remember); the head's own link is cleared, unless
-    /// it was alone on its list and had none.
-    #[inline(always)]
-    fn unlink_head(&mut self, arena: &mut Arena<'_>, idx: u32, order: u32, next: u32) {
-        let o = slot(order);
-        let ends = self.ends_mut();
-        ends.head[o] = next;
-        if next == Link::NIL {
-            ends.tail[o] = Link::NIL;
-        } else {
-            ends.head_prev[o] = idx;
-        }
-        ends.len[o] = ends.len[o].wrapping_sub(1);
-        if ends.len[o] == 0 {
-            ends.mask &= !(1 << o);
-        }
-        if next != Link::NIL {
-            self.links.clear(arena, self.page_size, idx);
+            next => Ok(Unlink {
+                idx,
+                prev: Link::NIL,
+                next,
+                prev_prev: Link::NIL,
+                next_next: Link::NIL,
+            }),
         }
     }
 
