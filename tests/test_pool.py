@@ -33,7 +33,7 @@ POOL_CLASSES = [Pool, ReferencePool]
 LINKS = ["side", "intrusive"]
 ZEROS = ["free", "alloc", "never"]
 MAX_REFCOUNT = 65535
-LINK_BYTES = 8  # prev/next page indices at the start of a free head page (intrusive store)
+LINK_BYTES = 12  # prev, next and a hint at the start of a free head page (intrusive store)
 
 PUBLIC_METHODS = [
     "alloc_pages",
@@ -627,7 +627,7 @@ def test_zeroing_lands_in_the_callers_buffer(cls: type, links: str) -> None:
         skip = LINK_BYTES if links == "intrusive" and pfn in heads else 0
         assert not any(page[skip:]), pfn
     pool.put_page(0)
-    assert not any(mine[8:page_size])
+    assert not any(mine[LINK_BYTES:page_size])
     assert np.count_nonzero(buffer[nr_pages * page_size // 8 :] == np.pi) == 2 * page_size // 8
 
 

@@ -58,8 +58,9 @@ PFN_LIMIT = 2**64
 DEFAULT_ORDER_CAP = 11
 #: A page's refcount is 16 bits: ``get_page`` refuses to go past this.
 MAX_REFCOUNT = 65535
-#: Bytes of free-list links an intrusive free block keeps at the start of its head page.
-LINK_BYTES = 8
+#: Bytes of free-list links (prev, next and a hint of the block after next) an intrusive free
+#: block keeps at the start of its head page.
+LINK_BYTES = 12
 
 # -- policies -------------------------------------------------------------------------------------
 

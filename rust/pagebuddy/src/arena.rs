@@ -168,6 +168,28 @@ impl<'a> Arena<'a> {
         }
     }
 
+    /// The 4 bytes at `off` (unaligned) as one native-endian `u32`; 0 outside the arena.
+    #[inline]
+    pub(crate) fn read_u32(&self, off: usize) -> u32 {
+        match self.range(off, 4) {
+            // SAFETY: `range` proved [off, off + 4) lies inside the arena; read_unaligned has
+            // no alignment need.
+            Some(p) => unsafe { core::ptr::read_unaligned(p as *const u32) },
+            None => 0,
+        }
+    }
+
+    /// Writes `value` (native-endian) over the 4 bytes at `off` (unaligned); a range outside
+    /// the arena is left alone.
+    #[inline]
+    pub(crate) fn write_u32(&mut self, off: usize, value: u32) {
+        if let Some(p) = self.range(off, 4) {
+            // SAFETY: `range` proved [off, off + 4) lies inside the arena, valid for writes;
+            // write_unaligned has no alignment need.
+            unsafe { core::ptr::write_unaligned(p as *mut u32, value) }
+        }
+    }
+
     /// Writes `value` (native-endian) over the 8 bytes at `off` (unaligned) with one store; a
     /// range outside the arena is left alone.
     #[inline]

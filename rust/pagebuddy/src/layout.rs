@@ -77,7 +77,7 @@ use crate::Pool;
 /// The magic bytes at offset 0 of every shared pool.
 pub const LAYOUT_MAGIC: [u8; 8] = *b"pgbuddy\0";
 /// The layout version this build writes and the only one it opens.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// Bytes of the header kept for an [`OuterLock`]'s own state (a robust `pthread_mutex_t`):
 /// 8-aligned, zero in a freshly formatted pool.
 pub const OUTER_LOCK_BYTES: usize = 64;
@@ -470,6 +470,17 @@ impl<L: LinkStore> LinkStore for InHeader<'_, L> {
 
     fn fits(&self, nr_pages: u32) -> Result<(), GeometryError> {
         self.inner.fits(nr_pages)
+    }
+
+    // A hint, never relied on (a rebuild clears it with the link): no crash point.
+    #[inline(always)]
+    fn ahead(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> u32 {
+        self.inner.ahead(arena, page_size, idx)
+    }
+
+    #[inline(always)]
+    fn store_ahead(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, ahead: u32) {
+        self.inner.store_ahead(arena, page_size, idx, ahead);
     }
 
     #[inline(always)]

@@ -18,6 +18,14 @@ pub const ABSENT: u8 = NO_ORDER - 1;
 /// Largest number of orders a pool can have: page indices are `u32`.
 pub const MAX_ORDERS: usize = 32;
 
+/// Length from which taking a list's head also hints the link two places on
+/// ([`FreeLists::take_head`]). A list is FIFO: its head was appended as many appends ago as
+/// the list is long, so the heads of a list this long are in no cache and no TLB, and the
+/// chase through their pages is an allocation's bound. On shorter lists the heads are cached,
+/// and the extra hint cost the hot pair (a 256-block list of order-10 blocks) a tenth of its
+/// time (docs/exact-pool-levers.md, "Two links ahead on long lists").
+const AHEAD_FROM: u32 = 1024;
+
 /// Per-page metadata, pKVM's `struct hyp_page`: 4 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +192,23 @@ pub trait LinkStore {
         let _ = (arena, page_size, idx);
     }
 
+    /// What the link of `idx` hints lies two places after `idx` on its list
+    /// ([`store_ahead`](Self::store_ahead)): a block to [`prefetch`](Self::prefetch) the link
+    /// of, never relied on. It may be stale or anything at all (NIL, the default, if the store
+    /// keeps no such hint).
+    #[inline(always)]
+    fn ahead(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> u32 {
+        let _ = (arena, page_size, idx);
+        Link::NIL
+    }
+
+    /// Hints in the link of `idx`, a block with a successor on its list, that `ahead` now
+    /// follows that successor. Does nothing by default.
+    #[inline(always)]
+    fn store_ahead(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, ahead: u32) {
+        let _ = (arena, page_size, idx, ahead);
+    }
+
     /// The free lists' ends, given the pool's own `ends`: those, unless the store keeps the
     /// ends somewhere else.
     #[inline(always)]
@@ -199,19 +224,22 @@ pub trait LinkStore {
 }
 
 /// Links in the free pages themselves, as upstream pKVM: no extra metadata. While a free block
-/// has a successor on its list, the first 8 bytes of its head page hold `prev` and `next`
-/// (little-endian `u32`s). The tail of a list keeps no link in its page (the list's ends hold
+/// has a successor on its list, the first 12 bytes of its head page hold `prev` and `next`
+/// (little-endian `u32`s) and a hint: the block that was two places further on the list when
+/// it was last appended ([`ahead`](LinkStore::ahead)), which an allocation taking the block
+/// from the head of a long list hints the link of, so that its chase through the list's pages
+/// runs two links ahead. The tail of a list keeps no link in its page (the list's ends hold
 /// it, see [`ListEnds`]), so a block freed onto the tail of a list is not written to until
 /// another block is appended behind it, and a block alone on its list never is: its bytes are
-/// left as they were (zeros, under a zero policy). A link is zeroed when its block leaves the
-/// list or becomes the tail again. Taking a list's head does not write its successor's page:
-/// the successor becomes the head, its `prev` still naming the block taken, as the list's
-/// ends expect.
+/// left as they were (zeros, under a zero policy). The 12 bytes are zeroed when the block
+/// leaves the list or becomes the tail again. Taking a list's head does not write its
+/// successor's page: the successor becomes the head, its `prev` still naming the block taken,
+/// as the list's ends expect.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Intrusive;
 
 impl LinkStore for Intrusive {
-    const IN_PAGE_BYTES: usize = 8;
+    const IN_PAGE_BYTES: usize = 12;
 
     // The link is one little-endian u64 (prev in the low half), read with one 8-byte load and
     // written with one 8-byte store: never two halves written and read back whole, a pattern
@@ -234,6 +262,17 @@ impl LinkStore for Intrusive {
     #[inline]
     fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32) {
         arena.write_u64(idx as usize * page_size, 0);
+        arena.write_u32(idx as usize * page_size + 8, 0);
+    }
+
+    #[inline(always)]
+    fn ahead(&self, arena: &Arena<'_>, page_size: usize, idx: u32) -> u32 {
+        u32::from_le(arena.read_u32(idx as usize * page_size + 8))
+    }
+
+    #[inline(always)]
+    fn store_ahead(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32, ahead: u32) {
+        arena.write_u32(idx as usize * page_size + 8, ahead.to_le());
     }
 
     fn fits(&self, _nr_pages: u32) -> Result<(), GeometryError> {
@@ -483,6 +522,11 @@ impl<L: LinkStore> FreeLists<L> {
     /// so without the hints each allocation of that order waits for two misses in a row, the
     /// second at an address the first returns. The unlink reads and writes no other block's
     /// link: the new head's `prev` already names `idx`, which the ends now remember.
+    ///
+    /// On a list of [`AHEAD_FROM`] blocks or more, whose head was appended at least that many
+    /// appends before and is in no cache, the link of the block after the new head is hinted
+    /// too, as the link of `idx` names it ([`LinkStore::ahead`]): the allocations then chase
+    /// the list two links a miss, not one.
     #[inline(always)]
     pub(crate) fn take_head(
         &mut self,
@@ -492,12 +536,17 @@ impl<L: LinkStore> FreeLists<L> {
         meta: &[PageMeta],
     ) -> Result<(), Corruption> {
         let u = self.plan_take_head(arena, idx, order)?;
+        // Read before the unlink clears it.
+        let ahead = self.links.ahead(arena, self.page_size, idx);
         if self.unlink(arena, order, u) {
             self.remask(0, 1 << order);
         }
         if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
             self.links.prefetch(arena, self.page_size, u.next);
+            if self.ends().len[slot(order)] >= AHEAD_FROM {
+                self.links.prefetch(arena, self.page_size, ahead);
+            }
         }
         Ok(())
     }
@@ -560,8 +609,10 @@ impl<L: LinkStore> FreeLists<L> {
     ///
     /// The appended block becomes the tail, whose link the list's ends keep: nothing is
     /// written into its page now (a freed page is most often one no cache holds). The old
-    /// tail's link, kept in the ends until now, is written into its store, whole, and the
-    /// new tail's link is hinted, for the append that will write it.
+    /// tail's link, kept in the ends until now, is written into its store, whole, the old
+    /// tail's predecessor told that the block two places after it is the new tail
+    /// ([`LinkStore::store_ahead`]), and the new tail's link is hinted, for the append that
+    /// will write it.
     #[inline(always)]
     pub(crate) fn append_planned_masking<const MASK: bool>(
         &mut self,
@@ -576,6 +627,11 @@ impl<L: LinkStore> FreeLists<L> {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
                 self.links.store(arena, self.page_size, tail, t);
+                // The tail's predecessor, whose link the append before wrote, now has `idx`
+                // two places after it.
+                if t.prev != Link::NIL {
+                    self.links.store_ahead(arena, self.page_size, t.prev, idx);
+                }
                 let ends = self.ends_mut();
                 ends.tail_prev[o] = tail;
                 if ends.head[o] == tail {

@@ -47,11 +47,21 @@ fn lists<L: LinkStore>(pool: &Pool<'_, L>) -> Vec<Vec<u64>> {
         .collect()
 }
 
-/// Everything observable: lists, metadata, counts and arena bytes.
+/// Everything observable: lists, metadata, counts and arena bytes, but for the hint in each
+/// free head's in-page link (bytes 8 up to `IN_PAGE_BYTES`, `LinkStore::ahead`), which no
+/// operation relies on: a batch and the same calls one by one may leave different ones.
 fn snapshot<L: LinkStore>(pool: &Pool<'_, L>) -> (Vec<Vec<u64>>, Vec<PageMeta>, u32, Vec<u8>) {
     let (arena, meta, _) = pool.parts();
     // SAFETY: the arena is valid for `len` bytes and borrowed by the pool for this whole scope.
-    let bytes = unsafe { core::slice::from_raw_parts(arena.as_ptr(), arena.len()) }.to_vec();
+    let mut bytes = unsafe { core::slice::from_raw_parts(arena.as_ptr(), arena.len()) }.to_vec();
+    let page_size = pool.geometry().page_size;
+    for (idx, m) in meta.iter().enumerate() {
+        if m.is_free_head() {
+            let hint = L::IN_PAGE_BYTES.saturating_sub(8);
+            let at = idx * page_size + 8;
+            bytes.iter_mut().skip(at).take(hint).for_each(|b| *b = 0);
+        }
+    }
     (lists(pool), meta.to_vec(), pool.free_pages(), bytes)
 }
 

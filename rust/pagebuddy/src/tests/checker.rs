@@ -173,9 +173,9 @@ fn check_finds_uncoalesced_buddies_below_the_top_order_only() {
 
 #[test]
 fn check_finds_nonzero_free_bytes_past_intrusive_links() {
-    // The first byte after the links and the last byte of the block.
+    // The first byte after the links (and their hint) and the last byte of the block.
     for (at, bytes) in [
-        (8, [1, 0, 0, 0, 0, 0, 0, 0]),
+        (12, [1, 0, 0, 0, 0, 0, 0, 0]),
         (4 * PS - 8, [0, 0, 0, 0, 0, 0, 0, 1]),
     ] {
         let mut mem = Mem::new(4);
@@ -260,6 +260,70 @@ fn a_list_tail_keeps_its_link_in_the_ends() {
     assert_eq!(broken(pool.check()), Some((K::LinkOutOfRange, 4)));
     pool.free.ends_mut().tail_prev[2] = 4;
     assert_eq!(broken(pool.check()), Some((K::ListBroken, 4)));
+}
+
+#[test]
+fn each_link_hints_the_block_two_places_on() {
+    // Four order-2 blocks on list 2, appended in pfn order: the link of each block with two
+    // after it names the second (written into its page when that one was appended).
+    let mut mem = Mem::new(16);
+    let mut pool = mem
+        .intrusive(cfg(16).order_cap(3).zero(ZeroPolicy::Never))
+        .unwrap();
+    let ahead = |pool: &Pool<'_, Intrusive>, page: u32| Intrusive.ahead(pool.parts().0, PS, page);
+    assert_eq!(lists(&pool)[2], vec![0, 4, 8, 12]);
+    assert_eq!((ahead(&pool, 0), ahead(&pool, 4)), (8, 12));
+    // Taken, a block's 12 bytes are cleared: link and hint.
+    assert_eq!(pool.alloc(2), Ok(0));
+    assert_eq!(pool.parts().0.read8(0), [0; 8]);
+    assert_eq!(ahead(&pool, 0), 0);
+    // Put back behind the tail (12), a block is the one two places after 8.
+    assert_eq!(pool.alloc(2), Ok(4));
+    pool.put(4).unwrap();
+    assert_eq!(lists(&pool)[2], vec![8, 12, 4]);
+    assert_eq!(ahead(&pool, 8), 4);
+    pool.put(0).unwrap();
+    assert_eq!(ahead(&pool, 12), 0);
+    pool.check().unwrap();
+    // A hint is never relied on: any value in it changes nothing the pool does or reports.
+    for bad in [u32::MAX, 16, 5, 12] {
+        let mut scribbled = [0u8; 8];
+        scribbled[..4].copy_from_slice(&bad.to_le_bytes());
+        for page in [8, 12] {
+            pool.parts_mut().0.write8(page * PS + 8, scribbled);
+        }
+        pool.check().unwrap();
+        assert_eq!(lists(&pool)[2], vec![8, 12, 4, 0]);
+    }
+    assert_eq!([0; 4].map(|_| pool.alloc(2).unwrap()), [8, 12, 4, 0]);
+    pool.check().unwrap();
+}
+
+#[test]
+fn a_long_list_chases_its_hints_whatever_they_hold() {
+    // 2048 single pages on list 0 (orders capped at 1), longer than the length from which an
+    // allocation hints the block two on: every hint scribbled, each a different kind of
+    // nonsense, and the pages still come out in list order, the pool sound after each.
+    let n = 2048;
+    let mut mem = Mem::new(n);
+    let mut pool = mem
+        .intrusive(cfg(n).order_cap(1).zero(ZeroPolicy::Never))
+        .unwrap();
+    for page in 0..n {
+        let bad = [u32::MAX, n as u32, page as u32, 7][page % 4];
+        let mut scribbled = [0u8; 8];
+        scribbled[..4].copy_from_slice(&bad.to_le_bytes());
+        pool.parts_mut().0.write8(page * PS + 8, scribbled);
+    }
+    pool.check().unwrap();
+    for want in 0..n as u64 {
+        assert_eq!(pool.alloc(0), Ok(want));
+    }
+    assert_eq!(pool.alloc(0), Err(Error::OutOfMemory { order: 0 }));
+    for pfn in 0..n as u64 {
+        pool.put(pfn).unwrap();
+    }
+    pool.check().unwrap();
 }
 
 #[test]
