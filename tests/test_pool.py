@@ -33,7 +33,7 @@ POOL_CLASSES = [Pool, ReferencePool]
 LINKS = ["side", "intrusive"]
 ZEROS = ["free", "alloc", "never"]
 MAX_REFCOUNT = 65535
-LINK_BYTES = 12  # prev, next and a hint at the start of a free head page (intrusive store)
+LINK_BYTES = 16  # prev, next, a hint and zeros at the start of a free head page (intrusive)
 
 PUBLIC_METHODS = [
     "alloc_pages",

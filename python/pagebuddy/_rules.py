@@ -60,7 +60,7 @@ DEFAULT_ORDER_CAP = 11
 MAX_REFCOUNT = 65535
 #: Bytes of free-list links (prev, next and a hint of the block after next) an intrusive free
 #: block keeps at the start of its head page.
-LINK_BYTES = 12
+LINK_BYTES = 16
 
 # -- policies -------------------------------------------------------------------------------------
 

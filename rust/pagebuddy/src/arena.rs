@@ -168,6 +168,17 @@ impl<'a> Arena<'a> {
         }
     }
 
+    /// Writes zeros over the 16 bytes at `off` (unaligned) with one store; a range outside the
+    /// arena is left alone.
+    #[inline]
+    pub(crate) fn zero16(&mut self, off: usize) {
+        if let Some(p) = self.range(off, 16) {
+            // SAFETY: `range` proved [off, off + 16) lies inside the arena, valid for writes;
+            // write_unaligned has no alignment need.
+            unsafe { core::ptr::write_unaligned(p as *mut u128, 0) }
+        }
+    }
+
     /// The 4 bytes at `off` (unaligned) as one native-endian `u32`; 0 outside the arena.
     #[inline]
     pub(crate) fn read_u32(&self, off: usize) -> u32 {

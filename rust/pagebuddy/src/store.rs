@@ -18,12 +18,15 @@ pub const ABSENT: u8 = NO_ORDER - 1;
 /// Largest number of orders a pool can have: page indices are `u32`.
 pub const MAX_ORDERS: usize = 32;
 
-/// Length from which taking a list's head also hints the link two places on
-/// ([`FreeLists::take_head`]). A list is FIFO: its head was appended as many appends ago as
-/// the list is long, so the heads of a list this long are in no cache and no TLB, and the
-/// chase through their pages is an allocation's bound. On shorter lists the heads are cached,
-/// and the extra hint cost the hot pair (a 256-block list of order-10 blocks) a tenth of its
-/// time (docs/exact-pool-levers.md, "Two links ahead on long lists").
+/// Length from which a list's links carry the hint of the block two places on
+/// ([`LinkStore::ahead`]): an append to a list this long writes it, and an allocation from it
+/// reads it and hints that block's link ([`FreeLists::take_head`]). A list is FIFO: its head
+/// was appended as many appends ago as the list is long, so the heads of a list this long are
+/// in no cache and no TLB, and the chase through their pages bounds its allocations. On
+/// shorter lists the heads are cached and the hint only costs: written and read there, it took
+/// the hot pair (a list of 256 order-10 blocks) from 92 to 105 ns, and read there the churn
+/// step whose lists hold a few blocks from 50 to 70 ns (docs/exact-pool-levers.md, "Two links
+/// a miss on long lists").
 const AHEAD_FROM: u32 = 1024;
 
 /// Per-page metadata, pKVM's `struct hyp_page`: 4 bytes.
@@ -224,22 +227,22 @@ pub trait LinkStore {
 }
 
 /// Links in the free pages themselves, as upstream pKVM: no extra metadata. While a free block
-/// has a successor on its list, the first 12 bytes of its head page hold `prev` and `next`
-/// (little-endian `u32`s) and a hint: the block that was two places further on the list when
-/// it was last appended ([`ahead`](LinkStore::ahead)), which an allocation taking the block
-/// from the head of a long list hints the link of, so that its chase through the list's pages
-/// runs two links ahead. The tail of a list keeps no link in its page (the list's ends hold
-/// it, see [`ListEnds`]), so a block freed onto the tail of a list is not written to until
-/// another block is appended behind it, and a block alone on its list never is: its bytes are
-/// left as they were (zeros, under a zero policy). The 12 bytes are zeroed when the block
-/// leaves the list or becomes the tail again. Taking a list's head does not write its
-/// successor's page: the successor becomes the head, its `prev` still naming the block taken,
-/// as the list's ends expect.
+/// has a successor on its list, the first 16 bytes of its head page are the pool's: `prev` and
+/// `next` (little-endian `u32`s); then, on a list of 1024 blocks or more, a hint of the block
+/// two places further on ([`ahead`](LinkStore::ahead)), whose link an allocation taking the
+/// block from the list's head hints, so that the chase through the list's pages runs two links
+/// a miss; then 4 bytes of zeros. The tail of a list keeps no link in its page (the list's
+/// ends hold it, see [`ListEnds`]), so a block freed onto the tail of a list is not written to
+/// until another block is appended behind it, and a block alone on its list never is: its
+/// bytes are left as they were (zeros, under a zero policy). The 16 bytes are zeroed, with one
+/// store, when the block leaves the list or becomes the tail again. Taking a list's head does
+/// not write its successor's page: the successor becomes the head, its `prev` still naming the
+/// block taken, as the list's ends expect.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Intrusive;
 
 impl LinkStore for Intrusive {
-    const IN_PAGE_BYTES: usize = 12;
+    const IN_PAGE_BYTES: usize = 16;
 
     // The link is one little-endian u64 (prev in the low half), read with one 8-byte load and
     // written with one 8-byte store: never two halves written and read back whole, a pattern
@@ -261,8 +264,7 @@ impl LinkStore for Intrusive {
 
     #[inline]
     fn clear(&mut self, arena: &mut Arena<'_>, page_size: usize, idx: u32) {
-        arena.write_u64(idx as usize * page_size, 0);
-        arena.write_u32(idx as usize * page_size + 8, 0);
+        arena.zero16(idx as usize * page_size);
     }
 
     #[inline(always)]
@@ -537,16 +539,18 @@ impl<L: LinkStore> FreeLists<L> {
     ) -> Result<(), Corruption> {
         let u = self.plan_take_head(arena, idx, order)?;
         // Read before the unlink clears it.
-        let ahead = self.links.ahead(arena, self.page_size, idx);
+        let ahead = if self.ends().len[slot(order)] >= AHEAD_FROM {
+            self.links.ahead(arena, self.page_size, idx)
+        } else {
+            Link::NIL
+        };
         if self.unlink(arena, order, u) {
             self.remask(0, 1 << order);
         }
         if let Some(m) = meta.get(u.next as usize) {
             prefetch(m);
             self.links.prefetch(arena, self.page_size, u.next);
-            if self.ends().len[slot(order)] >= AHEAD_FROM {
-                self.links.prefetch(arena, self.page_size, ahead);
-            }
+            self.links.prefetch(arena, self.page_size, ahead);
         }
         Ok(())
     }
@@ -609,10 +613,10 @@ impl<L: LinkStore> FreeLists<L> {
     ///
     /// The appended block becomes the tail, whose link the list's ends keep: nothing is
     /// written into its page now (a freed page is most often one no cache holds). The old
-    /// tail's link, kept in the ends until now, is written into its store, whole, the old
-    /// tail's predecessor told that the block two places after it is the new tail
-    /// ([`LinkStore::store_ahead`]), and the new tail's link is hinted, for the append that
-    /// will write it.
+    /// tail's link, kept in the ends until now, is written into its store, whole; on a list of
+    /// [`AHEAD_FROM`] blocks or more, the old tail's predecessor is told that the block two
+    /// places after it is the new tail ([`LinkStore::store_ahead`]); and the new tail's link
+    /// is hinted, for the append that will write it.
     #[inline(always)]
     pub(crate) fn append_planned_masking<const MASK: bool>(
         &mut self,
@@ -627,9 +631,9 @@ impl<L: LinkStore> FreeLists<L> {
             Some(mut t) if tail != Link::NIL => {
                 t.next = idx;
                 self.links.store(arena, self.page_size, tail, t);
-                // The tail's predecessor, whose link the append before wrote, now has `idx`
-                // two places after it.
-                if t.prev != Link::NIL {
+                // The tail's predecessor, whose link the append before wrote (a line the
+                // caches still hold), has `idx` two places after it.
+                if t.prev != Link::NIL && self.ends().len[o] >= AHEAD_FROM {
                     self.links.store_ahead(arena, self.page_size, t.prev, idx);
                 }
                 let ends = self.ends_mut();

@@ -173,9 +173,9 @@ fn check_finds_uncoalesced_buddies_below_the_top_order_only() {
 
 #[test]
 fn check_finds_nonzero_free_bytes_past_intrusive_links() {
-    // The first byte after the links (and their hint) and the last byte of the block.
+    // The first byte after the 16 bytes of links and the last byte of the block.
     for (at, bytes) in [
-        (12, [1, 0, 0, 0, 0, 0, 0, 0]),
+        (16, [1, 0, 0, 0, 0, 0, 0, 0]),
         (4 * PS - 8, [0, 0, 0, 0, 0, 0, 0, 1]),
     ] {
         let mut mem = Mem::new(4);
@@ -263,39 +263,32 @@ fn a_list_tail_keeps_its_link_in_the_ends() {
 }
 
 #[test]
-fn each_link_hints_the_block_two_places_on() {
-    // Four order-2 blocks on list 2, appended in pfn order: the link of each block with two
-    // after it names the second (written into its page when that one was appended).
-    let mut mem = Mem::new(16);
+fn each_link_of_a_long_list_hints_the_block_two_places_on() {
+    // 2048 single pages on list 0 (orders capped at 1), appended in pfn order as the pool was
+    // built: from the append that found 1024 blocks on the list on, each wrote into the link
+    // of the block two places before the one it appended.
+    let n = 2048;
+    let mut mem = Mem::new(n);
     let mut pool = mem
-        .intrusive(cfg(16).order_cap(3).zero(ZeroPolicy::Never))
+        .intrusive(cfg(n).order_cap(1).zero(ZeroPolicy::Never))
         .unwrap();
     let ahead = |pool: &Pool<'_, Intrusive>, page: u32| Intrusive.ahead(pool.parts().0, PS, page);
-    assert_eq!(lists(&pool)[2], vec![0, 4, 8, 12]);
-    assert_eq!((ahead(&pool, 0), ahead(&pool, 4)), (8, 12));
-    // Taken, a block's 12 bytes are cleared: link and hint.
-    assert_eq!(pool.alloc(2), Ok(0));
-    assert_eq!(pool.parts().0.read8(0), [0; 8]);
-    assert_eq!(ahead(&pool, 0), 0);
-    // Put back behind the tail (12), a block is the one two places after 8.
-    assert_eq!(pool.alloc(2), Ok(4));
-    pool.put(4).unwrap();
-    assert_eq!(lists(&pool)[2], vec![8, 12, 4]);
-    assert_eq!(ahead(&pool, 8), 4);
-    pool.put(0).unwrap();
-    assert_eq!(ahead(&pool, 12), 0);
-    pool.check().unwrap();
-    // A hint is never relied on: any value in it changes nothing the pool does or reports.
-    for bad in [u32::MAX, 16, 5, 12] {
-        let mut scribbled = [0u8; 8];
-        scribbled[..4].copy_from_slice(&bad.to_le_bytes());
-        for page in [8, 12] {
-            pool.parts_mut().0.write8(page * PS + 8, scribbled);
-        }
-        pool.check().unwrap();
-        assert_eq!(lists(&pool)[2], vec![8, 12, 4, 0]);
+    // Appended while the list was shorter: no hint (the memory's own bytes).
+    assert_ne!(ahead(&pool, 1021), 1023);
+    assert_eq!((ahead(&pool, 1022), ahead(&pool, 2045)), (1024, 2047));
+    // Taken, a block's 16 bytes are cleared: link, hint and the zeros after.
+    for want in 0..=1022 {
+        assert_eq!(pool.alloc(0), Ok(want));
     }
-    assert_eq!([0; 4].map(|_| pool.alloc(2).unwrap()), [8, 12, 4, 0]);
+    let page = 1022 * PS;
+    assert_eq!(
+        [page, page + 8].map(|at| pool.parts().0.read8(at)),
+        [[0; 8]; 2]
+    );
+    // Put back behind the tail of a list still 1025 blocks long: the block two places after
+    // the one before the tail.
+    pool.put(1022).unwrap();
+    assert_eq!(ahead(&pool, 2046), 1022);
     pool.check().unwrap();
 }
 
@@ -472,7 +465,7 @@ fn locked_pool_accessors() {
     assert_eq!(locked.with(|p| p.refcount(2)), Ok(1));
     locked.check().unwrap();
     // A stray write into a free page shows through the lock too.
-    locked.with(|p| p.parts_mut().0.write8(PS + 8, [1; 8]));
+    locked.with(|p| p.parts_mut().0.write8(PS + 16, [1; 8]));
     assert_eq!(locked.check().map_err(|c| c.kind), Err(K::NotZero));
     let pool = locked.into_inner();
     assert_eq!((pool.free_pages(), pool.refcount(0)), (1, Ok(1)));
