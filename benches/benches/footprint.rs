@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use pagebuddy::ZeroPolicy;
+use pagebuddy::{Intrusive, LinkStore, ZeroPolicy};
 
 /// Whether the current heap traffic is an allocator's own (the benchmark is single-threaded).
 static ATTRIBUTE: AtomicBool = AtomicBool::new(false);
@@ -189,13 +189,15 @@ fn main() {
              (pagebuddy::link_bytes: 8 B/page); the pool allocates nothing"
         } else {
             "caller-provided PageMeta slice (pagebuddy::meta_bytes: 4 B/page); free-list links \
-             live in the first 8 bytes of the head page of each free block with a successor on its list; the pool allocates nothing"
+             live in the first 16 bytes of the head page of each free block with a successor on \
+             its list (prev, next, a hint of the block two places on, zeros); the pool allocates \
+             nothing"
         };
         let r = blank(
             id,
             label,
             meta + if side { links } else { 0 },
-            if side { 0 } else { 8 },
+            if side { 0 } else { Intrusive::IN_PAGE_BYTES },
             how,
         );
         // SAFETY: each allocator made here is dropped before the next is made.
