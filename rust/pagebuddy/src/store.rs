@@ -23,10 +23,10 @@ pub const MAX_ORDERS: usize = 32;
 /// reads it and hints that block's link ([`FreeLists::take_head`]). A list is FIFO: its head
 /// was appended as many appends ago as the list is long, so the heads of a list this long are
 /// in no cache and no TLB, and the chase through their pages bounds its allocations. On
-/// shorter lists the heads are cached and the hint only costs: written and read there, it took
-/// the hot pair (a list of 256 order-10 blocks) from 92 to 105 ns, and read there the churn
-/// step whose lists hold a few blocks from 50 to 70 ns (docs/exact-pool-levers.md, "Two links
-/// a miss on long lists").
+/// shorter lists the heads are cached and the hint only costs: written, read and followed
+/// there, it took the hot pair (a list of 256 order-10 blocks) from 93 to 102 ns, and read
+/// there the churn step whose lists hold a few blocks from 52 to 71 ns
+/// (docs/exact-pool-levers.md, "Two links a miss on long lists").
 const AHEAD_FROM: u32 = 1024;
 
 /// Per-page metadata, pKVM's `struct hyp_page`: 4 bytes.
