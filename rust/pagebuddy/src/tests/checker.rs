@@ -262,16 +262,23 @@ fn a_list_tail_keeps_its_link_in_the_ends() {
     assert_eq!(broken(pool.check()), Some((K::ListBroken, 4)));
 }
 
+/// A pool of `LONG` single pages (orders capped at 1) with intrusive links: one list, longer
+/// than the length from which its links hint the block two places on, the pages on it in pfn
+/// order.
+const LONG: usize = 2048;
+
+fn long_list(mem: &mut Mem) -> Pool<'_, Intrusive> {
+    mem.intrusive(cfg(LONG).order_cap(1).zero(ZeroPolicy::Never))
+        .unwrap()
+}
+
 #[test]
 fn each_link_of_a_long_list_hints_the_block_two_places_on() {
-    // 2048 single pages on list 0 (orders capped at 1), appended in pfn order as the pool was
-    // built: from the append that found 1024 blocks on the list on, each wrote into the link
-    // of the block two places before the one it appended.
-    let n = 2048;
-    let mut mem = Mem::new(n);
-    let mut pool = mem
-        .intrusive(cfg(n).order_cap(1).zero(ZeroPolicy::Never))
-        .unwrap();
+    // Appended in pfn order as the pool was built: from the append that found 1024 blocks on
+    // the list on, each wrote into the link of the block two places before the one it
+    // appended.
+    let mut mem = Mem::new(LONG);
+    let mut pool = long_list(&mut mem);
     let ahead = |pool: &Pool<'_, Intrusive>, page: u32| Intrusive.ahead(pool.parts().0, PS, page);
     // Appended while the list was shorter: no hint (the memory's own bytes).
     assert_ne!(ahead(&pool, 1021), 1023);
@@ -294,14 +301,11 @@ fn each_link_of_a_long_list_hints_the_block_two_places_on() {
 
 #[test]
 fn a_long_list_chases_its_hints_whatever_they_hold() {
-    // 2048 single pages on list 0 (orders capped at 1), longer than the length from which an
-    // allocation hints the block two on: every hint scribbled, each a different kind of
-    // nonsense, and the pages still come out in list order, the pool sound after each.
-    let n = 2048;
+    // Every hint scribbled, each a different kind of nonsense, and the pages still come out
+    // in list order, the pool sound after each.
+    let n = LONG;
     let mut mem = Mem::new(n);
-    let mut pool = mem
-        .intrusive(cfg(n).order_cap(1).zero(ZeroPolicy::Never))
-        .unwrap();
+    let mut pool = long_list(&mut mem);
     for page in 0..n {
         let bad = [u32::MAX, n as u32, page as u32, 7][page % 4];
         let mut scribbled = [0u8; 8];
