@@ -22,7 +22,7 @@ use core::fmt;
 
 use crate::config::ZeroPolicy;
 use crate::error::{CorruptionKind, Error};
-use crate::store::{Link, LinkStore, PageMeta, MAX_ORDERS, NO_ORDER};
+use crate::store::{Link, LinkStore, PageMeta, NO_ORDER};
 use crate::Pool;
 
 /// A batch call failed at `pfns[index]`; nothing was changed.
@@ -154,13 +154,13 @@ impl<L: LinkStore> Pool<'_, L> {
     /// Checks, writing nothing, that the first `take` blocks of list `order` can be taken one
     /// after another from its head: each is a free head of that order, each link that taking
     /// it reads is in range, and the last block by the list's length, and only that one, is
-    /// without a successor: the list's tail. Each block is the list's head when it is taken, whose link's `prev`
-    /// must name the block taken before it (checked against the list's ends for the first,
-    /// [`FreeLists::link_in`](crate::store::FreeLists::link_in)); that also rules out a walk
-    /// that comes back to a block it passed.
+    /// without a successor: the list's tail. Each block is the list's head when it is taken,
+    /// whose link's `prev` must name the block taken before it (checked against the list's
+    /// ends for the first, [`FreeLists::link_in`](crate::store::FreeLists::link_in)); that
+    /// also rules out a walk that comes back to a block it passed.
     pub(crate) fn check_head_blocks(&self, order: u32, take: u64) -> Result<(), Error> {
         let mut next = self.free.first(order)?;
-        let listed = u64::from(self.free.ends().len[order as usize % MAX_ORDERS]);
+        let listed = u64::from(self.free.len(order));
         let mut before = Link::NIL;
         for n in 0..take {
             let idx = next.ok_or(self.corrupt(CorruptionKind::Count, 0))?;

@@ -573,7 +573,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         Ok(())
     }
 
-    /// [`put_appending`](Self::put_appending) zeroing: out of line and in tail position, so that a free that does not zero makes no call on its way (see
+    /// [`put_appending`](Self::put_appending) zeroing: out of line and in tail position, so
+    /// that a free that does not zero makes no call on its way (see
     /// [`put_merging_out_of_line`](Self::put_merging_out_of_line)).
     #[inline(never)]
     fn put_appending_zeroed<P: Plan>(

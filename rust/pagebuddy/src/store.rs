@@ -134,9 +134,8 @@ impl Link {
 
 /// The ends of the per-order free lists: each list's head, tail and length, the mask of the
 /// non-empty ones, the link of each list's tail, and what the link of each list's head holds
-/// as its `prev`. A pool keeps them in itself unless its
-/// [`LinkStore`] keeps them elsewhere (a shared pool keeps them in its header, see
-/// [`SharedPool`](crate::SharedPool)).
+/// as its `prev`. A pool keeps them in itself unless its [`LinkStore`] keeps them elsewhere
+/// (a shared pool keeps them in its header, see [`SharedPool`](crate::SharedPool)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListEnds {
@@ -737,11 +736,10 @@ impl<L: LinkStore> FreeLists<L> {
     /// reads, read and checked: the head's own link only, planned as an unlink with no `prev`
     /// and the head's successor as `next` (NIL for a list of one). Its `prev` must be what the
     /// list's ends remember (`head_prev`), its `next` in range, and a head without a successor
-    /// the list's tail. Its successor's link,
-    /// which [`plan_remove`](Self::plan_remove) reads to check that it points back, is one that
-    /// taking the head neither writes nor relies on: the successor becomes the head, and that
-    /// link is checked when it is taken in turn. Writes nothing; valid for
-    /// [`unlink`](Self::unlink) until list `order` changes.
+    /// the list's tail. Its successor's link, which [`plan_remove`](Self::plan_remove) reads
+    /// to check that it points back, is one that taking the head neither writes nor relies
+    /// on: the successor becomes the head, and that link is checked when it is taken in turn.
+    /// Writes nothing; valid for [`unlink`](Self::unlink) until list `order` changes.
     #[inline(always)]
     pub(crate) fn plan_take_head(
         &self,
@@ -859,6 +857,11 @@ impl<L: LinkStore> FreeLists<L> {
             .get(order as usize)
             .copied()
             .unwrap_or(Link::NIL)
+    }
+
+    /// How many blocks list `order` holds, as its ends count them.
+    pub(crate) fn len(&self, order: u32) -> u32 {
+        self.ends().len[slot(order)]
     }
 
     #[cfg(test)]

@@ -601,16 +601,22 @@ fn put_many_meeting_corruption_changes_nothing() {
     assert_eq!((pool.refcount(0), pool.refcount(8)), (Ok(1), Ok(1)));
 }
 
+/// An intrusive pool of 16 pages, all held but pages 1, 3 and 5: list 0 is [1, 3, 5].
+fn list_1_3_5(mem: &mut Mem) -> Pool<'_, Intrusive> {
+    let mut pool = mem.intrusive(cfg(16).zero(ZeroPolicy::Never)).unwrap();
+    pool.alloc_many(0, &mut [0; 16]).unwrap();
+    pool.put_many(&[1, 3, 5]).unwrap();
+    pool
+}
+
 /// A list whose links reach its tail before its length says: taken one by one, the tail
 /// would be taken while the list still counts two blocks, which `alloc` refuses. The batch
 /// refuses first, with nothing changed.
 #[test]
 fn alloc_many_refuses_a_list_shorter_than_its_length() {
     let mut mem = Mem::new(16);
-    let mut pool = mem.intrusive(cfg(16).zero(ZeroPolicy::Never)).unwrap();
-    pool.alloc_many(0, &mut [0; 16]).unwrap();
-    pool.put_many(&[1, 3, 5]).unwrap(); // list 0: [1, 3, 5]
-                                        // SAFETY: page 1 is free and in the pool: its `next` made 5, the tail.
+    let mut pool = list_1_3_5(&mut mem);
+    // SAFETY: page 1 is free and in the pool: its `next` made 5, the tail.
     unsafe { core::ptr::write_unaligned(pool.page_addr(1).unwrap().as_ptr().add(4).cast(), 5u32) };
     let before = snapshot(&pool);
     let got = pool.alloc_many(0, &mut [0; 2]);
@@ -626,10 +632,8 @@ fn alloc_many_refuses_a_list_shorter_than_its_length() {
 #[test]
 fn alloc_many_refuses_a_head_with_a_prev() {
     let mut mem = Mem::new(16);
-    let mut pool = mem.intrusive(cfg(16).zero(ZeroPolicy::Never)).unwrap();
-    pool.alloc_many(0, &mut [0; 16]).unwrap();
-    pool.put_many(&[1, 3, 5]).unwrap(); // list 0: [1, 3, 5]
-                                        // SAFETY: page 1 is free and in the pool: its `prev` made 5, whose `next` made 1.
+    let mut pool = list_1_3_5(&mut mem);
+    // SAFETY: pages 1 and 5 are free and in the pool: 1's `prev` made 5, 5's `next` made 1.
     unsafe {
         core::ptr::write_unaligned(pool.page_addr(1).unwrap().as_ptr().cast(), 5u32);
         core::ptr::write_unaligned(pool.page_addr(5).unwrap().as_ptr().add(4).cast(), 1u32);
