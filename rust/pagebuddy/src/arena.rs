@@ -10,6 +10,7 @@ use core::ptr::NonNull;
 use crate::config::{Config, ZeroPolicy};
 use crate::error::{Error, GeometryError};
 use crate::store::{PageMeta, SideTable};
+use crate::zeroing::{zero_bytes, zero_cold_bytes};
 use crate::Pool;
 
 /// The bytes a pool manages: page `i` is `page_size` bytes at offset `i * page_size`.
@@ -255,64 +256,3 @@ impl<L: crate::LinkStore> Pool<'_, L> {
 // SAFETY: an Arena is a unique borrow of its bytes (`new`) or carries the same promise by
 // contract (`from_raw`); moving that borrow to another thread is as sound as moving `&mut [u8]`.
 unsafe impl Send for Arena<'_> {}
-
-/// Writes `n` zero bytes at `p`: the one place where pages are zeroed.
-///
-/// # Safety
-/// `p` must be valid for writes of `n` bytes that no one else accesses meanwhile.
-#[inline]
-pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
-    // SAFETY: the caller's contract; u8 has no alignment requirement.
-    unsafe { core::ptr::write_bytes(p, 0, n) }
-}
-
-/// Blocks of at least this many bytes are zeroed with non-temporal stores by
-/// `zero_cold_bytes`: 64 KiB, above the orders the per-CPU caches keep hot with 4 KiB pages.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-pub(crate) const STREAM_MIN: usize = 64 << 10;
-
-/// Writes `n` zero bytes at `p` for a block that was just freed: from `STREAM_MIN` bytes on
-/// (on x86-64 with SSE2), with non-temporal stores, which go to memory without first reading each line
-/// into the cache and without evicting what the cache holds; `memset` otherwise (and where SSE2
-/// is off, as on `x86_64-unknown-none`, whose kernels do not save vector registers). Freed blocks
-/// wait on a free list (at its tail) before they are used again, so caching their zeros would
-/// only displace hotter data. Allocation-time zeroing keeps `memset`: that block is used next.
-///
-/// # Safety
-/// As [`zero_bytes`].
-#[inline]
-pub(crate) unsafe fn zero_cold_bytes(p: *mut u8, n: usize) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-    if n >= STREAM_MIN {
-        // SAFETY: the caller's contract.
-        return unsafe { stream_zero(p, n) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { zero_bytes(p, n) }
-}
-
-/// Non-temporal zeroing: `memset` up to the first 16-byte boundary, `movntdq` over the aligned
-/// middle, `memset` for the rest, then a store fence so that the zeros are ordered before any
-/// later store (the free-list links an intrusive store writes next, the lock's release).
-///
-/// # Safety
-/// As [`zero_bytes`].
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-unsafe fn stream_zero(p: *mut u8, n: usize) {
-    use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
-    let head = p.align_offset(16).min(n);
-    let body = (n - head) / 16;
-    // SAFETY: every write stays in [p, p + n), valid for writes by the caller's contract; the
-    // stream stores go to 16-byte aligned addresses (p + head is aligned). SSE2 is part of the
-    // x86-64 baseline.
-    unsafe {
-        zero_bytes(p, head);
-        let q = p.add(head).cast::<__m128i>();
-        let zero = _mm_setzero_si128();
-        for i in 0..body {
-            _mm_stream_si128(q.add(i), zero);
-        }
-        _mm_sfence();
-        zero_bytes(p.add(head + body * 16), n - head - body * 16);
-    }
-}

@@ -833,9 +833,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             // SAFETY (both calls): [p, p + len) lies inside the arena, which is valid for writes
             // for the pool's life, and no one else accesses the block's bytes (see above).
             if cold && order >= self.orders {
-                unsafe { crate::arena::zero_cold_bytes(p, len) }
+                unsafe { crate::zeroing::zero_cold_bytes(p, len) }
             } else {
-                unsafe { crate::arena::zero_bytes(p, len) }
+                unsafe { crate::zeroing::zero_bytes(p, len) }
             }
         }
     }

@@ -75,6 +75,7 @@ mod query;
 #[cfg(target_has_atomic = "32")]
 pub mod shmlock;
 mod store;
+mod zeroing;
 
 pub use arena::Arena;
 pub use batch::BatchError;

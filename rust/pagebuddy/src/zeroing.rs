@@ -1,0 +1,146 @@
+//! Zeroing blocks: the one place where pages are zeroed.
+//!
+//! A block is usually zeroed when no cache holds it (the page a free hands back was written long
+//! ago, the head of a FIFO list was freed long ago), and `memset` then reads each line before it
+//! writes it, a few lines in flight at a time. So the lines of the block's first [`AHEAD`] bytes
+//! are hinted all at once before `memset` starts: their reads overlap, and the hardware's own
+//! prefetcher, following `memset` through the block, carries on from there. Blocks of
+//! [`STREAM_MIN`] bytes and more, when freed, go to memory with non-temporal stores instead.
+
+use crate::prefetch::prefetch;
+
+/// How much of a block is hinted before it is zeroed: 2 KiB, 32 lines, half a 4 KiB page.
+///
+/// More is slower: hinting more lines than the core can have in flight at once makes the
+/// zeroing wait on the hints rather than overlap them (docs/exact-pool-levers.md, "The first
+/// lines of a block, hinted before its zeroing").
+const AHEAD: usize = 2 << 10;
+
+/// The cache line size the hints step by: 64 bytes on the x86-64 and AArch64 cores the pool is
+/// measured on (a core with longer lines only gets some lines hinted twice).
+const LINE: usize = 64;
+
+/// Writes `n` zero bytes at `p`, the lines of the first [`AHEAD`] bytes hinted first.
+///
+/// # Safety
+/// `p` must be valid for writes of `n` bytes that no one else accesses meanwhile.
+#[inline]
+pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
+    hint(p, n.min(AHEAD));
+    // SAFETY: the caller's contract.
+    unsafe { write_zeros(p, n) }
+}
+
+/// Hints the lines of `[p, p + n)`. A hint never faults and changes nothing but time, so `p`
+/// need not be valid (the callers pass their own range).
+#[inline(always)]
+fn hint(p: *mut u8, n: usize) {
+    let mut at = 0;
+    while at < n {
+        prefetch(p.wrapping_add(at));
+        at += LINE;
+    }
+}
+
+/// `memset`: `n` zero bytes at `p`.
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[inline(always)]
+unsafe fn write_zeros(p: *mut u8, n: usize) {
+    // SAFETY: the caller's contract; u8 has no alignment requirement.
+    unsafe { core::ptr::write_bytes(p, 0, n) }
+}
+
+/// Blocks of at least this many bytes are zeroed with non-temporal stores by
+/// `zero_cold_bytes`: 64 KiB, above the orders the per-CPU caches keep hot with 4 KiB pages.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+pub(crate) const STREAM_MIN: usize = 64 << 10;
+
+/// Writes `n` zero bytes at `p` for a block that was just freed: from `STREAM_MIN` bytes on
+/// (on x86-64 with SSE2), with non-temporal stores, which go to memory without first reading each line
+/// into the cache and without evicting what the cache holds; [`zero_bytes`] otherwise (and where
+/// SSE2 is off, as on `x86_64-unknown-none`, whose kernels do not save vector registers). Freed
+/// blocks wait on a free list (at its tail) before they are used again, so caching their zeros
+/// would only displace hotter data. Allocation-time zeroing keeps [`zero_bytes`]: that block is
+/// used next.
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[inline]
+pub(crate) unsafe fn zero_cold_bytes(p: *mut u8, n: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+    if n >= STREAM_MIN {
+        // SAFETY: the caller's contract.
+        return unsafe { stream_zero(p, n) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { zero_bytes(p, n) }
+}
+
+/// Non-temporal zeroing: `memset` up to the first 16-byte boundary, `movntdq` over the aligned
+/// middle, `memset` for the rest, then a store fence so that the zeros are ordered before any
+/// later store (the free-list links an intrusive store writes next, the lock's release).
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+unsafe fn stream_zero(p: *mut u8, n: usize) {
+    use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
+    let head = p.align_offset(16).min(n);
+    let body = (n - head) / 16;
+    // SAFETY: every write stays in [p, p + n), valid for writes by the caller's contract; the
+    // stream stores go to 16-byte aligned addresses (p + head is aligned). SSE2 is part of the
+    // x86-64 baseline.
+    unsafe {
+        write_zeros(p, head);
+        let q = p.add(head).cast::<__m128i>();
+        let zero = _mm_setzero_si128();
+        for i in 0..body {
+            _mm_stream_si128(q.add(i), zero);
+        }
+        _mm_sfence();
+        write_zeros(p.add(head + body * 16), n - head - body * 16);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size from none to past twice what is hinted, at every offset in a line: exactly the bytes
+    /// asked for become zero, and not one byte beside them.
+    #[test]
+    fn zeroes_exactly_the_range() {
+        let mut buf = [0xa5u8; 2 * AHEAD + 3 * LINE];
+        for off in 0..LINE {
+            for n in (0..buf.len() - off)
+                .step_by(61)
+                .chain([AHEAD, AHEAD + 1, 2 * AHEAD])
+            {
+                if off + n > buf.len() {
+                    continue;
+                }
+                buf.fill(0xa5);
+                // SAFETY: [off, off + n) lies in `buf`, which nothing else touches.
+                unsafe { zero_bytes(buf.as_mut_ptr().add(off), n) };
+                assert!(buf[..off].iter().all(|&b| b == 0xa5), "before {off}+{n}");
+                assert!(buf[off..off + n].iter().all(|&b| b == 0), "in {off}+{n}");
+                assert!(buf[off + n..].iter().all(|&b| b == 0xa5), "after {off}+{n}");
+            }
+        }
+    }
+
+    /// The freed-block zeroing, below and above the size it streams from.
+    #[test]
+    fn zeroes_a_freed_block_of_any_size() {
+        for n in [0, 1, 4095, 4096, 64 << 10, (64 << 10) + 17] {
+            let mut buf = std::vec![0x5au8; n + 64];
+            // SAFETY: [1, 1 + n) lies in `buf`, which nothing else touches.
+            unsafe { zero_cold_bytes(buf.as_mut_ptr().add(1), n) };
+            assert_eq!(buf[0], 0x5a, "{n}");
+            assert!(buf[1..1 + n].iter().all(|&b| b == 0), "{n}");
+            assert!(buf[1 + n..].iter().all(|&b| b == 0x5a), "{n}");
+        }
+    }
+}
