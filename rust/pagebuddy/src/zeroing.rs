@@ -5,7 +5,7 @@
 //! writes it, a few lines in flight at a time. So the lines of the block's first [`AHEAD`] bytes
 //! are hinted all at once before `memset` starts: their reads overlap, and the hardware's own
 //! prefetcher, following `memset` through the block, carries on from there. Blocks of
-//! [`STREAM_MIN`] bytes and more, when freed, go to memory with non-temporal stores instead.
+//! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead.
 
 use crate::prefetch::prefetch;
 
