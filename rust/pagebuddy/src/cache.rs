@@ -817,8 +817,11 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// reference was just dropped by this call's compare-and-swap, or it was just taken off a
     /// cache or the pool for this call to hand out. Nothing else reads or writes its bytes.
     /// A freed block (`cold`) of an uncached order bypasses the CPU caches
-    /// ([`Arena::zero_cold`](crate::Arena)); a cached one is reused soon and stays hot.
-    /// Out of line: the memset is the cost, and the hits that call it stay small.
+    /// ([`Arena::zero_cold`](crate::Arena)); a block of a cached order, freed onto a CPU's
+    /// stack or taken from one, is reused soon and stays hot, and is zeroed without hints
+    /// (`zeroing::zero_hot_bytes`); any other block with its first lines hinted
+    /// (`zeroing::zero_bytes`). Out of line: the memset is the cost, and the hits that call it
+    /// stay small.
     #[inline(never)]
     fn zero_block(&self, idx: u32, order: u32, cold: bool) {
         let off = idx as usize * self.geo.page_size;
@@ -830,9 +833,11 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             // SAFETY: off + len <= arena_len (checked above), so the offset stays inside the
             // arena's allocation.
             let p = unsafe { self.arena.as_ptr().add(off) };
-            // SAFETY (both calls): [p, p + len) lies inside the arena, which is valid for writes
+            // SAFETY (each call): [p, p + len) lies inside the arena, which is valid for writes
             // for the pool's life, and no one else accesses the block's bytes (see above).
-            if cold && order >= self.orders {
+            if order < self.orders {
+                unsafe { crate::zeroing::zero_hot_bytes(p, len) }
+            } else if cold {
                 unsafe { crate::zeroing::zero_cold_bytes(p, len) }
             } else {
                 unsafe { crate::zeroing::zero_bytes(p, len) }

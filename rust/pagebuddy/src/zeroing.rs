@@ -5,7 +5,8 @@
 //! writes it, a few lines in flight at a time. So the lines of the block's first [`AHEAD`] bytes
 //! are hinted all at once before `memset` starts: their reads overlap, and the hardware's own
 //! prefetcher, following `memset` through the block, carries on from there. Blocks of
-//! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead.
+//! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead, and
+//! the blocks of the per-CPU caches, which stay hot, get `memset` alone.
 
 use crate::prefetch::prefetch;
 
@@ -27,6 +28,20 @@ const LINE: usize = 64;
 #[inline]
 pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
     hint(p, n.min(AHEAD));
+    // SAFETY: the caller's contract.
+    unsafe { write_zeros(p, n) }
+}
+
+/// Writes `n` zero bytes at `p`, a block the caches most likely hold: `memset` alone, as hints
+/// of cached lines only cost their instructions. For the blocks of the per-CPU caches, whose
+/// LIFO stacks hand back the page freed last (the caches' zero-on-free hot pair: 91.9, 90.7 and
+/// 82.4 GB/s without hints, 83.7, 85.8 and 78.6 with them, alternated).
+///
+/// # Safety
+/// As [`zero_bytes`].
+#[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
+#[inline]
+pub(crate) unsafe fn zero_hot_bytes(p: *mut u8, n: usize) {
     // SAFETY: the caller's contract.
     unsafe { write_zeros(p, n) }
 }
@@ -108,8 +123,8 @@ unsafe fn stream_zero(p: *mut u8, n: usize) {
 mod tests {
     use super::*;
 
-    /// Every size from none to past twice what is hinted, at every offset in a line: exactly the bytes
-    /// asked for become zero, and not one byte beside them.
+    /// Every size from none to past twice what is hinted, at every offset in a line, with and
+    /// without hints: exactly the bytes asked for become zero, and not one byte beside them.
     #[test]
     fn zeroes_exactly_the_range() {
         let mut buf = [0xa5u8; 2 * AHEAD + 3 * LINE];
@@ -121,12 +136,14 @@ mod tests {
                 if off + n > buf.len() {
                     continue;
                 }
-                buf.fill(0xa5);
-                // SAFETY: [off, off + n) lies in `buf`, which nothing else touches.
-                unsafe { zero_bytes(buf.as_mut_ptr().add(off), n) };
-                assert!(buf[..off].iter().all(|&b| b == 0xa5), "before {off}+{n}");
-                assert!(buf[off..off + n].iter().all(|&b| b == 0), "in {off}+{n}");
-                assert!(buf[off + n..].iter().all(|&b| b == 0xa5), "after {off}+{n}");
+                for zero in [zero_bytes, zero_hot_bytes] {
+                    buf.fill(0xa5);
+                    // SAFETY: [off, off + n) lies in `buf`, which nothing else touches.
+                    unsafe { zero(buf.as_mut_ptr().add(off), n) };
+                    assert!(buf[..off].iter().all(|&b| b == 0xa5), "before {off}+{n}");
+                    assert!(buf[off..off + n].iter().all(|&b| b == 0), "in {off}+{n}");
+                    assert!(buf[off + n..].iter().all(|&b| b == 0xa5), "after {off}+{n}");
+                }
             }
         }
     }
