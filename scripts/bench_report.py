@@ -1640,6 +1640,9 @@ def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str
     if big is not None:
         c = cases.get((1 << 22, "side-table", PYTHON_FLOOR_ADVICE)) or {}
         f = c.get("floor_ns")
+        fresh = next((m for m in scaling if m["pages"] == 1 << 22 and m["state"] == "fresh"), None)
+        if f and fresh is not None:
+            out += [python_batch_bound(big["batch_ns"], fresh["batch_ns"], f), ""]
         target = (
             "Python: alloc_many + put_many on a 2^22-page pool half held at random ≤ 1.5x the "
             "floor per page"
@@ -1655,6 +1658,30 @@ def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str
             )
         else:
             rows.append((target, "no floor measured at 2^22 pages", "not measured"))
+
+
+def python_batch_bound(batch: float, fresh: float, floor: float) -> str:
+    """What bounds the batch on the 2^22-page pool half held at random, from this run's figures."""
+    extra = batch - fresh
+    return (
+        f"What bounds the batch on the 2^22-page pool half held at random ({fmt_ns(batch)} a "
+        f"page, {fmt_ratio(batch / floor)} the floor): with half the pages held at random, "
+        "about a quarter of the pool is single free pages on the order-0 list, in the order "
+        "they were freed, and `alloc_many` takes that list's heads one after the other. Each "
+        "head's successor is learned from the side-table link of the head before it: one "
+        "dependent read a page at a random place of the 48 MiB of state, the floor's own "
+        "pattern, which hinting the next head (as each allocation does) cannot overlap. "
+        "`put_many` then appends the same pages at the list's tail, each after reading its "
+        "metadata at a random place, reads that do not depend on one another. On the fresh "
+        f"pool of the same size the batch costs {fmt_ns(fresh)} a page; the difference, "
+        f"{fmt_ns(extra)}, is {fmt_ratio(extra / floor)} the floor: about the chase's one "
+        "read a page plus the frees' reads. A side table keeps 8 bytes of links a page, with "
+        "no room for the hint of the block two places on that intrusive links carry in the "
+        'free pages (docs/exact-pool-levers.md, "Two links a miss on long lists"). The '
+        "floor here, over 48 MiB, can move by half from one run to the next where the "
+        "machine's last-level cache, shared with other machines' work, is larger than that "
+        "state: the batch, of which the floor is only a part, moves by less."
+    )
 
 
 MISSES = ROOT / "docs" / "data" / "misses.json"
