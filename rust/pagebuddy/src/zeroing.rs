@@ -34,8 +34,8 @@ pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
 
 /// Writes `n` zero bytes at `p`, a block the caches most likely hold: `memset` alone, as hints
 /// of cached lines only cost their instructions. For the blocks of the per-CPU caches, whose
-/// LIFO stacks hand back the page freed last (the caches' zero-on-free hot pair: 91.9, 90.7 and
-/// 82.4 GB/s without hints, 83.7, 85.8 and 78.6 with them, alternated).
+/// LIFO stacks hand back the page freed last (docs/exact-pool-levers.md, "The first lines of a
+/// block, hinted before its zeroing", has the caches' zero-on-free hot pair either way).
 ///
 /// # Safety
 /// As [`zero_bytes`].
