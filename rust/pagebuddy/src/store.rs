@@ -538,7 +538,7 @@ impl<L: LinkStore> FreeLists<L> {
     ) -> Result<(), Corruption> {
         let u = self.plan_take_head(arena, idx, order)?;
         // Read before the unlink clears it.
-        let ahead = if self.ends().len[slot(order)] >= AHEAD_FROM {
+        let ahead = if self.len(order) >= AHEAD_FROM {
             self.links.ahead(arena, self.page_size, idx)
         } else {
             Link::NIL
@@ -860,6 +860,7 @@ impl<L: LinkStore> FreeLists<L> {
     }
 
     /// How many blocks list `order` holds, as its ends count them.
+    #[inline(always)]
     pub(crate) fn len(&self, order: u32) -> u32 {
         self.ends().len[slot(order)]
     }
