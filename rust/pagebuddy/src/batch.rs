@@ -22,6 +22,7 @@ use core::fmt;
 
 use crate::config::ZeroPolicy;
 use crate::error::{CorruptionKind, Error};
+use crate::prefetch::prefetch;
 use crate::store::{Link, LinkStore, PageMeta, NO_ORDER};
 use crate::Pool;
 
@@ -77,11 +78,54 @@ impl<L: LinkStore> Pool<'_, L> {
             return Err(Error::OutOfMemory { order });
         }
         self.check_alloc_many(order, out.len() as u64)?;
-        let mut filled = 0;
+        let mut filled = self.take_listed(order, out);
         while filled < out.len() {
             filled += self.alloc_next(order, &mut out[filled..])?;
         }
         Ok(())
+    }
+
+    /// The first allocations of a batch that [`check_alloc_many`](Self::check_alloc_many) has
+    /// just checked: as many blocks as list `order` holds beyond its tail, up to `out.len()`,
+    /// taken from its head at once ([`FreeLists::take_heads`](crate::store::FreeLists::take_heads))
+    /// and each handed out as [`alloc`](Self::alloc) hands it out: held once, counted in what
+    /// the pool has touched, zeroed per the policy. Returns how many.
+    ///
+    /// These are the allocations one by one: each takes the head of list `order`, the first
+    /// list `alloc` looks at, and splits nothing. The check read every link they read, as many
+    /// head blocks of that list as the batch takes, the way `alloc` reads them, so none can
+    /// fail. A batch of single pages from a pool in use, whose order-0 list is long, is this
+    /// loop alone: per block a link read (in cache: the check read it), a link cleared and the
+    /// metadata written.
+    fn take_listed(&mut self, order: u32, out: &mut [u64]) -> usize {
+        let count = (self.free.len(order).saturating_sub(1) as usize).min(out.len());
+        if count == 0 {
+            return 0;
+        }
+        let (mut filled, mut end) = (0, self.touched);
+        let head = self
+            .free
+            .take_heads(&mut self.arena, order, count as u32, |idx| {
+                if let Some(m) = self.meta.get_mut(idx as usize) {
+                    m.set(PageMeta::new(1, order as u8));
+                }
+                end = end.max(idx + (1 << order));
+                if let Some(slot) = out.get_mut(filled) {
+                    *slot = self.geo.pfn(idx);
+                }
+                filled += 1;
+            });
+        self.touched = end;
+        // The metadata the next allocation of `order` reads, as `take_head` hints it.
+        prefetch(self.meta.as_ptr().wrapping_add(head as usize));
+        if self.geo.zero == ZeroPolicy::OnAlloc {
+            for &pfn in &out[..count] {
+                if let Some(idx) = self.geo.index(pfn) {
+                    self.zero_block(idx, order);
+                }
+            }
+        }
+        count
     }
 
     /// The next allocations of a batch, into the start of `out` (not empty): a whole free block
@@ -474,18 +518,24 @@ impl<L: LinkStore> Pool<'_, L> {
     /// Third pass of `put_many`: `put` of a page whose last reference the batch drops. As in
     /// `put`, a corrupt free list is found before the last reference goes.
     fn put_dropped(&mut self, pfn: u64) -> Result<(), Error> {
-        let Some(m) = self.dropped(pfn) else {
+        let Some(idx) = self.geo.index(pfn) else {
             return Ok(());
         };
-        if m.refcount > 1 {
-            m.refcount -= 1;
+        let slot = &mut self.meta[idx as usize];
+        // Read whole before any byte of it is written: a load of bytes that a store just
+        // before wrote only part of waits for that store to reach the cache.
+        let mut m = *slot;
+        if m.batch != DROPPED {
             return Ok(());
         }
-        let m = *m;
-        let idx = self.index(pfn)?;
-        let order = self.block_order(idx, m)?;
-        self.check_attach(idx, order, &mut ())?;
-        self.meta[idx as usize] = PageMeta::new(0, m.order);
-        Ok(self.attach::<true>(idx, order)?)
+        if m.refcount > 1 {
+            slot.refcount -= 1;
+            return Ok(());
+        }
+        // The mark goes first: a free that meets corruption changes nothing else, and leaves
+        // the page held once, unmarked, as `clear_marks` would.
+        m.batch = 0;
+        slot.batch = 0;
+        self.put_last::<true, ()>(idx, m, &mut ())
     }
 }

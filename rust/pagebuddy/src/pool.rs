@@ -251,7 +251,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// the free keep more values in saved registers on every path, zeroing or not (churn: 298 to
     /// 292 instructions a step).
     #[inline(never)]
-    fn zero_block(&mut self, idx: u32, order: u32) {
+    pub(crate) fn zero_block(&mut self, idx: u32, order: u32) {
         let (off, len) = self.block_bytes(idx, order);
         self.arena.zero(off, len);
     }
@@ -533,6 +533,18 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             self.meta[idx as usize].refcount -= 1;
             return Ok(());
         }
+        self.put_last::<ZERO, P>(idx, m, plan)
+    }
+
+    /// The put of the last reference to the page `idx`, whose metadata `m` is: its block is
+    /// freed and coalesced, zeroed per the policy if `ZERO`. (A batch's puts run this too.)
+    #[inline(always)]
+    pub(crate) fn put_last<const ZERO: bool, P: Plan>(
+        &mut self,
+        idx: u32,
+        m: PageMeta,
+        plan: &mut P,
+    ) -> Result<(), Error> {
         let order = self.block_order(idx, m)?;
         // A corrupt free list is found before anything changes: the page stays held, nothing
         // is zeroed, counted or unlinked, so no page is left neither held nor free. What

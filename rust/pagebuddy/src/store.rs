@@ -554,6 +554,45 @@ impl<L: LinkStore> FreeLists<L> {
         Ok(())
     }
 
+    /// Takes the first `count` blocks of list `order` off it, head first, telling `taken`
+    /// each: what `count` calls of [`take_head`](Self::take_head) do, with one write to the
+    /// list's ends for all of them. The list must hold more than `count` blocks, whose first
+    /// `count` links were read and checked while it was as it is now (a batch's
+    /// `check_head_blocks`), so this cannot fail. Returns the new head.
+    ///
+    /// Why it is the same: each `take_head` of a list of two or more makes the successor the
+    /// head, remembers the block taken as the head's `prev` (`head_prev`), clears the taken
+    /// block's link and counts one block fewer ([`unlink`](Self::unlink) with no `prev`). The
+    /// list never gets down to its tail here, so no take reaches the tail's branches: after
+    /// `count` of them the head is the successor of the last block taken, `head_prev` is that
+    /// block, the `count` links are cleared and the length is `count` less. The mask keeps the
+    /// list's bit, as it stays non-empty.
+    #[inline(always)]
+    pub(crate) fn take_heads(
+        &mut self,
+        arena: &mut Arena<'_>,
+        order: u32,
+        count: u32,
+        mut taken: impl FnMut(u32),
+    ) -> u32 {
+        let o = slot(order);
+        let (mut idx, mut last) = (self.ends().head[o], Link::NIL);
+        for _ in 0..count {
+            let next = self.links.load(arena, self.page_size, idx).next;
+            self.links.clear(arena, self.page_size, idx);
+            taken(idx);
+            (last, idx) = (idx, next);
+        }
+        let ends = self.ends_mut();
+        ends.head[o] = idx;
+        ends.head_prev[o] = last;
+        ends.len[o] = ends.len[o].wrapping_sub(count);
+        // The link the next allocation reads, as `take_head` hints it (the caller hints the
+        // new head's metadata).
+        self.links.prefetch(arena, self.page_size, idx);
+        idx
+    }
+
     /// Checks that [`append`](Self::append) to list `order` can succeed: the tail's link, the
     /// only one it reads, is in range. Writes nothing.
     #[inline]

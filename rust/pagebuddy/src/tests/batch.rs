@@ -42,6 +42,62 @@ fn alloc_many_equals_allocs_one_by_one() {
     }
 }
 
+/// A pool of 128 pages with 32 single pages on list 0, in a scrambled order: its first 64
+/// pages held, then the even ones put back (their odd buddies held, nothing merges); the other
+/// 64 pages free as one block.
+fn long_list_0<L: LinkStore>(pool: &mut Pool<'_, L>) {
+    let all: Vec<u64> = (0..64).map(|_| pool.alloc(0).unwrap()).collect();
+    for i in 0..32 {
+        // 7 is odd, so i * 7 % 32 runs over every even page once.
+        pool.put(all[i * 7 % 32 * 2]).unwrap();
+    }
+    assert_eq!(pool.free_list(0).count(), 32);
+}
+
+/// A batch of single pages from a long list 0 takes the blocks beyond its tail at once
+/// (`take_listed`), then goes on one by one: every count around the list's length gives the
+/// pages, bytes, links and high-water mark that `alloc` one by one gives, for both stores and
+/// every zero policy.
+#[test]
+fn alloc_many_from_a_long_list_equals_allocs_one_by_one() {
+    for zero in [ZeroPolicy::Never, ZeroPolicy::OnAlloc, ZeroPolicy::OnFree] {
+        let config = cfg(128).base_pfn(128).zero(zero);
+        for count in [1, 2, 30, 31, 32, 33, 40] {
+            let mut one_by_one = Mem::new(128);
+            let mut single = one_by_one.intrusive(config).unwrap();
+            long_list_0(&mut single);
+            let want: Vec<u64> = (0..count).map(|_| single.alloc(0).unwrap()).collect();
+            let mut batch = Mem::new(128);
+            let mut pool = batch.intrusive(config).unwrap();
+            long_list_0(&mut pool);
+            let mut pfns = vec![0; count];
+            pool.alloc_many(0, &mut pfns).unwrap();
+            assert_eq!(pfns, want, "{zero:?}, {count}");
+            assert_eq!(snapshot(&pool), snapshot(&single), "{zero:?}, {count}");
+            assert_eq!(pool.touched, single.touched);
+            let links = |p: &Pool<'_, Intrusive>| -> Vec<Link> {
+                p.free.iter(&p.arena, 0).map(|l| l.unwrap().1).collect()
+            };
+            assert_eq!(links(&pool), links(&single));
+            pool.check().unwrap();
+
+            let mut one_by_one = Mem::new(128);
+            let mut single = one_by_one.side(config).unwrap();
+            long_list_0(&mut single);
+            let want: Vec<u64> = (0..count).map(|_| single.alloc(0).unwrap()).collect();
+            let mut batch = Mem::new(128);
+            let mut pool = batch.side(config).unwrap();
+            long_list_0(&mut pool);
+            let mut pfns = vec![0; count];
+            pool.alloc_many(0, &mut pfns).unwrap();
+            assert_eq!(pfns, want, "{zero:?}, {count}");
+            assert_eq!(snapshot(&pool), snapshot(&single), "{zero:?}, {count}");
+            assert_eq!(pool.touched, single.touched);
+            pool.check().unwrap();
+        }
+    }
+}
+
 #[test]
 fn alloc_many_refusals_change_nothing() {
     both_stores!(cfg(9).base_pfn(37).reserved_pages(1), |pool| {
