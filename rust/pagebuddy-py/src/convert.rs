@@ -4,7 +4,8 @@ use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple, PyType};
+use pyo3::intern;
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PyString, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
 /// holds keeps its value as text, for messages (which name the value, never an object's
@@ -230,20 +231,28 @@ fn u64_view<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>>
     let Ok(view) = PyMemoryView::from(obj) else {
         return Ok(None);
     };
+    // The names interned once, not a new str each call: a batch pays for these per call.
+    let py = obj.py();
     let view = view.into_any();
-    let format: String = view.getattr("format")?.extract()?;
+    let format = view.getattr(intern!(py, "format"))?;
+    let format = format.cast::<PyString>()?.to_cow()?;
     // Native items only, as memoryview itself reads and writes them.
     let code = format.strip_prefix('@').unwrap_or(&format);
     let fits = matches!(code, "Q" | "L")
-        && view.getattr("itemsize")?.extract::<usize>()? == 8
-        && view.getattr("ndim")?.extract::<usize>()? == 1
-        && view.getattr("c_contiguous")?.is_truthy()?;
+        && view.getattr(intern!(py, "itemsize"))?.extract::<usize>()? == 8
+        && view.getattr(intern!(py, "ndim"))?.extract::<usize>()? == 1
+        && view.getattr(intern!(py, "c_contiguous"))?.is_truthy()?;
     if fits {
         Ok(Some(view))
     } else {
-        view.call_method0("release")?;
+        release(&view)?;
         Ok(None)
     }
+}
+
+/// `view.release()`.
+fn release(view: &Bound<'_, PyAny>) -> PyResult<()> {
+    view.call_method0(intern!(view.py(), "release")).map(drop)
 }
 
 /// The items of a u64 array (see `u64_view`), copied out in one piece; `None` for anything
@@ -252,8 +261,8 @@ pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
     let Some(view) = u64_view(obj)? else {
         return Ok(None);
     };
-    let bytes = view.call_method0("tobytes");
-    view.call_method0("release")?;
+    let bytes = view.call_method0(intern!(obj.py(), "tobytes"));
+    release(&view)?;
     let bytes = bytes?;
     let bytes = bytes.cast::<PyBytes>()?.as_bytes();
     let values = bytes
@@ -267,11 +276,11 @@ pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
 pub fn check_out(op: &str, out: &Bound<'_, PyAny>, count: u64) -> PyResult<()> {
     let view = u64_view(out)?;
     let len = match &view {
-        Some(v) if !v.getattr("readonly")?.is_truthy()? => Some(v.len()?),
+        Some(v) if !v.getattr(intern!(out.py(), "readonly"))?.is_truthy()? => Some(v.len()?),
         _ => None,
     };
     if let Some(v) = view {
-        v.call_method0("release")?;
+        release(&v)?;
     }
     match len {
         None => Err(PyTypeError::new_err(format!(
@@ -296,10 +305,10 @@ pub fn write_u64s(out: &Bound<'_, PyAny>, values: &[u64]) -> PyResult<()> {
         }
         Ok(())
     })?;
-    let bytes = view.call_method1("cast", ("B",))?;
+    let bytes = view.call_method1(intern!(py, "cast"), (intern!(py, "B"),))?;
     let result = set_slice(&bytes, 0, values.len() * 8, raw.as_any());
-    bytes.call_method0("release")?;
-    view.call_method0("release")?;
+    release(&bytes)?;
+    release(&view)?;
     result
 }
 

@@ -448,6 +448,11 @@ impl<L: LinkStore> Pool<'_, L> {
     /// only this one left, so that these are the last puts of each.
     fn run_order(&self, pfns: &[u64]) -> Option<(u32, u32)> {
         let first = *pfns.first()?;
+        // A run has at least two elements, from an even pfn: most batches are not runs, and
+        // their first two elements say so at once.
+        if first & 1 != 0 || pfns.get(1) != Some(&first.wrapping_add(1)) {
+            return None;
+        }
         let idx = self.geo.index(first)?;
         let top = first.trailing_zeros().min(self.geo.max_order - 1);
         let most = pfns.len().min(1 << top);
