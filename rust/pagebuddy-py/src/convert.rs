@@ -2,9 +2,9 @@
 
 use pagebuddy::{Config, Error, GeometryError, PageMeta, MAX_PAGES};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::intern;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PyString, PyTuple, PyType};
 
 /// A Python int argument, classified without losing what made it unusable: an int no `u64`
