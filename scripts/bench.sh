@@ -9,7 +9,8 @@
 #   - the core's side of the Python benchmark: the same calls on the same pool state
 #     (benches/benches/binding.rs),
 #   - instruction counts of the hot alloc+free pair under callgrind, when valgrind is installed,
-#   - the Python benchmark (benches/python_bench.py --quick --json), when it can run,
+#   - the Python benchmark (benches/python_bench.py --quick --json), when it can run, with the
+#     side table's floor measured just before and just after it (python_floor),
 # then scripts/bench_report.py turns the results into the page.
 #
 # Usage: scripts/bench.sh          short mode (well under 5 minutes once built)
@@ -31,7 +32,7 @@ esac
 command="scripts/bench.sh${1:+ $1}"
 out=target/pagebuddy-bench
 mkdir -p "$out"
-rm -f "$out"/python.json "$out"/python.status
+rm -f "$out"/python.json "$out"/python.status "$out"/python_floor.txt
 # Criterion keeps old estimates around; drop this suite's so that the page can only show this run.
 rm -rf target/criterion/binding
 if [ "$python_only" = 0 ]; then
@@ -49,6 +50,33 @@ fi
 t0=$(date +%s)
 cat /proc/loadavg > "$out"/loadavg.before
 
+# The executable `cargo bench` builds for bench target $1 (built already), on stdout.
+bench_exe() {
+    cargo bench -p pagebuddy-benches --bench "$1" --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$1"
+}
+
+# The floor beside the Python benchmark: the side table's (huge pages), at each size the Python
+# benchmark's scaling part runs, measured as the floor benchmark's profile mode measures it,
+# just before ($1 = before) or just after ($1 = after) it and run as it is (not pinned), so that
+# the batch's multiple of the floor compares two figures of the same moment. Appends
+# "<when> <pages> <ns>" lines to "$out"/python_floor.txt.
+python_floor() {
+    local exe shift ns
+    exe=$(bench_exe floor)
+    [ -n "$exe" ] || return 0
+    for shift in 14 18 22; do
+        ns=$(BENCH_FLOOR_PROFILE="floor/side-table/$shift:2000000" BENCH_FLOOR_HUGE=1 \
+            BENCH_FLOOR_PREFAULT=1 "$exe" 2>&1 | awk '/ns per operation/ { print $1 }')
+        [ -n "$ns" ] && echo "$1 $(( 1 << shift )) $ns" >> "$out"/python_floor.txt
+    done
+    return 0
+}
+
 # The Python benchmark into "$out"/python.json, or why not into "$out"/python.status.
 python_bench() {
     echo "== Python benchmark" >&2
@@ -65,9 +93,10 @@ python_bench() {
         if ! "$py" -c 'import pagebuddy._native' 2>/dev/null; then
             echo "not run: the native module pagebuddy._native could not be imported or built" \
                 > "$out"/python.status
-        elif "$py" benches/python_bench.py --quick --json > "$out"/python.json 2> "$out"/python.log
+        elif python_floor before &&
+            "$py" benches/python_bench.py --quick --json > "$out"/python.json 2> "$out"/python.log
         then
-            :
+            python_floor after
         else
             echo "not run: benches/python_bench.py failed: $(tail -n 1 "$out"/python.log)" \
                 > "$out"/python.status
@@ -86,8 +115,9 @@ fi
 echo "${pin[*]:-none}" > "$out"/pin.txt
 
 if [ "$python_only" = 1 ]; then
-    echo "== building the core's side of the Python benchmark" >&2
+    echo "== building the core's side of the Python benchmark, and the floor" >&2
     cargo bench -p pagebuddy-benches --bench binding --no-run
+    cargo bench -p pagebuddy-benches --bench floor --no-run
     t_built=$(date +%s)
     echo "== Rust: the core's side of the Python benchmark" >&2
     "${pin[@]}" cargo bench -p pagebuddy-benches --bench binding 2>&1 | tee "$out"/binding.log
@@ -126,12 +156,7 @@ echo "== Rust: metadata footprint" >&2
 
 if command -v valgrind >/dev/null 2>&1; then
     echo "== Rust: instructions per operation (callgrind)" >&2
-    exe=$(cargo bench -p pagebuddy-benches --bench alloc --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "alloc":
-        print(m["executable"])')
+    exe=$(bench_exe alloc)
     irefs() {
         BENCH_PROFILE="$1:$2" BENCH_PROFILE_PREFAULT=0 valgrind --tool=callgrind \
             --callgrind-out-file=/dev/null "$exe" 2>&1 |

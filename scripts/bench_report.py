@@ -8,6 +8,7 @@ Reads, under the cargo target directory:
   pagebuddy-bench/footprint.json    metadata bytes of each allocator
   pagebuddy-bench/instructions.txt  instructions per hot alloc+free pair (callgrind), if any
   pagebuddy-bench/python.json       the Python benchmark (or python.status: why it did not run)
+  pagebuddy-bench/python_floor.txt  the side table's floor just before and after it
   pagebuddy-bench/cached.json       the per-CPU caches: threads scaling and zeroing bandwidth
                                     (criterion's cached-* groups beside it)
   pagebuddy-bench/floor.json        the floor: a dependent random read over each pool's state
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -1593,22 +1595,68 @@ def busy_mark() -> str:
     return " (busy machine: recheck on a quiet one)" if busy(machine()) else ""
 
 
+def floor_beside_python() -> dict[int, tuple[float, float | None, float | None]]:
+    """The side table's floor that bench.sh measured just before and just after the Python
+    benchmark (python_floor.txt), per pool size: (the mean of the two, before, after)."""
+    seen: dict[int, dict[str, float]] = {}
+    try:
+        text = (DATA / "python_floor.txt").read_text()
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] not in ("before", "after"):
+            continue
+        try:
+            pages, ns = int(parts[1]), float(parts[2])
+        except ValueError:
+            continue
+        seen.setdefault(pages, {})[parts[0]] = ns
+    return {
+        pages: (statistics.mean(both.values()), both.get("before"), both.get("after"))
+        for pages, both in seen.items()
+    }
+
+
 def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str, str]]) -> None:
-    """The Python scaling figures as multiples of the side table's floor (floor.json)."""
+    """The Python scaling figures as multiples of the side table's floor: the one measured
+    around the Python benchmark (python_floor.txt) where there is one, else the floor
+    benchmark's (floor.json)."""
     scaling = data.get("scaling") or []
     if not scaling:
         return
     floor = load_json(DATA / "floor.json")
     cases = floor_cases(floor) if floor else {}
+    beside = floor_beside_python()
+    for (pages, store, advice), c in list(cases.items()):
+        if store == "side-table" and advice == PYTHON_FLOOR_ADVICE and pages in beside:
+            cases[(pages, store, advice)] = {**c, "floor_ns": beside[pages][0]}
+    for pages, (mean, _, _) in beside.items():
+        cases.setdefault((pages, "side-table", PYTHON_FLOOR_ADVICE), {"floor_ns": mean})
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(floor["started_unix"])) if floor else ""
+    if beside:
+        source = (
+            "measured as the floor benchmark measures it, just before and just after the "
+            "Python benchmark, in the same run (the mean of the two; "
+            + ", ".join(
+                f"{pow2(pages)}: {fmt_ns(before)} before, {fmt_ns(after)} after"
+                for pages, (_, before, after) in sorted(beside.items())
+                if before is not None and after is not None
+            )
+            + "), so that each multiple compares figures of the same minutes"
+        )
+    elif floor:
+        source = f"the floor benchmark's run of {when}"
+    else:
+        source = "no floor run (not measured)"
     out += [
         f"`Pool` alone, without an arena (`arena=False`: its metadata and side-table links only, "
         "mapped with huge pages), fresh and with a random half of its pages held (every page "
         "allocated, then a random half freed in random order): `alloc_many(0, "
         f"{data.get('scaling_batch', 256)}, out=buf)` + `put_many(buf)` per page, after one "
         "untimed pass over the whole pool, and `alloc_pages(0)` + `put_page` per pair net of "
-        "the loop; best of 3. *Floor*: the side table's, huge pages, at the same size, from "
-        + (f"the floor benchmark's run of {when}" if floor else "no floor run (not measured)")
+        "the loop; best of 3. *Floor*: the side table's, huge pages, at the same size, "
+        + source
         + " (see the floor section).",
         "",
         "| pages | state | batch, per page | pair | floor |",
@@ -1631,7 +1679,7 @@ def python_floor(data: dict[str, Any], out: list[str], rows: list[tuple[str, str
         + (
             " The machine was busy: the floor and these figures ran at different moments, "
             "under different load."
-            if busy(machine())
+            if busy(machine()) and not beside
             else ""
         ),
         "",
@@ -1667,10 +1715,12 @@ def python_batch_bound(batch: float, fresh: float, floor: float) -> str:
         f"What bounds the batch on the 2^22-page pool half held at random ({fmt_ns(batch)} a "
         f"page, {fmt_ratio(batch / floor)} the floor): with half the pages held at random, "
         "about a quarter of the pool is single free pages on the order-0 list, in the order "
-        "they were freed, and `alloc_many` takes that list's heads one after the other. Each "
-        "head's successor is learned from the side-table link of the head before it: one "
-        "dependent read a page at a random place of the 48 MiB of state, the floor's own "
-        "pattern, which hinting the next head (as each allocation does) cannot overlap. "
+        "they were freed, and `alloc_many` walks that list from its head to check the blocks "
+        "it will take before it takes them (in one more walk, through lines the check left in "
+        "the caches). Each head's successor is learned from the side-table link of the head "
+        "before it: one dependent read a page at a random place of the 48 MiB of state, the "
+        "floor's own pattern, which hinting the next head (as each allocation does) cannot "
+        "overlap. "
         "`put_many` then appends the same pages at the list's tail, each after reading its "
         "metadata at a random place, reads that do not depend on one another. On the fresh "
         f"pool of the same size the batch costs {fmt_ns(fresh)} a page; the difference, "

@@ -102,3 +102,29 @@ def test_python_batches_are_read_against_the_side_tables_floor(report: Any) -> N
             "missed",
         )
     ]
+
+
+def test_python_batches_prefer_the_floor_measured_around_them(report: Any) -> None:
+    # bench.sh measures the side table's floor just before and just after the Python benchmark:
+    # the batch is read against the mean of the two, and the page names both.
+    (report.DATA / "python_floor.txt").write_text(
+        "before 4194304 90.0\nbefore 16384 4.0\nafter 4194304 110.0\nafter 16384 6.0\n"
+        "garbage line\nafter 262144 not-a-number\n"
+    )
+    data = {
+        "scaling_batch": 256,
+        "scaling": [
+            {"pages": 1 << 22, "state": "half held", "batch_ns": 160.0, "pair_ns": 250.0},
+            {"pages": 1 << 14, "state": "fresh", "batch_ns": 8.0, "pair_ns": 120.0},
+        ],
+    }
+    out: list[str] = []
+    rows: list[tuple[str, str, str]] = []
+    report.python_floor(data, out, rows)
+    text = "\n".join(out)
+    assert "| 2^22 | half held | 160 ns (1.60x) | 250 ns (2.50x) | 100 ns |" in text
+    # No floor.json case at 2^14: the one measured beside the benchmark stands alone.
+    assert "| 2^14 | fresh | 8.00 ns (1.60x) | 120 ns (24.0x) | 5.00 ns |" in text
+    assert "2^22: 90.0 ns before, 110 ns after" in text
+    assert "the floor benchmark's run of" not in text
+    assert rows[0][1] == "160 ns per page against 100 ns: 1.60x"

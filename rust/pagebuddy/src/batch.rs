@@ -3,13 +3,17 @@
 //! [`Pool::alloc_many`] and [`Pool::put_many`] either do the whole batch, exactly as the same
 //! calls one by one would, or return an error having changed nothing. They add no policy of
 //! their own: each is a check that the whole batch can be done, then the single-block calls,
-//! except where a whole free block is handed out or comes back at once. There a batch takes a
-//! shortcut whose end state is provably the one the single calls reach: the same pfns in the same
-//! order, the same free lists in the same FIFO order, the same metadata, counts and page bytes
-//! (inline links included). Only the stale entries a side table keeps for pages on no list, or
-//! at a list's tail, may differ: no operation reads them (a page's link is written when a block
-//! is appended behind it, before any read).
+//! except where a list's head blocks or a whole free block are handed out, or a whole block
+//! comes back, at once. There a batch takes a shortcut whose end state is provably the one the
+//! single calls reach: the same pfns in the same order, the same free lists in the same FIFO
+//! order, the same metadata, counts and page bytes (inline links included). Only the stale
+//! entries a side table keeps for pages on no list, or at a list's tail, may differ: no
+//! operation reads them (a page's link is written when a block is appended behind it, before
+//! any read).
 //!
+//! - A list's heads out: the blocks that list `order` holds beyond its tail, as many as the batch
+//!   wants, are its allocations' first blocks; one walk takes them all, each as `alloc` takes a
+//!   head that splits nothing, and the list's ends are written once ([`Pool::take_listed`]).
 //! - A whole block out: when the lists from the batch's order up to the first non-empty one, k,
 //!   are empty and the batch wants at least a block of order k's worth, the allocations one by one
 //!   take the head block of list k, split it, and take back each half they listed, in ascending
