@@ -25,7 +25,8 @@
 //!
 //! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
 //! rounds run half before and half after the workloads, so that it sees the machine's load as
-//! they did. An intrusive
+//! they did. FrameAllocator runs before a size's pools and again after them, and its figure is
+//! the mean of the two medians, for the same reason. An intrusive
 //! pool touches every page of its arena on the way to the churn state (16 GiB at 2^22 pages of
 //! 4 KiB): unless the machine has that much memory available (`MemAvailable`) with an eighth
 //! more and 1 GiB to spare, its floor, churn and mixed are reported as not measured, with the
@@ -341,6 +342,16 @@ fn workloads<A: Alloc>(n: usize, rounds: usize, mut make: impl FnMut() -> A) -> 
         timed(rounds, 1 << 20, || mixed.step(&mut a))
     };
     [hot, churn, mixed]
+}
+
+/// Hot, churn and mixed on `buddy_system_allocator::FrameAllocator` over `n` pages (see
+/// [`workloads`]).
+fn frame_workloads(n: usize, rounds: usize) -> [f64; 3] {
+    workloads(n, rounds, || {
+        let mut f = FrameAllocator::new();
+        f.add_frame(0, n);
+        Frame(f)
+    })
 }
 
 fn config(n: usize) -> Config {
@@ -907,6 +918,11 @@ fn main() {
     let mut cases = Vec::new();
     let mut peers = Vec::new();
     for shift in shifts() {
+        let n = 1usize << shift;
+        // FrameAllocator before the pools and again after them, as the floor's rounds run
+        // around the workloads: each pool's figures are read against it, so it sees the
+        // machine as they did, not only as the last of them left it.
+        let frame_before = frame_workloads(n, rounds);
         for store in [Store::Side, Store::Intrusive] {
             for advice in [Advice::Default, Advice::HugePages] {
                 let c = match store {
@@ -933,15 +949,20 @@ fn main() {
                 cases.push(c);
             }
         }
-        let n = 1usize << shift;
-        let ns = workloads(n, rounds, || {
-            let mut f = FrameAllocator::new();
-            f.add_frame(0, n);
-            Frame(f)
-        });
+        let frame_after = frame_workloads(n, rounds);
+        let ns = [0, 1, 2].map(|k| (frame_before[k] + frame_after[k]) / 2.0);
         eprintln!(
-            "floor/2^{shift}/FrameAllocator: hot {:.1} ns, churn {:.1} ns, mixed {:.1} ns",
-            ns[0], ns[1], ns[2]
+            "floor/2^{shift}/FrameAllocator: hot {:.1} ns, churn {:.1} ns, mixed {:.1} ns \
+             (before the pools {:.1}, {:.1}, {:.1}; after {:.1}, {:.1}, {:.1})",
+            ns[0],
+            ns[1],
+            ns[2],
+            frame_before[0],
+            frame_before[1],
+            frame_before[2],
+            frame_after[0],
+            frame_after[1],
+            frame_after[2],
         );
         peers.push(("bsa-frame", shift, ns.map(Some)));
         let least = churn(n, rounds, &mut Least::new(n));
