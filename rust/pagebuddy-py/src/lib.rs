@@ -21,7 +21,7 @@ use pagebuddy::{
 };
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use cached::Cache;
 use close::{Gate, Held, OnClosed};
@@ -1559,33 +1559,30 @@ impl Pool {
         pfns: &Bound<'_, PyAny>,
         cpu: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let items: Vec<Bound<'_, PyAny>> = pfns.try_iter()?.collect::<PyResult<_>>()?;
-        let values = items
-            .iter()
-            .enumerate()
-            .map(
-                |(n, i)| match Int::of(i, || format!("put_many: pfns[{n}]"))? {
-                    Int::Val(v) => Ok(Ok(v)),
-                    big => Ok(Err(big.text())),
-                },
-            )
-            .collect::<PyResult<Vec<Result<u64, String>>>>()?;
         // An int that no u64 holds is outside every pool. The core is handed the elements up to
         // the first such one, which stands as a pfn outside this pool (one always exists: a pool
-        // has fewer than 2**32 pages), so that it names the first element that fails.
-        let end = values
-            .iter()
-            .position(Result::is_err)
-            .map_or(values.len(), |k| k + 1);
+        // has fewer than 2**32 pages), so that it names the first element that fails. Every
+        // element is converted first all the same: a non-int anywhere raises TypeError.
         let outside = if self.geo.base_pfn > 0 {
             0
         } else {
             u64::from(self.geo.nr_pages)
         };
-        let pfns: Vec<u64> = values[..end]
-            .iter()
-            .map(|v| *v.as_ref().unwrap_or(&outside))
-            .collect();
+        let mut values = Vec::with_capacity(pfns.cast::<PyList>().map_or(0, |l| l.len()));
+        let mut huge: Option<(usize, String)> = None;
+        for (n, item) in pfns.try_iter()?.enumerate() {
+            match Int::of(&item?, || format!("put_many: pfns[{n}]"))? {
+                Int::Val(v) => values.push(v),
+                big => {
+                    huge.get_or_insert_with(|| (n, big.text()));
+                    values.push(outside);
+                }
+            }
+        }
+        if let Some((n, _)) = huge {
+            values.truncate(n + 1);
+        }
+        let pfns = values;
         let slot = self.slot("put_many", cpu)?;
         let result = without_gil!(
             self,
@@ -1599,13 +1596,13 @@ impl Pool {
         );
         result.map_err(|(e, page)| {
             let op = format!("put_many: pfns[{}]", e.index);
-            match &values[e.index] {
-                Ok(_) => convert::error(py, &op, e.error, page),
-                Err(text) => raise(
+            match &huge {
+                Some((n, text)) if *n == e.index => raise(
                     py,
                     Exc::Page,
                     format!("{op}: pfn {text} is outside the pool"),
                 ),
+                _ => convert::error(py, &op, e.error, page),
             }
         })
     }
