@@ -80,17 +80,20 @@ def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
     assert intrusive22 == ["not measured", "not measured"]
 
 
+#: The Python benchmark's scaling part, as python.json holds it.
+SCALING = {
+    "scaling_batch": 256,
+    "scaling": [
+        {"pages": 1 << 22, "state": "half held", "batch_ns": 160.0, "pair_ns": 250.0},
+        {"pages": 1 << 14, "state": "fresh", "batch_ns": 8.0, "pair_ns": 120.0},
+    ],
+}
+
+
 def test_python_batches_are_read_against_the_side_tables_floor(report: Any) -> None:
-    data = {
-        "scaling_batch": 256,
-        "scaling": [
-            {"pages": 1 << 22, "state": "half held", "batch_ns": 160.0, "pair_ns": 250.0},
-            {"pages": 1 << 14, "state": "fresh", "batch_ns": 8.0, "pair_ns": 120.0},
-        ],
-    }
     out: list[str] = []
     rows: list[tuple[str, str, str]] = []
-    report.python_floor(data, out, rows)
+    report.python_floor(SCALING, out, rows)
     text = "\n".join(out)
     assert "| 2^22 | half held | 160 ns (1.60x) | 250 ns (2.50x) | 100 ns |" in text
     assert "| 2^14 | fresh | 8.00 ns | 120 ns | - |" in text
@@ -111,16 +114,9 @@ def test_python_batches_prefer_the_floor_measured_around_them(report: Any) -> No
         "before 4194304 90.0\nbefore 16384 4.0\nafter 4194304 110.0\nafter 16384 6.0\n"
         "garbage line\nafter 262144 not-a-number\n"
     )
-    data = {
-        "scaling_batch": 256,
-        "scaling": [
-            {"pages": 1 << 22, "state": "half held", "batch_ns": 160.0, "pair_ns": 250.0},
-            {"pages": 1 << 14, "state": "fresh", "batch_ns": 8.0, "pair_ns": 120.0},
-        ],
-    }
     out: list[str] = []
     rows: list[tuple[str, str, str]] = []
-    report.python_floor(data, out, rows)
+    report.python_floor(SCALING, out, rows)
     text = "\n".join(out)
     assert "| 2^22 | half held | 160 ns (1.60x) | 250 ns (2.50x) | 100 ns |" in text
     # No floor.json case at 2^14: the one measured beside the benchmark stands alone.

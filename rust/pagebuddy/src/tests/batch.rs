@@ -54,6 +54,39 @@ fn long_list_0<L: LinkStore>(pool: &mut Pool<'_, L>) {
     assert_eq!(pool.free_list(0).count(), 32);
 }
 
+/// `count` single pages from `long_list_0`'s pool with links in `$store`, as one batch and one
+/// by one: the same pages, bytes, links and high-water mark.
+macro_rules! batch_from_a_long_list {
+    ($store:ident, $config:expr, $count:expr) => {{
+        let (config, count) = ($config, $count);
+        let mut one_by_one = Mem::new(128);
+        let mut single = one_by_one.$store(config).unwrap();
+        long_list_0(&mut single);
+        let want: Vec<u64> = (0..count).map(|_| single.alloc(0).unwrap()).collect();
+        let mut batch = Mem::new(128);
+        let mut pool = batch.$store(config).unwrap();
+        long_list_0(&mut pool);
+        let mut pfns = vec![0; count];
+        pool.alloc_many(0, &mut pfns).unwrap();
+        let why = std::format!("{}, {:?}, {count}", stringify!($store), config.zero);
+        assert_eq!(pfns, want, "{why}");
+        assert_eq!(snapshot(&pool), snapshot(&single), "{why}");
+        assert_eq!(pool.touched, single.touched, "{why}");
+        let links: Vec<Link> = pool
+            .free
+            .iter(&pool.arena, 0)
+            .map(|l| l.unwrap().1)
+            .collect();
+        let want_links: Vec<Link> = single
+            .free
+            .iter(&single.arena, 0)
+            .map(|l| l.unwrap().1)
+            .collect();
+        assert_eq!(links, want_links, "{why}");
+        pool.check().unwrap();
+    }};
+}
+
 /// A batch of single pages from a long list 0 takes the blocks beyond its tail at once
 /// (`take_listed`), then goes on one by one: every count around the list's length gives the
 /// pages, bytes, links and high-water mark that `alloc` one by one gives, for both stores and
@@ -63,37 +96,8 @@ fn alloc_many_from_a_long_list_equals_allocs_one_by_one() {
     for zero in [ZeroPolicy::Never, ZeroPolicy::OnAlloc, ZeroPolicy::OnFree] {
         let config = cfg(128).base_pfn(128).zero(zero);
         for count in [1, 2, 30, 31, 32, 33, 40] {
-            let mut one_by_one = Mem::new(128);
-            let mut single = one_by_one.intrusive(config).unwrap();
-            long_list_0(&mut single);
-            let want: Vec<u64> = (0..count).map(|_| single.alloc(0).unwrap()).collect();
-            let mut batch = Mem::new(128);
-            let mut pool = batch.intrusive(config).unwrap();
-            long_list_0(&mut pool);
-            let mut pfns = vec![0; count];
-            pool.alloc_many(0, &mut pfns).unwrap();
-            assert_eq!(pfns, want, "{zero:?}, {count}");
-            assert_eq!(snapshot(&pool), snapshot(&single), "{zero:?}, {count}");
-            assert_eq!(pool.touched, single.touched);
-            let links = |p: &Pool<'_, Intrusive>| -> Vec<Link> {
-                p.free.iter(&p.arena, 0).map(|l| l.unwrap().1).collect()
-            };
-            assert_eq!(links(&pool), links(&single));
-            pool.check().unwrap();
-
-            let mut one_by_one = Mem::new(128);
-            let mut single = one_by_one.side(config).unwrap();
-            long_list_0(&mut single);
-            let want: Vec<u64> = (0..count).map(|_| single.alloc(0).unwrap()).collect();
-            let mut batch = Mem::new(128);
-            let mut pool = batch.side(config).unwrap();
-            long_list_0(&mut pool);
-            let mut pfns = vec![0; count];
-            pool.alloc_many(0, &mut pfns).unwrap();
-            assert_eq!(pfns, want, "{zero:?}, {count}");
-            assert_eq!(snapshot(&pool), snapshot(&single), "{zero:?}, {count}");
-            assert_eq!(pool.touched, single.touched);
-            pool.check().unwrap();
+            batch_from_a_long_list!(intrusive, config, count);
+            batch_from_a_long_list!(side, config, count);
         }
     }
 }
