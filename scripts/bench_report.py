@@ -1732,7 +1732,9 @@ def python_batch_bound(batch: float, fresh: float, floor: float) -> str:
         'free pages (docs/exact-pool-levers.md, "Two links a miss on long lists"). The '
         "floor here, over 48 MiB, can move by half from one run to the next where the "
         "machine's last-level cache, shared with other machines' work, is larger than that "
-        "state: the batch, of which the floor is only a part, moves by less."
+        "state, and the batch with it, by less; where the run measured the floor just before "
+        "and just after the Python benchmark (the table above says so), the two are read "
+        "against the same minutes."
     )
 
 
