@@ -173,6 +173,42 @@ def test_batches_as_uint64_arrays(impl: Any) -> None:
     arrays.check()
 
 
+def test_every_kind_of_u64_array_is_read_and_written_alike(impl: Any) -> None:
+    # `array.array` itself is read and written through its own methods, anything else with
+    # 64-bit unsigned items (a subclass, numpy) through a memoryview: the same pages either way.
+    import array
+
+    import numpy as np
+
+    class Sub(array.array):  # type: ignore[type-arg]
+        pass
+
+    kinds = [lambda n: array.array("Q", bytes(8 * n)), lambda n: Sub("Q", bytes(8 * n))]
+    kinds.append(lambda n: np.zeros(n, np.uint64))
+    if array.array("L").itemsize == 8:
+        kinds.append(lambda n: array.array("L", bytes(8 * n)))
+    pools = [impl(64, page_size=64) for _ in kinds]
+    for pool, make in zip(pools, kinds, strict=True):
+        out = make(6)
+        got = pool.alloc_many(0, 4, out=out)
+        assert got is out
+        # The first four items are written, the rest left as they were.
+        assert list(out) == [0, 1, 2, 3, 0, 0]
+        pool.put_many(out[1:3])
+        again = make(3)
+        pool.alloc_many(1, 3, out=again)
+        assert list(again) == [4, 6, 8]
+        pool.put_many(again)
+    assert all(p.free_lists() == pools[0].free_lists() for p in pools)
+    with pytest.raises(TypeError, match=r"alloc_many: out must be a writable 1-D array"):
+        pools[0].alloc_many(0, 1, out=array.array("I", bytes(16)))
+    with pytest.raises(ValueError, match=r"alloc_many: out holds 1 items, 2 requested"):
+        pools[0].alloc_many(0, 2, out=array.array("Q", bytes(8)))
+    # An array of 4-byte items is read as an iterable of ints.
+    pools[0].put_many(array.array("I", [0]))
+    assert pools[0].page_count(0) == 0
+
+
 def test_array_batches_are_all_or_nothing(impl: Any) -> None:
     import array
 

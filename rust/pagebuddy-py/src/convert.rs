@@ -221,6 +221,24 @@ pub fn arena_less(zero: &str, intrusive: bool, buffer: bool) -> PyResult<()> {
     Err(PyValueError::new_err(why))
 }
 
+/// The typecode of `obj` if it is an `array.array` (the type itself, not a subclass) of native
+/// 64-bit unsigned ints (`'Q'`, or `'L'` where that is 8 bytes), else `None`. Such an array is
+/// read and written through its own methods, without the memoryviews that `u64_view` makes for
+/// any other buffer: a batch call pays for those per call, which matters for small batches.
+fn u64_array<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyString>>> {
+    static ARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    if !obj.get_type().is(ARRAY.import(py, "array", "array")?) {
+        return Ok(None);
+    }
+    let code = obj
+        .getattr(intern!(py, "typecode"))?
+        .cast_into::<PyString>()?;
+    let fits = matches!(&*code.to_cow()?, "Q" | "L")
+        && obj.getattr(intern!(py, "itemsize"))?.extract::<usize>()? == 8;
+    Ok(fits.then_some(code))
+}
+
 /// The memoryview of `obj` if it is a 1-D C-contiguous array of native 64-bit unsigned ints
 /// (`array('Q')`, numpy `uint64`), else `None` (lists and tuples are not asked). The same rule
 /// as `pagebuddy._rules.u64_array`.
@@ -258,12 +276,16 @@ fn release(view: &Bound<'_, PyAny>) -> PyResult<()> {
 /// The items of a u64 array (see `u64_view`), copied out in one piece; `None` for anything
 /// else, which is read as an iterable.
 pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
-    let Some(view) = u64_view(obj)? else {
-        return Ok(None);
+    let bytes = if u64_array(obj)?.is_some() {
+        obj.call_method0(intern!(obj.py(), "tobytes"))?
+    } else {
+        let Some(view) = u64_view(obj)? else {
+            return Ok(None);
+        };
+        let bytes = view.call_method0(intern!(obj.py(), "tobytes"));
+        release(&view)?;
+        bytes?
     };
-    let bytes = view.call_method0(intern!(obj.py(), "tobytes"));
-    release(&view)?;
-    let bytes = bytes?;
     let bytes = bytes.cast::<PyBytes>()?.as_bytes();
     let values = bytes
         .chunks_exact(8)
@@ -274,14 +296,20 @@ pub fn read_u64s(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u64>>> {
 
 /// `TypeError` unless `out` is a writable u64 array, `ValueError` unless it holds `count` items.
 pub fn check_out(op: &str, out: &Bound<'_, PyAny>, count: u64) -> PyResult<()> {
-    let view = u64_view(out)?;
-    let len = match &view {
-        Some(v) if !v.getattr(intern!(out.py(), "readonly"))?.is_truthy()? => Some(v.len()?),
-        _ => None,
+    let len = if u64_array(out)?.is_some() {
+        // An array is always writable.
+        Some(out.len()?)
+    } else {
+        let view = u64_view(out)?;
+        let len = match &view {
+            Some(v) if !v.getattr(intern!(out.py(), "readonly"))?.is_truthy()? => Some(v.len()?),
+            _ => None,
+        };
+        if let Some(v) = view {
+            release(&v)?;
+        }
+        len
     };
-    if let Some(v) = view {
-        release(&v)?;
-    }
     match len {
         None => Err(PyTypeError::new_err(format!(
             "{op}: out must be a writable 1-D array of 64-bit unsigned ints (array('Q'), \
@@ -298,13 +326,18 @@ pub fn check_out(op: &str, out: &Bound<'_, PyAny>, count: u64) -> PyResult<()> {
 /// Writes `values` into the first items of `out`, a u64 array that `check_out` accepted.
 pub fn write_u64s(out: &Bound<'_, PyAny>, values: &[u64]) -> PyResult<()> {
     let py = out.py();
-    let view = PyMemoryView::from(out)?.into_any();
     let raw = PyBytes::new_with(py, values.len() * 8, |buf| {
         for (dst, v) in buf.chunks_exact_mut(8).zip(values) {
             dst.copy_from_slice(&v.to_ne_bytes());
         }
         Ok(())
     })?;
+    if let Some(code) = u64_array(out)? {
+        // An array of the same typecode made from those bytes, over the first items.
+        let items = out.get_type().call1((code, raw))?;
+        return set_slice(out, 0, values.len(), &items);
+    }
+    let view = PyMemoryView::from(out)?.into_any();
     let bytes = view.call_method1(intern!(py, "cast"), (intern!(py, "B"),))?;
     let result = set_slice(&bytes, 0, values.len() * 8, raw.as_any());
     release(&bytes)?;
