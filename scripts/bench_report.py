@@ -1399,12 +1399,16 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
         "pages on a LIFO stack so that each allocation takes the page just freed: what the "
         "workload itself costs (a held page's handle read at a random index of its array, then "
         "that page's word), a few instructions a step, so that the processor overlaps the "
-        "reads of many steps.",
+        "reads of many steps. The *overlapped read* reads the floor's lines in the same "
+        "random order, but with no read's address the value of another, so that the processor "
+        "keeps as many of the misses in flight as it can: what a miss costs when nothing waits "
+        "on it, and k times it the least that k misses an operation over that state can cost. "
+        "Between the two lies how much of its misses a workload overlaps.",
         "",
-        "| pages | store | mapping | state | floor | "
+        "| pages | store | mapping | state | floor | overlapped read | "
         + " | ".join(FLOOR_WORKLOADS.values())
         + " | AnonHugePages |",
-        "|---|---|---|---|---|" + "---|" * len(FLOOR_WORKLOADS) + "---|",
+        "|---|---|---|---|---|---|" + "---|" * len(FLOOR_WORKLOADS) + "---|",
     ]
     notes = Notes()
     for pages in sizes:
@@ -1424,6 +1428,8 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
                     else:
                         cells.append(fmt_ns(ns))
                 floor_cell = fmt_ns(f) if f is not None else f"not measured {notes.ref(c['note'])}"
+                over = c.get("overlapped_ns")
+                over_cell = fmt_ns(over) if over is not None else "-"
                 huge = c.get("anon_huge_kib")
                 mapping = advice_name
                 if advice == "huge" and not c.get("huge_advised"):
@@ -1436,14 +1442,14 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
                     )
                 out.append(
                     f"| {pow2(pages)} | {store_name} | {mapping} | "
-                    f"{fmt_bytes(c['state_bytes'])} | {floor_cell} | "
+                    f"{fmt_bytes(c['state_bytes'])} | {floor_cell} | {over_cell} | "
                     + " | ".join(cells)
                     + f" | {'-' if huge is None else f'{huge:,} KiB'} |"
                 )
         p = peers.get(pages)
         if p:
             out.append(
-                f"| {pow2(pages)} | FrameAllocator | its own (B-trees on the heap) | - | - | "
+                f"| {pow2(pages)} | FrameAllocator | its own (B-trees on the heap) | - | - | - | "
                 + " | ".join(fmt_ns(p.get(f"{w}_ns")) for w in FLOOR_WORKLOADS)
                 + " | - |"
             )
@@ -1451,7 +1457,7 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
         if lst:
             out.append(
                 f"| {pow2(pages)} | least (a word a page, LIFO) | huge | "
-                f"{fmt_bytes(4 * pages)} | - | "
+                f"{fmt_bytes(4 * pages)} | - | - | "
                 + " | ".join(
                     fmt_ns(lst[f"{w}_ns"]) if lst.get(f"{w}_ns") else "-" for w in FLOOR_WORKLOADS
                 )
@@ -1768,9 +1774,21 @@ MISS_WORKLOADS = {
 }
 
 
-def misses_section(out: list[str]) -> None:
+def bound_level(c: dict[str, Any]) -> tuple[str, float, str]:
+    """The deepest level that workload case `c` (of misses.json) misses at least once an
+    operation, which bounds it: (its words, the misses a operation there, its key)."""
+    if c["l3"] >= 0.9:
+        return "memory", c["l3"], "l3"
+    if c["l2"] >= 0.9:
+        return "the L3 (misses of the L2 it serves)", c["l2"], "l2"
+    return "instructions (under one L2 miss)", c["l1d"], "l1d"
+
+
+def misses_section(out: list[str], floor: dict[str, Any] | None = None) -> None:
     """What bounds each workload: misses per operation, from docs/data/misses.json (written by
-    scripts/misses.py; nothing when it is missing). The times are the floor section's."""
+    scripts/misses.py; nothing when it is missing). The times are the floor section's; with
+    `floor` (that section's floor.json), each workload's misses are also priced at the
+    overlapped read of the same state ([`overlap_bounds`])."""
     try:
         d = json.loads(MISSES.read_text())
     except (OSError, ValueError):
@@ -1833,12 +1851,7 @@ def misses_section(out: list[str]) -> None:
             # The deepest level the workload misses at least once an operation bounds it; the
             # floor's read misses the same levels once, so the count at that level is the
             # workload's cost in floor reads (before the overlap of independent misses).
-            if c["l3"] >= 0.9:
-                level, n, at = "memory", c["l3"], "l3"
-            elif c["l2"] >= 0.9:
-                level, n, at = "the L3 (misses of the L2 it serves)", c["l2"], "l2"
-            else:
-                level, n, at = "instructions (under one L2 miss)", c["l1d"], "l1d"
+            level, n, at = bound_level(c)
             worth = (
                 f", {n / fl[at]:.1f} floor reads' worth"
                 if fl and fl[at] >= 0.5 and at != "l1d"
@@ -1863,6 +1876,51 @@ def misses_section(out: list[str]) -> None:
                 + ".",
                 "",
             ]
+    if floor is not None:
+        out += overlap_bounds(d, floor)
+
+
+def overlap_bounds(misses: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+    """Each workload's misses priced at the overlapped read: the misses an operation at the
+    level that bounds it (misses.json, 4 KiB pages) times one overlapped read over the same
+    state on 4 KiB pages (floor.json), the least those misses cost with all of them in flight;
+    beside it the time measured on that mapping, and its multiple of that least. Nothing when
+    the floor run measured no overlapped read."""
+    cases = floor_cases(floor)
+    lines = []
+    for w in FLOOR_WORKLOADS:
+        parts = []
+        for c in misses.get("cases", []):
+            if c.get("workload") != w or c["store"] not in FLOOR_STORES:
+                continue
+            pages = 1 << c["shift"]
+            f = cases.get((pages, c["store"], "default"))
+            if not f or f.get("overlapped_ns") is None or f.get(f"{w}_ns") is None:
+                continue
+            _, n, at = bound_level(c)
+            if at == "l1d":
+                continue
+            least = n * f["overlapped_ns"]
+            ns = f[f"{w}_ns"]
+            parts.append(
+                f"{pow2(pages)} {FLOOR_STORES[c['store']]} {n:.2f} x {fmt_ns(f['overlapped_ns'])} "
+                f"= {fmt_ns(least)}, measured {fmt_ns(ns)} ({fmt_ratio(ns / least)})"
+            )
+        if parts:
+            lines.append(f"- **{w}**: " + "; ".join(parts) + ".")
+    if not lines:
+        return []
+    return [
+        "The same misses with every one of them in flight at once: the misses an operation at "
+        "the level that bounds the workload (above, 4 KiB pages) times one overlapped read of "
+        "the floor section over the same state and mapping, against the time the floor section "
+        "measured there. Near 1x the workload keeps as many misses in flight as the machine "
+        "allows and only fewer misses would make it faster; well above, its misses wait on one "
+        "another or on its instructions.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 PYTHON_HEADING = "## Python: `Pool` against `ReferencePool`"
@@ -2016,7 +2074,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, bounds = evaluate(run, counts)
     floor_out: list[str] = []
     floor_section(run, floor_out, rows)
-    misses_section(floor_out)
+    misses_section(floor_out, load_json(DATA / "floor.json"))
     python_out: list[str] = []
     python_section(run, python_out, rows)
 

@@ -11,7 +11,14 @@ import pytest
 from test_figures import bench_report
 
 
-def case(pages: int, store: str, advice: str, floor: float | None, **ns: float) -> dict[str, Any]:
+def case(
+    pages: int,
+    store: str,
+    advice: str,
+    floor: float | None,
+    overlapped: float | None = None,
+    **ns: float,
+) -> dict[str, Any]:
     return {
         "pages": pages,
         "shift": pages.bit_length() - 1,
@@ -21,6 +28,7 @@ def case(pages: int, store: str, advice: str, floor: float | None, **ns: float) 
         "anon_huge_kib": 2048 if advice == "huge" else 0,
         "state_bytes": pages * 12,
         "floor_ns": floor,
+        "overlapped_ns": overlapped,
         "hot_ns": ns.get("hot"),
         "churn_ns": ns.get("churn"),
         "mixed_ns": ns.get("mixed"),
@@ -33,7 +41,7 @@ def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     module = bench_report()
     monkeypatch.setattr(module, "DATA", tmp_path)
     cases = [
-        case(1 << 18, "side-table", "default", 20.0, hot=100.0, churn=50.0, mixed=20.0),
+        case(1 << 18, "side-table", "default", 20.0, 1.5, hot=100.0, churn=50.0, mixed=20.0),
         case(1 << 18, "side-table", "huge", 10.0, hot=25.0, churn=14.0, mixed=9.0),
         case(1 << 22, "side-table", "huge", 100.0, hot=200.0, churn=140.0, mixed=90.0),
         case(1 << 22, "intrusive", "default", None, hot=300.0),
@@ -53,8 +61,10 @@ def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
     rows: list[tuple[str, str, str]] = []
     report.floor_section(report.Run(), out, rows)
     text = "\n".join(out)
-    assert "| 2^18 | side table | 4 KiB pages | 3 MiB | 20.0 ns | 100 ns (5.00x) |" in text
-    assert "| 2^18 | side table | huge pages | 3 MiB | 10.0 ns | 25.0 ns (2.50x) |" in text
+    # The overlapped read beside the floor, "-" where the run did not measure it.
+    row = "| 2^18 | side table | 4 KiB pages | 3 MiB | 20.0 ns | 1.50 ns | 100 ns (5.00x) |"
+    assert row in text
+    assert "| 2^18 | side table | huge pages | 3 MiB | 10.0 ns | - | 25.0 ns (2.50x) |" in text
     # Without a floor the workload is shown alone and the reason is a note.
     assert "| 2^22 | intrusive | 4 KiB pages |" in text and "not enough memory" in text
     verdicts = {t: v for t, _, v in rows}
@@ -71,7 +81,8 @@ def test_each_workload_is_a_multiple_of_its_own_floor(report: Any) -> None:
     assert verdicts[churn22] == "met"
     # The least per-page allocator is a row of its own and a reference in the churn goals,
     # beside FrameAllocator, never in its place.
-    assert "| 2^22 | least (a word a page, LIFO) | huge | 16 MiB | - | - | 230 ns | - | - |" in text
+    least = "| 2^22 | least (a word a page, LIFO) | huge | 16 MiB | - | - | - | 230 ns | - | - |"
+    assert least in text
     assert "| 2^22 | FrameAllocator |" in text
     measured = {t: m for t, m, _ in rows}
     assert "FrameAllocator 150 ns" in measured[churn22]
@@ -124,3 +135,26 @@ def test_python_batches_prefer_the_floor_measured_around_them(report: Any) -> No
     assert "2^22: 90.0 ns before, 110 ns after" in text
     assert "the floor benchmark's run of" not in text
     assert rows[0][1] == "160 ns per page against 100 ns: 1.60x"
+
+
+def test_misses_are_priced_at_the_overlapped_read_of_their_own_state(report: Any) -> None:
+    floor = json.loads((report.DATA / "floor.json").read_text())
+    miss = {"shift": 18, "store": "side-table", "l1d": 3.0, "l3": 0.0}
+    misses = {
+        "cases": [
+            # Bound by the L3: 2 L2 misses a step, at 1.5 ns each overlapped = 3 ns; 50 ns.
+            {**miss, "workload": "churn", "l2": 2.0},
+            # Under one L2 miss: bound by instructions, so no price.
+            {**miss, "workload": "mixed", "l2": 0.5},
+            # A size whose 4 KiB case has no overlapped read: left out.
+            {**miss, "workload": "hot", "l2": 4.0, "shift": 22},
+        ]
+    }
+    text = "\n".join(report.overlap_bounds(misses, floor))
+    churn = "- **churn**: 2^18 side table 2.00 x 1.50 ns = 3.00 ns, measured 50.0 ns (16.7x)."
+    assert churn in text
+    assert "mixed" not in text and "hot" not in text
+    # A floor run without overlapped reads (an older floor.json) prices nothing.
+    for c in floor["cases"]:
+        c.pop("overlapped_ns")
+    assert report.overlap_bounds(misses, floor) == []

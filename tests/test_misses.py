@@ -31,3 +31,14 @@ def test_a_cache_callgrind_refuses_keeps_its_size_with_other_ways() -> None:
     assert sets * ways * line == nbytes
     assert sets & (sets - 1) == 0
     assert (ways, sets) == (30, 1 << 18)
+
+
+def test_an_intrusive_arena_is_run_where_it_an_eighth_more_and_a_gib_fit() -> None:
+    m = misses()
+    arena = 16 << 30  # 2^22 pages of 4 KiB
+    need = arena + arena // 8 + (1 << 30)
+    assert m.arena_fits(arena, need + 1)
+    assert not m.arena_fits(arena, need)
+    # The machine the figures come from: 22,445 MiB available runs the 16 GiB arena.
+    assert m.arena_fits(arena, 22445 << 20)
+    assert not m.arena_fits(4096 << 23, 22445 << 20)

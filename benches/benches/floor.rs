@@ -14,6 +14,10 @@
 //!   first bytes of each free page, so its state is the metadata and the first line of every page
 //!   of the arena: a read lands on a line of its own and, with 4 KiB pages, a page of its own
 //!   (a TLB entry per page, as the pool's link reads need).
+//! - **overlapped**: the same lines read in the same random order, but no read's address
+//!   depends on a read before it, so the processor overlaps as many misses as it can keep in
+//!   flight: what a miss costs when nothing waits on it, the least a workload's misses over
+//!   that state can cost together.
 //! - **hot**, **churn**, **mixed**: the workloads of `alloc.rs` (`benches/benches/common`), scaled
 //!   to the pool (churn holds half the pages; mixed keeps half full and warms up for two steps a
 //!   page), zero never, orders capped at 11, on a pool built over the same mappings.
@@ -24,7 +28,7 @@
 //!   costs beyond the floor.
 //!
 //! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
-//! rounds run half before and half after the workloads, so that it sees the machine's load as
+//! and the overlapped read's rounds run half before and half after the workloads, so that it sees the machine's load as
 //! they did. FrameAllocator runs before a size's pools and again after them, and its figure is
 //! the mean of the two medians, for the same reason. An intrusive
 //! pool touches every page of its arena on the way to the churn state (16 GiB at 2^22 pages of
@@ -130,6 +134,42 @@ unsafe fn chase(nodes: &mut [usize], rounds: usize) -> Vec<f64> {
             let t = Instant::now();
             walk(hops);
             t.elapsed().as_nanos() as f64 / hops as f64
+        })
+        .collect()
+}
+
+/// What one read costs when no read depends on another: the lines of `nodes`, in the random
+/// order [`chase`] left them in, each read with its address known before the read before it
+/// returns, so that the processor overlaps as many of the misses as it can keep in flight. ns
+/// per read, one figure a round. The least that k misses an operation over the same lines can
+/// cost with every one overlapped: k times this, where the floor is what they cost one after
+/// the other.
+///
+/// # Safety
+/// Every address in `nodes` is 8-byte aligned and points into memory owned by the caller that
+/// nothing else uses meanwhile.
+unsafe fn overlapped(nodes: &[usize], rounds: usize) -> Vec<f64> {
+    // As many reads as the chase makes: the cycle's length, and at least a million.
+    let reads = nodes.len().max(1 << 20);
+    let read = |n: usize| {
+        let mut sum = 0usize;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(nodes.len());
+            for &p in &nodes[..k] {
+                // SAFETY: the caller's promise.
+                sum = sum.wrapping_add(unsafe { *(p as *const usize) });
+            }
+            left -= k;
+        }
+        black_box(sum);
+    };
+    read(nodes.len());
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            read(reads);
+            t.elapsed().as_nanos() as f64 / reads as f64
         })
         .collect()
 }
@@ -382,6 +422,8 @@ struct Case {
     anon_huge_kib: Option<usize>,
     state_bytes: usize,
     floor: Option<f64>,
+    /// One read over the same lines with the reads overlapped ([`overlapped`]).
+    overlapped: Option<f64>,
     /// hot, churn, mixed
     ns: [Option<f64>; 3],
     note: String,
@@ -402,6 +444,8 @@ fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
     // machine meanwhile moves the floor as it moves the workloads.
     // SAFETY: the nodes are the line starts of two live mappings of ours, 64 bytes apart.
     let mut floor_rounds = unsafe { chase(&mut nodes, rounds) };
+    // SAFETY: as above.
+    let mut overlapped_rounds = unsafe { overlapped(&nodes, rounds) };
     let ns = workloads(n, rounds, || {
         meta.fill(PageMeta::INIT);
         links.fill(Link::EMPTY);
@@ -421,6 +465,8 @@ fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
     let anon_huge_kib = anon_huge_kib();
     // SAFETY: as above; no pool is alive any more.
     floor_rounds.extend(unsafe { chase(&mut nodes, rounds) });
+    // SAFETY: as above.
+    overlapped_rounds.extend(unsafe { overlapped(&nodes, rounds) });
     Case {
         shift,
         store: Store::Side,
@@ -429,6 +475,7 @@ fn side_case(shift: u32, advice: Advice, rounds: usize) -> Case {
         anon_huge_kib,
         state_bytes: n * 12,
         floor: Some(median(floor_rounds)),
+        overlapped: Some(median(overlapped_rounds)),
         ns: ns.map(Some),
         note: String::new(),
     }
@@ -466,6 +513,7 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
             anon_huge_kib: anon_huge_kib(),
             state_bytes: n * 4 + n * LINE,
             floor: None,
+            overlapped: None,
             ns: [None; 3],
             note,
         };
@@ -478,7 +526,9 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
         // Before and after the workloads, as in `side_case`.
         // SAFETY: the nodes are line starts in two live mappings of ours, at least 64 bytes
         // apart.
-        Some(unsafe { chase(&mut nodes, rounds) })
+        let floor = unsafe { chase(&mut nodes, rounds) };
+        // SAFETY: as above.
+        Some((floor, unsafe { overlapped(&nodes, rounds) }))
     } else {
         note = format!(
             "floor, churn and mixed not measured: the intrusive pool touches every page of its \
@@ -515,10 +565,12 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
         [Some(hot), None, None]
     };
     let anon_huge_kib = anon_huge_kib();
-    let floor = floor_rounds.map(|mut r| {
+    let (floor, over) = floor_rounds.map_or((None, None), |(mut f, mut o)| {
         // SAFETY: as above; no pool is alive any more.
-        r.extend(unsafe { chase(&mut nodes, rounds) });
-        median(r)
+        f.extend(unsafe { chase(&mut nodes, rounds) });
+        // SAFETY: as above.
+        o.extend(unsafe { overlapped(&nodes, rounds) });
+        (Some(median(f)), Some(median(o)))
     });
     Case {
         shift,
@@ -528,6 +580,7 @@ fn intrusive_case(shift: u32, advice: Advice, rounds: usize) -> Case {
         anon_huge_kib,
         state_bytes: n * 4 + n * LINE,
         floor,
+        overlapped: over,
         ns,
         note,
     }
@@ -935,11 +988,12 @@ fn main() {
                     _ => "-".into(),
                 };
                 eprintln!(
-                    "floor/2^{shift}/{}/{}: floor {}, hot {}, churn {}, mixed {}; huge advised {}, \
-                     AnonHugePages {} KiB",
+                    "floor/2^{shift}/{}/{}: floor {} (overlapped {}), hot {}, churn {}, mixed {}; \
+                     huge advised {}, AnonHugePages {} KiB",
                     store.name(),
                     advice_name(advice),
                     c.floor.map_or("-".into(), |f| format!("{f:.1} ns")),
+                    c.overlapped.map_or("-".into(), |f| format!("{f:.1} ns")),
                     multiple(c.ns[0]),
                     multiple(c.ns[1]),
                     multiple(c.ns[2]),
@@ -986,7 +1040,8 @@ fn main() {
             s,
             "    {{\"pages\": {}, \"shift\": {}, \"store\": {}, \"advice\": {}, \
              \"huge_advised\": {}, \"anon_huge_kib\": {}, \"state_bytes\": {}, \
-             \"floor_ns\": {}, \"hot_ns\": {}, \"churn_ns\": {}, \"mixed_ns\": {}, \"note\": {}}}",
+             \"floor_ns\": {}, \"overlapped_ns\": {}, \"hot_ns\": {}, \"churn_ns\": {}, \
+             \"mixed_ns\": {}, \"note\": {}}}",
             1usize << c.shift,
             c.shift,
             json_str(c.store.name()),
@@ -995,6 +1050,7 @@ fn main() {
             c.anon_huge_kib.map_or("null".into(), |k| k.to_string()),
             c.state_bytes,
             opt(c.floor),
+            opt(c.overlapped),
             opt(c.ns[0]),
             opt(c.ns[1]),
             opt(c.ns[2]),
