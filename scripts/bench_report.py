@@ -1594,8 +1594,37 @@ def floor_section(run: Run, out: list[str], rows: list[tuple[str, str, str]]) ->
                 "that the links' hint of the block two places on runs two links a miss "
                 '(docs/exact-pool-levers.md, "Two links a miss on long lists"). FrameAllocator '
                 "keeps no state in the pages and reuses the lowest free frame."
+                + churn_memory_misses(pages)
             )
         out += [head + text, ""]
+
+
+def churn_memory_misses(pages: int) -> str:
+    """What docs/data/misses.json counts for the churn step at `pages` pages: the misses of
+    memory (the L3's) a step of each store and of FrameAllocator, where it counted them on the
+    floor section's timed steps; nothing otherwise."""
+    d = load_json(MISSES)
+    if not d or not isinstance(d.get("ops"), dict):
+        return ""
+    got = {
+        c["store"]: c
+        for c in d["cases"]
+        if c.get("workload") == "churn" and 1 << c["shift"] == pages
+    }
+    parts = [
+        f"{MISS_STORES[store].removeprefix('pagebuddy, ')} {got[store]['l3']:.2f}"
+        for store in ("intrusive", "side-table", "frame")
+        if store in got
+    ]
+    if "intrusive" not in got or "frame" not in got:
+        return ""
+    return (
+        ' Counted on the steps it times (docs/data/misses.json, "What bounds each workload" '
+        "below), misses past the L3, that is of memory, a step: " + ", ".join(parts) + ". The "
+        "intrusive store's links lie in the first line of each free page of a "
+        f"{fmt_bytes(pages * 4096)} arena (4 KiB pages there); FrameAllocator's state is its "
+        "B-trees on the heap."
+    )
 
 
 def busy_mark() -> str:
@@ -1784,6 +1813,16 @@ def bound_level(c: dict[str, Any]) -> tuple[str, float, str]:
     return "instructions (under one L2 miss)", c["l1d"], "l1d"
 
 
+def counted(ops: int | dict[str, int]) -> str:
+    """What misses.json's `ops` says was counted: one number for every workload, or, per
+    workload, the floor benchmark's first timed round (the same steps its times are taken on)."""
+    if isinstance(ops, int):
+        return f"{ops:,} operations of each workload"
+    units = {"floor": "reads", "hot": "pairs", "churn": "steps", "mixed": "steps"}
+    each = ", ".join(f"{n:,} {w} {units.get(w, 'operations')}" for w, n in ops.items())
+    return f"the floor section's first timed round of each workload ({each})"
+
+
 def misses_section(out: list[str], floor: dict[str, Any] | None = None) -> None:
     """What bounds each workload: misses per operation, from docs/data/misses.json (written by
     scripts/misses.py; nothing when it is missing). The times are the floor section's; with
@@ -1805,9 +1844,9 @@ def misses_section(out: list[str], floor: dict[str, Any] | None = None) -> None:
         f"`{d['command']}` ({d['date']}; {d['cpu']}; {d['valgrind']}; "
         f"{d['seconds']} s): callgrind's cache simulation of this CPU's data caches "
         f"({', '.join(cache(k) for k in ('L1d', 'L2', 'L3') if k in caches)}, 64-byte lines; "
-        "run once with the L2 and once with the L3 as the last level), over "
-        f"{d['ops']:,} operations of each workload counted after as many untimed ones, in the "
-        "floor benchmark's profile mode (`BENCH_FLOOR_PROFILE`, 4 KiB pages). Cells: data "
+        f"run once with the L2 and once with the L3 as the last level), over {counted(d['ops'])} "
+        "counted after as many untimed ones, in the floor benchmark's profile mode "
+        "(`BENCH_FLOOR_PROFILE`, 4 KiB pages). Cells: data "
         "misses (reads and writes) per operation at each level, and instructions and writes "
         "per operation; the times are those of the floor section. Callgrind simulates no TLB: "
         "what a page walk adds shows in the floor section as the difference between 4 KiB and "

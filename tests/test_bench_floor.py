@@ -158,3 +158,37 @@ def test_misses_are_priced_at_the_overlapped_read_of_their_own_state(report: Any
     for c in floor["cases"]:
         c.pop("overlapped_ns")
     assert report.overlap_bounds(misses, floor) == []
+
+
+def test_the_misses_say_which_steps_they_were_counted_on(report: Any) -> None:
+    # An older misses.json counted one number of operations for every workload.
+    assert report.counted(100_000) == "100,000 operations of each workload"
+    # Now each workload's own: the floor section's first timed round, the steps it times.
+    ops = {"floor": 1 << 20, "hot": 1 << 17, "churn": 1 << 20, "mixed": 1 << 20}
+    text = report.counted(ops)
+    assert text.startswith("the floor section's first timed round of each workload")
+    assert "131,072 hot pairs" in text and "1,048,576 churn steps" in text
+
+
+def test_the_churn_at_2_22_names_its_misses_of_memory_from_the_counted_steps(
+    report: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    churn = {"workload": "churn", "shift": 22, "l1d": 7.0, "l2": 6.0}
+    cases = [
+        {**churn, "store": "intrusive", "l3": 3.25},
+        {**churn, "store": "side-table", "l3": 0.0},
+        {**churn, "store": "frame", "l3": 0.0},
+    ]
+    path = tmp_path / "misses.json"
+    monkeypatch.setattr(report, "MISSES", path)
+    ops = {"floor": 1 << 20, "hot": 1 << 17, "churn": 1 << 20, "mixed": 1 << 20}
+    path.write_text(json.dumps({"ops": ops, "cases": cases}))
+    text = report.churn_memory_misses(1 << 22)
+    assert "a step: intrusive 3.25, side table 0.00, FrameAllocator 0.00." in text
+    assert "16 GiB arena" in text
+    # Misses counted on other steps than the timed ones (one count for every workload), or
+    # without FrameAllocator's, say nothing.
+    path.write_text(json.dumps({"ops": 100_000, "cases": cases}))
+    assert report.churn_memory_misses(1 << 22) == ""
+    path.write_text(json.dumps({"ops": ops, "cases": cases[:2]}))
+    assert report.churn_memory_misses(1 << 22) == ""
