@@ -1923,9 +1923,17 @@ def overlap_bounds(misses: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     """Each workload's misses priced at the overlapped read: the misses an operation at the
     level that bounds it (misses.json, 4 KiB pages) times one overlapped read over the same
     state on 4 KiB pages (floor.json), the least those misses cost with all of them in flight;
-    beside it the time measured on that mapping, and its multiple of that least. Nothing when
-    the floor run measured no overlapped read."""
+    beside it the time measured on that mapping, and its multiple of that least. Only where the
+    floor's read misses to that same level (a read that misses the L3 does not price a miss the
+    L3 serves), and nothing when the floor run measured no overlapped read."""
     cases = floor_cases(floor)
+    # The level each state's own read misses to (the floor read's misses in misses.json): the
+    # overlapped read prices a miss of that level only.
+    read_level = {
+        (c["shift"], c["store"]): bound_level(c)[2]
+        for c in misses.get("cases", [])
+        if c.get("workload") == "floor"
+    }
     lines = []
     for w in FLOOR_WORKLOADS:
         parts = []
@@ -1937,7 +1945,7 @@ def overlap_bounds(misses: dict[str, Any], floor: dict[str, Any]) -> list[str]:
             if not f or f.get("overlapped_ns") is None or f.get(f"{w}_ns") is None:
                 continue
             _, n, at = bound_level(c)
-            if at == "l1d":
+            if at == "l1d" or read_level.get((c["shift"], c["store"])) != at:
                 continue
             least = n * f["overlapped_ns"]
             ns = f[f"{w}_ns"]
@@ -1952,10 +1960,11 @@ def overlap_bounds(misses: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     return [
         "The same misses with every one of them in flight at once: the misses an operation at "
         "the level that bounds the workload (above, 4 KiB pages) times one overlapped read of "
-        "the floor section over the same state and mapping, against the time the floor section "
-        "measured there. Near 1x the workload keeps as many misses in flight as the machine "
-        "allows and only fewer misses would make it faster; well above, its misses wait on one "
-        "another or on its instructions.",
+        "the floor section over the same state and mapping, where the floor's read misses to "
+        "that same level, against the time the floor section measured there. Near 1x the "
+        "workload keeps as many misses in flight as the machine allows and only fewer misses "
+        "would make it faster; well above, its misses wait on one another or on its "
+        "instructions.",
         "",
         *lines,
         "",

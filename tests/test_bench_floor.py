@@ -142,6 +142,8 @@ def test_misses_are_priced_at_the_overlapped_read_of_their_own_state(report: Any
     miss = {"shift": 18, "store": "side-table", "l1d": 3.0, "l3": 0.0}
     misses = {
         "cases": [
+            # The side table's read misses the L2, served by the L3: it prices L2 misses.
+            {**miss, "workload": "floor", "l1d": 1.0, "l2": 1.0},
             # Bound by the L3: 2 L2 misses a step, at 1.5 ns each overlapped = 3 ns; 50 ns.
             {**miss, "workload": "churn", "l2": 2.0},
             # Under one L2 miss: bound by instructions, so no price.
@@ -154,6 +156,9 @@ def test_misses_are_priced_at_the_overlapped_read_of_their_own_state(report: Any
     churn = "- **churn**: 2^18 side table 2.00 x 1.50 ns = 3.00 ns, measured 50.0 ns (16.7x)."
     assert churn in text
     assert "mixed" not in text and "hot" not in text
+    # Where the state's own read misses memory, it does not price misses the L3 serves.
+    misses["cases"][0]["l3"] = 1.0
+    assert report.overlap_bounds(misses, floor) == []
     # A floor run without overlapped reads (an older floor.json) prices nothing.
     for c in floor["cases"]:
         c.pop("overlapped_ns")
