@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stores  # scripts/stores.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = "pagebuddy-misses/1"
+# 2: `ops` per workload (the floor section's round), and each case's own `ops`.
+SCHEMA = "pagebuddy-misses/2"
 WORKLOADS = ("floor", "hot", "churn", "mixed")
 # Operations counted per workload: the floor benchmark's round (its `timed` calls and the chase's
 # least number of reads), after as many untimed, as its timing does before its first round, so

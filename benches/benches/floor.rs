@@ -27,14 +27,14 @@
 //!   (`Least`: a word a page, huge pages, a LIFO stack), which tells what the workload itself
 //!   costs beyond the floor.
 //!
-//! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the floor's
-//! and the overlapped read's rounds run half before and half after the workloads, so that it sees the machine's load as
-//! they did. FrameAllocator runs before a size's pools and again after them, and its figure is
-//! the mean of the two medians, for the same reason. An intrusive
-//! pool touches every page of its arena on the way to the churn state (16 GiB at 2^22 pages of
-//! 4 KiB): unless the machine has that much memory available (`MemAvailable`) with an eighth
-//! more and 1 GiB to spare, its floor, churn and mixed are reported as not measured, with the
-//! reason, and only its hot pair (a fresh pool) runs. One mapping is alive at a time.
+//! Each figure is the median of several timed rounds (7, or 3 with `BENCH_SHORT=1`); the rounds
+//! of the floor and of the overlapped read run half before and half after the workloads, so that
+//! they see the machine's load as the workloads did. FrameAllocator runs before a size's pools
+//! and again after them, and its figure is the mean of the two medians, for the same reason. An
+//! intrusive pool touches every page of its arena on the way to the churn state (16 GiB at 2^22
+//! pages of 4 KiB): unless the machine has that much memory available (`MemAvailable`) with an
+//! eighth more and 1 GiB to spare, its floor, churn and mixed are reported as not measured, with
+//! the reason, and only its hot pair (a fresh pool) runs. One mapping is alive at a time.
 //!
 //! Writes `target/pagebuddy-bench/floor.json` (schema `pagebuddy-floor/1`), which
 //! `scripts/bench_report.py` turns into the floor section of `docs/benchmarks.md`.
