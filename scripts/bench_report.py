@@ -1611,13 +1611,13 @@ def churn_memory_misses(pages: int) -> str:
         for c in d["cases"]
         if c.get("workload") == "churn" and 1 << c["shift"] == pages
     }
+    if "intrusive" not in got or "frame" not in got:
+        return ""
     parts = [
         f"{MISS_STORES[store].removeprefix('pagebuddy, ')} {got[store]['l3']:.2f}"
         for store in ("intrusive", "side-table", "frame")
         if store in got
     ]
-    if "intrusive" not in got or "frame" not in got:
-        return ""
     return (
         ' Counted on the steps it times (docs/data/misses.json, "What bounds each workload" '
         "below), misses past the L3, that is of memory, a step: " + ", ".join(parts) + ". The "
@@ -1805,7 +1805,7 @@ MISS_WORKLOADS = {
 
 def bound_level(c: dict[str, Any]) -> tuple[str, float, str]:
     """The deepest level that workload case `c` (of misses.json) misses at least once an
-    operation, which bounds it: (its words, the misses a operation there, its key)."""
+    operation, which bounds it: (its words, the misses an operation there, its key)."""
     if c["l3"] >= 0.9:
         return "memory", c["l3"], "l3"
     if c["l2"] >= 0.9:
