@@ -121,19 +121,25 @@ unsafe fn chase(nodes: &mut [usize], rounds: usize) -> Vec<f64> {
     // Enough reads to go round the cycle at least once, and at least a million.
     let hops = nodes.len().max(1 << 20);
     let mut p = nodes[0];
-    let mut walk = |n: usize| {
+    let walk = |n: usize| {
         for _ in 0..n {
             // SAFETY: every node holds the address of another node (written above).
             p = unsafe { *(p as *const usize) };
         }
         black_box(p);
     };
-    walk(nodes.len());
+    per_read(nodes.len(), hops, rounds, walk)
+}
+
+/// `pass` over `warm` reads untimed, then `rounds` times over `reads` reads, timed: ns per
+/// read, one figure a round.
+fn per_read(warm: usize, reads: usize, rounds: usize, mut pass: impl FnMut(usize)) -> Vec<f64> {
+    pass(warm);
     (0..rounds)
         .map(|_| {
             let t = Instant::now();
-            walk(hops);
-            t.elapsed().as_nanos() as f64 / hops as f64
+            pass(reads);
+            t.elapsed().as_nanos() as f64 / reads as f64
         })
         .collect()
 }
@@ -164,14 +170,7 @@ unsafe fn overlapped(nodes: &[usize], rounds: usize) -> Vec<f64> {
         }
         black_box(sum);
     };
-    read(nodes.len());
-    (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            read(reads);
-            t.elapsed().as_nanos() as f64 / reads as f64
-        })
-        .collect()
+    per_read(nodes.len(), reads, rounds, read)
 }
 
 /// The start of every `stride`-byte line of `bytes` bytes at `base`.
