@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -1810,7 +1811,13 @@ def bound_level(c: dict[str, Any]) -> tuple[str, float, str]:
         return "memory", c["l3"], "l3"
     if c["l2"] >= 0.9:
         return "the L3 (misses of the L2 it serves)", c["l2"], "l2"
-    return "instructions (under one L2 miss)", c["l1d"], "l1d"
+    # Under one simulated L2 miss: instructions, or the page walks callgrind does not
+    # simulate, which the sampled waits tell apart (`waits_section`).
+    return (
+        "instructions or page walks (under one L2 miss; where it waits tells which)",
+        c["l1d"],
+        "l1d",
+    )
 
 
 def counted(ops: int | dict[str, int]) -> str:
@@ -1917,6 +1924,102 @@ def misses_section(out: list[str], floor: dict[str, Any] | None = None) -> None:
             ]
     if floor is not None:
         out += overlap_bounds(d, floor)
+
+
+WAITS = ROOT / "docs" / "data" / "waits.json"
+# Frames left out of a sampled instruction's name: the standard library's and the compiler's
+# (a primitive type's methods, `<u32>::wrapping_add`), which every caller shares.
+WAIT_FRAMES_SKIPPED = ("core::", "alloc::", "std::", "<core::", "<alloc::", "<std::", "<u")
+
+
+def wait_frame(function: str) -> str:
+    """A frame of a sampled instruction as the page names it: its function without crate
+    path, module or generics (`Pool::held`, `Intrusive::prefetch`, `prefetch`), the
+    benchmark's marked as such."""
+    name = function
+    m = re.match(r"^<(.+?) as .+>::([^:]+)$", name)
+    if m:
+        name = f"{m[1]}::{m[2]}"
+    elif name.startswith("<"):
+        # `<Type<..>>::method`: the type's brackets dropped where they close.
+        depth = 0
+        for i, ch in enumerate(name):
+            depth += {"<": 1, ">": -1}.get(ch, 0)
+            if depth == 0:
+                name = name[1:i] + name[i + 1 :]
+                break
+    while True:
+        stripped = re.sub(r"<[^<>]*>", "", name)
+        if stripped == name:
+            break
+        name = stripped
+    # A method keeps its type (`Pool::held`); a free function drops its module (`prefetch`).
+    parts = name.split("::")[-2:]
+    short = "::".join(parts if parts[0][:1].isupper() else parts[-1:])
+    return f"{short} (the benchmark)" if function.lstrip("<").startswith("floor::") else short
+
+
+def wait_row(r: dict[str, Any]) -> str:
+    """One sampled instruction: its share, its mnemonic and the frames it is inlined from,
+    innermost first (at most four, the standard library's left out)."""
+    share = f"{r['share'] * 100:.1f}%"
+    if "outside" in r:
+        return f"{share} in `{r['outside']}` (outside the binary: the C library)"
+    if "entry" in r:
+        return f"{share} on the first instruction of {wait_frame(r['entry'])} (after its call)"
+    every = [f for f, _ in r.get("frames", [])]
+    frames = [f for f in every if not f.startswith(WAIT_FRAMES_SKIPPED)]
+    named = " ← ".join(wait_frame(f) for f in frames[:4])
+    if not named:
+        named = f"{wait_frame(every[0])} (the standard library)" if every else "?"
+    return f"{share} after `{r['insn'].split()[0]}` in {named}"
+
+
+def waits_section(out: list[str]) -> None:
+    """Where each workload waits: the instructions its timed steps were sampled after, from
+    docs/data/waits.json (written by scripts/waits.py; nothing when it is missing)."""
+    try:
+        d = json.loads(WAITS.read_text())
+    except (OSError, ValueError):
+        return
+    out += [
+        "## Where each workload waits",
+        "",
+        f"`{d['command']}` ({d['date']}; {d['cpu']}; {d['perf']}; {d['seconds']} s): "
+        f"`perf record -e cpu-clock:u` at {d['frequency']:,} samples a second (a timer: this "
+        "machine has no hardware counters) on the floor benchmark's profile mode, enabled "
+        "around its timed loop only (`BENCH_FLOOR_PERF_CTL`), 2^18 pages on 4 KiB pages and "
+        "2^22 on huge pages (FrameAllocator on its heap). A timer sample lands on the "
+        "instruction after the one the core was waiting to retire, so each is charged to the "
+        "instruction before it, named here with the functions it was inlined from, innermost "
+        "first (the standard library's left out). Shares of each case's samples, for the "
+        "instructions with 2% of them or more; the time a step is that of the sampled run, "
+        "slower than the floor section's. Callgrind's counts above simulate no TLB: a step "
+        "that waits on a page walk shows here. Figures from `docs/data/waits.json`.",
+        "",
+    ]
+    notes = []
+    for w in ("hot", "churn", "mixed"):
+        parts = []
+        for c in d["cases"]:
+            if "workload" not in c:
+                if w == "hot":
+                    notes.append(
+                        f"{pow2(1 << c['shift'])}, {MISS_STORES[c['store']]}: {c['note']}."
+                    )
+                continue
+            if c["workload"] != w:
+                continue
+            head = (
+                f"{pow2(1 << c['shift'])} {MISS_STORES[c['store']]} ({c['pages']} pages, "
+                f"{fmt_ns(c['ns'])} a {MISS_WORKLOADS[w][0]}, {c['samples']:,} samples)"
+            )
+            rows = [wait_row(r) for r in c["waits"]]
+            parts.append(f"{head}: " + ("; ".join(rows) if rows else "no instruction at 2%"))
+        if parts:
+            out += [f"- **{w}**: " + ". ".join(parts) + ".", ""]
+    if notes:
+        out += [" ".join(notes), ""]
 
 
 def overlap_bounds(misses: dict[str, Any], floor: dict[str, Any]) -> list[str]:
@@ -2123,6 +2226,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_out: list[str] = []
     floor_section(run, floor_out, rows)
     misses_section(floor_out, load_json(DATA / "floor.json"))
+    waits_section(floor_out)
     python_out: list[str] = []
     python_section(run, python_out, rows)
 

@@ -89,6 +89,32 @@ def arena_fits(arena: int, available: int) -> bool:
     return arena + arena // 8 + (1 << 30) < available
 
 
+def mem_available() -> int:
+    """Bytes of memory the kernel says it can still give (`MemAvailable`), 0 if it does not
+    say."""
+    try:
+        return (
+            int(
+                next(
+                    ln.split()[1]
+                    for ln in Path("/proc/meminfo").read_text().splitlines()
+                    if ln.startswith("MemAvailable:")
+                )
+            )
+            * 1024
+        )
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def executable() -> str:
     """The floor benchmark's binary, built with the bench profile."""
     proc = subprocess.run(
@@ -180,19 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     shifts = [int(x) for x in args.shifts.split(",")]
     levels = {k: simulable(v) for k, v in cache_levels().items()}
     exe = executable()
-    try:
-        available = (
-            int(
-                next(
-                    ln.split()[1]
-                    for ln in Path("/proc/meminfo").read_text().splitlines()
-                    if ln.startswith("MemAvailable:")
-                )
-            )
-            * 1024
-        )
-    except (OSError, StopIteration, ValueError):
-        available = 0
+    available = mem_available()
     started = time.time()
     cases: list[dict[str, Any]] = []
     insns = None  # the binary's instructions, read once (scripts/stores.py)
@@ -240,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"misses: {case}: {cases[-1]}", file=sys.stderr)
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout
     doc = {
         "schema": SCHEMA,

@@ -631,17 +631,76 @@ fn warm_then_profile<F: FnMut()>(ops: usize, step: &mut F) {
 /// [`profiled`], then its time per operation on stderr (under valgrind, the simulated time).
 /// Named apart from `profiled`: callgrind toggles collection on every function it matches.
 fn time_loop<F: FnMut()>(ops: usize, step: &mut F) {
+    let sampler = Sampler::from_env();
     let t = Instant::now();
     profiled(ops, step);
-    report(t, ops);
+    let elapsed = t.elapsed();
+    drop(sampler);
+    report(elapsed, ops);
 }
 
-/// The time per operation of `ops` operations since `t`, on stderr (under valgrind, the
-/// simulated time).
-fn report(t: Instant, ops: usize) {
+/// `perf record --control` around the timed loop (`scripts/waits.py`): with
+/// `BENCH_FLOOR_PERF_CTL` naming perf's control fifo (and `BENCH_FLOOR_PERF_ACK` its
+/// acknowledgement fifo), sampling is enabled when a `Sampler` is made and disabled when it is
+/// dropped, so that a profile started disabled (`perf record -D -1`) samples the timed steps
+/// only, not the state's building nor the untimed steps before them. Nothing without them.
+struct Sampler {
+    ctl: Option<std::fs::File>,
+    ack: Option<std::fs::File>,
+}
+
+impl Sampler {
+    fn from_env() -> Self {
+        let open = |var: &str, write: bool| {
+            let path = std::env::var_os(var)?;
+            let file = std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(&path)
+                .unwrap_or_else(|e| fail(&format!("{var}: {e}")));
+            Some(file)
+        };
+        let mut s = Sampler {
+            ctl: open("BENCH_FLOOR_PERF_CTL", true),
+            ack: None,
+        };
+        if s.ctl.is_some() {
+            s.ack = open("BENCH_FLOOR_PERF_ACK", false);
+        }
+        s.command("enable");
+        s
+    }
+
+    /// Sends `cmd` to perf and waits for its acknowledgement, if there is a fifo for it.
+    fn command(&mut self, cmd: &str) {
+        use std::io::{Read, Write};
+        let Some(ctl) = self.ctl.as_mut() else {
+            return;
+        };
+        if ctl.write_all(format!("{cmd}\n").as_bytes()).is_err() {
+            fail("BENCH_FLOOR_PERF_CTL: perf stopped listening");
+        }
+        if let Some(ack) = self.ack.as_mut() {
+            let mut reply = [0u8; 5];
+            if ack.read_exact(&mut reply).is_err() || &reply != b"ack\n\0" {
+                fail("BENCH_FLOOR_PERF_ACK: no acknowledgement from perf");
+            }
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.command("disable");
+    }
+}
+
+/// The time per operation of `ops` operations that took `elapsed`, on stderr (under valgrind,
+/// the simulated time).
+fn report(elapsed: std::time::Duration, ops: usize) {
     eprintln!(
         "{:.2} ns per operation",
-        t.elapsed().as_nanos() as f64 / ops.max(1) as f64
+        elapsed.as_nanos() as f64 / ops.max(1) as f64
     );
 }
 
@@ -651,9 +710,12 @@ fn warm_then_profile_steps<W: Workload, A: Alloc>(ops: usize, w: &mut W, a: &mut
     for _ in 0..ops {
         w.step(a);
     }
+    let sampler = Sampler::from_env();
     let t = Instant::now();
     profiled_steps(ops, w, a);
-    report(t, ops);
+    let elapsed = t.elapsed();
+    drop(sampler);
+    report(elapsed, ops);
 }
 
 /// [`profiled`] for a [`Workload`]: `w`'s step on `a`, `ops` times, inlined into this loop.
@@ -820,6 +882,8 @@ fn bytes_of<T: pagebuddy::mapped::ZeroValid>(m: &mut MappedSlice<T>) -> &mut [u8
 /// builds the pool zeroing on free (default `never`); a side table then has an arena too.
 /// `BENCH_FLOOR_PREFAULT=1` writes into every page of the mappings before the pool is built.
 /// `BENCH_FLOOR_TRACE=limit` prints what the pool handed out (`run_profile`).
+/// `BENCH_FLOOR_PERF_CTL` and `BENCH_FLOOR_PERF_ACK` enable perf's sampling around the timed
+/// loop only ([`Sampler`], `scripts/waits.py`).
 /// `scripts/upstream_c.py` runs this mode beside upstream pKVM's allocator.
 fn profile(arg: &str) {
     let (name, ops) = match arg.split_once(':') {
