@@ -1929,7 +1929,7 @@ def misses_section(out: list[str], floor: dict[str, Any] | None = None) -> None:
 WAITS = ROOT / "docs" / "data" / "waits.json"
 # Frames left out of a sampled instruction's name: the standard library's and the compiler's
 # (a primitive type's methods, `<u32>::wrapping_add`), which every caller shares.
-WAIT_FRAMES_SKIPPED = ("core::", "alloc::", "std::", "<core::", "<alloc::", "<std::", "<u")
+WAIT_FRAMES_SKIPPED = re.compile(r"^<?(core|alloc|std)::|^<[ui](8|16|32|64|128|size)[> ]")
 
 
 def wait_frame(function: str) -> str:
@@ -1968,7 +1968,7 @@ def wait_row(r: dict[str, Any]) -> str:
     if "entry" in r:
         return f"{share} on the first instruction of {wait_frame(r['entry'])} (after its call)"
     every = [f for f, _ in r.get("frames", [])]
-    frames = [f for f in every if not f.startswith(WAIT_FRAMES_SKIPPED)]
+    frames = [f for f in every if not WAIT_FRAMES_SKIPPED.match(f)]
     named = " ← ".join(wait_frame(f) for f in frames[:4])
     if not named:
         named = f"{wait_frame(every[0])} (the standard library)" if every else "?"

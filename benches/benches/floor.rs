@@ -631,9 +631,15 @@ fn warm_then_profile<F: FnMut()>(ops: usize, step: &mut F) {
 /// [`profiled`], then its time per operation on stderr (under valgrind, the simulated time).
 /// Named apart from `profiled`: callgrind toggles collection on every function it matches.
 fn time_loop<F: FnMut()>(ops: usize, step: &mut F) {
+    sampled(ops, || profiled(ops, step));
+}
+
+/// `run`, `ops` timed operations, sampled by perf if it listens ([`Sampler`]), then their time
+/// per operation on stderr ([`report`]).
+fn sampled(ops: usize, run: impl FnOnce()) {
     let sampler = Sampler::from_env();
     let t = Instant::now();
-    profiled(ops, step);
+    run();
     let elapsed = t.elapsed();
     drop(sampler);
     report(elapsed, ops);
@@ -710,12 +716,7 @@ fn warm_then_profile_steps<W: Workload, A: Alloc>(ops: usize, w: &mut W, a: &mut
     for _ in 0..ops {
         w.step(a);
     }
-    let sampler = Sampler::from_env();
-    let t = Instant::now();
-    profiled_steps(ops, w, a);
-    let elapsed = t.elapsed();
-    drop(sampler);
-    report(elapsed, ops);
+    sampled(ops, || profiled_steps(ops, w, a));
 }
 
 /// [`profiled`] for a [`Workload`]: `w`'s step on `a`, `ops` times, inlined into this loop.
