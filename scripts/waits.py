@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ OPS = {
 }
 FREQUENCY = 10_000  # samples a second
 TOP = 5  # instructions kept per case
+TOOLS = ("perf", "objdump", "addr2line")
 LEAST = 0.02  # and only those with this share of the samples or more
 
 
@@ -232,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     shifts = [int(x) for x in args.shifts.split(",")]
     if any(s not in OPS for s in shifts):
         ap.error(f"--shifts: each one of {', '.join(map(str, OPS))}")
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(
+            f"waits: {', '.join(missing)} not found: it needs perf (linux-perf) and binutils"
+        )
     exe = executable()
     objdump = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", "-C", exe],

@@ -127,6 +127,14 @@ def test_addr2line_frames_are_read_innermost_first() -> None:
     }
 
 
+def test_a_missing_tool_is_named_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = waits()
+    monkeypatch.setattr(m.shutil, "which", lambda tool: None if tool == "perf" else "/bin/true")
+    monkeypatch.setattr(m, "executable", lambda: pytest.fail("built before the check"))
+    with pytest.raises(SystemExit, match="waits: perf not found"):
+        m.main(["--shifts", "18"])
+
+
 def doc(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "schema": "pagebuddy-waits/1",
