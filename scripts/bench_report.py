@@ -1811,10 +1811,11 @@ def bound_level(c: dict[str, Any]) -> tuple[str, float, str]:
         return "memory", c["l3"], "l3"
     if c["l2"] >= 0.9:
         return "the L3 (misses of the L2 it serves)", c["l2"], "l2"
-    # Under one simulated L2 miss: instructions, or the page walks callgrind does not
-    # simulate, which the sampled waits tell apart (`waits_section`).
+    # Under one simulated L2 miss: the L2's latency on its L1d misses, instructions, or the
+    # page walks callgrind does not simulate, which the sampled waits tell apart
+    # (`waits_section`).
     return (
-        "instructions or page walks (under one L2 miss; where it waits tells which)",
+        "the L2, instructions or page walks (under one L2 miss; where it waits tells which)",
         c["l1d"],
         "l1d",
     )
