@@ -115,6 +115,22 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def machine(started: float) -> dict[str, Any]:
+    """What a data file says of its run: its seconds since `started`, the CPU and the kernel."""
+    return {
+        "seconds": round(time.time() - started),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+    }
+
+
+def write_doc(out: str, doc: dict[str, Any]) -> None:
+    """Writes `doc` as JSON to `out`, its folder made if need be."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def executable() -> str:
     """The floor benchmark's binary, built with the bench profile."""
     proc = subprocess.run(
@@ -254,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"misses: {case}: {cases[-1]}", file=sys.stderr)
-    cpu = cpu_model()
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout
     doc = {
         "schema": SCHEMA,
@@ -262,17 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python3 scripts/misses.py"
         + (f" --shifts {args.shifts}" if args.shifts != "18,22" else "")
         + (f" --ops {args.ops}" if args.ops else ""),
-        "seconds": round(time.time() - started),
-        "cpu": cpu,
-        "kernel": platform.release(),
+        **machine(started),
         "valgrind": valgrind.strip(),
         "caches": {k: {"bytes": b, "ways": w, "line": ln} for k, (b, w, ln) in levels.items()},
         "ops": args.ops or FLOOR_OPS,
         "cases": cases,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_doc(args.out, doc)
     return 0
 
 

@@ -208,14 +208,18 @@ def callgrind(cmd: list[str], env: dict[str, str], collect: bool) -> dict[int, l
         out.unlink(missing_ok=True)
 
 
-def objdump(exe: str) -> dict[int, Insn]:
-    proc = subprocess.run(
+def disassemble(exe: str) -> str:
+    """`objdump -d --no-show-raw-insn -C` of `exe`."""
+    return subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", "-C", exe],
         capture_output=True,
         text=True,
         check=True,
-    )
-    return parse_objdump(proc.stdout)
+    ).stdout
+
+
+def objdump(exe: str) -> dict[int, Insn]:
+    return parse_objdump(disassemble(exe))
 
 
 def case_arg(text: str) -> tuple[str, str]:

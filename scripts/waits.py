@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -38,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stores  # scripts/stores.py, beside this script
 from misses import (  # scripts/misses.py, beside this script
     arena_fits,
-    cpu_model,
     executable,
+    machine,
     mem_available,
+    write_doc,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,27 +61,22 @@ TOOLS = ("perf", "objdump", "addr2line")
 LEAST = 0.02  # and only those with this share of the samples or more
 
 
-def function_starts(objdump_text: str) -> tuple[list[int], list[str]]:
-    """The start address and name of every function in `objdump -d -C` output, by address."""
+def disassembly(text: str) -> tuple[tuple[list[int], list[str]], tuple[list[int], list[str]]]:
+    """From `objdump -d --no-show-raw-insn -C` output: the start address and name of every
+    function, and every instruction's address and text, each by address."""
     starts: list[tuple[int, str]] = []
-    for line in objdump_text.splitlines():
-        m = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
-        if m:
+    insns: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        if m := re.match(r"^([0-9a-f]+) <(.*)>:$", line):
             starts.append((int(m[1], 16), m[2]))
+        elif m := re.match(r"^\s+([0-9a-f]+):\s+(.*\S)\s*$", line):
+            insns.append((int(m[1], 16), m[2]))
     starts.sort()
-    return [a for a, _ in starts], [n for _, n in starts]
-
-
-def instructions(objdump_text: str) -> tuple[list[int], list[str]]:
-    """Every instruction's address and text in `objdump -d --no-show-raw-insn -C` output, by
-    address."""
-    out: list[tuple[int, str]] = []
-    for line in objdump_text.splitlines():
-        m = re.match(r"^\s+([0-9a-f]+):\s+(.*\S)\s*$", line)
-        if m:
-            out.append((int(m[1], 16), m[2]))
-    out.sort()
-    return [a for a, _ in out], [t for _, t in out]
+    insns.sort()
+    return ([a for a, _ in starts], [n for _, n in starts]), (
+        [a for a, _ in insns],
+        [t for _, t in insns],
+    )
 
 
 def parse_samples(script_text: str) -> Counter[tuple[int, str, int]]:
@@ -240,13 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             f"waits: {', '.join(missing)} not found: it needs perf (linux-perf) and binutils"
         )
     exe = executable()
-    objdump = subprocess.run(
-        ["objdump", "-d", "--no-show-raw-insn", "-C", exe],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    starts, insns = function_starts(objdump), instructions(objdump)
+    starts, insns = disassembly(stores.disassemble(exe))
     available = mem_available()
     started = time.time()
     cases: list[dict[str, Any]] = []
@@ -292,23 +281,18 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"waits: {case}: {ns} ns, {total} samples", file=sys.stderr)
-    cpu = cpu_model()
     perf = subprocess.run(["perf", "--version"], capture_output=True, text=True).stdout
     doc = {
         "schema": SCHEMA,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "command": "python3 scripts/waits.py"
         + (f" --shifts {args.shifts}" if args.shifts != "18,22" else ""),
-        "seconds": round(time.time() - started),
-        "cpu": cpu,
-        "kernel": platform.release(),
+        **machine(started),
         "perf": perf.strip(),
         "frequency": FREQUENCY,
         "cases": cases,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_doc(args.out, doc)
     return 0
 
 

@@ -72,7 +72,7 @@ def test_the_load_address_is_the_one_every_sample_agrees_with() -> None:
     m = waits()
     # `free` names two functions: only one page-aligned bias fits both of its samples' offsets
     # and the loop's.
-    assert m.load_bias(samples(m), m.function_starts(OBJDUMP)) == BIAS
+    assert m.load_bias(samples(m), m.disassembly(OBJDUMP)[0]) == BIAS
 
 
 def test_no_load_address_is_a_clear_error() -> None:
@@ -80,13 +80,13 @@ def test_no_load_address_is_a_clear_error() -> None:
     bad = Counter({(BIAS + 0x2008, "floor::profiled_steps", 8): 1})
     bad[(BIAS + 0x9008, "floor::profiled_steps", 8)] = 1
     with pytest.raises(SystemExit, match="no single load address"):
-        m.load_bias(bad, m.function_starts(OBJDUMP))
+        m.load_bias(bad, m.disassembly(OBJDUMP)[0])
 
 
 def test_each_sample_is_charged_to_the_instruction_before_it() -> None:
     m = waits()
-    starts = m.function_starts(OBJDUMP)
-    total, rows = m.waits(samples(m), BIAS, m.instructions(OBJDUMP), set(starts[1]))
+    starts, insns = m.disassembly(OBJDUMP)
+    total, rows = m.waits(samples(m), BIAS, insns, set(starts[1]))
     assert total == 13
     assert rows == [
         {"share": 0.462, "addr": 0x2003, "insn": "movzwl (%r10,%rdx,4),%eax"},
@@ -96,9 +96,9 @@ def test_each_sample_is_charged_to_the_instruction_before_it() -> None:
         {"share": 0.077, "entry": "<floor::Pb<L> as floor::Alloc>::free"},
     ]
     # The least share kept, and how many rows.
-    _, few = m.waits(samples(m), BIAS, m.instructions(OBJDUMP), set(starts[1]), 5, 0.2)
+    _, few = m.waits(samples(m), BIAS, insns, set(starts[1]), 5, 0.2)
     assert [r["share"] for r in few] == [0.462, 0.231]
-    _, top = m.waits(samples(m), BIAS, m.instructions(OBJDUMP), set(starts[1]), 1)
+    _, top = m.waits(samples(m), BIAS, insns, set(starts[1]), 1)
     assert len(top) == 1
 
 
