@@ -115,6 +115,21 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def not_run(shift: int, store: str, available: int) -> dict[str, Any] | None:
+    """The case of `store` at 2^`shift` pages as a note of why it is not run, if it is not: an
+    intrusive pool touches every page of its arena, so it runs only where the arena fits
+    ([`arena_fits`]) in the `available` bytes."""
+    if store != "intrusive" or arena_fits(4096 << shift, available):
+        return None
+    return {
+        "shift": shift,
+        "store": store,
+        "note": f"not run: its {4096 << shift >> 20} MiB arena is touched in full and the "
+        f"machine had {available >> 20} MiB available (the arena, an eighth more and 1 GiB "
+        "are asked for)",
+    }
+
+
 def machine(started: float) -> dict[str, Any]:
     """What a data file says of its run: its seconds since `started`, the CPU and the kernel."""
     return {
@@ -228,17 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     insns = None  # the binary's instructions, read once (scripts/stores.py)
     for shift in shifts:
         for store in STORES:
-            # An intrusive pool touches every page of its arena: run only where it fits.
-            if store == "intrusive" and not arena_fits(4096 << shift, available):
-                cases.append(
-                    {
-                        "shift": shift,
-                        "store": store,
-                        "note": f"not run: its {4096 << shift >> 20} MiB arena is touched in "
-                        f"full and the machine had {available >> 20} MiB available (the "
-                        "arena, an eighth more and 1 GiB are asked for)",
-                    }
-                )
+            if skipped := not_run(shift, store, available):
+                cases.append(skipped)
                 continue
             for workload in WORKLOADS:
                 if store == "frame" and workload == "floor":

@@ -38,10 +38,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stores  # scripts/stores.py, beside this script
 from misses import (  # scripts/misses.py, beside this script
-    arena_fits,
     executable,
     machine,
     mem_available,
+    not_run,
     write_doc,
 )
 
@@ -243,15 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     for shift in shifts:
         huge = shift >= 22
         for store in STORES:
-            if store == "intrusive" and not arena_fits(4096 << shift, available):
-                cases.append(
-                    {
-                        "shift": shift,
-                        "store": store,
-                        "note": f"not run: its {4096 << shift >> 20} MiB arena and the machine "
-                        f"had {available >> 20} MiB available",
-                    }
-                )
+            if skipped := not_run(shift, store, available):
+                cases.append(skipped)
                 continue
             for workload in WORKLOADS:
                 case = f"{workload}/{store}/{shift}"

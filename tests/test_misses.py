@@ -42,3 +42,13 @@ def test_an_intrusive_arena_is_run_where_it_an_eighth_more_and_a_gib_fit() -> No
     # The machine the figures come from: 22,445 MiB available runs the 16 GiB arena.
     assert m.arena_fits(arena, 22445 << 20)
     assert not m.arena_fits(4096 << 23, 22445 << 20)
+
+
+def test_an_intrusive_case_that_does_not_fit_is_a_note_and_others_run() -> None:
+    m = misses()
+    arena = 16 << 30
+    note = m.not_run(22, "intrusive", arena)
+    assert note is not None and note["store"] == "intrusive" and note["shift"] == 22
+    assert note["note"].startswith("not run: its 16384 MiB arena is touched in full")
+    assert m.not_run(22, "intrusive", arena + arena // 8 + (2 << 30)) is None
+    assert m.not_run(22, "side-table", 0) is None
