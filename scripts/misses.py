@@ -130,9 +130,13 @@ def not_run(shift: int, store: str, available: int) -> dict[str, Any] | None:
     }
 
 
-def machine(started: float) -> dict[str, Any]:
-    """What a data file says of its run: its seconds since `started`, the CPU and the kernel."""
+def heading(schema: str, command: str, started: float) -> dict[str, Any]:
+    """What a data file says first of its run: its schema, the date it `started`, its
+    `command`, its seconds since, the CPU and the kernel."""
     return {
+        "schema": schema,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "command": command,
         "seconds": round(time.time() - started),
         "cpu": cpu_model(),
         "kernel": platform.release(),
@@ -277,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"misses: {case}: {cases[-1]}", file=sys.stderr)
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout
-    doc = {
-        "schema": SCHEMA,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "command": "python3 scripts/misses.py"
+    command = (
+        "python3 scripts/misses.py"
         + (f" --shifts {args.shifts}" if args.shifts != "18,22" else "")
-        + (f" --ops {args.ops}" if args.ops else ""),
-        **machine(started),
+        + (f" --ops {args.ops}" if args.ops else "")
+    )
+    doc = {
+        **heading(SCHEMA, command, started),
         "valgrind": valgrind.strip(),
         "caches": {k: {"bytes": b, "ways": w, "line": ln} for k, (b, w, ln) in levels.items()},
         "ops": args.ops or FLOOR_OPS,

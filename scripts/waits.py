@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stores  # scripts/stores.py, beside this script
 from misses import (  # scripts/misses.py, beside this script
     executable,
-    machine,
+    heading,
     mem_available,
     not_run,
     write_doc,
@@ -275,12 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"waits: {case}: {ns} ns, {total} samples", file=sys.stderr)
     perf = subprocess.run(["perf", "--version"], capture_output=True, text=True).stdout
+    command = "python3 scripts/waits.py" + (
+        f" --shifts {args.shifts}" if args.shifts != "18,22" else ""
+    )
     doc = {
-        "schema": SCHEMA,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "command": "python3 scripts/waits.py"
-        + (f" --shifts {args.shifts}" if args.shifts != "18,22" else ""),
-        **machine(started),
+        **heading(SCHEMA, command, started),
         "perf": perf.strip(),
         "frequency": FREQUENCY,
         "cases": cases,
