@@ -20,11 +20,18 @@ use crate::store::{
 };
 
 /// What the read pass of a free learned ([`Pool::plan_attach`]): what unlinking each buddy it
-/// merges with reads, in merge order (`steps[..n]`, initialised), and the link of the tail of
-/// the list the merged block joins. Each step unlinks from a different list and the merged
-/// block joins yet another, so none of the writes invalidates what a later step read.
+/// merges with reads, in merge order, and the link of the tail of the list the merged block
+/// joins. Each step unlinks from a different list and the merged block joins yet another, so
+/// none of the writes invalidates what a later step read.
+///
+/// Step `i` (below `n`) is either a buddy alone on its list (bit `i` of `alone` set, the buddy
+/// in `buddies[i]`), whose unlink empties the list and writes its ends only, or a buddy with
+/// neighbours, whose unlink `steps[i]` holds; only the one of the two is initialised. A free
+/// pool's merges are all of the first kind: each split's upper half is alone on its list.
 pub(crate) struct Merges {
     n: usize,
+    alone: u32,
+    buddies: [MaybeUninit<u32>; MAX_ORDERS],
     steps: [MaybeUninit<Unlink>; MAX_ORDERS],
     tail: Option<Link>,
 }
@@ -35,6 +42,11 @@ impl Merges {
     fn new() -> Self {
         Merges {
             n: 0,
+            alone: 0,
+            // SAFETY: as for `steps` below: every bit pattern is a valid array of `MaybeUninit`.
+            buddies: unsafe {
+                MaybeUninit::<[MaybeUninit<u32>; MAX_ORDERS]>::uninit().assume_init()
+            },
             // Not `[MaybeUninit::uninit(); MAX_ORDERS]`: that repeat is a loop of stores of an
             // undefined value, which the optimiser may turn into a memset of the whole array
             // on every free.
@@ -646,17 +658,25 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         merges: &mut Merges,
     ) -> Result<(), Corruption> {
         merges.n = 0;
+        merges.alone = 0;
         let (mut head, mut order, max_order) = (idx, order, self.merge_limit(idx));
         // At most max_order - 1 <= MAX_ORDERS - 1 steps: `n` stays below MAX_ORDERS.
         while order + 1 < max_order {
             let Some(buddy) = self.buddy_avail(head, order) else {
                 break;
             };
-            let unlink = self.free.plan_remove(&self.arena, buddy, order)?;
+            let i = merges.n % MAX_ORDERS;
+            if self.free.len(order) == 1 {
+                self.free.check_alone(buddy, order)?;
+                merges.alone |= 1 << i;
+                merges.buddies[i] = MaybeUninit::new(buddy);
+            } else {
+                merges.steps[i] =
+                    MaybeUninit::new(self.free.plan_remove(&self.arena, buddy, order)?);
+            }
             if let Some(&old) = self.meta.get(buddy as usize) {
                 plan.note(buddy, old);
             }
-            merges.steps[merges.n % MAX_ORDERS] = MaybeUninit::new(unlink);
             merges.n += 1;
             head = head.min(buddy);
             order += 1;
@@ -677,15 +697,30 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let (mut head, mut order) = (idx, order);
         // The lists emptied by the merges, their mask bits cleared once after the loop.
         let mut emptied = 0u32;
-        for step in merges.steps.iter().take(merges.n) {
-            // SAFETY: `plan_attach` wrote its k-th step (counting from 0) into slot
-            // `k % MAX_ORDERS` and counted it in `n`, so the first `min(n, MAX_ORDERS)` slots,
-            // all that `take(n)` yields, are initialised (and `n < MAX_ORDERS`: see there).
-            let unlink = unsafe { step.assume_init() };
-            let buddy = unlink.idx();
-            if self.free.unlink(&mut self.arena, order, unlink) {
+        for (i, (step, alone)) in merges
+            .steps
+            .iter()
+            .zip(&merges.buddies)
+            .enumerate()
+            .take(merges.n)
+        {
+            let buddy = if merges.alone & (1 << i) != 0 {
+                // SAFETY: `plan_attach` cleared `alone`, then for each of its steps i < n (and
+                // n < MAX_ORDERS: see there) either set bit i and wrote `buddies[i]`, or left
+                // it clear and wrote `steps[i]`. Bit i is set: `buddies[i]` is initialised.
+                let buddy = unsafe { alone.assume_init() };
+                self.free.unlink_alone(order);
                 emptied |= 1 << order;
-            }
+                buddy
+            } else {
+                // SAFETY: as above; bit i is clear and i < n (`take`): `steps[i]` is
+                // initialised.
+                let unlink = unsafe { step.assume_init() };
+                if self.free.unlink(&mut self.arena, order, unlink) {
+                    emptied |= 1 << order;
+                }
+                unlink.idx()
+            };
             self.meta[buddy as usize].order = NO_ORDER;
             head = head.min(buddy);
             order += 1;

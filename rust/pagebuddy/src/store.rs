@@ -781,6 +781,26 @@ impl<L: LinkStore> FreeLists<L> {
         }
     }
 
+    /// Checks that `idx` is the block of list `order`, a list of one ([`len`](Self::len) 1):
+    /// its head and its tail, as [`plan_remove`](Self::plan_remove) checks it. Writes nothing;
+    /// [`unlink_alone`](Self::unlink_alone) then unlinks it, until list `order` changes.
+    #[inline(always)]
+    pub(crate) fn check_alone(&self, idx: u32, order: u32) -> Result<(), Corruption> {
+        self.plan_remove_alone(idx, order).map(drop)
+    }
+
+    /// [`unlink`](Self::unlink) of the block of list `order`, alone on it, as
+    /// [`check_alone`](Self::check_alone) found it: the list's ends become those of an empty
+    /// list (its link, kept in the ends, is NIL both ways, and no store holds it). Leaves the
+    /// mask bit to the caller, as `unlink` does.
+    #[inline(always)]
+    pub(crate) fn unlink_alone(&mut self, order: u32) {
+        let (o, ends) = (slot(order), self.ends_mut());
+        ends.head[o] = Link::NIL;
+        ends.tail[o] = Link::NIL;
+        ends.len[o] = 0;
+    }
+
     /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),
     /// reads, read and checked: the head's own link only, planned as an unlink with no `prev`
     /// and the head's successor as `next` (NIL for a list of one). Its `prev` must be what the

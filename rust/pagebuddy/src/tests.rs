@@ -793,6 +793,52 @@ fn corruption_is_found_before_anything_changes() {
     assert!(refused > 50, "only {refused} operations found corruption");
 }
 
+/// A free that merges with buddies each alone on its list checks every such list's ends before
+/// it writes anything: ends that name another block are corruption at the buddy, and the free
+/// changes nothing, not even the merges below the broken one.
+#[test]
+fn a_merge_checks_the_lists_of_lone_buddies_before_it_writes() {
+    type Scribble = fn(&mut ListEnds);
+    let cases: [(Scribble, u64); 4] = [
+        (|e| e.head[1] = 7, 2),
+        (|e| e.tail[1] = 7, 2),
+        (|e| e.head[0] = 5, 1),
+        (|e| e.tail[0] = 9, 1),
+    ];
+    for (scribble, pfn) in cases {
+        let mut mem = Mem::new(16);
+        let mut pool = mem.side(cfg(16)).unwrap();
+        let held: Vec<u64> = (0..16).map(|_| pool.alloc(0).unwrap()).collect();
+        assert_eq!(held, (0..16).collect::<Vec<u64>>());
+        // Page 1 alone on list 0; pages 2-3 merged, alone on list 1.
+        for pfn in [1, 2, 3] {
+            pool.put(pfn).unwrap();
+        }
+        scribble(pool.free.ends_mut());
+        let (ends, meta) = (*pool.free.ends(), pool.parts().1.to_vec());
+        assert_eq!(
+            pool.put(0),
+            Err(Error::Corrupted(Corruption {
+                kind: CorruptionKind::ListBroken,
+                pfn
+            }))
+        );
+        assert_eq!(*pool.free.ends(), ends, "the free wrote the lists' ends");
+        assert_eq!(pool.parts().1, &meta[..], "the free wrote metadata");
+    }
+    // Unscribbled, the same free merges both and lists one block of order 2.
+    let mut mem = Mem::new(16);
+    let mut pool = mem.side(cfg(16)).unwrap();
+    for _ in 0..16 {
+        pool.alloc(0).unwrap();
+    }
+    for pfn in [1, 2, 3, 0] {
+        pool.put(pfn).unwrap();
+    }
+    assert_eq!(lists(&pool)[..3], [vec![], vec![], vec![0]]);
+    pool.check().unwrap();
+}
+
 /// In a prezeroed arena, check() reads only pages the pool has handed out: what lies past them
 /// was never written by the pool (a lazily committed arena stays uncommitted). Written memory is
 /// still checked, and arenas the pool zeroed itself are checked whole.
