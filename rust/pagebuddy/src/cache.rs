@@ -818,10 +818,9 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
     /// cache or the pool for this call to hand out. Nothing else reads or writes its bytes.
     /// A freed block (`cold`) of an uncached order bypasses the CPU caches
     /// ([`Arena::zero_cold`](crate::Arena)); a block of a cached order, freed onto a CPU's
-    /// stack or taken from one, is reused soon and stays hot, and is zeroed without hints
-    /// (`zeroing::zero_hot_bytes`); any other block with its first lines hinted
-    /// (`zeroing::zero_bytes`). Out of line: the memset is the cost, and the hits that call it
-    /// stay small.
+    /// stack or taken from one, is reused soon and stays hot, and is zeroed with `memset`
+    /// (`zeroing::zero_bytes`), as any other block is. Out of line: the memset is the cost, and
+    /// the hits that call it stay small.
     #[inline(never)]
     fn zero_block(&self, idx: u32, order: u32, cold: bool) {
         let off = idx as usize * self.geo.page_size;
@@ -835,9 +834,7 @@ impl<'a, L: LinkStore, R: RawLock> CachedPool<'a, L, R> {
             let p = unsafe { self.arena.as_ptr().add(off) };
             // SAFETY (each call): [p, p + len) lies inside the arena, which is valid for writes
             // for the pool's life, and no one else accesses the block's bytes (see above).
-            if order < self.orders {
-                unsafe { crate::zeroing::zero_hot_bytes(p, len) }
-            } else if cold {
+            if cold && order >= self.orders {
                 unsafe { crate::zeroing::zero_cold_bytes(p, len) }
             } else {
                 unsafe { crate::zeroing::zero_bytes(p, len) }

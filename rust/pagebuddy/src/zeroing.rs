@@ -1,68 +1,17 @@
 //! Zeroing blocks: the one place where pages are zeroed.
 //!
-//! A block is usually zeroed when no cache holds it (the page a free hands back was written long
-//! ago, the head of a FIFO list was freed long ago), and `memset` then reads each line before it
-//! writes it, a few lines in flight at a time. So the lines of the block's first [`AHEAD`] bytes
-//! are hinted all at once before `memset` starts: their reads overlap, and the hardware's own
-//! prefetcher, following `memset` through the block, carries on from there. Blocks of
-//! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead, and
-//! the blocks of the per-CPU caches, which stay hot, get `memset` alone.
+//! A block is zeroed with `memset` ([`zero_bytes`]), nothing before it: hinting the lines of a
+//! block that no cache holds before `memset` starts made the zeroing faster on one core and far
+//! slower on another, whose `memset` writes whole lines without reading them first, which the
+//! hints then read (docs/exact-pool-levers.md, "The zeroing's hints, taken out"). Blocks of
+//! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead.
 
-use crate::prefetch::prefetch;
-
-/// How much of a block is hinted before it is zeroed: 2 KiB, 32 lines, half a 4 KiB page.
-///
-/// More is slower: hinting more lines than the core can have in flight at once makes the
-/// zeroing wait on the hints rather than overlap them (docs/exact-pool-levers.md, "The first
-/// lines of a block, hinted before its zeroing").
-const AHEAD: usize = 2 << 10;
-
-/// The cache line size the hints step by: 64 bytes on the x86-64 and AArch64 cores the pool is
-/// measured on (a core with longer lines only gets some lines hinted twice).
-const LINE: usize = 64;
-
-/// Writes `n` zero bytes at `p`, the lines of the first [`AHEAD`] bytes hinted first.
+/// Writes `n` zero bytes at `p`: `memset`.
 ///
 /// # Safety
 /// `p` must be valid for writes of `n` bytes that no one else accesses meanwhile.
 #[inline]
 pub(crate) unsafe fn zero_bytes(p: *mut u8, n: usize) {
-    hint(p, n.min(AHEAD));
-    // SAFETY: the caller's contract.
-    unsafe { write_zeros(p, n) }
-}
-
-/// Writes `n` zero bytes at `p`, a block the caches most likely hold: `memset` alone, as hints
-/// of cached lines only cost their instructions. For the blocks of the per-CPU caches, whose
-/// LIFO stacks hand back the page freed last (docs/exact-pool-levers.md, "The first lines of a
-/// block, hinted before its zeroing", has the caches' zero-on-free hot pair either way).
-///
-/// # Safety
-/// As [`zero_bytes`].
-#[cfg_attr(not(target_has_atomic = "32"), allow(dead_code))]
-#[inline]
-pub(crate) unsafe fn zero_hot_bytes(p: *mut u8, n: usize) {
-    // SAFETY: the caller's contract.
-    unsafe { write_zeros(p, n) }
-}
-
-/// Hints the lines of `[p, p + n)`. A hint never faults and changes nothing but time, so `p`
-/// need not be valid (the callers pass their own range).
-#[inline(always)]
-fn hint(p: *mut u8, n: usize) {
-    let mut at = 0;
-    while at < n {
-        prefetch(p.wrapping_add(at));
-        at += LINE;
-    }
-}
-
-/// `memset`: `n` zero bytes at `p`.
-///
-/// # Safety
-/// As [`zero_bytes`].
-#[inline(always)]
-unsafe fn write_zeros(p: *mut u8, n: usize) {
     // SAFETY: the caller's contract; u8 has no alignment requirement.
     unsafe { core::ptr::write_bytes(p, 0, n) }
 }
@@ -108,14 +57,14 @@ unsafe fn stream_zero(p: *mut u8, n: usize) {
     // stream stores go to 16-byte aligned addresses (p + head is aligned). SSE2 is part of the
     // x86-64 baseline.
     unsafe {
-        write_zeros(p, head);
+        zero_bytes(p, head);
         let q = p.add(head).cast::<__m128i>();
         let zero = _mm_setzero_si128();
         for i in 0..body {
             _mm_stream_si128(q.add(i), zero);
         }
         _mm_sfence();
-        write_zeros(p.add(head + body * 16), n - head - body * 16);
+        zero_bytes(p.add(head + body * 16), n - head - body * 16);
     }
 }
 
@@ -123,27 +72,23 @@ unsafe fn stream_zero(p: *mut u8, n: usize) {
 mod tests {
     use super::*;
 
-    /// Every size from none to past twice what is hinted, at every offset in a line, with and
-    /// without hints: exactly the bytes asked for become zero, and not one byte beside them.
+    /// Every size from none to past a 4 KiB page, at every offset in a 64-byte line: exactly the
+    /// bytes asked for become zero, and not one byte beside them.
     #[test]
     fn zeroes_exactly_the_range() {
-        let mut buf = [0xa5u8; 2 * AHEAD + 3 * LINE];
+        const LINE: usize = 64;
+        let mut buf = [0xa5u8; 4096 + 3 * LINE];
         for off in 0..LINE {
-            for n in (0..buf.len() - off)
-                .step_by(61)
-                .chain([AHEAD, AHEAD + 1, 2 * AHEAD])
-            {
+            for n in (0..buf.len() - off).step_by(61).chain([4095, 4096, 4097]) {
                 if off + n > buf.len() {
                     continue;
                 }
-                for zero in [zero_bytes, zero_hot_bytes] {
-                    buf.fill(0xa5);
-                    // SAFETY: [off, off + n) lies in `buf`, which nothing else touches.
-                    unsafe { zero(buf.as_mut_ptr().add(off), n) };
-                    assert!(buf[..off].iter().all(|&b| b == 0xa5), "before {off}+{n}");
-                    assert!(buf[off..off + n].iter().all(|&b| b == 0), "in {off}+{n}");
-                    assert!(buf[off + n..].iter().all(|&b| b == 0xa5), "after {off}+{n}");
-                }
+                buf.fill(0xa5);
+                // SAFETY: [off, off + n) lies in `buf`, which nothing else touches.
+                unsafe { zero_bytes(buf.as_mut_ptr().add(off), n) };
+                assert!(buf[..off].iter().all(|&b| b == 0xa5), "before {off}+{n}");
+                assert!(buf[off..off + n].iter().all(|&b| b == 0), "in {off}+{n}");
+                assert!(buf[off + n..].iter().all(|&b| b == 0xa5), "after {off}+{n}");
             }
         }
     }
