@@ -1056,10 +1056,9 @@ def cached_section(run: Run, out: list[str]) -> None:
             "Freed blocks of 64 KiB and more are zeroed with non-temporal stores "
             "(`zeroing::zero_cold_bytes`), so the streaming rows with zero on free write at the "
             "non-temporal rate rather than `memset`'s; zero on alloc keeps `memset`, which "
-            "leaves the block in the cache for the caller who is about to use it. Every block "
-            "zeroed with `memset` has the lines of its first 2 KiB hinted just before "
-            '(`zeroing::zero_bytes`; docs/exact-pool-levers.md, "The first lines of a block, '
-            'hinted before its zeroing"). The exact '
+            "leaves the block in the cache for the caller who is about to use it. Every other "
+            "block is zeroed with `memset` alone (`zeroing::zero_bytes`; "
+            'docs/exact-pool-levers.md, "The zeroing\'s hints, taken out"). The exact '
             "pool's hot row is bound by the cold page the FIFO lists hand out, not by zeroing: "
             "the cached pool zeroes the same 4 KiB at several times the rate.",
             "",
