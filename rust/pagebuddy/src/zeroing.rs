@@ -2,8 +2,9 @@
 //!
 //! A block is zeroed with `memset` ([`zero_bytes`]), nothing before it: hinting the lines of a
 //! block that no cache holds before `memset` starts made the zeroing faster on one core and far
-//! slower on another, whose `memset` writes whole lines without reading them first, which the
-//! hints then read (docs/exact-pool-levers.md, "The zeroing's hints, taken out"). Blocks of
+//! slower on another, where `memset` seems to write whole lines without reading them first
+//! (stores that read each line were as slow there as the hints), so that the hints read what
+//! nothing needed (docs/exact-pool-levers.md, "The zeroing's hints, taken out"). Blocks of
 //! `STREAM_MIN` bytes and more, when freed, go to memory with non-temporal stores instead.
 
 /// Writes `n` zero bytes at `p`: `memset`.
