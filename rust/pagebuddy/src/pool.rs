@@ -695,8 +695,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
         let (mut head, mut order) = (idx, order);
-        // The lists emptied by the merges, their mask bits cleared once after the loop.
-        let mut emptied = 0u32;
+        // The lists emptied by the merges, their mask bits cleared once after the loop: those
+        // of the lone buddies' lists (step i unlinks from list `order + i`) and any other the
+        // loop empties.
+        let mut emptied = merges.alone.checked_shl(order).unwrap_or(0);
+        let meta = &mut *self.meta;
         for (i, (step, alone)) in merges
             .steps
             .iter()
@@ -710,7 +713,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
                 // it clear and wrote `steps[i]`. Bit i is set: `buddies[i]` is initialised.
                 let buddy = unsafe { alone.assume_init() };
                 self.free.unlink_alone(order);
-                emptied |= 1 << order;
                 buddy
             } else {
                 // SAFETY: as above; bit i is clear and i < n (`take`): `steps[i]` is
@@ -721,12 +723,12 @@ impl<'a, L: LinkStore> Pool<'a, L> {
                 }
                 unlink.idx()
             };
-            self.meta[buddy as usize].order = NO_ORDER;
+            meta[buddy as usize].order = NO_ORDER;
             head = head.min(buddy);
             order += 1;
         }
         self.free.remask(0, emptied);
-        self.meta[head as usize].order = order as u8;
+        meta[head as usize].order = order as u8;
         self.free
             .append_planned(&mut self.arena, head, order, merges.tail);
     }
