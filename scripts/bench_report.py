@@ -1035,8 +1035,9 @@ def cached_section(run: Run, out: list[str]) -> None:
             "### Zeroing",
             "",
             "Bytes zeroed per second, in GB/s, with each zero policy (the whole operation timed, "
-            "allocation bookkeeping included), beside plain `memset` (`write_bytes`) and "
-            "non-temporal stores (`movntdq`) over the same blocks: *hot* is the order-0 "
+            "allocation bookkeeping included), beside plain `memset` (`write_bytes`, one call a "
+            "block, as the pools make them) and non-temporal stores (`movntdq`, four to a line, "
+            "as the pools write them) over the same blocks: *hot* is the order-0 "
             "alloc+free pair (one 4 KiB page per pair: the same, cache-hot page every time for "
             "`CachedPool`, whose LIFO cache hands back the page just freed; a different, cold "
             "page each time for `Pool`, whose FIFO lists walk through every top-order block); "
