@@ -250,4 +250,13 @@ impl Geometry {
     pub(crate) const fn pfn(&self, idx: u32) -> u64 {
         self.base_pfn + idx as u64
     }
+
+    /// The index of the buddy of the block of `order` at `idx` (pKVM's `__find_buddy_nocheck`):
+    /// the block whose pfn differs in bit `order`. It may lie outside the pool: then the index
+    /// is `nr_pages` or more, or, below `base_pfn`, wraps to `2^64 - 2^order` or more. Callers
+    /// pass `idx < nr_pages` and `order < 64`.
+    #[inline(always)]
+    pub(crate) const fn buddy(&self, idx: u32, order: u32) -> u64 {
+        (self.pfn(idx) ^ (1 << order)).wrapping_sub(self.base_pfn)
+    }
 }

@@ -839,6 +839,36 @@ fn a_merge_checks_the_lists_of_lone_buddies_before_it_writes() {
     pool.check().unwrap();
 }
 
+/// A free whose first buddies are each alone on their lists and whose next buddy has neighbours
+/// on its list merges with all of them, as a free that meets the neighbours first does: the
+/// lone buddies' lists emptied, the buddy with neighbours unlinked from among them, and the
+/// merged block listed once.
+#[test]
+fn a_merge_from_lone_buddies_into_a_list_with_neighbours() {
+    fn run<L: LinkStore>(mut pool: Pool<'_, L>) {
+        let held: Vec<u64> = (0..16).map(|_| pool.alloc(0).unwrap()).collect();
+        assert_eq!(held, (0..16).collect::<Vec<u64>>());
+        // Page 1 alone on list 0; blocks 6-7, 2-3 and 10-11 on list 1, in that order; page
+        // 0's merges: 1 (alone), then 2-3 (between two neighbours), then 4-7, held.
+        for pfn in [1, 6, 7, 2, 3, 10, 11] {
+            pool.put(pfn).unwrap();
+        }
+        assert_eq!(lists(&pool)[..3], [vec![1], vec![6, 2, 10], vec![]]);
+        pool.put(0).unwrap();
+        assert_eq!(lists(&pool)[..3], [vec![], vec![6, 10], vec![0]]);
+        assert_eq!(pool.free_pages(), 8);
+        pool.check().unwrap();
+        // The next allocation of a page splits the head of list 1, the first non-empty one.
+        assert_eq!(pool.alloc(0), Ok(6));
+        assert_eq!(lists(&pool)[..3], [vec![7], vec![10], vec![0]]);
+        pool.check().unwrap();
+    }
+    let mut mem = Mem::new(16);
+    run(mem.side(cfg(16)).unwrap());
+    let mut mem = Mem::new(16);
+    run(mem.intrusive(cfg(16)).unwrap());
+}
+
 /// In a prezeroed arena, check() reads only pages the pool has handed out: what lies past them
 /// was never written by the pool (a lazily committed arena stays uncommitted). Written memory is
 /// still checked, and arenas the pool zeroed itself are checked whole.
