@@ -495,6 +495,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             half >>= 1;
             let buddy = idx.wrapping_add(half);
             self.meta[buddy as usize].set(PageMeta::new(0, order as u8));
+            // An empty list takes the half as its head and tail, reading nothing; a list with a
+            // tail (a pool in use) has that tail's link read and checked first.
+            if self.free.append_to_empty(buddy, order) {
+                continue;
+            }
             let tail = match self.free.plan_append(&self.arena, order) {
                 Ok(tail) => tail,
                 Err(e) => {

@@ -705,6 +705,22 @@ impl<L: LinkStore> FreeLists<L> {
         ends.len[o] += 1;
     }
 
+    /// [`append_planned_masking::<false>`](Self::append_planned_masking) of `idx` to list
+    /// `order` if the list is empty (its tail NIL, so [`plan_append`](Self::plan_append) reads
+    /// nothing): `idx` becomes its head and tail. Returns whether it appended; a list with a
+    /// tail is left to the planned append.
+    #[inline(always)]
+    pub(crate) fn append_to_empty(&mut self, idx: u32, order: u32) -> bool {
+        let (o, ends) = (slot(order), self.ends_mut());
+        if ends.tail[o] != Link::NIL {
+            return false;
+        }
+        ends.head[o] = idx;
+        ends.tail[o] = idx;
+        ends.len[o] += 1;
+        true
+    }
+
     /// Checks that unlinking `idx` from list `order` ([`plan_remove`](Self::plan_remove), then
     /// [`unlink`](Self::unlink)) can succeed. Writes nothing.
     #[inline]
