@@ -586,11 +586,13 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         // is zeroed, counted or unlinked, so no page is left neither held nor free. What
         // changes: the page, and each buddy it merges with (`plan_attach` finds them).
         plan.note(idx, m);
-        if order + 1 < self.merge_limit(idx) && self.buddy_avail(idx, order).is_some() {
-            if self.free.len(order) == 1 {
-                return self.put_merging_lone::<ZERO, P>(idx, order, plan);
+        if order + 1 < self.merge_limit(idx) {
+            if let Some(buddy) = self.buddy_avail(idx, order) {
+                if self.free.len(order) == 1 {
+                    return self.put_merging_lone::<ZERO, P>(idx, order, buddy, plan);
+                }
+                return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
             }
-            return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
         }
         // Nothing to merge with: the free is one append to the list of its order, whose tail's
         // link is checked first. The same as `attach` with no merge step, without the merge
@@ -669,9 +671,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         &mut self,
         idx: u32,
         order: u32,
+        buddy: u32,
         plan: &mut P,
     ) -> Result<(), Error> {
-        let Some(top) = self.plan_lone_merges(idx, order)? else {
+        let Some(top) = self.plan_lone_merges(idx, order, buddy)? else {
             return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
         };
         let tail = self.free.plan_append(&self.arena, top)?;
@@ -697,22 +700,34 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     }
 
     /// The read pass of a free of the block of `order` at `idx` whose buddies are each alone on
-    /// their lists, checked as [`plan_attach`](Self::plan_attach) checks every buddy: the order
-    /// of the merged block, or `None` if a buddy it would merge with has neighbours on its list.
-    /// Writes nothing, and tells no plan: a free planned again would tell it twice.
+    /// their lists, checked as [`plan_attach`](Self::plan_attach) checks every buddy, from
+    /// `buddy`, the first, which the caller found free and of the order
+    /// ([`buddy_avail`](Self::buddy_avail)): the order of the merged block, or `None` if a buddy
+    /// it would merge with has neighbours on its list. Writes nothing, and tells no plan: a free
+    /// planned again would tell it twice.
     #[inline(always)]
-    fn plan_lone_merges(&self, idx: u32, order: u32) -> Result<Option<u32>, Corruption> {
-        let (mut head, mut order, max_order) = (idx, order, self.merge_limit(idx));
-        while order + 1 < max_order {
-            let Some(buddy) = self.buddy_avail(head, order) else {
-                break;
-            };
+    fn plan_lone_merges(
+        &self,
+        idx: u32,
+        order: u32,
+        buddy: u32,
+    ) -> Result<Option<u32>, Corruption> {
+        let (mut head, mut order, mut buddy) = (idx, order, buddy);
+        let max_order = self.merge_limit(idx);
+        loop {
             if self.free.len(order) != 1 {
                 return Ok(None);
             }
             self.free.check_alone(buddy, order)?;
             head = head.min(buddy);
             order += 1;
+            if order + 1 >= max_order {
+                break;
+            }
+            let Some(next) = self.buddy_avail(head, order) else {
+                break;
+            };
+            buddy = next;
         }
         Ok(Some(order))
     }
