@@ -606,8 +606,8 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         self.put_appending(idx, order, tail, plan, false)
     }
 
-    /// The end of a free that merges with nothing: the block, zeroed first if `zero`, appended
-    /// after `tail` (what `plan_append` read).
+    /// The end of a free that merges with nothing: the block appended after `tail` (what
+    /// `plan_append` read), then zeroed if `zero`.
     #[inline(always)]
     fn put_appending<P: Plan>(
         &mut self,
@@ -619,10 +619,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     ) -> Result<(), Error> {
         plan.begin();
         self.meta[idx as usize].refcount = 0;
+        self.free.append_planned(&mut self.arena, idx, order, tail);
+        // Zeroed last: see `attach_planned`.
         if zero {
             self.zero_freed_block(idx, order);
         }
-        self.free.append_planned(&mut self.arena, idx, order, tail);
         Ok(())
     }
 
@@ -685,9 +686,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         }
         plan.begin();
         self.meta[idx as usize].refcount = 0;
-        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_freed_block(idx, order);
-        }
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
         let head = self.unlink_lone(idx, order, top);
@@ -696,6 +694,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             .remask(0, ((1u64 << top) - (1u64 << order)) as u32);
         self.meta[head as usize].order = top as u8;
         self.free.append_planned(&mut self.arena, head, top, tail);
+        // Zeroed last: see `attach_planned`.
+        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_freed_block(idx, order);
+        }
         Ok(())
     }
 
@@ -809,9 +811,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// with what [`plan_attach`](Self::plan_attach) read of the same state. Cannot fail.
     #[inline(always)]
     fn attach_planned<const ZERO: bool>(&mut self, idx: u32, order: u32, merges: &Merges) {
-        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
-            self.zero_freed_block(idx, order);
-        }
+        let freed = (idx, order);
         // After merging, `idx` may no longer be the head: unmark it now.
         self.meta[idx as usize].order = NO_ORDER;
         let (mut head, mut order) = (idx, order);
@@ -851,6 +851,16 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         meta[head as usize].order = order as u8;
         self.free
             .append_planned(&mut self.arena, head, order, merges.tail);
+        // The freed block is zeroed last, after the lists' writes: the stores that zero it are
+        // still on their way to the cache when the call returns, and the reads of the lists'
+        // ends and the saved registers that would come after them otherwise wait behind any
+        // of those stores whose address has the same offset in its 4 KiB page (the processor
+        // tells such addresses apart only after a stall). Nothing written here lies in the
+        // freed block: its pages were held, so no list names them, and the merged block joins
+        // its list as the tail, whose link the lists' ends keep.
+        if ZERO && self.geo.zero == ZeroPolicy::OnFree {
+            self.zero_freed_block(freed.0, freed.1);
+        }
     }
 
     /// Reads and checks every link that [`attach`](Self::attach) of the block of `order` at
@@ -879,10 +889,11 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         }
     }
 
-    /// pKVM's `__hyp_attach_page`: zeroes the block per the policy (unless `ZERO` is false: the
-    /// caller did), merges it with free buddies of equal order while the order stays below
-    /// `max_order` (external blocks: never, see [`merge_limit`](Self::merge_limit)), and lists
-    /// the result: [`plan_attach`](Self::plan_attach), then
+    /// pKVM's `__hyp_attach_page`: merges the block with free buddies of equal order while the
+    /// order stays below `max_order` (external blocks: never, see
+    /// [`merge_limit`](Self::merge_limit)), lists the result, and zeroes the block per the
+    /// policy (unless `ZERO` is false: the caller did; pKVM zeroes first, and nothing the lists'
+    /// writes touch lies in the block, so the order changes no byte): [`plan_attach`](Self::plan_attach), then
     /// [`attach_planned`](Self::attach_planned), so that a corrupt list is found before the
     /// first write.
     pub(crate) fn attach<const ZERO: bool>(
