@@ -664,7 +664,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// its merges need no record between the read pass and the write pass
     /// ([`plan_lone_merges`](Self::plan_lone_merges), [`unlink_lone`](Self::unlink_lone)), and
     /// a free pool's hot pair (an allocation that splits, and the free that merges it back)
-    /// runs a tenth fewer instructions. A free that meets a buddy with neighbours on its list
+    /// runs about a tenth fewer instructions. A free that meets a buddy with neighbours on its list
     /// is planned again from the start, as any other
     /// ([`put_merging_out_of_line`](Self::put_merging_out_of_line)).
     #[inline(never)]
@@ -892,10 +892,10 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// pKVM's `__hyp_attach_page`: merges the block with free buddies of equal order while the
     /// order stays below `max_order` (external blocks: never, see
     /// [`merge_limit`](Self::merge_limit)), lists the result, and zeroes the block per the
-    /// policy (unless `ZERO` is false: the caller did; pKVM zeroes first, and nothing the lists'
-    /// writes touch lies in the block, so the order changes no byte): [`plan_attach`](Self::plan_attach), then
-    /// [`attach_planned`](Self::attach_planned), so that a corrupt list is found before the
-    /// first write.
+    /// policy (unless `ZERO` is false: the caller did; pKVM zeroes first, and nothing the
+    /// lists' writes touch lies in the block, so the order changes no byte):
+    /// [`plan_attach`](Self::plan_attach), then [`attach_planned`](Self::attach_planned), so
+    /// that a corrupt list is found before the first write.
     pub(crate) fn attach<const ZERO: bool>(
         &mut self,
         idx: u32,
