@@ -441,8 +441,9 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// block takes the head of a FIFO list and writes a line per half (the halves are `2^k`
     /// pages apart, so no two of the upper ones share a line), one store after another; hinted
     /// one split ahead, those misses overlap each other and the work in between instead of
-    /// waiting in the store queue. The halves below 2^3 pages share the head's lines, which
-    /// `take_head` hints. The halves' links are not hinted: a half appended to a list becomes
+    /// waiting in the store queue. The halves below 2^4 pages share the head's line (a line holds
+    /// the metadata of 16 pages, and a head of order 4 or more starts one), which `take_head`
+    /// hints. The halves' links are not hinted: a half appended to a list becomes
     /// its tail, whose link the list's ends keep (`FreeLists`), so the split writes none. A
     /// hint only: it changes nothing but time.
     #[inline(always)]
@@ -452,7 +453,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         };
         // Any address is harmless to a hint: no bounds check needed for the metadata's.
         let head = self.meta.as_ptr().wrapping_add(next as usize);
-        let from = order.max(3);
+        let from = order.max(4);
         // The offset of each half from the head, doubled each step: `2^k` pages.
         let mut half = 1usize.checked_shl(from).unwrap_or(0);
         for _ in from..found {
