@@ -19,6 +19,12 @@ use crate::store::{
     FreeLists, Link, LinkStore, PageMeta, SideTable, Unlink, ABSENT, MAX_ORDERS, NO_ORDER,
 };
 
+/// The mask bits of the lists of orders `k..top`.
+#[inline(always)]
+fn orders_to_top(k: u32, top: u32) -> u32 {
+    ((1u64 << top) - (1u64 << k)) as u32
+}
+
 /// The buddies that the block of `order` at `idx` merges with up to `top`, in merge order: each
 /// the buddy of the block merged so far, found again from it, as [`Pool::plan_lone_merges`]
 /// found each free, and so in the pool (the cast to `u32` keeps its value).
@@ -29,6 +35,30 @@ fn lone_buddies(geo: Geometry, idx: u32, order: u32, top: u32) -> impl Iterator<
         *head = (*head).min(buddy);
         Some(buddy)
     })
+}
+
+/// Makes tail pages of the buddies that the block of `order` at offset `freed` of `block` (a
+/// merged block of `2^top` pages, `top = log2(block.len())`) merges with, each the buddy of the
+/// block merged so far: the block at `freed` with bit k flipped and the bits below it cleared,
+/// for each k in `order..top`. The write pass of a free whose buddies are each alone on their
+/// lists ([`Pool::plan_lone_merges`] found them).
+#[inline(always)]
+fn unmark_lone_buddies(block: &mut [PageMeta], freed: u32, order: u32) {
+    let Some(last) = block.len().checked_sub(1) else {
+        return;
+    };
+    // Every offset below is a subset of the bits of `last`, so at most `last`: in the block.
+    let mut merged = freed as usize & last;
+    let mut bit = 1usize.checked_shl(order).unwrap_or(0) & last;
+    while bit != 0 {
+        let buddy = merged ^ bit;
+        // The merged block's head: `merged` with bit k cleared.
+        merged &= buddy;
+        // SAFETY: `merged` and `bit` are subsets of the bits of `last` (masked), so `buddy` is
+        // too: at most `last`, below `block.len()`.
+        unsafe { block.get_unchecked_mut(buddy) }.order = NO_ORDER;
+        bit = (bit << 1) & last;
+    }
 }
 
 /// What the read pass of a free learned ([`Pool::plan_attach`]): what unlinking each buddy it
@@ -429,28 +459,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             }
         }
         plan.begin();
-        self.free
+        let next = self
+            .free
             .take_head(&mut self.arena, idx, found, self.meta)?;
-        let next = self.next_split(found);
+        // The block the next split of this list will split: the new head, or (the list
+        // emptied) this one, whose lines the split writes anyway.
+        let next = if next == Link::NIL { idx } else { next };
+        let next = self.meta.as_ptr().wrapping_add(next as usize);
         self.extract(idx, found, order, next)?;
         self.hand_out::<ZERO>(idx, order)
-    }
-
-    /// The metadata of the head of list `found`, which the next allocation that splits this
-    /// list will split, for [`extract`](Self::extract) to hint the lines of its halves one split
-    /// ahead (null if the list is empty). An allocation that splits a block takes the head of a
-    /// FIFO list and writes a line per half (the halves are `2^k` pages apart, so from 2^4 pages
-    /// up no two share a line), one store after another; hinted one split ahead, those misses
-    /// overlap each other and the work in between instead of waiting in the store queue. The
-    /// halves' links are not hinted: a half appended to a list becomes its tail, whose link the
-    /// list's ends keep (`FreeLists`), so the split writes none. A hint only: it changes nothing
-    /// but time, and any address is harmless to it (no bounds check is needed).
-    #[inline(always)]
-    fn next_split(&self, found: u32) -> *const PageMeta {
-        match self.free.first(found) {
-            Ok(Some(next)) => self.meta.as_ptr().wrapping_add(next as usize),
-            _ => core::ptr::null(),
-        }
     }
 
     /// The end of an allocation: the block of `order` at `idx`, off the lists and split, is
@@ -477,12 +494,23 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// non-empty lists gains: the mask is written once, after the loop, for every order the
     /// halves took (or, before an error returns, for those listed by then), not once a half.
     ///
-    /// Each step also hints the same half of `next` ([`next_split`](Self::next_split)), the
-    /// block the next split of this list will split. Hinted in the loop rather than in one of
-    /// their own after it, the hints took the hot pair from 39.8 to 40.2 ns down to 38.4 to
-    /// 38.9 ns on an AMD EPYC (docs/exact-pool-levers.md, "The next split's hints, in the
-    /// split's own loop"). The halves below 2^4 pages lie on `next`'s own line, which
-    /// `take_head` hints; their hints cost an instruction each and find it there.
+    /// Each step also hints the same half of `next`, the metadata of the block that the next
+    /// split of this list will split (the list's new head, which `take_head` returned).
+    /// Hinted in the split's loop rather than in one of their own after it, the hints took the
+    /// hot pair from 39.8 to 40.2 ns down to 38.4 to 38.9 ns on an AMD EPYC
+    /// (docs/exact-pool-levers.md, "The next split's hints, in the split's own loop"). An
+    /// allocation that splits a block takes the head of a FIFO list and writes a line per half
+    /// (from 2^4 pages up no two share a line), one store after another; hinted one split
+    /// ahead, those misses overlap each other and the work in between. The halves below 2^4
+    /// pages lie on `next`'s own line, which `take_head` hints; their hints cost an instruction
+    /// each and find it there. A hint only: any address is harmless to it.
+    ///
+    /// The block's metadata is bounds-checked once, not once a half, and a half that meets a
+    /// list with a tail leaves the rest of the split to
+    /// [`extract_onto_lists`](Self::extract_onto_lists), so that the split into empty lists
+    /// keeps its values in registers: the hot pair went from 1,032 to 935 instructions with
+    /// the hints' block taken from `take_head` (docs/exact-pool-levers.md, "The split and the
+    /// lone merges, leaner").
     fn extract(
         &mut self,
         idx: u32,
@@ -490,35 +518,66 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         target: u32,
         next: *const PageMeta,
     ) -> Result<(), Corruption> {
-        // The mask bits of orders `k..top`.
         let top = order;
-        let orders_to_top = |k: u32| ((1u64 << top) - (1u64 << k)) as u32;
+        // The block's metadata, bounds-checked once for every half (the caller found the block
+        // in the pool: `block_fits`).
+        let start = idx as usize;
+        let Some(block) = self.meta.get_mut(start..start + (1 << order)) else {
+            return Err(Corruption {
+                kind: CorruptionKind::BadHead,
+                pfn: self.geo.pfn(idx),
+            });
+        };
         // The size of the halves, halved each step: `2^order` after the decrement.
-        let mut half = 1u32.checked_shl(order).unwrap_or(0);
+        let mut half = block.len();
         while order > target {
             order -= 1;
             half >>= 1;
-            let buddy = idx.wrapping_add(half);
-            if !next.is_null() {
-                prefetch(next.wrapping_add(half as usize));
+            prefetch(next.wrapping_add(half));
+            // SAFETY: `block.len()` is `2^top`, at least 1, and `half` is that halved at least
+            // once (above), so below it.
+            unsafe { block.get_unchecked_mut(half) }.set(PageMeta::new(0, order as u8));
+            // An empty list takes the half as its head and tail, reading nothing.
+            if !self.free.append_to_empty(idx + half as u32, order) {
+                return self.extract_onto_lists(idx, order, target, top);
             }
-            self.meta[buddy as usize].set(PageMeta::new(0, order as u8));
-            // An empty list takes the half as its head and tail, reading nothing; a list with a
-            // tail (a pool in use) has that tail's link read and checked first.
-            if self.free.append_to_empty(buddy, order) {
-                continue;
-            }
-            let tail = match self.free.plan_append(&self.arena, order) {
-                Ok(tail) => tail,
-                Err(e) => {
-                    self.free.remask(orders_to_top(order + 1), 0);
-                    return Err(e);
-                }
-            };
-            self.free
-                .append_planned_masking::<false>(&mut self.arena, buddy, order, tail);
         }
-        self.free.remask(orders_to_top(target), 0);
+        self.free.remask(orders_to_top(target, top), 0);
+        Ok(())
+    }
+
+    /// The rest of [`extract`](Self::extract) from the half of `order` (its metadata written)
+    /// on, once a half meets a list with a tail (a pool in use): that tail's link is read and
+    /// checked before the half is appended behind it. Out of line, so that the split into
+    /// empty lists keeps its values in registers.
+    #[inline(never)]
+    fn extract_onto_lists(
+        &mut self,
+        idx: u32,
+        mut order: u32,
+        target: u32,
+        top: u32,
+    ) -> Result<(), Corruption> {
+        loop {
+            let buddy = idx + (1 << order);
+            if !self.free.append_to_empty(buddy, order) {
+                let tail = match self.free.plan_append(&self.arena, order) {
+                    Ok(tail) => tail,
+                    Err(e) => {
+                        self.free.remask(orders_to_top(order + 1, top), 0);
+                        return Err(e);
+                    }
+                };
+                self.free
+                    .append_planned_masking::<false>(&mut self.arena, buddy, order, tail);
+            }
+            if order == target {
+                break;
+            }
+            order -= 1;
+            self.meta[(idx + (1 << order)) as usize].set(PageMeta::new(0, order as u8));
+        }
+        self.free.remask(orders_to_top(target, top), 0);
         Ok(())
     }
 
@@ -670,11 +729,15 @@ impl<'a, L: LinkStore> Pool<'a, L> {
     /// A free whose buddy is alone on its list, as a block split from is (each split's upper
     /// half joins a list of its own): while each buddy it merges with is alone on its list,
     /// its merges need no record between the read pass and the write pass
-    /// ([`plan_lone_merges`](Self::plan_lone_merges), [`unlink_lone`](Self::unlink_lone)), and
-    /// a free pool's hot pair (an allocation that splits, and the free that merges it back)
-    /// runs about a tenth fewer instructions. A free that meets a buddy with neighbours on its list
-    /// is planned again from the start, as any other
-    /// ([`put_merging_out_of_line`](Self::put_merging_out_of_line)).
+    /// ([`plan_lone_merges`](Self::plan_lone_merges), then `unmark_lone_buddies` and
+    /// [`FreeLists::unlink_alone_from`]), and a free pool's hot pair (an allocation that
+    /// splits, and the free that merges it back) runs about a tenth fewer instructions. A free
+    /// that meets a buddy with neighbours on its list is planned again from the start, as any
+    /// other ([`put_merging_out_of_line`](Self::put_merging_out_of_line)).
+    ///
+    /// The write pass works within the merged block's metadata, bounds-checked once: each
+    /// buddy is found from its offset there, and the lists' ends are emptied in a loop of
+    /// their own.
     #[inline(never)]
     fn put_merging_lone<const ZERO: bool, P: Plan>(
         &mut self,
@@ -686,6 +749,17 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         let Some(top) = self.plan_lone_merges(idx, order, buddy)? else {
             return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
         };
+        // The merged block: `idx` with bits `order..top` of its pfn cleared, as each merge with
+        // the buddy above clears one.
+        let merged = (1u64 << top) - (1u64 << order);
+        let head = (self.geo.pfn(idx) & !merged).wrapping_sub(self.geo.base_pfn) as u32;
+        let (start, end) = (head as usize, head as usize + (1 << top));
+        if end > self.meta.len() {
+            // Its buddies' heads are in the pool, but a buddy's metadata claims a block that
+            // runs past it: corruption, left to the general merge, which indexes each page on
+            // its own (`check` reports it).
+            return self.put_merging_out_of_line::<ZERO, P>(idx, order, plan);
+        }
         let tail = self.free.plan_append(&self.arena, top)?;
         for buddy in lone_buddies(self.geo, idx, order, top) {
             if let Some(&old) = self.meta.get(buddy as usize) {
@@ -693,14 +767,16 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             }
         }
         plan.begin();
-        self.meta[idx as usize].refcount = 0;
+        let block = &mut self.meta[start..end];
+        // `head <= idx`: the read pass found every buddy's pfn at or above `base_pfn`.
+        let offset = idx.wrapping_sub(head);
+        unmark_lone_buddies(block, offset, order);
+        let freed = &mut block[offset as usize];
+        freed.refcount = 0;
         // After merging, `idx` may no longer be the head: unmark it now.
-        self.meta[idx as usize].order = NO_ORDER;
-        let head = self.unlink_lone(idx, order, top);
-        // Every list from `order` up to `top` emptied (`top < max_order <= MAX_ORDERS`).
-        self.free
-            .remask(0, ((1u64 << top) - (1u64 << order)) as u32);
-        self.meta[head as usize].order = top as u8;
+        freed.order = NO_ORDER;
+        block[0].order = top as u8;
+        self.free.unlink_alone_from(order, top);
         self.free.append_planned(&mut self.arena, head, top, tail);
         // Zeroed last: see `attach_planned`.
         if ZERO && self.geo.zero == ZeroPolicy::OnFree {
@@ -740,23 +816,6 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             buddy = next;
         }
         Ok(Some(order))
-    }
-
-    /// The write pass of [`put_merging_lone`](Self::put_merging_lone): the merges of the block of
-    /// `order` at `idx` up to `top`, each buddy's list emptied and the buddy made a tail page.
-    /// Returns the merged block's head: `idx` with bits `order..top` of its pfn cleared, as each
-    /// merge with the buddy above clears one. Leaves the lists' mask bits to the caller.
-    #[inline(always)]
-    fn unlink_lone(&mut self, idx: u32, order: u32, top: u32) -> u32 {
-        let meta = &mut *self.meta;
-        for (order, buddy) in (order..top).zip(lone_buddies(self.geo, idx, order, top)) {
-            self.free.unlink_alone(order);
-            if let Some(m) = meta.get_mut(buddy as usize) {
-                m.order = NO_ORDER;
-            }
-        }
-        let merged = (1u64 << top) - (1u64 << order);
-        (self.geo.pfn(idx) & !merged).wrapping_sub(self.geo.base_pfn) as u32
     }
 
     /// The rest of a free whose block merges with its buddy (`put_zeroing` found it free).

@@ -531,6 +531,8 @@ impl<L: LinkStore> FreeLists<L> {
     /// hinted again there: the take before this one hinted it, as its block after the new head.
     /// (A block appended while its list was shorter names no such block, or a stale one: the
     /// hint is then lost for that take, and the take after it waits for its head's link.)
+    ///
+    /// Returns the new head: NIL if the list emptied.
     #[inline(always)]
     pub(crate) fn take_head(
         &mut self,
@@ -538,7 +540,7 @@ impl<L: LinkStore> FreeLists<L> {
         idx: u32,
         order: u32,
         meta: &[PageMeta],
-    ) -> Result<(), Corruption> {
+    ) -> Result<u32, Corruption> {
         let u = self.plan_take_head(arena, idx, order)?;
         // Read before the unlink clears it.
         let ahead = if self.len(order) >= AHEAD_FROM {
@@ -561,7 +563,7 @@ impl<L: LinkStore> FreeLists<L> {
                 self.links.prefetch(arena, self.page_size, ahead);
             }
         }
-        Ok(())
+        Ok(u.next)
     }
 
     /// Takes the first `count` blocks of list `order` off it, head first, telling `taken`
@@ -815,6 +817,27 @@ impl<L: LinkStore> FreeLists<L> {
         ends.head[o] = Link::NIL;
         ends.tail[o] = Link::NIL;
         ends.len[o] = 0;
+    }
+
+    /// [`unlink_alone`](Self::unlink_alone) from each list of orders `order..top`, each of
+    /// one block that [`check_alone`](Self::check_alone) found, and their mask bits cleared:
+    /// the lists that a free's merges with buddies each alone on its list empty.
+    #[inline(always)]
+    pub(crate) fn unlink_alone_from(&mut self, order: u32, top: u32) {
+        let ends = self.ends_mut();
+        let orders = slot(order)..slot(top).max(slot(order));
+        if let (Some(heads), Some(tails), Some(lens)) = (
+            ends.head.get_mut(orders.clone()),
+            ends.tail.get_mut(orders.clone()),
+            ends.len.get_mut(orders),
+        ) {
+            for ((head, tail), len) in heads.iter_mut().zip(tails).zip(lens) {
+                *head = Link::NIL;
+                *tail = Link::NIL;
+                *len = 0;
+            }
+        }
+        ends.mask &= !(((1u64 << top) - (1u64 << order)) as u32);
     }
 
     /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),

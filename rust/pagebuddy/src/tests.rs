@@ -869,6 +869,33 @@ fn a_merge_from_lone_buddies_into_a_list_with_neighbours() {
     run(mem.intrusive(cfg(16)).unwrap());
 }
 
+/// A free whose lone buddy's metadata claims a block that runs past the pool (corruption no
+/// operation makes) merges as the general merge does, without reaching past the metadata: the
+/// merged block is listed, and `check` reports what the claim made of the lists.
+#[test]
+fn a_merge_with_a_lone_buddy_past_the_pool() {
+    fn run<L: LinkStore>(mut pool: Pool<'_, L>) {
+        // 13 pages: blocks 0-7, 8-11 and 12 on lists 3, 2 and 0.
+        assert_eq!(lists(&pool)[..4], [vec![12], vec![], vec![8], vec![0]]);
+        assert_eq!(pool.alloc(2), Ok(8));
+        // Page 12 claims to be a free block of order 2 (pages 12-15), alone on list 2.
+        pool.parts_mut().1[12] = PageMeta::new(0, 2);
+        let ends = pool.free.ends_mut();
+        (ends.head[2], ends.tail[2], ends.len[2]) = (12, 12, 1);
+        (ends.head[0], ends.tail[0], ends.len[0]) = (Link::NIL, Link::NIL, 0);
+        ends.mask = 0b1100;
+        pool.put(8).unwrap();
+        assert_eq!(lists(&pool)[..4], [vec![], vec![], vec![], vec![0, 8]]);
+        assert_eq!(pool.parts().1[8], PageMeta::new(0, 3));
+        assert_eq!(pool.parts().1[12].order, NO_ORDER);
+        assert!(pool.check().is_err());
+    }
+    let mut mem = Mem::new(13);
+    run(mem.side(cfg(13)).unwrap());
+    let mut mem = Mem::new(13);
+    run(mem.intrusive(cfg(13)).unwrap());
+}
+
 /// In a prezeroed arena, check() reads only pages the pool has handed out: what lies past them
 /// was never written by the pool (a lazily committed arena stays uncommitted). Written memory is
 /// still checked, and arenas the pool zeroed itself are checked whole.
