@@ -497,11 +497,12 @@ def evaluate(
             if n_fl:
                 ipc += f" and {n_fl:,} for free-list"
             ipc += "."
-            need = n_pb * 40 / ref_hot
-            ipc += (
-                f" At the same rate 40 ns allows about {need:,.0f} instructions per pair, "
-                f"{100 * (1 - need / n_pb):.0f}% fewer."
-            )
+            if not hot_ok:
+                need = n_pb * 40 / ref_hot
+                ipc += (
+                    f" At the same rate 40 ns allows about {need:,.0f} instructions per pair, "
+                    f"{100 * (1 - need / n_pb):.0f}% fewer."
+                )
         bounds.append(
             f"**hot ({fmt_ns(ref_hot)}; Heap {fmt_ns(heap_hot)}, free-list {fmt_ns(fl_hot)}).** "
             "On a free pool every free block is an order-10 block, so each order-0 alloc splits "
