@@ -539,17 +539,17 @@ impl<'a, L: LinkStore> Pool<'a, L> {
             unsafe { block.get_unchecked_mut(half) }.set(PageMeta::new(0, order as u8));
             // An empty list takes the half as its head and tail, reading nothing.
             if !self.free.append_to_empty(idx + half as u32, order) {
-                return self.extract_onto_lists(idx, order, target, top);
+                return self.extract_onto_lists(idx, order, target, top, next);
             }
         }
         self.free.remask(orders_to_top(target, top), 0);
         Ok(())
     }
 
-    /// The rest of [`extract`](Self::extract) from the half of `order` (its metadata written)
-    /// on, once a half meets a list with a tail (a pool in use): that tail's link is read and
-    /// checked before the half is appended behind it. Out of line, so that the split into
-    /// empty lists keeps its values in registers.
+    /// The rest of [`extract`](Self::extract) from the half of `order` (its metadata written
+    /// and hinted) on, once a half meets a list with a tail (a pool in use): that tail's link is
+    /// read and checked before the half is appended behind it. Out of line, so that the split
+    /// into empty lists keeps its values in registers.
     #[inline(never)]
     fn extract_onto_lists(
         &mut self,
@@ -557,6 +557,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
         mut order: u32,
         target: u32,
         top: u32,
+        next: *const PageMeta,
     ) -> Result<(), Corruption> {
         loop {
             let buddy = idx + (1 << order);
@@ -575,6 +576,7 @@ impl<'a, L: LinkStore> Pool<'a, L> {
                 break;
             }
             order -= 1;
+            prefetch(next.wrapping_add(1 << order));
             self.meta[(idx + (1 << order)) as usize].set(PageMeta::new(0, order as u8));
         }
         self.free.remask(orders_to_top(target, top), 0);

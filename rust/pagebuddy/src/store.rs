@@ -825,7 +825,7 @@ impl<L: LinkStore> FreeLists<L> {
     #[inline(always)]
     pub(crate) fn unlink_alone_from(&mut self, order: u32, top: u32) {
         let ends = self.ends_mut();
-        let orders = slot(order)..slot(top).max(slot(order));
+        let orders = (order as usize).min(MAX_ORDERS)..(top as usize).min(MAX_ORDERS);
         if let (Some(heads), Some(tails), Some(lens)) = (
             ends.head.get_mut(orders.clone()),
             ends.tail.get_mut(orders.clone()),
@@ -837,7 +837,8 @@ impl<L: LinkStore> FreeLists<L> {
                 *len = 0;
             }
         }
-        ends.mask &= !(((1u64 << top) - (1u64 << order)) as u32);
+        // `top < max_order <= MAX_ORDERS`: bits `order..top` fit the mask.
+        self.remask(0, ((1u64 << top) - (1u64 << order)) as u32);
     }
 
     /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),
