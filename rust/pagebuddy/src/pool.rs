@@ -16,14 +16,9 @@ use crate::prefetch::prefetch;
 #[cfg(doc)]
 use crate::store::Intrusive;
 use crate::store::{
-    FreeLists, Link, LinkStore, PageMeta, SideTable, Unlink, ABSENT, MAX_ORDERS, NO_ORDER,
+    orders_to_top, FreeLists, Link, LinkStore, PageMeta, SideTable, Unlink, ABSENT, MAX_ORDERS,
+    NO_ORDER,
 };
-
-/// The mask bits of the lists of orders `k..top`.
-#[inline(always)]
-fn orders_to_top(k: u32, top: u32) -> u32 {
-    ((1u64 << top) - (1u64 << k)) as u32
-}
 
 /// The buddies that the block of `order` at `idx` merges with up to `top`, in merge order: each
 /// the buddy of the block merged so far, found again from it, as [`Pool::plan_lone_merges`]

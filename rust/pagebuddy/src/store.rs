@@ -354,6 +354,13 @@ fn slot(order: u32) -> usize {
     order as usize % MAX_ORDERS
 }
 
+/// The mask bits of the lists of orders `k..top` (`top <= MAX_ORDERS`), for
+/// [`FreeLists::remask`].
+#[inline(always)]
+pub(crate) fn orders_to_top(k: u32, top: u32) -> u32 {
+    ((1u64 << top) - (1u64 << k)) as u32
+}
+
 /// What unlinking a node from its list reads, checked by [`FreeLists::plan_remove`]: the node,
 /// its neighbours ([`Link::NIL`] where the list ends), and the far links of those neighbours,
 /// which the unlink writes back unchanged.
@@ -837,8 +844,7 @@ impl<L: LinkStore> FreeLists<L> {
                 *len = 0;
             }
         }
-        // `top < max_order <= MAX_ORDERS`: bits `order..top` fit the mask.
-        self.remask(0, ((1u64 << top) - (1u64 << order)) as u32);
+        self.remask(0, orders_to_top(order, top));
     }
 
     /// What taking `idx`, the head of list `order` (what [`first`](Self::first) returned),
