@@ -8,7 +8,9 @@ benchmark's profile mode, ported to C), and timed beside pagebuddy's floor bench
 2^18 pages of 4 KiB, hot pair, churn step, mixed step and init, each with zeroing off and on
 (on free), pagebuddy with each link store, the C with a no-op lock and with an uncontended
 ticket lock. Each figure is the median of 5 rounds, the C and pagebuddy runs alternating within
-each round, every run pinned to one CPU (`taskset -c 0`). See docs/upstream-c.md.
+each round, every run pinned to one CPU (`taskset -c 0`). In the same rounds the harness's
+`zeroing` workload times the zero-on churn step's floor: the step's `memset` of a random held
+page alone, with no allocator call. See docs/upstream-c.md.
 
     python3 scripts/upstream_c.py                 # the table, and target/upstream/upstream.json
     PAGEBUDDY_KERNEL_SRC=~/linux python3 scripts/upstream_c.py --rounds 3
@@ -361,6 +363,25 @@ def spread(samples: dict[str, list[float]]) -> list[str]:
     return lines
 
 
+def zeroing_floor(medians: dict[str, float], samples: dict[str, list[float]]) -> list[str]:
+    """The zero-on churn step beside its floor: the same step's `memset` of a random held page
+    alone, timed in the same rounds (the harness's `zeroing` workload)."""
+    floor = medians["on/churn/c-zeroing"]
+    xs = samples["on/churn/c-zeroing"]
+    c = medians["on/churn/c-none"]
+    lines = [
+        "the zero-on churn step's floor, its memset of a random held page alone (the C "
+        f"library's, no allocator call): {fmt_ns(floor)} ({fmt_ns(min(xs))} to "
+        f"{fmt_ns(max(xs))}), {floor / c:.2f}x the C's step ({fmt_ns(c)}); 0.9x the C's step "
+        f"is {fmt_ns(0.9 * c)}, {'below' if 0.9 * c < floor else 'above'} the floor",
+    ]
+    for store in STORES:
+        pb = medians[f"on/churn/pagebuddy-{store}"]
+        sname = "side table" if store == "side-table" else "intrusive"
+        lines.append(f"- {sname}: {fmt_ns(pb)}, {pb / floor:.2f}x the floor")
+    return lines
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], text=True, capture_output=True).stdout
@@ -439,6 +460,16 @@ def main() -> None:
                     ("c-ticket", [str(c[f"{zero}-ticket"]), w, str(args.shift), str(ops)], None),
                     ("pagebuddy-intrusive", *rust_cmd(rust, w, "intrusive", args.shift, ops, zero)),
                 ]
+                if zero == "on" and w == "churn":
+                    # The churn step's zeroing alone, with the C library's memset: its floor.
+                    runners.insert(
+                        2,
+                        (
+                            "c-zeroing",
+                            [str(c["on-none"]), "zeroing", str(args.shift), str(ops)],
+                            None,
+                        ),
+                    )
                 # The C and pagebuddy alternate; odd rounds go the other way round.
                 for name, cmd, env in runners if r % 2 == 0 else runners[::-1]:
                     samples.setdefault(f"{zero}/{w}/{name}", []).append(
@@ -470,6 +501,7 @@ def main() -> None:
     ]
     out = [*head, "", "upstream with a no-op lock:", "", *table(medians, "none")]
     out += ["", "upstream with its ticket lock, uncontended:", "", *table(medians, "ticket")]
+    out += ["", *zeroing_floor(medians, samples)]
     out += ["", f"least and most of the {args.rounds} rounds:", "", *spread(samples)]
     print("\n".join(out))
 
@@ -500,6 +532,7 @@ def main() -> None:
         "pfn_checks": checks,
         "samples_ns": samples,
         "medians_ns": medians,
+        "zeroing_floor_ns": medians["on/churn/c-zeroing"],
         "ratios": {
             lock: {
                 f"{zero}/{store}/{w}": medians[f"{zero}/{w}/pagebuddy-{store}"]

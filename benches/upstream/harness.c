@@ -5,7 +5,7 @@
  * user space over the shims in benches/upstream/include (scripts/upstream_c.py builds and runs
  * it; docs/upstream-c.md).
  *
- *     upstream-<zero>-<lock> <hot|churn|mixed|init> <shift> <ops> [trace-limit]
+ *     upstream-<zero>-<lock> <hot|churn|mixed|zeroing|init> <shift> <ops> [trace-limit]
  *
  * A pool of 2^shift pages of 4 KiB from pfn 0, nothing reserved, over an anonymous mapping
  * (no advice: 4 KiB pages where transparent huge pages are `madvise` or `never`) whose first
@@ -20,6 +20,8 @@
  *          frees a random held page and allocates one in its place
  *   mixed  orders 0 to 9 (P(k) ~ 2^-(k+1)) allocated while fewer than half the pages are held,
  *          a random held block freed otherwise; 2 * 2^shift steps before the `ops` untimed ones
+ *   zeroing  the churn's state, then each step only zeroes a random held page with the C
+ *          library's memset (no allocator call): the zero-on churn step's floor
  *   init   hyp_pool_init over the whole pool (after the first, every page is free again, as
  *          hyp_pool_init expects)
  *
@@ -179,10 +181,10 @@ static inline __attribute__((always_inline)) void hot(size_t ops, int traced)
 	report(t0, now_ns(), ops);
 }
 
-static inline __attribute__((always_inline)) void churn(size_t ops, int traced)
+/* The churn's state: every page allocated at order 0, a random half freed; all[0..nr / 2] held. */
+static inline __attribute__((always_inline)) void **churn_state(int traced)
 {
 	void **all = malloc(nr * sizeof(*all));
-	size_t held = nr / 2;
 
 	if (!all)
 		die("churn: malloc");
@@ -192,8 +194,16 @@ static inline __attribute__((always_inline)) void churn(size_t ops, int traced)
 	struct rng fill = rng_new(SEED_CHURN ^ 1);
 
 	shuffle(&fill, all, nr);
-	for (size_t i = held; i < nr; i++)
+	for (size_t i = nr / 2; i < nr; i++)
 		release(all[i]);
+	return all;
+}
+
+static inline __attribute__((always_inline)) void churn(size_t ops, int traced)
+{
+	void **all = churn_state(traced);
+	size_t held = nr / 2;
+
 	if (traced)
 		mark();
 	struct rng r = rng_new(SEED_CHURN);
@@ -213,6 +223,33 @@ static inline __attribute__((always_inline)) void churn(size_t ops, int traced)
 		if (!(all[i] = alloc(0, traced)))
 			die("churn: alloc");
 	}
+	report(t0, now_ns(), ops);
+	free(all);
+}
+
+/*
+ * The C library's memset, called through a pointer: the compiler cannot put stores of its own
+ * in its place, as it may for a memset of a constant size.
+ */
+static void *(*volatile zero_page)(void *, int, size_t) = memset;
+
+/*
+ * The churn's zeroing alone: the churn's state, then each step writes zeros over a random held
+ * page (the churn's generator and seed) with the C library's memset, the function page_alloc.c
+ * zeroes a freed page with, and calls nothing of the allocator. A churn step with zero on free
+ * zeroes such a page, on either side: this is its floor.
+ */
+static void zeroing(size_t ops)
+{
+	void **all = churn_state(0);
+	size_t held = nr / 2;
+	struct rng r = rng_new(SEED_CHURN);
+
+	for (size_t s = 0; s < ops; s++)
+		zero_page(all[rng_below(&r, held)], 0, PAGE_SIZE);
+	double t0 = now_ns();
+	for (size_t s = 0; s < ops; s++)
+		zero_page(all[rng_below(&r, held)], 0, PAGE_SIZE);
 	report(t0, now_ns(), ops);
 	free(all);
 }
@@ -293,8 +330,10 @@ static __attribute__((noinline)) void run_plain(const char *w, size_t ops)
 		churn(ops, 0);
 	else if (!strcmp(w, "mixed"))
 		mixed(ops, 0);
+	else if (!strcmp(w, "zeroing"))
+		zeroing(ops);
 	else
-		die("workload is hot, churn, mixed or init");
+		die("workload is hot, churn, mixed, zeroing or init");
 }
 
 static __attribute__((noinline)) void run_traced(const char *w, size_t ops)
@@ -355,7 +394,8 @@ static void *map_touched(size_t bytes)
 int main(int argc, char **argv)
 {
 	if (argc < 4 || argc > 5)
-		die("usage: upstream-<zero>-<lock> <hot|churn|mixed|init> <shift> <ops> [trace-limit]");
+		die("usage: upstream-<zero>-<lock> <hot|churn|mixed|zeroing|init> <shift> <ops> "
+		    "[trace-limit]");
 	const char *w = argv[1];
 	unsigned shift = (unsigned)strtoul(argv[2], NULL, 10);
 	size_t ops = (size_t)strtoull(argv[3], NULL, 10);
@@ -370,9 +410,11 @@ int main(int argc, char **argv)
 	hyp_physvirt_offset = -(s64)(uintptr_t)arena;
 	__hyp_vmemmap = (u64)(uintptr_t)vmemmap;
 
-	if (!strcmp(w, "init")) {
+	if (!strcmp(w, "init") || !strcmp(w, "zeroing")) {
 		if (argc == 5)
-			die("init has no trace");
+			die("init and zeroing have no trace");
+	}
+	if (!strcmp(w, "init")) {
 		init(ops);
 	} else {
 		hyp_pool_init(&pool, 0, (unsigned int)nr, 0);
