@@ -1330,7 +1330,7 @@ FLOOR_ADVICE = {"default": "4 KiB pages", "huge": "huge pages"}
 #: The mapping the Python package gives its pools' metadata and links (rust/pagebuddy-py,
 #: `mapped::MappedSlice` with `Advice::HugePages`): the floor its figures are read against.
 PYTHON_FLOOR_ADVICE = "huge"
-#: Bounds of the floor's goals (issue 24): churn and Python batches at most 1.5x the floor,
+#: Bounds of the floor's goals: churn and Python batches at most 1.5x the floor,
 #: the hot pair at most 3x.
 FLOOR_GOALS = {"churn": 1.5, "hot": 3.0}
 

@@ -64,7 +64,7 @@ COLUMNS = {"hot": "hot pair", "churn": "churn step", "mixed": "mixed step", "ini
 ZEROS = ("off", "on")
 STORES = ("side-table", "intrusive")
 LOCKS = ("none", "ticket")
-# The issue's targets: every ratio below 1, the intrusive rows' below 0.9.
+# The targets (docs/upstream-c.md): every ratio below 1, the intrusive rows' below 0.9.
 TARGET = {"side-table": 1.0, "intrusive": 0.9}
 NS = re.compile(r"([0-9.]+) ns per operation")
 
@@ -324,7 +324,7 @@ def fmt_ns(x: float) -> str:
 
 
 def table(medians: dict[str, float], lock: str) -> list[str]:
-    """The issue's table against the C with `lock`: pagebuddy / C = ratio in each cell."""
+    """The table against the C with `lock`: pagebuddy / C = ratio in each cell."""
     lines = [
         "| zero | store | " + " | ".join(COLUMNS[w] for w in WORKLOADS) + " |",
         "| --- | --- |" + " --- |" * len(WORKLOADS),
@@ -496,7 +496,7 @@ def main() -> None:
         f"untimed; init: {args.init_ops[0]} (zero off) or {args.init_ops[1]} (zero on) builds "
         f"timed after as many",
         f"{finished}; {command}",
-        "cells: pagebuddy / C = time ratio, below 1x is pagebuddy faster; * misses the issue's "
+        "cells: pagebuddy / C = time ratio, below 1x is pagebuddy faster; * misses its "
         "target (below 1x, intrusive below 0.9x)",
     ]
     out = [*head, "", "upstream with a no-op lock:", "", *table(medians, "none")]
