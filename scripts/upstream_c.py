@@ -345,6 +345,42 @@ def table(medians: dict[str, float], lock: str) -> list[str]:
     return lines
 
 
+def paired(samples: dict[str, list[float]], lock: str) -> dict[str, float]:
+    """Each cell's median over the rounds of pagebuddy's time over the C's of the same round.
+    The two ran a few seconds apart, so a drift of the machine over the rounds moves both."""
+    return {
+        f"{zero}/{store}/{w}": statistics.median(
+            pb / c
+            for pb, c in zip(
+                samples[f"{zero}/{w}/pagebuddy-{store}"],
+                samples[f"{zero}/{w}/c-{lock}"],
+                strict=True,
+            )
+        )
+        for zero in ZEROS
+        for store in STORES
+        for w in WORKLOADS
+    }
+
+
+def paired_table(ratios: dict[str, float]) -> list[str]:
+    lines = [
+        "| zero | store | " + " | ".join(COLUMNS[w] for w in WORKLOADS) + " |",
+        "| --- | --- |" + " --- |" * len(WORKLOADS),
+    ]
+    for zero in ZEROS:
+        for store in STORES:
+            cells = []
+            for w in WORKLOADS:
+                ratio = ratios[f"{zero}/{store}/{w}"]
+                miss = " *" if ratio >= TARGET[store] else ""
+                cells.append((f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}") + f"x{miss}")
+            zname = "off" if zero == "off" else "on (free)"
+            sname = "side table" if store == "side-table" else "intrusive"
+            lines.append(f"| {zname} | {sname} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def spread(samples: dict[str, list[float]]) -> list[str]:
     """The least and the most of each figure's rounds."""
     runners = ("c-none", "c-ticket", "pagebuddy-side-table", "pagebuddy-intrusive")
@@ -500,6 +536,13 @@ def main() -> None:
         "target (below 1x, intrusive below 0.9x)",
     ]
     out = [*head, "", "upstream with a no-op lock:", "", *table(medians, "none")]
+    out += [
+        "",
+        "the same, each cell the median of the rounds' own ratios (pagebuddy's run over the C's "
+        "of the same round):",
+        "",
+        *paired_table(paired(samples, "none")),
+    ]
     out += ["", "upstream with its ticket lock, uncontended:", "", *table(medians, "ticket")]
     out += ["", *zeroing_floor(medians, samples)]
     out += ["", f"least and most of the {args.rounds} rounds:", "", *spread(samples)]
@@ -533,6 +576,7 @@ def main() -> None:
         "samples_ns": samples,
         "medians_ns": medians,
         "zeroing_floor_ns": medians["on/churn/c-zeroing"],
+        "paired_ratios": {lock: paired(samples, lock) for lock in LOCKS},
         "ratios": {
             lock: {
                 f"{zero}/{store}/{w}": medians[f"{zero}/{w}/pagebuddy-{store}"]
