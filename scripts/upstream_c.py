@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -323,26 +324,37 @@ def fmt_ns(x: float) -> str:
     return f"{x:.1f} ns"
 
 
-def table(medians: dict[str, float], lock: str) -> list[str]:
-    """The table against the C with `lock`: pagebuddy / C = ratio in each cell."""
+def grid(cell: Callable[[str, str, str], str]) -> list[str]:
+    """The table's rows (zero x store) and columns (workloads), `cell(zero, store, workload)`
+    in each."""
     lines = [
         "| zero | store | " + " | ".join(COLUMNS[w] for w in WORKLOADS) + " |",
         "| --- | --- |" + " --- |" * len(WORKLOADS),
     ]
     for zero in ZEROS:
         for store in STORES:
-            cells = []
-            for w in WORKLOADS:
-                pb = medians[f"{zero}/{w}/pagebuddy-{store}"]
-                c = medians[f"{zero}/{w}/c-{lock}"]
-                ratio = pb / c
-                miss = " *" if ratio >= TARGET[store] else ""
-                r = f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
-                cells.append(f"{fmt_ns(pb)} / {fmt_ns(c)} = {r}x{miss}")
+            cells = [cell(zero, store, w) for w in WORKLOADS]
             zname = "off" if zero == "off" else "on (free)"
             sname = "side table" if store == "side-table" else "intrusive"
             lines.append(f"| {zname} | {sname} | " + " | ".join(cells) + " |")
     return lines
+
+
+def ratio_text(ratio: float, store: str) -> str:
+    """A ratio as the tables print it, with * where it misses the store's target."""
+    miss = " *" if ratio >= TARGET[store] else ""
+    return (f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}") + f"x{miss}"
+
+
+def table(medians: dict[str, float], lock: str) -> list[str]:
+    """The table against the C with `lock`: pagebuddy / C = ratio in each cell."""
+
+    def cell(zero: str, store: str, w: str) -> str:
+        pb = medians[f"{zero}/{w}/pagebuddy-{store}"]
+        c = medians[f"{zero}/{w}/c-{lock}"]
+        return f"{fmt_ns(pb)} / {fmt_ns(c)} = {ratio_text(pb / c, store)}"
+
+    return grid(cell)
 
 
 def paired(samples: dict[str, list[float]], lock: str) -> dict[str, float]:
@@ -364,21 +376,8 @@ def paired(samples: dict[str, list[float]], lock: str) -> dict[str, float]:
 
 
 def paired_table(ratios: dict[str, float]) -> list[str]:
-    lines = [
-        "| zero | store | " + " | ".join(COLUMNS[w] for w in WORKLOADS) + " |",
-        "| --- | --- |" + " --- |" * len(WORKLOADS),
-    ]
-    for zero in ZEROS:
-        for store in STORES:
-            cells = []
-            for w in WORKLOADS:
-                ratio = ratios[f"{zero}/{store}/{w}"]
-                miss = " *" if ratio >= TARGET[store] else ""
-                cells.append((f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}") + f"x{miss}")
-            zname = "off" if zero == "off" else "on (free)"
-            sname = "side table" if store == "side-table" else "intrusive"
-            lines.append(f"| {zname} | {sname} | " + " | ".join(cells) + " |")
-    return lines
+    """`paired`'s ratios as the table."""
+    return grid(lambda zero, store, w: ratio_text(ratios[f"{zero}/{store}/{w}"], store))
 
 
 def spread(samples: dict[str, list[float]]) -> list[str]:
