@@ -410,10 +410,8 @@ int main(int argc, char **argv)
 	hyp_physvirt_offset = -(s64)(uintptr_t)arena;
 	__hyp_vmemmap = (u64)(uintptr_t)vmemmap;
 
-	if (!strcmp(w, "init") || !strcmp(w, "zeroing")) {
-		if (argc == 5)
-			die("init and zeroing have no trace");
-	}
+	if (argc == 5 && (!strcmp(w, "init") || !strcmp(w, "zeroing")))
+		die("init and zeroing have no trace");
 	if (!strcmp(w, "init")) {
 		init(ops);
 	} else {
